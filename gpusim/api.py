@@ -1,0 +1,63 @@
+"""The Python entry point: ``gpusim.fork(address_space, ...) -> ForkResult``.
+
+Backend choice lives here, at one seam. Only the reference engine is built so far; asking for another backend is
+a clear error naming what exists.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gpusim.oracle import InjectionPlan, LockBreakOracle
+from gpusim.reference import ForkContext, dup_mmap, teardown
+from gpusim.result import ForkResult, finish_counts, rss_dict
+from gpusim.state import AddressSpace, digest
+from gpusim.variants import DEFAULT_VARIANT, get_variant
+
+BACKENDS = ("reference",)
+
+
+class UnknownBackend(ValueError):
+    def __init__(self, name: str):
+        super().__init__(f"unknown backend '{name}' (available: {', '.join(BACKENDS)})")
+
+
+def fork(space: AddressSpace, variant: str = DEFAULT_VARIANT, backend: str = "reference",
+         oracle: str | LockBreakOracle = "never", inject=(), fork_seq: int = 0, check: bool = True) -> ForkResult:
+    """Simulate one fork of ``space`` under ``variant``.
+
+    ``oracle`` is a lock-break oracle or its notation (``never``, ``always``, ``every:N``, ``bern:P:SEED``,
+    ``list:...``); ``inject`` a list of injection notations or an :class:`InjectionPlan`. The input state is not
+    modified. With ``check`` the invariants of spec section 6 are checked (not after an oops).
+    """
+    get_variant(variant)
+    if backend not in BACKENDS:
+        raise UnknownBackend(backend)
+    if isinstance(oracle, str):
+        oracle = LockBreakOracle.parse(oracle)
+    plan = inject if isinstance(inject, InjectionPlan) else InjectionPlan.parse(inject)
+    plan.fired.clear()
+
+    t0 = time.perf_counter()
+    fc = ForkContext(space, variant, oracle, plan, fork_seq)
+    outcome, oops, enomem = dup_mmap(fc)
+    child_rss = rss_dict(fc.child.rss)
+    after_teardown = None
+    if outcome == "enomem":
+        teardown(fc)
+        after_teardown = rss_dict(fc.child.rss)
+    parent = AddressSpace(fc.parent.to_mm(), fc.m.to_memory())
+    child = fc.child.to_mm()
+    wall = time.perf_counter() - t0
+
+    result = ForkResult(
+        outcome=outcome, variant=variant, backend=backend, parent=parent, child=child,
+        counts=finish_counts(fc.counts), child_rss=child_rss, child_rss_after_teardown=after_teardown,
+        oops=oops, enomem=enomem, unfired=plan.unfired(), ignored_events=list(fc.ignored),
+        digest=digest(parent.mm, child, parent.memory), engine_wall_s=wall, nr_ptes=space.nr_ptes,
+        trace=fc.trace,
+    )
+    if check and outcome != "oops":
+        from gpusim.invariants import check_invariants
+        result.invariants = check_invariants(space, result, oracle, fork_seq, fc.first_new_pfn)
+    return result

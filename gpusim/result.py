@@ -1,0 +1,109 @@
+"""What a fork returns: the outcome, the final states, the event counts, the trace and the invariant report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gpusim.state import MM, RSS_NAMES, AddressSpace, Memory
+
+# The cost events of spec section 8 (and 10), by their dotted names, in the spec's order.
+COST_EVENTS = (
+    "fork.base", "fork.mm",
+    "vma.dup", "vma.anon_fork", "vma.file_link", "vma.copy", "vma.skip",
+    "table.call", "table.alloc", "table.upper_alloc",
+    "pass", "restart.lb", "restart.sc", "restart.ec", "check",
+    "pte.none", "pte.share", "pte.special", "pte.wrprotect", "pte.excl_clear", "pte.swap", "pte.migration",
+    "pte.devpriv", "batch.start", "batch.pte", "batch.refused",
+    "copy.alloc", "copy.alloc_fail", "copy.memcpy", "copy.install", "copy.free_unused", "copy.recheck",
+    "copy.duplicate_call",
+    "swapcont.atomic", "swapcont.kernel", "swapcont.attach", "swapcont.null",
+    "teardown.pte", "teardown.free",
+    "pmd.share", "pmd.split",
+)
+# Summary counters the scenario tables and invariants speak of.
+SUMMARY_COUNTS = (
+    "passes", "lock_breaks", "allocations", "unused_frees", "installs", "shared", "pin_shared", "swapcont_atomic",
+    "swapcont_kernel", "levels_added", "teardown_frees", "hugetlb_skipped", "events_applied", "events_ignored",
+)
+COUNT_NAMES = COST_EVENTS + SUMMARY_COUNTS
+
+# Summary counters that are the same number as a cost event.
+ALIASES = {"passes": "pass", "installs": "copy.install", "unused_frees": "copy.free_unused",
+           "allocations": "copy.alloc", "swapcont_atomic": "swapcont.atomic", "swapcont_kernel": "swapcont.kernel",
+           "levels_added": "swapcont.attach", "teardown_frees": "teardown.free"}
+
+
+def new_counts() -> dict[str, int]:
+    return dict.fromkeys(COUNT_NAMES, 0)
+
+
+def finish_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Fill the summary counters that alias a cost event."""
+    for alias, name in ALIASES.items():
+        counts[alias] = counts[name]
+    return counts
+
+
+@dataclass(frozen=True)
+class InvariantReport:
+    ok: bool
+    violations: tuple[str, ...] = ()
+    checked: bool = True          # False after an oops: invariants are not checked (spec 2.3)
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "violations": list(self.violations), "checked": self.checked}
+
+
+@dataclass
+class ForkResult:
+    """The result of one simulated fork.
+
+    ``parent`` is the parent after the fork (its memory is the shared memory after the fork); ``child`` the child
+    mm over that memory (empty after an ENOMEM teardown). ``counts`` are read when the fork stops, before any
+    teardown, except ``teardown.*``; ``child_rss`` likewise, ``child_rss_after_teardown`` after it.
+    """
+
+    outcome: str                                   # "ok" | "enomem" | "oops"
+    variant: str
+    backend: str
+    parent: AddressSpace
+    child: MM
+    counts: dict[str, int]
+    child_rss: dict[str, int]
+    child_rss_after_teardown: dict[str, int] | None = None
+    oops: dict | None = None
+    enomem: dict | None = None
+    unfired: list[str] = field(default_factory=list)
+    ignored_events: list[str] = field(default_factory=list)
+    invariants: InvariantReport = InvariantReport(True, (), False)
+    digest: str = ""
+    engine_wall_s: float = 0.0
+    nr_ptes: int = 0
+    trace: object | None = None
+
+    @property
+    def memory(self) -> Memory:
+        return self.parent.memory
+
+    def as_dict(self) -> dict:
+        """The JSON object of ``gpusim fork --json``."""
+        return {
+            "outcome": self.outcome,
+            "oops": self.oops,
+            "enomem": self.enomem,
+            "variant": self.variant,
+            "backend": self.backend,
+            "counts": dict(self.counts),
+            "child_rss": dict(self.child_rss),
+            "child_rss_after_teardown": self.child_rss_after_teardown,
+            "invariants": self.invariants.as_dict(),
+            "unfired": list(self.unfired),
+            "ignored_events": list(self.ignored_events),
+            "digest": self.digest,
+            "engine_wall_s": self.engine_wall_s,
+            "nr_ptes": self.nr_ptes,
+        }
+
+
+def rss_dict(rss) -> dict[str, int]:
+    return {name: int(v) for name, v in zip(RSS_NAMES, rss)}

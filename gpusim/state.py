@@ -1,0 +1,396 @@
+"""The state model of the fork simulation (spec section 1) as struct-of-arrays.
+
+Two frozen containers hold everything an engine reads and writes:
+
+* :class:`Memory`, the physical side shared by every mm of the simulation: folios (``folio_*``, one row per folio),
+  pages (``page_*``, one row per page frame; the row number *is* the pfn) and swap slots (``swap_*``).
+* :class:`MM`, one process's address space: VMAs (``vma_*``), 512-entry PTE tables (``pte`` with their table numbers
+  in ``table_index``), PMD-mapped THPs (``pmd`` with ``pmd_index``), rss counters and flags.
+
+An :class:`AddressSpace` is an mm together with the memory it maps: the input of a fork. The child of a fork is
+another :class:`MM` over the same (updated) memory.
+
+Simplifications, as the spec allows: page ``mapcount`` starts at 0 (no -1 offset); continuation levels are per
+slot; a PMD mapping of a THP is counted in ``folio_pmd_mapcount`` (the kernel's entire mapcount) and its PMD-level
+``anon_exclusive`` is the flag of the folio's first page, as the kernel keeps it on the head page.
+
+Arrays are numpy on the host; engines copy them before writing, so states are values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpusim.kernels import pte as P
+
+# --- constants (spec 1.1) --------------------------------------------------------------------------------------
+PIN_BIAS = 1024
+BREAK_AT = 32
+SWAP_MAP_MAX = 62
+SWAP_CONT_MAX = 127
+PTRS_PER_TABLE = 512
+NULL_ENTRY = -1                    # swap value 0: no slot
+
+# --- VMA flags: the kernel's bit values ------------------------------------------------------------------------
+VM_READ = 0x00000001
+VM_WRITE = 0x00000002
+VM_EXEC = 0x00000004
+VM_SHARED = 0x00000008
+VM_MAYREAD = 0x00000010
+VM_MAYWRITE = 0x00000020
+VM_PFNMAP = 0x00000400
+VM_DONTCOPY = 0x00020000
+VM_HUGETLB = 0x00400000
+VM_WIPEONFORK = 0x02000000
+VM_MIXEDMAP = 0x10000000
+VM_FLAG_NAMES = {
+    VM_READ: "VM_READ", VM_WRITE: "VM_WRITE", VM_EXEC: "VM_EXEC", VM_SHARED: "VM_SHARED",
+    VM_MAYREAD: "VM_MAYREAD", VM_MAYWRITE: "VM_MAYWRITE", VM_PFNMAP: "VM_PFNMAP", VM_DONTCOPY: "VM_DONTCOPY",
+    VM_HUGETLB: "VM_HUGETLB", VM_WIPEONFORK: "VM_WIPEONFORK", VM_MIXEDMAP: "VM_MIXEDMAP",
+}
+VM_KNOWN = 0
+for _bit in VM_FLAG_NAMES:
+    VM_KNOWN |= _bit
+VM_DEFAULT_ANON = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE
+
+BACKING_ANON = 0
+BACKING_FILE = 1
+BACKING_SHMEM = 2
+BACKING_NAMES = ("anon", "file", "shmem")
+
+# --- folio and page flags --------------------------------------------------------------------------------------
+FOLIO_ANON = 1 << 0
+FOLIO_SWAPBACKED = 1 << 1
+FOLIO_DEVICE_PRIVATE = 1 << 2
+FOLIO_FREED = 1 << 3
+
+PAGE_ANON_EXCLUSIVE = 1 << 0
+PAGE_HWPOISON = 1 << 1
+
+# --- rss counters ----------------------------------------------------------------------------------------------
+MM_ANONPAGES = 0
+MM_FILEPAGES = 1
+MM_SHMEMPAGES = 2
+MM_SWAPENTS = 3
+RSS_NAMES = ("anon", "file", "shmem", "swapents")
+
+
+def swap_cap(levels: int) -> int:
+    """Largest count a slot with ``levels`` continuation pages holds: 63 * 128**levels - 1."""
+    return (SWAP_MAP_MAX + 1) * (SWAP_CONT_MAX + 1) ** levels - 1
+
+
+def is_cow_mapping(vm_flags: int) -> bool:
+    """Private and may become writable (even if currently read-only)."""
+    return (vm_flags & VM_MAYWRITE) != 0 and (vm_flags & VM_SHARED) == 0
+
+
+class StateError(ValueError):
+    """An array of the state model has the wrong dtype or shape, or its cross-references do not hold."""
+
+
+# Each field: (dtype, per-row shape). The order here is the canonical order of the digest.
+MEMORY_FIELDS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
+    "folio_order": (np.dtype(np.uint8), ()),
+    "folio_refcount": (np.dtype(np.int64), ()),
+    "folio_pincount": (np.dtype(np.int64), ()),
+    "folio_true_pins": (np.dtype(np.int64), ()),
+    "folio_pmd_mapcount": (np.dtype(np.int64), ()),
+    "folio_flags": (np.dtype(np.uint8), ()),
+    "folio_first_pfn": (np.dtype(np.int64), ()),
+    "page_folio": (np.dtype(np.int64), ()),
+    "page_mapcount": (np.dtype(np.int64), ()),
+    "page_flags": (np.dtype(np.uint8), ()),
+    "page_content": (np.dtype(np.uint64), ()),
+    "swap_count": (np.dtype(np.int64), ()),
+    "swap_levels": (np.dtype(np.int64), ()),
+    "swap_content": (np.dtype(np.uint64), ()),
+}
+MM_FIELDS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
+    "vma_start": (np.dtype(np.int64), ()),
+    "vma_end": (np.dtype(np.int64), ()),
+    "vma_flags": (np.dtype(np.uint64), ()),
+    "vma_backing": (np.dtype(np.uint8), ()),
+    "vma_anon_vma": (np.dtype(np.bool_), ()),
+    "table_index": (np.dtype(np.int64), ()),
+    "pte": (np.dtype(np.uint64), (PTRS_PER_TABLE,)),
+    "pmd_index": (np.dtype(np.int64), ()),
+    "pmd": (np.dtype(np.uint64), ()),
+    "rss": (np.dtype(np.int64), ()),
+}
+
+
+def _check_fields(obj, fields, what):
+    for name, (dtype, row_shape) in fields.items():
+        a = getattr(obj, name)
+        if not isinstance(a, np.ndarray):
+            raise StateError(f"{what}.{name}: expected a numpy array, got {type(a).__name__}")
+        if a.dtype != dtype:
+            raise StateError(f"{what}.{name}: dtype {a.dtype}, expected {dtype}")
+        if a.ndim != 1 + len(row_shape) or a.shape[1:] != row_shape:
+            raise StateError(f"{what}.{name}: shape {a.shape}, expected (n, {', '.join(map(str, row_shape))})"
+                             if row_shape else f"{what}.{name}: shape {a.shape}, expected (n,)")
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Folios, pages and swap slots: the physical state every mm of a simulation shares.
+
+    Folios (``F`` rows): ``folio_order`` u8 (0 = small), ``folio_refcount`` i64 (folio-wide), ``folio_pincount``
+    i64 (folio-wide FOLL_PIN count, used by "large" folios), ``folio_true_pins`` i64 (bookkeeping only, never read by
+    a variant), ``folio_pmd_mapcount`` i64 (PMD mappings), ``folio_flags`` u8 (``FOLIO_*``), ``folio_first_pfn`` i64.
+    Pages (``N`` rows, row = pfn): ``page_folio`` i64, ``page_mapcount`` i64 (PTE mappings, from 0),
+    ``page_flags`` u8 (``PAGE_ANON_EXCLUSIVE``, ``PAGE_HWPOISON``), ``page_content`` u64 (content identity).
+    Swap slots (``S`` rows): ``swap_count`` i64, ``swap_levels`` i64 (continuation pages), ``swap_content`` u64.
+    ``next_content`` is the next unused content identity.
+    """
+
+    folio_order: np.ndarray
+    folio_refcount: np.ndarray
+    folio_pincount: np.ndarray
+    folio_true_pins: np.ndarray
+    folio_pmd_mapcount: np.ndarray
+    folio_flags: np.ndarray
+    folio_first_pfn: np.ndarray
+    page_folio: np.ndarray
+    page_mapcount: np.ndarray
+    page_flags: np.ndarray
+    page_content: np.ndarray
+    swap_count: np.ndarray
+    swap_levels: np.ndarray
+    swap_content: np.ndarray
+    next_content: int = 1
+
+    @property
+    def nr_folios(self) -> int:
+        return int(self.folio_order.shape[0])
+
+    @property
+    def nr_pages(self) -> int:
+        return int(self.page_folio.shape[0])
+
+    @property
+    def nr_slots(self) -> int:
+        return int(self.swap_count.shape[0])
+
+    def validate(self) -> None:
+        _check_fields(self, MEMORY_FIELDS, "memory")
+        nf, npg, ns = self.nr_folios, self.nr_pages, self.nr_slots
+        for name in MEMORY_FIELDS:
+            n = {"folio": nf, "page": npg, "swap": ns}[name.split("_")[0]]
+            if getattr(self, name).shape[0] != n:
+                raise StateError(f"memory.{name}: {getattr(self, name).shape[0]} rows, expected {n}")
+        if nf:
+            if (self.folio_order > 9).any():
+                raise StateError(f"memory.folio_order: order {int(self.folio_order.max())} > 9")
+            nr = np.left_shift(np.int64(1), self.folio_order.astype(np.int64))
+            if (self.folio_first_pfn < 0).any() or (self.folio_first_pfn + nr > npg).any():
+                f = int(np.flatnonzero((self.folio_first_pfn < 0) | (self.folio_first_pfn + nr > npg))[0])
+                raise StateError(f"memory.folio_first_pfn[{f}] = {int(self.folio_first_pfn[f])}: pages "
+                                 f"outside the {npg} page rows")
+            owner = np.repeat(np.arange(nf, dtype=np.int64), nr)
+            pfns = np.concatenate([np.arange(s, s + n) for s, n in zip(self.folio_first_pfn.tolist(),
+                                                                         nr.tolist())]) if nf else owner
+            if pfns.shape[0] != npg or not np.array_equal(self.page_folio[pfns], owner):
+                raise StateError("memory.page_folio does not match folio_first_pfn/folio_order "
+                                 "(every page row must belong to exactly the folio that covers it)")
+        for name in ("folio_refcount", "folio_pincount", "folio_true_pins", "folio_pmd_mapcount",
+                     "page_mapcount", "swap_count", "swap_levels"):
+            a = getattr(self, name)
+            if a.shape[0] and (a < 0).any():
+                i = int(np.flatnonzero(a < 0)[0])
+                raise StateError(f"memory.{name}[{i}] = {int(a[i])} < 0")
+        if ns:
+            caps = np.array([swap_cap(int(lv)) for lv in self.swap_levels], dtype=np.int64)
+            bad = np.flatnonzero(self.swap_count > caps)
+            if bad.size:
+                i = int(bad[0])
+                raise StateError(f"memory.swap_count[{i}] = {int(self.swap_count[i])} exceeds the capacity "
+                                 f"{int(caps[i])} of {int(self.swap_levels[i])} continuation level(s)")
+
+
+@dataclass(frozen=True)
+class MM:
+    """One mm: VMAs, page tables, rss and flags.
+
+    VMAs (``V`` rows, sorted, disjoint): ``vma_start``/``vma_end`` i64 (page numbers, end exclusive), ``vma_flags``
+    u64 (``VM_*``), ``vma_backing`` u8 (``BACKING_*``), ``vma_anon_vma`` bool.
+    PTE tables (``T`` rows): ``table_index`` i64 sorted table numbers (table t covers ``[512t, 512t+512)``),
+    ``pte`` u64 ``(T, 512)`` entries in the encoding of :mod:`gpusim.kernels.pte`.
+    Huge PMDs (``H`` rows): ``pmd_index`` i64 sorted table numbers, ``pmd`` u64 entries (``pmd_trans_huge``); a
+    table number is in at most one of ``table_index`` and ``pmd_index``.
+    ``rss`` i64 ``(4,)``: anon, file, shmem, swapents. ``has_pinned``: the 5.x ``has_pinned`` field or 6.18's
+    ``MMF_HAS_PINNED``. ``on_swapoff_list``: the mm is on the swapoff mm list.
+    """
+
+    vma_start: np.ndarray
+    vma_end: np.ndarray
+    vma_flags: np.ndarray
+    vma_backing: np.ndarray
+    vma_anon_vma: np.ndarray
+    table_index: np.ndarray
+    pte: np.ndarray
+    pmd_index: np.ndarray
+    pmd: np.ndarray
+    rss: np.ndarray
+    has_pinned: bool = False
+    on_swapoff_list: bool = False
+
+    @property
+    def nr_vmas(self) -> int:
+        return int(self.vma_start.shape[0])
+
+    @property
+    def nr_tables(self) -> int:
+        return int(self.table_index.shape[0])
+
+    def validate(self, memory: Memory | None = None, what: str = "mm") -> None:
+        _check_fields(self, MM_FIELDS, what)
+        nv = self.nr_vmas
+        for name in ("vma_end", "vma_flags", "vma_backing", "vma_anon_vma"):
+            if getattr(self, name).shape[0] != nv:
+                raise StateError(f"{what}.{name}: {getattr(self, name).shape[0]} rows, expected {nv}")
+        if self.pte.shape[0] != self.nr_tables:
+            raise StateError(f"{what}.pte: {self.pte.shape[0]} tables, table_index has {self.nr_tables}")
+        if self.pmd.shape[0] != self.pmd_index.shape[0]:
+            raise StateError(f"{what}.pmd: {self.pmd.shape[0]} rows, pmd_index has {self.pmd_index.shape[0]}")
+        if self.rss.shape != (4,):
+            raise StateError(f"{what}.rss: shape {self.rss.shape}, expected (4,)")
+        if nv:
+            if (self.vma_end <= self.vma_start).any():
+                i = int(np.flatnonzero(self.vma_end <= self.vma_start)[0])
+                raise StateError(f"{what}: VMA {i} [{int(self.vma_start[i])}, {int(self.vma_end[i])}) is empty")
+            if (self.vma_start[1:] < self.vma_end[:-1]).any():
+                i = int(np.flatnonzero(self.vma_start[1:] < self.vma_end[:-1])[0])
+                raise StateError(f"{what}: VMAs {i} and {i + 1} overlap or are out of order")
+            unknown = self.vma_flags & ~np.uint64(VM_KNOWN)
+            if unknown.any():
+                i = int(np.flatnonzero(unknown)[0])
+                raise StateError(f"{what}.vma_flags[{i}]: unknown bits {int(unknown[i]):#x}")
+            if (self.vma_backing > BACKING_SHMEM).any():
+                raise StateError(f"{what}.vma_backing: value outside anon/file/shmem")
+        for name in ("table_index", "pmd_index"):
+            a = getattr(self, name)
+            if a.shape[0] and ((a[1:] <= a[:-1]).any() or (a < 0).any()):
+                raise StateError(f"{what}.{name}: table numbers must be non-negative, sorted and unique")
+        if np.intersect1d(self.table_index, self.pmd_index).size:
+            raise StateError(f"{what}: a table number is both a PTE table and a huge PMD")
+        if memory is not None:
+            self._validate_refs(memory, what)
+
+    def _validate_refs(self, memory: Memory, what: str) -> None:
+        flat = self.pte.reshape(-1)
+        for i, v in enumerate(flat.tolist()):
+            if v == 0:
+                continue
+            t, j = divmod(i, PTRS_PER_TABLE)
+            addr = int(self.table_index[t]) * PTRS_PER_TABLE + j
+            kind = P.pte_kind(v)
+            if kind < 0:
+                raise StateError(f"{what}: PTE at {addr} = {v:#x} is not a valid entry")
+            if kind == P.KIND_PRESENT:
+                if not P.pte_special(v) and P.pte_pfn(v) >= memory.nr_pages:
+                    raise StateError(f"{what}: PTE at {addr} maps pfn {P.pte_pfn(v)}, memory has "
+                                     f"{memory.nr_pages} pages")
+            elif kind == P.KIND_SWAP:
+                if P.swp_offset(v) >= memory.nr_slots:
+                    raise StateError(f"{what}: swap PTE at {addr} names slot {P.swp_offset(v)}, memory has "
+                                     f"{memory.nr_slots} slots")
+            elif P.swp_offset(v) >= memory.nr_pages:
+                raise StateError(f"{what}: {P.KIND_NAMES[kind]} PTE at {addr} names pfn {P.swp_offset(v)}, "
+                                 f"memory has {memory.nr_pages} pages")
+        for t, v in zip(self.pmd_index.tolist(), self.pmd.tolist()):
+            if not P.pmd_trans_huge(v):
+                raise StateError(f"{what}: PMD of table {t} = {v:#x} is not a huge PMD")
+            pfn = P.pte_pfn(v)
+            if pfn >= memory.nr_pages or memory.page_folio[pfn] < 0:
+                raise StateError(f"{what}: huge PMD of table {t} maps pfn {pfn} outside memory")
+            f = int(memory.page_folio[pfn])
+            if int(memory.folio_order[f]) != 9 or int(memory.folio_first_pfn[f]) != pfn:
+                raise StateError(f"{what}: huge PMD of table {t} must map the head of an order-9 folio")
+
+
+@dataclass(frozen=True)
+class AddressSpace:
+    """A parent process: its mm and the memory it maps. The input of a fork."""
+
+    mm: MM
+    memory: Memory
+
+    def validate(self) -> "AddressSpace":
+        self.memory.validate()
+        self.mm.validate(self.memory)
+        return self
+
+    @property
+    def nr_ptes(self) -> int:
+        """PTE slots in the parent's page tables (512 per table; a huge PMD counts 512)."""
+        return PTRS_PER_TABLE * (self.mm.nr_tables + int(self.mm.pmd_index.shape[0]))
+
+
+def empty_mm(**kw) -> MM:
+    """An mm with no VMA and no table (the child's starting state); ``kw`` overrides fields."""
+    base = {name: np.zeros((0,) + shape, dtype=dtype) for name, (dtype, shape) in MM_FIELDS.items()}
+    base["rss"] = np.zeros(4, dtype=np.int64)
+    base.update(kw)
+    return MM(**base)
+
+
+def copy_state(obj):
+    """A deep copy of a :class:`Memory` or :class:`MM` (arrays copied)."""
+    kw = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        kw[f.name] = v.copy() if isinstance(v, np.ndarray) else v
+    return type(obj)(**kw)
+
+
+def digest(parent: MM, child: MM, memory: Memory) -> str:
+    """SHA-256 of the canonical encoding of a parent mm, a child mm and their memory.
+
+    Canonical: for each field in the fixed order of ``MM_FIELDS`` / ``MEMORY_FIELDS``, its name, its dtype (as
+    fixed by the model, little-endian) and shape, then its bytes in C order; scalars as decimal text. Equal states
+    give equal digests whichever engine produced them.
+    """
+    h = hashlib.sha256()
+
+    def put(tag: str, a) -> None:
+        if isinstance(a, np.ndarray):
+            a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+            h.update(f"{tag}:{a.dtype.str}:{a.shape};".encode())
+            h.update(a.tobytes())
+        else:
+            h.update(f"{tag}={int(a)};".encode())
+
+    for who, mm in (("parent", parent), ("child", child)):
+        for name in MM_FIELDS:
+            put(f"{who}.{name}", getattr(mm, name))
+        put(f"{who}.has_pinned", mm.has_pinned)
+        put(f"{who}.on_swapoff_list", mm.on_swapoff_list)
+    for name in MEMORY_FIELDS:
+        put(f"memory.{name}", getattr(memory, name))
+    put("memory.next_content", memory.next_content)
+    return h.hexdigest()
+
+
+def table_entries(mm: MM, t: int) -> np.ndarray | None:
+    """The 512 entries of table ``t`` of ``mm``, or None when it has no PTE table there."""
+    i = int(np.searchsorted(mm.table_index, t))
+    if i < mm.nr_tables and int(mm.table_index[i]) == t:
+        return mm.pte[i]
+    return None
+
+
+def pte_at(mm: MM, addr: int) -> int:
+    """The entry at address ``addr`` (0 where no table exists)."""
+    row = table_entries(mm, addr // PTRS_PER_TABLE)
+    return 0 if row is None else int(row[addr % PTRS_PER_TABLE])
+
+
+def vma_flag_names(flags: int) -> str:
+    return "|".join(n for b, n in VM_FLAG_NAMES.items() if flags & b) or "0"
+
