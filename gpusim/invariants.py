@@ -1,3 +1,479 @@
-def check_invariants(*a, **k):
-    from gpusim.result import InvariantReport
-    return InvariantReport(True)
+"""The invariant checker of spec section 6, run after every fork whose outcome is ``ok`` or ``enomem``.
+
+It compares the state before the fork, the state after it and the engine's trace (handled indices, check log,
+windows, installs, applied events). Wherever it can, it recomputes a fact from the states and the spec's rules
+instead of trusting a counter: reference counts from the child's page tables, the check cadence by replaying the
++1/+8 progress weights, the early-copy predicate from the pre-fork state. Each violation is one line naming the
+invariant by its number in the spec.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from gpusim.kernels import pte as P
+from gpusim.layout import rss_of
+from gpusim.result import InvariantReport
+from gpusim.state import (
+    FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, MM, PAGE_ANON_EXCLUSIVE, PIN_BIAS,
+    PTRS_PER_TABLE, VM_SHARED, VM_WRITE, AddressSpace, is_cow_mapping,
+)
+from gpusim.variants import LINUX_5_8, LINUX_5_10, LINUX_6_18, XU_V1, XU_V1_OLEG, get_variant
+
+_SHARE_KINDS = ("share", "special", "batch")
+MAX_REPORTED = 20
+
+
+def entries(mm: MM) -> tuple[np.ndarray, np.ndarray]:
+    """(addresses, values) of the non-empty PTEs of ``mm``, in address order."""
+    if mm.nr_tables == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    addr = (mm.table_index[:, None] * PTRS_PER_TABLE + np.arange(PTRS_PER_TABLE)[None, :]).reshape(-1)
+    val = mm.pte.reshape(-1)
+    nz = val != 0
+    return addr[nz], val[nz]
+
+
+def page_holding_pfns(vals: np.ndarray) -> np.ndarray:
+    """pfns of the entries that hold a reference and a mapcount: present non-special and device-private."""
+    v = vals
+    present = (v & np.uint64(P.PAGE_PRESENT)) != 0
+    special = (v & np.uint64(P.PAGE_SPECIAL)) != 0
+    typ = (v >> np.uint64(P.SWP_TYPE_SHIFT)) & np.uint64(P.SWP_TYPE_MASK)
+    dev = ~present & (v != 0) & ((typ == P.SWP_DEVICE_READ) | (typ == P.SWP_DEVICE_WRITE))
+    keep = (present & ~special) | dev
+    return ((v[keep] >> np.uint64(P.PFN_SHIFT)) & np.uint64(P.PFN_MASK)).astype(np.int64)
+
+
+def swap_slots(vals: np.ndarray) -> np.ndarray:
+    present = (vals & np.uint64(P.PAGE_PRESENT)) != 0
+    typ = (vals >> np.uint64(P.SWP_TYPE_SHIFT)) & np.uint64(P.SWP_TYPE_MASK)
+    keep = ~present & (vals != 0) & (typ == P.SWP_SWAPFILE)
+    return ((vals[keep] >> np.uint64(P.PFN_SHIFT)) & np.uint64(P.PFN_MASK)).astype(np.int64)
+
+
+class _Checker:
+    def __init__(self, before: AddressSpace, result, oracle, fork_seq: int, first_new_pfn: int):
+        self.b, self.r, self.oracle, self.fork_seq = before, result, oracle, fork_seq
+        self.first_new_pfn = first_new_pfn
+        self.variant = result.variant
+        self.tr = result.trace
+        self.m0, self.m1 = before.memory, result.memory
+        self.ok = result.outcome == "ok"
+        self.v: list[str] = []
+        self.events = [e for e in self.tr.events if e.applied]
+        self.touched_addr = {e.addr for e in self.events if e.name in ("zap", "reclaim", "touch")}
+        self.touched_folio = {e.folio for e in self.events if e.folio >= 0 and e.name in ("pin", "unpin", "zap",
+                                                                                          "reclaim")}
+        self.split_folios = {f for _, f in self.tr.splits}
+        self.parent1 = {t: row for t, row in zip(result.parent.mm.table_index.tolist(), result.parent.mm.pte)}
+        self.child = {t: row for t, row in zip(result.child.table_index.tolist(), result.child.pte)}
+        self.vma_flags = [int(x) for x in before.mm.vma_flags.tolist()]
+
+    def fail(self, inv: int, msg: str) -> None:
+        if len(self.v) < MAX_REPORTED:
+            self.v.append(f"{inv}: {msg}")
+        elif len(self.v) == MAX_REPORTED:
+            self.v.append("...: more violations not listed")
+
+    # -- state lookups
+    def val0(self, a: int) -> int:
+        """The parent's entry at ``a`` before any PTE of the fork was handled (after a THP split)."""
+        t, i = divmod(a, PTRS_PER_TABLE)
+        for st, f in self.tr.splits:
+            if st == t:
+                pmd0 = int(self.b.mm.pmd[int(np.searchsorted(self.b.mm.pmd_index, t))])
+                return P.mk_pte(P.pte_pfn(pmd0) + i, P.pte_write(pmd0), P.pte_dirty(pmd0), P.pte_young(pmd0),
+                                False)
+        k = int(np.searchsorted(self.b.mm.table_index, t))
+        if k < self.b.mm.nr_tables and int(self.b.mm.table_index[k]) == t:
+            return int(self.b.mm.pte[k, i])
+        return 0
+
+    def val1(self, a: int) -> int:
+        row = self.parent1.get(a // PTRS_PER_TABLE)
+        return 0 if row is None else int(row[a % PTRS_PER_TABLE])
+
+    def child_val(self, a: int) -> int:
+        row = self.child.get(a // PTRS_PER_TABLE)
+        return 0 if row is None else int(row[a % PTRS_PER_TABLE])
+
+    def excl0(self, pfn: int) -> bool:
+        f = int(self.m0.page_folio[pfn])
+        if f in self.split_folios:
+            pfn = int(self.m0.folio_first_pfn[f])
+        return bool(self.m0.page_flags[pfn] & PAGE_ANON_EXCLUSIVE)
+
+    # -- the invariants
+    def run(self) -> None:
+        self.coverage_and_restarts()          # 1, 2
+        self.shared_references()              # 3
+        self.early_copies()                   # 4, 5, 9
+        self.per_pte_effects()                # 6
+        self.rss()                            # 7
+        self.swap()                           # 8
+        self.xu_protocol()                    # 10
+        self.oracle_cadence()                 # 11
+        self.flags()                          # 12
+        self.pin_hazard()                     # 13
+
+    def coverage_and_restarts(self) -> None:
+        calls = self.tr.calls
+        for ci, rec in enumerate(calls):
+            idx = [a + j for p in rec.passes for (a, _, n) in p.handled for j in range(n)]
+            complete = rec.result == 0
+            want = list(range(rec.call_start, rec.call_start + len(idx)))
+            if idx != want:
+                self.fail(1, f"call {rec.call_start}: handled indices are not {rec.call_start}, "
+                             f"{rec.call_start + 1}, ... in order once each")
+            if complete and len(idx) != rec.end - rec.call_start:
+                self.fail(1, f"call {rec.call_start}: {len(idx)} of {rec.end - rec.call_start} indices handled")
+            if not complete and ci != len(calls) - 1:
+                self.fail(1, f"call {rec.call_start} failed but the fork went on")
+            if any(not rec.call_start <= a < rec.end for a in idx):
+                self.fail(1, f"call {rec.call_start}: an index outside [{rec.call_start}, {rec.end}) handled")
+            if rec.passes and rec.passes[0].start != rec.call_start:
+                self.fail(2, f"call {rec.call_start}: first pass starts at {rec.passes[0].start}")
+            for p, q in zip(rec.passes, rec.passes[1:]):
+                if q.start != p.end:
+                    self.fail(2, f"call {rec.call_start}: a pass starts at {q.start}, the previous broke at {p.end}")
+        if self.ok:
+            nr = sum(rec.end - rec.call_start for rec in calls)
+            got = sum(n for rec in calls for p in rec.passes for (_, _, n) in p.handled)
+            if nr != got:
+                self.fail(1, f"{got} indices handled for {nr} in the calls' ranges")
+
+    def shared_references(self) -> None:
+        m0, m1 = self.m0, self.m1
+        F0, N0 = m0.nr_folios, m0.nr_pages
+        _, cvals = entries(self.r.child)
+        cpfn = page_holding_pfns(cvals)
+        child_map = np.bincount(cpfn, minlength=m1.nr_pages)
+        child_ref = np.bincount(m1.page_folio[cpfn], minlength=m1.nr_folios) if cpfn.size else np.zeros(
+            m1.nr_folios, np.int64)
+        child_pmd = np.zeros(m1.nr_folios, np.int64)
+        for v in self.r.child.pmd.tolist():
+            child_pmd[int(m1.page_folio[P.pte_pfn(v)])] += 1
+        d_ref = np.zeros(m1.nr_folios, np.int64)
+        d_map = np.zeros(m1.nr_pages, np.int64)
+        d_pmd = np.zeros(m1.nr_folios, np.int64)
+        for e in self.events:
+            if e.folio >= 0:
+                d_ref[e.folio] += e.ref
+            if e.pfn >= 0:
+                d_map[e.pfn] += e.map
+        for _, f in self.tr.splits:
+            d_ref[f] += PTRS_PER_TABLE - 1
+            d_pmd[f] -= 1
+            first = int(m0.folio_first_pfn[f])
+            d_map[first:first + PTRS_PER_TABLE] += 1
+        want_ref = m0.folio_refcount + child_ref[:F0] + child_pmd[:F0] + d_ref[:F0]
+        bad = np.flatnonzero(m1.folio_refcount[:F0] != want_ref)
+        for f in bad[:5].tolist():
+            self.fail(3, f"folio {f}: refcount {int(m1.folio_refcount[f])}, expected {int(want_ref[f])}")
+        want_map = m0.page_mapcount + child_map[:N0] + d_map[:N0]
+        bad = np.flatnonzero(m1.page_mapcount[:N0] != want_map)
+        for p in bad[:5].tolist():
+            self.fail(3, f"page {p}: mapcount {int(m1.page_mapcount[p])}, expected {int(want_map[p])}")
+        want_pmd = m0.folio_pmd_mapcount + child_pmd[:F0] + d_pmd[:F0]
+        bad = np.flatnonzero(m1.folio_pmd_mapcount[:F0] != want_pmd)
+        for f in bad[:5].tolist():
+            self.fail(3, f"folio {f}: PMD mapcount {int(m1.folio_pmd_mapcount[f])}, expected {int(want_pmd[f])}")
+        if (m1.folio_refcount < 0).any() or (m1.page_mapcount < 0).any():
+            self.fail(3, "a refcount or mapcount is negative")
+
+    def content_at(self, pfn: int, seq: int) -> int:
+        c = int(self.m0.page_content[pfn]) if pfn < self.m0.nr_pages else 0
+        for e in self.events:
+            if e.name == "write" and e.pfn == pfn and e.seq < seq:
+                c = e.content
+        return c
+
+    def early_copies(self) -> None:
+        m1 = self.m1
+        xu = self.variant in (XU_V1, XU_V1_OLEG)
+        installs = [(rec, i) for rec in self.tr.calls for i in rec.installs]
+        dup_moment = {q: (src, seq) for rec in self.tr.calls for (q, src, seq) in rec.duplicates}
+        _, cvals = entries(self.r.child)
+        cpfn = page_holding_pfns(cvals)
+        new_mapped = np.bincount(cpfn[cpfn >= self.first_new_pfn] - self.first_new_pfn,
+                                 minlength=max(0, m1.nr_pages - self.first_new_pfn))
+        for rec, (a, q, src, seq) in installs:
+            flags = self.vma_flags[rec.vma]
+            fq = int(m1.page_folio[q])
+            if q < self.first_new_pfn:
+                self.fail(5, f"early copy at {a} maps pfn {q}, which the fork did not allocate")
+                continue
+            if a not in self.touched_addr and self.val1(a) != self.val0(a):
+                self.fail(4, f"early-copied index {a}: parent PTE changed by the fork")
+            if self.variant == LINUX_6_18 and not m1.page_flags[src] & PAGE_ANON_EXCLUSIVE:
+                self.fail(4, f"early-copied index {a}: source page lost anon_exclusive")
+            if xu:
+                if q not in dup_moment:
+                    self.fail(5, f"early copy at {a}: no page_duplicate produced pfn {q}")
+                    continue
+                src_d, moment = dup_moment[q]
+                if src_d != src:
+                    self.fail(5, f"early copy at {a}: copied from pfn {src_d}, installed for {src}")
+            else:
+                moment = seq
+            if int(m1.page_content[q]) != self.content_at(src, moment):
+                self.fail(5, f"early copy at {a}: content {int(m1.page_content[q])}, expected "
+                             f"{self.content_at(src, moment)} (source at the copy moment)")
+            if not self.ok:
+                if not m1.folio_flags[fq] & FOLIO_FREED or int(m1.folio_refcount[fq]) != 0:
+                    self.fail(5, f"early copy at {a}: not freed by the teardown")
+                continue
+            cv = self.child_val(a)
+            want = P.mk_pte(q, flags & VM_WRITE, True, True, False)
+            if cv != want:
+                self.fail(5, f"early copy at {a}: child PTE {cv:#x}, expected {want:#x}")
+            good = (int(m1.folio_order[fq]) == 0 and int(m1.folio_refcount[fq]) == 1
+                    and int(m1.page_mapcount[q]) == 1
+                    and (int(m1.folio_flags[fq]) & (FOLIO_ANON | FOLIO_SWAPBACKED | FOLIO_FREED))
+                    == FOLIO_ANON | FOLIO_SWAPBACKED)
+            if not good:
+                self.fail(5, f"early copy at {a}: folio {fq} is not an anon order-0 page with ref 1, map 1")
+            if self.variant == LINUX_6_18 and not m1.page_flags[q] & PAGE_ANON_EXCLUSIVE:
+                self.fail(5, f"early copy at {a}: not anon_exclusive")
+            if new_mapped[q - self.first_new_pfn] != 1:
+                self.fail(5, f"early copy at {a}: pfn {q} mapped by {int(new_mapped[q - self.first_new_pfn])} "
+                             f"child PTEs")
+        c = self.r.counts
+        # 9: allocation balance and N2/N3
+        if c["allocations"] != c["installs"] + c["unused_frees"]:
+            self.fail(9, f"{c['allocations']} copy allocations != {c['installs']} installs + "
+                         f"{c['unused_frees']} unused frees")
+        if c["installs"] != len(installs):
+            self.fail(9, f"installs counted {c['installs']}, early-copied indices {len(installs)}")
+        if self.ok and int(new_mapped.sum()) != len(installs):
+            self.fail(9, f"{int(new_mapped.sum())} child PTEs map new pages, {len(installs)} installs")
+        for f in range(self.m0.nr_folios, m1.nr_folios):
+            freed = bool(m1.folio_flags[f] & FOLIO_FREED)
+            if freed and int(m1.folio_refcount[f]) != 0:
+                self.fail(9, f"new folio {f} freed with refcount {int(m1.folio_refcount[f])}")
+            q = int(m1.folio_first_pfn[f])
+            if not freed and (not self.ok or new_mapped[q - self.first_new_pfn] != 1):
+                self.fail(9, f"new folio {f} neither mapped once by the child nor freed (leak)")
+        for rec in self.tr.calls:
+            for what in rec.owned_at_return:
+                self.fail(9, f"call {rec.call_start} returned owning {what} (N3)")
+
+    def per_pte_effects(self) -> None:
+        """Invariant 6 (write protection of shared PTEs) and the per-PTE effects table of spec 3.6."""
+        for rec in self.tr.calls:
+            flags = self.vma_flags[rec.vma]
+            cow = is_cow_mapping(flags)
+            for p in rec.passes:
+                for a, how, n in p.handled:
+                    span = range(a, a + n)
+                    if any(x in self.touched_addr for x in span):
+                        continue
+                    if how in _SHARE_KINDS:
+                        self.check_share(span, cow, flags)
+                    elif how in ("swap", "migration", "devpriv"):
+                        self.check_nonpresent(a, how, cow)
+
+    def check_share(self, span: range, cow: bool, flags: int) -> None:
+        before = [self.val0(x) for x in span]
+        w_any = any(P.pte_write(v) for v in before)
+        for x, pb in zip(span, before):
+            pa = self.val1(x)
+            want_parent = P.pte_wrprotect(pb) if cow else pb
+            if pa != want_parent:
+                self.fail(6, f"shared index {x}: parent PTE {pa:#x}, expected {want_parent:#x}")
+            if not self.ok:
+                continue
+            cv = self.child_val(x)
+            if P.pte_pfn(cv) != P.pte_pfn(pb) or not P.pte_present(cv) or P.pte_special(cv) != P.pte_special(pb):
+                self.fail(6, f"shared index {x}: child does not map the parent's page")
+            if P.pte_young(cv):
+                self.fail(6, f"shared index {x}: child PTE is young")
+            want_dirty = False if flags & VM_SHARED else P.pte_dirty(before[0])
+            if P.pte_dirty(cv) != want_dirty:
+                self.fail(6, f"shared index {x}: child dirty bit {P.pte_dirty(cv)}, expected {want_dirty}")
+            want_w = False if cow else w_any
+            if P.pte_write(cv) != want_w:
+                self.fail(6, f"shared index {x}: child write bit {P.pte_write(cv)}, expected {want_w}")
+
+    def check_nonpresent(self, a: int, how: str, cow: bool) -> None:
+        pb, pa = self.val0(a), self.val1(a)
+        if how == "swap":
+            want_parent = P.pte_swp_clear_exclusive(pb) if self.variant == LINUX_6_18 else pb
+            want_child = P.pte_swp_clear_exclusive(pb)
+        elif how == "migration":
+            down = cow and (P.is_writable_migration_entry(pb) or P.is_readable_exclusive_migration_entry(pb))
+            want_parent = want_child = P.make_readable_migration_entry(pb) if down else pb
+        else:
+            down = cow and P.is_writable_device_private_entry(pb)
+            want_parent = want_child = P.make_readable_device_private_entry(pb) if down else pb
+        if pa != want_parent:
+            self.fail(6, f"{how} index {a}: parent entry {pa:#x}, expected {want_parent:#x}")
+        if self.ok and self.child_val(a) != want_child:
+            self.fail(6, f"{how} index {a}: child entry {self.child_val(a):#x}, expected {want_child:#x}")
+
+    def rss(self) -> None:
+        want = self.b.mm.rss.copy()
+        for e in self.events:
+            want += np.array(e.rss, dtype=np.int64)
+        if not np.array_equal(self.r.parent.mm.rss, want):
+            self.fail(7, f"parent rss {self.r.parent.mm.rss.tolist()}, expected {want.tolist()}")
+        child = self.r.child
+        if self.ok:
+            implied = rss_of(child.pte, child.pmd, self.m1)
+            if not np.array_equal(child.rss, implied):
+                self.fail(7, f"child rss {child.rss.tolist()}, its PTEs imply {implied.tolist()}")
+            if list(self.r.child_rss.values()) != child.rss.tolist():
+                self.fail(7, "reported child rss differs from the child's counters")
+        elif child.rss.any() or any(self.r.child_rss_after_teardown.values()):
+            self.fail(7, "child rss is not 0 after teardown (N4)")
+
+    def swap(self) -> None:
+        m0, m1 = self.m0, self.m1
+        S0, S1 = m0.nr_slots, m1.nr_slots
+        _, cvals = entries(self.r.child)
+        refs = np.bincount(swap_slots(cvals), minlength=S1)
+        base = np.concatenate([m0.swap_count, np.ones(S1 - S0, np.int64)])
+        for e in self.events:
+            if e.slot >= 0:
+                base[e.slot] += e.count
+        bad = np.flatnonzero(m1.swap_count != base + refs)
+        for s in bad[:5].tolist():
+            self.fail(8, f"slot {s}: count {int(m1.swap_count[s])}, expected {int(base[s] + refs[s])}")
+        lv0 = np.concatenate([m0.swap_levels, np.zeros(S1 - S0, np.int64)])
+        if (m1.swap_levels < lv0).any():
+            self.fail(8, "a slot lost continuation levels")
+        if int((m1.swap_levels - lv0).sum()) != self.r.counts["levels_added"]:
+            self.fail(8, f"levels grew by {int((m1.swap_levels - lv0).sum())}, levels_added "
+                         f"{self.r.counts['levels_added']}")
+        stale_ok = self.variant in (LINUX_5_8, XU_V1)
+        for rec in self.tr.calls:
+            if rec.kernel_calls < rec.sc_breaks or (not stale_ok and rec.kernel_calls != rec.sc_breaks):
+                self.fail(8, f"call {rec.call_start}: {rec.kernel_calls} window continuations for "
+                             f"{rec.sc_breaks} SC breaks")
+
+    def xu_protocol(self) -> None:
+        xu = self.variant in (XU_V1, XU_V1_OLEG)
+        for rec in self.tr.calls:
+            if xu and rec.pd_calls != rec.break_cow:
+                self.fail(10, f"call {rec.call_start}: {rec.pd_calls} page_duplicate calls for "
+                              f"{rec.break_cow} BREAK_COW breaks")
+            if not xu and (rec.pd_calls or rec.break_cow):
+                self.fail(10, f"call {rec.call_start}: xu protocol used by {self.variant}")
+
+    def oracle_cadence(self) -> None:
+        weights = {"copy": get_variant(self.variant).install_weight}
+        c = self.r.counts
+        tot = defaultdict(int)
+        for rec in self.tr.calls:
+            expect = []
+            for p in rec.passes:
+                progress = 0
+                for a, how, n in p.handled:
+                    if progress >= 32:
+                        expect.append((False, a))
+                        progress = 0
+                    progress += 1 if how == "none" else weights.get(how, 8) * n
+                if p.reason == "LB":
+                    if progress < 32 or not p.handled:
+                        self.fail(11, f"call {rec.call_start}: a pass broke at {p.end} with progress {progress}")
+                    expect.append((True, p.end))
+                elif p.reason is not None and progress >= 32:
+                    expect.append((False, p.end))
+            got = [(brk, a) for (_, brk, a) in rec.checks]
+            if got != expect:
+                self.fail(11, f"call {rec.call_start}: check log {got[:4]}..., replay gives {expect[:4]}...")
+            for k, (kk, brk, a) in enumerate(rec.checks):
+                if kk != k or brk != self.oracle(self.fork_seq, rec.call_start, k):
+                    self.fail(11, f"call {rec.call_start}: check {kk} answered {brk}, the oracle says otherwise")
+                    break
+            tot["checks"] += len(rec.checks)
+            tot["lb"] += sum(1 for (_, brk, _) in rec.checks if brk)
+            tot["passes"] += len(rec.passes)
+            for reason, _ in rec.windows:
+                tot[reason] += 1
+            if rec.result == 0 and len(rec.passes) != 1 + len(rec.windows):
+                self.fail(11, f"call {rec.call_start}: {len(rec.passes)} passes, {len(rec.windows)} restarts")
+        for name, key in (("check", "checks"), ("lock_breaks", "lb"), ("passes", "passes"),
+                          ("restart.lb", "LB"), ("restart.sc", "SC"), ("restart.ec", "EC")):
+            if c[name] != tot[key]:
+                self.fail(11, f"{name} counted {c[name]}, the trace has {tot[key]}")
+        if c["lock_breaks"] != c["restart.lb"]:
+            self.fail(11, f"{c['lock_breaks']} lock breaks but {c['restart.lb']} LB restarts")
+
+    def flags(self) -> None:
+        if self.r.child.has_pinned:
+            self.fail(12, "child has_pinned is set")
+        pinned = any(e.name == "pin" for e in self.events)
+        if self.r.parent.mm.has_pinned != (self.b.mm.has_pinned or pinned):
+            self.fail(12, "parent has_pinned changed without a pin event")
+
+    def pin_hazard(self) -> None:
+        m0, m1 = self.m0, self.m1
+        F0 = m0.nr_folios
+        addrs, cvals = entries(self.r.child)
+        present = (cvals & np.uint64(P.PAGE_PRESENT)) != 0
+        n = 0
+        for a, v in zip(addrs.tolist(), cvals.tolist()):
+            pfns = page_holding_pfns(np.array([v], dtype=np.uint64))
+            if not pfns.size:
+                continue
+            f = int(m1.page_folio[pfns[0]])
+            if f < F0 and m1.folio_true_pins[f] > 0:
+                n += 1
+        for v in self.r.child.pmd.tolist():
+            f = int(m1.page_folio[P.pte_pfn(v)])
+            if m1.folio_true_pins[f] > 0:
+                n += PTRS_PER_TABLE
+        pin_events = any(e.name in ("pin", "unpin") for e in self.events)
+        if self.ok and not pin_events and n != self.r.counts["pin_shared"]:
+            self.fail(13, f"pin_shared counted {self.r.counts['pin_shared']}, the child shares {n} pinned pages")
+        if not self.ok:
+            return
+        large_order = get_variant(self.variant).large_pin_order
+        has_pinned0 = self.b.mm.has_pinned
+        vma_of = {}
+        for rec in self.tr.calls:
+            for a in range(rec.call_start, rec.end):
+                vma_of[a] = self.vma_flags[rec.vma]
+        for a, v, pr in zip(addrs.tolist(), cvals.tolist(), present.tolist()):
+            if not pr or P.pte_special(v) or a in self.touched_addr:
+                continue
+            pfn = P.pte_pfn(v)
+            f = int(m1.page_folio[pfn])
+            if f >= F0 or m1.folio_true_pins[f] == 0 or f in self.touched_folio or pin_events:
+                continue
+            order = int(m0.folio_order[f])
+            large = order >= large_order
+            if not large and order >= 1:
+                continue            # the refcount heuristic also sees the references of sibling PTEs
+            ref0 = int(m0.folio_refcount[f])
+            pb = self.val0(a)
+            cow = is_cow_mapping(vma_of.get(a, 0))
+            anon = bool(m0.folio_flags[f] & FOLIO_ANON)
+
+            def maybe_pinned(ref: int) -> bool:
+                return int(m0.folio_pincount[f]) > 0 if large else ref >= PIN_BIAS
+
+            if self.variant == LINUX_5_8:
+                e = False
+            elif self.variant in (XU_V1, XU_V1_OLEG):
+                e = has_pinned0 and cow and P.pte_write(pb) and maybe_pinned(ref0 + 1)
+            elif self.variant == LINUX_5_10:
+                e = cow and has_pinned0 and maybe_pinned(ref0)
+            else:
+                e = (anon and self.excl0(pfn) and not m0.folio_flags[f] & FOLIO_DEVICE_PRIVATE and has_pinned0
+                     and maybe_pinned(ref0 + 1))
+            if e:
+                self.fail(13, f"index {a}: pinned page shared although the early-copy predicate held")
+            if self.variant == LINUX_5_8 and cow and P.pte_write(pb) and P.pte_write(self.val1(a)):
+                self.fail(13, f"index {a}: linux-5.8 shared a pinned page without write-protecting the parent")
+
+
+def check_invariants(before: AddressSpace, result, oracle, fork_seq: int, first_new_pfn: int) -> InvariantReport:
+    """Check the 13 invariants of spec section 6 (and N1-N4 of 5.4) for a fork with outcome ok or enomem."""
+    chk = _Checker(before, result, oracle, fork_seq, first_new_pfn)
+    chk.run()
+    return InvariantReport(not chk.v, tuple(chk.v))

@@ -1,0 +1,191 @@
+"""The ``gpusim`` command line: ``variants``, ``fork`` and ``scenarios``.
+
+Bad input (an unknown variant, a malformed layout, oracle or injection) prints one line to stderr and exits 2,
+with no traceback. A simulated fork exits 0 whatever its outcome (ok, enomem or oops).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gpusim.api import BACKENDS, fork as run_fork
+from gpusim.catalogue import SCENARIOS, get_scenario
+from gpusim.layout import parse_layout
+from gpusim.variants import DEFAULT_VARIANT, VARIANTS, get_variant
+
+FORK_HELP = """Simulate one fork() of an address space and print what the kernel variant did.
+
+\b
+LAYOUT notation (spec 7.1): tokens kind(:mod)*(*count), addresses from 0.
+  kinds:  none normal pinned zero file shmem swap migw migr devw devr pfn folioN thp hole gap
+  mods:   ro clean old pin pin=K ref=K nonex nonex=i,j cnt=K lv=L excl hwpoison
+  vma(:flag)*  starts a VMA: shared ro nomaywrite exec file shmem noanon dontcopy wipeonfork
+               pfnmap mixedmap hugetlb      mm:has_pinned=0|1  sets the parent's has_pinned
+  default: one private anonymous writable VMA with an anon_vma, has_pinned set.
+  e.g.  "pinned none*31 normal*480"     "normal*700 pinned normal*323"   (two tables)
+        "vma:file file*100 file:pin file*411"    "none*16 folio16:pin normal*480"   "thp:pin"
+
+\b
+ORACLE (lock-break answers, spec 4): never | always | every:N | bern:P:SEED | list:(s,k),...
+  e.g.  --oracle always     --oracle bern:0.5:1     --oracle "list:(0,3),(512,0)"
+
+\b
+INJECTIONS (spec 5), repeat --inject; without @A they apply to every call:
+  fail@POINT#N[@A]       POINT: ptetable copy swapcont.atomic swapcont.kernel
+  fail@bern:Q:SEED[@A]   each allocation fails with probability Q
+  @W#N[@A]: EV(x); ...   W: LB SC EC ANY;  EV: zap reclaim unpin pin write touch
+  e.g.  --inject fail@copy#1     --inject "@EC#1: zap(100)"     --inject "@SC#1@512: zap(520)"
+"""
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="gpusim: simulate Linux fork() page-table copying (early COW for pinned pages).")
+err = Console(stderr=True, highlight=False)
+
+
+def bad_input(msg: str) -> None:
+    err.print(f"gpusim: error: {msg}", markup=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def variants() -> None:
+    """List the kernel variants, one line each."""
+    for v in VARIANTS.values():
+        mark = " (default)" if v.name == DEFAULT_VARIANT else ""
+        typer.echo(f"{v.name:<12} {v.summary}{mark}")
+
+
+@app.command(help=FORK_HELP)
+def fork(
+    layout: Optional[str] = typer.Option(None, "--layout", "-l", help="Address space in layout notation."),
+    scenario: Optional[str] = typer.Option(None, "--scenario", "-s",
+                                           help="A scenario of the spec's catalogue (A, B2, H-c, M-b, ...); "
+                                                "its layout, oracle and injections, unless given."),
+    variant: str = typer.Option(DEFAULT_VARIANT, "--variant", "-v", help="Kernel variant (see `gpusim variants`)."),
+    oracle: Optional[str] = typer.Option(None, "--oracle", help="Lock-break oracle (default never)."),
+    inject: Optional[List[str]] = typer.Option(None, "--inject", "-i", help="Injection; repeatable."),
+    backend: str = typer.Option("reference", "--backend", help=f"Engine: {', '.join(BACKENDS)}."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    try:
+        get_variant(variant)
+        if scenario is not None:
+            s = get_scenario(scenario)
+            layout = layout if layout is not None else s.layout
+            oracle = oracle if oracle is not None else s.oracle
+            inject = inject if inject else list(s.inject)
+        if layout is None:
+            bad_input("give --layout or --scenario")
+        space = parse_layout(layout, variant)
+        result = run_fork(space, variant, backend=backend, oracle=oracle or "never", inject=inject or ())
+    except typer.Exit:
+        raise
+    except ValueError as e:
+        bad_input(str(e))
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+        return
+    print_summary(result, layout)
+
+
+def print_summary(r, layout: str) -> None:
+    out = Console(highlight=False)
+    c = r.counts
+    colour = {"ok": "green", "enomem": "yellow", "oops": "red"}[r.outcome]
+    head = f"[bold {colour}]{r.outcome}[/]"
+    if r.oops:
+        o = r.oops
+        head += f"  oops@{o['function']}:{o['addr']} ({o['reason']}, call {o['call_start']})"
+    if r.enomem:
+        e = r.enomem
+        head += f"  ENOMEM at {e['point']}#{e['occurrence']} (call {e['call_start']})"
+    out.print(f"{head}   {r.variant} ({r.backend}), {r.nr_ptes} PTE slots", soft_wrap=True)
+    t = Table(show_header=False, box=None, pad_edge=False)
+    for _ in range(4):
+        t.add_column()
+        t.add_column(justify="right")
+    pairs = [
+        ("calls", c["table.call"]), ("passes", c["passes"]), ("lock breaks", c["lock_breaks"]),
+        ("checks", c["check"]), ("shared", c["shared"]), ("early copies", c["installs"]),
+        ("copy allocs", c["allocations"]), ("unused frees", c["unused_frees"]), ("pin_shared", c["pin_shared"]),
+        ("swapcont atomic", c["swapcont_atomic"]), ("swapcont kernel", c["swapcont_kernel"]),
+        ("levels added", c["levels_added"]), ("pmd share", c["pmd.share"]), ("pmd split", c["pmd.split"]),
+        ("batches", c["batch.start"]), ("teardown frees", c["teardown_frees"]),
+    ]
+    for i in range(0, len(pairs), 4):
+        row = []
+        for name, val in pairs[i:i + 4]:
+            row += [name, str(val)]
+        t.add_row(*row)
+    out.print(t)
+    rss = r.child_rss
+    out.print(f"child rss: anon {rss['anon']}, file {rss['file']}, shmem {rss['shmem']}, "
+              f"swapents {rss['swapents']}" + (" (before teardown)" if r.child_rss_after_teardown else ""))
+    if not r.invariants.checked:
+        out.print("invariants: not checked (oops)")
+    elif r.invariants.ok:
+        out.print("invariants: [green]all 13 hold[/]")
+    else:
+        out.print(f"invariants: [red]{len(r.invariants.violations)} violation(s)[/]")
+        for v in r.invariants.violations:
+            out.print(f"  {v}", markup=False)
+    if r.unfired:
+        out.print(f"unfired injections: {', '.join(r.unfired)}", markup=False)
+    if r.ignored_events:
+        out.print(f"ignored events: {', '.join(r.ignored_events)}", markup=False)
+    out.print(f"digest {r.digest[:16]}…  engine {r.engine_wall_s * 1e3:.2f} ms")
+
+
+@app.command()
+def scenarios(
+    variant: Optional[List[str]] = typer.Option(None, "--variant", "-v", help="Variants to run (default: all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per scenario and variant."),
+) -> None:
+    """Run the spec's scenario catalogue (A ... M-b) under each variant and print a table of outcomes."""
+    try:
+        names = variant or list(VARIANTS)
+        for v in names:
+            get_variant(v)
+    except ValueError as e:
+        bad_input(str(e))
+    table = Table(title="scenario catalogue: outcome passes/lock-breaks/early-copies/shared", title_justify="left")
+    table.add_column("id")
+    for v in names:
+        table.add_column(v)
+    for sid, s in SCENARIOS.items():
+        cells = []
+        for v in names:
+            r = run_fork(parse_layout(s.layout, v), v, oracle=s.oracle, inject=s.inject)
+            if as_json:
+                typer.echo(json.dumps({"scenario": sid, **r.as_dict()}))
+                continue
+            c = r.counts
+            head = f"oops@{r.oops['addr']}" if r.oops else r.outcome
+            if r.outcome != "oops" and not r.invariants.ok:
+                head += " INVARIANT!"
+            colour = {"ok": "green", "enomem": "yellow", "oops": "red"}[r.outcome]
+            cells.append(f"[{colour}]{head}[/] {c['passes']}/{c['lock_breaks']}/{c['installs']}/{c['shared']}")
+        if not as_json:
+            table.add_row(sid, *cells)
+    if not as_json:
+        out = Console(highlight=False)
+        if not out.is_terminal:
+            out = Console(highlight=False, width=160)
+        out.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
