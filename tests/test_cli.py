@@ -1,0 +1,101 @@
+"""The CLI through a subprocess: outputs, JSON fields, exit codes, one-line errors without tracebacks."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gpusim.result import COST_EVENTS
+
+
+def gpusim(*args):
+    return subprocess.run([sys.executable, "-m", "gpusim.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_variants():
+    p = gpusim("variants")
+    assert p.returncode == 0
+    names = [line.split()[0] for line in p.stdout.splitlines()]
+    assert names == ["linux-5.8", "xu-v1", "xu-v1-oleg", "linux-5.10", "linux-6.18"]
+
+
+def test_fork_json_fields():
+    p = gpusim("fork", "--layout", "pinned none*31 normal*480", "--oracle", "always", "--variant", "xu-v1-oleg",
+               "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    for key in ("outcome", "oops", "enomem", "variant", "backend", "counts", "child_rss", "invariants", "unfired",
+                "digest", "engine_wall_s"):
+        assert key in d
+    for name in COST_EVENTS + ("passes", "lock_breaks", "allocations", "unused_frees", "installs", "shared",
+                               "pin_shared", "swapcont_atomic", "swapcont_kernel", "levels_added", "teardown_frees"):
+        assert name in d["counts"], name
+    assert d["outcome"] == "ok" and d["variant"] == "xu-v1-oleg" and d["backend"] == "reference"
+    assert (d["counts"]["passes"], d["counts"]["lock_breaks"], d["counts"]["installs"]) == (122, 120, 1)
+    assert d["child_rss"] == {"anon": 481, "file": 0, "shmem": 0, "swapents": 0}
+    assert d["invariants"]["ok"] is True and len(d["digest"]) == 64
+
+
+@pytest.mark.parametrize("sid,variant,outcome,extra", [
+    ("A", "xu-v1", "oops", {"function": "page_duplicate", "addr": 32, "reason": "OLD_PAGE_NULL", "call_start": 0}),
+    ("B", "xu-v1", "oops", {"function": "page_duplicate", "addr": 512, "reason": "OLD_PAGE_NULL", "call_start": 0}),
+    ("B2", "xu-v1", "oops", None), ("A", "xu-v1-oleg", "ok", None), ("B", "linux-5.10", "ok", None),
+    ("B2", "linux-6.18", "ok", None),
+])
+def test_seed_scenarios_from_the_cli(sid, variant, outcome, extra):
+    p = gpusim("fork", "--scenario", sid, "--variant", variant, "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["outcome"] == outcome
+    if extra:
+        assert d["oops"] == extra
+
+
+def test_enomem_json():
+    p = gpusim("fork", "-l", "normal*100 pinned normal*411", "-i", "fail@copy#1", "--json")
+    d = json.loads(p.stdout)
+    assert p.returncode == 0 and d["outcome"] == "enomem"
+    assert d["enomem"] == {"call_start": 0, "point": "copy", "occurrence": 1}
+    assert d["child_rss"]["anon"] == 100 and d["child_rss_after_teardown"]["anon"] == 0
+
+
+def test_unfired_reported():
+    d = json.loads(gpusim("fork", "-l", "normal*8", "-i", "@EC#1: zap(3)", "--json").stdout)
+    assert d["unfired"] == ["@EC#1: zap(3)"]
+
+
+def test_human_summary():
+    p = gpusim("fork", "--scenario", "H-c")
+    assert p.returncode == 0 and "ok" in p.stdout and "invariants: all 13 hold" in p.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["fork", "-l", "normal", "-v", "linux-9.9"], "linux-5.8, xu-v1, xu-v1-oleg, linux-5.10, linux-6.18"),
+    (["fork", "-l", "normal*3 normal:bogus"], "layout token 2 'normal:bogus'"),
+    (["fork", "-l", "normal*3 frob*2"], "unknown kind 'frob'"),
+    (["fork", "-l", "normal", "--oracle", "often"], "unknown oracle 'often'"),
+    (["fork", "-l", "normal", "-i", "fail@disk#1"], "unknown allocation point 'disk'"),
+    (["fork", "-l", "normal", "--backend", "tpu"], "unknown backend 'tpu'"),
+    (["fork", "--scenario", "Z"], "unknown scenario 'Z'"),
+    (["fork"], "give --layout or --scenario"),
+    (["scenarios", "-v", "linux-1.0"], "unknown variant"),
+])
+def test_bad_input_exits_2_with_one_line(args, needle):
+    p = gpusim(*args)
+    assert p.returncode == 2
+    assert needle in p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_help_documents_notations():
+    p = gpusim("fork", "--help")
+    assert p.returncode == 0
+    for needle in ("pinned none*31 normal*480", "bern:P:SEED", "fail@POINT#N", "@EC#1: zap(100)", "folioN"):
+        assert needle in p.stdout
+
+
+def test_scenarios_table():
+    p = gpusim("scenarios", "-v", "xu-v1", "-v", "linux-6.18")
+    assert p.returncode == 0
+    assert "oops@32" in p.stdout and "M-b" in p.stdout and "INVARIANT" not in p.stdout
