@@ -14,10 +14,11 @@ from collections import defaultdict
 import numpy as np
 
 from gpusim.kernels import pte as P
+from gpusim.kernels.folio import folio_maybe_dma_pinned
 from gpusim.layout import rss_of
 from gpusim.result import InvariantReport
 from gpusim.state import (
-    FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, MM, PAGE_ANON_EXCLUSIVE, PIN_BIAS,
+    FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, MM, PAGE_ANON_EXCLUSIVE,
     PTRS_PER_TABLE, VM_SHARED, VM_WRITE, AddressSpace, is_cow_mapping,
 )
 from gpusim.variants import LINUX_5_8, LINUX_5_10, LINUX_6_18, XU_V1, XU_V1_OLEG, get_variant
@@ -455,7 +456,7 @@ class _Checker:
             anon = bool(m0.folio_flags[f] & FOLIO_ANON)
 
             def maybe_pinned(ref: int) -> bool:
-                return int(m0.folio_pincount[f]) > 0 if large else ref >= PIN_BIAS
+                return folio_maybe_dma_pinned(order, ref, int(m0.folio_pincount[f]), large_order)
 
             if self.variant == LINUX_5_8:
                 e = False

@@ -47,14 +47,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpusim.kernels import pte as P
+from gpusim.kernels.folio import is_large_for_pins, pin_refcount_delta
 from gpusim.state import (
     BACKING_ANON, BACKING_FILE, BACKING_SHMEM, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_SWAPBACKED, MM, MM_ANONPAGES,
-    MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS, PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PIN_BIAS, PTRS_PER_TABLE,
+    MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS, PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PTRS_PER_TABLE,
     VM_DEFAULT_ANON, VM_DONTCOPY, VM_EXEC, VM_HUGETLB, VM_MAYWRITE, VM_MIXEDMAP, VM_PFNMAP, VM_SHARED, VM_WIPEONFORK,
     VM_WRITE, AddressSpace, Memory, swap_cap,
 )
+from gpusim.variants import LINUX_6_18 as VARIANT_6_18
+from gpusim.variants import get_variant
 
-VARIANT_6_18 = "linux-6.18"
 MAX_COUNT = 1 << 26                  # per-token repeat bound, so a typo cannot ask for terabytes
 
 
@@ -105,6 +107,7 @@ class _Builder:
 
     def __init__(self, variant: str):
         self.variant = variant
+        self.large_order = get_variant(variant).large_pin_order
         self.addr = 0
         self.vmas: list[_Vma] = []
         self.open: _Vma | None = None
@@ -139,14 +142,10 @@ class _Builder:
 
     def add_pin(self, f: int, k: int) -> None:
         """``add_pin`` of spec 1.6, ``k`` times, with the variant's notion of a large folio."""
-        large = self.folio["order"][f] >= (1 if self.variant == VARIANT_6_18 else 2)
-        for _ in range(k):
-            if large:
-                self.folio["ref"][f] += 1
-                self.folio["pin"][f] += 1
-            else:
-                self.folio["ref"][f] += PIN_BIAS
-            self.folio["true"][f] += 1
+        order = self.folio["order"][f]
+        self.folio["ref"][f] += k * pin_refcount_delta(order, self.large_order)
+        self.folio["pin"][f] += k if is_large_for_pins(order, self.large_order) else 0
+        self.folio["true"][f] += k
         if k:
             self.has_pinned = True
 
@@ -265,7 +264,7 @@ def parse_layout(text: str, variant: str = VARIANT_6_18) -> AddressSpace:
     The variant matters for two things only: which folios count as large for ``add_pin`` (order >= 1 in
     linux-6.18, >= 2 before), and whether swap entries start exclusive (linux-6.18 only).
     """
-    b = _Builder(variant)
+    b = _Builder(variant)                   # an unknown variant is an UnknownVariant (ValueError) here
     tokens = [(m.group(0), m.start()) for m in re.finditer(r"\S+", text)]
     if not tokens:
         raise LayoutError("the layout is empty", text, 0, 0, "")

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gpusim.kernels import pte as P
+from gpusim.kernels.folio import folio_maybe_dma_pinned, is_large_for_pins, pin_refcount_delta
 from gpusim.layout import mm_counter
 from gpusim.oracle import InjectionPlan, LockBreakOracle
 from gpusim.result import new_counts
 from gpusim.state import (
     BREAK_AT, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, MM, MM_ANONPAGES, MM_SWAPENTS,
-    NULL_ENTRY, PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PIN_BIAS, PTRS_PER_TABLE, SWAP_MAP_MAX, VM_DONTCOPY, VM_HUGETLB,
+    NULL_ENTRY, PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PTRS_PER_TABLE, SWAP_MAP_MAX, VM_DONTCOPY, VM_HUGETLB,
     VM_MIXEDMAP, VM_PFNMAP, VM_SHARED, VM_WIPEONFORK, VM_WRITE, AddressSpace, Memory, is_cow_mapping, swap_cap,
 )
 from gpusim.variants import LINUX_5_8, LINUX_5_10, LINUX_6_18, XU_V1, XU_V1_OLEG, get_variant
@@ -247,23 +248,21 @@ class ForkContext:
     def folio_of(self, pfn: int) -> int:
         return self.m.page_folio[pfn]
 
-    def is_large_for_pins(self, f: int) -> bool:
-        return self.m.folio_order[f] >= self.large_pin_order
-
     def maybe_pinned(self, f: int) -> bool:
         """``page_maybe_dma_pinned`` / ``folio_maybe_dma_pinned`` (spec 1.6)."""
-        if self.is_large_for_pins(f):
-            return self.m.folio_pincount[f] > 0
-        return self.m.folio_refcount[f] >= PIN_BIAS
+        m = self.m
+        return folio_maybe_dma_pinned(m.folio_order[f], m.folio_refcount[f], m.folio_pincount[f],
+                                      self.large_pin_order)
 
-    def add_pin(self, mm: MMState, f: int) -> None:
-        if self.is_large_for_pins(f):
-            self.m.folio_refcount[f] += 1
-            self.m.folio_pincount[f] += 1
-        else:
-            self.m.folio_refcount[f] += PIN_BIAS
-        self.m.folio_true_pins[f] += 1
-        mm.has_pinned = True
+    def add_pin(self, mm: MMState, f: int, sign: int = 1) -> None:
+        """``add_pin`` (sign 1) or its inverse, ``unpin`` (sign -1)."""
+        m = self.m
+        m.folio_refcount[f] += sign * pin_refcount_delta(m.folio_order[f], self.large_pin_order)
+        if is_large_for_pins(m.folio_order[f], self.large_pin_order):
+            m.folio_pincount[f] += sign
+        m.folio_true_pins[f] += sign
+        if sign > 0:
+            mm.has_pinned = True
 
     def note_child_table(self, t: int) -> None:
         """Count the child's upper-level tables (PMD table per 512 tables, PUD table per 512 of those)."""
@@ -286,6 +285,7 @@ class CopyContext:
         self.win_n: dict[str, int] = {}
         self.last_failed: tuple[str, int] | None = None
         self.prealloc: int | None = None
+        self.d: CopyMmData | None = None        # the xu series' copy_mm_data, visible for the N3 check
         self.cow = is_cow_mapping(vma.flags)
         self.rec = CallRecord(call_start, end, vma.index)
         self.cur: PassRecord | None = None
@@ -548,9 +548,7 @@ def copy_pte_range_linux_5_8(c: CopyContext, a: int, end: int) -> int:
                 progress += 8
             else:
                 pending = None
-                share_present(c, a)
-                c.counts["pte.share"] += not P.pte_special(e)
-                c.handled(a, "special" if P.pte_special(e) else "share")
+                share_one(c, a, e)
                 progress += 8
             a += 1
             if a == end:
@@ -565,6 +563,13 @@ def copy_pte_range_linux_5_8(c: CopyContext, a: int, end: int) -> int:
         if a == end:
             return 0
         window(c, reason)
+
+
+def share_one(c: CopyContext, a: int, e: int) -> None:
+    """The single-PTE share path of every variant: ``share_present`` plus its count and trace."""
+    share_present(c, a)
+    c.counts["pte.share"] += not P.pte_special(e)
+    c.handled(a, "special" if P.pte_special(e) else "share")
 
 
 def handle_none(c: CopyContext, a: int) -> None:
@@ -602,9 +607,7 @@ def copy_one_pte(c: CopyContext, a: int, d: CopyMmData) -> str:
             c.rec.break_cow += 1
             return BREAK_COW                    # parent and child PTE untouched
         m.folio_refcount[f] -= 1                # handed back; share_present takes it
-    share_present(c, a)
-    c.counts["pte.share"] += not P.pte_special(e)
-    c.handled(a, "special" if P.pte_special(e) else "share")
+    share_one(c, a, e)
     return DONE
 
 
@@ -642,7 +645,7 @@ def copy_pte_range_xu_v1(c: CopyContext, a: int, end: int) -> int:
     d = CopyMmData()
     while True:
         if wipe:
-            d = CopyMmData()                    # the restart label wipes d (entry becomes NULL_ENTRY)
+            d = c.d = CopyMmData()              # the restart label wipes d (entry becomes NULL_ENTRY)
         if not begin_pass(c, a):
             if d.cow_new_page is not None:
                 free_unused(c, d.cow_new_page, a)
@@ -690,7 +693,7 @@ def copy_pte_range_xu_v1(c: CopyContext, a: int, end: int) -> int:
 
 def copy_pte_range_xu_v1_oleg(c: CopyContext, a: int, end: int) -> int:
     ret = DONE
-    d = CopyMmData()
+    d = c.d = CopyMmData()
     while True:
         if not begin_pass(c, a):
             if ret == BREAK_COW and d.cow_new_page is not None:
@@ -757,9 +760,7 @@ def copy_present_pte_5_10(c: CopyContext, a: int) -> int:
             copy_content(c, q, pfn)             # copy moment: under the locks
             install_copy(c, a, q, pfn)
             return 0
-    share_present(c, a)
-    c.counts["pte.share"] += not P.pte_special(e)
-    c.handled(a, "special" if P.pte_special(e) else "share")
+    share_one(c, a, e)
     return 0
 
 
@@ -852,8 +853,7 @@ def copy_present_ptes_6_18(c: CopyContext, a: int, max_n: int) -> int:
     m = c.m
     e = c.src(a)
     if P.pte_special(e):
-        share_present(c, a)
-        c.handled(a, "special")
+        share_one(c, a, e)
         return 1
     pfn = P.pte_pfn(e)
     f = m.page_folio[pfn]
@@ -880,9 +880,7 @@ def copy_present_ptes_6_18(c: CopyContext, a: int, max_n: int) -> int:
         install_copy(c, a, q, pfn)
         return 1
     m.folio_refcount[f] -= 1
-    share_present(c, a)
-    c.counts["pte.share"] += 1
-    c.handled(a, "share")
+    share_one(c, a, e)
     return 1
 
 
@@ -969,6 +967,8 @@ def copy_pte_range(c: CopyContext) -> int:
     ret = COPY_PTE_RANGE[fc.variant](c, c.call_start, c.end)
     if c.prealloc is not None:
         c.rec.owned_at_return.append(f"prealloc pfn {c.prealloc}")
+    if c.d is not None and (c.d.cow_new_page is not None or c.d.cow_old_page is not None):
+        c.rec.owned_at_return.append(f"copy_mm_data {c.d}")
     c.rec.result = ret
     return ret
 
@@ -1187,17 +1187,8 @@ def apply_event(fc: ForkContext, call_start: int, window_kind: str, name: str, x
             return ignore()
         rec.applied, rec.pfn, rec.folio = True, pfn, f
         before = m.folio_refcount[f]
-        if name == "pin":
-            fc.add_pin(parent, f)
-            rec.pins = 1
-        else:
-            if fc.is_large_for_pins(f):
-                m.folio_refcount[f] -= 1
-                m.folio_pincount[f] -= 1
-            else:
-                m.folio_refcount[f] -= PIN_BIAS
-            m.folio_true_pins[f] -= 1
-            rec.pins = -1
+        rec.pins = 1 if name == "pin" else -1
+        fc.add_pin(parent, f, rec.pins)
         rec.ref = m.folio_refcount[f] - before
     elif name == "write":
         if pfn < 0:

@@ -1,0 +1,24 @@
+"""Per-folio pin rules (spec 1.6) as plain integer functions, shared by the layout builder, the engines and the
+invariant checker, and compilable by numba like :mod:`gpusim.kernels.pte`.
+
+``large_order`` is the variant's threshold: folios of that order or more keep an exact folio-wide pincount
+(order >= 1 in linux-6.18, >= 2 before); smaller ones take ``PIN_BIAS`` references per pin.
+"""
+
+PIN_BIAS = 1024
+
+
+def is_large_for_pins(order, large_order):
+    return order >= large_order
+
+
+def folio_maybe_dma_pinned(order, refcount, pincount, large_order):
+    """``page_maybe_dma_pinned`` / ``folio_maybe_dma_pinned``: exact for large folios, a heuristic otherwise."""
+    if order >= large_order:
+        return pincount > 0
+    return refcount >= PIN_BIAS
+
+
+def pin_refcount_delta(order, large_order):
+    """References one FOLL_PIN adds to a folio (``add_pin``); the pincount grows by 1 only for large folios."""
+    return 1 if order >= large_order else PIN_BIAS
