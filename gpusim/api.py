@@ -31,6 +31,7 @@ def fork(space: AddressSpace, variant: str = DEFAULT_VARIANT, backend: str = "re
     modified. With ``check`` the invariants of spec section 6 are checked (not after an oops).
     """
     get_variant(variant)
+    space.validate()
     if backend not in BACKENDS:
         raise UnknownBackend(backend)
     if isinstance(oracle, str):

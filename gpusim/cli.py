@@ -43,6 +43,8 @@ INJECTIONS (spec 5), repeat --inject; without @A they apply to every call:
   e.g.  --inject fail@copy#1     --inject "@EC#1: zap(100)"     --inject "@SC#1@512: zap(520)"
 """
 
+FORK_HELP = FORK_HELP.replace("[@A]", "\\[@A]")     # rich markup would read [@A] as a tag
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="gpusim: simulate Linux fork() page-table copying (early COW for pinned pages).")
 err = Console(stderr=True, highlight=False)

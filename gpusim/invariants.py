@@ -19,22 +19,12 @@ from gpusim.layout import rss_of
 from gpusim.result import InvariantReport
 from gpusim.state import (
     FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, MM, PAGE_ANON_EXCLUSIVE,
-    PTRS_PER_TABLE, VM_SHARED, VM_WRITE, AddressSpace, is_cow_mapping,
+    PTRS_PER_TABLE, VM_SHARED, VM_WRITE, AddressSpace, entries, is_cow_mapping,
 )
 from gpusim.variants import LINUX_5_8, LINUX_5_10, LINUX_6_18, XU_V1, XU_V1_OLEG, get_variant
 
 _SHARE_KINDS = ("share", "special", "batch")
 MAX_REPORTED = 20
-
-
-def entries(mm: MM) -> tuple[np.ndarray, np.ndarray]:
-    """(addresses, values) of the non-empty PTEs of ``mm``, in address order."""
-    if mm.nr_tables == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
-    addr = (mm.table_index[:, None] * PTRS_PER_TABLE + np.arange(PTRS_PER_TABLE)[None, :]).reshape(-1)
-    val = mm.pte.reshape(-1)
-    nz = val != 0
-    return addr[nz], val[nz]
 
 
 def page_holding_pfns(vals: np.ndarray) -> np.ndarray:

@@ -84,6 +84,30 @@ def swap_cap(levels: int) -> int:
     return (SWAP_MAP_MAX + 1) * (SWAP_CONT_MAX + 1) ** levels - 1
 
 
+def entries(mm: "MM") -> tuple[np.ndarray, np.ndarray]:
+    """(addresses i64, values u64) of the non-empty PTEs of ``mm``, in address order."""
+    if mm.nr_tables == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    addr = (mm.table_index[:, None] * PTRS_PER_TABLE + np.arange(PTRS_PER_TABLE)[None, :]).reshape(-1)
+    val = mm.pte.reshape(-1)
+    nz = val != 0
+    return addr[nz], val[nz]
+
+
+def pte_kinds(val: np.ndarray) -> np.ndarray:
+    """``kernels.pte.pte_kind`` over an array (int8; -1 for an undecodable entry)."""
+    present = (val & np.uint64(P.PAGE_PRESENT)) != 0
+    typ = (val >> np.uint64(P.SWP_TYPE_SHIFT)) & np.uint64(P.SWP_TYPE_MASK)
+    kind = np.full(val.shape, -1, np.int8)
+    kind[val == 0] = P.KIND_NONE
+    kind[present] = P.KIND_PRESENT
+    np_ = ~present & (val != 0)
+    kind[np_ & (typ == P.SWP_SWAPFILE)] = P.KIND_SWAP
+    kind[np_ & (typ >= P.SWP_MIGRATION_READ) & (typ <= P.SWP_MIGRATION_WRITE)] = P.KIND_MIGRATION
+    kind[np_ & ((typ == P.SWP_DEVICE_READ) | (typ == P.SWP_DEVICE_WRITE))] = P.KIND_DEVICE_PRIVATE
+    return kind
+
+
 def is_cow_mapping(vm_flags: int) -> bool:
     """Private and may become writable (even if currently read-only)."""
     return (vm_flags & VM_MAYWRITE) != 0 and (vm_flags & VM_SHARED) == 0
@@ -283,35 +307,44 @@ class MM:
             self._validate_refs(memory, what)
 
     def _validate_refs(self, memory: Memory, what: str) -> None:
-        flat = self.pte.reshape(-1)
-        for i, v in enumerate(flat.tolist()):
-            if v == 0:
-                continue
-            t, j = divmod(i, PTRS_PER_TABLE)
-            addr = int(self.table_index[t]) * PTRS_PER_TABLE + j
-            kind = P.pte_kind(v)
-            if kind < 0:
-                raise StateError(f"{what}: PTE at {addr} = {v:#x} is not a valid entry")
-            if kind == P.KIND_PRESENT:
-                if not P.pte_special(v) and P.pte_pfn(v) >= memory.nr_pages:
-                    raise StateError(f"{what}: PTE at {addr} maps pfn {P.pte_pfn(v)}, memory has "
-                                     f"{memory.nr_pages} pages")
-            elif kind == P.KIND_SWAP:
-                if P.swp_offset(v) >= memory.nr_slots:
-                    raise StateError(f"{what}: swap PTE at {addr} names slot {P.swp_offset(v)}, memory has "
-                                     f"{memory.nr_slots} slots")
-            elif P.swp_offset(v) >= memory.nr_pages:
-                raise StateError(f"{what}: {P.KIND_NAMES[kind]} PTE at {addr} names pfn {P.swp_offset(v)}, "
-                                 f"memory has {memory.nr_pages} pages")
+        addr, val = entries(self)
+        kind = pte_kinds(val)
+        off = (val >> np.uint64(P.PFN_SHIFT)) & np.uint64(P.PFN_MASK)
+        special = (val & np.uint64(P.PAGE_SPECIAL)) != 0
+        checks = (
+            (kind < 0, "is not a valid entry"),
+            ((kind == P.KIND_PRESENT) & ~special & (off >= memory.nr_pages),
+             f"maps a pfn outside the {memory.nr_pages} pages"),
+            ((kind == P.KIND_SWAP) & (off >= memory.nr_slots), f"names a slot outside the {memory.nr_slots} slots"),
+            (((kind == P.KIND_MIGRATION) | (kind == P.KIND_DEVICE_PRIVATE)) & (off >= memory.nr_pages),
+             f"names a pfn outside the {memory.nr_pages} pages"),
+            (~self.covered(addr), "lies outside every VMA"),
+        )
+        for bad, msg in checks:
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise StateError(f"{what}: PTE at {int(addr[i])} = {int(val[i]):#x} {msg}")
         for t, v in zip(self.pmd_index.tolist(), self.pmd.tolist()):
             if not P.pmd_trans_huge(v):
                 raise StateError(f"{what}: PMD of table {t} = {v:#x} is not a huge PMD")
             pfn = P.pte_pfn(v)
-            if pfn >= memory.nr_pages or memory.page_folio[pfn] < 0:
+            if pfn >= memory.nr_pages:
                 raise StateError(f"{what}: huge PMD of table {t} maps pfn {pfn} outside memory")
             f = int(memory.page_folio[pfn])
             if int(memory.folio_order[f]) != 9 or int(memory.folio_first_pfn[f]) != pfn:
                 raise StateError(f"{what}: huge PMD of table {t} must map the head of an order-9 folio")
+            span = np.arange(t * PTRS_PER_TABLE, (t + 1) * PTRS_PER_TABLE, dtype=np.int64)
+            if not self.covered(span).all() or len(set(self.vma_of(span).tolist())) != 1:
+                raise StateError(f"{what}: huge PMD of table {t} is not inside one VMA")
+
+    def vma_of(self, addr: np.ndarray) -> np.ndarray:
+        """Index of the VMA containing each address, or -1."""
+        i = np.searchsorted(self.vma_start, addr, side="right") - 1
+        ok = (i >= 0) & (addr < self.vma_end[np.maximum(i, 0)]) if self.nr_vmas else np.zeros(addr.shape, bool)
+        return np.where(ok, i, -1)
+
+    def covered(self, addr: np.ndarray) -> np.ndarray:
+        return self.vma_of(addr) >= 0
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,8 @@ def test_bad_input_exits_2_with_one_line(args, needle):
 def test_help_documents_notations():
     p = gpusim("fork", "--help")
     assert p.returncode == 0
-    for needle in ("pinned none*31 normal*480", "bern:P:SEED", "fail@POINT#N", "@EC#1: zap(100)", "folioN"):
+    for needle in ("pinned none*31 normal*480", "bern:P:SEED", "fail@POINT#N", "@EC#1: zap(100)", "folioN",
+                   "fail@POINT#N[@A]", "@W#N[@A]"):
         assert needle in p.stdout
 
 

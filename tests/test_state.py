@@ -33,10 +33,10 @@ def test_cross_references():
     s = space()
     pte = s.mm.pte.copy()
     pte[0, 0] = P.mk_pte(10**6, True, True, True, False)
-    with pytest.raises(StateError, match="maps pfn 1000000"):
+    with pytest.raises(StateError, match="PTE at 512 .* maps a pfn outside"):
         dataclasses.replace(s, mm=dataclasses.replace(s.mm, pte=pte)).validate()
     pte[0, 0] = P.mk_swap_pte(99, False)
-    with pytest.raises(StateError, match="slot 99"):
+    with pytest.raises(StateError, match="slot outside the 1 slots"):
         dataclasses.replace(s, mm=dataclasses.replace(s.mm, pte=pte)).validate()
     count = s.memory.swap_count.copy()
     count[0] = 63
@@ -86,3 +86,22 @@ def test_pte_encoding():
         5, False, False)
     assert P.pte_kind(P.mk_device_private_pte(3, True)) == P.KIND_DEVICE_PRIVATE
     assert P.pmd_trans_huge(P.mk_huge_pmd(512, True, True, True)) and not P.pmd_trans_huge(v)
+
+
+def test_entries_outside_vmas_and_thp_placement():
+    s = gpusim.parse_layout("normal*4 gap*4 normal")
+    pte = s.mm.pte.copy()
+    pte[0, 5] = pte[0, 0]
+    with pytest.raises(StateError, match="PTE at 5 .* outside every VMA"):
+        dataclasses.replace(s, mm=dataclasses.replace(s.mm, pte=pte)).validate()
+    t = gpusim.parse_layout("thp")
+    mm = dataclasses.replace(t.mm, vma_end=np.array([300], np.int64))
+    with pytest.raises(StateError, match="not inside one VMA"):
+        dataclasses.replace(t, mm=mm).validate()
+
+
+def test_fork_validates_its_input():
+    s = gpusim.parse_layout("normal*4")
+    bad = dataclasses.replace(s.memory, folio_refcount=s.memory.folio_refcount.astype(np.int32))
+    with pytest.raises(StateError, match="dtype"):
+        gpusim.fork(dataclasses.replace(s, memory=bad))
