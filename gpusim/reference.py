@@ -1181,7 +1181,6 @@ def apply_event(fc: ForkContext, call_start: int, window_kind: str, name: str, x
         rec.rss = (-1, 0, 0, 1)
         parent.rss[MM_ANONPAGES] -= 1
         parent.rss[MM_SWAPENTS] += 1
-        parent.on_swapoff_list = True
     elif name in ("pin", "unpin"):
         if f < 0 or (name == "unpin" and m.folio_true_pins[f] < 1):
             return ignore()
