@@ -18,7 +18,7 @@ from gpusim.kernels.folio import folio_maybe_dma_pinned
 from gpusim.layout import rss_of
 from gpusim.result import InvariantReport
 from gpusim.state import (
-    FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, MM, PAGE_ANON_EXCLUSIVE,
+    FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE,
     PTRS_PER_TABLE, VM_SHARED, VM_WRITE, AddressSpace, entries, is_cow_mapping,
 )
 from gpusim.variants import LINUX_5_8, LINUX_5_10, LINUX_6_18, XU_V1, XU_V1_OLEG, get_variant

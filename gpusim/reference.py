@@ -24,11 +24,11 @@ from gpusim.kernels import pte as P
 from gpusim.kernels.folio import folio_maybe_dma_pinned, is_large_for_pins, pin_refcount_delta
 from gpusim.layout import mm_counter
 from gpusim.oracle import InjectionPlan, LockBreakOracle
+from gpusim.plan import VMA_COUNT_NAMES, ForkPlan, plan_fork
 from gpusim.result import new_counts
 from gpusim.state import (
     BREAK_AT, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, MM, MM_ANONPAGES, MM_SWAPENTS,
-    NULL_ENTRY, PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PTRS_PER_TABLE, SWAP_MAP_MAX, VM_DONTCOPY, VM_HUGETLB,
-    VM_MIXEDMAP, VM_PFNMAP, VM_SHARED, VM_WIPEONFORK, VM_WRITE, AddressSpace, Memory, is_cow_mapping, swap_cap,
+    NULL_ENTRY, PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PTRS_PER_TABLE, SWAP_MAP_MAX, VM_SHARED, VM_WRITE, AddressSpace, Memory, is_cow_mapping, swap_cap,
 )
 from gpusim.variants import LINUX_5_8, LINUX_5_10, LINUX_6_18, XU_V1, XU_V1_OLEG, get_variant
 
@@ -233,6 +233,7 @@ class ForkContext:
     def __init__(self, space: AddressSpace, variant: str, oracle: LockBreakOracle, plan: InjectionPlan,
                  fork_seq: int):
         self.variant = variant
+        self.space = space
         self.large_pin_order = get_variant(variant).large_pin_order
         self.m = Machine(space.memory)
         self.parent = MMState(space.mm)
@@ -1031,52 +1032,41 @@ class _Stop(Exception):
         self.c = c
 
 
-def copy_page_range(fc: ForkContext, vma: VmaView) -> None:
-    """Copy the tables of one VMA in ascending address order; raises _Stop on ENOMEM."""
-    t0, t1 = vma.start // PTRS_PER_TABLE, (vma.end - 1) // PTRS_PER_TABLE
-    for t in sorted(set(fc.parent.tables) | set(fc.parent.pmds)):
-        if t < t0 or t > t1:
-            continue
-        start = max(vma.start, PTRS_PER_TABLE * t)
-        end = min(vma.end, PTRS_PER_TABLE * t + PTRS_PER_TABLE)
-        c = CopyContext(fc, vma, t, start, end)
-        if t in fc.parent.pmds:
-            how = copy_huge_pmd(c)
-            if how == "enomem":
-                raise _Stop(c)
-            if how == "share":
-                continue
-        if copy_pte_range(c) != 0:
+def copy_table(fc: ForkContext, vma: VmaView, t: int, start: int, end: int) -> CopyContext:
+    """One call of ``copy_page_range``: ``copy_huge_pmd`` where the parent has a huge PMD (and, after a split,
+    ``copy_pte_range``), else ``copy_pte_range``. Raises _Stop on ENOMEM."""
+    c = CopyContext(fc, vma, t, start, end)
+    if t in fc.parent.pmds:
+        how = copy_huge_pmd(c)
+        if how == "enomem":
             raise _Stop(c)
+        if how == "share":
+            return c
+    if copy_pte_range(c) != 0:
+        raise _Stop(c)
+    return c
 
 
-def dup_mmap(fc: ForkContext) -> tuple[str, dict | None, dict | None]:
-    """Duplicate the parent's VMAs into the child and copy their page tables.
+def dup_mmap(fc: ForkContext, plan: ForkPlan | None = None) -> tuple[str, dict | None, dict | None]:
+    """Duplicate the parent's VMAs into the child and copy their page tables (``copy_page_range`` per VMA).
 
     Returns (outcome, oops, enomem). The caller tears the child down after ENOMEM (:func:`teardown`).
     """
+    plan = plan or plan_fork(fc.space.mm)
     fc.counts["fork.base"] += 1
     fc.counts["fork.mm"] += 1
+    calls = iter(range(plan.nr_calls))
+    nxt = next(calls, None)
     try:
         for vma in fc.parent.vmas:
-            if vma.flags & VM_DONTCOPY:
-                fc.counts["vma.skip"] += 1
-                continue
-            fc.counts["vma.dup"] += 1
-            wipe = bool(vma.flags & VM_WIPEONFORK)
-            fc.child.vmas.append(VmaView(len(fc.child.vmas), vma.start, vma.end, vma.flags, vma.backing,
-                                         vma.anon_vma and not wipe))
-            if vma.anon_vma and not wipe:
-                fc.counts["vma.anon_fork"] += 1
-            if vma.backing != 0:
-                fc.counts["vma.file_link"] += 1
-            if vma.flags & VM_HUGETLB:
-                fc.counts["hugetlb_skipped"] += 1
-                continue
-            if wipe or not (vma.anon_vma or vma.flags & (VM_PFNMAP | VM_MIXEDMAP)):
-                continue
-            fc.counts["vma.copy"] += 1
-            copy_page_range(fc, vma)
+            for name, v in zip(VMA_COUNT_NAMES, plan.vma_counts[vma.index].tolist()):
+                fc.counts[name] += v
+            if plan.vma_child[vma.index]:
+                fc.child.vmas.append(VmaView(len(fc.child.vmas), vma.start, vma.end, vma.flags, vma.backing,
+                                             bool(plan.vma_child_anon[vma.index])))
+            while nxt is not None and int(plan.call_vma[nxt]) == vma.index:
+                copy_table(fc, vma, int(plan.call_table[nxt]), int(plan.call_start[nxt]), int(plan.call_end[nxt]))
+                nxt = next(calls, None)
     except _Stop as stop:
         c = stop.c
         point, n = c.last_failed or ("unknown", 0)
@@ -1203,4 +1193,4 @@ def apply_event(fc: ForkContext, call_start: int, window_kind: str, name: str, x
 
 
 __all__ = ["dup_mmap", "teardown", "ForkContext", "Trace", "Oops", "copy_pte_range", "copy_huge_pmd",
-           "copy_page_range", "Machine", "MMState"]
+           "copy_table", "Machine", "MMState"]

@@ -28,7 +28,6 @@ import numpy as np
 from gpusim.kernels import pte as P
 
 # --- constants (spec 1.1) --------------------------------------------------------------------------------------
-from gpusim.kernels.folio import PIN_BIAS  # noqa: E402  (one definition, shared with the kernels)
 BREAK_AT = 32
 SWAP_MAP_MAX = 62
 SWAP_CONT_MAX = 127

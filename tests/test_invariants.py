@@ -2,14 +2,12 @@
 
 import dataclasses
 
-import numpy as np
 import pytest
 
 import gpusim
 from gpusim.invariants import check_invariants
 from gpusim.kernels import pte as P
 from gpusim.oracle import LockBreakOracle
-from gpusim.state import PTRS_PER_TABLE
 
 
 def fork(layout, variant="linux-6.18", oracle="never", inject=()):

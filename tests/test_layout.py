@@ -1,6 +1,5 @@
 """The layout notation: spec 7.1 defaults and the extensions (VMAs, gaps, holes, flags, many tables)."""
 
-import numpy as np
 import pytest
 
 from gpusim.kernels import pte as P

@@ -1,7 +1,6 @@
 """The reference engine beyond the catalogue: VMA rules, many tables, call-keyed injections, window events,
 non-present entries, special PTEs, shared mappings, hwpoison, teardown of early copies."""
 
-import numpy as np
 import pytest
 
 import gpusim
