@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpusim.kernels import pte as P
+from gpusim.kernels.folio import PIN_BIAS  # noqa: F401  (one definition, shared with the kernels)
 
-# --- constants (spec 1.1) --------------------------------------------------------------------------------------
+# --- constants (spec 1.1; PIN_BIAS = 1024 above) ---------------------------------------------------------------
 BREAK_AT = 32
 SWAP_MAP_MAX = 62
 SWAP_CONT_MAX = 127
