@@ -27,8 +27,9 @@ from gpusim.oracle import InjectionPlan, LockBreakOracle
 from gpusim.plan import VMA_COUNT_NAMES, ForkPlan, plan_fork
 from gpusim.result import new_counts
 from gpusim.state import (
-    BREAK_AT, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, MM, MM_ANONPAGES, MM_SWAPENTS,
-    NULL_ENTRY, PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PTRS_PER_TABLE, SWAP_MAP_MAX, VM_SHARED, VM_WRITE, AddressSpace, Memory, is_cow_mapping, swap_cap,
+    BREAK_AT, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, MEMORY_FIELDS, MM, MM_ANONPAGES,
+    MM_SWAPENTS, NULL_ENTRY, PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PTRS_PER_TABLE, SWAP_MAP_MAX, VM_SHARED, VM_WRITE,
+    AddressSpace, Memory, is_cow_mapping, swap_cap,
 )
 from gpusim.variants import LINUX_5_8, LINUX_5_10, LINUX_6_18, XU_V1, XU_V1_OLEG, get_variant
 
@@ -113,23 +114,16 @@ class Trace:
 # --- mutable mirrors of the state ------------------------------------------------------------------------------
 
 class Machine:
-    """Folios, pages and slots as Python lists, growable (early copies, reclaim slots)."""
+    """Folios, pages and slots as growable integer sequences (early copies, reclaim slots).
 
-    def __init__(self, m: Memory):
-        self.folio_order = m.folio_order.tolist()
-        self.folio_refcount = m.folio_refcount.tolist()
-        self.folio_pincount = m.folio_pincount.tolist()
-        self.folio_true_pins = m.folio_true_pins.tolist()
-        self.folio_pmd_mapcount = m.folio_pmd_mapcount.tolist()
-        self.folio_flags = m.folio_flags.tolist()
-        self.folio_first_pfn = m.folio_first_pfn.tolist()
-        self.page_folio = m.page_folio.tolist()
-        self.page_mapcount = m.page_mapcount.tolist()
-        self.page_flags = m.page_flags.tolist()
-        self.page_content = m.page_content.tolist()
-        self.swap_count = m.swap_count.tolist()
-        self.swap_levels = m.swap_levels.tolist()
-        self.swap_content = m.swap_content.tolist()
+    ``store`` turns each array of :class:`Memory` into the container used: Python lists for the reference engine
+    (fast element access); the fast engines' host loop passes a wrapper that works in place on their numpy arrays.
+    """
+
+    def __init__(self, m: Memory, store=None):
+        store = store or (lambda a: a.tolist())
+        for name in MEMORY_FIELDS:
+            setattr(self, name, store(getattr(m, name)))
         self.next_content = m.next_content
 
     def new_content(self) -> int:
@@ -156,24 +150,8 @@ class Machine:
         return len(self.swap_count) - 1
 
     def to_memory(self) -> Memory:
-        i64 = np.int64
-        return Memory(
-            folio_order=np.array(self.folio_order, dtype=np.uint8),
-            folio_refcount=np.array(self.folio_refcount, dtype=i64),
-            folio_pincount=np.array(self.folio_pincount, dtype=i64),
-            folio_true_pins=np.array(self.folio_true_pins, dtype=i64),
-            folio_pmd_mapcount=np.array(self.folio_pmd_mapcount, dtype=i64),
-            folio_flags=np.array(self.folio_flags, dtype=np.uint8),
-            folio_first_pfn=np.array(self.folio_first_pfn, dtype=i64),
-            page_folio=np.array(self.page_folio, dtype=i64),
-            page_mapcount=np.array(self.page_mapcount, dtype=i64),
-            page_flags=np.array(self.page_flags, dtype=np.uint8),
-            page_content=np.array(self.page_content, dtype=np.uint64),
-            swap_count=np.array(self.swap_count, dtype=i64),
-            swap_levels=np.array(self.swap_levels, dtype=i64),
-            swap_content=np.array(self.swap_content, dtype=np.uint64),
-            next_content=self.next_content,
-        )
+        kw = {name: np.asarray(getattr(self, name), dtype=dtype) for name, (dtype, _) in MEMORY_FIELDS.items()}
+        return Memory(**kw, next_content=self.next_content)
 
 
 @dataclass
@@ -231,13 +209,15 @@ class ForkContext:
     """Everything one fork shares across its calls."""
 
     def __init__(self, space: AddressSpace, variant: str, oracle: LockBreakOracle, plan: InjectionPlan,
-                 fork_seq: int):
+                 fork_seq: int, machine: Machine | None = None, parent: MMState | None = None,
+                 child: MMState | None = None):
         self.variant = variant
         self.space = space
         self.large_pin_order = get_variant(variant).large_pin_order
-        self.m = Machine(space.memory)
-        self.parent = MMState(space.mm)
-        self.child = MMState()
+        self.m = machine or Machine(space.memory)
+        self.parent = parent or MMState(space.mm)
+        self.child = child or MMState()
+        self.count_upper = True                 # the fast engines count upper-level tables themselves
         self.oracle, self.plan, self.fork_seq = oracle, plan, fork_seq
         self.counts = new_counts()
         self.trace = Trace()
@@ -267,6 +247,8 @@ class ForkContext:
 
     def note_child_table(self, t: int) -> None:
         """Count the child's upper-level tables (PMD table per 512 tables, PUD table per 512 of those)."""
+        if not self.count_upper:
+            return
         for key in (("pmd", t >> 9), ("pud", t >> 18)):
             if key not in self.upper:
                 self.upper.add(key)

@@ -5,13 +5,18 @@ invariant checker, and compilable by numba like :mod:`gpusim.kernels.pte`.
 (order >= 1 in linux-6.18, >= 2 before); smaller ones take ``PIN_BIAS`` references per pin.
 """
 
+from numba.extending import register_jitable
+
+
 PIN_BIAS = 1024
 
 
+@register_jitable
 def is_large_for_pins(order, large_order):
     return order >= large_order
 
 
+@register_jitable
 def folio_maybe_dma_pinned(order, refcount, pincount, large_order):
     """``page_maybe_dma_pinned`` / ``folio_maybe_dma_pinned``: exact for large folios, a heuristic otherwise."""
     if order >= large_order:
@@ -19,6 +24,7 @@ def folio_maybe_dma_pinned(order, refcount, pincount, large_order):
     return refcount >= PIN_BIAS
 
 
+@register_jitable
 def pin_refcount_delta(order, large_order):
     """References one FOLL_PIN adds to a folio (``add_pin``); the pincount grows by 1 only for large folios."""
     return 1 if order >= large_order else PIN_BIAS

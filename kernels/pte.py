@@ -22,6 +22,9 @@ buys nothing here; the type field instead distinguishes the kinds that the kerne
 (migration read / read-exclusive / write, device-private read / write).
 """
 
+from numba.extending import register_jitable
+
+
 PAGE_PRESENT = 1 << 0
 PAGE_RW = 1 << 1
 PAGE_USER = 1 << 2
@@ -59,6 +62,7 @@ RAW_PFN_BASE = 1 << 39            # VM_PFNMAP / VM_MIXEDMAP frames
 
 # --- present entries -------------------------------------------------------------------------------------------
 
+@register_jitable
 def mk_pte(pfn, write, dirty, young, special):
     """A present PTE for ``pfn`` with the given bits (each 0/1 or bool)."""
     v = PAGE_PRESENT | PAGE_USER | ((pfn & PFN_MASK) << PFN_SHIFT)
@@ -73,88 +77,109 @@ def mk_pte(pfn, write, dirty, young, special):
     return v
 
 
+@register_jitable
 def pte_none(v):
     return v == 0
 
 
+@register_jitable
 def pte_present(v):
     return (v & PAGE_PRESENT) != 0
 
 
+@register_jitable
 def pte_pfn(v):
     return (v >> PFN_SHIFT) & PFN_MASK
 
 
+@register_jitable
 def pte_write(v):
     return (v & PAGE_RW) != 0
 
 
+@register_jitable
 def pte_dirty(v):
     return (v & PAGE_DIRTY) != 0
 
 
+@register_jitable
 def pte_young(v):
     return (v & PAGE_ACCESSED) != 0
 
 
+@register_jitable
 def pte_special(v):
     return (v & PAGE_SPECIAL) != 0
 
 
+@register_jitable
 def pte_wrprotect(v):
     return v & ~PAGE_RW
 
 
+@register_jitable
 def pte_mkwrite(v):
     return v | PAGE_RW
 
 
+@register_jitable
 def pte_mkold(v):
     return v & ~PAGE_ACCESSED
 
 
+@register_jitable
 def pte_mkyoung(v):
     return v | PAGE_ACCESSED
 
 
+@register_jitable
 def pte_mkclean(v):
     return v & ~PAGE_DIRTY
 
 
+@register_jitable
 def pte_mkdirty(v):
     return v | PAGE_DIRTY
 
 
+@register_jitable
 def pte_set_pfn(v, pfn):
     return (v & ~(PFN_MASK << PFN_SHIFT)) | ((pfn & PFN_MASK) << PFN_SHIFT)
 
 
 # --- non-present entries ---------------------------------------------------------------------------------------
 
+@register_jitable
 def swp_entry_to_pte(swp_type, offset):
     return ((swp_type & SWP_TYPE_MASK) << SWP_TYPE_SHIFT) | ((offset & PFN_MASK) << PFN_SHIFT)
 
 
+@register_jitable
 def swp_type(v):
     return (v >> SWP_TYPE_SHIFT) & SWP_TYPE_MASK
 
 
+@register_jitable
 def swp_offset(v):
     return (v >> PFN_SHIFT) & PFN_MASK
 
 
+@register_jitable
 def pte_swp_exclusive(v):
     return (v & PAGE_SWP_EXCLUSIVE) != 0
 
 
+@register_jitable
 def pte_swp_mkexclusive(v):
     return v | PAGE_SWP_EXCLUSIVE
 
 
+@register_jitable
 def pte_swp_clear_exclusive(v):
     return v & ~PAGE_SWP_EXCLUSIVE
 
 
+@register_jitable
 def mk_swap_pte(slot, exclusive):
     v = swp_entry_to_pte(SWP_SWAPFILE, slot)
     if exclusive:
@@ -162,6 +187,7 @@ def mk_swap_pte(slot, exclusive):
     return v
 
 
+@register_jitable
 def mk_migration_pte(pfn, write, exclusive):
     """A migration entry; ``exclusive`` (read-exclusive) only matters when ``write`` is false."""
     if write:
@@ -173,44 +199,54 @@ def mk_migration_pte(pfn, write, exclusive):
     return swp_entry_to_pte(t, pfn)
 
 
+@register_jitable
 def mk_device_private_pte(pfn, write):
     return swp_entry_to_pte(SWP_DEVICE_WRITE if write else SWP_DEVICE_READ, pfn)
 
 
+@register_jitable
 def is_swap_entry(v):
     return (not pte_present(v)) and v != 0 and swp_type(v) == SWP_SWAPFILE
 
 
+@register_jitable
 def is_migration_entry(v):
     t = swp_type(v)
     return (not pte_present(v)) and v != 0 and SWP_MIGRATION_READ <= t <= SWP_MIGRATION_WRITE
 
 
+@register_jitable
 def is_writable_migration_entry(v):
     return is_migration_entry(v) and swp_type(v) == SWP_MIGRATION_WRITE
 
 
+@register_jitable
 def is_readable_exclusive_migration_entry(v):
     return is_migration_entry(v) and swp_type(v) == SWP_MIGRATION_READ_EXCLUSIVE
 
 
+@register_jitable
 def make_readable_migration_entry(v):
     return swp_entry_to_pte(SWP_MIGRATION_READ, swp_offset(v))
 
 
+@register_jitable
 def is_device_private_entry(v):
     t = swp_type(v)
     return (not pte_present(v)) and v != 0 and (t == SWP_DEVICE_READ or t == SWP_DEVICE_WRITE)
 
 
+@register_jitable
 def is_writable_device_private_entry(v):
     return is_device_private_entry(v) and swp_type(v) == SWP_DEVICE_WRITE
 
 
+@register_jitable
 def make_readable_device_private_entry(v):
     return swp_entry_to_pte(SWP_DEVICE_READ, swp_offset(v))
 
 
+@register_jitable
 def pte_kind(v):
     """Classify a raw entry into one of the spec's kinds (``KIND_*``); -1 for an undecodable value."""
     if v == 0:
@@ -229,9 +265,11 @@ def pte_kind(v):
 
 # --- huge PMD entries ------------------------------------------------------------------------------------------
 
+@register_jitable
 def mk_huge_pmd(pfn, write, dirty, young):
     return mk_pte(pfn, write, dirty, young, False) | PAGE_PSE
 
 
+@register_jitable
 def pmd_trans_huge(v):
     return (v & PAGE_PRESENT) != 0 and (v & PAGE_PSE) != 0

@@ -1,0 +1,207 @@
+"""The per-PTE rules of the fast path, written once as scalar functions (``register_jitable``): numba compiles them
+into the CPU kernels (``kernels/cpu.py``) and the CUDA kernels (``kernels/cuda.py``); called from Python they run
+as plain Python. Kernel bodies only index, bound-check, call these and store.
+
+The fast path handles the order-independent work of ``copy_pte_range``: empty entries, sharing (single PTEs and
+linux-6.18 batches), special PTEs, swap duplication that needs no continuation, migration and device-private
+entries, plus the lock-break cadence. :func:`pte_needs_host` flags every PTE whose handling could depend on the
+order of the walk or needs a slow path (early copy, swap-count continuation); a table holding one goes to the host
+loop, which runs the reference state machine on it.
+"""
+
+import numpy as np
+from numba.extending import register_jitable
+
+from gpusim.kernels.folio import PIN_BIAS
+from gpusim.kernels.pte import (
+    KIND_DEVICE_PRIVATE, KIND_MIGRATION, KIND_NONE, KIND_PRESENT, KIND_SWAP, PAGE_SPECIAL,
+    is_readable_exclusive_migration_entry,
+    is_writable_device_private_entry, is_writable_migration_entry, make_readable_device_private_entry,
+    make_readable_migration_entry, pte_dirty, pte_kind, pte_mkclean, pte_mkold, pte_mkwrite, pte_pfn, pte_present,
+    pte_special, pte_swp_clear_exclusive, pte_wrprotect, swp_offset,
+)
+
+# flag bits, as in gpusim.state (kernels cannot import the package's state module)
+VM_WRITE = 0x2
+VM_SHARED = 0x8
+VM_MAYWRITE = 0x20
+FOLIO_ANON = 1
+FOLIO_SWAPBACKED = 2
+FOLIO_DEVICE_PRIVATE = 4
+PAGE_ANON_EXCLUSIVE = 1
+SWAP_MAP_MAX = 62
+SWAP_CONT_MAX = 127
+
+# variant ids used by kernels (order of gpusim.variants.VARIANTS)
+V_5_8, V_XU_V1, V_XU_V1_OLEG, V_5_10, V_6_18 = 0, 1, 2, 3, 4
+
+# lock-break oracle modes
+NB_NEVER, NB_ALWAYS, NB_EVERY, NB_BERN, NB_LIST = 0, 1, 2, 3, 4
+
+# Columns of the per-table count rows the fast kernels fill (summed on the host).
+FAST_COUNTS = ("pte.none", "pte.share", "pte.special", "pte.wrprotect", "pte.excl_clear", "pte.swap", "pte.migration",
+               "pte.devpriv", "batch.start", "batch.pte", "pass", "check", "lock_breaks", "shared", "pin_shared",
+               "table.call", "table.alloc", "rss.anon", "rss.file", "rss.shmem", "rss.swapents", "swapoff")
+(C_NONE, C_SHARE, C_SPECIAL, C_WRPROTECT, C_EXCL_CLEAR, C_SWAP, C_MIGRATION, C_DEVPRIV, C_BATCH_START, C_BATCH_PTE,
+ C_PASS, C_CHECK, C_LB, C_SHARED, C_PIN_SHARED, C_CALL, C_ALLOC, C_RSS, _C_RSS1, _C_RSS2, _C_RSS3,
+ C_SWAPOFF) = range(len(FAST_COUNTS))
+NR_FAST_COUNTS = len(FAST_COUNTS)
+
+
+@register_jitable
+def is_cow_mapping(vm_flags):
+    return (vm_flags & VM_MAYWRITE) != 0 and (vm_flags & VM_SHARED) == 0
+
+
+@register_jitable
+def mm_counter(folio_flags):
+    """The rss counter of a folio: 0 anon, 2 shmem (swap-backed), 1 file."""
+    if folio_flags & FOLIO_ANON:
+        return 0
+    if folio_flags & FOLIO_SWAPBACKED:
+        return 2
+    return 1
+
+
+@register_jitable
+def swap_cap(levels):
+    cap = SWAP_MAP_MAX + 1
+    for _ in range(levels):
+        cap *= SWAP_CONT_MAX + 1
+    return cap - 1
+
+
+@register_jitable
+def page_holding_pfn(v):
+    """The pfn an entry holds a reference and a mapcount on (present non-special, device-private), else -1."""
+    k = pte_kind(v)
+    if k == KIND_PRESENT:
+        if (v & PAGE_SPECIAL) != 0:
+            return -1
+        return pte_pfn(v)
+    if k == KIND_DEVICE_PRIVATE:
+        return swp_offset(v)
+    return -1
+
+
+@register_jitable
+def share_child_pte(first, w_any, vm_shared):
+    """The child's PTE for a shared present entry, before write protection: old, write merged, clean if shared."""
+    child = pte_mkold(first)
+    if w_any:
+        child = pte_mkwrite(child)
+    else:
+        child = pte_wrprotect(child)
+    if vm_shared:
+        child = pte_mkclean(child)
+    return child
+
+
+@register_jitable
+def nonpresent_parent(v, cow, is_618):
+    """The parent's entry after ``copy_nonpresent_pte`` duplicated it (the child gets :func:`nonpresent_child`)."""
+    k = pte_kind(v)
+    if k == KIND_SWAP:
+        return pte_swp_clear_exclusive(v) if is_618 else v
+    if k == KIND_MIGRATION:
+        if cow and (is_writable_migration_entry(v) or is_readable_exclusive_migration_entry(v)):
+            return make_readable_migration_entry(v)
+        return v
+    if k == KIND_DEVICE_PRIVATE:
+        if cow and is_writable_device_private_entry(v):
+            return make_readable_device_private_entry(v)
+    return v
+
+
+@register_jitable
+def nonpresent_child(v, parent_after):
+    if pte_kind(v) == KIND_SWAP:
+        return pte_swp_clear_exclusive(v)
+    return parent_after
+
+
+@register_jitable
+def smix_u64(z):
+    """splitmix64 finaliser on uint64 (wrapping arithmetic)."""
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@register_jitable
+def nb_hash_u64(seed, fork_seq, call_start, k):
+    """``nb_hash`` of spec 4 for compiled code (``gpusim.oracle.nb_hash`` is the Python twin; the spec's test
+    vectors check both)."""
+    h = smix_u64(np.uint64(seed))
+    h = smix_u64(h ^ np.uint64(fork_seq))
+    h = smix_u64(h ^ np.uint64(call_start))
+    return smix_u64(h ^ np.uint64(k))
+
+
+@register_jitable
+def lock_break(mode, every_n, p_q32, seed, fork_seq, call_start, k, list_cs, list_k):
+    """``NB(fork_seq, call_start, k)`` for compiled code."""
+    if mode == NB_NEVER:
+        return False
+    if mode == NB_ALWAYS:
+        return True
+    if mode == NB_EVERY:
+        return (k + 1) % every_n == 0
+    if mode == NB_BERN:
+        return (nb_hash_u64(seed, fork_seq, call_start, k) >> np.uint64(32)) < np.uint64(p_q32)
+    for i in range(list_cs.shape[0]):
+        if list_cs[i] == call_start and list_k[i] == k:
+            return True
+    return False
+
+
+@register_jitable
+def batch_continues(prev, v, pfn_prev_folio, pfn_folio, vm_shared):
+    """Whether PTE ``v`` extends a linux-6.18 ``folio_pte_batch`` run whose previous PTE is ``prev``."""
+    if not pte_present(v) or pte_special(v) or pte_pfn(v) != pte_pfn(prev) + 1 or pfn_folio != pfn_prev_folio:
+        return False
+    if not vm_shared and pte_dirty(v) != pte_dirty(prev):
+        return False
+    return True
+
+
+@register_jitable
+def pte_needs_host(v, variant, large_order, has_pinned, page_folio, folio_order,
+                   folio_refcount, folio_pincount, folio_flags, folio_first_pfn, page_flags, page_nref, folio_nref,
+                   folio_tmin, folio_tmax, swap_count, swap_levels, slot_nref, slot_tmin, slot_tmax):
+    """Whether this PTE must go to the host loop: its handling is a slow path or could depend on walk order.
+
+    Conservative: a flagged PTE is merely handled by the exact sequential state machine.
+    """
+    k = pte_kind(v)
+    if k == KIND_NONE or k == KIND_MIGRATION:
+        return False
+    if k == KIND_SWAP:
+        s = swp_offset(v)
+        if slot_tmin[s] != slot_tmax[s]:
+            return True                                  # slot shared across tables: counts race
+        return swap_count[s] + slot_nref[s] > swap_cap(swap_levels[s])   # a duplicate needs a continuation
+    pfn = page_holding_pfn(v)
+    if pfn < 0:
+        return False                                     # special
+    f = page_folio[pfn]
+    if folio_tmin[f] != folio_tmax[f] or page_nref[pfn] > 1:
+        return True                                      # shared across tables, or a page mapped twice
+    if k == KIND_DEVICE_PRIVATE or variant == V_5_8 or not has_pinned:
+        return False
+    order = folio_order[f]
+    if order >= large_order:
+        if folio_pincount[f] <= 0:
+            return False
+        if variant != V_6_18:
+            return True                                  # maybe an early copy
+        if (folio_flags[f] & FOLIO_ANON) == 0 or (folio_flags[f] & FOLIO_DEVICE_PRIVATE) != 0:
+            return False
+        first = folio_first_pfn[f]
+        for j in range(1 << order):
+            if page_flags[first + j] & PAGE_ANON_EXCLUSIVE:
+                return True                              # a batch or single page would be refused / copied
+        return False
+    # small for pins: the refcount heuristic reads a count that this fork's own references change
+    return folio_refcount[f] + folio_nref[f] + 1 >= PIN_BIAS
