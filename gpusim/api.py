@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import time
 
+from gpusim import backend as _backend
 from gpusim.oracle import InjectionPlan, LockBreakOracle
 from gpusim.reference import ForkContext, dup_mmap, teardown
 from gpusim.result import ForkResult, finish_counts, rss_dict
 from gpusim.state import AddressSpace, digest
 from gpusim.variants import DEFAULT_VARIANT, get_variant
 
-BACKENDS = ("reference",)
+BACKENDS = _backend.BACKENDS
+UnknownBackend = _backend.UnknownBackend
 
 
-class UnknownBackend(ValueError):
-    def __init__(self, name: str):
-        super().__init__(f"unknown backend '{name}' (available: {', '.join(BACKENDS)})")
-
-
-def fork(space: AddressSpace, variant: str = DEFAULT_VARIANT, backend: str = "reference",
+def fork(space: AddressSpace, variant: str = DEFAULT_VARIANT, backend: str = "auto",
          oracle: str | LockBreakOracle = "never", inject=(), fork_seq: int = 0, check: bool = True) -> ForkResult:
     """Simulate one fork of ``space`` under ``variant``.
 
@@ -32,12 +29,18 @@ def fork(space: AddressSpace, variant: str = DEFAULT_VARIANT, backend: str = "re
     """
     get_variant(variant)
     space.validate()
-    if backend not in BACKENDS:
-        raise UnknownBackend(backend)
+    backend = _backend.resolve(backend)
     if isinstance(oracle, str):
         oracle = LockBreakOracle.parse(oracle)
     plan = inject if isinstance(inject, InjectionPlan) else InjectionPlan.parse(inject)
     plan.fired.clear()
+    if backend != "reference":
+        from gpusim.engine import fork_fast
+        result, first_new_pfn = fork_fast(space, variant, _backend.kernels(backend), backend, oracle, plan, fork_seq)
+        if check and result.outcome != "oops":
+            from gpusim.invariants import check_invariants
+            result.invariants = check_invariants(space, result, oracle, fork_seq, first_new_pfn)
+        return result
 
     t0 = time.perf_counter()
     fc = ForkContext(space, variant, oracle, plan, fork_seq)

@@ -80,6 +80,7 @@ class ForkResult:
     engine_wall_s: float = 0.0
     nr_ptes: int = 0
     trace: object | None = None
+    trace_complete: bool = True       # False when a fast engine copied tables outside the host loop
 
     @property
     def memory(self) -> Memory:

@@ -1,0 +1,241 @@
+"""The fast fork engine: per-PTE kernels for the common work, the host loop for the rest (architecture rule 3).
+
+Steps of one fork:
+
+1. :func:`gpusim.plan.plan_fork` lists the calls (one per table of each copied VMA).
+2. ``count_references`` counts, for every page, folio and swap slot, the PTEs of this fork that reference it and
+   from which tables; ``classify_tables`` flags every table holding a PTE that needs the host
+   (:func:`gpusim.kernels.rules.pte_needs_host`). Tables whose ``ptetable`` allocation is injected to fail, THP
+   tables, and every table from the first one where an injected window event can act are host tables too.
+3. The host loop (:mod:`gpusim.hostloop`) copies the host tables in address order with the reference state machine.
+   Without window events, a fast table and a host table never touch the same order-sensitive object, so the
+   fast tables can be copied after the host tables; only the stopping point matters: when the host loop stops the
+   fork (ENOMEM, oops), only the fast tables before that call are copied.
+4. ``copy_fast_tables`` copies the fast tables, all at once; then counts are summed, a half-built child is torn
+   down, and the final arrays are assembled.
+
+Backends differ only in the kernels module (and, for CUDA, in where the arrays live); see :mod:`gpusim.backend`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from gpusim.hostloop import host_context, machine_arrays
+from gpusim.kernels import pte as P
+from gpusim.kernels.rules import FAST_COUNTS, NB_ALWAYS, NB_BERN, NB_EVERY, NB_LIST, NB_NEVER
+from gpusim.oracle import InjectionPlan, LockBreakOracle
+from gpusim.plan import plan_fork
+from gpusim.reference import Oops, _Stop, copy_table
+from gpusim.result import ForkResult, finish_counts, new_counts, rss_dict
+from gpusim.state import (
+    FOLIO_FREED, MEMORY_FIELDS, MM, PTRS_PER_TABLE, AddressSpace, Memory, copy_state, digest, empty_mm, entries,
+)
+from gpusim.variants import VARIANTS, get_variant
+
+NB_MODES = {"never": NB_NEVER, "always": NB_ALWAYS, "every": NB_EVERY, "bern": NB_BERN, "list": NB_LIST}
+
+
+def oracle_params(oracle: LockBreakOracle) -> tuple:
+    pairs = sorted(oracle.pairs)
+    return (NB_MODES[oracle.mode], max(1, oracle.n), np.uint64(min(oracle.p_q32, (1 << 64) - 1)),
+            np.uint64(oracle.seed & ((1 << 64) - 1)),
+            np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64))
+
+
+class CallIndex:
+    """Calls of a plan mapped onto the parent's table rows."""
+
+    def __init__(self, mm: MM, plan):
+        self.plan = plan
+        rows = np.searchsorted(mm.table_index, plan.call_table)
+        self.call_row = np.where(plan.call_huge, -1, rows).astype(np.int64)
+        T = mm.nr_tables
+        self.row_lo = np.zeros(T, np.int64)
+        self.row_hi = np.zeros(T, np.int64)
+        idx = np.flatnonzero(self.call_row >= 0)
+        cr = self.call_row[idx]
+        present = np.zeros(T, bool)
+        present[cr] = True
+        lo = np.searchsorted(cr, np.arange(T), side="left")
+        hi = np.searchsorted(cr, np.arange(T), side="right")
+        self.row_lo[present] = idx[lo[present]]
+        self.row_hi[present] = idx[hi[present] - 1] + 1
+        self.row_has_calls = present
+        self.call_vmaflags = mm.vma_flags[plan.call_vma].astype(np.int64)
+
+    def first_call_of(self, c: int) -> int:
+        """The first call of the table that call ``c`` belongs to."""
+        r = int(self.call_row[c])
+        return int(self.row_lo[r]) if r >= 0 else c
+
+
+def first_window_call(plan_inj: InjectionPlan, calls: CallIndex) -> int:
+    """Index of the first call (rounded down to its table) where an injected window event may act."""
+    wins = [inj for inj in plan_inj.injections if inj.kind == "window"]
+    if not wins:
+        return math.inf
+    if any(inj.call is None for inj in wins):
+        return 0
+    starts = calls.plan.call_start
+    hits = [calls.first_call_of(int(c)) for inj in wins for c in np.flatnonzero(starts == inj.call)]
+    return min(hits) if hits else math.inf
+
+
+def fork_fast(space: AddressSpace, variant: str, kernels, backend: str, oracle: LockBreakOracle,
+              plan_inj: InjectionPlan, fork_seq: int = 0) -> tuple[ForkResult, int]:
+    """Run one fork on the fast engine with the given kernels module. Returns (result, first new pfn)."""
+    t0 = time.perf_counter()
+    mm = space.mm
+    v = get_variant(variant)
+    variant_id = list(VARIANTS).index(variant)
+    plan = plan_fork(mm)
+    calls = CallIndex(mm, plan)
+    work = copy_state(space.memory)
+    ppte = mm.pte.copy()
+    cpte = np.zeros_like(ppte)
+    cexists = np.zeros(mm.nr_tables, np.bool_)
+
+    refs = kernels.count_references(ppte, calls.call_row, plan.call_table, plan.call_start, plan.call_end,
+                                    work.page_folio, work.nr_folios, work.nr_slots)
+    page_nref, folio_nref, folio_tmin, folio_tmax, slot_nref, slot_tmin, slot_tmax = refs
+    host_row = kernels.classify_tables(
+        ppte, mm.table_index, calls.row_lo, calls.row_hi, plan.call_start, plan.call_end, variant_id,
+        v.large_pin_order, bool(mm.has_pinned), work.page_folio, work.folio_order, work.folio_refcount,
+        work.folio_pincount, work.folio_flags, work.folio_first_pfn, work.page_flags, page_nref, folio_nref,
+        folio_tmin, folio_tmax, work.swap_count, work.swap_levels, slot_nref, slot_tmin, slot_tmax)
+    host_row = np.asarray(host_row).copy()
+    for r in np.flatnonzero(calls.row_has_calls).tolist():          # injected child-table allocation failures
+        c0 = int(calls.row_lo[r])
+        if plan_inj.alloc_fails(fork_seq, int(plan.call_start[c0]), "ptetable", 1):
+            host_row[r] = True
+    first_inj = first_window_call(plan_inj, calls)
+    nC = plan.nr_calls
+    is_host_call = np.ones(nC, bool)
+    nonhuge = calls.call_row >= 0
+    is_host_call[nonhuge] = host_row[calls.call_row[nonhuge]]
+    if first_inj < nC:
+        is_host_call[first_inj:] = True
+
+    fc = host_context(space, work, ppte, cpte, cexists, variant, oracle, plan_inj, fork_seq)
+    host_calls = np.flatnonzero(is_host_call)
+    # Host tables before the first injected window, then the fast tables before the stop, then (events may act
+    # on any later table) everything from that window on through the host loop, in address order.
+    outcome, oops, enomem, stop = run_host_loop(fc, plan, host_calls[host_calls < first_inj], nC)
+    fast_rows = np.flatnonzero(calls.row_has_calls & ~host_row & (calls.row_lo < min(stop, first_inj)))
+    arrays = machine_arrays(fc.m)
+    nb = oracle_params(oracle)
+    fast_counts = kernels.copy_fast_tables(
+        fast_rows.astype(np.int64), mm.table_index, calls.row_lo, calls.row_hi, plan.call_start, plan.call_end,
+        calls.call_vmaflags, plan.table_first_call, ppte, cpte, cexists, variant_id, arrays["page_folio"],
+        arrays["folio_order"], arrays["folio_refcount"], arrays["folio_true_pins"], arrays["folio_flags"],
+        arrays["folio_first_pfn"], arrays["page_mapcount"], arrays["page_flags"], arrays["swap_count"],
+        nb[0], nb[1], nb[2], nb[3], fork_seq, nb[4], nb[5])
+    if outcome == "ok" and first_inj < nC:
+        outcome, oops, enomem, stop = run_host_loop(fc, plan, host_calls[host_calls >= first_inj], nC)
+    fast = dict(zip(FAST_COUNTS, np.asarray(fast_counts).sum(axis=0).tolist())) if len(fast_rows) else dict.fromkeys(
+        FAST_COUNTS, 0)
+
+    counts = new_counts()
+    counts["fork.base"] = counts["fork.mm"] = 1
+    stop_vma = int(plan.call_vma[stop]) if stop < nC else mm.nr_vmas - 1
+    counts.update(plan.counts_upto(stop_vma))
+    for name, val in fc.counts.items():
+        if name not in ("fork.base", "fork.mm") and not name.startswith("vma.") and name != "hugetlb_skipped":
+            counts[name] += val
+    for name in FAST_COUNTS:
+        if name in counts:
+            counts[name] += fast[name]
+    counts["restart.lb"] += fast["lock_breaks"]
+    child_rss = [fc.child.rss[i] + fast[f"rss.{n}"] for i, n in enumerate(("anon", "file", "shmem", "swapents"))]
+    child_extra = fc.child.tables.extra                  # child tables of split THPs
+    child_tables = set(mm.table_index[cexists].tolist()) | set(fc.child.pmds) | set(child_extra)
+    counts["table.upper_alloc"] = len({t >> 9 for t in child_tables}) + len({t >> 18 for t in child_tables})
+
+    arrays = machine_arrays(fc.m)
+    memory = Memory(**arrays, next_content=fc.m.next_content)
+    after_teardown = None
+    if outcome == "enomem":
+        rows = np.concatenate([cpte[cexists], np.array(list(child_extra.values()), np.uint64).reshape(-1, 512)])
+        teardown_arrays(memory, rows, np.array(list(fc.child.pmds.values()), np.uint64), counts)
+        after_teardown = rss_dict([0, 0, 0, 0])
+        child = empty_mm()
+    else:
+        index, pte = merge_tables(mm.table_index[cexists], cpte[cexists], child_extra)
+        child = MM(**plan.child_mm_vmas(mm, stop_vma), table_index=index, pte=pte,
+                   pmd_index=np.array(sorted(fc.child.pmds), np.int64),
+                   pmd=np.array([fc.child.pmds[t] for t in sorted(fc.child.pmds)], np.uint64),
+                   rss=np.array(child_rss, np.int64), has_pinned=False,
+                   on_swapoff_list=bool(fc.child.on_swapoff_list or fast["swapoff"]))
+    parent = AddressSpace(parent_mm(mm, ppte, fc), memory)
+    wall = time.perf_counter() - t0
+    result = ForkResult(
+        outcome=outcome, variant=variant, backend=backend, parent=parent, child=child,
+        counts=finish_counts(counts), child_rss=rss_dict(child_rss), child_rss_after_teardown=after_teardown,
+        oops=oops, enomem=enomem, unfired=plan_inj.unfired(), ignored_events=list(fc.ignored),
+        digest=digest(parent.mm, child, memory), engine_wall_s=wall, nr_ptes=space.nr_ptes, trace=fc.trace,
+    )
+    result.trace_complete = not len(fast_rows)
+    return result, space.memory.nr_pages
+
+
+def run_host_loop(fc, plan, host_calls: np.ndarray, nC: int) -> tuple:
+    """Copy the given calls with the reference state machine, in order. Returns (outcome, oops, enomem, stop),
+    ``stop`` being the index of the call where the fork stopped (``nC`` when it did not)."""
+    for c in host_calls.tolist():
+        vma = fc.parent.vmas[int(plan.call_vma[c])]
+        try:
+            copy_table(fc, vma, int(plan.call_table[c]), int(plan.call_start[c]), int(plan.call_end[c]))
+        except _Stop as s:
+            point, n = s.c.last_failed or ("unknown", 0)
+            return "enomem", None, {"call_start": s.c.call_start, "point": point, "occurrence": n}, c
+        except Oops as o:
+            cs = fc.trace.calls[-1].call_start if fc.trace.calls else -1
+            return "oops", {"function": o.function, "addr": o.addr, "reason": o.reason, "call_start": cs}, None, c
+    return "ok", None, None, nC
+
+
+def parent_mm(mm: MM, ppte: np.ndarray, fc) -> MM:
+    """The parent after the fork: working rows, tables added by THP splits, the remaining huge PMDs."""
+    index, pte = merge_tables(mm.table_index, ppte, fc.parent.tables.extra)
+    pmds = sorted(fc.parent.pmds)
+    return MM(vma_start=mm.vma_start, vma_end=mm.vma_end, vma_flags=mm.vma_flags, vma_backing=mm.vma_backing,
+              vma_anon_vma=mm.vma_anon_vma, table_index=index, pte=pte, pmd_index=np.array(pmds, np.int64),
+              pmd=np.array([fc.parent.pmds[t] for t in pmds], np.uint64), rss=np.array(fc.parent.rss, np.int64),
+              has_pinned=bool(fc.parent.has_pinned), on_swapoff_list=bool(fc.parent.on_swapoff_list))
+
+
+def merge_tables(index: np.ndarray, pte: np.ndarray, extra: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a pte array plus extra tables (from THP splits), sorted by table number."""
+    if not extra:
+        return index, pte
+    index = np.concatenate([index, np.array(sorted(extra), np.int64)])
+    pte = np.concatenate([pte, np.array([extra[t] for t in sorted(extra)], np.uint64).reshape(-1, PTRS_PER_TABLE)])
+    order = np.argsort(index, kind="stable")
+    return index[order], pte[order]
+
+
+def teardown_arrays(memory: Memory, child_rows: np.ndarray, child_pmds: np.ndarray, counts: dict) -> None:
+    """Spec 5.4 on arrays, in place: every child entry drops what it holds; early copies are freed."""
+    vals = child_rows.reshape(-1)
+    vals = vals[vals != 0]
+    counts["teardown.pte"] += int(vals.size) + int(child_pmds.size)
+    from gpusim.invariants import page_holding_pfns, swap_slots
+    pfns = page_holding_pfns(vals)
+    np.subtract.at(memory.page_mapcount, pfns, 1)
+    folios = memory.page_folio[pfns]
+    np.subtract.at(memory.folio_refcount, folios, 1)
+    if child_pmds.size:
+        hf = memory.page_folio[((child_pmds >> np.uint64(P.PFN_SHIFT)) & np.uint64(P.PFN_MASK)).astype(np.int64)]
+        np.subtract.at(memory.folio_refcount, hf, 1)
+        np.subtract.at(memory.folio_pmd_mapcount, hf, 1)
+    freed = np.unique(folios[memory.folio_refcount[folios] == 0])
+    memory.folio_flags[freed] |= np.uint8(FOLIO_FREED)
+    counts["teardown.free"] += int(freed.size)
+    np.subtract.at(memory.swap_count, swap_slots(vals), 1)
+
+
+__all__ = ["fork_fast", "MEMORY_FIELDS", "PTRS_PER_TABLE", "entries"]
