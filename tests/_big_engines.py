@@ -1,0 +1,76 @@
+"""Differential tests: every fast engine gives the reference's outcome, counts, child rss and state digest."""
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gpusim
+from gpusim.catalogue import SCENARIOS
+from strategies import VARIANTS, injections, layouts, oracles
+
+FAST_BACKENDS = ["cpu"]
+
+
+def compare(layout, variant, oracle="never", inject=(), backend="cpu"):
+    space = gpusim.parse_layout(layout, variant)
+    ref = gpusim.fork(space, variant, backend="reference", oracle=oracle, inject=inject)
+    got = gpusim.fork(space, variant, backend=backend, oracle=oracle, inject=inject)
+    ctx = (layout, variant, oracle, inject)
+    assert got.outcome == ref.outcome, ctx
+    assert got.oops == ref.oops and got.enomem == ref.enomem, ctx
+    diff = {k: (ref.counts[k], got.counts[k]) for k in ref.counts if ref.counts[k] != got.counts[k]}
+    assert not diff, (ctx, diff)
+    assert got.child_rss == ref.child_rss and got.child_rss_after_teardown == ref.child_rss_after_teardown, ctx
+    assert got.unfired == ref.unfired and got.ignored_events == ref.ignored_events, ctx
+    assert got.digest == ref.digest, ctx
+    if got.outcome != "oops":
+        assert got.invariants.ok, (ctx, got.invariants.violations)
+    return ref, got
+
+
+SCENARIO_CASES = [(sid, v) for sid in SCENARIOS for v in VARIANTS]
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("sid,variant", SCENARIO_CASES, ids=[f"{s}-{v}" for s, v in SCENARIO_CASES])
+def test_scenario_catalogue(backend, sid, variant):
+    s = SCENARIOS[sid]
+    compare(s.layout, variant, s.oracle, s.inject, backend)
+
+
+@st.composite
+def cases(draw):
+    layout, width = draw(layouts(max_width=2000))
+    return layout, draw(oracles()), draw(injections(width))
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("variant", VARIANTS)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases())
+def test_random_layouts(backend, variant, case):
+    layout, oracle, inject = case
+    compare(layout, variant, oracle, inject, backend)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("variant", VARIANTS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(oracle=oracles(), tables=st.integers(2, 6), data=st.data())
+def test_mostly_fast_tables(backend, variant, oracle, tables, data):
+    """Dense layouts where most tables take the fast path and a few pinned or swapped pages take the host."""
+    body = []
+    for _ in range(tables):
+        body.append(data.draw(st.sampled_from(["normal*512", "none*512", "folio512", "folio16*32", "swap*512",
+                                               "normal*100 pinned normal*411", "zero*512", "migr*512",
+                                               "normal*511 swap:cnt=62", "folio64:pin normal*448",
+                                               "normal*200 none*312"])))
+    compare(" ".join(body), variant, oracle, (), backend)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_keyed_injection_in_a_later_table(variant):
+    layout = "normal*512 normal*100 pinned normal*411 normal*512"
+    compare(layout, variant, "every:3", ["fail@copy#1@512"])
+    compare(layout, variant, "always", ["@LB#2@512: zap(5); pin(1100); write(700)"])
+    compare(layout, variant, "never", ["fail@ptetable#1@1024"])
