@@ -383,19 +383,19 @@ def copy_state(obj):
 
 
 def digest(parent: MM, child: MM, memory: Memory) -> str:
-    """SHA-256 of the canonical encoding of a parent mm, a child mm and their memory.
+    """BLAKE2b-256 of the canonical encoding of a parent mm, a child mm and their memory.
 
     Canonical: for each field in the fixed order of ``MM_FIELDS`` / ``MEMORY_FIELDS``, its name, its dtype (as
     fixed by the model, little-endian) and shape, then its bytes in C order; scalars as decimal text. Equal states
     give equal digests whichever engine produced them.
     """
-    h = hashlib.sha256()
+    h = hashlib.blake2b(digest_size=32)
 
     def put(tag: str, a) -> None:
         if isinstance(a, np.ndarray):
             a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
             h.update(f"{tag}:{a.dtype.str}:{a.shape};".encode())
-            h.update(a.tobytes())
+            h.update(a.reshape(-1).view(np.uint8).data)        # no copy for contiguous little-endian arrays
         else:
             h.update(f"{tag}={int(a)};".encode())
 

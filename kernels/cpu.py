@@ -17,8 +17,8 @@ from gpusim.kernels.pte import (
 from gpusim.kernels.rules import (
     C_ALLOC, C_BATCH_PTE, C_BATCH_START, C_CALL, C_CHECK, C_DEVPRIV, C_EXCL_CLEAR, C_LB, C_MIGRATION, C_NONE, C_PASS,
     C_PIN_SHARED, C_RSS, C_SHARE, C_SHARED, C_SPECIAL, C_SWAP, C_SWAPOFF, C_WRPROTECT, FOLIO_ANON, NR_FAST_COUNTS,
-    PAGE_ANON_EXCLUSIVE, V_6_18, VM_SHARED, folio_needs_host, is_cow_mapping, lock_break, mm_counter,
-    nonpresent_child, nonpresent_parent, slot_needs_host, share_child_pte,
+    PAGE_ANON_EXCLUSIVE, V_5_8, V_6_18, VM_SHARED, is_cow_mapping, large_folio_needs_host, lock_break, mm_counter,
+    nonpresent_child, nonpresent_parent, share_child_pte, slot_needs_host, small_folio_needs_host,
 )
 
 PTRS = 512
@@ -30,6 +30,7 @@ def table_needs_host(r, base, lo, hi, call_start, call_end, ppte, variant, large
                      folio_order, folio_refcount, folio_pincount, folio_flags, folio_first_pfn, page_flags,
                      page_mapcount, swap_count, swap_levels):
     last_f = -1
+    check_folios = variant != V_5_8 and has_pinned       # without a pin test no folio can need the host
     for c in range(lo, hi):
         for a in range(call_start[c], call_end[c]):
             v = ppte[r, a - base]
@@ -38,11 +39,15 @@ def table_needs_host(r, base, lo, hi, call_start, call_end, ppte, variant, large
                 if pte_special(v):
                     continue
                 f = page_folio[np.int64(pte_pfn(v))]
-                if f != last_f:                          # consecutive PTEs of one folio: evaluate it once
-                    last_f = f
-                    if folio_needs_host(f, variant, large_order, has_pinned, folio_order, folio_refcount,
-                                        folio_pincount, folio_flags, folio_first_pfn, page_flags, page_mapcount):
+                if f == last_f or not check_folios:      # consecutive PTEs of one folio: evaluate it once
+                    continue
+                last_f = f
+                if folio_order[f] >= large_order:
+                    if large_folio_needs_host(f, variant, folio_order, folio_pincount, folio_flags,
+                                              folio_first_pfn, page_flags):
                         return True
+                elif small_folio_needs_host(f, folio_order, folio_refcount, folio_first_pfn, page_mapcount):
+                    return True
             elif kind == KIND_SWAP:
                 if slot_needs_host(np.int64(swp_offset(v)), swap_count, swap_levels):
                     return True

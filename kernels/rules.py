@@ -139,7 +139,7 @@ def nb_hash_u64(seed, fork_seq, call_start, k):
     return smix_u64(h ^ np.uint64(k))
 
 
-@register_jitable
+@register_jitable(inline="always")     # array arguments: avoid per-call refcounting
 def lock_break(mode, every_n, p_q32, seed, fork_seq, call_start, k, list_cs, list_k):
     """``NB(fork_seq, call_start, k)`` for compiled code."""
     if mode == NB_NEVER:
@@ -166,7 +166,33 @@ def batch_continues(prev, v, pfn_prev_folio, pfn_folio, vm_shared):
     return True
 
 
+@register_jitable(inline="always")     # array arguments: avoid per-call refcounting
+def small_folio_needs_host(f, folio_order, folio_refcount, folio_first_pfn, page_mapcount):
+    """A folio that uses the refcount pin heuristic: this fork's own references (at most one per mapping) could
+    push its refcount to ``PIN_BIAS`` while the walk is under way."""
+    first = folio_first_pfn[f]
+    maxrefs = 0
+    for j in range(np.int64(1) << np.int64(folio_order[f])):
+        maxrefs += page_mapcount[first + j]
+    return folio_refcount[f] + maxrefs + 1 >= PIN_BIAS
+
+
 @register_jitable
+def large_folio_needs_host(f, variant, folio_order, folio_pincount, folio_flags, folio_first_pfn, page_flags):
+    """A folio with an exact pincount: an early copy may be due (linux-6.18: only for anon-exclusive pages)."""
+    if folio_pincount[f] <= 0:
+        return False
+    if variant != V_6_18:
+        return True
+    if (folio_flags[f] & FOLIO_ANON) == 0 or (folio_flags[f] & FOLIO_DEVICE_PRIVATE) != 0:
+        return False
+    first = folio_first_pfn[f]
+    for j in range(np.int64(1) << np.int64(folio_order[f])):
+        if page_flags[first + j] & PAGE_ANON_EXCLUSIVE:
+            return True
+    return False
+
+
 def folio_needs_host(f, variant, large_order, has_pinned, folio_order, folio_refcount, folio_pincount, folio_flags,
                      folio_first_pfn, page_flags, page_mapcount):
     """Whether the PTEs mapping folio ``f`` must go to the host loop: an early copy may be due, or the pin
@@ -174,31 +200,18 @@ def folio_needs_host(f, variant, large_order, has_pinned, folio_order, folio_ref
 
     Reads only values that the fork can raise (refcount, mapcount) or does not change (order, pincount, flags of
     folios that may need copying), so reading them while other tables are being copied can only make the answer
-    more conservative: a table sent to the host is handled exactly, whatever the reason.
+    more conservative: a table sent to the host is handled exactly, whatever the reason. (The kernels inline the
+    two halves; this composition documents the rule and serves tests.)
     """
     if variant == V_5_8 or not has_pinned:
         return False
-    order = np.int64(folio_order[f])
-    first = folio_first_pfn[f]
-    nr = np.int64(1) << order
-    if order >= large_order:
-        if folio_pincount[f] <= 0:
-            return False
-        if variant != V_6_18:
-            return True                                  # maybe an early copy
-        if (folio_flags[f] & FOLIO_ANON) == 0 or (folio_flags[f] & FOLIO_DEVICE_PRIVATE) != 0:
-            return False
-        for j in range(nr):
-            if page_flags[first + j] & PAGE_ANON_EXCLUSIVE:
-                return True                              # a batch or a single page would be refused and copied
-        return False
-    maxrefs = 0                                          # this fork adds at most one reference per mapping
-    for j in range(nr):
-        maxrefs += page_mapcount[first + j]
-    return folio_refcount[f] + maxrefs + 1 >= PIN_BIAS
+    if folio_order[f] >= large_order:
+        return large_folio_needs_host(f, variant, folio_order, folio_pincount, folio_flags, folio_first_pfn,
+                                      page_flags)
+    return small_folio_needs_host(f, folio_order, folio_refcount, folio_first_pfn, page_mapcount)
 
 
-@register_jitable
+@register_jitable(inline="always")     # array arguments: avoid per-call refcounting
 def slot_needs_host(s, swap_count, swap_levels):
     """Whether duplicating slot ``s`` could need a swap-count continuation in this fork: the fork adds at most
     ``count`` references (each of the parent's is counted), so ``2 * count <= cap`` is always safe."""
