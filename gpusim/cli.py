@@ -72,7 +72,7 @@ def fork(
     variant: str = typer.Option(DEFAULT_VARIANT, "--variant", "-v", help="Kernel variant (see `gpusim variants`)."),
     oracle: Optional[str] = typer.Option(None, "--oracle", help="Lock-break oracle (default never)."),
     inject: Optional[List[str]] = typer.Option(None, "--inject", "-i", help="Injection; repeatable."),
-    backend: str = typer.Option("reference", "--backend", help=f"Engine: {', '.join(BACKENDS)}."),
+    backend: str = typer.Option("auto", "--backend", help=f"Engine: {', '.join(BACKENDS)}."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     try:
@@ -94,6 +94,55 @@ def fork(
         typer.echo(json.dumps(result.as_dict()))
         return
     print_summary(result, layout)
+
+
+@app.command()
+def bench(
+    sizes: str = typer.Option("1GiB,4GiB,16GiB,64GiB", "--sizes", help="Simulated sizes of dense 4 KiB anon memory."),
+    backend: str = typer.Option("auto", "--backend", help=f"Engine: {', '.join(BACKENDS)}."),
+    variant: str = typer.Option(DEFAULT_VARIANT, "--variant", "-v"),
+    repeat: int = typer.Option(3, "--repeat", min=1, help="Forks per size (the median is reported)."),
+    vs_kernel: bool = typer.Option(False, "--vs-kernel", help="Also time this machine's kernel forking a real "
+                                                              "process with the same touched memory."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Fork dense 4 KiB anonymous address spaces and print PTEs/s, ns/PTE, bytes/PTE and engine wall time."""
+    from gpusim.bench import run
+    from gpusim.workloads import parse_size
+    try:
+        get_variant(variant)
+        size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
+        from gpusim.backend import resolve
+        resolve(backend)
+    except ValueError as e:
+        bad_input(str(e))
+    status = None if as_json else Console(stderr=True)
+    report = run(size_list, backend, variant, repeat, vs_kernel,
+                 progress=(lambda s: status.print(f"forking {s / 2**30:g} GiB ...", highlight=False))
+                 if status else None)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    t = Table(title=f"gpusim bench: {report['machine']}, kernel {report['kernel']}", title_justify="left")
+    for col in ("size", "PTEs", "backend", "engine wall", "ns/PTE", "PTEs/s", "bytes/PTE"):
+        t.add_column(col, justify="right")
+    if vs_kernel:
+        for col in ("kernel fork", "kernel ns/PTE", "speedup"):
+            t.add_column(col, justify="right")
+    for r in report["rows"]:
+        cells = [f"{r['size_bytes'] / 2**30:g} GiB", f"{r['ptes']:,}", r["backend"], f"{r['engine_wall_s'] * 1e3:.2f} ms",
+                 f"{r['ns_per_pte']:.2f}", f"{r['ptes_per_s'] / 1e9:.3f} G", f"{r['bytes_per_pte']:.1f}"]
+        if vs_kernel:
+            if r.get("kernel_fork_s"):
+                cells += [f"{r['kernel_fork_s'] * 1e3:.2f} ms", f"{r['kernel_ns_per_pte']:.1f}",
+                          f"{r['speedup_vs_kernel']:.1f}x"]
+            else:
+                cells += ["n/a", "", ""]
+        t.add_row(*cells)
+    Console(highlight=False, width=160).print(t)
+    if vs_kernel:
+        typer.echo(f"kernel fork of the bare measuring process: {report['kernel_fork_base_s'] * 1e3:.2f} ms "
+                   f"(subtracted in kernel ns/PTE, not in speedup)")
 
 
 def print_summary(r, layout: str) -> None:

@@ -159,8 +159,9 @@ def fork_fast(space: AddressSpace, variant: str, kernels, backend: str, oracle: 
     counts["restart.lb"] += fast["lock_breaks"]
     child_rss = [fc.child.rss[i] + fast[f"rss.{n}"] for i, n in enumerate(("anon", "file", "shmem", "swapents"))]
     child_extra = fc.child.tables.extra                  # child tables of split THPs
-    child_tables = set(mm.table_index[cexists].tolist()) | set(fc.child.pmds) | set(child_extra)
-    counts["table.upper_alloc"] = len({t >> 9 for t in child_tables}) + len({t >> 18 for t in child_tables})
+    child_tables = np.concatenate([mm.table_index[cexists], np.array(sorted(set(fc.child.pmds) | set(child_extra)),
+                                                                     np.int64)])
+    counts["table.upper_alloc"] = len(np.unique(child_tables >> 9)) + len(np.unique(child_tables >> 18))
 
     arrays = machine_arrays(fc.m)
     memory = Memory(**arrays, next_content=fc.m.next_content)

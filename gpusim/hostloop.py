@@ -52,15 +52,18 @@ class TableMap:
     THP split adds to the parent)."""
 
     def __init__(self, pte: np.ndarray, table_index: np.ndarray, exists: np.ndarray | None = None):
-        self.pte, self.exists = pte, exists
-        self.row_of = {t: r for r, t in enumerate(table_index.tolist())}
+        self.pte, self.exists, self.index = pte, exists, table_index
         self.extra: dict[int, list[int]] = {}
         self._rows: dict[int, IntArray] = {}
+
+    def row_of_table(self, t: int) -> int | None:
+        r = int(np.searchsorted(self.index, t))
+        return r if r < self.index.shape[0] and int(self.index[r]) == t else None
 
     def __contains__(self, t) -> bool:
         if t in self.extra:
             return True
-        r = self.row_of.get(t)
+        r = self.row_of_table(t)
         return r is not None and (self.exists is None or bool(self.exists[r]))
 
     def __getitem__(self, t):
@@ -70,19 +73,31 @@ class TableMap:
             raise KeyError(t)
         row = self._rows.get(t)
         if row is None:
-            row = self._rows[t] = IntArray(self.pte[self.row_of[t]])
+            row = self._rows[t] = IntArray(self.pte[self.row_of_table(t)])
         return row
 
     def get(self, t, default=None):
         return self[t] if t in self else default
 
     def __setitem__(self, t, row) -> None:
-        r = self.row_of.get(t)
+        r = self.row_of_table(t)
         if r is not None and self.exists is not None:      # child: the row is preallocated and zero
             self.exists[r] = True
             self.pte[r, :] = row
         else:                                               # parent: a table created by a THP split
             self.extra[t] = list(row)
+
+
+class LazyVmas:
+    """``parent.vmas[i]`` built on demand (a process may have many VMAs and few host tables)."""
+
+    def __init__(self, mm):
+        self.mm = mm
+
+    def __getitem__(self, i: int) -> VmaView:
+        mm = self.mm
+        return VmaView(i, int(mm.vma_start[i]), int(mm.vma_end[i]), int(mm.vma_flags[i]), int(mm.vma_backing[i]),
+                       bool(mm.vma_anon_vma[i]))
 
 
 def host_context(space: AddressSpace, work: Memory, ppte: np.ndarray, cpte: np.ndarray, cexists: np.ndarray,
@@ -91,9 +106,7 @@ def host_context(space: AddressSpace, work: Memory, ppte: np.ndarray, cpte: np.n
     mm = space.mm
     machine = Machine(work, store=IntArray)
     parent = MMState()
-    parent.vmas = [VmaView(i, s, e, f, b, a) for i, (s, e, f, b, a) in enumerate(zip(
-        mm.vma_start.tolist(), mm.vma_end.tolist(), mm.vma_flags.tolist(), mm.vma_backing.tolist(),
-        mm.vma_anon_vma.tolist()))]
+    parent.vmas = LazyVmas(mm)
     parent.tables = TableMap(ppte, mm.table_index)
     parent.pmds = dict(zip(mm.pmd_index.tolist(), mm.pmd.tolist()))
     parent.rss = mm.rss.tolist()

@@ -103,7 +103,16 @@ class ForkResult:
             "digest": self.digest,
             "engine_wall_s": self.engine_wall_s,
             "nr_ptes": self.nr_ptes,
+            "ptes_per_s": self.nr_ptes / self.engine_wall_s if self.engine_wall_s > 0 else None,
+            "bytes_per_pte": self.bytes_per_pte(),
         }
+
+    def bytes_per_pte(self) -> float | None:
+        """Resident bytes of the final parent, child and memory arrays per simulated PTE slot."""
+        if not self.nr_ptes:
+            return None
+        from gpusim.workloads import resident_bytes
+        return resident_bytes(self.parent.mm, self.child, self.memory) / self.nr_ptes
 
 
 def rss_dict(rss) -> dict[str, int]:

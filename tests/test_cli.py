@@ -31,7 +31,7 @@ def test_fork_json_fields():
     for name in COST_EVENTS + ("passes", "lock_breaks", "allocations", "unused_frees", "installs", "shared",
                                "pin_shared", "swapcont_atomic", "swapcont_kernel", "levels_added", "teardown_frees"):
         assert name in d["counts"], name
-    assert d["outcome"] == "ok" and d["variant"] == "xu-v1-oleg" and d["backend"] == "reference"
+    assert d["outcome"] == "ok" and d["variant"] == "xu-v1-oleg" and d["backend"] == "cpu"   # auto: no GPU
     assert (d["counts"]["passes"], d["counts"]["lock_breaks"], d["counts"]["installs"]) == (122, 120, 1)
     assert d["child_rss"] == {"anon": 481, "file": 0, "shmem": 0, "swapents": 0}
     assert d["invariants"]["ok"] is True and len(d["digest"]) == 64
@@ -100,3 +100,22 @@ def test_scenarios_table():
     p = gpusim("scenarios", "-v", "xu-v1", "-v", "linux-6.18")
     assert p.returncode == 0
     assert "oops@32" in p.stdout and "M-b" in p.stdout and "INVARIANT" not in p.stdout
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "auto"])
+def test_backends_agree_from_the_cli(backend):
+    d = json.loads(gpusim("fork", "--scenario", "G'", "--variant", "linux-5.10", "--backend", backend,
+                          "--json").stdout)
+    ref = json.loads(gpusim("fork", "--scenario", "G'", "--variant", "linux-5.10", "--backend", "reference",
+                            "--json").stdout)
+    assert d["digest"] == ref["digest"] and d["counts"] == ref["counts"]
+    assert d["ptes_per_s"] > 0 and d["bytes_per_pte"] > 0
+
+
+def test_bench_json():
+    p = gpusim("bench", "--sizes", "4MiB,8MiB", "--repeat", "1", "--vs-kernel", "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert [r["ptes"] for r in d["rows"]] == [1024, 2048]
+    for r in d["rows"]:
+        assert r["ptes_per_s"] > 0 and r["bytes_per_pte"] > 16 and r["kernel_fork_s"] > 0

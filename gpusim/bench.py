@@ -1,0 +1,69 @@
+"""``gpusim bench``: fork dense 4 KiB anonymous address spaces of several sizes and report the engine's speed,
+optionally beside the real kernel's fork() of the same amount of touched memory on this machine."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+
+from gpusim.workloads import PAGE_SIZE, dense_anon, resident_bytes
+
+
+def mem_available_bytes() -> int:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench_size(size: int, backend: str, variant: str, repeat: int) -> dict:
+    import gpusim
+    space = dense_anon(size // PAGE_SIZE)
+    walls, r = [], None
+    for _ in range(repeat):
+        r = gpusim.fork(space, variant, backend=backend, check=False)
+        walls.append(r.engine_wall_s)
+    wall = statistics.median(walls)
+    nbytes = resident_bytes(r.parent.mm, r.child, r.memory)
+    return {"size_bytes": size, "ptes": r.nr_ptes, "backend": r.backend, "variant": variant,
+            "engine_wall_s": wall, "engine_wall_min_s": min(walls), "ns_per_pte": wall / r.nr_ptes * 1e9,
+            "ptes_per_s": r.nr_ptes / wall, "bytes_per_pte": nbytes / r.nr_ptes, "outcome": r.outcome}
+
+
+def run(sizes: list[int], backend: str, variant: str, repeat: int, vs_kernel: bool, progress=None) -> dict:
+    import gpusim
+    gpusim.fork(dense_anon(1024), variant, backend=backend, check=False)      # compile / warm up
+    rows = []
+    base = None
+    if vs_kernel:
+        from gpusim.host.forktime import measure_in_subprocess
+        base = measure_in_subprocess(0, repeat=max(5, repeat))["median_ns"]
+    for size in sizes:
+        if progress:
+            progress(size)
+        row = bench_size(size, backend, variant, repeat)
+        if vs_kernel:
+            if size <= mem_available_bytes() // 2:
+                k = measure_in_subprocess(size, repeat=max(5, repeat))
+                row["kernel_fork_s"] = k["median_ns"] / 1e9
+                row["kernel_ns_per_pte"] = (k["median_ns"] - base) / row["ptes"]
+                row["speedup_vs_kernel"] = row["kernel_fork_s"] / row["engine_wall_s"]
+            else:
+                row["kernel_fork_s"] = None
+                row["kernel_skipped"] = "does not fit in half of the available memory"
+        rows.append(row)
+    return {"machine": f"{cpu_model()}, {__import__('os').cpu_count()} cpus", "kernel": platform.release(),
+            "kernel_fork_base_s": None if base is None else base / 1e9, "rows": rows}

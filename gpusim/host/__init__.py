@@ -1,0 +1,1 @@
+"""Measurements of the real kernel this machine runs (fork timing so far)."""
