@@ -1,14 +1,33 @@
-"""Atomic read-modify-write on array elements for numba CPU kernels (``prange`` has no atomics of its own).
+"""Atomic read-modify-write on array elements, one name for every target.
 
-``atomic_add(arr, i, v)`` adds ``v`` to ``arr[i]`` with one LLVM ``atomicrmw add`` (monotonic ordering suffices:
-the kernels only need every increment to land, not an order between them) and returns the old value.
-``atomic_and(arr, i, v)`` likewise for bitwise and. Used where pages, folios or swap slots may be shared by PTEs
-of several tables.
+``atomic_add(arr, i, v)`` adds ``v`` to ``arr[i]`` and returns the old value; ``atomic_and`` likewise for bitwise
+and. Compiled for the CPU they are one LLVM ``atomicrmw`` each (numba's ``prange`` has no atomics of its own;
+monotonic ordering suffices: every increment must land, no order between them is needed). The CUDA kernels register
+``cuda.atomic`` implementations for the CUDA target (:mod:`gpusim.kernels.cuda`). Called from Python (numba's CUDA
+simulator runs kernels as Python threads) they take a lock.
 """
+
+import threading
 
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
+
+_lock = threading.Lock()
+
+
+def atomic_add(arr, i, v):
+    with _lock:
+        old = arr[i]
+        arr[i] = old + v
+        return old
+
+
+def atomic_and(arr, i, v):
+    with _lock:
+        old = arr[i]
+        arr[i] = old & v
+        return old
 
 
 def _rmw(op):
@@ -22,11 +41,22 @@ def _rmw(op):
             ary, i, v = args
             view = context.make_array(arr_t)(context, builder, ary)
             ptr = cgutils.get_item_pointer(context, builder, arr_t, view, [i])
+            v = context.cast(builder, v, signature.args[2], arr_t.dtype)
             return builder.atomic_rmw(op, ptr, v, "monotonic")
 
         return sig, codegen
     return impl
 
 
-atomic_add = intrinsic(_rmw("add"))
-atomic_and = intrinsic(_rmw("and"))
+_cpu_add = intrinsic(_rmw("add"))
+_cpu_and = intrinsic(_rmw("and"))
+
+
+@overload(atomic_add, target="cpu")
+def _ol_add(arr, i, v):
+    return lambda arr, i, v: _cpu_add(arr, i, v)
+
+
+@overload(atomic_and, target="cpu")
+def _ol_and(arr, i, v):
+    return lambda arr, i, v: _cpu_and(arr, i, v)
