@@ -1,12 +1,17 @@
 """The one seam where the engine's backend is chosen.
 
-``reference`` is the pure-Python oracle; ``cpu`` the numba engine (kernels in ``gpusim.kernels.cpu``); ``auto``
-picks the fastest one available here. GPU imports would happen only in this module, lazily.
+``reference`` is the pure-Python oracle; ``cpu`` the numba engine (``gpusim.kernels.cpu``); ``cuda`` the
+numba.cuda engine over CuPy arrays (``gpusim.kernels.cuda``); ``cudasim`` the same CUDA kernels under numba's CUDA
+simulator (small inputs; used by the tests on machines without a GPU); ``auto`` picks ``cuda`` when a usable GPU
+and CuPy are present, else ``cpu``. Only this module imports the CUDA side, and only when it is asked for.
 """
 
 from __future__ import annotations
 
-BACKENDS = ("reference", "cpu", "auto")
+import importlib.util
+import os
+
+BACKENDS = ("reference", "cpu", "cuda", "cudasim", "auto")
 
 
 class UnknownBackend(ValueError):
@@ -14,11 +19,28 @@ class UnknownBackend(ValueError):
         super().__init__(f"unknown backend '{name}' (available: {', '.join(BACKENDS)})")
 
 
+class BackendUnavailable(ValueError):
+    pass
+
+
+def cuda_usable() -> bool:
+    """A GPU that CuPy can use, without importing numba.cuda (so that ``cudasim`` stays possible)."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or importlib.util.find_spec("cupy") is None:
+        return False
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:                           # no driver, no device: CPU it is
+        return False
+
+
 def resolve(name: str) -> str:
-    """The concrete backend for a name (``auto`` becomes ``cpu`` while no GPU engine is built)."""
+    """The concrete backend for a name."""
     if name not in BACKENDS:
         raise UnknownBackend(name)
-    return "cpu" if name == "auto" else name
+    if name == "auto":
+        return "cuda" if cuda_usable() else "cpu"
+    return name
 
 
 def kernels(name: str):
@@ -26,4 +48,20 @@ def kernels(name: str):
     if name == "cpu":
         from gpusim.kernels import cpu
         return cpu
+    if name in ("cuda", "cudasim"):
+        want_sim = name == "cudasim"
+        import sys
+        from numba.core import config
+        if "numba.cuda" not in sys.modules and bool(config.ENABLE_CUDASIM) != want_sim:
+            os.environ["NUMBA_ENABLE_CUDASIM"] = "1" if want_sim else "0"
+            config.reload_config()              # numba read the environment when it was imported
+        if bool(config.ENABLE_CUDASIM) != want_sim:
+            other = "cudasim" if config.ENABLE_CUDASIM else "cuda"
+            raise BackendUnavailable(f"backend '{name}' is not available in a process that already uses '{other}' "
+                                     f"(numba's CUDA simulator is chosen once per process)")
+        if not want_sim and not cuda_usable():
+            raise BackendUnavailable("backend 'cuda' needs an NVIDIA GPU and CuPy (pip install 'gpusim[cuda12]' "
+                                     "or '[cuda13]'); use --backend cpu or cudasim")
+        from gpusim.kernels import cuda
+        return cuda
     raise UnknownBackend(name)

@@ -26,7 +26,7 @@ import numpy as np
 
 from gpusim.hostloop import host_context, machine_arrays
 from gpusim.kernels import pte as P
-from gpusim.kernels.cpu import MODE_CLASSIFY, MODE_CLASSIFY_COPY, MODE_COPY
+MODE_CLASSIFY, MODE_CLASSIFY_COPY, MODE_COPY = 0, 1, 2        # as in gpusim.kernels.cpu and .cuda
 from gpusim.kernels.rules import FAST_COUNTS, NB_ALWAYS, NB_BERN, NB_EVERY, NB_LIST, NB_NEVER
 from gpusim.oracle import InjectionPlan, LockBreakOracle
 from gpusim.plan import plan_fork

@@ -25,6 +25,7 @@ buys nothing here; the type field instead distinguishes the kinds that the kerne
 from numba.extending import register_jitable
 
 
+M64 = (1 << 64) - 1               # masks are written as M64 ^ bit, never ~bit: a negative mask cannot meet a uint64
 PAGE_PRESENT = 1 << 0
 PAGE_RW = 1 << 1
 PAGE_USER = 1 << 2
@@ -114,7 +115,7 @@ def pte_special(v):
 
 @register_jitable
 def pte_wrprotect(v):
-    return v & ~PAGE_RW
+    return v & (M64 ^ PAGE_RW)
 
 
 @register_jitable
@@ -124,7 +125,7 @@ def pte_mkwrite(v):
 
 @register_jitable
 def pte_mkold(v):
-    return v & ~PAGE_ACCESSED
+    return v & (M64 ^ PAGE_ACCESSED)
 
 
 @register_jitable
@@ -134,7 +135,7 @@ def pte_mkyoung(v):
 
 @register_jitable
 def pte_mkclean(v):
-    return v & ~PAGE_DIRTY
+    return v & (M64 ^ PAGE_DIRTY)
 
 
 @register_jitable
@@ -144,7 +145,7 @@ def pte_mkdirty(v):
 
 @register_jitable
 def pte_set_pfn(v, pfn):
-    return (v & ~(PFN_MASK << PFN_SHIFT)) | ((pfn & PFN_MASK) << PFN_SHIFT)
+    return (v & (M64 ^ (PFN_MASK << PFN_SHIFT))) | ((pfn & PFN_MASK) << PFN_SHIFT)
 
 
 # --- non-present entries ---------------------------------------------------------------------------------------
@@ -176,7 +177,7 @@ def pte_swp_mkexclusive(v):
 
 @register_jitable
 def pte_swp_clear_exclusive(v):
-    return v & ~PAGE_SWP_EXCLUSIVE
+    return v & (M64 ^ PAGE_SWP_EXCLUSIVE)
 
 
 @register_jitable

@@ -212,6 +212,14 @@ def folio_needs_host(f, variant, large_order, has_pinned, folio_order, folio_ref
 
 
 @register_jitable(inline="always")     # array arguments: avoid per-call refcounting
+def shared_exclusive_page(pfn, page_flags, page_mapcount):
+    """An anon-exclusive page mapped more than once (inconsistent in the kernel, possible in a given state):
+    linux-6.18 clears the flag at the first share only, so the order of the shares matters; send it to the host.
+    With this rule the fast path never changes the flags of a page mapped twice, so it needs no atomic ``and``."""
+    return (page_flags[pfn] & PAGE_ANON_EXCLUSIVE) != 0 and page_mapcount[pfn] != 1
+
+
+@register_jitable(inline="always")     # array arguments: avoid per-call refcounting
 def slot_needs_host(s, swap_count, swap_levels):
     """Whether duplicating slot ``s`` could need a swap-count continuation in this fork: the fork adds at most
     ``count`` references (each of the parent's is counted), so ``2 * count <= cap`` is always safe."""

@@ -10,7 +10,7 @@ the same source, and numba's CUDA simulator runs it as Python. Shared pages, fol
 import numpy as np
 from numba.extending import register_jitable
 
-from gpusim.kernels.atomics import atomic_add, atomic_and
+from gpusim.kernels.atomics import atomic_add
 from gpusim.kernels.pte import (
     KIND_DEVICE_PRIVATE, KIND_MIGRATION, KIND_NONE, KIND_PRESENT, KIND_SWAP, pte_dirty, pte_kind, pte_pfn,
     pte_present, pte_set_pfn, pte_special, pte_write, pte_wrprotect, swp_offset,
@@ -19,7 +19,8 @@ from gpusim.kernels.rules import (
     C_ALLOC, C_BATCH_PTE, C_BATCH_START, C_CALL, C_CHECK, C_DEVPRIV, C_EXCL_CLEAR, C_LB, C_MIGRATION, C_NONE, C_PASS,
     C_PIN_SHARED, C_RSS, C_SHARE, C_SHARED, C_SPECIAL, C_SWAP, C_SWAPOFF, C_WRPROTECT, FOLIO_ANON,
     PAGE_ANON_EXCLUSIVE, V_5_8, V_6_18, VM_SHARED, is_cow_mapping, large_folio_needs_host, lock_break, mm_counter,
-    nonpresent_child, nonpresent_parent, share_child_pte, slot_needs_host, small_folio_needs_host,
+    nonpresent_child, nonpresent_parent, share_child_pte, shared_exclusive_page, slot_needs_host,
+    small_folio_needs_host,
 )
 
 PTRS = 512
@@ -35,10 +36,15 @@ def table_needs_host(r, base, lo, hi, call_start, call_end, ppte, variant, large
         for a in range(call_start[c], call_end[c]):
             v = ppte[r, a - base]
             kind = pte_kind(v)
-            if kind == KIND_PRESENT:
-                if pte_special(v):
+            if kind == KIND_PRESENT or kind == KIND_DEVICE_PRIVATE:
+                if kind == KIND_PRESENT and pte_special(v):
                     continue
-                f = page_folio[np.int64(pte_pfn(v))]
+                pfn = np.int64(pte_pfn(v))
+                if variant == V_6_18 and shared_exclusive_page(pfn, page_flags, page_mapcount):
+                    return True
+                if kind == KIND_DEVICE_PRIVATE:
+                    continue
+                f = page_folio[pfn]
                 if f == last_f or not check_folios:      # consecutive PTEs of one folio: evaluate it once
                     continue
                 last_f = f
@@ -128,12 +134,8 @@ def copy_table_fast(r, base, lo, hi, call_start, call_end, call_vmaflags, call_f
                             if is_618 and anon and (page_flags[p] & PAGE_ANON_EXCLUSIVE) != 0:
                                 page_flags[p] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
                                 cnt[C_EXCL_CLEAR] += 1
-                        else:
+                        else:                            # shared page: not exclusive (else the table is host's)
                             atomic_add(page_mapcount, p, 1)
-                            if is_618 and anon:
-                                old = atomic_and(page_flags, p, ~np.uint8(PAGE_ANON_EXCLUSIVE))
-                                if (old & PAGE_ANON_EXCLUSIVE) != 0:
-                                    cnt[C_EXCL_CLEAR] += 1
                     cnt[C_SHARED] += n
                     if folio_true_pins[f] > 0:
                         cnt[C_PIN_SHARED] += n
@@ -143,7 +145,7 @@ def copy_table_fast(r, base, lo, hi, call_start, call_end, call_vmaflags, call_f
                         child = pte_wrprotect(child)
                         cnt[C_WRPROTECT] += n
                     for j in range(n):
-                        cpte[r, j0 + j] = pte_set_pfn(child, pfn + j)
+                        cpte[r, j0 + j] = pte_set_pfn(child, np.uint64(pfn + j))
                     if batch:
                         cnt[C_BATCH_START] += 1
                         cnt[C_BATCH_PTE] += n
@@ -169,10 +171,13 @@ def copy_table_fast(r, base, lo, hi, call_start, call_end, call_vmaflags, call_f
                 elif kind == KIND_DEVICE_PRIVATE:
                     f = page_folio[off]
                     atomic_add(folio_refcount, f, 1)
-                    atomic_add(page_mapcount, off, 1)
+                    if page_mapcount[off] == 1:
+                        page_mapcount[off] = 2
+                        if is_618:
+                            page_flags[off] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
+                    else:                                # shared page: not exclusive (else the table is host's)
+                        atomic_add(page_mapcount, off, 1)
                     cnt[C_RSS + mm_counter(folio_flags[f])] += 1
-                    if is_618:
-                        atomic_and(page_flags, off, ~np.uint8(PAGE_ANON_EXCLUSIVE))
                     if folio_true_pins[f] > 0:
                         cnt[C_PIN_SHARED] += 1
                     cnt[C_DEVPRIV] += 1

@@ -12,7 +12,7 @@ from gpusim.oracle import LockBreakOracle
 
 def fork(layout, variant="linux-6.18", oracle="never", inject=()):
     space = gpusim.parse_layout(layout, variant)
-    r = gpusim.fork(space, variant, oracle=oracle, inject=inject)
+    r = gpusim.fork(space, variant, backend="reference", oracle=oracle, inject=inject)
     assert r.invariants.ok, r.invariants.violations
     return space, r
 

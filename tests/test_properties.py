@@ -22,7 +22,7 @@ def cases(draw):
 def test_invariants_hold(variant, case):
     layout, oracle, inject = case
     space = gpusim.parse_layout(layout, variant)
-    r = gpusim.fork(space, variant, oracle=oracle, inject=inject)
+    r = gpusim.fork(space, variant, backend="reference", oracle=oracle, inject=inject)
     if r.outcome == "oops":
         # only xu-v1's stale BREAK_COW is reachable; every other reason is an engine bug
         assert variant == "xu-v1", r.oops
@@ -38,7 +38,7 @@ def test_fork_is_deterministic_and_pure(variant, case):
     layout, oracle, inject = case
     space = gpusim.parse_layout(layout, variant)
     before = gpusim.state.digest(space.mm, gpusim.state.empty_mm(), space.memory)
-    r1 = gpusim.fork(space, variant, oracle=oracle, inject=inject, check=False)
-    r2 = gpusim.fork(space, variant, oracle=oracle, inject=inject, check=False)
+    r1 = gpusim.fork(space, variant, backend="reference", oracle=oracle, inject=inject, check=False)
+    r2 = gpusim.fork(space, variant, backend="reference", oracle=oracle, inject=inject, check=False)
     assert r1.digest == r2.digest and r1.counts == r2.counts
     assert gpusim.state.digest(space.mm, gpusim.state.empty_mm(), space.memory) == before

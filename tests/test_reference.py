@@ -11,7 +11,7 @@ ALL = ("linux-5.8", "xu-v1", "xu-v1-oleg", "linux-5.10", "linux-6.18")
 
 
 def fork(layout, variant="linux-6.18", **kw):
-    r = gpusim.fork(gpusim.parse_layout(layout, variant), variant, **kw)
+    r = gpusim.fork(gpusim.parse_layout(layout, variant), variant, backend="reference", **kw)
     if r.outcome != "oops":
         assert r.invariants.ok, r.invariants.violations
     return r
@@ -154,6 +154,7 @@ def test_ignored_events_reported():
 
 
 def test_oops_is_reported_not_raised():
-    r = gpusim.fork(gpusim.parse_layout("pinned none*31 normal*480", "xu-v1"), "xu-v1", oracle="always")
+    r = gpusim.fork(gpusim.parse_layout("pinned none*31 normal*480", "xu-v1"), "xu-v1", backend="reference",
+                    oracle="always")
     assert r.outcome == "oops" and not r.invariants.checked
     assert r.oops == {"function": "page_duplicate", "addr": 32, "reason": "OLD_PAGE_NULL", "call_start": 0}

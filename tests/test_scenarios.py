@@ -78,8 +78,8 @@ CASES = [(row[0], v, row) for row in ROWS for v in row[1]]
 
 def run(sid, variant, check=True):
     s = SCENARIOS[sid]
-    return gpusim.fork(gpusim.parse_layout(s.layout, variant), variant, oracle=s.oracle, inject=s.inject,
-                       check=check)
+    return gpusim.fork(gpusim.parse_layout(s.layout, variant), variant, backend="reference", oracle=s.oracle,
+                       inject=s.inject, check=check)
 
 
 def test_every_scenario_and_variant_has_a_row():
@@ -149,7 +149,7 @@ TEARDOWN_CASES = [(s, v) for s in ("K-a", "K-b", "K-c") for v in ALL if (s, v) !
 def test_teardown_restores_counts(sid, variant):
     s = SCENARIOS[sid]
     space = gpusim.parse_layout(s.layout, variant)
-    r = gpusim.fork(space, variant, oracle=s.oracle, inject=s.inject)
+    r = gpusim.fork(space, variant, backend="reference", oracle=s.oracle, inject=s.inject)
     assert r.outcome == "enomem"
     m0, m1 = space.memory, r.memory
     n = m0.nr_folios

@@ -1,0 +1,126 @@
+"""CUDA kernels of the fast engine (numba.cuda), imported only when the ``cuda`` or ``cudasim`` backend is chosen.
+
+The kernel gives each page table one thread, which runs the same table walk as the CPU kernels
+(:mod:`gpusim.kernels.table`; the per-PTE rules of :mod:`gpusim.kernels.rules`). Folio refcounts, page mapcounts
+and swap counts that several tables share are updated with ``cuda.atomic.add``. State arrays are moved to the
+device as CuPy arrays (numba device arrays when CuPy is absent) for the launch and copied back, so the engine's
+host loop and the CPU kernels see the same arrays. Under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the
+kernel runs as Python threads on the numpy arrays themselves.
+
+Known limit: one thread per table reads its 512 entries with a stride of 4 KiB between neighbouring threads (not
+coalesced), and the arrays travel over PCIe at each launch; a warp-per-table walk with device-resident state is
+the next step for speed. No GPU was available while this was written: only the simulator and PTX compilation ran.
+"""
+
+import math
+
+import numpy as np
+from numba import config, cuda
+
+from gpusim.kernels.atomics import atomic_add
+from gpusim.kernels.rules import NR_FAST_COUNTS
+from gpusim.kernels.table import copy_table_fast, table_needs_host
+
+SIMULATOR = bool(config.ENABLE_CUDASIM)
+MODE_CLASSIFY, MODE_CLASSIFY_COPY, MODE_COPY = 0, 1, 2
+THREADS_PER_BLOCK = 128
+
+if not SIMULATOR:
+    from numba.extending import overload
+
+    @overload(atomic_add, target="cuda")
+    def _ol_atomic_add(arr, i, v):
+        return lambda arr, i, v: cuda.atomic.add(arr, i, v)
+
+
+def fork_tables_kernel(mode, rows, table_index, row_lo, row_hi, call_start, call_end, call_vmaflags, call_first,
+                       ppte, cpte, cexists, variant, large_order, has_pinned, page_folio, folio_order,
+                       folio_refcount, folio_pincount, folio_true_pins, folio_flags, folio_first_pfn, page_mapcount,
+                       page_flags, swap_count, swap_levels, nb_mode, nb_every, nb_p_q32, nb_seed, fork_seq,
+                       nb_list_cs, nb_list_k, needs_host, counts):
+    """One thread per table row of ``rows``: classify it, then copy it if no PTE needs the host (see
+    :func:`gpusim.kernels.cpu.fork_tables` for ``mode``)."""
+    i = cuda.grid(1)
+    if i >= rows.shape[0]:
+        return
+    r = rows[i]
+    base = table_index[r] * 512
+    if mode != MODE_COPY:
+        needs_host[i] = table_needs_host(r, base, row_lo[r], row_hi[r], call_start, call_end, ppte, variant,
+                                         large_order, has_pinned, page_folio, folio_order, folio_refcount,
+                                         folio_pincount, folio_flags, folio_first_pfn, page_flags, page_mapcount,
+                                         swap_count, swap_levels)
+    if mode == MODE_CLASSIFY or needs_host[i]:
+        return
+    copy_table_fast(r, base, row_lo[r], row_hi[r], call_start, call_end, call_vmaflags, call_first, ppte, cpte,
+                    cexists, variant, page_folio, folio_order, folio_refcount, folio_true_pins, folio_flags,
+                    folio_first_pfn, page_mapcount, page_flags, swap_count, nb_mode, nb_every, nb_p_q32, nb_seed,
+                    fork_seq, nb_list_cs, nb_list_k, counts[i])
+
+
+_kernel = cuda.jit(fork_tables_kernel)
+
+# arguments the kernel writes (copied back to the host arrays after a real-GPU launch)
+_WRITTEN = ("ppte", "cpte", "cexists", "folio_refcount", "page_mapcount", "page_flags", "swap_count")
+_ARGS = ("mode", "rows", "table_index", "row_lo", "row_hi", "call_start", "call_end", "call_vmaflags",
+         "call_first", "ppte", "cpte", "cexists", "variant", "large_order", "has_pinned", "page_folio",
+         "folio_order", "folio_refcount", "folio_pincount", "folio_true_pins", "folio_flags", "folio_first_pfn",
+         "page_mapcount", "page_flags", "swap_count", "swap_levels", "nb_mode", "nb_every", "nb_p_q32", "nb_seed",
+         "fork_seq", "nb_list_cs", "nb_list_k")
+
+
+def _to_device(a):
+    try:
+        import cupy
+        return cupy.asarray(a)
+    except ImportError:
+        return cuda.to_device(a)
+
+
+def _to_host(d, out: np.ndarray) -> None:
+    if hasattr(d, "get"):
+        d.get(out=out)
+    else:
+        d.copy_to_host(out)
+
+
+def fork_tables(*args):
+    """Same contract as :func:`gpusim.kernels.cpu.fork_tables`: writes the state arrays in place and returns
+    (needs_host, counts)."""
+    kw = dict(zip(_ARGS, args))
+    n = int(kw["rows"].shape[0])
+    needs_host = np.zeros(n, np.bool_)
+    counts = np.zeros((n, NR_FAST_COUNTS), np.int64)
+    if n == 0:
+        return needs_host, counts
+    kw["has_pinned"] = bool(kw["has_pinned"])
+    tpb = min(THREADS_PER_BLOCK, n)
+    blocks = math.ceil(n / tpb)
+    if SIMULATOR:
+        import warnings
+        with warnings.catch_warnings():         # numpy scalars warn where uint64 arithmetic wraps by design
+            warnings.simplefilter("ignore", RuntimeWarning)
+            _kernel[blocks, tpb](*[kw[a] for a in _ARGS], needs_host, counts)
+        return needs_host, counts
+    dev = {a: (_to_device(v) if isinstance(v, np.ndarray) else v) for a, v in kw.items()}
+    d_needs, d_counts = _to_device(needs_host), _to_device(counts)
+    _kernel[blocks, tpb](*[dev[a] for a in _ARGS], d_needs, d_counts)
+    for a in _WRITTEN:
+        _to_host(dev[a], kw[a])
+    _to_host(d_needs, needs_host)
+    _to_host(d_counts, counts)
+    return needs_host, counts
+
+
+def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
+    """PTX of every CUDA kernel, compiled without a GPU (catches typing errors the simulator cannot see)."""
+    from numba import types as t
+    from numba.cuda import compile_ptx
+    a1 = lambda dt: t.Array(dt, 1, "C")                                  # noqa: E731
+    a2 = lambda dt: t.Array(dt, 2, "C")                                  # noqa: E731
+    i64, u64, u8, b1 = t.int64, t.uint64, t.uint8, t.boolean
+    sig = (i64, a1(i64), a1(i64), a1(i64), a1(i64), a1(i64), a1(i64), a1(i64), a1(b1), a2(u64), a2(u64), a1(b1),
+           i64, i64, b1, a1(i64), a1(u8), a1(i64), a1(i64), a1(i64), a1(u8), a1(i64), a1(i64), a1(u8), a1(i64),
+           a1(i64), i64, i64, u64, u64, i64, a1(i64), a1(i64), a1(b1), a2(i64))
+    ptx, _ = compile_ptx(fork_tables_kernel, sig, cc=cc)
+    return {"fork_tables_kernel": ptx}
