@@ -122,5 +122,17 @@ def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
     sig = (i64, a1(i64), a1(i64), a1(i64), a1(i64), a1(i64), a1(i64), a1(i64), a1(b1), a2(u64), a2(u64), a1(b1),
            i64, i64, b1, a1(i64), a1(u8), a1(i64), a1(i64), a1(i64), a1(u8), a1(i64), a1(i64), a1(u8), a1(i64),
            a1(i64), i64, i64, u64, u64, i64, a1(i64), a1(i64), a1(b1), a2(i64))
-    ptx, _ = compile_ptx(fork_tables_kernel, sig, cc=cc)
+    import numba.cuda.dispatcher as disp
+    real = getattr(disp, "get_current_device", None)
+    if real is not None:
+        # numba-cuda compiles device functions called by a kernel for "the current device"; without a GPU there is
+        # none, so let them target the PTX architecture asked for.
+        class _Target:
+            compute_capability = cc
+        disp.get_current_device = lambda: _Target()
+    try:
+        ptx, _ = compile_ptx(fork_tables_kernel, sig, cc=cc)
+    finally:
+        if real is not None:
+            disp.get_current_device = real
     return {"fork_tables_kernel": ptx}

@@ -139,17 +139,21 @@ def nb_hash_u64(seed, fork_seq, call_start, k):
     return smix_u64(h ^ np.uint64(k))
 
 
-@register_jitable(inline="always")     # array arguments: avoid per-call refcounting
-def lock_break(mode, every_n, p_q32, seed, fork_seq, call_start, k, list_cs, list_k):
-    """``NB(fork_seq, call_start, k)`` for compiled code."""
-    if mode == NB_NEVER:
+@register_jitable
+def lock_break(mode, every_n, p_q32, seed, fork_seq, call_start, k):
+    """``NB(fork_seq, call_start, k)`` for compiled code, every mode but ``list`` (see :func:`in_break_list`)."""
+    if mode == NB_NEVER or mode == NB_LIST:
         return False
     if mode == NB_ALWAYS:
         return True
     if mode == NB_EVERY:
         return (k + 1) % every_n == 0
-    if mode == NB_BERN:
-        return (nb_hash_u64(seed, fork_seq, call_start, k) >> np.uint64(32)) < np.uint64(p_q32)
+    return (nb_hash_u64(seed, fork_seq, call_start, k) >> np.uint64(32)) < np.uint64(p_q32)
+
+
+@register_jitable
+def in_break_list(list_cs, list_k, call_start, k):
+    """The ``list:`` oracle: whether ``(call_start, k)`` is listed."""
     for i in range(list_cs.shape[0]):
         if list_cs[i] == call_start and list_k[i] == k:
             return True
@@ -166,15 +170,11 @@ def batch_continues(prev, v, pfn_prev_folio, pfn_folio, vm_shared):
     return True
 
 
-@register_jitable(inline="always")     # array arguments: avoid per-call refcounting
-def small_folio_needs_host(f, folio_order, folio_refcount, folio_first_pfn, page_mapcount):
-    """A folio that uses the refcount pin heuristic: this fork's own references (at most one per mapping) could
-    push its refcount to ``PIN_BIAS`` while the walk is under way."""
-    first = folio_first_pfn[f]
-    maxrefs = 0
-    for j in range(np.int64(1) << np.int64(folio_order[f])):
-        maxrefs += page_mapcount[first + j]
-    return folio_refcount[f] + maxrefs + 1 >= PIN_BIAS
+@register_jitable
+def small_folio_needs_host(refcount, maxrefs):
+    """A folio that uses the refcount pin heuristic: this fork's own references (at most ``maxrefs``, one per
+    mapping) could push its refcount to ``PIN_BIAS`` while the walk is under way."""
+    return refcount + maxrefs + 1 >= PIN_BIAS
 
 
 @register_jitable
@@ -208,19 +208,23 @@ def folio_needs_host(f, variant, large_order, has_pinned, folio_order, folio_ref
     if folio_order[f] >= large_order:
         return large_folio_needs_host(f, variant, folio_order, folio_pincount, folio_flags, folio_first_pfn,
                                       page_flags)
-    return small_folio_needs_host(f, folio_order, folio_refcount, folio_first_pfn, page_mapcount)
+    first = folio_first_pfn[f]
+    maxrefs = 0
+    for j in range(1 << int(folio_order[f])):
+        maxrefs += page_mapcount[first + j]
+    return small_folio_needs_host(folio_refcount[f], maxrefs)
 
 
-@register_jitable(inline="always")     # array arguments: avoid per-call refcounting
-def shared_exclusive_page(pfn, page_flags, page_mapcount):
+@register_jitable
+def shared_exclusive_page(page_flags, page_mapcount):
     """An anon-exclusive page mapped more than once (inconsistent in the kernel, possible in a given state):
     linux-6.18 clears the flag at the first share only, so the order of the shares matters; send it to the host.
     With this rule the fast path never changes the flags of a page mapped twice, so it needs no atomic ``and``."""
-    return (page_flags[pfn] & PAGE_ANON_EXCLUSIVE) != 0 and page_mapcount[pfn] != 1
+    return (page_flags & PAGE_ANON_EXCLUSIVE) != 0 and page_mapcount != 1
 
 
-@register_jitable(inline="always")     # array arguments: avoid per-call refcounting
-def slot_needs_host(s, swap_count, swap_levels):
-    """Whether duplicating slot ``s`` could need a swap-count continuation in this fork: the fork adds at most
-    ``count`` references (each of the parent's is counted), so ``2 * count <= cap`` is always safe."""
-    return 2 * swap_count[s] > swap_cap(swap_levels[s])
+@register_jitable
+def slot_needs_host(count, levels):
+    """Whether duplicating a slot could need a swap-count continuation in this fork: the fork adds at most
+    ``count`` references (each of the parent's is counted), so ``2 * count <= cap(levels)`` is always safe."""
+    return 2 * count > swap_cap(levels)

@@ -18,7 +18,8 @@ from gpusim.kernels.pte import (
 from gpusim.kernels.rules import (
     C_ALLOC, C_BATCH_PTE, C_BATCH_START, C_CALL, C_CHECK, C_DEVPRIV, C_EXCL_CLEAR, C_LB, C_MIGRATION, C_NONE, C_PASS,
     C_PIN_SHARED, C_RSS, C_SHARE, C_SHARED, C_SPECIAL, C_SWAP, C_SWAPOFF, C_WRPROTECT, FOLIO_ANON,
-    PAGE_ANON_EXCLUSIVE, V_5_8, V_6_18, VM_SHARED, is_cow_mapping, large_folio_needs_host, lock_break, mm_counter,
+    NB_LIST, PAGE_ANON_EXCLUSIVE, V_5_8, V_6_18, VM_SHARED, in_break_list, is_cow_mapping, large_folio_needs_host,
+    lock_break, mm_counter,
     nonpresent_child, nonpresent_parent, share_child_pte, shared_exclusive_page, slot_needs_host,
     small_folio_needs_host,
 )
@@ -40,7 +41,7 @@ def table_needs_host(r, base, lo, hi, call_start, call_end, ppte, variant, large
                 if kind == KIND_PRESENT and pte_special(v):
                     continue
                 pfn = np.int64(pte_pfn(v))
-                if variant == V_6_18 and shared_exclusive_page(pfn, page_flags, page_mapcount):
+                if variant == V_6_18 and shared_exclusive_page(page_flags[pfn], page_mapcount[pfn]):
                     return True
                 if kind == KIND_DEVICE_PRIVATE:
                     continue
@@ -52,10 +53,16 @@ def table_needs_host(r, base, lo, hi, call_start, call_end, ppte, variant, large
                     if large_folio_needs_host(f, variant, folio_order, folio_pincount, folio_flags,
                                               folio_first_pfn, page_flags):
                         return True
-                elif small_folio_needs_host(f, folio_order, folio_refcount, folio_first_pfn, page_mapcount):
-                    return True
+                else:
+                    first = folio_first_pfn[f]
+                    maxrefs = 0
+                    for j in range(np.int64(1) << np.int64(folio_order[f])):
+                        maxrefs += page_mapcount[first + j]
+                    if small_folio_needs_host(folio_refcount[f], maxrefs):
+                        return True
             elif kind == KIND_SWAP:
-                if slot_needs_host(np.int64(swp_offset(v)), swap_count, swap_levels):
+                s = np.int64(swp_offset(v))
+                if slot_needs_host(swap_count[s], swap_levels[s]):
                     return True
     return False
 
@@ -84,7 +91,10 @@ def copy_table_fast(r, base, lo, hi, call_start, call_end, call_vmaflags, call_f
         while a < e:
             if progress >= 32:                           # the lock-break test, before the PTE at the cursor
                 progress = 0
-                if lock_break(nb_mode, nb_every, nb_p_q32, nb_seed, fork_seq, s, k, nb_list_cs, nb_list_k):
+                if nb_mode == NB_LIST:
+                    if in_break_list(nb_list_cs, nb_list_k, s, k):
+                        lb += 1
+                elif lock_break(nb_mode, nb_every, nb_p_q32, nb_seed, fork_seq, s, k):
                     lb += 1
                 k += 1
             j0 = a - base
