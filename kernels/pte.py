@@ -22,7 +22,19 @@ buys nothing here; the type field instead distinguishes the kinds that the kerne
 (migration read / read-exclusive / write, device-private read / write).
 """
 
-from numba.extending import register_jitable
+import numpy as np
+from numba.extending import overload, register_jitable
+
+
+def as_u64(x):
+    """Identity in Python (values stay Python ints); a cast to uint64 in compiled code, so that every PTE value is
+    typed uint64 there (numba unifies int64 with uint64 into float64, which would lose bits above 2**53)."""
+    return x
+
+
+@overload(as_u64)
+def _ol_as_u64(x):
+    return lambda x: np.uint64(x)
 
 
 M64 = (1 << 64) - 1               # masks are written as M64 ^ bit, never ~bit: a negative mask cannot meet a uint64
@@ -75,7 +87,7 @@ def mk_pte(pfn, write, dirty, young, special):
         v |= PAGE_ACCESSED
     if special:
         v |= PAGE_SPECIAL
-    return v
+    return as_u64(v)
 
 
 @register_jitable
@@ -115,44 +127,44 @@ def pte_special(v):
 
 @register_jitable
 def pte_wrprotect(v):
-    return v & (M64 ^ PAGE_RW)
+    return as_u64(v & (M64 ^ PAGE_RW))
 
 
 @register_jitable
 def pte_mkwrite(v):
-    return v | PAGE_RW
+    return as_u64(v | PAGE_RW)
 
 
 @register_jitable
 def pte_mkold(v):
-    return v & (M64 ^ PAGE_ACCESSED)
+    return as_u64(v & (M64 ^ PAGE_ACCESSED))
 
 
 @register_jitable
 def pte_mkyoung(v):
-    return v | PAGE_ACCESSED
+    return as_u64(v | PAGE_ACCESSED)
 
 
 @register_jitable
 def pte_mkclean(v):
-    return v & (M64 ^ PAGE_DIRTY)
+    return as_u64(v & (M64 ^ PAGE_DIRTY))
 
 
 @register_jitable
 def pte_mkdirty(v):
-    return v | PAGE_DIRTY
+    return as_u64(v | PAGE_DIRTY)
 
 
 @register_jitable
 def pte_set_pfn(v, pfn):
-    return (v & (M64 ^ (PFN_MASK << PFN_SHIFT))) | ((pfn & PFN_MASK) << PFN_SHIFT)
+    return as_u64((v & (M64 ^ (PFN_MASK << PFN_SHIFT))) | ((pfn & PFN_MASK) << PFN_SHIFT))
 
 
 # --- non-present entries ---------------------------------------------------------------------------------------
 
 @register_jitable
 def swp_entry_to_pte(swp_type, offset):
-    return ((swp_type & SWP_TYPE_MASK) << SWP_TYPE_SHIFT) | ((offset & PFN_MASK) << PFN_SHIFT)
+    return as_u64(((swp_type & SWP_TYPE_MASK) << SWP_TYPE_SHIFT) | ((offset & PFN_MASK) << PFN_SHIFT))
 
 
 @register_jitable
@@ -172,12 +184,12 @@ def pte_swp_exclusive(v):
 
 @register_jitable
 def pte_swp_mkexclusive(v):
-    return v | PAGE_SWP_EXCLUSIVE
+    return as_u64(v | PAGE_SWP_EXCLUSIVE)
 
 
 @register_jitable
 def pte_swp_clear_exclusive(v):
-    return v & (M64 ^ PAGE_SWP_EXCLUSIVE)
+    return as_u64(v & (M64 ^ PAGE_SWP_EXCLUSIVE))
 
 
 @register_jitable
@@ -185,7 +197,7 @@ def mk_swap_pte(slot, exclusive):
     v = swp_entry_to_pte(SWP_SWAPFILE, slot)
     if exclusive:
         v |= PAGE_SWP_EXCLUSIVE
-    return v
+    return as_u64(v)
 
 
 @register_jitable
@@ -197,12 +209,12 @@ def mk_migration_pte(pfn, write, exclusive):
         t = SWP_MIGRATION_READ_EXCLUSIVE
     else:
         t = SWP_MIGRATION_READ
-    return swp_entry_to_pte(t, pfn)
+    return as_u64(swp_entry_to_pte(t, pfn))
 
 
 @register_jitable
 def mk_device_private_pte(pfn, write):
-    return swp_entry_to_pte(SWP_DEVICE_WRITE if write else SWP_DEVICE_READ, pfn)
+    return as_u64(swp_entry_to_pte(SWP_DEVICE_WRITE if write else SWP_DEVICE_READ, pfn))
 
 
 @register_jitable
@@ -228,7 +240,7 @@ def is_readable_exclusive_migration_entry(v):
 
 @register_jitable
 def make_readable_migration_entry(v):
-    return swp_entry_to_pte(SWP_MIGRATION_READ, swp_offset(v))
+    return as_u64(swp_entry_to_pte(SWP_MIGRATION_READ, swp_offset(v)))
 
 
 @register_jitable
@@ -244,7 +256,7 @@ def is_writable_device_private_entry(v):
 
 @register_jitable
 def make_readable_device_private_entry(v):
-    return swp_entry_to_pte(SWP_DEVICE_READ, swp_offset(v))
+    return as_u64(swp_entry_to_pte(SWP_DEVICE_READ, swp_offset(v)))
 
 
 @register_jitable
@@ -268,7 +280,7 @@ def pte_kind(v):
 
 @register_jitable
 def mk_huge_pmd(pfn, write, dirty, young):
-    return mk_pte(pfn, write, dirty, young, False) | PAGE_PSE
+    return as_u64(mk_pte(pfn, write, dirty, young, False) | PAGE_PSE)
 
 
 @register_jitable

@@ -14,6 +14,7 @@ from numba.extending import register_jitable
 
 from gpusim.kernels.folio import PIN_BIAS
 from gpusim.kernels.pte import (
+    as_u64,
     KIND_DEVICE_PRIVATE, KIND_MIGRATION, KIND_PRESENT, KIND_SWAP, PAGE_SPECIAL,
     is_readable_exclusive_migration_entry,
     is_writable_device_private_entry, is_writable_migration_entry, make_readable_device_private_entry,
@@ -94,7 +95,7 @@ def share_child_pte(first, w_any, vm_shared):
         child = pte_wrprotect(child)
     if vm_shared:
         child = pte_mkclean(child)
-    return child
+    return as_u64(child)
 
 
 @register_jitable
@@ -102,22 +103,22 @@ def nonpresent_parent(v, cow, is_618):
     """The parent's entry after ``copy_nonpresent_pte`` duplicated it (the child gets :func:`nonpresent_child`)."""
     k = pte_kind(v)
     if k == KIND_SWAP:
-        return pte_swp_clear_exclusive(v) if is_618 else v
+        return as_u64(pte_swp_clear_exclusive(v) if is_618 else v)
     if k == KIND_MIGRATION:
         if cow and (is_writable_migration_entry(v) or is_readable_exclusive_migration_entry(v)):
-            return make_readable_migration_entry(v)
-        return v
+            return as_u64(make_readable_migration_entry(v))
+        return as_u64(v)
     if k == KIND_DEVICE_PRIVATE:
         if cow and is_writable_device_private_entry(v):
-            return make_readable_device_private_entry(v)
-    return v
+            return as_u64(make_readable_device_private_entry(v))
+    return as_u64(v)
 
 
 @register_jitable
 def nonpresent_child(v, parent_after):
     if pte_kind(v) == KIND_SWAP:
-        return pte_swp_clear_exclusive(v)
-    return parent_after
+        return as_u64(pte_swp_clear_exclusive(v))
+    return as_u64(parent_after)
 
 
 @register_jitable

@@ -1,0 +1,78 @@
+"""The per-PTE functions compiled by numba equal their Python selves; the CUDA kernels compile to PTX."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+from gpusim.kernels import pte as P
+from gpusim.kernels import rules as R
+from gpusim.oracle import nb_hash
+
+u64 = st.integers(0, (1 << 64) - 1)
+
+
+@njit
+def _jit_pte_ops(v, pfn):
+    return (P.pte_wrprotect(v), P.pte_mkold(v), P.pte_mkclean(v), P.pte_mkwrite(v), P.pte_set_pfn(v, pfn),
+            P.pte_swp_clear_exclusive(v), P.pte_kind(v), P.pte_pfn(v), P.swp_offset(v), P.swp_type(v))
+
+
+@njit
+def _jit_rules(v, w_any, shared, cow, is_618):
+    after = R.nonpresent_parent(v, cow, is_618)
+    return R.share_child_pte(v, w_any, shared), after, R.nonpresent_child(v, after)
+
+
+@njit
+def _jit_hash(seed, fork_seq, call_start, k):
+    return R.nb_hash_u64(seed, fork_seq, call_start, k)
+
+
+@settings(max_examples=300, deadline=None)
+@given(v=u64, pfn=st.integers(0, (1 << 40) - 1))
+def test_pte_helpers_compiled_equal_python(v, pfn):
+    got = _jit_pte_ops(np.uint64(v), np.uint64(pfn))
+    want = (P.pte_wrprotect(v), P.pte_mkold(v), P.pte_mkclean(v), P.pte_mkwrite(v), P.pte_set_pfn(v, pfn),
+            P.pte_swp_clear_exclusive(v), P.pte_kind(v), P.pte_pfn(v), P.swp_offset(v), P.swp_type(v))
+    assert tuple(int(x) & P.M64 for x in got) == tuple(x & P.M64 for x in want)   # bit patterns
+
+
+@settings(max_examples=300, deadline=None)
+@given(v=u64, w=st.booleans(), shared=st.booleans(), cow=st.booleans(), is_618=st.booleans())
+def test_rules_compiled_equal_python(v, w, shared, cow, is_618):
+    got = _jit_rules(np.uint64(v), w, shared, cow, is_618)
+    after = R.nonpresent_parent(v, cow, is_618)
+    want = (R.share_child_pte(v, w, shared), after, R.nonpresent_child(v, after))
+    assert tuple(int(x) & P.M64 for x in got) == tuple(int(x) & P.M64 for x in want)
+
+
+def test_compiled_nb_hash_vectors():
+    assert int(_jit_hash(1, 0, 0, 0)) == 0xE28195DDD9EE4956
+    assert int(_jit_hash(1, 0, 0, 1)) == 0x3FA25E1657E024C1
+    assert int(_jit_hash(1, 0, 512, 0)) == 0x8D98AC8191DE8798
+    assert int(_jit_hash(42, 3, 1024, 7)) == 0x241810C795E93B5F
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, (1 << 63) - 1), fork_seq=st.integers(0, 1000), cs=st.integers(0, 1 << 40),
+       k=st.integers(0, 600))
+def test_compiled_nb_hash_equals_python(seed, fork_seq, cs, k):
+    assert int(_jit_hash(seed, fork_seq, cs, k)) == nb_hash(seed, fork_seq, cs, k)
+
+
+def test_cuda_kernels_compile_to_ptx():
+    """Compiled in a fresh process without the simulator: typing errors that cudasim cannot see fail here.
+    Needs numba-cuda and NVVM (the ``ptx`` extra); no GPU."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    code = ("import json; from gpusim.kernels.cuda import compile_ptx_all; "
+            "print(json.dumps({k: v.count('atom.global.add') for k, v in compile_ptx_all().items()}))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    atomics = json.loads(p.stdout.strip().splitlines()[-1])
+    assert atomics["fork_tables_kernel"] > 0          # shared folios, pages and slots use atomics
