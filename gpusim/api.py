@@ -20,12 +20,15 @@ UnknownBackend = _backend.UnknownBackend
 
 
 def fork(space: AddressSpace, variant: str = DEFAULT_VARIANT, backend: str = "auto",
-         oracle: str | LockBreakOracle = "never", inject=(), fork_seq: int = 0, check: bool = True) -> ForkResult:
+         oracle: str | LockBreakOracle = "never", inject=(), fork_seq: int = 0, check: bool = True,
+         chunk_tables: int | None = None) -> ForkResult:
     """Simulate one fork of ``space`` under ``variant``.
 
     ``oracle`` is a lock-break oracle or its notation (``never``, ``always``, ``every:N``, ``bern:P:SEED``,
     ``list:...``); ``inject`` a list of injection notations or an :class:`InjectionPlan`. The input state is not
-    modified. With ``check`` the invariants of spec section 6 are checked (not after an oops).
+    modified. With ``check`` the invariants of spec section 6 are checked (not after an oops). ``chunk_tables``
+    makes the fast engines process the page tables in launches of at most that many tables (an address space
+    larger than device memory); the result does not depend on it.
     """
     get_variant(variant)
     space.validate()
@@ -36,7 +39,8 @@ def fork(space: AddressSpace, variant: str = DEFAULT_VARIANT, backend: str = "au
     plan.fired.clear()
     if backend != "reference":
         from gpusim.engine import fork_fast
-        result, first_new_pfn = fork_fast(space, variant, _backend.kernels(backend), backend, oracle, plan, fork_seq)
+        result, first_new_pfn = fork_fast(space, variant, _backend.kernels(backend), backend, oracle, plan, fork_seq,
+                                          chunk_tables)
         if check and result.outcome != "oops":
             from gpusim.invariants import check_invariants
             result.invariants = check_invariants(space, result, oracle, fork_seq, first_new_pfn)

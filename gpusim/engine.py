@@ -87,8 +87,11 @@ def first_window_call(plan_inj: InjectionPlan, calls: CallIndex) -> int:
 
 
 def fork_fast(space: AddressSpace, variant: str, kernels, backend: str, oracle: LockBreakOracle,
-              plan_inj: InjectionPlan, fork_seq: int = 0) -> tuple[ForkResult, int]:
-    """Run one fork on the fast engine with the given kernels module. Returns (result, first new pfn)."""
+              plan_inj: InjectionPlan, fork_seq: int = 0, chunk_tables: int | None = None) -> tuple[ForkResult, int]:
+    """Run one fork on the fast engine with the given kernels module. Returns (result, first new pfn).
+
+    ``chunk_tables`` bounds the table rows one kernel launch sees (None: all at once).
+    """
     mm = space.mm
     v = get_variant(variant)
     variant_id = list(VARIANTS).index(variant)
@@ -116,13 +119,27 @@ def fork_fast(space: AddressSpace, variant: str, kernels, backend: str, oracle: 
     nb = oracle_params(oracle)
 
     def launch(mode, which):
+        """The kernels over table rows ``which``, in table-aligned chunks of at most ``chunk_tables`` rows: each
+        launch sees only its rows of the parent's and child's tables (what a device holds at a time)."""
         a = machine_arrays(fc.m)
-        return kernels.fork_tables(
-            mode, which, mm.table_index, calls.row_lo, calls.row_hi, plan.call_start, plan.call_end,
-            calls.call_vmaflags, plan.table_first_call, ppte, cpte, cexists, variant_id, v.large_pin_order,
-            bool(mm.has_pinned), a["page_folio"], a["folio_order"], a["folio_refcount"], a["folio_pincount"],
-            a["folio_true_pins"], a["folio_flags"], a["folio_first_pfn"], a["page_mapcount"], a["page_flags"],
-            a["swap_count"], a["swap_levels"], nb[0], nb[1], nb[2], nb[3], fork_seq, nb[4], nb[5])
+        needs = np.zeros(which.shape[0], bool)
+        counts = np.zeros((which.shape[0], len(FAST_COUNTS)), np.int64)
+        step = chunk_tables or max(1, mm.nr_tables)
+        for lo in range(0, max(1, mm.nr_tables), step):
+            hi = min(mm.nr_tables, lo + step)
+            sel = np.flatnonzero((which >= lo) & (which < hi))
+            if sel.size == 0:
+                continue
+            got_needs, got_counts = kernels.fork_tables(
+                mode, which[sel] - lo, mm.table_index[lo:hi], calls.row_lo[lo:hi], calls.row_hi[lo:hi],
+                plan.call_start, plan.call_end, calls.call_vmaflags, plan.table_first_call, ppte[lo:hi],
+                cpte[lo:hi], cexists[lo:hi], variant_id, v.large_pin_order, bool(mm.has_pinned), a["page_folio"],
+                a["folio_order"], a["folio_refcount"], a["folio_pincount"], a["folio_true_pins"], a["folio_flags"],
+                a["folio_first_pfn"], a["page_mapcount"], a["page_flags"], a["swap_count"], a["swap_levels"],
+                nb[0], nb[1], nb[2], nb[3], fork_seq, nb[4], nb[5])
+            needs[sel] = got_needs
+            counts[sel] = got_counts
+        return needs, counts
 
     needs, fast_counts = launch(MODE_CLASSIFY if can_stop else MODE_CLASSIFY_COPY, rows)
     host_row = np.zeros(mm.nr_tables, bool)

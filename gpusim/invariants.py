@@ -411,35 +411,29 @@ class _Checker:
         F0 = m0.nr_folios
         addrs, cvals = entries(self.r.child)
         present = (cvals & np.uint64(P.PAGE_PRESENT)) != 0
-        n = 0
-        for a, v in zip(addrs.tolist(), cvals.tolist()):
-            pfns = page_holding_pfns(np.array([v], dtype=np.uint64))
-            if not pfns.size:
-                continue
-            f = int(m1.page_folio[pfns[0]])
-            if f < F0 and m1.folio_true_pins[f] > 0:
-                n += 1
+        special = (cvals & np.uint64(P.PAGE_SPECIAL)) != 0
+        typ = (cvals >> np.uint64(P.SWP_TYPE_SHIFT)) & np.uint64(P.SWP_TYPE_MASK)
+        holds = (present & ~special) | (~present & ((typ == P.SWP_DEVICE_READ) | (typ == P.SWP_DEVICE_WRITE)))
+        pfn = ((cvals >> np.uint64(P.PFN_SHIFT)) & np.uint64(P.PFN_MASK)).astype(np.int64)
+        folio = np.full(cvals.shape, -1, np.int64)
+        folio[holds] = m1.page_folio[pfn[holds]]
+        pinned = holds & (folio >= 0) & (folio < F0)
+        pinned[pinned] = m1.folio_true_pins[folio[pinned]] > 0
+        n = int(pinned.sum())
         for v in self.r.child.pmd.tolist():
-            f = int(m1.page_folio[P.pte_pfn(v)])
-            if m1.folio_true_pins[f] > 0:
+            if m1.folio_true_pins[int(m1.page_folio[P.pte_pfn(v)])] > 0:
                 n += PTRS_PER_TABLE
         pin_events = any(e.name in ("pin", "unpin") for e in self.events)
         if self.ok and not pin_events and n != self.r.counts["pin_shared"]:
             self.fail(13, f"pin_shared counted {self.r.counts['pin_shared']}, the child shares {n} pinned pages")
-        if not self.ok:
+        if not self.ok or pin_events:
             return
         large_order = get_variant(self.variant).large_pin_order
         has_pinned0 = self.b.mm.has_pinned
-        vma_of = {}
-        for rec in self.tr.calls:
-            for a in range(rec.call_start, rec.end):
-                vma_of[a] = self.vma_flags[rec.vma]
-        for a, v, pr in zip(addrs.tolist(), cvals.tolist(), present.tolist()):
-            if not pr or P.pte_special(v) or a in self.touched_addr:
-                continue
-            pfn = P.pte_pfn(v)
-            f = int(m1.page_folio[pfn])
-            if f >= F0 or m1.folio_true_pins[f] == 0 or f in self.touched_folio or pin_events:
+        vma_index = self.b.mm.vma_of(addrs)
+        for i in np.flatnonzero(pinned & present).tolist():     # each child PTE sharing a pinned folio
+            a, f = int(addrs[i]), int(folio[i])
+            if a in self.touched_addr or f in self.touched_folio:
                 continue
             order = int(m0.folio_order[f])
             large = order >= large_order
@@ -447,7 +441,8 @@ class _Checker:
                 continue            # the refcount heuristic also sees the references of sibling PTEs
             ref0 = int(m0.folio_refcount[f])
             pb = self.val0(a)
-            cow = is_cow_mapping(vma_of.get(a, 0))
+            vi = int(vma_index[i])
+            cow = vi >= 0 and is_cow_mapping(int(self.b.mm.vma_flags[vi]))
             anon = bool(m0.folio_flags[f] & FOLIO_ANON)
 
             def maybe_pinned(ref: int) -> bool:
@@ -460,8 +455,8 @@ class _Checker:
             elif self.variant == LINUX_5_10:
                 e = cow and has_pinned0 and maybe_pinned(ref0)
             else:
-                e = (anon and self.excl0(pfn) and not m0.folio_flags[f] & FOLIO_DEVICE_PRIVATE and has_pinned0
-                     and maybe_pinned(ref0 + 1))
+                e = (anon and self.excl0(int(pfn[i])) and not m0.folio_flags[f] & FOLIO_DEVICE_PRIVATE
+                     and has_pinned0 and maybe_pinned(ref0 + 1))
             if e:
                 self.fail(13, f"index {a}: pinned page shared although the early-copy predicate held")
             if self.variant == LINUX_5_8 and cow and P.pte_write(pb) and P.pte_write(self.val1(a)):

@@ -52,7 +52,7 @@ from gpusim.state import (
     BACKING_ANON, BACKING_FILE, BACKING_SHMEM, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_SWAPBACKED, MM, MM_ANONPAGES,
     MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS, PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PTRS_PER_TABLE,
     VM_DEFAULT_ANON, VM_DONTCOPY, VM_EXEC, VM_HUGETLB, VM_MAYWRITE, VM_MIXEDMAP, VM_PFNMAP, VM_SHARED, VM_WIPEONFORK,
-    VM_WRITE, AddressSpace, Memory, swap_cap,
+    VM_WRITE, AddressSpace, Memory, pte_kinds, swap_cap,
 )
 from gpusim.variants import LINUX_6_18 as VARIANT_6_18
 from gpusim.variants import get_variant
@@ -213,32 +213,25 @@ class _Builder:
 
 
 def rss_of(pte: np.ndarray, pmd: np.ndarray, memory: Memory) -> np.ndarray:
-    """rss counters implied by a set of tables: what ``mm_counter`` gives for each entry (spec invariant 7)."""
+    """rss counters implied by a set of tables: what ``mm_counter`` gives for each entry (spec invariant 7).
+
+    ``pte`` u64 ``(T, 512)``, ``pmd`` u64 ``(H,)``; returns i64 ``(4,)`` (anon, file, shmem, swapents).
+    """
+    val = pte.reshape(-1)
+    val = val[val != 0]
+    kind = pte_kinds(val)
+    special = (val & np.uint64(P.PAGE_SPECIAL)) != 0
     rss = np.zeros(4, dtype=np.int64)
-    for v in pte.reshape(-1).tolist():
-        if v == 0:
-            continue
-        c = rss_class(v, memory)
-        if c >= 0:
-            rss[c] += 1
-    rss[MM_ANONPAGES] += PTRS_PER_TABLE * int(pmd.shape[0])
+    rss[MM_SWAPENTS] = int((kind == P.KIND_SWAP).sum())
+    holds = ((kind == P.KIND_PRESENT) & ~special) | (kind == P.KIND_MIGRATION) | (kind == P.KIND_DEVICE_PRIVATE)
+    pfn = ((val[holds] >> np.uint64(P.PFN_SHIFT)) & np.uint64(P.PFN_MASK)).astype(np.int64)
+    flags = memory.folio_flags[memory.page_folio[pfn]]
+    anon = (flags & FOLIO_ANON) != 0
+    shmem = ~anon & ((flags & FOLIO_SWAPBACKED) != 0)
+    rss[MM_ANONPAGES] = int(anon.sum()) + PTRS_PER_TABLE * int(pmd.shape[0])
+    rss[MM_SHMEMPAGES] = int(shmem.sum())
+    rss[MM_FILEPAGES] = int((~anon & ~shmem).sum())
     return rss
-
-
-def rss_class(v: int, memory: Memory) -> int:
-    """The rss counter an entry counts in (``MM_*``), or -1 (none, special)."""
-    kind = P.pte_kind(v)
-    if kind == P.KIND_NONE:
-        return -1
-    if kind == P.KIND_SWAP:
-        return MM_SWAPENTS
-    if kind == P.KIND_PRESENT:
-        if P.pte_special(v):
-            return -1
-        pfn = P.pte_pfn(v)
-    else:
-        pfn = P.swp_offset(v)
-    return mm_counter(int(memory.folio_flags[int(memory.page_folio[pfn])]))
 
 
 def mm_counter(folio_flags: int) -> int:

@@ -216,10 +216,12 @@ class Memory:
                 f = int(np.flatnonzero((self.folio_first_pfn < 0) | (self.folio_first_pfn + nr > npg))[0])
                 raise StateError(f"memory.folio_first_pfn[{f}] = {int(self.folio_first_pfn[f])}: pages "
                                  f"outside the {npg} page rows")
-            owner = np.repeat(np.arange(nf, dtype=np.int64), nr)
-            pfns = np.concatenate([np.arange(s, s + n) for s, n in zip(self.folio_first_pfn.tolist(),
-                                                                         nr.tolist())]) if nf else owner
-            if pfns.shape[0] != npg or not np.array_equal(self.page_folio[pfns], owner):
+            pf = self.page_folio
+            if npg and ((pf < 0).any() or (pf >= nf).any()):
+                raise StateError("memory.page_folio names a folio that does not exist")
+            pages = np.arange(npg, dtype=np.int64)
+            inside = (pages >= self.folio_first_pfn[pf]) & (pages < self.folio_first_pfn[pf] + nr[pf])
+            if not inside.all() or not np.array_equal(np.bincount(pf, minlength=nf), nr):
                 raise StateError("memory.page_folio does not match folio_first_pfn/folio_order "
                                  "(every page row must belong to exactly the folio that covers it)")
         for name in ("folio_refcount", "folio_pincount", "folio_true_pins", "folio_pmd_mapcount",

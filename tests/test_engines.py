@@ -94,3 +94,16 @@ def test_shared_objects_across_tables(backend, variant):
     """Folios and slots referenced from several tables: atomics on the fast path, the host where order matters."""
     compare("normal*500 folio32 normal*480 folio64:nonex normal*448", variant, "every:5", (), backend)
     compare("swap:cnt=20*8 none*504 swap:cnt=40*8", variant, "never", (), backend)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_chunking_equals_one_launch(backend, variant, chunk):
+    layout = "normal*300 pinned normal*211 folio512 swap*100 none*412 thp:pin normal*600 migw folio16:pin"
+    space = gpusim.parse_layout(layout, variant)
+    whole = gpusim.fork(space, variant, backend=backend, oracle="every:4")
+    parts = gpusim.fork(space, variant, backend=backend, oracle="every:4", chunk_tables=chunk)
+    assert parts.digest == whole.digest and parts.counts == whole.counts and parts.outcome == whole.outcome
+    ref = gpusim.fork(space, variant, backend="reference", oracle="every:4")
+    assert whole.digest == ref.digest
