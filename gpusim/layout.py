@@ -172,21 +172,12 @@ class _Builder:
     def freeze(self) -> AddressSpace:
         self.close_vma()
         i64 = np.int64
-        memory = Memory(
-            folio_order=np.array(self.folio["order"], dtype=np.uint8),
-            folio_refcount=np.array(self.folio["ref"], dtype=i64),
-            folio_pincount=np.array(self.folio["pin"], dtype=i64),
-            folio_true_pins=np.array(self.folio["true"], dtype=i64),
-            folio_pmd_mapcount=np.array(self.folio["pmdmap"], dtype=i64),
-            folio_flags=np.array(self.folio["flags"], dtype=np.uint8),
-            folio_first_pfn=np.array(self.folio["first"], dtype=i64),
-            page_folio=np.array(self.page["folio"], dtype=i64),
-            page_mapcount=np.array(self.page["map"], dtype=i64),
-            page_flags=np.array(self.page["flags"], dtype=np.uint8),
-            page_content=np.array(self.page["content"], dtype=np.uint64),
-            swap_count=np.array(self.slot["count"], dtype=i64),
-            swap_levels=np.array(self.slot["levels"], dtype=i64),
-            swap_content=np.array(self.slot["content"], dtype=np.uint64),
+        memory = Memory.build(
+            folio_order=self.folio["order"], folio_refcount=self.folio["ref"], folio_pincount=self.folio["pin"],
+            folio_true_pins=self.folio["true"], folio_pmd_mapcount=self.folio["pmdmap"],
+            folio_flags=self.folio["flags"], folio_first_pfn=self.folio["first"], page_folio=self.page["folio"],
+            page_mapcount=self.page["map"], page_flags=self.page["flags"], page_content=self.page["content"],
+            swap_count=self.slot["count"], swap_levels=self.slot["levels"], swap_content=self.slot["content"],
             next_content=self.content,
         )
         tables = sorted(self.tables)

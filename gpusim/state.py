@@ -117,17 +117,19 @@ class StateError(ValueError):
     """An array of the state model has the wrong dtype or shape, or its cross-references do not hold."""
 
 
-# Each field: (dtype, per-row shape). The order here is the canonical order of the digest.
+# Each field: (dtype, per-row shape). The order here is the canonical order of the digest. Folio and page counts
+# and indices are int32 (up to 2**31 pages, 8 TiB of 4 KiB pages; refcounts below 2**31), to keep the bytes per
+# simulated PTE and the memory traffic of the kernels low; swap counts are int64 (continuations reach 63*128**L).
 MEMORY_FIELDS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
     "folio_order": (np.dtype(np.uint8), ()),
-    "folio_refcount": (np.dtype(np.int64), ()),
-    "folio_pincount": (np.dtype(np.int64), ()),
-    "folio_true_pins": (np.dtype(np.int64), ()),
-    "folio_pmd_mapcount": (np.dtype(np.int64), ()),
+    "folio_refcount": (np.dtype(np.int32), ()),
+    "folio_pincount": (np.dtype(np.int32), ()),
+    "folio_true_pins": (np.dtype(np.int32), ()),
+    "folio_pmd_mapcount": (np.dtype(np.int32), ()),
     "folio_flags": (np.dtype(np.uint8), ()),
-    "folio_first_pfn": (np.dtype(np.int64), ()),
-    "page_folio": (np.dtype(np.int64), ()),
-    "page_mapcount": (np.dtype(np.int64), ()),
+    "folio_first_pfn": (np.dtype(np.int32), ()),
+    "page_folio": (np.dtype(np.int32), ()),
+    "page_mapcount": (np.dtype(np.int32), ()),
     "page_flags": (np.dtype(np.uint8), ()),
     "page_content": (np.dtype(np.uint64), ()),
     "swap_count": (np.dtype(np.int64), ()),
@@ -164,10 +166,10 @@ def _check_fields(obj, fields, what):
 class Memory:
     """Folios, pages and swap slots: the physical state every mm of a simulation shares.
 
-    Folios (``F`` rows): ``folio_order`` u8 (0 = small), ``folio_refcount`` i64 (folio-wide), ``folio_pincount``
-    i64 (folio-wide FOLL_PIN count, used by "large" folios), ``folio_true_pins`` i64 (bookkeeping only, never read by
-    a variant), ``folio_pmd_mapcount`` i64 (PMD mappings), ``folio_flags`` u8 (``FOLIO_*``), ``folio_first_pfn`` i64.
-    Pages (``N`` rows, row = pfn): ``page_folio`` i64, ``page_mapcount`` i64 (PTE mappings, from 0),
+    Folios (``F`` rows): ``folio_order`` u8 (0 = small), ``folio_refcount`` i32 (folio-wide), ``folio_pincount``
+    i32 (folio-wide FOLL_PIN count, used by "large" folios), ``folio_true_pins`` i32 (bookkeeping only, never read by
+    a variant), ``folio_pmd_mapcount`` i32 (PMD mappings), ``folio_flags`` u8 (``FOLIO_*``), ``folio_first_pfn`` i32.
+    Pages (``N`` rows, row = pfn): ``page_folio`` i32, ``page_mapcount`` i32 (PTE mappings, from 0),
     ``page_flags`` u8 (``PAGE_ANON_EXCLUSIVE``, ``PAGE_HWPOISON``), ``page_content`` u64 (content identity).
     Swap slots (``S`` rows): ``swap_count`` i64, ``swap_levels`` i64 (continuation pages), ``swap_content`` u64.
     ``next_content`` is the next unused content identity.
@@ -188,6 +190,12 @@ class Memory:
     swap_levels: np.ndarray
     swap_content: np.ndarray
     next_content: int = 1
+
+    @classmethod
+    def build(cls, next_content: int = 1, **arrays) -> "Memory":
+        """A Memory from array-likes, each converted to the dtype the model fixes for it."""
+        return cls(**{name: np.asarray(arrays[name], dtype=MEMORY_FIELDS[name][0]) for name in MEMORY_FIELDS},
+                   next_content=next_content)
 
     @property
     def nr_folios(self) -> int:

@@ -30,14 +30,12 @@ def dense_anon(nr_pages: int, has_pinned: bool = False) -> AddressSpace:
     pte = np.zeros(T * PTRS_PER_TABLE, np.uint64)
     bits = np.uint64(P.PAGE_PRESENT | P.PAGE_RW | P.PAGE_USER | P.PAGE_ACCESSED | P.PAGE_DIRTY)
     pte[:n] = bits | (np.arange(n, dtype=np.uint64) << np.uint64(P.PFN_SHIFT))
-    memory = Memory(
-        folio_order=np.zeros(n, np.uint8), folio_refcount=np.ones(n, i64), folio_pincount=np.zeros(n, i64),
-        folio_true_pins=np.zeros(n, i64), folio_pmd_mapcount=np.zeros(n, i64),
-        folio_flags=np.full(n, FOLIO_ANON | FOLIO_SWAPBACKED, np.uint8), folio_first_pfn=np.arange(n, dtype=i64),
-        page_folio=np.arange(n, dtype=i64), page_mapcount=np.ones(n, i64),
-        page_flags=np.full(n, PAGE_ANON_EXCLUSIVE, np.uint8), page_content=np.arange(1, n + 1, dtype=np.uint64),
-        swap_count=np.zeros(0, i64), swap_levels=np.zeros(0, i64), swap_content=np.zeros(0, np.uint64),
-        next_content=n + 1,
+    memory = Memory.build(
+        folio_order=np.zeros(n), folio_refcount=np.ones(n), folio_pincount=np.zeros(n), folio_true_pins=np.zeros(n),
+        folio_pmd_mapcount=np.zeros(n), folio_flags=np.full(n, FOLIO_ANON | FOLIO_SWAPBACKED),
+        folio_first_pfn=np.arange(n), page_folio=np.arange(n), page_mapcount=np.ones(n),
+        page_flags=np.full(n, PAGE_ANON_EXCLUSIVE), page_content=np.arange(1, n + 1), swap_count=[], swap_levels=[],
+        swap_content=[], next_content=n + 1,
     )
     mm = MM(vma_start=np.array([0], i64), vma_end=np.array([n], i64), vma_flags=np.array([VM_DEFAULT_ANON], np.uint64),
             vma_backing=np.zeros(1, np.uint8), vma_anon_vma=np.ones(1, bool), table_index=np.arange(T, dtype=i64),

@@ -19,8 +19,8 @@ def test_valid_layout_validates():
 
 
 @pytest.mark.parametrize("field,value,needle", [
-    ("folio_refcount", np.zeros(3, np.int32), "dtype"),
-    ("page_folio", np.zeros((2, 2), np.int64), "shape"),
+    ("folio_refcount", np.zeros(3, np.int64), "dtype"),
+    ("page_folio", np.zeros((2, 2), np.int32), "shape"),
 ])
 def test_memory_dtype_and_shape(field, value, needle):
     s = space()
@@ -65,7 +65,7 @@ def test_digest_is_canonical():
     assert digest(a.mm, empty_mm(), a.memory) != digest(b.mm, empty_mm(),
                                                           dataclasses.replace(b.memory, page_content=c))
     # equal values in non-contiguous or big-endian arrays give the same digest
-    be = dataclasses.replace(a.memory, folio_refcount=a.memory.folio_refcount.astype(">i8"))
+    be = dataclasses.replace(a.memory, folio_refcount=a.memory.folio_refcount.astype(">i4"))
     assert digest(a.mm, empty_mm(), be) == digest(a.mm, empty_mm(), a.memory)
 
 
@@ -102,6 +102,6 @@ def test_entries_outside_vmas_and_thp_placement():
 
 def test_fork_validates_its_input():
     s = gpusim.parse_layout("normal*4")
-    bad = dataclasses.replace(s.memory, folio_refcount=s.memory.folio_refcount.astype(np.int32))
+    bad = dataclasses.replace(s.memory, folio_refcount=s.memory.folio_refcount.astype(np.int64))
     with pytest.raises(StateError, match="dtype"):
         gpusim.fork(dataclasses.replace(s, memory=bad))
