@@ -74,16 +74,20 @@ def copy_table_fast(r, base, lo, hi, call_start, call_end, call_vmaflags, call_f
                     nb_list_cs, nb_list_k, cnt):
     """``copy_pte_range`` for every call of one table that needs no host: the fast path and the check cadence."""
     is_618 = variant == V_6_18
+    # counters live in locals (registers) and reach the count row once, at the end
+    n_none = n_wrprotect = n_special = n_excl = n_shared = n_pin_shared = n_bstart = n_bpte = n_share = 0
+    n_swap = n_mig = n_dev = n_call = n_alloc = n_pass = n_check = n_lb = 0
+    rss0 = rss1 = rss2 = rss3 = swapoff = 0
     for c in range(lo, hi):
         s = call_start[c]
         e = call_end[c]
         vmf = call_vmaflags[c]
         cow = is_cow_mapping(vmf)
         shared = (vmf & VM_SHARED) != 0
-        cnt[C_CALL] += 1
+        n_call += 1
         if call_first[c]:
             cexists[r] = True
-            cnt[C_ALLOC] += 1
+            n_alloc += 1
         progress = 0
         k = 0
         lb = 0
@@ -102,7 +106,7 @@ def copy_table_fast(r, base, lo, hi, call_start, call_end, call_vmaflags, call_f
             kind = pte_kind(v)
             n = 1
             if kind == KIND_NONE:
-                cnt[C_NONE] += 1
+                n_none += 1
                 progress += 1
             elif kind == KIND_PRESENT:
                 if pte_special(v):
@@ -110,9 +114,9 @@ def copy_table_fast(r, base, lo, hi, call_start, call_end, call_vmaflags, call_f
                     if cow and pte_write(v):
                         ppte[r, j0] = pte_wrprotect(v)
                         child = pte_wrprotect(child)
-                        cnt[C_WRPROTECT] += 1
+                        n_wrprotect += 1
                     cpte[r, j0] = child
-                    cnt[C_SPECIAL] += 1
+                    n_special += 1
                 else:
                     pfn = np.int64(pte_pfn(v))
                     f = page_folio[pfn]
@@ -136,31 +140,34 @@ def copy_table_fast(r, base, lo, hi, call_start, call_end, call_vmaflags, call_f
                         folio_refcount[f] += 1
                     else:
                         atomic_add(folio_refcount, f, n)
-                    cnt[C_RSS + mm_counter(folio_flags[f])] += n
+                    mc = mm_counter(folio_flags[f])
+                    rss0 += n if mc == 0 else 0
+                    rss1 += n if mc == 1 else 0
+                    rss2 += n if mc == 2 else 0
                     for j in range(n):
                         p = pfn + j
                         if page_mapcount[p] == 1:
                             page_mapcount[p] = 2
                             if is_618 and anon and (page_flags[p] & PAGE_ANON_EXCLUSIVE) != 0:
                                 page_flags[p] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
-                                cnt[C_EXCL_CLEAR] += 1
+                                n_excl += 1
                         else:                            # shared page: not exclusive (else the table is host's)
                             atomic_add(page_mapcount, p, 1)
-                    cnt[C_SHARED] += n
+                    n_shared += n
                     if folio_true_pins[f] > 0:
-                        cnt[C_PIN_SHARED] += n
+                        n_pin_shared += n
                     if cow and w_any:
                         for j in range(n):
                             ppte[r, j0 + j] = pte_wrprotect(ppte[r, j0 + j])
                         child = pte_wrprotect(child)
-                        cnt[C_WRPROTECT] += n
+                        n_wrprotect += n
                     for j in range(n):
                         cpte[r, j0 + j] = pte_set_pfn(child, np.uint64(pfn + j))
                     if batch:
-                        cnt[C_BATCH_START] += 1
-                        cnt[C_BATCH_PTE] += n
+                        n_bstart += 1
+                        n_bpte += n
                     else:
-                        cnt[C_SHARE] += 1
+                        n_share += 1
                 progress += 8 * n
             else:
                 after = nonpresent_parent(v, cow, is_618)
@@ -172,12 +179,15 @@ def copy_table_fast(r, base, lo, hi, call_start, call_end, call_vmaflags, call_f
                         swap_count[off] = 2
                     else:
                         atomic_add(swap_count, off, 1)
-                    cnt[C_RSS + 3] += 1
-                    cnt[C_SWAP] += 1
-                    cnt[C_SWAPOFF] = 1
+                    rss3 += 1
+                    n_swap += 1
+                    swapoff = 1
                 elif kind == KIND_MIGRATION:
-                    cnt[C_RSS + mm_counter(folio_flags[page_folio[off]])] += 1
-                    cnt[C_MIGRATION] += 1
+                    mc = mm_counter(folio_flags[page_folio[off]])
+                    rss0 += 1 if mc == 0 else 0
+                    rss1 += 1 if mc == 1 else 0
+                    rss2 += 1 if mc == 2 else 0
+                    n_mig += 1
                 elif kind == KIND_DEVICE_PRIVATE:
                     f = page_folio[off]
                     atomic_add(folio_refcount, f, 1)
@@ -187,12 +197,38 @@ def copy_table_fast(r, base, lo, hi, call_start, call_end, call_vmaflags, call_f
                             page_flags[off] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
                     else:                                # shared page: not exclusive (else the table is host's)
                         atomic_add(page_mapcount, off, 1)
-                    cnt[C_RSS + mm_counter(folio_flags[f])] += 1
+                    mc = mm_counter(folio_flags[f])
+                    rss0 += 1 if mc == 0 else 0
+                    rss1 += 1 if mc == 1 else 0
+                    rss2 += 1 if mc == 2 else 0
                     if folio_true_pins[f] > 0:
-                        cnt[C_PIN_SHARED] += 1
-                    cnt[C_DEVPRIV] += 1
+                        n_pin_shared += 1
+                    n_dev += 1
                 progress += 8
             a += n
-        cnt[C_PASS] += 1 + lb
-        cnt[C_CHECK] += k
-        cnt[C_LB] += lb
+        n_pass += 1 + lb
+        n_check += k
+        n_lb += lb
+    cnt[C_NONE] += n_none
+    cnt[C_WRPROTECT] += n_wrprotect
+    cnt[C_SPECIAL] += n_special
+    cnt[C_EXCL_CLEAR] += n_excl
+    cnt[C_SHARED] += n_shared
+    cnt[C_PIN_SHARED] += n_pin_shared
+    cnt[C_BATCH_START] += n_bstart
+    cnt[C_BATCH_PTE] += n_bpte
+    cnt[C_SHARE] += n_share
+    cnt[C_SWAP] += n_swap
+    cnt[C_MIGRATION] += n_mig
+    cnt[C_DEVPRIV] += n_dev
+    cnt[C_CALL] += n_call
+    cnt[C_ALLOC] += n_alloc
+    cnt[C_PASS] += n_pass
+    cnt[C_CHECK] += n_check
+    cnt[C_LB] += n_lb
+    cnt[C_RSS] += rss0
+    cnt[C_RSS + 1] += rss1
+    cnt[C_RSS + 2] += rss2
+    cnt[C_RSS + 3] += rss3
+    if swapoff:
+        cnt[C_SWAPOFF] = 1
