@@ -6,19 +6,9 @@ The reference engine is the oracle; this only tells users which sizes it is mean
 
 import argparse
 import datetime
-import platform
 
 import gpusim
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from gpusim.bench import cpu_model
 
 
 def main() -> None:
