@@ -3,16 +3,17 @@
 Steps of one fork:
 
 1. :func:`gpusim.plan.plan_fork` lists the calls (one per table of each copied VMA).
-2. ``count_references`` counts, for every page, folio and swap slot, the PTEs of this fork that reference it and
-   from which tables; ``classify_tables`` flags every table holding a PTE that needs the host
-   (:func:`gpusim.kernels.rules.pte_needs_host`). Tables whose ``ptetable`` allocation is injected to fail, THP
-   tables, and every table from the first one where an injected window event can act are host tables too.
+2. ``fork_tables`` (one launch, or table-aligned chunks) classifies every table: does a PTE in it need the host
+   loop (an early copy may be due, a swap-count continuation may be needed, or its handling could depend on the
+   order of the walk; :mod:`gpusim.kernels.rules`)? Tables that do not are copied in the same pass. THP tables,
+   tables whose ``ptetable`` allocation is injected to fail, and every table from the first one where an injected
+   window event can act are host tables too.
 3. The host loop (:mod:`gpusim.hostloop`) copies the host tables in address order with the reference state machine.
-   Without window events, a fast table and a host table never touch the same order-sensitive object, so the
-   fast tables can be copied after the host tables; only the stopping point matters: when the host loop stops the
-   fork (ENOMEM, oops), only the fast tables before that call are copied.
-4. ``copy_fast_tables`` copies the fast tables, all at once; then counts are summed, a half-built child is torn
-   down, and the final arrays are assembled.
+   A fast table and a host table never depend on each other's order, so the fast tables may be copied first. Only
+   a fork that can stop early (failure injections, xu-v1's oops, hwpoison) must know where it stops before copying
+   fast tables: then the launch only classifies, the host loop runs, and a second launch copies the fast tables
+   before the stopping call.
+4. Counts are summed, a half-built child is torn down (ENOMEM), and the final arrays are assembled.
 
 Backends differ only in the kernels module (and, for CUDA, in where the arrays live); see :mod:`gpusim.backend`.
 """
@@ -26,14 +27,15 @@ import numpy as np
 
 from gpusim.hostloop import host_context, machine_arrays
 from gpusim.kernels import pte as P
-MODE_CLASSIFY, MODE_CLASSIFY_COPY, MODE_COPY = 0, 1, 2        # as in gpusim.kernels.cpu and .cuda
-from gpusim.kernels.rules import FAST_COUNTS, NB_ALWAYS, NB_BERN, NB_EVERY, NB_LIST, NB_NEVER
+from gpusim.kernels.rules import (
+    FAST_COUNTS, MODE_CLASSIFY, MODE_CLASSIFY_COPY, MODE_COPY, NB_ALWAYS, NB_BERN, NB_EVERY, NB_LIST, NB_NEVER,
+)
 from gpusim.oracle import InjectionPlan, LockBreakOracle
 from gpusim.plan import plan_fork
 from gpusim.reference import Oops, _Stop, copy_table
 from gpusim.result import ForkResult, finish_counts, new_counts, rss_dict
 from gpusim.state import (
-    FOLIO_FREED, MEMORY_FIELDS, MM, PAGE_HWPOISON, PTRS_PER_TABLE, AddressSpace, Memory, copy_state, digest, empty_mm, entries,
+    FOLIO_FREED, MM, PAGE_HWPOISON, PTRS_PER_TABLE, AddressSpace, Memory, copy_state, digest, empty_mm,
 )
 from gpusim.variants import VARIANTS, get_variant
 
@@ -265,5 +267,3 @@ def teardown_arrays(memory: Memory, child_rows: np.ndarray, child_pmds: np.ndarr
     counts["teardown.free"] += int(freed.size)
     np.subtract.at(memory.swap_count, swap_slots(vals), 1)
 
-
-__all__ = ["fork_fast", "MEMORY_FIELDS", "PTRS_PER_TABLE", "entries"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpusim.reference import ForkContext, Machine, MMState, VmaView
-from gpusim.state import PTRS_PER_TABLE, AddressSpace, Memory
+from gpusim.state import AddressSpace, Memory
 
 
 class IntArray:
@@ -123,5 +123,3 @@ def machine_arrays(m: Machine) -> dict[str, np.ndarray]:
     from gpusim.state import MEMORY_FIELDS
     return {name: getattr(m, name).array() for name in MEMORY_FIELDS}
 
-
-__all__ = ["IntArray", "TableMap", "host_context", "machine_arrays", "PTRS_PER_TABLE"]

@@ -8,11 +8,10 @@ summed on the host.
 import numpy as np
 from numba import njit, prange
 
-from gpusim.kernels.rules import NR_FAST_COUNTS
+from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
 from gpusim.kernels.table import copy_table_fast, table_needs_host
 
 PTRS = 512
-MODE_CLASSIFY, MODE_CLASSIFY_COPY, MODE_COPY = 0, 1, 2
 
 
 @njit(parallel=True, cache=True)

@@ -18,11 +18,10 @@ import numpy as np
 from numba import config, cuda
 
 from gpusim.kernels.atomics import atomic_add
-from gpusim.kernels.rules import NR_FAST_COUNTS
+from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
 from gpusim.kernels.table import copy_table_fast, table_needs_host
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
-MODE_CLASSIFY, MODE_CLASSIFY_COPY, MODE_COPY = 0, 1, 2
 THREADS_PER_BLOCK = 128
 
 if not SIMULATOR:

@@ -4,9 +4,12 @@ as plain Python. Kernel bodies only index, bound-check, call these and store.
 
 The fast path handles the order-independent work of ``copy_pte_range``: empty entries, sharing (single PTEs and
 linux-6.18 batches), special PTEs, swap duplication that needs no continuation, migration and device-private
-entries, plus the lock-break cadence. :func:`folio_needs_host` and :func:`slot_needs_host` flag every PTE whose
-handling could depend on the order of the walk or needs a slow path (early copy, swap-count continuation); a table
-holding one goes to the host loop, which runs the reference state machine on it.
+entries, plus the lock-break cadence. :func:`small_folio_needs_host`, :func:`large_folio_needs_host`,
+:func:`shared_exclusive_page` and :func:`slot_needs_host` flag every PTE whose handling could depend on the order of
+the walk or needs a slow path (early copy, swap-count continuation); a table holding one goes to the host loop,
+which runs the reference state machine on it. These rules read only values the fork can raise (refcount, mapcount)
+or does not change, so reading them while other tables are being copied can only make an answer more
+conservative, and a table sent to the host is handled exactly whatever the reason.
 """
 
 import numpy as np
@@ -35,6 +38,9 @@ SWAP_CONT_MAX = 127
 
 # variant ids used by kernels (order of gpusim.variants.VARIANTS)
 V_5_8, V_XU_V1, V_XU_V1_OLEG, V_5_10, V_6_18 = 0, 1, 2, 3, 4
+
+# what a fork_tables launch does: classify only, classify then copy the tables that need no host, copy only
+MODE_CLASSIFY, MODE_CLASSIFY_COPY, MODE_COPY = 0, 1, 2
 
 # lock-break oracle modes
 NB_NEVER, NB_ALWAYS, NB_EVERY, NB_BERN, NB_LIST = 0, 1, 2, 3, 4
@@ -192,28 +198,6 @@ def large_folio_needs_host(f, variant, folio_order, folio_pincount, folio_flags,
         if page_flags[first + j] & PAGE_ANON_EXCLUSIVE:
             return True
     return False
-
-
-def folio_needs_host(f, variant, large_order, has_pinned, folio_order, folio_refcount, folio_pincount, folio_flags,
-                     folio_first_pfn, page_flags, page_mapcount):
-    """Whether the PTEs mapping folio ``f`` must go to the host loop: an early copy may be due, or the pin
-    heuristic reads a refcount that this fork's own references could push over ``PIN_BIAS``.
-
-    Reads only values that the fork can raise (refcount, mapcount) or does not change (order, pincount, flags of
-    folios that may need copying), so reading them while other tables are being copied can only make the answer
-    more conservative: a table sent to the host is handled exactly, whatever the reason. (The kernels inline the
-    two halves; this composition documents the rule and serves tests.)
-    """
-    if variant == V_5_8 or not has_pinned:
-        return False
-    if folio_order[f] >= large_order:
-        return large_folio_needs_host(f, variant, folio_order, folio_pincount, folio_flags, folio_first_pfn,
-                                      page_flags)
-    first = folio_first_pfn[f]
-    maxrefs = 0
-    for j in range(1 << int(folio_order[f])):
-        maxrefs += page_mapcount[first + j]
-    return small_folio_needs_host(folio_refcount[f], maxrefs)
 
 
 @register_jitable
