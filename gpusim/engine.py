@@ -35,7 +35,7 @@ from gpusim.plan import plan_fork
 from gpusim.reference import Oops, _Stop, copy_table
 from gpusim.result import ForkResult, finish_counts, new_counts, rss_dict
 from gpusim.state import (
-    FOLIO_FREED, MM, PAGE_HWPOISON, PTRS_PER_TABLE, AddressSpace, Memory, copy_state, digest, empty_mm,
+    FOLIO_FREED, MM, PAGE_HWPOISON, PTRS_PER_TABLE, AddressSpace, Memory, copy_state, digest, empty_mm, pte_kinds,
 )
 from gpusim.variants import VARIANTS, get_variant
 
@@ -88,128 +88,250 @@ def first_window_call(plan_inj: InjectionPlan, calls: CallIndex) -> int:
     return min(hits) if hits else math.inf
 
 
+class ForkJob:
+    """One fork on the fast engine: its working arrays, plan, host loop and result assembly.
+
+    A job is launched on its own (:meth:`run`) or with others in one combined launch (:func:`fork_fast_batch`).
+    """
+
+    def __init__(self, space: AddressSpace, variant: str, oracle: LockBreakOracle, plan_inj: InjectionPlan,
+                 fork_seq: int = 0):
+        self.space, self.variant, self.oracle, self.plan_inj, self.fork_seq = space, variant, oracle, plan_inj, fork_seq
+        mm = self.mm = space.mm
+        self.v = get_variant(variant)
+        self.variant_id = list(VARIANTS).index(variant)
+        self.work = copy_state(space.memory)        # "put": the engine's own copy of the state (not timed)
+        self.ppte = mm.pte.copy()
+        self.cpte = np.empty_like(self.ppte)
+        self.cpte.fill(0)                           # touch the child's tables now, not inside the timed kernels
+        self.cexists = np.zeros(mm.nr_tables, np.bool_)
+        t0 = time.perf_counter()
+        self.plan = plan_fork(mm)
+        self.calls = CallIndex(mm, self.plan)
+        self.nC = self.plan.nr_calls
+        self.first_inj = first_window_call(plan_inj, self.calls)
+        self.rows = np.flatnonzero(self.calls.row_has_calls & (self.calls.row_lo < self.first_inj)).astype(np.int64)
+        self.fail_rows = np.array([r for r in self.rows.tolist() if plan_inj.alloc_fails(
+            fork_seq, int(self.plan.call_start[self.calls.row_lo[r]]), "ptetable", 1)], np.int64) \
+            if plan_inj.has_failures() else np.zeros(0, np.int64)
+        # Without failure injections, hwpoison or the v1 oops nothing can stop the fork early, so the fast tables
+        # can be copied in the same pass that classifies them; otherwise classify, run the host loop, then copy
+        # the fast tables before the stopping call.
+        self.can_stop = (plan_inj.has_failures() or variant == "xu-v1" or (
+            variant == "linux-6.18" and bool((self.work.page_flags & PAGE_HWPOISON).any())))
+        self.fc = host_context(space, self.work, self.ppte, self.cpte, self.cexists, variant, oracle, plan_inj,
+                               fork_seq)
+        self.nb = oracle_params(oracle)
+        self.setup_s = time.perf_counter() - t0
+
+    def launch(self, kernels, mode: int, which: np.ndarray, chunk_tables: int | None):
+        """The kernels over table rows ``which``, in table-aligned chunks of at most ``chunk_tables`` rows: each
+        launch sees only its rows of the parent's and child's tables (what a device holds at a time)."""
+        mm, calls, plan, nb = self.mm, self.calls, self.plan, self.nb
+        a = machine_arrays(self.fc.m)
+        T = mm.nr_tables
+        row_has_pinned = np.full(T, bool(mm.has_pinned))
+        row_fork_seq = np.full(T, self.fork_seq, np.int64)
+        needs = np.zeros(which.shape[0], bool)
+        counts = np.zeros((which.shape[0], len(FAST_COUNTS)), np.int64)
+        step = chunk_tables or max(1, T)
+        for lo in range(0, max(1, T), step):
+            hi = min(T, lo + step)
+            sel = np.flatnonzero((which >= lo) & (which < hi))
+            if sel.size == 0:
+                continue
+            got_needs, got_counts = kernels.fork_tables(
+                mode, which[sel] - lo, mm.table_index[lo:hi], calls.row_lo[lo:hi], calls.row_hi[lo:hi],
+                plan.call_start, plan.call_end, calls.call_vmaflags, plan.table_first_call, self.ppte[lo:hi],
+                self.cpte[lo:hi], self.cexists[lo:hi], self.variant_id, self.v.large_pin_order,
+                row_has_pinned[lo:hi], a["page_folio"], a["folio_order"], a["folio_refcount"], a["folio_pincount"],
+                a["folio_true_pins"], a["folio_flags"], a["folio_first_pfn"], a["page_mapcount"], a["page_flags"],
+                a["swap_count"], a["swap_levels"], nb[0], nb[1], nb[2], nb[3], row_fork_seq[lo:hi], nb[4], nb[5])
+            needs[sel] = got_needs
+            counts[sel] = got_counts
+        return needs, counts
+
+    def run(self, kernels, backend: str, chunk_tables: int | None = None) -> tuple[ForkResult, int]:
+        t0 = time.perf_counter()
+        mode = MODE_CLASSIFY if self.can_stop else MODE_CLASSIFY_COPY
+        needs, fast_counts = self.launch(kernels, mode, self.rows, chunk_tables)
+        return self.finish(needs, fast_counts, kernels, backend, chunk_tables, time.perf_counter() - t0)
+
+    def finish(self, needs, fast_counts, kernels, backend: str, chunk_tables, launch_s: float) -> tuple[ForkResult,
+                                                                                                       int]:
+        """After the first launch: the host loop, the copy of the fast tables (when the fork can stop early), the
+        counts and the final state."""
+        t0 = time.perf_counter()
+        mm, calls, plan, fc, rows, nC, first_inj = (self.mm, self.calls, self.plan, self.fc, self.rows, self.nC,
+                                                    self.first_inj)
+        ppte, cpte, cexists = self.ppte, self.cpte, self.cexists
+        host_row = np.zeros(mm.nr_tables, bool)
+        host_row[rows[np.asarray(needs)]] = True
+        host_row[self.fail_rows] = True
+        is_host_call = calls.call_row < 0                               # THP tables
+        nonhuge = ~is_host_call
+        is_host_call[nonhuge] = host_row[calls.call_row[nonhuge]]
+        host_calls = np.flatnonzero(is_host_call)
+        # Host tables before the first injected window; then (events may act on any later table) every table from
+        # that window on, through the host loop, in address order.
+        outcome, oops, enomem, stop = run_host_loop(fc, plan, host_calls[host_calls < first_inj], nC)
+        fast_rows = rows[~host_row[rows]]
+        if self.can_stop:
+            fast_rows = fast_rows[calls.row_lo[fast_rows] < stop]
+            _, fast_counts = self.launch(kernels, MODE_COPY, fast_rows, chunk_tables)
+        else:
+            fast_counts = np.asarray(fast_counts)[~host_row[rows]]
+        if outcome == "ok" and first_inj < nC:
+            outcome, oops, enomem, stop = run_host_loop(fc, plan, np.arange(first_inj, nC), nC)
+        fast = dict(zip(FAST_COUNTS, np.asarray(fast_counts).sum(axis=0).tolist())) if len(fast_rows) else \
+            dict.fromkeys(FAST_COUNTS, 0)
+
+        counts = new_counts()
+        counts["fork.base"] = counts["fork.mm"] = 1
+        stop_vma = int(plan.call_vma[stop]) if stop < nC else mm.nr_vmas - 1
+        counts.update(plan.counts_upto(stop_vma))
+        for name, val in fc.counts.items():
+            if name not in ("fork.base", "fork.mm") and not name.startswith("vma.") and name != "hugetlb_skipped":
+                counts[name] += val
+        for name in FAST_COUNTS:
+            if name in counts:
+                counts[name] += fast[name]
+        counts["restart.lb"] += fast["lock_breaks"]
+        child_rss = [fc.child.rss[i] + fast[f"rss.{n}"] for i, n in enumerate(("anon", "file", "shmem", "swapents"))]
+        child_extra = fc.child.tables.extra                  # child tables of split THPs
+        child_tables = np.concatenate([mm.table_index[cexists],
+                                       np.array(sorted(set(fc.child.pmds) | set(child_extra)), np.int64)])
+        counts["table.upper_alloc"] = len(np.unique(child_tables >> 9)) + len(np.unique(child_tables >> 18))
+
+        arrays = machine_arrays(fc.m)
+        memory = Memory(**arrays, next_content=fc.m.next_content)
+        after_teardown = None
+        if outcome == "enomem":
+            rows = np.concatenate([cpte[cexists], np.array(list(child_extra.values()), np.uint64).reshape(-1, 512)])
+            teardown_arrays(memory, rows, np.array(list(fc.child.pmds.values()), np.uint64), counts)
+            after_teardown = rss_dict([0, 0, 0, 0])
+            child = empty_mm()
+        else:
+            if cexists.all():
+                index, pte = merge_tables(mm.table_index, cpte, child_extra)
+            else:
+                index, pte = merge_tables(mm.table_index[cexists], cpte[cexists], child_extra)
+            child = MM(**plan.child_mm_vmas(mm, stop_vma), table_index=index, pte=pte,
+                       pmd_index=np.array(sorted(fc.child.pmds), np.int64),
+                       pmd=np.array([fc.child.pmds[t] for t in sorted(fc.child.pmds)], np.uint64),
+                       rss=np.array(child_rss, np.int64), has_pinned=False,
+                       on_swapoff_list=bool(fc.child.on_swapoff_list or fast["swapoff"]))
+        parent = AddressSpace(parent_mm(mm, ppte, fc), memory)
+        wall = self.setup_s + launch_s + time.perf_counter() - t0
+        result = ForkResult(
+            outcome=outcome, variant=self.variant, backend=backend, parent=parent, child=child,
+            counts=finish_counts(counts), child_rss=rss_dict(child_rss), child_rss_after_teardown=after_teardown,
+            oops=oops, enomem=enomem, unfired=self.plan_inj.unfired(), ignored_events=list(fc.ignored),
+            digest=digest(parent.mm, child, memory), engine_wall_s=wall, nr_ptes=self.space.nr_ptes,
+            trace=fc.trace, trace_complete=not len(fast_rows),
+        )
+        return result, self.space.memory.nr_pages
+
+
 def fork_fast(space: AddressSpace, variant: str, kernels, backend: str, oracle: LockBreakOracle,
               plan_inj: InjectionPlan, fork_seq: int = 0, chunk_tables: int | None = None) -> tuple[ForkResult, int]:
     """Run one fork on the fast engine with the given kernels module. Returns (result, first new pfn).
 
     ``chunk_tables`` bounds the table rows one kernel launch sees (None: all at once).
     """
-    mm = space.mm
-    v = get_variant(variant)
-    variant_id = list(VARIANTS).index(variant)
-    work = copy_state(space.memory)                 # "put": the engine's own copy of the state (not timed)
-    ppte = mm.pte.copy()
-    cpte = np.empty_like(ppte)
-    cpte.fill(0)                                    # touch the child's tables now, not inside the timed kernels
-    cexists = np.zeros(mm.nr_tables, np.bool_)
+    return ForkJob(space, variant, oracle, plan_inj, fork_seq).run(kernels, backend, chunk_tables)
+
+
+def shift_entries(pte: np.ndarray, page_off: int, slot_off: int) -> np.ndarray:
+    """Entries with their pfns (present non-special, migration, device-private) moved by ``page_off`` and their
+    swap slots by ``slot_off`` (to place one fork's state in the combined arrays of a batch, or back)."""
+    kind = pte_kinds(pte)
+    special = (pte & np.uint64(P.PAGE_SPECIAL)) != 0
+    holds = ((kind == P.KIND_PRESENT) & ~special) | (kind == P.KIND_MIGRATION) | (kind == P.KIND_DEVICE_PRIVATE)
+    out = pte.copy()
+    out[holds] = (out[holds].astype(np.int64) + (page_off << P.PFN_SHIFT)).astype(np.uint64)
+    swap = kind == P.KIND_SWAP
+    out[swap] = (out[swap].astype(np.int64) + (slot_off << P.PFN_SHIFT)).astype(np.uint64)
+    return out
+
+
+def fork_fast_batch(spaces, variant: str, kernels, backend: str, oracle: LockBreakOracle, fork_seq0: int = 0,
+                    chunk_tables: int | None = None) -> list[tuple[ForkResult, int]]:
+    """Fork independent address spaces (fork ``fork_seq0 + i`` each) with one combined launch of the kernels.
+
+    Each space keeps its own state and results equal those of forking it alone. The combined launch holds every
+    space's tables (segments of rows) and memory (pfns, folios and slots offset per space); forks that can stop
+    early (xu-v1, hwpoison) are run one by one. Each result's ``engine_wall_s`` is its share of the batch.
+    """
+    plan_inj = InjectionPlan()
+    jobs = [ForkJob(s, variant, oracle, plan_inj, fork_seq0 + i) for i, s in enumerate(spaces)]
+    if not jobs:
+        return []
+    if any(j.can_stop for j in jobs):
+        return [j.run(kernels, backend, chunk_tables) for j in jobs]
     t0 = time.perf_counter()
-    plan = plan_fork(mm)
-    calls = CallIndex(mm, plan)
-
-    first_inj = first_window_call(plan_inj, calls)
-    nC = plan.nr_calls
-    rows = np.flatnonzero(calls.row_has_calls & (calls.row_lo < first_inj)).astype(np.int64)
-    fail_rows = np.array([r for r in rows.tolist() if plan_inj.alloc_fails(
-        fork_seq, int(plan.call_start[calls.row_lo[r]]), "ptetable", 1)], np.int64) if plan_inj.has_failures() \
-        else np.zeros(0, np.int64)
-    # Without failure injections, hwpoison or the v1 oops nothing can stop the fork early, so the fast tables can
-    # be copied in the same pass that classifies them; otherwise classify, run the host loop, then copy the fast
-    # tables before the stopping call.
-    can_stop = (plan_inj.has_failures() or variant == "xu-v1"
-                or (variant == "linux-6.18" and bool((work.page_flags & PAGE_HWPOISON).any())))
-    fc = host_context(space, work, ppte, cpte, cexists, variant, oracle, plan_inj, fork_seq)
-    nb = oracle_params(oracle)
-
-    def launch(mode, which):
-        """The kernels over table rows ``which``, in table-aligned chunks of at most ``chunk_tables`` rows: each
-        launch sees only its rows of the parent's and child's tables (what a device holds at a time)."""
-        a = machine_arrays(fc.m)
-        needs = np.zeros(which.shape[0], bool)
-        counts = np.zeros((which.shape[0], len(FAST_COUNTS)), np.int64)
-        step = chunk_tables or max(1, mm.nr_tables)
-        for lo in range(0, max(1, mm.nr_tables), step):
-            hi = min(mm.nr_tables, lo + step)
-            sel = np.flatnonzero((which >= lo) & (which < hi))
-            if sel.size == 0:
-                continue
-            got_needs, got_counts = kernels.fork_tables(
-                mode, which[sel] - lo, mm.table_index[lo:hi], calls.row_lo[lo:hi], calls.row_hi[lo:hi],
-                plan.call_start, plan.call_end, calls.call_vmaflags, plan.table_first_call, ppte[lo:hi],
-                cpte[lo:hi], cexists[lo:hi], variant_id, v.large_pin_order, bool(mm.has_pinned), a["page_folio"],
-                a["folio_order"], a["folio_refcount"], a["folio_pincount"], a["folio_true_pins"], a["folio_flags"],
-                a["folio_first_pfn"], a["page_mapcount"], a["page_flags"], a["swap_count"], a["swap_levels"],
-                nb[0], nb[1], nb[2], nb[3], fork_seq, nb[4], nb[5])
-            needs[sel] = got_needs
-            counts[sel] = got_counts
-        return needs, counts
-
-    needs, fast_counts = launch(MODE_CLASSIFY if can_stop else MODE_CLASSIFY_COPY, rows)
-    host_row = np.zeros(mm.nr_tables, bool)
-    host_row[rows[np.asarray(needs)]] = True
-    host_row[fail_rows] = True
-    is_host_call = calls.call_row < 0                               # THP tables
-    nonhuge = ~is_host_call
-    is_host_call[nonhuge] = host_row[calls.call_row[nonhuge]]
-    host_calls = np.flatnonzero(is_host_call)
-    # Host tables before the first injected window; then (events may act on any later table) every table from
-    # that window on, through the host loop, in address order.
-    outcome, oops, enomem, stop = run_host_loop(fc, plan, host_calls[host_calls < first_inj], nC)
-    fast_rows = rows[~host_row[rows]]
-    if can_stop:
-        fast_rows = fast_rows[calls.row_lo[fast_rows] < stop]
-        _, fast_counts = launch(MODE_COPY, fast_rows)
-    else:
-        fast_counts = np.asarray(fast_counts)[~host_row[rows]]
-    if outcome == "ok" and first_inj < nC:
-        outcome, oops, enomem, stop = run_host_loop(fc, plan, np.arange(first_inj, nC), nC)
-    fast = dict(zip(FAST_COUNTS, np.asarray(fast_counts).sum(axis=0).tolist())) if len(fast_rows) else \
-        dict.fromkeys(FAST_COUNTS, 0)
-
-    counts = new_counts()
-    counts["fork.base"] = counts["fork.mm"] = 1
-    stop_vma = int(plan.call_vma[stop]) if stop < nC else mm.nr_vmas - 1
-    counts.update(plan.counts_upto(stop_vma))
-    for name, val in fc.counts.items():
-        if name not in ("fork.base", "fork.mm") and not name.startswith("vma.") and name != "hugetlb_skipped":
-            counts[name] += val
-    for name in FAST_COUNTS:
-        if name in counts:
-            counts[name] += fast[name]
-    counts["restart.lb"] += fast["lock_breaks"]
-    child_rss = [fc.child.rss[i] + fast[f"rss.{n}"] for i, n in enumerate(("anon", "file", "shmem", "swapents"))]
-    child_extra = fc.child.tables.extra                  # child tables of split THPs
-    child_tables = np.concatenate([mm.table_index[cexists], np.array(sorted(set(fc.child.pmds) | set(child_extra)),
-                                                                     np.int64)])
-    counts["table.upper_alloc"] = len(np.unique(child_tables >> 9)) + len(np.unique(child_tables >> 18))
-
-    arrays = machine_arrays(fc.m)
-    memory = Memory(**arrays, next_content=fc.m.next_content)
-    after_teardown = None
-    if outcome == "enomem":
-        rows = np.concatenate([cpte[cexists], np.array(list(child_extra.values()), np.uint64).reshape(-1, 512)])
-        teardown_arrays(memory, rows, np.array(list(fc.child.pmds.values()), np.uint64), counts)
-        after_teardown = rss_dict([0, 0, 0, 0])
-        child = empty_mm()
-    else:
-        if cexists.all():
-            index, pte = merge_tables(mm.table_index, cpte, child_extra)
-        else:
-            index, pte = merge_tables(mm.table_index[cexists], cpte[cexists], child_extra)
-        child = MM(**plan.child_mm_vmas(mm, stop_vma), table_index=index, pte=pte,
-                   pmd_index=np.array(sorted(fc.child.pmds), np.int64),
-                   pmd=np.array([fc.child.pmds[t] for t in sorted(fc.child.pmds)], np.uint64),
-                   rss=np.array(child_rss, np.int64), has_pinned=False,
-                   on_swapoff_list=bool(fc.child.on_swapoff_list or fast["swapoff"]))
-    parent = AddressSpace(parent_mm(mm, ppte, fc), memory)
-    wall = time.perf_counter() - t0
-    result = ForkResult(
-        outcome=outcome, variant=variant, backend=backend, parent=parent, child=child,
-        counts=finish_counts(counts), child_rss=rss_dict(child_rss), child_rss_after_teardown=after_teardown,
-        oops=oops, enomem=enomem, unfired=plan_inj.unfired(), ignored_events=list(fc.ignored),
-        digest=digest(parent.mm, child, memory), engine_wall_s=wall, nr_ptes=space.nr_ptes, trace=fc.trace,
-        trace_complete=not len(fast_rows),
-    )
-    return result, space.memory.nr_pages
+    n = len(jobs)
+    mems = [machine_arrays(j.fc.m) for j in jobs]
+    page_off = np.cumsum([0] + [m["page_folio"].shape[0] for m in mems])
+    folio_off = np.cumsum([0] + [m["folio_order"].shape[0] for m in mems])
+    slot_off = np.cumsum([0] + [m["swap_count"].shape[0] for m in mems])
+    row_off = np.cumsum([0] + [j.mm.nr_tables for j in jobs])
+    call_off = np.cumsum([0] + [j.nC for j in jobs])
+    comb = {}
+    for name in mems[0]:
+        parts = [m[name] for m in mems]
+        if name == "page_folio":
+            parts = [p + folio_off[i] for i, p in enumerate(parts)]
+        elif name == "folio_first_pfn":
+            parts = [p + page_off[i] for i, p in enumerate(parts)]
+        comb[name] = np.concatenate(parts)
+    ppte = np.concatenate([shift_entries(j.ppte, int(page_off[i]), int(slot_off[i])) for i, j in enumerate(jobs)])
+    cpte = np.zeros_like(ppte)
+    cexists = np.zeros(ppte.shape[0], np.bool_)
+    cat = lambda f: np.concatenate([f(i, j) for i, j in enumerate(jobs)])          # noqa: E731
+    table_index = cat(lambda i, j: j.mm.table_index)
+    row_lo = cat(lambda i, j: j.calls.row_lo + call_off[i])
+    row_hi = cat(lambda i, j: j.calls.row_hi + call_off[i])
+    call_start = cat(lambda i, j: j.plan.call_start)
+    call_end = cat(lambda i, j: j.plan.call_end)
+    call_vmaflags = cat(lambda i, j: j.calls.call_vmaflags)
+    call_first = cat(lambda i, j: j.plan.table_first_call)
+    row_has_pinned = cat(lambda i, j: np.full(j.mm.nr_tables, bool(j.mm.has_pinned)))
+    row_fork_seq = cat(lambda i, j: np.full(j.mm.nr_tables, j.fork_seq, np.int64))
+    rows = cat(lambda i, j: j.rows + row_off[i]).astype(np.int64)
+    nb = jobs[0].nb
+    T = ppte.shape[0]
+    needs = np.zeros(rows.shape[0], bool)
+    counts = np.zeros((rows.shape[0], len(FAST_COUNTS)), np.int64)
+    step = chunk_tables or max(1, T)
+    for lo in range(0, max(1, T), step):
+        hi = min(T, lo + step)
+        sel = np.flatnonzero((rows >= lo) & (rows < hi))
+        if sel.size == 0:
+            continue
+        needs[sel], counts[sel] = kernels.fork_tables(
+            MODE_CLASSIFY_COPY, rows[sel] - lo, table_index[lo:hi], row_lo[lo:hi], row_hi[lo:hi], call_start,
+            call_end, call_vmaflags, call_first, ppte[lo:hi], cpte[lo:hi], cexists[lo:hi], jobs[0].variant_id,
+            jobs[0].v.large_pin_order, row_has_pinned[lo:hi], comb["page_folio"], comb["folio_order"],
+            comb["folio_refcount"], comb["folio_pincount"], comb["folio_true_pins"], comb["folio_flags"],
+            comb["folio_first_pfn"], comb["page_mapcount"], comb["page_flags"], comb["swap_count"],
+            comb["swap_levels"], nb[0], nb[1], nb[2], nb[3], row_fork_seq[lo:hi], nb[4], nb[5])
+    # back into each job's own arrays (the kernels write refcounts, mapcounts, flags, swap counts and tables)
+    for i, (j, m) in enumerate(zip(jobs, mems)):
+        for name in ("folio_refcount", "page_mapcount", "page_flags", "swap_count"):
+            lo_, hi_ = {"folio_refcount": folio_off, "page_mapcount": page_off, "page_flags": page_off,
+                        "swap_count": slot_off}[name][i:i + 2]
+            m[name][:] = comb[name][lo_:hi_]
+        r0, r1 = row_off[i], row_off[i + 1]
+        j.ppte[:] = shift_entries(ppte[r0:r1], -int(page_off[i]), -int(slot_off[i]))
+        j.cpte[:] = shift_entries(cpte[r0:r1], -int(page_off[i]), -int(slot_off[i]))
+        j.cexists[:] = cexists[r0:r1]
+    launch_s = (time.perf_counter() - t0) / n
+    out = []
+    for i, j in enumerate(jobs):
+        sel = (rows >= row_off[i]) & (rows < row_off[i + 1])
+        out.append(j.finish(needs[sel], counts[sel], kernels, backend, chunk_tables, launch_s))
+    return out
 
 
 def run_host_loop(fc, plan, host_calls: np.ndarray, nC: int) -> tuple:

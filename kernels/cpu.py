@@ -16,12 +16,13 @@ PTRS = 512
 
 @njit(parallel=True, cache=True)
 def fork_tables(mode, rows, table_index, row_lo, row_hi, call_start, call_end, call_vmaflags, call_first, ppte,
-                cpte, cexists, variant, large_order, has_pinned, page_folio, folio_order, folio_refcount,
+                cpte, cexists, variant, large_order, row_has_pinned, page_folio, folio_order, folio_refcount,
                 folio_pincount, folio_true_pins, folio_flags, folio_first_pfn, page_mapcount, page_flags, swap_count,
-                swap_levels, nb_mode, nb_every, nb_p_q32, nb_seed, fork_seq, nb_list_cs, nb_list_k):
+                swap_levels, nb_mode, nb_every, nb_p_q32, nb_seed, row_fork_seq, nb_list_cs, nb_list_k):
     """Classify and/or copy the table rows ``rows``.
 
     ``mode``: 0 classify only, 1 classify then copy the tables that need no host, 2 copy (all need no host).
+    ``row_has_pinned`` and ``row_fork_seq`` are per table row: a launch may hold the tables of several forks.
     Returns (needs_host bool ``(len(rows),)``, counts i64 ``(len(rows), NR_FAST_COUNTS)``).
     """
     n = rows.shape[0]
@@ -32,15 +33,15 @@ def fork_tables(mode, rows, table_index, row_lo, row_hi, call_start, call_end, c
         base = table_index[r] * PTRS
         if mode != MODE_COPY:
             needs_host[i] = table_needs_host(r, base, row_lo[r], row_hi[r], call_start, call_end, ppte, variant,
-                                             large_order, has_pinned, page_folio, folio_order, folio_refcount,
-                                             folio_pincount, folio_flags, folio_first_pfn, page_flags,
-                                             page_mapcount, swap_count, swap_levels)
+                                             large_order, row_has_pinned[r], page_folio, folio_order,
+                                             folio_refcount, folio_pincount, folio_flags, folio_first_pfn,
+                                             page_flags, page_mapcount, swap_count, swap_levels)
         if mode == MODE_CLASSIFY or needs_host[i]:
             continue
         copy_table_fast(r, base, row_lo[r], row_hi[r], call_start, call_end, call_vmaflags, call_first, ppte, cpte,
                         cexists, variant, page_folio, folio_order, folio_refcount, folio_true_pins, folio_flags,
                         folio_first_pfn, page_mapcount, page_flags, swap_count, nb_mode, nb_every, nb_p_q32,
-                        nb_seed, fork_seq, nb_list_cs, nb_list_k, counts[i])
+                        nb_seed, row_fork_seq[r], nb_list_cs, nb_list_k, counts[i])
     return needs_host, counts
 
 

@@ -33,9 +33,9 @@ if not SIMULATOR:
 
 
 def fork_tables_kernel(mode, rows, table_index, row_lo, row_hi, call_start, call_end, call_vmaflags, call_first,
-                       ppte, cpte, cexists, variant, large_order, has_pinned, page_folio, folio_order,
+                       ppte, cpte, cexists, variant, large_order, row_has_pinned, page_folio, folio_order,
                        folio_refcount, folio_pincount, folio_true_pins, folio_flags, folio_first_pfn, page_mapcount,
-                       page_flags, swap_count, swap_levels, nb_mode, nb_every, nb_p_q32, nb_seed, fork_seq,
+                       page_flags, swap_count, swap_levels, nb_mode, nb_every, nb_p_q32, nb_seed, row_fork_seq,
                        nb_list_cs, nb_list_k, needs_host, counts):
     """One thread per table row of ``rows``: classify it, then copy it if no PTE needs the host (see
     :func:`gpusim.kernels.cpu.fork_tables` for ``mode``)."""
@@ -46,15 +46,15 @@ def fork_tables_kernel(mode, rows, table_index, row_lo, row_hi, call_start, call
     base = table_index[r] * 512
     if mode != MODE_COPY:
         needs_host[i] = table_needs_host(r, base, row_lo[r], row_hi[r], call_start, call_end, ppte, variant,
-                                         large_order, has_pinned, page_folio, folio_order, folio_refcount,
-                                         folio_pincount, folio_flags, folio_first_pfn, page_flags, page_mapcount,
-                                         swap_count, swap_levels)
+                                         large_order, row_has_pinned[r], page_folio, folio_order,
+                                         folio_refcount, folio_pincount, folio_flags, folio_first_pfn, page_flags,
+                                         page_mapcount, swap_count, swap_levels)
     if mode == MODE_CLASSIFY or needs_host[i]:
         return
     copy_table_fast(r, base, row_lo[r], row_hi[r], call_start, call_end, call_vmaflags, call_first, ppte, cpte,
                     cexists, variant, page_folio, folio_order, folio_refcount, folio_true_pins, folio_flags,
                     folio_first_pfn, page_mapcount, page_flags, swap_count, nb_mode, nb_every, nb_p_q32, nb_seed,
-                    fork_seq, nb_list_cs, nb_list_k, counts[i])
+                    row_fork_seq[r], nb_list_cs, nb_list_k, counts[i])
 
 
 _kernel = cuda.jit(fork_tables_kernel)
@@ -62,10 +62,10 @@ _kernel = cuda.jit(fork_tables_kernel)
 # arguments the kernel writes (copied back to the host arrays after a real-GPU launch)
 _WRITTEN = ("ppte", "cpte", "cexists", "folio_refcount", "page_mapcount", "page_flags", "swap_count")
 _ARGS = ("mode", "rows", "table_index", "row_lo", "row_hi", "call_start", "call_end", "call_vmaflags",
-         "call_first", "ppte", "cpte", "cexists", "variant", "large_order", "has_pinned", "page_folio",
+         "call_first", "ppte", "cpte", "cexists", "variant", "large_order", "row_has_pinned", "page_folio",
          "folio_order", "folio_refcount", "folio_pincount", "folio_true_pins", "folio_flags", "folio_first_pfn",
          "page_mapcount", "page_flags", "swap_count", "swap_levels", "nb_mode", "nb_every", "nb_p_q32", "nb_seed",
-         "fork_seq", "nb_list_cs", "nb_list_k")
+         "row_fork_seq", "nb_list_cs", "nb_list_k")
 
 
 def _to_device(a):
@@ -92,7 +92,6 @@ def fork_tables(*args):
     counts = np.zeros((n, NR_FAST_COUNTS), np.int64)
     if n == 0:
         return needs_host, counts
-    kw["has_pinned"] = bool(kw["has_pinned"])
     tpb = min(THREADS_PER_BLOCK, n)
     blocks = math.ceil(n / tpb)
     if SIMULATOR:
@@ -118,9 +117,10 @@ def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
     a1 = lambda dt: t.Array(dt, 1, "C")                                  # noqa: E731
     a2 = lambda dt: t.Array(dt, 2, "C")                                  # noqa: E731
     i64, u64, u8, b1 = t.int64, t.uint64, t.uint8, t.boolean
+    i32 = t.int32
     sig = (i64, a1(i64), a1(i64), a1(i64), a1(i64), a1(i64), a1(i64), a1(i64), a1(b1), a2(u64), a2(u64), a1(b1),
-           i64, i64, b1, a1(i64), a1(u8), a1(i64), a1(i64), a1(i64), a1(u8), a1(i64), a1(i64), a1(u8), a1(i64),
-           a1(i64), i64, i64, u64, u64, i64, a1(i64), a1(i64), a1(b1), a2(i64))
+           i64, i64, a1(b1), a1(i32), a1(u8), a1(i32), a1(i32), a1(i32), a1(u8), a1(i32), a1(i32), a1(u8), a1(i64),
+           a1(i64), i64, i64, u64, u64, a1(i64), a1(i64), a1(i64), a1(b1), a2(i64))
     import numba.cuda.dispatcher as disp
     real = getattr(disp, "get_current_device", None)
     if real is not None:

@@ -107,3 +107,25 @@ def test_chunking_equals_one_launch(backend, variant, chunk):
     assert parts.digest == whole.digest and parts.counts == whole.counts and parts.outcome == whole.outcome
     ref = gpusim.fork(space, variant, backend="reference", oracle="every:4")
     assert whole.digest == ref.digest
+
+
+BATCH = ["normal*300 pinned normal*211 folio512", "thp:pin swap*20 none*492 folio16:pin normal*496",
+         "normal*1024", "migw migr devw zero file shmem:pin normal*506 mm:has_pinned=0", "none*512 swap:cnt=62"]
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("oracle", ["never", "bern:0.5:7"])
+def test_batch_equals_one_at_a_time(backend, variant, oracle):
+    """A batch is one launch over several forks (fork_seq 3, 4, ...): each result equals forking alone."""
+    spaces = [gpusim.parse_layout(lay, variant) for lay in BATCH]
+    batch = gpusim.fork_batch(spaces, variant, backend=backend, oracle=oracle, fork_seq0=3)
+    for i, (space, got) in enumerate(zip(spaces, batch)):
+        alone = gpusim.fork(space, variant, backend=backend, oracle=oracle, fork_seq=3 + i)
+        ref = gpusim.fork(space, variant, backend="reference", oracle=oracle, fork_seq=3 + i)
+        assert got.digest == alone.digest == ref.digest, (variant, i)
+        assert got.counts == alone.counts == ref.counts and got.outcome == ref.outcome
+        if got.outcome != "oops":
+            assert got.invariants.ok, got.invariants.violations
+    chunked = gpusim.fork_batch(spaces, variant, backend=backend, oracle=oracle, fork_seq0=3, chunk_tables=2)
+    assert [r.digest for r in chunked] == [r.digest for r in batch]
