@@ -43,7 +43,25 @@ def bench_size(size: int, backend: str, variant: str, repeat: int) -> dict:
             "ptes_per_s": r.nr_ptes / wall, "bytes_per_pte": nbytes / r.nr_ptes, "outcome": r.outcome}
 
 
-def run(sizes: list[int], backend: str, variant: str, repeat: int, vs_kernel: bool, progress=None) -> dict:
+def bench_batch(size: int, count: int, backend: str, variant: str, repeat: int) -> dict:
+    """``count`` forks of ``size`` bytes of dense anon memory in one :func:`gpusim.fork_batch`."""
+    import time
+
+    import gpusim
+    spaces = [dense_anon(size // PAGE_SIZE) for _ in range(count)]
+    walls = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        rs = gpusim.fork_batch(spaces, variant, backend=backend, check=False)
+        walls.append(sum(r.engine_wall_s for r in rs))
+        del rs
+    wall = statistics.median(walls)
+    return {"size_bytes": size, "forks": count, "backend": backend, "engine_wall_s": wall,
+            "forks_per_s": count / wall, "ptes_per_s": count * size // PAGE_SIZE / wall}
+
+
+def run(sizes: list[int], backend: str, variant: str, repeat: int, vs_kernel: bool, progress=None,
+        batch: int = 0) -> dict:
     import gpusim
     gpusim.fork(dense_anon(1024), variant, backend=backend, check=False)      # compile / warm up
     rows = []
@@ -65,5 +83,8 @@ def run(sizes: list[int], backend: str, variant: str, repeat: int, vs_kernel: bo
                 row["kernel_fork_s"] = None
                 row["kernel_skipped"] = "does not fit in half of the available memory"
         rows.append(row)
-    return {"machine": f"{cpu_model()}, {__import__('os').cpu_count()} cpus", "kernel": platform.release(),
-            "kernel_fork_base_s": None if base is None else base / 1e9, "rows": rows}
+    report = {"machine": f"{cpu_model()}, {__import__('os').cpu_count()} cpus", "kernel": platform.release(),
+              "kernel_fork_base_s": None if base is None else base / 1e9, "rows": rows}
+    if batch:
+        report["batch"] = bench_batch(min(sizes), batch, backend, variant, repeat)
+    return report

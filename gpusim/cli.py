@@ -104,6 +104,8 @@ def bench(
     repeat: int = typer.Option(3, "--repeat", min=1, help="Forks per size (the median is reported)."),
     vs_kernel: bool = typer.Option(False, "--vs-kernel", help="Also time this machine's kernel forking a real "
                                                               "process with the same touched memory."),
+    batch: int = typer.Option(0, "--batch", min=0, help="Also fork this many address spaces of the smallest size "
+                                                         "in one batch and print forks/s."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Fork dense 4 KiB anonymous address spaces and print PTEs/s, ns/PTE, bytes/PTE and engine wall time."""
@@ -119,7 +121,7 @@ def bench(
     status = None if as_json else Console(stderr=True)
     report = run(size_list, backend, variant, repeat, vs_kernel,
                  progress=(lambda s: status.print(f"forking {s / 2**30:g} GiB ...", highlight=False))
-                 if status else None)
+                 if status else None, batch=batch)
     if as_json:
         typer.echo(json.dumps(report))
         return
@@ -143,6 +145,11 @@ def bench(
     if vs_kernel:
         typer.echo(f"kernel fork of the bare measuring process: {report['kernel_fork_base_s'] * 1e3:.2f} ms "
                    f"(subtracted in kernel ns/PTE, not in speedup)")
+    if batch:
+        b = report["batch"]
+        typer.echo(f"batch: {b['forks']} forks of {b['size_bytes'] / 2**30:g} GiB in one launch: "
+                   f"{b['engine_wall_s'] * 1e3:.1f} ms, {b['forks_per_s']:.1f} forks/s, "
+                   f"{b['ptes_per_s'] / 1e6:.1f} M PTEs/s ({b['backend']})")
 
 
 def print_summary(r, layout: str) -> None:
