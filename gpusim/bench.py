@@ -45,13 +45,10 @@ def bench_size(size: int, backend: str, variant: str, repeat: int) -> dict:
 
 def bench_batch(size: int, count: int, backend: str, variant: str, repeat: int) -> dict:
     """``count`` forks of ``size`` bytes of dense anon memory in one :func:`gpusim.fork_batch`."""
-    import time
-
     import gpusim
     spaces = [dense_anon(size // PAGE_SIZE) for _ in range(count)]
     walls = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
         rs = gpusim.fork_batch(spaces, variant, backend=backend, check=False)
         walls.append(sum(r.engine_wall_s for r in rs))
         del rs

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from gpusim.hostloop import host_context, machine_arrays
+from gpusim.kernels.cpu import shift_entries
 from gpusim.kernels import pte as P
 from gpusim.kernels.rules import (
     FAST_COUNTS, MODE_CLASSIFY, MODE_CLASSIFY_COPY, MODE_COPY, NB_ALWAYS, NB_BERN, NB_EVERY, NB_LIST, NB_NEVER,
@@ -35,7 +36,7 @@ from gpusim.plan import plan_fork
 from gpusim.reference import Oops, _Stop, copy_table
 from gpusim.result import ForkResult, finish_counts, new_counts, rss_dict
 from gpusim.state import (
-    FOLIO_FREED, MM, PAGE_HWPOISON, PTRS_PER_TABLE, AddressSpace, Memory, copy_state, digest, empty_mm, pte_kinds,
+    FOLIO_FREED, MM, PAGE_HWPOISON, PTRS_PER_TABLE, AddressSpace, Memory, copy_state, digest, empty_mm,
 )
 from gpusim.variants import VARIANTS, get_variant
 
@@ -240,19 +241,6 @@ def fork_fast(space: AddressSpace, variant: str, kernels, backend: str, oracle: 
     ``chunk_tables`` bounds the table rows one kernel launch sees (None: all at once).
     """
     return ForkJob(space, variant, oracle, plan_inj, fork_seq).run(kernels, backend, chunk_tables)
-
-
-def shift_entries(pte: np.ndarray, page_off: int, slot_off: int) -> np.ndarray:
-    """Entries with their pfns (present non-special, migration, device-private) moved by ``page_off`` and their
-    swap slots by ``slot_off`` (to place one fork's state in the combined arrays of a batch, or back)."""
-    kind = pte_kinds(pte)
-    special = (pte & np.uint64(P.PAGE_SPECIAL)) != 0
-    holds = ((kind == P.KIND_PRESENT) & ~special) | (kind == P.KIND_MIGRATION) | (kind == P.KIND_DEVICE_PRIVATE)
-    out = pte.copy()
-    out[holds] = (out[holds].astype(np.int64) + (page_off << P.PFN_SHIFT)).astype(np.uint64)
-    swap = kind == P.KIND_SWAP
-    out[swap] = (out[swap].astype(np.int64) + (slot_off << P.PFN_SHIFT)).astype(np.uint64)
-    return out
 
 
 def fork_fast_batch(spaces, variant: str, kernels, backend: str, oracle: LockBreakOracle, fork_seq0: int = 0,

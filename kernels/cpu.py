@@ -8,6 +8,10 @@ summed on the host.
 import numpy as np
 from numba import njit, prange
 
+from gpusim.kernels.pte import (
+    KIND_DEVICE_PRIVATE, KIND_MIGRATION, KIND_PRESENT, KIND_SWAP, pte_kind, pte_pfn, pte_set_pfn, pte_special,
+    swp_offset,
+)
 from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
 from gpusim.kernels.table import copy_table_fast, table_needs_host
 
@@ -45,3 +49,20 @@ def fork_tables(mode, rows, table_index, row_lo, row_hi, call_start, call_end, c
     return needs_host, counts
 
 
+
+
+@njit(parallel=True, cache=True)
+def shift_entries(pte, page_off, slot_off):
+    """A copy of ``pte`` (2-D) with pfns (present non-special, migration, device-private) moved by ``page_off``
+    and swap slots by ``slot_off``: one fork's tables placed in the combined arrays of a batch, or taken back."""
+    out = np.empty_like(pte)
+    for r in prange(pte.shape[0]):
+        for i in range(pte.shape[1]):
+            v = pte[r, i]
+            k = pte_kind(v)
+            if k == KIND_SWAP:
+                v = pte_set_pfn(v, np.uint64(np.int64(swp_offset(v)) + slot_off))
+            elif (k == KIND_PRESENT and not pte_special(v)) or k == KIND_MIGRATION or k == KIND_DEVICE_PRIVATE:
+                v = pte_set_pfn(v, np.uint64(np.int64(pte_pfn(v)) + page_off))
+            out[r, i] = v
+    return out
