@@ -5,8 +5,41 @@ while the row is still in cache (:mod:`gpusim.kernels.table`). Per-table counts 
 summed on the host.
 """
 
+import hashlib
+import os
+
 import numpy as np
 from numba import njit, prange
+
+
+def _drop_stale_cache() -> None:
+    """numba's on-disk cache (``cache=True``) is keyed on this file only, not on the kernel modules it calls; when
+    any of them changed since the cache was written, drop the cached machine code so it is compiled afresh."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(os.listdir(here)):
+        if name.endswith(".py"):
+            with open(os.path.join(here, name), "rb") as f:
+                h.update(name.encode() + f.read())
+    cache = os.path.join(here, "__pycache__")
+    stamp = os.path.join(cache, "gpusim-kernels.stamp")
+    try:
+        if open(stamp).read() == h.hexdigest():
+            return
+    except OSError:
+        pass
+    try:
+        os.makedirs(cache, exist_ok=True)
+        for name in os.listdir(cache):
+            if name.endswith((".nbi", ".nbc")):
+                os.remove(os.path.join(cache, name))
+        with open(stamp, "w") as f:
+            f.write(h.hexdigest())
+    except OSError:                              # a read-only install: numba then caches elsewhere or not at all
+        pass
+
+
+_drop_stale_cache()
 
 from gpusim.kernels.pte import (
     KIND_DEVICE_PRIVATE, KIND_MIGRATION, KIND_PRESENT, KIND_SWAP, pte_kind, pte_pfn, pte_set_pfn, pte_special,
