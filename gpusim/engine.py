@@ -89,6 +89,32 @@ def first_window_call(plan_inj: InjectionPlan, calls: CallIndex) -> int:
     return min(hits) if hits else math.inf
 
 
+def launch_chunked(kernels, mode: int, which: np.ndarray, chunk_tables: int | None, rows: dict, calls: tuple,
+                   variant_id: int, large_order: int, mem: dict, nb: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """``kernels.fork_tables`` over the table rows ``which``, in table-aligned chunks of at most ``chunk_tables``
+    rows: each launch sees only its slice of the per-row arrays (``rows``: tables, call ranges, parent and child
+    entries, child-table flags, per-row has_pinned and fork_seq), which is what a device holds at a time.
+    ``calls`` = (call_start, call_end, call_vmaflags, call_first); ``mem`` the memory arrays by field name.
+    Returns (needs_host, counts) aligned with ``which``."""
+    T = rows["ppte"].shape[0]
+    needs = np.zeros(which.shape[0], bool)
+    counts = np.zeros((which.shape[0], len(FAST_COUNTS)), np.int64)
+    step = chunk_tables or max(1, T)
+    for lo in range(0, max(1, T), step):
+        hi = min(T, lo + step)
+        sel = np.flatnonzero((which >= lo) & (which < hi))
+        if sel.size == 0:
+            continue
+        r = {k: v[lo:hi] for k, v in rows.items()}
+        needs[sel], counts[sel] = kernels.fork_tables(
+            mode, which[sel] - lo, r["table_index"], r["row_lo"], r["row_hi"], *calls, r["ppte"], r["cpte"],
+            r["cexists"], variant_id, large_order, r["row_has_pinned"], mem["page_folio"], mem["folio_order"],
+            mem["folio_refcount"], mem["folio_pincount"], mem["folio_true_pins"], mem["folio_flags"],
+            mem["folio_first_pfn"], mem["page_mapcount"], mem["page_flags"], mem["swap_count"], mem["swap_levels"],
+            nb[0], nb[1], nb[2], nb[3], r["row_fork_seq"], nb[4], nb[5])
+    return needs, counts
+
+
 class ForkJob:
     """One fork on the fast engine: its working arrays, plan, host loop and result assembly.
 
@@ -126,31 +152,14 @@ class ForkJob:
         self.setup_s = time.perf_counter() - t0
 
     def launch(self, kernels, mode: int, which: np.ndarray, chunk_tables: int | None):
-        """The kernels over table rows ``which``, in table-aligned chunks of at most ``chunk_tables`` rows: each
-        launch sees only its rows of the parent's and child's tables (what a device holds at a time)."""
-        mm, calls, plan, nb = self.mm, self.calls, self.plan, self.nb
-        a = machine_arrays(self.fc.m)
-        T = mm.nr_tables
-        row_has_pinned = np.full(T, bool(mm.has_pinned))
-        row_fork_seq = np.full(T, self.fork_seq, np.int64)
-        needs = np.zeros(which.shape[0], bool)
-        counts = np.zeros((which.shape[0], len(FAST_COUNTS)), np.int64)
-        step = chunk_tables or max(1, T)
-        for lo in range(0, max(1, T), step):
-            hi = min(T, lo + step)
-            sel = np.flatnonzero((which >= lo) & (which < hi))
-            if sel.size == 0:
-                continue
-            got_needs, got_counts = kernels.fork_tables(
-                mode, which[sel] - lo, mm.table_index[lo:hi], calls.row_lo[lo:hi], calls.row_hi[lo:hi],
-                plan.call_start, plan.call_end, calls.call_vmaflags, plan.table_first_call, self.ppte[lo:hi],
-                self.cpte[lo:hi], self.cexists[lo:hi], self.variant_id, self.v.large_pin_order,
-                row_has_pinned[lo:hi], a["page_folio"], a["folio_order"], a["folio_refcount"], a["folio_pincount"],
-                a["folio_true_pins"], a["folio_flags"], a["folio_first_pfn"], a["page_mapcount"], a["page_flags"],
-                a["swap_count"], a["swap_levels"], nb[0], nb[1], nb[2], nb[3], row_fork_seq[lo:hi], nb[4], nb[5])
-            needs[sel] = got_needs
-            counts[sel] = got_counts
-        return needs, counts
+        """The kernels over this fork's table rows ``which`` (see :func:`launch_chunked`)."""
+        mm, calls, plan, T = self.mm, self.calls, self.plan, self.mm.nr_tables
+        rows = {"table_index": mm.table_index, "row_lo": calls.row_lo, "row_hi": calls.row_hi, "ppte": self.ppte,
+                "cpte": self.cpte, "cexists": self.cexists, "row_has_pinned": np.full(T, bool(mm.has_pinned)),
+                "row_fork_seq": np.full(T, self.fork_seq, np.int64)}
+        shared = (plan.call_start, plan.call_end, calls.call_vmaflags, plan.table_first_call)
+        return launch_chunked(kernels, mode, which, chunk_tables, rows, shared, self.variant_id,
+                              self.v.large_pin_order, machine_arrays(self.fc.m), self.nb)
 
     def run(self, kernels, backend: str, chunk_tables: int | None = None) -> tuple[ForkResult, int]:
         t0 = time.perf_counter()
@@ -277,33 +286,16 @@ def fork_fast_batch(spaces, variant: str, kernels, backend: str, oracle: LockBre
     cpte = np.zeros_like(ppte)
     cexists = np.zeros(ppte.shape[0], np.bool_)
     cat = lambda f: np.concatenate([f(i, j) for i, j in enumerate(jobs)])          # noqa: E731
-    table_index = cat(lambda i, j: j.mm.table_index)
-    row_lo = cat(lambda i, j: j.calls.row_lo + call_off[i])
-    row_hi = cat(lambda i, j: j.calls.row_hi + call_off[i])
-    call_start = cat(lambda i, j: j.plan.call_start)
-    call_end = cat(lambda i, j: j.plan.call_end)
-    call_vmaflags = cat(lambda i, j: j.calls.call_vmaflags)
-    call_first = cat(lambda i, j: j.plan.table_first_call)
-    row_has_pinned = cat(lambda i, j: np.full(j.mm.nr_tables, bool(j.mm.has_pinned)))
-    row_fork_seq = cat(lambda i, j: np.full(j.mm.nr_tables, j.fork_seq, np.int64))
+    row_arrays = {
+        "table_index": cat(lambda i, j: j.mm.table_index), "row_lo": cat(lambda i, j: j.calls.row_lo + call_off[i]),
+        "row_hi": cat(lambda i, j: j.calls.row_hi + call_off[i]), "ppte": ppte, "cpte": cpte, "cexists": cexists,
+        "row_has_pinned": cat(lambda i, j: np.full(j.mm.nr_tables, bool(j.mm.has_pinned))),
+        "row_fork_seq": cat(lambda i, j: np.full(j.mm.nr_tables, j.fork_seq, np.int64))}
+    shared = (cat(lambda i, j: j.plan.call_start), cat(lambda i, j: j.plan.call_end),
+              cat(lambda i, j: j.calls.call_vmaflags), cat(lambda i, j: j.plan.table_first_call))
     rows = cat(lambda i, j: j.rows + row_off[i]).astype(np.int64)
-    nb = jobs[0].nb
-    T = ppte.shape[0]
-    needs = np.zeros(rows.shape[0], bool)
-    counts = np.zeros((rows.shape[0], len(FAST_COUNTS)), np.int64)
-    step = chunk_tables or max(1, T)
-    for lo in range(0, max(1, T), step):
-        hi = min(T, lo + step)
-        sel = np.flatnonzero((rows >= lo) & (rows < hi))
-        if sel.size == 0:
-            continue
-        needs[sel], counts[sel] = kernels.fork_tables(
-            MODE_CLASSIFY_COPY, rows[sel] - lo, table_index[lo:hi], row_lo[lo:hi], row_hi[lo:hi], call_start,
-            call_end, call_vmaflags, call_first, ppte[lo:hi], cpte[lo:hi], cexists[lo:hi], jobs[0].variant_id,
-            jobs[0].v.large_pin_order, row_has_pinned[lo:hi], comb["page_folio"], comb["folio_order"],
-            comb["folio_refcount"], comb["folio_pincount"], comb["folio_true_pins"], comb["folio_flags"],
-            comb["folio_first_pfn"], comb["page_mapcount"], comb["page_flags"], comb["swap_count"],
-            comb["swap_levels"], nb[0], nb[1], nb[2], nb[3], row_fork_seq[lo:hi], nb[4], nb[5])
+    needs, counts = launch_chunked(kernels, MODE_CLASSIFY_COPY, rows, chunk_tables, row_arrays, shared,
+                                   jobs[0].variant_id, jobs[0].v.large_pin_order, comb, jobs[0].nb)
     # back into each job's own arrays (the kernels write refcounts, mapcounts, flags, swap counts and tables)
     for i, (j, m) in enumerate(zip(jobs, mems)):
         for name in ("folio_refcount", "page_mapcount", "page_flags", "swap_count"):
