@@ -203,6 +203,7 @@ def print_summary(r, layout: str) -> None:
 @app.command()
 def scenarios(
     variant: Optional[List[str]] = typer.Option(None, "--variant", "-v", help="Variants to run (default: all)."),
+    backend: str = typer.Option("auto", "--backend", help=f"Engine: {', '.join(BACKENDS)}."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per scenario and variant."),
 ) -> None:
     """Run the spec's scenario catalogue (A ... M-b) under each variant and print a table of outcomes."""
@@ -210,6 +211,8 @@ def scenarios(
         names = variant or list(VARIANTS)
         for v in names:
             get_variant(v)
+        from gpusim.backend import resolve
+        resolve(backend)
     except ValueError as e:
         bad_input(str(e))
     table = Table(title="scenario catalogue: outcome passes/lock-breaks/early-copies/shared", title_justify="left")
@@ -219,7 +222,7 @@ def scenarios(
     for sid, s in SCENARIOS.items():
         cells = []
         for v in names:
-            r = run_fork(parse_layout(s.layout, v), v, oracle=s.oracle, inject=s.inject)
+            r = run_fork(parse_layout(s.layout, v), v, backend=backend, oracle=s.oracle, inject=s.inject)
             if as_json:
                 typer.echo(json.dumps({"scenario": sid, **r.as_dict()}))
                 continue

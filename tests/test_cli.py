@@ -96,8 +96,9 @@ def test_help_documents_notations():
         assert needle in p.stdout
 
 
-def test_scenarios_table():
-    p = gpusim("scenarios", "-v", "xu-v1", "-v", "linux-6.18")
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_scenarios_table(backend):
+    p = gpusim("scenarios", "-v", "xu-v1", "-v", "linux-6.18", "--backend", backend)
     assert p.returncode == 0
     assert "oops@32" in p.stdout and "M-b" in p.stdout and "INVARIANT" not in p.stdout
 
