@@ -226,9 +226,6 @@ class ForkContext:
         self.ignored: list[str] = []
 
     # folio helpers shared by every variant
-    def folio_of(self, pfn: int) -> int:
-        return self.m.page_folio[pfn]
-
     def maybe_pinned(self, f: int) -> bool:
         """``page_maybe_dma_pinned`` / ``folio_maybe_dma_pinned`` (spec 1.6)."""
         m = self.m

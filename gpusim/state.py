@@ -433,7 +433,3 @@ def pte_at(mm: MM, addr: int) -> int:
     row = table_entries(mm, addr // PTRS_PER_TABLE)
     return 0 if row is None else int(row[addr % PTRS_PER_TABLE])
 
-
-def vma_flag_names(flags: int) -> str:
-    return "|".join(n for b, n in VM_FLAG_NAMES.items() if flags & b) or "0"
-

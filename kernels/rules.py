@@ -18,11 +18,10 @@ from numba.extending import register_jitable
 from gpusim.kernels.folio import PIN_BIAS
 from gpusim.kernels.pte import (
     as_u64,
-    KIND_DEVICE_PRIVATE, KIND_MIGRATION, KIND_PRESENT, KIND_SWAP, PAGE_SPECIAL,
-    is_readable_exclusive_migration_entry,
+    KIND_DEVICE_PRIVATE, KIND_MIGRATION, KIND_SWAP, is_readable_exclusive_migration_entry,
     is_writable_device_private_entry, is_writable_migration_entry, make_readable_device_private_entry,
-    make_readable_migration_entry, pte_dirty, pte_kind, pte_mkclean, pte_mkold, pte_mkwrite, pte_pfn, pte_present,
-    pte_special, pte_swp_clear_exclusive, pte_wrprotect, swp_offset,
+    make_readable_migration_entry, pte_kind, pte_mkclean, pte_mkold, pte_mkwrite, pte_swp_clear_exclusive,
+    pte_wrprotect,
 )
 
 # flag bits, as in gpusim.state (kernels cannot import the package's state module)
@@ -76,19 +75,6 @@ def swap_cap(levels):
     for _ in range(levels):
         cap *= SWAP_CONT_MAX + 1
     return cap - 1
-
-
-@register_jitable
-def page_holding_pfn(v):
-    """The pfn an entry holds a reference and a mapcount on (present non-special, device-private), else -1."""
-    k = pte_kind(v)
-    if k == KIND_PRESENT:
-        if (v & PAGE_SPECIAL) != 0:
-            return -1
-        return pte_pfn(v)
-    if k == KIND_DEVICE_PRIVATE:
-        return swp_offset(v)
-    return -1
 
 
 @register_jitable
@@ -165,16 +151,6 @@ def in_break_list(list_cs, list_k, call_start, k):
         if list_cs[i] == call_start and list_k[i] == k:
             return True
     return False
-
-
-@register_jitable
-def batch_continues(prev, v, pfn_prev_folio, pfn_folio, vm_shared):
-    """Whether PTE ``v`` extends a linux-6.18 ``folio_pte_batch`` run whose previous PTE is ``prev``."""
-    if not pte_present(v) or pte_special(v) or pte_pfn(v) != pte_pfn(prev) + 1 or pfn_folio != pfn_prev_folio:
-        return False
-    if not vm_shared and pte_dirty(v) != pte_dirty(prev):
-        return False
-    return True
 
 
 @register_jitable
