@@ -106,9 +106,15 @@ def bench(
                                                               "process with the same touched memory."),
     batch: int = typer.Option(0, "--batch", min=0, help="Also fork this many address spaces of the smallest size "
                                                          "in one batch and print forks/s."),
+    threads_per_block: int = typer.Option(0, "--threads-per-block", min=0, help="cuda: threads per block of the "
+                                                                                "fork kernel (0: the default)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Fork dense 4 KiB anonymous address spaces and print PTEs/s, ns/PTE, bytes/PTE and engine wall time."""
+    """Fork dense 4 KiB anonymous address spaces and print PTEs/s, ns/PTE, bytes/PTE and engine wall time.
+
+    On a GPU (cuda) the engine wall time is that of forks on state already in device memory, each checked against
+    the CPU engine at full size; the end-to-end time through host memory is printed beside it (sizes up to
+    16 GiB), with the fraction of the device's measured copy bandwidth that the minimum traffic per PTE achieves."""
     from gpusim.bench import run
     from gpusim.workloads import parse_size
     try:
@@ -121,19 +127,30 @@ def bench(
     status = None if as_json else Console(stderr=True)
     report = run(size_list, backend, variant, repeat, vs_kernel,
                  progress=(lambda s: status.print(f"forking {s / 2**30:g} GiB ...", highlight=False))
-                 if status else None, batch=batch)
+                 if status else None, batch=batch, threads_per_block=threads_per_block or None)
     if as_json:
         typer.echo(json.dumps(report))
         return
-    t = Table(title=f"gpusim bench: {report['machine']}, kernel {report['kernel']}", title_justify="left")
+    gpu = report["backend"] == "cuda"
+    title = f"gpusim bench: {report['machine']}, kernel {report['kernel']}"
+    if gpu:
+        title += (f", {report['device']} (copy bandwidth {report['copy_bandwidth_Bps'] / 1e12:.2f} TB/s read+write, "
+                  f"{report['traffic_bytes_per_pte']} bytes of traffic per PTE at least)")
+    t = Table(title=title, title_justify="left")
     for col in ("size", "PTEs", "backend", "engine wall", "ns/PTE", "PTEs/s", "bytes/PTE"):
         t.add_column(col, justify="right")
+    if gpu:
+        for col in ("% copy BW", "end-to-end", "check"):
+            t.add_column(col, justify="right")
     if vs_kernel:
         for col in ("kernel fork", "kernel ns/PTE", "speedup"):
             t.add_column(col, justify="right")
     for r in report["rows"]:
         cells = [f"{r['size_bytes'] / 2**30:g} GiB", f"{r['ptes']:,}", r["backend"], f"{r['engine_wall_s'] * 1e3:.2f} ms",
-                 f"{r['ns_per_pte']:.2f}", f"{r['ptes_per_s'] / 1e9:.3f} G", f"{r['bytes_per_pte']:.1f}"]
+                 f"{r['ns_per_pte']:.3f}", f"{r['ptes_per_s'] / 1e9:.3f} G", f"{r['bytes_per_pte']:.1f}"]
+        if gpu:
+            cells += [f"{100 * r['fraction_of_copy_bandwidth']:.1f}%",
+                      f"{r['e2e_wall_s'] * 1e3:.1f} ms" if "e2e_wall_s" in r else "", r.get("check", "")]
         if vs_kernel:
             if r.get("kernel_fork_s"):
                 cells += [f"{r['kernel_fork_s'] * 1e3:.2f} ms", f"{r['kernel_ns_per_pte']:.1f}",
@@ -141,15 +158,16 @@ def bench(
             else:
                 cells += ["n/a", "", ""]
         t.add_row(*cells)
-    Console(highlight=False, width=160).print(t)
+    Console(highlight=False, width=200).print(t)
     if vs_kernel:
         typer.echo(f"kernel fork of the bare measuring process: {report['kernel_fork_base_s'] * 1e3:.2f} ms "
                    f"(subtracted in kernel ns/PTE, not in speedup)")
     if batch:
         b = report["batch"]
-        typer.echo(f"batch: {b['forks']} forks of {b['size_bytes'] / 2**30:g} GiB in one launch: "
-                   f"{b['engine_wall_s'] * 1e3:.1f} ms, {b['forks_per_s']:.1f} forks/s, "
-                   f"{b['ptes_per_s'] / 1e6:.1f} M PTEs/s ({b['backend']})")
+        where = "state resident on the device, " if gpu else ""
+        typer.echo(f"batch: {b['forks']} forks of {b['size_bytes'] / 2**30:g} GiB in one launch ({where}"
+                   f"{b['backend']}): {b['engine_wall_s'] * 1e3:.1f} ms, {b['forks_per_s']:.1f} forks/s, "
+                   f"{b['ptes_per_s'] / 1e6:.1f} M PTEs/s" + (f", check: {b['check']}" if "check" in b else ""))
 
 
 def print_summary(r, layout: str) -> None:

@@ -106,13 +106,21 @@ def launch_chunked(kernels, mode: int, which: np.ndarray, chunk_tables: int | No
         if sel.size == 0:
             continue
         r = {k: v[lo:hi] for k, v in rows.items()}
-        needs[sel], counts[sel] = kernels.fork_tables(
-            mode, which[sel] - lo, r["table_index"], r["row_lo"], r["row_hi"], *calls, r["ppte"], r["cpte"],
-            r["cexists"], variant_id, large_order, r["row_has_pinned"], mem["page_folio"], mem["folio_order"],
-            mem["folio_refcount"], mem["folio_pincount"], mem["folio_true_pins"], mem["folio_flags"],
-            mem["folio_first_pfn"], mem["page_mapcount"], mem["page_flags"], mem["swap_count"], mem["swap_levels"],
-            nb[0], nb[1], nb[2], nb[3], r["row_fork_seq"], nb[4], nb[5])
+        needs[sel], counts[sel] = kernels.fork_tables(*kernel_args(mode, which[sel] - lo, r, calls, variant_id,
+                                                                   large_order, mem, nb))
     return needs, counts
+
+
+def kernel_args(mode: int, which, rows: dict, calls: tuple, variant_id: int, large_order: int, mem: dict,
+                nb: tuple) -> tuple:
+    """The positional arguments of ``fork_tables`` (every backend's), from the per-row arrays, the call arrays,
+    the memory arrays and the oracle parameters (see :func:`launch_chunked`)."""
+    r = rows
+    return (mode, which, r["table_index"], r["row_lo"], r["row_hi"], *calls, r["ppte"], r["cpte"], r["cexists"],
+            variant_id, large_order, r["row_has_pinned"], mem["page_folio"], mem["folio_order"], mem["folio_refcount"],
+            mem["folio_pincount"], mem["folio_true_pins"], mem["folio_flags"], mem["folio_first_pfn"],
+            mem["page_mapcount"], mem["page_flags"], mem["swap_count"], mem["swap_levels"], nb[0], nb[1], nb[2],
+            nb[3], r["row_fork_seq"], nb[4], nb[5])
 
 
 class ForkJob:

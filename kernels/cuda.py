@@ -7,9 +7,11 @@ device as CuPy arrays (numba device arrays when CuPy is absent) for the launch a
 host loop and the CPU kernels see the same arrays. Under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the
 kernel runs as Python threads on the numpy arrays themselves.
 
+State arrays that are already on the device (CuPy) stay there: :mod:`gpusim.gpubench` keeps a whole address space,
+or a batch of them, resident and times the kernel alone.
+
 Known limit: one thread per table reads its 512 entries with a stride of 4 KiB between neighbouring threads (not
-coalesced), and the arrays travel over PCIe at each launch; a warp-per-table walk with device-resident state is
-the next step for speed. No GPU was available while this was written: only the simulator and PTX compilation ran.
+coalesced); a warp-per-table walk is the next step for speed (see ``results/BENCHMARKS.md``).
 """
 
 import math
@@ -22,7 +24,7 @@ from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
 from gpusim.kernels.table import copy_table_fast, table_needs_host
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
-THREADS_PER_BLOCK = 128
+THREADS_PER_BLOCK = 64
 
 if not SIMULATOR:
     from numba.extending import overload
@@ -83,16 +85,46 @@ def _to_host(d, out: np.ndarray) -> None:
         d.copy_to_host(out)
 
 
-def fork_tables(*args):
+def _zeros(shape, dtype):
+    try:
+        import cupy
+        return cupy.zeros(shape, dtype)
+    except ImportError:
+        return cuda.to_device(np.zeros(shape, dtype))
+
+
+def on_device(a) -> bool:
+    """A device array (CuPy or numba): the engine leaves it where it is."""
+    return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
+
+
+def launch_stream():
+    """CuPy's current stream as a numba stream (the kernels run in order with the CuPy work around them)."""
+    try:
+        import cupy
+    except ImportError:
+        return cuda.default_stream()
+    ptr = cupy.cuda.get_current_stream().ptr
+    return cuda.external_stream(ptr) if ptr else cuda.default_stream()
+
+
+def fork_tables(*args, threads_per_block: int | None = None):
     """Same contract as :func:`gpusim.kernels.cpu.fork_tables`: writes the state arrays in place and returns
-    (needs_host, counts)."""
+    (needs_host, counts).
+
+    Host (numpy) arrays are copied to the device for the launch and back after it. When the state arrays are
+    already device arrays (``ppte`` says which), nothing moves: the kernel runs on them on CuPy's current stream
+    and needs_host and counts are returned as device arrays too (state kept resident between forks)."""
     kw = dict(zip(_ARGS, args))
     n = int(kw["rows"].shape[0])
-    needs_host = np.zeros(n, np.bool_)
-    counts = np.zeros((n, NR_FAST_COUNTS), np.int64)
+    resident = not SIMULATOR and on_device(kw["ppte"])
+    if resident:
+        needs_host, counts = _zeros(n, np.bool_), _zeros((n, NR_FAST_COUNTS), np.int64)
+    else:
+        needs_host, counts = np.zeros(n, np.bool_), np.zeros((n, NR_FAST_COUNTS), np.int64)
     if n == 0:
         return needs_host, counts
-    tpb = min(THREADS_PER_BLOCK, n)
+    tpb = min(threads_per_block or THREADS_PER_BLOCK, n)
     blocks = math.ceil(n / tpb)
     if SIMULATOR:
         import warnings
@@ -100,9 +132,12 @@ def fork_tables(*args):
             warnings.simplefilter("ignore", RuntimeWarning)
             _kernel[blocks, tpb](*[kw[a] for a in _ARGS], needs_host, counts)
         return needs_host, counts
+    if resident:
+        _kernel[blocks, tpb, launch_stream()](*[kw[a] for a in _ARGS], needs_host, counts)
+        return needs_host, counts
     dev = {a: (_to_device(v) if isinstance(v, np.ndarray) else v) for a, v in kw.items()}
     d_needs, d_counts = _to_device(needs_host), _to_device(counts)
-    _kernel[blocks, tpb](*[dev[a] for a in _ARGS], d_needs, d_counts)
+    _kernel[blocks, tpb, launch_stream()](*[dev[a] for a in _ARGS], d_needs, d_counts)
     for a in _WRITTEN:
         _to_host(dev[a], kw[a])
     _to_host(d_needs, needs_host)

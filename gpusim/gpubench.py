@@ -1,0 +1,227 @@
+"""Measurements of a fast engine on state already in its own memory: what ``gpusim bench`` prints on a GPU.
+
+The CPU bench times forks of state already in RAM. On a GPU the same means state already in device memory: a
+:class:`DenseForks` builds the dense-anon workload directly with the array module of the engine (CuPy for
+``cuda``; numpy for ``cpu`` and ``cudasim``), holds one fork or a batch of forks (segments of tables, as
+:func:`gpusim.engine.fork_fast_batch` lays them out), launches the engine's ``fork_tables`` once over all their
+tables and times it with CUDA events (a host clock off the GPU). Each repetition forks a freshly built copy of the
+same address spaces; building is not timed, nor are PCIe transfers (``gpusim.fork`` on host arrays adds those:
+``bench`` prints that end-to-end time too).
+
+After the timed forks the device state is checked against the CPU engine, element by element, at full size: the
+dense workload is the same table repeated with pfns shifted by 512 per table, so every table's parent and child
+entries (pfns unshifted), folio refcounts, mapcounts, page flags and per-table counts must equal those the CPU
+kernels give for one table (:func:`reference_table`). A single mismatch fails the check.
+
+:func:`copy_bandwidth` measures the device's copy rate (bytes read + written per second), against which the bench
+reports the fraction achieved by the engine's minimum traffic per PTE (:data:`DENSE_ANON_TRAFFIC`).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from gpusim.engine import CallIndex, kernel_args, oracle_params
+from gpusim.kernels import pte as P
+from gpusim.kernels.rules import MODE_CLASSIFY_COPY
+from gpusim.oracle import LockBreakOracle
+from gpusim.plan import plan_fork
+from gpusim.state import MEMORY_FIELDS, PTRS_PER_TABLE
+from gpusim.variants import DEFAULT_VARIANT, VARIANTS, get_variant
+from gpusim.workloads import dense_anon_arrays, dense_anon_mm
+
+# The fewest bytes one dense-anon PTE moves: (array, times its element is moved: 1 read or write, 2 both).
+DENSE_ANON_TRAFFIC = (("ppte", 2), ("cpte", 1), ("page_folio", 1), ("folio_order", 1), ("folio_flags", 1),
+                      ("folio_true_pins", 1), ("folio_refcount", 2), ("page_mapcount", 2), ("page_flags", 2))
+
+
+def traffic_bytes_per_pte() -> int:
+    size = {name: dt.itemsize for name, (dt, _) in MEMORY_FIELDS.items()}
+    size["ppte"] = size["cpte"] = np.dtype(np.uint64).itemsize
+    return sum(size[name] * k for name, k in DENSE_ANON_TRAFFIC)
+
+
+# per-element fields compared by the check, as (T, 512) blocks
+_PAGE_FIELDS = ("folio_refcount", "page_mapcount", "page_flags")
+
+
+class DenseForks:
+    """``forks`` dense-anon address spaces of ``nr_pages`` pages each (a multiple of 512), forked in one launch of
+    ``kernels.fork_tables`` over arrays of ``xp``."""
+
+    def __init__(self, nr_pages: int, forks: int = 1, variant: str = DEFAULT_VARIANT, xp=np, kernels=None):
+        if nr_pages < PTRS_PER_TABLE or nr_pages % PTRS_PER_TABLE:
+            raise ValueError(f"nr_pages must be a positive multiple of {PTRS_PER_TABLE}")
+        if kernels is None:
+            from gpusim.kernels import cpu as kernels
+        self.xp, self.kernels, self.n, self.K = xp, kernels, int(nr_pages), int(forks)
+        self.v = get_variant(variant)
+        self.variant_id = list(VARIANTS).index(variant)
+        T = self.T = self.n // PTRS_PER_TABLE
+        meta = dense_anon_mm(self.n, np.empty((T, 0), np.uint64))     # VMAs and table numbers; no entries
+        plan = plan_fork(meta)
+        calls = CallIndex(meta, plan)
+        C, K = plan.nr_calls, self.K
+        off = np.repeat(np.arange(K, dtype=np.int64) * C, T)
+        a = xp.asarray
+        self.row_meta = {
+            "table_index": a(np.tile(meta.table_index, K)), "row_lo": a(np.tile(calls.row_lo, K) + off),
+            "row_hi": a(np.tile(calls.row_hi, K) + off), "row_has_pinned": a(np.zeros(K * T, np.bool_)),
+            "row_fork_seq": a(np.repeat(np.arange(K, dtype=np.int64), T))}
+        self.calls = tuple(a(np.tile(c, K)) for c in (plan.call_start, plan.call_end, calls.call_vmaflags,
+                                                       plan.table_first_call))
+        nb = oracle_params(LockBreakOracle.parse("never"))
+        self.nb = nb[:4] + (a(nb[4]), a(nb[5]))
+        self.which = a(np.arange(K * T, dtype=np.int64))
+        self.mem = self.ppte = self.cpte = self.cexists = None
+
+    @property
+    def nr_ptes(self) -> int:
+        return self.K * self.n
+
+    def build(self) -> None:
+        """(Re)build the parent state of every fork and an empty child (not timed)."""
+        self.mem = self.ppte = self.cpte = self.cexists = None                      # free before allocating
+        self.mem, self.ppte = dense_anon_arrays(self.K * self.n, self.xp, content=False)
+        self.cpte = self.xp.zeros_like(self.ppte)
+        self.cexists = self.xp.zeros(self.K * self.T, np.bool_)
+
+    def launch(self, threads_per_block: int | None = None):
+        rows = dict(self.row_meta, ppte=self.ppte, cpte=self.cpte, cexists=self.cexists)
+        args = kernel_args(MODE_CLASSIFY_COPY, self.which, rows, self.calls, self.variant_id,
+                           self.v.large_pin_order, self.mem, self.nb)
+        if threads_per_block is not None:
+            return self.kernels.fork_tables(*args, threads_per_block=threads_per_block)
+        return self.kernels.fork_tables(*args)
+
+    def timed(self, repeat: int, threads_per_block: int | None = None) -> tuple[list[float], tuple]:
+        """Build and fork ``repeat`` times; returns (seconds of each launch, (needs_host, counts) of the last)."""
+        walls, out = [], None
+        for _ in range(repeat):
+            self.build()
+            with _Timer(self.xp) as t:
+                out = self.launch(threads_per_block)
+            walls.append(t.seconds)
+        return walls, out
+
+
+class _Timer:
+    """CUDA events on the current CuPy stream for CuPy arrays, else a host clock."""
+
+    def __init__(self, xp):
+        self.gpu = xp is not np
+        if self.gpu:
+            import cupy
+            self.cupy = cupy
+            self.start, self.end = cupy.cuda.Event(), cupy.cuda.Event()
+
+    def __enter__(self):
+        if self.gpu:
+            self.start.record()
+        else:
+            self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.gpu:
+            self.end.record()
+            self.end.synchronize()
+            self.seconds = self.cupy.cuda.get_elapsed_time(self.start, self.end) / 1e3
+        else:
+            self.seconds = time.perf_counter() - self.t0
+
+
+def reference_table(variant: str) -> dict:
+    """One dense-anon table forked by the CPU kernels: parent and child entries, the per-page fields, and its count
+    row (numpy)."""
+    one = DenseForks(PTRS_PER_TABLE, 1, variant)
+    one.build()
+    needs, counts = one.launch()
+    assert not needs.any()
+    out = {"ppte": one.ppte[0], "cpte": one.cpte[0], "counts": counts[0]}
+    out.update({f: one.mem[f] for f in _PAGE_FIELDS})
+    return out
+
+
+def check_against_cpu(job: DenseForks, needs, counts, variant: str) -> list[str]:
+    """Mismatches between a forked :class:`DenseForks` and the CPU engine's table, at full size (empty: equal)."""
+    xp = job.xp
+    ref = {k: xp.asarray(v) for k, v in reference_table(variant).items()}
+    rows = job.K * job.T
+    pfn_mask = np.uint64(P.PFN_MASK << P.PFN_SHIFT)
+    shift = (xp.arange(rows, dtype=np.uint64) * np.uint64(PTRS_PER_TABLE) << np.uint64(P.PFN_SHIFT))[:, None]
+    problems = []
+    if bool(xp.asarray(needs).any()):
+        problems.append(f"{int(xp.asarray(needs).sum())} tables flagged for the host loop (CPU engine: none)")
+    for name in ("ppte", "cpte"):
+        got = getattr(job, name)
+        bad = (got & ~pfn_mask) != (ref[name] & ~pfn_mask)[None, :]
+        bad |= (got & pfn_mask) != ((ref[name] & pfn_mask)[None, :] + shift)
+        if bool(bad.any()):
+            problems.append(f"{name}: {int(bad.sum())} entries differ from the CPU engine's")
+    for f in _PAGE_FIELDS:
+        bad = job.mem[f].reshape(rows, PTRS_PER_TABLE) != ref[f][None, :]
+        if bool(bad.any()):
+            problems.append(f"{f}: {int(bad.sum())} values differ from the CPU engine's")
+    bad = xp.asarray(counts) != ref["counts"][None, :]
+    if bool(bad.any()):
+        problems.append(f"counts: {int(bad.any(axis=1).sum())} tables differ from the CPU engine's")
+    if not bool(job.cexists.all()):
+        problems.append("some child tables were not allocated")
+    return problems
+
+
+def copy_bandwidth(xp, nbytes: int = 2 << 30, repeat: int = 10) -> float:
+    """Bytes read plus written per second by a device-to-device copy of ``nbytes`` (median of ``repeat``)."""
+    src = xp.ones(nbytes // 8, np.uint64)
+    dst = xp.empty_like(src)
+    dst[...] = src                                                  # warm-up
+    walls = []
+    for _ in range(repeat):
+        with _Timer(xp) as t:
+            dst[...] = src
+        walls.append(t.seconds)
+    return 2 * src.nbytes / statistics.median(walls)
+
+
+def bench_resident(sizes: list[int], backend: str, variant: str, repeat: int, batch: int = 0,
+                   check: bool = True, threads_per_block: int | None = None, progress=None) -> dict:
+    """Forks of device-resident dense-anon state (see the module's docstring); sizes in bytes of simulated memory."""
+    from gpusim import backend as B
+    from gpusim.workloads import PAGE_SIZE
+    kernels = B.kernels(backend)
+    xp = np
+    if backend == "cuda":
+        import cupy as xp
+    traffic = traffic_bytes_per_pte()
+    report = {"backend": backend, "variant": variant, "traffic_bytes_per_pte": traffic, "rows": []}
+    if backend == "cuda":
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        report["device"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        report["copy_bandwidth_Bps"] = copy_bandwidth(xp)
+    warm = DenseForks(PTRS_PER_TABLE, 1, variant, xp, kernels)
+    warm.timed(1, threads_per_block)                                                   # compile
+    jobs = [(s // PAGE_SIZE, 1) for s in sizes] + ([(min(sizes) // PAGE_SIZE, batch)] if batch else [])
+    for nr_pages, forks in jobs:
+        if progress:
+            progress(nr_pages * PAGE_SIZE, forks)
+        job = DenseForks(nr_pages, forks, variant, xp, kernels)
+        walls, (needs, counts) = job.timed(repeat, threads_per_block)
+        wall = statistics.median(walls)
+        row = {"size_bytes": nr_pages * PAGE_SIZE, "forks": forks, "ptes": job.nr_ptes, "engine_wall_s": wall,
+               "engine_wall_min_s": min(walls), "ns_per_pte": wall / job.nr_ptes * 1e9,
+               "ptes_per_s": job.nr_ptes / wall, "forks_per_s": forks / wall,
+               "device_bytes_per_pte": (sum(int(v.nbytes) for v in job.mem.values()) + 2 * int(job.ppte.nbytes)
+                                        + int(job.cexists.nbytes)) / job.nr_ptes}
+        if "copy_bandwidth_Bps" in report:
+            row["fraction_of_copy_bandwidth"] = row["ptes_per_s"] * traffic / report["copy_bandwidth_Bps"]
+        if check:
+            problems = check_against_cpu(job, needs, counts, variant)
+            row["check"] = "equal to the CPU engine" if not problems else "; ".join(problems)
+        report["rows"].append(row)
+        del job, needs, counts
+    return report

@@ -1,0 +1,48 @@
+"""The device-resident bench: its forks equal the CPU engine's, and its full-size check catches a wrong value."""
+
+import numpy as np
+import pytest
+
+from gpusim.gpubench import DenseForks, bench_resident, check_against_cpu, traffic_bytes_per_pte
+from gpusim.variants import VARIANTS
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cudasim"])
+def test_resident_forks_equal_cpu_engine(backend):
+    rep = bench_resident([1 << 21], backend, "linux-6.18", 1, batch=3)
+    assert [(r["forks"], r["check"]) for r in rep["rows"]] == [(1, "equal to the CPU engine"),
+                                                               (3, "equal to the CPU engine")]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_resident_fork_equals_api_fork(variant):
+    """The resident job forks exactly what gpusim.fork forks (same entries, refcounts, mapcounts, flags)."""
+    import gpusim
+    from gpusim.workloads import dense_anon
+    job = DenseForks(1024, 1, variant)
+    job.build()
+    needs, _ = job.launch()
+    r = gpusim.fork(dense_anon(1024), variant, backend="reference")
+    assert not needs.any()
+    assert np.array_equal(job.ppte, r.parent.mm.pte) and np.array_equal(job.cpte, r.child.pte)
+    for f in ("folio_refcount", "page_mapcount", "page_flags"):
+        assert np.array_equal(job.mem[f], getattr(r.memory, f)), f
+
+
+@pytest.mark.parametrize("where", ["ppte", "cpte", "page_mapcount", "page_flags", "counts"])
+def test_check_catches_one_wrong_value(where):
+    job = DenseForks(2048, 2)
+    _, (needs, counts) = job.timed(1)
+    assert check_against_cpu(job, needs, counts, "linux-6.18") == []
+    if where == "counts":
+        counts[5, 0] += 1
+    elif where in ("ppte", "cpte"):
+        getattr(job, where)[7, 300] ^= np.uint64(1 << 13)           # one pfn bit
+    else:
+        job.mem[where][4000] += 1
+    problems = check_against_cpu(job, needs, counts, "linux-6.18")
+    assert len(problems) == 1 and problems[0].startswith(where)
+
+
+def test_traffic_model():
+    assert traffic_bytes_per_pte() == 52          # 3 PTE moves of 8 bytes + the page and folio fields touched
