@@ -85,13 +85,13 @@ equal_cases = [(1 << 20, 0, "linux-6.18"), (1 << 20, 4099, "xu-v1")] if QUICK el
     [(1 << 25, 0, "linux-6.18"), (1 << 24, 32771, "linux-6.18"), (1 << 24, 32771, "xu-v1"), (1 << 24, 0, "linux-5.8")]
 STEPS = [
     ("smoke", [PY, "-c", SMOKE], 90),
-    ("bench", ["gpusim", "bench", "--backend", "cuda", "--sizes", big, "--repeat", "5", "--batch",
+    ("bench", [PY, "-m", "gpusim.cli", "bench", "--backend", "cuda", "--sizes", big, "--repeat", "5", "--batch",
                "256" if QUICK else "1024", "--vs-kernel", "--json"], 180),
     ("equal", [PY, "-c", EQUAL % equal_cases, f"{OUT}/equal.json"], 120),
     ("tests", [PY, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_engines.py", "-k",
                "cuda and not cudasim"], 150),
     ("tpb", [PY, "-c", TPB % ((1 << 28) if not QUICK else (1 << 34)), f"{OUT}/tpb.json"], 60),
-    ("cpu", ["gpusim", "bench", "--backend", "cpu", "--sizes", "1GiB,16GiB", "--repeat", "5", "--vs-kernel",
+    ("cpu", [PY, "-m", "gpusim.cli", "bench", "--backend", "cpu", "--sizes", "1GiB,16GiB", "--repeat", "5", "--vs-kernel",
              "--json"], 90),
 ]
 
@@ -113,7 +113,7 @@ for name, cmd, limit in STEPS:
         except subprocess.TimeoutExpired as e:
             rc, stdout = "timeout", (e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or "")
         log.write("\n--- stdout ---\n" + stdout)
-    if cmd[0] == "gpusim" and rc == 0:
+    if "gpusim.cli" in cmd and rc == 0:
         with open(f"{OUT}/{name}.json", "w") as f:
             f.write(stdout)
     summary.append(f"{name}: rc={rc} in {time.time() - t0:.0f} s")
