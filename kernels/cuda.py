@@ -17,6 +17,12 @@ coalesced); a warp-per-table walk is the next step for speed (see ``results/BENC
 import math
 
 import numpy as np
+
+if not hasattr(np, "row_stack"):
+    # numba-cuda (0.30 at least) registers an overload for np.row_stack when it compiles its first kernel; NumPy 2.5
+    # removed that alias of np.vstack. Restore it so that those versions work together.
+    np.row_stack = np.vstack
+
 from numba import config, cuda
 
 from gpusim.kernels.atomics import atomic_add
