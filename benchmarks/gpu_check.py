@@ -71,7 +71,7 @@ TPB = r"""
 import json, sys
 from gpusim.gpubench import bench_resident
 rows = []
-for tpb in (32, 64, 128, 256):
+for tpb in (32, 64, 128, 256, 512):
     r = bench_resident([%d], "cuda", "linux-6.18", 3, check=False, threads_per_block=tpb)["rows"][0]
     r["threads_per_block"] = tpb
     print(json.dumps({k: r[k] for k in ("threads_per_block", "ptes", "engine_wall_s", "ptes_per_s",
@@ -86,11 +86,11 @@ equal_cases = [(1 << 20, 0, "linux-6.18"), (1 << 20, 4099, "xu-v1")] if QUICK el
 STEPS = [
     ("smoke", [PY, "-c", SMOKE], 90),
     ("bench", [PY, "-m", "gpusim.cli", "bench", "--backend", "cuda", "--sizes", big, "--repeat", "5", "--batch",
-               "256" if QUICK else "1024", "--vs-kernel", "--json"], 180),
+               "256" if QUICK else "1024", "--json"] + ([] if "--no-kernel" in sys.argv else ["--vs-kernel"]), 180),
     ("equal", [PY, "-c", EQUAL % equal_cases, f"{OUT}/equal.json"], 120),
     ("tests", [PY, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_engines.py", "-k",
                "cuda and not cudasim"], 150),
-    ("tpb", [PY, "-c", TPB % ((1 << 28) if not QUICK else (1 << 34)), f"{OUT}/tpb.json"], 60),
+    ("tpb", [PY, "-c", TPB % ((1 << 40) if not QUICK else (1 << 34)), f"{OUT}/tpb.json"], 60),
     ("cpu", [PY, "-m", "gpusim.cli", "bench", "--backend", "cpu", "--sizes", "1GiB,16GiB", "--repeat", "5", "--vs-kernel",
              "--json"], 90),
 ]

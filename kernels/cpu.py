@@ -7,9 +7,15 @@ summed on the host.
 
 import hashlib
 import os
+import warnings
 
 import numpy as np
 from numba import njit, prange
+from numba.core.errors import NumbaIRAssumptionWarning
+
+# Inlining the per-entry functions at numba's IR level (gpusim.kernels.table.entry_jitable) trips a pedantic
+# internal check about the scope of loop variables of the inlined bodies; the differential tests check the result.
+warnings.filterwarnings("ignore", message=r"variable '.*' is not in scope", category=NumbaIRAssumptionWarning)
 
 
 def _drop_stale_cache() -> None:
@@ -51,21 +57,31 @@ from gpusim.kernels.table import copy_table_fast, table_needs_host
 PTRS = 512
 
 
-@njit(parallel=True, cache=True)
-def fork_tables(mode, rows, table_index, row_lo, row_hi, call_start, call_end, call_vmaflags, call_first, ppte,
-                cpte, cexists, variant, large_order, row_has_pinned, page_folio, folio_order, folio_refcount,
-                folio_pincount, folio_true_pins, folio_flags, folio_first_pfn, page_mapcount, page_flags, swap_count,
-                swap_levels, nb_mode, nb_every, nb_p_q32, nb_seed, row_fork_seq, nb_list_cs, nb_list_k):
+def fork_tables(mode, rows, *args):
     """Classify and/or copy the table rows ``rows``.
 
     ``mode``: 0 classify only, 1 classify then copy the tables that need no host, 2 copy (all need no host).
-    ``row_has_pinned`` and ``row_fork_seq`` are per table row: a launch may hold the tables of several forks.
+    ``row_has_pinned`` and ``row_fork_seq`` (in ``args``, see :func:`gpusim.engine.kernel_args`) are per table
+    row: a launch may hold the tables of several forks.
     Returns (needs_host bool ``(len(rows),)``, counts i64 ``(len(rows), NR_FAST_COUNTS)``).
     """
     n = rows.shape[0]
     needs_host = np.zeros(n, np.bool_)
     counts = np.zeros((n, NR_FAST_COUNTS), np.int64)
-    for i in prange(n):
+    _fork_tables(mode, rows, *args, needs_host, counts)
+    return needs_host, counts
+
+
+# Without numba's reference counting (_nrt=False): every call of a per-entry function with array arguments would
+# otherwise increment and decrement the arrays' shared reference counts atomically, which costs more than the
+# entry's own work and makes the threads contend for those counters. The kernel allocates nothing.
+@njit(parallel=True, cache=True, _nrt=False)
+def _fork_tables(mode, rows, table_index, row_lo, row_hi, call_start, call_end, call_vmaflags, call_first, ppte,
+                 cpte, cexists, variant, large_order, row_has_pinned, page_folio, folio_order, folio_refcount,
+                 folio_pincount, folio_true_pins, folio_flags, folio_first_pfn, page_mapcount, page_flags, swap_count,
+                 swap_levels, nb_mode, nb_every, nb_p_q32, nb_seed, row_fork_seq, nb_list_cs, nb_list_k, needs_host,
+                 counts):
+    for i in prange(rows.shape[0]):
         r = rows[i]
         base = table_index[r] * PTRS
         if mode != MODE_COPY:
@@ -79,9 +95,6 @@ def fork_tables(mode, rows, table_index, row_lo, row_hi, call_start, call_end, c
                         cexists, variant, page_folio, folio_order, folio_refcount, folio_true_pins, folio_flags,
                         folio_first_pfn, page_mapcount, page_flags, swap_count, nb_mode, nb_every, nb_p_q32,
                         nb_seed, row_fork_seq[r], nb_list_cs, nb_list_k, counts[i])
-    return needs_host, counts
-
-
 
 
 @njit(parallel=True, cache=True)

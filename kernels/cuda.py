@@ -1,8 +1,12 @@
 """CUDA kernels of the fast engine (numba.cuda), imported only when the ``cuda`` or ``cudasim`` backend is chosen.
 
-The kernel gives each page table one thread, which runs the same table walk as the CPU kernels
-(:mod:`gpusim.kernels.table`; the per-PTE rules of :mod:`gpusim.kernels.rules`). Folio refcounts, page mapcounts
-and swap counts that several tables share are updated with ``cuda.atomic.add``. State arrays are moved to the
+The kernel gives each page table a block of threads: consecutive threads take consecutive entries (coalesced
+loads and stores of the tables and of the page arrays), each calls the per-entry functions of
+:mod:`gpusim.kernels.table` (the per-PTE rules of :mod:`gpusim.kernels.rules`), the block reduces its counts in
+shared memory, and thread 0 runs the lock-break cadence over the entries' weights. A table holding a linux-6.18
+batch (a large folio; ``folio_pte_batch`` joins entries in address order) is walked by thread 0 alone with the
+CPU kernels' walk. Folio refcounts, page mapcounts and swap counts that several entries share are updated with
+``cuda.atomic.add``. State arrays are moved to the
 device as CuPy arrays (numba device arrays when CuPy is absent) for the launch and copied back, so the engine's
 host loop and the CPU kernels see the same arrays. Under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the
 kernel runs as Python threads on the numpy arrays themselves.
@@ -10,11 +14,9 @@ kernel runs as Python threads on the numpy arrays themselves.
 State arrays that are already on the device (CuPy) stay there: :mod:`gpusim.gpubench` keeps a whole address space,
 or a batch of them, resident and times the kernel alone.
 
-Known limit: one thread per table reads its 512 entries with a stride of 4 KiB between neighbouring threads (not
-coalesced); a warp-per-table walk is the next step for speed (see ``results/BENCHMARKS.md``).
+Only block-wide primitives are used (``syncthreads_or``, shared memory), not warp shuffles, so that numba's CUDA
+simulator, which has none of the warp intrinsics, runs the same kernel.
 """
-
-import math
 
 import numpy as np
 
@@ -26,11 +28,19 @@ if not hasattr(np, "row_stack"):
 from numba import config, cuda
 
 from gpusim.kernels.atomics import atomic_add
-from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
-from gpusim.kernels.table import copy_table_fast, table_needs_host
+from gpusim.kernels.pte import KIND_PRESENT, pte_kind, pte_special
+from gpusim.kernels.rules import (
+    C_SWAPOFF, MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS, V_5_8, V_6_18, VM_SHARED, is_cow_mapping,
+)
+from gpusim.kernels.table import (
+    batch_candidate, copy_entry, copy_table_fast, end_call, entry_needs_host, entry_weight, lock_break_at, tally,
+)
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
-THREADS_PER_BLOCK = 64
+PTRS = 512
+# threads that share one table (a block per table); the simulator runs each thread as a Python thread, so it gets
+# few (still several, so that the strided loops, barriers and shared-memory sums are exercised)
+THREADS_PER_BLOCK = 5 if SIMULATOR else 128
 
 if not SIMULATOR:
     from numba.extending import overload
@@ -45,24 +55,88 @@ def fork_tables_kernel(mode, rows, table_index, row_lo, row_hi, call_start, call
                        folio_refcount, folio_pincount, folio_true_pins, folio_flags, folio_first_pfn, page_mapcount,
                        page_flags, swap_count, swap_levels, nb_mode, nb_every, nb_p_q32, nb_seed, row_fork_seq,
                        nb_list_cs, nb_list_k, needs_host, counts):
-    """One thread per table row of ``rows``: classify it, then copy it if no PTE needs the host (see
-    :func:`gpusim.kernels.cpu.fork_tables` for ``mode``)."""
-    i = cuda.grid(1)
+    """One block per table row of ``rows``: its threads classify the entries, then copy them (consecutive threads,
+    consecutive entries); thread 0 runs the lock-break cadence over the entries' weights and, for a table holding
+    a linux-6.18 batch, the whole address-order walk (see :func:`gpusim.kernels.cpu.fork_tables` for ``mode``)."""
+    i = cuda.blockIdx.x
     if i >= rows.shape[0]:
         return
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
     r = rows[i]
-    base = table_index[r] * 512
+    base = table_index[r] * PTRS
+    lo = row_lo[r]
+    hi = row_hi[r]
     if mode != MODE_COPY:
-        needs_host[i] = table_needs_host(r, base, row_lo[r], row_hi[r], call_start, call_end, ppte, variant,
-                                         large_order, row_has_pinned[r], page_folio, folio_order,
-                                         folio_refcount, folio_pincount, folio_flags, folio_first_pfn, page_flags,
-                                         page_mapcount, swap_count, swap_levels)
-    if mode == MODE_CLASSIFY or needs_host[i]:
-        return
-    copy_table_fast(r, base, row_lo[r], row_hi[r], call_start, call_end, call_vmaflags, call_first, ppte, cpte,
-                    cexists, variant, page_folio, folio_order, folio_refcount, folio_true_pins, folio_flags,
-                    folio_first_pfn, page_mapcount, page_flags, swap_count, nb_mode, nb_every, nb_p_q32, nb_seed,
-                    row_fork_seq[r], nb_list_cs, nb_list_k, counts[i])
+        need = False
+        last_f = np.int64(-1)
+        check_folios = variant != V_5_8 and row_has_pinned[r]
+        for c in range(lo, hi):
+            for a in range(call_start[c] + tid, call_end[c], nt):
+                nh, last_f = entry_needs_host(ppte[r, a - base], last_f, variant, large_order, check_folios,
+                                              page_folio, folio_order, folio_refcount, folio_pincount, folio_flags,
+                                              folio_first_pfn, page_flags, page_mapcount, swap_count, swap_levels)
+                need = need or nh
+        need = cuda.syncthreads_or(1 if need else 0) != 0
+        if tid == 0:
+            needs_host[i] = need
+        if mode == MODE_CLASSIFY or need:
+            return
+    is_618 = variant == V_6_18
+    if is_618:
+        batch = False
+        for c in range(lo, hi):
+            for a in range(call_start[c] + tid, call_end[c], nt):
+                batch = batch or batch_candidate(ppte[r, a - base], is_618, page_folio, folio_order)
+        if cuda.syncthreads_or(1 if batch else 0) != 0:
+            if tid == 0:
+                copy_table_fast(r, base, lo, hi, call_start, call_end, call_vmaflags, call_first, ppte, cpte,
+                                cexists, variant, page_folio, folio_order, folio_refcount, folio_true_pins,
+                                folio_flags, folio_first_pfn, page_mapcount, page_flags, swap_count, nb_mode,
+                                nb_every, nb_p_q32, nb_seed, row_fork_seq[r], nb_list_cs, nb_list_k, counts[i])
+            return
+    acc = cuda.local.array(NR_FAST_COUNTS, np.int64)
+    for x in range(NR_FAST_COUNTS):
+        acc[x] = 0
+    weight = cuda.shared.array(PTRS, np.uint8)
+    total = cuda.shared.array(NR_FAST_COUNTS, np.int64)
+    for x in range(tid, NR_FAST_COUNTS, nt):
+        total[x] = 0
+    for c in range(lo, hi):
+        s = call_start[c]
+        e = call_end[c]
+        vmf = call_vmaflags[c]
+        cow = is_cow_mapping(vmf)
+        shared = (vmf & VM_SHARED) != 0
+        for a in range(s + tid, e, nt):
+            j0 = a - base
+            v = ppte[r, j0]
+            kind = pte_kind(v)
+            ev = copy_entry(r, j0, v, kind, shared, cow, is_618, ppte, cpte, page_folio, folio_order,
+                            folio_refcount, folio_true_pins, folio_flags, page_mapcount, page_flags, swap_count)
+            tally(acc, kind, kind == KIND_PRESENT and pte_special(v), ev, 1, False)
+            weight[a - s] = entry_weight(kind, 1)
+        cuda.syncthreads()
+        if tid == 0:                              # the cadence: checks and lock breaks, in address order
+            progress = 0
+            k = 0
+            lb = 0
+            for j in range(e - s):
+                if progress >= 32:
+                    progress = 0
+                    if lock_break_at(s, k, nb_mode, nb_every, nb_p_q32, nb_seed, row_fork_seq[r], nb_list_cs,
+                                     nb_list_k):
+                        lb += 1
+                    k += 1
+                progress += weight[j]
+            end_call(acc, c, r, call_first, cexists, k, lb)
+        cuda.syncthreads()
+    for x in range(NR_FAST_COUNTS):
+        if acc[x] != 0:
+            atomic_add(total, x, acc[x])
+    cuda.syncthreads()
+    for x in range(tid, NR_FAST_COUNTS, nt):
+        counts[i, x] = min(total[x], 1) if x == C_SWAPOFF else total[x]
 
 
 _kernel = cuda.jit(fork_tables_kernel)
@@ -130,8 +204,8 @@ def fork_tables(*args, threads_per_block: int | None = None):
         needs_host, counts = np.zeros(n, np.bool_), np.zeros((n, NR_FAST_COUNTS), np.int64)
     if n == 0:
         return needs_host, counts
-    tpb = min(threads_per_block or THREADS_PER_BLOCK, n)
-    blocks = math.ceil(n / tpb)
+    tpb = threads_per_block or THREADS_PER_BLOCK
+    blocks = n
     if SIMULATOR:
         import warnings
         with warnings.catch_warnings():         # numpy scalars warn where uint64 arithmetic wraps by design

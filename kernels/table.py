@@ -1,14 +1,18 @@
-"""The walk of one page table by the fast path, written once for every target.
+"""The walk of page tables by the fast path, written once for every target.
 
-:func:`table_needs_host` classifies a table (does any PTE need the host loop?) and :func:`copy_table_fast` copies
-one that does not: ``copy_pte_range`` for each of its calls, with the lock-break cadence. Both are
-``register_jitable``: the CPU kernels (``prange`` over tables) and the CUDA kernels (a thread per table) compile
-the same source, and numba's CUDA simulator runs it as Python. Shared pages, folios and swap slots are updated with
-:mod:`gpusim.kernels.atomics`; an object referenced once (mapcount or swap count 1) with plain stores.
+Per entry: :func:`entry_needs_host` (does this entry need the host loop?), :func:`copy_entry` and
+:func:`share_pages` (copy one entry, or a linux-6.18 batch, with its reference, mapcount, flag and swap-count
+updates), :func:`tally` (its counts) and :func:`entry_weight` (its share of the lock-break cadence). Per table:
+:func:`table_needs_host` and :func:`copy_table_fast`, the address-order walk that the CPU kernels (``prange`` over
+tables) run, and that the CUDA kernel runs on one thread for a table holding a batch; the CUDA kernel's
+block-per-table walk calls the same per-entry functions (``gpusim.kernels.cuda``). All are ``register_jitable``:
+numba compiles them for each target and its CUDA simulator runs them as Python. Shared pages, folios and swap
+slots are updated with :mod:`gpusim.kernels.atomics`; an object referenced once (mapcount or swap count 1) with
+plain stores.
 """
 
 import numpy as np
-from numba.extending import register_jitable
+from numba.extending import overload, register_jitable
 
 from gpusim.kernels.atomics import atomic_add
 from gpusim.kernels.pte import (
@@ -19,75 +23,244 @@ from gpusim.kernels.rules import (
     C_ALLOC, C_BATCH_PTE, C_BATCH_START, C_CALL, C_CHECK, C_DEVPRIV, C_EXCL_CLEAR, C_LB, C_MIGRATION, C_NONE, C_PASS,
     C_PIN_SHARED, C_RSS, C_SHARE, C_SHARED, C_SPECIAL, C_SWAP, C_SWAPOFF, C_WRPROTECT, FOLIO_ANON,
     NB_LIST, PAGE_ANON_EXCLUSIVE, V_5_8, V_6_18, VM_SHARED, in_break_list, is_cow_mapping, large_folio_needs_host,
-    lock_break, mm_counter,
-    nonpresent_child, nonpresent_parent, share_child_pte, shared_exclusive_page, slot_needs_host,
+    lock_break, mm_counter, nonpresent_child, nonpresent_parent, share_child_pte, shared_exclusive_page, slot_needs_host,
     small_folio_needs_host,
 )
 
 PTRS = 512
 
 
+def entry_jitable(fn):
+    """``register_jitable`` for the per-entry functions: inlined into the CPU kernels at numba's IR level (called
+    once per entry, a function call would pass every array argument as seven scalars, which costs more than the
+    entry's work), and compiled as a device function for CUDA (numba-cuda mis-types IR-inlined functions here)."""
+    @overload(fn, target="generic", strict=False)
+    def _device(*args, **kwargs):
+        return fn
+
+    @overload(fn, target="cpu", inline="always", strict=False)
+    def _cpu(*args, **kwargs):
+        return fn
+
+    return fn
+
+
+@entry_jitable
+def entry_needs_host(v, last_f, variant, large_order, check_folios, page_folio, folio_order, folio_refcount,
+                     folio_pincount, folio_flags, folio_first_pfn, page_flags, page_mapcount, swap_count, swap_levels):
+    """Whether one parent entry needs the host loop. Returns (needs, folio it evaluated or ``last_f``): a walk that
+    passes the folio back as ``last_f`` evaluates consecutive PTEs of one folio once."""
+    kind = pte_kind(v)
+    if kind == KIND_PRESENT or kind == KIND_DEVICE_PRIVATE:
+        if kind == KIND_PRESENT and pte_special(v):
+            return False, last_f
+        pfn = np.int64(pte_pfn(v))
+        if variant == V_6_18 and shared_exclusive_page(page_flags[pfn], page_mapcount[pfn]):
+            return True, last_f
+        if kind == KIND_DEVICE_PRIVATE:
+            return False, last_f
+        f = np.int64(page_folio[pfn])
+        if f == last_f or not check_folios:          # without a pin test no folio can need the host
+            return False, last_f
+        if folio_order[f] >= large_order:
+            return large_folio_needs_host(f, variant, folio_order, folio_pincount, folio_flags, folio_first_pfn,
+                                          page_flags), f
+        first = folio_first_pfn[f]
+        maxrefs = 0
+        for j in range(np.int64(1) << np.int64(folio_order[f])):
+            maxrefs += page_mapcount[first + j]
+        return small_folio_needs_host(folio_refcount[f], maxrefs), f
+    if kind == KIND_SWAP:
+        o = np.int64(swp_offset(v))
+        return slot_needs_host(swap_count[o], swap_levels[o]), last_f
+    return False, last_f
+
+
 @register_jitable
 def table_needs_host(r, base, lo, hi, call_start, call_end, ppte, variant, large_order, has_pinned, page_folio,
                      folio_order, folio_refcount, folio_pincount, folio_flags, folio_first_pfn, page_flags,
                      page_mapcount, swap_count, swap_levels):
-    last_f = -1
-    check_folios = variant != V_5_8 and has_pinned       # without a pin test no folio can need the host
+    """Whether any entry of table row ``r`` (its calls ``lo .. hi-1``) needs the host loop."""
+    last_f = np.int64(-1)
+    check_folios = variant != V_5_8 and has_pinned
     for c in range(lo, hi):
         for a in range(call_start[c], call_end[c]):
-            v = ppte[r, a - base]
-            kind = pte_kind(v)
-            if kind == KIND_PRESENT or kind == KIND_DEVICE_PRIVATE:
-                if kind == KIND_PRESENT and pte_special(v):
-                    continue
-                pfn = np.int64(pte_pfn(v))
-                if variant == V_6_18 and shared_exclusive_page(page_flags[pfn], page_mapcount[pfn]):
-                    return True
-                if kind == KIND_DEVICE_PRIVATE:
-                    continue
-                f = page_folio[pfn]
-                if f == last_f or not check_folios:      # consecutive PTEs of one folio: evaluate it once
-                    continue
-                last_f = f
-                if folio_order[f] >= large_order:
-                    if large_folio_needs_host(f, variant, folio_order, folio_pincount, folio_flags,
-                                              folio_first_pfn, page_flags):
-                        return True
-                else:
-                    first = folio_first_pfn[f]
-                    maxrefs = 0
-                    for j in range(np.int64(1) << np.int64(folio_order[f])):
-                        maxrefs += page_mapcount[first + j]
-                    if small_folio_needs_host(folio_refcount[f], maxrefs):
-                        return True
-            elif kind == KIND_SWAP:
-                s = np.int64(swp_offset(v))
-                if slot_needs_host(swap_count[s], swap_levels[s]):
-                    return True
+            need, last_f = entry_needs_host(ppte[r, a - base], last_f, variant, large_order, check_folios,
+                                            page_folio, folio_order, folio_refcount, folio_pincount, folio_flags,
+                                            folio_first_pfn, page_flags, page_mapcount, swap_count, swap_levels)
+            if need:
+                return True
     return False
+
+
+# What copying one entry (or a batch) did, packed in one integer for tally(): bits 0-1 the rss counter of the
+# folio, bit 2 the folio is truly pinned, bit 3 write-protected, bits 4+ anon-exclusive flags cleared.
+EV_PIN = 4
+EV_WRPROTECT = 8
+EV_EXCL_SHIFT = 4
+
+
+@entry_jitable
+def share_pages(r, j0, v, n, w_any, pfn, f, order, shared, cow, is_618, ppte, cpte, folio_refcount, folio_true_pins,
+                folio_flags, page_mapcount, page_flags):
+    """Share ``n`` consecutive entries (from row ``r``, column ``j0``) mapping pages ``pfn ..`` of folio ``f``
+    with the child: references, mapcounts, anon-exclusive flags, write protection, the child's entries."""
+    child = share_child_pte(v, w_any, shared)
+    anon = (folio_flags[f] & FOLIO_ANON) != 0
+    if order == 0 and page_mapcount[pfn] == 1:       # no other PTE can touch this folio: a plain store
+        folio_refcount[f] += 1
+    else:
+        atomic_add(folio_refcount, f, n)
+    excl = 0
+    for j in range(n):
+        p = pfn + j
+        if page_mapcount[p] == 1:
+            page_mapcount[p] = 2
+            if is_618 and anon and (page_flags[p] & PAGE_ANON_EXCLUSIVE) != 0:
+                page_flags[p] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
+                excl += 1
+        else:                                        # shared page: not exclusive (else the table is host's)
+            atomic_add(page_mapcount, p, 1)
+    ev = mm_counter(folio_flags[f]) + (EV_PIN if folio_true_pins[f] > 0 else 0) + (excl << EV_EXCL_SHIFT)
+    if cow and w_any:
+        for j in range(n):
+            ppte[r, j0 + j] = pte_wrprotect(ppte[r, j0 + j])
+        child = pte_wrprotect(child)
+        ev += EV_WRPROTECT
+    for j in range(n):
+        cpte[r, j0 + j] = pte_set_pfn(child, np.uint64(pfn + j))
+    return ev
+
+
+@entry_jitable
+def copy_entry(r, j0, v, kind, shared, cow, is_618, ppte, cpte, page_folio, folio_order, folio_refcount,
+               folio_true_pins, folio_flags, page_mapcount, page_flags, swap_count):
+    """Copy one entry that is not part of a linux-6.18 batch; returns its :func:`tally` code."""
+    if kind == KIND_NONE:
+        return 0
+    if kind == KIND_PRESENT:
+        if pte_special(v):
+            child = share_child_pte(v, pte_write(v), shared)
+            ev = 0
+            if cow and pte_write(v):
+                ppte[r, j0] = pte_wrprotect(v)
+                child = pte_wrprotect(child)
+                ev = EV_WRPROTECT
+            cpte[r, j0] = child
+            return ev
+        pfn = np.int64(pte_pfn(v))
+        f = page_folio[pfn]
+        return share_pages(r, j0, v, 1, pte_write(v), pfn, f, np.int64(folio_order[f]), shared, cow, is_618, ppte,
+                           cpte, folio_refcount, folio_true_pins, folio_flags, page_mapcount, page_flags)
+    after = nonpresent_parent(v, cow, is_618)
+    ppte[r, j0] = after
+    cpte[r, j0] = nonpresent_child(v, after)
+    off = np.int64(swp_offset(v))
+    if kind == KIND_SWAP:
+        if swap_count[off] == 1:
+            swap_count[off] = 2
+        else:
+            atomic_add(swap_count, off, 1)
+        return 0
+    f = page_folio[off]
+    if kind == KIND_MIGRATION:
+        return mm_counter(folio_flags[f])
+    # device-private: the page stays mapped by both
+    atomic_add(folio_refcount, f, 1)
+    if page_mapcount[off] == 1:
+        page_mapcount[off] = 2
+        if is_618:
+            page_flags[off] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
+    else:                                            # shared page: not exclusive (else the table is host's)
+        atomic_add(page_mapcount, off, 1)
+    return mm_counter(folio_flags[f]) + (EV_PIN if folio_true_pins[f] > 0 else 0)
+
+
+@entry_jitable
+def tally(acc, kind, special, ev, n, batch):
+    """Add what copying one entry (or a batch of ``n``) did to the count row ``acc`` (``FAST_COUNTS``)."""
+    if kind == KIND_NONE:
+        acc[C_NONE] += 1
+    elif kind == KIND_PRESENT:
+        if special:
+            acc[C_SPECIAL] += 1
+            if ev & EV_WRPROTECT:
+                acc[C_WRPROTECT] += 1
+            return
+        acc[C_RSS + (ev & 3)] += n
+        acc[C_SHARED] += n
+        if ev & EV_PIN:
+            acc[C_PIN_SHARED] += n
+        if ev & EV_WRPROTECT:
+            acc[C_WRPROTECT] += n
+        acc[C_EXCL_CLEAR] += ev >> EV_EXCL_SHIFT
+        if batch:
+            acc[C_BATCH_START] += 1
+            acc[C_BATCH_PTE] += n
+        else:
+            acc[C_SHARE] += 1
+    elif kind == KIND_SWAP:
+        acc[C_RSS + 3] += 1
+        acc[C_SWAP] += 1
+        acc[C_SWAPOFF] = 1
+    elif kind == KIND_MIGRATION:
+        acc[C_RSS + (ev & 3)] += 1
+        acc[C_MIGRATION] += 1
+    elif kind == KIND_DEVICE_PRIVATE:
+        acc[C_RSS + (ev & 3)] += 1
+        if ev & EV_PIN:
+            acc[C_PIN_SHARED] += 1
+        acc[C_DEVPRIV] += 1
+
+
+@register_jitable
+def entry_weight(kind, n):
+    """Progress an item adds to the lock-break cadence: 1 for an empty entry, 8 per entry otherwise."""
+    return 1 if kind == KIND_NONE else 8 * n
+
+
+@register_jitable
+def lock_break_at(s, k, nb_mode, nb_every, nb_p_q32, nb_seed, fork_seq, nb_list_cs, nb_list_k):
+    """The oracle's answer at the ``k``-th check of the call starting at ``s``."""
+    if nb_mode == NB_LIST:
+        return in_break_list(nb_list_cs, nb_list_k, s, k)
+    return lock_break(nb_mode, nb_every, nb_p_q32, nb_seed, fork_seq, s, k)
+
+
+@register_jitable
+def end_call(acc, c, r, call_first, cexists, k, lb):
+    """Counts of one finished call: its passes (one plus the lock breaks), checks, and the child table."""
+    acc[C_CALL] += 1
+    if call_first[c]:
+        cexists[r] = True
+        acc[C_ALLOC] += 1
+    acc[C_PASS] += 1 + lb
+    acc[C_CHECK] += k
+    acc[C_LB] += lb
+
+
+@register_jitable
+def batch_candidate(v, is_618, page_folio, folio_order):
+    """A present entry of a large folio in linux-6.18: ``folio_pte_batch`` may join it to its neighbours."""
+    if not is_618 or pte_kind(v) != KIND_PRESENT or pte_special(v):
+        return False
+    return folio_order[page_folio[np.int64(pte_pfn(v))]] >= 1
 
 
 @register_jitable
 def copy_table_fast(r, base, lo, hi, call_start, call_end, call_vmaflags, call_first, ppte, cpte, cexists, variant,
                     page_folio, folio_order, folio_refcount, folio_true_pins, folio_flags, folio_first_pfn,
                     page_mapcount, page_flags, swap_count, nb_mode, nb_every, nb_p_q32, nb_seed, fork_seq,
-                    nb_list_cs, nb_list_k, cnt):
-    """``copy_pte_range`` for every call of one table that needs no host: the fast path and the check cadence."""
+                    nb_list_cs, nb_list_k, acc):
+    """``copy_pte_range`` for every call of one table that needs no host, in address order: the fast path, the
+    linux-6.18 batches and the check cadence. Counts are added to ``acc``."""
     is_618 = variant == V_6_18
-    # counters live in locals (registers) and reach the count row once, at the end
-    n_none = n_wrprotect = n_special = n_excl = n_shared = n_pin_shared = n_bstart = n_bpte = n_share = 0
-    n_swap = n_mig = n_dev = n_call = n_alloc = n_pass = n_check = n_lb = 0
-    rss0 = rss1 = rss2 = rss3 = swapoff = 0
     for c in range(lo, hi):
         s = call_start[c]
         e = call_end[c]
         vmf = call_vmaflags[c]
         cow = is_cow_mapping(vmf)
         shared = (vmf & VM_SHARED) != 0
-        n_call += 1
-        if call_first[c]:
-            cexists[r] = True
-            n_alloc += 1
         progress = 0
         k = 0
         lb = 0
@@ -95,140 +268,34 @@ def copy_table_fast(r, base, lo, hi, call_start, call_end, call_vmaflags, call_f
         while a < e:
             if progress >= 32:                           # the lock-break test, before the PTE at the cursor
                 progress = 0
-                if nb_mode == NB_LIST:
-                    if in_break_list(nb_list_cs, nb_list_k, s, k):
-                        lb += 1
-                elif lock_break(nb_mode, nb_every, nb_p_q32, nb_seed, fork_seq, s, k):
+                if lock_break_at(s, k, nb_mode, nb_every, nb_p_q32, nb_seed, fork_seq, nb_list_cs, nb_list_k):
                     lb += 1
                 k += 1
             j0 = a - base
             v = ppte[r, j0]
             kind = pte_kind(v)
             n = 1
-            if kind == KIND_NONE:
-                n_none += 1
-                progress += 1
-            elif kind == KIND_PRESENT:
-                if pte_special(v):
-                    child = share_child_pte(v, pte_write(v), shared)
-                    if cow and pte_write(v):
-                        ppte[r, j0] = pte_wrprotect(v)
-                        child = pte_wrprotect(child)
-                        n_wrprotect += 1
-                    cpte[r, j0] = child
-                    n_special += 1
-                else:
-                    pfn = np.int64(pte_pfn(v))
-                    f = page_folio[pfn]
-                    order = np.int64(folio_order[f])
-                    batch = is_618 and order >= 1 and e - a != 1
-                    w_any = pte_write(v)
-                    if batch:                            # folio_pte_batch
-                        limit = min(e - a, (np.int64(1) << order) - (pfn - folio_first_pfn[f]))
-                        d0 = pte_dirty(v)
-                        while n < limit:
-                            w = ppte[r, j0 + n]
-                            if (not pte_present(w) or pte_special(w) or np.int64(pte_pfn(w)) != pfn + n
-                                    or (not shared and pte_dirty(w) != d0)):
-                                break
-                            w_any = w_any or pte_write(w)
-                            n += 1
-                    child = share_child_pte(v, w_any, shared)
-                    anon = (folio_flags[f] & FOLIO_ANON) != 0
-                    alone = order == 0 and page_mapcount[pfn] == 1      # no other PTE can touch this folio
-                    if alone:
-                        folio_refcount[f] += 1
-                    else:
-                        atomic_add(folio_refcount, f, n)
-                    mc = mm_counter(folio_flags[f])
-                    rss0 += n if mc == 0 else 0
-                    rss1 += n if mc == 1 else 0
-                    rss2 += n if mc == 2 else 0
-                    for j in range(n):
-                        p = pfn + j
-                        if page_mapcount[p] == 1:
-                            page_mapcount[p] = 2
-                            if is_618 and anon and (page_flags[p] & PAGE_ANON_EXCLUSIVE) != 0:
-                                page_flags[p] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
-                                n_excl += 1
-                        else:                            # shared page: not exclusive (else the table is host's)
-                            atomic_add(page_mapcount, p, 1)
-                    n_shared += n
-                    if folio_true_pins[f] > 0:
-                        n_pin_shared += n
-                    if cow and w_any:
-                        for j in range(n):
-                            ppte[r, j0 + j] = pte_wrprotect(ppte[r, j0 + j])
-                        child = pte_wrprotect(child)
-                        n_wrprotect += n
-                    for j in range(n):
-                        cpte[r, j0 + j] = pte_set_pfn(child, np.uint64(pfn + j))
-                    if batch:
-                        n_bstart += 1
-                        n_bpte += n
-                    else:
-                        n_share += 1
-                progress += 8 * n
+            batch = batch_candidate(v, is_618, page_folio, folio_order) and e - a != 1
+            if batch:                                    # folio_pte_batch
+                pfn = np.int64(pte_pfn(v))
+                f = page_folio[pfn]
+                order = np.int64(folio_order[f])
+                limit = min(e - a, (np.int64(1) << order) - (pfn - folio_first_pfn[f]))
+                d0 = pte_dirty(v)
+                w_any = pte_write(v)
+                while n < limit:
+                    w = ppte[r, j0 + n]
+                    if (not pte_present(w) or pte_special(w) or np.int64(pte_pfn(w)) != pfn + n
+                            or (not shared and pte_dirty(w) != d0)):
+                        break
+                    w_any = w_any or pte_write(w)
+                    n += 1
+                ev = share_pages(r, j0, v, n, w_any, pfn, f, order, shared, cow, is_618, ppte, cpte, folio_refcount,
+                                 folio_true_pins, folio_flags, page_mapcount, page_flags)
             else:
-                after = nonpresent_parent(v, cow, is_618)
-                ppte[r, j0] = after
-                cpte[r, j0] = nonpresent_child(v, after)
-                off = np.int64(swp_offset(v))
-                if kind == KIND_SWAP:
-                    if swap_count[off] == 1:
-                        swap_count[off] = 2
-                    else:
-                        atomic_add(swap_count, off, 1)
-                    rss3 += 1
-                    n_swap += 1
-                    swapoff = 1
-                elif kind == KIND_MIGRATION:
-                    mc = mm_counter(folio_flags[page_folio[off]])
-                    rss0 += 1 if mc == 0 else 0
-                    rss1 += 1 if mc == 1 else 0
-                    rss2 += 1 if mc == 2 else 0
-                    n_mig += 1
-                elif kind == KIND_DEVICE_PRIVATE:
-                    f = page_folio[off]
-                    atomic_add(folio_refcount, f, 1)
-                    if page_mapcount[off] == 1:
-                        page_mapcount[off] = 2
-                        if is_618:
-                            page_flags[off] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
-                    else:                                # shared page: not exclusive (else the table is host's)
-                        atomic_add(page_mapcount, off, 1)
-                    mc = mm_counter(folio_flags[f])
-                    rss0 += 1 if mc == 0 else 0
-                    rss1 += 1 if mc == 1 else 0
-                    rss2 += 1 if mc == 2 else 0
-                    if folio_true_pins[f] > 0:
-                        n_pin_shared += 1
-                    n_dev += 1
-                progress += 8
+                ev = copy_entry(r, j0, v, kind, shared, cow, is_618, ppte, cpte, page_folio, folio_order,
+                                folio_refcount, folio_true_pins, folio_flags, page_mapcount, page_flags, swap_count)
+            tally(acc, kind, kind == KIND_PRESENT and pte_special(v), ev, n, batch)
+            progress += entry_weight(kind, n)
             a += n
-        n_pass += 1 + lb
-        n_check += k
-        n_lb += lb
-    cnt[C_NONE] += n_none
-    cnt[C_WRPROTECT] += n_wrprotect
-    cnt[C_SPECIAL] += n_special
-    cnt[C_EXCL_CLEAR] += n_excl
-    cnt[C_SHARED] += n_shared
-    cnt[C_PIN_SHARED] += n_pin_shared
-    cnt[C_BATCH_START] += n_bstart
-    cnt[C_BATCH_PTE] += n_bpte
-    cnt[C_SHARE] += n_share
-    cnt[C_SWAP] += n_swap
-    cnt[C_MIGRATION] += n_mig
-    cnt[C_DEVPRIV] += n_dev
-    cnt[C_CALL] += n_call
-    cnt[C_ALLOC] += n_alloc
-    cnt[C_PASS] += n_pass
-    cnt[C_CHECK] += n_check
-    cnt[C_LB] += n_lb
-    cnt[C_RSS] += rss0
-    cnt[C_RSS + 1] += rss1
-    cnt[C_RSS + 2] += rss2
-    cnt[C_RSS + 3] += rss3
-    if swapoff:
-        cnt[C_SWAPOFF] = 1
+        end_call(acc, c, r, call_first, cexists, k, lb)
