@@ -78,6 +78,13 @@ for tpb in (32, 64, 128, 256, 512):
                                          "fraction_of_copy_bandwidth")}), flush=True)
     rows.append(r)
 json.dump(rows, open(sys.argv[1], "w"))
+from gpusim.kernels import cuda as K
+for name, k in (("fork_tables_kernel", K._kernel), ("walk_tables_kernel", K._walk_kernel)):
+    try:
+        print(name, "registers/thread", k.get_regs_per_thread(), "local bytes/thread", k.get_local_mem_per_thread(),
+              "shared bytes/block", k.get_shared_mem_per_block())
+    except Exception as e:
+        print(name, "no resource report:", e)
 """
 
 big = "1GiB,16GiB,256GiB" if QUICK else "1GiB,16GiB,256GiB,1TiB,4TiB"

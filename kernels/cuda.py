@@ -18,6 +18,8 @@ Only block-wide primitives are used (``syncthreads_or``, shared memory), not war
 simulator, which has none of the warp intrinsics, runs the same kernel.
 """
 
+import math
+
 import numpy as np
 
 if not hasattr(np, "row_stack"):
@@ -40,7 +42,7 @@ SIMULATOR = bool(config.ENABLE_CUDASIM)
 PTRS = 512
 # threads that share one table (a block per table); the simulator runs each thread as a Python thread, so it gets
 # few (still several, so that the strided loops, barriers and shared-memory sums are exercised)
-THREADS_PER_BLOCK = 5 if SIMULATOR else 128
+THREADS_PER_BLOCK = 5 if SIMULATOR else 32
 
 if not SIMULATOR:
     from numba.extending import overload
@@ -54,10 +56,11 @@ def fork_tables_kernel(mode, rows, table_index, row_lo, row_hi, call_start, call
                        ppte, cpte, cexists, variant, large_order, row_has_pinned, page_folio, folio_order,
                        folio_refcount, folio_pincount, folio_true_pins, folio_flags, folio_first_pfn, page_mapcount,
                        page_flags, swap_count, swap_levels, nb_mode, nb_every, nb_p_q32, nb_seed, row_fork_seq,
-                       nb_list_cs, nb_list_k, needs_host, counts):
+                       nb_list_cs, nb_list_k, needs_host, walk, counts):
     """One block per table row of ``rows``: its threads classify the entries, then copy them (consecutive threads,
-    consecutive entries); thread 0 runs the lock-break cadence over the entries' weights and, for a table holding
-    a linux-6.18 batch, the whole address-order walk (see :func:`gpusim.kernels.cpu.fork_tables` for ``mode``)."""
+    consecutive entries); thread 0 runs the lock-break cadence over the entries' weights. A table holding a
+    linux-6.18 batch is only marked in ``walk``, for :func:`walk_tables_kernel` (see
+    :func:`gpusim.kernels.cpu.fork_tables` for ``mode``)."""
     i = cuda.blockIdx.x
     if i >= rows.shape[0]:
         return
@@ -90,10 +93,7 @@ def fork_tables_kernel(mode, rows, table_index, row_lo, row_hi, call_start, call
                 batch = batch or batch_candidate(ppte[r, a - base], is_618, page_folio, folio_order)
         if cuda.syncthreads_or(1 if batch else 0) != 0:
             if tid == 0:
-                copy_table_fast(r, base, lo, hi, call_start, call_end, call_vmaflags, call_first, ppte, cpte,
-                                cexists, variant, page_folio, folio_order, folio_refcount, folio_true_pins,
-                                folio_flags, folio_first_pfn, page_mapcount, page_flags, swap_count, nb_mode,
-                                nb_every, nb_p_q32, nb_seed, row_fork_seq[r], nb_list_cs, nb_list_k, counts[i])
+                walk[i] = True
             return
     acc = cuda.local.array(NR_FAST_COUNTS, np.int64)
     for x in range(NR_FAST_COUNTS):
@@ -139,7 +139,26 @@ def fork_tables_kernel(mode, rows, table_index, row_lo, row_hi, call_start, call
         counts[i, x] = min(total[x], 1) if x == C_SWAPOFF else total[x]
 
 
+def walk_tables_kernel(mode, rows, table_index, row_lo, row_hi, call_start, call_end, call_vmaflags, call_first,
+                       ppte, cpte, cexists, variant, large_order, row_has_pinned, page_folio, folio_order,
+                       folio_refcount, folio_pincount, folio_true_pins, folio_flags, folio_first_pfn, page_mapcount,
+                       page_flags, swap_count, swap_levels, nb_mode, nb_every, nb_p_q32, nb_seed, row_fork_seq,
+                       nb_list_cs, nb_list_k, needs_host, walk, counts):
+    """One thread per table row that :func:`fork_tables_kernel` marked in ``walk``: the address-order walk of the
+    CPU kernels (a separate kernel, so that the block walk keeps few registers)."""
+    i = cuda.grid(1)
+    if i >= rows.shape[0] or not walk[i]:
+        return
+    r = rows[i]
+    copy_table_fast(r, table_index[r] * PTRS, row_lo[r], row_hi[r], call_start, call_end, call_vmaflags, call_first,
+                    ppte, cpte, cexists, variant, page_folio, folio_order, folio_refcount, folio_true_pins,
+                    folio_flags, folio_first_pfn, page_mapcount, page_flags, swap_count, nb_mode, nb_every,
+                    nb_p_q32, nb_seed, row_fork_seq[r], nb_list_cs, nb_list_k, counts[i])
+
+
 _kernel = cuda.jit(fork_tables_kernel)
+_walk_kernel = cuda.jit(walk_tables_kernel)
+WALK_THREADS_PER_BLOCK = 64
 
 # arguments the kernel writes (copied back to the host arrays after a real-GPU launch)
 _WRITTEN = ("ppte", "cpte", "cexists", "folio_refcount", "page_mapcount", "page_flags", "swap_count")
@@ -199,25 +218,30 @@ def fork_tables(*args, threads_per_block: int | None = None):
     n = int(kw["rows"].shape[0])
     resident = not SIMULATOR and on_device(kw["ppte"])
     if resident:
-        needs_host, counts = _zeros(n, np.bool_), _zeros((n, NR_FAST_COUNTS), np.int64)
+        needs_host, walk, counts = _zeros(n, np.bool_), _zeros(n, np.bool_), _zeros((n, NR_FAST_COUNTS), np.int64)
     else:
-        needs_host, counts = np.zeros(n, np.bool_), np.zeros((n, NR_FAST_COUNTS), np.int64)
+        needs_host, walk, counts = np.zeros(n, np.bool_), np.zeros(n, np.bool_), np.zeros((n, NR_FAST_COUNTS), np.int64)
     if n == 0:
         return needs_host, counts
     tpb = threads_per_block or THREADS_PER_BLOCK
-    blocks = n
+    wblocks = math.ceil(n / WALK_THREADS_PER_BLOCK)
     if SIMULATOR:
         import warnings
         with warnings.catch_warnings():         # numpy scalars warn where uint64 arithmetic wraps by design
             warnings.simplefilter("ignore", RuntimeWarning)
-            _kernel[blocks, tpb](*[kw[a] for a in _ARGS], needs_host, counts)
+            _kernel[n, tpb](*[kw[a] for a in _ARGS], needs_host, walk, counts)
+            _walk_kernel[wblocks, WALK_THREADS_PER_BLOCK](*[kw[a] for a in _ARGS], needs_host, walk, counts)
         return needs_host, counts
     if resident:
-        _kernel[blocks, tpb, launch_stream()](*[kw[a] for a in _ARGS], needs_host, counts)
+        stream = launch_stream()
+        _kernel[n, tpb, stream](*[kw[a] for a in _ARGS], needs_host, walk, counts)
+        _walk_kernel[wblocks, WALK_THREADS_PER_BLOCK, stream](*[kw[a] for a in _ARGS], needs_host, walk, counts)
         return needs_host, counts
     dev = {a: (_to_device(v) if isinstance(v, np.ndarray) else v) for a, v in kw.items()}
-    d_needs, d_counts = _to_device(needs_host), _to_device(counts)
-    _kernel[blocks, tpb, launch_stream()](*[dev[a] for a in _ARGS], d_needs, d_counts)
+    d_needs, d_walk, d_counts = _to_device(needs_host), _to_device(walk), _to_device(counts)
+    stream = launch_stream()
+    _kernel[n, tpb, stream](*[dev[a] for a in _ARGS], d_needs, d_walk, d_counts)
+    _walk_kernel[wblocks, WALK_THREADS_PER_BLOCK, stream](*[dev[a] for a in _ARGS], d_needs, d_walk, d_counts)
     for a in _WRITTEN:
         _to_host(dev[a], kw[a])
     _to_host(d_needs, needs_host)
@@ -235,7 +259,7 @@ def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
     i32 = t.int32
     sig = (i64, a1(i64), a1(i64), a1(i64), a1(i64), a1(i64), a1(i64), a1(i64), a1(b1), a2(u64), a2(u64), a1(b1),
            i64, i64, a1(b1), a1(i32), a1(u8), a1(i32), a1(i32), a1(i32), a1(u8), a1(i32), a1(i32), a1(u8), a1(i64),
-           a1(i64), i64, i64, u64, u64, a1(i64), a1(i64), a1(i64), a1(b1), a2(i64))
+           a1(i64), i64, i64, u64, u64, a1(i64), a1(i64), a1(i64), a1(b1), a1(b1), a2(i64))
     import numba.cuda.dispatcher as disp
     real = getattr(disp, "get_current_device", None)
     if real is not None:
@@ -245,8 +269,8 @@ def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
             compute_capability = cc
         disp.get_current_device = lambda: _Target()
     try:
-        ptx, _ = compile_ptx(fork_tables_kernel, sig, cc=cc)
+        out = {k.__name__: compile_ptx(k, sig, cc=cc)[0] for k in (fork_tables_kernel, walk_tables_kernel)}
     finally:
         if real is not None:
             disp.get_current_device = real
-    return {"fork_tables_kernel": ptx}
+    return out

@@ -12,7 +12,7 @@ plain stores.
 """
 
 import numpy as np
-from numba.extending import overload, register_jitable
+from numba.extending import register_jitable
 
 from gpusim.kernels.atomics import atomic_add
 from gpusim.kernels.pte import (
@@ -31,12 +31,10 @@ PTRS = 512
 
 
 def entry_jitable(fn):
-    """``register_jitable`` for the per-entry functions: inlined into the CPU kernels at numba's IR level (called
+    """``register_jitable`` for the per-entry functions, inlined by LLVM into the kernels that call them: called
     once per entry, a function call would pass every array argument as seven scalars, which costs more than the
-    entry's work), and compiled as a device function for CUDA (numba-cuda mis-types IR-inlined functions here)."""
-    @overload(fn, target="generic", strict=False)
-    def _device(*args, **kwargs):
-        return fn
+    entry's own work."""
+    return register_jitable(forceinline=True)(fn)
 
     @overload(fn, target="cpu", inline="always", strict=False)
     def _cpu(*args, **kwargs):
