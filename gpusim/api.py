@@ -10,7 +10,7 @@ import time
 
 from gpusim import backend as _backend
 from gpusim.oracle import InjectionPlan, LockBreakOracle
-from gpusim.reference import ForkContext, dup_mmap, teardown
+from gpusim.reference import ForkContext, dup_mmap, table_stats_of, teardown
 from gpusim.result import ForkResult, finish_counts, rss_dict
 from gpusim.state import AddressSpace, digest
 from gpusim.variants import DEFAULT_VARIANT, get_variant
@@ -63,7 +63,7 @@ def fork(space: AddressSpace, variant: str = DEFAULT_VARIANT, backend: str = "au
         counts=finish_counts(fc.counts), child_rss=child_rss, child_rss_after_teardown=after_teardown,
         oops=oops, enomem=enomem, unfired=plan.unfired(), ignored_events=list(fc.ignored),
         digest=digest(parent.mm, child, parent.memory), engine_wall_s=wall, nr_ptes=space.nr_ptes,
-        trace=fc.trace,
+        trace=fc.trace, table_stats=table_stats_of(fc.table_rows),
     )
     if check and outcome != "oops":
         from gpusim.invariants import check_invariants

@@ -1,4 +1,4 @@
-"""The ``gpusim`` command line: ``variants``, ``fork`` and ``scenarios``.
+"""The ``gpusim`` command line: ``variants``, ``fork``, ``scenarios``, ``bench``, ``sweep`` and ``plot``.
 
 Bad input (an unknown variant, a malformed layout, oracle or injection) prints one line to stderr and exits 2,
 with no traceback. A simulated fork exits 0 whatever its outcome (ok, enomem or oops).
@@ -73,27 +73,50 @@ def fork(
     oracle: Optional[str] = typer.Option(None, "--oracle", help="Lock-break oracle (default never)."),
     inject: Optional[List[str]] = typer.Option(None, "--inject", "-i", help="Injection; repeatable."),
     backend: str = typer.Option("auto", "--backend", help=f"Engine: {', '.join(BACKENDS)}."),
+    workload: Optional[str] = typer.Option(None, "--workload", "-w",
+                                           help="A workload generator (anon, mixed) instead of a layout."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help="key=value for the workload generator "
+                                                                 "(size=1GiB, pinned_fraction=0.1, ...); repeatable."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the workload generator."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p",
+                                          help="Cost profile: a shipped name or a file path (default: "
+                                               "public-xeon-4210r-v6.8)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     try:
         get_variant(variant)
-        if scenario is not None:
+        from gpusim.costmodel import latency, load_profile
+        prof = load_profile(profile)
+        if workload is not None:
+            if layout is not None or scenario is not None:
+                bad_input("give one of --layout, --scenario and --workload")
+            space = workload_from_cli(workload, sets or [], variant, seed)
+            layout = ""
+        elif sets:
+            bad_input("--set goes with --workload")
+        if workload is None and scenario is not None:
             s = get_scenario(scenario)
             layout = layout if layout is not None else s.layout
             oracle = oracle if oracle is not None else s.oracle
             inject = inject if inject else list(s.inject)
         if layout is None:
-            bad_input("give --layout or --scenario")
-        space = parse_layout(layout, variant)
+            bad_input("give --layout, --scenario or --workload")
+        if workload is None:
+            space = parse_layout(layout, variant)
         result = run_fork(space, variant, backend=backend, oracle=oracle or "never", inject=inject or ())
+        lat = latency(result.counts, variant, prof, result.table_stats)
     except typer.Exit:
         raise
     except ValueError as e:
         bad_input(str(e))
     if as_json:
-        typer.echo(json.dumps(result.as_dict()))
+        typer.echo(json.dumps({**result.as_dict(), **lat}))
         return
     print_summary(result, layout)
+    Console(highlight=False).print(
+        f"modelled latency {lat['latency_ns'] / 1e6:.3f} ms (profile {lat['profile']}); longest PTE-lock hold "
+        f"{lat['lock_hold_max_ns'] / 1e3:.1f} us; " + ", ".join(
+            f"{k} {v / 1e6:.3f}" for k, v in lat["latency_breakdown_ns"].items() if v) + " ms", soft_wrap=True)
 
 
 @app.command()
@@ -168,6 +191,120 @@ def bench(
         typer.echo(f"batch: {b['forks']} forks of {b['size_bytes'] / 2**30:g} GiB in one launch ({where}"
                    f"{b['backend']}): {b['engine_wall_s'] * 1e3:.1f} ms, {b['forks_per_s']:.1f} forks/s, "
                    f"{b['ptes_per_s'] / 1e6:.1f} M PTEs/s" + (f", check: {b['check']}" if "check" in b else ""))
+
+
+@app.command()
+def sweep(
+    file: str = typer.Argument(..., help="A sweep file (YAML), e.g. workloads/quick.yaml."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Results directory (default results/<name>)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Override the file's backend."),
+) -> None:
+    """Run every point x repetition of a sweep and write a Parquet dataset (resumable: run it again to finish)."""
+    from pathlib import Path
+    from gpusim.sweep.runner import SweepRunner
+    from gpusim.sweep.spec import load_sweep
+    from gpusim.yamlerr import ConfigError
+    try:
+        text = Path(file).read_text() if Path(file).exists() else None
+        spec, points = load_sweep(file, text)
+        if backend is not None:
+            from gpusim.backend import resolve
+            resolve(backend)
+            spec = spec.model_copy(update={"backend": backend})
+            points = [p.model_copy(update={"config": p.config.model_copy(update={"backend": backend})})
+                      for p in points]
+        runner = SweepRunner(spec, points, out or Path("results") / spec.name, text or "")
+    except ConfigError as e:
+        bad_input(str(e))
+    except ValueError as e:
+        bad_input(f"{file}: {e}")
+    console = Console(stderr=True, highlight=False)
+    tasks = runner.tasks()
+    console.print(f"sweep {spec.name}: {len(points)} points x {spec.repeat} repetitions, "
+                  f"{len(tasks)} to run -> {runner.out}")
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console) as bar:
+            t = bar.add_task(spec.name, total=len(points) * spec.repeat,
+                             completed=len(points) * spec.repeat - len(tasks))
+            summary = runner.run(progress=lambda done, total, p: bar.update(t, completed=done))
+    else:
+        summary = runner.run()
+    print_sweep_summary(runner.out)
+    console.print(f"{summary['ran']} run, {summary['skipped']} already done, {summary['errors']} failed; "
+                  f"dataset: {runner.out}")
+
+
+def print_sweep_summary(path) -> None:
+    from gpusim.plots import _frame, _workload_label
+    from gpusim.sweep.export import load_results
+    import numpy as np
+    table = load_results(path)
+    d = {c: table.column(c).to_pylist() for c in table.column_names}
+    n = table.num_rows
+    groups: dict = {}
+    for i in range(n):
+        key = (d["variant"][i], _workload_label(d, i), d["fork_index"][i])
+        groups.setdefault(key, []).append(i)
+    t = Table(title=f"{table.schema.metadata.get(b'gpusim.sweep', b'').decode()}: {n} rows", title_justify="left")
+    for col in ("variant", "point", "fork", "runs", "outcome", "PTEs", "latency (ms)", "lock hold (us)",
+                "early copies", "engine wall"):
+        t.add_column(col, justify="right" if col not in ("variant", "point", "outcome") else "left")
+    for (v, label, k), idx in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+        outs = sorted({d["outcome"][i] for i in idx})
+        lat = [d["latency_ns"][i] for i in idx if d["latency_ns"][i] is not None]
+        hold = [d["lock_hold_max_ns"][i] for i in idx if d["lock_hold_max_ns"][i] is not None]
+        wall = [d["engine_wall_s"][i] for i in idx if d["engine_wall_s"][i] is not None]
+        t.add_row(v, label, str(k), str(len(idx)), ",".join(outs), f"{d['nr_ptes'][idx[0]] or 0:,}",
+                  f"{np.median(lat) / 1e6:.3f}" if lat else "", f"{np.median(hold) / 1e3:.1f}" if hold else "",
+                  str(d["count.copy.alloc"][idx[0]] or 0), f"{np.median(wall) * 1e3:.1f} ms" if wall else "")
+    Console(highlight=False, width=200).print(t)
+
+
+@app.command()
+def plot(
+    path: str = typer.Argument(..., help="A results directory written by `gpusim sweep`."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Where the PNGs go (default PATH/plots)."),
+) -> None:
+    """Draw a sweep's figures: latency vs size, breakdown, latency vs pinned fraction, variants compared."""
+    try:
+        from gpusim.plots import plot_results
+        files = plot_results(path, out)
+    except FileNotFoundError as e:
+        bad_input(str(e))
+    except ImportError:
+        bad_input("plots need matplotlib: pip install -e '.[plot]'")
+    for f in files:
+        typer.echo(str(f))
+    if not files:
+        typer.echo("no rows to plot")
+
+
+def workload_from_cli(kind: str, sets: list[str], variant: str, seed: int):
+    """The address space of ``--workload KIND --set key=value ...`` (values read as YAML scalars)."""
+    import yaml
+    from pydantic import TypeAdapter, ValidationError
+    from gpusim.sweep.spec import Workload
+    from gpusim.workloads import build_workload
+    d = {"kind": kind}
+    for item in sets:
+        key, eq, val = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--set '{item}': expected key=value")
+        try:
+            d[key.strip()] = yaml.safe_load(val)
+        except yaml.YAMLError:
+            raise ValueError(f"--set '{item}': the value is not a YAML scalar") from None
+    try:
+        w = TypeAdapter(Workload).validate_python(d)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"][1:] or first["loc"])
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        raise ValueError(f"--workload {kind}: {loc}: {msg}") from None
+    space, _, _ = build_workload(w, variant, seed)
+    return space
 
 
 def print_summary(r, layout: str) -> None:

@@ -33,8 +33,8 @@ from gpusim.kernels.rules import (
 )
 from gpusim.oracle import InjectionPlan, LockBreakOracle
 from gpusim.plan import plan_fork
-from gpusim.reference import Oops, _Stop, copy_table
-from gpusim.result import ForkResult, finish_counts, new_counts, rss_dict
+from gpusim.reference import Oops, _Stop, copy_table, table_stats_of
+from gpusim.result import TABLE_EVENTS, ForkResult, TableStats, finish_counts, new_counts, rss_dict
 from gpusim.state import (
     FOLIO_FREED, MM, PAGE_HWPOISON, PTRS_PER_TABLE, AddressSpace, Memory, copy_state, digest, empty_mm,
 )
@@ -201,8 +201,10 @@ class ForkJob:
             fast_counts = np.asarray(fast_counts)[~host_row[rows]]
         if outcome == "ok" and first_inj < nC:
             outcome, oops, enomem, stop = run_host_loop(fc, plan, np.arange(first_inj, nC), nC)
-        fast = dict(zip(FAST_COUNTS, np.asarray(fast_counts).sum(axis=0).tolist())) if len(fast_rows) else \
-            dict.fromkeys(FAST_COUNTS, 0)
+        fast_counts = np.asarray(fast_counts).reshape(len(fast_rows), len(FAST_COUNTS))
+        fast = dict(zip(FAST_COUNTS, fast_counts.sum(axis=0).tolist()))
+        table_stats = TableStats.concat([fast_table_stats(mm.table_index[fast_rows], fast_counts),
+                                         table_stats_of(fc.table_rows)])
 
         counts = new_counts()
         counts["fork.base"] = counts["fork.mm"] = 1
@@ -246,7 +248,7 @@ class ForkJob:
             counts=finish_counts(counts), child_rss=rss_dict(child_rss), child_rss_after_teardown=after_teardown,
             oops=oops, enomem=enomem, unfired=self.plan_inj.unfired(), ignored_events=list(fc.ignored),
             digest=digest(parent.mm, child, memory), engine_wall_s=wall, nr_ptes=self.space.nr_ptes,
-            trace=fc.trace, trace_complete=not len(fast_rows),
+            trace=fc.trace, trace_complete=not len(fast_rows), table_stats=table_stats,
         )
         return result, self.space.memory.nr_pages
 
@@ -320,6 +322,16 @@ def fork_fast_batch(spaces, variant: str, kernels, backend: str, oracle: LockBre
         sel = (rows >= row_off[i]) & (rows < row_off[i + 1])
         out.append(j.finish(needs[sel], counts[sel], kernels, backend, chunk_tables, launch_s))
     return out
+
+
+def fast_table_stats(tables: np.ndarray, fast_counts: np.ndarray) -> TableStats:
+    """:class:`TableStats` of tables the kernels copied, from their count rows (``FAST_COUNTS`` columns)."""
+    events = np.zeros((len(tables), len(TABLE_EVENTS)), np.int64)
+    for j, name in enumerate(TABLE_EVENTS):
+        if name in FAST_COUNTS:
+            events[:, j] = fast_counts[:, FAST_COUNTS.index(name)]
+    return TableStats(np.asarray(tables, np.int64), fast_counts[:, FAST_COUNTS.index("pass")].astype(np.int64),
+                      events)
 
 
 def run_host_loop(fc, plan, host_calls: np.ndarray, nC: int) -> tuple:

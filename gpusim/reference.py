@@ -25,7 +25,7 @@ from gpusim.kernels.folio import folio_maybe_dma_pinned, is_large_for_pins, pin_
 from gpusim.layout import mm_counter
 from gpusim.oracle import InjectionPlan, LockBreakOracle
 from gpusim.plan import VMA_COUNT_NAMES, ForkPlan, plan_fork
-from gpusim.result import new_counts
+from gpusim.result import TABLE_EVENTS, TableStats, new_counts
 from gpusim.state import (
     BREAK_AT, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, MEMORY_FIELDS, MM, MM_ANONPAGES,
     MM_SWAPENTS, NULL_ENTRY, PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PTRS_PER_TABLE, SWAP_MAP_MAX, VM_SHARED, VM_WRITE,
@@ -220,6 +220,7 @@ class ForkContext:
         self.count_upper = True                 # the fast engines count upper-level tables themselves
         self.oracle, self.plan, self.fork_seq = oracle, plan, fork_seq
         self.counts = new_counts()
+        self.table_rows: list = []            # (table, passes, TABLE_EVENTS counts) per copy_pte_range call
         self.trace = Trace()
         self.first_new_pfn = len(self.m.page_folio)
         self.upper = set()
@@ -1021,9 +1022,31 @@ def copy_table(fc: ForkContext, vma: VmaView, t: int, start: int, end: int) -> C
             raise _Stop(c)
         if how == "share":
             return c
-    if copy_pte_range(c) != 0:
+    counts = fc.counts
+    before = [counts[e] for e in TABLE_EVENTS]
+    passes = counts["pass"]
+    try:
+        rc = copy_pte_range(c)
+    finally:                                     # per-table statistics, an interrupted call's too
+        fc.table_rows.append((t, counts["pass"] - passes, [counts[e] - b for e, b in zip(TABLE_EVENTS, before)]))
+    if rc != 0:
         raise _Stop(c)
     return c
+
+
+def table_stats_of(rows: list) -> TableStats:
+    """:class:`TableStats` from ``(table, passes, events)`` rows (several calls of one table are summed)."""
+    import numpy as np
+    acc: dict[int, list] = {}
+    for t, p, ev in rows:
+        if t in acc:
+            acc[t][0] += p
+            acc[t][1] = [a + b for a, b in zip(acc[t][1], ev)]
+        else:
+            acc[t] = [p, list(ev)]
+    keys = sorted(acc)
+    return TableStats(np.array(keys, np.int64), np.array([acc[k][0] for k in keys], np.int64),
+                      np.array([acc[k][1] for k in keys], np.int64).reshape(len(keys), len(TABLE_EVENTS)))
 
 
 def dup_mmap(fc: ForkContext, plan: ForkPlan | None = None) -> tuple[str, dict | None, dict | None]:

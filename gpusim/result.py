@@ -27,6 +27,33 @@ SUMMARY_COUNTS = (
 )
 COUNT_NAMES = COST_EVENTS + SUMMARY_COUNTS
 
+# Events whose work is done inside a pass of copy_pte_range, with the PTE locks held (spec 2.1). Early-copy
+# allocations are made after the locks are dropped; xu-v1's page_duplicate copies outside them too (see
+# gpusim.costmodel.held_events).
+TABLE_EVENTS = ("check", "pte.none", "pte.share", "pte.special", "pte.wrprotect", "pte.excl_clear", "pte.swap",
+                "pte.migration", "pte.devpriv", "batch.start", "batch.pte", "batch.refused", "copy.memcpy",
+                "copy.install", "copy.recheck", "swapcont.atomic")
+
+
+@dataclass(frozen=True)
+class TableStats:
+    """Per copied page table (one row per table, in no particular order): ``table`` i64 ``(N,)`` its number,
+    ``passes`` i64 ``(N,)`` the passes of copy_pte_range over it, ``events`` i64 ``(N, len(TABLE_EVENTS))`` the
+    counts of :data:`TABLE_EVENTS` in it. Tables copied by a huge-PMD share alone have no row."""
+
+    table: object
+    passes: object
+    events: object
+
+    @classmethod
+    def concat(cls, parts: list["TableStats"]) -> "TableStats":
+        import numpy as np
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, len(TABLE_EVENTS)), np.int64))
+        return cls(np.concatenate([p.table for p in parts]), np.concatenate([p.passes for p in parts]),
+                   np.concatenate([p.events for p in parts]))
+
 # Summary counters that are the same number as a cost event.
 ALIASES = {"passes": "pass", "installs": "copy.install", "unused_frees": "copy.free_unused",
            "allocations": "copy.alloc", "swapcont_atomic": "swapcont.atomic", "swapcont_kernel": "swapcont.kernel",
@@ -81,6 +108,7 @@ class ForkResult:
     nr_ptes: int = 0
     trace: object | None = None
     trace_complete: bool = True       # False when a fast engine copied tables outside the host loop
+    table_stats: TableStats | None = None
 
     @property
     def memory(self) -> Memory:

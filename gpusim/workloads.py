@@ -1,7 +1,11 @@
 """Workload generators: address spaces built directly as arrays (no layout parsing), seeded and deterministic.
 
-So far: :func:`dense_anon`, the benchmark workload (every page of one private anonymous VMA touched, 4 KiB
-folios). The YAML-driven generators of the sweep runner will join it here.
+:func:`dense_anon` is the benchmark workload (every page of one private anonymous VMA touched, 4 KiB folios; it can
+also be built directly in device memory). :func:`build_regions` builds the sweeps' workloads: regions of anonymous,
+file or shmem memory, private or shared, with sparse tables, large folios, PMD-mapped THPs, pinned pages (scattered or
+in contiguous runs), swapped-out pages with shared swap counts (continuations past SWAP_MAP_MAX), many VMAs and
+VM_DONTCOPY / VM_WIPEONFORK flags; :func:`build_workload` dispatches a sweep's ``workload`` by its ``kind``. All
+randomness comes from the seed given (``numpy.random.default_rng``).
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpusim.kernels import pte as P
-from gpusim.kernels.folio import PIN_BIAS
+from gpusim.kernels.folio import PIN_BIAS, is_large_for_pins, pin_refcount_delta
 from gpusim.state import (
     FOLIO_ANON, FOLIO_SWAPBACKED, MEMORY_FIELDS, MM, PAGE_ANON_EXCLUSIVE, PTRS_PER_TABLE, VM_DEFAULT_ANON,
     AddressSpace, Memory,
@@ -99,3 +103,221 @@ def resident_bytes(*objs) -> int:
             elif dataclasses.is_dataclass(v):
                 total += resident_bytes(v)
     return total
+
+
+# --- region-based generators ---------------------------------------------------------------------------------------
+
+REGION_BACKINGS = {"anon": 0, "file": 1, "shmem": 2}
+
+
+class _Parts:
+    """Arrays of an address space under construction, region by region (concatenated by :meth:`freeze`)."""
+
+    def __init__(self):
+        self.f = {k: [] for k in ("order", "ref", "pin", "true", "pmdmap", "flags", "first")}
+        self.p = {k: [] for k in ("folio", "map", "flags")}
+        self.s = {k: [] for k in ("count", "levels")}
+        self.addr, self.val = [], []
+        self.pmd_t, self.pmd_v = [], []
+        self.vma = {k: [] for k in ("start", "end", "flags", "backing", "anon_vma")}
+        self.nf = self.np = self.ns = 0
+        self.pins = 0
+        self.pin_ops: list = []                     # (folio ids, refcount delta, large-for-pins)
+
+    def folios(self, nr: int, order: int, flags: int, ref, page_flags: int, page_map: int) -> tuple:
+        """``nr`` new folios of ``order``; returns (folio ids, first pfns)."""
+        ids = self.nf + np.arange(nr, dtype=np.int64)
+        first = self.np + (np.arange(nr, dtype=np.int64) << order)
+        for k, v in (("order", np.full(nr, order)), ("ref", np.broadcast_to(ref, (nr,))), ("pin", np.zeros(nr)),
+                     ("true", np.zeros(nr)), ("pmdmap", np.zeros(nr)), ("flags", np.full(nr, flags)),
+                     ("first", first)):
+            self.f[k].append(np.asarray(v, np.int64))
+        npg = nr << order
+        self.p["folio"].append(np.repeat(ids, 1 << order))
+        self.p["map"].append(np.full(npg, page_map, np.int64))
+        self.p["flags"].append(np.full(npg, page_flags, np.int64))
+        self.nf += nr
+        self.np += npg
+        return ids, first
+
+    def freeze(self, has_pinned: bool | None) -> AddressSpace:
+        cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)   # noqa: E731
+        fo = {k: cat(v, np.int64) for k, v in self.f.items()}
+        pg = {k: cat(v, np.int64) for k, v in self.p.items()}
+        sl = {k: cat(v, np.int64) for k, v in self.s.items()}
+        for ids, delta, large in self.pin_ops:       # add_pin of spec 1.6, once per folio
+            fo["ref"][ids] += delta
+            fo["pin"][ids] += large
+            fo["true"][ids] += 1
+        npg, ns = self.np, self.ns
+        memory = Memory.build(
+            folio_order=fo["order"], folio_refcount=fo["ref"], folio_pincount=fo["pin"], folio_true_pins=fo["true"],
+            folio_pmd_mapcount=fo["pmdmap"], folio_flags=fo["flags"], folio_first_pfn=fo["first"],
+            page_folio=pg["folio"], page_mapcount=pg["map"], page_flags=pg["flags"],
+            page_content=np.arange(1, npg + 1), swap_count=sl["count"], swap_levels=sl["levels"],
+            swap_content=np.arange(npg + 1, npg + ns + 1), next_content=npg + ns + 1)
+        addr, val = cat(self.addr, np.int64), cat(self.val, np.uint64)
+        tables = np.unique(addr // PTRS_PER_TABLE)
+        pte = np.zeros((tables.shape[0], PTRS_PER_TABLE), np.uint64)
+        pte[np.searchsorted(tables, addr // PTRS_PER_TABLE), addr % PTRS_PER_TABLE] = val
+        pmd_t, pmd_v = cat(self.pmd_t, np.int64), cat(self.pmd_v, np.uint64)
+        from gpusim.layout import rss_of
+        mm = MM(vma_start=cat(self.vma["start"], np.int64), vma_end=cat(self.vma["end"], np.int64),
+                vma_flags=cat(self.vma["flags"], np.uint64), vma_backing=cat(self.vma["backing"], np.uint8),
+                vma_anon_vma=cat(self.vma["anon_vma"], np.bool_), table_index=tables, pte=pte, pmd_index=pmd_t,
+                pmd=pmd_v, rss=rss_of(pte, pmd_v, memory), has_pinned=bool(self.pins) if has_pinned is None
+                else bool(has_pinned), on_swapoff_list=bool(ns))
+        return AddressSpace(mm, memory)
+
+
+def _choose(rng, n: int, k: int) -> np.ndarray:
+    """``k`` of ``range(n)``, sorted (all of them when ``k >= n``)."""
+    k = int(min(max(k, 0), n))
+    if k == n:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
+
+
+def _runs(rng, n: int, k: int, runs: int) -> np.ndarray:
+    """``k`` of ``range(n)`` as ``runs`` contiguous runs at random places (one in each of ``runs`` equal
+    segments), sorted: pinned memory registered as a few large buffers."""
+    k = int(min(max(k, 0), n))
+    runs = max(1, min(runs, k)) if k else 1
+    seg = n // runs
+    length = k // runs
+    out = []
+    for r in range(runs):
+        ln = length + (1 if r < k - length * runs else 0)
+        lo = r * seg
+        room = (seg if r < runs - 1 else n - lo) - ln
+        start = lo + (int(rng.integers(0, room + 1)) if room > 0 else 0)
+        out.append(np.arange(start, start + ln, dtype=np.int64))
+    return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+
+def _add_region(b: _Parts, rng, variant_large_order: int, is_618: bool, start: int, nr_pages: int, r: dict) -> None:
+    """One VMA of ``nr_pages`` pages at ``start`` (table-aligned) with the region keys ``r`` (see
+    :class:`gpusim.sweep.spec.Region`)."""
+    from gpusim.state import VM_DONTCOPY, VM_SHARED, VM_WIPEONFORK, VM_WRITE, swap_cap
+    backing = REGION_BACKINGS[r["backing"]]
+    anon = backing == 0 and not r["shared"]
+    flags = VM_DEFAULT_ANON | (VM_SHARED if r["shared"] else 0)
+    for fl in r["flags"]:
+        flags |= {"dontcopy": VM_DONTCOPY, "wipeonfork": VM_WIPEONFORK}.get(fl, 0)
+        if fl == "ro":
+            flags &= ~VM_WRITE
+    if r["shared"] and backing == 0:
+        backing = 2                                  # MAP_SHARED|MAP_ANONYMOUS is shmem
+    b.vma["start"].append([start])
+    b.vma["end"].append([start + nr_pages])
+    b.vma["flags"].append([flags])
+    b.vma["backing"].append([backing])
+    b.vma["anon_vma"].append([anon or backing == 1])  # private file mappings get an anon_vma once written
+    order = int(r["folio_order"]) if anon else 0
+    F = 1 << order
+    # THPs: whole tables mapped by a huge PMD (private anon only)
+    full = nr_pages // PTRS_PER_TABLE
+    thp = _choose(rng, full, round(r["thp_fraction"] * full)) if anon else np.zeros(0, np.int64)
+    in_thp = np.zeros(full + 1, bool)
+    in_thp[thp] = True
+    units = nr_pages // F                            # folio-sized, naturally aligned groups of slots
+    unit_slot = np.arange(units, dtype=np.int64) * F
+    keep = ~in_thp[unit_slot // PTRS_PER_TABLE]
+    unit_slot = unit_slot[keep]
+    present = unit_slot[_choose(rng, unit_slot.shape[0], round(r["fill"] * unit_slot.shape[0]))]
+    swapped = np.zeros(present.shape[0], bool)
+    swapped[_choose(rng, present.shape[0], round(r["swap_fraction"] * present.shape[0]))] = True
+    mapped = present[~swapped]
+    # pages: one folio per mapped unit
+    write, dirty = (flags & VM_WRITE) != 0 and anon, anon or r["shared"]
+    if anon:
+        fflags, pflags, ref = FOLIO_ANON | FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, F
+    else:
+        fflags, pflags, ref = (FOLIO_SWAPBACKED if backing == 2 else 0), 0, 1 + F   # page cache holds one
+    ids, first = b.folios(mapped.shape[0], order, fflags, ref, pflags, 1)
+    slots = (mapped[:, None] + np.arange(F)[None, :]).reshape(-1)
+    pfns = (first[:, None] + np.arange(F)[None, :]).reshape(-1)
+    base = np.uint64(P.mk_pte(0, write, dirty, True, False))
+    b.addr.append(start + slots)
+    b.val.append(base | (pfns.astype(np.uint64) << np.uint64(P.PFN_SHIFT)))
+    # THP folios
+    tids, tfirst = b.folios(thp.shape[0], 9, FOLIO_ANON | FOLIO_SWAPBACKED, 1, 0, 0)
+    if thp.shape[0]:
+        b.f["pmdmap"][-1] = np.ones(thp.shape[0], np.int64)
+        b.p["flags"][-1][::PTRS_PER_TABLE] = PAGE_ANON_EXCLUSIVE     # the head page carries the PMD's flag
+        b.pmd_t.append(start // PTRS_PER_TABLE + thp)
+        b.pmd_v.append(np.uint64(P.mk_huge_pmd(0, (flags & VM_WRITE) != 0, True, True))
+                       | (tfirst.astype(np.uint64) << np.uint64(P.PFN_SHIFT)))
+    # swap entries: one slot per page of a swapped unit, counts uniform in 1..swap_count_max
+    sw = (present[swapped][:, None] + np.arange(F)[None, :]).reshape(-1)
+    if sw.shape[0]:
+        cnt = rng.integers(1, int(r["swap_count_max"]) + 1, size=sw.shape[0])
+        levels = np.zeros(sw.shape[0], np.int64)
+        for lv in range(1, 4):
+            levels[cnt > swap_cap(lv - 1)] = lv
+        slot = b.ns + np.arange(sw.shape[0], dtype=np.int64)
+        excl = is_618 & (cnt == 1)
+        b.s["count"].append(cnt)
+        b.s["levels"].append(levels)
+        b.addr.append(start + sw)
+        b.val.append(np.where(excl, np.uint64(P.mk_swap_pte(0, True)), np.uint64(P.mk_swap_pte(0, False)))
+                     | (slot.astype(np.uint64) << np.uint64(P.PFN_SHIFT)))
+        b.ns += sw.shape[0]
+    # pins: a fraction of the region's pages, scattered or in a few contiguous runs, whole folios at a time
+    all_ids = np.concatenate([ids, tids])
+    all_start = np.concatenate([mapped, thp * PTRS_PER_TABLE])
+    order_by_addr = np.argsort(all_start, kind="stable")
+    cand = all_ids[order_by_addr]
+    sizes = np.where(order_by_addr < ids.shape[0], F, PTRS_PER_TABLE)
+    pages = int(sizes.sum())
+    target = round(r["pinned_fraction"] * pages)
+    if target and cand.shape[0]:
+        mean = pages / cand.shape[0]
+        k = max(1, round(target / mean))
+        pick = (_runs(rng, cand.shape[0], k, int(r["pinned_regions"])) if r["pinned_placement"] == "contiguous"
+                else _choose(rng, cand.shape[0], k))
+        chosen = cand[pick]
+        fo_order = np.where(np.isin(chosen, tids), 9, order)
+        delta = np.array([pin_refcount_delta(int(o), variant_large_order) for o in fo_order], np.int64)
+        large = np.array([is_large_for_pins(int(o), variant_large_order) for o in fo_order], bool)
+        b.pin_ops.append((chosen, delta, large))       # one FOLL_PIN each, applied when the arrays are frozen
+        b.pins += int(chosen.shape[0])
+
+
+def build_regions(regions: list[dict], variant: str, seed, has_pinned: bool | None = None) -> AddressSpace:
+    """An address space of ``regions`` (dicts with the keys of :class:`gpusim.sweep.spec.Region`), in address
+    order, each VMA starting at a 2 MiB boundary with one empty table's gap between regions. ``seed`` is an int or a
+    ``numpy.random.SeedSequence``; equal seeds give identical arrays."""
+    from gpusim.variants import get_variant
+    v = get_variant(variant)
+    rng = np.random.default_rng(seed)
+    b = _Parts()
+    addr = 0
+    for r in regions:
+        nr = max(1, int(r["size"]) // PAGE_SIZE)
+        k = int(r["vmas"])
+        sizes = [nr // k + (1 if i < nr % k else 0) for i in range(k)]
+        for n in sizes:
+            if n == 0:
+                continue
+            _add_region(b, rng, v.large_pin_order, variant == "linux-6.18", addr, n, r)
+            addr += -(-n // PTRS_PER_TABLE) * PTRS_PER_TABLE
+        addr += PTRS_PER_TABLE
+    return b.freeze(has_pinned)
+
+
+def build_workload(workload, variant: str, seed) -> tuple[AddressSpace, str | None, list | None]:
+    """The address space of a workload spec (:data:`gpusim.sweep.spec.Workload`), and the oracle and injections it
+    brings (a catalogue scenario's; None otherwise)."""
+    kind = workload.kind
+    if kind == "anon":
+        d = workload.model_dump()
+        return build_regions([d], variant, seed, d.pop("has_pinned")), None, None
+    if kind == "mixed":
+        return build_regions([r.model_dump() for r in workload.regions], variant, seed, workload.has_pinned), None, None
+    from gpusim.layout import parse_layout
+    if kind == "layout":
+        return parse_layout(workload.layout, variant), None, None
+    from gpusim.catalogue import SCENARIOS
+    s = SCENARIOS[workload.scenario]
+    return parse_layout(s.layout, variant), s.oracle, list(s.inject)

@@ -1,0 +1,197 @@
+"""The Arrow schema of a sweep's dataset, its metadata, writing rows and reading a dataset back.
+
+One tidy row per (point, repetition, fork of the chain). Columns: the point's config flattened to dotted names
+(``workload.size``, ``fork.variant``, ...; lists as JSON), the row key (``config_hash``, ``repetition``,
+``fork_index``), ``seed``, ``outcome`` and ``error``, ``backend`` and ``device``, ``nr_ptes``, wall times, PTEs/s,
+bytes/PTE, ``latency_ns``, ``lock_hold_max_ns``, ``latency.<component>_ns``, ``count.<event>`` for every count,
+``child_rss.<counter>``, invariant status, oops / ENOMEM details and the state digest. The dataset is partitioned
+by ``variant`` (hive layout, explicit partitioning schema). Metadata keys start with ``gpusim.``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1"
+SCHEMA_FILE = "schema.arrow"
+PARTITIONING = pa.schema([("variant", pa.string())])
+
+
+def _fixed_fields() -> list[pa.Field]:
+    from gpusim.costmodel import COMPONENTS
+    from gpusim.result import COUNT_NAMES
+    from gpusim.state import RSS_NAMES
+    f64, i64, s, b = pa.float64(), pa.int64(), pa.string(), pa.bool_()
+    fields = [("config_hash", s), ("repetition", i64), ("fork_index", i64), ("seed", i64), ("outcome", s),
+              ("error", s), ("backend", s), ("device", s), ("nr_ptes", i64), ("engine_wall_s", f64),
+              ("build_wall_s", f64), ("ptes_per_s", f64), ("bytes_per_pte", f64), ("latency_ns", f64),
+              ("lock_hold_max_ns", f64)]
+    fields += [(f"latency.{c}_ns", f64) for c in COMPONENTS]
+    fields += [(f"count.{n}", i64) for n in COUNT_NAMES]
+    fields += [(f"child_rss.{n}", i64) for n in RSS_NAMES]
+    fields += [("invariants_ok", b), ("invariants_checked", b), ("invariant_violations", s), ("oops", s),
+               ("enomem", s), ("digest", s)]
+    return [pa.field(n, t) for n, t in fields]
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def param_values(point) -> dict:
+    return flatten(point.config.model_dump(mode="json", exclude={"name", "description", "repeat"}))
+
+
+def _arrow_type(values: list) -> pa.DataType:
+    vals = [v for v in values if v is not None]
+    if vals and all(isinstance(v, bool) for v in vals):
+        return pa.bool_()
+    if vals and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        return pa.int64()
+    if vals and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+        return pa.float64()
+    return pa.string()
+
+
+def _cell(v, t: pa.DataType):
+    if v is None:
+        return None
+    if t == pa.string():
+        return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+    if t == pa.float64():
+        return float(v)
+    return v
+
+
+def git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {"python": platform.python_version()}
+    for pkg in ("gpusim", "numpy", "numba", "numba-cuda", "cupy-cuda12x", "cupy-cuda13x", "pyarrow", "pydantic"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def device_info(backend: str) -> dict:
+    from gpusim.backend import resolve
+    from gpusim.bench import cpu_model
+    info = {"cpu": f"{cpu_model()}, {os.cpu_count()} cpus", "gpu": "", "driver": ""}
+    try:
+        if resolve(backend) == "cuda":
+            import cupy
+            props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+            name = props["name"]
+            info["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
+            info["driver"] = str(cupy.cuda.runtime.driverGetVersion())
+    except Exception:                                    # noqa: BLE001 - metadata only
+        pass
+    return info
+
+
+def dataset_schema(spec, points, source_text: str = "") -> pa.Schema:
+    """The schema of a sweep's rows (partition column ``variant`` included) with its ``gpusim.*`` metadata."""
+    from gpusim.costmodel import load_profile
+    params = [param_values(p) for p in points]
+    keys = sorted({k for d in params for k in d})
+    fields = [pa.field(k, _arrow_type([d.get(k) for d in params])) for k in keys]
+    fixed = _fixed_fields()
+    names = {f.name for f in fixed}
+    fields = [f for f in fields if f.name not in names] + fixed + [pa.field("variant", pa.string())]
+    dev = device_info(spec.backend)
+    profiles = sorted({p.config.profile or "" for p in points})
+    meta = {
+        "gpusim.schema_version": SCHEMA_VERSION,
+        "gpusim.version": library_versions().get("gpusim", "unknown"),
+        "gpusim.git_commit": git_commit(),
+        "gpusim.library_versions": json.dumps(library_versions(), sort_keys=True),
+        "gpusim.cpu": dev["cpu"], "gpusim.gpu": dev["gpu"], "gpusim.driver": dev["driver"],
+        "gpusim.kernel": platform.release(),
+        "gpusim.sweep": spec.name, "gpusim.sweep_file": source_text,
+        "gpusim.profile": json.dumps({name or "default": load_profile(name or None).model_dump(mode="json")
+                                      for name in profiles}, sort_keys=True),
+        "gpusim.partitioning": json.dumps([f.name for f in PARTITIONING]),
+        "gpusim.row_key": json.dumps(["config_hash", "repetition", "fork_index"]),
+    }
+    return pa.schema(fields, metadata={k.encode(): v.encode() for k, v in meta.items()})
+
+
+def file_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema of the Parquet files: the dataset's without the partition columns."""
+    return pa.schema([f for f in schema if f.name not in PARTITIONING.names], metadata=schema.metadata)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_schema(out: Path, schema: pa.Schema) -> None:
+    def write(tmp):
+        with pa.ipc.new_file(tmp, schema) as w:
+            w.write_table(schema.empty_table())
+    _atomic_write(Path(out) / SCHEMA_FILE, write)
+
+
+def write_rows(out: Path, schema: pa.Schema, point, rows: list[dict]) -> str:
+    """Write one point-repetition's rows; returns the file's path relative to ``out``."""
+    fs = file_schema(schema)
+    params = param_values(point)
+    device = schema.metadata.get(b"gpusim.gpu", b"").decode() or schema.metadata.get(b"gpusim.cpu", b"").decode()
+    cols = {f.name: [] for f in fs}
+    for r in rows:
+        full = {**params, "device": device, **r}
+        for f in fs:
+            cols[f.name].append(_cell(full.get(f.name), f.type))
+    table = pa.table({n: pa.array(v, type=fs.field(n).type) for n, v in cols.items()}, schema=fs)
+    variant = point.config.fork.variant
+    rel = f"variant={variant}/{point.config_hash}-{rows[0]['repetition'] if rows else 0}.parquet"
+    path = Path(out) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    return rel
+
+
+def load_results(path: str | os.PathLike) -> pa.Table:
+    """A sweep's dataset as one pyarrow Table, read with its stored schema and explicit partitioning."""
+    import pyarrow.dataset as ds
+    root = Path(path)
+    schema_path = root / SCHEMA_FILE
+    if not schema_path.exists():
+        raise FileNotFoundError(f"{root}: not a gpusim results directory (no {SCHEMA_FILE})")
+    with pa.ipc.open_file(schema_path) as r:
+        schema = r.schema
+    files = sorted(str(p) for p in root.glob("variant=*/*.parquet"))
+    if not files:
+        return schema.empty_table()
+    part = ds.partitioning(PARTITIONING, flavor="hive")
+    dataset = ds.dataset(files, schema=schema, format="parquet", partitioning=part, partition_base_dir=str(root))
+    return dataset.to_table().replace_schema_metadata(schema.metadata)

@@ -1,0 +1,125 @@
+"""Run a sweep: every point x repetition (x fork of a chain) on the chosen backend, written as a Parquet dataset.
+
+Layout of ``results/<name>/`` (or ``--out``):
+
+* ``schema.arrow``: an empty Arrow IPC file holding the dataset's schema and its metadata (keys ``gpusim.*``);
+* ``variant=<v>/<config_hash>-<repetition>.parquet``: the rows of one point and repetition (one row per fork of
+  its chain), hive-partitioned by variant (the partitioning schema is stored in the metadata and given explicitly
+  when reading: see :func:`gpusim.sweep.export.load_results`);
+* ``manifest.jsonl``: one line per finished (point, repetition), appended after its file was written atomically
+  (written to a temporary name, then renamed).
+
+Resuming: a run lists the manifest and skips what it names; a file written but not yet in the manifest (a run
+killed in between) is rewritten under the same name, so no row is lost or duplicated. A point that raises is
+recorded as a row with ``outcome = "error"`` and its message, and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gpusim.sweep.spec import Point, SweepFile
+
+
+def point_seed(seed: int, config_hash: str, repetition: int) -> np.random.SeedSequence:
+    """The workload seed of one point and repetition: independent of the order in which points run."""
+    return np.random.SeedSequence([seed, int(config_hash, 16) & ((1 << 63) - 1), repetition])
+
+
+def run_point(point: Point, repetition: int) -> list[dict]:
+    """The rows of one point and repetition (one per fork of its chain)."""
+    import gpusim
+    from gpusim.costmodel import latency, load_profile
+    from gpusim.workloads import build_workload
+    cfg = point.config
+    profile = load_profile(cfg.profile)
+    ss = point_seed(cfg.seed, point.config_hash, repetition)
+    base = {"config_hash": point.config_hash, "repetition": repetition,
+            "seed": int(ss.generate_state(1, np.uint64)[0] & np.uint64((1 << 63) - 1)), "error": None}
+    t0 = time.perf_counter()
+    try:
+        space, oracle, inject = build_workload(cfg.workload, cfg.fork.variant, ss)
+    except Exception as e:                                  # noqa: BLE001 - recorded, the sweep goes on
+        return [dict(base, fork_index=0, outcome="error", error=f"workload: {type(e).__name__}: {e}")]
+    build_s = time.perf_counter() - t0
+    oracle = cfg.fork.oracle or oracle or "never"
+    inject = cfg.fork.inject if cfg.fork.inject is not None else (inject or [])
+    rows = []
+    for k in range(cfg.fork.chain):
+        try:
+            r = gpusim.fork(space, cfg.fork.variant, backend=cfg.backend, oracle=oracle, inject=inject,
+                            fork_seq=k, check=cfg.check)
+        except Exception as e:                              # noqa: BLE001
+            rows.append(dict(base, fork_index=k, outcome="error", error=f"fork: {type(e).__name__}: {e}"))
+            break
+        lat = latency(r.counts, cfg.fork.variant, profile, r.table_stats)
+        row = dict(base, fork_index=k, outcome=r.outcome, backend=r.backend, nr_ptes=r.nr_ptes,
+                   engine_wall_s=r.engine_wall_s, build_wall_s=build_s,
+                   ptes_per_s=r.nr_ptes / r.engine_wall_s if r.engine_wall_s > 0 else None,
+                   bytes_per_pte=r.bytes_per_pte(), latency_ns=lat["latency_ns"],
+                   lock_hold_max_ns=lat["lock_hold_max_ns"], invariants_ok=r.invariants.ok,
+                   invariants_checked=r.invariants.checked, invariant_violations="; ".join(r.invariants.violations),
+                   oops=json.dumps(r.oops) if r.oops else None, enomem=json.dumps(r.enomem) if r.enomem else None,
+                   digest=r.digest)
+        row.update({f"latency.{c}_ns": v for c, v in lat["latency_breakdown_ns"].items()})
+        row.update({f"count.{n}": v for n, v in r.counts.items()})
+        row.update({f"child_rss.{n}": v for n, v in r.child_rss.items()})
+        rows.append(row)
+        if r.outcome != "ok":
+            break
+        space = type(space)(r.parent.mm, r.memory)          # the next fork sees what this one left
+    return rows
+
+
+class SweepRunner:
+    """Runs the points of a sweep into ``out`` (see the module docstring)."""
+
+    def __init__(self, spec: SweepFile, points: list[Point], out: str | Path, source_text: str = ""):
+        from gpusim.sweep.export import dataset_schema
+        self.spec, self.points, self.out = spec, points, Path(out)
+        self.schema = dataset_schema(spec, points, source_text)
+        self.manifest = self.out / "manifest.jsonl"
+
+    def done(self) -> set[tuple[str, int]]:
+        if not self.manifest.exists():
+            return set()
+        out = set()
+        for line in self.manifest.read_text().splitlines():
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:                    # a line cut short by a kill: not done
+                continue
+            if (self.out / d["file"]).exists():
+                out.add((d["config_hash"], d["repetition"]))
+        return out
+
+    def tasks(self) -> list[tuple[Point, int]]:
+        done = self.done()
+        return [(p, rep) for p in self.points for rep in range(self.spec.repeat)
+                if (p.config_hash, rep) not in done]
+
+    def run(self, progress=None) -> dict:
+        """Run what is not done yet. ``progress(done, total, point)`` is called after each task."""
+        from gpusim.sweep.export import write_rows, write_schema
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_schema(self.out, self.schema)
+        todo = self.tasks()
+        total = len(self.points) * self.spec.repeat
+        already = total - len(todo)
+        errors = 0
+        for i, (p, rep) in enumerate(todo):
+            rows = run_point(p, rep)
+            errors += sum(r["outcome"] == "error" for r in rows)
+            rel = write_rows(self.out, self.schema, p, rows)
+            with open(self.manifest, "a") as f:
+                f.write(json.dumps({"config_hash": p.config_hash, "repetition": rep, "file": rel}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if progress:
+                progress(already + i + 1, total, p)
+        return {"total": total, "ran": len(todo), "skipped": already, "errors": errors}

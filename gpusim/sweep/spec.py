@@ -1,0 +1,252 @@
+"""The YAML of a sweep, validated by pydantic v2 (unknown keys are errors), and its expansion into points.
+
+A sweep file holds ``name``, ``description``, ``seed``, ``repeat``, ``backend``, ``profile``, ``check``,
+``workload`` (a generator: ``kind`` and its keys, :data:`Workload`), ``fork`` (``variant``, ``oracle``, ``inject``,
+``chain``) and ``sweep`` with ``grid`` (the Cartesian product of lists) and ``zip`` (lists taken in step) over dotted
+keys such as ``workload.size`` or ``fork.variant``. Every point is validated as a whole config, so a bad value in a
+list is reported with the key it sets. Sizes accept units (``64GiB``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from gpusim.variants import DEFAULT_VARIANT, VARIANTS
+from gpusim.yamlerr import ConfigError, describe_validation_error, parse_yaml
+
+
+def _size(v):
+    if isinstance(v, bool):
+        raise ValueError("a size is a number of bytes or a string such as 64GiB")
+    if isinstance(v, (int, float)):
+        return int(v)
+    if isinstance(v, str):
+        from gpusim.workloads import parse_size
+        return parse_size(v)
+    raise ValueError("a size is a number of bytes or a string such as 64GiB")
+
+
+def _page_size(v):
+    n = _size(v)
+    if n < 4096:
+        raise ValueError(f"size {n} is less than one 4 KiB page")
+    return n
+
+
+Size = Annotated[int, BeforeValidator(_page_size)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+_STRICT = ConfigDict(extra="forbid")
+
+
+class Region(BaseModel):
+    """One mapping (or ``vmas`` equal mappings, each starting at a 2 MiB boundary) of the address space."""
+
+    model_config = _STRICT
+    size: Size = Field(description="bytes of the region (units: KiB, MiB, GiB, TiB)")
+    backing: Literal["anon", "file", "shmem"] = "anon"
+    shared: bool = Field(False, description="MAP_SHARED (shared anon memory is shmem)")
+    flags: list[Literal["dontcopy", "wipeonfork", "ro"]] = []
+    fill: Fraction = Field(1.0, description="fraction of the PTE slots mapped (sparse tables below 1)")
+    folio_order: int = Field(0, ge=0, le=9, description="PTE-mapped folios of 2**order pages (anon)")
+    thp_fraction: Fraction = Field(0.0, description="fraction of whole 2 MiB extents mapped by a huge PMD (anon)")
+    pinned_fraction: Fraction = Field(0.0, description="fraction of the mapped pages pinned (FOLL_PIN), whole folios")
+    pinned_placement: Literal["scattered", "contiguous"] = "scattered"
+    pinned_regions: int = Field(1, ge=1, description="contiguous placement: number of pinned runs")
+    swap_fraction: Fraction = Field(0.0, description="fraction of the mapped folios swapped out")
+    swap_count_max: int = Field(1, ge=1, le=1 << 24,
+                                description="swap counts drawn uniformly in 1..max (above 62: continuations)")
+    vmas: int = Field(1, ge=1, le=1 << 20, description="split into this many equal VMAs")
+
+
+class AnonWorkload(Region):
+    """Private anonymous memory (a heap): ``kind: anon`` and the keys of :class:`Region`."""
+
+    kind: Literal["anon"]
+    has_pinned: bool | None = Field(None, description="MMF_HAS_PINNED (default: whether any page is pinned)")
+
+
+class MixedWorkload(BaseModel):
+    """Several regions, in address order: ``kind: mixed``, ``regions: [...]``."""
+
+    model_config = _STRICT
+    kind: Literal["mixed"]
+    regions: list[Region] = Field(min_length=1)
+    has_pinned: bool | None = None
+
+
+class LayoutWorkload(BaseModel):
+    """The spec's layout notation: ``kind: layout``, ``layout: "normal*100 pinned normal*411"``."""
+
+    model_config = _STRICT
+    kind: Literal["layout"]
+    layout: str
+
+
+class ScenarioWorkload(BaseModel):
+    """A scenario of the catalogue (its layout, and its oracle and injections unless ``fork`` sets them)."""
+
+    model_config = _STRICT
+    kind: Literal["scenario"]
+    scenario: str
+
+    @field_validator("scenario")
+    @classmethod
+    def _known(cls, v):
+        from gpusim.catalogue import SCENARIOS
+        if v not in SCENARIOS:
+            raise ValueError(f"unknown scenario '{v}' (known: {', '.join(SCENARIOS)})")
+        return v
+
+
+Workload = Annotated[Union[AnonWorkload, MixedWorkload, LayoutWorkload, ScenarioWorkload],
+                     Field(discriminator="kind")]
+
+
+class ForkSpec(BaseModel):
+    model_config = _STRICT
+    variant: str = DEFAULT_VARIANT
+    oracle: str | None = Field(None, description="lock-break oracle (default: never, or the scenario's)")
+    inject: list[str] | None = Field(None, description="injections (default: none, or the scenario's)")
+    chain: int = Field(1, ge=1, le=4096, description="successive forks of the same parent (a prefork server)")
+
+    @field_validator("variant")
+    @classmethod
+    def _variant(cls, v):
+        if v not in VARIANTS:
+            raise ValueError(f"unknown variant '{v}' (known: {', '.join(VARIANTS)})")
+        return v
+
+    @field_validator("oracle")
+    @classmethod
+    def _oracle(cls, v):
+        if v is not None:
+            from gpusim.oracle import LockBreakOracle
+            LockBreakOracle.parse(v)
+        return v
+
+    @field_validator("inject")
+    @classmethod
+    def _inject(cls, v):
+        if v is not None:
+            from gpusim.oracle import InjectionPlan
+            InjectionPlan.parse(v)
+        return v
+
+
+class Axes(BaseModel):
+    model_config = _STRICT
+    grid: dict[str, list] = {}
+    zip: dict[str, list] = {}
+
+
+class Config(BaseModel):
+    """One point of a sweep (the sweep file without ``sweep``)."""
+
+    model_config = _STRICT
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    repeat: int = Field(1, ge=1, le=10_000)
+    backend: str = "auto"
+    profile: str | None = None
+    check: bool = True
+    workload: Workload
+    fork: ForkSpec = ForkSpec()
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v):
+        from gpusim.backend import BACKENDS
+        if v not in BACKENDS:
+            raise ValueError(f"unknown backend '{v}' (known: {', '.join(BACKENDS)})")
+        return v
+
+
+class SweepFile(Config):
+    sweep: Axes = Axes()
+
+
+class Point(BaseModel):
+    """An expanded point: its config, the values the sweep set (``params``) and its hash."""
+
+    config: Config
+    params: dict[str, Any]
+    config_hash: str
+
+
+def config_hash(config: Config) -> str:
+    """SHA-256 (16 hex digits) of the point's canonical JSON, name and description excluded."""
+    d = config.model_dump(mode="json", exclude={"name", "description", "repeat"})
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _set(d: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        if not isinstance(d.get(k), dict):
+            d[k] = {}
+        d = d[k]
+    d[keys[-1]] = value
+
+
+def load_sweep(path: str | Path, text: str | None = None) -> tuple[SweepFile, list[Point]]:
+    """Parse, validate and expand a sweep file. Raises :class:`ConfigError` naming file, line and key."""
+    data, root = parse_yaml(path, text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: a sweep file is a mapping of keys (name, workload, fork, sweep, ...)")
+    try:
+        spec = SweepFile.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(path, root, err)) from None
+    grid, zipped = spec.sweep.grid, spec.sweep.zip
+    for section, axes in (("grid", grid), ("zip", zipped)):
+        for key, values in axes.items():
+            if not values:
+                raise ConfigError(f"{path}:{_line(root, ('sweep', section, key))}: sweep.{section}.{key}: "
+                                  f"an empty list")
+            if key.split(".")[0] in ("sweep", "name", "description", "repeat"):
+                raise ConfigError(f"{path}:{_line(root, ('sweep', section, key))}: sweep.{section}.{key}: "
+                                  f"cannot be swept")
+    lengths = {len(v) for v in zipped.values()}
+    if len(lengths) > 1:
+        raise ConfigError(f"{path}:{_line(root, ('sweep', 'zip'))}: sweep.zip: lists of different lengths "
+                          f"({', '.join(f'{k}: {len(v)}' for k, v in zipped.items())})")
+    base = {k: v for k, v in data.items() if k != "sweep"}
+    zip_rows = [dict(zip(zipped, vals)) for vals in zip(*zipped.values())] if zipped else [{}]
+    grid_rows = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
+    points, seen = [], set()
+    for g in grid_rows:
+        for z in zip_rows:
+            params = {**g, **z}
+            d = copy.deepcopy(base)
+            for k, v in params.items():
+                _set(d, k, v)
+            try:
+                cfg = Config.model_validate(d)
+            except ValidationError as err:
+                e = err.errors()[0]
+                dotted = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+                swept = next((k for k in params if dotted.startswith(k) or k.startswith(dotted)), None)
+                where = ("sweep", "grid" if swept in grid else "zip", swept) if swept else tuple(e["loc"])
+                what = f"{dotted} = {params[swept]!r}" if swept else dotted
+                msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+                raise ConfigError(f"{path}:{_line(root, where)}: {what}: {msg}") from None
+            h = config_hash(cfg)
+            if h in seen:
+                continue
+            seen.add(h)
+            points.append(Point(config=cfg, params=params, config_hash=h))
+    return spec, points
+
+
+def _line(root, loc) -> int | str:
+    from gpusim.yamlerr import _node_line
+    line = _node_line(root, loc)
+    return line if line is not None else "?"

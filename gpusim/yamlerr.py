@@ -1,0 +1,80 @@
+"""YAML files validated by pydantic models, with errors that name the file, the line and the key.
+
+:func:`load_yaml_model` parses a file, validates it against a model and raises :class:`ConfigError` (one line,
+``FILE:LINE: key.path: what is wrong``) for a YAML syntax error, a key the model does not know, a missing key or a
+value of the wrong type or unit. The line comes from the YAML node the error's location points to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+
+class ConfigError(ValueError):
+    """A user's configuration file is wrong; the message is meant to be printed as it is."""
+
+
+def _node_line(node, loc) -> int | None:
+    """1-based line of the node at ``loc`` (keys and indices) under ``node``: the key's line for a mapping entry."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if str(k.value) == str(part):
+                    line, node = k.start_mark.line + 1, v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def parse_yaml(path: str | Path, text: str | None = None):
+    """(data, root node) of a YAML file; :class:`ConfigError` for unreadable or malformed files."""
+    path = Path(path)
+    try:
+        text = path.read_text() if text is None else text
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return yaml.safe_load(text), yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        what = getattr(e, "problem", None) or str(e)
+        ctx = getattr(e, "context", None)
+        raise ConfigError(f"{where}: YAML syntax: {what}" + (f" ({ctx})" if ctx else "")) from None
+
+
+def describe_validation_error(path, root, err: ValidationError, prefix: tuple = ()) -> str:
+    """The first error of a pydantic ValidationError as ``FILE:LINE: key.path: message``."""
+    e = err.errors()[0]
+    loc = prefix + tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+    line = _node_line(root, loc)
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif e["type"] == "missing":
+        msg = "missing key"
+    msg = msg.removeprefix("Value error, ")
+    more = len(err.errors()) - 1
+    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{path}:{line if line is not None else '?'}: {key}: {msg}{tail}"
+
+
+def load_yaml_model(path: str | Path, model: type[BaseModel], text: str | None = None):
+    data, root = parse_yaml(path, text)
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(path, root, err)) from None
