@@ -17,23 +17,28 @@ class ConfigError(ValueError):
     """A user's configuration file is wrong; the message is meant to be printed as it is."""
 
 
-def _node_line(node, loc) -> int | None:
-    """1-based line of the node at ``loc`` (keys and indices) under ``node``: the key's line for a mapping entry."""
+def _walk(node, loc) -> tuple[int | None, list]:
+    """(1-based line, the parts of ``loc`` found) of the node at ``loc`` (keys and indices) under ``node``: the
+    key's line for a mapping entry. Parts that name no key (the tag pydantic puts in the location of a
+    discriminated union, a missing key) are skipped."""
     line = node.start_mark.line + 1 if node is not None else None
+    found = []
     for part in loc:
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 if str(k.value) == str(part):
                     line, node = k.start_mark.line + 1, v
+                    found.append(part)
                     break
-            else:
-                return line
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
             line = node.start_mark.line + 1
-        else:
-            return line
-    return line
+            found.append(part)
+    return line, found
+
+
+def _node_line(node, loc) -> int | None:
+    return _walk(node, loc)[0]
 
 
 def parse_yaml(path: str | Path, text: str | None = None):
@@ -57,8 +62,10 @@ def describe_validation_error(path, root, err: ValidationError, prefix: tuple = 
     """The first error of a pydantic ValidationError as ``FILE:LINE: key.path: message``."""
     e = err.errors()[0]
     loc = prefix + tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
-    line = _node_line(root, loc)
-    key = ".".join(str(p) for p in loc) or "(top level)"
+    line, found = _walk(root, loc)
+    if loc and (not found or found[-1] != loc[-1]):
+        found.append(loc[-1])                       # a missing key: name it
+    key = ".".join(str(p) for p in found) or "(top level)"
     msg = e["msg"]
     if e["type"] == "extra_forbidden":
         msg = "unknown key"

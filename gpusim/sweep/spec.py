@@ -109,6 +109,9 @@ Workload = Annotated[Union[AnonWorkload, MixedWorkload, LayoutWorkload, Scenario
                      Field(discriminator="kind")]
 
 
+WORKLOAD_KINDS = ("anon", "mixed", "layout", "scenario")
+
+
 class ForkSpec(BaseModel):
     model_config = _STRICT
     variant: str = DEFAULT_VARIANT
@@ -232,7 +235,10 @@ def load_sweep(path: str | Path, text: str | None = None) -> tuple[SweepFile, li
                 cfg = Config.model_validate(d)
             except ValidationError as err:
                 e = err.errors()[0]
-                dotted = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+                loc = [p for p in e["loc"] if not str(p).startswith("function-after")]
+                if len(loc) > 1 and loc[0] == "workload" and loc[1] in WORKLOAD_KINDS:
+                    del loc[1]                      # the tag pydantic adds for the discriminated union
+                dotted = ".".join(str(p) for p in loc)
                 swept = next((k for k in params if dotted.startswith(k) or k.startswith(dotted)), None)
                 where = ("sweep", "grid" if swept in grid else "zip", swept) if swept else tuple(e["loc"])
                 what = f"{dotted} = {params[swept]!r}" if swept else dotted

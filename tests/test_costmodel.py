@@ -1,0 +1,93 @@
+"""The latency model: sums by hand, profile loading and validation, the public profile's anchors."""
+
+import numpy as np
+import pytest
+import yaml
+from pydantic import TypeAdapter
+
+import gpusim
+from gpusim.costmodel import COMPONENTS, ProfileError, held_events, latency, load_profile, profile_names
+from gpusim.result import COST_EVENTS, TABLE_EVENTS, TableStats
+from gpusim.sweep.spec import Workload
+from gpusim.workloads import build_workload
+
+
+def test_shipped_profiles_load_and_label_estimates():
+    assert "public-xeon-4210r-v6.8" in profile_names()
+    p = load_profile()
+    assert set(p.costs) == set(COST_EVENTS)
+    assert p.costs["pte.share"].kind == "derived" and p.costs["copy.alloc"].kind == "estimate"
+    assert all(p.costs[e].basis for e in COST_EVENTS)        # every figure says where it comes from
+
+
+def test_latency_is_the_hand_computed_sum():
+    p = load_profile()
+    counts = {e: 0 for e in COST_EVENTS}
+    counts.update({"fork.base": 1, "pte.share": 1000, "copy.alloc": 3, "check": 10})
+    want = (p.costs["fork.base"].ns + 1000 * p.costs["pte.share"].ns + 3 * p.costs["copy.alloc"].ns
+            + 10 * p.costs["check"].ns)
+    out = latency(counts, "linux-6.18", p)
+    assert out["latency_ns"] == pytest.approx(want)
+    assert out["latency_breakdown_ns"]["pte"] == pytest.approx(1000 * p.costs["pte.share"].ns)
+    assert out["latency_breakdown_ns"]["early_copy"] == pytest.approx(3 * p.costs["copy.alloc"].ns)
+    assert out["latency_breakdown_ns"]["pass"] == pytest.approx(10 * p.costs["check"].ns)
+    assert sum(out["latency_breakdown_ns"].values()) == pytest.approx(want)
+    assert out["lock_hold_max_ns"] is None
+
+
+def test_lock_hold_is_the_longest_mean_pass():
+    p = load_profile()
+    ev = np.zeros((2, len(TABLE_EVENTS)), np.int64)
+    ev[0, TABLE_EVENTS.index("pte.share")] = 512
+    ev[1, TABLE_EVENTS.index("pte.share")] = 100
+    ev[1, TABLE_EVENTS.index("copy.memcpy")] = 4
+    stats = TableStats(np.array([0, 1]), np.array([1, 5]), ev)
+    share, memcpy = p.costs["pte.share"].ns, p.costs["copy.memcpy"].ns
+    assert latency({}, "linux-6.18", p, stats)["lock_hold_max_ns"] == pytest.approx(512 * share)
+    stats = TableStats(np.array([1]), np.array([5]), ev[1:])
+    assert latency({}, "linux-5.10", p, stats)["lock_hold_max_ns"] == pytest.approx((100 * share + 4 * memcpy) / 5)
+    # xu-v1 copies in page_duplicate, after dropping the locks
+    assert "copy.memcpy" not in held_events("xu-v1")
+    assert latency({}, "xu-v1", p, stats)["lock_hold_max_ns"] == pytest.approx(100 * share / 5)
+
+
+def test_every_event_in_one_component():
+    flat = [e for events in COMPONENTS.values() for e in events]
+    assert sorted(flat) == sorted(COST_EVENTS) and len(flat) == len(set(flat))
+
+
+@pytest.mark.parametrize("i", [0, 1])
+def test_public_profile_reproduces_its_anchors(i):
+    p = load_profile()
+    a = p.anchors[i]
+    space, _, _ = build_workload(TypeAdapter(Workload).validate_python(a.workload), a.variant, 0)
+    r = gpusim.fork(space, a.variant, backend="cpu", check=False)
+    got = latency(r.counts, a.variant, p, r.table_stats)["latency_ns"]
+    assert abs(got / a.latency_ns - 1) <= a.tolerance
+
+
+def test_table_stats_agree_between_engines():
+    space = gpusim.parse_layout("normal*100 pinned normal*411 none*512 swap*3 normal*509", "linux-6.18")
+    ref = gpusim.fork(space, "linux-6.18", backend="reference")
+    cpu = gpusim.fork(space, "linux-6.18", backend="cpu")
+    for r in (ref, cpu):
+        order = np.argsort(r.table_stats.table)
+        r.sorted = (r.table_stats.table[order], r.table_stats.passes[order], r.table_stats.events[order])
+    assert all(np.array_equal(a, b) for a, b in zip(ref.sorted, cpu.sorted))
+    assert ref.sorted[1].sum() == ref.counts["pass"]
+
+
+def test_unknown_profile_and_bad_profile_files(tmp_path):
+    with pytest.raises(ProfileError, match="unknown cost profile 'nope'"):
+        load_profile("nope")
+    good = yaml.safe_load(open(load_profile.__globals__["PROFILE_DIR"] / "public-xeon-4210r-v6.8.yaml"))
+    bad = dict(good, costs={k: v for k, v in good["costs"].items() if k != "pte.share"})
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ProfileError, match="no cost for: pte.share"):
+        load_profile(str(f))
+    bad = dict(good)
+    bad["costs"] = dict(good["costs"], **{"pte.share": {"ns": "fast", "kind": "derived"}})
+    f.write_text(yaml.safe_dump(bad, sort_keys=False))
+    with pytest.raises(ProfileError, match=r"p\.yaml:\d+: costs\.pte\.share\.ns"):
+        load_profile(str(f))

@@ -1,0 +1,190 @@
+"""Sweeps: expansion, malformed files, the dataset (schema, metadata, rows), resuming after SIGKILL, plots."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+import gpusim
+from gpusim.sweep.runner import SweepRunner
+from gpusim.sweep.spec import load_sweep
+from gpusim.yamlerr import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SMALL = """\
+name: t
+seed: 4
+repeat: 2
+backend: cpu
+workload:
+  kind: anon
+  size: 4MiB
+fork:
+  variant: linux-6.18
+sweep:
+  grid:
+    workload.size: [2MiB, 4MiB]
+    fork.variant: [linux-5.10, linux-6.18]
+  zip:
+    workload.pinned_fraction: [0.0, 0.01]
+    workload.pinned_placement: [scattered, contiguous]
+"""
+
+
+def write(tmp_path, text, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_grid_zip_and_repeat_expand(tmp_path):
+    spec, points = load_sweep(write(tmp_path, SMALL))
+    assert len(points) == 2 * 2 * 2 and spec.repeat == 2
+    combos = {(p.config.workload.size, p.config.fork.variant, p.config.workload.pinned_fraction,
+               p.config.workload.pinned_placement) for p in points}
+    assert len(combos) == 8
+    assert all((pf == 0.0) == (pl == "scattered") for _, _, pf, pl in combos)        # zip keeps lists in step
+    assert len({p.config_hash for p in points}) == 8
+
+
+@pytest.mark.parametrize("text,line,needle", [
+    ("name: t\nworkload:\n  kind: anon\n   size: 1GiB\n", 4, "YAML syntax"),                  # bad indentation
+    ("name: t\nworkload:\n  kind: anon\n  size: 1GiB\n  sise: 2\n", 5, "workload.sise: unknown key"),
+    ("name: t\nrepeat: many\nworkload:\n  kind: anon\n  size: 1GiB\n", 2, "repeat"),        # wrong type
+    ("name: t\nworkload:\n  kind: anon\n  size: 12 parsecs\n", 4, "is not a number of bytes"),  # bad unit
+    ("name: t\nworkload:\n  kind: anon\n  size: 1GiB\nfork:\n  variant: linux-9\n", 6, "unknown variant"),
+    ("name: t\nworkload:\n  kind: anon\n  size: 1GiB\nsweep:\n  grid:\n    workload.fill: [0.5, 2]\n", 7,
+     "workload.fill = 2"),
+    ("name: t\nworkload:\n  kind: anon\n  size: 1GiB\nsweep:\n  zip:\n    workload.fill: [0.5]\n"
+     "    workload.size: [1GiB, 2GiB]\n", 6, "different lengths"),
+])
+def test_malformed_files_name_file_line_and_key(tmp_path, text, line, needle):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_sweep(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}:{line}: ") and needle in msg and "\n" not in msg
+
+
+def test_cli_reports_bad_files_without_traceback(tmp_path):
+    p = write(tmp_path, "name: t\nworkload:\n  kind: anon\n  size: 1GiB\n  sise: 2\n")
+    r = subprocess.run([sys.executable, "-m", "gpusim.cli", "sweep", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{p}:5: workload.sise: unknown key" in r.stderr
+
+
+def test_dataset_rows_schema_and_metadata(tmp_path):
+    spec, points = load_sweep(write(tmp_path, SMALL))
+    out = tmp_path / "out"
+    summary = SweepRunner(spec, points, out).run()
+    assert summary == {"total": 16, "ran": 16, "skipped": 0, "errors": 0}
+    t = gpusim.load_results(out)
+    assert t.num_rows == 16
+    keys = {(h, r) for h, r in zip(t.column("config_hash").to_pylist(), t.column("repetition").to_pylist())}
+    assert len(keys) == 16
+    md = {k.decode(): v.decode() for k, v in t.schema.metadata.items()}
+    for k in ("gpusim.schema_version", "gpusim.version", "gpusim.git_commit", "gpusim.library_versions",
+              "gpusim.cpu", "gpusim.profile", "gpusim.partitioning"):
+        assert k in md
+    assert json.loads(md["gpusim.partitioning"]) == ["variant"]
+    assert t.schema.field("variant").type == pa.string()                       # explicit partitioning
+    assert t.schema.field("workload.size").type == pa.int64()
+    assert t.schema.field("count.copy.alloc").type == pa.int64()
+    assert set(t.column("variant").to_pylist()) == {"linux-5.10", "linux-6.18"}
+    assert all(t.column("invariants_ok").to_pylist()) and set(t.column("outcome").to_pylist()) == {"ok"}
+    lat = t.column("latency_ns").to_pylist()
+    parts = [t.column(c).to_pylist() for c in t.column_names if c.startswith("latency.")]
+    assert all(abs(sum(p[i] for p in parts) - lat[i]) < 1e-6 * lat[i] for i in range(t.num_rows))
+    # a second run finds everything done
+    assert SweepRunner(spec, points, out).run()["ran"] == 0
+
+
+def test_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path):
+    text = ("name: f\nbackend: cpu\nworkload:\n  kind: layout\n  layout: normal*4\nsweep:\n  grid:\n"
+            "    workload.layout: [\"normal*4\", \"migr:excl\", \"normal*8\"]\n    fork.variant: [linux-5.10]\n")
+    spec, points = load_sweep(write(tmp_path, text))
+    summary = SweepRunner(spec, points, tmp_path / "o").run()
+    assert summary["errors"] == 1 and summary["ran"] == 3
+    t = gpusim.load_results(tmp_path / "o")
+    outs = dict(zip(t.column("workload.layout").to_pylist(), t.column("outcome").to_pylist()))
+    assert outs == {"normal*4": "ok", "migr:excl": "error", "normal*8": "ok"}
+    err = [e for e in t.column("error").to_pylist() if e]
+    assert len(err) == 1 and "linux-6.18" in err[0]
+
+
+KILL = """\
+name: k
+seed: 9
+repeat: 3
+backend: cpu
+workload:
+  kind: anon
+  size: 2MiB
+  pinned_fraction: 0.05
+fork:
+  variant: linux-6.18
+  chain: 2
+sweep:
+  grid:
+    workload.size: [1MiB, 2MiB, 3MiB, 4MiB]
+    fork.variant: [linux-5.10, xu-v1-oleg, linux-6.18]
+"""
+
+
+def rows_of(path):
+    t = gpusim.load_results(path)
+    keys = list(zip(t.column("config_hash").to_pylist(), t.column("repetition").to_pylist(),
+                    t.column("fork_index").to_pylist()))
+    return keys, dict(zip(keys, t.column("digest").to_pylist()))
+
+
+def test_sigkill_mid_run_then_rerun_gives_exactly_the_full_set(tmp_path):
+    f = write(tmp_path, KILL)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    cmd = [sys.executable, "-m", "gpusim.cli", "sweep", str(f), "--out"]
+    subprocess.run(cmd + [str(full)], check=True, capture_output=True)
+    proc = subprocess.Popen(cmd + [str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = killed / "manifest.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if manifest.exists() and len(manifest.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the sweep finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(manifest.read_text().splitlines())
+    assert 5 <= done_before < 36
+    # lose the last manifest line too, as if the kill had come between writing a file and recording it
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(lines[:-1]) + "\n")
+    subprocess.run(cmd + [str(killed)], check=True, capture_output=True)
+    keys_full, dig_full = rows_of(full)
+    keys_killed, dig_killed = rows_of(killed)
+    assert len(keys_killed) == len(set(keys_killed)) == len(keys_full) == 4 * 3 * 3 * 2
+    assert dig_killed == dig_full
+
+
+def test_plots_for_a_small_sweep(tmp_path):
+    spec, points = load_sweep(write(tmp_path, SMALL))
+    out = tmp_path / "out"
+    SweepRunner(spec, points, out).run()
+    r = subprocess.run([sys.executable, "-m", "gpusim.cli", "plot", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    files = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert files == ["latency_breakdown.png", "latency_vs_pinned.png", "latency_vs_size.png",
+                     "variant_comparison.png"]
+    assert all((out / "plots" / n).stat().st_size > 10_000 for n in files)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "workloads").glob("*.yaml")))
+def test_presets_validate(name):
+    spec, points = load_sweep(ROOT / "workloads" / name)
+    assert points and spec.name == name.removesuffix(".yaml")
