@@ -32,16 +32,30 @@ def human_size(n: float) -> str:
 
 
 def _workload_label(d: dict, i: int, skip: tuple = ("fork.variant",)) -> str:
-    """A short label of the varying parameters of row ``i``."""
+    """A short label of row ``i``: the parameters that vary across the rows, as this row has them (unset ones left
+    out); where the sweep mixes workload kinds, a generated workload also shows its size and non-default keys."""
+    from gpusim.sweep.spec import AnonWorkload
     params = [c for c in d if (c.startswith("workload.") or c.startswith("fork.")) and c not in skip]
-    varying = [c for c in params if len({str(v) for v in d[c]}) > 1]
+    varying = [c for c in params if len({str(v) for v in d[c] if v is not None}) > 1]
+    kinds = d.get("workload.kind", [None] * (i + 1))
+    if len(set(kinds)) > 1 and kinds[i] in ("anon", "mixed"):
+        import json
+        defaults = {f"workload.{k}": json.dumps(f.default) if isinstance(f.default, list) else f.default
+                    for k, f in AnonWorkload.model_fields.items()}
+        varying += [c for c in params if c not in varying and c in defaults and d[c][i] is not None
+                    and (c == "workload.size" or d[c][i] != defaults[c])]
     parts = []
     for c in varying:
         v = d[c][i]
-        if c == "workload.size" and isinstance(v, (int, float)):
-            v = human_size(v)
+        if v is None or (c == "workload.kind" and len(varying) > 1):
+            continue
         name = c.split(".", 1)[1]
-        parts.append(str(v) if name == "size" else f"{name.replace('_fraction', '')}={v}")
+        if name == "size" and isinstance(v, (int, float)):
+            parts.append(human_size(v))
+        elif name in ("scenario", "layout"):
+            parts.append(f"{name} {v}")
+        else:
+            parts.append(f"{name.replace('_fraction', '')}={v}")
     return ", ".join(parts) or "all"
 
 
@@ -62,9 +76,12 @@ def plot_results(path, out=None) -> list[Path]:
     size = np.array(d["nr_ptes"], float) * PAGE
 
     def save(fig, name):
+        import warnings
         p = out / name
-        fig.tight_layout()
-        fig.savefig(p, dpi=110)
+        with warnings.catch_warnings():             # very many bars: bbox_inches below still fits the labels
+            warnings.simplefilter("ignore", UserWarning)
+            fig.tight_layout()
+        fig.savefig(p, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(p)
 
