@@ -78,6 +78,9 @@ def fork(
     sets: Optional[List[str]] = typer.Option(None, "--set", help="key=value for the workload generator "
                                                                  "(size=1GiB, pinned_fraction=0.1, ...); repeatable."),
     seed: int = typer.Option(0, "--seed", help="Seed of the workload generator."),
+    snapshot: Optional[str] = typer.Option(None, "--snapshot", help="A snapshot written by `gpusim capture`."),
+    pin: Optional[List[str]] = typer.Option(None, "--pin", help="With --snapshot: a pinned address range "
+                                                                "START-END (0x... or decimal); repeatable."),
     profile: Optional[str] = typer.Option(None, "--profile", "-p",
                                           help="Cost profile: a shipped name or a file path (default: "
                                                "public-xeon-4210r-v6.8)."),
@@ -87,6 +90,14 @@ def fork(
         get_variant(variant)
         from gpusim.costmodel import latency, load_profile
         prof = load_profile(profile)
+        if snapshot is not None:
+            if layout is not None or scenario is not None or workload is not None:
+                bad_input("give one of --layout, --scenario, --workload and --snapshot")
+            from gpusim.host.capture import parse_range, snapshot_space
+            space = snapshot_space(snapshot, variant, [parse_range(r) for r in pin or []])
+            layout = ""
+        elif pin:
+            bad_input("--pin goes with --snapshot")
         if workload is not None:
             if layout is not None or scenario is not None:
                 bad_input("give one of --layout, --scenario and --workload")
@@ -94,14 +105,14 @@ def fork(
             layout = ""
         elif sets:
             bad_input("--set goes with --workload")
-        if workload is None and scenario is not None:
+        if workload is None and snapshot is None and scenario is not None:
             s = get_scenario(scenario)
             layout = layout if layout is not None else s.layout
             oracle = oracle if oracle is not None else s.oracle
             inject = inject if inject else list(s.inject)
         if layout is None:
             bad_input("give --layout, --scenario or --workload")
-        if workload is None:
+        if workload is None and snapshot is None:
             space = parse_layout(layout, variant)
         result = run_fork(space, variant, backend=backend, oracle=oracle or "never", inject=inject or ())
         lat = latency(result.counts, variant, prof, result.table_stats)
@@ -279,6 +290,94 @@ def plot(
         typer.echo(str(f))
     if not files:
         typer.echo("no rows to plot")
+
+
+@app.command()
+def calibrate(
+    quick: bool = typer.Option(False, "--quick", help="Fewer, smaller layouts (CI: about ten seconds)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Profile file to write (default: the host "
+                                                                "profile directory, see `gpusim.host.calibrate`)."),
+    repeat: int = typer.Option(0, "--repeat", min=0, help="Forks timed per layout (0: 15 quick, 31 full)."),
+) -> None:
+    """Time real forks of known layouts on this kernel, fit the cost model, and write a host profile."""
+    from gpusim.host.calibrate import calibrate as run_calibrate
+    console = Console(stderr=True, highlight=False)
+    result = run_calibrate(quick, out, repeat or None,
+                           progress=lambda i, n, name: console.print(f"[{i}/{n}] {name}", highlight=False))
+    fit = result["fit"]
+    t = Table(title=f"fit on {fit['variant']} rules ({len(fit['residuals'])} layouts)", title_justify="left")
+    for col in ("layout", "measured (ms)", "fitted (ms)", "error"):
+        t.add_column(col, justify="right" if col != "layout" else "left")
+    for r in fit["residuals"]:
+        t.add_row(r["name"], f"{r['measured_ns'] / 1e6:.3f}", f"{r['fitted_ns'] / 1e6:.3f}",
+                  f"{100 * r['error']:+.1f}%" if r["error"] is not None else "")
+    Console(highlight=False).print(t)
+    typer.echo("scales: " + ", ".join(f"{g} {v['scale']:.3f}" + ("" if v["identified"] else " (not measured)")
+                                      for g, v in fit["groups"].items()))
+    for s in fit["skipped"]:
+        typer.echo(f"skipped {s['name']}: {s['refused']}")
+    typer.echo(f"profile written: {result['path']}")
+
+
+@app.command()
+def validate(
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Cost profile (default: the newest host "
+                                                                        "profile, else the public one)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Compare the simulator with this kernel: page sharing after a real fork, and latency on held-out layouts."""
+    from gpusim.host.calibrate import validate as run_validate
+    try:
+        from gpusim.costmodel import load_profile
+        load_profile(profile)
+    except ValueError as e:
+        bad_input(str(e))
+    console = Console(stderr=True, highlight=False)
+    rep = run_validate(profile, progress=None if as_json else
+                       (lambda i, n, name: console.print(f"[{i}/{n}] {name}", highlight=False)))
+    if as_json:
+        out = {"kernel": rep["kernel"], "variant": rep["variant"], "profile": rep["profile"],
+               "sharing": {"pages": rep["sharing"]["pages"], "agreement": rep["sharing"]["agreement"],
+                           "layouts": rep["sharing"]["layouts"]},
+               "latency": rep["latency"], "refused": rep["refused"]}
+        typer.echo(json.dumps(out))
+        return
+    sh = rep["sharing"]
+    agreement = "n/a" if sh["agreement"] is None else f"{100 * sh['agreement']:.2f}%"
+    typer.echo(f"kernel {rep['kernel']} -> variant {rep['variant']}; profile {rep['profile']}")
+    typer.echo(f"page sharing: {sh['pages']} pages compared, agreement {agreement}")
+    for lay in sh["layouts"]:
+        typer.echo(f"  {lay['name']}: real {lay['real']}, simulated {lay['predicted']}")
+    t = Table(title="latency on layouts not used for fitting (fork time added to a bare process)", title_justify="left")
+    for col in ("layout", "measured (ms)", "predicted (ms)", "error"):
+        t.add_column(col, justify="right" if col != "layout" else "left")
+    for c in rep["latency"]["cases"]:
+        t.add_row(c["name"], f"{c['measured_ns'] / 1e6:.3f}", f"{c['predicted_ns'] / 1e6:.3f}",
+                  f"{100 * c['error']:+.1f}%" if c["error"] is not None else "n/a")
+    Console(highlight=False).print(t)
+    mae = rep["latency"]["median_abs_error"]
+    typer.echo(f"median absolute error: {'n/a' if mae is None else f'{100 * mae:.1f}%'}")
+    for name, why in rep["refused"].items():
+        typer.echo(f"skipped {name}: {why}")
+
+
+@app.command()
+def capture(
+    pid: int = typer.Argument(..., help="The process to capture."),
+    out: str = typer.Option("snapshot.arrow", "--out", "-o", help="Snapshot file (Arrow IPC)."),
+) -> None:
+    """Read a running process's VMAs and pages from /proc into a snapshot that `gpusim fork --snapshot` takes."""
+    from gpusim.host.capture import capture as run_capture, write_snapshot
+    try:
+        table = run_capture(pid)
+    except FileNotFoundError:
+        bad_input(f"no process {pid}")
+    except PermissionError as e:
+        bad_input(f"{e} (capture needs the right to read /proc/{pid}/pagemap: the same user, or root)")
+    write_snapshot(table, out)
+    meta = json.loads(table.schema.metadata[b"gpusim.capture"])
+    typer.echo(f"{out}: {len(json.loads(table.schema.metadata[b'gpusim.vmas']))} VMAs, {table.num_rows} pages "
+               f"(frame numbers {'read' if meta['frames'] else 'not readable: map counts unknown'})")
 
 
 def workload_from_cli(kind: str, sets: list[str], variant: str, seed: int):

@@ -100,6 +100,8 @@ class Profile(BaseModel):
     costs: dict[str, EventCost]
     variant_factors: dict[str, EventCost] = {}
     anchors: list[Anchor] = []
+    fit: dict = {}                       # host profiles: the fit's groups, scales and residuals
+    measurements: list[dict] = []        # host profiles: the real forks the fit used
 
     @model_validator(mode="after")
     def _complete(self):
@@ -129,6 +131,23 @@ def profile_names() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 
 
+def host_profile_dir() -> Path:
+    """Where ``gpusim calibrate`` writes host profiles by default: ``$GPUSIM_PROFILE_DIR``, else
+    ``$XDG_DATA_HOME/gpusim/profiles`` (``~/.local/share/gpusim/profiles``)."""
+    env = os.environ.get("GPUSIM_PROFILE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "gpusim" / "profiles"
+
+
+def newest_host_profile() -> Path | None:
+    """The most recently written ``host-*.yaml`` in :func:`host_profile_dir`, if any."""
+    d = host_profile_dir()
+    found = sorted(d.glob("host-*.yaml"), key=lambda p: p.stat().st_mtime) if d.is_dir() else []
+    return found[-1] if found else None
+
+
 @functools.lru_cache(maxsize=32)
 def _load(path: str, mtime: float) -> Profile:
     from gpusim.yamlerr import load_yaml_model
@@ -136,11 +155,18 @@ def _load(path: str, mtime: float) -> Profile:
 
 
 def load_profile(name_or_path: str | os.PathLike | Profile | None = None) -> Profile:
-    """A profile by name (``gpusim/profiles/NAME.yaml``) or by path. Unknown names and invalid files raise
-    :class:`ProfileError` with a message naming the file, line and key."""
+    """A profile by name (``gpusim/profiles/NAME.yaml``, or a host profile's name in :func:`host_profile_dir`) or by
+    path; None means the newest host profile when one exists, else the public one. Unknown names and invalid files
+    raise :class:`ProfileError` with a message naming the file, line and key."""
     if isinstance(name_or_path, Profile):
         return name_or_path
-    text = str(name_or_path or DEFAULT_PROFILE)
+    if name_or_path is None:
+        newest = newest_host_profile()
+        name_or_path = str(newest) if newest else DEFAULT_PROFILE
+    text = str(name_or_path)
+    hosted = host_profile_dir() / f"{text}.yaml"
+    if not Path(text).exists() and hosted.exists():
+        text = str(hosted)
     path = Path(text)
     if not (text.endswith((".yaml", ".yml")) or os.sep in text) or not path.exists():
         named = PROFILE_DIR / f"{text}.yaml"

@@ -315,6 +315,9 @@ def build_workload(workload, variant: str, seed) -> tuple[AddressSpace, str | No
         return build_regions([d], variant, seed, d.pop("has_pinned")), None, None
     if kind == "mixed":
         return build_regions([r.model_dump() for r in workload.regions], variant, seed, workload.has_pinned), None, None
+    if kind == "snapshot":
+        from gpusim.host.capture import parse_range, snapshot_space
+        return snapshot_space(workload.path, variant, [parse_range(r) for r in workload.pinned]), None, None
     from gpusim.layout import parse_layout
     if kind == "layout":
         return parse_layout(workload.layout, variant), None, None

@@ -78,7 +78,7 @@ def test_human_summary():
     (["fork", "-l", "normal", "-i", "fail@disk#1"], "unknown allocation point 'disk'"),
     (["fork", "-l", "normal", "--backend", "tpu"], "unknown backend 'tpu'"),
     (["fork", "--scenario", "Z"], "unknown scenario 'Z'"),
-    (["fork"], "give --layout or --scenario"),
+    (["fork"], "give --layout, --scenario or --workload"),
     (["scenarios", "-v", "linux-1.0"], "unknown variant"),
 ])
 def test_bad_input_exits_2_with_one_line(args, needle):

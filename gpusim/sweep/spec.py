@@ -105,11 +105,29 @@ class ScenarioWorkload(BaseModel):
         return v
 
 
-Workload = Annotated[Union[AnonWorkload, MixedWorkload, LayoutWorkload, ScenarioWorkload],
+class SnapshotWorkload(BaseModel):
+    """A process captured by ``gpusim capture``: ``kind: snapshot``, ``path``, and ``pinned`` address ranges
+    (``START-END``, since /proc does not show pins)."""
+
+    model_config = _STRICT
+    kind: Literal["snapshot"]
+    path: str
+    pinned: list[str] = []
+
+    @field_validator("pinned")
+    @classmethod
+    def _ranges(cls, v):
+        from gpusim.host.capture import parse_range
+        for r in v:
+            parse_range(r)
+        return v
+
+
+Workload = Annotated[Union[AnonWorkload, MixedWorkload, LayoutWorkload, ScenarioWorkload, SnapshotWorkload],
                      Field(discriminator="kind")]
 
 
-WORKLOAD_KINDS = ("anon", "mixed", "layout", "scenario")
+WORKLOAD_KINDS = ("anon", "mixed", "layout", "scenario", "snapshot")
 
 
 class ForkSpec(BaseModel):

@@ -1,0 +1,343 @@
+"""Real address spaces on the host kernel: build one, time its fork(), read its page frames after a fork.
+
+A :class:`RealLayout` describes anonymous memory the way gpusim's generators do (``kind: anon`` regions): size, the
+fraction of pages touched, THP on or off, the number of VMAs, and pinned ranges. :func:`run_layout` sets it up in
+a fresh, small Python process (this file run as a script: it imports only the standard library), so the measuring
+process's own memory stays the interpreter's:
+
+* each VMA is mapped at a 2 MiB boundary of one reservation, one 2 MiB table apart from the next region, as
+  :func:`gpusim.workloads.build_regions` places them, so the kernel and the simulator see the same page tables;
+* pages are touched by writing one byte (``MADV_NOHUGEPAGE``, or ``MADV_HUGEPAGE`` for THP layouts);
+* pinned ranges are registered as io_uring fixed buffers (``IORING_REGISTER_BUFFERS``: a long-term FOLL_PIN, so the
+  kernel copies those pages at fork), through raw syscalls with ctypes; ``RLIMIT_MEMLOCK`` is raised where allowed.
+  Pinning faults the pages in, so a pinned page is present whether or not it was touched.
+
+Then either ``fork()`` is timed as the parent sees it (the child exits at once; a warm-up fork first; median and
+quartiles over the repetitions), or one fork is made and both processes read their page frames from
+``/proc/self/pagemap`` (root is needed to see frame numbers): each page is *shared* (same frame), *copied*
+(different frames) or *absent*.
+
+Where the kernel refuses something (no io_uring, no frame numbers), the JSON says so in ``refused``, and callers skip
+that part.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import mmap
+import os
+import resource
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+PAGE = 4096
+TABLE_PAGES = 512
+SYS_IO_URING_SETUP, SYS_IO_URING_REGISTER = 425, 427          # x86-64 and arm64 share these numbers
+IORING_REGISTER_BUFFERS = 0
+MAX_IOVEC_BYTES = 1 << 30
+
+
+@dataclass
+class RealLayout:
+    """Private anonymous memory: ``size`` bytes in ``vmas`` equal VMAs, ``fill`` of the pages touched (every
+    ``round(1/fill)``-th page), ``thp`` to ask for transparent huge pages, ``pinned``: (first page, pages) ranges of
+    the whole region, pinned as io_uring fixed buffers."""
+
+    name: str
+    size: int
+    vmas: int = 1
+    fill: float = 1.0
+    thp: bool = False
+    pinned: list = field(default_factory=list)
+
+    @property
+    def pages(self) -> int:
+        return self.size // PAGE
+
+    def vma_pages(self) -> list[int]:
+        n, k = self.pages, self.vmas
+        if n == 0:
+            return []
+        return [n // k + (1 if i < n % k else 0) for i in range(k)]
+
+    def stride(self) -> int:
+        return max(1, round(1 / self.fill)) if self.fill > 0 else 0
+
+    def touched(self) -> list[bool]:
+        """Whether each page of the region (concatenated VMAs) is touched."""
+        s = self.stride()
+        return [s > 0 and i % s == 0 for i in range(self.pages)]
+
+    def workload(self) -> dict:
+        """The gpusim workload (``kind: mixed``) that models this layout, pins excluded (see :func:`sim_space`)."""
+        return {"kind": "anon", "size": self.size, "vmas": self.vmas, "fill": self.fill,
+                "thp_fraction": 1.0 if self.thp else 0.0}
+
+
+def sim_space(layout: RealLayout, variant: str, thp_pages: int | None = None):
+    """The simulator's address space for ``layout``: same VMAs, tables and touched pages (a page touched in the real
+    process is a present anonymous page here), THP extents where the kernel made THPs (``thp_pages``: how many pages
+    the kernel backs by THPs, from ``/proc/self/smaps``; all full extents when None), pins on the pinned ranges."""
+    import numpy as np
+    from gpusim.kernels import pte as P
+    from gpusim.kernels.folio import is_large_for_pins, pin_refcount_delta
+    from gpusim.layout import rss_of
+    from gpusim.state import (FOLIO_ANON, FOLIO_SWAPBACKED, MM, PAGE_ANON_EXCLUSIVE, VM_DEFAULT_ANON, AddressSpace,
+                              Memory)
+    from gpusim.variants import get_variant
+    large_order = get_variant(variant).large_pin_order
+    touched = np.array(layout.touched(), bool)
+    pinned = np.zeros(layout.pages, bool)
+    for first, n in layout.pinned:
+        pinned[first:first + n] = True
+    touched |= pinned                                   # pinning faults the pages in
+    starts, vstart, vend = [], [], []
+    addr, base = 0, 0
+    for n in layout.vma_pages():
+        vstart.append(addr)
+        vend.append(addr + n)
+        starts.append((base, addr, n))
+        base += n
+        addr += -(-n // TABLE_PAGES) * TABLE_PAGES
+    # THP extents: whole 2 MiB extents of a VMA whose pages are all touched, up to thp_pages worth
+    thp_ext = []
+    if layout.thp:
+        budget = None if thp_pages is None else thp_pages // TABLE_PAGES
+        for b0, a0, n in starts:
+            for t in range(n // TABLE_PAGES):
+                if budget is not None and len(thp_ext) >= budget:
+                    break
+                sl = slice(b0 + t * TABLE_PAGES, b0 + (t + 1) * TABLE_PAGES)
+                if touched[sl].all():
+                    thp_ext.append((b0 + t * TABLE_PAGES, a0 + t * TABLE_PAGES))
+    in_thp = np.zeros(layout.pages, bool)
+    for b0, _ in thp_ext:
+        in_thp[b0:b0 + TABLE_PAGES] = True
+    small = np.flatnonzero(touched & ~in_thp)
+    nf_small, nthp = small.shape[0], len(thp_ext)
+    nf = nf_small + nthp
+    npg = nf_small + nthp * TABLE_PAGES
+    order = np.concatenate([np.zeros(nf_small), np.full(nthp, 9)])
+    first = np.concatenate([np.arange(nf_small), nf_small + TABLE_PAGES * np.arange(nthp)])
+    page_folio = np.concatenate([np.arange(nf_small), nf_small + np.repeat(np.arange(nthp), TABLE_PAGES)])
+    page_map = np.concatenate([np.ones(nf_small), np.zeros(nthp * TABLE_PAGES)])
+    page_flags = np.full(npg, PAGE_ANON_EXCLUSIVE)
+    if nthp:
+        tail = np.ones(nthp * TABLE_PAGES, bool)
+        tail[::TABLE_PAGES] = False
+        page_flags[nf_small:][tail] = 0
+    ref = np.ones(nf)
+    pin = np.zeros(nf)
+    true = np.zeros(nf)
+    for f, b in enumerate(small.tolist()):
+        if pinned[b]:
+            ref[f] += pin_refcount_delta(0, large_order)
+            true[f] += 1
+    for k, (b0, _) in enumerate(thp_ext):
+        if pinned[b0:b0 + TABLE_PAGES].any():
+            f = nf_small + k
+            ref[f] += pin_refcount_delta(9, large_order)
+            pin[f] += 1 if is_large_for_pins(9, large_order) else 0
+            true[f] += 1
+    memory = Memory.build(folio_order=order, folio_refcount=ref, folio_pincount=pin, folio_true_pins=true,
+                          folio_pmd_mapcount=np.concatenate([np.zeros(nf_small), np.ones(nthp)]),
+                          folio_flags=np.full(nf, FOLIO_ANON | FOLIO_SWAPBACKED), folio_first_pfn=first,
+                          page_folio=page_folio, page_mapcount=page_map, page_flags=page_flags,
+                          page_content=np.arange(1, npg + 1), swap_count=[], swap_levels=[], swap_content=[],
+                          next_content=npg + 1)
+    # PTEs of the small pages, at their simulated addresses
+    b2a = np.zeros(layout.pages, np.int64)
+    for b0, a0, n in starts:
+        b2a[b0:b0 + n] = a0 + np.arange(n)
+    addrs = b2a[small]
+    val = np.uint64(P.mk_pte(0, True, True, True, False)) | (np.arange(nf_small, dtype=np.uint64)
+                                                              << np.uint64(P.PFN_SHIFT))
+    tables = np.unique(addrs // TABLE_PAGES)
+    pte = np.zeros((tables.shape[0], TABLE_PAGES), np.uint64)
+    pte[np.searchsorted(tables, addrs // TABLE_PAGES), addrs % TABLE_PAGES] = val
+    pmd_t = np.array([a0 // TABLE_PAGES for _, a0 in thp_ext], np.int64)
+    pmd_v = np.array([P.mk_huge_pmd(nf_small + TABLE_PAGES * k, True, True, True) for k in range(nthp)], np.uint64)
+    i64 = np.int64
+    mm = MM(vma_start=np.array(vstart, i64), vma_end=np.array(vend, i64),
+            vma_flags=np.full(len(vstart), VM_DEFAULT_ANON, np.uint64), vma_backing=np.zeros(len(vstart), np.uint8),
+            vma_anon_vma=np.ones(len(vstart), bool), table_index=tables, pte=pte, pmd_index=pmd_t, pmd=pmd_v,
+            rss=rss_of(pte, pmd_v, memory), has_pinned=bool(layout.pinned))
+    space = AddressSpace(mm, memory)
+    space.validate()
+    return space, b2a
+
+
+# --- inside the measuring process --------------------------------------------------------------------------------
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def _pin_io_uring(base_addr: int, ranges: list) -> str | None:
+    """Register the ranges as io_uring fixed buffers; returns why not, or None when pinned."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+        if hard != resource.RLIM_INFINITY:
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (ValueError, OSError):
+        pass
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    params = ctypes.create_string_buffer(120)
+    fd = libc.syscall(SYS_IO_URING_SETUP, ctypes.c_uint(4), params)
+    if fd < 0:
+        return f"io_uring_setup failed: {os.strerror(ctypes.get_errno())}"
+    iovs = []
+    for first, n in ranges:
+        off, left = first * PAGE, n * PAGE
+        while left:
+            ln = min(left, MAX_IOVEC_BYTES)
+            iovs.append((base_addr + off, ln))
+            off, left = off + ln, left - ln
+    arr = (_Iovec * len(iovs))(*[_Iovec(a, ln) for a, ln in iovs])
+    rc = libc.syscall(SYS_IO_URING_REGISTER, ctypes.c_int(fd), ctypes.c_uint(IORING_REGISTER_BUFFERS), arr,
+                      ctypes.c_uint(len(iovs)))
+    if rc < 0:
+        return f"io_uring_register(IORING_REGISTER_BUFFERS) failed: {os.strerror(ctypes.get_errno())}"
+    _pin_io_uring.keep = (fd, arr)              # the buffers stay registered while the process lives
+    return None
+
+
+def _setup(layout: RealLayout):
+    """Map and touch the layout; returns (list of (mmap, base page index, pages), refusals)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    sizes = layout.vma_pages()
+    if not sizes:
+        return [], {}
+    span = sum(-(-n // TABLE_PAGES) * TABLE_PAGES for n in sizes) + 2 * TABLE_PAGES
+    PROT_NONE, PROT_RW = 0, mmap.PROT_READ | mmap.PROT_WRITE
+    MAP_PRIVATE, MAP_ANON, MAP_FIXED, MAP_NORESERVE = 0x02, 0x20, 0x10, 0x4000
+    res = libc.mmap(None, span * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANON | MAP_NORESERVE, -1, 0)
+    if res in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap reservation failed")
+    start = -(-res // (TABLE_PAGES * PAGE)) * (TABLE_PAGES * PAGE)             # 2 MiB aligned
+    libc.munmap(res, span * PAGE)                                            # the VMAs go back at fixed places
+    vmas, addr, b = [], start, 0
+    advice = 14 if layout.thp else 15                                         # MADV_HUGEPAGE / MADV_NOHUGEPAGE
+    for n in sizes:
+        got = libc.mmap(addr, n * PAGE, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_FIXED, -1, 0)
+        if got != addr:
+            raise OSError(ctypes.get_errno(), "mmap failed")
+        libc.madvise(addr, n * PAGE, advice)
+        vmas.append((addr, b, n))
+        b += n
+        addr += -(-n // TABLE_PAGES) * TABLE_PAGES * PAGE
+    touched = layout.touched()
+    for a, b0, n in vmas:
+        buf = (ctypes.c_char * (n * PAGE)).from_address(a)
+        for i in range(n):
+            if touched[b0 + i]:
+                buf[i * PAGE] = b"\x01"
+    refused = {}
+    if layout.pinned:
+        # pinned ranges are given in region pages; register each piece in the VMAs that hold it
+        pieces = []
+        for first, cnt in layout.pinned:
+            for a, b0, n in vmas:
+                lo, hi = max(first, b0), min(first + cnt, b0 + n)
+                if lo < hi:
+                    pieces.append((a + (lo - b0) * PAGE, hi - lo))
+        why = _pin_io_uring(0, [(p // PAGE, n) for p, n in pieces]) if pieces else None
+        if why:
+            refused["pin"] = why
+    return vmas, refused
+
+
+def _thp_pages() -> int:
+    total = 0
+    try:
+        for line in open("/proc/self/smaps_rollup"):
+            if line.startswith("AnonHugePages:"):
+                total = int(line.split()[1]) * 1024 // PAGE
+    except OSError:
+        pass
+    return total
+
+
+def _frames(pid, vmas) -> list:
+    """Frame number of each page (None: not present), region order."""
+    out = []
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        for a, _, n in vmas:
+            f.seek(a // PAGE * 8)
+            for (v,) in struct.iter_unpack("<Q", f.read(n * 8)):
+                out.append(v & ((1 << 55) - 1) if v >> 63 else None)
+    return out
+
+
+def time_forks(layout: RealLayout, repeat: int) -> dict:
+    vmas, refused = _setup(layout)
+    thp = _thp_pages() if layout.thp else 0
+    times = []
+    for i in range(repeat + 1):
+        t0 = time.perf_counter_ns()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        t1 = time.perf_counter_ns()
+        os.waitpid(pid, 0)
+        if i:
+            times.append(t1 - t0)
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return {"layout": asdict(layout), "fork_ns": times, "median_ns": statistics.median(times), "q1_ns": q[0],
+            "q3_ns": q[2], "thp_pages": thp, "refused": refused}
+
+
+def sharing(layout: RealLayout) -> dict:
+    vmas, refused = _setup(layout)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            data = json.dumps(_frames("self", vmas)).encode()
+        except OSError as e:
+            data = json.dumps({"error": str(e)}).encode()
+        with os.fdopen(w, "wb") as f:
+            f.write(data)
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        child = json.loads(f.read())
+    os.waitpid(pid, 0)
+    parent = _frames("self", vmas)
+    if isinstance(child, dict) or all(v in (None, 0) for v in parent):
+        refused["pagemap"] = "frame numbers are not readable (root is needed) or pagemap is refused"
+        return {"layout": asdict(layout), "refused": refused}
+    state = []
+    for p, c in zip(parent, child):
+        state.append("absent" if p is None or c is None else ("shared" if p == c else "copied"))
+    return {"layout": asdict(layout), "state": state, "thp_pages": _thp_pages() if layout.thp else 0,
+            "refused": refused}
+
+
+def run_layout(layout: RealLayout, mode: str = "time", repeat: int = 7, timeout: float = 600) -> dict:
+    """Set up ``layout`` in a fresh process and ``time`` its forks or read its ``sharing`` map."""
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), mode, json.dumps(asdict(layout)), str(repeat)],
+                         capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"measuring {layout.name} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout)
+
+
+if __name__ == "__main__":
+    _layout = RealLayout(**json.loads(sys.argv[2]))
+    if sys.argv[1] == "time":
+        print(json.dumps(time_forks(_layout, int(sys.argv[3]))))
+    else:
+        print(json.dumps(sharing(_layout)))
