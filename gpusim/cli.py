@@ -209,6 +209,11 @@ def sweep(
     file: str = typer.Argument(..., help="A sweep file (YAML), e.g. workloads/quick.yaml."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Results directory (default results/<name>)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Override the file's backend."),
+    executor: str = typer.Option("local", "--executor", help="local (processes on this machine) or ray."),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: the cluster (default RAY_ADDRESS, else a "
+                                                                  "local cluster started for the run)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Parallel tasks (0: one per core, or per GPU with "
+                                                            "cuda; 1: in this process)."),
 ) -> None:
     """Run every point x repetition of a sweep and write a Parquet dataset (resumable: run it again to finish)."""
     from pathlib import Path
@@ -225,6 +230,8 @@ def sweep(
             points = [p.model_copy(update={"config": p.config.model_copy(update={"backend": backend})})
                       for p in points]
         runner = SweepRunner(spec, points, out or Path("results") / spec.name, text or "")
+        from gpusim.sweep.executors import make_executor
+        ex = make_executor(executor, workers or None, address, spec.backend)
     except ConfigError as e:
         bad_input(str(e))
     except ValueError as e:
@@ -232,16 +239,20 @@ def sweep(
     console = Console(stderr=True, highlight=False)
     tasks = runner.tasks()
     console.print(f"sweep {spec.name}: {len(points)} points x {spec.repeat} repetitions, "
-                  f"{len(tasks)} to run -> {runner.out}")
-    if sys.stderr.isatty():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=console) as bar:
-            t = bar.add_task(spec.name, total=len(points) * spec.repeat,
-                             completed=len(points) * spec.repeat - len(tasks))
-            summary = runner.run(progress=lambda done, total, p: bar.update(t, completed=done))
-    else:
-        summary = runner.run()
+                  f"{len(tasks)} to run on {ex.name} -> {runner.out}")
+    from gpusim.sweep.executors import ExecutorError
+    try:
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=console) as bar:
+                t = bar.add_task(spec.name, total=len(points) * spec.repeat,
+                                 completed=len(points) * spec.repeat - len(tasks))
+                summary = runner.run(progress=lambda done, total, p: bar.update(t, completed=done), executor=ex)
+        else:
+            summary = runner.run(executor=ex)
+    except ExecutorError as e:
+        bad_input(str(e))
     print_sweep_summary(runner.out)
     console.print(f"{summary['ran']} run, {summary['skipped']} already done, {summary['errors']} failed; "
                   f"dataset: {runner.out}")
@@ -262,7 +273,8 @@ def print_sweep_summary(path) -> None:
     for col in ("variant", "point", "fork", "runs", "outcome", "PTEs", "latency (ms)", "lock hold (us)",
                 "early copies", "engine wall"):
         t.add_column(col, justify="right" if col not in ("variant", "point", "outcome") else "left")
-    for (v, label, k), idx in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+    order = lambda kv: (d["nr_ptes"][kv[1][0]] or 0, kv[0][1], kv[0][0], kv[0][2])      # noqa: E731
+    for (v, label, k), idx in sorted(groups.items(), key=order):
         outs = sorted({d["outcome"][i] for i in idx})
         lat = [d["latency_ns"][i] for i in idx if d["latency_ns"][i] is not None]
         hold = [d["lock_hold_max_ns"][i] for i in idx if d["lock_hold_max_ns"][i] is not None]

@@ -280,9 +280,7 @@ def _frames(pid, vmas) -> list:
     return out
 
 
-def time_forks(layout: RealLayout, repeat: int) -> dict:
-    vmas, refused = _setup(layout)
-    thp = _thp_pages() if layout.thp else 0
+def _time(repeat: int) -> list[int]:
     times = []
     for i in range(repeat + 1):
         t0 = time.perf_counter_ns()
@@ -291,11 +289,22 @@ def time_forks(layout: RealLayout, repeat: int) -> dict:
             os._exit(0)
         t1 = time.perf_counter_ns()
         os.waitpid(pid, 0)
-        if i:
+        if i:                                        # the first fork is a warm-up
             times.append(t1 - t0)
+    return times
+
+
+def time_forks(layout: RealLayout, repeat: int) -> dict:
+    """Forks of this process before the layout is set up (``base_*``) and after (``*``), so that the time the
+    layout adds is measured within one process."""
+    base = _time(repeat)
+    vmas, refused = _setup(layout)
+    thp = _thp_pages() if layout.thp else 0
+    times = _time(repeat)
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     return {"layout": asdict(layout), "fork_ns": times, "median_ns": statistics.median(times), "q1_ns": q[0],
-            "q3_ns": q[2], "thp_pages": thp, "refused": refused}
+            "q3_ns": q[2], "base_fork_ns": base, "base_median_ns": statistics.median(base),
+            "added_ns": statistics.median(times) - statistics.median(base), "thp_pages": thp, "refused": refused}
 
 
 def sharing(layout: RealLayout) -> dict:

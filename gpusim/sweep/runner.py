@@ -11,7 +11,9 @@ Layout of ``results/<name>/`` (or ``--out``):
 
 Resuming: a run lists the manifest and skips what it names; a file written but not yet in the manifest (a run
 killed in between) is rewritten under the same name, so no row is lost or duplicated. A point that raises is
-recorded as a row with ``outcome = "error"`` and its message, and the sweep goes on.
+recorded as a row with ``outcome = "error"`` and its message, and the sweep goes on. Tasks run on an executor
+(:mod:`gpusim.sweep.executors`: in this process, a local pool of processes, or Ray); only the driver writes the
+manifest.
 """
 
 from __future__ import annotations
@@ -103,23 +105,25 @@ class SweepRunner:
         return [(p, rep) for p in self.points for rep in range(self.spec.repeat)
                 if (p.config_hash, rep) not in done]
 
-    def run(self, progress=None) -> dict:
-        """Run what is not done yet. ``progress(done, total, point)`` is called after each task."""
-        from gpusim.sweep.export import write_rows, write_schema
+    def run(self, progress=None, executor=None) -> dict:
+        """Run what is not done yet on ``executor`` (default: in this process, one task at a time).
+        ``progress(done, total, point)`` is called after each task."""
+        from gpusim.sweep.executors import InlineExecutor
+        from gpusim.sweep.export import write_schema
         self.out.mkdir(parents=True, exist_ok=True)
         write_schema(self.out, self.schema)
         todo = self.tasks()
         total = len(self.points) * self.spec.repeat
-        already = total - len(todo)
-        errors = 0
-        for i, (p, rep) in enumerate(todo):
-            rows = run_point(p, rep)
-            errors += sum(r["outcome"] == "error" for r in rows)
-            rel = write_rows(self.out, self.schema, p, rows)
-            with open(self.manifest, "a") as f:
-                f.write(json.dumps({"config_hash": p.config_hash, "repetition": rep, "file": rel}) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            if progress:
-                progress(already + i + 1, total, p)
-        return {"total": total, "ran": len(todo), "skipped": already, "errors": errors}
+        state = {"done": total - len(todo), "errors": 0}
+        with open(self.manifest, "a") as manifest:
+            def on_done(point, rec):
+                manifest.write(json.dumps({k: rec[k] for k in ("config_hash", "repetition", "file")}) + "\n")
+                manifest.flush()
+                os.fsync(manifest.fileno())
+                state["done"] += 1
+                state["errors"] += rec["errors"]
+                if progress:
+                    progress(state["done"], total, point)
+
+            (executor or InlineExecutor()).run(todo, self.out, self.schema.serialize().to_pybytes(), on_done)
+        return {"total": total, "ran": len(todo), "skipped": total - len(todo), "errors": state["errors"]}

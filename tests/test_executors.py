@@ -1,0 +1,144 @@
+"""Executors: a local pool and a real Ray cluster (head on loopback) give the rows the in-process run gives; failures
+are recorded; a killed Ray run resumes to exactly the full set."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import gpusim
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")   # CI installs it with the test extra
+
+SWEEP = """\
+name: ex
+seed: 5
+repeat: 2
+backend: cpu
+workload:
+  kind: anon
+  size: 2MiB
+  pinned_fraction: 0.02
+fork:
+  variant: linux-6.18
+sweep:
+  grid:
+    workload.size: [1MiB, 2MiB, 4MiB]
+    fork.variant: [linux-5.10, linux-6.18]
+"""
+
+FAILING = """\
+name: f
+backend: cpu
+workload:
+  kind: layout
+  layout: normal*4
+sweep:
+  grid:
+    workload.layout: ["normal*4", "migr:excl", "normal*8"]
+    fork.variant: [linux-5.10]
+"""
+
+COMPARED = ("outcome", "digest", "latency_ns", "lock_hold_max_ns", "count.pass", "count.copy.alloc", "nr_ptes",
+            "invariants_ok", "seed", "error")
+
+
+def rows(path):
+    t = gpusim.load_results(path)
+    keys = list(zip(t.column("config_hash").to_pylist(), t.column("repetition").to_pylist(),
+                    t.column("fork_index").to_pylist()))
+    vals = [tuple(t.column(c).to_pylist()[i] for c in COMPARED) for i in range(t.num_rows)]
+    assert len(keys) == len(set(keys)), "duplicated rows"
+    return dict(zip(keys, vals))
+
+
+def sweep(args, **kw):
+    return subprocess.run([sys.executable, "-m", "gpusim.cli", "sweep", *args], capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    start = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
+                            "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                            "--include-dashboard=false", "--disable-usage-stats"],
+                           capture_output=True, text=True, env=env, timeout=180)
+    assert start.returncode == 0, start.stderr[-3000:]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True,
+                       env=env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def inline_rows(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inline")
+    f = d / "s.yaml"
+    f.write_text(SWEEP)
+    r = sweep([str(f), "--out", str(d / "out"), "--workers", "1"])
+    assert r.returncode == 0, r.stderr
+    return f, rows(d / "out")
+
+
+def test_local_pool_equals_inline(inline_rows, tmp_path):
+    f, want = inline_rows
+    r = sweep([str(f), "--out", str(tmp_path / "out"), "--executor", "local", "--workers", "2"])
+    assert r.returncode == 0, r.stderr
+    assert rows(tmp_path / "out") == want and len(want) == 12
+
+
+def test_ray_equals_local(cluster, inline_rows, tmp_path):
+    f, want = inline_rows
+    t0 = time.time()
+    r = sweep([str(f), "--out", str(tmp_path / "out"), "--executor", "ray", "--address", cluster])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "on ray" in r.stderr
+    assert rows(tmp_path / "out") == want
+    print(f"ray sweep: {time.time() - t0:.1f} s")
+
+
+def test_ray_records_a_failing_point_and_finishes_the_others(cluster, tmp_path):
+    f = tmp_path / "f.yaml"
+    f.write_text(FAILING)
+    r = sweep([str(f), "--out", str(tmp_path / "out"), "--executor", "ray", "--address", cluster])
+    assert r.returncode == 0, r.stderr[-3000:]
+    t = gpusim.load_results(tmp_path / "out")
+    outs = dict(zip(t.column("workload.layout").to_pylist(), t.column("outcome").to_pylist()))
+    assert outs == {"normal*4": "ok", "migr:excl": "error", "normal*8": "ok"}
+
+
+def test_ray_killed_and_resumed_gives_exactly_the_full_set(cluster, inline_rows, tmp_path):
+    f, want = inline_rows
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "gpusim.cli", "sweep", str(f), "--out", str(out), "--executor", "ray", "--address",
+            cluster, "--workers", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = out / "manifest.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if manifest.exists() and len(manifest.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the sweep finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 3 <= len(manifest.read_text().splitlines()) < 12
+    r = sweep([str(f), "--out", str(out), "--executor", "ray", "--address", cluster])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert rows(out) == want
+
+
+def test_unknown_executor_is_a_clear_error(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(SWEEP)
+    r = sweep([str(f), "--out", str(tmp_path / "o"), "--executor", "spark"])
+    assert r.returncode == 2 and "unknown executor 'spark'" in r.stderr and "Traceback" not in r.stderr
