@@ -19,5 +19,6 @@ def load_profile(name_or_path=None):
     from gpusim.costmodel import load_profile as _load
     return _load(name_or_path)
 
-__all__ = ["fork", "fork_batch", "parse_layout", "LayoutError", "ForkResult", "AddressSpace", "MM", "Memory", "VARIANTS",
+__all__ = ["fork", "fork_batch", "parse_layout", "LayoutError", "ForkResult", "AddressSpace", "MM", "Memory",
+           "VARIANTS",
            "DEFAULT_VARIANT", "BACKENDS", "COST_EVENTS", "COUNT_NAMES", "load_results", "load_profile", "__version__"]

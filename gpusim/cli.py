@@ -180,7 +180,8 @@ def bench(
         for col in ("kernel fork", "kernel ns/PTE", "speedup"):
             t.add_column(col, justify="right")
     for r in report["rows"]:
-        cells = [f"{r['size_bytes'] / 2**30:g} GiB", f"{r['ptes']:,}", r["backend"], f"{r['engine_wall_s'] * 1e3:.2f} ms",
+        cells = [f"{r['size_bytes'] / 2**30:g} GiB", f"{r['ptes']:,}", r["backend"],
+                 f"{r['engine_wall_s'] * 1e3:.2f} ms",
                  f"{r['ns_per_pte']:.3f}", f"{r['ptes_per_s'] / 1e9:.3f} G", f"{r['bytes_per_pte']:.1f}"]
         if gpu:
             cells += [f"{100 * r['fraction_of_copy_bandwidth']:.1f}%",

@@ -23,7 +23,8 @@ from gpusim.kernels.rules import (
     C_ALLOC, C_BATCH_PTE, C_BATCH_START, C_CALL, C_CHECK, C_DEVPRIV, C_EXCL_CLEAR, C_LB, C_MIGRATION, C_NONE, C_PASS,
     C_PIN_SHARED, C_RSS, C_SHARE, C_SHARED, C_SPECIAL, C_SWAP, C_SWAPOFF, C_WRPROTECT, FOLIO_ANON,
     NB_LIST, PAGE_ANON_EXCLUSIVE, V_5_8, V_6_18, VM_SHARED, in_break_list, is_cow_mapping, large_folio_needs_host,
-    lock_break, mm_counter, nonpresent_child, nonpresent_parent, share_child_pte, shared_exclusive_page, slot_needs_host,
+    lock_break, mm_counter, nonpresent_child, nonpresent_parent, share_child_pte, shared_exclusive_page,
+    slot_needs_host,
     small_folio_needs_host,
 )
 

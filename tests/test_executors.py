@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
@@ -56,9 +57,14 @@ def rows(path):
     return dict(zip(keys, vals))
 
 
+# The test cluster and every driver share one token (Ray's token authentication), so that a token file another
+# Ray left in ~/.ray cannot get in the way.
+RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
 def sweep(args, **kw):
     return subprocess.run([sys.executable, "-m", "gpusim.cli", "sweep", *args], capture_output=True, text=True,
-                          timeout=600, **kw)
+                          timeout=600, env=dict(os.environ, **RAY_ENV), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +72,7 @@ def cluster():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    env = dict(os.environ, **RAY_ENV)
     start = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
                             "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
                             "--include-dashboard=false", "--disable-usage-stats"],
@@ -121,7 +127,7 @@ def test_ray_killed_and_resumed_gives_exactly_the_full_set(cluster, inline_rows,
     out = tmp_path / "out"
     args = [sys.executable, "-m", "gpusim.cli", "sweep", str(f), "--out", str(out), "--executor", "ray", "--address",
             cluster, "--workers", "1"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, **RAY_ENV))
     manifest = out / "manifest.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

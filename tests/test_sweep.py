@@ -188,3 +188,23 @@ def test_plots_for_a_small_sweep(tmp_path):
 def test_presets_validate(name):
     spec, points = load_sweep(ROOT / "workloads" / name)
     assert points and spec.name == name.removesuffix(".yaml")
+
+
+def test_fork_chain_and_tree(tmp_path):
+    text = ("name: tree\nbackend: cpu\nworkload:\n  kind: anon\n  size: 2MiB\n  pinned_fraction: 0.05\n"
+            "fork:\n  variant: linux-6.18\n  chain: 2\n  generations: 2\n")
+    spec, points = load_sweep(write(tmp_path, text))
+    SweepRunner(spec, points, tmp_path / "o").run()
+    t = gpusim.load_results(tmp_path / "o")
+    assert sorted(zip(t.column("fork_index").to_pylist(), t.column("generation").to_pylist())) == \
+        [(0, 0), (1, 0), (2, 1), (3, 1), (4, 1), (5, 1)]
+    assert set(t.column("outcome").to_pylist()) == {"ok"} and all(t.column("invariants_ok").to_pylist())
+    copies = dict(zip(t.column("fork_index").to_pylist(), t.column("count.copy.alloc").to_pylist()))
+    assert copies[0] == copies[1] > 0                  # the parent's pinned pages are copied at each of its forks
+    assert copies[2] == copies[3] == copies[4] == copies[5] == 0      # children never pinned (no has_pinned)
+
+
+def test_too_large_tree_is_refused(tmp_path):
+    text = ("name: t\nworkload:\n  kind: anon\n  size: 2MiB\nfork:\n  chain: 8\n  generations: 5\n")
+    with pytest.raises(ConfigError, match=r":5: fork: .*forks \(at most 4096\)"):
+        load_sweep(write(tmp_path, text))

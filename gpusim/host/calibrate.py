@@ -6,8 +6,8 @@ pages, THPs where the kernel made them; variant of the running kernel, :func:`ke
 least-squares fit on the relative error finds one scale factor per group of events (:data:`GROUPS`) that turns the
 public profile's costs into this host's: ``cost[e] = scale[group(e)] x public[e]``. The measured quantity is the
 fork time a layout adds to the measuring process (the median fork time after mapping it minus the median before, in
-the same process), so the interpreter's own memory cancels out; ``fork.base`` is set from the bare fork. Events no layout exercises (swap,
-migration, batches, continuations, teardown) keep the public estimates, labelled as such.
+the same process), so the interpreter's own memory cancels out; ``fork.base`` is set from the bare fork. Events no
+layout exercises (swap, migration, batches, continuations, teardown) keep the public estimates, labelled as such.
 
 Validation (:func:`validate`): (a) page sharing: after a real fork of layouts with pinned and unpinned, present and
 absent pages, each page's frame in parent and child (``/proc/self/pagemap``) is compared with what the simulator's

@@ -105,7 +105,8 @@ def capture(pid: int, max_vma_pages: int = 1 << 26) -> pa.Table:
                 anon[j] = bool((int(f[0]) >> KPF_ANON) & 1)
                 thp[j] = bool((int(f[0]) >> KPF_THP) & 1)
     table = pa.table({"addr": pa.array(cat["addr"].astype(np.int64)), "vma": pa.array(cat["vma"].astype(np.int32)),
-                      "present": pa.array(cat["present"].astype(bool)), "swapped": pa.array(cat["swapped"].astype(bool)),
+                      "present": pa.array(cat["present"].astype(bool)),
+                      "swapped": pa.array(cat["swapped"].astype(bool)),
                       "pfn": pa.array(pfn), "mapcount": pa.array(mapcount), "anon": pa.array(anon),
                       "thp": pa.array(thp), "exclusive": pa.array(cat["exclusive"].astype(bool))})
     meta = {"gpusim.vmas": json.dumps(vmas),
@@ -194,8 +195,8 @@ def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = 
     heads = np.flatnonzero(is_thp_head)
     ns, nh = small.shape[0], heads.shape[0]
     folio_anon = np.concatenate([anon[small], np.ones(nh, bool)])
-    fl = np.where(folio_anon, FOLIO_ANON | FOLIO_SWAPBACKED,
-                  np.array([backing_of[vmas[int(v)]["backing"]] == 2 for v in vma[small]] + [False] * nh) * FOLIO_SWAPBACKED)
+    shmem = np.array([vmas[int(v)]["backing"] == "shmem" for v in vma[small]] + [False] * nh, bool)
+    fl = np.where(folio_anon, FOLIO_ANON | FOLIO_SWAPBACKED, np.where(shmem, FOLIO_SWAPBACKED, 0))
     m_small = np.maximum(mapc[small], 1)
     ref = np.concatenate([m_small + (~anon[small]).astype(np.int64), np.ones(nh, np.int64)])
     pins_small = pin[small]

@@ -29,7 +29,8 @@ def _fixed_fields() -> list[pa.Field]:
     from gpusim.result import COUNT_NAMES
     from gpusim.state import RSS_NAMES
     f64, i64, s, b = pa.float64(), pa.int64(), pa.string(), pa.bool_()
-    fields = [("config_hash", s), ("repetition", i64), ("fork_index", i64), ("seed", i64), ("outcome", s),
+    fields = [("config_hash", s), ("repetition", i64), ("fork_index", i64), ("generation", i64), ("seed", i64),
+              ("outcome", s),
               ("error", s), ("backend", s), ("device", s), ("nr_ptes", i64), ("engine_wall_s", f64),
               ("build_wall_s", f64), ("ptes_per_s", f64), ("bytes_per_pte", f64), ("latency_ns", f64),
               ("lock_hold_max_ns", f64)]

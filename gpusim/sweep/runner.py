@@ -1,4 +1,5 @@
-"""Run a sweep: every point x repetition (x fork of a chain) on the chosen backend, written as a Parquet dataset.
+"""Run a sweep: every point x repetition (x fork of a chain or tree) on the chosen backend, written as a Parquet
+dataset.
 
 Layout of ``results/<name>/`` (or ``--out``):
 
@@ -34,9 +35,10 @@ def point_seed(seed: int, config_hash: str, repetition: int) -> np.random.SeedSe
 
 
 def run_point(point: Point, repetition: int) -> list[dict]:
-    """The rows of one point and repetition (one per fork of its chain)."""
+    """The rows of one point and repetition: one per fork (``fork.chain`` forks per process, over
+    ``fork.generations`` generations)."""
     import gpusim
-    from gpusim.costmodel import latency, load_profile
+    from gpusim.costmodel import load_profile
     from gpusim.workloads import build_workload
     cfg = point.config
     profile = load_profile(cfg.profile)
@@ -52,30 +54,47 @@ def run_point(point: Point, repetition: int) -> list[dict]:
     oracle = cfg.fork.oracle or oracle or "never"
     inject = cfg.fork.inject if cfg.fork.inject is not None else (inject or [])
     rows = []
-    for k in range(cfg.fork.chain):
-        try:
-            r = gpusim.fork(space, cfg.fork.variant, backend=cfg.backend, oracle=oracle, inject=inject,
-                            fork_seq=k, check=cfg.check)
-        except Exception as e:                              # noqa: BLE001
-            rows.append(dict(base, fork_index=k, outcome="error", error=f"fork: {type(e).__name__}: {e}"))
-            break
-        lat = latency(r.counts, cfg.fork.variant, profile, r.table_stats)
-        row = dict(base, fork_index=k, outcome=r.outcome, backend=r.backend, nr_ptes=r.nr_ptes,
-                   engine_wall_s=r.engine_wall_s, build_wall_s=build_s,
-                   ptes_per_s=r.nr_ptes / r.engine_wall_s if r.engine_wall_s > 0 else None,
-                   bytes_per_pte=r.bytes_per_pte(), latency_ns=lat["latency_ns"],
-                   lock_hold_max_ns=lat["lock_hold_max_ns"], invariants_ok=r.invariants.ok,
-                   invariants_checked=r.invariants.checked, invariant_violations="; ".join(r.invariants.violations),
-                   oops=json.dumps(r.oops) if r.oops else None, enomem=json.dumps(r.enomem) if r.enomem else None,
-                   digest=r.digest)
-        row.update({f"latency.{c}_ns": v for c, v in lat["latency_breakdown_ns"].items()})
-        row.update({f"count.{n}": v for n, v in r.counts.items()})
-        row.update({f"child_rss.{n}": v for n, v in r.child_rss.items()})
-        rows.append(row)
-        if r.outcome != "ok":
-            break
-        space = type(space)(r.parent.mm, r.memory)          # the next fork sees what this one left
+    # A breadth-first tree of forks: each process of a generation forks `chain` times in a row; its children are
+    # the next generation. All processes share one memory, which each fork returns anew.
+    procs, memory = [space.mm], space.memory
+    level, seq = [0], 0
+    for gen in range(cfg.fork.generations):
+        next_level = []
+        for i in level:
+            for _ in range(cfg.fork.chain):
+                try:
+                    r = gpusim.fork(type(space)(procs[i], memory), cfg.fork.variant, backend=cfg.backend,
+                                    oracle=oracle, inject=inject, fork_seq=seq, check=cfg.check)
+                except Exception as e:                      # noqa: BLE001
+                    rows.append(dict(base, fork_index=seq, generation=gen, outcome="error",
+                                     error=f"fork: {type(e).__name__}: {e}"))
+                    return rows
+                rows.append(fork_row(base, seq, gen, r, build_s, cfg.fork.variant, profile))
+                seq += 1
+                if r.outcome != "ok":
+                    return rows
+                procs[i], memory = r.parent.mm, r.memory
+                procs.append(r.child)
+                next_level.append(len(procs) - 1)
+        level = next_level
     return rows
+
+
+def fork_row(base: dict, seq: int, gen: int, r, build_s: float, variant: str, profile) -> dict:
+    from gpusim.costmodel import latency
+    lat = latency(r.counts, variant, profile, r.table_stats)
+    row = dict(base, fork_index=seq, generation=gen, outcome=r.outcome, backend=r.backend, nr_ptes=r.nr_ptes,
+               engine_wall_s=r.engine_wall_s, build_wall_s=build_s,
+               ptes_per_s=r.nr_ptes / r.engine_wall_s if r.engine_wall_s > 0 else None,
+               bytes_per_pte=r.bytes_per_pte(), latency_ns=lat["latency_ns"],
+               lock_hold_max_ns=lat["lock_hold_max_ns"], invariants_ok=r.invariants.ok,
+               invariants_checked=r.invariants.checked, invariant_violations="; ".join(r.invariants.violations),
+               oops=json.dumps(r.oops) if r.oops else None, enomem=json.dumps(r.enomem) if r.enomem else None,
+               digest=r.digest)
+    row.update({f"latency.{c}_ns": v for c, v in lat["latency_breakdown_ns"].items()})
+    row.update({f"count.{n}": v for n, v in r.counts.items()})
+    row.update({f"child_rss.{n}": v for n, v in r.child_rss.items()})
+    return row
 
 
 class SweepRunner:

@@ -2,8 +2,8 @@
 
 A sweep file holds ``name``, ``description``, ``seed``, ``repeat``, ``backend``, ``profile``, ``check``,
 ``workload`` (a generator: ``kind`` and its keys, :data:`Workload`), ``fork`` (``variant``, ``oracle``, ``inject``,
-``chain``) and ``sweep`` with ``grid`` (the Cartesian product of lists) and ``zip`` (lists taken in step) over dotted
-keys such as ``workload.size`` or ``fork.variant``. Every point is validated as a whole config, so a bad value in a
+``chain``, ``generations``) and ``sweep`` with ``grid`` (the Cartesian product of lists) and ``zip`` (lists taken in
+step) over dotted keys such as ``workload.size`` or ``fork.variant``. Every point is validated as a whole config, so a bad value in a
 list is reported with the key it sets. Sizes accept units (``64GiB``).
 """
 
@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gpusim.variants import DEFAULT_VARIANT, VARIANTS
 from gpusim.yamlerr import ConfigError, describe_validation_error, parse_yaml
@@ -136,6 +136,16 @@ class ForkSpec(BaseModel):
     oracle: str | None = Field(None, description="lock-break oracle (default: never, or the scenario's)")
     inject: list[str] | None = Field(None, description="injections (default: none, or the scenario's)")
     chain: int = Field(1, ge=1, le=4096, description="successive forks of the same parent (a prefork server)")
+    generations: int = Field(1, ge=1, le=16, description="every child forks in turn, this many levels (a tree; "
+                                                         "each process forks `chain` times)")
+
+    @model_validator(mode="after")
+    def _tree_size(self):
+        total = sum(self.chain ** g for g in range(1, self.generations + 1))
+        if total > 4096:
+            raise ValueError(f"chain {self.chain} over {self.generations} generations makes {total} forks "
+                             f"(at most 4096)")
+        return self
 
     @field_validator("variant")
     @classmethod
