@@ -84,6 +84,16 @@ def swap_cap(levels: int) -> int:
     return (SWAP_MAP_MAX + 1) * (SWAP_CONT_MAX + 1) ** levels - 1
 
 
+def tables_from_entries(addr: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(table_index i64 ``(T,)``, pte u64 ``(T, 512)``) holding the entries ``val`` at the page addresses ``addr``:
+    one table for each 512-page extent that holds an entry. The inverse of :func:`entries`."""
+    addr = np.asarray(addr, np.int64)
+    tables = np.unique(addr // PTRS_PER_TABLE)
+    pte = np.zeros((tables.shape[0], PTRS_PER_TABLE), np.uint64)
+    pte[np.searchsorted(tables, addr // PTRS_PER_TABLE), addr % PTRS_PER_TABLE] = val
+    return tables, pte
+
+
 def entries(mm: "MM") -> tuple[np.ndarray, np.ndarray]:
     """(addresses i64, values u64) of the non-empty PTEs of ``mm``, in address order."""
     if mm.nr_tables == 0:

@@ -16,7 +16,7 @@ from gpusim.kernels import pte as P
 from gpusim.kernels.folio import PIN_BIAS, is_large_for_pins, pin_refcount_delta
 from gpusim.state import (
     FOLIO_ANON, FOLIO_SWAPBACKED, MEMORY_FIELDS, MM, PAGE_ANON_EXCLUSIVE, PTRS_PER_TABLE, VM_DEFAULT_ANON,
-    AddressSpace, Memory,
+    AddressSpace, Memory, tables_from_entries,
 )
 
 PAGE_SIZE = 4096
@@ -157,9 +157,7 @@ class _Parts:
             page_content=np.arange(1, npg + 1), swap_count=sl["count"], swap_levels=sl["levels"],
             swap_content=np.arange(npg + 1, npg + ns + 1), next_content=npg + ns + 1)
         addr, val = cat(self.addr, np.int64), cat(self.val, np.uint64)
-        tables = np.unique(addr // PTRS_PER_TABLE)
-        pte = np.zeros((tables.shape[0], PTRS_PER_TABLE), np.uint64)
-        pte[np.searchsorted(tables, addr // PTRS_PER_TABLE), addr % PTRS_PER_TABLE] = val
+        tables, pte = tables_from_entries(addr, val)
         pmd_t, pmd_v = cat(self.pmd_t, np.int64), cat(self.pmd_v, np.uint64)
         from gpusim.layout import rss_of
         mm = MM(vma_start=cat(self.vma["start"], np.int64), vma_end=cat(self.vma["end"], np.int64),

@@ -148,7 +148,8 @@ def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = 
     from gpusim.kernels.folio import is_large_for_pins, pin_refcount_delta
     from gpusim.layout import rss_of
     from gpusim.state import (FOLIO_ANON, FOLIO_SWAPBACKED, MM, PAGE_ANON_EXCLUSIVE, VM_MAYREAD, VM_MAYWRITE,
-                              VM_READ, VM_SHARED, VM_WRITE, AddressSpace, Memory, VM_EXEC)
+                              VM_READ, VM_SHARED, VM_WRITE, AddressSpace, Memory, VM_EXEC,
+                              tables_from_entries)
     from gpusim.variants import get_variant
     t = read_snapshot(path_or_table) if not isinstance(path_or_table, pa.Table) else path_or_table
     vmas = json.loads(t.schema.metadata[b"gpusim.vmas"])
@@ -233,9 +234,7 @@ def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = 
                                                      << np.uint64(P.PFN_SHIFT))
     a_all = np.concatenate([addr[small], addr[swapped]])
     v_all = np.concatenate([val_small, val_sw])
-    tables = np.unique(a_all // 512)
-    pte = np.zeros((tables.shape[0], 512), np.uint64)
-    pte[np.searchsorted(tables, a_all // 512), a_all % 512] = v_all
+    tables, pte = tables_from_entries(a_all, v_all)
     pmd_t = addr[heads] // 512
     pmd_v = np.array([P.mk_huge_pmd(ns + 512 * k, bool(vflags[vma[h]] & np.uint64(VM_WRITE)), True, True)
                       for k, h in enumerate(heads.tolist())], np.uint64)
@@ -245,7 +244,7 @@ def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = 
             vma_end=np.array([v["end"] for v in vmas], np.int64), vma_flags=vflags,
             vma_backing=np.array([backing_of[v["backing"]] for v in vmas], np.uint8),
             vma_anon_vma=np.array([v["backing"] == "anon" or bool(has_anon[i]) for i, v in enumerate(vmas)], bool),
-            table_index=tables.astype(np.int64), pte=pte, pmd_index=pmd_t.astype(np.int64), pmd=pmd_v,
+            table_index=tables, pte=pte, pmd_index=pmd_t.astype(np.int64), pmd=pmd_v,
             rss=rss_of(pte, pmd_v, memory), has_pinned=bool(len(pinned)), on_swapoff_list=bool(swapped.shape[0]))
     space = AddressSpace(mm, memory)
     space.validate()

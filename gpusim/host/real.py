@@ -88,7 +88,7 @@ def sim_space(layout: RealLayout, variant: str, thp_pages: int | None = None):
     from gpusim.kernels.folio import is_large_for_pins, pin_refcount_delta
     from gpusim.layout import rss_of
     from gpusim.state import (FOLIO_ANON, FOLIO_SWAPBACKED, MM, PAGE_ANON_EXCLUSIVE, VM_DEFAULT_ANON, AddressSpace,
-                              Memory)
+                              Memory, tables_from_entries)
     from gpusim.variants import get_variant
     large_order = get_variant(variant).large_pin_order
     touched = np.array(layout.touched(), bool)
@@ -157,9 +157,7 @@ def sim_space(layout: RealLayout, variant: str, thp_pages: int | None = None):
     addrs = b2a[small]
     val = np.uint64(P.mk_pte(0, True, True, True, False)) | (np.arange(nf_small, dtype=np.uint64)
                                                               << np.uint64(P.PFN_SHIFT))
-    tables = np.unique(addrs // TABLE_PAGES)
-    pte = np.zeros((tables.shape[0], TABLE_PAGES), np.uint64)
-    pte[np.searchsorted(tables, addrs // TABLE_PAGES), addrs % TABLE_PAGES] = val
+    tables, pte = tables_from_entries(addrs, val)
     pmd_t = np.array([a0 // TABLE_PAGES for _, a0 in thp_ext], np.int64)
     pmd_v = np.array([P.mk_huge_pmd(nf_small + TABLE_PAGES * k, True, True, True) for k in range(nthp)], np.uint64)
     i64 = np.int64
