@@ -72,8 +72,8 @@ def run(sizes: list[int], backend: str, variant: str, repeat: int, vs_kernel: bo
     backend = resolve(backend)
     base = None
     if vs_kernel:
-        from gpusim.host.forktime import measure_in_subprocess
-        base = measure_in_subprocess(0, repeat=max(5, repeat))["median_ns"]
+        from gpusim.host.real import RealLayout, run_layout
+        base = run_layout(RealLayout("bare", 0), "time", max(5, repeat))["median_ns"]
     report = {"machine": f"{cpu_model()}, {__import__('os').cpu_count()} cpus", "kernel": platform.release(),
               "kernel_fork_base_s": None if base is None else base / 1e9, "backend": backend}
     if backend == "cuda":
@@ -102,8 +102,7 @@ def run(sizes: list[int], backend: str, variant: str, repeat: int, vs_kernel: bo
         if not vs_kernel:
             continue
         if row["size_bytes"] <= mem_available_bytes() // 2:
-            from gpusim.host.forktime import measure_in_subprocess
-            k = measure_in_subprocess(row["size_bytes"], repeat=max(5, repeat))
+            k = run_layout(RealLayout("dense", row["size_bytes"]), "time", max(5, repeat))
             row["kernel_fork_s"] = k["median_ns"] / 1e9
             row["kernel_ns_per_pte"] = (k["median_ns"] - base) / row["ptes"]
             row["speedup_vs_kernel"] = row["kernel_fork_s"] / row["engine_wall_s"]

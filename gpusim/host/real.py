@@ -235,12 +235,12 @@ def _setup(layout: RealLayout):
         vmas.append((addr, b, n))
         b += n
         addr += -(-n // TABLE_PAGES) * TABLE_PAGES * PAGE
-    touched = layout.touched()
-    for a, b0, n in vmas:
-        buf = (ctypes.c_char * (n * PAGE)).from_address(a)
-        for i in range(n):
-            if touched[b0 + i]:
-                buf[i * PAGE] = b"\x01"
+    stride = layout.stride()
+    for a, b0, n in vmas:                               # one byte written to every stride-th page of the region
+        if stride:
+            first = (-b0) % stride
+            view = memoryview((ctypes.c_char * (n * PAGE)).from_address(a)).cast("B")
+            view[first * PAGE::stride * PAGE] = b"\x01" * len(range(first, n, stride))
     refused = {}
     if layout.pinned:
         # pinned ranges are given in region pages; register each piece in the VMAs that hold it
