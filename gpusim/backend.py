@@ -34,6 +34,16 @@ def cuda_usable() -> bool:
         return False
 
 
+def gpu_name() -> str:
+    """The current CUDA device's name, through CuPy ("" without one)."""
+    try:
+        import cupy
+        name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+    except Exception:                           # no CuPy, no driver, no device
+        return ""
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def resolve(name: str) -> str:
     """The concrete backend for a name."""
     if name not in BACKENDS:

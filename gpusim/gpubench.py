@@ -199,9 +199,7 @@ def bench_resident(sizes: list[int], backend: str, variant: str, repeat: int, ba
     traffic = traffic_bytes_per_pte()
     report = {"backend": backend, "variant": variant, "traffic_bytes_per_pte": traffic, "rows": []}
     if backend == "cuda":
-        import cupy
-        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-        report["device"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        report["device"] = B.gpu_name()
         report["copy_bandwidth_Bps"] = copy_bandwidth(xp)
     warm = DenseForks(PTRS_PER_TABLE, 1, variant, xp, kernels)
     warm.timed(1, threads_per_block)                                                   # compile

@@ -106,9 +106,8 @@ def device_info(backend: str) -> dict:
     try:
         if resolve(backend) == "cuda":
             import cupy
-            props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-            name = props["name"]
-            info["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
+            from gpusim.backend import gpu_name
+            info["gpu"] = gpu_name()
             info["driver"] = str(cupy.cuda.runtime.driverGetVersion())
     except Exception:                                    # noqa: BLE001 - metadata only
         pass

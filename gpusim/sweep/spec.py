@@ -40,6 +40,13 @@ def _page_size(v):
     return n
 
 
+def one_of(value: str, known, what: str) -> str:
+    """``value`` if it is one of ``known``, else the error that lists them."""
+    if value not in known:
+        raise ValueError(f"unknown {what} '{value}' (known: {', '.join(known)})")
+    return value
+
+
 Size = Annotated[int, BeforeValidator(_page_size)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 _STRICT = ConfigDict(extra="forbid")
@@ -100,9 +107,7 @@ class ScenarioWorkload(BaseModel):
     @classmethod
     def _known(cls, v):
         from gpusim.catalogue import SCENARIOS
-        if v not in SCENARIOS:
-            raise ValueError(f"unknown scenario '{v}' (known: {', '.join(SCENARIOS)})")
-        return v
+        return one_of(v, SCENARIOS, "scenario")
 
 
 class SnapshotWorkload(BaseModel):
@@ -150,9 +155,7 @@ class ForkSpec(BaseModel):
     @field_validator("variant")
     @classmethod
     def _variant(cls, v):
-        if v not in VARIANTS:
-            raise ValueError(f"unknown variant '{v}' (known: {', '.join(VARIANTS)})")
-        return v
+        return one_of(v, VARIANTS, "variant")
 
     @field_validator("oracle")
     @classmethod
@@ -195,9 +198,7 @@ class Config(BaseModel):
     @classmethod
     def _backend(cls, v):
         from gpusim.backend import BACKENDS
-        if v not in BACKENDS:
-            raise ValueError(f"unknown backend '{v}' (known: {', '.join(BACKENDS)})")
-        return v
+        return one_of(v, BACKENDS, "backend")
 
 
 class SweepFile(Config):
