@@ -14,7 +14,6 @@ failing step does not stop the next. The last lines printed are a summary. Steps
 6. ``cpu``: ``gpusim bench --backend cpu --vs-kernel`` on this machine's cores.
 """
 
-import json
 import os
 import subprocess
 import sys

@@ -260,7 +260,7 @@ def sweep(
 
 
 def print_sweep_summary(path) -> None:
-    from gpusim.plots import _frame, _workload_label
+    from gpusim.plots import _workload_label
     from gpusim.sweep.export import load_results
     import numpy as np
     table = load_results(path)

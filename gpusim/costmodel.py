@@ -26,7 +26,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gpusim.result import COST_EVENTS, TABLE_EVENTS

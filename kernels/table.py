@@ -37,12 +37,6 @@ def entry_jitable(fn):
     entry's own work."""
     return register_jitable(forceinline=True)(fn)
 
-    @overload(fn, target="cpu", inline="always", strict=False)
-    def _cpu(*args, **kwargs):
-        return fn
-
-    return fn
-
 
 @entry_jitable
 def entry_needs_host(v, last_f, variant, large_order, check_folios, page_folio, folio_order, folio_refcount,

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import re
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -180,7 +179,6 @@ def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = 
     pin = np.zeros(addr.shape[0], bool)
     for lo, hi in pinned:
         pin |= (addr >= lo) & (addr < hi)
-    pres = np.flatnonzero(present)
     # THPs: 512 present THP pages of one VMA from a 2 MiB boundary
     is_thp_head = np.zeros(addr.shape[0], bool)
     cand = np.flatnonzero(present & thp & (addr % 512 == 0))
