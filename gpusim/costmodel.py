@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gpusim.result import COST_EVENTS, TABLE_EVENTS
-from gpusim.variants import VARIANTS
+from gpusim.variants import VARIANTS, get_variant
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 DEFAULT_PROFILE = "public-xeon-4210r-v6.8"
@@ -183,7 +183,7 @@ def load_profile(name_or_path: str | os.PathLike | Profile | None = None) -> Pro
 def held_events(variant: str) -> tuple[str, ...]:
     """The table events done with the PTE locks held in ``variant``: every :data:`TABLE_EVENTS` but, in xu-v1 and
     xu-v1-oleg, the early copy (``page_duplicate`` allocates and copies after the locks are dropped)."""
-    if variant in ("xu-v1", "xu-v1-oleg"):
+    if get_variant(variant).xu_protocol:
         return tuple(e for e in TABLE_EVENTS if e != "copy.memcpy")
     return TABLE_EVENTS
 

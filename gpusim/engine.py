@@ -35,10 +35,9 @@ from gpusim.oracle import InjectionPlan, LockBreakOracle
 from gpusim.plan import plan_fork
 from gpusim.reference import Oops, _Stop, copy_table, table_stats_of
 from gpusim.result import TABLE_EVENTS, ForkResult, TableStats, finish_counts, new_counts, rss_dict
-from gpusim.state import (
-    FOLIO_FREED, MM, PAGE_HWPOISON, PTRS_PER_TABLE, AddressSpace, Memory, copy_state, digest, empty_mm,
-)
-from gpusim.variants import VARIANTS, get_variant
+from gpusim.kernels.flags import FOLIO_FREED, PAGE_HWPOISON, PTRS_PER_TABLE
+from gpusim.state import MM, AddressSpace, Memory, copy_state, digest, empty_mm
+from gpusim.variants import get_variant
 
 NB_MODES = {"never": NB_NEVER, "always": NB_ALWAYS, "every": NB_EVERY, "bern": NB_BERN, "list": NB_LIST}
 
@@ -134,7 +133,6 @@ class ForkJob:
         self.space, self.variant, self.oracle, self.plan_inj, self.fork_seq = space, variant, oracle, plan_inj, fork_seq
         mm = self.mm = space.mm
         self.v = get_variant(variant)
-        self.variant_id = list(VARIANTS).index(variant)
         self.work = copy_state(space.memory)        # "put": the engine's own copy of the state (not timed)
         self.ppte = mm.pte.copy()
         self.cpte = np.empty_like(self.ppte)
@@ -152,8 +150,8 @@ class ForkJob:
         # Without failure injections, hwpoison or the v1 oops nothing can stop the fork early, so the fast tables
         # can be copied in the same pass that classifies them; otherwise classify, run the host loop, then copy
         # the fast tables before the stopping call.
-        self.can_stop = (plan_inj.has_failures() or variant == "xu-v1" or (
-            variant == "linux-6.18" and bool((self.work.page_flags & PAGE_HWPOISON).any())))
+        self.can_stop = (plan_inj.has_failures() or self.v.can_oops or (
+            self.v.hwpoison_fails_copy and bool((self.work.page_flags & PAGE_HWPOISON).any())))
         self.fc = host_context(space, self.work, self.ppte, self.cpte, self.cexists, variant, oracle, plan_inj,
                                fork_seq)
         self.nb = oracle_params(oracle)
@@ -166,7 +164,7 @@ class ForkJob:
                 "cpte": self.cpte, "cexists": self.cexists, "row_has_pinned": np.full(T, bool(mm.has_pinned)),
                 "row_fork_seq": np.full(T, self.fork_seq, np.int64)}
         shared = (plan.call_start, plan.call_end, calls.call_vmaflags, plan.table_first_call)
-        return launch_chunked(kernels, mode, which, chunk_tables, rows, shared, self.variant_id,
+        return launch_chunked(kernels, mode, which, chunk_tables, rows, shared, self.v.id,
                               self.v.large_pin_order, machine_arrays(self.fc.m), self.nb)
 
     def run(self, kernels, backend: str, chunk_tables: int | None = None) -> tuple[ForkResult, int]:
@@ -305,7 +303,7 @@ def fork_fast_batch(spaces, variant: str, kernels, backend: str, oracle: LockBre
               cat(lambda i, j: j.calls.call_vmaflags), cat(lambda i, j: j.plan.table_first_call))
     rows = cat(lambda i, j: j.rows + row_off[i]).astype(np.int64)
     needs, counts = launch_chunked(kernels, MODE_CLASSIFY_COPY, rows, chunk_tables, row_arrays, shared,
-                                   jobs[0].variant_id, jobs[0].v.large_pin_order, comb, jobs[0].nb)
+                                   jobs[0].v.id, jobs[0].v.large_pin_order, comb, jobs[0].nb)
     # back into each job's own arrays (the kernels write refcounts, mapcounts, flags, swap counts and tables)
     for i, (j, m) in enumerate(zip(jobs, mems)):
         for name in ("folio_refcount", "page_mapcount", "page_flags", "swap_count"):

@@ -29,8 +29,9 @@ from gpusim.kernels import pte as P
 from gpusim.kernels.rules import MODE_CLASSIFY_COPY
 from gpusim.oracle import LockBreakOracle
 from gpusim.plan import plan_fork
-from gpusim.state import MEMORY_FIELDS, PTRS_PER_TABLE
-from gpusim.variants import DEFAULT_VARIANT, VARIANTS, get_variant
+from gpusim.kernels.flags import PTRS_PER_TABLE
+from gpusim.state import MEMORY_FIELDS
+from gpusim.variants import DEFAULT_VARIANT, get_variant
 from gpusim.workloads import dense_anon_arrays, dense_anon_mm
 
 # The fewest bytes one dense-anon PTE moves: (array, times its element is moved: 1 read or write, 2 both).
@@ -59,7 +60,6 @@ class DenseForks:
             from gpusim.kernels import cpu as kernels
         self.xp, self.kernels, self.n, self.K = xp, kernels, int(nr_pages), int(forks)
         self.v = get_variant(variant)
-        self.variant_id = list(VARIANTS).index(variant)
         T = self.T = self.n // PTRS_PER_TABLE
         meta = dense_anon_mm(self.n, np.empty((T, 0), np.uint64))     # VMAs and table numbers; no entries
         plan = plan_fork(meta)
@@ -91,7 +91,7 @@ class DenseForks:
 
     def launch(self, threads_per_block: int | None = None):
         rows = dict(self.row_meta, ppte=self.ppte, cpte=self.cpte, cexists=self.cexists)
-        args = kernel_args(MODE_CLASSIFY_COPY, self.which, rows, self.calls, self.variant_id,
+        args = kernel_args(MODE_CLASSIFY_COPY, self.which, rows, self.calls, self.v.id,
                            self.v.large_pin_order, self.mem, self.nb)
         if threads_per_block is not None:
             return self.kernels.fork_tables(*args, threads_per_block=threads_per_block)

@@ -17,11 +17,12 @@ from gpusim.kernels import pte as P
 from gpusim.kernels.folio import folio_maybe_dma_pinned
 from gpusim.layout import rss_of
 from gpusim.result import InvariantReport
-from gpusim.state import (
-    FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE,
-    PTRS_PER_TABLE, VM_SHARED, VM_WRITE, AddressSpace, entries, is_cow_mapping,
+from gpusim.kernels.flags import (
+    BREAK_AT, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, PTRS_PER_TABLE,
+    VM_SHARED, VM_WRITE, is_cow_mapping,
 )
-from gpusim.variants import LINUX_5_8, LINUX_5_10, LINUX_6_18, XU_V1, XU_V1_OLEG, get_variant
+from gpusim.state import AddressSpace, entries
+from gpusim.variants import get_variant
 
 _SHARE_KINDS = ("share", "special", "batch")
 MAX_REPORTED = 20
@@ -50,11 +51,12 @@ class _Checker:
         self.b, self.r, self.oracle, self.fork_seq = before, result, oracle, fork_seq
         self.first_new_pfn = first_new_pfn
         self.variant = result.variant
+        self.v = get_variant(result.variant)
         self.tr = result.trace
         self.m0, self.m1 = before.memory, result.memory
         self.ok = result.outcome == "ok"
         self.complete = result.trace_complete    # a fast engine traces only the tables of its host loop
-        self.v: list[str] = []
+        self.violations: list[str] = []
         self.events = [e for e in self.tr.events if e.applied]
         self.touched_addr = {e.addr for e in self.events if e.name in ("zap", "reclaim", "touch")}
         self.touched_folio = {e.folio for e in self.events if e.folio >= 0 and e.name in ("pin", "unpin", "zap",
@@ -65,10 +67,10 @@ class _Checker:
         self.vma_flags = [int(x) for x in before.mm.vma_flags.tolist()]
 
     def fail(self, inv: int, msg: str) -> None:
-        if len(self.v) < MAX_REPORTED:
-            self.v.append(f"{inv}: {msg}")
-        elif len(self.v) == MAX_REPORTED:
-            self.v.append("...: more violations not listed")
+        if len(self.violations) < MAX_REPORTED:
+            self.violations.append(f"{inv}: {msg}")
+        elif len(self.violations) == MAX_REPORTED:
+            self.violations.append("...: more violations not listed")
 
     # -- state lookups
     def val0(self, a: int) -> int:
@@ -185,7 +187,7 @@ class _Checker:
 
     def early_copies(self) -> None:
         m1 = self.m1
-        xu = self.variant in (XU_V1, XU_V1_OLEG)
+        xu = self.v.xu_protocol
         installs = [(rec, i) for rec in self.tr.calls for i in rec.installs]
         dup_moment = {q: (src, seq) for rec in self.tr.calls for (q, src, seq) in rec.duplicates}
         _, cvals = entries(self.r.child)
@@ -200,7 +202,7 @@ class _Checker:
                 continue
             if a not in self.touched_addr and self.val1(a) != self.val0(a):
                 self.fail(4, f"early-copied index {a}: parent PTE changed by the fork")
-            if self.variant == LINUX_6_18 and not m1.page_flags[src] & PAGE_ANON_EXCLUSIVE:
+            if self.v.anon_exclusive and not m1.page_flags[src] & PAGE_ANON_EXCLUSIVE:
                 self.fail(4, f"early-copied index {a}: source page lost anon_exclusive")
             if xu:
                 if q not in dup_moment:
@@ -228,7 +230,7 @@ class _Checker:
                     == FOLIO_ANON | FOLIO_SWAPBACKED)
             if not good:
                 self.fail(5, f"early copy at {a}: folio {fq} is not an anon order-0 page with ref 1, map 1")
-            if self.variant == LINUX_6_18 and not m1.page_flags[q] & PAGE_ANON_EXCLUSIVE:
+            if self.v.anon_exclusive and not m1.page_flags[q] & PAGE_ANON_EXCLUSIVE:
                 self.fail(5, f"early copy at {a}: not anon_exclusive")
             if new_mapped[q - self.first_new_pfn] != 1:
                 self.fail(5, f"early copy at {a}: pfn {q} mapped by {int(new_mapped[q - self.first_new_pfn])} "
@@ -293,7 +295,7 @@ class _Checker:
     def check_nonpresent(self, a: int, how: str, cow: bool) -> None:
         pb, pa = self.val0(a), self.val1(a)
         if how == "swap":
-            want_parent = P.pte_swp_clear_exclusive(pb) if self.variant == LINUX_6_18 else pb
+            want_parent = P.pte_swp_clear_exclusive(pb) if self.v.anon_exclusive else pb
             want_child = P.pte_swp_clear_exclusive(pb)
         elif how == "migration":
             down = cow and (P.is_writable_migration_entry(pb) or P.is_readable_exclusive_migration_entry(pb))
@@ -340,14 +342,14 @@ class _Checker:
         if int((m1.swap_levels - lv0).sum()) != self.r.counts["levels_added"]:
             self.fail(8, f"levels grew by {int((m1.swap_levels - lv0).sum())}, levels_added "
                          f"{self.r.counts['levels_added']}")
-        stale_ok = self.variant in (LINUX_5_8, XU_V1)
+        stale_ok = self.v.stale_swap_entry
         for rec in self.tr.calls:
             if rec.kernel_calls < rec.sc_breaks or (not stale_ok and rec.kernel_calls != rec.sc_breaks):
                 self.fail(8, f"call {rec.call_start}: {rec.kernel_calls} window continuations for "
                              f"{rec.sc_breaks} SC breaks")
 
     def xu_protocol(self) -> None:
-        xu = self.variant in (XU_V1, XU_V1_OLEG)
+        xu = self.v.xu_protocol
         for rec in self.tr.calls:
             if xu and rec.pd_calls != rec.break_cow:
                 self.fail(10, f"call {rec.call_start}: {rec.pd_calls} page_duplicate calls for "
@@ -356,7 +358,7 @@ class _Checker:
                 self.fail(10, f"call {rec.call_start}: xu protocol used by {self.variant}")
 
     def oracle_cadence(self) -> None:
-        weights = {"copy": get_variant(self.variant).install_weight}
+        weights = {"copy": self.v.install_weight}
         c = self.r.counts
         tot = defaultdict(int)
         for rec in self.tr.calls:
@@ -364,15 +366,15 @@ class _Checker:
             for p in rec.passes:
                 progress = 0
                 for a, how, n in p.handled:
-                    if progress >= 32:
+                    if progress >= BREAK_AT:
                         expect.append((False, a))
                         progress = 0
                     progress += 1 if how == "none" else weights.get(how, 8) * n
                 if p.reason == "LB":
-                    if progress < 32 or not p.handled:
+                    if progress < BREAK_AT or not p.handled:
                         self.fail(11, f"call {rec.call_start}: a pass broke at {p.end} with progress {progress}")
                     expect.append((True, p.end))
-                elif p.reason is not None and progress >= 32:
+                elif p.reason is not None and progress >= BREAK_AT:
                     expect.append((False, p.end))
             got = [(brk, a) for (_, brk, a) in rec.checks]
             if got != expect:
@@ -428,7 +430,7 @@ class _Checker:
             self.fail(13, f"pin_shared counted {self.r.counts['pin_shared']}, the child shares {n} pinned pages")
         if not self.ok or pin_events:
             return
-        large_order = get_variant(self.variant).large_pin_order
+        large_order = self.v.large_pin_order
         has_pinned0 = self.b.mm.has_pinned
         vma_index = self.b.mm.vma_of(addrs)
         for i in np.flatnonzero(pinned & present).tolist():     # each child PTE sharing a pinned folio
@@ -448,23 +450,25 @@ class _Checker:
             def maybe_pinned(ref: int) -> bool:
                 return folio_maybe_dma_pinned(order, ref, int(m0.folio_pincount[f]), large_order)
 
-            if self.variant == LINUX_5_8:
+            # the variant's early-copy predicate on the state before the fork (spec 3): xu-v1 and 6.18 test it
+            # after taking the child's reference, 5.10 before
+            if not self.v.early_cow:
                 e = False
-            elif self.variant in (XU_V1, XU_V1_OLEG):
+            elif self.v.xu_protocol:
                 e = has_pinned0 and cow and P.pte_write(pb) and maybe_pinned(ref0 + 1)
-            elif self.variant == LINUX_5_10:
-                e = cow and has_pinned0 and maybe_pinned(ref0)
-            else:
+            elif self.v.anon_exclusive:
                 e = (anon and self.excl0(int(pfn[i])) and not m0.folio_flags[f] & FOLIO_DEVICE_PRIVATE
                      and has_pinned0 and maybe_pinned(ref0 + 1))
+            else:
+                e = cow and has_pinned0 and maybe_pinned(ref0)
             if e:
                 self.fail(13, f"index {a}: pinned page shared although the early-copy predicate held")
-            if self.variant == LINUX_5_8 and cow and P.pte_write(pb) and P.pte_write(self.val1(a)):
-                self.fail(13, f"index {a}: linux-5.8 shared a pinned page without write-protecting the parent")
+            if not self.v.early_cow and cow and P.pte_write(pb) and P.pte_write(self.val1(a)):
+                self.fail(13, f"index {a}: {self.variant} shared a pinned page without write-protecting the parent")
 
 
 def check_invariants(before: AddressSpace, result, oracle, fork_seq: int, first_new_pfn: int) -> InvariantReport:
     """Check the 13 invariants of spec section 6 (and N1-N4 of 5.4) for a fork with outcome ok or enomem."""
     chk = _Checker(before, result, oracle, fork_seq, first_new_pfn)
     chk.run()
-    return InvariantReport(not chk.v, tuple(chk.v))
+    return InvariantReport(not chk.violations, tuple(chk.violations))

@@ -48,14 +48,14 @@ import numpy as np
 
 from gpusim.kernels import pte as P
 from gpusim.kernels.folio import is_large_for_pins, pin_refcount_delta
-from gpusim.state import (
-    BACKING_ANON, BACKING_FILE, BACKING_SHMEM, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_SWAPBACKED, MM, MM_ANONPAGES,
-    MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS, PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PTRS_PER_TABLE,
-    VM_DEFAULT_ANON, VM_DONTCOPY, VM_EXEC, VM_HUGETLB, VM_MAYWRITE, VM_MIXEDMAP, VM_PFNMAP, VM_SHARED, VM_WIPEONFORK,
-    VM_WRITE, AddressSpace, Memory, pte_kinds, swap_cap,
+from gpusim.kernels.flags import (
+    BACKING_ANON, BACKING_FILE, BACKING_SHMEM, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_SWAPBACKED, MM_ANONPAGES,
+    MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS, PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PTRS_PER_TABLE, VM_DEFAULT_ANON,
+    VM_DONTCOPY, VM_EXEC, VM_HUGETLB, VM_MAYWRITE, VM_MIXEDMAP, VM_PFNMAP, VM_SHARED, VM_WIPEONFORK, VM_WRITE,
+    swap_cap,
 )
-from gpusim.variants import LINUX_6_18 as VARIANT_6_18
-from gpusim.variants import get_variant
+from gpusim.state import MM, AddressSpace, Memory, pte_kinds
+from gpusim.variants import DEFAULT_VARIANT, get_variant
 
 MAX_COUNT = 1 << 26                  # per-token repeat bound, so a typo cannot ask for terabytes
 
@@ -107,7 +107,8 @@ class _Builder:
 
     def __init__(self, variant: str):
         self.variant = variant
-        self.large_order = get_variant(variant).large_pin_order
+        self.v = get_variant(variant)
+        self.large_order = self.v.large_pin_order
         self.addr = 0
         self.vmas: list[_Vma] = []
         self.open: _Vma | None = None
@@ -225,14 +226,6 @@ def rss_of(pte: np.ndarray, pmd: np.ndarray, memory: Memory) -> np.ndarray:
     return rss
 
 
-def mm_counter(folio_flags: int) -> int:
-    if folio_flags & FOLIO_ANON:
-        return MM_ANONPAGES
-    if folio_flags & FOLIO_SWAPBACKED:
-        return MM_SHMEMPAGES
-    return MM_FILEPAGES
-
-
 def _int_mod(val: str | None, name: str, lo: int = 0) -> int:
     if val is None or not re.fullmatch(r"\d+", val):
         raise ValueError(f"modifier '{name}' needs a whole number, as in {name}=2")
@@ -242,7 +235,7 @@ def _int_mod(val: str | None, name: str, lo: int = 0) -> int:
     return n
 
 
-def parse_layout(text: str, variant: str = VARIANT_6_18) -> AddressSpace:
+def parse_layout(text: str, variant: str = DEFAULT_VARIANT) -> AddressSpace:
     """Parse a layout (module docstring) into an address space for ``variant``.
 
     The variant matters for two things only: which folios count as large for ``add_pin`` (order >= 1 in
@@ -421,10 +414,10 @@ def _emit(b: _Builder, kind: str, order: int | None, parsed: dict) -> None:
         b.slot["count"].append(cnt)
         b.slot["levels"].append(levels)
         b.slot["content"].append(b.next_content())
-        excl = b.variant == VARIANT_6_18 and "nonex" not in parsed
+        excl = b.v.anon_exclusive and "nonex" not in parsed
         b.set_pte(P.mk_swap_pte(slot, excl))
     elif kind in ("migw", "migr"):
-        if "excl" in parsed and b.variant != VARIANT_6_18:
+        if "excl" in parsed and not b.v.anon_exclusive:
             raise ValueError("read-exclusive migration entries exist only in linux-6.18")
         f, pfn = b.new_folio(0, FOLIO_ANON | FOLIO_SWAPBACKED, 0, PAGE_ANON_EXCLUSIVE)
         b.folio["ref"][f] = _int_mod(parsed["ref"], "ref", 1) if "ref" in parsed else 1

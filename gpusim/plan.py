@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpusim.state import MM, PTRS_PER_TABLE, VM_DONTCOPY, VM_HUGETLB, VM_MIXEDMAP, VM_PFNMAP, VM_WIPEONFORK
+from gpusim.kernels.flags import PTRS_PER_TABLE, VM_DONTCOPY, VM_HUGETLB, VM_MIXEDMAP, VM_PFNMAP, VM_WIPEONFORK
+from gpusim.state import MM
 
 # per-VMA count contributions, in this column order
 VMA_COUNT_NAMES = ("vma.skip", "vma.dup", "vma.anon_fork", "vma.file_link", "vma.copy", "hugetlb_skipped")

@@ -22,15 +22,14 @@ import numpy as np
 
 from gpusim.kernels import pte as P
 from gpusim.kernels.folio import folio_maybe_dma_pinned, is_large_for_pins, pin_refcount_delta
-from gpusim.layout import mm_counter
 from gpusim.oracle import InjectionPlan, LockBreakOracle
 from gpusim.plan import VMA_COUNT_NAMES, ForkPlan, plan_fork
 from gpusim.result import TABLE_EVENTS, TableStats, new_counts
-from gpusim.state import (
-    BREAK_AT, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, MEMORY_FIELDS, MM, MM_ANONPAGES,
-    MM_SWAPENTS, NULL_ENTRY, PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PTRS_PER_TABLE, SWAP_MAP_MAX, VM_SHARED, VM_WRITE,
-    AddressSpace, Memory, is_cow_mapping, swap_cap,
+from gpusim.kernels.flags import (
+    BREAK_AT, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, MM_ANONPAGES, MM_SWAPENTS, NULL_ENTRY,
+    PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PTRS_PER_TABLE, SWAP_MAP_MAX, VM_SHARED, VM_WRITE, is_cow_mapping, mm_counter, swap_cap,
 )
+from gpusim.state import MEMORY_FIELDS, MM, AddressSpace, Memory
 from gpusim.variants import LINUX_5_8, LINUX_5_10, LINUX_6_18, XU_V1, XU_V1_OLEG, get_variant
 
 ENOMEM = -12
@@ -213,7 +212,8 @@ class ForkContext:
                  child: MMState | None = None):
         self.variant = variant
         self.space = space
-        self.large_pin_order = get_variant(variant).large_pin_order
+        self.v = get_variant(variant)
+        self.large_pin_order = self.v.large_pin_order
         self.m = machine or Machine(space.memory)
         self.parent = parent or MMState(space.mm)
         self.child = child or MMState()
@@ -258,7 +258,7 @@ class CopyContext:
 
     def __init__(self, fc: ForkContext, vma: VmaView, t: int, call_start: int, end: int):
         self.fc, self.m, self.vma, self.t = fc, fc.m, vma, t
-        self.variant = fc.variant
+        self.variant, self.v = fc.variant, fc.v
         self.call_start, self.end = call_start, end
         self.counts = fc.counts
         self.checks = 0
@@ -370,7 +370,7 @@ def share_present(c: CopyContext, a: int, n: int = 1) -> None:
         anon = m.folio_flags[f] & FOLIO_ANON
         for j in range(n):
             m.page_mapcount[pfn0 + j] += 1
-            if c.variant == LINUX_6_18 and anon and m.page_flags[pfn0 + j] & PAGE_ANON_EXCLUSIVE:
+            if c.v.anon_exclusive and anon and m.page_flags[pfn0 + j] & PAGE_ANON_EXCLUSIVE:
                 m.page_flags[pfn0 + j] &= ~PAGE_ANON_EXCLUSIVE
                 c.counts["pte.excl_clear"] += 1
         c.counts["shared"] += n
@@ -393,7 +393,7 @@ def install_copy(c: CopyContext, a: int, q: int, src_pfn: int) -> None:
     f = m.page_folio[q]
     m.folio_flags[f] |= FOLIO_ANON | FOLIO_SWAPBACKED
     m.page_mapcount[q] = 1
-    m.page_flags[q] = PAGE_ANON_EXCLUSIVE if c.variant == LINUX_6_18 else 0
+    m.page_flags[q] = PAGE_ANON_EXCLUSIVE if c.v.anon_exclusive else 0
     c.set_dst(a, P.mk_pte(q, c.vma.flags & VM_WRITE, True, True, False))
     c.fc.child.rss[MM_ANONPAGES] += 1
     c.counts["copy.install"] += 1
@@ -411,7 +411,7 @@ def copy_nonpresent_pte(c: CopyContext, a: int) -> int | None:
         if not swap_duplicate(c, slot):
             return slot
         child.on_swapoff_list = True
-        if c.variant == LINUX_6_18 and P.pte_swp_exclusive(e):
+        if c.v.anon_exclusive and P.pte_swp_exclusive(e):
             c.set_src(a, P.pte_swp_clear_exclusive(e))
         c.set_dst(a, P.pte_swp_clear_exclusive(e))
         child.rss[MM_SWAPENTS] += 1
@@ -431,7 +431,7 @@ def copy_nonpresent_pte(c: CopyContext, a: int) -> int | None:
         m.folio_refcount[f] += 1
         m.page_mapcount[pfn] += 1
         child.rss[mm_counter(m.folio_flags[f])] += 1
-        if c.variant == LINUX_6_18:
+        if c.v.anon_exclusive:
             m.page_flags[pfn] &= ~PAGE_ANON_EXCLUSIVE
         if c.cow and P.is_writable_device_private_entry(e):
             c.set_src(a, P.make_readable_device_private_entry(e))
@@ -966,9 +966,9 @@ def copy_huge_pmd(c: CopyContext) -> str:
     head = P.pte_pfn(pmd)
     f = m.page_folio[head]
     pinned = fc.parent.has_pinned and fc.maybe_pinned(f)
-    if fc.variant == LINUX_5_8:
+    if not fc.v.early_cow:
         copy = False
-    elif fc.variant == LINUX_6_18:
+    elif fc.v.anon_exclusive:
         copy = pinned and bool(m.page_flags[head] & PAGE_ANON_EXCLUSIVE)   # folio_try_dup_anon_rmap_pmd fails
     else:
         copy = pinned and c.cow
@@ -994,7 +994,7 @@ def copy_huge_pmd(c: CopyContext) -> str:
     if c.cow:
         fc.parent.pmds[t] = P.pte_wrprotect(pmd)
         child = P.pte_wrprotect(child)
-    if fc.variant == LINUX_6_18:
+    if fc.v.anon_exclusive:
         m.page_flags[head] &= ~PAGE_ANON_EXCLUSIVE
     fc.child.pmds[t] = child
     fc.note_child_table(t)
@@ -1163,7 +1163,7 @@ def apply_event(fc: ForkContext, call_start: int, window_kind: str, name: str, x
         if kind != P.KIND_PRESENT or pfn < 0 or not (m.folio_flags[f] & FOLIO_ANON):
             return ignore()
         rec.applied, rec.pfn, rec.folio = True, pfn, f
-        excl = fc.variant == LINUX_6_18 and bool(m.page_flags[pfn] & PAGE_ANON_EXCLUSIVE)
+        excl = fc.v.anon_exclusive and bool(m.page_flags[pfn] & PAGE_ANON_EXCLUSIVE)
         slot = m.alloc_slot(m.page_content[pfn])
         rec.new_slot = slot
         row[i] = P.mk_swap_pte(slot, excl)

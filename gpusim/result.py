@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gpusim.state import MM, RSS_NAMES, AddressSpace, Memory
+from gpusim.kernels.flags import RSS_NAMES
+from gpusim.state import MM, AddressSpace, Memory
 
 # The cost events of spec section 8 (and 10), by their dotted names, in the spec's order.
 COST_EVENTS = (

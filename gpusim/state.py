@@ -26,63 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpusim.kernels import pte as P
-from gpusim.kernels.folio import PIN_BIAS  # noqa: F401  (one definition, shared with the kernels)
-
-# --- constants (spec 1.1; PIN_BIAS = 1024 above) ---------------------------------------------------------------
-BREAK_AT = 32
-SWAP_MAP_MAX = 62
-SWAP_CONT_MAX = 127
-PTRS_PER_TABLE = 512
-NULL_ENTRY = -1                    # swap value 0: no slot
-
-# --- VMA flags: the kernel's bit values ------------------------------------------------------------------------
-VM_READ = 0x00000001
-VM_WRITE = 0x00000002
-VM_EXEC = 0x00000004
-VM_SHARED = 0x00000008
-VM_MAYREAD = 0x00000010
-VM_MAYWRITE = 0x00000020
-VM_PFNMAP = 0x00000400
-VM_DONTCOPY = 0x00020000
-VM_HUGETLB = 0x00400000
-VM_WIPEONFORK = 0x02000000
-VM_MIXEDMAP = 0x10000000
-VM_FLAG_NAMES = {
-    VM_READ: "VM_READ", VM_WRITE: "VM_WRITE", VM_EXEC: "VM_EXEC", VM_SHARED: "VM_SHARED",
-    VM_MAYREAD: "VM_MAYREAD", VM_MAYWRITE: "VM_MAYWRITE", VM_PFNMAP: "VM_PFNMAP", VM_DONTCOPY: "VM_DONTCOPY",
-    VM_HUGETLB: "VM_HUGETLB", VM_WIPEONFORK: "VM_WIPEONFORK", VM_MIXEDMAP: "VM_MIXEDMAP",
-}
-VM_KNOWN = 0
-for _bit in VM_FLAG_NAMES:
-    VM_KNOWN |= _bit
-VM_DEFAULT_ANON = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE
-
-BACKING_ANON = 0
-BACKING_FILE = 1
-BACKING_SHMEM = 2
-BACKING_NAMES = ("anon", "file", "shmem")
-
-# --- folio and page flags --------------------------------------------------------------------------------------
-FOLIO_ANON = 1 << 0
-FOLIO_SWAPBACKED = 1 << 1
-FOLIO_DEVICE_PRIVATE = 1 << 2
-FOLIO_FREED = 1 << 3
-
-PAGE_ANON_EXCLUSIVE = 1 << 0
-PAGE_HWPOISON = 1 << 1
-
-# --- rss counters ----------------------------------------------------------------------------------------------
-MM_ANONPAGES = 0
-MM_FILEPAGES = 1
-MM_SHMEMPAGES = 2
-MM_SWAPENTS = 3
-RSS_NAMES = ("anon", "file", "shmem", "swapents")
-
-
-def swap_cap(levels: int) -> int:
-    """Largest count a slot with ``levels`` continuation pages holds: 63 * 128**levels - 1."""
-    return (SWAP_MAP_MAX + 1) * (SWAP_CONT_MAX + 1) ** levels - 1
-
+from gpusim.kernels.flags import BACKING_SHMEM, PTRS_PER_TABLE, VM_KNOWN, swap_cap
 
 def tables_from_entries(addr: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(table_index i64 ``(T,)``, pte u64 ``(T, 512)``) holding the entries ``val`` at the page addresses ``addr``:
@@ -116,11 +60,6 @@ def pte_kinds(val: np.ndarray) -> np.ndarray:
     kind[np_ & (typ >= P.SWP_MIGRATION_READ) & (typ <= P.SWP_MIGRATION_WRITE)] = P.KIND_MIGRATION
     kind[np_ & ((typ == P.SWP_DEVICE_READ) | (typ == P.SWP_DEVICE_WRITE))] = P.KIND_DEVICE_PRIVATE
     return kind
-
-
-def is_cow_mapping(vm_flags: int) -> bool:
-    """Private and may become writable (even if currently read-only)."""
-    return (vm_flags & VM_MAYWRITE) != 0 and (vm_flags & VM_SHARED) == 0
 
 
 class StateError(ValueError):

@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 from gpusim.kernels import pte as P
-from gpusim.kernels.folio import PIN_BIAS, is_large_for_pins, pin_refcount_delta
-from gpusim.state import (
-    FOLIO_ANON, FOLIO_SWAPBACKED, MEMORY_FIELDS, MM, PAGE_ANON_EXCLUSIVE, PTRS_PER_TABLE, VM_DEFAULT_ANON,
-    AddressSpace, Memory, tables_from_entries,
+from gpusim.kernels.folio import is_large_for_pins, pin_refcount_delta
+from gpusim.kernels.flags import (
+    BACKINGS, FOLIO_ANON, FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, PIN_BIAS, PTRS_PER_TABLE, VM_DEFAULT_ANON,
 )
+from gpusim.state import MEMORY_FIELDS, MM, AddressSpace, Memory, tables_from_entries
 
 PAGE_SIZE = 4096
 
@@ -107,9 +107,6 @@ def resident_bytes(*objs) -> int:
 
 # --- region-based generators ---------------------------------------------------------------------------------------
 
-REGION_BACKINGS = {"anon": 0, "file": 1, "shmem": 2}
-
-
 class _Parts:
     """Arrays of an address space under construction, region by region (concatenated by :meth:`freeze`)."""
 
@@ -196,8 +193,8 @@ def _runs(rng, n: int, k: int, runs: int) -> np.ndarray:
 def _add_region(b: _Parts, rng, variant_large_order: int, is_618: bool, start: int, nr_pages: int, r: dict) -> None:
     """One VMA of ``nr_pages`` pages at ``start`` (table-aligned) with the region keys ``r`` (see
     :class:`gpusim.sweep.spec.Region`)."""
-    from gpusim.state import VM_DONTCOPY, VM_SHARED, VM_WIPEONFORK, VM_WRITE, swap_cap
-    backing = REGION_BACKINGS[r["backing"]]
+    from gpusim.kernels.flags import VM_DONTCOPY, VM_SHARED, VM_WIPEONFORK, VM_WRITE, swap_cap
+    backing = BACKINGS[r["backing"]]
     anon = backing == 0 and not r["shared"]
     flags = VM_DEFAULT_ANON | (VM_SHARED if r["shared"] else 0)
     for fl in r["flags"]:
@@ -298,7 +295,7 @@ def build_regions(regions: list[dict], variant: str, seed, has_pinned: bool | No
         for n in sizes:
             if n == 0:
                 continue
-            _add_region(b, rng, v.large_pin_order, variant == "linux-6.18", addr, n, r)
+            _add_region(b, rng, v.large_pin_order, v.anon_exclusive, addr, n, r)
             addr += -(-n // PTRS_PER_TABLE) * PTRS_PER_TABLE
         addr += PTRS_PER_TABLE
     return b.freeze(has_pinned)

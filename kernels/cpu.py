@@ -51,10 +51,10 @@ from gpusim.kernels.pte import (
     KIND_DEVICE_PRIVATE, KIND_MIGRATION, KIND_PRESENT, KIND_SWAP, pte_kind, pte_pfn, pte_set_pfn, pte_special,
     swp_offset,
 )
+from gpusim.kernels.flags import PTRS_PER_TABLE as PTRS
 from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
 from gpusim.kernels.table import copy_table_fast, table_needs_host
 
-PTRS = 512
 
 
 def fork_tables(mode, rows, *args):

@@ -31,15 +31,13 @@ from numba import config, cuda
 
 from gpusim.kernels.atomics import atomic_add
 from gpusim.kernels.pte import KIND_PRESENT, pte_kind, pte_special
-from gpusim.kernels.rules import (
-    C_SWAPOFF, MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS, V_5_8, V_6_18, VM_SHARED, is_cow_mapping,
-)
+from gpusim.kernels.flags import BREAK_AT, PTRS_PER_TABLE as PTRS, V_5_8, V_6_18, VM_SHARED, is_cow_mapping
+from gpusim.kernels.rules import C_SWAPOFF, MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
 from gpusim.kernels.table import (
     batch_candidate, copy_entry, copy_table_fast, end_call, entry_needs_host, entry_weight, lock_break_at, tally,
 )
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
-PTRS = 512
 # threads that share one table (a block per table); the simulator runs each thread as a Python thread, so it gets
 # few (still several, so that the strided loops, barriers and shared-memory sums are exercised)
 THREADS_PER_BLOCK = 5 if SIMULATOR else 32
@@ -122,7 +120,7 @@ def fork_tables_kernel(mode, rows, table_index, row_lo, row_hi, call_start, call
             k = 0
             lb = 0
             for j in range(e - s):
-                if progress >= 32:
+                if progress >= BREAK_AT:
                     progress = 0
                     if lock_break_at(s, k, nb_mode, nb_every, nb_p_q32, nb_seed, row_fork_seq[r], nb_list_cs,
                                      nb_list_k):

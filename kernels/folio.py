@@ -7,8 +7,7 @@ invariant checker, and compilable by numba like :mod:`gpusim.kernels.pte`.
 
 from numba.extending import register_jitable
 
-
-PIN_BIAS = 1024
+from gpusim.kernels.flags import PIN_BIAS
 
 
 @register_jitable

@@ -15,7 +15,9 @@ conservative, and a table sent to the host is handled exactly whatever the reaso
 import numpy as np
 from numba.extending import register_jitable
 
-from gpusim.kernels.folio import PIN_BIAS
+from gpusim.kernels.flags import (
+    FOLIO_ANON, FOLIO_DEVICE_PRIVATE, PAGE_ANON_EXCLUSIVE, PIN_BIAS, V_6_18, swap_cap,
+)
 from gpusim.kernels.pte import (
     as_u64,
     KIND_DEVICE_PRIVATE, KIND_MIGRATION, KIND_SWAP, is_readable_exclusive_migration_entry,
@@ -23,20 +25,6 @@ from gpusim.kernels.pte import (
     make_readable_migration_entry, pte_kind, pte_mkclean, pte_mkold, pte_mkwrite, pte_swp_clear_exclusive,
     pte_wrprotect,
 )
-
-# flag bits, as in gpusim.state (kernels cannot import the package's state module)
-VM_WRITE = 0x2
-VM_SHARED = 0x8
-VM_MAYWRITE = 0x20
-FOLIO_ANON = 1
-FOLIO_SWAPBACKED = 2
-FOLIO_DEVICE_PRIVATE = 4
-PAGE_ANON_EXCLUSIVE = 1
-SWAP_MAP_MAX = 62
-SWAP_CONT_MAX = 127
-
-# variant ids used by kernels (order of gpusim.variants.VARIANTS)
-V_5_8, V_XU_V1, V_XU_V1_OLEG, V_5_10, V_6_18 = 0, 1, 2, 3, 4
 
 # what a fork_tables launch does: classify only, classify then copy the tables that need no host, copy only
 MODE_CLASSIFY, MODE_CLASSIFY_COPY, MODE_COPY = 0, 1, 2
@@ -52,29 +40,6 @@ FAST_COUNTS = ("pte.none", "pte.share", "pte.special", "pte.wrprotect", "pte.exc
  C_PASS, C_CHECK, C_LB, C_SHARED, C_PIN_SHARED, C_CALL, C_ALLOC, C_RSS, _C_RSS1, _C_RSS2, _C_RSS3,
  C_SWAPOFF) = range(len(FAST_COUNTS))
 NR_FAST_COUNTS = len(FAST_COUNTS)
-
-
-@register_jitable
-def is_cow_mapping(vm_flags):
-    return (vm_flags & VM_MAYWRITE) != 0 and (vm_flags & VM_SHARED) == 0
-
-
-@register_jitable
-def mm_counter(folio_flags):
-    """The rss counter of a folio: 0 anon, 2 shmem (swap-backed), 1 file."""
-    if folio_flags & FOLIO_ANON:
-        return 0
-    if folio_flags & FOLIO_SWAPBACKED:
-        return 2
-    return 1
-
-
-@register_jitable
-def swap_cap(levels):
-    cap = SWAP_MAP_MAX + 1
-    for _ in range(levels):
-        cap *= SWAP_CONT_MAX + 1
-    return cap - 1
 
 
 @register_jitable

@@ -19,17 +19,15 @@ from gpusim.kernels.pte import (
     KIND_DEVICE_PRIVATE, KIND_MIGRATION, KIND_NONE, KIND_PRESENT, KIND_SWAP, pte_dirty, pte_kind, pte_pfn,
     pte_present, pte_set_pfn, pte_special, pte_write, pte_wrprotect, swp_offset,
 )
+from gpusim.kernels.flags import (
+    BREAK_AT, FOLIO_ANON, PAGE_ANON_EXCLUSIVE, V_5_8, V_6_18, VM_SHARED, is_cow_mapping, mm_counter,
+)
 from gpusim.kernels.rules import (
     C_ALLOC, C_BATCH_PTE, C_BATCH_START, C_CALL, C_CHECK, C_DEVPRIV, C_EXCL_CLEAR, C_LB, C_MIGRATION, C_NONE, C_PASS,
-    C_PIN_SHARED, C_RSS, C_SHARE, C_SHARED, C_SPECIAL, C_SWAP, C_SWAPOFF, C_WRPROTECT, FOLIO_ANON,
-    NB_LIST, PAGE_ANON_EXCLUSIVE, V_5_8, V_6_18, VM_SHARED, in_break_list, is_cow_mapping, large_folio_needs_host,
-    lock_break, mm_counter, nonpresent_child, nonpresent_parent, share_child_pte, shared_exclusive_page,
-    slot_needs_host,
-    small_folio_needs_host,
+    C_PIN_SHARED, C_RSS, C_SHARE, C_SHARED, C_SPECIAL, C_SWAP, C_SWAPOFF, C_WRPROTECT, NB_LIST, in_break_list,
+    large_folio_needs_host, lock_break, nonpresent_child, nonpresent_parent, share_child_pte, shared_exclusive_page,
+    slot_needs_host, small_folio_needs_host,
 )
-
-PTRS = 512
-
 
 def entry_jitable(fn):
     """``register_jitable`` for the per-entry functions, inlined by LLVM into the kernels that call them: called
@@ -259,7 +257,7 @@ def copy_table_fast(r, base, lo, hi, call_start, call_end, call_vmaflags, call_f
         lb = 0
         a = s
         while a < e:
-            if progress >= 32:                           # the lock-break test, before the PTE at the cursor
+            if progress >= BREAK_AT:                        # the lock-break test, before the PTE at the cursor
                 progress = 0
                 if lock_break_at(s, k, nb_mode, nb_every, nb_p_q32, nb_seed, fork_seq, nb_list_cs, nb_list_k):
                     lb += 1

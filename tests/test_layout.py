@@ -4,10 +4,11 @@ import pytest
 
 from gpusim.kernels import pte as P
 from gpusim.layout import LayoutError, parse_layout
-from gpusim.state import (
+from gpusim.kernels.flags import (
     BACKING_FILE, FOLIO_ANON, FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, PIN_BIAS, VM_DEFAULT_ANON, VM_DONTCOPY,
-    VM_SHARED, VM_WRITE, pte_at,
+    VM_SHARED, VM_WRITE,
 )
+from gpusim.state import pte_at
 
 
 def test_defaults():

@@ -6,7 +6,8 @@ import pytest
 import gpusim
 from gpusim.catalogue import SCENARIOS
 from gpusim.kernels import pte as P
-from gpusim.state import PAGE_ANON_EXCLUSIVE, pte_at
+from gpusim.kernels.flags import PAGE_ANON_EXCLUSIVE
+from gpusim.state import pte_at
 
 V58, V1, OLEG, V510, V618 = "linux-5.8", "xu-v1", "xu-v1-oleg", "linux-5.10", "linux-6.18"
 ALL = (V58, V1, OLEG, V510, V618)

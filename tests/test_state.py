@@ -7,7 +7,8 @@ import pytest
 
 import gpusim
 from gpusim.kernels import pte as P
-from gpusim.state import StateError, digest, empty_mm, swap_cap
+from gpusim.kernels.flags import swap_cap
+from gpusim.state import StateError, digest, empty_mm
 
 
 def space():

@@ -6,8 +6,9 @@ from pydantic import TypeAdapter
 
 import gpusim
 from gpusim.kernels import pte as P
-from gpusim.kernels.folio import PIN_BIAS
-from gpusim.state import VM_DONTCOPY, VM_SHARED, digest, pte_kinds
+from gpusim.kernels.flags import PIN_BIAS
+from gpusim.kernels.flags import VM_DONTCOPY, VM_SHARED
+from gpusim.state import digest, pte_kinds
 from gpusim.sweep.spec import Workload
 from gpusim.workloads import build_workload
 

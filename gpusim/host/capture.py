@@ -146,9 +146,11 @@ def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = 
     from gpusim.kernels import pte as P
     from gpusim.kernels.folio import is_large_for_pins, pin_refcount_delta
     from gpusim.layout import rss_of
-    from gpusim.state import (FOLIO_ANON, FOLIO_SWAPBACKED, MM, PAGE_ANON_EXCLUSIVE, VM_MAYREAD, VM_MAYWRITE,
-                              VM_READ, VM_SHARED, VM_WRITE, AddressSpace, Memory, VM_EXEC,
-                              tables_from_entries)
+    from gpusim.kernels.flags import (
+        FOLIO_ANON, FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, VM_EXEC, VM_MAYREAD, VM_MAYWRITE, VM_READ, VM_SHARED,
+        VM_WRITE,
+    )
+    from gpusim.state import MM, AddressSpace, Memory, tables_from_entries
     from gpusim.variants import get_variant
     t = read_snapshot(path_or_table) if not isinstance(path_or_table, pa.Table) else path_or_table
     vmas = json.loads(t.schema.metadata[b"gpusim.vmas"])
@@ -227,7 +229,7 @@ def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = 
     base_ro = np.uint64(P.mk_pte(0, False, True, True, False))
     val_small = np.where(writable & anon[small], base_rw, base_ro) | (np.arange(ns, dtype=np.uint64)
                                                                      << np.uint64(P.PFN_SHIFT))
-    excl_sw = variant == "linux-6.18"
+    excl_sw = get_variant(variant).anon_exclusive
     val_sw = np.uint64(P.mk_swap_pte(0, excl_sw)) | (np.arange(swapped.shape[0], dtype=np.uint64)
                                                      << np.uint64(P.PFN_SHIFT))
     a_all = np.concatenate([addr[small], addr[swapped]])

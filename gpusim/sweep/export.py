@@ -27,7 +27,7 @@ PARTITIONING = pa.schema([("variant", pa.string())])
 def _fixed_fields() -> list[pa.Field]:
     from gpusim.costmodel import COMPONENTS
     from gpusim.result import COUNT_NAMES
-    from gpusim.state import RSS_NAMES
+    from gpusim.kernels.flags import RSS_NAMES
     f64, i64, s, b = pa.float64(), pa.int64(), pa.string(), pa.bool_()
     fields = [("config_hash", s), ("repetition", i64), ("fork_index", i64), ("generation", i64), ("seed", i64),
               ("outcome", s),

@@ -1,0 +1,87 @@
+"""Every flag and constant of the model, in one place (spec section 1), for the kernels and the package alike.
+
+The values are the kernel's where the kernel has them (``VM_*`` bits, ``SWAP_MAP_MAX``, ``PIN_BIAS``); the rest are
+the model's own encodings (folio and page flag bits, rss counter indices, backing kinds, variant ids). The three
+small rules here (:func:`is_cow_mapping`, :func:`mm_counter`, :func:`swap_cap`) are ``register_jitable``: plain
+Python for the reference engine, compiled into the fast kernels.
+"""
+
+from numba.extending import register_jitable
+
+# --- sizes and thresholds (spec 1.1) ---------------------------------------------------------------------------
+PTRS_PER_TABLE = 512               # entries of one PTE table (one table = 2 MiB of 4 KiB pages)
+BREAK_AT = 32                      # copy_pte_range's progress at which it tests for a lock break
+PIN_BIAS = 1024                    # GUP_PIN_COUNTING_BIAS: references one FOLL_PIN adds to a small folio
+SWAP_MAP_MAX = 62                  # largest count the first byte of a swap map holds
+SWAP_CONT_MAX = 127                # largest count one continuation level holds
+NULL_ENTRY = -1                    # a swap entry of value 0: no slot
+
+# --- VMA flags: the kernel's bit values ------------------------------------------------------------------------
+VM_READ = 0x00000001
+VM_WRITE = 0x00000002
+VM_EXEC = 0x00000004
+VM_SHARED = 0x00000008
+VM_MAYREAD = 0x00000010
+VM_MAYWRITE = 0x00000020
+VM_PFNMAP = 0x00000400
+VM_DONTCOPY = 0x00020000
+VM_HUGETLB = 0x00400000
+VM_WIPEONFORK = 0x02000000
+VM_MIXEDMAP = 0x10000000
+VM_FLAG_NAMES = {
+    VM_READ: "VM_READ", VM_WRITE: "VM_WRITE", VM_EXEC: "VM_EXEC", VM_SHARED: "VM_SHARED",
+    VM_MAYREAD: "VM_MAYREAD", VM_MAYWRITE: "VM_MAYWRITE", VM_PFNMAP: "VM_PFNMAP", VM_DONTCOPY: "VM_DONTCOPY",
+    VM_HUGETLB: "VM_HUGETLB", VM_WIPEONFORK: "VM_WIPEONFORK", VM_MIXEDMAP: "VM_MIXEDMAP",
+}
+VM_KNOWN = sum(VM_FLAG_NAMES)
+VM_DEFAULT_ANON = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE
+
+# --- what backs a VMA ------------------------------------------------------------------------------------------
+BACKING_ANON = 0
+BACKING_FILE = 1
+BACKING_SHMEM = 2
+BACKINGS = {"anon": BACKING_ANON, "file": BACKING_FILE, "shmem": BACKING_SHMEM}
+
+# --- folio and page flags --------------------------------------------------------------------------------------
+FOLIO_ANON = 1 << 0
+FOLIO_SWAPBACKED = 1 << 1
+FOLIO_DEVICE_PRIVATE = 1 << 2
+FOLIO_FREED = 1 << 3
+
+PAGE_ANON_EXCLUSIVE = 1 << 0
+PAGE_HWPOISON = 1 << 1
+
+# --- rss counters ----------------------------------------------------------------------------------------------
+MM_ANONPAGES = 0
+MM_FILEPAGES = 1
+MM_SHMEMPAGES = 2
+MM_SWAPENTS = 3
+RSS_NAMES = ("anon", "file", "shmem", "swapents")
+
+# --- the variants as the kernels know them (the order of gpusim.variants.VARIANTS; each record carries its id) --
+V_5_8, V_XU_V1, V_XU_V1_OLEG, V_5_10, V_6_18 = 0, 1, 2, 3, 4
+
+
+@register_jitable
+def is_cow_mapping(vm_flags):
+    """Private and may become writable (even if currently read-only)."""
+    return (vm_flags & VM_MAYWRITE) != 0 and (vm_flags & VM_SHARED) == 0
+
+
+@register_jitable
+def mm_counter(folio_flags):
+    """The rss counter a folio is accounted to: anon, shmem (swap-backed, not anon) or file."""
+    if folio_flags & FOLIO_ANON:
+        return MM_ANONPAGES
+    if folio_flags & FOLIO_SWAPBACKED:
+        return MM_SHMEMPAGES
+    return MM_FILEPAGES
+
+
+@register_jitable
+def swap_cap(levels):
+    """Largest count a slot with ``levels`` continuation pages holds: 63 * 128**levels - 1."""
+    cap = SWAP_MAP_MAX + 1
+    for _ in range(levels):
+        cap *= SWAP_CONT_MAX + 1
+    return cap - 1
