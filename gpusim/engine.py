@@ -25,9 +25,9 @@ import time
 
 import numpy as np
 
+from gpusim import decode
 from gpusim.hostloop import host_context, machine_arrays
 from gpusim.kernels.cpu import shift_entries
-from gpusim.kernels import pte as P
 from gpusim.kernels.rules import (
     FAST_COUNTS, MODE_CLASSIFY, MODE_CLASSIFY_COPY, MODE_COPY, NB_ALWAYS, NB_BERN, NB_EVERY, NB_LIST, NB_NEVER,
 )
@@ -373,17 +373,16 @@ def teardown_arrays(memory: Memory, child_rows: np.ndarray, child_pmds: np.ndarr
     vals = child_rows.reshape(-1)
     vals = vals[vals != 0]
     counts["teardown.pte"] += int(vals.size) + int(child_pmds.size)
-    from gpusim.invariants import page_holding_pfns, swap_slots
-    pfns = page_holding_pfns(vals)
+    pfns = decode.page_pfns(vals)
     np.subtract.at(memory.page_mapcount, pfns, 1)
     folios = memory.page_folio[pfns]
     np.subtract.at(memory.folio_refcount, folios, 1)
     if child_pmds.size:
-        hf = memory.page_folio[((child_pmds >> np.uint64(P.PFN_SHIFT)) & np.uint64(P.PFN_MASK)).astype(np.int64)]
+        hf = memory.page_folio[decode.offsets(child_pmds)]
         np.subtract.at(memory.folio_refcount, hf, 1)
         np.subtract.at(memory.folio_pmd_mapcount, hf, 1)
     freed = np.unique(folios[memory.folio_refcount[folios] == 0])
     memory.folio_flags[freed] |= np.uint8(FOLIO_FREED)
     counts["teardown.free"] += int(freed.size)
-    np.subtract.at(memory.swap_count, swap_slots(vals), 1)
+    np.subtract.at(memory.swap_count, decode.swap_slots(vals), 1)
 

@@ -13,9 +13,9 @@ from collections import defaultdict
 
 import numpy as np
 
+from gpusim import decode
 from gpusim.kernels import pte as P
 from gpusim.kernels.folio import folio_maybe_dma_pinned
-from gpusim.layout import rss_of
 from gpusim.result import InvariantReport
 from gpusim.kernels.flags import (
     BREAK_AT, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, PTRS_PER_TABLE,
@@ -26,24 +26,6 @@ from gpusim.variants import get_variant
 
 _SHARE_KINDS = ("share", "special", "batch")
 MAX_REPORTED = 20
-
-
-def page_holding_pfns(vals: np.ndarray) -> np.ndarray:
-    """pfns of the entries that hold a reference and a mapcount: present non-special and device-private."""
-    v = vals
-    present = (v & np.uint64(P.PAGE_PRESENT)) != 0
-    special = (v & np.uint64(P.PAGE_SPECIAL)) != 0
-    typ = (v >> np.uint64(P.SWP_TYPE_SHIFT)) & np.uint64(P.SWP_TYPE_MASK)
-    dev = ~present & (v != 0) & ((typ == P.SWP_DEVICE_READ) | (typ == P.SWP_DEVICE_WRITE))
-    keep = (present & ~special) | dev
-    return ((v[keep] >> np.uint64(P.PFN_SHIFT)) & np.uint64(P.PFN_MASK)).astype(np.int64)
-
-
-def swap_slots(vals: np.ndarray) -> np.ndarray:
-    present = (vals & np.uint64(P.PAGE_PRESENT)) != 0
-    typ = (vals >> np.uint64(P.SWP_TYPE_SHIFT)) & np.uint64(P.SWP_TYPE_MASK)
-    keep = ~present & (vals != 0) & (typ == P.SWP_SWAPFILE)
-    return ((vals[keep] >> np.uint64(P.PFN_SHIFT)) & np.uint64(P.PFN_MASK)).astype(np.int64)
 
 
 class _Checker:
@@ -143,7 +125,7 @@ class _Checker:
         m0, m1 = self.m0, self.m1
         F0, N0 = m0.nr_folios, m0.nr_pages
         _, cvals = entries(self.r.child)
-        cpfn = page_holding_pfns(cvals)
+        cpfn = decode.page_pfns(cvals)
         child_map = np.bincount(cpfn, minlength=m1.nr_pages)
         child_ref = np.bincount(m1.page_folio[cpfn], minlength=m1.nr_folios) if cpfn.size else np.zeros(
             m1.nr_folios, np.int64)
@@ -191,7 +173,7 @@ class _Checker:
         installs = [(rec, i) for rec in self.tr.calls for i in rec.installs]
         dup_moment = {q: (src, seq) for rec in self.tr.calls for (q, src, seq) in rec.duplicates}
         _, cvals = entries(self.r.child)
-        cpfn = page_holding_pfns(cvals)
+        cpfn = decode.page_pfns(cvals)
         new_mapped = np.bincount(cpfn[cpfn >= self.first_new_pfn] - self.first_new_pfn,
                                  minlength=max(0, m1.nr_pages - self.first_new_pfn))
         for rec, (a, q, src, seq) in installs:
@@ -316,7 +298,7 @@ class _Checker:
             self.fail(7, f"parent rss {self.r.parent.mm.rss.tolist()}, expected {want.tolist()}")
         child = self.r.child
         if self.ok:
-            implied = rss_of(child.pte, child.pmd, self.m1)
+            implied = decode.rss_of(child.pte, child.pmd, self.m1)
             if not np.array_equal(child.rss, implied):
                 self.fail(7, f"child rss {child.rss.tolist()}, its PTEs imply {implied.tolist()}")
             if list(self.r.child_rss.values()) != child.rss.tolist():
@@ -328,7 +310,7 @@ class _Checker:
         m0, m1 = self.m0, self.m1
         S0, S1 = m0.nr_slots, m1.nr_slots
         _, cvals = entries(self.r.child)
-        refs = np.bincount(swap_slots(cvals), minlength=S1)
+        refs = np.bincount(decode.swap_slots(cvals), minlength=S1)
         base = np.concatenate([m0.swap_count, np.ones(S1 - S0, np.int64)])
         for e in self.events:
             if e.slot >= 0:
@@ -412,11 +394,9 @@ class _Checker:
         m0, m1 = self.m0, self.m1
         F0 = m0.nr_folios
         addrs, cvals = entries(self.r.child)
-        present = (cvals & np.uint64(P.PAGE_PRESENT)) != 0
-        special = (cvals & np.uint64(P.PAGE_SPECIAL)) != 0
-        typ = (cvals >> np.uint64(P.SWP_TYPE_SHIFT)) & np.uint64(P.SWP_TYPE_MASK)
-        holds = (present & ~special) | (~present & ((typ == P.SWP_DEVICE_READ) | (typ == P.SWP_DEVICE_WRITE)))
-        pfn = ((cvals >> np.uint64(P.PFN_SHIFT)) & np.uint64(P.PFN_MASK)).astype(np.int64)
+        present = decode.present(cvals)
+        holds = decode.holds_page(cvals)
+        pfn = decode.offsets(cvals)
         folio = np.full(cvals.shape, -1, np.int64)
         folio[holds] = m1.page_folio[pfn[holds]]
         pinned = holds & (folio >= 0) & (folio < F0)

@@ -49,12 +49,12 @@ import numpy as np
 from gpusim.kernels import pte as P
 from gpusim.kernels.folio import is_large_for_pins, pin_refcount_delta
 from gpusim.kernels.flags import (
-    BACKING_ANON, BACKING_FILE, BACKING_SHMEM, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_SWAPBACKED, MM_ANONPAGES,
-    MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS, PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PTRS_PER_TABLE, VM_DEFAULT_ANON,
+    BACKING_ANON, BACKING_FILE, BACKING_SHMEM, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PTRS_PER_TABLE, VM_DEFAULT_ANON,
     VM_DONTCOPY, VM_EXEC, VM_HUGETLB, VM_MAYWRITE, VM_MIXEDMAP, VM_PFNMAP, VM_SHARED, VM_WIPEONFORK, VM_WRITE,
     swap_cap,
 )
-from gpusim.state import MM, AddressSpace, Memory, pte_kinds
+from gpusim.decode import rss_of
+from gpusim.state import MM, AddressSpace, Memory
 from gpusim.variants import DEFAULT_VARIANT, get_variant
 
 MAX_COUNT = 1 << 26                  # per-token repeat bound, so a typo cannot ask for terabytes
@@ -202,28 +202,6 @@ class _Builder:
             on_swapoff_list=bool(self.slot["count"]),
         )
         return AddressSpace(mm, memory).validate()
-
-
-def rss_of(pte: np.ndarray, pmd: np.ndarray, memory: Memory) -> np.ndarray:
-    """rss counters implied by a set of tables: what ``mm_counter`` gives for each entry (spec invariant 7).
-
-    ``pte`` u64 ``(T, 512)``, ``pmd`` u64 ``(H,)``; returns i64 ``(4,)`` (anon, file, shmem, swapents).
-    """
-    val = pte.reshape(-1)
-    val = val[val != 0]
-    kind = pte_kinds(val)
-    special = (val & np.uint64(P.PAGE_SPECIAL)) != 0
-    rss = np.zeros(4, dtype=np.int64)
-    rss[MM_SWAPENTS] = int((kind == P.KIND_SWAP).sum())
-    holds = ((kind == P.KIND_PRESENT) & ~special) | (kind == P.KIND_MIGRATION) | (kind == P.KIND_DEVICE_PRIVATE)
-    pfn = ((val[holds] >> np.uint64(P.PFN_SHIFT)) & np.uint64(P.PFN_MASK)).astype(np.int64)
-    flags = memory.folio_flags[memory.page_folio[pfn]]
-    anon = (flags & FOLIO_ANON) != 0
-    shmem = ~anon & ((flags & FOLIO_SWAPBACKED) != 0)
-    rss[MM_ANONPAGES] = int(anon.sum()) + PTRS_PER_TABLE * int(pmd.shape[0])
-    rss[MM_SHMEMPAGES] = int(shmem.sum())
-    rss[MM_FILEPAGES] = int((~anon & ~shmem).sum())
-    return rss
 
 
 def _int_mod(val: str | None, name: str, lo: int = 0) -> int:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpusim import decode
 from gpusim.kernels import pte as P
 from gpusim.kernels.flags import BACKING_SHMEM, PTRS_PER_TABLE, VM_KNOWN, swap_cap
 
@@ -46,20 +47,6 @@ def entries(mm: "MM") -> tuple[np.ndarray, np.ndarray]:
     val = mm.pte.reshape(-1)
     nz = val != 0
     return addr[nz], val[nz]
-
-
-def pte_kinds(val: np.ndarray) -> np.ndarray:
-    """``kernels.pte.pte_kind`` over an array (int8; -1 for an undecodable entry)."""
-    present = (val & np.uint64(P.PAGE_PRESENT)) != 0
-    typ = (val >> np.uint64(P.SWP_TYPE_SHIFT)) & np.uint64(P.SWP_TYPE_MASK)
-    kind = np.full(val.shape, -1, np.int8)
-    kind[val == 0] = P.KIND_NONE
-    kind[present] = P.KIND_PRESENT
-    np_ = ~present & (val != 0)
-    kind[np_ & (typ == P.SWP_SWAPFILE)] = P.KIND_SWAP
-    kind[np_ & (typ >= P.SWP_MIGRATION_READ) & (typ <= P.SWP_MIGRATION_WRITE)] = P.KIND_MIGRATION
-    kind[np_ & ((typ == P.SWP_DEVICE_READ) | (typ == P.SWP_DEVICE_WRITE))] = P.KIND_DEVICE_PRIVATE
-    return kind
 
 
 class StateError(ValueError):
@@ -267,9 +254,9 @@ class MM:
 
     def _validate_refs(self, memory: Memory, what: str) -> None:
         addr, val = entries(self)
-        kind = pte_kinds(val)
-        off = (val >> np.uint64(P.PFN_SHIFT)) & np.uint64(P.PFN_MASK)
-        special = (val & np.uint64(P.PAGE_SPECIAL)) != 0
+        kind = decode.kinds(val)
+        off = decode.offsets(val)
+        special = decode.special(val)
         checks = (
             (kind < 0, "is not a valid entry"),
             ((kind == P.KIND_PRESENT) & ~special & (off >= memory.nr_pages),

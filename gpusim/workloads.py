@@ -156,7 +156,7 @@ class _Parts:
         addr, val = cat(self.addr, np.int64), cat(self.val, np.uint64)
         tables, pte = tables_from_entries(addr, val)
         pmd_t, pmd_v = cat(self.pmd_t, np.int64), cat(self.pmd_v, np.uint64)
-        from gpusim.layout import rss_of
+        from gpusim.decode import rss_of
         mm = MM(vma_start=cat(self.vma["start"], np.int64), vma_end=cat(self.vma["end"], np.int64),
                 vma_flags=cat(self.vma["flags"], np.uint64), vma_backing=cat(self.vma["backing"], np.uint8),
                 vma_anon_vma=cat(self.vma["anon_vma"], np.bool_), table_index=tables, pte=pte, pmd_index=pmd_t,

@@ -8,7 +8,8 @@ import gpusim
 from gpusim.kernels import pte as P
 from gpusim.kernels.flags import PIN_BIAS
 from gpusim.kernels.flags import VM_DONTCOPY, VM_SHARED
-from gpusim.state import digest, pte_kinds
+from gpusim.decode import kinds as pte_kinds
+from gpusim.state import digest
 from gpusim.sweep.spec import Workload
 from gpusim.workloads import build_workload
 

@@ -145,7 +145,7 @@ def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = 
     """The address space of a snapshot, with one FOLL_PIN on each present page of the ``pinned`` page ranges."""
     from gpusim.kernels import pte as P
     from gpusim.kernels.folio import is_large_for_pins, pin_refcount_delta
-    from gpusim.layout import rss_of
+    from gpusim.decode import rss_of
     from gpusim.kernels.flags import (
         FOLIO_ANON, FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, VM_EXEC, VM_MAYREAD, VM_MAYWRITE, VM_READ, VM_SHARED,
         VM_WRITE,

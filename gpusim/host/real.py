@@ -86,7 +86,7 @@ def sim_space(layout: RealLayout, variant: str, thp_pages: int | None = None):
     import numpy as np
     from gpusim.kernels import pte as P
     from gpusim.kernels.folio import is_large_for_pins, pin_refcount_delta
-    from gpusim.layout import rss_of
+    from gpusim.decode import rss_of
     from gpusim.kernels.flags import FOLIO_ANON, FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, VM_DEFAULT_ANON
     from gpusim.state import MM, AddressSpace, Memory, tables_from_entries
     from gpusim.variants import get_variant
