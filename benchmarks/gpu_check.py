@@ -9,9 +9,10 @@ failing step does not stop the next. The last lines printed are a summary. Steps
    1 GiB forks, each checked against the CPU engine at full size, beside this machine's kernel fork times.
 3. ``equal``: ``gpusim.fork`` through host memory on cuda and on cpu, same digest, outcome and counts, at full size
    (dense anon with and without pinned pages, two variants).
-4. ``tests``: the differential test suite's ``cuda`` parametrisation (catalogue and hypothesis).
-5. ``tpb``: threads per block of the fork kernel, 32 to 256, at 1 TiB.
-6. ``cpu``: ``gpusim bench --backend cpu --vs-kernel`` on this machine's cores.
+4. ``launch``: the time of the kernel calls inside ``gpusim.fork`` (one table, 1 GiB; ``benchmarks/bench_launch.py``).
+5. ``tests``: the differential test suite's ``cuda`` parametrisation (catalogue and hypothesis).
+6. ``tpb``: threads per block of the fork kernel, 32 to 256, at 1 TiB.
+7. ``cpu``: ``gpusim bench --backend cpu --vs-kernel`` on this machine's cores.
 """
 
 import os
@@ -78,7 +79,7 @@ for tpb in (32, 64, 128, 256, 512):
     rows.append(r)
 json.dump(rows, open(sys.argv[1], "w"))
 from gpusim.kernels import cuda as K
-for name, k in (("fork_tables_kernel", K._kernel), ("walk_tables_kernel", K._walk_kernel)):
+for name, k in (("fork_tables_kernel", K.fork_kernel), ("walk_tables_kernel", K.walk_kernel)):
     try:
         print(name, "registers/thread", k.get_regs_per_thread(), "local bytes/thread", k.get_local_mem_per_thread(),
               "shared bytes/block", k.get_shared_mem_per_block())
@@ -94,11 +95,12 @@ STEPS = [
     ("bench", [PY, "-m", "gpusim.cli", "bench", "--backend", "cuda", "--sizes", big, "--repeat", "5", "--batch",
                "256" if QUICK else "1024", "--json"] + ([] if "--no-kernel" in sys.argv else ["--vs-kernel"]), 180),
     ("equal", [PY, "-c", EQUAL % equal_cases, f"{OUT}/equal.json"], 120),
+    ("launch", [PY, "benchmarks/bench_launch.py", "--backend", "cuda"], 60),
     ("tests", [PY, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_engines.py", "-k",
                "cuda and not cudasim"], 150),
     ("tpb", [PY, "-c", TPB % ((1 << 40) if not QUICK else (1 << 34)), f"{OUT}/tpb.json"], 60),
-    ("cpu", [PY, "-m", "gpusim.cli", "bench", "--backend", "cpu", "--sizes", "1GiB,16GiB", "--repeat", "5", "--vs-kernel",
-             "--json"], 90),
+    ("cpu", [PY, "-m", "gpusim.cli", "bench", "--backend", "cpu", "--sizes", "1GiB,16GiB", "--repeat", "5",
+             "--vs-kernel", "--json"], 90),
 ]
 
 only = [a for a in sys.argv[2:] if not a.startswith("--")]

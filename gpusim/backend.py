@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
+
+from numba.core import config
+
+from gpusim.kernels import cpu
 
 BACKENDS = ("reference", "cpu", "cuda", "cudasim", "auto")
 
@@ -53,25 +58,37 @@ def resolve(name: str) -> str:
     return name
 
 
+def use_cuda_simulator(want: bool) -> None:
+    """Choose numba's CUDA simulator (or the real CUDA target) for this process, before ``numba.cuda`` is first
+    imported: numba reads ``NUMBA_ENABLE_CUDASIM`` once, so the choice is made once per process. Raises
+    :class:`BackendUnavailable` when the process already uses the other one."""
+    if "numba.cuda" not in sys.modules and bool(config.ENABLE_CUDASIM) != want:
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1" if want else "0"
+        config.reload_config()                  # numba read the environment when it was imported
+    if bool(config.ENABLE_CUDASIM) != want:
+        other = "cudasim" if config.ENABLE_CUDASIM else "cuda"
+        raise BackendUnavailable(f"backend '{'cudasim' if want else 'cuda'}' is not available in a process that "
+                                 f"already uses '{other}' (numba's CUDA simulator is chosen once per process)")
+
+
+_prepared: set[str] = set()
+
+
 def kernels(name: str):
-    """The kernels module of a fast backend."""
+    """The kernels module of a fast backend (``cpu``, ``cuda`` or ``cudasim``), ready for use in this process."""
     if name == "cpu":
-        from gpusim.kernels import cpu
-        return cpu
-    if name in ("cuda", "cudasim"):
-        want_sim = name == "cudasim"
-        import sys
-        from numba.core import config
-        if "numba.cuda" not in sys.modules and bool(config.ENABLE_CUDASIM) != want_sim:
-            os.environ["NUMBA_ENABLE_CUDASIM"] = "1" if want_sim else "0"
-            config.reload_config()              # numba read the environment when it was imported
-        if bool(config.ENABLE_CUDASIM) != want_sim:
-            other = "cudasim" if config.ENABLE_CUDASIM else "cuda"
-            raise BackendUnavailable(f"backend '{name}' is not available in a process that already uses '{other}' "
-                                     f"(numba's CUDA simulator is chosen once per process)")
-        if not want_sim and not cuda_usable():
+        module = cpu
+    elif name in ("cuda", "cudasim"):
+        use_cuda_simulator(name == "cudasim")
+        if name == "cuda" and not cuda_usable():
             raise BackendUnavailable("backend 'cuda' needs an NVIDIA GPU and CuPy (pip install 'gpusim[cuda12]' "
                                      "or '[cuda13]'); use --backend cpu or cudasim")
-        from gpusim.kernels import cuda
-        return cuda
-    raise UnknownBackend(name)
+        from gpusim.kernels import cuda as module  # only here: numba.cuda is imported on demand (rule 7)
+    else:
+        raise UnknownBackend(name)
+    if name not in _prepared:
+        cpu.prepare()                                   # every fast engine places batches with its shift_entries
+        if module is not cpu:
+            module.prepare()
+        _prepared.add(name)
+    return module

@@ -6,38 +6,24 @@ from __future__ import annotations
 import platform
 import statistics
 
-from gpusim.workloads import PAGE_SIZE, dense_anon, resident_bytes
+from gpusim import api
+from gpusim.backend import resolve
+from gpusim.gpubench import bench_resident
+from gpusim.host.real import RealLayout, run_layout
+from gpusim.kernels.flags import PAGE_SIZE
+from gpusim.machine import cpu_description, mem_available_bytes
+from gpusim.state import resident_bytes
+from gpusim.workloads import dense_anon
 
 # largest size whose end-to-end time (host arrays, PCIe transfers) the cuda bench also measures
 E2E_MAX_BYTES = 16 << 30
 
 
-def mem_available_bytes() -> int:
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def bench_size(size: int, backend: str, variant: str, repeat: int) -> dict:
-    import gpusim
     space = dense_anon(size // PAGE_SIZE)
     walls, r = [], None
     for _ in range(repeat):
-        r = gpusim.fork(space, variant, backend=backend, check=False)
+        r = api.fork(space, variant, backend=backend, check=False)
         walls.append(r.engine_wall_s)
     wall = statistics.median(walls)
     nbytes = resident_bytes(r.parent.mm, r.child, r.memory)
@@ -48,12 +34,11 @@ def bench_size(size: int, backend: str, variant: str, repeat: int) -> dict:
 
 def bench_batch(size: int, count: int, backend: str, variant: str, repeat: int) -> dict:
     """``count`` forks of ``size`` bytes of dense anon memory in one :func:`gpusim.fork_batch`."""
-    import gpusim
     spaces = [dense_anon(size // PAGE_SIZE) for _ in range(count)]
-    gpusim.fork_batch([dense_anon(1024)] * 2, variant, backend=backend, check=False)    # compile / warm up
+    api.fork_batch([dense_anon(1024)] * 2, variant, backend=backend, check=False)    # compile / warm up
     walls = []
     for _ in range(repeat):
-        rs = gpusim.fork_batch(spaces, variant, backend=backend, check=False)
+        rs = api.fork_batch(spaces, variant, backend=backend, check=False)
         walls.append(sum(r.engine_wall_s for r in rs))
         del rs
     wall = statistics.median(walls)
@@ -67,17 +52,13 @@ def run(sizes: list[int], backend: str, variant: str, repeat: int, vs_kernel: bo
     (:mod:`gpusim.gpubench`, checked against the CPU engine at full size), with the end-to-end time of
     ``gpusim.fork`` on host arrays beside it for sizes up to :data:`E2E_MAX_BYTES`; elsewhere it is the time of
     ``gpusim.fork`` on state already in RAM."""
-    import gpusim
-    from gpusim.backend import resolve
     backend = resolve(backend)
     base = None
     if vs_kernel:
-        from gpusim.host.real import RealLayout, run_layout
         base = run_layout(RealLayout("bare", 0), "time", max(5, repeat))["median_ns"]
-    report = {"machine": f"{cpu_model()}, {__import__('os').cpu_count()} cpus", "kernel": platform.release(),
+    report = {"machine": cpu_description(), "kernel": platform.release(),
               "kernel_fork_base_s": None if base is None else base / 1e9, "backend": backend}
     if backend == "cuda":
-        from gpusim.gpubench import bench_resident
         dev = bench_resident(sizes, backend, variant, repeat, batch, threads_per_block=threads_per_block,
                              progress=progress and (lambda s, k: progress(s) if k == 1 else None))
         rows = [r for r in dev["rows"] if r["forks"] == 1]
@@ -90,7 +71,7 @@ def run(sizes: list[int], backend: str, variant: str, repeat: int, vs_kernel: bo
             b = dev["rows"][-1]
             report["batch"] = dict(b, backend=backend)
     else:
-        gpusim.fork(dense_anon(1024), variant, backend=backend, check=False)      # compile / warm up
+        api.fork(dense_anon(1024), variant, backend=backend, check=False)      # compile / warm up
         rows = []
         for size in sizes:
             if progress:

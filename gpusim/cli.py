@@ -1,7 +1,10 @@
-"""The ``gpusim`` command line: ``variants``, ``fork``, ``scenarios``, ``bench``, ``sweep`` and ``plot``.
+"""The ``gpusim`` command line: ``variants``, ``fork``, ``scenarios``, ``bench``, ``sweep``, ``plot``, ``calibrate``,
+``validate`` and ``capture``.
 
 Bad input (an unknown variant, a malformed layout, oracle or injection) prints one line to stderr and exits 2,
-with no traceback. A simulated fork exits 0 whatever its outcome (ok, enomem or oops).
+with no traceback. A simulated fork exits 0 whatever its outcome (ok, enomem or oops). Each command imports the
+modules it runs inside its own function, so that starting the command line does not load every job's
+dependencies (start-up time).
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gpusim.api import BACKENDS, fork as run_fork
+from gpusim.api import BACKENDS
+from gpusim.api import fork as run_fork
 from gpusim.catalogue import SCENARIOS, get_scenario
 from gpusim.layout import parse_layout
 from gpusim.variants import DEFAULT_VARIANT, VARIANTS, get_variant
@@ -86,34 +90,13 @@ def fork(
                                                "public-xeon-4210r-v6.8)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
+    from gpusim.costmodel import latency, load_profile
+
     try:
         get_variant(variant)
-        from gpusim.costmodel import latency, load_profile
         prof = load_profile(profile)
-        if snapshot is not None:
-            if layout is not None or scenario is not None or workload is not None:
-                bad_input("give one of --layout, --scenario, --workload and --snapshot")
-            from gpusim.host.capture import parse_range, snapshot_space
-            space = snapshot_space(snapshot, variant, [parse_range(r) for r in pin or []])
-            layout = ""
-        elif pin:
-            bad_input("--pin goes with --snapshot")
-        if workload is not None:
-            if layout is not None or scenario is not None:
-                bad_input("give one of --layout, --scenario and --workload")
-            space = workload_from_cli(workload, sets or [], variant, seed)
-            layout = ""
-        elif sets:
-            bad_input("--set goes with --workload")
-        if workload is None and snapshot is None and scenario is not None:
-            s = get_scenario(scenario)
-            layout = layout if layout is not None else s.layout
-            oracle = oracle if oracle is not None else s.oracle
-            inject = inject if inject else list(s.inject)
-        if layout is None:
-            bad_input("give --layout, --scenario or --workload")
-        if workload is None and snapshot is None:
-            space = parse_layout(layout, variant)
+        space, oracle, inject = fork_input(variant, layout, scenario, workload, sets, seed, snapshot, pin, oracle,
+                                           inject)
         result = run_fork(space, variant, backend=backend, oracle=oracle or "never", inject=inject or ())
         lat = latency(result.counts, variant, prof, result.table_stats)
     except typer.Exit:
@@ -123,11 +106,39 @@ def fork(
     if as_json:
         typer.echo(json.dumps({**result.as_dict(), **lat}))
         return
-    print_summary(result, layout)
+    print_summary(result)
     Console(highlight=False).print(
         f"modelled latency {lat['latency_ns'] / 1e6:.3f} ms (profile {lat['profile']}); longest PTE-lock hold "
         f"{lat['lock_hold_max_ns'] / 1e3:.1f} us; " + ", ".join(
             f"{k} {v / 1e6:.3f}" for k, v in lat["latency_breakdown_ns"].items() if v) + " ms", soft_wrap=True)
+
+
+def fork_input(variant, layout, scenario, workload, sets, seed, snapshot, pin, oracle, inject):
+    """(address space, oracle, injections) of ``gpusim fork``'s options: a snapshot, a workload generator, or a
+    layout (a scenario gives its layout, oracle and injections unless they are given too)."""
+    if snapshot is not None:
+        if layout is not None or scenario is not None or workload is not None:
+            bad_input("give one of --layout, --scenario, --workload and --snapshot")
+    elif pin:
+        bad_input("--pin goes with --snapshot")
+    if workload is not None:
+        if layout is not None or scenario is not None:
+            bad_input("give one of --layout, --scenario and --workload")
+    elif sets:
+        bad_input("--set goes with --workload")
+    if snapshot is not None:
+        from gpusim.snapshot import parse_range, snapshot_space
+        return snapshot_space(snapshot, variant, [parse_range(r) for r in pin or []]), oracle, inject
+    if workload is not None:
+        return workload_from_cli(workload, sets or [], variant, seed), oracle, inject
+    if scenario is not None:
+        s = get_scenario(scenario)
+        layout = layout if layout is not None else s.layout
+        oracle = oracle if oracle is not None else s.oracle
+        inject = inject if inject else list(s.inject)
+    if layout is None:
+        bad_input("give --layout, --scenario or --workload")
+    return parse_layout(layout, variant), oracle, inject
 
 
 @app.command()
@@ -149,12 +160,12 @@ def bench(
     On a GPU (cuda) the engine wall time is that of forks on state already in device memory, each checked against
     the CPU engine at full size; the end-to-end time through host memory is printed beside it (sizes up to
     16 GiB), with the fraction of the device's measured copy bandwidth that the minimum traffic per PTE achieves."""
+    from gpusim.backend import resolve
     from gpusim.bench import run
-    from gpusim.workloads import parse_size
+    from gpusim.units import parse_size
     try:
         get_variant(variant)
         size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
-        from gpusim.backend import resolve
         resolve(backend)
     except ValueError as e:
         bad_input(str(e))
@@ -165,34 +176,40 @@ def bench(
     if as_json:
         typer.echo(json.dumps(report))
         return
+    print_bench(report, vs_kernel, batch)
+
+
+def bench_row(r: dict, gpu: bool, vs_kernel: bool) -> list[str]:
+    """The cells of one size of ``gpusim bench``'s table."""
+    cells = [f"{r['size_bytes'] / 2**30:g} GiB", f"{r['ptes']:,}", r["backend"], f"{r['engine_wall_s'] * 1e3:.2f} ms",
+             f"{r['ns_per_pte']:.3f}", f"{r['ptes_per_s'] / 1e9:.3f} G", f"{r['bytes_per_pte']:.1f}"]
+    if gpu:
+        cells += [f"{100 * r['fraction_of_copy_bandwidth']:.1f}%",
+                  f"{r['e2e_wall_s'] * 1e3:.1f} ms" if "e2e_wall_s" in r else "", r.get("check", "")]
+    if vs_kernel:
+        if r.get("kernel_fork_s"):
+            cells += [f"{r['kernel_fork_s'] * 1e3:.2f} ms", f"{r['kernel_ns_per_pte']:.1f}",
+                      f"{r['speedup_vs_kernel']:.1f}x"]
+        else:
+            cells += ["n/a", "", ""]
+    return cells
+
+
+def print_bench(report: dict, vs_kernel: bool, batch: int) -> None:
+    """``gpusim bench``'s table and lines for people."""
     gpu = report["backend"] == "cuda"
     title = f"gpusim bench: {report['machine']}, kernel {report['kernel']}"
     if gpu:
         title += (f", {report['device']} (copy bandwidth {report['copy_bandwidth_Bps'] / 1e12:.2f} TB/s read+write, "
                   f"{report['traffic_bytes_per_pte']} bytes of traffic per PTE at least)")
     t = Table(title=title, title_justify="left")
-    for col in ("size", "PTEs", "backend", "engine wall", "ns/PTE", "PTEs/s", "bytes/PTE"):
+    cols = ["size", "PTEs", "backend", "engine wall", "ns/PTE", "PTEs/s", "bytes/PTE"]
+    cols += ["% copy BW", "end-to-end", "check"] if gpu else []
+    cols += ["kernel fork", "kernel ns/PTE", "speedup"] if vs_kernel else []
+    for col in cols:
         t.add_column(col, justify="right")
-    if gpu:
-        for col in ("% copy BW", "end-to-end", "check"):
-            t.add_column(col, justify="right")
-    if vs_kernel:
-        for col in ("kernel fork", "kernel ns/PTE", "speedup"):
-            t.add_column(col, justify="right")
     for r in report["rows"]:
-        cells = [f"{r['size_bytes'] / 2**30:g} GiB", f"{r['ptes']:,}", r["backend"],
-                 f"{r['engine_wall_s'] * 1e3:.2f} ms",
-                 f"{r['ns_per_pte']:.3f}", f"{r['ptes_per_s'] / 1e9:.3f} G", f"{r['bytes_per_pte']:.1f}"]
-        if gpu:
-            cells += [f"{100 * r['fraction_of_copy_bandwidth']:.1f}%",
-                      f"{r['e2e_wall_s'] * 1e3:.1f} ms" if "e2e_wall_s" in r else "", r.get("check", "")]
-        if vs_kernel:
-            if r.get("kernel_fork_s"):
-                cells += [f"{r['kernel_fork_s'] * 1e3:.2f} ms", f"{r['kernel_ns_per_pte']:.1f}",
-                          f"{r['speedup_vs_kernel']:.1f}x"]
-            else:
-                cells += ["n/a", "", ""]
-        t.add_row(*cells)
+        t.add_row(*bench_row(r, gpu, vs_kernel))
     Console(highlight=False, width=200).print(t)
     if vs_kernel:
         typer.echo(f"kernel fork of the bare measuring process: {report['kernel_fork_base_s'] * 1e3:.2f} ms "
@@ -218,6 +235,7 @@ def sweep(
 ) -> None:
     """Run every point x repetition of a sweep and write a Parquet dataset (resumable: run it again to finish)."""
     from pathlib import Path
+
     from gpusim.sweep.runner import SweepRunner
     from gpusim.sweep.spec import load_sweep
     from gpusim.yamlerr import ConfigError
@@ -260,15 +278,16 @@ def sweep(
 
 
 def print_sweep_summary(path) -> None:
-    from gpusim.plots import _workload_label
-    from gpusim.sweep.export import load_results
     import numpy as np
+
+    from gpusim.sweep.export import load_results
+    from gpusim.sweep.labels import columns, workload_label
     table = load_results(path)
-    d = {c: table.column(c).to_pylist() for c in table.column_names}
+    d = columns(table)
     n = table.num_rows
     groups: dict = {}
     for i in range(n):
-        key = (d["variant"][i], _workload_label(d, i), d["fork_index"][i])
+        key = (d["variant"][i], workload_label(d, i), d["fork_index"][i])
         groups.setdefault(key, []).append(i)
     t = Table(title=f"{table.schema.metadata.get(b'gpusim.sweep', b'').decode()}: {n} rows", title_justify="left")
     for col in ("variant", "point", "fork", "runs", "outcome", "PTEs", "latency (ms)", "lock hold (us)",
@@ -297,8 +316,6 @@ def plot(
         files = plot_results(path, out)
     except FileNotFoundError as e:
         bad_input(str(e))
-    except ImportError:
-        bad_input("plots need matplotlib: pip install -e '.[plot]'")
     for f in files:
         typer.echo(str(f))
     if not files:
@@ -380,7 +397,8 @@ def capture(
     out: str = typer.Option("snapshot.arrow", "--out", "-o", help="Snapshot file (Arrow IPC)."),
 ) -> None:
     """Read a running process's VMAs and pages from /proc into a snapshot that `gpusim fork --snapshot` takes."""
-    from gpusim.host.capture import capture as run_capture, write_snapshot
+    from gpusim.host.capture import capture as run_capture
+    from gpusim.host.capture import write_snapshot
     try:
         table = run_capture(pid)
     except FileNotFoundError:
@@ -397,6 +415,7 @@ def workload_from_cli(kind: str, sets: list[str], variant: str, seed: int):
     """The address space of ``--workload KIND --set key=value ...`` (values read as YAML scalars)."""
     import yaml
     from pydantic import TypeAdapter, ValidationError
+
     from gpusim.sweep.spec import Workload
     from gpusim.workloads import build_workload
     d = {"kind": kind}
@@ -419,7 +438,7 @@ def workload_from_cli(kind: str, sets: list[str], variant: str, seed: int):
     return space
 
 
-def print_summary(r, layout: str) -> None:
+def print_summary(r) -> None:
     out = Console(highlight=False)
     c = r.counts
     colour = {"ok": "green", "enomem": "yellow", "oops": "red"}[r.outcome]

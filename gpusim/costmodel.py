@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gpusim.result import COST_EVENTS, TABLE_EVENTS
 from gpusim.variants import VARIANTS, get_variant
+from gpusim.yamlerr import load_yaml_model
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 DEFAULT_PROFILE = "public-xeon-4210r-v6.8"
@@ -115,9 +116,6 @@ class Profile(BaseModel):
             raise ValueError(f"variant_factors: unknown variants {', '.join(bad)}")
         return self
 
-    def cost_vector(self, events=COST_EVENTS) -> np.ndarray:
-        return np.array([self.costs[e].ns for e in events], np.float64)
-
     def factor(self, variant: str) -> float:
         f = self.variant_factors.get(variant)
         return 1.0 if f is None else f.ns
@@ -149,7 +147,6 @@ def newest_host_profile() -> Path | None:
 
 @functools.lru_cache(maxsize=32)
 def _load(path: str, mtime: float) -> Profile:
-    from gpusim.yamlerr import load_yaml_model
     return load_yaml_model(path, Profile)
 
 

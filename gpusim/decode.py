@@ -11,8 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 from gpusim.kernels import pte as P
-from gpusim.kernels.flags import FOLIO_ANON, FOLIO_SWAPBACKED, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS
-from gpusim.kernels.flags import PTRS_PER_TABLE
+from gpusim.kernels.flags import (
+    FOLIO_ANON,
+    FOLIO_SWAPBACKED,
+    MM_ANONPAGES,
+    MM_FILEPAGES,
+    MM_SHMEMPAGES,
+    MM_SWAPENTS,
+    PTRS_PER_TABLE,
+)
 
 _U = np.uint64
 

@@ -1,21 +1,25 @@
 """The fast fork engine: per-PTE kernels for the common work, the host loop for the rest (architecture rule 3).
 
-Steps of one fork:
+Steps of one fork (:class:`ForkJob`):
 
-1. :func:`gpusim.plan.plan_fork` lists the calls (one per table of each copied VMA).
-2. ``fork_tables`` (one launch, or table-aligned chunks) classifies every table: does a PTE in it need the host
-   loop (an early copy may be due, a swap-count continuation may be needed, or its handling could depend on the
-   order of the walk; :mod:`gpusim.kernels.rules`)? Tables that do not are copied in the same pass. THP tables,
-   tables whose ``ptetable`` allocation is injected to fail, and every table from the first one where an injected
-   window event can act are host tables too.
-3. The host loop (:mod:`gpusim.hostloop`) copies the host tables in address order with the reference state machine.
-   A fast table and a host table never depend on each other's order, so the fast tables may be copied first. Only
-   a fork that can stop early (failure injections, xu-v1's oops, hwpoison) must know where it stops before copying
+1. **prepare**: the engine's own copy of the state, and :func:`gpusim.plan.plan_fork`'s calls (one per table of each
+   copied VMA) mapped onto the parent's table rows (:class:`CallIndex`).
+2. **classify**: ``fork_tables`` (one launch, or table-aligned chunks) classifies every table: does a PTE in it need
+   the host loop (an early copy may be due, a swap-count continuation may be needed, or its handling could depend
+   on the order of the walk; :mod:`gpusim.kernels.rules`)? Tables that do not are copied in the same pass. THP
+   tables, tables whose ``ptetable`` allocation is injected to fail, and every table from the first one where an
+   injected window event can act are host tables too.
+3. **host loop** (:mod:`gpusim.hostloop`): the host tables in address order with the reference state machine. A
+   fast table and a host table never depend on each other's order, so the fast tables may be copied first. Only a
+   fork that can stop early (failure injections, xu-v1's oops, hwpoison) must know where it stops before copying
    fast tables: then the launch only classifies, the host loop runs, and a second launch copies the fast tables
    before the stopping call.
-4. Counts are summed, a half-built child is torn down (ENOMEM), and the final arrays are assembled.
+4. **merge**: the kernels' per-table counts are added to the host loop's, and the plan's per-VMA counts.
+5. **final states**: a half-built child is torn down (ENOMEM), or the child's tables are assembled; the result is
+   built by :meth:`gpusim.reference.ForkContext.result`, as the reference engine's is.
 
 Backends differ only in the kernels module (and, for CUDA, in where the arrays live); see :mod:`gpusim.backend`.
+Kernel arguments are the groups of :mod:`gpusim.kernels.args`.
 """
 
 from __future__ import annotations
@@ -27,32 +31,43 @@ import numpy as np
 
 from gpusim import decode
 from gpusim.hostloop import host_context, machine_arrays
+from gpusim.kernels.args import Calls, OracleParams, Tables, memory_arrays
 from gpusim.kernels.cpu import shift_entries
+from gpusim.kernels.flags import FOLIO_FREED, PAGE_HWPOISON, PTRS_PER_TABLE, RSS_NAMES
 from gpusim.kernels.rules import (
-    FAST_COUNTS, MODE_CLASSIFY, MODE_CLASSIFY_COPY, MODE_COPY, NB_ALWAYS, NB_BERN, NB_EVERY, NB_LIST, NB_NEVER,
+    FAST_COUNTS,
+    MODE_CLASSIFY,
+    MODE_CLASSIFY_COPY,
+    MODE_COPY,
+    NB_ALWAYS,
+    NB_BERN,
+    NB_EVERY,
+    NB_LIST,
+    NB_NEVER,
 )
 from gpusim.oracle import InjectionPlan, LockBreakOracle
-from gpusim.plan import plan_fork
-from gpusim.reference import Oops, _Stop, copy_table, table_stats_of
-from gpusim.result import TABLE_EVENTS, ForkResult, TableStats, finish_counts, new_counts, rss_dict
-from gpusim.kernels.flags import FOLIO_FREED, PAGE_HWPOISON, PTRS_PER_TABLE
-from gpusim.state import MM, AddressSpace, Memory, copy_state, digest, empty_mm
+from gpusim.plan import ForkPlan, plan_fork
+from gpusim.reference import CopyFailed, Oops, copy_table, fork_stopped, table_stats_of
+from gpusim.result import TABLE_EVENTS, ForkResult, TableStats
+from gpusim.state import MM, AddressSpace, Memory, copy_state, empty_mm
 from gpusim.variants import get_variant
 
 NB_MODES = {"never": NB_NEVER, "always": NB_ALWAYS, "every": NB_EVERY, "bern": NB_BERN, "list": NB_LIST}
 
 
-def oracle_params(oracle: LockBreakOracle) -> tuple:
+def oracle_params(oracle: LockBreakOracle) -> OracleParams:
+    """The kernels' view of a lock-break oracle."""
     pairs = sorted(oracle.pairs)
-    return (NB_MODES[oracle.mode], max(1, oracle.n), np.uint64(min(oracle.p_q32, (1 << 64) - 1)),
-            np.uint64(oracle.seed & ((1 << 64) - 1)),
-            np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64))
+    return OracleParams(NB_MODES[oracle.mode], max(1, oracle.n), np.uint64(min(oracle.p_q32, (1 << 64) - 1)),
+                        np.uint64(oracle.seed & ((1 << 64) - 1)), np.array([p[0] for p in pairs], np.int64),
+                        np.array([p[1] for p in pairs], np.int64))
 
 
 class CallIndex:
-    """Calls of a plan mapped onto the parent's table rows."""
+    """Calls of a plan mapped onto the parent's table rows: ``call_row`` (-1 for a huge PMD's table) and, per row,
+    its calls ``row_lo .. row_hi - 1`` (``row_has_calls``: it has any)."""
 
-    def __init__(self, mm: MM, plan):
+    def __init__(self, mm: MM, plan: ForkPlan):
         self.plan = plan
         rows = np.searchsorted(mm.table_index, plan.call_table)
         self.call_row = np.where(plan.call_huge, -1, rows).astype(np.int64)
@@ -75,6 +90,11 @@ class CallIndex:
         r = int(self.call_row[c])
         return int(self.row_lo[r]) if r >= 0 else c
 
+    def group(self) -> Calls:
+        """The kernels' call group."""
+        p = self.plan
+        return Calls(p.call_start, p.call_end, self.call_vmaflags, p.table_first_call)
+
 
 def first_window_call(plan_inj: InjectionPlan, calls: CallIndex) -> int:
     """Index of the first call (rounded down to its table) where an injected window event may act."""
@@ -88,14 +108,12 @@ def first_window_call(plan_inj: InjectionPlan, calls: CallIndex) -> int:
     return min(hits) if hits else math.inf
 
 
-def launch_chunked(kernels, mode: int, which: np.ndarray, chunk_tables: int | None, rows: dict, calls: tuple,
-                   variant_id: int, large_order: int, mem: dict, nb: tuple) -> tuple[np.ndarray, np.ndarray]:
+def launch_chunked(kernels, mode: int, which: np.ndarray, chunk_tables: int | None, variant_id: int,
+                   large_order: int, tab: Tables, calls: Calls, mem, nb: OracleParams) -> tuple[np.ndarray, np.ndarray]:
     """``kernels.fork_tables`` over the table rows ``which``, in table-aligned chunks of at most ``chunk_tables``
-    rows: each launch sees only its slice of the per-row arrays (``rows``: tables, call ranges, parent and child
-    entries, child-table flags, per-row has_pinned and fork_seq), which is what a device holds at a time.
-    ``calls`` = (call_start, call_end, call_vmaflags, call_first); ``mem`` the memory arrays by field name.
-    Returns (needs_host, counts) aligned with ``which``."""
-    T = rows["ppte"].shape[0]
+    rows: each launch sees only its slice of the per-row arrays, which is what a device holds at a time. Returns
+    (needs_host, counts) aligned with ``which``."""
+    T = tab.ppte.shape[0]
     needs = np.zeros(which.shape[0], bool)
     counts = np.zeros((which.shape[0], len(FAST_COUNTS)), np.int64)
     step = chunk_tables or max(1, T)
@@ -104,33 +122,19 @@ def launch_chunked(kernels, mode: int, which: np.ndarray, chunk_tables: int | No
         sel = np.flatnonzero((which >= lo) & (which < hi))
         if sel.size == 0:
             continue
-        r = {k: v[lo:hi] for k, v in rows.items()}
-        needs[sel], counts[sel] = kernels.fork_tables(*kernel_args(mode, which[sel] - lo, r, calls, variant_id,
-                                                                   large_order, mem, nb))
+        part = Tables(*(a[lo:hi] for a in tab))
+        needs[sel], counts[sel] = kernels.fork_tables(mode, which[sel] - lo, variant_id, large_order, part, calls,
+                                                      mem, nb)
     return needs, counts
 
 
-def kernel_args(mode: int, which, rows: dict, calls: tuple, variant_id: int, large_order: int, mem: dict,
-                nb: tuple) -> tuple:
-    """The positional arguments of ``fork_tables`` (every backend's), from the per-row arrays, the call arrays,
-    the memory arrays and the oracle parameters (see :func:`launch_chunked`)."""
-    r = rows
-    return (mode, which, r["table_index"], r["row_lo"], r["row_hi"], *calls, r["ppte"], r["cpte"], r["cexists"],
-            variant_id, large_order, r["row_has_pinned"], mem["page_folio"], mem["folio_order"], mem["folio_refcount"],
-            mem["folio_pincount"], mem["folio_true_pins"], mem["folio_flags"], mem["folio_first_pfn"],
-            mem["page_mapcount"], mem["page_flags"], mem["swap_count"], mem["swap_levels"], nb[0], nb[1], nb[2],
-            nb[3], r["row_fork_seq"], nb[4], nb[5])
-
-
 class ForkJob:
-    """One fork on the fast engine: its working arrays, plan, host loop and result assembly.
-
-    A job is launched on its own (:meth:`run`) or with others in one combined launch (:func:`fork_fast_batch`).
-    """
+    """One fork on the fast engine (the steps of the module docstring). A job is launched on its own (:meth:`run`)
+    or with others in one combined launch (:func:`fork_fast_batch`)."""
 
     def __init__(self, space: AddressSpace, variant: str, oracle: LockBreakOracle, plan_inj: InjectionPlan,
                  fork_seq: int = 0):
-        self.space, self.variant, self.oracle, self.plan_inj, self.fork_seq = space, variant, oracle, plan_inj, fork_seq
+        self.space, self.variant, self.plan_inj, self.fork_seq = space, variant, plan_inj, fork_seq
         mm = self.mm = space.mm
         self.v = get_variant(variant)
         self.work = copy_state(space.memory)        # "put": the engine's own copy of the state (not timed)
@@ -157,111 +161,152 @@ class ForkJob:
         self.nb = oracle_params(oracle)
         self.setup_s = time.perf_counter() - t0
 
+    def tables(self) -> Tables:
+        """The kernels' table group of this fork (its working rows)."""
+        mm, calls, T = self.mm, self.calls, self.mm.nr_tables
+        return Tables(mm.table_index, calls.row_lo, calls.row_hi, self.ppte, self.cpte, self.cexists,
+                      np.full(T, bool(mm.has_pinned)), np.full(T, self.fork_seq, np.int64))
+
     def launch(self, kernels, mode: int, which: np.ndarray, chunk_tables: int | None):
         """The kernels over this fork's table rows ``which`` (see :func:`launch_chunked`)."""
-        mm, calls, plan, T = self.mm, self.calls, self.plan, self.mm.nr_tables
-        rows = {"table_index": mm.table_index, "row_lo": calls.row_lo, "row_hi": calls.row_hi, "ppte": self.ppte,
-                "cpte": self.cpte, "cexists": self.cexists, "row_has_pinned": np.full(T, bool(mm.has_pinned)),
-                "row_fork_seq": np.full(T, self.fork_seq, np.int64)}
-        shared = (plan.call_start, plan.call_end, calls.call_vmaflags, plan.table_first_call)
-        return launch_chunked(kernels, mode, which, chunk_tables, rows, shared, self.v.id,
-                              self.v.large_pin_order, machine_arrays(self.fc.m), self.nb)
+        return launch_chunked(kernels, mode, which, chunk_tables, self.v.id, self.v.large_pin_order, self.tables(),
+                              self.calls.group(), memory_arrays(machine_arrays(self.fc.m)), self.nb)
 
-    def run(self, kernels, backend: str, chunk_tables: int | None = None) -> tuple[ForkResult, int]:
+    def run(self, kernels, backend: str, chunk_tables: int | None = None) -> ForkResult:
         t0 = time.perf_counter()
         mode = MODE_CLASSIFY if self.can_stop else MODE_CLASSIFY_COPY
         needs, fast_counts = self.launch(kernels, mode, self.rows, chunk_tables)
         return self.finish(needs, fast_counts, kernels, backend, chunk_tables, time.perf_counter() - t0)
 
-    def finish(self, needs, fast_counts, kernels, backend: str, chunk_tables, launch_s: float) -> tuple[ForkResult,
-                                                                                                       int]:
-        """After the first launch: the host loop, the copy of the fast tables (when the fork can stop early), the
-        counts and the final state."""
-        t0 = time.perf_counter()
-        mm, calls, plan, fc, rows, nC, first_inj = (self.mm, self.calls, self.plan, self.fc, self.rows, self.nC,
-                                                    self.first_inj)
-        ppte, cpte, cexists = self.ppte, self.cpte, self.cexists
-        host_row = np.zeros(mm.nr_tables, bool)
-        host_row[rows[np.asarray(needs)]] = True
+    def host_calls(self, needs) -> tuple[np.ndarray, np.ndarray]:
+        """(host_row bool per table row, the calls of host tables and THP tables, in order)."""
+        host_row = np.zeros(self.mm.nr_tables, bool)
+        host_row[self.rows[np.asarray(needs)]] = True
         host_row[self.fail_rows] = True
-        is_host_call = calls.call_row < 0                               # THP tables
+        is_host_call = self.calls.call_row < 0                         # THP tables
         nonhuge = ~is_host_call
-        is_host_call[nonhuge] = host_row[calls.call_row[nonhuge]]
-        host_calls = np.flatnonzero(is_host_call)
-        # Host tables before the first injected window; then (events may act on any later table) every table from
-        # that window on, through the host loop, in address order.
-        outcome, oops, enomem, stop = run_host_loop(fc, plan, host_calls[host_calls < first_inj], nC)
-        fast_rows = rows[~host_row[rows]]
+        is_host_call[nonhuge] = host_row[self.calls.call_row[nonhuge]]
+        return host_row, np.flatnonzero(is_host_call)
+
+    def copy_tables(self, needs, fast_counts, kernels, chunk_tables) -> tuple[tuple, int, np.ndarray, np.ndarray]:
+        """After the first launch: the host tables before the first injected window; the fast tables (copied by a
+        second launch, before the stopping call, when the fork can stop early); then (events may act on any later
+        table) every table from that window on, through the host loop. Returns (stopped: (outcome, oops,
+        enomem), the stopping call or ``nC``, the rows the kernels copied, their count rows)."""
+        host_row, host_calls = self.host_calls(needs)
+        stopped, stop = run_host_loop(self.fc, self.plan, host_calls[host_calls < self.first_inj], self.nC)
+        fast_rows = self.rows[~host_row[self.rows]]
         if self.can_stop:
-            fast_rows = fast_rows[calls.row_lo[fast_rows] < stop]
+            fast_rows = fast_rows[self.calls.row_lo[fast_rows] < stop]
             _, fast_counts = self.launch(kernels, MODE_COPY, fast_rows, chunk_tables)
         else:
-            fast_counts = np.asarray(fast_counts)[~host_row[rows]]
-        if outcome == "ok" and first_inj < nC:
-            outcome, oops, enomem, stop = run_host_loop(fc, plan, np.arange(first_inj, nC), nC)
-        fast_counts = np.asarray(fast_counts).reshape(len(fast_rows), len(FAST_COUNTS))
-        fast = dict(zip(FAST_COUNTS, fast_counts.sum(axis=0).tolist()))
-        table_stats = TableStats.concat([fast_table_stats(mm.table_index[fast_rows], fast_counts),
-                                         table_stats_of(fc.table_rows)])
+            fast_counts = np.asarray(fast_counts)[~host_row[self.rows]]
+        if stopped[0] == "ok" and self.first_inj < self.nC:
+            stopped, stop = run_host_loop(self.fc, self.plan, np.arange(self.first_inj, self.nC), self.nC)
+        return stopped, stop, fast_rows, np.asarray(fast_counts).reshape(len(fast_rows), len(FAST_COUNTS))
 
-        counts = new_counts()
+    def merge_counts(self, fast_counts: np.ndarray, stop_vma: int) -> dict:
+        """Add the kernels' counts and the plan's per-VMA counts (of the VMAs up to ``stop_vma``) to the host
+        loop's, in ``fc.counts``; returns the kernels' totals by ``FAST_COUNTS`` name."""
+        counts = self.fc.counts
+        fast = dict(zip(FAST_COUNTS, fast_counts.sum(axis=0).tolist()))
         counts["fork.base"] = counts["fork.mm"] = 1
-        stop_vma = int(plan.call_vma[stop]) if stop < nC else mm.nr_vmas - 1
-        counts.update(plan.counts_upto(stop_vma))
-        for name, val in fc.counts.items():
-            if name not in ("fork.base", "fork.mm") and not name.startswith("vma.") and name != "hugetlb_skipped":
-                counts[name] += val
+        counts.update(self.plan.counts_upto(stop_vma))
         for name in FAST_COUNTS:
             if name in counts:
                 counts[name] += fast[name]
         counts["restart.lb"] += fast["lock_breaks"]
-        child_rss = [fc.child.rss[i] + fast[f"rss.{n}"] for i, n in enumerate(("anon", "file", "shmem", "swapents"))]
-        child_extra = fc.child.tables.extra                  # child tables of split THPs
-        child_tables = np.concatenate([mm.table_index[cexists],
-                                       np.array(sorted(set(fc.child.pmds) | set(child_extra)), np.int64)])
+        child_tables = np.concatenate([self.mm.table_index[self.cexists], np.array(
+            sorted(set(self.fc.child.pmds) | set(self.fc.child.tables.extra)), np.int64)])
         counts["table.upper_alloc"] = len(np.unique(child_tables >> 9)) + len(np.unique(child_tables >> 18))
+        return fast
 
-        arrays = machine_arrays(fc.m)
-        memory = Memory(**arrays, next_content=fc.m.next_content)
+    def child_mm(self, stop_vma: int, child_rss: list, swapoff: bool) -> MM:
+        """The child after a fork that did not fail: VMAs up to ``stop_vma``, the tables the kernels and the host
+        loop filled, the THP tables of splits, the shared huge PMDs."""
+        fc, mm, cexists = self.fc, self.mm, self.cexists
+        rows = slice(None) if cexists.all() else cexists
+        index, pte = merge_tables(mm.table_index[rows], self.cpte[rows], fc.child.tables.extra)
+        pmds = sorted(fc.child.pmds)
+        return MM(**self.plan.child_mm_vmas(mm, stop_vma), table_index=index, pte=pte,
+                  pmd_index=np.array(pmds, np.int64), pmd=np.array([fc.child.pmds[t] for t in pmds], np.uint64),
+                  rss=np.array(child_rss, np.int64), has_pinned=False,
+                  on_swapoff_list=bool(fc.child.on_swapoff_list or swapoff))
+
+    def finish(self, needs, fast_counts, kernels, backend: str, chunk_tables, launch_s: float) -> ForkResult:
+        """After the first launch: copy the remaining tables, merge the counts, build the final states."""
+        t0 = time.perf_counter()
+        fc = self.fc
+        stopped, stop, fast_rows, fast_counts = self.copy_tables(needs, fast_counts, kernels, chunk_tables)
+        stop_vma = int(self.plan.call_vma[stop]) if stop < self.nC else self.mm.nr_vmas - 1
+        fast = self.merge_counts(fast_counts, stop_vma)
+        child_rss = [fc.child.rss[i] + fast[f"rss.{n}"] for i, n in enumerate(RSS_NAMES)]
+        memory = Memory(**machine_arrays(fc.m), next_content=fc.m.next_content)
         after_teardown = None
-        if outcome == "enomem":
-            rows = np.concatenate([cpte[cexists], np.array(list(child_extra.values()), np.uint64).reshape(-1, 512)])
-            teardown_arrays(memory, rows, np.array(list(fc.child.pmds.values()), np.uint64), counts)
-            after_teardown = rss_dict([0, 0, 0, 0])
+        if stopped[0] == "enomem":
+            rows = np.concatenate([self.cpte[self.cexists], np.array(list(fc.child.tables.extra.values()),
+                                                                      np.uint64).reshape(-1, PTRS_PER_TABLE)])
+            teardown_arrays(memory, rows, np.array(list(fc.child.pmds.values()), np.uint64), fc.counts)
+            after_teardown = dict.fromkeys(RSS_NAMES, 0)
             child = empty_mm()
         else:
-            if cexists.all():
-                index, pte = merge_tables(mm.table_index, cpte, child_extra)
-            else:
-                index, pte = merge_tables(mm.table_index[cexists], cpte[cexists], child_extra)
-            child = MM(**plan.child_mm_vmas(mm, stop_vma), table_index=index, pte=pte,
-                       pmd_index=np.array(sorted(fc.child.pmds), np.int64),
-                       pmd=np.array([fc.child.pmds[t] for t in sorted(fc.child.pmds)], np.uint64),
-                       rss=np.array(child_rss, np.int64), has_pinned=False,
-                       on_swapoff_list=bool(fc.child.on_swapoff_list or fast["swapoff"]))
-        parent = AddressSpace(parent_mm(mm, ppte, fc), memory)
+            child = self.child_mm(stop_vma, child_rss, bool(fast["swapoff"]))
+        parent = AddressSpace(parent_mm(self.mm, self.ppte, fc), memory)
+        table_stats = TableStats.concat([fast_table_stats(self.mm.table_index[fast_rows], fast_counts),
+                                         table_stats_of(fc.table_rows)])
         wall = self.setup_s + launch_s + time.perf_counter() - t0
-        result = ForkResult(
-            outcome=outcome, variant=self.variant, backend=backend, parent=parent, child=child,
-            counts=finish_counts(counts), child_rss=rss_dict(child_rss), child_rss_after_teardown=after_teardown,
-            oops=oops, enomem=enomem, unfired=self.plan_inj.unfired(), ignored_events=list(fc.ignored),
-            digest=digest(parent.mm, child, memory), engine_wall_s=wall, nr_ptes=self.space.nr_ptes,
-            trace=fc.trace, trace_complete=not len(fast_rows), table_stats=table_stats,
-        )
-        return result, self.space.memory.nr_pages
+        return fc.result(stopped, parent, child, child_rss, after_teardown, wall, backend, table_stats,
+                         trace_complete=not len(fast_rows))
 
 
 def fork_fast(space: AddressSpace, variant: str, kernels, backend: str, oracle: LockBreakOracle,
-              plan_inj: InjectionPlan, fork_seq: int = 0, chunk_tables: int | None = None) -> tuple[ForkResult, int]:
-    """Run one fork on the fast engine with the given kernels module. Returns (result, first new pfn).
-
-    ``chunk_tables`` bounds the table rows one kernel launch sees (None: all at once).
-    """
+              plan_inj: InjectionPlan, fork_seq: int = 0, chunk_tables: int | None = None) -> ForkResult:
+    """Run one fork on the fast engine with the given kernels module. ``chunk_tables`` bounds the table rows one
+    kernel launch sees (None: all at once)."""
     return ForkJob(space, variant, oracle, plan_inj, fork_seq).run(kernels, backend, chunk_tables)
 
 
+class Batch:
+    """Several jobs' state placed in one set of arrays: memory concatenated (pfns, folios and slots offset per
+    job), tables and calls as segments of rows."""
+
+    def __init__(self, jobs: list[ForkJob]):
+        self.jobs = jobs
+        self.mems = mems = [machine_arrays(j.fc.m) for j in jobs]
+        off = lambda name, arrays: np.cumsum([0] + [a[name].shape[0] for a in arrays])     # noqa: E731
+        self.page_off, self.folio_off, self.slot_off = (off(k, mems) for k in ("page_folio", "folio_order",
+                                                                                 "swap_count"))
+        self.row_off = np.cumsum([0] + [j.mm.nr_tables for j in jobs])
+        call_off = np.cumsum([0] + [j.nC for j in jobs])
+        shift = {"page_folio": self.folio_off, "folio_first_pfn": self.page_off}
+        self.mem = {name: np.concatenate([m[name] + shift[name][i] if name in shift else m[name]
+                                          for i, m in enumerate(mems)]) for name in mems[0]}
+        tabs = [j.tables() for j in jobs]
+        cat = lambda parts: np.concatenate(list(parts))                                     # noqa: E731
+        self.tab = Tables(*(cat(t[k] for t in tabs) for k in range(len(Tables._fields))))._replace(
+            row_lo=cat(t.row_lo + call_off[i] for i, t in enumerate(tabs)),
+            row_hi=cat(t.row_hi + call_off[i] for i, t in enumerate(tabs)),
+            ppte=cat(shift_entries(t.ppte, int(self.page_off[i]), int(self.slot_off[i])) for i, t in enumerate(tabs)))
+        self.tab = self.tab._replace(cpte=np.zeros_like(self.tab.ppte))
+        groups = [j.calls.group() for j in jobs]
+        self.calls = Calls(*(cat(g[k] for g in groups) for k in range(len(Calls._fields))))
+        self.rows = cat(j.rows + self.row_off[i] for i, j in enumerate(jobs)).astype(np.int64)
+
+    def split_back(self) -> None:
+        """The written arrays back into each job's own (refcounts, mapcounts, flags, swap counts and tables)."""
+        per = {"folio_refcount": self.folio_off, "page_mapcount": self.page_off, "page_flags": self.page_off,
+               "swap_count": self.slot_off}
+        for i, (j, m) in enumerate(zip(self.jobs, self.mems)):
+            for name, off in per.items():
+                m[name][:] = self.mem[name][off[i]:off[i + 1]]
+            r0, r1 = self.row_off[i], self.row_off[i + 1]
+            j.ppte[:] = shift_entries(self.tab.ppte[r0:r1], -int(self.page_off[i]), -int(self.slot_off[i]))
+            j.cpte[:] = shift_entries(self.tab.cpte[r0:r1], -int(self.page_off[i]), -int(self.slot_off[i]))
+            j.cexists[:] = self.tab.cexists[r0:r1]
+
+
 def fork_fast_batch(spaces, variant: str, kernels, backend: str, oracle: LockBreakOracle, fork_seq0: int = 0,
-                    chunk_tables: int | None = None) -> list[tuple[ForkResult, int]]:
+                    chunk_tables: int | None = None) -> list[ForkResult]:
     """Fork independent address spaces (fork ``fork_seq0 + i`` each) with one combined launch of the kernels.
 
     Each space keeps its own state and results equal those of forking it alone. The combined launch holds every
@@ -275,49 +320,15 @@ def fork_fast_batch(spaces, variant: str, kernels, backend: str, oracle: LockBre
     if any(j.can_stop for j in jobs):
         return [j.run(kernels, backend, chunk_tables) for j in jobs]
     t0 = time.perf_counter()
-    n = len(jobs)
-    mems = [machine_arrays(j.fc.m) for j in jobs]
-    page_off = np.cumsum([0] + [m["page_folio"].shape[0] for m in mems])
-    folio_off = np.cumsum([0] + [m["folio_order"].shape[0] for m in mems])
-    slot_off = np.cumsum([0] + [m["swap_count"].shape[0] for m in mems])
-    row_off = np.cumsum([0] + [j.mm.nr_tables for j in jobs])
-    call_off = np.cumsum([0] + [j.nC for j in jobs])
-    comb = {}
-    for name in mems[0]:
-        parts = [m[name] for m in mems]
-        if name == "page_folio":
-            parts = [p + folio_off[i] for i, p in enumerate(parts)]
-        elif name == "folio_first_pfn":
-            parts = [p + page_off[i] for i, p in enumerate(parts)]
-        comb[name] = np.concatenate(parts)
-    ppte = np.concatenate([shift_entries(j.ppte, int(page_off[i]), int(slot_off[i])) for i, j in enumerate(jobs)])
-    cpte = np.zeros_like(ppte)
-    cexists = np.zeros(ppte.shape[0], np.bool_)
-    cat = lambda f: np.concatenate([f(i, j) for i, j in enumerate(jobs)])          # noqa: E731
-    row_arrays = {
-        "table_index": cat(lambda i, j: j.mm.table_index), "row_lo": cat(lambda i, j: j.calls.row_lo + call_off[i]),
-        "row_hi": cat(lambda i, j: j.calls.row_hi + call_off[i]), "ppte": ppte, "cpte": cpte, "cexists": cexists,
-        "row_has_pinned": cat(lambda i, j: np.full(j.mm.nr_tables, bool(j.mm.has_pinned))),
-        "row_fork_seq": cat(lambda i, j: np.full(j.mm.nr_tables, j.fork_seq, np.int64))}
-    shared = (cat(lambda i, j: j.plan.call_start), cat(lambda i, j: j.plan.call_end),
-              cat(lambda i, j: j.calls.call_vmaflags), cat(lambda i, j: j.plan.table_first_call))
-    rows = cat(lambda i, j: j.rows + row_off[i]).astype(np.int64)
-    needs, counts = launch_chunked(kernels, MODE_CLASSIFY_COPY, rows, chunk_tables, row_arrays, shared,
-                                   jobs[0].v.id, jobs[0].v.large_pin_order, comb, jobs[0].nb)
-    # back into each job's own arrays (the kernels write refcounts, mapcounts, flags, swap counts and tables)
-    for i, (j, m) in enumerate(zip(jobs, mems)):
-        for name in ("folio_refcount", "page_mapcount", "page_flags", "swap_count"):
-            lo_, hi_ = {"folio_refcount": folio_off, "page_mapcount": page_off, "page_flags": page_off,
-                        "swap_count": slot_off}[name][i:i + 2]
-            m[name][:] = comb[name][lo_:hi_]
-        r0, r1 = row_off[i], row_off[i + 1]
-        j.ppte[:] = shift_entries(ppte[r0:r1], -int(page_off[i]), -int(slot_off[i]))
-        j.cpte[:] = shift_entries(cpte[r0:r1], -int(page_off[i]), -int(slot_off[i]))
-        j.cexists[:] = cexists[r0:r1]
-    launch_s = (time.perf_counter() - t0) / n
+    b = Batch(jobs)
+    v = jobs[0].v
+    needs, counts = launch_chunked(kernels, MODE_CLASSIFY_COPY, b.rows, chunk_tables, v.id, v.large_pin_order, b.tab,
+                                   b.calls, memory_arrays(b.mem), jobs[0].nb)
+    b.split_back()
+    launch_s = (time.perf_counter() - t0) / len(jobs)
     out = []
     for i, j in enumerate(jobs):
-        sel = (rows >= row_off[i]) & (rows < row_off[i + 1])
+        sel = (b.rows >= b.row_off[i]) & (b.rows < b.row_off[i + 1])
         out.append(j.finish(needs[sel], counts[sel], kernels, backend, chunk_tables, launch_s))
     return out
 
@@ -332,20 +343,16 @@ def fast_table_stats(tables: np.ndarray, fast_counts: np.ndarray) -> TableStats:
                       events)
 
 
-def run_host_loop(fc, plan, host_calls: np.ndarray, nC: int) -> tuple:
-    """Copy the given calls with the reference state machine, in order. Returns (outcome, oops, enomem, stop),
-    ``stop`` being the index of the call where the fork stopped (``nC`` when it did not)."""
+def run_host_loop(fc, plan: ForkPlan, host_calls: np.ndarray, nC: int) -> tuple[tuple, int]:
+    """Copy the given calls with the reference state machine, in order. Returns ((outcome, oops, enomem), the
+    index of the call where the fork stopped, ``nC`` when it did not)."""
     for c in host_calls.tolist():
         vma = fc.parent.vmas[int(plan.call_vma[c])]
         try:
             copy_table(fc, vma, int(plan.call_table[c]), int(plan.call_start[c]), int(plan.call_end[c]))
-        except _Stop as s:
-            point, n = s.c.last_failed or ("unknown", 0)
-            return "enomem", None, {"call_start": s.c.call_start, "point": point, "occurrence": n}, c
-        except Oops as o:
-            cs = fc.trace.calls[-1].call_start if fc.trace.calls else -1
-            return "oops", {"function": o.function, "addr": o.addr, "reason": o.reason, "call_start": cs}, None, c
-    return "ok", None, None, nC
+        except (CopyFailed, Oops) as stop:
+            return fork_stopped(fc, stop), c
+    return ("ok", None, None), nC
 
 
 def parent_mm(mm: MM, ppte: np.ndarray, fc) -> MM:
@@ -385,4 +392,3 @@ def teardown_arrays(memory: Memory, child_rows: np.ndarray, child_pmds: np.ndarr
     memory.folio_flags[freed] |= np.uint8(FOLIO_FREED)
     counts["teardown.free"] += int(freed.size)
     np.subtract.at(memory.swap_count, decode.swap_slots(vals), 1)
-

@@ -24,13 +24,15 @@ import time
 
 import numpy as np
 
-from gpusim.engine import CallIndex, kernel_args, oracle_params
+from gpusim import backend as B
+from gpusim.engine import CallIndex, oracle_params
 from gpusim.kernels import pte as P
+from gpusim.kernels.args import Calls, Tables, memory_arrays
+from gpusim.kernels.fields import MEMORY_FIELDS
+from gpusim.kernels.flags import PAGE_SIZE, PTRS_PER_TABLE
 from gpusim.kernels.rules import MODE_CLASSIFY_COPY
 from gpusim.oracle import LockBreakOracle
 from gpusim.plan import plan_fork
-from gpusim.kernels.flags import PTRS_PER_TABLE
-from gpusim.state import MEMORY_FIELDS
 from gpusim.variants import DEFAULT_VARIANT, get_variant
 from gpusim.workloads import dense_anon_arrays, dense_anon_mm
 
@@ -57,24 +59,22 @@ class DenseForks:
         if nr_pages < PTRS_PER_TABLE or nr_pages % PTRS_PER_TABLE:
             raise ValueError(f"nr_pages must be a positive multiple of {PTRS_PER_TABLE}")
         if kernels is None:
-            from gpusim.kernels import cpu as kernels
+            kernels = B.kernels("cpu")
         self.xp, self.kernels, self.n, self.K = xp, kernels, int(nr_pages), int(forks)
         self.v = get_variant(variant)
         T = self.T = self.n // PTRS_PER_TABLE
         meta = dense_anon_mm(self.n, np.empty((T, 0), np.uint64))     # VMAs and table numbers; no entries
-        plan = plan_fork(meta)
-        calls = CallIndex(meta, plan)
-        C, K = plan.nr_calls, self.K
+        calls = CallIndex(meta, plan_fork(meta))
+        C, K = calls.plan.nr_calls, self.K
         off = np.repeat(np.arange(K, dtype=np.int64) * C, T)
         a = xp.asarray
         self.row_meta = {
             "table_index": a(np.tile(meta.table_index, K)), "row_lo": a(np.tile(calls.row_lo, K) + off),
-            "row_hi": a(np.tile(calls.row_hi, K) + off), "row_has_pinned": a(np.zeros(K * T, np.bool_)),
-            "row_fork_seq": a(np.repeat(np.arange(K, dtype=np.int64), T))}
-        self.calls = tuple(a(np.tile(c, K)) for c in (plan.call_start, plan.call_end, calls.call_vmaflags,
-                                                       plan.table_first_call))
+            "row_hi": a(np.tile(calls.row_hi, K) + off), "has_pinned": a(np.zeros(K * T, np.bool_)),
+            "fork_seq": a(np.repeat(np.arange(K, dtype=np.int64), T))}
+        self.calls = Calls(*(a(np.tile(c, K)) for c in calls.group()))
         nb = oracle_params(LockBreakOracle.parse("never"))
-        self.nb = nb[:4] + (a(nb[4]), a(nb[5]))
+        self.nb = nb._replace(list_cs=a(nb.list_cs), list_k=a(nb.list_k))
         self.which = a(np.arange(K * T, dtype=np.int64))
         self.mem = self.ppte = self.cpte = self.cexists = None
 
@@ -90,9 +90,9 @@ class DenseForks:
         self.cexists = self.xp.zeros(self.K * self.T, np.bool_)
 
     def launch(self, threads_per_block: int | None = None):
-        rows = dict(self.row_meta, ppte=self.ppte, cpte=self.cpte, cexists=self.cexists)
-        args = kernel_args(MODE_CLASSIFY_COPY, self.which, rows, self.calls, self.v.id,
-                           self.v.large_pin_order, self.mem, self.nb)
+        tab = Tables(ppte=self.ppte, cpte=self.cpte, cexists=self.cexists, **self.row_meta)
+        args = (MODE_CLASSIFY_COPY, self.which, self.v.id, self.v.large_pin_order, tab, self.calls,
+                memory_arrays(self.mem), self.nb)
         if threads_per_block is not None:
             return self.kernels.fork_tables(*args, threads_per_block=threads_per_block)
         return self.kernels.fork_tables(*args)
@@ -190,8 +190,6 @@ def copy_bandwidth(xp, nbytes: int = 2 << 30, repeat: int = 10) -> float:
 def bench_resident(sizes: list[int], backend: str, variant: str, repeat: int, batch: int = 0,
                    check: bool = True, threads_per_block: int | None = None, progress=None) -> dict:
     """Forks of device-resident dense-anon state (see the module's docstring); sizes in bytes of simulated memory."""
-    from gpusim import backend as B
-    from gpusim.workloads import PAGE_SIZE
     kernels = B.kernels(backend)
     xp = np
     if backend == "cuda":

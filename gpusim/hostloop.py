@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.reference import ForkContext, Machine, MMState, VmaView
 from gpusim.state import AddressSpace, Memory
 
@@ -120,6 +121,5 @@ def host_context(space: AddressSpace, work: Memory, ppte: np.ndarray, cpte: np.n
 
 def machine_arrays(m: Machine) -> dict[str, np.ndarray]:
     """The current numpy arrays behind a host Machine (valid until the host loop appends again)."""
-    from gpusim.state import MEMORY_FIELDS
     return {name: getattr(m, name).array() for name in MEMORY_FIELDS}
 

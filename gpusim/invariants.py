@@ -15,12 +15,20 @@ import numpy as np
 
 from gpusim import decode
 from gpusim.kernels import pte as P
+from gpusim.kernels.flags import (
+    BREAK_AT,
+    FOLIO_ANON,
+    FOLIO_DEVICE_PRIVATE,
+    FOLIO_FREED,
+    FOLIO_SWAPBACKED,
+    PAGE_ANON_EXCLUSIVE,
+    PTRS_PER_TABLE,
+    VM_SHARED,
+    VM_WRITE,
+    is_cow_mapping,
+)
 from gpusim.kernels.folio import folio_maybe_dma_pinned
 from gpusim.result import InvariantReport
-from gpusim.kernels.flags import (
-    BREAK_AT, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, PTRS_PER_TABLE,
-    VM_SHARED, VM_WRITE, is_cow_mapping,
-)
 from gpusim.state import AddressSpace, entries
 from gpusim.variants import get_variant
 
@@ -29,9 +37,9 @@ MAX_REPORTED = 20
 
 
 class _Checker:
-    def __init__(self, before: AddressSpace, result, oracle, fork_seq: int, first_new_pfn: int):
+    def __init__(self, before: AddressSpace, result, oracle, fork_seq: int):
         self.b, self.r, self.oracle, self.fork_seq = before, result, oracle, fork_seq
-        self.first_new_pfn = first_new_pfn
+        self.first_new_pfn = before.memory.nr_pages      # pages the fork allocates come after the input's
         self.variant = result.variant
         self.v = get_variant(result.variant)
         self.tr = result.trace
@@ -58,7 +66,7 @@ class _Checker:
     def val0(self, a: int) -> int:
         """The parent's entry at ``a`` before any PTE of the fork was handled (after a THP split)."""
         t, i = divmod(a, PTRS_PER_TABLE)
-        for st, f in self.tr.splits:
+        for st, _ in self.tr.splits:
             if st == t:
                 pmd0 = int(self.b.mm.pmd[int(np.searchsorted(self.b.mm.pmd_index, t))])
                 return P.mk_pte(P.pte_pfn(pmd0) + i, P.pte_write(pmd0), P.pte_dirty(pmd0), P.pte_young(pmd0),
@@ -168,64 +176,68 @@ class _Checker:
         return c
 
     def early_copies(self) -> None:
-        m1 = self.m1
-        xu = self.v.xu_protocol
+        """Invariants 4, 5 (each install) and 9 (allocation balance, N2/N3)."""
         installs = [(rec, i) for rec in self.tr.calls for i in rec.installs]
         dup_moment = {q: (src, seq) for rec in self.tr.calls for (q, src, seq) in rec.duplicates}
         _, cvals = entries(self.r.child)
         cpfn = decode.page_pfns(cvals)
         new_mapped = np.bincount(cpfn[cpfn >= self.first_new_pfn] - self.first_new_pfn,
-                                 minlength=max(0, m1.nr_pages - self.first_new_pfn))
+                                 minlength=max(0, self.m1.nr_pages - self.first_new_pfn))
         for rec, (a, q, src, seq) in installs:
-            flags = self.vma_flags[rec.vma]
-            fq = int(m1.page_folio[q])
-            if q < self.first_new_pfn:
-                self.fail(5, f"early copy at {a} maps pfn {q}, which the fork did not allocate")
-                continue
-            if a not in self.touched_addr and self.val1(a) != self.val0(a):
-                self.fail(4, f"early-copied index {a}: parent PTE changed by the fork")
-            if self.v.anon_exclusive and not m1.page_flags[src] & PAGE_ANON_EXCLUSIVE:
-                self.fail(4, f"early-copied index {a}: source page lost anon_exclusive")
-            if xu:
-                if q not in dup_moment:
-                    self.fail(5, f"early copy at {a}: no page_duplicate produced pfn {q}")
-                    continue
-                src_d, moment = dup_moment[q]
-                if src_d != src:
-                    self.fail(5, f"early copy at {a}: copied from pfn {src_d}, installed for {src}")
-            else:
-                moment = seq
-            if int(m1.page_content[q]) != self.content_at(src, moment):
-                self.fail(5, f"early copy at {a}: content {int(m1.page_content[q])}, expected "
-                             f"{self.content_at(src, moment)} (source at the copy moment)")
-            if not self.ok:
-                if not m1.folio_flags[fq] & FOLIO_FREED or int(m1.folio_refcount[fq]) != 0:
-                    self.fail(5, f"early copy at {a}: not freed by the teardown")
-                continue
-            cv = self.child_val(a)
-            want = P.mk_pte(q, flags & VM_WRITE, True, True, False)
-            if cv != want:
-                self.fail(5, f"early copy at {a}: child PTE {cv:#x}, expected {want:#x}")
-            good = (int(m1.folio_order[fq]) == 0 and int(m1.folio_refcount[fq]) == 1
-                    and int(m1.page_mapcount[q]) == 1
-                    and (int(m1.folio_flags[fq]) & (FOLIO_ANON | FOLIO_SWAPBACKED | FOLIO_FREED))
-                    == FOLIO_ANON | FOLIO_SWAPBACKED)
-            if not good:
-                self.fail(5, f"early copy at {a}: folio {fq} is not an anon order-0 page with ref 1, map 1")
-            if self.v.anon_exclusive and not m1.page_flags[q] & PAGE_ANON_EXCLUSIVE:
-                self.fail(5, f"early copy at {a}: not anon_exclusive")
-            if new_mapped[q - self.first_new_pfn] != 1:
-                self.fail(5, f"early copy at {a}: pfn {q} mapped by {int(new_mapped[q - self.first_new_pfn])} "
-                             f"child PTEs")
-        c = self.r.counts
-        # 9: allocation balance and N2/N3
+            self.check_install(rec, a, q, src, seq, dup_moment, new_mapped)
+        self.allocation_balance(len(installs), new_mapped)
+
+    def check_install(self, rec, a: int, q: int, src: int, seq: int, dup_moment: dict, new_mapped) -> None:
+        """The early copy of page ``src`` installed at ``a`` as pfn ``q`` (at trace moment ``seq``)."""
+        m1 = self.m1
+        fq = int(m1.page_folio[q])
+        if q < self.first_new_pfn:
+            self.fail(5, f"early copy at {a} maps pfn {q}, which the fork did not allocate")
+            return
+        if a not in self.touched_addr and self.val1(a) != self.val0(a):
+            self.fail(4, f"early-copied index {a}: parent PTE changed by the fork")
+        if self.v.anon_exclusive and not m1.page_flags[src] & PAGE_ANON_EXCLUSIVE:
+            self.fail(4, f"early-copied index {a}: source page lost anon_exclusive")
+        moment = seq
+        if self.v.xu_protocol:                 # the copy was made earlier, by page_duplicate
+            if q not in dup_moment:
+                self.fail(5, f"early copy at {a}: no page_duplicate produced pfn {q}")
+                return
+            src_d, moment = dup_moment[q]
+            if src_d != src:
+                self.fail(5, f"early copy at {a}: copied from pfn {src_d}, installed for {src}")
+        if int(m1.page_content[q]) != self.content_at(src, moment):
+            self.fail(5, f"early copy at {a}: content {int(m1.page_content[q])}, expected "
+                         f"{self.content_at(src, moment)} (source at the copy moment)")
+        if not self.ok:
+            if not m1.folio_flags[fq] & FOLIO_FREED or int(m1.folio_refcount[fq]) != 0:
+                self.fail(5, f"early copy at {a}: not freed by the teardown")
+            return
+        cv = self.child_val(a)
+        want = P.mk_pte(q, self.vma_flags[rec.vma] & VM_WRITE, True, True, False)
+        if cv != want:
+            self.fail(5, f"early copy at {a}: child PTE {cv:#x}, expected {want:#x}")
+        good = (int(m1.folio_order[fq]) == 0 and int(m1.folio_refcount[fq]) == 1 and int(m1.page_mapcount[q]) == 1
+                and (int(m1.folio_flags[fq]) & (FOLIO_ANON | FOLIO_SWAPBACKED | FOLIO_FREED))
+                == FOLIO_ANON | FOLIO_SWAPBACKED)
+        if not good:
+            self.fail(5, f"early copy at {a}: folio {fq} is not an anon order-0 page with ref 1, map 1")
+        if self.v.anon_exclusive and not m1.page_flags[q] & PAGE_ANON_EXCLUSIVE:
+            self.fail(5, f"early copy at {a}: not anon_exclusive")
+        if new_mapped[q - self.first_new_pfn] != 1:
+            self.fail(5, f"early copy at {a}: pfn {q} mapped by {int(new_mapped[q - self.first_new_pfn])} "
+                         f"child PTEs")
+
+    def allocation_balance(self, nr_installs: int, new_mapped) -> None:
+        """Invariant 9: every copy allocation is installed once or freed unused; nothing is owned at return."""
+        c, m1 = self.r.counts, self.m1
         if c["allocations"] != c["installs"] + c["unused_frees"]:
             self.fail(9, f"{c['allocations']} copy allocations != {c['installs']} installs + "
                          f"{c['unused_frees']} unused frees")
-        if c["installs"] != len(installs):
-            self.fail(9, f"installs counted {c['installs']}, early-copied indices {len(installs)}")
-        if self.ok and int(new_mapped.sum()) != len(installs):
-            self.fail(9, f"{int(new_mapped.sum())} child PTEs map new pages, {len(installs)} installs")
+        if c["installs"] != nr_installs:
+            self.fail(9, f"installs counted {c['installs']}, early-copied indices {nr_installs}")
+        if self.ok and int(new_mapped.sum()) != nr_installs:
+            self.fail(9, f"{int(new_mapped.sum())} child PTEs map new pages, {nr_installs} installs")
         for f in range(self.m0.nr_folios, m1.nr_folios):
             freed = bool(m1.folio_flags[f] & FOLIO_FREED)
             if freed and int(m1.folio_refcount[f]) != 0:
@@ -361,7 +373,7 @@ class _Checker:
             got = [(brk, a) for (_, brk, a) in rec.checks]
             if got != expect:
                 self.fail(11, f"call {rec.call_start}: check log {got[:4]}..., replay gives {expect[:4]}...")
-            for k, (kk, brk, a) in enumerate(rec.checks):
+            for k, (kk, brk, _) in enumerate(rec.checks):
                 if kk != k or brk != self.oracle(self.fork_seq, rec.call_start, k):
                     self.fail(11, f"call {rec.call_start}: check {kk} answered {brk}, the oracle says otherwise")
                     break
@@ -411,7 +423,6 @@ class _Checker:
         if not self.ok or pin_events:
             return
         large_order = self.v.large_pin_order
-        has_pinned0 = self.b.mm.has_pinned
         vma_index = self.b.mm.vma_of(addrs)
         for i in np.flatnonzero(pinned & present).tolist():     # each child PTE sharing a pinned folio
             a, f = int(addrs[i]), int(folio[i])
@@ -421,34 +432,36 @@ class _Checker:
             large = order >= large_order
             if not large and order >= 1:
                 continue            # the refcount heuristic also sees the references of sibling PTEs
-            ref0 = int(m0.folio_refcount[f])
             pb = self.val0(a)
             vi = int(vma_index[i])
             cow = vi >= 0 and is_cow_mapping(int(self.b.mm.vma_flags[vi]))
-            anon = bool(m0.folio_flags[f] & FOLIO_ANON)
-
-            def maybe_pinned(ref: int) -> bool:
-                return folio_maybe_dma_pinned(order, ref, int(m0.folio_pincount[f]), large_order)
-
-            # the variant's early-copy predicate on the state before the fork (spec 3): xu-v1 and 6.18 test it
-            # after taking the child's reference, 5.10 before
-            if not self.v.early_cow:
-                e = False
-            elif self.v.xu_protocol:
-                e = has_pinned0 and cow and P.pte_write(pb) and maybe_pinned(ref0 + 1)
-            elif self.v.anon_exclusive:
-                e = (anon and self.excl0(int(pfn[i])) and not m0.folio_flags[f] & FOLIO_DEVICE_PRIVATE
-                     and has_pinned0 and maybe_pinned(ref0 + 1))
-            else:
-                e = cow and has_pinned0 and maybe_pinned(ref0)
-            if e:
+            if self.early_copy_due(f, int(pfn[i]), pb, cow):
                 self.fail(13, f"index {a}: pinned page shared although the early-copy predicate held")
             if not self.v.early_cow and cow and P.pte_write(pb) and P.pte_write(self.val1(a)):
                 self.fail(13, f"index {a}: {self.variant} shared a pinned page without write-protecting the parent")
 
 
-def check_invariants(before: AddressSpace, result, oracle, fork_seq: int, first_new_pfn: int) -> InvariantReport:
+    def early_copy_due(self, f: int, pfn: int, pb: int, cow: bool) -> bool:
+        """The variant's early-copy predicate (spec 3) for page ``pfn`` of folio ``f`` mapped by the parent entry
+        ``pb``, on the state before the fork: xu-v1 and 6.18 test it after taking the child's reference, 5.10
+        before."""
+        m0, v = self.m0, self.v
+        order, ref0, pincount = int(m0.folio_order[f]), int(m0.folio_refcount[f]), int(m0.folio_pincount[f])
+        has_pinned0 = self.b.mm.has_pinned
+        if not v.early_cow:
+            return False
+        if v.xu_protocol:
+            return has_pinned0 and cow and P.pte_write(pb) and folio_maybe_dma_pinned(
+                order, ref0 + 1, pincount, v.large_pin_order)
+        if v.anon_exclusive:
+            return (bool(m0.folio_flags[f] & FOLIO_ANON) and self.excl0(pfn)
+                    and not m0.folio_flags[f] & FOLIO_DEVICE_PRIVATE and has_pinned0
+                    and folio_maybe_dma_pinned(order, ref0 + 1, pincount, v.large_pin_order))
+        return cow and has_pinned0 and folio_maybe_dma_pinned(order, ref0, pincount, v.large_pin_order)
+
+
+def check_invariants(before: AddressSpace, result, oracle, fork_seq: int) -> InvariantReport:
     """Check the 13 invariants of spec section 6 (and N1-N4 of 5.4) for a fork with outcome ok or enomem."""
-    chk = _Checker(before, result, oracle, fork_seq, first_new_pfn)
+    chk = _Checker(before, result, oracle, fork_seq)
     chk.run()
     return InvariantReport(not chk.violations, tuple(chk.violations))

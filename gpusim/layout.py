@@ -46,15 +46,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpusim.builder import SpaceBuilder
+from gpusim.decode import with_offsets
 from gpusim.kernels import pte as P
-from gpusim.kernels.folio import is_large_for_pins, pin_refcount_delta
 from gpusim.kernels.flags import (
-    BACKING_ANON, BACKING_FILE, BACKING_SHMEM, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PTRS_PER_TABLE, VM_DEFAULT_ANON,
-    VM_DONTCOPY, VM_EXEC, VM_HUGETLB, VM_MAYWRITE, VM_MIXEDMAP, VM_PFNMAP, VM_SHARED, VM_WIPEONFORK, VM_WRITE,
+    BACKING_ANON,
+    BACKING_FILE,
+    BACKING_SHMEM,
+    FOLIO_ANON,
+    FOLIO_DEVICE_PRIVATE,
+    FOLIO_SWAPBACKED,
+    PAGE_ANON_EXCLUSIVE,
+    PAGE_HWPOISON,
+    PTRS_PER_TABLE,
+    VM_DEFAULT_ANON,
+    VM_DONTCOPY,
+    VM_EXEC,
+    VM_HUGETLB,
+    VM_MAYWRITE,
+    VM_MIXEDMAP,
+    VM_PFNMAP,
+    VM_SHARED,
+    VM_WIPEONFORK,
+    VM_WRITE,
     swap_cap,
 )
-from gpusim.decode import rss_of
-from gpusim.state import MM, AddressSpace, Memory
+from gpusim.state import AddressSpace
 from gpusim.variants import DEFAULT_VARIANT, get_variant
 
 MAX_COUNT = 1 << 26                  # per-token repeat bound, so a typo cannot ask for terabytes
@@ -102,53 +119,18 @@ class _Vma:
     end: int = -1
 
 
-class _Builder:
-    """Accumulates folios, pages, slots and PTEs as Python lists, then freezes them into arrays."""
+class _Layout:
+    """The parser's cursor over a :class:`~gpusim.builder.SpaceBuilder`: the next address, the VMAs being opened
+    and closed by tokens, and the ``mm:has_pinned`` override."""
 
     def __init__(self, variant: str):
-        self.variant = variant
         self.v = get_variant(variant)
-        self.large_order = self.v.large_pin_order
+        self.space = SpaceBuilder(variant, content="created")
         self.addr = 0
         self.vmas: list[_Vma] = []
         self.open: _Vma | None = None
         self.template: _Vma | None = None
-        self.ptes: dict[int, int] = {}
-        self.tables: set[int] = set()
-        self.pmds: dict[int, int] = {}
-        self.folio = {k: [] for k in ("order", "ref", "pin", "true", "pmdmap", "flags", "first")}
-        self.page = {k: [] for k in ("folio", "map", "flags", "content")}
-        self.slot = {k: [] for k in ("count", "levels", "content")}
-        self.content = 1
-        self.has_pinned = True
         self.has_pinned_override: bool | None = None
-
-    def next_content(self) -> int:
-        c = self.content
-        self.content += 1
-        return c
-
-    def new_folio(self, order: int, flags: int, page_map: int, page_flags: int) -> tuple[int, int]:
-        f = len(self.folio["order"])
-        first = len(self.page["folio"])
-        for k, v in (("order", order), ("ref", 0), ("pin", 0), ("true", 0), ("pmdmap", 0), ("flags", flags),
-                     ("first", first)):
-            self.folio[k].append(v)
-        for _ in range(1 << order):
-            self.page["folio"].append(f)
-            self.page["map"].append(page_map)
-            self.page["flags"].append(page_flags)
-            self.page["content"].append(self.next_content())
-        return f, first
-
-    def add_pin(self, f: int, k: int) -> None:
-        """``add_pin`` of spec 1.6, ``k`` times, with the variant's notion of a large folio."""
-        order = self.folio["order"][f]
-        self.folio["ref"][f] += k * pin_refcount_delta(order, self.large_order)
-        self.folio["pin"][f] += k if is_large_for_pins(order, self.large_order) else 0
-        self.folio["true"][f] += k
-        if k:
-            self.has_pinned = True
 
     def vma_for_page(self) -> _Vma:
         if self.open is None:
@@ -165,43 +147,19 @@ class _Builder:
             self.template = self.open
             self.open = None
 
-    def set_pte(self, v: int) -> None:
-        self.ptes[self.addr] = v
-        self.tables.add(self.addr // PTRS_PER_TABLE)
-        self.addr += 1
+    def set_ptes(self, val, n: int) -> None:
+        """``n`` entries from the cursor (``val``: one value for all, or one each)."""
+        self.space.add_entries(self.addr + np.arange(n, dtype=np.int64), val)
+        self.addr += n
 
     def freeze(self) -> AddressSpace:
         self.close_vma()
-        i64 = np.int64
-        memory = Memory.build(
-            folio_order=self.folio["order"], folio_refcount=self.folio["ref"], folio_pincount=self.folio["pin"],
-            folio_true_pins=self.folio["true"], folio_pmd_mapcount=self.folio["pmdmap"],
-            folio_flags=self.folio["flags"], folio_first_pfn=self.folio["first"], page_folio=self.page["folio"],
-            page_mapcount=self.page["map"], page_flags=self.page["flags"], page_content=self.page["content"],
-            swap_count=self.slot["count"], swap_levels=self.slot["levels"], swap_content=self.slot["content"],
-            next_content=self.content,
-        )
-        tables = sorted(self.tables)
-        pte = np.zeros((len(tables), PTRS_PER_TABLE), dtype=np.uint64)
-        row = {t: i for i, t in enumerate(tables)}
-        for a, v in self.ptes.items():
-            pte[row[a // PTRS_PER_TABLE], a % PTRS_PER_TABLE] = v
-        pmd_tables = sorted(self.pmds)
-        mm = MM(
-            vma_start=np.array([v.start for v in self.vmas], dtype=i64),
-            vma_end=np.array([v.end for v in self.vmas], dtype=i64),
-            vma_flags=np.array([v.flags for v in self.vmas], dtype=np.uint64),
-            vma_backing=np.array([v.backing for v in self.vmas], dtype=np.uint8),
-            vma_anon_vma=np.array([v.anon_vma for v in self.vmas], dtype=np.bool_),
-            table_index=np.array(tables, dtype=i64),
-            pte=pte,
-            pmd_index=np.array(pmd_tables, dtype=i64),
-            pmd=np.array([self.pmds[t] for t in pmd_tables], dtype=np.uint64),
-            rss=rss_of(pte, np.array([self.pmds[t] for t in pmd_tables], dtype=np.uint64), memory),
-            has_pinned=self.has_pinned if self.has_pinned_override is None else self.has_pinned_override,
-            on_swapoff_list=bool(self.slot["count"]),
-        )
-        return AddressSpace(mm, memory).validate()
+        vs = self.vmas
+        self.space.add_vmas([v.start for v in vs], [v.end for v in vs], [v.flags for v in vs],
+                            [v.backing for v in vs], [v.anon_vma for v in vs])
+        # the spec's layouts are of a parent that has pinned (has_pinned set) unless mm:has_pinned=0 says not
+        has_pinned = True if self.has_pinned_override is None else self.has_pinned_override
+        return self.space.freeze(has_pinned).validate()
 
 
 def _int_mod(val: str | None, name: str, lo: int = 0) -> int:
@@ -219,7 +177,7 @@ def parse_layout(text: str, variant: str = DEFAULT_VARIANT) -> AddressSpace:
     The variant matters for two things only: which folios count as large for ``add_pin`` (order >= 1 in
     linux-6.18, >= 2 before), and whether swap entries start exclusive (linux-6.18 only).
     """
-    b = _Builder(variant)                   # an unknown variant is an UnknownVariant (ValueError) here
+    b = _Layout(variant)                    # an unknown variant is an UnknownVariant (ValueError) here
     tokens = [(m.group(0), m.start()) for m in re.finditer(r"\S+", text)]
     if not tokens:
         raise LayoutError("the layout is empty", text, 0, 0, "")
@@ -236,7 +194,7 @@ def parse_layout(text: str, variant: str = DEFAULT_VARIANT) -> AddressSpace:
         raise LayoutError(str(e), text, len(tokens) - 1, tokens[-1][1], tokens[-1][0]) from None
 
 
-def _apply_token(b: _Builder, tok: str) -> None:
+def _apply_token(b: _Layout, tok: str) -> None:
     m = _TOKEN_RE.match(tok)
     if not m:
         raise ValueError("a token is kind(:mod)*(*count)?")
@@ -285,11 +243,10 @@ def _apply_token(b: _Builder, tok: str) -> None:
         if name in parsed:
             raise ValueError(f"modifier '{name}' given twice")
         parsed[name] = val if eq else None
-    for _ in range(count):
-        _emit(b, kind, order, parsed)
+    _emit(b, kind, order, parsed, count)
 
 
-def _start_vma(b: _Builder, mods: list[str]) -> None:
+def _start_vma(b: _Layout, mods: list[str]) -> None:
     b.close_vma()
     v = _Vma(b.addr)
     for mod in mods:
@@ -318,12 +275,13 @@ def _start_vma(b: _Builder, mods: list[str]) -> None:
     b.vmas.append(v)
 
 
-def _exclusive_pages(parsed: dict, nr: int) -> list[bool]:
+def _exclusive_pages(parsed: dict, nr: int) -> np.ndarray:
+    """Per page of an ``nr``-page folio: whether it is anon-exclusive (``nonex`` clears all, ``nonex=i,j`` some)."""
     if "nonex" not in parsed:
-        return [True] * nr
+        return np.ones(nr, bool)
     if parsed["nonex"] is None:
-        return [False] * nr
-    ex = [True] * nr
+        return np.zeros(nr, bool)
+    ex = np.ones(nr, bool)
     for s in parsed["nonex"].split(","):
         if not re.fullmatch(r"\d+", s) or int(s) >= nr:
             raise ValueError(f"nonex index '{s}' is not a page of this {nr}-page folio")
@@ -331,80 +289,115 @@ def _exclusive_pages(parsed: dict, nr: int) -> list[bool]:
     return ex
 
 
-def _emit(b: _Builder, kind: str, order: int | None, parsed: dict) -> None:
-    write = "ro" not in parsed
-    dirty = "clean" not in parsed
-    young = "old" not in parsed
-    pins = 0
+def _ref(parsed: dict, default: int) -> int:
+    return _int_mod(parsed["ref"], "ref", 1) if "ref" in parsed else default
+
+
+def _bits(parsed: dict) -> tuple[bool, bool, bool]:
+    """(write, dirty, young) of a page token's PTEs."""
+    return "ro" not in parsed, "clean" not in parsed, "old" not in parsed
+
+
+def _pins(kind: str, parsed: dict) -> int:
+    """FOLL_PIN references a token asks for (``pinned``, ``pin``, ``pin=K``)."""
     if kind == "pinned" or "pin" in parsed:
-        pins = 1 if parsed.get("pin") is None else _int_mod(parsed["pin"], "pin")
+        return 1 if parsed.get("pin") is None else _int_mod(parsed["pin"], "pin")
+    return 0
+
+
+def _emit(b: _Layout, kind: str, order: int | None, parsed: dict, count: int) -> None:
+    """``count`` copies of one page token (with its modifiers) from the cursor."""
     if kind == "gap":
         b.close_vma()
-        b.addr += 1
+        b.addr += count
         return
     b.vma_for_page()
+    write, dirty, young = _bits(parsed)
     if kind == "hole":
-        b.addr += 1
+        b.addr += count
     elif kind == "none":
-        b.set_pte(0)
+        b.set_ptes(0, count)
     elif kind == "zero":
-        b.set_pte(P.mk_pte(P.ZERO_PFN, False, False, young, True))
+        b.set_ptes(P.mk_pte(P.ZERO_PFN, False, False, young, True), count)
     elif kind == "pfn":
-        b.set_pte(P.mk_pte(P.RAW_PFN_BASE + b.addr, write, dirty, young, True))
+        b.set_ptes(with_offsets(P.mk_pte(0, write, dirty, young, True), P.RAW_PFN_BASE + b.addr + np.arange(count)),
+                   count)
     elif kind in ("normal", "pinned", "file", "shmem"):
-        anon = kind in ("normal", "pinned")
-        ex = _exclusive_pages(parsed, 1)[0] if anon else False
-        flags = FOLIO_ANON | FOLIO_SWAPBACKED if anon else (FOLIO_SWAPBACKED if kind == "shmem" else 0)
-        pflags = (PAGE_ANON_EXCLUSIVE if ex else 0) | (PAGE_HWPOISON if "hwpoison" in parsed else 0)
-        f, pfn = b.new_folio(0, flags, 1, pflags)
-        b.folio["ref"][f] = _int_mod(parsed["ref"], "ref", 1) if "ref" in parsed else (1 if anon else 2)
-        b.add_pin(f, pins)
-        b.set_pte(P.mk_pte(pfn, write and anon, dirty, young, False))
+        _emit_small(b, kind, parsed, count)
     elif order is not None:
-        nr = 1 << order
-        ex = _exclusive_pages(parsed, nr)
-        f, pfn = b.new_folio(order, FOLIO_ANON | FOLIO_SWAPBACKED, 1, 0)
-        for j in range(nr):
-            b.page["flags"][pfn + j] = (PAGE_ANON_EXCLUSIVE if ex[j] else 0) | (
-                PAGE_HWPOISON if "hwpoison" in parsed else 0)
-        b.folio["ref"][f] = _int_mod(parsed["ref"], "ref", 1) if "ref" in parsed else nr
-        b.add_pin(f, pins)
-        for j in range(nr):
-            b.set_pte(P.mk_pte(pfn + j, write, dirty, young, False))
+        _emit_folios(b, order, parsed, count)
     elif kind == "thp":
-        if b.addr % PTRS_PER_TABLE:
-            raise ValueError(f"a thp must start at a table boundary; it would start at {b.addr}")
-        ex = _exclusive_pages(parsed, 1)[0]
-        f, pfn = b.new_folio(9, FOLIO_ANON | FOLIO_SWAPBACKED, 0, 0)
-        b.page["flags"][pfn] = PAGE_ANON_EXCLUSIVE if ex else 0
-        b.folio["ref"][f] = _int_mod(parsed["ref"], "ref", 1) if "ref" in parsed else 1
-        b.folio["pmdmap"][f] = 1
-        b.add_pin(f, pins)
-        b.pmds[b.addr // PTRS_PER_TABLE] = P.mk_huge_pmd(pfn, write, dirty, young)
-        b.addr += PTRS_PER_TABLE
+        _emit_thps(b, parsed, count)
     elif kind == "swap":
-        levels = _int_mod(parsed["lv"], "lv") if "lv" in parsed else 0
-        cnt = _int_mod(parsed["cnt"], "cnt", 1) if "cnt" in parsed else 1
-        if cnt > swap_cap(levels):
-            raise ValueError(f"cnt={cnt} does not fit in a slot with {levels} continuation level(s) "
-                             f"(at most {swap_cap(levels)}); add lv=")
-        slot = len(b.slot["count"])
-        b.slot["count"].append(cnt)
-        b.slot["levels"].append(levels)
-        b.slot["content"].append(b.next_content())
-        excl = b.v.anon_exclusive and "nonex" not in parsed
-        b.set_pte(P.mk_swap_pte(slot, excl))
-    elif kind in ("migw", "migr"):
-        if "excl" in parsed and not b.v.anon_exclusive:
-            raise ValueError("read-exclusive migration entries exist only in linux-6.18")
-        f, pfn = b.new_folio(0, FOLIO_ANON | FOLIO_SWAPBACKED, 0, PAGE_ANON_EXCLUSIVE)
-        b.folio["ref"][f] = _int_mod(parsed["ref"], "ref", 1) if "ref" in parsed else 1
-        b.set_pte(P.mk_migration_pte(pfn, kind == "migw", "excl" in parsed))
-    elif kind in ("devw", "devr"):
-        ex = _exclusive_pages(parsed, 1)[0]
-        f, pfn = b.new_folio(0, FOLIO_ANON | FOLIO_SWAPBACKED | FOLIO_DEVICE_PRIVATE, 1,
-                             PAGE_ANON_EXCLUSIVE if ex else 0)
-        b.folio["ref"][f] = _int_mod(parsed["ref"], "ref", 1) if "ref" in parsed else 1
-        b.set_pte(P.mk_device_private_pte(pfn, kind == "devw"))
+        _emit_swap(b, parsed, count)
+    elif kind in ("migw", "migr", "devw", "devr"):
+        _emit_special_swap(b, kind, parsed, count)
     else:  # pragma: no cover - PAGE_KINDS and this chain are kept in step
         raise ValueError(f"unhandled kind '{kind}'")
+
+
+def _emit_small(b: _Layout, kind: str, parsed: dict, count: int) -> None:
+    """``normal`` / ``pinned`` (order-0 anon folios), ``file`` and ``shmem`` (page-cache folios)."""
+    write, dirty, young = _bits(parsed)
+    anon = kind in ("normal", "pinned")
+    ex = bool(_exclusive_pages(parsed, 1)[0]) if anon else False
+    flags = FOLIO_ANON | FOLIO_SWAPBACKED if anon else (FOLIO_SWAPBACKED if kind == "shmem" else 0)
+    poison = PAGE_HWPOISON if "hwpoison" in parsed else 0
+    ids, pfn = b.space.add_folios(count, 0, flags, _ref(parsed, 1 if anon else 2),
+                                  (PAGE_ANON_EXCLUSIVE if ex else 0) | poison, 1)
+    b.space.add_pins(ids, _pins(kind, parsed))
+    b.set_ptes(with_offsets(P.mk_pte(0, write and anon, dirty, young, False), pfn), count)
+
+
+def _emit_folios(b: _Layout, order: int, parsed: dict, count: int) -> None:
+    """``folioN``: PTE-mapped anon folios of ``2**order`` pages, each page mapped once."""
+    write, dirty, young = _bits(parsed)
+    nr = 1 << order
+    pflags = np.where(_exclusive_pages(parsed, nr), PAGE_ANON_EXCLUSIVE, 0) | (
+        PAGE_HWPOISON if "hwpoison" in parsed else 0)
+    ids, first = b.space.add_folios(count, order, FOLIO_ANON | FOLIO_SWAPBACKED, _ref(parsed, nr),
+                                    np.tile(pflags, count), 1)
+    b.space.add_pins(ids, _pins("folio", parsed))
+    b.set_ptes(with_offsets(P.mk_pte(0, write, dirty, young, False), first[0] + np.arange(count * nr)), count * nr)
+
+
+def _emit_thps(b: _Layout, parsed: dict, count: int) -> None:
+    """``thp``: PMD-mapped order-9 anon folios over whole tables; the head page carries the PMD's exclusive flag."""
+    write, dirty, young = _bits(parsed)
+    if b.addr % PTRS_PER_TABLE:
+        raise ValueError(f"a thp must start at a table boundary; it would start at {b.addr}")
+    head = np.zeros(PTRS_PER_TABLE, np.int64)
+    head[0] = PAGE_ANON_EXCLUSIVE if _exclusive_pages(parsed, 1)[0] else 0
+    ids, first = b.space.add_folios(count, 9, FOLIO_ANON | FOLIO_SWAPBACKED, _ref(parsed, 1), np.tile(head, count),
+                                    0, pmd_mapcount=1)
+    b.space.add_pins(ids, _pins("thp", parsed))
+    b.space.add_pmds(b.addr // PTRS_PER_TABLE + np.arange(count),
+                     with_offsets(P.mk_huge_pmd(0, write, dirty, young), first))
+    b.addr += count * PTRS_PER_TABLE
+
+
+def _emit_swap(b: _Layout, parsed: dict, count: int) -> None:
+    """``swap``: entries of fresh slots (count ``cnt``, ``lv`` continuation levels), exclusive in linux-6.18."""
+    levels = _int_mod(parsed["lv"], "lv") if "lv" in parsed else 0
+    cnt = _int_mod(parsed["cnt"], "cnt", 1) if "cnt" in parsed else 1
+    if cnt > swap_cap(levels):
+        raise ValueError(f"cnt={cnt} does not fit in a slot with {levels} continuation level(s) "
+                         f"(at most {swap_cap(levels)}); add lv=")
+    slots = b.space.add_slots(np.full(count, cnt), np.full(count, levels))
+    excl = b.v.anon_exclusive and "nonex" not in parsed
+    b.set_ptes(with_offsets(P.mk_swap_pte(0, excl), slots), count)
+
+
+def _emit_special_swap(b: _Layout, kind: str, parsed: dict, count: int) -> None:
+    """``migw`` / ``migr``: migration entries to fresh anon folios (unmapped while migrating); ``devw`` / ``devr``:
+    device-private entries to fresh device folios (mapped once)."""
+    if kind in ("migw", "migr"):
+        if "excl" in parsed and not b.v.anon_exclusive:
+            raise ValueError("read-exclusive migration entries exist only in linux-6.18")
+        _, pfn = b.space.add_folios(count, 0, FOLIO_ANON | FOLIO_SWAPBACKED, _ref(parsed, 1), PAGE_ANON_EXCLUSIVE, 0)
+        b.set_ptes(with_offsets(P.mk_migration_pte(0, kind == "migw", "excl" in parsed), pfn), count)
+        return
+    ex = bool(_exclusive_pages(parsed, 1)[0])
+    _, pfn = b.space.add_folios(count, 0, FOLIO_ANON | FOLIO_SWAPBACKED | FOLIO_DEVICE_PRIVATE, _ref(parsed, 1),
+                                PAGE_ANON_EXCLUSIVE if ex else 0, 1)
+    b.set_ptes(with_offsets(P.mk_device_private_pte(0, kind == "devw"), pfn), count)

@@ -16,20 +16,37 @@ copy moments, applied events) from which :mod:`gpusim.invariants` checks spec se
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from gpusim.kernels import pte as P
+from gpusim.kernels.fields import MEMORY_FIELDS
+from gpusim.kernels.flags import (
+    BREAK_AT,
+    FOLIO_ANON,
+    FOLIO_DEVICE_PRIVATE,
+    FOLIO_FREED,
+    FOLIO_SWAPBACKED,
+    MM_ANONPAGES,
+    MM_SWAPENTS,
+    NULL_ENTRY,
+    PAGE_ANON_EXCLUSIVE,
+    PAGE_HWPOISON,
+    PTRS_PER_TABLE,
+    SWAP_MAP_MAX,
+    VM_SHARED,
+    VM_WRITE,
+    is_cow_mapping,
+    mm_counter,
+    swap_cap,
+)
 from gpusim.kernels.folio import folio_maybe_dma_pinned, is_large_for_pins, pin_refcount_delta
 from gpusim.oracle import InjectionPlan, LockBreakOracle
 from gpusim.plan import VMA_COUNT_NAMES, ForkPlan, plan_fork
-from gpusim.result import TABLE_EVENTS, TableStats, new_counts
-from gpusim.kernels.flags import (
-    BREAK_AT, FOLIO_ANON, FOLIO_DEVICE_PRIVATE, FOLIO_FREED, FOLIO_SWAPBACKED, MM_ANONPAGES, MM_SWAPENTS, NULL_ENTRY,
-    PAGE_ANON_EXCLUSIVE, PAGE_HWPOISON, PTRS_PER_TABLE, SWAP_MAP_MAX, VM_SHARED, VM_WRITE, is_cow_mapping, mm_counter, swap_cap,
-)
-from gpusim.state import MEMORY_FIELDS, MM, AddressSpace, Memory
+from gpusim.result import TABLE_EVENTS, ForkResult, TableStats, finish_counts, new_counts, rss_dict
+from gpusim.state import MM, AddressSpace, Memory, digest
 from gpusim.variants import LINUX_5_8, LINUX_5_10, LINUX_6_18, XU_V1, XU_V1_OLEG, get_variant
 
 ENOMEM = -12
@@ -222,7 +239,6 @@ class ForkContext:
         self.counts = new_counts()
         self.table_rows: list = []            # (table, passes, TABLE_EVENTS counts) per copy_pte_range call
         self.trace = Trace()
-        self.first_new_pfn = len(self.m.page_folio)
         self.upper = set()
         self.ignored: list[str] = []
 
@@ -242,6 +258,19 @@ class ForkContext:
         m.folio_true_pins[f] += sign
         if sign > 0:
             mm.has_pinned = True
+
+    def result(self, stopped: tuple, parent: AddressSpace, child: MM, child_rss, after_teardown, wall_s: float,
+               backend: str, table_stats: TableStats, trace_complete: bool = True) -> ForkResult:
+        """The :class:`ForkResult` of this fork (every engine assembles it here): ``stopped`` is (outcome, oops,
+        enomem), ``parent`` and ``child`` the final states, ``child_rss`` the child's counters when the fork stopped,
+        ``after_teardown`` those after an ENOMEM teardown, the counts are :attr:`counts`."""
+        outcome, oops, enomem = stopped
+        return ForkResult(
+            outcome=outcome, variant=self.variant, backend=backend, parent=parent, child=child,
+            counts=finish_counts(self.counts), child_rss=rss_dict(child_rss), child_rss_after_teardown=after_teardown,
+            oops=oops, enomem=enomem, unfired=self.plan.unfired(), ignored_events=list(self.ignored),
+            digest=digest(parent.mm, child, parent.memory), engine_wall_s=wall_s, nr_ptes=self.space.nr_ptes,
+            trace=self.trace, trace_complete=trace_complete, table_stats=table_stats)
 
     def note_child_table(self, t: int) -> None:
         """Count the child's upper-level tables (PMD table per 512 tables, PUD table per 512 of those)."""
@@ -866,6 +895,7 @@ def copy_present_ptes_6_18(c: CopyContext, a: int, max_n: int) -> int:
 
 
 def copy_pte_range_linux_6_18(c: CopyContext, a: int, end: int) -> int:
+    # long: spec 3.5's state machine in one function, as the kernel has it (passes, batches, restarts, prealloc)
     c.prealloc = None
     pending = None
     ret = 0
@@ -1007,19 +1037,32 @@ def copy_huge_pmd(c: CopyContext) -> str:
 
 # --- dup_mmap and copy_page_range ------------------------------------------------------------------------------
 
-class _Stop(Exception):
+class CopyFailed(Exception):
+    """``copy_page_range`` returned an error (ENOMEM; a poisoned page's -EHWPOISON is reported as ENOMEM): the
+    fork stops at this call and the caller tears the child down."""
+
     def __init__(self, c: CopyContext):
+        super().__init__(f"copy_page_range failed at {c.call_start}")
         self.c = c
+
+
+def fork_stopped(fc: ForkContext, stop: Exception) -> tuple[str, dict | None, dict | None]:
+    """(outcome, oops, enomem) of a fork that :class:`CopyFailed` or :class:`Oops` stopped."""
+    if isinstance(stop, CopyFailed):
+        point, n = stop.c.last_failed or ("unknown", 0)
+        return "enomem", None, {"call_start": stop.c.call_start, "point": point, "occurrence": n}
+    cs = fc.trace.calls[-1].call_start if fc.trace.calls else -1
+    return "oops", {"function": stop.function, "addr": stop.addr, "reason": stop.reason, "call_start": cs}, None
 
 
 def copy_table(fc: ForkContext, vma: VmaView, t: int, start: int, end: int) -> CopyContext:
     """One call of ``copy_page_range``: ``copy_huge_pmd`` where the parent has a huge PMD (and, after a split,
-    ``copy_pte_range``), else ``copy_pte_range``. Raises _Stop on ENOMEM."""
+    ``copy_pte_range``), else ``copy_pte_range``. Raises :class:`CopyFailed` on ENOMEM."""
     c = CopyContext(fc, vma, t, start, end)
     if t in fc.parent.pmds:
         how = copy_huge_pmd(c)
         if how == "enomem":
-            raise _Stop(c)
+            raise CopyFailed(c)
         if how == "share":
             return c
     counts = fc.counts
@@ -1030,13 +1073,12 @@ def copy_table(fc: ForkContext, vma: VmaView, t: int, start: int, end: int) -> C
     finally:                                     # per-table statistics, an interrupted call's too
         fc.table_rows.append((t, counts["pass"] - passes, [counts[e] - b for e, b in zip(TABLE_EVENTS, before)]))
     if rc != 0:
-        raise _Stop(c)
+        raise CopyFailed(c)
     return c
 
 
 def table_stats_of(rows: list) -> TableStats:
     """:class:`TableStats` from ``(table, passes, events)`` rows (several calls of one table are summed)."""
-    import numpy as np
     acc: dict[int, list] = {}
     for t, p, ev in rows:
         if t in acc:
@@ -1069,21 +1111,31 @@ def dup_mmap(fc: ForkContext, plan: ForkPlan | None = None) -> tuple[str, dict |
             while nxt is not None and int(plan.call_vma[nxt]) == vma.index:
                 copy_table(fc, vma, int(plan.call_table[nxt]), int(plan.call_start[nxt]), int(plan.call_end[nxt]))
                 nxt = next(calls, None)
-    except _Stop as stop:
-        c = stop.c
-        point, n = c.last_failed or ("unknown", 0)
-        return "enomem", None, {"call_start": c.call_start, "point": point, "occurrence": n}
-    except Oops as o:
-        cs = fc.trace.calls[-1].call_start if fc.trace.calls else -1
-        return "oops", {"function": o.function, "addr": o.addr, "reason": o.reason, "call_start": cs}, None
+    except (CopyFailed, Oops) as stop:
+        return fork_stopped(fc, stop)
     return "ok", None, None
+
+
+def fork_reference(space: AddressSpace, variant: str, oracle: LockBreakOracle, plan: InjectionPlan,
+                   fork_seq: int = 0) -> ForkResult:
+    """One fork on the reference engine: ``dup_mmap``, then the teardown of the child after ENOMEM."""
+    t0 = time.perf_counter()
+    fc = ForkContext(space, variant, oracle, plan, fork_seq)
+    stopped = dup_mmap(fc)
+    child_rss, after_teardown = list(fc.child.rss), None
+    if stopped[0] == "enomem":
+        teardown(fc)
+        after_teardown = rss_dict(fc.child.rss)
+    parent = AddressSpace(fc.parent.to_mm(), fc.m.to_memory())
+    return fc.result(stopped, parent, fc.child.to_mm(), child_rss, after_teardown, time.perf_counter() - t0,
+                     "reference", table_stats_of(fc.table_rows))
 
 
 def teardown(fc: ForkContext) -> None:
     """Tear the half-built child down after ENOMEM (spec 5.4): every child entry drops what it holds."""
     m = fc.m
-    for t, row in fc.child.tables.items():
-        for i, v in enumerate(row):
+    for row in fc.child.tables.values():
+        for v in row:
             if v == 0:
                 continue
             fc.counts["teardown.pte"] += 1
@@ -1098,7 +1150,7 @@ def teardown(fc: ForkContext) -> None:
                     fc.counts["teardown.free"] += 1
             elif kind == P.KIND_SWAP:
                 m.swap_count[P.swp_offset(v)] -= 1
-    for t, v in fc.child.pmds.items():
+    for v in fc.child.pmds.values():
         fc.counts["teardown.pte"] += 1
         f = m.page_folio[P.pte_pfn(v)]
         m.folio_refcount[f] -= 1
@@ -1118,81 +1170,120 @@ def _page_at(fc: ForkContext, v: int) -> int:
     return -1
 
 
+@dataclass
+class EventTarget:
+    """What an event at address ``x`` finds in the parent: its table ``row`` (None: no table) and index ``i``, the
+    entry ``v`` and its kind, and the page (``pfn``) and folio (``f``) it maps (-1: none)."""
+    x: int
+    row: object
+    i: int
+    v: int
+    kind: int
+    pfn: int
+    f: int
+
+
+def event_zap(fc: ForkContext, rec: EventRecord, t: EventTarget) -> bool:
+    """``zap``: the parent's entry is cleared and drops what it holds (a swap count, or a mapping and a reference;
+    a migration entry holds neither)."""
+    m = fc.m
+    if t.v == 0:
+        return False
+    rec.applied = True                              # recorded as applied even if it oopses below
+    t.row[t.i] = 0
+    rss = [0, 0, 0, 0]
+    if t.kind == P.KIND_SWAP:
+        rec.slot = P.swp_offset(t.v)
+        if m.swap_count[rec.slot] < 1:
+            raise Oops("swap_free", t.x, "UNDERFLOW")
+        m.swap_count[rec.slot] -= 1
+        rec.count = -1
+        rss[MM_SWAPENTS] = -1
+    elif t.pfn >= 0:
+        rec.pfn, rec.folio = t.pfn, t.f
+        rss[mm_counter(m.folio_flags[t.f])] = -1
+        if t.kind != P.KIND_MIGRATION:             # present normal or device-private: map and ref held
+            if m.folio_refcount[t.f] < 1:
+                raise Oops("put_page", t.x, "UNDERFLOW")
+            m.page_mapcount[t.pfn] -= 1
+            m.folio_refcount[t.f] -= 1
+            rec.map, rec.ref = -1, -1
+    rec.rss = tuple(rss)
+    for k in range(4):
+        fc.parent.rss[k] += rss[k]
+    return True
+
+
+def event_reclaim(fc: ForkContext, rec: EventRecord, t: EventTarget) -> bool:
+    """``reclaim``: a present anon page is swapped out to a new slot (exclusive if the page was, in 6.18)."""
+    m = fc.m
+    if t.kind != P.KIND_PRESENT or t.pfn < 0 or not (m.folio_flags[t.f] & FOLIO_ANON):
+        return False
+    rec.pfn, rec.folio = t.pfn, t.f
+    excl = fc.v.anon_exclusive and bool(m.page_flags[t.pfn] & PAGE_ANON_EXCLUSIVE)
+    slot = m.alloc_slot(m.page_content[t.pfn])
+    rec.new_slot = slot
+    t.row[t.i] = P.mk_swap_pte(slot, excl)
+    m.page_mapcount[t.pfn] -= 1
+    m.folio_refcount[t.f] -= 1
+    rec.map, rec.ref = -1, -1
+    rec.rss = (-1, 0, 0, 1)
+    fc.parent.rss[MM_ANONPAGES] -= 1
+    fc.parent.rss[MM_SWAPENTS] += 1
+    return True
+
+
+def event_pin(fc: ForkContext, rec: EventRecord, t: EventTarget) -> bool:
+    """``pin`` / ``unpin``: one FOLL_PIN on the folio added or dropped (an unpin needs a true pin)."""
+    m = fc.m
+    if t.f < 0 or (rec.name == "unpin" and m.folio_true_pins[t.f] < 1):
+        return False
+    rec.pfn, rec.folio = t.pfn, t.f
+    before = m.folio_refcount[t.f]
+    rec.pins = 1 if rec.name == "pin" else -1
+    fc.add_pin(fc.parent, t.f, rec.pins)
+    rec.ref = m.folio_refcount[t.f] - before
+    return True
+
+
+def event_write(fc: ForkContext, rec: EventRecord, t: EventTarget) -> bool:
+    """``write``: the page's content changes (a new content identity)."""
+    if t.pfn < 0:
+        return False
+    rec.pfn, rec.folio = t.pfn, t.f
+    rec.content = fc.m.page_content[t.pfn] = fc.m.new_content()
+    return True
+
+
+def event_touch(fc: ForkContext, rec: EventRecord, t: EventTarget) -> bool:
+    """``touch``: a present entry becomes young and dirty."""
+    if t.kind != P.KIND_PRESENT:
+        return False
+    rec.pfn = t.pfn
+    t.row[t.i] = P.pte_mkdirty(P.pte_mkyoung(t.v))
+    return True
+
+
+EVENTS = {"zap": event_zap, "reclaim": event_reclaim, "pin": event_pin, "unpin": event_pin, "write": event_write,
+          "touch": event_touch}
+
+
 def apply_event(fc: ForkContext, call_start: int, window_kind: str, name: str, x: int) -> None:
     """Apply one injected event to the parent; events with nothing to act on are ignored and reported."""
-    m, parent = fc.m, fc.parent
     rec = EventRecord(fc.trace.tick(), call_start, window_kind, name, x, False)
     fc.trace.events.append(rec)
     t, i = divmod(x, PTRS_PER_TABLE)
-    row = parent.tables.get(t)
+    row = fc.parent.tables.get(t)
     v = row[i] if row is not None else 0
     pfn = _page_at(fc, v)
-    f = m.page_folio[pfn] if pfn >= 0 else -1
-    kind = P.pte_kind(v)
-
-    def ignore():
+    target = EventTarget(x, row, i, v, P.pte_kind(v), pfn, fc.m.page_folio[pfn] if pfn >= 0 else -1)
+    rec.applied = EVENTS[name](fc, rec, target)
+    if rec.applied:
+        fc.counts["events_applied"] += 1
+    else:
         fc.counts["events_ignored"] += 1
         fc.ignored.append(f"{name}({x})")
 
-    if name == "zap":
-        if v == 0:
-            return ignore()
-        rec.applied = True
-        row[i] = 0
-        rss = [0, 0, 0, 0]
-        if kind == P.KIND_SWAP:
-            rec.slot = P.swp_offset(v)
-            if m.swap_count[rec.slot] < 1:
-                raise Oops("swap_free", x, "UNDERFLOW")
-            m.swap_count[rec.slot] -= 1
-            rec.count = -1
-            rss[MM_SWAPENTS] = -1
-        elif pfn >= 0:
-            rec.pfn, rec.folio = pfn, f
-            rss[mm_counter(m.folio_flags[f])] = -1
-            if kind != P.KIND_MIGRATION:           # present normal or device-private: map and ref held
-                if m.folio_refcount[f] < 1:
-                    raise Oops("put_page", x, "UNDERFLOW")
-                m.page_mapcount[pfn] -= 1
-                m.folio_refcount[f] -= 1
-                rec.map, rec.ref = -1, -1
-        rec.rss = tuple(rss)
-        for k in range(4):
-            parent.rss[k] += rss[k]
-    elif name == "reclaim":
-        if kind != P.KIND_PRESENT or pfn < 0 or not (m.folio_flags[f] & FOLIO_ANON):
-            return ignore()
-        rec.applied, rec.pfn, rec.folio = True, pfn, f
-        excl = fc.v.anon_exclusive and bool(m.page_flags[pfn] & PAGE_ANON_EXCLUSIVE)
-        slot = m.alloc_slot(m.page_content[pfn])
-        rec.new_slot = slot
-        row[i] = P.mk_swap_pte(slot, excl)
-        m.page_mapcount[pfn] -= 1
-        m.folio_refcount[f] -= 1
-        rec.map, rec.ref = -1, -1
-        rec.rss = (-1, 0, 0, 1)
-        parent.rss[MM_ANONPAGES] -= 1
-        parent.rss[MM_SWAPENTS] += 1
-    elif name in ("pin", "unpin"):
-        if f < 0 or (name == "unpin" and m.folio_true_pins[f] < 1):
-            return ignore()
-        rec.applied, rec.pfn, rec.folio = True, pfn, f
-        before = m.folio_refcount[f]
-        rec.pins = 1 if name == "pin" else -1
-        fc.add_pin(parent, f, rec.pins)
-        rec.ref = m.folio_refcount[f] - before
-    elif name == "write":
-        if pfn < 0:
-            return ignore()
-        rec.applied, rec.pfn, rec.folio = True, pfn, f
-        rec.content = m.page_content[pfn] = m.new_content()
-    elif name == "touch":
-        if kind != P.KIND_PRESENT:
-            return ignore()
-        rec.applied, rec.pfn = True, pfn
-        row[i] = P.pte_mkdirty(P.pte_mkyoung(v))
-    fc.counts["events_applied"] += 1
 
-
-__all__ = ["dup_mmap", "teardown", "ForkContext", "Trace", "Oops", "copy_pte_range", "copy_huge_pmd",
-           "copy_table", "Machine", "MMState"]
+__all__ = ["fork_reference", "dup_mmap", "teardown", "ForkContext", "Trace", "Oops", "CopyFailed", "fork_stopped",
+           "copy_pte_range", "copy_huge_pmd", "copy_table", "Machine", "MMState"]

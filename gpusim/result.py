@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from gpusim.kernels.flags import RSS_NAMES
-from gpusim.state import MM, AddressSpace, Memory
+from gpusim.state import MM, AddressSpace, Memory, resident_bytes
 
 # The cost events of spec section 8 (and 10), by their dotted names, in the spec's order.
 COST_EVENTS = (
@@ -48,7 +50,6 @@ class TableStats:
 
     @classmethod
     def concat(cls, parts: list["TableStats"]) -> "TableStats":
-        import numpy as np
         parts = [p for p in parts if p is not None]
         if not parts:
             return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, len(TABLE_EVENTS)), np.int64))
@@ -140,7 +141,6 @@ class ForkResult:
         """Resident bytes of the final parent, child and memory arrays per simulated PTE slot."""
         if not self.nr_ptes:
             return None
-        from gpusim.workloads import resident_bytes
         return resident_bytes(self.parent.mm, self.child, self.memory) / self.nr_ptes
 
 

@@ -27,7 +27,9 @@ import numpy as np
 
 from gpusim import decode
 from gpusim.kernels import pte as P
+from gpusim.kernels.fields import MEMORY_FIELDS, MM_FIELDS
 from gpusim.kernels.flags import BACKING_SHMEM, PTRS_PER_TABLE, VM_KNOWN, swap_cap
+
 
 def tables_from_entries(addr: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(table_index i64 ``(T,)``, pte u64 ``(T, 512)``) holding the entries ``val`` at the page addresses ``addr``:
@@ -51,39 +53,6 @@ def entries(mm: "MM") -> tuple[np.ndarray, np.ndarray]:
 
 class StateError(ValueError):
     """An array of the state model has the wrong dtype or shape, or its cross-references do not hold."""
-
-
-# Each field: (dtype, per-row shape). The order here is the canonical order of the digest. Folio and page counts
-# and indices are int32 (up to 2**31 pages, 8 TiB of 4 KiB pages; refcounts below 2**31), to keep the bytes per
-# simulated PTE and the memory traffic of the kernels low; swap counts are int64 (continuations reach 63*128**L).
-MEMORY_FIELDS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
-    "folio_order": (np.dtype(np.uint8), ()),
-    "folio_refcount": (np.dtype(np.int32), ()),
-    "folio_pincount": (np.dtype(np.int32), ()),
-    "folio_true_pins": (np.dtype(np.int32), ()),
-    "folio_pmd_mapcount": (np.dtype(np.int32), ()),
-    "folio_flags": (np.dtype(np.uint8), ()),
-    "folio_first_pfn": (np.dtype(np.int32), ()),
-    "page_folio": (np.dtype(np.int32), ()),
-    "page_mapcount": (np.dtype(np.int32), ()),
-    "page_flags": (np.dtype(np.uint8), ()),
-    "page_content": (np.dtype(np.uint64), ()),
-    "swap_count": (np.dtype(np.int64), ()),
-    "swap_levels": (np.dtype(np.int64), ()),
-    "swap_content": (np.dtype(np.uint64), ()),
-}
-MM_FIELDS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
-    "vma_start": (np.dtype(np.int64), ()),
-    "vma_end": (np.dtype(np.int64), ()),
-    "vma_flags": (np.dtype(np.uint64), ()),
-    "vma_backing": (np.dtype(np.uint8), ()),
-    "vma_anon_vma": (np.dtype(np.bool_), ()),
-    "table_index": (np.dtype(np.int64), ()),
-    "pte": (np.dtype(np.uint64), (PTRS_PER_TABLE,)),
-    "pmd_index": (np.dtype(np.int64), ()),
-    "pmd": (np.dtype(np.uint64), ()),
-    "rss": (np.dtype(np.int64), ()),
-}
 
 
 def _check_fields(obj, fields, what):
@@ -326,6 +295,19 @@ def copy_state(obj):
         v = getattr(obj, f.name)
         kw[f.name] = v.copy() if isinstance(v, np.ndarray) else v
     return type(obj)(**kw)
+
+
+def resident_bytes(*objs) -> int:
+    """Bytes held by the arrays of some states (an :class:`AddressSpace`, :class:`MM` or :class:`Memory`)."""
+    total = 0
+    for o in objs:
+        for f in dataclasses.fields(o):
+            v = getattr(o, f.name)
+            if isinstance(v, np.ndarray):
+                total += v.nbytes
+            elif dataclasses.is_dataclass(v):
+                total += resident_bytes(v)
+    return total
 
 
 def digest(parent: MM, child: MM, memory: Memory) -> str:

@@ -12,14 +12,33 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpusim.builder import SpaceBuilder
+from gpusim.catalogue import SCENARIOS
+from gpusim.decode import with_offsets
 from gpusim.kernels import pte as P
-from gpusim.kernels.folio import is_large_for_pins, pin_refcount_delta
+from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import (
-    BACKINGS, FOLIO_ANON, FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, PIN_BIAS, PTRS_PER_TABLE, VM_DEFAULT_ANON,
+    BACKING_ANON,
+    BACKING_FILE,
+    BACKING_SHMEM,
+    BACKINGS,
+    FOLIO_ANON,
+    FOLIO_SWAPBACKED,
+    PAGE_ANON_EXCLUSIVE,
+    PAGE_SIZE,
+    PIN_BIAS,
+    PTRS_PER_TABLE,
+    VM_DEFAULT_ANON,
+    VM_DONTCOPY,
+    VM_SHARED,
+    VM_WIPEONFORK,
+    VM_WRITE,
+    swap_cap,
 )
-from gpusim.state import MEMORY_FIELDS, MM, AddressSpace, Memory, tables_from_entries
-
-PAGE_SIZE = 4096
+from gpusim.layout import parse_layout
+from gpusim.snapshot import parse_range, snapshot_space
+from gpusim.state import MM, AddressSpace, Memory
+from gpusim.variants import get_variant
 
 
 def dense_anon_arrays(nr_pages: int, xp=np, content: bool = True) -> tuple[dict, object]:
@@ -81,89 +100,7 @@ def dense_anon(nr_pages: int, has_pinned: bool = False, pin_every: int = 0) -> A
     return AddressSpace(dense_anon_mm(nr_pages, pte, has_pinned), memory)
 
 
-def parse_size(text: str) -> int:
-    """Bytes from ``4096``, ``64KiB``, ``1GiB``, ``2TiB`` (binary units; ``K``/``M``/``G``/``T`` accepted too)."""
-    import re
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*", text, re.I)
-    if not m:
-        raise ValueError(f"size '{text}' is not a number of bytes with an optional unit (KiB, MiB, GiB, TiB)")
-    unit = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
-    return int(float(m.group(1)) * unit)
-
-
-def resident_bytes(*objs) -> int:
-    """Bytes held by the arrays of some states (an :class:`AddressSpace`, :class:`MM` or :class:`Memory`)."""
-    import dataclasses
-    total = 0
-    for o in objs:
-        for f in dataclasses.fields(o):
-            v = getattr(o, f.name)
-            if isinstance(v, np.ndarray):
-                total += v.nbytes
-            elif dataclasses.is_dataclass(v):
-                total += resident_bytes(v)
-    return total
-
-
 # --- region-based generators ---------------------------------------------------------------------------------------
-
-class _Parts:
-    """Arrays of an address space under construction, region by region (concatenated by :meth:`freeze`)."""
-
-    def __init__(self):
-        self.f = {k: [] for k in ("order", "ref", "pin", "true", "pmdmap", "flags", "first")}
-        self.p = {k: [] for k in ("folio", "map", "flags")}
-        self.s = {k: [] for k in ("count", "levels")}
-        self.addr, self.val = [], []
-        self.pmd_t, self.pmd_v = [], []
-        self.vma = {k: [] for k in ("start", "end", "flags", "backing", "anon_vma")}
-        self.nf = self.np = self.ns = 0
-        self.pins = 0
-        self.pin_ops: list = []                     # (folio ids, refcount delta, large-for-pins)
-
-    def folios(self, nr: int, order: int, flags: int, ref, page_flags: int, page_map: int) -> tuple:
-        """``nr`` new folios of ``order``; returns (folio ids, first pfns)."""
-        ids = self.nf + np.arange(nr, dtype=np.int64)
-        first = self.np + (np.arange(nr, dtype=np.int64) << order)
-        for k, v in (("order", np.full(nr, order)), ("ref", np.broadcast_to(ref, (nr,))), ("pin", np.zeros(nr)),
-                     ("true", np.zeros(nr)), ("pmdmap", np.zeros(nr)), ("flags", np.full(nr, flags)),
-                     ("first", first)):
-            self.f[k].append(np.asarray(v, np.int64))
-        npg = nr << order
-        self.p["folio"].append(np.repeat(ids, 1 << order))
-        self.p["map"].append(np.full(npg, page_map, np.int64))
-        self.p["flags"].append(np.full(npg, page_flags, np.int64))
-        self.nf += nr
-        self.np += npg
-        return ids, first
-
-    def freeze(self, has_pinned: bool | None) -> AddressSpace:
-        cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)   # noqa: E731
-        fo = {k: cat(v, np.int64) for k, v in self.f.items()}
-        pg = {k: cat(v, np.int64) for k, v in self.p.items()}
-        sl = {k: cat(v, np.int64) for k, v in self.s.items()}
-        for ids, delta, large in self.pin_ops:       # add_pin of spec 1.6, once per folio
-            fo["ref"][ids] += delta
-            fo["pin"][ids] += large
-            fo["true"][ids] += 1
-        npg, ns = self.np, self.ns
-        memory = Memory.build(
-            folio_order=fo["order"], folio_refcount=fo["ref"], folio_pincount=fo["pin"], folio_true_pins=fo["true"],
-            folio_pmd_mapcount=fo["pmdmap"], folio_flags=fo["flags"], folio_first_pfn=fo["first"],
-            page_folio=pg["folio"], page_mapcount=pg["map"], page_flags=pg["flags"],
-            page_content=np.arange(1, npg + 1), swap_count=sl["count"], swap_levels=sl["levels"],
-            swap_content=np.arange(npg + 1, npg + ns + 1), next_content=npg + ns + 1)
-        addr, val = cat(self.addr, np.int64), cat(self.val, np.uint64)
-        tables, pte = tables_from_entries(addr, val)
-        pmd_t, pmd_v = cat(self.pmd_t, np.int64), cat(self.pmd_v, np.uint64)
-        from gpusim.decode import rss_of
-        mm = MM(vma_start=cat(self.vma["start"], np.int64), vma_end=cat(self.vma["end"], np.int64),
-                vma_flags=cat(self.vma["flags"], np.uint64), vma_backing=cat(self.vma["backing"], np.uint8),
-                vma_anon_vma=cat(self.vma["anon_vma"], np.bool_), table_index=tables, pte=pte, pmd_index=pmd_t,
-                pmd=pmd_v, rss=rss_of(pte, pmd_v, memory), has_pinned=bool(self.pins) if has_pinned is None
-                else bool(has_pinned), on_swapoff_list=bool(ns))
-        return AddressSpace(mm, memory)
-
 
 def _choose(rng, n: int, k: int) -> np.ndarray:
     """``k`` of ``range(n)``, sorted (all of them when ``k >= n``)."""
@@ -190,59 +127,60 @@ def _runs(rng, n: int, k: int, runs: int) -> np.ndarray:
     return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
 
 
-def _add_region(b: _Parts, rng, variant_large_order: int, is_618: bool, start: int, nr_pages: int, r: dict) -> None:
-    """One VMA of ``nr_pages`` pages at ``start`` (table-aligned) with the region keys ``r`` (see
-    :class:`gpusim.sweep.spec.Region`)."""
-    from gpusim.kernels.flags import VM_DONTCOPY, VM_SHARED, VM_WIPEONFORK, VM_WRITE, swap_cap
+def _region_vma(r: dict) -> tuple[int, int, bool]:
+    """(``VM_*`` flags, backing, private anonymous) of a region's VMAs."""
     backing = BACKINGS[r["backing"]]
-    anon = backing == 0 and not r["shared"]
+    anon = backing == BACKING_ANON and not r["shared"]
     flags = VM_DEFAULT_ANON | (VM_SHARED if r["shared"] else 0)
     for fl in r["flags"]:
         flags |= {"dontcopy": VM_DONTCOPY, "wipeonfork": VM_WIPEONFORK}.get(fl, 0)
         if fl == "ro":
             flags &= ~VM_WRITE
-    if r["shared"] and backing == 0:
-        backing = 2                                  # MAP_SHARED|MAP_ANONYMOUS is shmem
-    b.vma["start"].append([start])
-    b.vma["end"].append([start + nr_pages])
-    b.vma["flags"].append([flags])
-    b.vma["backing"].append([backing])
-    b.vma["anon_vma"].append([anon or backing == 1])  # private file mappings get an anon_vma once written
-    order = int(r["folio_order"]) if anon else 0
-    F = 1 << order
-    # THPs: whole tables mapped by a huge PMD (private anon only)
+    if r["shared"] and backing == BACKING_ANON:
+        backing = BACKING_SHMEM                      # MAP_SHARED|MAP_ANONYMOUS is shmem
+    return flags, backing, anon
+
+
+def _region_units(rng, nr_pages: int, r: dict, anon: bool, F: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where a region's memory is: (tables mapped by a THP, first slot of each present folio-sized unit, which of
+    those units are swapped out)."""
     full = nr_pages // PTRS_PER_TABLE
     thp = _choose(rng, full, round(r["thp_fraction"] * full)) if anon else np.zeros(0, np.int64)
     in_thp = np.zeros(full + 1, bool)
     in_thp[thp] = True
-    units = nr_pages // F                            # folio-sized, naturally aligned groups of slots
-    unit_slot = np.arange(units, dtype=np.int64) * F
-    keep = ~in_thp[unit_slot // PTRS_PER_TABLE]
-    unit_slot = unit_slot[keep]
+    unit_slot = np.arange(nr_pages // F, dtype=np.int64) * F       # folio-sized, naturally aligned groups of slots
+    unit_slot = unit_slot[~in_thp[unit_slot // PTRS_PER_TABLE]]
     present = unit_slot[_choose(rng, unit_slot.shape[0], round(r["fill"] * unit_slot.shape[0]))]
     swapped = np.zeros(present.shape[0], bool)
     swapped[_choose(rng, present.shape[0], round(r["swap_fraction"] * present.shape[0]))] = True
+    return thp, present, swapped
+
+
+def _add_region(sb: SpaceBuilder, rng, anon_exclusive: bool, start: int, nr_pages: int, r: dict) -> None:
+    """One VMA of ``nr_pages`` pages at ``start`` (table-aligned) with the region keys ``r`` (see
+    :class:`gpusim.sweep.spec.Region`); ``anon_exclusive``: the variant's swap entries carry the exclusive bit."""
+    flags, backing, anon = _region_vma(r)
+    sb.add_vmas(start, start + nr_pages, flags, backing, anon or backing == BACKING_FILE)  # a written private file
+    order = int(r["folio_order"]) if anon else 0                                             # mapping has an anon_vma
+    F = 1 << order
+    thp, present, swapped = _region_units(rng, nr_pages, r, anon, F)
     mapped = present[~swapped]
     # pages: one folio per mapped unit
     write, dirty = (flags & VM_WRITE) != 0 and anon, anon or r["shared"]
     if anon:
         fflags, pflags, ref = FOLIO_ANON | FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, F
     else:
-        fflags, pflags, ref = (FOLIO_SWAPBACKED if backing == 2 else 0), 0, 1 + F   # page cache holds one
-    ids, first = b.folios(mapped.shape[0], order, fflags, ref, pflags, 1)
-    slots = (mapped[:, None] + np.arange(F)[None, :]).reshape(-1)
-    pfns = (first[:, None] + np.arange(F)[None, :]).reshape(-1)
-    base = np.uint64(P.mk_pte(0, write, dirty, True, False))
-    b.addr.append(start + slots)
-    b.val.append(base | (pfns.astype(np.uint64) << np.uint64(P.PFN_SHIFT)))
-    # THP folios
-    tids, tfirst = b.folios(thp.shape[0], 9, FOLIO_ANON | FOLIO_SWAPBACKED, 1, 0, 0)
-    if thp.shape[0]:
-        b.f["pmdmap"][-1] = np.ones(thp.shape[0], np.int64)
-        b.p["flags"][-1][::PTRS_PER_TABLE] = PAGE_ANON_EXCLUSIVE     # the head page carries the PMD's flag
-        b.pmd_t.append(start // PTRS_PER_TABLE + thp)
-        b.pmd_v.append(np.uint64(P.mk_huge_pmd(0, (flags & VM_WRITE) != 0, True, True))
-                       | (tfirst.astype(np.uint64) << np.uint64(P.PFN_SHIFT)))
+        fflags, pflags, ref = (FOLIO_SWAPBACKED if backing == BACKING_SHMEM else 0), 0, 1 + F   # + the page cache
+    ids, first = sb.add_folios(mapped.shape[0], order, fflags, ref, pflags, 1)
+    sb.add_entries(start + (mapped[:, None] + np.arange(F)[None, :]).reshape(-1),
+                   with_offsets(P.mk_pte(0, write, dirty, True, False), (first[:, None] + np.arange(F)).reshape(-1)))
+    # THPs: whole tables mapped by a huge PMD (private anon only); the head page carries the PMD's exclusive flag
+    head = np.zeros(PTRS_PER_TABLE, np.int64)
+    head[0] = PAGE_ANON_EXCLUSIVE
+    tids, tfirst = sb.add_folios(thp.shape[0], 9, FOLIO_ANON | FOLIO_SWAPBACKED, 1, np.tile(head, thp.shape[0]), 0,
+                                 pmd_mapcount=1)
+    sb.add_pmds(start // PTRS_PER_TABLE + thp, with_offsets(P.mk_huge_pmd(0, (flags & VM_WRITE) != 0, True, True),
+                                                            tfirst))
     # swap entries: one slot per page of a swapped unit, counts uniform in 1..swap_count_max
     sw = (present[swapped][:, None] + np.arange(F)[None, :]).reshape(-1)
     if sw.shape[0]:
@@ -250,43 +188,35 @@ def _add_region(b: _Parts, rng, variant_large_order: int, is_618: bool, start: i
         levels = np.zeros(sw.shape[0], np.int64)
         for lv in range(1, 4):
             levels[cnt > swap_cap(lv - 1)] = lv
-        slot = b.ns + np.arange(sw.shape[0], dtype=np.int64)
-        excl = is_618 & (cnt == 1)
-        b.s["count"].append(cnt)
-        b.s["levels"].append(levels)
-        b.addr.append(start + sw)
-        b.val.append(np.where(excl, np.uint64(P.mk_swap_pte(0, True)), np.uint64(P.mk_swap_pte(0, False)))
-                     | (slot.astype(np.uint64) << np.uint64(P.PFN_SHIFT)))
-        b.ns += sw.shape[0]
-    # pins: a fraction of the region's pages, scattered or in a few contiguous runs, whole folios at a time
-    all_ids = np.concatenate([ids, tids])
-    all_start = np.concatenate([mapped, thp * PTRS_PER_TABLE])
-    order_by_addr = np.argsort(all_start, kind="stable")
-    cand = all_ids[order_by_addr]
-    sizes = np.where(order_by_addr < ids.shape[0], F, PTRS_PER_TABLE)
+        slots = sb.add_slots(cnt, levels)
+        excl = anon_exclusive & (cnt == 1)
+        sb.add_entries(start + sw, with_offsets(np.where(excl, np.uint64(P.mk_swap_pte(0, True)),
+                                                         np.uint64(P.mk_swap_pte(0, False))), slots))
+    _pin_region(sb, rng, r, np.concatenate([ids, tids]), np.concatenate([mapped, thp * PTRS_PER_TABLE]),
+                np.concatenate([np.full(ids.shape[0], F), np.full(tids.shape[0], PTRS_PER_TABLE)]))
+
+
+def _pin_region(sb: SpaceBuilder, rng, r: dict, folios: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> None:
+    """Pin ``pinned_fraction`` of a region's pages, whole folios at a time (one FOLL_PIN each), scattered or in
+    ``pinned_regions`` contiguous runs; ``folios`` with their first slots and sizes in pages."""
+    by_addr = np.argsort(starts, kind="stable")
+    cand = folios[by_addr]
     pages = int(sizes.sum())
     target = round(r["pinned_fraction"] * pages)
     if target and cand.shape[0]:
-        mean = pages / cand.shape[0]
-        k = max(1, round(target / mean))
+        k = max(1, round(target / (pages / cand.shape[0])))
         pick = (_runs(rng, cand.shape[0], k, int(r["pinned_regions"])) if r["pinned_placement"] == "contiguous"
                 else _choose(rng, cand.shape[0], k))
-        chosen = cand[pick]
-        fo_order = np.where(np.isin(chosen, tids), 9, order)
-        delta = np.array([pin_refcount_delta(int(o), variant_large_order) for o in fo_order], np.int64)
-        large = np.array([is_large_for_pins(int(o), variant_large_order) for o in fo_order], bool)
-        b.pin_ops.append((chosen, delta, large))       # one FOLL_PIN each, applied when the arrays are frozen
-        b.pins += int(chosen.shape[0])
+        sb.add_pins(cand[pick])
 
 
 def build_regions(regions: list[dict], variant: str, seed, has_pinned: bool | None = None) -> AddressSpace:
     """An address space of ``regions`` (dicts with the keys of :class:`gpusim.sweep.spec.Region`), in address
     order, each VMA starting at a 2 MiB boundary with one empty table's gap between regions. ``seed`` is an int or a
     ``numpy.random.SeedSequence``; equal seeds give identical arrays."""
-    from gpusim.variants import get_variant
-    v = get_variant(variant)
+    anon_exclusive = get_variant(variant).anon_exclusive
     rng = np.random.default_rng(seed)
-    b = _Parts()
+    sb = SpaceBuilder(variant)
     addr = 0
     for r in regions:
         nr = max(1, int(r["size"]) // PAGE_SIZE)
@@ -295,10 +225,10 @@ def build_regions(regions: list[dict], variant: str, seed, has_pinned: bool | No
         for n in sizes:
             if n == 0:
                 continue
-            _add_region(b, rng, v.large_pin_order, v.anon_exclusive, addr, n, r)
+            _add_region(sb, rng, anon_exclusive, addr, n, r)
             addr += -(-n // PTRS_PER_TABLE) * PTRS_PER_TABLE
         addr += PTRS_PER_TABLE
-    return b.freeze(has_pinned)
+    return sb.freeze(has_pinned)
 
 
 def build_workload(workload, variant: str, seed) -> tuple[AddressSpace, str | None, list | None]:
@@ -311,11 +241,8 @@ def build_workload(workload, variant: str, seed) -> tuple[AddressSpace, str | No
     if kind == "mixed":
         return build_regions([r.model_dump() for r in workload.regions], variant, seed, workload.has_pinned), None, None
     if kind == "snapshot":
-        from gpusim.host.capture import parse_range, snapshot_space
         return snapshot_space(workload.path, variant, [parse_range(r) for r in workload.pinned]), None, None
-    from gpusim.layout import parse_layout
     if kind == "layout":
         return parse_layout(workload.layout, variant), None, None
-    from gpusim.catalogue import SCENARIOS
     s = SCENARIOS[workload.scenario]
     return parse_layout(s.layout, variant), s.oracle, list(s.inject)

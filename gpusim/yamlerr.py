@@ -37,7 +37,8 @@ def _walk(node, loc) -> tuple[int | None, list]:
     return line, found
 
 
-def _node_line(node, loc) -> int | None:
+def node_line(node, loc) -> int | None:
+    """The 1-based line of the YAML node at ``loc`` under ``node`` (None where the file has no such node)."""
     return _walk(node, loc)[0]
 
 

@@ -1,10 +1,10 @@
 """Atomic read-modify-write on array elements, one name for every target.
 
-``atomic_add(arr, i, v)`` adds ``v`` to ``arr[i]`` and returns the old value; ``atomic_and`` likewise for bitwise
-and. Compiled for the CPU they are one LLVM ``atomicrmw`` each (numba's ``prange`` has no atomics of its own;
-monotonic ordering suffices: every increment must land, no order between them is needed). The CUDA kernels register
-``cuda.atomic`` implementations for the CUDA target (:mod:`gpusim.kernels.cuda`). Called from Python (numba's CUDA
-simulator runs kernels as Python threads) they take a lock.
+``atomic_add(arr, i, v)`` adds ``v`` to ``arr[i]`` and returns the old value. Compiled for the CPU it is one LLVM
+``atomicrmw`` (numba's ``prange`` has no atomics of its own; monotonic ordering suffices: every increment must
+land, no order between them is needed). The CUDA kernels register ``cuda.atomic.add`` for the CUDA target
+(:mod:`gpusim.kernels.cuda`). Called from Python (numba's CUDA simulator runs kernels as Python threads) it takes
+a lock.
 """
 
 import threading
@@ -20,13 +20,6 @@ def atomic_add(arr, i, v):
     with _lock:
         old = arr[i]
         arr[i] = old + v
-        return old
-
-
-def atomic_and(arr, i, v):
-    with _lock:
-        old = arr[i]
-        arr[i] = old & v
         return old
 
 
@@ -49,14 +42,9 @@ def _rmw(op):
 
 
 _cpu_add = intrinsic(_rmw("add"))
-_cpu_and = intrinsic(_rmw("and"))
 
 
 @overload(atomic_add, target="cpu")
 def _ol_add(arr, i, v):
     return lambda arr, i, v: _cpu_add(arr, i, v)
 
-
-@overload(atomic_and, target="cpu")
-def _ol_and(arr, i, v):
-    return lambda arr, i, v: _cpu_and(arr, i, v)

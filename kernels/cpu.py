@@ -13,14 +13,31 @@ import numpy as np
 from numba import njit, prange
 from numba.core.errors import NumbaIRAssumptionWarning
 
-# Inlining the per-entry functions at numba's IR level (gpusim.kernels.table.entry_jitable) trips a pedantic
-# internal check about the scope of loop variables of the inlined bodies; the differential tests check the result.
-warnings.filterwarnings("ignore", message=r"variable '.*' is not in scope", category=NumbaIRAssumptionWarning)
+from gpusim.kernels.pte import (
+    KIND_DEVICE_PRIVATE,
+    KIND_MIGRATION,
+    KIND_PRESENT,
+    KIND_SWAP,
+    pte_kind,
+    pte_pfn,
+    pte_set_pfn,
+    pte_special,
+    swp_offset,
+)
+from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
+from gpusim.kernels.table import copy_table_fast, table_needs_host
 
 
-def _drop_stale_cache() -> None:
-    """numba's on-disk cache (``cache=True``) is keyed on this file only, not on the kernel modules it calls; when
-    any of them changed since the cache was written, drop the cached machine code so it is compiled afresh."""
+def prepare() -> None:
+    """Ready this process for the CPU kernels (:func:`gpusim.backend.kernels` calls it before their first use).
+
+    numba's on-disk cache (``cache=True``) is keyed on this file only, not on the kernel modules it calls: when any
+    of them changed since the cache was written, the cached machine code is dropped so that it is compiled afresh.
+    And inlining the per-entry functions at numba's IR level (:func:`gpusim.kernels.table.entry_jitable`) trips a
+    pedantic internal check about the scope of loop variables of the inlined bodies, whose warning is silenced (the
+    differential tests check the result).
+    """
+    warnings.filterwarnings("ignore", message=r"variable '.*' is not in scope", category=NumbaIRAssumptionWarning)
     here = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.blake2b(digest_size=16)
     for name in sorted(os.listdir(here)):
@@ -45,30 +62,18 @@ def _drop_stale_cache() -> None:
         pass
 
 
-_drop_stale_cache()
 
-from gpusim.kernels.pte import (
-    KIND_DEVICE_PRIVATE, KIND_MIGRATION, KIND_PRESENT, KIND_SWAP, pte_kind, pte_pfn, pte_set_pfn, pte_special,
-    swp_offset,
-)
-from gpusim.kernels.flags import PTRS_PER_TABLE as PTRS
-from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
-from gpusim.kernels.table import copy_table_fast, table_needs_host
+def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb):
+    """Classify and/or copy the table rows ``rows`` of ``tab`` (argument groups: :mod:`gpusim.kernels.args`).
 
-
-
-def fork_tables(mode, rows, *args):
-    """Classify and/or copy the table rows ``rows``.
-
-    ``mode``: 0 classify only, 1 classify then copy the tables that need no host, 2 copy (all need no host).
-    ``row_has_pinned`` and ``row_fork_seq`` (in ``args``, see :func:`gpusim.engine.kernel_args`) are per table
-    row: a launch may hold the tables of several forks.
+    ``mode``: ``MODE_CLASSIFY`` classify only, ``MODE_CLASSIFY_COPY`` classify then copy the tables that need no
+    host, ``MODE_COPY`` copy (all need no host). Writes the state arrays in place.
     Returns (needs_host bool ``(len(rows),)``, counts i64 ``(len(rows), NR_FAST_COUNTS)``).
     """
     n = rows.shape[0]
     needs_host = np.zeros(n, np.bool_)
     counts = np.zeros((n, NR_FAST_COUNTS), np.int64)
-    _fork_tables(mode, rows, *args, needs_host, counts)
+    _fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, needs_host, counts)
     return needs_host, counts
 
 
@@ -76,25 +81,14 @@ def fork_tables(mode, rows, *args):
 # otherwise increment and decrement the arrays' shared reference counts atomically, which costs more than the
 # entry's own work and makes the threads contend for those counters. The kernel allocates nothing.
 @njit(parallel=True, cache=True, _nrt=False)
-def _fork_tables(mode, rows, table_index, row_lo, row_hi, call_start, call_end, call_vmaflags, call_first, ppte,
-                 cpte, cexists, variant, large_order, row_has_pinned, page_folio, folio_order, folio_refcount,
-                 folio_pincount, folio_true_pins, folio_flags, folio_first_pfn, page_mapcount, page_flags, swap_count,
-                 swap_levels, nb_mode, nb_every, nb_p_q32, nb_seed, row_fork_seq, nb_list_cs, nb_list_k, needs_host,
-                 counts):
+def _fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, needs_host, counts):
     for i in prange(rows.shape[0]):
         r = rows[i]
-        base = table_index[r] * PTRS
         if mode != MODE_COPY:
-            needs_host[i] = table_needs_host(r, base, row_lo[r], row_hi[r], call_start, call_end, ppte, variant,
-                                             large_order, row_has_pinned[r], page_folio, folio_order,
-                                             folio_refcount, folio_pincount, folio_flags, folio_first_pfn,
-                                             page_flags, page_mapcount, swap_count, swap_levels)
+            needs_host[i] = table_needs_host(r, variant, large_order, tab, calls, mem)
         if mode == MODE_CLASSIFY or needs_host[i]:
             continue
-        copy_table_fast(r, base, row_lo[r], row_hi[r], call_start, call_end, call_vmaflags, call_first, ppte, cpte,
-                        cexists, variant, page_folio, folio_order, folio_refcount, folio_true_pins, folio_flags,
-                        folio_first_pfn, page_mapcount, page_flags, swap_count, nb_mode, nb_every, nb_p_q32,
-                        nb_seed, row_fork_seq[r], nb_list_cs, nb_list_k, counts[i])
+        copy_table_fast(r, variant, tab, calls, mem, nb, counts[i])
 
 
 @njit(parallel=True, cache=True)

@@ -3,81 +3,132 @@
 The kernel gives each page table a block of threads: consecutive threads take consecutive entries (coalesced
 loads and stores of the tables and of the page arrays), each calls the per-entry functions of
 :mod:`gpusim.kernels.table` (the per-PTE rules of :mod:`gpusim.kernels.rules`), the block reduces its counts in
-shared memory, and thread 0 runs the lock-break cadence over the entries' weights. A table holding a linux-6.18
-batch (a large folio; ``folio_pte_batch`` joins entries in address order) is walked by thread 0 alone with the
-CPU kernels' walk. Folio refcounts, page mapcounts and swap counts that several entries share are updated with
-``cuda.atomic.add``. State arrays are moved to the
-device as CuPy arrays (numba device arrays when CuPy is absent) for the launch and copied back, so the engine's
-host loop and the CPU kernels see the same arrays. Under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the
-kernel runs as Python threads on the numpy arrays themselves.
+shared memory, and thread 0 runs the lock-break cadence (:func:`gpusim.kernels.table.check_point`) over the entries'
+weights. A table holding a linux-6.18 batch (a large folio; ``folio_pte_batch`` joins entries in address order) is
+walked by a second kernel, a thread per table, with the CPU kernels' walk. Folio refcounts, page mapcounts and swap
+counts that several entries share are updated with ``cuda.atomic.add``. Arguments come in the groups of
+:mod:`gpusim.kernels.args`.
 
-State arrays that are already on the device (CuPy) stay there: :mod:`gpusim.gpubench` keeps a whole address space,
-or a batch of them, resident and times the kernel alone.
+Host (numpy) state arrays are moved to the device as CuPy arrays (numba device arrays when CuPy is absent) for the
+launch and the written ones copied back, so the engine's host loop and the CPU kernels see the same arrays. State
+arrays that are already on the device (CuPy) stay there: :mod:`gpusim.gpubench` keeps a whole address space, or a
+batch of them, resident and times the kernel alone. Under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the
+kernels run as Python threads on the numpy arrays themselves.
 
 Only block-wide primitives are used (``syncthreads_or``, shared memory), not warp shuffles, so that numba's CUDA
 simulator, which has none of the warp intrinsics, runs the same kernel.
 """
 
 import math
+import warnings
 
 import numpy as np
-
-if not hasattr(np, "row_stack"):
-    # numba-cuda (0.30 at least) registers an overload for np.row_stack when it compiles its first kernel; NumPy 2.5
-    # removed that alias of np.vstack. Restore it so that those versions work together.
-    np.row_stack = np.vstack
-
 from numba import config, cuda
+from numba.extending import overload
 
+from gpusim.kernels import args as A
 from gpusim.kernels.atomics import atomic_add
+from gpusim.kernels.flags import PTRS_PER_TABLE, V_6_18, VM_SHARED, is_cow_mapping
 from gpusim.kernels.pte import KIND_PRESENT, pte_kind, pte_special
-from gpusim.kernels.flags import BREAK_AT, PTRS_PER_TABLE as PTRS, V_5_8, V_6_18, VM_SHARED, is_cow_mapping
 from gpusim.kernels.rules import C_SWAPOFF, MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
 from gpusim.kernels.table import (
-    batch_candidate, copy_entry, copy_table_fast, end_call, entry_needs_host, entry_weight, lock_break_at, tally,
+    batch_candidate,
+    check_folios_of,
+    check_point,
+    copy_entry,
+    copy_table_fast,
+    end_call,
+    entry_needs_host,
+    entry_weight,
+    tally,
 )
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 # threads that share one table (a block per table); the simulator runs each thread as a Python thread, so it gets
 # few (still several, so that the strided loops, barriers and shared-memory sums are exercised)
 THREADS_PER_BLOCK = 5 if SIMULATOR else 32
+WALK_THREADS_PER_BLOCK = 64
 
 if not SIMULATOR:
-    from numba.extending import overload
-
     @overload(atomic_add, target="cuda")
     def _ol_atomic_add(arr, i, v):
         return lambda arr, i, v: cuda.atomic.add(arr, i, v)
 
 
-def fork_tables_kernel(mode, rows, table_index, row_lo, row_hi, call_start, call_end, call_vmaflags, call_first,
-                       ppte, cpte, cexists, variant, large_order, row_has_pinned, page_folio, folio_order,
-                       folio_refcount, folio_pincount, folio_true_pins, folio_flags, folio_first_pfn, page_mapcount,
-                       page_flags, swap_count, swap_levels, nb_mode, nb_every, nb_p_q32, nb_seed, row_fork_seq,
-                       nb_list_cs, nb_list_k, needs_host, walk, counts):
+def prepare() -> None:
+    """Ready this process for the CUDA kernels (:func:`gpusim.backend.kernels` calls it before their first use):
+    numba-cuda (0.30 at least) registers an overload of ``np.row_stack`` when it compiles its first kernel, an alias
+    of ``np.vstack`` that NumPy 2.5 removed; restore the alias so that those versions work together."""
+    if not hasattr(np, "row_stack"):
+        np.row_stack = np.vstack
+
+
+@cuda.jit(device=True)
+def block_needs_host(r, tid, nt, variant, large_order, tab, calls, mem):
+    """Whether any of the entries this thread takes (every ``nt``-th from ``tid``) of row ``r`` needs the host."""
+    need = False
+    last_f = np.int64(-1)
+    check_folios = check_folios_of(variant, tab, r)
+    base = tab.table_index[r] * PTRS_PER_TABLE
+    for c in range(tab.row_lo[r], tab.row_hi[r]):
+        for a in range(calls.start[c] + tid, calls.end[c], nt):
+            nh, last_f = entry_needs_host(tab.ppte[r, a - base], last_f, variant, large_order, check_folios, mem)
+            need = need or nh
+    return need
+
+
+@cuda.jit(device=True)
+def block_has_batch(r, tid, nt, tab, calls, mem):
+    """Whether any of the entries this thread takes of row ``r`` could start a linux-6.18 batch."""
+    batch = False
+    base = tab.table_index[r] * PTRS_PER_TABLE
+    for c in range(tab.row_lo[r], tab.row_hi[r]):
+        for a in range(calls.start[c] + tid, calls.end[c], nt):
+            batch = batch or batch_candidate(tab.ppte[r, a - base], True, mem)
+    return batch
+
+
+@cuda.jit(device=True)
+def copy_call_block(c, r, tid, nt, is_618, tab, calls, mem, nb, acc, weight):
+    """One call of row ``r``, no batch in it: the threads copy its entries, then thread 0 runs the cadence over
+    their weights (``weight``: the block's shared array) and counts the call."""
+    s = calls.start[c]
+    e = calls.end[c]
+    cow = is_cow_mapping(calls.vmaflags[c])
+    shared = (calls.vmaflags[c] & VM_SHARED) != 0
+    base = tab.table_index[r] * PTRS_PER_TABLE
+    for a in range(s + tid, e, nt):
+        j0 = a - base
+        v = tab.ppte[r, j0]
+        kind = pte_kind(v)
+        ev = copy_entry(r, j0, v, kind, shared, cow, is_618, tab, mem)
+        tally(acc, kind, kind == KIND_PRESENT and pte_special(v), ev, 1, False)
+        weight[a - s] = entry_weight(kind, 1)
+    cuda.syncthreads()
+    if tid == 0:                              # the cadence: checks and lock breaks, in address order
+        progress = 0
+        k = 0
+        lb = 0
+        fork_seq = tab.fork_seq[r]
+        for j in range(e - s):
+            progress, k, lb = check_point(progress, s, k, lb, nb, fork_seq)
+            progress += weight[j]
+        end_call(acc, c, r, calls, tab, k, lb)
+    cuda.syncthreads()
+
+
+def fork_tables_kernel(mode, rows, variant, large_order, tab, calls, mem, nb, needs_host, walk, counts):
     """One block per table row of ``rows``: its threads classify the entries, then copy them (consecutive threads,
-    consecutive entries); thread 0 runs the lock-break cadence over the entries' weights. A table holding a
-    linux-6.18 batch is only marked in ``walk``, for :func:`walk_tables_kernel` (see
-    :func:`gpusim.kernels.cpu.fork_tables` for ``mode``)."""
+    consecutive entries). A table holding a linux-6.18 batch is only marked in ``walk``, for
+    :func:`walk_tables_kernel` (see :func:`gpusim.kernels.cpu.fork_tables` for ``mode``)."""
     i = cuda.blockIdx.x
     if i >= rows.shape[0]:
         return
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     r = rows[i]
-    base = table_index[r] * PTRS
-    lo = row_lo[r]
-    hi = row_hi[r]
     if mode != MODE_COPY:
-        need = False
-        last_f = np.int64(-1)
-        check_folios = variant != V_5_8 and row_has_pinned[r]
-        for c in range(lo, hi):
-            for a in range(call_start[c] + tid, call_end[c], nt):
-                nh, last_f = entry_needs_host(ppte[r, a - base], last_f, variant, large_order, check_folios,
-                                              page_folio, folio_order, folio_refcount, folio_pincount, folio_flags,
-                                              folio_first_pfn, page_flags, page_mapcount, swap_count, swap_levels)
-                need = need or nh
+        need = block_needs_host(r, tid, nt, variant, large_order, tab, calls, mem)
         need = cuda.syncthreads_or(1 if need else 0) != 0
         if tid == 0:
             needs_host[i] = need
@@ -85,10 +136,7 @@ def fork_tables_kernel(mode, rows, table_index, row_lo, row_hi, call_start, call
             return
     is_618 = variant == V_6_18
     if is_618:
-        batch = False
-        for c in range(lo, hi):
-            for a in range(call_start[c] + tid, call_end[c], nt):
-                batch = batch or batch_candidate(ppte[r, a - base], is_618, page_folio, folio_order)
+        batch = block_has_batch(r, tid, nt, tab, calls, mem)
         if cuda.syncthreads_or(1 if batch else 0) != 0:
             if tid == 0:
                 walk[i] = True
@@ -96,40 +144,13 @@ def fork_tables_kernel(mode, rows, table_index, row_lo, row_hi, call_start, call
     acc = cuda.local.array(NR_FAST_COUNTS, np.int64)
     for x in range(NR_FAST_COUNTS):
         acc[x] = 0
-    weight = cuda.shared.array(PTRS, np.uint8)
+    weight = cuda.shared.array(PTRS_PER_TABLE, np.uint8)
     total = cuda.shared.array(NR_FAST_COUNTS, np.int64)
     for x in range(tid, NR_FAST_COUNTS, nt):
         total[x] = 0
-    for c in range(lo, hi):
-        s = call_start[c]
-        e = call_end[c]
-        vmf = call_vmaflags[c]
-        cow = is_cow_mapping(vmf)
-        shared = (vmf & VM_SHARED) != 0
-        for a in range(s + tid, e, nt):
-            j0 = a - base
-            v = ppte[r, j0]
-            kind = pte_kind(v)
-            ev = copy_entry(r, j0, v, kind, shared, cow, is_618, ppte, cpte, page_folio, folio_order,
-                            folio_refcount, folio_true_pins, folio_flags, page_mapcount, page_flags, swap_count)
-            tally(acc, kind, kind == KIND_PRESENT and pte_special(v), ev, 1, False)
-            weight[a - s] = entry_weight(kind, 1)
-        cuda.syncthreads()
-        if tid == 0:                              # the cadence: checks and lock breaks, in address order
-            progress = 0
-            k = 0
-            lb = 0
-            for j in range(e - s):
-                if progress >= BREAK_AT:
-                    progress = 0
-                    if lock_break_at(s, k, nb_mode, nb_every, nb_p_q32, nb_seed, row_fork_seq[r], nb_list_cs,
-                                     nb_list_k):
-                        lb += 1
-                    k += 1
-                progress += weight[j]
-            end_call(acc, c, r, call_first, cexists, k, lb)
-        cuda.syncthreads()
-    for x in range(NR_FAST_COUNTS):
+    for c in range(tab.row_lo[r], tab.row_hi[r]):
+        copy_call_block(c, r, tid, nt, is_618, tab, calls, mem, nb, acc, weight)
+    for x in range(NR_FAST_COUNTS):                # the block's counts: each thread adds its non-zero ones
         if acc[x] != 0:
             atomic_add(total, x, acc[x])
     cuda.syncthreads()
@@ -137,34 +158,17 @@ def fork_tables_kernel(mode, rows, table_index, row_lo, row_hi, call_start, call
         counts[i, x] = min(total[x], 1) if x == C_SWAPOFF else total[x]
 
 
-def walk_tables_kernel(mode, rows, table_index, row_lo, row_hi, call_start, call_end, call_vmaflags, call_first,
-                       ppte, cpte, cexists, variant, large_order, row_has_pinned, page_folio, folio_order,
-                       folio_refcount, folio_pincount, folio_true_pins, folio_flags, folio_first_pfn, page_mapcount,
-                       page_flags, swap_count, swap_levels, nb_mode, nb_every, nb_p_q32, nb_seed, row_fork_seq,
-                       nb_list_cs, nb_list_k, needs_host, walk, counts):
+def walk_tables_kernel(mode, rows, variant, large_order, tab, calls, mem, nb, needs_host, walk, counts):
     """One thread per table row that :func:`fork_tables_kernel` marked in ``walk``: the address-order walk of the
     CPU kernels (a separate kernel, so that the block walk keeps few registers)."""
     i = cuda.grid(1)
     if i >= rows.shape[0] or not walk[i]:
         return
-    r = rows[i]
-    copy_table_fast(r, table_index[r] * PTRS, row_lo[r], row_hi[r], call_start, call_end, call_vmaflags, call_first,
-                    ppte, cpte, cexists, variant, page_folio, folio_order, folio_refcount, folio_true_pins,
-                    folio_flags, folio_first_pfn, page_mapcount, page_flags, swap_count, nb_mode, nb_every,
-                    nb_p_q32, nb_seed, row_fork_seq[r], nb_list_cs, nb_list_k, counts[i])
+    copy_table_fast(rows[i], variant, tab, calls, mem, nb, counts[i])
 
 
-_kernel = cuda.jit(fork_tables_kernel)
-_walk_kernel = cuda.jit(walk_tables_kernel)
-WALK_THREADS_PER_BLOCK = 64
-
-# arguments the kernel writes (copied back to the host arrays after a real-GPU launch)
-_WRITTEN = ("ppte", "cpte", "cexists", "folio_refcount", "page_mapcount", "page_flags", "swap_count")
-_ARGS = ("mode", "rows", "table_index", "row_lo", "row_hi", "call_start", "call_end", "call_vmaflags",
-         "call_first", "ppte", "cpte", "cexists", "variant", "large_order", "row_has_pinned", "page_folio",
-         "folio_order", "folio_refcount", "folio_pincount", "folio_true_pins", "folio_flags", "folio_first_pfn",
-         "page_mapcount", "page_flags", "swap_count", "swap_levels", "nb_mode", "nb_every", "nb_p_q32", "nb_seed",
-         "row_fork_seq", "nb_list_cs", "nb_list_k")
+fork_kernel = cuda.jit(fork_tables_kernel)
+walk_kernel = cuda.jit(walk_tables_kernel)
 
 
 def _to_device(a):
@@ -182,14 +186,6 @@ def _to_host(d, out: np.ndarray) -> None:
         d.copy_to_host(out)
 
 
-def _zeros(shape, dtype):
-    try:
-        import cupy
-        return cupy.zeros(shape, dtype)
-    except ImportError:
-        return cuda.to_device(np.zeros(shape, dtype))
-
-
 def on_device(a) -> bool:
     """A device array (CuPy or numba): the engine leaves it where it is."""
     return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
@@ -205,60 +201,60 @@ def launch_stream():
     return cuda.external_stream(ptr) if ptr else cuda.default_stream()
 
 
-def fork_tables(*args, threads_per_block: int | None = None):
+def _launch(n: int, tpb: int, stream, args: tuple) -> None:
+    """Both kernels over ``n`` rows (``args``: every parameter, outputs included)."""
+    wblocks = math.ceil(n / WALK_THREADS_PER_BLOCK)
+    if stream is None:
+        fork_kernel[n, tpb](*args)
+        walk_kernel[wblocks, WALK_THREADS_PER_BLOCK](*args)
+    else:
+        fork_kernel[n, tpb, stream](*args)
+        walk_kernel[wblocks, WALK_THREADS_PER_BLOCK, stream](*args)
+
+
+def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, threads_per_block: int | None = None):
     """Same contract as :func:`gpusim.kernels.cpu.fork_tables`: writes the state arrays in place and returns
     (needs_host, counts).
 
-    Host (numpy) arrays are copied to the device for the launch and back after it. When the state arrays are
-    already device arrays (``ppte`` says which), nothing moves: the kernel runs on them on CuPy's current stream
-    and needs_host and counts are returned as device arrays too (state kept resident between forks)."""
-    kw = dict(zip(_ARGS, args))
-    n = int(kw["rows"].shape[0])
-    resident = not SIMULATOR and on_device(kw["ppte"])
-    if resident:
-        needs_host, walk, counts = _zeros(n, np.bool_), _zeros(n, np.bool_), _zeros((n, NR_FAST_COUNTS), np.int64)
-    else:
-        needs_host, walk, counts = np.zeros(n, np.bool_), np.zeros(n, np.bool_), np.zeros((n, NR_FAST_COUNTS), np.int64)
-    if n == 0:
-        return needs_host, counts
+    Host (numpy) arrays are copied to the device for the launch and the written ones back after it. When the state
+    arrays are already device arrays (``tab.ppte`` says which), nothing moves: the kernels run on them on CuPy's
+    current stream and needs_host and counts are returned as device arrays too (state kept resident between
+    forks)."""
+    n = int(rows.shape[0])
     tpb = threads_per_block or THREADS_PER_BLOCK
-    wblocks = math.ceil(n / WALK_THREADS_PER_BLOCK)
-    if SIMULATOR:
-        import warnings
-        with warnings.catch_warnings():         # numpy scalars warn where uint64 arithmetic wraps by design
-            warnings.simplefilter("ignore", RuntimeWarning)
-            _kernel[n, tpb](*[kw[a] for a in _ARGS], needs_host, walk, counts)
-            _walk_kernel[wblocks, WALK_THREADS_PER_BLOCK](*[kw[a] for a in _ARGS], needs_host, walk, counts)
-        return needs_host, counts
+    groups = (tab, calls, mem, nb)
+    if SIMULATOR:                               # Python threads over the numpy arrays themselves
+        out = (np.zeros(n, np.bool_), np.zeros(n, np.bool_), np.zeros((n, NR_FAST_COUNTS), np.int64))
+        if n:
+            with warnings.catch_warnings():     # numpy scalars warn where uint64 arithmetic wraps by design
+                warnings.simplefilter("ignore", RuntimeWarning)
+                _launch(n, tpb, None, (mode, rows, variant, large_order, *groups, *out))
+        return out[0], out[2]
+    resident = on_device(tab.ppte)
+    if not resident:
+        groups = tuple(type(g)(*(_to_device(a) if isinstance(a, np.ndarray) else a for a in g)) for g in groups)
+        rows = _to_device(rows)
+    out = tuple(_to_device(np.zeros(shape, dt)) for shape, dt in
+                ((n, np.bool_), (n, np.bool_), ((n, NR_FAST_COUNTS), np.int64)))
+    if n:
+        _launch(n, tpb, launch_stream(), (mode, rows, variant, large_order, *groups, *out))
     if resident:
-        stream = launch_stream()
-        _kernel[n, tpb, stream](*[kw[a] for a in _ARGS], needs_host, walk, counts)
-        _walk_kernel[wblocks, WALK_THREADS_PER_BLOCK, stream](*[kw[a] for a in _ARGS], needs_host, walk, counts)
-        return needs_host, counts
-    dev = {a: (_to_device(v) if isinstance(v, np.ndarray) else v) for a, v in kw.items()}
-    d_needs, d_walk, d_counts = _to_device(needs_host), _to_device(walk), _to_device(counts)
-    stream = launch_stream()
-    _kernel[n, tpb, stream](*[dev[a] for a in _ARGS], d_needs, d_walk, d_counts)
-    _walk_kernel[wblocks, WALK_THREADS_PER_BLOCK, stream](*[dev[a] for a in _ARGS], d_needs, d_walk, d_counts)
-    for a in _WRITTEN:
-        _to_host(dev[a], kw[a])
-    _to_host(d_needs, needs_host)
-    _to_host(d_counts, counts)
+        return out[0], out[2]
+    for host, dev in zip((tab, calls, mem, nb), groups):
+        for name in A.written(host):
+            _to_host(getattr(dev, name), getattr(host, name))
+    needs_host, counts = np.zeros(n, np.bool_), np.zeros((n, NR_FAST_COUNTS), np.int64)
+    _to_host(out[0], needs_host)
+    _to_host(out[2], counts)
     return needs_host, counts
 
 
 def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
     """PTX of every CUDA kernel, compiled without a GPU (catches typing errors the simulator cannot see)."""
-    from numba import types as t
-    from numba.cuda import compile_ptx
-    a1 = lambda dt: t.Array(dt, 1, "C")                                  # noqa: E731
-    a2 = lambda dt: t.Array(dt, 2, "C")                                  # noqa: E731
-    i64, u64, u8, b1 = t.int64, t.uint64, t.uint8, t.boolean
-    i32 = t.int32
-    sig = (i64, a1(i64), a1(i64), a1(i64), a1(i64), a1(i64), a1(i64), a1(i64), a1(b1), a2(u64), a2(u64), a1(b1),
-           i64, i64, a1(b1), a1(i32), a1(u8), a1(i32), a1(i32), a1(i32), a1(u8), a1(i32), a1(i32), a1(u8), a1(i64),
-           a1(i64), i64, i64, u64, u64, a1(i64), a1(i64), a1(i64), a1(b1), a1(b1), a2(i64))
     import numba.cuda.dispatcher as disp
+    from numba.cuda import compile_ptx
+    prepare()
+    sig = A.signature()
     real = getattr(disp, "get_current_device", None)
     if real is not None:
         # numba-cuda compiles device functions called by a kernel for "the current device"; without a GPU there is

@@ -9,6 +9,7 @@ Python for the reference engine, compiled into the fast kernels.
 from numba.extending import register_jitable
 
 # --- sizes and thresholds (spec 1.1) ---------------------------------------------------------------------------
+PAGE_SIZE = 4096                   # bytes of a page (the model's pages are 4 KiB)
 PTRS_PER_TABLE = 512               # entries of one PTE table (one table = 2 MiB of 4 KiB pages)
 BREAK_AT = 32                      # copy_pte_range's progress at which it tests for a lock break
 PIN_BIAS = 1024                    # GUP_PIN_COUNTING_BIAS: references one FOLL_PIN adds to a small folio

@@ -66,7 +66,6 @@ KIND_PRESENT = 1
 KIND_SWAP = 2
 KIND_MIGRATION = 3
 KIND_DEVICE_PRIVATE = 4
-KIND_NAMES = ("NONE", "PRESENT", "SWAP", "MIGRATION", "DEVICE_PRIVATE")
 
 # Raw frame numbers used by special PTEs; they never index the page arrays.
 ZERO_PFN = PFN_MASK               # the shared zero page

@@ -15,14 +15,22 @@ conservative, and a table sent to the host is handled exactly whatever the reaso
 import numpy as np
 from numba.extending import register_jitable
 
-from gpusim.kernels.flags import (
-    FOLIO_ANON, FOLIO_DEVICE_PRIVATE, PAGE_ANON_EXCLUSIVE, PIN_BIAS, V_6_18, swap_cap,
-)
+from gpusim.kernels.flags import FOLIO_ANON, FOLIO_DEVICE_PRIVATE, PAGE_ANON_EXCLUSIVE, PIN_BIAS, V_6_18, swap_cap
 from gpusim.kernels.pte import (
+    KIND_DEVICE_PRIVATE,
+    KIND_MIGRATION,
+    KIND_SWAP,
     as_u64,
-    KIND_DEVICE_PRIVATE, KIND_MIGRATION, KIND_SWAP, is_readable_exclusive_migration_entry,
-    is_writable_device_private_entry, is_writable_migration_entry, make_readable_device_private_entry,
-    make_readable_migration_entry, pte_kind, pte_mkclean, pte_mkold, pte_mkwrite, pte_swp_clear_exclusive,
+    is_readable_exclusive_migration_entry,
+    is_writable_device_private_entry,
+    is_writable_migration_entry,
+    make_readable_device_private_entry,
+    make_readable_migration_entry,
+    pte_kind,
+    pte_mkclean,
+    pte_mkold,
+    pte_mkwrite,
+    pte_swp_clear_exclusive,
     pte_wrprotect,
 )
 

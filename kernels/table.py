@@ -2,11 +2,12 @@
 
 Per entry: :func:`entry_needs_host` (does this entry need the host loop?), :func:`copy_entry` and
 :func:`share_pages` (copy one entry, or a linux-6.18 batch, with its reference, mapcount, flag and swap-count
-updates), :func:`tally` (its counts) and :func:`entry_weight` (its share of the lock-break cadence). Per table:
-:func:`table_needs_host` and :func:`copy_table_fast`, the address-order walk that the CPU kernels (``prange`` over
-tables) run, and that the CUDA kernel runs on one thread for a table holding a batch; the CUDA kernel's
-block-per-table walk calls the same per-entry functions (``gpusim.kernels.cuda``). All are ``register_jitable``:
-numba compiles them for each target and its CUDA simulator runs them as Python. Shared pages, folios and swap
+updates), :func:`tally` (its counts) and :func:`entry_weight` (its share of the lock-break cadence, which
+:func:`check_point` runs). Per table: :func:`table_needs_host` and :func:`copy_table_fast`, the address-order walk
+that the CPU kernels (``prange`` over tables) run, and that the CUDA kernel runs on one thread for a table holding a
+batch; the CUDA kernel's block-per-table walk calls the same per-entry functions (``gpusim.kernels.cuda``). All are
+``register_jitable``: numba compiles them for each target and its CUDA simulator runs them as Python. Arrays come
+in the groups of :mod:`gpusim.kernels.args` (``tab``, ``calls``, ``mem``, ``nb``). Shared pages, folios and swap
 slots are updated with :mod:`gpusim.kernels.atomics`; an object referenced once (mapcount or swap count 1) with
 plain stores.
 """
@@ -15,19 +16,65 @@ import numpy as np
 from numba.extending import register_jitable
 
 from gpusim.kernels.atomics import atomic_add
-from gpusim.kernels.pte import (
-    KIND_DEVICE_PRIVATE, KIND_MIGRATION, KIND_NONE, KIND_PRESENT, KIND_SWAP, pte_dirty, pte_kind, pte_pfn,
-    pte_present, pte_set_pfn, pte_special, pte_write, pte_wrprotect, swp_offset,
-)
 from gpusim.kernels.flags import (
-    BREAK_AT, FOLIO_ANON, PAGE_ANON_EXCLUSIVE, V_5_8, V_6_18, VM_SHARED, is_cow_mapping, mm_counter,
+    BREAK_AT,
+    FOLIO_ANON,
+    PAGE_ANON_EXCLUSIVE,
+    PTRS_PER_TABLE,
+    V_5_8,
+    V_6_18,
+    VM_SHARED,
+    is_cow_mapping,
+    mm_counter,
+)
+from gpusim.kernels.pte import (
+    KIND_DEVICE_PRIVATE,
+    KIND_MIGRATION,
+    KIND_NONE,
+    KIND_PRESENT,
+    KIND_SWAP,
+    pte_dirty,
+    pte_kind,
+    pte_pfn,
+    pte_present,
+    pte_set_pfn,
+    pte_special,
+    pte_write,
+    pte_wrprotect,
+    swp_offset,
 )
 from gpusim.kernels.rules import (
-    C_ALLOC, C_BATCH_PTE, C_BATCH_START, C_CALL, C_CHECK, C_DEVPRIV, C_EXCL_CLEAR, C_LB, C_MIGRATION, C_NONE, C_PASS,
-    C_PIN_SHARED, C_RSS, C_SHARE, C_SHARED, C_SPECIAL, C_SWAP, C_SWAPOFF, C_WRPROTECT, NB_LIST, in_break_list,
-    large_folio_needs_host, lock_break, nonpresent_child, nonpresent_parent, share_child_pte, shared_exclusive_page,
-    slot_needs_host, small_folio_needs_host,
+    C_ALLOC,
+    C_BATCH_PTE,
+    C_BATCH_START,
+    C_CALL,
+    C_CHECK,
+    C_DEVPRIV,
+    C_EXCL_CLEAR,
+    C_LB,
+    C_MIGRATION,
+    C_NONE,
+    C_PASS,
+    C_PIN_SHARED,
+    C_RSS,
+    C_SHARE,
+    C_SHARED,
+    C_SPECIAL,
+    C_SWAP,
+    C_SWAPOFF,
+    C_WRPROTECT,
+    NB_LIST,
+    in_break_list,
+    large_folio_needs_host,
+    lock_break,
+    nonpresent_child,
+    nonpresent_parent,
+    share_child_pte,
+    shared_exclusive_page,
+    slot_needs_host,
+    small_folio_needs_host,
 )
+
 
 def entry_jitable(fn):
     """``register_jitable`` for the per-entry functions, inlined by LLVM into the kernels that call them: called
@@ -37,8 +84,7 @@ def entry_jitable(fn):
 
 
 @entry_jitable
-def entry_needs_host(v, last_f, variant, large_order, check_folios, page_folio, folio_order, folio_refcount,
-                     folio_pincount, folio_flags, folio_first_pfn, page_flags, page_mapcount, swap_count, swap_levels):
+def entry_needs_host(v, last_f, variant, large_order, check_folios, mem):
     """Whether one parent entry needs the host loop. Returns (needs, folio it evaluated or ``last_f``): a walk that
     passes the folio back as ``last_f`` evaluates consecutive PTEs of one folio once."""
     kind = pte_kind(v)
@@ -46,39 +92,42 @@ def entry_needs_host(v, last_f, variant, large_order, check_folios, page_folio, 
         if kind == KIND_PRESENT and pte_special(v):
             return False, last_f
         pfn = np.int64(pte_pfn(v))
-        if variant == V_6_18 and shared_exclusive_page(page_flags[pfn], page_mapcount[pfn]):
+        if variant == V_6_18 and shared_exclusive_page(mem.page_flags[pfn], mem.page_mapcount[pfn]):
             return True, last_f
         if kind == KIND_DEVICE_PRIVATE:
             return False, last_f
-        f = np.int64(page_folio[pfn])
+        f = np.int64(mem.page_folio[pfn])
         if f == last_f or not check_folios:          # without a pin test no folio can need the host
             return False, last_f
-        if folio_order[f] >= large_order:
-            return large_folio_needs_host(f, variant, folio_order, folio_pincount, folio_flags, folio_first_pfn,
-                                          page_flags), f
-        first = folio_first_pfn[f]
+        if mem.folio_order[f] >= large_order:
+            return large_folio_needs_host(f, variant, mem.folio_order, mem.folio_pincount, mem.folio_flags,
+                                          mem.folio_first_pfn, mem.page_flags), f
+        first = mem.folio_first_pfn[f]
         maxrefs = 0
-        for j in range(np.int64(1) << np.int64(folio_order[f])):
-            maxrefs += page_mapcount[first + j]
-        return small_folio_needs_host(folio_refcount[f], maxrefs), f
+        for j in range(np.int64(1) << np.int64(mem.folio_order[f])):
+            maxrefs += mem.page_mapcount[first + j]
+        return small_folio_needs_host(mem.folio_refcount[f], maxrefs), f
     if kind == KIND_SWAP:
         o = np.int64(swp_offset(v))
-        return slot_needs_host(swap_count[o], swap_levels[o]), last_f
+        return slot_needs_host(mem.swap_count[o], mem.swap_levels[o]), last_f
     return False, last_f
 
 
 @register_jitable
-def table_needs_host(r, base, lo, hi, call_start, call_end, ppte, variant, large_order, has_pinned, page_folio,
-                     folio_order, folio_refcount, folio_pincount, folio_flags, folio_first_pfn, page_flags,
-                     page_mapcount, swap_count, swap_levels):
-    """Whether any entry of table row ``r`` (its calls ``lo .. hi-1``) needs the host loop."""
+def check_folios_of(variant, tab, r):
+    """Whether the walk of row ``r`` must test folios for pins: the variant copies early and the mm has pinned."""
+    return variant != V_5_8 and tab.has_pinned[r]
+
+
+@register_jitable
+def table_needs_host(r, variant, large_order, tab, calls, mem):
+    """Whether any entry of table row ``r`` needs the host loop."""
     last_f = np.int64(-1)
-    check_folios = variant != V_5_8 and has_pinned
-    for c in range(lo, hi):
-        for a in range(call_start[c], call_end[c]):
-            need, last_f = entry_needs_host(ppte[r, a - base], last_f, variant, large_order, check_folios,
-                                            page_folio, folio_order, folio_refcount, folio_pincount, folio_flags,
-                                            folio_first_pfn, page_flags, page_mapcount, swap_count, swap_levels)
+    check_folios = check_folios_of(variant, tab, r)
+    base = tab.table_index[r] * PTRS_PER_TABLE
+    for c in range(tab.row_lo[r], tab.row_hi[r]):
+        for a in range(calls.start[c], calls.end[c]):
+            need, last_f = entry_needs_host(tab.ppte[r, a - base], last_f, variant, large_order, check_folios, mem)
             if need:
                 return True
     return False
@@ -92,40 +141,38 @@ EV_EXCL_SHIFT = 4
 
 
 @entry_jitable
-def share_pages(r, j0, v, n, w_any, pfn, f, order, shared, cow, is_618, ppte, cpte, folio_refcount, folio_true_pins,
-                folio_flags, page_mapcount, page_flags):
+def share_pages(r, j0, v, n, w_any, pfn, f, order, shared, cow, is_618, tab, mem):
     """Share ``n`` consecutive entries (from row ``r``, column ``j0``) mapping pages ``pfn ..`` of folio ``f``
     with the child: references, mapcounts, anon-exclusive flags, write protection, the child's entries."""
     child = share_child_pte(v, w_any, shared)
-    anon = (folio_flags[f] & FOLIO_ANON) != 0
-    if order == 0 and page_mapcount[pfn] == 1:       # no other PTE can touch this folio: a plain store
-        folio_refcount[f] += 1
+    anon = (mem.folio_flags[f] & FOLIO_ANON) != 0
+    if order == 0 and mem.page_mapcount[pfn] == 1:   # no other PTE can touch this folio: a plain store
+        mem.folio_refcount[f] += 1
     else:
-        atomic_add(folio_refcount, f, n)
+        atomic_add(mem.folio_refcount, f, n)
     excl = 0
     for j in range(n):
         p = pfn + j
-        if page_mapcount[p] == 1:
-            page_mapcount[p] = 2
-            if is_618 and anon and (page_flags[p] & PAGE_ANON_EXCLUSIVE) != 0:
-                page_flags[p] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
+        if mem.page_mapcount[p] == 1:
+            mem.page_mapcount[p] = 2
+            if is_618 and anon and (mem.page_flags[p] & PAGE_ANON_EXCLUSIVE) != 0:
+                mem.page_flags[p] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
                 excl += 1
         else:                                        # shared page: not exclusive (else the table is host's)
-            atomic_add(page_mapcount, p, 1)
-    ev = mm_counter(folio_flags[f]) + (EV_PIN if folio_true_pins[f] > 0 else 0) + (excl << EV_EXCL_SHIFT)
+            atomic_add(mem.page_mapcount, p, 1)
+    ev = mm_counter(mem.folio_flags[f]) + (EV_PIN if mem.folio_true_pins[f] > 0 else 0) + (excl << EV_EXCL_SHIFT)
     if cow and w_any:
         for j in range(n):
-            ppte[r, j0 + j] = pte_wrprotect(ppte[r, j0 + j])
+            tab.ppte[r, j0 + j] = pte_wrprotect(tab.ppte[r, j0 + j])
         child = pte_wrprotect(child)
         ev += EV_WRPROTECT
     for j in range(n):
-        cpte[r, j0 + j] = pte_set_pfn(child, np.uint64(pfn + j))
+        tab.cpte[r, j0 + j] = pte_set_pfn(child, np.uint64(pfn + j))
     return ev
 
 
 @entry_jitable
-def copy_entry(r, j0, v, kind, shared, cow, is_618, ppte, cpte, page_folio, folio_order, folio_refcount,
-               folio_true_pins, folio_flags, page_mapcount, page_flags, swap_count):
+def copy_entry(r, j0, v, kind, shared, cow, is_618, tab, mem):
     """Copy one entry that is not part of a linux-6.18 batch; returns its :func:`tally` code."""
     if kind == KIND_NONE:
         return 0
@@ -134,37 +181,37 @@ def copy_entry(r, j0, v, kind, shared, cow, is_618, ppte, cpte, page_folio, foli
             child = share_child_pte(v, pte_write(v), shared)
             ev = 0
             if cow and pte_write(v):
-                ppte[r, j0] = pte_wrprotect(v)
+                tab.ppte[r, j0] = pte_wrprotect(v)
                 child = pte_wrprotect(child)
                 ev = EV_WRPROTECT
-            cpte[r, j0] = child
+            tab.cpte[r, j0] = child
             return ev
         pfn = np.int64(pte_pfn(v))
-        f = page_folio[pfn]
-        return share_pages(r, j0, v, 1, pte_write(v), pfn, f, np.int64(folio_order[f]), shared, cow, is_618, ppte,
-                           cpte, folio_refcount, folio_true_pins, folio_flags, page_mapcount, page_flags)
+        f = mem.page_folio[pfn]
+        return share_pages(r, j0, v, 1, pte_write(v), pfn, f, np.int64(mem.folio_order[f]), shared, cow, is_618,
+                           tab, mem)
     after = nonpresent_parent(v, cow, is_618)
-    ppte[r, j0] = after
-    cpte[r, j0] = nonpresent_child(v, after)
+    tab.ppte[r, j0] = after
+    tab.cpte[r, j0] = nonpresent_child(v, after)
     off = np.int64(swp_offset(v))
     if kind == KIND_SWAP:
-        if swap_count[off] == 1:
-            swap_count[off] = 2
+        if mem.swap_count[off] == 1:
+            mem.swap_count[off] = 2
         else:
-            atomic_add(swap_count, off, 1)
+            atomic_add(mem.swap_count, off, 1)
         return 0
-    f = page_folio[off]
+    f = mem.page_folio[off]
     if kind == KIND_MIGRATION:
-        return mm_counter(folio_flags[f])
+        return mm_counter(mem.folio_flags[f])
     # device-private: the page stays mapped by both
-    atomic_add(folio_refcount, f, 1)
-    if page_mapcount[off] == 1:
-        page_mapcount[off] = 2
+    atomic_add(mem.folio_refcount, f, 1)
+    if mem.page_mapcount[off] == 1:
+        mem.page_mapcount[off] = 2
         if is_618:
-            page_flags[off] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
+            mem.page_flags[off] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
     else:                                            # shared page: not exclusive (else the table is host's)
-        atomic_add(page_mapcount, off, 1)
-    return mm_counter(folio_flags[f]) + (EV_PIN if folio_true_pins[f] > 0 else 0)
+        atomic_add(mem.page_mapcount, off, 1)
+    return mm_counter(mem.folio_flags[f]) + (EV_PIN if mem.folio_true_pins[f] > 0 else 0)
 
 
 @entry_jitable
@@ -211,19 +258,32 @@ def entry_weight(kind, n):
 
 
 @register_jitable
-def lock_break_at(s, k, nb_mode, nb_every, nb_p_q32, nb_seed, fork_seq, nb_list_cs, nb_list_k):
+def lock_break_at(s, k, nb, fork_seq):
     """The oracle's answer at the ``k``-th check of the call starting at ``s``."""
-    if nb_mode == NB_LIST:
-        return in_break_list(nb_list_cs, nb_list_k, s, k)
-    return lock_break(nb_mode, nb_every, nb_p_q32, nb_seed, fork_seq, s, k)
+    if nb.mode == NB_LIST:
+        return in_break_list(nb.list_cs, nb.list_k, s, k)
+    return lock_break(nb.mode, nb.every, nb.p_q32, nb.seed, fork_seq, s, k)
 
 
 @register_jitable
-def end_call(acc, c, r, call_first, cexists, k, lb):
+def check_point(progress, s, k, lb, nb, fork_seq):
+    """The lock-break cadence before the item at the cursor of the call starting at ``s`` (spec 2.1): once the
+    progress reached ``BREAK_AT``, it restarts from 0 and the oracle is asked (its ``k``-th check). Returns the new
+    (progress, checks made, lock breaks)."""
+    if progress >= BREAK_AT:
+        progress = 0
+        if lock_break_at(s, k, nb, fork_seq):
+            lb += 1
+        k += 1
+    return progress, k, lb
+
+
+@register_jitable
+def end_call(acc, c, r, calls, tab, k, lb):
     """Counts of one finished call: its passes (one plus the lock breaks), checks, and the child table."""
     acc[C_CALL] += 1
-    if call_first[c]:
-        cexists[r] = True
+    if calls.first[c]:
+        tab.cexists[r] = True
         acc[C_ALLOC] += 1
     acc[C_PASS] += 1 + lb
     acc[C_CHECK] += k
@@ -231,62 +291,65 @@ def end_call(acc, c, r, call_first, cexists, k, lb):
 
 
 @register_jitable
-def batch_candidate(v, is_618, page_folio, folio_order):
+def batch_candidate(v, is_618, mem):
     """A present entry of a large folio in linux-6.18: ``folio_pte_batch`` may join it to its neighbours."""
     if not is_618 or pte_kind(v) != KIND_PRESENT or pte_special(v):
         return False
-    return folio_order[page_folio[np.int64(pte_pfn(v))]] >= 1
+    return mem.folio_order[mem.page_folio[np.int64(pte_pfn(v))]] >= 1
 
 
 @register_jitable
-def copy_table_fast(r, base, lo, hi, call_start, call_end, call_vmaflags, call_first, ppte, cpte, cexists, variant,
-                    page_folio, folio_order, folio_refcount, folio_true_pins, folio_flags, folio_first_pfn,
-                    page_mapcount, page_flags, swap_count, nb_mode, nb_every, nb_p_q32, nb_seed, fork_seq,
-                    nb_list_cs, nb_list_k, acc):
-    """``copy_pte_range`` for every call of one table that needs no host, in address order: the fast path, the
-    linux-6.18 batches and the check cadence. Counts are added to ``acc``."""
+def folio_pte_batch(r, j0, v, limit_call, shared, tab, mem):
+    """How many entries from column ``j0`` (at most ``limit_call``) map consecutive pages of the folio of ``v``
+    with the dirty bit of ``v`` (shared mappings ignore it), and whether any of them is writable."""
+    pfn = np.int64(pte_pfn(v))
+    f = mem.page_folio[pfn]
+    limit = min(limit_call, (np.int64(1) << np.int64(mem.folio_order[f])) - (pfn - mem.folio_first_pfn[f]))
+    d0 = pte_dirty(v)
+    w_any = pte_write(v)
+    n = 1
+    while n < limit:
+        w = tab.ppte[r, j0 + n]
+        if (not pte_present(w) or pte_special(w) or np.int64(pte_pfn(w)) != pfn + n
+                or (not shared and pte_dirty(w) != d0)):
+            break
+        w_any = w_any or pte_write(w)
+        n += 1
+    return n, w_any
+
+
+@register_jitable
+def copy_table_fast(r, variant, tab, calls, mem, nb, acc):
+    """``copy_pte_range`` for every call of table row ``r`` (which needs no host), in address order: the fast
+    path, the linux-6.18 batches and the check cadence. Counts are added to ``acc``."""
     is_618 = variant == V_6_18
-    for c in range(lo, hi):
-        s = call_start[c]
-        e = call_end[c]
-        vmf = call_vmaflags[c]
-        cow = is_cow_mapping(vmf)
-        shared = (vmf & VM_SHARED) != 0
+    base = tab.table_index[r] * PTRS_PER_TABLE
+    fork_seq = tab.fork_seq[r]
+    for c in range(tab.row_lo[r], tab.row_hi[r]):
+        s = calls.start[c]
+        e = calls.end[c]
+        cow = is_cow_mapping(calls.vmaflags[c])
+        shared = (calls.vmaflags[c] & VM_SHARED) != 0
         progress = 0
         k = 0
         lb = 0
         a = s
         while a < e:
-            if progress >= BREAK_AT:                        # the lock-break test, before the PTE at the cursor
-                progress = 0
-                if lock_break_at(s, k, nb_mode, nb_every, nb_p_q32, nb_seed, fork_seq, nb_list_cs, nb_list_k):
-                    lb += 1
-                k += 1
+            progress, k, lb = check_point(progress, s, k, lb, nb, fork_seq)
             j0 = a - base
-            v = ppte[r, j0]
+            v = tab.ppte[r, j0]
             kind = pte_kind(v)
             n = 1
-            batch = batch_candidate(v, is_618, page_folio, folio_order) and e - a != 1
-            if batch:                                    # folio_pte_batch
+            batch = batch_candidate(v, is_618, mem) and e - a != 1
+            if batch:
+                n, w_any = folio_pte_batch(r, j0, v, e - a, shared, tab, mem)
                 pfn = np.int64(pte_pfn(v))
-                f = page_folio[pfn]
-                order = np.int64(folio_order[f])
-                limit = min(e - a, (np.int64(1) << order) - (pfn - folio_first_pfn[f]))
-                d0 = pte_dirty(v)
-                w_any = pte_write(v)
-                while n < limit:
-                    w = ppte[r, j0 + n]
-                    if (not pte_present(w) or pte_special(w) or np.int64(pte_pfn(w)) != pfn + n
-                            or (not shared and pte_dirty(w) != d0)):
-                        break
-                    w_any = w_any or pte_write(w)
-                    n += 1
-                ev = share_pages(r, j0, v, n, w_any, pfn, f, order, shared, cow, is_618, ppte, cpte, folio_refcount,
-                                 folio_true_pins, folio_flags, page_mapcount, page_flags)
+                f = mem.page_folio[pfn]
+                ev = share_pages(r, j0, v, n, w_any, pfn, f, np.int64(mem.folio_order[f]), shared, cow, is_618, tab,
+                                 mem)
             else:
-                ev = copy_entry(r, j0, v, kind, shared, cow, is_618, ppte, cpte, page_folio, folio_order,
-                                folio_refcount, folio_true_pins, folio_flags, page_mapcount, page_flags, swap_count)
+                ev = copy_entry(r, j0, v, kind, shared, cow, is_618, tab, mem)
             tally(acc, kind, kind == KIND_PRESENT and pte_special(v), ev, n, batch)
             progress += entry_weight(kind, n)
             a += n
-        end_call(acc, c, r, call_first, cexists, k, lb)
+        end_call(acc, c, r, calls, tab, k, lb)

@@ -3,9 +3,10 @@ and injections. Shared by the property tests and, later, the differential tests 
 
 from hypothesis import strategies as st
 
+import gpusim
 from gpusim.oracle import ALLOC_POINTS, EVENTS
 
-VARIANTS = ("linux-5.8", "xu-v1", "xu-v1-oleg", "linux-5.10", "linux-6.18")
+VARIANTS = tuple(gpusim.VARIANTS)
 
 # (token, width) for page tokens; weights favour the interesting ones.
 _PAGE_TOKENS = [

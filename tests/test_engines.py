@@ -1,22 +1,18 @@
 """Differential tests: every fast engine gives the reference's outcome, counts, child rss and state digest."""
 
 import pytest
+from conftest import SMALL
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import VARIANTS, injections, layouts, oracles
 
 import gpusim
 from gpusim.catalogue import SCENARIOS
-from strategies import VARIANTS, injections, layouts, oracles
 
-from gpusim.backend import cuda_usable
-
-# cudasim runs the CUDA kernels as Python threads (~0.1 ms a thread): small inputs only. cuda runs where a GPU is.
-FAST_BACKENDS = ["cpu", "cudasim", pytest.param("cuda", marks=pytest.mark.skipif(
-    not cuda_usable(), reason="no usable NVIDIA GPU with CuPy on this machine"))]
-SMALL = 4096        # PTEs: the limit for cudasim
+# Every test here runs on each fast engine: the ``backend`` fixture (conftest.py).
 
 
-def compare(layout, variant, oracle="never", inject=(), backend="cpu"):
+def compare(layout, variant, oracle, inject, backend):
     space = gpusim.parse_layout(layout, variant)
     ref = gpusim.fork(space, variant, backend="reference", oracle=oracle, inject=inject)
     got = gpusim.fork(space, variant, backend=backend, oracle=oracle, inject=inject)
@@ -36,7 +32,6 @@ def compare(layout, variant, oracle="never", inject=(), backend="cpu"):
 SCENARIO_CASES = [(sid, v) for sid in SCENARIOS for v in VARIANTS]
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("sid,variant", SCENARIO_CASES, ids=[f"{s}-{v}" for s, v in SCENARIO_CASES])
 def test_scenario_catalogue(backend, sid, variant):
     s = SCENARIOS[sid]
@@ -53,7 +48,6 @@ def small_enough(backend, layout):
     return backend != "cudasim" or gpusim.parse_layout(layout).nr_ptes <= SMALL
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("variant", VARIANTS)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=cases())
@@ -63,7 +57,6 @@ def test_random_layouts(backend, variant, case):
         compare(layout, variant, oracle, inject, backend)
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("variant", VARIANTS)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(oracle=oracles(), tables=st.integers(2, 6), data=st.data())
@@ -79,7 +72,6 @@ def test_mostly_fast_tables(backend, variant, oracle, tables, data):
         compare(" ".join(body), variant, oracle, (), backend)
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_keyed_injection_in_a_later_table(backend, variant):
     layout = "normal*512 normal*100 pinned normal*411 normal*512"
@@ -88,7 +80,6 @@ def test_keyed_injection_in_a_later_table(backend, variant):
     compare(layout, variant, "never", ["fail@ptetable#1@1024"], backend)
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_shared_objects_across_tables(backend, variant):
     """Folios and slots referenced from several tables: atomics on the fast path, the host where order matters."""
@@ -96,7 +87,6 @@ def test_shared_objects_across_tables(backend, variant):
     compare("swap:cnt=20*8 none*504 swap:cnt=40*8", variant, "never", (), backend)
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("chunk", [1, 2, 3])
 def test_chunking_equals_one_launch(backend, variant, chunk):
@@ -113,7 +103,6 @@ BATCH = ["normal*300 pinned normal*211 folio512", "thp:pin swap*20 none*492 foli
          "normal*1024", "migw migr devw zero file shmem:pin normal*506 mm:has_pinned=0", "none*512 swap:cnt=62"]
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("oracle", ["never", "bern:0.5:7"])
 def test_batch_equals_one_at_a_time(backend, variant, oracle):

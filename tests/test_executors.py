@@ -2,7 +2,6 @@
 are recorded; a killed Ray run resumes to exactly the full set."""
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import time
 import uuid
 
 import pytest
+from sweeps import kill_part_way, result_rows, run_sweep, write
 
 import gpusim
 
@@ -49,22 +49,12 @@ COMPARED = ("outcome", "digest", "latency_ns", "lock_hold_max_ns", "count.pass",
 
 
 def rows(path):
-    t = gpusim.load_results(path)
-    keys = list(zip(t.column("config_hash").to_pylist(), t.column("repetition").to_pylist(),
-                    t.column("fork_index").to_pylist()))
-    vals = [tuple(t.column(c).to_pylist()[i] for c in COMPARED) for i in range(t.num_rows)]
-    assert len(keys) == len(set(keys)), "duplicated rows"
-    return dict(zip(keys, vals))
+    return result_rows(path, COMPARED)
 
 
 # The test cluster and every driver share one token (Ray's token authentication), so that a token file another
 # Ray left in ~/.ray cannot get in the way.
 RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex, "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def sweep(args, **kw):
-    return subprocess.run([sys.executable, "-m", "gpusim.cli", "sweep", *args], capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, **RAY_ENV), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +78,15 @@ def cluster():
 @pytest.fixture(scope="module")
 def inline_rows(tmp_path_factory):
     d = tmp_path_factory.mktemp("inline")
-    f = d / "s.yaml"
-    f.write_text(SWEEP)
-    r = sweep([str(f), "--out", str(d / "out"), "--workers", "1"])
+    f = write(d, SWEEP)
+    r = run_sweep(f, "--out", d / "out", "--workers", "1", env=RAY_ENV)
     assert r.returncode == 0, r.stderr
     return f, rows(d / "out")
 
 
 def test_local_pool_equals_inline(inline_rows, tmp_path):
     f, want = inline_rows
-    r = sweep([str(f), "--out", str(tmp_path / "out"), "--executor", "local", "--workers", "2"])
+    r = run_sweep(f, "--out", tmp_path / "out", "--executor", "local", "--workers", "2", env=RAY_ENV)
     assert r.returncode == 0, r.stderr
     assert rows(tmp_path / "out") == want and len(want) == 12
 
@@ -105,7 +94,7 @@ def test_local_pool_equals_inline(inline_rows, tmp_path):
 def test_ray_equals_local(cluster, inline_rows, tmp_path):
     f, want = inline_rows
     t0 = time.time()
-    r = sweep([str(f), "--out", str(tmp_path / "out"), "--executor", "ray", "--address", cluster])
+    r = run_sweep(f, "--out", tmp_path / "out", "--executor", "ray", "--address", cluster, env=RAY_ENV)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "on ray" in r.stderr
     assert rows(tmp_path / "out") == want
@@ -113,9 +102,8 @@ def test_ray_equals_local(cluster, inline_rows, tmp_path):
 
 
 def test_ray_records_a_failing_point_and_finishes_the_others(cluster, tmp_path):
-    f = tmp_path / "f.yaml"
-    f.write_text(FAILING)
-    r = sweep([str(f), "--out", str(tmp_path / "out"), "--executor", "ray", "--address", cluster])
+    f = write(tmp_path, FAILING, "f.yaml")
+    r = run_sweep(f, "--out", tmp_path / "out", "--executor", "ray", "--address", cluster, env=RAY_ENV)
     assert r.returncode == 0, r.stderr[-3000:]
     t = gpusim.load_results(tmp_path / "out")
     outs = dict(zip(t.column("workload.layout").to_pylist(), t.column("outcome").to_pylist()))
@@ -125,26 +113,15 @@ def test_ray_records_a_failing_point_and_finishes_the_others(cluster, tmp_path):
 def test_ray_killed_and_resumed_gives_exactly_the_full_set(cluster, inline_rows, tmp_path):
     f, want = inline_rows
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "gpusim.cli", "sweep", str(f), "--out", str(out), "--executor", "ray", "--address",
-            cluster, "--workers", "1"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, **RAY_ENV))
-    manifest = out / "manifest.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if manifest.exists() and len(manifest.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the sweep finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert 3 <= len(manifest.read_text().splitlines()) < 12
-    r = sweep([str(f), "--out", str(out), "--executor", "ray", "--address", cluster])
+    done = kill_part_way([f, "--out", out, "--executor", "ray", "--address", cluster, "--workers", "1"],
+                         out / "manifest.jsonl", 3, 300, env=RAY_ENV)
+    assert 3 <= done < 12
+    r = run_sweep(f, "--out", out, "--executor", "ray", "--address", cluster, env=RAY_ENV)
     assert r.returncode == 0, r.stderr[-3000:]
     assert rows(out) == want
 
 
 def test_unknown_executor_is_a_clear_error(tmp_path):
-    f = tmp_path / "s.yaml"
-    f.write_text(SWEEP)
-    r = sweep([str(f), "--out", str(tmp_path / "o"), "--executor", "spark"])
+    f = write(tmp_path, SWEEP)
+    r = run_sweep(f, "--out", tmp_path / "o", "--executor", "spark", env=RAY_ENV)
     assert r.returncode == 2 and "unknown executor 'spark'" in r.stderr and "Traceback" not in r.stderr

@@ -7,7 +7,6 @@ from gpusim.gpubench import DenseForks, bench_resident, check_against_cpu, traff
 from gpusim.variants import VARIANTS
 
 
-@pytest.mark.parametrize("backend", ["cpu", "cudasim"])
 def test_resident_forks_equal_cpu_engine(backend):
     rep = bench_resident([1 << 21], backend, "linux-6.18", 1, batch=3)
     assert [(r["forks"], r["check"]) for r in rep["rows"]] == [(1, "equal to the CPU engine"),

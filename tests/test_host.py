@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import gpusim
-from gpusim.host.calibrate import (GROUPS, fit_scales, kernel_variant, nnls, predicted_sharing, validate)
+from gpusim.host.calibrate import GROUPS, fit_scales, kernel_variant, nnls, predicted_sharing, validate
 from gpusim.host.real import RealLayout, run_layout
 
 MiB = 1 << 20
@@ -105,7 +105,8 @@ time.sleep(120)
 
 @linux
 def test_capture_reproduces_a_known_layout(tmp_path):
-    from gpusim.host.capture import capture, snapshot_space, write_snapshot
+    from gpusim.host.capture import capture, write_snapshot
+    from gpusim.snapshot import snapshot_space
     p = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True)
     try:
         base = int(p.stdout.readline(), 16) // 4096

@@ -18,7 +18,7 @@ def fork(layout, variant="linux-6.18", oracle="never", inject=()):
 
 
 def recheck(space, r, oracle="never"):
-    rep = check_invariants(space, r, LockBreakOracle.parse(oracle), 0, space.memory.nr_pages)
+    rep = check_invariants(space, r, LockBreakOracle.parse(oracle), 0)
     return {v.split(":")[0] for v in rep.violations}
 
 

@@ -3,11 +3,18 @@
 import pytest
 
 from gpusim.kernels import pte as P
-from gpusim.layout import LayoutError, parse_layout
 from gpusim.kernels.flags import (
-    BACKING_FILE, FOLIO_ANON, FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, PIN_BIAS, VM_DEFAULT_ANON, VM_DONTCOPY,
-    VM_SHARED, VM_WRITE,
+    BACKING_FILE,
+    FOLIO_ANON,
+    FOLIO_SWAPBACKED,
+    PAGE_ANON_EXCLUSIVE,
+    PIN_BIAS,
+    VM_DEFAULT_ANON,
+    VM_DONTCOPY,
+    VM_SHARED,
+    VM_WRITE,
 )
+from gpusim.layout import LayoutError, parse_layout
 from gpusim.state import pte_at
 
 

@@ -3,9 +3,9 @@
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import VARIANTS, injections, layouts, oracles
 
 import gpusim
-from strategies import VARIANTS, injections, layouts, oracles
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -71,7 +71,7 @@ def test_digest_is_canonical():
 
 
 def test_swap_cap():
-    assert [swap_cap(l) for l in range(3)] == [62, 63 * 128 - 1, 63 * 128 * 128 - 1]
+    assert [swap_cap(lv) for lv in range(3)] == [62, 63 * 128 - 1, 63 * 128 * 128 - 1]
 
 
 def test_pte_encoding():

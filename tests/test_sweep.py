@@ -1,15 +1,13 @@
 """Sweeps: expansion, malformed files, the dataset (schema, metadata, rows), resuming after SIGKILL, plots."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from sweeps import kill_part_way, result_rows, run_sweep, write
 
 import gpusim
 from gpusim.sweep.runner import SweepRunner
@@ -36,12 +34,6 @@ sweep:
     workload.pinned_fraction: [0.0, 0.01]
     workload.pinned_placement: [scattered, contiguous]
 """
-
-
-def write(tmp_path, text, name="s.yaml"):
-    p = tmp_path / name
-    p.write_text(text)
-    return p
 
 
 def test_grid_zip_and_repeat_expand(tmp_path):
@@ -75,7 +67,7 @@ def test_malformed_files_name_file_line_and_key(tmp_path, text, line, needle):
 
 def test_cli_reports_bad_files_without_traceback(tmp_path):
     p = write(tmp_path, "name: t\nworkload:\n  kind: anon\n  size: 1GiB\n  sise: 2\n")
-    r = subprocess.run([sys.executable, "-m", "gpusim.cli", "sweep", str(p)], capture_output=True, text=True)
+    r = run_sweep(p)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"{p}:5: workload.sise: unknown key" in r.stderr
 
@@ -138,38 +130,20 @@ sweep:
 """
 
 
-def rows_of(path):
-    t = gpusim.load_results(path)
-    keys = list(zip(t.column("config_hash").to_pylist(), t.column("repetition").to_pylist(),
-                    t.column("fork_index").to_pylist()))
-    return keys, dict(zip(keys, t.column("digest").to_pylist()))
-
-
 def test_sigkill_mid_run_then_rerun_gives_exactly_the_full_set(tmp_path):
     f = write(tmp_path, KILL)
     full, killed = tmp_path / "full", tmp_path / "killed"
-    cmd = [sys.executable, "-m", "gpusim.cli", "sweep", str(f), "--out"]
-    subprocess.run(cmd + [str(full)], check=True, capture_output=True)
-    proc = subprocess.Popen(cmd + [str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert run_sweep(f, "--out", full).returncode == 0
     manifest = killed / "manifest.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if manifest.exists() and len(manifest.read_text().splitlines()) >= 5:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the sweep finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = len(manifest.read_text().splitlines())
+    done_before = kill_part_way([f, "--out", killed], manifest, 5, 120)
     assert 5 <= done_before < 36
     # lose the last manifest line too, as if the kill had come between writing a file and recording it
     lines = manifest.read_text().splitlines()
     manifest.write_text("\n".join(lines[:-1]) + "\n")
-    subprocess.run(cmd + [str(killed)], check=True, capture_output=True)
-    keys_full, dig_full = rows_of(full)
-    keys_killed, dig_killed = rows_of(killed)
-    assert len(keys_killed) == len(set(keys_killed)) == len(keys_full) == 4 * 3 * 3 * 2
-    assert dig_killed == dig_full
+    assert run_sweep(f, "--out", killed).returncode == 0
+    got = result_rows(killed)
+    assert len(got) == 4 * 3 * 3 * 2
+    assert got == result_rows(full)
 
 
 def test_plots_for_a_small_sweep(tmp_path):

@@ -5,10 +5,9 @@ import pytest
 from pydantic import TypeAdapter
 
 import gpusim
-from gpusim.kernels import pte as P
-from gpusim.kernels.flags import PIN_BIAS
-from gpusim.kernels.flags import VM_DONTCOPY, VM_SHARED
 from gpusim.decode import kinds as pte_kinds
+from gpusim.kernels import pte as P
+from gpusim.kernels.flags import PIN_BIAS, VM_DONTCOPY, VM_SHARED
 from gpusim.state import digest
 from gpusim.sweep.spec import Workload
 from gpusim.workloads import build_workload

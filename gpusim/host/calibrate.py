@@ -21,14 +21,20 @@ The time a layout adds is measured within one process: its forks before the layo
 from __future__ import annotations
 
 import datetime
-import os
 import platform
 import socket
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from gpusim.host.real import RealLayout, run_layout, sim_space
+from gpusim import api
+from gpusim.costmodel import host_profile_dir, latency, load_profile
+from gpusim.host.real import RealLayout, run_layout
+from gpusim.host.twin import sim_space
+from gpusim.kernels import pte as P
+from gpusim.machine import cpu_description, cpu_model
+from gpusim.result import new_counts
 
 MiB = 1 << 20
 
@@ -120,14 +126,12 @@ def nnls(A: np.ndarray, b: np.ndarray, iters: int = 500) -> np.ndarray:
 
 def _counts(layout: RealLayout, variant: str, thp_pages: int | None = None) -> dict:
     """The simulator's counts for a real layout (a bare fork for the empty one)."""
-    import gpusim
     if layout.pages == 0:
-        from gpusim.result import new_counts
         c = new_counts()
         c["fork.base"] = c["fork.mm"] = 1
         return c
     space, _ = sim_space(layout, variant, thp_pages)
-    return gpusim.fork(space, variant, backend="cpu", check=False).counts
+    return api.fork(space, variant, backend="cpu", check=False).counts
 
 
 def design_row(counts: dict, base_counts: dict, public) -> np.ndarray:
@@ -163,14 +167,29 @@ def measure(layouts: list[RealLayout], repeat: int, progress=None) -> list[dict]
 
 
 def profile_dir() -> Path:
-    from gpusim.costmodel import host_profile_dir
     return host_profile_dir()
+
+
+def fitted_costs(public, scales: np.ndarray, used: np.ndarray, bare_fork_ns: float) -> dict:
+    """The host profile's costs: each fitted group's events at ``scale x`` the public cost, the others kept as
+    labelled estimates, ``fork.base`` from the bare measuring process's fork."""
+    costs = {}
+    group_of = {e: g for g, events in GROUPS.items() for e in events}
+    for e, c in public.costs.items():
+        g = group_of.get(e)
+        if g is not None and used[list(GROUPS).index(g)]:
+            s = float(scales[list(GROUPS).index(g)])
+            costs[e] = {"ns": round(c.ns * s, 4), "kind": "derived",
+                        "basis": f"fitted on this host: group '{g}' x {s:.4f} of the public profile's {c.ns} ns"}
+        else:
+            costs[e] = {"ns": c.ns, "kind": "estimate", "basis": f"not measured here; public profile: {c.basis}"}
+    costs["fork.base"] = {"ns": round(max(0.0, bare_fork_ns - public.costs["fork.mm"].ns), 1), "kind": "derived",
+                          "basis": "the bare measuring process's fork (a small Python interpreter) less fork.mm"}
+    return costs
 
 
 def calibrate(quick: bool = False, out: str | None = None, repeat: int | None = None, progress=None) -> dict:
     """Measure, fit and write a host profile; returns {"path", "profile", "fit"}."""
-    import yaml
-    from gpusim.costmodel import load_profile
     public = load_profile("public-xeon-4210r-v6.8")
     variant = kernel_variant()
     repeat = repeat or (15 if quick else 31)
@@ -195,26 +214,13 @@ def calibrate(quick: bool = False, out: str | None = None, repeat: int | None = 
                  for n, a, b in zip(names, y, pred)]
     host = platform.node() or socket.gethostname()
     now = datetime.datetime.now(datetime.timezone.utc)
-    from gpusim.bench import cpu_model
-    costs = {}
-    group_of = {e: g for g, events in GROUPS.items() for e in events}
-    for e, c in public.costs.items():
-        g = group_of.get(e)
-        if g is not None and used[list(GROUPS).index(g)]:
-            s = float(scales[list(GROUPS).index(g)])
-            costs[e] = {"ns": round(c.ns * s, 4), "kind": "derived",
-                        "basis": f"fitted on this host: group '{g}' x {s:.4f} of the public profile's {c.ns} ns"}
-        else:
-            costs[e] = {"ns": c.ns, "kind": "estimate", "basis": f"not measured here; public profile: {c.basis}"}
-    fork_mm = public.costs["fork.mm"].ns
-    costs["fork.base"] = {"ns": round(max(0.0, base["median_ns"] - fork_mm), 1), "kind": "derived",
-                          "basis": "the bare measuring process's fork (a small Python interpreter) less fork.mm"}
+    costs = fitted_costs(public, scales, used, base["median_ns"])
     name = f"host-{host}-{now:%Y%m%d-%H%M%S}"
     profile = {
         "name": name,
         "description": f"calibrated on {host} ({cpu_model()}), Linux {platform.release()}, {now:%Y-%m-%d}, "
                        f"{'quick' if quick else 'full'} mode, variant {variant}",
-        "sources": [{"title": "gpusim calibrate", "machine": f"{cpu_model()}, {os.cpu_count()} cpus",
+        "sources": [{"title": "gpusim calibrate", "machine": cpu_description(),
                      "kernel": platform.release(), "date": f"{now:%Y-%m-%dT%H:%M:%SZ}"}],
         "costs": costs,
         "variant_factors": {},
@@ -238,10 +244,8 @@ def calibrate(quick: bool = False, out: str | None = None, repeat: int | None = 
 
 def predicted_sharing(layout: RealLayout, variant: str, thp_pages: int | None = None) -> list[str]:
     """Per page of ``layout`` (region order): what the simulator's child maps: shared, copied or absent."""
-    import gpusim
-    from gpusim.kernels import pte as P
     space, b2a = sim_space(layout, variant, thp_pages)
-    r = gpusim.fork(space, variant, backend="cpu")
+    r = api.fork(space, variant, backend="cpu")
 
     def frames(mm):
         out = {}
@@ -272,7 +276,6 @@ def predicted_sharing(layout: RealLayout, variant: str, thp_pages: int | None = 
 
 def validate(profile=None, progress=None, repeat: int = 21) -> dict:
     """The validation report (see the module docstring); the shape of ``gpusim validate --json``."""
-    from gpusim.costmodel import latency, load_profile
     prof = load_profile(profile)
     variant = kernel_variant()
     report = {"kernel": platform.release(), "variant": variant, "profile": prof.name,

@@ -16,12 +16,18 @@ that finishes later, rewrites the same file with the same rows and nothing is du
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import multiprocessing as mp
 import os
 import traceback
 import uuid
 from pathlib import Path
 
 import pyarrow as pa
+
+from gpusim.backend import resolve
+from gpusim.sweep.export import write_rows
+from gpusim.sweep.point import run_point
 
 EXECUTORS = ("local", "ray")
 
@@ -32,8 +38,6 @@ class ExecutorError(ValueError):
 
 def execute_task(point, repetition: int, out: str, schema_bytes: bytes) -> dict:
     """Run one (point, repetition), write its rows, return its manifest record."""
-    from gpusim.sweep.export import write_rows
-    from gpusim.sweep.runner import run_point
     schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes))
     try:
         rows = run_point(point, repetition)
@@ -51,7 +55,6 @@ def error_row(point, repetition: int, message: str) -> dict:
 
 def record_failure(point, repetition: int, out: str, schema_bytes: bytes, message: str) -> dict:
     """The driver's record of a task that died without writing its rows (a worker crash)."""
-    from gpusim.sweep.export import write_rows
     schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes))
     rel = write_rows(Path(out), schema, point, [error_row(point, repetition, message)])
     return {"config_hash": point.config_hash, "repetition": repetition, "file": rel, "errors": 1}
@@ -73,9 +76,6 @@ def _gpu_count() -> int:
         return 0
 
 
-_DEVICE_QUEUE = None
-
-
 def _init_worker(queue) -> None:
     """Pool initialiser: take one GPU id for this worker (CUDA backend)."""
     if queue is not None:
@@ -86,7 +86,6 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, workers: int | None, backend: str):
-        from gpusim.backend import resolve
         self.cuda = resolve(backend) == "cuda"
         gpus = _gpu_count() if self.cuda else 0
         self.devices = list(range(gpus))
@@ -95,8 +94,6 @@ class LocalExecutor:
     def run(self, tasks, out, schema_bytes, on_done) -> None:
         if self.workers <= 1 or len(tasks) <= 1:
             return InlineExecutor().run(tasks, out, schema_bytes, on_done)
-        import concurrent.futures as cf
-        import multiprocessing as mp
         ctx = mp.get_context("spawn")
         queue = None
         if self.cuda and self.devices:
@@ -123,7 +120,6 @@ class RayExecutor:
             import ray
         except ImportError:
             raise ExecutorError("the ray executor needs Ray: pip install -e '.[ray]'") from None
-        from gpusim.backend import resolve
         self.ray = ray
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.cuda = resolve(backend) == "cuda"

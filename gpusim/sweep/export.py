@@ -14,10 +14,18 @@ import json
 import os
 import platform
 import subprocess
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from gpusim.backend import gpu_name, resolve
+from gpusim.costmodel import COMPONENTS, load_profile
+from gpusim.kernels.flags import RSS_NAMES
+from gpusim.machine import cpu_description
+from gpusim.result import COUNT_NAMES
 
 SCHEMA_VERSION = "1"
 SCHEMA_FILE = "schema.arrow"
@@ -25,9 +33,6 @@ PARTITIONING = pa.schema([("variant", pa.string())])
 
 
 def _fixed_fields() -> list[pa.Field]:
-    from gpusim.costmodel import COMPONENTS
-    from gpusim.result import COUNT_NAMES
-    from gpusim.kernels.flags import RSS_NAMES
     f64, i64, s, b = pa.float64(), pa.int64(), pa.string(), pa.bool_()
     fields = [("config_hash", s), ("repetition", i64), ("fork_index", i64), ("generation", i64), ("seed", i64),
               ("outcome", s),
@@ -89,7 +94,6 @@ def git_commit() -> str:
 
 
 def library_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
     out = {"python": platform.python_version()}
     for pkg in ("gpusim", "numpy", "numba", "numba-cuda", "cupy-cuda12x", "cupy-cuda13x", "pyarrow", "pydantic"):
         try:
@@ -100,13 +104,10 @@ def library_versions() -> dict:
 
 
 def device_info(backend: str) -> dict:
-    from gpusim.backend import resolve
-    from gpusim.bench import cpu_model
-    info = {"cpu": f"{cpu_model()}, {os.cpu_count()} cpus", "gpu": "", "driver": ""}
+    info = {"cpu": cpu_description(), "gpu": "", "driver": ""}
     try:
         if resolve(backend) == "cuda":
             import cupy
-            from gpusim.backend import gpu_name
             info["gpu"] = gpu_name()
             info["driver"] = str(cupy.cuda.runtime.driverGetVersion())
     except Exception:                                    # noqa: BLE001 - metadata only
@@ -116,7 +117,6 @@ def device_info(backend: str) -> dict:
 
 def dataset_schema(spec, points, source_text: str = "") -> pa.Schema:
     """The schema of a sweep's rows (partition column ``variant`` included) with its ``gpusim.*`` metadata."""
-    from gpusim.costmodel import load_profile
     params = [param_values(p) for p in points]
     keys = sorted({k for d in params for k in d})
     fields = [pa.field(k, _arrow_type([d.get(k) for d in params])) for k in keys]
@@ -182,7 +182,6 @@ def write_rows(out: Path, schema: pa.Schema, point, rows: list[dict]) -> str:
 
 def load_results(path: str | os.PathLike) -> pa.Table:
     """A sweep's dataset as one pyarrow Table, read with its stored schema and explicit partitioning."""
-    import pyarrow.dataset as ds
     root = Path(path)
     schema_path = root / SCHEMA_FILE
     if not schema_path.exists():

@@ -21,87 +21,17 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
-import numpy as np
-
+from gpusim.sweep.executors import InlineExecutor
+from gpusim.sweep.export import dataset_schema, write_schema
 from gpusim.sweep.spec import Point, SweepFile
-
-
-def point_seed(seed: int, config_hash: str, repetition: int) -> np.random.SeedSequence:
-    """The workload seed of one point and repetition: independent of the order in which points run."""
-    return np.random.SeedSequence([seed, int(config_hash, 16) & ((1 << 63) - 1), repetition])
-
-
-def run_point(point: Point, repetition: int) -> list[dict]:
-    """The rows of one point and repetition: one per fork (``fork.chain`` forks per process, over
-    ``fork.generations`` generations)."""
-    import gpusim
-    from gpusim.costmodel import load_profile
-    from gpusim.workloads import build_workload
-    cfg = point.config
-    profile = load_profile(cfg.profile)
-    ss = point_seed(cfg.seed, point.config_hash, repetition)
-    base = {"config_hash": point.config_hash, "repetition": repetition,
-            "seed": int(ss.generate_state(1, np.uint64)[0] & np.uint64((1 << 63) - 1)), "error": None}
-    t0 = time.perf_counter()
-    try:
-        space, oracle, inject = build_workload(cfg.workload, cfg.fork.variant, ss)
-    except Exception as e:                                  # noqa: BLE001 - recorded, the sweep goes on
-        return [dict(base, fork_index=0, outcome="error", error=f"workload: {type(e).__name__}: {e}")]
-    build_s = time.perf_counter() - t0
-    oracle = cfg.fork.oracle or oracle or "never"
-    inject = cfg.fork.inject if cfg.fork.inject is not None else (inject or [])
-    rows = []
-    # A breadth-first tree of forks: each process of a generation forks `chain` times in a row; its children are
-    # the next generation. All processes share one memory, which each fork returns anew.
-    procs, memory = [space.mm], space.memory
-    level, seq = [0], 0
-    for gen in range(cfg.fork.generations):
-        next_level = []
-        for i in level:
-            for _ in range(cfg.fork.chain):
-                try:
-                    r = gpusim.fork(type(space)(procs[i], memory), cfg.fork.variant, backend=cfg.backend,
-                                    oracle=oracle, inject=inject, fork_seq=seq, check=cfg.check)
-                except Exception as e:                      # noqa: BLE001
-                    rows.append(dict(base, fork_index=seq, generation=gen, outcome="error",
-                                     error=f"fork: {type(e).__name__}: {e}"))
-                    return rows
-                rows.append(fork_row(base, seq, gen, r, build_s, cfg.fork.variant, profile))
-                seq += 1
-                if r.outcome != "ok":
-                    return rows
-                procs[i], memory = r.parent.mm, r.memory
-                procs.append(r.child)
-                next_level.append(len(procs) - 1)
-        level = next_level
-    return rows
-
-
-def fork_row(base: dict, seq: int, gen: int, r, build_s: float, variant: str, profile) -> dict:
-    from gpusim.costmodel import latency
-    lat = latency(r.counts, variant, profile, r.table_stats)
-    row = dict(base, fork_index=seq, generation=gen, outcome=r.outcome, backend=r.backend, nr_ptes=r.nr_ptes,
-               engine_wall_s=r.engine_wall_s, build_wall_s=build_s,
-               ptes_per_s=r.nr_ptes / r.engine_wall_s if r.engine_wall_s > 0 else None,
-               bytes_per_pte=r.bytes_per_pte(), latency_ns=lat["latency_ns"],
-               lock_hold_max_ns=lat["lock_hold_max_ns"], invariants_ok=r.invariants.ok,
-               invariants_checked=r.invariants.checked, invariant_violations="; ".join(r.invariants.violations),
-               oops=json.dumps(r.oops) if r.oops else None, enomem=json.dumps(r.enomem) if r.enomem else None,
-               digest=r.digest)
-    row.update({f"latency.{c}_ns": v for c, v in lat["latency_breakdown_ns"].items()})
-    row.update({f"count.{n}": v for n, v in r.counts.items()})
-    row.update({f"child_rss.{n}": v for n, v in r.child_rss.items()})
-    return row
 
 
 class SweepRunner:
     """Runs the points of a sweep into ``out`` (see the module docstring)."""
 
     def __init__(self, spec: SweepFile, points: list[Point], out: str | Path, source_text: str = ""):
-        from gpusim.sweep.export import dataset_schema
         self.spec, self.points, self.out = spec, points, Path(out)
         self.schema = dataset_schema(spec, points, source_text)
         self.manifest = self.out / "manifest.jsonl"
@@ -127,8 +57,6 @@ class SweepRunner:
     def run(self, progress=None, executor=None) -> dict:
         """Run what is not done yet on ``executor`` (default: in this process, one task at a time).
         ``progress(done, total, point)`` is called after each task."""
-        from gpusim.sweep.executors import InlineExecutor
-        from gpusim.sweep.export import write_schema
         self.out.mkdir(parents=True, exist_ok=True)
         write_schema(self.out, self.schema)
         todo = self.tasks()

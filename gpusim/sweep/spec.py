@@ -3,8 +3,8 @@
 A sweep file holds ``name``, ``description``, ``seed``, ``repeat``, ``backend``, ``profile``, ``check``,
 ``workload`` (a generator: ``kind`` and its keys, :data:`Workload`), ``fork`` (``variant``, ``oracle``, ``inject``,
 ``chain``, ``generations``) and ``sweep`` with ``grid`` (the Cartesian product of lists) and ``zip`` (lists taken in
-step) over dotted keys such as ``workload.size`` or ``fork.variant``. Every point is validated as a whole config, so a bad value in a
-list is reported with the key it sets. Sizes accept units (``64GiB``).
+step) over dotted keys such as ``workload.size`` or ``fork.variant``. Every point is validated as a whole config, so
+a bad value in a list is reported with the key it sets. Sizes accept units (``64GiB``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,13 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gpusim.backend import BACKENDS
+from gpusim.catalogue import SCENARIOS
+from gpusim.oracle import InjectionPlan, LockBreakOracle
+from gpusim.snapshot import parse_range
+from gpusim.units import parse_size
 from gpusim.variants import DEFAULT_VARIANT, VARIANTS
-from gpusim.yamlerr import ConfigError, describe_validation_error, parse_yaml
+from gpusim.yamlerr import ConfigError, describe_validation_error, node_line, parse_yaml
 
 
 def _size(v):
@@ -28,7 +33,6 @@ def _size(v):
     if isinstance(v, (int, float)):
         return int(v)
     if isinstance(v, str):
-        from gpusim.workloads import parse_size
         return parse_size(v)
     raise ValueError("a size is a number of bytes or a string such as 64GiB")
 
@@ -106,7 +110,6 @@ class ScenarioWorkload(BaseModel):
     @field_validator("scenario")
     @classmethod
     def _known(cls, v):
-        from gpusim.catalogue import SCENARIOS
         return one_of(v, SCENARIOS, "scenario")
 
 
@@ -122,7 +125,6 @@ class SnapshotWorkload(BaseModel):
     @field_validator("pinned")
     @classmethod
     def _ranges(cls, v):
-        from gpusim.host.capture import parse_range
         for r in v:
             parse_range(r)
         return v
@@ -161,7 +163,6 @@ class ForkSpec(BaseModel):
     @classmethod
     def _oracle(cls, v):
         if v is not None:
-            from gpusim.oracle import LockBreakOracle
             LockBreakOracle.parse(v)
         return v
 
@@ -169,7 +170,6 @@ class ForkSpec(BaseModel):
     @classmethod
     def _inject(cls, v):
         if v is not None:
-            from gpusim.oracle import InjectionPlan
             InjectionPlan.parse(v)
         return v
 
@@ -197,7 +197,6 @@ class Config(BaseModel):
     @field_validator("backend")
     @classmethod
     def _backend(cls, v):
-        from gpusim.backend import BACKENDS
         return one_of(v, BACKENDS, "backend")
 
 
@@ -282,6 +281,5 @@ def load_sweep(path: str | Path, text: str | None = None) -> tuple[SweepFile, li
 
 
 def _line(root, loc) -> int | str:
-    from gpusim.yamlerr import _node_line
-    line = _node_line(root, loc)
+    line = node_line(root, loc)
     return line if line is not None else "?"

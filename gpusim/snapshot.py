@@ -1,0 +1,132 @@
+"""Snapshots as workloads: an Arrow snapshot written by ``gpusim capture`` (:mod:`gpusim.host.capture`) turned into
+the address space gpusim forks.
+
+Each VMA gets flags from its permissions (a private mapping is assumed to have VM_MAYWRITE, as mappings of writable
+files and anonymous memory do; /proc does not show it), a present page becomes an order-0 folio with the captured
+map count (the pages of a 2 MiB-aligned run of THP pages a PMD-mapped THP), a swapped page a swap entry of count 1.
+/proc does not expose pins: pinned address ranges are given explicitly (:func:`parse_range`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import pyarrow as pa
+
+from gpusim.builder import SpaceBuilder
+from gpusim.decode import with_offsets
+from gpusim.kernels import pte as P
+from gpusim.kernels.flags import (
+    BACKING_FILE,
+    BACKINGS,
+    FOLIO_ANON,
+    FOLIO_SWAPBACKED,
+    PAGE_ANON_EXCLUSIVE,
+    PAGE_SIZE,
+    VM_EXEC,
+    VM_MAYREAD,
+    VM_MAYWRITE,
+    VM_READ,
+    VM_SHARED,
+    VM_WRITE,
+)
+from gpusim.state import AddressSpace
+from gpusim.variants import get_variant
+
+PAGE = PAGE_SIZE
+
+
+def read_snapshot(path: str | os.PathLike) -> pa.Table:
+    try:
+        with pa.ipc.open_file(str(path)) as r:
+            t = r.read_all()
+    except (OSError, pa.ArrowInvalid) as e:
+        raise ValueError(f"{path}: not a gpusim snapshot ({e})") from None
+    if b"gpusim.vmas" not in (t.schema.metadata or {}):
+        raise ValueError(f"{path}: not a gpusim snapshot (no gpusim.vmas metadata)")
+    return t
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """``START-END`` (bytes, hex with 0x or decimal) -> (first page, end page)."""
+    m = re.fullmatch(r"\s*(0x[0-9a-fA-F]+|\d+)\s*-\s*(0x[0-9a-fA-F]+|\d+)\s*", text)
+    if not m:
+        raise ValueError(f"pinned range '{text}' is not START-END (addresses, 0x... or decimal)")
+    a, b = int(m.group(1), 0), int(m.group(2), 0)
+    if b <= a:
+        raise ValueError(f"pinned range '{text}' is empty")
+    return a // PAGE, -(-b // PAGE)
+
+
+def vma_flags(perms: str) -> int:
+    """``VM_*`` flags of a mapping from its ``/proc/PID/maps`` permissions (a private mapping is assumed to have
+    VM_MAYWRITE; a shared one has it when it is writable)."""
+    r, w, x, s = perms
+    f = (VM_READ | VM_MAYREAD if r == "r" else 0) | (VM_WRITE if w == "w" else 0) | (VM_EXEC if x == "x" else 0)
+    if s == "s":
+        return f | VM_SHARED | (VM_MAYWRITE if w == "w" else 0)
+    return f | VM_MAYWRITE
+
+
+def thp_heads(addr: np.ndarray, vma: np.ndarray, present: np.ndarray, thp: np.ndarray) -> np.ndarray:
+    """Rows that start a PMD-mapped THP: 512 present THP pages of one VMA from a 2 MiB boundary (pagemap does not
+    say whether a THP is PMD-mapped; an aligned run of 512 is taken to be)."""
+    heads = np.zeros(addr.shape[0], bool)
+    for i in np.flatnonzero(present & thp & (addr % 512 == 0)).tolist():
+        j = i + 511
+        if (j < addr.shape[0] and addr[j] == addr[i] + 511 and thp[i:j + 1].all() and present[i:j + 1].all()
+                and (vma[i:j + 1] == vma[i]).all()):
+            heads[i] = True
+    return heads
+
+
+def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = ()) -> AddressSpace:
+    """The address space of a snapshot, with one FOLL_PIN on each present page of the ``pinned`` page ranges."""
+    t = read_snapshot(path_or_table) if not isinstance(path_or_table, pa.Table) else path_or_table
+    vmas = json.loads(t.schema.metadata[b"gpusim.vmas"])
+    col = {name: t.column(name).to_numpy(zero_copy_only=False) for name in
+           ("addr", "vma", "present", "mapcount", "anon", "thp", "exclusive")}
+    addr, vma, mapc = (col[k].astype(np.int64) for k in ("addr", "vma", "mapcount"))
+    present, anon, excl = col["present"], col["anon"], col["exclusive"]
+    pin = np.zeros(addr.shape[0], bool)
+    for lo, hi in pinned:
+        pin |= (addr >= lo) & (addr < hi)
+    heads = np.flatnonzero(thp_heads(addr, vma, present, col["thp"]))
+    in_thp = np.zeros(addr.shape[0], bool)
+    for i in heads.tolist():
+        in_thp[i:i + 512] = True
+    small = np.flatnonzero(present & ~in_thp)
+    swapped = np.flatnonzero(~present)
+    vflags = np.array([vma_flags(v["perms"]) for v in vmas], np.uint64)
+    shmem = np.array([v["backing"] == "shmem" for v in vmas], bool)
+    sb = SpaceBuilder(variant)
+    has_anon = np.zeros(len(vmas), bool)
+    has_anon[vma[present & anon]] = True
+    sb.add_vmas([v["start"] for v in vmas], [v["end"] for v in vmas], vflags,
+                [BACKINGS.get(v["backing"], BACKING_FILE) for v in vmas],      # [vdso] and the like: as files
+                [v["backing"] == "anon" or bool(has_anon[i]) for i, v in enumerate(vmas)])
+    # small pages: one order-0 folio each, with the captured map count (the page cache holds one more reference)
+    m = np.maximum(mapc[small], 1)
+    a = anon[small]
+    fl = np.where(a, FOLIO_ANON | FOLIO_SWAPBACKED, np.where(shmem[vma[small]], FOLIO_SWAPBACKED, 0))
+    ids, pfn = sb.add_folios(small.shape[0], 0, fl, m + ~a, np.where(a & excl[small] & (m == 1),
+                                                                        PAGE_ANON_EXCLUSIVE, 0), m)
+    sb.add_pins(ids[pin[small]])
+    writable = (vflags[vma[small]] & np.uint64(VM_WRITE)) != 0
+    sb.add_entries(addr[small], with_offsets(np.where(writable & a, np.uint64(P.mk_pte(0, True, True, True, False)),
+                                                      np.uint64(P.mk_pte(0, False, True, True, False))), pfn))
+    # PMD-mapped THPs
+    head = np.zeros(512, np.int64)
+    head[0] = PAGE_ANON_EXCLUSIVE
+    tids, tfirst = sb.add_folios(heads.shape[0], 9, FOLIO_ANON | FOLIO_SWAPBACKED, 1, np.tile(head, heads.shape[0]),
+                                 0, pmd_mapcount=1)
+    sb.add_pins([f for f, h in zip(tids.tolist(), heads.tolist()) if pin[h:h + 512].any()])
+    sb.add_pmds(addr[heads] // 512, [P.mk_huge_pmd(int(q), bool(vflags[vma[h]] & np.uint64(VM_WRITE)), True, True)
+                                     for q, h in zip(tfirst.tolist(), heads.tolist())])
+    # swapped pages: a slot of count 1 each
+    slots = sb.add_slots(np.ones(swapped.shape[0], np.int64), np.zeros(swapped.shape[0], np.int64))
+    sb.add_entries(addr[swapped], with_offsets(P.mk_swap_pte(0, get_variant(variant).anon_exclusive), slots))
+    return sb.freeze(has_pinned=bool(len(pinned))).validate()

@@ -1,0 +1,83 @@
+"""One task of a sweep: a point and repetition run into result rows (what every executor runs).
+
+The workload is built from a seed derived from the sweep's seed, the point's config hash and the repetition
+(:func:`point_seed`), so a task gives the same rows wherever and whenever it runs. Then the forks of the point's
+``fork.chain`` and ``fork.generations`` run in order, each row carrying the counts, modelled latency, invariant
+status and state digest of one fork (:func:`fork_row`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from gpusim.api import fork
+from gpusim.costmodel import latency, load_profile
+from gpusim.sweep.spec import Point
+from gpusim.workloads import build_workload
+
+
+def point_seed(seed: int, config_hash: str, repetition: int) -> np.random.SeedSequence:
+    """The workload seed of one point and repetition: independent of the order in which points run."""
+    return np.random.SeedSequence([seed, int(config_hash, 16) & ((1 << 63) - 1), repetition])
+
+
+def run_point(point: Point, repetition: int) -> list[dict]:
+    """The rows of one point and repetition: one per fork (``fork.chain`` forks per process, over
+    ``fork.generations`` generations)."""
+    cfg = point.config
+    profile = load_profile(cfg.profile)
+    ss = point_seed(cfg.seed, point.config_hash, repetition)
+    base = {"config_hash": point.config_hash, "repetition": repetition,
+            "seed": int(ss.generate_state(1, np.uint64)[0] & np.uint64((1 << 63) - 1)), "error": None}
+    t0 = time.perf_counter()
+    try:
+        space, oracle, inject = build_workload(cfg.workload, cfg.fork.variant, ss)
+    except Exception as e:                                  # noqa: BLE001 - recorded, the sweep goes on
+        return [dict(base, fork_index=0, outcome="error", error=f"workload: {type(e).__name__}: {e}")]
+    build_s = time.perf_counter() - t0
+    oracle = cfg.fork.oracle or oracle or "never"
+    inject = cfg.fork.inject if cfg.fork.inject is not None else (inject or [])
+    rows = []
+    # A breadth-first tree of forks: each process of a generation forks `chain` times in a row; its children are
+    # the next generation. All processes share one memory, which each fork returns anew.
+    procs, memory = [space.mm], space.memory
+    level, seq = [0], 0
+    for gen in range(cfg.fork.generations):
+        next_level = []
+        for i in level:
+            for _ in range(cfg.fork.chain):
+                try:
+                    r = fork(type(space)(procs[i], memory), cfg.fork.variant, backend=cfg.backend,
+                                    oracle=oracle, inject=inject, fork_seq=seq, check=cfg.check)
+                except Exception as e:                      # noqa: BLE001
+                    rows.append(dict(base, fork_index=seq, generation=gen, outcome="error",
+                                     error=f"fork: {type(e).__name__}: {e}"))
+                    return rows
+                rows.append(fork_row(base, seq, gen, r, build_s, cfg.fork.variant, profile))
+                seq += 1
+                if r.outcome != "ok":
+                    return rows
+                procs[i], memory = r.parent.mm, r.memory
+                procs.append(r.child)
+                next_level.append(len(procs) - 1)
+        level = next_level
+    return rows
+
+
+def fork_row(base: dict, seq: int, gen: int, r, build_s: float, variant: str, profile) -> dict:
+    lat = latency(r.counts, variant, profile, r.table_stats)
+    row = dict(base, fork_index=seq, generation=gen, outcome=r.outcome, backend=r.backend, nr_ptes=r.nr_ptes,
+               engine_wall_s=r.engine_wall_s, build_wall_s=build_s,
+               ptes_per_s=r.nr_ptes / r.engine_wall_s if r.engine_wall_s > 0 else None,
+               bytes_per_pte=r.bytes_per_pte(), latency_ns=lat["latency_ns"],
+               lock_hold_max_ns=lat["lock_hold_max_ns"], invariants_ok=r.invariants.ok,
+               invariants_checked=r.invariants.checked, invariant_violations="; ".join(r.invariants.violations),
+               oops=json.dumps(r.oops) if r.oops else None, enomem=json.dumps(r.enomem) if r.enomem else None,
+               digest=r.digest)
+    row.update({f"latency.{c}_ns": v for c, v in lat["latency_breakdown_ns"].items()})
+    row.update({f"count.{n}": v for n, v in r.counts.items()})
+    row.update({f"child_rss.{n}": v for n, v in r.child_rss.items()})
+    return row

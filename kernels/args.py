@@ -1,0 +1,88 @@
+"""The arguments of the fast kernels, described once.
+
+A launch of ``fork_tables`` (CPU: :mod:`gpusim.kernels.cpu`; CUDA: :mod:`gpusim.kernels.cuda`) takes a few scalars
+and four groups of arrays, each a namedtuple: numba passes named tuples of arrays to compiled CPU functions and to
+CUDA kernels alike, and the kernels read their fields by name (``tab.ppte``, ``mem.folio_refcount``).
+
+* :class:`Tables`: one row per page table of the launch (a launch may hold the tables of several forks);
+* :class:`Calls`: one row per ``copy_pte_range`` call, in address order (a table's calls are ``row_lo .. row_hi``);
+* :class:`MemoryArrays`: the memory arrays the kernels read and write (dtypes of :data:`MEMORY_FIELDS`);
+* :class:`OracleParams`: the lock-break oracle (spec section 4).
+
+:data:`FIELDS` lists every field with its dtype, dimensions and whether a kernel writes it. From it come the
+namedtuple types, the numba types of the CUDA kernels' parameters (:func:`signature`, which compiles them to PTX
+without a GPU), and the arrays a launch on host arrays copies back (:func:`written`).
+"""
+
+from collections import namedtuple
+
+import numpy as np
+from numba import types
+from numba.np.numpy_support import from_dtype
+
+from gpusim.kernels.fields import MEMORY_FIELDS
+
+_PTE = np.dtype(np.uint64)
+_I64 = np.dtype(np.int64)
+_U64 = np.dtype(np.uint64)
+_B = np.dtype(np.bool_)
+
+# (group, field, dtype, dimensions (0: a scalar), written by a kernel)
+FIELDS = (
+    ("tables", "table_index", _I64, 1, False),       # the table's number (covers 512 * table_index ..)
+    ("tables", "row_lo", _I64, 1, False),            # its calls: row_lo .. row_hi - 1
+    ("tables", "row_hi", _I64, 1, False),
+    ("tables", "ppte", _PTE, 2, True),               # the parent's entries (write protection, downgrades)
+    ("tables", "cpte", _PTE, 2, True),               # the child's entries
+    ("tables", "cexists", _B, 1, True),              # the child's table was allocated
+    ("tables", "has_pinned", _B, 1, False),          # the forking mm's has_pinned / MMF_HAS_PINNED
+    ("tables", "fork_seq", _I64, 1, False),          # the fork's number (keys the oracle)
+    ("calls", "start", _I64, 1, False),              # the call's range [start, end)
+    ("calls", "end", _I64, 1, False),
+    ("calls", "vmaflags", _I64, 1, False),           # VM_* flags of the call's VMA
+    ("calls", "first", _B, 1, False),                # the first call of its table (allocates the child's table)
+    *(("memory", name, MEMORY_FIELDS[name][0], 1, name in ("folio_refcount", "page_mapcount", "page_flags",
+                                                            "swap_count"))
+      for name in ("page_folio", "folio_order", "folio_refcount", "folio_pincount", "folio_true_pins",
+                   "folio_flags", "folio_first_pfn", "page_mapcount", "page_flags", "swap_count", "swap_levels")),
+    ("oracle", "mode", _I64, 0, False),              # NB_* of gpusim.kernels.rules
+    ("oracle", "every", _I64, 0, False),             # every:N
+    ("oracle", "p_q32", _U64, 0, False),             # bern:P as P * 2**32
+    ("oracle", "seed", _U64, 0, False),
+    ("oracle", "list_cs", _I64, 1, False),           # list:(s, k),...
+    ("oracle", "list_k", _I64, 1, False),
+)
+
+GROUPS = ("tables", "calls", "memory", "oracle")
+Tables = namedtuple("Tables", [f for g, f, *_ in FIELDS if g == "tables"])
+Calls = namedtuple("Calls", [f for g, f, *_ in FIELDS if g == "calls"])
+MemoryArrays = namedtuple("MemoryArrays", [f for g, f, *_ in FIELDS if g == "memory"])
+OracleParams = namedtuple("OracleParams", [f for g, f, *_ in FIELDS if g == "oracle"])
+GROUP_TYPES = {"tables": Tables, "calls": Calls, "memory": MemoryArrays, "oracle": OracleParams}
+
+# The other parameters of a launch, in order: (name, dtype, dimensions); the groups come after ``large_order``,
+# the outputs after the groups (``walk``: CUDA only, tables left to its second kernel).
+SCALARS = (("mode", _I64, 0), ("rows", _I64, 1), ("variant", _I64, 0), ("large_order", _I64, 0))
+OUTPUTS = (("needs_host", _B, 1), ("walk", _B, 1), ("counts", _I64, 2))
+
+
+def memory_arrays(arrays: dict) -> MemoryArrays:
+    """The kernels' memory group from arrays by field name (a :class:`gpusim.state.Memory`'s, or any dict)."""
+    return MemoryArrays(**{f: arrays[f] for f in MemoryArrays._fields})
+
+
+def written(group) -> list[str]:
+    """The fields of a group (an instance) that a kernel writes."""
+    kind = next(g for g, t in GROUP_TYPES.items() if isinstance(group, t))
+    return [f for g, f, _, _, w in FIELDS if g == kind and w]
+
+
+def signature(outputs=("needs_host", "walk", "counts")):
+    """The numba types of a kernel's parameters: the scalars, the four groups, then ``outputs``."""
+    def numba_type(dtype, ndim):
+        return from_dtype(dtype) if ndim == 0 else types.Array(from_dtype(dtype), ndim, "C")
+
+    groups = [types.NamedTuple([numba_type(dt, nd) for g, _, dt, nd, _ in FIELDS if g == name], GROUP_TYPES[name])
+              for name in GROUPS]
+    out = {name: numba_type(dt, nd) for name, dt, nd in OUTPUTS}
+    return (*[numba_type(dt, nd) for _, dt, nd in SCALARS], *groups, *[out[name] for name in outputs])

@@ -1,0 +1,42 @@
+"""The arrays of the state model (spec section 1): every field of :class:`gpusim.state.Memory` and
+:class:`gpusim.state.MM` with its dtype and per-row shape.
+
+These tables drive validation, the canonical digest, copies and the dtypes the kernels are compiled for; the kernel
+argument groups (:mod:`gpusim.kernels.args`) take their memory dtypes from here.
+"""
+
+import numpy as np
+
+from gpusim.kernels.flags import PTRS_PER_TABLE
+
+# Each field: (dtype, per-row shape). The order here is the canonical order of the digest. Folio and page counts
+# and indices are int32 (up to 2**31 pages, 8 TiB of 4 KiB pages; refcounts below 2**31), to keep the bytes per
+# simulated PTE and the memory traffic of the kernels low; swap counts are int64 (continuations reach 63*128**L).
+MEMORY_FIELDS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
+    "folio_order": (np.dtype(np.uint8), ()),
+    "folio_refcount": (np.dtype(np.int32), ()),
+    "folio_pincount": (np.dtype(np.int32), ()),
+    "folio_true_pins": (np.dtype(np.int32), ()),
+    "folio_pmd_mapcount": (np.dtype(np.int32), ()),
+    "folio_flags": (np.dtype(np.uint8), ()),
+    "folio_first_pfn": (np.dtype(np.int32), ()),
+    "page_folio": (np.dtype(np.int32), ()),
+    "page_mapcount": (np.dtype(np.int32), ()),
+    "page_flags": (np.dtype(np.uint8), ()),
+    "page_content": (np.dtype(np.uint64), ()),
+    "swap_count": (np.dtype(np.int64), ()),
+    "swap_levels": (np.dtype(np.int64), ()),
+    "swap_content": (np.dtype(np.uint64), ()),
+}
+MM_FIELDS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
+    "vma_start": (np.dtype(np.int64), ()),
+    "vma_end": (np.dtype(np.int64), ()),
+    "vma_flags": (np.dtype(np.uint64), ()),
+    "vma_backing": (np.dtype(np.uint8), ()),
+    "vma_anon_vma": (np.dtype(np.bool_), ()),
+    "table_index": (np.dtype(np.int64), ()),
+    "pte": (np.dtype(np.uint64), (PTRS_PER_TABLE,)),
+    "pmd_index": (np.dtype(np.int64), ()),
+    "pmd": (np.dtype(np.uint64), ()),
+    "rss": (np.dtype(np.int64), ()),
+}
