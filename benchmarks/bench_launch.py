@@ -37,7 +37,7 @@ def main() -> None:
     try:
         for name, pages in (("one table", 512), ("1 GiB", 262_144)):
             space = dense_anon(pages)
-            gpusim.fork(space, backend=args.backend, check=False)          # compile, warm the caches
+            gpusim.fork(space, backend=args.backend, check=False)  # compile, warm the caches
             launch, whole = [], []
             for _ in range(args.repeat):
                 calls.clear()
@@ -45,8 +45,10 @@ def main() -> None:
                 gpusim.fork(space, backend=args.backend, check=False)
                 whole.append(time.perf_counter() - t0)
                 launch.append(sum(calls))
-            print(f"{name:>9}: kernel calls {statistics.median(launch) * 1e6:9.1f} us   "
-                  f"gpusim.fork {statistics.median(whole) * 1e3:8.2f} ms   ({args.backend}, median of {args.repeat})")
+            print(
+                f"{name:>9}: kernel calls {statistics.median(launch) * 1e6:9.1f} us   "
+                f"gpusim.fork {statistics.median(whole) * 1e3:8.2f} ms   ({args.backend}, median of {args.repeat})"
+            )
     finally:
         kernels.fork_tables = real
 

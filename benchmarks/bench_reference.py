@@ -17,6 +17,7 @@ def main() -> None:
     ap.add_argument("--variant", default="linux-6.18")
     args = ap.parse_args()
     import os
+
     machine = f"{cpu_model()}, {os.cpu_count()} cores"
     today = datetime.date.today().isoformat()
     for t in args.tables:
@@ -24,8 +25,10 @@ def main() -> None:
         for layout, what in ((f"normal*{n}", "dense 4 KiB anon"), (f"pinned*64 normal*{n - 64}", "64 pinned pages")):
             space = gpusim.parse_layout(layout, args.variant)
             r = gpusim.fork(space, args.variant, backend="reference", check=False)
-            print(f"| {today} | {machine} | {what}, {n * 4 // 1024} MiB ({args.variant}) | {r.nr_ptes} | "
-                  f"{r.engine_wall_s:.3f} s | {r.nr_ptes / r.engine_wall_s:,.0f} |")
+            print(
+                f"| {today} | {machine} | {what}, {n * 4 // 1024} MiB ({args.variant}) | {r.nr_ptes} | "
+                f"{r.engine_wall_s:.3f} s | {r.nr_ptes / r.engine_wall_s:,.0f} |"
+            )
 
 
 if __name__ == "__main__":

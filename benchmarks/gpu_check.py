@@ -88,19 +88,75 @@ for name, k in (("fork_tables_kernel", K.fork_kernel), ("walk_tables_kernel", K.
 """
 
 big = "1GiB,16GiB,256GiB" if QUICK else "1GiB,16GiB,256GiB,1TiB,4TiB"
-equal_cases = [(1 << 20, 0, "linux-6.18"), (1 << 20, 4099, "xu-v1")] if QUICK else \
-    [(1 << 25, 0, "linux-6.18"), (1 << 24, 32771, "linux-6.18"), (1 << 24, 32771, "xu-v1"), (1 << 24, 0, "linux-5.8")]
+equal_cases = (
+    [(1 << 20, 0, "linux-6.18"), (1 << 20, 4099, "xu-v1")]
+    if QUICK
+    else [
+        (1 << 25, 0, "linux-6.18"),
+        (1 << 24, 32771, "linux-6.18"),
+        (1 << 24, 32771, "xu-v1"),
+        (1 << 24, 0, "linux-5.8"),
+    ]
+)
 STEPS = [
     ("smoke", [PY, "-c", SMOKE], 90),
-    ("bench", [PY, "-m", "gpusim.cli", "bench", "--backend", "cuda", "--sizes", big, "--repeat", "5", "--batch",
-               "256" if QUICK else "1024", "--json"] + ([] if "--no-kernel" in sys.argv else ["--vs-kernel"]), 180),
+    (
+        "bench",
+        [
+            PY,
+            "-m",
+            "gpusim.cli",
+            "bench",
+            "--backend",
+            "cuda",
+            "--sizes",
+            big,
+            "--repeat",
+            "5",
+            "--batch",
+            "256" if QUICK else "1024",
+            "--json",
+        ]
+        + ([] if "--no-kernel" in sys.argv else ["--vs-kernel"]),
+        180,
+    ),
     ("equal", [PY, "-c", EQUAL % equal_cases, f"{OUT}/equal.json"], 120),
     ("launch", [PY, "benchmarks/bench_launch.py", "--backend", "cuda"], 60),
-    ("tests", [PY, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_engines.py", "-k",
-               "cuda and not cudasim"], 150),
+    (
+        "tests",
+        [
+            PY,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_engines.py",
+            "-k",
+            "cuda and not cudasim",
+        ],
+        150,
+    ),
     ("tpb", [PY, "-c", TPB % ((1 << 40) if not QUICK else (1 << 34)), f"{OUT}/tpb.json"], 60),
-    ("cpu", [PY, "-m", "gpusim.cli", "bench", "--backend", "cpu", "--sizes", "1GiB,16GiB", "--repeat", "5",
-             "--vs-kernel", "--json"], 90),
+    (
+        "cpu",
+        [
+            PY,
+            "-m",
+            "gpusim.cli",
+            "bench",
+            "--backend",
+            "cpu",
+            "--sizes",
+            "1GiB,16GiB",
+            "--repeat",
+            "5",
+            "--vs-kernel",
+            "--json",
+        ],
+        90,
+    ),
 ]
 
 only = [a for a in sys.argv[2:] if not a.startswith("--")]
@@ -115,8 +171,14 @@ for name, cmd, limit in STEPS:
         continue
     with open(f"{OUT}/{name}.log", "w") as log:
         try:
-            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, timeout=limit,
-                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            p = subprocess.run(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                timeout=limit,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            )
             rc, stdout = p.returncode, p.stdout
         except subprocess.TimeoutExpired as e:
             rc, stdout = "timeout", (e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or "")

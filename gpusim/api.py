@@ -19,9 +19,16 @@ from gpusim.variants import DEFAULT_VARIANT, get_variant
 BACKENDS = _backend.BACKENDS
 
 
-def fork(space: AddressSpace, variant: str = DEFAULT_VARIANT, backend: str = "auto",
-         oracle: str | LockBreakOracle = "never", inject=(), fork_seq: int = 0, check: bool = True,
-         chunk_tables: int | None = None) -> ForkResult:
+def fork(
+    space: AddressSpace,
+    variant: str = DEFAULT_VARIANT,
+    backend: str = "auto",
+    oracle: str | LockBreakOracle = "never",
+    inject=(),
+    fork_seq: int = 0,
+    check: bool = True,
+    chunk_tables: int | None = None,
+) -> ForkResult:
     """Simulate one fork of ``space`` under ``variant``.
 
     ``oracle`` is a lock-break oracle or its notation (``never``, ``always``, ``every:N``, ``bern:P:SEED``,
@@ -45,8 +52,15 @@ def fork(space: AddressSpace, variant: str = DEFAULT_VARIANT, backend: str = "au
     return result
 
 
-def fork_batch(spaces, variant: str = DEFAULT_VARIANT, backend: str = "auto", oracle: str | LockBreakOracle = "never",
-               fork_seq0: int = 0, check: bool = True, chunk_tables: int | None = None) -> list[ForkResult]:
+def fork_batch(
+    spaces,
+    variant: str = DEFAULT_VARIANT,
+    backend: str = "auto",
+    oracle: str | LockBreakOracle = "never",
+    fork_seq0: int = 0,
+    check: bool = True,
+    chunk_tables: int | None = None,
+) -> list[ForkResult]:
     """Fork many independent address spaces, the ``i``-th as fork number ``fork_seq0 + i``.
 
     On the fast backends all of them go through one combined kernel launch (segments of tables and memory); each

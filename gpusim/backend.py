@@ -34,8 +34,9 @@ def cuda_usable() -> bool:
         return False
     try:
         import cupy
+
         return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:                           # no driver, no device: CPU it is
+    except Exception:  # no driver, no device: CPU it is
         return False
 
 
@@ -43,8 +44,9 @@ def gpu_name() -> str:
     """The current CUDA device's name, through CuPy ("" without one)."""
     try:
         import cupy
+
         name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
-    except Exception:                           # no CuPy, no driver, no device
+    except Exception:  # no CuPy, no driver, no device
         return ""
     return name.decode() if isinstance(name, bytes) else str(name)
 
@@ -64,11 +66,13 @@ def use_cuda_simulator(want: bool) -> None:
     :class:`BackendUnavailable` when the process already uses the other one."""
     if "numba.cuda" not in sys.modules and bool(config.ENABLE_CUDASIM) != want:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1" if want else "0"
-        config.reload_config()                  # numba read the environment when it was imported
+        config.reload_config()  # numba read the environment when it was imported
     if bool(config.ENABLE_CUDASIM) != want:
         other = "cudasim" if config.ENABLE_CUDASIM else "cuda"
-        raise BackendUnavailable(f"backend '{'cudasim' if want else 'cuda'}' is not available in a process that "
-                                 f"already uses '{other}' (numba's CUDA simulator is chosen once per process)")
+        raise BackendUnavailable(
+            f"backend '{'cudasim' if want else 'cuda'}' is not available in a process that "
+            f"already uses '{other}' (numba's CUDA simulator is chosen once per process)"
+        )
 
 
 _prepared: set[str] = set()
@@ -81,13 +85,15 @@ def kernels(name: str):
     elif name in ("cuda", "cudasim"):
         use_cuda_simulator(name == "cudasim")
         if name == "cuda" and not cuda_usable():
-            raise BackendUnavailable("backend 'cuda' needs an NVIDIA GPU and CuPy (pip install 'gpusim[cuda12]' "
-                                     "or '[cuda13]'); use --backend cpu or cudasim")
+            raise BackendUnavailable(
+                "backend 'cuda' needs an NVIDIA GPU and CuPy (pip install 'gpusim[cuda12]' "
+                "or '[cuda13]'); use --backend cpu or cudasim"
+            )
         from gpusim.kernels import cuda as module  # only here: numba.cuda is imported on demand (rule 7)
     else:
         raise UnknownBackend(name)
     if name not in _prepared:
-        cpu.prepare()                                   # every fast engine places batches with its shift_entries
+        cpu.prepare()  # every fast engine places batches with its shift_entries
         if module is not cpu:
             module.prepare()
         _prepared.add(name)

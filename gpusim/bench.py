@@ -27,68 +27,117 @@ def bench_size(size: int, backend: str, variant: str, repeat: int) -> dict:
         walls.append(r.engine_wall_s)
     wall = statistics.median(walls)
     nbytes = resident_bytes(r.parent.mm, r.child, r.memory)
-    return {"size_bytes": size, "ptes": r.nr_ptes, "backend": r.backend, "variant": variant,
-            "engine_wall_s": wall, "engine_wall_min_s": min(walls), "ns_per_pte": wall / r.nr_ptes * 1e9,
-            "ptes_per_s": r.nr_ptes / wall, "bytes_per_pte": nbytes / r.nr_ptes, "outcome": r.outcome}
+    return {
+        "size_bytes": size,
+        "ptes": r.nr_ptes,
+        "backend": r.backend,
+        "variant": variant,
+        "engine_wall_s": wall,
+        "engine_wall_min_s": min(walls),
+        "ns_per_pte": wall / r.nr_ptes * 1e9,
+        "ptes_per_s": r.nr_ptes / wall,
+        "bytes_per_pte": nbytes / r.nr_ptes,
+        "outcome": r.outcome,
+    }
 
 
 def bench_batch(size: int, count: int, backend: str, variant: str, repeat: int) -> dict:
     """``count`` forks of ``size`` bytes of dense anon memory in one :func:`gpusim.fork_batch`."""
     spaces = [dense_anon(size // PAGE_SIZE) for _ in range(count)]
-    api.fork_batch([dense_anon(1024)] * 2, variant, backend=backend, check=False)    # compile / warm up
+    api.fork_batch([dense_anon(1024)] * 2, variant, backend=backend, check=False)  # compile / warm up
     walls = []
     for _ in range(repeat):
         rs = api.fork_batch(spaces, variant, backend=backend, check=False)
         walls.append(sum(r.engine_wall_s for r in rs))
         del rs
     wall = statistics.median(walls)
-    return {"size_bytes": size, "forks": count, "backend": backend, "engine_wall_s": wall,
-            "forks_per_s": count / wall, "ptes_per_s": count * size // PAGE_SIZE / wall}
+    return {
+        "size_bytes": size,
+        "forks": count,
+        "backend": backend,
+        "engine_wall_s": wall,
+        "forks_per_s": count / wall,
+        "ptes_per_s": count * size // PAGE_SIZE / wall,
+    }
 
 
-def run(sizes: list[int], backend: str, variant: str, repeat: int, vs_kernel: bool, progress=None,
-        batch: int = 0, threads_per_block: int | None = None) -> dict:
+def gpu_rows(report: dict, sizes, backend, variant, repeat, batch, threads_per_block, progress) -> list[dict]:
+    """Rows of forks of device-resident state (:mod:`gpusim.gpubench`), each with the end-to-end ``gpusim.fork``
+    time beside it up to :data:`E2E_MAX_BYTES`; adds the device, its copy bandwidth and the batch to ``report``."""
+    dev = bench_resident(
+        sizes,
+        backend,
+        variant,
+        repeat,
+        batch,
+        threads_per_block=threads_per_block,
+        progress=progress and (lambda s, k: progress(s) if k == 1 else None),
+    )
+    rows = [r for r in dev["rows"] if r["forks"] == 1]
+    for r in rows:
+        r.update(backend=backend, variant=variant, outcome="ok", bytes_per_pte=r["device_bytes_per_pte"])
+        if r["size_bytes"] <= E2E_MAX_BYTES:
+            r["e2e_wall_s"] = bench_size(r["size_bytes"], backend, variant, repeat)["engine_wall_s"]
+    report.update({k: dev[k] for k in ("device", "copy_bandwidth_Bps", "traffic_bytes_per_pte")})
+    if batch:
+        report["batch"] = dict(dev["rows"][-1], backend=backend)
+    return rows
+
+
+def host_rows(report: dict, sizes, backend, variant, repeat, batch, progress) -> list[dict]:
+    """Rows of ``gpusim.fork`` on state already in RAM; adds the batch to ``report``."""
+    api.fork(dense_anon(1024), variant, backend=backend, check=False)  # compile / warm up
+    rows = []
+    for size in sizes:
+        if progress:
+            progress(size)
+        rows.append(bench_size(size, backend, variant, repeat))
+    if batch:
+        report["batch"] = bench_batch(min(sizes), batch, backend, variant, repeat)
+    return rows
+
+
+def add_kernel_fork(row: dict, base_ns: float, repeat: int) -> None:
+    """This machine's kernel forking a real process with the row's touched memory, where it fits in half of the
+    available memory."""
+    if row["size_bytes"] > mem_available_bytes() // 2:
+        row["kernel_fork_s"] = None
+        row["kernel_skipped"] = "does not fit in half of the available memory"
+        return
+    k = run_layout(RealLayout("dense", row["size_bytes"]), "time", max(5, repeat))
+    row["kernel_fork_s"] = k["median_ns"] / 1e9
+    row["kernel_ns_per_pte"] = (k["median_ns"] - base_ns) / row["ptes"]
+    row["speedup_vs_kernel"] = row["kernel_fork_s"] / row["engine_wall_s"]
+
+
+def run(
+    sizes: list[int],
+    backend: str,
+    variant: str,
+    repeat: int,
+    vs_kernel: bool,
+    progress=None,
+    batch: int = 0,
+    threads_per_block: int | None = None,
+) -> dict:
     """The bench report. On ``cuda`` the engine's time is that of forks on device-resident state
     (:mod:`gpusim.gpubench`, checked against the CPU engine at full size), with the end-to-end time of
     ``gpusim.fork`` on host arrays beside it for sizes up to :data:`E2E_MAX_BYTES`; elsewhere it is the time of
     ``gpusim.fork`` on state already in RAM."""
     backend = resolve(backend)
-    base = None
-    if vs_kernel:
-        base = run_layout(RealLayout("bare", 0), "time", max(5, repeat))["median_ns"]
-    report = {"machine": cpu_description(), "kernel": platform.release(),
-              "kernel_fork_base_s": None if base is None else base / 1e9, "backend": backend}
+    base = run_layout(RealLayout("bare", 0), "time", max(5, repeat))["median_ns"] if vs_kernel else None
+    report = {
+        "machine": cpu_description(),
+        "kernel": platform.release(),
+        "kernel_fork_base_s": None if base is None else base / 1e9,
+        "backend": backend,
+    }
     if backend == "cuda":
-        dev = bench_resident(sizes, backend, variant, repeat, batch, threads_per_block=threads_per_block,
-                             progress=progress and (lambda s, k: progress(s) if k == 1 else None))
-        rows = [r for r in dev["rows"] if r["forks"] == 1]
-        for r in rows:
-            r.update(backend=backend, variant=variant, outcome="ok", bytes_per_pte=r["device_bytes_per_pte"])
-            if r["size_bytes"] <= E2E_MAX_BYTES:
-                r["e2e_wall_s"] = bench_size(r["size_bytes"], backend, variant, repeat)["engine_wall_s"]
-        report.update({k: dev[k] for k in ("device", "copy_bandwidth_Bps", "traffic_bytes_per_pte")})
-        if batch:
-            b = dev["rows"][-1]
-            report["batch"] = dict(b, backend=backend)
+        rows = gpu_rows(report, sizes, backend, variant, repeat, batch, threads_per_block, progress)
     else:
-        api.fork(dense_anon(1024), variant, backend=backend, check=False)      # compile / warm up
-        rows = []
-        for size in sizes:
-            if progress:
-                progress(size)
-            rows.append(bench_size(size, backend, variant, repeat))
-        if batch:
-            report["batch"] = bench_batch(min(sizes), batch, backend, variant, repeat)
-    for row in rows:
-        if not vs_kernel:
-            continue
-        if row["size_bytes"] <= mem_available_bytes() // 2:
-            k = run_layout(RealLayout("dense", row["size_bytes"]), "time", max(5, repeat))
-            row["kernel_fork_s"] = k["median_ns"] / 1e9
-            row["kernel_ns_per_pte"] = (k["median_ns"] - base) / row["ptes"]
-            row["speedup_vs_kernel"] = row["kernel_fork_s"] / row["engine_wall_s"]
-        else:
-            row["kernel_fork_s"] = None
-            row["kernel_skipped"] = "does not fit in half of the available memory"
+        rows = host_rows(report, sizes, backend, variant, repeat, batch, progress)
+    if vs_kernel:
+        for row in rows:
+            add_kernel_fork(row, base, repeat)
     report["rows"] = rows
     return report

@@ -56,7 +56,7 @@ class SpaceBuilder:
 
     def _contents(self, n: int) -> np.ndarray:
         if self.content == "pages_first":
-            return np.zeros(n, np.int64)                 # numbered at freeze
+            return np.zeros(n, np.int64)  # numbered at freeze
         c = np.arange(self.next_content, self.next_content + n, dtype=np.int64)
         self.next_content += n
         return c
@@ -68,8 +68,9 @@ class SpaceBuilder:
         for k, v in zip(_VMA, (start, end, flags, backing, anon_vma)):
             self.vma[k].append(_run(v, n))
 
-    def add_folios(self, count: int, order: int, flags, refcount, page_flags=0, page_mapcount=1,
-                   pmd_mapcount=0) -> tuple[np.ndarray, np.ndarray]:
+    def add_folios(
+        self, count: int, order: int, flags, refcount, page_flags=0, page_mapcount=1, pmd_mapcount=0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``count`` folios of ``2**order`` pages each: ``flags`` (``FOLIO_*``), ``refcount`` and ``pmd_mapcount``
         per folio, ``page_flags`` (``PAGE_*``) and ``page_mapcount`` per page (scalars or arrays). Returns (folio
         ids, first pfns), both i64 ``(count,)``."""
@@ -77,11 +78,22 @@ class SpaceBuilder:
         npg = count << order
         ids = self.nr_folios + np.arange(count, dtype=np.int64)
         first = self.nr_pages + (np.arange(count, dtype=np.int64) << order)
-        for k, v in (("order", order), ("refcount", refcount), ("pincount", 0), ("true_pins", 0),
-                     ("pmd_mapcount", pmd_mapcount), ("flags", flags), ("first_pfn", first)):
+        for k, v in (
+            ("order", order),
+            ("refcount", refcount),
+            ("pincount", 0),
+            ("true_pins", 0),
+            ("pmd_mapcount", pmd_mapcount),
+            ("flags", flags),
+            ("first_pfn", first),
+        ):
             self.folio[k].append(_run(v, count))
-        for k, v in (("folio", np.repeat(ids, 1 << order)), ("mapcount", page_mapcount), ("flags", page_flags),
-                     ("content", self._contents(npg))):
+        for k, v in (
+            ("folio", np.repeat(ids, 1 << order)),
+            ("mapcount", page_mapcount),
+            ("flags", page_flags),
+            ("content", self._contents(npg)),
+        ):
             self.page[k].append(_run(v, npg))
         self.nr_folios += count
         self.nr_pages += npg
@@ -123,7 +135,7 @@ class SpaceBuilder:
         return any(int(k.sum()) for _, k in self.pins)
 
     def memory(self) -> Memory:
-        cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)      # noqa: E731
+        cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)  # noqa: E731
         fo = {k: cat(v).copy() for k, v in self.folio.items()}
         pg = {k: cat(v) for k, v in self.page.items()}
         sl = {k: cat(v) for k, v in self.slot.items()}
@@ -139,21 +151,32 @@ class SpaceBuilder:
             sl["content"] = np.arange(self.nr_pages + 1, self.nr_pages + self.nr_slots + 1, dtype=np.int64)
             self.next_content = self.nr_pages + self.nr_slots + 1
         return Memory.build(
-            **{f"folio_{k}": v for k, v in fo.items()}, **{f"page_{k}": v for k, v in pg.items()},
-            **{f"swap_{k}": v for k, v in sl.items()}, next_content=self.next_content)
+            **{f"folio_{k}": v for k, v in fo.items()},
+            **{f"page_{k}": v for k, v in pg.items()},
+            **{f"swap_{k}": v for k, v in sl.items()},
+            next_content=self.next_content,
+        )
 
     def freeze(self, has_pinned: bool | None = None) -> AddressSpace:
         """The address space built (not validated: call its ``validate``). ``has_pinned`` is the parent's
         MMF_HAS_PINNED (default: whether any pin was added); ``on_swapoff_list`` is set when a slot exists."""
         memory = self.memory()
-        cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)   # noqa: E731
+        cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)  # noqa: E731
         tables, pte = tables_from_entries(cat(self.addr, np.int64), cat(self.val, np.uint64))
         pmd_t, pmd_v = cat(self.pmd_table, np.int64), cat(self.pmd_val, np.uint64)
         order = np.argsort(pmd_t, kind="stable")
-        mm = MM(vma_start=cat(self.vma["start"], np.int64), vma_end=cat(self.vma["end"], np.int64),
-                vma_flags=cat(self.vma["flags"], np.uint64), vma_backing=cat(self.vma["backing"], np.uint8),
-                vma_anon_vma=cat(self.vma["anon_vma"], np.bool_), table_index=tables, pte=pte,
-                pmd_index=pmd_t[order], pmd=pmd_v[order], rss=rss_of(pte, pmd_v, memory),
-                has_pinned=self.pinned if has_pinned is None else bool(has_pinned),
-                on_swapoff_list=self.nr_slots > 0)
+        mm = MM(
+            vma_start=cat(self.vma["start"], np.int64),
+            vma_end=cat(self.vma["end"], np.int64),
+            vma_flags=cat(self.vma["flags"], np.uint64),
+            vma_backing=cat(self.vma["backing"], np.uint8),
+            vma_anon_vma=cat(self.vma["anon_vma"], np.bool_),
+            table_index=tables,
+            pte=pte,
+            pmd_index=pmd_t[order],
+            pmd=pmd_v[order],
+            rss=rss_of(pte, pmd_v, memory),
+            has_pinned=self.pinned if has_pinned is None else bool(has_pinned),
+            on_swapoff_list=self.nr_slots > 0,
+        )
         return AddressSpace(mm, memory)

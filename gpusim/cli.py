@@ -47,10 +47,13 @@ INJECTIONS (spec 5), repeat --inject; without @A they apply to every call:
   e.g.  --inject fail@copy#1     --inject "@EC#1: zap(100)"     --inject "@SC#1@512: zap(520)"
 """
 
-FORK_HELP = FORK_HELP.replace("[@A]", "\\[@A]")     # rich markup would read [@A] as a tag
+FORK_HELP = FORK_HELP.replace("[@A]", "\\[@A]")  # rich markup would read [@A] as a tag
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="gpusim: simulate Linux fork() page-table copying (early COW for pinned pages).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="gpusim: simulate Linux fork() page-table copying (early COW for pinned pages).",
+)
 err = Console(stderr=True, highlight=False)
 
 
@@ -70,24 +73,31 @@ def variants() -> None:
 @app.command(help=FORK_HELP)
 def fork(
     layout: Optional[str] = typer.Option(None, "--layout", "-l", help="Address space in layout notation."),
-    scenario: Optional[str] = typer.Option(None, "--scenario", "-s",
-                                           help="A scenario of the spec's catalogue (A, B2, H-c, M-b, ...); "
-                                                "its layout, oracle and injections, unless given."),
+    scenario: Optional[str] = typer.Option(
+        None,
+        "--scenario",
+        "-s",
+        help="A scenario of the spec's catalogue (A, B2, H-c, M-b, ...); "
+        "its layout, oracle and injections, unless given.",
+    ),
     variant: str = typer.Option(DEFAULT_VARIANT, "--variant", "-v", help="Kernel variant (see `gpusim variants`)."),
     oracle: Optional[str] = typer.Option(None, "--oracle", help="Lock-break oracle (default never)."),
     inject: Optional[List[str]] = typer.Option(None, "--inject", "-i", help="Injection; repeatable."),
     backend: str = typer.Option("auto", "--backend", help=f"Engine: {', '.join(BACKENDS)}."),
-    workload: Optional[str] = typer.Option(None, "--workload", "-w",
-                                           help="A workload generator (anon, mixed) instead of a layout."),
-    sets: Optional[List[str]] = typer.Option(None, "--set", help="key=value for the workload generator "
-                                                                 "(size=1GiB, pinned_fraction=0.1, ...); repeatable."),
+    workload: Optional[str] = typer.Option(
+        None, "--workload", "-w", help="A workload generator (anon, mixed) instead of a layout."
+    ),
+    sets: Optional[List[str]] = typer.Option(
+        None, "--set", help="key=value for the workload generator (size=1GiB, pinned_fraction=0.1, ...); repeatable."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the workload generator."),
     snapshot: Optional[str] = typer.Option(None, "--snapshot", help="A snapshot written by `gpusim capture`."),
-    pin: Optional[List[str]] = typer.Option(None, "--pin", help="With --snapshot: a pinned address range "
-                                                                "START-END (0x... or decimal); repeatable."),
-    profile: Optional[str] = typer.Option(None, "--profile", "-p",
-                                          help="Cost profile: a shipped name or a file path (default: "
-                                               "public-xeon-4210r-v6.8)."),
+    pin: Optional[List[str]] = typer.Option(
+        None, "--pin", help="With --snapshot: a pinned address range START-END (0x... or decimal); repeatable."
+    ),
+    profile: Optional[str] = typer.Option(
+        None, "--profile", "-p", help="Cost profile: a shipped name or a file path (default: public-xeon-4210r-v6.8)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     from gpusim.costmodel import latency, load_profile
@@ -95,8 +105,9 @@ def fork(
     try:
         get_variant(variant)
         prof = load_profile(profile)
-        space, oracle, inject = fork_input(variant, layout, scenario, workload, sets, seed, snapshot, pin, oracle,
-                                           inject)
+        space, oracle, inject = fork_input(
+            variant, layout, scenario, workload, sets, seed, snapshot, pin, oracle, inject
+        )
         result = run_fork(space, variant, backend=backend, oracle=oracle or "never", inject=inject or ())
         lat = latency(result.counts, variant, prof, result.table_stats)
     except typer.Exit:
@@ -109,8 +120,11 @@ def fork(
     print_summary(result)
     Console(highlight=False).print(
         f"modelled latency {lat['latency_ns'] / 1e6:.3f} ms (profile {lat['profile']}); longest PTE-lock hold "
-        f"{lat['lock_hold_max_ns'] / 1e3:.1f} us; " + ", ".join(
-            f"{k} {v / 1e6:.3f}" for k, v in lat["latency_breakdown_ns"].items() if v) + " ms", soft_wrap=True)
+        f"{lat['lock_hold_max_ns'] / 1e3:.1f} us; "
+        + ", ".join(f"{k} {v / 1e6:.3f}" for k, v in lat["latency_breakdown_ns"].items() if v)
+        + " ms",
+        soft_wrap=True,
+    )
 
 
 def fork_input(variant, layout, scenario, workload, sets, seed, snapshot, pin, oracle, inject):
@@ -128,6 +142,7 @@ def fork_input(variant, layout, scenario, workload, sets, seed, snapshot, pin, o
         bad_input("--set goes with --workload")
     if snapshot is not None:
         from gpusim.snapshot import parse_range, snapshot_space
+
         return snapshot_space(snapshot, variant, [parse_range(r) for r in pin or []]), oracle, inject
     if workload is not None:
         return workload_from_cli(workload, sets or [], variant, seed), oracle, inject
@@ -147,12 +162,20 @@ def bench(
     backend: str = typer.Option("auto", "--backend", help=f"Engine: {', '.join(BACKENDS)}."),
     variant: str = typer.Option(DEFAULT_VARIANT, "--variant", "-v"),
     repeat: int = typer.Option(3, "--repeat", min=1, help="Forks per size (the median is reported)."),
-    vs_kernel: bool = typer.Option(False, "--vs-kernel", help="Also time this machine's kernel forking a real "
-                                                              "process with the same touched memory."),
-    batch: int = typer.Option(0, "--batch", min=0, help="Also fork this many address spaces of the smallest size "
-                                                         "in one batch and print forks/s."),
-    threads_per_block: int = typer.Option(0, "--threads-per-block", min=0, help="cuda: threads per block of the "
-                                                                                "fork kernel (0: the default)."),
+    vs_kernel: bool = typer.Option(
+        False,
+        "--vs-kernel",
+        help="Also time this machine's kernel forking a real process with the same touched memory.",
+    ),
+    batch: int = typer.Option(
+        0,
+        "--batch",
+        min=0,
+        help="Also fork this many address spaces of the smallest size in one batch and print forks/s.",
+    ),
+    threads_per_block: int = typer.Option(
+        0, "--threads-per-block", min=0, help="cuda: threads per block of the fork kernel (0: the default)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Fork dense 4 KiB anonymous address spaces and print PTEs/s, ns/PTE, bytes/PTE and engine wall time.
@@ -163,6 +186,7 @@ def bench(
     from gpusim.backend import resolve
     from gpusim.bench import run
     from gpusim.units import parse_size
+
     try:
         get_variant(variant)
         size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
@@ -170,9 +194,16 @@ def bench(
     except ValueError as e:
         bad_input(str(e))
     status = None if as_json else Console(stderr=True)
-    report = run(size_list, backend, variant, repeat, vs_kernel,
-                 progress=(lambda s: status.print(f"forking {s / 2**30:g} GiB ...", highlight=False))
-                 if status else None, batch=batch, threads_per_block=threads_per_block or None)
+    report = run(
+        size_list,
+        backend,
+        variant,
+        repeat,
+        vs_kernel,
+        progress=(lambda s: status.print(f"forking {s / 2**30:g} GiB ...", highlight=False)) if status else None,
+        batch=batch,
+        threads_per_block=threads_per_block or None,
+    )
     if as_json:
         typer.echo(json.dumps(report))
         return
@@ -181,15 +212,28 @@ def bench(
 
 def bench_row(r: dict, gpu: bool, vs_kernel: bool) -> list[str]:
     """The cells of one size of ``gpusim bench``'s table."""
-    cells = [f"{r['size_bytes'] / 2**30:g} GiB", f"{r['ptes']:,}", r["backend"], f"{r['engine_wall_s'] * 1e3:.2f} ms",
-             f"{r['ns_per_pte']:.3f}", f"{r['ptes_per_s'] / 1e9:.3f} G", f"{r['bytes_per_pte']:.1f}"]
+    cells = [
+        f"{r['size_bytes'] / 2**30:g} GiB",
+        f"{r['ptes']:,}",
+        r["backend"],
+        f"{r['engine_wall_s'] * 1e3:.2f} ms",
+        f"{r['ns_per_pte']:.3f}",
+        f"{r['ptes_per_s'] / 1e9:.3f} G",
+        f"{r['bytes_per_pte']:.1f}",
+    ]
     if gpu:
-        cells += [f"{100 * r['fraction_of_copy_bandwidth']:.1f}%",
-                  f"{r['e2e_wall_s'] * 1e3:.1f} ms" if "e2e_wall_s" in r else "", r.get("check", "")]
+        cells += [
+            f"{100 * r['fraction_of_copy_bandwidth']:.1f}%",
+            f"{r['e2e_wall_s'] * 1e3:.1f} ms" if "e2e_wall_s" in r else "",
+            r.get("check", ""),
+        ]
     if vs_kernel:
         if r.get("kernel_fork_s"):
-            cells += [f"{r['kernel_fork_s'] * 1e3:.2f} ms", f"{r['kernel_ns_per_pte']:.1f}",
-                      f"{r['speedup_vs_kernel']:.1f}x"]
+            cells += [
+                f"{r['kernel_fork_s'] * 1e3:.2f} ms",
+                f"{r['kernel_ns_per_pte']:.1f}",
+                f"{r['speedup_vs_kernel']:.1f}x",
+            ]
         else:
             cells += ["n/a", "", ""]
     return cells
@@ -200,8 +244,10 @@ def print_bench(report: dict, vs_kernel: bool, batch: int) -> None:
     gpu = report["backend"] == "cuda"
     title = f"gpusim bench: {report['machine']}, kernel {report['kernel']}"
     if gpu:
-        title += (f", {report['device']} (copy bandwidth {report['copy_bandwidth_Bps'] / 1e12:.2f} TB/s read+write, "
-                  f"{report['traffic_bytes_per_pte']} bytes of traffic per PTE at least)")
+        title += (
+            f", {report['device']} (copy bandwidth {report['copy_bandwidth_Bps'] / 1e12:.2f} TB/s read+write, "
+            f"{report['traffic_bytes_per_pte']} bytes of traffic per PTE at least)"
+        )
     t = Table(title=title, title_justify="left")
     cols = ["size", "PTEs", "backend", "engine wall", "ns/PTE", "PTEs/s", "bytes/PTE"]
     cols += ["% copy BW", "end-to-end", "check"] if gpu else []
@@ -212,14 +258,18 @@ def print_bench(report: dict, vs_kernel: bool, batch: int) -> None:
         t.add_row(*bench_row(r, gpu, vs_kernel))
     Console(highlight=False, width=200).print(t)
     if vs_kernel:
-        typer.echo(f"kernel fork of the bare measuring process: {report['kernel_fork_base_s'] * 1e3:.2f} ms "
-                   f"(subtracted in kernel ns/PTE, not in speedup)")
+        typer.echo(
+            f"kernel fork of the bare measuring process: {report['kernel_fork_base_s'] * 1e3:.2f} ms "
+            f"(subtracted in kernel ns/PTE, not in speedup)"
+        )
     if batch:
         b = report["batch"]
         where = "state resident on the device, " if gpu else ""
-        typer.echo(f"batch: {b['forks']} forks of {b['size_bytes'] / 2**30:g} GiB in one launch ({where}"
-                   f"{b['backend']}): {b['engine_wall_s'] * 1e3:.1f} ms, {b['forks_per_s']:.1f} forks/s, "
-                   f"{b['ptes_per_s'] / 1e6:.1f} M PTEs/s" + (f", check: {b['check']}" if "check" in b else ""))
+        typer.echo(
+            f"batch: {b['forks']} forks of {b['size_bytes'] / 2**30:g} GiB in one launch ({where}"
+            f"{b['backend']}): {b['engine_wall_s'] * 1e3:.1f} ms, {b['forks_per_s']:.1f} forks/s, "
+            f"{b['ptes_per_s'] / 1e6:.1f} M PTEs/s" + (f", check: {b['check']}" if "check" in b else "")
+        )
 
 
 @app.command()
@@ -228,28 +278,19 @@ def sweep(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Results directory (default results/<name>)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Override the file's backend."),
     executor: str = typer.Option("local", "--executor", help="local (processes on this machine) or ray."),
-    address: Optional[str] = typer.Option(None, "--address", help="ray: the cluster (default RAY_ADDRESS, else a "
-                                                                  "local cluster started for the run)."),
-    workers: int = typer.Option(0, "--workers", min=0, help="Parallel tasks (0: one per core, or per GPU with "
-                                                            "cuda; 1: in this process)."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="ray: the cluster (default RAY_ADDRESS, else a local cluster started for the run)."
+    ),
+    workers: int = typer.Option(
+        0, "--workers", min=0, help="Parallel tasks (0: one per core, or per GPU with cuda; 1: in this process)."
+    ),
 ) -> None:
     """Run every point x repetition of a sweep and write a Parquet dataset (resumable: run it again to finish)."""
-    from pathlib import Path
-
-    from gpusim.sweep.runner import SweepRunner
-    from gpusim.sweep.spec import load_sweep
+    from gpusim.sweep.executors import ExecutorError, make_executor
     from gpusim.yamlerr import ConfigError
+
     try:
-        text = Path(file).read_text() if Path(file).exists() else None
-        spec, points = load_sweep(file, text)
-        if backend is not None:
-            from gpusim.backend import resolve
-            resolve(backend)
-            spec = spec.model_copy(update={"backend": backend})
-            points = [p.model_copy(update={"config": p.config.model_copy(update={"backend": backend})})
-                      for p in points]
-        runner = SweepRunner(spec, points, out or Path("results") / spec.name, text or "")
-        from gpusim.sweep.executors import make_executor
+        spec, points, runner = sweep_runner(file, out, backend)
         ex = make_executor(executor, workers or None, address, spec.backend)
     except ConfigError as e:
         bad_input(str(e))
@@ -257,24 +298,48 @@ def sweep(
         bad_input(f"{file}: {e}")
     console = Console(stderr=True, highlight=False)
     tasks = runner.tasks()
-    console.print(f"sweep {spec.name}: {len(points)} points x {spec.repeat} repetitions, "
-                  f"{len(tasks)} to run on {ex.name} -> {runner.out}")
-    from gpusim.sweep.executors import ExecutorError
+    console.print(
+        f"sweep {spec.name}: {len(points)} points x {spec.repeat} repetitions, "
+        f"{len(tasks)} to run on {ex.name} -> {runner.out}"
+    )
     try:
         if sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                          console=console) as bar:
-                t = bar.add_task(spec.name, total=len(points) * spec.repeat,
-                                 completed=len(points) * spec.repeat - len(tasks))
-                summary = runner.run(progress=lambda done, total, p: bar.update(t, completed=done), executor=ex)
+            summary = run_with_progress_bar(runner, ex, console, len(points) * spec.repeat, len(tasks), spec.name)
         else:
             summary = runner.run(executor=ex)
     except ExecutorError as e:
         bad_input(str(e))
     print_sweep_summary(runner.out)
-    console.print(f"{summary['ran']} run, {summary['skipped']} already done, {summary['errors']} failed; "
-                  f"dataset: {runner.out}")
+    console.print(
+        f"{summary['ran']} run, {summary['skipped']} already done, {summary['errors']} failed; dataset: {runner.out}"
+    )
+
+
+def sweep_runner(file: str, out: str | None, backend: str | None):
+    """(the sweep file's spec, its points, a runner into ``out``); ``backend`` overrides the file's."""
+    from pathlib import Path
+
+    from gpusim.backend import resolve
+    from gpusim.sweep.runner import SweepRunner
+    from gpusim.sweep.spec import load_sweep
+
+    text = Path(file).read_text() if Path(file).exists() else None
+    spec, points = load_sweep(file, text)
+    if backend is not None:
+        resolve(backend)
+        spec = spec.model_copy(update={"backend": backend})
+        points = [p.model_copy(update={"config": p.config.model_copy(update={"backend": backend})}) for p in points]
+    return spec, points, SweepRunner(spec, points, out or Path("results") / spec.name, text or "")
+
+
+def run_with_progress_bar(runner, ex, console, total: int, todo: int, name: str) -> dict:
+    """``runner.run`` on ``ex`` with a rich progress bar (on a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        t = bar.add_task(name, total=total, completed=total - todo)
+        return runner.run(progress=lambda done, _total, _p: bar.update(t, completed=done), executor=ex)
 
 
 def print_sweep_summary(path) -> None:
@@ -282,6 +347,7 @@ def print_sweep_summary(path) -> None:
 
     from gpusim.sweep.export import load_results
     from gpusim.sweep.labels import columns, workload_label
+
     table = load_results(path)
     d = columns(table)
     n = table.num_rows
@@ -290,18 +356,37 @@ def print_sweep_summary(path) -> None:
         key = (d["variant"][i], workload_label(d, i), d["fork_index"][i])
         groups.setdefault(key, []).append(i)
     t = Table(title=f"{table.schema.metadata.get(b'gpusim.sweep', b'').decode()}: {n} rows", title_justify="left")
-    for col in ("variant", "point", "fork", "runs", "outcome", "PTEs", "latency (ms)", "lock hold (us)",
-                "early copies", "engine wall"):
+    for col in (
+        "variant",
+        "point",
+        "fork",
+        "runs",
+        "outcome",
+        "PTEs",
+        "latency (ms)",
+        "lock hold (us)",
+        "early copies",
+        "engine wall",
+    ):
         t.add_column(col, justify="right" if col not in ("variant", "point", "outcome") else "left")
-    order = lambda kv: (d["nr_ptes"][kv[1][0]] or 0, kv[0][1], kv[0][0], kv[0][2])      # noqa: E731
+    order = lambda kv: (d["nr_ptes"][kv[1][0]] or 0, kv[0][1], kv[0][0], kv[0][2])  # noqa: E731
     for (v, label, k), idx in sorted(groups.items(), key=order):
         outs = sorted({d["outcome"][i] for i in idx})
         lat = [d["latency_ns"][i] for i in idx if d["latency_ns"][i] is not None]
         hold = [d["lock_hold_max_ns"][i] for i in idx if d["lock_hold_max_ns"][i] is not None]
         wall = [d["engine_wall_s"][i] for i in idx if d["engine_wall_s"][i] is not None]
-        t.add_row(v, label, str(k), str(len(idx)), ",".join(outs), f"{d['nr_ptes'][idx[0]] or 0:,}",
-                  f"{np.median(lat) / 1e6:.3f}" if lat else "", f"{np.median(hold) / 1e3:.1f}" if hold else "",
-                  str(d["count.copy.alloc"][idx[0]] or 0), f"{np.median(wall) * 1e3:.1f} ms" if wall else "")
+        t.add_row(
+            v,
+            label,
+            str(k),
+            str(len(idx)),
+            ",".join(outs),
+            f"{d['nr_ptes'][idx[0]] or 0:,}",
+            f"{np.median(lat) / 1e6:.3f}" if lat else "",
+            f"{np.median(hold) / 1e3:.1f}" if hold else "",
+            str(d["count.copy.alloc"][idx[0]] or 0),
+            f"{np.median(wall) * 1e3:.1f} ms" if wall else "",
+        )
     Console(highlight=False, width=200).print(t)
 
 
@@ -313,6 +398,7 @@ def plot(
     """Draw a sweep's figures: latency vs size, breakdown, latency vs pinned fraction, variants compared."""
     try:
         from gpusim.plots import plot_results
+
         files = plot_results(path, out)
     except FileNotFoundError as e:
         bad_input(str(e))
@@ -325,25 +411,39 @@ def plot(
 @app.command()
 def calibrate(
     quick: bool = typer.Option(False, "--quick", help="Fewer, smaller layouts (CI: about ten seconds)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Profile file to write (default: the host "
-                                                                "profile directory, see `gpusim.host.calibrate`)."),
+    out: Optional[str] = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Profile file to write (default: the host profile directory, see `gpusim.host.calibrate`).",
+    ),
     repeat: int = typer.Option(0, "--repeat", min=0, help="Forks timed per layout (0: 15 quick, 31 full)."),
 ) -> None:
     """Time real forks of known layouts on this kernel, fit the cost model, and write a host profile."""
     from gpusim.host.calibrate import calibrate as run_calibrate
+
     console = Console(stderr=True, highlight=False)
-    result = run_calibrate(quick, out, repeat or None,
-                           progress=lambda i, n, name: console.print(f"[{i}/{n}] {name}", highlight=False))
+    result = run_calibrate(
+        quick, out, repeat or None, progress=lambda i, n, name: console.print(f"[{i}/{n}] {name}", highlight=False)
+    )
     fit = result["fit"]
     t = Table(title=f"fit on {fit['variant']} rules ({len(fit['residuals'])} layouts)", title_justify="left")
     for col in ("layout", "measured (ms)", "fitted (ms)", "error"):
         t.add_column(col, justify="right" if col != "layout" else "left")
     for r in fit["residuals"]:
-        t.add_row(r["name"], f"{r['measured_ns'] / 1e6:.3f}", f"{r['fitted_ns'] / 1e6:.3f}",
-                  f"{100 * r['error']:+.1f}%" if r["error"] is not None else "")
+        t.add_row(
+            r["name"],
+            f"{r['measured_ns'] / 1e6:.3f}",
+            f"{r['fitted_ns'] / 1e6:.3f}",
+            f"{100 * r['error']:+.1f}%" if r["error"] is not None else "",
+        )
     Console(highlight=False).print(t)
-    typer.echo("scales: " + ", ".join(f"{g} {v['scale']:.3f}" + ("" if v["identified"] else " (not measured)")
-                                      for g, v in fit["groups"].items()))
+    typer.echo(
+        "scales: "
+        + ", ".join(
+            f"{g} {v['scale']:.3f}" + ("" if v["identified"] else " (not measured)") for g, v in fit["groups"].items()
+        )
+    )
     for s in fit["skipped"]:
         typer.echo(f"skipped {s['name']}: {s['refused']}")
     typer.echo(f"profile written: {result['path']}")
@@ -351,25 +451,37 @@ def calibrate(
 
 @app.command()
 def validate(
-    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Cost profile (default: the newest host "
-                                                                        "profile, else the public one)."),
+    profile: Optional[str] = typer.Option(
+        None, "--profile", "-p", help="Cost profile (default: the newest host profile, else the public one)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Compare the simulator with this kernel: page sharing after a real fork, and latency on held-out layouts."""
     from gpusim.host.calibrate import validate as run_validate
+
     try:
         from gpusim.costmodel import load_profile
+
         load_profile(profile)
     except ValueError as e:
         bad_input(str(e))
     console = Console(stderr=True, highlight=False)
-    rep = run_validate(profile, progress=None if as_json else
-                       (lambda i, n, name: console.print(f"[{i}/{n}] {name}", highlight=False)))
+    rep = run_validate(
+        profile, progress=None if as_json else (lambda i, n, name: console.print(f"[{i}/{n}] {name}", highlight=False))
+    )
     if as_json:
-        out = {"kernel": rep["kernel"], "variant": rep["variant"], "profile": rep["profile"],
-               "sharing": {"pages": rep["sharing"]["pages"], "agreement": rep["sharing"]["agreement"],
-                           "layouts": rep["sharing"]["layouts"]},
-               "latency": rep["latency"], "refused": rep["refused"]}
+        out = {
+            "kernel": rep["kernel"],
+            "variant": rep["variant"],
+            "profile": rep["profile"],
+            "sharing": {
+                "pages": rep["sharing"]["pages"],
+                "agreement": rep["sharing"]["agreement"],
+                "layouts": rep["sharing"]["layouts"],
+            },
+            "latency": rep["latency"],
+            "refused": rep["refused"],
+        }
         typer.echo(json.dumps(out))
         return
     sh = rep["sharing"]
@@ -382,8 +494,12 @@ def validate(
     for col in ("layout", "measured (ms)", "predicted (ms)", "error"):
         t.add_column(col, justify="right" if col != "layout" else "left")
     for c in rep["latency"]["cases"]:
-        t.add_row(c["name"], f"{c['measured_ns'] / 1e6:.3f}", f"{c['predicted_ns'] / 1e6:.3f}",
-                  f"{100 * c['error']:+.1f}%" if c["error"] is not None else "n/a")
+        t.add_row(
+            c["name"],
+            f"{c['measured_ns'] / 1e6:.3f}",
+            f"{c['predicted_ns'] / 1e6:.3f}",
+            f"{100 * c['error']:+.1f}%" if c["error"] is not None else "n/a",
+        )
     Console(highlight=False).print(t)
     mae = rep["latency"]["median_abs_error"]
     typer.echo(f"median absolute error: {'n/a' if mae is None else f'{100 * mae:.1f}%'}")
@@ -399,6 +515,7 @@ def capture(
     """Read a running process's VMAs and pages from /proc into a snapshot that `gpusim fork --snapshot` takes."""
     from gpusim.host.capture import capture as run_capture
     from gpusim.host.capture import write_snapshot
+
     try:
         table = run_capture(pid)
     except FileNotFoundError:
@@ -407,8 +524,10 @@ def capture(
         bad_input(f"{e} (capture needs the right to read /proc/{pid}/pagemap: the same user, or root)")
     write_snapshot(table, out)
     meta = json.loads(table.schema.metadata[b"gpusim.capture"])
-    typer.echo(f"{out}: {len(json.loads(table.schema.metadata[b'gpusim.vmas']))} VMAs, {table.num_rows} pages "
-               f"(frame numbers {'read' if meta['frames'] else 'not readable: map counts unknown'})")
+    typer.echo(
+        f"{out}: {len(json.loads(table.schema.metadata[b'gpusim.vmas']))} VMAs, {table.num_rows} pages "
+        f"(frame numbers {'read' if meta['frames'] else 'not readable: map counts unknown'})"
+    )
 
 
 def workload_from_cli(kind: str, sets: list[str], variant: str, seed: int):
@@ -418,6 +537,7 @@ def workload_from_cli(kind: str, sets: list[str], variant: str, seed: int):
 
     from gpusim.sweep.spec import Workload
     from gpusim.workloads import build_workload
+
     d = {"kind": kind}
     for item in sets:
         key, eq, val = item.partition("=")
@@ -455,22 +575,34 @@ def print_summary(r) -> None:
         t.add_column()
         t.add_column(justify="right")
     pairs = [
-        ("calls", c["table.call"]), ("passes", c["passes"]), ("lock breaks", c["lock_breaks"]),
-        ("checks", c["check"]), ("shared", c["shared"]), ("early copies", c["installs"]),
-        ("copy allocs", c["allocations"]), ("unused frees", c["unused_frees"]), ("pin_shared", c["pin_shared"]),
-        ("swapcont atomic", c["swapcont_atomic"]), ("swapcont kernel", c["swapcont_kernel"]),
-        ("levels added", c["levels_added"]), ("pmd share", c["pmd.share"]), ("pmd split", c["pmd.split"]),
-        ("batches", c["batch.start"]), ("teardown frees", c["teardown_frees"]),
+        ("calls", c["table.call"]),
+        ("passes", c["passes"]),
+        ("lock breaks", c["lock_breaks"]),
+        ("checks", c["check"]),
+        ("shared", c["shared"]),
+        ("early copies", c["installs"]),
+        ("copy allocs", c["allocations"]),
+        ("unused frees", c["unused_frees"]),
+        ("pin_shared", c["pin_shared"]),
+        ("swapcont atomic", c["swapcont_atomic"]),
+        ("swapcont kernel", c["swapcont_kernel"]),
+        ("levels added", c["levels_added"]),
+        ("pmd share", c["pmd.share"]),
+        ("pmd split", c["pmd.split"]),
+        ("batches", c["batch.start"]),
+        ("teardown frees", c["teardown_frees"]),
     ]
     for i in range(0, len(pairs), 4):
         row = []
-        for name, val in pairs[i:i + 4]:
+        for name, val in pairs[i : i + 4]:
             row += [name, str(val)]
         t.add_row(*row)
     out.print(t)
     rss = r.child_rss
-    out.print(f"child rss: anon {rss['anon']}, file {rss['file']}, shmem {rss['shmem']}, "
-              f"swapents {rss['swapents']}" + (" (before teardown)" if r.child_rss_after_teardown else ""))
+    out.print(
+        f"child rss: anon {rss['anon']}, file {rss['file']}, shmem {rss['shmem']}, "
+        f"swapents {rss['swapents']}" + (" (before teardown)" if r.child_rss_after_teardown else "")
+    )
     if not r.invariants.checked:
         out.print("invariants: not checked (oops)")
     elif r.invariants.ok:
@@ -498,6 +630,7 @@ def scenarios(
         for v in names:
             get_variant(v)
         from gpusim.backend import resolve
+
         resolve(backend)
     except ValueError as e:
         bad_input(str(e))

@@ -41,10 +41,28 @@ COMPONENTS = {
     "vma": ("vma.dup", "vma.anon_fork", "vma.file_link", "vma.copy", "vma.skip"),
     "table": ("table.call", "table.alloc", "table.upper_alloc"),
     "pass": ("pass", "restart.lb", "restart.sc", "restart.ec", "check"),
-    "pte": ("pte.none", "pte.share", "pte.special", "pte.wrprotect", "pte.excl_clear", "pte.swap", "pte.migration",
-            "pte.devpriv", "batch.start", "batch.pte", "batch.refused"),
-    "early_copy": ("copy.alloc", "copy.alloc_fail", "copy.memcpy", "copy.install", "copy.free_unused",
-                   "copy.recheck", "copy.duplicate_call"),
+    "pte": (
+        "pte.none",
+        "pte.share",
+        "pte.special",
+        "pte.wrprotect",
+        "pte.excl_clear",
+        "pte.swap",
+        "pte.migration",
+        "pte.devpriv",
+        "batch.start",
+        "batch.pte",
+        "batch.refused",
+    ),
+    "early_copy": (
+        "copy.alloc",
+        "copy.alloc_fail",
+        "copy.memcpy",
+        "copy.install",
+        "copy.free_unused",
+        "copy.recheck",
+        "copy.duplicate_call",
+    ),
     "swap_continuation": ("swapcont.atomic", "swapcont.kernel", "swapcont.attach", "swapcont.null"),
     "huge_pmd": ("pmd.share", "pmd.split"),
     "teardown": ("teardown.pte", "teardown.free"),
@@ -100,8 +118,8 @@ class Profile(BaseModel):
     costs: dict[str, EventCost]
     variant_factors: dict[str, EventCost] = {}
     anchors: list[Anchor] = []
-    fit: dict = {}                       # host profiles: the fit's groups, scales and residuals
-    measurements: list[dict] = []        # host profiles: the real forks the fit used
+    fit: dict = {}  # host profiles: the fit's groups, scales and residuals
+    measurements: list[dict] = []  # host profiles: the real forks the fit used
 
     @model_validator(mode="after")
     def _complete(self):
@@ -169,8 +187,10 @@ def load_profile(name_or_path: str | os.PathLike | Profile | None = None) -> Pro
         if named.exists():
             path = named
         elif not path.exists():
-            raise ProfileError(f"unknown cost profile '{text}' (shipped: {', '.join(profile_names())}; "
-                               f"or give the path of a profile file)")
+            raise ProfileError(
+                f"unknown cost profile '{text}' (shipped: {', '.join(profile_names())}; "
+                f"or give the path of a profile file)"
+            )
     try:
         return _load(str(path.resolve()), path.stat().st_mtime)
     except (ValidationError, ValueError) as e:
@@ -189,13 +209,18 @@ def latency(counts: dict[str, int], variant: str, profile: Profile, table_stats=
     """``latency_ns``, ``latency_breakdown_ns`` (by component), ``lock_hold_max_ns`` (None without per-table
     statistics) and ``profile`` for one fork's counts."""
     f = profile.factor(variant)
-    breakdown = {comp: f * sum(counts.get(e, 0) * profile.costs[e].ns for e in events)
-                 for comp, events in COMPONENTS.items()}
+    breakdown = {
+        comp: f * sum(counts.get(e, 0) * profile.costs[e].ns for e in events) for comp, events in COMPONENTS.items()
+    }
     hold = None
     if table_stats is not None:
         hold = lock_hold_max_ns(table_stats, variant, profile)
-    return {"latency_ns": sum(breakdown.values()), "latency_breakdown_ns": breakdown, "lock_hold_max_ns": hold,
-            "profile": profile.name}
+    return {
+        "latency_ns": sum(breakdown.values()),
+        "latency_breakdown_ns": breakdown,
+        "lock_hold_max_ns": hold,
+        "profile": profile.name,
+    }
 
 
 def lock_hold_max_ns(table_stats, variant: str, profile: Profile) -> float:

@@ -96,6 +96,11 @@ def rss_of(pte: np.ndarray, pmd: np.ndarray, memory) -> np.ndarray:
     return rss
 
 
+def without_offsets(val: np.ndarray) -> np.ndarray:
+    """The entries with bits 12-51 cleared: what is left when the pfn or slot is set aside."""
+    return val & _U(P.M64 ^ (P.PFN_MASK << P.PFN_SHIFT))
+
+
 def with_offsets(base, off: np.ndarray) -> np.ndarray:
     """Entries ``base`` (a value, or an array, with offset 0) carrying the offsets ``off`` (pfns or slots)."""
     return np.asarray(base, np.uint64) | (np.asarray(off).astype(np.uint64) << _U(P.PFN_SHIFT))

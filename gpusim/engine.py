@@ -58,9 +58,14 @@ NB_MODES = {"never": NB_NEVER, "always": NB_ALWAYS, "every": NB_EVERY, "bern": N
 def oracle_params(oracle: LockBreakOracle) -> OracleParams:
     """The kernels' view of a lock-break oracle."""
     pairs = sorted(oracle.pairs)
-    return OracleParams(NB_MODES[oracle.mode], max(1, oracle.n), np.uint64(min(oracle.p_q32, (1 << 64) - 1)),
-                        np.uint64(oracle.seed & ((1 << 64) - 1)), np.array([p[0] for p in pairs], np.int64),
-                        np.array([p[1] for p in pairs], np.int64))
+    return OracleParams(
+        NB_MODES[oracle.mode],
+        max(1, oracle.n),
+        np.uint64(min(oracle.p_q32, (1 << 64) - 1)),
+        np.uint64(oracle.seed & ((1 << 64) - 1)),
+        np.array([p[0] for p in pairs], np.int64),
+        np.array([p[1] for p in pairs], np.int64),
+    )
 
 
 class CallIndex:
@@ -108,8 +113,18 @@ def first_window_call(plan_inj: InjectionPlan, calls: CallIndex) -> int:
     return min(hits) if hits else math.inf
 
 
-def launch_chunked(kernels, mode: int, which: np.ndarray, chunk_tables: int | None, variant_id: int,
-                   large_order: int, tab: Tables, calls: Calls, mem, nb: OracleParams) -> tuple[np.ndarray, np.ndarray]:
+def launch_chunked(
+    kernels,
+    mode: int,
+    which: np.ndarray,
+    chunk_tables: int | None,
+    variant_id: int,
+    large_order: int,
+    tab: Tables,
+    calls: Calls,
+    mem,
+    nb: OracleParams,
+) -> tuple[np.ndarray, np.ndarray]:
     """``kernels.fork_tables`` over the table rows ``which``, in table-aligned chunks of at most ``chunk_tables``
     rows: each launch sees only its slice of the per-row arrays, which is what a device holds at a time. Returns
     (needs_host, counts) aligned with ``which``."""
@@ -123,8 +138,9 @@ def launch_chunked(kernels, mode: int, which: np.ndarray, chunk_tables: int | No
         if sel.size == 0:
             continue
         part = Tables(*(a[lo:hi] for a in tab))
-        needs[sel], counts[sel] = kernels.fork_tables(mode, which[sel] - lo, variant_id, large_order, part, calls,
-                                                      mem, nb)
+        needs[sel], counts[sel] = kernels.fork_tables(
+            mode, which[sel] - lo, variant_id, large_order, part, calls, mem, nb
+        )
     return needs, counts
 
 
@@ -132,15 +148,16 @@ class ForkJob:
     """One fork on the fast engine (the steps of the module docstring). A job is launched on its own (:meth:`run`)
     or with others in one combined launch (:func:`fork_fast_batch`)."""
 
-    def __init__(self, space: AddressSpace, variant: str, oracle: LockBreakOracle, plan_inj: InjectionPlan,
-                 fork_seq: int = 0):
+    def __init__(
+        self, space: AddressSpace, variant: str, oracle: LockBreakOracle, plan_inj: InjectionPlan, fork_seq: int = 0
+    ):
         self.space, self.variant, self.plan_inj, self.fork_seq = space, variant, plan_inj, fork_seq
         mm = self.mm = space.mm
         self.v = get_variant(variant)
-        self.work = copy_state(space.memory)        # "put": the engine's own copy of the state (not timed)
+        self.work = copy_state(space.memory)  # "put": the engine's own copy of the state (not timed)
         self.ppte = mm.pte.copy()
         self.cpte = np.empty_like(self.ppte)
-        self.cpte.fill(0)                           # touch the child's tables now, not inside the timed kernels
+        self.cpte.fill(0)  # touch the child's tables now, not inside the timed kernels
         self.cexists = np.zeros(mm.nr_tables, np.bool_)
         t0 = time.perf_counter()
         self.plan = plan_fork(mm)
@@ -148,29 +165,60 @@ class ForkJob:
         self.nC = self.plan.nr_calls
         self.first_inj = first_window_call(plan_inj, self.calls)
         self.rows = np.flatnonzero(self.calls.row_has_calls & (self.calls.row_lo < self.first_inj)).astype(np.int64)
-        self.fail_rows = np.array([r for r in self.rows.tolist() if plan_inj.alloc_fails(
-            fork_seq, int(self.plan.call_start[self.calls.row_lo[r]]), "ptetable", 1)], np.int64) \
-            if plan_inj.has_failures() else np.zeros(0, np.int64)
+        self.fail_rows = (
+            np.array(
+                [
+                    r
+                    for r in self.rows.tolist()
+                    if plan_inj.alloc_fails(fork_seq, int(self.plan.call_start[self.calls.row_lo[r]]), "ptetable", 1)
+                ],
+                np.int64,
+            )
+            if plan_inj.has_failures()
+            else np.zeros(0, np.int64)
+        )
         # Without failure injections, hwpoison or the v1 oops nothing can stop the fork early, so the fast tables
         # can be copied in the same pass that classifies them; otherwise classify, run the host loop, then copy
         # the fast tables before the stopping call.
-        self.can_stop = (plan_inj.has_failures() or self.v.can_oops or (
-            self.v.hwpoison_fails_copy and bool((self.work.page_flags & PAGE_HWPOISON).any())))
-        self.fc = host_context(space, self.work, self.ppte, self.cpte, self.cexists, variant, oracle, plan_inj,
-                               fork_seq)
+        self.can_stop = (
+            plan_inj.has_failures()
+            or self.v.can_oops
+            or (self.v.hwpoison_fails_copy and bool((self.work.page_flags & PAGE_HWPOISON).any()))
+        )
+        self.fc = host_context(
+            space, self.work, self.ppte, self.cpte, self.cexists, variant, oracle, plan_inj, fork_seq
+        )
         self.nb = oracle_params(oracle)
         self.setup_s = time.perf_counter() - t0
 
     def tables(self) -> Tables:
         """The kernels' table group of this fork (its working rows)."""
         mm, calls, T = self.mm, self.calls, self.mm.nr_tables
-        return Tables(mm.table_index, calls.row_lo, calls.row_hi, self.ppte, self.cpte, self.cexists,
-                      np.full(T, bool(mm.has_pinned)), np.full(T, self.fork_seq, np.int64))
+        return Tables(
+            mm.table_index,
+            calls.row_lo,
+            calls.row_hi,
+            self.ppte,
+            self.cpte,
+            self.cexists,
+            np.full(T, bool(mm.has_pinned)),
+            np.full(T, self.fork_seq, np.int64),
+        )
 
     def launch(self, kernels, mode: int, which: np.ndarray, chunk_tables: int | None):
         """The kernels over this fork's table rows ``which`` (see :func:`launch_chunked`)."""
-        return launch_chunked(kernels, mode, which, chunk_tables, self.v.id, self.v.large_pin_order, self.tables(),
-                              self.calls.group(), memory_arrays(machine_arrays(self.fc.m)), self.nb)
+        return launch_chunked(
+            kernels,
+            mode,
+            which,
+            chunk_tables,
+            self.v.id,
+            self.v.large_pin_order,
+            self.tables(),
+            self.calls.group(),
+            memory_arrays(machine_arrays(self.fc.m)),
+            self.nb,
+        )
 
     def run(self, kernels, backend: str, chunk_tables: int | None = None) -> ForkResult:
         t0 = time.perf_counter()
@@ -183,7 +231,7 @@ class ForkJob:
         host_row = np.zeros(self.mm.nr_tables, bool)
         host_row[self.rows[np.asarray(needs)]] = True
         host_row[self.fail_rows] = True
-        is_host_call = self.calls.call_row < 0                         # THP tables
+        is_host_call = self.calls.call_row < 0  # THP tables
         nonhuge = ~is_host_call
         is_host_call[nonhuge] = host_row[self.calls.call_row[nonhuge]]
         return host_row, np.flatnonzero(is_host_call)
@@ -216,8 +264,12 @@ class ForkJob:
             if name in counts:
                 counts[name] += fast[name]
         counts["restart.lb"] += fast["lock_breaks"]
-        child_tables = np.concatenate([self.mm.table_index[self.cexists], np.array(
-            sorted(set(self.fc.child.pmds) | set(self.fc.child.tables.extra)), np.int64)])
+        child_tables = np.concatenate(
+            [
+                self.mm.table_index[self.cexists],
+                np.array(sorted(set(self.fc.child.pmds) | set(self.fc.child.tables.extra)), np.int64),
+            ]
+        )
         counts["table.upper_alloc"] = len(np.unique(child_tables >> 9)) + len(np.unique(child_tables >> 18))
         return fast
 
@@ -228,10 +280,16 @@ class ForkJob:
         rows = slice(None) if cexists.all() else cexists
         index, pte = merge_tables(mm.table_index[rows], self.cpte[rows], fc.child.tables.extra)
         pmds = sorted(fc.child.pmds)
-        return MM(**self.plan.child_mm_vmas(mm, stop_vma), table_index=index, pte=pte,
-                  pmd_index=np.array(pmds, np.int64), pmd=np.array([fc.child.pmds[t] for t in pmds], np.uint64),
-                  rss=np.array(child_rss, np.int64), has_pinned=False,
-                  on_swapoff_list=bool(fc.child.on_swapoff_list or swapoff))
+        return MM(
+            **self.plan.child_mm_vmas(mm, stop_vma),
+            table_index=index,
+            pte=pte,
+            pmd_index=np.array(pmds, np.int64),
+            pmd=np.array([fc.child.pmds[t] for t in pmds], np.uint64),
+            rss=np.array(child_rss, np.int64),
+            has_pinned=False,
+            on_swapoff_list=bool(fc.child.on_swapoff_list or swapoff),
+        )
 
     def finish(self, needs, fast_counts, kernels, backend: str, chunk_tables, launch_s: float) -> ForkResult:
         """After the first launch: copy the remaining tables, merge the counts, build the final states."""
@@ -244,23 +302,45 @@ class ForkJob:
         memory = Memory(**machine_arrays(fc.m), next_content=fc.m.next_content)
         after_teardown = None
         if stopped[0] == "enomem":
-            rows = np.concatenate([self.cpte[self.cexists], np.array(list(fc.child.tables.extra.values()),
-                                                                      np.uint64).reshape(-1, PTRS_PER_TABLE)])
+            rows = np.concatenate(
+                [
+                    self.cpte[self.cexists],
+                    np.array(list(fc.child.tables.extra.values()), np.uint64).reshape(-1, PTRS_PER_TABLE),
+                ]
+            )
             teardown_arrays(memory, rows, np.array(list(fc.child.pmds.values()), np.uint64), fc.counts)
             after_teardown = dict.fromkeys(RSS_NAMES, 0)
             child = empty_mm()
         else:
             child = self.child_mm(stop_vma, child_rss, bool(fast["swapoff"]))
         parent = AddressSpace(parent_mm(self.mm, self.ppte, fc), memory)
-        table_stats = TableStats.concat([fast_table_stats(self.mm.table_index[fast_rows], fast_counts),
-                                         table_stats_of(fc.table_rows)])
+        table_stats = TableStats.concat(
+            [fast_table_stats(self.mm.table_index[fast_rows], fast_counts), table_stats_of(fc.table_rows)]
+        )
         wall = self.setup_s + launch_s + time.perf_counter() - t0
-        return fc.result(stopped, parent, child, child_rss, after_teardown, wall, backend, table_stats,
-                         trace_complete=not len(fast_rows))
+        return fc.result(
+            stopped,
+            parent,
+            child,
+            child_rss,
+            after_teardown,
+            wall,
+            backend,
+            table_stats,
+            trace_complete=not len(fast_rows),
+        )
 
 
-def fork_fast(space: AddressSpace, variant: str, kernels, backend: str, oracle: LockBreakOracle,
-              plan_inj: InjectionPlan, fork_seq: int = 0, chunk_tables: int | None = None) -> ForkResult:
+def fork_fast(
+    space: AddressSpace,
+    variant: str,
+    kernels,
+    backend: str,
+    oracle: LockBreakOracle,
+    plan_inj: InjectionPlan,
+    fork_seq: int = 0,
+    chunk_tables: int | None = None,
+) -> ForkResult:
     """Run one fork on the fast engine with the given kernels module. ``chunk_tables`` bounds the table rows one
     kernel launch sees (None: all at once)."""
     return ForkJob(space, variant, oracle, plan_inj, fork_seq).run(kernels, backend, chunk_tables)
@@ -273,20 +353,24 @@ class Batch:
     def __init__(self, jobs: list[ForkJob]):
         self.jobs = jobs
         self.mems = mems = [machine_arrays(j.fc.m) for j in jobs]
-        off = lambda name, arrays: np.cumsum([0] + [a[name].shape[0] for a in arrays])     # noqa: E731
-        self.page_off, self.folio_off, self.slot_off = (off(k, mems) for k in ("page_folio", "folio_order",
-                                                                                 "swap_count"))
+        off = lambda name, arrays: np.cumsum([0] + [a[name].shape[0] for a in arrays])  # noqa: E731
+        self.page_off, self.folio_off, self.slot_off = (
+            off(k, mems) for k in ("page_folio", "folio_order", "swap_count")
+        )
         self.row_off = np.cumsum([0] + [j.mm.nr_tables for j in jobs])
         call_off = np.cumsum([0] + [j.nC for j in jobs])
         shift = {"page_folio": self.folio_off, "folio_first_pfn": self.page_off}
-        self.mem = {name: np.concatenate([m[name] + shift[name][i] if name in shift else m[name]
-                                          for i, m in enumerate(mems)]) for name in mems[0]}
+        self.mem = {
+            name: np.concatenate([m[name] + shift[name][i] if name in shift else m[name] for i, m in enumerate(mems)])
+            for name in mems[0]
+        }
         tabs = [j.tables() for j in jobs]
-        cat = lambda parts: np.concatenate(list(parts))                                     # noqa: E731
+        cat = lambda parts: np.concatenate(list(parts))  # noqa: E731
         self.tab = Tables(*(cat(t[k] for t in tabs) for k in range(len(Tables._fields))))._replace(
             row_lo=cat(t.row_lo + call_off[i] for i, t in enumerate(tabs)),
             row_hi=cat(t.row_hi + call_off[i] for i, t in enumerate(tabs)),
-            ppte=cat(shift_entries(t.ppte, int(self.page_off[i]), int(self.slot_off[i])) for i, t in enumerate(tabs)))
+            ppte=cat(shift_entries(t.ppte, int(self.page_off[i]), int(self.slot_off[i])) for i, t in enumerate(tabs)),
+        )
         self.tab = self.tab._replace(cpte=np.zeros_like(self.tab.ppte))
         groups = [j.calls.group() for j in jobs]
         self.calls = Calls(*(cat(g[k] for g in groups) for k in range(len(Calls._fields))))
@@ -294,19 +378,30 @@ class Batch:
 
     def split_back(self) -> None:
         """The written arrays back into each job's own (refcounts, mapcounts, flags, swap counts and tables)."""
-        per = {"folio_refcount": self.folio_off, "page_mapcount": self.page_off, "page_flags": self.page_off,
-               "swap_count": self.slot_off}
+        per = {
+            "folio_refcount": self.folio_off,
+            "page_mapcount": self.page_off,
+            "page_flags": self.page_off,
+            "swap_count": self.slot_off,
+        }
         for i, (j, m) in enumerate(zip(self.jobs, self.mems)):
             for name, off in per.items():
-                m[name][:] = self.mem[name][off[i]:off[i + 1]]
+                m[name][:] = self.mem[name][off[i] : off[i + 1]]
             r0, r1 = self.row_off[i], self.row_off[i + 1]
             j.ppte[:] = shift_entries(self.tab.ppte[r0:r1], -int(self.page_off[i]), -int(self.slot_off[i]))
             j.cpte[:] = shift_entries(self.tab.cpte[r0:r1], -int(self.page_off[i]), -int(self.slot_off[i]))
             j.cexists[:] = self.tab.cexists[r0:r1]
 
 
-def fork_fast_batch(spaces, variant: str, kernels, backend: str, oracle: LockBreakOracle, fork_seq0: int = 0,
-                    chunk_tables: int | None = None) -> list[ForkResult]:
+def fork_fast_batch(
+    spaces,
+    variant: str,
+    kernels,
+    backend: str,
+    oracle: LockBreakOracle,
+    fork_seq0: int = 0,
+    chunk_tables: int | None = None,
+) -> list[ForkResult]:
     """Fork independent address spaces (fork ``fork_seq0 + i`` each) with one combined launch of the kernels.
 
     Each space keeps its own state and results equal those of forking it alone. The combined launch holds every
@@ -322,8 +417,18 @@ def fork_fast_batch(spaces, variant: str, kernels, backend: str, oracle: LockBre
     t0 = time.perf_counter()
     b = Batch(jobs)
     v = jobs[0].v
-    needs, counts = launch_chunked(kernels, MODE_CLASSIFY_COPY, b.rows, chunk_tables, v.id, v.large_pin_order, b.tab,
-                                   b.calls, memory_arrays(b.mem), jobs[0].nb)
+    needs, counts = launch_chunked(
+        kernels,
+        MODE_CLASSIFY_COPY,
+        b.rows,
+        chunk_tables,
+        v.id,
+        v.large_pin_order,
+        b.tab,
+        b.calls,
+        memory_arrays(b.mem),
+        jobs[0].nb,
+    )
     b.split_back()
     launch_s = (time.perf_counter() - t0) / len(jobs)
     out = []
@@ -339,8 +444,7 @@ def fast_table_stats(tables: np.ndarray, fast_counts: np.ndarray) -> TableStats:
     for j, name in enumerate(TABLE_EVENTS):
         if name in FAST_COUNTS:
             events[:, j] = fast_counts[:, FAST_COUNTS.index(name)]
-    return TableStats(np.asarray(tables, np.int64), fast_counts[:, FAST_COUNTS.index("pass")].astype(np.int64),
-                      events)
+    return TableStats(np.asarray(tables, np.int64), fast_counts[:, FAST_COUNTS.index("pass")].astype(np.int64), events)
 
 
 def run_host_loop(fc, plan: ForkPlan, host_calls: np.ndarray, nC: int) -> tuple[tuple, int]:
@@ -359,10 +463,20 @@ def parent_mm(mm: MM, ppte: np.ndarray, fc) -> MM:
     """The parent after the fork: working rows, tables added by THP splits, the remaining huge PMDs."""
     index, pte = merge_tables(mm.table_index, ppte, fc.parent.tables.extra)
     pmds = sorted(fc.parent.pmds)
-    return MM(vma_start=mm.vma_start, vma_end=mm.vma_end, vma_flags=mm.vma_flags, vma_backing=mm.vma_backing,
-              vma_anon_vma=mm.vma_anon_vma, table_index=index, pte=pte, pmd_index=np.array(pmds, np.int64),
-              pmd=np.array([fc.parent.pmds[t] for t in pmds], np.uint64), rss=np.array(fc.parent.rss, np.int64),
-              has_pinned=bool(fc.parent.has_pinned), on_swapoff_list=bool(fc.parent.on_swapoff_list))
+    return MM(
+        vma_start=mm.vma_start,
+        vma_end=mm.vma_end,
+        vma_flags=mm.vma_flags,
+        vma_backing=mm.vma_backing,
+        vma_anon_vma=mm.vma_anon_vma,
+        table_index=index,
+        pte=pte,
+        pmd_index=np.array(pmds, np.int64),
+        pmd=np.array([fc.parent.pmds[t] for t in pmds], np.uint64),
+        rss=np.array(fc.parent.rss, np.int64),
+        has_pinned=bool(fc.parent.has_pinned),
+        on_swapoff_list=bool(fc.parent.on_swapoff_list),
+    )
 
 
 def merge_tables(index: np.ndarray, pte: np.ndarray, extra: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -25,8 +25,8 @@ import time
 import numpy as np
 
 from gpusim import backend as B
+from gpusim import decode
 from gpusim.engine import CallIndex, oracle_params
-from gpusim.kernels import pte as P
 from gpusim.kernels.args import Calls, Tables, memory_arrays
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import PAGE_SIZE, PTRS_PER_TABLE
@@ -37,8 +37,17 @@ from gpusim.variants import DEFAULT_VARIANT, get_variant
 from gpusim.workloads import dense_anon_arrays, dense_anon_mm
 
 # The fewest bytes one dense-anon PTE moves: (array, times its element is moved: 1 read or write, 2 both).
-DENSE_ANON_TRAFFIC = (("ppte", 2), ("cpte", 1), ("page_folio", 1), ("folio_order", 1), ("folio_flags", 1),
-                      ("folio_true_pins", 1), ("folio_refcount", 2), ("page_mapcount", 2), ("page_flags", 2))
+DENSE_ANON_TRAFFIC = (
+    ("ppte", 2),
+    ("cpte", 1),
+    ("page_folio", 1),
+    ("folio_order", 1),
+    ("folio_flags", 1),
+    ("folio_true_pins", 1),
+    ("folio_refcount", 2),
+    ("page_mapcount", 2),
+    ("page_flags", 2),
+)
 
 
 def traffic_bytes_per_pte() -> int:
@@ -63,15 +72,18 @@ class DenseForks:
         self.xp, self.kernels, self.n, self.K = xp, kernels, int(nr_pages), int(forks)
         self.v = get_variant(variant)
         T = self.T = self.n // PTRS_PER_TABLE
-        meta = dense_anon_mm(self.n, np.empty((T, 0), np.uint64))     # VMAs and table numbers; no entries
+        meta = dense_anon_mm(self.n, np.empty((T, 0), np.uint64))  # VMAs and table numbers; no entries
         calls = CallIndex(meta, plan_fork(meta))
         C, K = calls.plan.nr_calls, self.K
         off = np.repeat(np.arange(K, dtype=np.int64) * C, T)
         a = xp.asarray
         self.row_meta = {
-            "table_index": a(np.tile(meta.table_index, K)), "row_lo": a(np.tile(calls.row_lo, K) + off),
-            "row_hi": a(np.tile(calls.row_hi, K) + off), "has_pinned": a(np.zeros(K * T, np.bool_)),
-            "fork_seq": a(np.repeat(np.arange(K, dtype=np.int64), T))}
+            "table_index": a(np.tile(meta.table_index, K)),
+            "row_lo": a(np.tile(calls.row_lo, K) + off),
+            "row_hi": a(np.tile(calls.row_hi, K) + off),
+            "has_pinned": a(np.zeros(K * T, np.bool_)),
+            "fork_seq": a(np.repeat(np.arange(K, dtype=np.int64), T)),
+        }
         self.calls = Calls(*(a(np.tile(c, K)) for c in calls.group()))
         nb = oracle_params(LockBreakOracle.parse("never"))
         self.nb = nb._replace(list_cs=a(nb.list_cs), list_k=a(nb.list_k))
@@ -84,15 +96,23 @@ class DenseForks:
 
     def build(self) -> None:
         """(Re)build the parent state of every fork and an empty child (not timed)."""
-        self.mem = self.ppte = self.cpte = self.cexists = None                      # free before allocating
+        self.mem = self.ppte = self.cpte = self.cexists = None  # free before allocating
         self.mem, self.ppte = dense_anon_arrays(self.K * self.n, self.xp, content=False)
         self.cpte = self.xp.zeros_like(self.ppte)
         self.cexists = self.xp.zeros(self.K * self.T, np.bool_)
 
     def launch(self, threads_per_block: int | None = None):
         tab = Tables(ppte=self.ppte, cpte=self.cpte, cexists=self.cexists, **self.row_meta)
-        args = (MODE_CLASSIFY_COPY, self.which, self.v.id, self.v.large_pin_order, tab, self.calls,
-                memory_arrays(self.mem), self.nb)
+        args = (
+            MODE_CLASSIFY_COPY,
+            self.which,
+            self.v.id,
+            self.v.large_pin_order,
+            tab,
+            self.calls,
+            memory_arrays(self.mem),
+            self.nb,
+        )
         if threads_per_block is not None:
             return self.kernels.fork_tables(*args, threads_per_block=threads_per_block)
         return self.kernels.fork_tables(*args)
@@ -115,6 +135,7 @@ class _Timer:
         self.gpu = xp is not np
         if self.gpu:
             import cupy
+
             self.cupy = cupy
             self.start, self.end = cupy.cuda.Event(), cupy.cuda.Event()
 
@@ -151,15 +172,14 @@ def check_against_cpu(job: DenseForks, needs, counts, variant: str) -> list[str]
     xp = job.xp
     ref = {k: xp.asarray(v) for k, v in reference_table(variant).items()}
     rows = job.K * job.T
-    pfn_mask = np.uint64(P.PFN_MASK << P.PFN_SHIFT)
-    shift = (xp.arange(rows, dtype=np.uint64) * np.uint64(PTRS_PER_TABLE) << np.uint64(P.PFN_SHIFT))[:, None]
+    shift = xp.arange(rows, dtype=np.int64)[:, None] * PTRS_PER_TABLE
     problems = []
     if bool(xp.asarray(needs).any()):
         problems.append(f"{int(xp.asarray(needs).sum())} tables flagged for the host loop (CPU engine: none)")
     for name in ("ppte", "cpte"):
         got = getattr(job, name)
-        bad = (got & ~pfn_mask) != (ref[name] & ~pfn_mask)[None, :]
-        bad |= (got & pfn_mask) != ((ref[name] & pfn_mask)[None, :] + shift)
+        bad = decode.without_offsets(got) != decode.without_offsets(ref[name])[None, :]
+        bad |= decode.offsets(got) != decode.offsets(ref[name])[None, :] + shift
         if bool(bad.any()):
             problems.append(f"{name}: {int(bad.sum())} entries differ from the CPU engine's")
     for f in _PAGE_FIELDS:
@@ -178,7 +198,7 @@ def copy_bandwidth(xp, nbytes: int = 2 << 30, repeat: int = 10) -> float:
     """Bytes read plus written per second by a device-to-device copy of ``nbytes`` (median of ``repeat``)."""
     src = xp.ones(nbytes // 8, np.uint64)
     dst = xp.empty_like(src)
-    dst[...] = src                                                  # warm-up
+    dst[...] = src  # warm-up
     walls = []
     for _ in range(repeat):
         with _Timer(xp) as t:
@@ -187,8 +207,16 @@ def copy_bandwidth(xp, nbytes: int = 2 << 30, repeat: int = 10) -> float:
     return 2 * src.nbytes / statistics.median(walls)
 
 
-def bench_resident(sizes: list[int], backend: str, variant: str, repeat: int, batch: int = 0,
-                   check: bool = True, threads_per_block: int | None = None, progress=None) -> dict:
+def bench_resident(
+    sizes: list[int],
+    backend: str,
+    variant: str,
+    repeat: int,
+    batch: int = 0,
+    check: bool = True,
+    threads_per_block: int | None = None,
+    progress=None,
+) -> dict:
     """Forks of device-resident dense-anon state (see the module's docstring); sizes in bytes of simulated memory."""
     kernels = B.kernels(backend)
     xp = np
@@ -200,7 +228,7 @@ def bench_resident(sizes: list[int], backend: str, variant: str, repeat: int, ba
         report["device"] = B.gpu_name()
         report["copy_bandwidth_Bps"] = copy_bandwidth(xp)
     warm = DenseForks(PTRS_PER_TABLE, 1, variant, xp, kernels)
-    warm.timed(1, threads_per_block)                                                   # compile
+    warm.timed(1, threads_per_block)  # compile
     jobs = [(s // PAGE_SIZE, 1) for s in sizes] + ([(min(sizes) // PAGE_SIZE, batch)] if batch else [])
     for nr_pages, forks in jobs:
         if progress:
@@ -208,11 +236,20 @@ def bench_resident(sizes: list[int], backend: str, variant: str, repeat: int, ba
         job = DenseForks(nr_pages, forks, variant, xp, kernels)
         walls, (needs, counts) = job.timed(repeat, threads_per_block)
         wall = statistics.median(walls)
-        row = {"size_bytes": nr_pages * PAGE_SIZE, "forks": forks, "ptes": job.nr_ptes, "engine_wall_s": wall,
-               "engine_wall_min_s": min(walls), "ns_per_pte": wall / job.nr_ptes * 1e9,
-               "ptes_per_s": job.nr_ptes / wall, "forks_per_s": forks / wall,
-               "device_bytes_per_pte": (sum(int(v.nbytes) for v in job.mem.values()) + 2 * int(job.ppte.nbytes)
-                                        + int(job.cexists.nbytes)) / job.nr_ptes}
+        row = {
+            "size_bytes": nr_pages * PAGE_SIZE,
+            "forks": forks,
+            "ptes": job.nr_ptes,
+            "engine_wall_s": wall,
+            "engine_wall_min_s": min(walls),
+            "ns_per_pte": wall / job.nr_ptes * 1e9,
+            "ptes_per_s": job.nr_ptes / wall,
+            "forks_per_s": forks / wall,
+            "device_bytes_per_pte": (
+                sum(int(v.nbytes) for v in job.mem.values()) + 2 * int(job.ppte.nbytes) + int(job.cexists.nbytes)
+            )
+            / job.nr_ptes,
+        }
         if "copy_bandwidth_Bps" in report:
             row["fraction_of_copy_bandwidth"] = row["ptes_per_s"] * traffic / report["copy_bandwidth_Bps"]
         if check:

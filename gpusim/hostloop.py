@@ -82,10 +82,10 @@ class TableMap:
 
     def __setitem__(self, t, row) -> None:
         r = self.row_of_table(t)
-        if r is not None and self.exists is not None:      # child: the row is preallocated and zero
+        if r is not None and self.exists is not None:  # child: the row is preallocated and zero
             self.exists[r] = True
             self.pte[r, :] = row
-        else:                                               # parent: a table created by a THP split
+        else:  # parent: a table created by a THP split
             self.extra[t] = list(row)
 
 
@@ -97,12 +97,27 @@ class LazyVmas:
 
     def __getitem__(self, i: int) -> VmaView:
         mm = self.mm
-        return VmaView(i, int(mm.vma_start[i]), int(mm.vma_end[i]), int(mm.vma_flags[i]), int(mm.vma_backing[i]),
-                       bool(mm.vma_anon_vma[i]))
+        return VmaView(
+            i,
+            int(mm.vma_start[i]),
+            int(mm.vma_end[i]),
+            int(mm.vma_flags[i]),
+            int(mm.vma_backing[i]),
+            bool(mm.vma_anon_vma[i]),
+        )
 
 
-def host_context(space: AddressSpace, work: Memory, ppte: np.ndarray, cpte: np.ndarray, cexists: np.ndarray,
-                 variant: str, oracle, plan, fork_seq: int) -> ForkContext:
+def host_context(
+    space: AddressSpace,
+    work: Memory,
+    ppte: np.ndarray,
+    cpte: np.ndarray,
+    cexists: np.ndarray,
+    variant: str,
+    oracle,
+    plan,
+    fork_seq: int,
+) -> ForkContext:
     """A reference ForkContext whose state is the fast engine's working arrays (written in place)."""
     mm = space.mm
     machine = Machine(work, store=IntArray)
@@ -122,4 +137,3 @@ def host_context(space: AddressSpace, work: Memory, ppte: np.ndarray, cpte: np.n
 def machine_arrays(m: Machine) -> dict[str, np.ndarray]:
     """The current numpy arrays behind a host Machine (valid until the host loop appends again)."""
     return {name: getattr(m, name).array() for name in MEMORY_FIELDS}
-

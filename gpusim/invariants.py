@@ -39,18 +39,19 @@ MAX_REPORTED = 20
 class _Checker:
     def __init__(self, before: AddressSpace, result, oracle, fork_seq: int):
         self.b, self.r, self.oracle, self.fork_seq = before, result, oracle, fork_seq
-        self.first_new_pfn = before.memory.nr_pages      # pages the fork allocates come after the input's
+        self.first_new_pfn = before.memory.nr_pages  # pages the fork allocates come after the input's
         self.variant = result.variant
         self.v = get_variant(result.variant)
         self.tr = result.trace
         self.m0, self.m1 = before.memory, result.memory
         self.ok = result.outcome == "ok"
-        self.complete = result.trace_complete    # a fast engine traces only the tables of its host loop
+        self.complete = result.trace_complete  # a fast engine traces only the tables of its host loop
         self.violations: list[str] = []
         self.events = [e for e in self.tr.events if e.applied]
         self.touched_addr = {e.addr for e in self.events if e.name in ("zap", "reclaim", "touch")}
-        self.touched_folio = {e.folio for e in self.events if e.folio >= 0 and e.name in ("pin", "unpin", "zap",
-                                                                                          "reclaim")}
+        self.touched_folio = {
+            e.folio for e in self.events if e.folio >= 0 and e.name in ("pin", "unpin", "zap", "reclaim")
+        }
         self.split_folios = {f for _, f in self.tr.splits}
         self.parent1 = {t: row for t, row in zip(result.parent.mm.table_index.tolist(), result.parent.mm.pte)}
         self.child = {t: row for t, row in zip(result.child.table_index.tolist(), result.child.pte)}
@@ -69,8 +70,7 @@ class _Checker:
         for st, _ in self.tr.splits:
             if st == t:
                 pmd0 = int(self.b.mm.pmd[int(np.searchsorted(self.b.mm.pmd_index, t))])
-                return P.mk_pte(P.pte_pfn(pmd0) + i, P.pte_write(pmd0), P.pte_dirty(pmd0), P.pte_young(pmd0),
-                                False)
+                return P.mk_pte(P.pte_pfn(pmd0) + i, P.pte_write(pmd0), P.pte_dirty(pmd0), P.pte_young(pmd0), False)
         k = int(np.searchsorted(self.b.mm.table_index, t))
         if k < self.b.mm.nr_tables and int(self.b.mm.table_index[k]) == t:
             return int(self.b.mm.pte[k, i])
@@ -92,16 +92,16 @@ class _Checker:
 
     # -- the invariants
     def run(self) -> None:
-        self.coverage_and_restarts()          # 1, 2
-        self.shared_references()              # 3
-        self.early_copies()                   # 4, 5, 9
-        self.per_pte_effects()                # 6
-        self.rss()                            # 7
-        self.swap()                           # 8
-        self.xu_protocol()                    # 10
-        self.oracle_cadence()                 # 11
-        self.flags()                          # 12
-        self.pin_hazard()                     # 13
+        self.coverage_and_restarts()  # 1, 2
+        self.shared_references()  # 3
+        self.early_copies()  # 4, 5, 9
+        self.per_pte_effects()  # 6
+        self.rss()  # 7
+        self.swap()  # 8
+        self.xu_protocol()  # 10
+        self.oracle_cadence()  # 11
+        self.flags()  # 12
+        self.pin_hazard()  # 13
 
     def coverage_and_restarts(self) -> None:
         calls = self.tr.calls
@@ -110,8 +110,11 @@ class _Checker:
             complete = rec.result == 0
             want = list(range(rec.call_start, rec.call_start + len(idx)))
             if idx != want:
-                self.fail(1, f"call {rec.call_start}: handled indices are not {rec.call_start}, "
-                             f"{rec.call_start + 1}, ... in order once each")
+                self.fail(
+                    1,
+                    f"call {rec.call_start}: handled indices are not {rec.call_start}, "
+                    f"{rec.call_start + 1}, ... in order once each",
+                )
             if complete and len(idx) != rec.end - rec.call_start:
                 self.fail(1, f"call {rec.call_start}: {len(idx)} of {rec.end - rec.call_start} indices handled")
             if not complete and ci != len(calls) - 1:
@@ -135,8 +138,9 @@ class _Checker:
         _, cvals = entries(self.r.child)
         cpfn = decode.page_pfns(cvals)
         child_map = np.bincount(cpfn, minlength=m1.nr_pages)
-        child_ref = np.bincount(m1.page_folio[cpfn], minlength=m1.nr_folios) if cpfn.size else np.zeros(
-            m1.nr_folios, np.int64)
+        child_ref = (
+            np.bincount(m1.page_folio[cpfn], minlength=m1.nr_folios) if cpfn.size else np.zeros(m1.nr_folios, np.int64)
+        )
         child_pmd = np.zeros(m1.nr_folios, np.int64)
         for v in self.r.child.pmd.tolist():
             child_pmd[int(m1.page_folio[P.pte_pfn(v)])] += 1
@@ -152,7 +156,7 @@ class _Checker:
             d_ref[f] += PTRS_PER_TABLE - 1
             d_pmd[f] -= 1
             first = int(m0.folio_first_pfn[f])
-            d_map[first:first + PTRS_PER_TABLE] += 1
+            d_map[first : first + PTRS_PER_TABLE] += 1
         want_ref = m0.folio_refcount + child_ref[:F0] + child_pmd[:F0] + d_ref[:F0]
         bad = np.flatnonzero(m1.folio_refcount[:F0] != want_ref)
         for f in bad[:5].tolist():
@@ -181,8 +185,10 @@ class _Checker:
         dup_moment = {q: (src, seq) for rec in self.tr.calls for (q, src, seq) in rec.duplicates}
         _, cvals = entries(self.r.child)
         cpfn = decode.page_pfns(cvals)
-        new_mapped = np.bincount(cpfn[cpfn >= self.first_new_pfn] - self.first_new_pfn,
-                                 minlength=max(0, self.m1.nr_pages - self.first_new_pfn))
+        new_mapped = np.bincount(
+            cpfn[cpfn >= self.first_new_pfn] - self.first_new_pfn,
+            minlength=max(0, self.m1.nr_pages - self.first_new_pfn),
+        )
         for rec, (a, q, src, seq) in installs:
             self.check_install(rec, a, q, src, seq, dup_moment, new_mapped)
         self.allocation_balance(len(installs), new_mapped)
@@ -199,7 +205,7 @@ class _Checker:
         if self.v.anon_exclusive and not m1.page_flags[src] & PAGE_ANON_EXCLUSIVE:
             self.fail(4, f"early-copied index {a}: source page lost anon_exclusive")
         moment = seq
-        if self.v.xu_protocol:                 # the copy was made earlier, by page_duplicate
+        if self.v.xu_protocol:  # the copy was made earlier, by page_duplicate
             if q not in dup_moment:
                 self.fail(5, f"early copy at {a}: no page_duplicate produced pfn {q}")
                 return
@@ -207,8 +213,11 @@ class _Checker:
             if src_d != src:
                 self.fail(5, f"early copy at {a}: copied from pfn {src_d}, installed for {src}")
         if int(m1.page_content[q]) != self.content_at(src, moment):
-            self.fail(5, f"early copy at {a}: content {int(m1.page_content[q])}, expected "
-                         f"{self.content_at(src, moment)} (source at the copy moment)")
+            self.fail(
+                5,
+                f"early copy at {a}: content {int(m1.page_content[q])}, expected "
+                f"{self.content_at(src, moment)} (source at the copy moment)",
+            )
         if not self.ok:
             if not m1.folio_flags[fq] & FOLIO_FREED or int(m1.folio_refcount[fq]) != 0:
                 self.fail(5, f"early copy at {a}: not freed by the teardown")
@@ -217,23 +226,27 @@ class _Checker:
         want = P.mk_pte(q, self.vma_flags[rec.vma] & VM_WRITE, True, True, False)
         if cv != want:
             self.fail(5, f"early copy at {a}: child PTE {cv:#x}, expected {want:#x}")
-        good = (int(m1.folio_order[fq]) == 0 and int(m1.folio_refcount[fq]) == 1 and int(m1.page_mapcount[q]) == 1
-                and (int(m1.folio_flags[fq]) & (FOLIO_ANON | FOLIO_SWAPBACKED | FOLIO_FREED))
-                == FOLIO_ANON | FOLIO_SWAPBACKED)
+        good = (
+            int(m1.folio_order[fq]) == 0
+            and int(m1.folio_refcount[fq]) == 1
+            and int(m1.page_mapcount[q]) == 1
+            and (int(m1.folio_flags[fq]) & (FOLIO_ANON | FOLIO_SWAPBACKED | FOLIO_FREED))
+            == FOLIO_ANON | FOLIO_SWAPBACKED
+        )
         if not good:
             self.fail(5, f"early copy at {a}: folio {fq} is not an anon order-0 page with ref 1, map 1")
         if self.v.anon_exclusive and not m1.page_flags[q] & PAGE_ANON_EXCLUSIVE:
             self.fail(5, f"early copy at {a}: not anon_exclusive")
         if new_mapped[q - self.first_new_pfn] != 1:
-            self.fail(5, f"early copy at {a}: pfn {q} mapped by {int(new_mapped[q - self.first_new_pfn])} "
-                         f"child PTEs")
+            self.fail(5, f"early copy at {a}: pfn {q} mapped by {int(new_mapped[q - self.first_new_pfn])} child PTEs")
 
     def allocation_balance(self, nr_installs: int, new_mapped) -> None:
         """Invariant 9: every copy allocation is installed once or freed unused; nothing is owned at return."""
         c, m1 = self.r.counts, self.m1
         if c["allocations"] != c["installs"] + c["unused_frees"]:
-            self.fail(9, f"{c['allocations']} copy allocations != {c['installs']} installs + "
-                         f"{c['unused_frees']} unused frees")
+            self.fail(
+                9, f"{c['allocations']} copy allocations != {c['installs']} installs + {c['unused_frees']} unused frees"
+            )
         if c["installs"] != nr_installs:
             self.fail(9, f"installs counted {c['installs']}, early-copied indices {nr_installs}")
         if self.ok and int(new_mapped.sum()) != nr_installs:
@@ -334,20 +347,24 @@ class _Checker:
         if (m1.swap_levels < lv0).any():
             self.fail(8, "a slot lost continuation levels")
         if int((m1.swap_levels - lv0).sum()) != self.r.counts["levels_added"]:
-            self.fail(8, f"levels grew by {int((m1.swap_levels - lv0).sum())}, levels_added "
-                         f"{self.r.counts['levels_added']}")
+            self.fail(
+                8, f"levels grew by {int((m1.swap_levels - lv0).sum())}, levels_added {self.r.counts['levels_added']}"
+            )
         stale_ok = self.v.stale_swap_entry
         for rec in self.tr.calls:
             if rec.kernel_calls < rec.sc_breaks or (not stale_ok and rec.kernel_calls != rec.sc_breaks):
-                self.fail(8, f"call {rec.call_start}: {rec.kernel_calls} window continuations for "
-                             f"{rec.sc_breaks} SC breaks")
+                self.fail(
+                    8, f"call {rec.call_start}: {rec.kernel_calls} window continuations for {rec.sc_breaks} SC breaks"
+                )
 
     def xu_protocol(self) -> None:
         xu = self.v.xu_protocol
         for rec in self.tr.calls:
             if xu and rec.pd_calls != rec.break_cow:
-                self.fail(10, f"call {rec.call_start}: {rec.pd_calls} page_duplicate calls for "
-                              f"{rec.break_cow} BREAK_COW breaks")
+                self.fail(
+                    10,
+                    f"call {rec.call_start}: {rec.pd_calls} page_duplicate calls for {rec.break_cow} BREAK_COW breaks",
+                )
             if not xu and (rec.pd_calls or rec.break_cow):
                 self.fail(10, f"call {rec.call_start}: xu protocol used by {self.variant}")
 
@@ -385,8 +402,14 @@ class _Checker:
             if rec.result == 0 and len(rec.passes) != 1 + len(rec.windows):
                 self.fail(11, f"call {rec.call_start}: {len(rec.passes)} passes, {len(rec.windows)} restarts")
         if self.complete:
-            for name, key in (("check", "checks"), ("lock_breaks", "lb"), ("passes", "passes"),
-                              ("restart.lb", "LB"), ("restart.sc", "SC"), ("restart.ec", "EC")):
+            for name, key in (
+                ("check", "checks"),
+                ("lock_breaks", "lb"),
+                ("passes", "passes"),
+                ("restart.lb", "LB"),
+                ("restart.sc", "SC"),
+                ("restart.ec", "EC"),
+            ):
                 if c[name] != tot[key]:
                     self.fail(11, f"{name} counted {c[name]}, the trace has {tot[key]}")
         if c["lock_breaks"] != c["restart.lb"]:
@@ -424,14 +447,14 @@ class _Checker:
             return
         large_order = self.v.large_pin_order
         vma_index = self.b.mm.vma_of(addrs)
-        for i in np.flatnonzero(pinned & present).tolist():     # each child PTE sharing a pinned folio
+        for i in np.flatnonzero(pinned & present).tolist():  # each child PTE sharing a pinned folio
             a, f = int(addrs[i]), int(folio[i])
             if a in self.touched_addr or f in self.touched_folio:
                 continue
             order = int(m0.folio_order[f])
             large = order >= large_order
             if not large and order >= 1:
-                continue            # the refcount heuristic also sees the references of sibling PTEs
+                continue  # the refcount heuristic also sees the references of sibling PTEs
             pb = self.val0(a)
             vi = int(vma_index[i])
             cow = vi >= 0 and is_cow_mapping(int(self.b.mm.vma_flags[vi]))
@@ -439,7 +462,6 @@ class _Checker:
                 self.fail(13, f"index {a}: pinned page shared although the early-copy predicate held")
             if not self.v.early_cow and cow and P.pte_write(pb) and P.pte_write(self.val1(a)):
                 self.fail(13, f"index {a}: {self.variant} shared a pinned page without write-protecting the parent")
-
 
     def early_copy_due(self, f: int, pfn: int, pb: int, cow: bool) -> bool:
         """The variant's early-copy predicate (spec 3) for page ``pfn`` of folio ``f`` mapped by the parent entry
@@ -451,12 +473,20 @@ class _Checker:
         if not v.early_cow:
             return False
         if v.xu_protocol:
-            return has_pinned0 and cow and P.pte_write(pb) and folio_maybe_dma_pinned(
-                order, ref0 + 1, pincount, v.large_pin_order)
+            return (
+                has_pinned0
+                and cow
+                and P.pte_write(pb)
+                and folio_maybe_dma_pinned(order, ref0 + 1, pincount, v.large_pin_order)
+            )
         if v.anon_exclusive:
-            return (bool(m0.folio_flags[f] & FOLIO_ANON) and self.excl0(pfn)
-                    and not m0.folio_flags[f] & FOLIO_DEVICE_PRIVATE and has_pinned0
-                    and folio_maybe_dma_pinned(order, ref0 + 1, pincount, v.large_pin_order))
+            return (
+                bool(m0.folio_flags[f] & FOLIO_ANON)
+                and self.excl0(pfn)
+                and not m0.folio_flags[f] & FOLIO_DEVICE_PRIVATE
+                and has_pinned0
+                and folio_maybe_dma_pinned(order, ref0 + 1, pincount, v.large_pin_order)
+            )
         return cow and has_pinned0 and folio_maybe_dma_pinned(order, ref0, pincount, v.large_pin_order)
 
 

@@ -74,7 +74,7 @@ from gpusim.kernels.flags import (
 from gpusim.state import AddressSpace
 from gpusim.variants import DEFAULT_VARIANT, get_variant
 
-MAX_COUNT = 1 << 26                  # per-token repeat bound, so a typo cannot ask for terabytes
+MAX_COUNT = 1 << 26  # per-token repeat bound, so a typo cannot ask for terabytes
 
 
 class LayoutError(ValueError):
@@ -89,24 +89,56 @@ class LayoutError(ValueError):
         return f"{self.text}\n{' ' * self.column}{'^' * max(1, len(self.token))}"
 
 
-PAGE_KINDS = {"none", "normal", "pinned", "zero", "file", "shmem", "swap", "migw", "migr", "devw", "devr", "pfn",
-              "thp", "hole", "gap"}
+PAGE_KINDS = {
+    "none",
+    "normal",
+    "pinned",
+    "zero",
+    "file",
+    "shmem",
+    "swap",
+    "migw",
+    "migr",
+    "devw",
+    "devr",
+    "pfn",
+    "thp",
+    "hole",
+    "gap",
+}
 _ALLOWED_MODS = {
-    "none": set(), "hole": set(), "gap": set(),
+    "none": set(),
+    "hole": set(),
+    "gap": set(),
     "normal": {"ro", "clean", "old", "pin", "ref", "nonex", "hwpoison"},
     "pinned": {"ro", "clean", "old", "pin", "ref", "nonex", "hwpoison"},
     "zero": {"old"},
     "file": {"ro", "clean", "old", "pin", "ref", "hwpoison"},
     "shmem": {"ro", "clean", "old", "pin", "ref", "hwpoison"},
     "swap": {"cnt", "lv", "nonex"},
-    "migw": {"ref"}, "migr": {"ref", "excl"},
-    "devw": {"ref", "nonex"}, "devr": {"ref", "nonex"},
+    "migw": {"ref"},
+    "migr": {"ref", "excl"},
+    "devw": {"ref", "nonex"},
+    "devr": {"ref", "nonex"},
     "pfn": {"ro", "clean", "old"},
     "folio": {"ro", "clean", "old", "pin", "ref", "nonex", "hwpoison"},
     "thp": {"ro", "clean", "old", "pin", "ref", "nonex"},
 }
-_VMA_FLAGS = {"shared", "ro", "nomaywrite", "exec", "file", "shmem", "anon", "noanon", "dontcopy", "wipeonfork",
-              "pfnmap", "mixedmap", "hugetlb"}
+_VMA_FLAGS = {
+    "shared",
+    "ro",
+    "nomaywrite",
+    "exec",
+    "file",
+    "shmem",
+    "anon",
+    "noanon",
+    "dontcopy",
+    "wipeonfork",
+    "pfnmap",
+    "mixedmap",
+    "hugetlb",
+}
 _TOKEN_RE = re.compile(r"^(?P<body>[^*]+)(?:\*(?P<count>[^*]*))?$")
 
 
@@ -155,8 +187,13 @@ class _Layout:
     def freeze(self) -> AddressSpace:
         self.close_vma()
         vs = self.vmas
-        self.space.add_vmas([v.start for v in vs], [v.end for v in vs], [v.flags for v in vs],
-                            [v.backing for v in vs], [v.anon_vma for v in vs])
+        self.space.add_vmas(
+            [v.start for v in vs],
+            [v.end for v in vs],
+            [v.flags for v in vs],
+            [v.backing for v in vs],
+            [v.anon_vma for v in vs],
+        )
         # the spec's layouts are of a parent that has pinned (has_pinned set) unless mm:has_pinned=0 says not
         has_pinned = True if self.has_pinned_override is None else self.has_pinned_override
         return self.space.freeze(has_pinned).validate()
@@ -177,7 +214,7 @@ def parse_layout(text: str, variant: str = DEFAULT_VARIANT) -> AddressSpace:
     The variant matters for two things only: which folios count as large for ``add_pin`` (order >= 1 in
     linux-6.18, >= 2 before), and whether swap entries start exclusive (linux-6.18 only).
     """
-    b = _Layout(variant)                    # an unknown variant is an UnknownVariant (ValueError) here
+    b = _Layout(variant)  # an unknown variant is an UnknownVariant (ValueError) here
     tokens = [(m.group(0), m.start()) for m in re.finditer(r"\S+", text)]
     if not tokens:
         raise LayoutError("the layout is empty", text, 0, 0, "")
@@ -269,8 +306,13 @@ def _start_vma(b: _Layout, mods: list[str]) -> None:
         elif mod == "noanon":
             v.anon_vma = False
         else:
-            v.flags |= {"dontcopy": VM_DONTCOPY, "wipeonfork": VM_WIPEONFORK, "pfnmap": VM_PFNMAP,
-                        "mixedmap": VM_MIXEDMAP, "hugetlb": VM_HUGETLB}[mod]
+            v.flags |= {
+                "dontcopy": VM_DONTCOPY,
+                "wipeonfork": VM_WIPEONFORK,
+                "pfnmap": VM_PFNMAP,
+                "mixedmap": VM_MIXEDMAP,
+                "hugetlb": VM_HUGETLB,
+            }[mod]
     b.open = v
     b.vmas.append(v)
 
@@ -320,8 +362,9 @@ def _emit(b: _Layout, kind: str, order: int | None, parsed: dict, count: int) ->
     elif kind == "zero":
         b.set_ptes(P.mk_pte(P.ZERO_PFN, False, False, young, True), count)
     elif kind == "pfn":
-        b.set_ptes(with_offsets(P.mk_pte(0, write, dirty, young, True), P.RAW_PFN_BASE + b.addr + np.arange(count)),
-                   count)
+        b.set_ptes(
+            with_offsets(P.mk_pte(0, write, dirty, young, True), P.RAW_PFN_BASE + b.addr + np.arange(count)), count
+        )
     elif kind in ("normal", "pinned", "file", "shmem"):
         _emit_small(b, kind, parsed, count)
     elif order is not None:
@@ -343,8 +386,9 @@ def _emit_small(b: _Layout, kind: str, parsed: dict, count: int) -> None:
     ex = bool(_exclusive_pages(parsed, 1)[0]) if anon else False
     flags = FOLIO_ANON | FOLIO_SWAPBACKED if anon else (FOLIO_SWAPBACKED if kind == "shmem" else 0)
     poison = PAGE_HWPOISON if "hwpoison" in parsed else 0
-    ids, pfn = b.space.add_folios(count, 0, flags, _ref(parsed, 1 if anon else 2),
-                                  (PAGE_ANON_EXCLUSIVE if ex else 0) | poison, 1)
+    ids, pfn = b.space.add_folios(
+        count, 0, flags, _ref(parsed, 1 if anon else 2), (PAGE_ANON_EXCLUSIVE if ex else 0) | poison, 1
+    )
     b.space.add_pins(ids, _pins(kind, parsed))
     b.set_ptes(with_offsets(P.mk_pte(0, write and anon, dirty, young, False), pfn), count)
 
@@ -354,9 +398,11 @@ def _emit_folios(b: _Layout, order: int, parsed: dict, count: int) -> None:
     write, dirty, young = _bits(parsed)
     nr = 1 << order
     pflags = np.where(_exclusive_pages(parsed, nr), PAGE_ANON_EXCLUSIVE, 0) | (
-        PAGE_HWPOISON if "hwpoison" in parsed else 0)
-    ids, first = b.space.add_folios(count, order, FOLIO_ANON | FOLIO_SWAPBACKED, _ref(parsed, nr),
-                                    np.tile(pflags, count), 1)
+        PAGE_HWPOISON if "hwpoison" in parsed else 0
+    )
+    ids, first = b.space.add_folios(
+        count, order, FOLIO_ANON | FOLIO_SWAPBACKED, _ref(parsed, nr), np.tile(pflags, count), 1
+    )
     b.space.add_pins(ids, _pins("folio", parsed))
     b.set_ptes(with_offsets(P.mk_pte(0, write, dirty, young, False), first[0] + np.arange(count * nr)), count * nr)
 
@@ -368,11 +414,13 @@ def _emit_thps(b: _Layout, parsed: dict, count: int) -> None:
         raise ValueError(f"a thp must start at a table boundary; it would start at {b.addr}")
     head = np.zeros(PTRS_PER_TABLE, np.int64)
     head[0] = PAGE_ANON_EXCLUSIVE if _exclusive_pages(parsed, 1)[0] else 0
-    ids, first = b.space.add_folios(count, 9, FOLIO_ANON | FOLIO_SWAPBACKED, _ref(parsed, 1), np.tile(head, count),
-                                    0, pmd_mapcount=1)
+    ids, first = b.space.add_folios(
+        count, 9, FOLIO_ANON | FOLIO_SWAPBACKED, _ref(parsed, 1), np.tile(head, count), 0, pmd_mapcount=1
+    )
     b.space.add_pins(ids, _pins("thp", parsed))
-    b.space.add_pmds(b.addr // PTRS_PER_TABLE + np.arange(count),
-                     with_offsets(P.mk_huge_pmd(0, write, dirty, young), first))
+    b.space.add_pmds(
+        b.addr // PTRS_PER_TABLE + np.arange(count), with_offsets(P.mk_huge_pmd(0, write, dirty, young), first)
+    )
     b.addr += count * PTRS_PER_TABLE
 
 
@@ -381,8 +429,10 @@ def _emit_swap(b: _Layout, parsed: dict, count: int) -> None:
     levels = _int_mod(parsed["lv"], "lv") if "lv" in parsed else 0
     cnt = _int_mod(parsed["cnt"], "cnt", 1) if "cnt" in parsed else 1
     if cnt > swap_cap(levels):
-        raise ValueError(f"cnt={cnt} does not fit in a slot with {levels} continuation level(s) "
-                         f"(at most {swap_cap(levels)}); add lv=")
+        raise ValueError(
+            f"cnt={cnt} does not fit in a slot with {levels} continuation level(s) "
+            f"(at most {swap_cap(levels)}); add lv="
+        )
     slots = b.space.add_slots(np.full(count, cnt), np.full(count, levels))
     excl = b.v.anon_exclusive and "nonex" not in parsed
     b.set_ptes(with_offsets(P.mk_swap_pte(0, excl), slots), count)
@@ -398,6 +448,12 @@ def _emit_special_swap(b: _Layout, kind: str, parsed: dict, count: int) -> None:
         b.set_ptes(with_offsets(P.mk_migration_pte(0, kind == "migw", "excl" in parsed), pfn), count)
         return
     ex = bool(_exclusive_pages(parsed, 1)[0])
-    _, pfn = b.space.add_folios(count, 0, FOLIO_ANON | FOLIO_SWAPBACKED | FOLIO_DEVICE_PRIVATE, _ref(parsed, 1),
-                                PAGE_ANON_EXCLUSIVE if ex else 0, 1)
+    _, pfn = b.space.add_folios(
+        count,
+        0,
+        FOLIO_ANON | FOLIO_SWAPBACKED | FOLIO_DEVICE_PRIVATE,
+        _ref(parsed, 1),
+        PAGE_ANON_EXCLUSIVE if ex else 0,
+        1,
+    )
     b.set_ptes(with_offsets(P.mk_device_private_pte(0, kind == "devw"), pfn), count)

@@ -97,8 +97,7 @@ class LockBreakOracle:
             if re.sub(r"\(\d+,\d+\),?", "", body) != "":
                 raise NotationError(f"oracle '{text}': list: takes pairs (call_start,k), e.g. list:(0,3),(512,0)")
             return cls("list", pairs=frozenset((int(a), int(b)) for a, b in pairs), text=s)
-        raise NotationError(f"unknown oracle '{text}' (known: never, always, every:N, bern:P:SEED, "
-                            f"list:(s,k),...)")
+        raise NotationError(f"unknown oracle '{text}' (known: never, always, every:N, bern:P:SEED, list:(s,k),...)")
 
 
 @dataclass(frozen=True)
@@ -115,10 +114,10 @@ class Injection:
     """One injection: an allocation failure or a window with events. ``call`` None means every call."""
 
     text: str
-    kind: str                     # "fail", "fail-bern" or "window"
-    point: str = ""               # allocation point (fail)
-    window: str = ""              # LB/SC/EC/ANY (window)
-    n: int = 0                    # 1-based occurrence
+    kind: str  # "fail", "fail-bern" or "window"
+    point: str = ""  # allocation point (fail)
+    window: str = ""  # LB/SC/EC/ANY (window)
+    n: int = 0  # 1-based occurrence
     call: int | None = None
     q_q32: int = 0
     seed: int = 0
@@ -146,8 +145,9 @@ def parse_injection(text: str) -> Injection:
     m = _FAIL_RE.fullmatch(s)
     if m:
         if m.group("point") not in ALLOC_POINTS:
-            raise NotationError(f"injection '{text}': unknown allocation point '{m.group('point')}' "
-                                f"(known: {', '.join(ALLOC_POINTS)})")
+            raise NotationError(
+                f"injection '{text}': unknown allocation point '{m.group('point')}' (known: {', '.join(ALLOC_POINTS)})"
+            )
         n = int(m.group("n"))
         if n < 1:
             raise NotationError(f"injection '{text}': occurrences count from 1")
@@ -156,8 +156,9 @@ def parse_injection(text: str) -> Injection:
     m = _WIN_RE.fullmatch(s)
     if m:
         if m.group("w") not in WINDOW_KINDS:
-            raise NotationError(f"injection '{text}': unknown window '{m.group('w')}' "
-                                f"(known: {', '.join(WINDOW_KINDS)})")
+            raise NotationError(
+                f"injection '{text}': unknown window '{m.group('w')}' (known: {', '.join(WINDOW_KINDS)})"
+            )
         n = int(m.group("n"))
         if n < 1:
             raise NotationError(f"injection '{text}': occurrences count from 1")
@@ -168,15 +169,17 @@ def parse_injection(text: str) -> Injection:
                 continue
             em = _EVENT_RE.fullmatch(part.replace(" ", ""))
             if not em or em.group("name") not in EVENTS:
-                raise NotationError(f"injection '{text}': bad event '{part}' (known: "
-                                    f"{', '.join(e + '(x)' for e in EVENTS)})")
+                raise NotationError(
+                    f"injection '{text}': bad event '{part}' (known: {', '.join(e + '(x)' for e in EVENTS)})"
+                )
             events.append(Event(em.group("name"), int(em.group("addr"))))
         if not events:
             raise NotationError(f"injection '{text}': a window needs at least one event, e.g. @EC#1: zap(100)")
         call = int(m.group("call")) if m.group("call") else None
         return Injection(s, "window", window=m.group("w"), n=n, call=call, events=tuple(events))
-    raise NotationError(f"unknown injection '{text}' (forms: fail@POINT#N[@A], fail@bern:Q:SEED[@A], "
-                        f"@W#N[@A]: event(x); ...)")
+    raise NotationError(
+        f"unknown injection '{text}' (forms: fail@POINT#N[@A], fail@bern:Q:SEED[@A], @W#N[@A]: event(x); ...)"
+    )
 
 
 @dataclass

@@ -54,9 +54,14 @@ class ForkPlan:
     def child_mm_vmas(self, mm: MM, upto_vma: int) -> dict[str, np.ndarray]:
         """The child's VMA arrays, for the parent VMAs ``0 .. upto_vma``."""
         keep = self.vma_child.copy()
-        keep[upto_vma + 1:] = False
-        return {"vma_start": mm.vma_start[keep], "vma_end": mm.vma_end[keep], "vma_flags": mm.vma_flags[keep],
-                "vma_backing": mm.vma_backing[keep], "vma_anon_vma": self.vma_child_anon[keep]}
+        keep[upto_vma + 1 :] = False
+        return {
+            "vma_start": mm.vma_start[keep],
+            "vma_end": mm.vma_end[keep],
+            "vma_flags": mm.vma_flags[keep],
+            "vma_backing": mm.vma_backing[keep],
+            "vma_anon_vma": self.vma_child_anon[keep],
+        }
 
 
 def plan_fork(mm: MM) -> ForkPlan:
@@ -67,8 +72,9 @@ def plan_fork(mm: MM) -> ForkPlan:
     hugetlb = (flags & VM_HUGETLB) != 0
     dup = ~dontcopy
     copy = dup & ~hugetlb & ~wipe & (anon | ((flags & (VM_PFNMAP | VM_MIXEDMAP)) != 0))
-    counts = np.stack([dontcopy, dup, dup & anon & ~wipe, dup & (mm.vma_backing != 0), copy, dup & hugetlb],
-                      axis=1).astype(np.int64)
+    counts = np.stack(
+        [dontcopy, dup, dup & anon & ~wipe, dup & (mm.vma_backing != 0), copy, dup & hugetlb], axis=1
+    ).astype(np.int64)
     tables = np.union1d(mm.table_index, mm.pmd_index)
     parts = {k: [] for k in ("table", "start", "end", "vma")}
     for v in np.flatnonzero(copy).tolist():
@@ -85,7 +91,13 @@ def plan_fork(mm: MM) -> ForkPlan:
     if first.size:
         first[1:] = cat["table"][1:] != cat["table"][:-1]
     return ForkPlan(
-        vma_counts=counts, vma_child=dup, vma_child_anon=anon & ~wipe,
-        call_table=cat["table"], call_start=cat["start"], call_end=cat["end"], call_vma=cat["vma"],
-        call_huge=np.isin(cat["table"], mm.pmd_index), table_first_call=first,
+        vma_counts=counts,
+        vma_child=dup,
+        vma_child_anon=anon & ~wipe,
+        call_table=cat["table"],
+        call_start=cat["start"],
+        call_end=cat["end"],
+        call_vma=cat["vma"],
+        call_huge=np.isin(cat["table"], mm.pmd_index),
+        table_first_call=first,
     )

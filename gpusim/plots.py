@@ -27,8 +27,10 @@ class _Figures:
 
     def __init__(self, d: dict, out: Path):
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         self.plt, self.d, self.out = plt, d, out
         self.n = len(d["outcome"])
         self.variants = sorted(set(d["variant"]))
@@ -38,7 +40,7 @@ class _Figures:
 
     def save(self, fig, name: str) -> None:
         p = self.out / name
-        with warnings.catch_warnings():             # very many bars: bbox_inches below still fits the labels
+        with warnings.catch_warnings():  # very many bars: bbox_inches below still fits the labels
             warnings.simplefilter("ignore", UserWarning)
             fig.tight_layout()
         fig.savefig(p, dpi=110, bbox_inches="tight")
@@ -51,7 +53,7 @@ class _Figures:
             return
         fig, ax = self.plt.subplots(figsize=(7, 4.5))
         series: dict = {}
-        for i in range(n):                      # one line per variant and per value of the other swept keys
+        for i in range(n):  # one line per variant and per value of the other swept keys
             other = workload_label(d, i, skip=("fork.variant", "workload.size"))
             series.setdefault((d["variant"][i], other), []).append(i)
         for (v, other), idx in sorted(series.items()):
@@ -89,7 +91,7 @@ class _Figures:
         for c, vals in stacks.items():
             vals = np.array(vals)
             if vals.any():
-                ax.bar(range(len(labels)), vals, bottom=bottom, label=c[len("latency."):-3])
+                ax.bar(range(len(labels)), vals, bottom=bottom, label=c[len("latency.") : -3])
                 bottom += vals
         ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("modelled latency (ms, median)")

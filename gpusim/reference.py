@@ -68,12 +68,13 @@ class Oops(Exception):
 
 # --- trace -----------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class PassRecord:
     start: int
-    handled: list = field(default_factory=list)     # (addr, how, n): "none" "share" "special" "swap" ...
-    end: int = -1                                    # cursor when the pass ended
-    reason: str | None = None                        # "LB" "SC" "EC" None (range end) "ENOMEM" "HWPOISON"
+    handled: list = field(default_factory=list)  # (addr, how, n): "none" "share" "special" "swap" ...
+    end: int = -1  # cursor when the pass ended
+    reason: str | None = None  # "LB" "SC" "EC" None (range end) "ENOMEM" "HWPOISON"
 
 
 @dataclass
@@ -82,16 +83,16 @@ class CallRecord:
     end: int
     vma: int
     passes: list = field(default_factory=list)
-    checks: list = field(default_factory=list)      # (k, answer, cursor)
-    windows: list = field(default_factory=list)     # (reason, n)
-    installs: list = field(default_factory=list)    # (addr, new_pfn, src_pfn, seq)
+    checks: list = field(default_factory=list)  # (k, answer, cursor)
+    windows: list = field(default_factory=list)  # (reason, n)
+    installs: list = field(default_factory=list)  # (addr, new_pfn, src_pfn, seq)
     duplicates: list = field(default_factory=list)  # page_duplicate copies: (new_pfn, src_pfn, seq)
-    break_cow: int = 0                               # copy_one_pte returned BREAK_COW
-    pd_calls: int = 0                                # page_duplicate calls
+    break_cow: int = 0  # copy_one_pte returned BREAK_COW
+    pd_calls: int = 0  # page_duplicate calls
     sc_breaks: int = 0
     kernel_calls: int = 0
     result: int = 0
-    owned_at_return: list = field(default_factory=list)   # N3 violations
+    owned_at_return: list = field(default_factory=list)  # N3 violations
 
 
 @dataclass
@@ -106,20 +107,20 @@ class EventRecord:
     pfn: int = -1
     slot: int = -1
     new_slot: int = -1
-    ref: int = 0            # deltas on the parent's folio / page / slot / rss caused by the event
+    ref: int = 0  # deltas on the parent's folio / page / slot / rss caused by the event
     map: int = 0
     count: int = 0
     rss: tuple = (0, 0, 0, 0)
-    content: int = -1       # new content id (write)
-    pins: int = 0           # true_pins delta
+    content: int = -1  # new content id (write)
+    pins: int = 0  # true_pins delta
 
 
 @dataclass
 class Trace:
     calls: list = field(default_factory=list)
     events: list = field(default_factory=list)
-    splits: list = field(default_factory=list)       # (table, folio)
-    pmd_shares: list = field(default_factory=list)   # (table, folio)
+    splits: list = field(default_factory=list)  # (table, folio)
+    pmd_shares: list = field(default_factory=list)  # (table, folio)
     seq: int = 0
 
     def tick(self) -> int:
@@ -128,6 +129,7 @@ class Trace:
 
 
 # --- mutable mirrors of the state ------------------------------------------------------------------------------
+
 
 class Machine:
     """Folios, pages and slots as growable integer sequences (early copies, reclaim slots).
@@ -150,12 +152,17 @@ class Machine:
     def alloc_folio(self) -> int:
         """A new order-0 folio, refcount 1, pincount 0, not yet anon (spec 1.4). Returns its pfn."""
         f, pfn = len(self.folio_order), len(self.page_folio)
-        for arr, v in ((self.folio_order, 0), (self.folio_refcount, 1), (self.folio_pincount, 0),
-                       (self.folio_true_pins, 0), (self.folio_pmd_mapcount, 0), (self.folio_flags, 0),
-                       (self.folio_first_pfn, pfn)):
+        for arr, v in (
+            (self.folio_order, 0),
+            (self.folio_refcount, 1),
+            (self.folio_pincount, 0),
+            (self.folio_true_pins, 0),
+            (self.folio_pmd_mapcount, 0),
+            (self.folio_flags, 0),
+            (self.folio_first_pfn, pfn),
+        ):
             arr.append(v)
-        for arr, v in ((self.page_folio, f), (self.page_mapcount, 0), (self.page_flags, 0),
-                       (self.page_content, 0)):
+        for arr, v in ((self.page_folio, f), (self.page_mapcount, 0), (self.page_flags, 0), (self.page_content, 0)):
             arr.append(v)
         return pfn
 
@@ -188,9 +195,18 @@ class MMState:
             self.vmas, self.tables, self.pmds = [], {}, {}
             self.rss, self.has_pinned, self.on_swapoff_list = [0, 0, 0, 0], False, False
             return
-        self.vmas = [VmaView(i, s, e, f, b, a) for i, (s, e, f, b, a) in enumerate(zip(
-            mm.vma_start.tolist(), mm.vma_end.tolist(), mm.vma_flags.tolist(), mm.vma_backing.tolist(),
-            mm.vma_anon_vma.tolist()))]
+        self.vmas = [
+            VmaView(i, s, e, f, b, a)
+            for i, (s, e, f, b, a) in enumerate(
+                zip(
+                    mm.vma_start.tolist(),
+                    mm.vma_end.tolist(),
+                    mm.vma_flags.tolist(),
+                    mm.vma_backing.tolist(),
+                    mm.vma_anon_vma.tolist(),
+                )
+            )
+        ]
         self.tables = {t: row.tolist() for t, row in zip(mm.table_index.tolist(), mm.pte)}
         self.pmds = dict(zip(mm.pmd_index.tolist(), mm.pmd.tolist()))
         self.rss = mm.rss.tolist()
@@ -221,12 +237,21 @@ class MMState:
 
 # --- the fork and the per-call context ------------------------------------------------------------------------
 
+
 class ForkContext:
     """Everything one fork shares across its calls."""
 
-    def __init__(self, space: AddressSpace, variant: str, oracle: LockBreakOracle, plan: InjectionPlan,
-                 fork_seq: int, machine: Machine | None = None, parent: MMState | None = None,
-                 child: MMState | None = None):
+    def __init__(
+        self,
+        space: AddressSpace,
+        variant: str,
+        oracle: LockBreakOracle,
+        plan: InjectionPlan,
+        fork_seq: int,
+        machine: Machine | None = None,
+        parent: MMState | None = None,
+        child: MMState | None = None,
+    ):
         self.variant = variant
         self.space = space
         self.v = get_variant(variant)
@@ -234,10 +259,10 @@ class ForkContext:
         self.m = machine or Machine(space.memory)
         self.parent = parent or MMState(space.mm)
         self.child = child or MMState()
-        self.count_upper = True                 # the fast engines count upper-level tables themselves
+        self.count_upper = True  # the fast engines count upper-level tables themselves
         self.oracle, self.plan, self.fork_seq = oracle, plan, fork_seq
         self.counts = new_counts()
-        self.table_rows: list = []            # (table, passes, TABLE_EVENTS counts) per copy_pte_range call
+        self.table_rows: list = []  # (table, passes, TABLE_EVENTS counts) per copy_pte_range call
         self.trace = Trace()
         self.upper = set()
         self.ignored: list[str] = []
@@ -246,8 +271,7 @@ class ForkContext:
     def maybe_pinned(self, f: int) -> bool:
         """``page_maybe_dma_pinned`` / ``folio_maybe_dma_pinned`` (spec 1.6)."""
         m = self.m
-        return folio_maybe_dma_pinned(m.folio_order[f], m.folio_refcount[f], m.folio_pincount[f],
-                                      self.large_pin_order)
+        return folio_maybe_dma_pinned(m.folio_order[f], m.folio_refcount[f], m.folio_pincount[f], self.large_pin_order)
 
     def add_pin(self, mm: MMState, f: int, sign: int = 1) -> None:
         """``add_pin`` (sign 1) or its inverse, ``unpin`` (sign -1)."""
@@ -259,18 +283,42 @@ class ForkContext:
         if sign > 0:
             mm.has_pinned = True
 
-    def result(self, stopped: tuple, parent: AddressSpace, child: MM, child_rss, after_teardown, wall_s: float,
-               backend: str, table_stats: TableStats, trace_complete: bool = True) -> ForkResult:
+    def result(
+        self,
+        stopped: tuple,
+        parent: AddressSpace,
+        child: MM,
+        child_rss,
+        after_teardown,
+        wall_s: float,
+        backend: str,
+        table_stats: TableStats,
+        trace_complete: bool = True,
+    ) -> ForkResult:
         """The :class:`ForkResult` of this fork (every engine assembles it here): ``stopped`` is (outcome, oops,
         enomem), ``parent`` and ``child`` the final states, ``child_rss`` the child's counters when the fork stopped,
         ``after_teardown`` those after an ENOMEM teardown, the counts are :attr:`counts`."""
         outcome, oops, enomem = stopped
         return ForkResult(
-            outcome=outcome, variant=self.variant, backend=backend, parent=parent, child=child,
-            counts=finish_counts(self.counts), child_rss=rss_dict(child_rss), child_rss_after_teardown=after_teardown,
-            oops=oops, enomem=enomem, unfired=self.plan.unfired(), ignored_events=list(self.ignored),
-            digest=digest(parent.mm, child, parent.memory), engine_wall_s=wall_s, nr_ptes=self.space.nr_ptes,
-            trace=self.trace, trace_complete=trace_complete, table_stats=table_stats)
+            outcome=outcome,
+            variant=self.variant,
+            backend=backend,
+            parent=parent,
+            child=child,
+            counts=finish_counts(self.counts),
+            child_rss=rss_dict(child_rss),
+            child_rss_after_teardown=after_teardown,
+            oops=oops,
+            enomem=enomem,
+            unfired=self.plan.unfired(),
+            ignored_events=list(self.ignored),
+            digest=digest(parent.mm, child, parent.memory),
+            engine_wall_s=wall_s,
+            nr_ptes=self.space.nr_ptes,
+            trace=self.trace,
+            trace_complete=trace_complete,
+            table_stats=table_stats,
+        )
 
     def note_child_table(self, t: int) -> None:
         """Count the child's upper-level tables (PMD table per 512 tables, PUD table per 512 of those)."""
@@ -295,7 +343,7 @@ class CopyContext:
         self.win_n: dict[str, int] = {}
         self.last_failed: tuple[str, int] | None = None
         self.prealloc: int | None = None
-        self.d: CopyMmData | None = None        # the xu series' copy_mm_data, visible for the N3 check
+        self.d: CopyMmData | None = None  # the xu series' copy_mm_data, visible for the N3 check
         self.cow = is_cow_mapping(vma.flags)
         self.rec = CallRecord(call_start, end, vma.index)
         self.cur: PassRecord | None = None
@@ -331,6 +379,7 @@ class CopyContext:
 
 
 # --- spec 2.1: pass, progress and check ------------------------------------------------------------------------
+
 
 def allocate(c: CopyContext, point: str) -> bool:
     """One allocation attempt at ``point``; consults the injection plan (spec 5.1)."""
@@ -381,6 +430,7 @@ def window(c: CopyContext, reason: str) -> None:
 
 
 # --- spec 2.2: shared operations -------------------------------------------------------------------------------
+
 
 def share_present(c: CopyContext, a: int, n: int = 1) -> None:
     """Copy ``n`` present PTEs by reference (``n > 1`` only for a linux-6.18 batch)."""
@@ -446,11 +496,11 @@ def copy_nonpresent_pte(c: CopyContext, a: int) -> int | None:
         child.rss[MM_SWAPENTS] += 1
         c.counts["pte.swap"] += 1
         c.handled(a, "swap")
-    elif kind == P.KIND_MIGRATION:            # no reference and no mapcount: the page is under migration
+    elif kind == P.KIND_MIGRATION:  # no reference and no mapcount: the page is under migration
         f = m.page_folio[P.swp_offset(e)]
         child.rss[mm_counter(m.folio_flags[f])] += 1
         if c.cow and (P.is_writable_migration_entry(e) or P.is_readable_exclusive_migration_entry(e)):
-            c.set_src(a, P.make_readable_migration_entry(e))     # the parent is downgraded too
+            c.set_src(a, P.make_readable_migration_entry(e))  # the parent is downgraded too
         c.set_dst(a, c.src(a))
         c.counts["pte.migration"] += 1
         c.handled(a, "migration")
@@ -491,17 +541,17 @@ def add_swap_count_continuation(c: CopyContext, slot: int, point: str) -> int:
     c.counts[point] += 1
     if point == "swapcont.kernel":
         c.rec.kernel_calls += 1
-    ok = allocate(c, point)                    # always attempted first, then checked
-    if slot == NULL_ENTRY:                     # xu-v1 stale call: no swap device resolves it
+    ok = allocate(c, point)  # always attempted first, then checked
+    if slot == NULL_ENTRY:  # xu-v1 stale call: no swap device resolves it
         c.counts["swapcont.null"] += 1
         return 0
     if m.swap_count[slot] % (SWAP_MAP_MAX + 1) != SWAP_MAP_MAX:
-        return 0                               # first byte not full
+        return 0  # first byte not full
     if not ok:
         return ENOMEM
     if m.swap_count[slot] < swap_cap(m.swap_levels[slot]):
         return 0
-    m.swap_levels[slot] += 1                   # the page now belongs to the slot
+    m.swap_levels[slot] += 1  # the page now belongs to the slot
     c.counts["swapcont.attach"] += 1
     return 0
 
@@ -533,9 +583,10 @@ def copy_content(c: CopyContext, q: int, src_pfn: int) -> None:
 
 # --- 3.1 linux-5.8 ---------------------------------------------------------------------------------------------
 
+
 def copy_pte_range_linux_5_8(c: CopyContext, a: int, end: int) -> int:
     progress = 0
-    pending = None                              # progress is not reset per pass; it is 0 there anyway
+    pending = None  # progress is not reset per pass; it is 0 there anyway
     while True:
         if not begin_pass(c, a):
             return ENOMEM
@@ -566,7 +617,7 @@ def copy_pte_range_linux_5_8(c: CopyContext, a: int, end: int) -> int:
         c.end_pass(a, reason)
         if reason == "SC":
             c.rec.sc_breaks += 1
-        if pending is not None:                 # locks dropped; may repeat on a later pass (stale)
+        if pending is not None:  # locks dropped; may repeat on a later pass (stale)
             if add_swap_count_continuation(c, pending, "swapcont.kernel") < 0:
                 return ENOMEM
             progress = 0
@@ -589,13 +640,15 @@ def handle_none(c: CopyContext, a: int) -> None:
 
 # --- 3.2 xu-v1 and 3.3 xu-v1-oleg -------------------------------------------------------------------------------
 
+
 @dataclass
 class CopyMmData:
     """The v1 patch's ``struct copy_mm_data``."""
+
     entry: int = NULL_ENTRY
-    cow_old_page: int | None = None      # pfn; carries one folio reference
+    cow_old_page: int | None = None  # pfn; carries one folio reference
     cow_oldpte: int | None = None
-    cow_new_page: int | None = None      # pfn
+    cow_new_page: int | None = None  # pfn
 
 
 def copy_one_pte(c: CopyContext, a: int, d: CopyMmData) -> str:
@@ -611,12 +664,12 @@ def copy_one_pte(c: CopyContext, a: int, d: CopyMmData) -> str:
     if not P.pte_special(e):
         pfn = P.pte_pfn(e)
         f = m.page_folio[pfn]
-        m.folio_refcount[f] += 1                # the child's reference is taken first
+        m.folio_refcount[f] += 1  # the child's reference is taken first
         if c.fc.parent.has_pinned and c.cow and P.pte_write(e) and c.fc.maybe_pinned(f):
-            d.cow_old_page, d.cow_oldpte = pfn, e   # the reference travels with it
+            d.cow_old_page, d.cow_oldpte = pfn, e  # the reference travels with it
             c.rec.break_cow += 1
-            return BREAK_COW                    # parent and child PTE untouched
-        m.folio_refcount[f] -= 1                # handed back; share_present takes it
+            return BREAK_COW  # parent and child PTE untouched
+        m.folio_refcount[f] -= 1  # handed back; share_present takes it
     share_one(c, a, e)
     return DONE
 
@@ -632,7 +685,7 @@ def page_duplicate(c: CopyContext, a: int, d: CopyMmData) -> int:
         copy_content(c, q, d.cow_old_page)
         c.rec.duplicates.append((q, d.cow_old_page, c.fc.trace.tick()))
         d.cow_new_page = q
-    c.put_folio(c.m.page_folio[d.cow_old_page], a)   # always released, success or failure
+    c.put_folio(c.m.page_folio[d.cow_old_page], a)  # always released, success or failure
     d.cow_old_page = None
     return 0 if q is not None else ENOMEM
 
@@ -641,11 +694,11 @@ def pte_install_copied_page(c: CopyContext, a: int, d: CopyMmData) -> bool:
     """Both locks held: install the prepared copy if the parent PTE is unchanged, else drop it."""
     c.counts["copy.recheck"] += 1
     q = d.cow_new_page
-    d.cow_new_page = None                       # mapped or freed: the pointer is never read again
-    if c.src(a) == d.cow_oldpte:                # pte_same on the full value
+    d.cow_new_page = None  # mapped or freed: the pointer is never read again
+    if c.src(a) == d.cow_oldpte:  # pte_same on the full value
         install_copy(c, a, q, P.pte_pfn(d.cow_oldpte))
         return True
-    free_unused(c, q, a)                        # PTE changed: drop the copy, redo this index
+    free_unused(c, q, a)  # PTE changed: drop the copy, redo this index
     return False
 
 
@@ -655,7 +708,7 @@ def copy_pte_range_xu_v1(c: CopyContext, a: int, end: int) -> int:
     d = CopyMmData()
     while True:
         if wipe:
-            d = c.d = CopyMmData()              # the restart label wipes d (entry becomes NULL_ENTRY)
+            d = c.d = CopyMmData()  # the restart label wipes d (entry becomes NULL_ENTRY)
         if not begin_pass(c, a):
             if d.cow_new_page is not None:
                 free_unused(c, d.cow_new_page, a)
@@ -670,7 +723,7 @@ def copy_pte_range_xu_v1(c: CopyContext, a: int, end: int) -> int:
                     reason = "LB"
                     break
             if d.cow_new_page is not None and pte_install_copied_page(c, a, d):
-                progress += 1                   # ret stays BREAK_COW
+                progress += 1  # ret stays BREAK_COW
             elif P.pte_none(c.src(a)):
                 handle_none(c, a)
                 progress += 1
@@ -686,7 +739,7 @@ def copy_pte_range_xu_v1(c: CopyContext, a: int, end: int) -> int:
         c.end_pass(a, reason)
         if reason == "SC":
             c.rec.sc_breaks += 1
-        if ret == SWAP_CONT:                    # locks dropped
+        if ret == SWAP_CONT:  # locks dropped
             if add_swap_count_continuation(c, d.entry, "swapcont.kernel") < 0:
                 return ENOMEM
         elif ret == BREAK_COW:
@@ -694,7 +747,7 @@ def copy_pte_range_xu_v1(c: CopyContext, a: int, end: int) -> int:
                 return ENOMEM
             window(c, reason)
             wipe = False
-            continue                            # no end test on this path
+            continue  # no end test on this path
         if a == end:
             return 0
         window(c, reason)
@@ -718,7 +771,7 @@ def copy_pte_range_xu_v1_oleg(c: CopyContext, a: int, end: int) -> int:
             if pte_install_copied_page(c, a, d):
                 progress += 1
                 a += 1
-                run = a != end                  # jump to the loop's step
+                run = a != end  # jump to the loop's step
         while run:
             if progress >= BREAK_AT:
                 progress = 0
@@ -745,7 +798,7 @@ def copy_pte_range_xu_v1_oleg(c: CopyContext, a: int, end: int) -> int:
                 return ENOMEM
             ret = DONE
             window(c, reason)
-            continue                            # safe: a break never advances a
+            continue  # safe: a break never advances a
         if ret == BREAK_COW:
             if page_duplicate(c, a, d) < 0:
                 return ENOMEM
@@ -758,16 +811,17 @@ def copy_pte_range_xu_v1_oleg(c: CopyContext, a: int, end: int) -> int:
 
 # --- 3.4 linux-5.10 --------------------------------------------------------------------------------------------
 
+
 def copy_present_pte_5_10(c: CopyContext, a: int) -> int:
     e = c.src(a)
     if not P.pte_special(e):
         pfn = P.pte_pfn(e)
         f = c.m.page_folio[pfn]
-        if c.cow and c.fc.parent.has_pinned and c.fc.maybe_pinned(f):   # tested before any reference
+        if c.cow and c.fc.parent.has_pinned and c.fc.maybe_pinned(f):  # tested before any reference
             if c.prealloc is None:
                 return EAGAIN
             q, c.prealloc = c.prealloc, None
-            copy_content(c, q, pfn)             # copy moment: under the locks
+            copy_content(c, q, pfn)  # copy moment: under the locks
             install_copy(c, a, q, pfn)
             return 0
     share_one(c, a, e)
@@ -805,7 +859,7 @@ def copy_pte_range_linux_5_10(c: CopyContext, a: int, end: int) -> int:
                 if ret == EAGAIN:
                     reason = "EC"
                     break
-                if c.prealloc is not None:      # not reused later (memory policy is per address)
+                if c.prealloc is not None:  # not reused later (memory policy is per address)
                     free_unused(c, c.prealloc, a)
                     c.prealloc = None
                 progress += 8
@@ -813,12 +867,12 @@ def copy_pte_range_linux_5_10(c: CopyContext, a: int, end: int) -> int:
             if a == end:
                 break
         c.end_pass(a, reason)
-        if pending is not None:                 # locks dropped
+        if pending is not None:  # locks dropped
             c.rec.sc_breaks += 1
             if add_swap_count_continuation(c, pending, "swapcont.kernel") < 0:
                 ret = ENOMEM
                 break
-            pending = None                      # the stale-entry fix
+            pending = None  # the stale-entry fix
         elif ret == EAGAIN:
             c.prealloc = allocate_page(c)
             if c.prealloc is None:
@@ -835,10 +889,10 @@ def copy_pte_range_linux_5_10(c: CopyContext, a: int, end: int) -> int:
 
 # --- 3.5 linux-6.18 --------------------------------------------------------------------------------------------
 
+
 def needs_copy(c: CopyContext, f: int) -> bool:
     """Not device-private, and ``folio_needs_cow_for_dma``."""
-    return (c.fc.parent.has_pinned and not (c.m.folio_flags[f] & FOLIO_DEVICE_PRIVATE)
-            and c.fc.maybe_pinned(f))
+    return c.fc.parent.has_pinned and not (c.m.folio_flags[f] & FOLIO_DEVICE_PRIVATE) and c.fc.maybe_pinned(f)
 
 
 def folio_pte_batch(c: CopyContext, a: int, max_n: int) -> int:
@@ -873,18 +927,18 @@ def copy_present_ptes_6_18(c: CopyContext, a: int, max_n: int) -> int:
         c.counts["batch.start"] += 1
         if anon and needs_copy(c, f) and any(m.page_flags[pfn + j] & PAGE_ANON_EXCLUSIVE for j in range(n)):
             c.counts["batch.refused"] += 1
-            return EAGAIN                       # whole batch refused; its references returned
+            return EAGAIN  # whole batch refused; its references returned
         share_present(c, a, n)
         c.counts["batch.pte"] += n
         c.handled(a, "batch", n)
         return n
-    m.folio_refcount[f] += 1                    # single path: reference first, then test
+    m.folio_refcount[f] += 1  # single path: reference first, then test
     if anon and needs_copy(c, f) and m.page_flags[pfn] & PAGE_ANON_EXCLUSIVE:
         m.folio_refcount[f] -= 1
         if c.prealloc is None:
             return EAGAIN
         if m.page_flags[pfn] & PAGE_HWPOISON:
-            return EHWPOISON                    # prealloc not consumed
+            return EHWPOISON  # prealloc not consumed
         q, c.prealloc = c.prealloc, None
         copy_content(c, q, pfn)
         install_copy(c, a, q, pfn)
@@ -933,12 +987,12 @@ def copy_pte_range_linux_6_18(c: CopyContext, a: int, end: int) -> int:
                     free_unused(c, c.prealloc, a)
                     c.prealloc = None
                 n = ret
-                progress += 8 * n               # no check inside a batch
+                progress += 8 * n  # no check inside a batch
             a += n
             if a == end:
                 break
         c.end_pass(a, reason)
-        if ret == EIO:                          # locks dropped
+        if ret == EIO:  # locks dropped
             c.rec.sc_breaks += 1
             if add_swap_count_continuation(c, pending, "swapcont.kernel") < 0:
                 ret = ENOMEM
@@ -946,7 +1000,7 @@ def copy_pte_range_linux_6_18(c: CopyContext, a: int, end: int) -> int:
             pending = None
         elif ret == EHWPOISON:
             c.last_failed = ("hwpoison", 1)
-            break                               # the fork fails (reported as ENOMEM)
+            break  # the fork fails (reported as ENOMEM)
         elif ret == EAGAIN:
             c.prealloc = allocate_page(c)
             if c.prealloc is None:
@@ -986,10 +1040,11 @@ def copy_pte_range(c: CopyContext) -> int:
 
 # --- spec 10: PMD-mapped THPs ----------------------------------------------------------------------------------
 
+
 def copy_huge_pmd(c: CopyContext) -> str:
     """Copy the huge PMD of table ``c.t``: "share", "split" (then copy_pte_range), or "enomem"."""
     fc, m, t = c.fc, c.m, c.t
-    if not allocate(c, "ptetable"):              # the table deposited with the child's PMD
+    if not allocate(c, "ptetable"):  # the table deposited with the child's PMD
         return "enomem"
     fc.counts["table.alloc"] += 1
     pmd = fc.parent.pmds[t]
@@ -999,7 +1054,7 @@ def copy_huge_pmd(c: CopyContext) -> str:
     if not fc.v.early_cow:
         copy = False
     elif fc.v.anon_exclusive:
-        copy = pinned and bool(m.page_flags[head] & PAGE_ANON_EXCLUSIVE)   # folio_try_dup_anon_rmap_pmd fails
+        copy = pinned and bool(m.page_flags[head] & PAGE_ANON_EXCLUSIVE)  # folio_try_dup_anon_rmap_pmd fails
     else:
         copy = pinned and c.cow
     if copy:
@@ -1037,6 +1092,7 @@ def copy_huge_pmd(c: CopyContext) -> str:
 
 # --- dup_mmap and copy_page_range ------------------------------------------------------------------------------
 
+
 class CopyFailed(Exception):
     """``copy_page_range`` returned an error (ENOMEM; a poisoned page's -EHWPOISON is reported as ENOMEM): the
     fork stops at this call and the caller tears the child down."""
@@ -1070,7 +1126,7 @@ def copy_table(fc: ForkContext, vma: VmaView, t: int, start: int, end: int) -> C
     passes = counts["pass"]
     try:
         rc = copy_pte_range(c)
-    finally:                                     # per-table statistics, an interrupted call's too
+    finally:  # per-table statistics, an interrupted call's too
         fc.table_rows.append((t, counts["pass"] - passes, [counts[e] - b for e, b in zip(TABLE_EVENTS, before)]))
     if rc != 0:
         raise CopyFailed(c)
@@ -1087,8 +1143,11 @@ def table_stats_of(rows: list) -> TableStats:
         else:
             acc[t] = [p, list(ev)]
     keys = sorted(acc)
-    return TableStats(np.array(keys, np.int64), np.array([acc[k][0] for k in keys], np.int64),
-                      np.array([acc[k][1] for k in keys], np.int64).reshape(len(keys), len(TABLE_EVENTS)))
+    return TableStats(
+        np.array(keys, np.int64),
+        np.array([acc[k][0] for k in keys], np.int64),
+        np.array([acc[k][1] for k in keys], np.int64).reshape(len(keys), len(TABLE_EVENTS)),
+    )
 
 
 def dup_mmap(fc: ForkContext, plan: ForkPlan | None = None) -> tuple[str, dict | None, dict | None]:
@@ -1106,8 +1165,16 @@ def dup_mmap(fc: ForkContext, plan: ForkPlan | None = None) -> tuple[str, dict |
             for name, v in zip(VMA_COUNT_NAMES, plan.vma_counts[vma.index].tolist()):
                 fc.counts[name] += v
             if plan.vma_child[vma.index]:
-                fc.child.vmas.append(VmaView(len(fc.child.vmas), vma.start, vma.end, vma.flags, vma.backing,
-                                             bool(plan.vma_child_anon[vma.index])))
+                fc.child.vmas.append(
+                    VmaView(
+                        len(fc.child.vmas),
+                        vma.start,
+                        vma.end,
+                        vma.flags,
+                        vma.backing,
+                        bool(plan.vma_child_anon[vma.index]),
+                    )
+                )
             while nxt is not None and int(plan.call_vma[nxt]) == vma.index:
                 copy_table(fc, vma, int(plan.call_table[nxt]), int(plan.call_start[nxt]), int(plan.call_end[nxt]))
                 nxt = next(calls, None)
@@ -1116,8 +1183,9 @@ def dup_mmap(fc: ForkContext, plan: ForkPlan | None = None) -> tuple[str, dict |
     return "ok", None, None
 
 
-def fork_reference(space: AddressSpace, variant: str, oracle: LockBreakOracle, plan: InjectionPlan,
-                   fork_seq: int = 0) -> ForkResult:
+def fork_reference(
+    space: AddressSpace, variant: str, oracle: LockBreakOracle, plan: InjectionPlan, fork_seq: int = 0
+) -> ForkResult:
     """One fork on the reference engine: ``dup_mmap``, then the teardown of the child after ENOMEM."""
     t0 = time.perf_counter()
     fc = ForkContext(space, variant, oracle, plan, fork_seq)
@@ -1127,8 +1195,16 @@ def fork_reference(space: AddressSpace, variant: str, oracle: LockBreakOracle, p
         teardown(fc)
         after_teardown = rss_dict(fc.child.rss)
     parent = AddressSpace(fc.parent.to_mm(), fc.m.to_memory())
-    return fc.result(stopped, parent, fc.child.to_mm(), child_rss, after_teardown, time.perf_counter() - t0,
-                     "reference", table_stats_of(fc.table_rows))
+    return fc.result(
+        stopped,
+        parent,
+        fc.child.to_mm(),
+        child_rss,
+        after_teardown,
+        time.perf_counter() - t0,
+        "reference",
+        table_stats_of(fc.table_rows),
+    )
 
 
 def teardown(fc: ForkContext) -> None:
@@ -1160,6 +1236,7 @@ def teardown(fc: ForkContext) -> None:
 
 # --- window events (spec 5.2) ----------------------------------------------------------------------------------
 
+
 def _page_at(fc: ForkContext, v: int) -> int:
     """The pfn an entry maps (present non-special, migration, device-private), else -1."""
     kind = P.pte_kind(v)
@@ -1174,6 +1251,7 @@ def _page_at(fc: ForkContext, v: int) -> int:
 class EventTarget:
     """What an event at address ``x`` finds in the parent: its table ``row`` (None: no table) and index ``i``, the
     entry ``v`` and its kind, and the page (``pfn``) and folio (``f``) it maps (-1: none)."""
+
     x: int
     row: object
     i: int
@@ -1189,7 +1267,7 @@ def event_zap(fc: ForkContext, rec: EventRecord, t: EventTarget) -> bool:
     m = fc.m
     if t.v == 0:
         return False
-    rec.applied = True                              # recorded as applied even if it oopses below
+    rec.applied = True  # recorded as applied even if it oopses below
     t.row[t.i] = 0
     rss = [0, 0, 0, 0]
     if t.kind == P.KIND_SWAP:
@@ -1202,7 +1280,7 @@ def event_zap(fc: ForkContext, rec: EventRecord, t: EventTarget) -> bool:
     elif t.pfn >= 0:
         rec.pfn, rec.folio = t.pfn, t.f
         rss[mm_counter(m.folio_flags[t.f])] = -1
-        if t.kind != P.KIND_MIGRATION:             # present normal or device-private: map and ref held
+        if t.kind != P.KIND_MIGRATION:  # present normal or device-private: map and ref held
             if m.folio_refcount[t.f] < 1:
                 raise Oops("put_page", t.x, "UNDERFLOW")
             m.page_mapcount[t.pfn] -= 1
@@ -1264,8 +1342,14 @@ def event_touch(fc: ForkContext, rec: EventRecord, t: EventTarget) -> bool:
     return True
 
 
-EVENTS = {"zap": event_zap, "reclaim": event_reclaim, "pin": event_pin, "unpin": event_pin, "write": event_write,
-          "touch": event_touch}
+EVENTS = {
+    "zap": event_zap,
+    "reclaim": event_reclaim,
+    "pin": event_pin,
+    "unpin": event_pin,
+    "write": event_write,
+    "touch": event_touch,
+}
 
 
 def apply_event(fc: ForkContext, call_start: int, window_kind: str, name: str, x: int) -> None:
@@ -1285,5 +1369,18 @@ def apply_event(fc: ForkContext, call_start: int, window_kind: str, name: str, x
         fc.ignored.append(f"{name}({x})")
 
 
-__all__ = ["fork_reference", "dup_mmap", "teardown", "ForkContext", "Trace", "Oops", "CopyFailed", "fork_stopped",
-           "copy_pte_range", "copy_huge_pmd", "copy_table", "Machine", "MMState"]
+__all__ = [
+    "fork_reference",
+    "dup_mmap",
+    "teardown",
+    "ForkContext",
+    "Trace",
+    "Oops",
+    "CopyFailed",
+    "fork_stopped",
+    "copy_pte_range",
+    "copy_huge_pmd",
+    "copy_table",
+    "Machine",
+    "MMState",
+]

@@ -11,31 +11,88 @@ from gpusim.state import MM, AddressSpace, Memory, resident_bytes
 
 # The cost events of spec section 8 (and 10), by their dotted names, in the spec's order.
 COST_EVENTS = (
-    "fork.base", "fork.mm",
-    "vma.dup", "vma.anon_fork", "vma.file_link", "vma.copy", "vma.skip",
-    "table.call", "table.alloc", "table.upper_alloc",
-    "pass", "restart.lb", "restart.sc", "restart.ec", "check",
-    "pte.none", "pte.share", "pte.special", "pte.wrprotect", "pte.excl_clear", "pte.swap", "pte.migration",
-    "pte.devpriv", "batch.start", "batch.pte", "batch.refused",
-    "copy.alloc", "copy.alloc_fail", "copy.memcpy", "copy.install", "copy.free_unused", "copy.recheck",
+    "fork.base",
+    "fork.mm",
+    "vma.dup",
+    "vma.anon_fork",
+    "vma.file_link",
+    "vma.copy",
+    "vma.skip",
+    "table.call",
+    "table.alloc",
+    "table.upper_alloc",
+    "pass",
+    "restart.lb",
+    "restart.sc",
+    "restart.ec",
+    "check",
+    "pte.none",
+    "pte.share",
+    "pte.special",
+    "pte.wrprotect",
+    "pte.excl_clear",
+    "pte.swap",
+    "pte.migration",
+    "pte.devpriv",
+    "batch.start",
+    "batch.pte",
+    "batch.refused",
+    "copy.alloc",
+    "copy.alloc_fail",
+    "copy.memcpy",
+    "copy.install",
+    "copy.free_unused",
+    "copy.recheck",
     "copy.duplicate_call",
-    "swapcont.atomic", "swapcont.kernel", "swapcont.attach", "swapcont.null",
-    "teardown.pte", "teardown.free",
-    "pmd.share", "pmd.split",
+    "swapcont.atomic",
+    "swapcont.kernel",
+    "swapcont.attach",
+    "swapcont.null",
+    "teardown.pte",
+    "teardown.free",
+    "pmd.share",
+    "pmd.split",
 )
 # Summary counters the scenario tables and invariants speak of.
 SUMMARY_COUNTS = (
-    "passes", "lock_breaks", "allocations", "unused_frees", "installs", "shared", "pin_shared", "swapcont_atomic",
-    "swapcont_kernel", "levels_added", "teardown_frees", "hugetlb_skipped", "events_applied", "events_ignored",
+    "passes",
+    "lock_breaks",
+    "allocations",
+    "unused_frees",
+    "installs",
+    "shared",
+    "pin_shared",
+    "swapcont_atomic",
+    "swapcont_kernel",
+    "levels_added",
+    "teardown_frees",
+    "hugetlb_skipped",
+    "events_applied",
+    "events_ignored",
 )
 COUNT_NAMES = COST_EVENTS + SUMMARY_COUNTS
 
 # Events whose work is done inside a pass of copy_pte_range, with the PTE locks held (spec 2.1). Early-copy
 # allocations are made after the locks are dropped; xu-v1's page_duplicate copies outside them too (see
 # gpusim.costmodel.held_events).
-TABLE_EVENTS = ("check", "pte.none", "pte.share", "pte.special", "pte.wrprotect", "pte.excl_clear", "pte.swap",
-                "pte.migration", "pte.devpriv", "batch.start", "batch.pte", "batch.refused", "copy.memcpy",
-                "copy.install", "copy.recheck", "swapcont.atomic")
+TABLE_EVENTS = (
+    "check",
+    "pte.none",
+    "pte.share",
+    "pte.special",
+    "pte.wrprotect",
+    "pte.excl_clear",
+    "pte.swap",
+    "pte.migration",
+    "pte.devpriv",
+    "batch.start",
+    "batch.pte",
+    "batch.refused",
+    "copy.memcpy",
+    "copy.install",
+    "copy.recheck",
+    "swapcont.atomic",
+)
 
 
 @dataclass(frozen=True)
@@ -53,13 +110,24 @@ class TableStats:
         parts = [p for p in parts if p is not None]
         if not parts:
             return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, len(TABLE_EVENTS)), np.int64))
-        return cls(np.concatenate([p.table for p in parts]), np.concatenate([p.passes for p in parts]),
-                   np.concatenate([p.events for p in parts]))
+        return cls(
+            np.concatenate([p.table for p in parts]),
+            np.concatenate([p.passes for p in parts]),
+            np.concatenate([p.events for p in parts]),
+        )
+
 
 # Summary counters that are the same number as a cost event.
-ALIASES = {"passes": "pass", "installs": "copy.install", "unused_frees": "copy.free_unused",
-           "allocations": "copy.alloc", "swapcont_atomic": "swapcont.atomic", "swapcont_kernel": "swapcont.kernel",
-           "levels_added": "swapcont.attach", "teardown_frees": "teardown.free"}
+ALIASES = {
+    "passes": "pass",
+    "installs": "copy.install",
+    "unused_frees": "copy.free_unused",
+    "allocations": "copy.alloc",
+    "swapcont_atomic": "swapcont.atomic",
+    "swapcont_kernel": "swapcont.kernel",
+    "levels_added": "swapcont.attach",
+    "teardown_frees": "teardown.free",
+}
 
 
 def new_counts() -> dict[str, int]:
@@ -77,7 +145,7 @@ def finish_counts(counts: dict[str, int]) -> dict[str, int]:
 class InvariantReport:
     ok: bool
     violations: tuple[str, ...] = ()
-    checked: bool = True          # False after an oops: invariants are not checked (spec 2.3)
+    checked: bool = True  # False after an oops: invariants are not checked (spec 2.3)
 
     def as_dict(self) -> dict:
         return {"ok": self.ok, "violations": list(self.violations), "checked": self.checked}
@@ -92,7 +160,7 @@ class ForkResult:
     teardown, except ``teardown.*``; ``child_rss`` likewise, ``child_rss_after_teardown`` after it.
     """
 
-    outcome: str                                   # "ok" | "enomem" | "oops"
+    outcome: str  # "ok" | "enomem" | "oops"
     variant: str
     backend: str
     parent: AddressSpace
@@ -109,7 +177,7 @@ class ForkResult:
     engine_wall_s: float = 0.0
     nr_ptes: int = 0
     trace: object | None = None
-    trace_complete: bool = True       # False when a fast engine copied tables outside the host loop
+    trace_complete: bool = True  # False when a fast engine copied tables outside the host loop
     table_stats: TableStats | None = None
 
     @property

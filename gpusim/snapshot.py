@@ -77,56 +77,91 @@ def thp_heads(addr: np.ndarray, vma: np.ndarray, present: np.ndarray, thp: np.nd
     heads = np.zeros(addr.shape[0], bool)
     for i in np.flatnonzero(present & thp & (addr % 512 == 0)).tolist():
         j = i + 511
-        if (j < addr.shape[0] and addr[j] == addr[i] + 511 and thp[i:j + 1].all() and present[i:j + 1].all()
-                and (vma[i:j + 1] == vma[i]).all()):
+        if (
+            j < addr.shape[0]
+            and addr[j] == addr[i] + 511
+            and thp[i : j + 1].all()
+            and present[i : j + 1].all()
+            and (vma[i : j + 1] == vma[i]).all()
+        ):
             heads[i] = True
     return heads
+
+
+class _Pages:
+    """A snapshot's page rows as arrays: address, VMA, captured map count, present, anonymous, exclusively mapped,
+    and whether a ``pinned`` range holds the page."""
+
+    def __init__(self, t: pa.Table, pinned):
+        col = {
+            name: t.column(name).to_numpy(zero_copy_only=False)
+            for name in ("addr", "vma", "present", "mapcount", "anon", "thp", "exclusive")
+        }
+        self.addr, self.vma, self.mapc = (col[k].astype(np.int64) for k in ("addr", "vma", "mapcount"))
+        self.present, self.anon, self.excl, self.thp = col["present"], col["anon"], col["exclusive"], col["thp"]
+        self.pin = np.zeros(self.addr.shape[0], bool)
+        for lo, hi in pinned:
+            self.pin |= (self.addr >= lo) & (self.addr < hi)
+
+
+def _add_small_pages(sb: SpaceBuilder, p: _Pages, rows: np.ndarray, vflags: np.ndarray, shmem: np.ndarray) -> None:
+    """Present pages outside THPs: one order-0 folio each, with the captured map count (the page cache holds one
+    more reference), exclusive if anonymous, exclusively mapped and mapped once."""
+    m = np.maximum(p.mapc[rows], 1)
+    a = p.anon[rows]
+    fl = np.where(a, FOLIO_ANON | FOLIO_SWAPBACKED, np.where(shmem[p.vma[rows]], FOLIO_SWAPBACKED, 0))
+    pflags = np.where(a & p.excl[rows] & (m == 1), PAGE_ANON_EXCLUSIVE, 0)
+    ids, pfn = sb.add_folios(rows.shape[0], 0, fl, m + ~a, pflags, m)
+    sb.add_pins(ids[p.pin[rows]])
+    writable = (vflags[p.vma[rows]] & np.uint64(VM_WRITE)) != 0
+    base = np.where(
+        writable & a, np.uint64(P.mk_pte(0, True, True, True, False)), np.uint64(P.mk_pte(0, False, True, True, False))
+    )
+    sb.add_entries(p.addr[rows], with_offsets(base, pfn))
+
+
+def _add_thps(sb: SpaceBuilder, p: _Pages, heads: np.ndarray, vflags: np.ndarray) -> None:
+    """PMD-mapped THPs at the rows ``heads``; a THP with a pinned page is pinned once."""
+    head = np.zeros(512, np.int64)
+    head[0] = PAGE_ANON_EXCLUSIVE
+    tids, tfirst = sb.add_folios(
+        heads.shape[0], 9, FOLIO_ANON | FOLIO_SWAPBACKED, 1, np.tile(head, heads.shape[0]), 0, pmd_mapcount=1
+    )
+    sb.add_pins([f for f, h in zip(tids.tolist(), heads.tolist()) if p.pin[h : h + 512].any()])
+    sb.add_pmds(
+        p.addr[heads] // 512,
+        [
+            P.mk_huge_pmd(int(q), bool(vflags[p.vma[h]] & np.uint64(VM_WRITE)), True, True)
+            for q, h in zip(tfirst.tolist(), heads.tolist())
+        ],
+    )
 
 
 def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = ()) -> AddressSpace:
     """The address space of a snapshot, with one FOLL_PIN on each present page of the ``pinned`` page ranges."""
     t = read_snapshot(path_or_table) if not isinstance(path_or_table, pa.Table) else path_or_table
     vmas = json.loads(t.schema.metadata[b"gpusim.vmas"])
-    col = {name: t.column(name).to_numpy(zero_copy_only=False) for name in
-           ("addr", "vma", "present", "mapcount", "anon", "thp", "exclusive")}
-    addr, vma, mapc = (col[k].astype(np.int64) for k in ("addr", "vma", "mapcount"))
-    present, anon, excl = col["present"], col["anon"], col["exclusive"]
-    pin = np.zeros(addr.shape[0], bool)
-    for lo, hi in pinned:
-        pin |= (addr >= lo) & (addr < hi)
-    heads = np.flatnonzero(thp_heads(addr, vma, present, col["thp"]))
-    in_thp = np.zeros(addr.shape[0], bool)
+    p = _Pages(t, pinned)
+    heads = np.flatnonzero(thp_heads(p.addr, p.vma, p.present, p.thp))
+    in_thp = np.zeros(p.addr.shape[0], bool)
     for i in heads.tolist():
-        in_thp[i:i + 512] = True
-    small = np.flatnonzero(present & ~in_thp)
-    swapped = np.flatnonzero(~present)
+        in_thp[i : i + 512] = True
     vflags = np.array([vma_flags(v["perms"]) for v in vmas], np.uint64)
-    shmem = np.array([v["backing"] == "shmem" for v in vmas], bool)
-    sb = SpaceBuilder(variant)
     has_anon = np.zeros(len(vmas), bool)
-    has_anon[vma[present & anon]] = True
-    sb.add_vmas([v["start"] for v in vmas], [v["end"] for v in vmas], vflags,
-                [BACKINGS.get(v["backing"], BACKING_FILE) for v in vmas],      # [vdso] and the like: as files
-                [v["backing"] == "anon" or bool(has_anon[i]) for i, v in enumerate(vmas)])
-    # small pages: one order-0 folio each, with the captured map count (the page cache holds one more reference)
-    m = np.maximum(mapc[small], 1)
-    a = anon[small]
-    fl = np.where(a, FOLIO_ANON | FOLIO_SWAPBACKED, np.where(shmem[vma[small]], FOLIO_SWAPBACKED, 0))
-    ids, pfn = sb.add_folios(small.shape[0], 0, fl, m + ~a, np.where(a & excl[small] & (m == 1),
-                                                                        PAGE_ANON_EXCLUSIVE, 0), m)
-    sb.add_pins(ids[pin[small]])
-    writable = (vflags[vma[small]] & np.uint64(VM_WRITE)) != 0
-    sb.add_entries(addr[small], with_offsets(np.where(writable & a, np.uint64(P.mk_pte(0, True, True, True, False)),
-                                                      np.uint64(P.mk_pte(0, False, True, True, False))), pfn))
-    # PMD-mapped THPs
-    head = np.zeros(512, np.int64)
-    head[0] = PAGE_ANON_EXCLUSIVE
-    tids, tfirst = sb.add_folios(heads.shape[0], 9, FOLIO_ANON | FOLIO_SWAPBACKED, 1, np.tile(head, heads.shape[0]),
-                                 0, pmd_mapcount=1)
-    sb.add_pins([f for f, h in zip(tids.tolist(), heads.tolist()) if pin[h:h + 512].any()])
-    sb.add_pmds(addr[heads] // 512, [P.mk_huge_pmd(int(q), bool(vflags[vma[h]] & np.uint64(VM_WRITE)), True, True)
-                                     for q, h in zip(tfirst.tolist(), heads.tolist())])
-    # swapped pages: a slot of count 1 each
+    has_anon[p.vma[p.present & p.anon]] = True
+    sb = SpaceBuilder(variant)
+    sb.add_vmas(
+        [v["start"] for v in vmas],
+        [v["end"] for v in vmas],
+        vflags,
+        [BACKINGS.get(v["backing"], BACKING_FILE) for v in vmas],  # [vdso] and the like: as files
+        [v["backing"] == "anon" or bool(has_anon[i]) for i, v in enumerate(vmas)],
+    )
+    _add_small_pages(
+        sb, p, np.flatnonzero(p.present & ~in_thp), vflags, np.array([v["backing"] == "shmem" for v in vmas], bool)
+    )
+    _add_thps(sb, p, heads, vflags)
+    swapped = np.flatnonzero(~p.present)  # a slot of count 1 each
     slots = sb.add_slots(np.ones(swapped.shape[0], np.int64), np.zeros(swapped.shape[0], np.int64))
-    sb.add_entries(addr[swapped], with_offsets(P.mk_swap_pte(0, get_variant(variant).anon_exclusive), slots))
+    sb.add_entries(p.addr[swapped], with_offsets(P.mk_swap_pte(0, get_variant(variant).anon_exclusive), slots))
     return sb.freeze(has_pinned=bool(len(pinned))).validate()

@@ -63,8 +63,11 @@ def _check_fields(obj, fields, what):
         if a.dtype != dtype:
             raise StateError(f"{what}.{name}: dtype {a.dtype}, expected {dtype}")
         if a.ndim != 1 + len(row_shape) or a.shape[1:] != row_shape:
-            raise StateError(f"{what}.{name}: shape {a.shape}, expected (n, {', '.join(map(str, row_shape))})"
-                             if row_shape else f"{what}.{name}: shape {a.shape}, expected (n,)")
+            raise StateError(
+                f"{what}.{name}: shape {a.shape}, expected (n, {', '.join(map(str, row_shape))})"
+                if row_shape
+                else f"{what}.{name}: shape {a.shape}, expected (n,)"
+            )
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,10 @@ class Memory:
     @classmethod
     def build(cls, next_content: int = 1, **arrays) -> "Memory":
         """A Memory from array-likes, each converted to the dtype the model fixes for it."""
-        return cls(**{name: np.asarray(arrays[name], dtype=MEMORY_FIELDS[name][0]) for name in MEMORY_FIELDS},
-                   next_content=next_content)
+        return cls(
+            **{name: np.asarray(arrays[name], dtype=MEMORY_FIELDS[name][0]) for name in MEMORY_FIELDS},
+            next_content=next_content,
+        )
 
     @property
     def nr_folios(self) -> int:
@@ -127,18 +132,28 @@ class Memory:
             nr = np.left_shift(np.int64(1), self.folio_order.astype(np.int64))
             if (self.folio_first_pfn < 0).any() or (self.folio_first_pfn + nr > npg).any():
                 f = int(np.flatnonzero((self.folio_first_pfn < 0) | (self.folio_first_pfn + nr > npg))[0])
-                raise StateError(f"memory.folio_first_pfn[{f}] = {int(self.folio_first_pfn[f])}: pages "
-                                 f"outside the {npg} page rows")
+                raise StateError(
+                    f"memory.folio_first_pfn[{f}] = {int(self.folio_first_pfn[f])}: pages outside the {npg} page rows"
+                )
             pf = self.page_folio
             if npg and ((pf < 0).any() or (pf >= nf).any()):
                 raise StateError("memory.page_folio names a folio that does not exist")
             pages = np.arange(npg, dtype=np.int64)
             inside = (pages >= self.folio_first_pfn[pf]) & (pages < self.folio_first_pfn[pf] + nr[pf])
             if not inside.all() or not np.array_equal(np.bincount(pf, minlength=nf), nr):
-                raise StateError("memory.page_folio does not match folio_first_pfn/folio_order "
-                                 "(every page row must belong to exactly the folio that covers it)")
-        for name in ("folio_refcount", "folio_pincount", "folio_true_pins", "folio_pmd_mapcount",
-                     "page_mapcount", "swap_count", "swap_levels"):
+                raise StateError(
+                    "memory.page_folio does not match folio_first_pfn/folio_order "
+                    "(every page row must belong to exactly the folio that covers it)"
+                )
+        for name in (
+            "folio_refcount",
+            "folio_pincount",
+            "folio_true_pins",
+            "folio_pmd_mapcount",
+            "page_mapcount",
+            "swap_count",
+            "swap_levels",
+        ):
             a = getattr(self, name)
             if a.shape[0] and (a < 0).any():
                 i = int(np.flatnonzero(a < 0)[0])
@@ -148,8 +163,10 @@ class Memory:
             bad = np.flatnonzero(self.swap_count > caps)
             if bad.size:
                 i = int(bad[0])
-                raise StateError(f"memory.swap_count[{i}] = {int(self.swap_count[i])} exceeds the capacity "
-                                 f"{int(caps[i])} of {int(self.swap_levels[i])} continuation level(s)")
+                raise StateError(
+                    f"memory.swap_count[{i}] = {int(self.swap_count[i])} exceeds the capacity "
+                    f"{int(caps[i])} of {int(self.swap_levels[i])} continuation level(s)"
+                )
 
 
 @dataclass(frozen=True)
@@ -228,11 +245,15 @@ class MM:
         special = decode.special(val)
         checks = (
             (kind < 0, "is not a valid entry"),
-            ((kind == P.KIND_PRESENT) & ~special & (off >= memory.nr_pages),
-             f"maps a pfn outside the {memory.nr_pages} pages"),
+            (
+                (kind == P.KIND_PRESENT) & ~special & (off >= memory.nr_pages),
+                f"maps a pfn outside the {memory.nr_pages} pages",
+            ),
             ((kind == P.KIND_SWAP) & (off >= memory.nr_slots), f"names a slot outside the {memory.nr_slots} slots"),
-            (((kind == P.KIND_MIGRATION) | (kind == P.KIND_DEVICE_PRIVATE)) & (off >= memory.nr_pages),
-             f"names a pfn outside the {memory.nr_pages} pages"),
+            (
+                ((kind == P.KIND_MIGRATION) | (kind == P.KIND_DEVICE_PRIVATE)) & (off >= memory.nr_pages),
+                f"names a pfn outside the {memory.nr_pages} pages",
+            ),
             (~self.covered(addr), "lies outside every VMA"),
         )
         for bad, msg in checks:
@@ -323,7 +344,7 @@ def digest(parent: MM, child: MM, memory: Memory) -> str:
         if isinstance(a, np.ndarray):
             a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
             h.update(f"{tag}:{a.dtype.str}:{a.shape};".encode())
-            h.update(a.reshape(-1).view(np.uint8).data)        # no copy for contiguous little-endian arrays
+            h.update(a.reshape(-1).view(np.uint8).data)  # no copy for contiguous little-endian arrays
         else:
             h.update(f"{tag}={int(a)};".encode())
 
@@ -350,4 +371,3 @@ def pte_at(mm: MM, addr: int) -> int:
     """The entry at address ``addr`` (0 where no table exists)."""
     row = table_entries(mm, addr // PTRS_PER_TABLE)
     return 0 if row is None else int(row[addr % PTRS_PER_TABLE])
-

@@ -21,36 +21,89 @@ class Variant:
 
     name: str
     summary: str
-    id: int                    # the variant's number in the kernels (gpusim.kernels.flags.V_*)
-    early_cow: bool            # copies maybe-pinned pages at fork
-    anon_exclusive: bool       # PageAnonExclusive rules: only exclusive anon pages are copied early, a share
+    id: int  # the variant's number in the kernels (gpusim.kernels.flags.V_*)
+    early_cow: bool  # copies maybe-pinned pages at fork
+    anon_exclusive: bool  # PageAnonExclusive rules: only exclusive anon pages are copied early, a share
     #                            clears the flag, copies are exclusive, swap entries carry the exclusive bit, and
     #                            read-exclusive migration entries exist
-    xu_protocol: bool          # the xu series' BREAK_COW -> page_duplicate (copy outside the locks) -> install
-    can_oops: bool             # a stale state can crash the kernel (xu-v1's stale BREAK_COW)
-    stale_swap_entry: bool     # a pending swap-count continuation can be retried for a stale entry
+    xu_protocol: bool  # the xu series' BREAK_COW -> page_duplicate (copy outside the locks) -> install
+    can_oops: bool  # a stale state can crash the kernel (xu-v1's stale BREAK_COW)
+    stale_swap_entry: bool  # a pending swap-count continuation can be retried for a stale entry
     hwpoison_fails_copy: bool  # an early copy of a poisoned page fails the fork (-EHWPOISON)
-    large_pin_order: int       # folios of this order or more keep an exact folio-wide pincount
-    install_weight: int        # progress added by an early-copy install (1 at the top of an xu pass, else 8)
+    large_pin_order: int  # folios of this order or more keep an exact folio-wide pincount
+    install_weight: int  # progress added by an early-copy install (1 at the top of an xu pass, else 8)
 
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant(LINUX_5_8, "before the fix: pinned pages shared and write-protected like any other (the pin bug)",
-            id=V_5_8, early_cow=False, anon_exclusive=False, xu_protocol=False, can_oops=False,
-            stale_swap_entry=True, hwpoison_fails_copy=False, large_pin_order=2, install_weight=8),
-    Variant(XU_V1, "Peter Xu's v1 patch 4/5 as posted: BREAK_COW state machine, stale BREAK_COW can oops",
-            id=V_XU_V1, early_cow=True, anon_exclusive=False, xu_protocol=True, can_oops=True,
-            stale_swap_entry=True, hwpoison_fails_copy=False, large_pin_order=2, install_weight=1),
-    Variant(XU_V1_OLEG, "v1 with Oleg Nesterov's restructuring: install hoisted before the loop, no stale state",
-            id=V_XU_V1_OLEG, early_cow=True, anon_exclusive=False, xu_protocol=True, can_oops=False,
-            stale_swap_entry=False, hwpoison_fails_copy=False, large_pin_order=2, install_weight=1),
-    Variant(LINUX_5_10, "merged design (70e806e4e645): one preallocated page, copy made under the locks at retry",
-            id=V_5_10, early_cow=True, anon_exclusive=False, xu_protocol=False, can_oops=False,
-            stale_swap_entry=False, hwpoison_fails_copy=False, large_pin_order=2, install_weight=8),
-    Variant(LINUX_6_18, "current design: anon-exclusive rule, MMF_HAS_PINNED, large-folio batching",
-            id=V_6_18, early_cow=True, anon_exclusive=True, xu_protocol=False, can_oops=False,
-            stale_swap_entry=False, hwpoison_fails_copy=True, large_pin_order=1, install_weight=8),
-)}
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant(
+            LINUX_5_8,
+            "before the fix: pinned pages shared and write-protected like any other (the pin bug)",
+            id=V_5_8,
+            early_cow=False,
+            anon_exclusive=False,
+            xu_protocol=False,
+            can_oops=False,
+            stale_swap_entry=True,
+            hwpoison_fails_copy=False,
+            large_pin_order=2,
+            install_weight=8,
+        ),
+        Variant(
+            XU_V1,
+            "Peter Xu's v1 patch 4/5 as posted: BREAK_COW state machine, stale BREAK_COW can oops",
+            id=V_XU_V1,
+            early_cow=True,
+            anon_exclusive=False,
+            xu_protocol=True,
+            can_oops=True,
+            stale_swap_entry=True,
+            hwpoison_fails_copy=False,
+            large_pin_order=2,
+            install_weight=1,
+        ),
+        Variant(
+            XU_V1_OLEG,
+            "v1 with Oleg Nesterov's restructuring: install hoisted before the loop, no stale state",
+            id=V_XU_V1_OLEG,
+            early_cow=True,
+            anon_exclusive=False,
+            xu_protocol=True,
+            can_oops=False,
+            stale_swap_entry=False,
+            hwpoison_fails_copy=False,
+            large_pin_order=2,
+            install_weight=1,
+        ),
+        Variant(
+            LINUX_5_10,
+            "merged design (70e806e4e645): one preallocated page, copy made under the locks at retry",
+            id=V_5_10,
+            early_cow=True,
+            anon_exclusive=False,
+            xu_protocol=False,
+            can_oops=False,
+            stale_swap_entry=False,
+            hwpoison_fails_copy=False,
+            large_pin_order=2,
+            install_weight=8,
+        ),
+        Variant(
+            LINUX_6_18,
+            "current design: anon-exclusive rule, MMF_HAS_PINNED, large-folio batching",
+            id=V_6_18,
+            early_cow=True,
+            anon_exclusive=True,
+            xu_protocol=False,
+            can_oops=False,
+            stale_swap_entry=False,
+            hwpoison_fails_copy=True,
+            large_pin_order=1,
+            install_weight=8,
+        ),
+    )
+}
 assert [v.id for v in VARIANTS.values()] == list(range(len(VARIANTS)))
 
 

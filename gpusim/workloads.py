@@ -51,20 +51,25 @@ def dense_anon_arrays(nr_pages: int, xp=np, content: bool = True) -> tuple[dict,
     T = -(-n // PTRS_PER_TABLE)
     d = {name: dt for name, (dt, _) in MEMORY_FIELDS.items()}
     pte = xp.zeros(T * PTRS_PER_TABLE, np.uint64)
-    view = pte[:n]                                  # built in place: no temporaries of the table's size
+    view = pte[:n]  # built in place: no temporaries of the table's size
     view[...] = xp.arange(n, dtype=np.uint64)
     view <<= np.uint64(P.PFN_SHIFT)
     view |= np.uint64(P.PAGE_PRESENT | P.PAGE_RW | P.PAGE_USER | P.PAGE_ACCESSED | P.PAGE_DIRTY)
     ident = xp.arange(n, dtype=np.int32)
     mem = {
-        "folio_order": xp.zeros(n, d["folio_order"]), "folio_refcount": xp.ones(n, d["folio_refcount"]),
-        "folio_pincount": xp.zeros(n, d["folio_pincount"]), "folio_true_pins": xp.zeros(n, d["folio_true_pins"]),
+        "folio_order": xp.zeros(n, d["folio_order"]),
+        "folio_refcount": xp.ones(n, d["folio_refcount"]),
+        "folio_pincount": xp.zeros(n, d["folio_pincount"]),
+        "folio_true_pins": xp.zeros(n, d["folio_true_pins"]),
         "folio_pmd_mapcount": xp.zeros(n if content else 0, d["folio_pmd_mapcount"]),
-        "folio_flags": xp.full(n, FOLIO_ANON | FOLIO_SWAPBACKED, d["folio_flags"]), "folio_first_pfn": ident,
-        "page_folio": ident.copy(), "page_mapcount": xp.ones(n, d["page_mapcount"]),
+        "folio_flags": xp.full(n, FOLIO_ANON | FOLIO_SWAPBACKED, d["folio_flags"]),
+        "folio_first_pfn": ident,
+        "page_folio": ident.copy(),
+        "page_mapcount": xp.ones(n, d["page_mapcount"]),
         "page_flags": xp.full(n, PAGE_ANON_EXCLUSIVE, d["page_flags"]),
         "page_content": xp.arange(1, n + 1, dtype=d["page_content"]) if content else None,
-        "swap_count": xp.zeros(0, d["swap_count"]), "swap_levels": xp.zeros(0, d["swap_levels"]),
+        "swap_count": xp.zeros(0, d["swap_count"]),
+        "swap_levels": xp.zeros(0, d["swap_levels"]),
         "swap_content": xp.zeros(0, d["swap_content"]),
     }
     if not content:
@@ -76,11 +81,19 @@ def dense_anon_mm(nr_pages: int, pte, has_pinned: bool = False) -> MM:
     """The MM of :func:`dense_anon` around a given PTE array (one VMA ``[0, nr_pages)``, tables ``0 .. T-1``)."""
     n, T = int(nr_pages), int(pte.shape[0])
     i64 = np.int64
-    return MM(vma_start=np.array([0], i64), vma_end=np.array([n], i64),
-              vma_flags=np.array([VM_DEFAULT_ANON], np.uint64), vma_backing=np.zeros(1, np.uint8),
-              vma_anon_vma=np.ones(1, bool), table_index=np.arange(T, dtype=i64), pte=pte,
-              pmd_index=np.zeros(0, i64), pmd=np.zeros(0, np.uint64), rss=np.array([n, 0, 0, 0], i64),
-              has_pinned=has_pinned)
+    return MM(
+        vma_start=np.array([0], i64),
+        vma_end=np.array([n], i64),
+        vma_flags=np.array([VM_DEFAULT_ANON], np.uint64),
+        vma_backing=np.zeros(1, np.uint8),
+        vma_anon_vma=np.ones(1, bool),
+        table_index=np.arange(T, dtype=i64),
+        pte=pte,
+        pmd_index=np.zeros(0, i64),
+        pmd=np.zeros(0, np.uint64),
+        rss=np.array([n, 0, 0, 0], i64),
+        has_pinned=has_pinned,
+    )
 
 
 def dense_anon(nr_pages: int, has_pinned: bool = False, pin_every: int = 0) -> AddressSpace:
@@ -93,7 +106,7 @@ def dense_anon(nr_pages: int, has_pinned: bool = False, pin_every: int = 0) -> A
     mem, pte = dense_anon_arrays(nr_pages)
     if pin_every:
         pins = np.arange(0, int(nr_pages), int(pin_every))
-        mem["folio_refcount"][pins] += PIN_BIAS                   # order-0 folios: PIN_BIAS references per pin
+        mem["folio_refcount"][pins] += PIN_BIAS  # order-0 folios: PIN_BIAS references per pin
         mem["folio_true_pins"][pins] += 1
         has_pinned = True
     memory = Memory.build(**mem, next_content=int(nr_pages) + 1)
@@ -101,6 +114,7 @@ def dense_anon(nr_pages: int, has_pinned: bool = False, pin_every: int = 0) -> A
 
 
 # --- region-based generators ---------------------------------------------------------------------------------------
+
 
 def _choose(rng, n: int, k: int) -> np.ndarray:
     """``k`` of ``range(n)``, sorted (all of them when ``k >= n``)."""
@@ -137,7 +151,7 @@ def _region_vma(r: dict) -> tuple[int, int, bool]:
         if fl == "ro":
             flags &= ~VM_WRITE
     if r["shared"] and backing == BACKING_ANON:
-        backing = BACKING_SHMEM                      # MAP_SHARED|MAP_ANONYMOUS is shmem
+        backing = BACKING_SHMEM  # MAP_SHARED|MAP_ANONYMOUS is shmem
     return flags, backing, anon
 
 
@@ -148,7 +162,7 @@ def _region_units(rng, nr_pages: int, r: dict, anon: bool, F: int) -> tuple[np.n
     thp = _choose(rng, full, round(r["thp_fraction"] * full)) if anon else np.zeros(0, np.int64)
     in_thp = np.zeros(full + 1, bool)
     in_thp[thp] = True
-    unit_slot = np.arange(nr_pages // F, dtype=np.int64) * F       # folio-sized, naturally aligned groups of slots
+    unit_slot = np.arange(nr_pages // F, dtype=np.int64) * F  # folio-sized, naturally aligned groups of slots
     unit_slot = unit_slot[~in_thp[unit_slot // PTRS_PER_TABLE]]
     present = unit_slot[_choose(rng, unit_slot.shape[0], round(r["fill"] * unit_slot.shape[0]))]
     swapped = np.zeros(present.shape[0], bool)
@@ -161,7 +175,7 @@ def _add_region(sb: SpaceBuilder, rng, anon_exclusive: bool, start: int, nr_page
     :class:`gpusim.sweep.spec.Region`); ``anon_exclusive``: the variant's swap entries carry the exclusive bit."""
     flags, backing, anon = _region_vma(r)
     sb.add_vmas(start, start + nr_pages, flags, backing, anon or backing == BACKING_FILE)  # a written private file
-    order = int(r["folio_order"]) if anon else 0                                             # mapping has an anon_vma
+    order = int(r["folio_order"]) if anon else 0  # mapping has an anon_vma
     F = 1 << order
     thp, present, swapped = _region_units(rng, nr_pages, r, anon, F)
     mapped = present[~swapped]
@@ -170,17 +184,21 @@ def _add_region(sb: SpaceBuilder, rng, anon_exclusive: bool, start: int, nr_page
     if anon:
         fflags, pflags, ref = FOLIO_ANON | FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, F
     else:
-        fflags, pflags, ref = (FOLIO_SWAPBACKED if backing == BACKING_SHMEM else 0), 0, 1 + F   # + the page cache
+        fflags, pflags, ref = (FOLIO_SWAPBACKED if backing == BACKING_SHMEM else 0), 0, 1 + F  # + the page cache
     ids, first = sb.add_folios(mapped.shape[0], order, fflags, ref, pflags, 1)
-    sb.add_entries(start + (mapped[:, None] + np.arange(F)[None, :]).reshape(-1),
-                   with_offsets(P.mk_pte(0, write, dirty, True, False), (first[:, None] + np.arange(F)).reshape(-1)))
+    sb.add_entries(
+        start + (mapped[:, None] + np.arange(F)[None, :]).reshape(-1),
+        with_offsets(P.mk_pte(0, write, dirty, True, False), (first[:, None] + np.arange(F)).reshape(-1)),
+    )
     # THPs: whole tables mapped by a huge PMD (private anon only); the head page carries the PMD's exclusive flag
     head = np.zeros(PTRS_PER_TABLE, np.int64)
     head[0] = PAGE_ANON_EXCLUSIVE
-    tids, tfirst = sb.add_folios(thp.shape[0], 9, FOLIO_ANON | FOLIO_SWAPBACKED, 1, np.tile(head, thp.shape[0]), 0,
-                                 pmd_mapcount=1)
-    sb.add_pmds(start // PTRS_PER_TABLE + thp, with_offsets(P.mk_huge_pmd(0, (flags & VM_WRITE) != 0, True, True),
-                                                            tfirst))
+    tids, tfirst = sb.add_folios(
+        thp.shape[0], 9, FOLIO_ANON | FOLIO_SWAPBACKED, 1, np.tile(head, thp.shape[0]), 0, pmd_mapcount=1
+    )
+    sb.add_pmds(
+        start // PTRS_PER_TABLE + thp, with_offsets(P.mk_huge_pmd(0, (flags & VM_WRITE) != 0, True, True), tfirst)
+    )
     # swap entries: one slot per page of a swapped unit, counts uniform in 1..swap_count_max
     sw = (present[swapped][:, None] + np.arange(F)[None, :]).reshape(-1)
     if sw.shape[0]:
@@ -190,10 +208,18 @@ def _add_region(sb: SpaceBuilder, rng, anon_exclusive: bool, start: int, nr_page
             levels[cnt > swap_cap(lv - 1)] = lv
         slots = sb.add_slots(cnt, levels)
         excl = anon_exclusive & (cnt == 1)
-        sb.add_entries(start + sw, with_offsets(np.where(excl, np.uint64(P.mk_swap_pte(0, True)),
-                                                         np.uint64(P.mk_swap_pte(0, False))), slots))
-    _pin_region(sb, rng, r, np.concatenate([ids, tids]), np.concatenate([mapped, thp * PTRS_PER_TABLE]),
-                np.concatenate([np.full(ids.shape[0], F), np.full(tids.shape[0], PTRS_PER_TABLE)]))
+        sb.add_entries(
+            start + sw,
+            with_offsets(np.where(excl, np.uint64(P.mk_swap_pte(0, True)), np.uint64(P.mk_swap_pte(0, False))), slots),
+        )
+    _pin_region(
+        sb,
+        rng,
+        r,
+        np.concatenate([ids, tids]),
+        np.concatenate([mapped, thp * PTRS_PER_TABLE]),
+        np.concatenate([np.full(ids.shape[0], F), np.full(tids.shape[0], PTRS_PER_TABLE)]),
+    )
 
 
 def _pin_region(sb: SpaceBuilder, rng, r: dict, folios: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> None:
@@ -205,8 +231,11 @@ def _pin_region(sb: SpaceBuilder, rng, r: dict, folios: np.ndarray, starts: np.n
     target = round(r["pinned_fraction"] * pages)
     if target and cand.shape[0]:
         k = max(1, round(target / (pages / cand.shape[0])))
-        pick = (_runs(rng, cand.shape[0], k, int(r["pinned_regions"])) if r["pinned_placement"] == "contiguous"
-                else _choose(rng, cand.shape[0], k))
+        pick = (
+            _runs(rng, cand.shape[0], k, int(r["pinned_regions"]))
+            if r["pinned_placement"] == "contiguous"
+            else _choose(rng, cand.shape[0], k)
+        )
         sb.add_pins(cand[pick])
 
 

@@ -65,7 +65,7 @@ def describe_validation_error(path, root, err: ValidationError, prefix: tuple = 
     loc = prefix + tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
     line, found = _walk(root, loc)
     if loc and (not found or found[-1] != loc[-1]):
-        found.append(loc[-1])                       # a missing key: name it
+        found.append(loc[-1])  # a missing key: name it
     key = ".".join(str(p) for p in found) or "(top level)"
     msg = e["msg"]
     if e["type"] == "extra_forbidden":

@@ -29,27 +29,45 @@ _B = np.dtype(np.bool_)
 
 # (group, field, dtype, dimensions (0: a scalar), written by a kernel)
 FIELDS = (
-    ("tables", "table_index", _I64, 1, False),       # the table's number (covers 512 * table_index ..)
-    ("tables", "row_lo", _I64, 1, False),            # its calls: row_lo .. row_hi - 1
+    ("tables", "table_index", _I64, 1, False),  # the table's number (covers 512 * table_index ..)
+    ("tables", "row_lo", _I64, 1, False),  # its calls: row_lo .. row_hi - 1
     ("tables", "row_hi", _I64, 1, False),
-    ("tables", "ppte", _PTE, 2, True),               # the parent's entries (write protection, downgrades)
-    ("tables", "cpte", _PTE, 2, True),               # the child's entries
-    ("tables", "cexists", _B, 1, True),              # the child's table was allocated
-    ("tables", "has_pinned", _B, 1, False),          # the forking mm's has_pinned / MMF_HAS_PINNED
-    ("tables", "fork_seq", _I64, 1, False),          # the fork's number (keys the oracle)
-    ("calls", "start", _I64, 1, False),              # the call's range [start, end)
+    ("tables", "ppte", _PTE, 2, True),  # the parent's entries (write protection, downgrades)
+    ("tables", "cpte", _PTE, 2, True),  # the child's entries
+    ("tables", "cexists", _B, 1, True),  # the child's table was allocated
+    ("tables", "has_pinned", _B, 1, False),  # the forking mm's has_pinned / MMF_HAS_PINNED
+    ("tables", "fork_seq", _I64, 1, False),  # the fork's number (keys the oracle)
+    ("calls", "start", _I64, 1, False),  # the call's range [start, end)
     ("calls", "end", _I64, 1, False),
-    ("calls", "vmaflags", _I64, 1, False),           # VM_* flags of the call's VMA
-    ("calls", "first", _B, 1, False),                # the first call of its table (allocates the child's table)
-    *(("memory", name, MEMORY_FIELDS[name][0], 1, name in ("folio_refcount", "page_mapcount", "page_flags",
-                                                            "swap_count"))
-      for name in ("page_folio", "folio_order", "folio_refcount", "folio_pincount", "folio_true_pins",
-                   "folio_flags", "folio_first_pfn", "page_mapcount", "page_flags", "swap_count", "swap_levels")),
-    ("oracle", "mode", _I64, 0, False),              # NB_* of gpusim.kernels.rules
-    ("oracle", "every", _I64, 0, False),             # every:N
-    ("oracle", "p_q32", _U64, 0, False),             # bern:P as P * 2**32
+    ("calls", "vmaflags", _I64, 1, False),  # VM_* flags of the call's VMA
+    ("calls", "first", _B, 1, False),  # the first call of its table (allocates the child's table)
+    *(
+        (
+            "memory",
+            name,
+            MEMORY_FIELDS[name][0],
+            1,
+            name in ("folio_refcount", "page_mapcount", "page_flags", "swap_count"),
+        )
+        for name in (
+            "page_folio",
+            "folio_order",
+            "folio_refcount",
+            "folio_pincount",
+            "folio_true_pins",
+            "folio_flags",
+            "folio_first_pfn",
+            "page_mapcount",
+            "page_flags",
+            "swap_count",
+            "swap_levels",
+        )
+    ),
+    ("oracle", "mode", _I64, 0, False),  # NB_* of gpusim.kernels.rules
+    ("oracle", "every", _I64, 0, False),  # every:N
+    ("oracle", "p_q32", _U64, 0, False),  # bern:P as P * 2**32
     ("oracle", "seed", _U64, 0, False),
-    ("oracle", "list_cs", _I64, 1, False),           # list:(s, k),...
+    ("oracle", "list_cs", _I64, 1, False),  # list:(s, k),...
     ("oracle", "list_k", _I64, 1, False),
 )
 
@@ -79,10 +97,13 @@ def written(group) -> list[str]:
 
 def signature(outputs=("needs_host", "walk", "counts")):
     """The numba types of a kernel's parameters: the scalars, the four groups, then ``outputs``."""
+
     def numba_type(dtype, ndim):
         return from_dtype(dtype) if ndim == 0 else types.Array(from_dtype(dtype), ndim, "C")
 
-    groups = [types.NamedTuple([numba_type(dt, nd) for g, _, dt, nd, _ in FIELDS if g == name], GROUP_TYPES[name])
-              for name in GROUPS]
+    groups = [
+        types.NamedTuple([numba_type(dt, nd) for g, _, dt, nd, _ in FIELDS if g == name], GROUP_TYPES[name])
+        for name in GROUPS
+    ]
     out = {name: numba_type(dt, nd) for name, dt, nd in OUTPUTS}
     return (*[numba_type(dt, nd) for _, dt, nd in SCALARS], *groups, *[out[name] for name in outputs])

@@ -38,6 +38,7 @@ def _rmw(op):
             return builder.atomic_rmw(op, ptr, v, "monotonic")
 
         return sig, codegen
+
     return impl
 
 
@@ -47,4 +48,3 @@ _cpu_add = intrinsic(_rmw("add"))
 @overload(atomic_add, target="cpu")
 def _ol_add(arr, i, v):
     return lambda arr, i, v: _cpu_add(arr, i, v)
-

@@ -58,9 +58,8 @@ def prepare() -> None:
                 os.remove(os.path.join(cache, name))
         with open(stamp, "w") as f:
             f.write(h.hexdigest())
-    except OSError:                              # a read-only install: numba then caches elsewhere or not at all
+    except OSError:  # a read-only install: numba then caches elsewhere or not at all
         pass
-
 
 
 def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb):

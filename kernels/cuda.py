@@ -50,6 +50,7 @@ THREADS_PER_BLOCK = 5 if SIMULATOR else 32
 WALK_THREADS_PER_BLOCK = 64
 
 if not SIMULATOR:
+
     @overload(atomic_add, target="cuda")
     def _ol_atomic_add(arr, i, v):
         return lambda arr, i, v: cuda.atomic.add(arr, i, v)
@@ -105,7 +106,7 @@ def copy_call_block(c, r, tid, nt, is_618, tab, calls, mem, nb, acc, weight):
         tally(acc, kind, kind == KIND_PRESENT and pte_special(v), ev, 1, False)
         weight[a - s] = entry_weight(kind, 1)
     cuda.syncthreads()
-    if tid == 0:                              # the cadence: checks and lock breaks, in address order
+    if tid == 0:  # the cadence: checks and lock breaks, in address order
         progress = 0
         k = 0
         lb = 0
@@ -150,7 +151,7 @@ def fork_tables_kernel(mode, rows, variant, large_order, tab, calls, mem, nb, ne
         total[x] = 0
     for c in range(tab.row_lo[r], tab.row_hi[r]):
         copy_call_block(c, r, tid, nt, is_618, tab, calls, mem, nb, acc, weight)
-    for x in range(NR_FAST_COUNTS):                # the block's counts: each thread adds its non-zero ones
+    for x in range(NR_FAST_COUNTS):  # the block's counts: each thread adds its non-zero ones
         if acc[x] != 0:
             atomic_add(total, x, acc[x])
     cuda.syncthreads()
@@ -174,6 +175,7 @@ walk_kernel = cuda.jit(walk_tables_kernel)
 def _to_device(a):
     try:
         import cupy
+
         return cupy.asarray(a)
     except ImportError:
         return cuda.to_device(a)
@@ -223,10 +225,10 @@ def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, threads_p
     n = int(rows.shape[0])
     tpb = threads_per_block or THREADS_PER_BLOCK
     groups = (tab, calls, mem, nb)
-    if SIMULATOR:                               # Python threads over the numpy arrays themselves
+    if SIMULATOR:  # Python threads over the numpy arrays themselves
         out = (np.zeros(n, np.bool_), np.zeros(n, np.bool_), np.zeros((n, NR_FAST_COUNTS), np.int64))
         if n:
-            with warnings.catch_warnings():     # numpy scalars warn where uint64 arithmetic wraps by design
+            with warnings.catch_warnings():  # numpy scalars warn where uint64 arithmetic wraps by design
                 warnings.simplefilter("ignore", RuntimeWarning)
                 _launch(n, tpb, None, (mode, rows, variant, large_order, *groups, *out))
         return out[0], out[2]
@@ -234,8 +236,9 @@ def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, threads_p
     if not resident:
         groups = tuple(type(g)(*(_to_device(a) if isinstance(a, np.ndarray) else a for a in g)) for g in groups)
         rows = _to_device(rows)
-    out = tuple(_to_device(np.zeros(shape, dt)) for shape, dt in
-                ((n, np.bool_), (n, np.bool_), ((n, NR_FAST_COUNTS), np.int64)))
+    out = tuple(
+        _to_device(np.zeros(shape, dt)) for shape, dt in ((n, np.bool_), (n, np.bool_), ((n, NR_FAST_COUNTS), np.int64))
+    )
     if n:
         _launch(n, tpb, launch_stream(), (mode, rows, variant, large_order, *groups, *out))
     if resident:
@@ -253,6 +256,7 @@ def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
     """PTX of every CUDA kernel, compiled without a GPU (catches typing errors the simulator cannot see)."""
     import numba.cuda.dispatcher as disp
     from numba.cuda import compile_ptx
+
     prepare()
     sig = A.signature()
     real = getattr(disp, "get_current_device", None)
@@ -261,6 +265,7 @@ def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
         # none, so let them target the PTX architecture asked for.
         class _Target:
             compute_capability = cc
+
         disp.get_current_device = lambda: _Target()
     try:
         out = {k.__name__: compile_ptx(k, sig, cc=cc)[0] for k in (fork_tables_kernel, walk_tables_kernel)}

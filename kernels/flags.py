@@ -9,13 +9,13 @@ Python for the reference engine, compiled into the fast kernels.
 from numba.extending import register_jitable
 
 # --- sizes and thresholds (spec 1.1) ---------------------------------------------------------------------------
-PAGE_SIZE = 4096                   # bytes of a page (the model's pages are 4 KiB)
-PTRS_PER_TABLE = 512               # entries of one PTE table (one table = 2 MiB of 4 KiB pages)
-BREAK_AT = 32                      # copy_pte_range's progress at which it tests for a lock break
-PIN_BIAS = 1024                    # GUP_PIN_COUNTING_BIAS: references one FOLL_PIN adds to a small folio
-SWAP_MAP_MAX = 62                  # largest count the first byte of a swap map holds
-SWAP_CONT_MAX = 127                # largest count one continuation level holds
-NULL_ENTRY = -1                    # a swap entry of value 0: no slot
+PAGE_SIZE = 4096  # bytes of a page (the model's pages are 4 KiB)
+PTRS_PER_TABLE = 512  # entries of one PTE table (one table = 2 MiB of 4 KiB pages)
+BREAK_AT = 32  # copy_pte_range's progress at which it tests for a lock break
+PIN_BIAS = 1024  # GUP_PIN_COUNTING_BIAS: references one FOLL_PIN adds to a small folio
+SWAP_MAP_MAX = 62  # largest count the first byte of a swap map holds
+SWAP_CONT_MAX = 127  # largest count one continuation level holds
+NULL_ENTRY = -1  # a swap entry of value 0: no slot
 
 # --- VMA flags: the kernel's bit values ------------------------------------------------------------------------
 VM_READ = 0x00000001
@@ -30,9 +30,17 @@ VM_HUGETLB = 0x00400000
 VM_WIPEONFORK = 0x02000000
 VM_MIXEDMAP = 0x10000000
 VM_FLAG_NAMES = {
-    VM_READ: "VM_READ", VM_WRITE: "VM_WRITE", VM_EXEC: "VM_EXEC", VM_SHARED: "VM_SHARED",
-    VM_MAYREAD: "VM_MAYREAD", VM_MAYWRITE: "VM_MAYWRITE", VM_PFNMAP: "VM_PFNMAP", VM_DONTCOPY: "VM_DONTCOPY",
-    VM_HUGETLB: "VM_HUGETLB", VM_WIPEONFORK: "VM_WIPEONFORK", VM_MIXEDMAP: "VM_MIXEDMAP",
+    VM_READ: "VM_READ",
+    VM_WRITE: "VM_WRITE",
+    VM_EXEC: "VM_EXEC",
+    VM_SHARED: "VM_SHARED",
+    VM_MAYREAD: "VM_MAYREAD",
+    VM_MAYWRITE: "VM_MAYWRITE",
+    VM_PFNMAP: "VM_PFNMAP",
+    VM_DONTCOPY: "VM_DONTCOPY",
+    VM_HUGETLB: "VM_HUGETLB",
+    VM_WIPEONFORK: "VM_WIPEONFORK",
+    VM_MIXEDMAP: "VM_MIXEDMAP",
 }
 VM_KNOWN = sum(VM_FLAG_NAMES)
 VM_DEFAULT_ANON = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE

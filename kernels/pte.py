@@ -37,7 +37,7 @@ def _ol_as_u64(x):
     return lambda x: np.uint64(x)
 
 
-M64 = (1 << 64) - 1               # masks are written as M64 ^ bit, never ~bit: a negative mask cannot meet a uint64
+M64 = (1 << 64) - 1  # masks are written as M64 ^ bit, never ~bit: a negative mask cannot meet a uint64
 PAGE_PRESENT = 1 << 0
 PAGE_RW = 1 << 1
 PAGE_USER = 1 << 2
@@ -48,7 +48,7 @@ PAGE_SPECIAL = 1 << 9
 PAGE_SWP_EXCLUSIVE = 1 << 7
 
 PFN_SHIFT = 12
-PFN_MASK = (1 << 40) - 1          # 40-bit frame / offset field (bits 12-51)
+PFN_MASK = (1 << 40) - 1  # 40-bit frame / offset field (bits 12-51)
 SWP_TYPE_SHIFT = 1
 SWP_TYPE_MASK = 0x1F
 
@@ -68,11 +68,12 @@ KIND_MIGRATION = 3
 KIND_DEVICE_PRIVATE = 4
 
 # Raw frame numbers used by special PTEs; they never index the page arrays.
-ZERO_PFN = PFN_MASK               # the shared zero page
-RAW_PFN_BASE = 1 << 39            # VM_PFNMAP / VM_MIXEDMAP frames
+ZERO_PFN = PFN_MASK  # the shared zero page
+RAW_PFN_BASE = 1 << 39  # VM_PFNMAP / VM_MIXEDMAP frames
 
 
 # --- present entries -------------------------------------------------------------------------------------------
+
 
 @register_jitable
 def mk_pte(pfn, write, dirty, young, special):
@@ -160,6 +161,7 @@ def pte_set_pfn(v, pfn):
 
 
 # --- non-present entries ---------------------------------------------------------------------------------------
+
 
 @register_jitable
 def swp_entry_to_pte(swp_type, offset):
@@ -276,6 +278,7 @@ def pte_kind(v):
 
 
 # --- huge PMD entries ------------------------------------------------------------------------------------------
+
 
 @register_jitable
 def mk_huge_pmd(pfn, write, dirty, young):

@@ -41,12 +41,54 @@ MODE_CLASSIFY, MODE_CLASSIFY_COPY, MODE_COPY = 0, 1, 2
 NB_NEVER, NB_ALWAYS, NB_EVERY, NB_BERN, NB_LIST = 0, 1, 2, 3, 4
 
 # Columns of the per-table count rows the fast kernels fill (summed on the host).
-FAST_COUNTS = ("pte.none", "pte.share", "pte.special", "pte.wrprotect", "pte.excl_clear", "pte.swap", "pte.migration",
-               "pte.devpriv", "batch.start", "batch.pte", "pass", "check", "lock_breaks", "shared", "pin_shared",
-               "table.call", "table.alloc", "rss.anon", "rss.file", "rss.shmem", "rss.swapents", "swapoff")
-(C_NONE, C_SHARE, C_SPECIAL, C_WRPROTECT, C_EXCL_CLEAR, C_SWAP, C_MIGRATION, C_DEVPRIV, C_BATCH_START, C_BATCH_PTE,
- C_PASS, C_CHECK, C_LB, C_SHARED, C_PIN_SHARED, C_CALL, C_ALLOC, C_RSS, _C_RSS1, _C_RSS2, _C_RSS3,
- C_SWAPOFF) = range(len(FAST_COUNTS))
+FAST_COUNTS = (
+    "pte.none",
+    "pte.share",
+    "pte.special",
+    "pte.wrprotect",
+    "pte.excl_clear",
+    "pte.swap",
+    "pte.migration",
+    "pte.devpriv",
+    "batch.start",
+    "batch.pte",
+    "pass",
+    "check",
+    "lock_breaks",
+    "shared",
+    "pin_shared",
+    "table.call",
+    "table.alloc",
+    "rss.anon",
+    "rss.file",
+    "rss.shmem",
+    "rss.swapents",
+    "swapoff",
+)
+(
+    C_NONE,
+    C_SHARE,
+    C_SPECIAL,
+    C_WRPROTECT,
+    C_EXCL_CLEAR,
+    C_SWAP,
+    C_MIGRATION,
+    C_DEVPRIV,
+    C_BATCH_START,
+    C_BATCH_PTE,
+    C_PASS,
+    C_CHECK,
+    C_LB,
+    C_SHARED,
+    C_PIN_SHARED,
+    C_CALL,
+    C_ALLOC,
+    C_RSS,
+    _C_RSS1,
+    _C_RSS2,
+    _C_RSS3,
+    C_SWAPOFF,
+) = range(len(FAST_COUNTS))
 NR_FAST_COUNTS = len(FAST_COUNTS)
 
 

@@ -97,11 +97,12 @@ def entry_needs_host(v, last_f, variant, large_order, check_folios, mem):
         if kind == KIND_DEVICE_PRIVATE:
             return False, last_f
         f = np.int64(mem.page_folio[pfn])
-        if f == last_f or not check_folios:          # without a pin test no folio can need the host
+        if f == last_f or not check_folios:  # without a pin test no folio can need the host
             return False, last_f
         if mem.folio_order[f] >= large_order:
-            return large_folio_needs_host(f, variant, mem.folio_order, mem.folio_pincount, mem.folio_flags,
-                                          mem.folio_first_pfn, mem.page_flags), f
+            return large_folio_needs_host(
+                f, variant, mem.folio_order, mem.folio_pincount, mem.folio_flags, mem.folio_first_pfn, mem.page_flags
+            ), f
         first = mem.folio_first_pfn[f]
         maxrefs = 0
         for j in range(np.int64(1) << np.int64(mem.folio_order[f])):
@@ -146,7 +147,7 @@ def share_pages(r, j0, v, n, w_any, pfn, f, order, shared, cow, is_618, tab, mem
     with the child: references, mapcounts, anon-exclusive flags, write protection, the child's entries."""
     child = share_child_pte(v, w_any, shared)
     anon = (mem.folio_flags[f] & FOLIO_ANON) != 0
-    if order == 0 and mem.page_mapcount[pfn] == 1:   # no other PTE can touch this folio: a plain store
+    if order == 0 and mem.page_mapcount[pfn] == 1:  # no other PTE can touch this folio: a plain store
         mem.folio_refcount[f] += 1
     else:
         atomic_add(mem.folio_refcount, f, n)
@@ -158,7 +159,7 @@ def share_pages(r, j0, v, n, w_any, pfn, f, order, shared, cow, is_618, tab, mem
             if is_618 and anon and (mem.page_flags[p] & PAGE_ANON_EXCLUSIVE) != 0:
                 mem.page_flags[p] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
                 excl += 1
-        else:                                        # shared page: not exclusive (else the table is host's)
+        else:  # shared page: not exclusive (else the table is host's)
             atomic_add(mem.page_mapcount, p, 1)
     ev = mm_counter(mem.folio_flags[f]) + (EV_PIN if mem.folio_true_pins[f] > 0 else 0) + (excl << EV_EXCL_SHIFT)
     if cow and w_any:
@@ -188,8 +189,9 @@ def copy_entry(r, j0, v, kind, shared, cow, is_618, tab, mem):
             return ev
         pfn = np.int64(pte_pfn(v))
         f = mem.page_folio[pfn]
-        return share_pages(r, j0, v, 1, pte_write(v), pfn, f, np.int64(mem.folio_order[f]), shared, cow, is_618,
-                           tab, mem)
+        return share_pages(
+            r, j0, v, 1, pte_write(v), pfn, f, np.int64(mem.folio_order[f]), shared, cow, is_618, tab, mem
+        )
     after = nonpresent_parent(v, cow, is_618)
     tab.ppte[r, j0] = after
     tab.cpte[r, j0] = nonpresent_child(v, after)
@@ -209,7 +211,7 @@ def copy_entry(r, j0, v, kind, shared, cow, is_618, tab, mem):
         mem.page_mapcount[off] = 2
         if is_618:
             mem.page_flags[off] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
-    else:                                            # shared page: not exclusive (else the table is host's)
+    else:  # shared page: not exclusive (else the table is host's)
         atomic_add(mem.page_mapcount, off, 1)
     return mm_counter(mem.folio_flags[f]) + (EV_PIN if mem.folio_true_pins[f] > 0 else 0)
 
@@ -310,8 +312,12 @@ def folio_pte_batch(r, j0, v, limit_call, shared, tab, mem):
     n = 1
     while n < limit:
         w = tab.ppte[r, j0 + n]
-        if (not pte_present(w) or pte_special(w) or np.int64(pte_pfn(w)) != pfn + n
-                or (not shared and pte_dirty(w) != d0)):
+        if (
+            not pte_present(w)
+            or pte_special(w)
+            or np.int64(pte_pfn(w)) != pfn + n
+            or (not shared and pte_dirty(w) != d0)
+        ):
             break
         w_any = w_any or pte_write(w)
         n += 1
@@ -345,8 +351,9 @@ def copy_table_fast(r, variant, tab, calls, mem, nb, acc):
                 n, w_any = folio_pte_batch(r, j0, v, e - a, shared, tab, mem)
                 pfn = np.int64(pte_pfn(v))
                 f = mem.page_folio[pfn]
-                ev = share_pages(r, j0, v, n, w_any, pfn, f, np.int64(mem.folio_order[f]), shared, cow, is_618, tab,
-                                 mem)
+                ev = share_pages(
+                    r, j0, v, n, w_any, pfn, f, np.int64(mem.folio_order[f]), shared, cow, is_618, tab, mem
+                )
             else:
                 ev = copy_entry(r, j0, v, kind, shared, cow, is_618, tab, mem)
             tally(acc, kind, kind == KIND_PRESENT and pte_special(v), ev, n, batch)

@@ -19,9 +19,14 @@ from gpusim.backend import cuda_usable  # noqa: E402  (after the path: the helpe
 # Host profiles written by `gpusim calibrate` change the default cost profile; the tests never see the user's.
 os.environ["GPUSIM_PROFILE_DIR"] = tempfile.mkdtemp(prefix="gpusim-test-profiles-")
 
-FAST_BACKENDS = ["cpu", "cudasim", pytest.param("cuda", marks=pytest.mark.skipif(
-    not cuda_usable(), reason="no usable NVIDIA GPU with CuPy on this machine"))]
-SMALL = 4096        # PTEs: the largest input cudasim tests take
+FAST_BACKENDS = [
+    "cpu",
+    "cudasim",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not cuda_usable(), reason="no usable NVIDIA GPU with CuPy on this machine")
+    ),
+]
+SMALL = 4096  # PTEs: the largest input cudasim tests take
 
 
 @pytest.fixture(params=FAST_BACKENDS, scope="session")

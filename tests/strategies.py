@@ -10,16 +10,54 @@ VARIANTS = tuple(gpusim.VARIANTS)
 
 # (token, width) for page tokens; weights favour the interesting ones.
 _PAGE_TOKENS = [
-    ("none", 1), ("normal", 1), ("pinned", 1), ("normal:ro", 1), ("pinned:ro", 1), ("pinned:nonex", 1),
-    ("normal:clean", 1), ("normal:ref=1023", 1), ("normal:ref=1024", 1), ("normal:pin=2", 1),
-    ("zero", 1), ("file", 1), ("file:pin", 1), ("shmem", 1), ("swap", 1), ("swap:cnt=62", 1),
-    ("swap:cnt=61", 1), ("swap:cnt=8000:lv=1", 1), ("swap:cnt=8063:lv=2", 1), ("swap:nonex", 1),
-    ("migw", 1), ("migr", 1), ("devw", 1), ("devr", 1), ("pfn", 1), ("hole", 1),
-    ("folio2", 2), ("folio4:pin", 4), ("folio8", 8), ("folio16:pin", 16), ("folio16:pin:nonex=0,5", 16),
-    ("folio4:pin:ro", 4), ("folio8:clean", 8), ("pinned:hwpoison", 1),
+    ("none", 1),
+    ("normal", 1),
+    ("pinned", 1),
+    ("normal:ro", 1),
+    ("pinned:ro", 1),
+    ("pinned:nonex", 1),
+    ("normal:clean", 1),
+    ("normal:ref=1023", 1),
+    ("normal:ref=1024", 1),
+    ("normal:pin=2", 1),
+    ("zero", 1),
+    ("file", 1),
+    ("file:pin", 1),
+    ("shmem", 1),
+    ("swap", 1),
+    ("swap:cnt=62", 1),
+    ("swap:cnt=61", 1),
+    ("swap:cnt=8000:lv=1", 1),
+    ("swap:cnt=8063:lv=2", 1),
+    ("swap:nonex", 1),
+    ("migw", 1),
+    ("migr", 1),
+    ("devw", 1),
+    ("devr", 1),
+    ("pfn", 1),
+    ("hole", 1),
+    ("folio2", 2),
+    ("folio4:pin", 4),
+    ("folio8", 8),
+    ("folio16:pin", 16),
+    ("folio16:pin:nonex=0,5", 16),
+    ("folio4:pin:ro", 4),
+    ("folio8:clean", 8),
+    ("pinned:hwpoison", 1),
 ]
-_VMA_FLAGS = ["shared", "ro", "nomaywrite", "file", "shmem", "noanon", "dontcopy", "wipeonfork", "pfnmap",
-              "mixedmap", "exec"]
+_VMA_FLAGS = [
+    "shared",
+    "ro",
+    "nomaywrite",
+    "file",
+    "shmem",
+    "noanon",
+    "dontcopy",
+    "wipeonfork",
+    "pfnmap",
+    "mixedmap",
+    "exec",
+]
 
 
 @st.composite
@@ -76,7 +114,8 @@ def injections(draw, width):
             out.append(f"fail@bern:{draw(st.sampled_from([0.05, 0.3]))}:{draw(st.integers(0, 99))}")
         else:
             w = draw(st.sampled_from(["LB", "SC", "EC", "ANY"]))
-            evs = draw(st.lists(st.tuples(st.sampled_from(EVENTS), st.integers(0, max(0, width - 1))),
-                                min_size=1, max_size=3))
+            evs = draw(
+                st.lists(st.tuples(st.sampled_from(EVENTS), st.integers(0, max(0, width - 1))), min_size=1, max_size=3)
+            )
             out.append(f"@{w}#{draw(st.integers(1, 3))}: " + "; ".join(f"{e}({x})" for e, x in evs))
     return out

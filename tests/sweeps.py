@@ -22,15 +22,17 @@ def sweep_cmd(*args) -> list[str]:
 
 def run_sweep(*args, env=None, timeout=600):
     """``gpusim sweep ARGS`` in a subprocess (stdout and stderr captured as text)."""
-    return subprocess.run(sweep_cmd(*args), capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, **(env or {})))
+    return subprocess.run(
+        sweep_cmd(*args), capture_output=True, text=True, timeout=timeout, env=dict(os.environ, **(env or {}))
+    )
 
 
 def kill_part_way(args: list, manifest, at_least: int, timeout: float, env=None) -> int:
     """Start ``gpusim sweep ARGS``, SIGKILL it once ``manifest`` lists ``at_least`` finished tasks; returns how many
     it lists then. Fails if the sweep finished first."""
-    proc = subprocess.Popen(sweep_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, **(env or {})))
+    proc = subprocess.Popen(
+        sweep_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, **(env or {}))
+    )
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if manifest.exists() and len(manifest.read_text().splitlines()) >= at_least:
@@ -45,8 +47,9 @@ def kill_part_way(args: list, manifest, at_least: int, timeout: float, env=None)
 def result_rows(path, columns=("digest",)) -> dict:
     """{(config_hash, repetition, fork_index): values of ``columns``} of a results directory; no key twice."""
     t = gpusim.load_results(path)
-    keys = list(zip(t.column("config_hash").to_pylist(), t.column("repetition").to_pylist(),
-                    t.column("fork_index").to_pylist()))
+    keys = list(
+        zip(t.column("config_hash").to_pylist(), t.column("repetition").to_pylist(), t.column("fork_index").to_pylist())
+    )
     assert len(keys) == len(set(keys)), "duplicated rows"
     vals = [tuple(t.column(c).to_pylist()[i] for c in columns) for i in range(t.num_rows)]
     return dict(zip(keys, vals))

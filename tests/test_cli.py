@@ -22,28 +22,56 @@ def test_variants():
 
 
 def test_fork_json_fields():
-    p = gpusim("fork", "--layout", "pinned none*31 normal*480", "--oracle", "always", "--variant", "xu-v1-oleg",
-               "--json")
+    p = gpusim(
+        "fork", "--layout", "pinned none*31 normal*480", "--oracle", "always", "--variant", "xu-v1-oleg", "--json"
+    )
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
-    for key in ("outcome", "oops", "enomem", "variant", "backend", "counts", "child_rss", "invariants", "unfired",
-                "digest", "engine_wall_s"):
+    for key in (
+        "outcome",
+        "oops",
+        "enomem",
+        "variant",
+        "backend",
+        "counts",
+        "child_rss",
+        "invariants",
+        "unfired",
+        "digest",
+        "engine_wall_s",
+    ):
         assert key in d
-    for name in COST_EVENTS + ("passes", "lock_breaks", "allocations", "unused_frees", "installs", "shared",
-                               "pin_shared", "swapcont_atomic", "swapcont_kernel", "levels_added", "teardown_frees"):
+    for name in COST_EVENTS + (
+        "passes",
+        "lock_breaks",
+        "allocations",
+        "unused_frees",
+        "installs",
+        "shared",
+        "pin_shared",
+        "swapcont_atomic",
+        "swapcont_kernel",
+        "levels_added",
+        "teardown_frees",
+    ):
         assert name in d["counts"], name
-    assert d["outcome"] == "ok" and d["variant"] == "xu-v1-oleg" and d["backend"] == "cpu"   # auto: no GPU
+    assert d["outcome"] == "ok" and d["variant"] == "xu-v1-oleg" and d["backend"] == "cpu"  # auto: no GPU
     assert (d["counts"]["passes"], d["counts"]["lock_breaks"], d["counts"]["installs"]) == (122, 120, 1)
     assert d["child_rss"] == {"anon": 481, "file": 0, "shmem": 0, "swapents": 0}
     assert d["invariants"]["ok"] is True and len(d["digest"]) == 64
 
 
-@pytest.mark.parametrize("sid,variant,outcome,extra", [
-    ("A", "xu-v1", "oops", {"function": "page_duplicate", "addr": 32, "reason": "OLD_PAGE_NULL", "call_start": 0}),
-    ("B", "xu-v1", "oops", {"function": "page_duplicate", "addr": 512, "reason": "OLD_PAGE_NULL", "call_start": 0}),
-    ("B2", "xu-v1", "oops", None), ("A", "xu-v1-oleg", "ok", None), ("B", "linux-5.10", "ok", None),
-    ("B2", "linux-6.18", "ok", None),
-])
+@pytest.mark.parametrize(
+    "sid,variant,outcome,extra",
+    [
+        ("A", "xu-v1", "oops", {"function": "page_duplicate", "addr": 32, "reason": "OLD_PAGE_NULL", "call_start": 0}),
+        ("B", "xu-v1", "oops", {"function": "page_duplicate", "addr": 512, "reason": "OLD_PAGE_NULL", "call_start": 0}),
+        ("B2", "xu-v1", "oops", None),
+        ("A", "xu-v1-oleg", "ok", None),
+        ("B", "linux-5.10", "ok", None),
+        ("B2", "linux-6.18", "ok", None),
+    ],
+)
 def test_seed_scenarios_from_the_cli(sid, variant, outcome, extra):
     p = gpusim("fork", "--scenario", sid, "--variant", variant, "--json")
     assert p.returncode == 0, p.stderr
@@ -71,17 +99,20 @@ def test_human_summary():
     assert p.returncode == 0 and "ok" in p.stdout and "invariants: all 13 hold" in p.stdout
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["fork", "-l", "normal", "-v", "linux-9.9"], "linux-5.8, xu-v1, xu-v1-oleg, linux-5.10, linux-6.18"),
-    (["fork", "-l", "normal*3 normal:bogus"], "layout token 2 'normal:bogus'"),
-    (["fork", "-l", "normal*3 frob*2"], "unknown kind 'frob'"),
-    (["fork", "-l", "normal", "--oracle", "often"], "unknown oracle 'often'"),
-    (["fork", "-l", "normal", "-i", "fail@disk#1"], "unknown allocation point 'disk'"),
-    (["fork", "-l", "normal", "--backend", "tpu"], "unknown backend 'tpu'"),
-    (["fork", "--scenario", "Z"], "unknown scenario 'Z'"),
-    (["fork"], "give --layout, --scenario or --workload"),
-    (["scenarios", "-v", "linux-1.0"], "unknown variant"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["fork", "-l", "normal", "-v", "linux-9.9"], "linux-5.8, xu-v1, xu-v1-oleg, linux-5.10, linux-6.18"),
+        (["fork", "-l", "normal*3 normal:bogus"], "layout token 2 'normal:bogus'"),
+        (["fork", "-l", "normal*3 frob*2"], "unknown kind 'frob'"),
+        (["fork", "-l", "normal", "--oracle", "often"], "unknown oracle 'often'"),
+        (["fork", "-l", "normal", "-i", "fail@disk#1"], "unknown allocation point 'disk'"),
+        (["fork", "-l", "normal", "--backend", "tpu"], "unknown backend 'tpu'"),
+        (["fork", "--scenario", "Z"], "unknown scenario 'Z'"),
+        (["fork"], "give --layout, --scenario or --workload"),
+        (["scenarios", "-v", "linux-1.0"], "unknown variant"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(args, needle):
     p = gpusim(*args)
     assert p.returncode == 2
@@ -92,8 +123,15 @@ def test_bad_input_exits_2_with_one_line(args, needle):
 def test_help_documents_notations():
     p = gpusim("fork", "--help")
     assert p.returncode == 0
-    for needle in ("pinned none*31 normal*480", "bern:P:SEED", "fail@POINT#N", "@EC#1: zap(100)", "folioN",
-                   "fail@POINT#N[@A]", "@W#N[@A]"):
+    for needle in (
+        "pinned none*31 normal*480",
+        "bern:P:SEED",
+        "fail@POINT#N",
+        "@EC#1: zap(100)",
+        "folioN",
+        "fail@POINT#N[@A]",
+        "@W#N[@A]",
+    ):
         assert needle in p.stdout
 
 
@@ -106,10 +144,10 @@ def test_scenarios_table(backend):
 
 @pytest.mark.parametrize("backend", ["reference", "cpu", "auto"])
 def test_backends_agree_from_the_cli(backend):
-    d = json.loads(gpusim("fork", "--scenario", "G'", "--variant", "linux-5.10", "--backend", backend,
-                          "--json").stdout)
-    ref = json.loads(gpusim("fork", "--scenario", "G'", "--variant", "linux-5.10", "--backend", "reference",
-                            "--json").stdout)
+    d = json.loads(gpusim("fork", "--scenario", "G'", "--variant", "linux-5.10", "--backend", backend, "--json").stdout)
+    ref = json.loads(
+        gpusim("fork", "--scenario", "G'", "--variant", "linux-5.10", "--backend", "reference", "--json").stdout
+    )
     assert d["digest"] == ref["digest"] and d["counts"] == ref["counts"]
     assert d["ptes_per_s"] > 0 and d["bytes_per_pte"] > 0
 

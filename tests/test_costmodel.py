@@ -17,15 +17,19 @@ def test_shipped_profiles_load_and_label_estimates():
     p = load_profile()
     assert set(p.costs) == set(COST_EVENTS)
     assert p.costs["pte.share"].kind == "derived" and p.costs["copy.alloc"].kind == "estimate"
-    assert all(p.costs[e].basis for e in COST_EVENTS)        # every figure says where it comes from
+    assert all(p.costs[e].basis for e in COST_EVENTS)  # every figure says where it comes from
 
 
 def test_latency_is_the_hand_computed_sum():
     p = load_profile()
     counts = {e: 0 for e in COST_EVENTS}
     counts.update({"fork.base": 1, "pte.share": 1000, "copy.alloc": 3, "check": 10})
-    want = (p.costs["fork.base"].ns + 1000 * p.costs["pte.share"].ns + 3 * p.costs["copy.alloc"].ns
-            + 10 * p.costs["check"].ns)
+    want = (
+        p.costs["fork.base"].ns
+        + 1000 * p.costs["pte.share"].ns
+        + 3 * p.costs["copy.alloc"].ns
+        + 10 * p.costs["check"].ns
+    )
     out = latency(counts, "linux-6.18", p)
     assert out["latency_ns"] == pytest.approx(want)
     assert out["latency_breakdown_ns"]["pte"] == pytest.approx(1000 * p.costs["pte.share"].ns)

@@ -64,10 +64,25 @@ def test_mostly_fast_tables(backend, variant, oracle, tables, data):
     """Dense layouts where most tables take the fast path and a few pinned or swapped pages take the host."""
     body = []
     for _ in range(tables):
-        body.append(data.draw(st.sampled_from(["normal*512", "none*512", "folio512", "folio16*32", "swap*512",
-                                               "normal*100 pinned normal*411", "zero*512", "migr*512",
-                                               "normal*511 swap:cnt=62", "folio64:pin normal*448",
-                                               "normal*200 none*312"])))
+        body.append(
+            data.draw(
+                st.sampled_from(
+                    [
+                        "normal*512",
+                        "none*512",
+                        "folio512",
+                        "folio16*32",
+                        "swap*512",
+                        "normal*100 pinned normal*411",
+                        "zero*512",
+                        "migr*512",
+                        "normal*511 swap:cnt=62",
+                        "folio64:pin normal*448",
+                        "normal*200 none*312",
+                    ]
+                )
+            )
+        )
     if small_enough(backend, " ".join(body)):
         compare(" ".join(body), variant, oracle, (), backend)
 
@@ -99,8 +114,13 @@ def test_chunking_equals_one_launch(backend, variant, chunk):
     assert whole.digest == ref.digest
 
 
-BATCH = ["normal*300 pinned normal*211 folio512", "thp:pin swap*20 none*492 folio16:pin normal*496",
-         "normal*1024", "migw migr devw zero file shmem:pin normal*506 mm:has_pinned=0", "none*512 swap:cnt=62"]
+BATCH = [
+    "normal*300 pinned normal*211 folio512",
+    "thp:pin swap*20 none*492 folio16:pin normal*496",
+    "normal*1024",
+    "migw migr devw zero file shmem:pin normal*506 mm:has_pinned=0",
+    "none*512 swap:cnt=62",
+]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

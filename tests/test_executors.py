@@ -13,7 +13,7 @@ from sweeps import kill_part_way, result_rows, run_sweep, write
 
 import gpusim
 
-ray = pytest.importorskip("ray", reason="the ray extra is not installed")   # CI installs it with the test extra
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")  # CI installs it with the test extra
 
 SWEEP = """\
 name: ex
@@ -44,8 +44,18 @@ sweep:
     fork.variant: [linux-5.10]
 """
 
-COMPARED = ("outcome", "digest", "latency_ns", "lock_hold_max_ns", "count.pass", "count.copy.alloc", "nr_ptes",
-            "invariants_ok", "seed", "error")
+COMPARED = (
+    "outcome",
+    "digest",
+    "latency_ns",
+    "lock_hold_max_ns",
+    "count.pass",
+    "count.copy.alloc",
+    "nr_ptes",
+    "invariants_ok",
+    "seed",
+    "error",
+)
 
 
 def rows(path):
@@ -63,16 +73,31 @@ def cluster():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, **RAY_ENV)
-    start = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
-                            "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                            "--include-dashboard=false", "--disable-usage-stats"],
-                           capture_output=True, text=True, env=env, timeout=180)
+    start = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     assert start.returncode == 0, start.stderr[-3000:]
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True,
-                       env=env, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True, env=env, timeout=120
+        )
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +138,13 @@ def test_ray_records_a_failing_point_and_finishes_the_others(cluster, tmp_path):
 def test_ray_killed_and_resumed_gives_exactly_the_full_set(cluster, inline_rows, tmp_path):
     f, want = inline_rows
     out = tmp_path / "out"
-    done = kill_part_way([f, "--out", out, "--executor", "ray", "--address", cluster, "--workers", "1"],
-                         out / "manifest.jsonl", 3, 300, env=RAY_ENV)
+    done = kill_part_way(
+        [f, "--out", out, "--executor", "ray", "--address", cluster, "--workers", "1"],
+        out / "manifest.jsonl",
+        3,
+        300,
+        env=RAY_ENV,
+    )
     assert 3 <= done < 12
     r = run_sweep(f, "--out", out, "--executor", "ray", "--address", cluster, env=RAY_ENV)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -9,8 +9,10 @@ from gpusim.variants import VARIANTS
 
 def test_resident_forks_equal_cpu_engine(backend):
     rep = bench_resident([1 << 21], backend, "linux-6.18", 1, batch=3)
-    assert [(r["forks"], r["check"]) for r in rep["rows"]] == [(1, "equal to the CPU engine"),
-                                                               (3, "equal to the CPU engine")]
+    assert [(r["forks"], r["check"]) for r in rep["rows"]] == [
+        (1, "equal to the CPU engine"),
+        (3, "equal to the CPU engine"),
+    ]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -18,6 +20,7 @@ def test_resident_fork_equals_api_fork(variant):
     """The resident job forks exactly what gpusim.fork forks (same entries, refcounts, mapcounts, flags)."""
     import gpusim
     from gpusim.workloads import dense_anon
+
     job = DenseForks(1024, 1, variant)
     job.build()
     needs, _ = job.launch()
@@ -36,7 +39,7 @@ def test_check_catches_one_wrong_value(where):
     if where == "counts":
         counts[5, 0] += 1
     elif where in ("ppte", "cpte"):
-        getattr(job, where)[7, 300] ^= np.uint64(1 << 13)           # one pfn bit
+        getattr(job, where)[7, 300] ^= np.uint64(1 << 13)  # one pfn bit
     else:
         job.mem[where][4000] += 1
     problems = check_against_cpu(job, needs, counts, "linux-6.18")
@@ -44,4 +47,4 @@ def test_check_catches_one_wrong_value(where):
 
 
 def test_traffic_model():
-    assert traffic_bytes_per_pte() == 52          # 3 PTE moves of 8 bytes + the page and folio fields touched
+    assert traffic_bytes_per_pte() == 52  # 3 PTE moves of 8 bytes + the page and folio fields touched

@@ -29,11 +29,11 @@ def test_pinned_pages_are_copied_and_the_rest_shared_as_simulated():
     real = sharing_or_skip(L)
     state = real["state"]
     pinned = set(range(10, 40)) | set(range(1500, 1564))
-    assert {state[i] for i in pinned} == {"copied"}                    # pinned (and so faulted-in) pages
+    assert {state[i] for i in pinned} == {"copied"}  # pinned (and so faulted-in) pages
     touched = [i for i in range(L.pages) if i % 2 == 0 and i not in pinned]
     assert {state[i] for i in touched} == {"shared"}
     assert {state[i] for i in range(L.pages) if i % 2 and i not in pinned} == {"absent"}
-    assert predicted_sharing(L, kernel_variant()) == state                # page by page
+    assert predicted_sharing(L, kernel_variant()) == state  # page by page
 
 
 @linux
@@ -44,7 +44,7 @@ def test_fork_timing_of_a_real_layout():
 
 def test_nnls_and_fit_recover_known_costs():
     rng = np.random.default_rng(0)
-    X = rng.uniform(0, 1, size=(400, len(GROUPS))) * 1e5         # each group priced at public costs, in ns
+    X = rng.uniform(0, 1, size=(400, len(GROUPS))) * 1e5  # each group priced at public costs, in ns
     true = np.array([0.5, 2.0, 1.3, 0.8, 3.0, 1.1])
     y = X @ true * (1 + rng.normal(0, 0.01, size=400))
     s, used = fit_scales(X, y, prior=1e-3)
@@ -52,7 +52,7 @@ def test_nnls_and_fit_recover_known_costs():
     A = rng.uniform(size=(20, 4))
     x = nnls(A, A @ np.array([1.0, 0.0, 2.0, 0.5]))
     assert np.allclose(x, [1.0, 0.0, 2.0, 0.5], atol=1e-8)
-    x = nnls(A, -A @ np.ones(4))                                            # the unconstrained answer is negative
+    x = nnls(A, -A @ np.ones(4))  # the unconstrained answer is negative
     assert (x >= 0).all()
 
 
@@ -64,19 +64,34 @@ def test_kernel_variant():
 @linux
 def test_calibrate_quick_writes_a_profile_that_becomes_the_default(tmp_path):
     env = dict(os.environ, GPUSIM_PROFILE_DIR=str(tmp_path))
-    r = subprocess.run([sys.executable, "-m", "gpusim.cli", "calibrate", "--quick", "--repeat", "3"],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "gpusim.cli", "calibrate", "--quick", "--repeat", "3"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     files = list(tmp_path.glob("host-*.yaml"))
     assert len(files) == 1
     prof = gpusim.load_profile(str(files[0]))
     assert prof.fit["residuals"] and prof.measurements and prof.costs["pte.share"].kind == "derived"
-    out = subprocess.run([sys.executable, "-m", "gpusim.cli", "fork", "--scenario", "A", "--json"],
-                         capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "gpusim.cli", "fork", "--scenario", "A", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     assert json.loads(out)["profile"] == prof.name
     env["GPUSIM_PROFILE_DIR"] = str(tmp_path / "empty")
-    out = subprocess.run([sys.executable, "-m", "gpusim.cli", "fork", "--scenario", "A", "--json"],
-                         capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "gpusim.cli", "fork", "--scenario", "A", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     assert json.loads(out)["profile"] == "public-xeon-4210r-v6.8"
 
 
@@ -107,6 +122,7 @@ time.sleep(120)
 def test_capture_reproduces_a_known_layout(tmp_path):
     from gpusim.host.capture import capture, write_snapshot
     from gpusim.snapshot import snapshot_space
+
     p = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True)
     try:
         base = int(p.stdout.readline(), 16) // 4096
@@ -124,12 +140,25 @@ def test_capture_reproduces_a_known_layout(tmp_path):
     assert list(pages) == list(range(0, 2048, 5))
     space = snapshot_space(str(path), "linux-6.18", [(base, base + 100)])
     pinned = np.flatnonzero(space.memory.folio_true_pins)
-    assert len(pinned) == 20                                           # pages 0, 5, ..., 95
+    assert len(pinned) == 20  # pages 0, 5, ..., 95
     r = gpusim.fork(space, "linux-6.18", backend="cpu")
     assert r.outcome == "ok" and r.invariants.ok and r.counts["copy.alloc"] == 20
-    out = subprocess.run([sys.executable, "-m", "gpusim.cli", "fork", "--snapshot", str(path), "--pin",
-                          f"{hex(base * 4096)}-{hex((base + 100) * 4096)}", "--json"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpusim.cli",
+            "fork",
+            "--snapshot",
+            str(path),
+            "--pin",
+            f"{hex(base * 4096)}-{hex((base + 100) * 4096)}",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert json.loads(out)["counts"]["copy.alloc"] == 20
 
 

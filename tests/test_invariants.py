@@ -105,7 +105,7 @@ def test_13_pin_hazard_count():
 
 def test_13_pin_hazard_predicate():
     """A pinned exclusive page that a buggy engine shared is caught by re-evaluating the early-copy rule."""
-    space, r = fork("normal*4 pinned:ro normal*4", "xu-v1")      # xu-v1 shares it legitimately (W=0)
+    space, r = fork("normal*4 pinned:ro normal*4", "xu-v1")  # xu-v1 shares it legitimately (W=0)
     assert r.counts["pin_shared"] == 1 and not recheck(space, r)
     # pretend the parent PTE had been writable: the predicate then holds, so sharing it is a violation
     mm = space.mm
@@ -117,8 +117,9 @@ def test_13_pin_hazard_predicate():
 
 @pytest.mark.parametrize("variant", ["linux-5.8", "linux-6.18"])
 def test_enomem_after_teardown_is_checked(variant):
-    space, r = fork("normal*100 swap:cnt=62 normal*411", variant,
-                    inject=["fail@swapcont.atomic#1", "fail@swapcont.kernel#1"])
+    space, r = fork(
+        "normal*100 swap:cnt=62 normal*411", variant, inject=["fail@swapcont.atomic#1", "fail@swapcont.kernel#1"]
+    )
     assert r.outcome == "enomem" and r.invariants.checked
     r.memory.swap_count[0] += 1
     assert "8" in recheck(space, r)

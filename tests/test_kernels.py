@@ -19,8 +19,18 @@ u64 = st.integers(0, (1 << 64) - 1)
 
 @njit
 def _jit_pte_ops(v, pfn):
-    return (P.pte_wrprotect(v), P.pte_mkold(v), P.pte_mkclean(v), P.pte_mkwrite(v), P.pte_set_pfn(v, pfn),
-            P.pte_swp_clear_exclusive(v), P.pte_kind(v), P.pte_pfn(v), P.swp_offset(v), P.swp_type(v))
+    return (
+        P.pte_wrprotect(v),
+        P.pte_mkold(v),
+        P.pte_mkclean(v),
+        P.pte_mkwrite(v),
+        P.pte_set_pfn(v, pfn),
+        P.pte_swp_clear_exclusive(v),
+        P.pte_kind(v),
+        P.pte_pfn(v),
+        P.swp_offset(v),
+        P.swp_type(v),
+    )
 
 
 @njit
@@ -38,9 +48,19 @@ def _jit_hash(seed, fork_seq, call_start, k):
 @given(v=u64, pfn=st.integers(0, (1 << 40) - 1))
 def test_pte_helpers_compiled_equal_python(v, pfn):
     got = _jit_pte_ops(np.uint64(v), np.uint64(pfn))
-    want = (P.pte_wrprotect(v), P.pte_mkold(v), P.pte_mkclean(v), P.pte_mkwrite(v), P.pte_set_pfn(v, pfn),
-            P.pte_swp_clear_exclusive(v), P.pte_kind(v), P.pte_pfn(v), P.swp_offset(v), P.swp_type(v))
-    assert tuple(int(x) & P.M64 for x in got) == tuple(x & P.M64 for x in want)   # bit patterns
+    want = (
+        P.pte_wrprotect(v),
+        P.pte_mkold(v),
+        P.pte_mkclean(v),
+        P.pte_mkwrite(v),
+        P.pte_set_pfn(v, pfn),
+        P.pte_swp_clear_exclusive(v),
+        P.pte_kind(v),
+        P.pte_pfn(v),
+        P.swp_offset(v),
+        P.swp_type(v),
+    )
+    assert tuple(int(x) & P.M64 for x in got) == tuple(x & P.M64 for x in want)  # bit patterns
 
 
 @settings(max_examples=300, deadline=None)
@@ -60,8 +80,9 @@ def test_compiled_nb_hash_vectors():
 
 
 @settings(max_examples=200, deadline=None)
-@given(seed=st.integers(0, (1 << 63) - 1), fork_seq=st.integers(0, 1000), cs=st.integers(0, 1 << 40),
-       k=st.integers(0, 600))
+@given(
+    seed=st.integers(0, (1 << 63) - 1), fork_seq=st.integers(0, 1000), cs=st.integers(0, 1 << 40), k=st.integers(0, 600)
+)
 def test_compiled_nb_hash_equals_python(seed, fork_seq, cs, k):
     assert int(_jit_hash(seed, fork_seq, cs, k)) == nb_hash(seed, fork_seq, cs, k)
 
@@ -70,9 +91,11 @@ def test_cuda_kernels_compile_to_ptx():
     """Compiled in a fresh process without the simulator: typing errors that cudasim cannot see fail here.
     Needs numba-cuda and NVVM (the ``ptx`` extra); no GPU."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    code = ("import json; from gpusim.kernels.cuda import compile_ptx_all; "
-            "print(json.dumps({k: v.count('atom.global.add') for k, v in compile_ptx_all().items()}))")
+    code = (
+        "import json; from gpusim.kernels.cuda import compile_ptx_all; "
+        "print(json.dumps({k: v.count('atom.global.add') for k, v in compile_ptx_all().items()}))"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     atomics = json.loads(p.stdout.strip().splitlines()[-1])
-    assert atomics["fork_tables_kernel"] > 0          # shared folios, pages and slots use atomics
+    assert atomics["fork_tables_kernel"] > 0  # shared folios, pages and slots use atomics

@@ -13,11 +13,34 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # returns), so it sits with the state model; the engines assemble it, the checks and the cost model read it.
 LAYERS = (
     ("kernels", ("gpusim.kernels",)),
-    ("state", ("gpusim.variants", "gpusim.decode", "gpusim.state", "gpusim.result", "gpusim.oracle", "gpusim.plan",
-               "gpusim.catalogue", "gpusim.yamlerr", "gpusim.units", "gpusim.machine", "gpusim.backend",
-               "gpusim.builder")),
-    ("inputs and engines", ("gpusim.layout", "gpusim.workloads", "gpusim.snapshot", "gpusim.reference",
-                            "gpusim.hostloop", "gpusim.engine")),
+    (
+        "state",
+        (
+            "gpusim.variants",
+            "gpusim.decode",
+            "gpusim.state",
+            "gpusim.result",
+            "gpusim.oracle",
+            "gpusim.plan",
+            "gpusim.catalogue",
+            "gpusim.yamlerr",
+            "gpusim.units",
+            "gpusim.machine",
+            "gpusim.backend",
+            "gpusim.builder",
+        ),
+    ),
+    (
+        "inputs and engines",
+        (
+            "gpusim.layout",
+            "gpusim.workloads",
+            "gpusim.snapshot",
+            "gpusim.reference",
+            "gpusim.hostloop",
+            "gpusim.engine",
+        ),
+    ),
     ("checks, cost model, API", ("gpusim.invariants", "gpusim.costmodel", "gpusim.api")),
     ("jobs", ("gpusim.sweep", "gpusim.host", "gpusim.bench", "gpusim.gpubench", "gpusim.plots")),
     ("interfaces", ("gpusim.cli", "gpusim")),
@@ -101,14 +124,21 @@ def test_imports_point_downwards():
         for node, target, _, _ in imports(m):
             t = package_target(target)
             if t and t != m and layer_of(t) > layer_of(m):
-                bad.append(f"{MODULES[m].relative_to(ROOT)}:{node.lineno}: {m} ({LAYERS[layer_of(m)][0]}) imports "
-                           f"{t} ({LAYERS[layer_of(t)][0]})")
+                bad.append(
+                    f"{MODULES[m].relative_to(ROOT)}:{node.lineno}: {m} ({LAYERS[layer_of(m)][0]}) imports "
+                    f"{t} ({LAYERS[layer_of(t)][0]})"
+                )
     assert not bad, "\n".join(bad)
 
 
 def test_kernels_import_no_package_module():
-    bad = [f"{m} imports {package_target(t)}" for m in MODULES if m.startswith("gpusim.kernels")
-           for _, t, _, _ in imports(m) if package_target(t) and not package_target(t).startswith("gpusim.kernels")]
+    bad = [
+        f"{m} imports {package_target(t)}"
+        for m in MODULES
+        if m.startswith("gpusim.kernels")
+        for _, t, _, _ in imports(m)
+        if package_target(t) and not package_target(t).startswith("gpusim.kernels")
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -178,7 +208,7 @@ def test_functions_are_short_or_say_why(folder):
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
-                body = lines[node.lineno - 1: node.end_lineno]
+                body = lines[node.lineno - 1 : node.end_lineno]
                 if n > MAX_FUNCTION_LINES and not any("# long:" in line for line in body):
                     bad.append(f"{p.relative_to(ROOT)}:{node.lineno}: {node.name} is {n} lines")
     assert not bad, "\n".join(bad)

@@ -28,7 +28,7 @@ def test_defaults():
     v = pte_at(mm, 0)
     assert P.pte_present(v) and P.pte_write(v) and P.pte_dirty(v) and P.pte_young(v)
     assert pte_at(mm, 1) == 0 and mem.page_flags[0] & PAGE_ANON_EXCLUSIVE
-    assert len(set(mem.page_content.tolist())) == mem.nr_pages       # content identities are unique
+    assert len(set(mem.page_content.tolist())) == mem.nr_pages  # content identities are unique
 
 
 def test_kinds_and_modifiers():
@@ -70,7 +70,7 @@ def test_vmas_gaps_holes():
     s = parse_layout("normal*10 gap*502 hole*512 normal vma:shared:file:dontcopy file*4 vma:ro normal mm:has_pinned=0")
     mm = s.mm
     assert mm.vma_start.tolist() == [0, 512, 1025, 1029] and mm.vma_end.tolist() == [10, 1025, 1029, 1030]
-    assert mm.table_index.tolist() == [0, 2]                  # the hole-only table does not exist
+    assert mm.table_index.tolist() == [0, 2]  # the hole-only table does not exist
     assert int(mm.vma_flags[2]) & VM_SHARED and int(mm.vma_flags[2]) & VM_DONTCOPY
     assert int(mm.vma_backing[2]) == BACKING_FILE and not int(mm.vma_flags[3]) & VM_WRITE
     assert not mm.has_pinned
@@ -83,18 +83,21 @@ def test_thp():
     assert int(s.memory.folio_order[0]) == 9 and int(s.memory.folio_pmd_mapcount[0]) == 1
 
 
-@pytest.mark.parametrize("text,index,needle", [
-    ("normal*3 bogus", 2, "unknown kind"),
-    ("normal pinned:frob", 2, "does not apply"),
-    ("normal normal*0", 2, "count"),
-    ("none folio3", 2, "power of two"),
-    ("normal thp", 2, "table boundary"),
-    ("swap:cnt=63", 1, "does not fit"),
-    ("vma:weird normal", 1, "unknown vma flag"),
-    ("normal:ref=x", 1, "whole number"),
-    ("migr:excl", 1, "linux-6.18"),
-    ("mm:pinned normal", 1, "mm modifier"),
-])
+@pytest.mark.parametrize(
+    "text,index,needle",
+    [
+        ("normal*3 bogus", 2, "unknown kind"),
+        ("normal pinned:frob", 2, "does not apply"),
+        ("normal normal*0", 2, "count"),
+        ("none folio3", 2, "power of two"),
+        ("normal thp", 2, "table boundary"),
+        ("swap:cnt=63", 1, "does not fit"),
+        ("vma:weird normal", 1, "unknown vma flag"),
+        ("normal:ref=x", 1, "whole number"),
+        ("migr:excl", 1, "linux-6.18"),
+        ("mm:pinned normal", 1, "mm modifier"),
+    ],
+)
 def test_errors_point_at_the_token(text, index, needle):
     with pytest.raises(LayoutError) as ei:
         parse_layout(text, "linux-5.10" if "excl" in text else "linux-6.18")

@@ -47,8 +47,9 @@ def test_injection_forms():
     assert b.kind == "fail-bern" and b.q_q32 == 1 << 30
 
 
-@pytest.mark.parametrize("bad", ["fail@disk#1", "fail@copy#0", "@XX#1: zap(1)", "@EC#1: smash(3)", "@EC#1:",
-                                 "zap(3)", "fail@bern:3:1"])
+@pytest.mark.parametrize(
+    "bad", ["fail@disk#1", "fail@copy#0", "@XX#1: zap(1)", "@EC#1: smash(3)", "@EC#1:", "zap(3)", "fail@bern:3:1"]
+)
 def test_bad_injection(bad):
     with pytest.raises(NotationError):
         parse_injection(bad)

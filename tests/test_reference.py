@@ -21,11 +21,11 @@ def fork(layout, variant="linux-6.18", **kw):
 def test_dontcopy_wipeonfork_noanon_hugetlb():
     r = fork("vma:dontcopy normal*8 vma:wipeonfork normal*8 vma:noanon file*8 vma:hugetlb none*8 vma normal*8")
     c = r.counts
-    assert r.child.vma_start.tolist() == [8, 16, 24, 32]            # the DONTCOPY VMA has no child VMA
+    assert r.child.vma_start.tolist() == [8, 16, 24, 32]  # the DONTCOPY VMA has no child VMA
     assert (c["vma.skip"], c["vma.dup"], c["vma.copy"], c["hugetlb_skipped"]) == (1, 4, 1, 1)
     assert c["table.call"] == 1 and c["shared"] == 8
     assert all(pte_at(r.child, a) == 0 for a in range(0, 32))
-    assert not bool(r.child.vma_anon_vma[0])                         # WIPEONFORK child has no anon_vma
+    assert not bool(r.child.vma_anon_vma[0])  # WIPEONFORK child has no anon_vma
 
 
 def test_pfnmap_copied_without_anon_vma():
@@ -62,7 +62,7 @@ def test_call_keyed_injection_only_hits_that_call():
 
 def test_unkeyed_injection_applies_to_every_call():
     r = fork("pinned normal*511 pinned normal*511", inject=["@EC#1: write(0); write(512)"])
-    assert r.unfired == [] and r.counts["events_applied"] == 4       # fired once per call
+    assert r.unfired == [] and r.counts["events_applied"] == 4  # fired once per call
 
 
 @pytest.mark.parametrize("variant,expect_new", [("xu-v1-oleg", False), ("linux-5.10", True), ("linux-6.18", True)])
@@ -76,8 +76,9 @@ def test_write_in_ec_window_copy_moment(variant, expect_new):
     assert (int(r.memory.page_content[q]) == int(space.memory.page_content[src])) != expect_new
 
 
-@pytest.mark.parametrize("variant,allocs,passes", [("xu-v1", 2, 3), ("xu-v1-oleg", 2, 3), ("linux-5.10", 1, 2),
-                                                    ("linux-6.18", 1, 2)])
+@pytest.mark.parametrize(
+    "variant,allocs,passes", [("xu-v1", 2, 3), ("xu-v1-oleg", 2, 3), ("linux-5.10", 1, 2), ("linux-6.18", 1, 2)]
+)
 def test_touch_in_ec_window(variant, allocs, passes):
     """touch on a clean PTE makes xu's pte_same fail: the copy is dropped and the index re-tested."""
     r = fork("normal*4 pinned:clean normal*4", variant, inject=["@EC#1: touch(4)"])
@@ -120,7 +121,7 @@ def test_device_private(variant):
 def test_hwpoison_6_18_fails_the_fork():
     r = fork("normal*4 pinned:hwpoison normal*4")
     assert r.outcome == "enomem" and r.enomem["point"] == "hwpoison"
-    assert r.counts["allocations"] == 1 and r.counts["unused_frees"] == 1    # the prealloc is freed
+    assert r.counts["allocations"] == 1 and r.counts["unused_frees"] == 1  # the prealloc is freed
 
 
 def test_has_pinned_clear_means_no_early_copy():
@@ -132,12 +133,12 @@ def test_has_pinned_clear_means_no_early_copy():
 def test_6_18_batch_merges_write_bits():
     r = fork("folio4:ro normal folio4")
     assert r.counts["batch.start"] == 2 and r.counts["batch.pte"] == 8
-    r = fork("vma:shared:shmem folio4 vma:shared normal")          # not COW: write kept, merged over the batch
+    r = fork("vma:shared:shmem folio4 vma:shared normal")  # not COW: write kept, merged over the batch
     assert all(P.pte_write(pte_at(r.child, a)) for a in range(4))
 
 
 def test_upper_level_tables_counted_once_per_region():
-    r = fork("normal gap*262143 normal")     # tables 0 and 512: two PMD tables, one PUD table
+    r = fork("normal gap*262143 normal")  # tables 0 and 512: two PMD tables, one PUD table
     assert r.counts["table.alloc"] == 2 and r.counts["table.upper_alloc"] == 3
 
 
@@ -155,7 +156,8 @@ def test_ignored_events_reported():
 
 
 def test_oops_is_reported_not_raised():
-    r = gpusim.fork(gpusim.parse_layout("pinned none*31 normal*480", "xu-v1"), "xu-v1", backend="reference",
-                    oracle="always")
+    r = gpusim.fork(
+        gpusim.parse_layout("pinned none*31 normal*480", "xu-v1"), "xu-v1", backend="reference", oracle="always"
+    )
     assert r.outcome == "oops" and not r.invariants.checked
     assert r.oops == {"function": "page_duplicate", "addr": 32, "reason": "OLD_PAGE_NULL", "call_start": 0}

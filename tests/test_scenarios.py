@@ -69,8 +69,21 @@ ROWS = [
     ("L-b", FIXED, "ok", None, 2, 0, 1, 0, 1, 511, (512, 0, 0), None),
 ]
 # linux-5.8 rows the spec omits: ok, 1 pass, nothing copied, shared = child anon rss = present normal PTEs.
-DEFAULT_58 = {"A'": 481, "B": 511, "B2": 512, "B'": 512, "E": 512, "F": 512, "F'": 102, "G": 512, "H-b": 496,
-              "H-c": 496, "H-d": 16, "K-a": 512, "L-b": 512}
+DEFAULT_58 = {
+    "A'": 481,
+    "B": 511,
+    "B2": 512,
+    "B'": 512,
+    "E": 512,
+    "F": 512,
+    "F'": 102,
+    "G": 512,
+    "H-b": 496,
+    "H-c": 496,
+    "H-d": 16,
+    "K-a": 512,
+    "L-b": 512,
+}
 for _id, _n in DEFAULT_58.items():
     ROWS.append((_id, (V58,), "ok", None, 1, 0, 0, 0, 0, _n, (_n, 0, 0), None))
 
@@ -79,8 +92,14 @@ CASES = [(row[0], v, row) for row in ROWS for v in row[1]]
 
 def run(sid, variant, check=True):
     s = SCENARIOS[sid]
-    return gpusim.fork(gpusim.parse_layout(s.layout, variant), variant, backend="reference", oracle=s.oracle,
-                       inject=s.inject, check=check)
+    return gpusim.fork(
+        gpusim.parse_layout(s.layout, variant),
+        variant,
+        backend="reference",
+        oracle=s.oracle,
+        inject=s.inject,
+        check=check,
+    )
 
 
 def test_every_scenario_and_variant_has_a_row():
@@ -155,8 +174,8 @@ def test_teardown_restores_counts(sid, variant):
     m0, m1 = space.memory, r.memory
     n = m0.nr_folios
     assert np.array_equal(m1.folio_refcount[:n], m0.folio_refcount)
-    assert np.array_equal(m1.page_mapcount[:m0.nr_pages], m0.page_mapcount)
-    assert np.array_equal(m1.swap_count[:m0.nr_slots], m0.swap_count)
+    assert np.array_equal(m1.page_mapcount[: m0.nr_pages], m0.page_mapcount)
+    assert np.array_equal(m1.swap_count[: m0.nr_slots], m0.swap_count)
     assert r.child_rss_after_teardown == {"anon": 0, "file": 0, "shmem": 0, "swapents": 0}
     assert r.child.nr_tables == 0
     shared_before_failure = 100 if sid != "K-b" else 0

@@ -19,10 +19,10 @@ def test_valid_layout_validates():
     space().validate()
 
 
-@pytest.mark.parametrize("field,value,needle", [
-    ("folio_refcount", np.zeros(3, np.int64), "dtype"),
-    ("page_folio", np.zeros((2, 2), np.int32), "shape"),
-])
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [("folio_refcount", np.zeros(3, np.int64), "dtype"), ("page_folio", np.zeros((2, 2), np.int32), "shape")],
+)
 def test_memory_dtype_and_shape(field, value, needle):
     s = space()
     bad = dataclasses.replace(s.memory, **{field: value})
@@ -51,9 +51,14 @@ def test_cross_references():
 
 def test_vma_order():
     s = space()
-    mm = dataclasses.replace(s.mm, vma_start=np.array([0, 3], np.int64), vma_end=np.array([5, 9], np.int64),
-                             vma_flags=np.zeros(2, np.uint64), vma_backing=np.zeros(2, np.uint8),
-                             vma_anon_vma=np.ones(2, bool))
+    mm = dataclasses.replace(
+        s.mm,
+        vma_start=np.array([0, 3], np.int64),
+        vma_end=np.array([5, 9], np.int64),
+        vma_flags=np.zeros(2, np.uint64),
+        vma_backing=np.zeros(2, np.uint8),
+        vma_anon_vma=np.ones(2, bool),
+    )
     with pytest.raises(StateError, match="overlap"):
         mm.validate()
 
@@ -63,8 +68,7 @@ def test_digest_is_canonical():
     assert digest(a.mm, empty_mm(), a.memory) == digest(b.mm, empty_mm(), b.memory)
     c = b.memory.page_content.copy()
     c[0] += 1
-    assert digest(a.mm, empty_mm(), a.memory) != digest(b.mm, empty_mm(),
-                                                          dataclasses.replace(b.memory, page_content=c))
+    assert digest(a.mm, empty_mm(), a.memory) != digest(b.mm, empty_mm(), dataclasses.replace(b.memory, page_content=c))
     # equal values in non-contiguous or big-endian arrays give the same digest
     be = dataclasses.replace(a.memory, folio_refcount=a.memory.folio_refcount.astype(">i4"))
     assert digest(a.mm, empty_mm(), be) == digest(a.mm, empty_mm(), a.memory)
@@ -81,10 +85,11 @@ def test_pte_encoding():
     assert P.pte_pfn(P.pte_wrprotect(P.pte_mkold(v))) == 12345
     s = P.mk_swap_pte(7, True)
     assert P.pte_kind(s) == P.KIND_SWAP and P.swp_offset(s) == 7 and P.pte_swp_exclusive(s) and s != 0
-    assert P.pte_kind(P.mk_swap_pte(0, False)) == P.KIND_SWAP                # slot 0 is not pte_none
+    assert P.pte_kind(P.mk_swap_pte(0, False)) == P.KIND_SWAP  # slot 0 is not pte_none
     m = P.mk_migration_pte(5, False, True)
     assert P.is_readable_exclusive_migration_entry(m) and P.make_readable_migration_entry(m) == P.mk_migration_pte(
-        5, False, False)
+        5, False, False
+    )
     assert P.pte_kind(P.mk_device_private_pte(3, True)) == P.KIND_DEVICE_PRIVATE
     assert P.pmd_trans_huge(P.mk_huge_pmd(512, True, True, True)) and not P.pmd_trans_huge(v)
 

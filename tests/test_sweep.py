@@ -39,24 +39,41 @@ sweep:
 def test_grid_zip_and_repeat_expand(tmp_path):
     spec, points = load_sweep(write(tmp_path, SMALL))
     assert len(points) == 2 * 2 * 2 and spec.repeat == 2
-    combos = {(p.config.workload.size, p.config.fork.variant, p.config.workload.pinned_fraction,
-               p.config.workload.pinned_placement) for p in points}
+    combos = {
+        (
+            p.config.workload.size,
+            p.config.fork.variant,
+            p.config.workload.pinned_fraction,
+            p.config.workload.pinned_placement,
+        )
+        for p in points
+    }
     assert len(combos) == 8
-    assert all((pf == 0.0) == (pl == "scattered") for _, _, pf, pl in combos)        # zip keeps lists in step
+    assert all((pf == 0.0) == (pl == "scattered") for _, _, pf, pl in combos)  # zip keeps lists in step
     assert len({p.config_hash for p in points}) == 8
 
 
-@pytest.mark.parametrize("text,line,needle", [
-    ("name: t\nworkload:\n  kind: anon\n   size: 1GiB\n", 4, "YAML syntax"),                  # bad indentation
-    ("name: t\nworkload:\n  kind: anon\n  size: 1GiB\n  sise: 2\n", 5, "workload.sise: unknown key"),
-    ("name: t\nrepeat: many\nworkload:\n  kind: anon\n  size: 1GiB\n", 2, "repeat"),        # wrong type
-    ("name: t\nworkload:\n  kind: anon\n  size: 12 parsecs\n", 4, "is not a number of bytes"),  # bad unit
-    ("name: t\nworkload:\n  kind: anon\n  size: 1GiB\nfork:\n  variant: linux-9\n", 6, "unknown variant"),
-    ("name: t\nworkload:\n  kind: anon\n  size: 1GiB\nsweep:\n  grid:\n    workload.fill: [0.5, 2]\n", 7,
-     "workload.fill = 2"),
-    ("name: t\nworkload:\n  kind: anon\n  size: 1GiB\nsweep:\n  zip:\n    workload.fill: [0.5]\n"
-     "    workload.size: [1GiB, 2GiB]\n", 6, "different lengths"),
-])
+@pytest.mark.parametrize(
+    "text,line,needle",
+    [
+        ("name: t\nworkload:\n  kind: anon\n   size: 1GiB\n", 4, "YAML syntax"),  # bad indentation
+        ("name: t\nworkload:\n  kind: anon\n  size: 1GiB\n  sise: 2\n", 5, "workload.sise: unknown key"),
+        ("name: t\nrepeat: many\nworkload:\n  kind: anon\n  size: 1GiB\n", 2, "repeat"),  # wrong type
+        ("name: t\nworkload:\n  kind: anon\n  size: 12 parsecs\n", 4, "is not a number of bytes"),  # bad unit
+        ("name: t\nworkload:\n  kind: anon\n  size: 1GiB\nfork:\n  variant: linux-9\n", 6, "unknown variant"),
+        (
+            "name: t\nworkload:\n  kind: anon\n  size: 1GiB\nsweep:\n  grid:\n    workload.fill: [0.5, 2]\n",
+            7,
+            "workload.fill = 2",
+        ),
+        (
+            "name: t\nworkload:\n  kind: anon\n  size: 1GiB\nsweep:\n  zip:\n    workload.fill: [0.5]\n"
+            "    workload.size: [1GiB, 2GiB]\n",
+            6,
+            "different lengths",
+        ),
+    ],
+)
 def test_malformed_files_name_file_line_and_key(tmp_path, text, line, needle):
     p = write(tmp_path, text)
     with pytest.raises(ConfigError) as e:
@@ -82,11 +99,18 @@ def test_dataset_rows_schema_and_metadata(tmp_path):
     keys = {(h, r) for h, r in zip(t.column("config_hash").to_pylist(), t.column("repetition").to_pylist())}
     assert len(keys) == 16
     md = {k.decode(): v.decode() for k, v in t.schema.metadata.items()}
-    for k in ("gpusim.schema_version", "gpusim.version", "gpusim.git_commit", "gpusim.library_versions",
-              "gpusim.cpu", "gpusim.profile", "gpusim.partitioning"):
+    for k in (
+        "gpusim.schema_version",
+        "gpusim.version",
+        "gpusim.git_commit",
+        "gpusim.library_versions",
+        "gpusim.cpu",
+        "gpusim.profile",
+        "gpusim.partitioning",
+    ):
         assert k in md
     assert json.loads(md["gpusim.partitioning"]) == ["variant"]
-    assert t.schema.field("variant").type == pa.string()                       # explicit partitioning
+    assert t.schema.field("variant").type == pa.string()  # explicit partitioning
     assert t.schema.field("workload.size").type == pa.int64()
     assert t.schema.field("count.copy.alloc").type == pa.int64()
     assert set(t.column("variant").to_pylist()) == {"linux-5.10", "linux-6.18"}
@@ -99,8 +123,10 @@ def test_dataset_rows_schema_and_metadata(tmp_path):
 
 
 def test_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path):
-    text = ("name: f\nbackend: cpu\nworkload:\n  kind: layout\n  layout: normal*4\nsweep:\n  grid:\n"
-            "    workload.layout: [\"normal*4\", \"migr:excl\", \"normal*8\"]\n    fork.variant: [linux-5.10]\n")
+    text = (
+        "name: f\nbackend: cpu\nworkload:\n  kind: layout\n  layout: normal*4\nsweep:\n  grid:\n"
+        '    workload.layout: ["normal*4", "migr:excl", "normal*8"]\n    fork.variant: [linux-5.10]\n'
+    )
     spec, points = load_sweep(write(tmp_path, text))
     summary = SweepRunner(spec, points, tmp_path / "o").run()
     assert summary["errors"] == 1 and summary["ran"] == 3
@@ -153,8 +179,7 @@ def test_plots_for_a_small_sweep(tmp_path):
     r = subprocess.run([sys.executable, "-m", "gpusim.cli", "plot", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     files = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert files == ["latency_breakdown.png", "latency_vs_pinned.png", "latency_vs_size.png",
-                     "variant_comparison.png"]
+    assert files == ["latency_breakdown.png", "latency_vs_pinned.png", "latency_vs_size.png", "variant_comparison.png"]
     assert all((out / "plots" / n).stat().st_size > 10_000 for n in files)
 
 
@@ -165,20 +190,28 @@ def test_presets_validate(name):
 
 
 def test_fork_chain_and_tree(tmp_path):
-    text = ("name: tree\nbackend: cpu\nworkload:\n  kind: anon\n  size: 2MiB\n  pinned_fraction: 0.05\n"
-            "fork:\n  variant: linux-6.18\n  chain: 2\n  generations: 2\n")
+    text = (
+        "name: tree\nbackend: cpu\nworkload:\n  kind: anon\n  size: 2MiB\n  pinned_fraction: 0.05\n"
+        "fork:\n  variant: linux-6.18\n  chain: 2\n  generations: 2\n"
+    )
     spec, points = load_sweep(write(tmp_path, text))
     SweepRunner(spec, points, tmp_path / "o").run()
     t = gpusim.load_results(tmp_path / "o")
-    assert sorted(zip(t.column("fork_index").to_pylist(), t.column("generation").to_pylist())) == \
-        [(0, 0), (1, 0), (2, 1), (3, 1), (4, 1), (5, 1)]
+    assert sorted(zip(t.column("fork_index").to_pylist(), t.column("generation").to_pylist())) == [
+        (0, 0),
+        (1, 0),
+        (2, 1),
+        (3, 1),
+        (4, 1),
+        (5, 1),
+    ]
     assert set(t.column("outcome").to_pylist()) == {"ok"} and all(t.column("invariants_ok").to_pylist())
     copies = dict(zip(t.column("fork_index").to_pylist(), t.column("count.copy.alloc").to_pylist()))
-    assert copies[0] == copies[1] > 0                  # the parent's pinned pages are copied at each of its forks
-    assert copies[2] == copies[3] == copies[4] == copies[5] == 0      # children never pinned (no has_pinned)
+    assert copies[0] == copies[1] > 0  # the parent's pinned pages are copied at each of its forks
+    assert copies[2] == copies[3] == copies[4] == copies[5] == 0  # children never pinned (no has_pinned)
 
 
 def test_too_large_tree_is_refused(tmp_path):
-    text = ("name: t\nworkload:\n  kind: anon\n  size: 2MiB\nfork:\n  chain: 8\n  generations: 5\n")
+    text = "name: t\nworkload:\n  kind: anon\n  size: 2MiB\nfork:\n  chain: 8\n  generations: 5\n"
     with pytest.raises(ConfigError, match=r":5: fork: .*forks \(at most 4096\)"):
         load_sweep(write(tmp_path, text))

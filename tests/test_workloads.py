@@ -33,6 +33,7 @@ def test_same_seed_same_arrays_other_seed_other_arrays():
 
 def test_dense_anon_matches_the_benchmark_workload():
     from gpusim.workloads import dense_anon
+
     a, b = build(size="8MiB"), dense_anon(2048)
     assert np.array_equal(a.mm.pte, b.mm.pte) and np.array_equal(a.memory.folio_refcount, b.memory.folio_refcount)
 
@@ -56,7 +57,7 @@ def test_fill_swap_and_swap_counts():
     assert swap == round(0.2 * (present + swap))
     cnt, lv = s.memory.swap_count, s.memory.swap_levels
     assert cnt.min() >= 1 and cnt.max() <= 200 and (cnt > 62).any()
-    assert ((cnt > 62) == (lv >= 1)).all()                          # continuation past SWAP_MAP_MAX
+    assert ((cnt > 62) == (lv >= 1)).all()  # continuation past SWAP_MAP_MAX
     assert s.mm.rss[3] == swap and s.mm.on_swapoff_list
 
 
@@ -70,9 +71,17 @@ def test_thp_and_large_folios():
 
 
 def test_mixed_regions_vmas_and_flags():
-    w = W.validate_python({"kind": "mixed", "regions": [
-        {"size": "4MiB", "vmas": 4}, {"size": "2MiB", "backing": "file"},
-        {"size": "2MiB", "shared": True}, {"size": "2MiB", "flags": ["dontcopy"]}]})
+    w = W.validate_python(
+        {
+            "kind": "mixed",
+            "regions": [
+                {"size": "4MiB", "vmas": 4},
+                {"size": "2MiB", "backing": "file"},
+                {"size": "2MiB", "shared": True},
+                {"size": "2MiB", "flags": ["dontcopy"]},
+            ],
+        }
+    )
     s, _, _ = build_workload(w, "linux-6.18", 1)
     s.validate()
     assert s.mm.nr_vmas == 7
@@ -84,8 +93,16 @@ def test_mixed_regions_vmas_and_flags():
 
 @pytest.mark.parametrize("variant", list(gpusim.VARIANTS))
 def test_generated_spaces_fork_equal_on_engines(variant):
-    s = build(variant, seed=3, size="8MiB", fill=0.8, pinned_fraction=0.01, swap_fraction=0.1, swap_count_max=80,
-              thp_fraction=0.25)
+    s = build(
+        variant,
+        seed=3,
+        size="8MiB",
+        fill=0.8,
+        pinned_fraction=0.01,
+        swap_fraction=0.1,
+        swap_count_max=80,
+        thp_fraction=0.25,
+    )
     ref = gpusim.fork(s, variant, backend="reference")
     cpu = gpusim.fork(s, variant, backend="cpu")
     assert ref.digest == cpu.digest and ref.counts == cpu.counts
@@ -95,6 +112,7 @@ def test_generated_spaces_fork_equal_on_engines(variant):
 def test_scenario_and_layout_kinds():
     s, oracle, inject = build_workload(W.validate_python({"kind": "scenario", "scenario": "A"}), "xu-v1", 0)
     assert s.nr_ptes == 512 and oracle is not None
-    s, oracle, inject = build_workload(W.validate_python({"kind": "layout", "layout": "pinned normal*511"}),
-                                       "linux-5.10", 0)
+    s, oracle, inject = build_workload(
+        W.validate_python({"kind": "layout", "layout": "pinned normal*511"}), "linux-5.10", 0
+    )
     assert oracle is None and s.mm.has_pinned

@@ -44,8 +44,15 @@ GROUPS = {
     "table": ("table.call", "table.alloc", "table.upper_alloc", "pass", "check"),
     "pte_none": ("pte.none",),
     "pte_share": ("pte.share", "pte.wrprotect", "pte.excl_clear", "pte.special"),
-    "early_copy": ("copy.alloc", "copy.memcpy", "copy.install", "copy.free_unused", "copy.recheck",
-                   "copy.duplicate_call", "restart.ec"),
+    "early_copy": (
+        "copy.alloc",
+        "copy.memcpy",
+        "copy.install",
+        "copy.free_unused",
+        "copy.recheck",
+        "copy.duplicate_call",
+        "restart.ec",
+    ),
     "huge_pmd": ("pmd.share", "pmd.split"),
 }
 
@@ -69,33 +76,43 @@ def calibration_layouts(quick: bool) -> list[RealLayout]:
     """Layouts whose added fork time is well above this VM's run-to-run noise (about 0.1 ms)."""
     sizes = [64 * MiB, 256 * MiB] if quick else [64 * MiB, 256 * MiB, 1024 * MiB, 2048 * MiB]
     out = [RealLayout(f"dense-{s // MiB}MiB", s) for s in sizes]
-    out += [RealLayout("sparse-256MiB-1/16", 256 * MiB, fill=1 / 16),
-            RealLayout("vmas-512x64KiB", 512 * 64 * 1024, vmas=512),
-            RealLayout("thp-512MiB", 512 * MiB, thp=True),
-            RealLayout("pinned-16MiB-all", 16 * MiB, pinned=[(0, 4096)]),
-            RealLayout("pinned-128MiB-10pct", 128 * MiB, pinned=[(1000, 3277)])]
+    out += [
+        RealLayout("sparse-256MiB-1/16", 256 * MiB, fill=1 / 16),
+        RealLayout("vmas-512x64KiB", 512 * 64 * 1024, vmas=512),
+        RealLayout("thp-512MiB", 512 * MiB, thp=True),
+        RealLayout("pinned-16MiB-all", 16 * MiB, pinned=[(0, 4096)]),
+        RealLayout("pinned-128MiB-10pct", 128 * MiB, pinned=[(1000, 3277)]),
+    ]
     if not quick:
-        out += [RealLayout("sparse-512MiB-1/64", 512 * MiB, fill=1 / 64),
-                RealLayout("vmas-2048x16KiB", 2048 * 16 * 1024, vmas=2048),
-                RealLayout("thp-2048MiB", 2048 * MiB, thp=True),
-                RealLayout("pinned-64MiB-all", 64 * MiB, pinned=[(0, 16384)])]
+        out += [
+            RealLayout("sparse-512MiB-1/64", 512 * MiB, fill=1 / 64),
+            RealLayout("vmas-2048x16KiB", 2048 * 16 * 1024, vmas=2048),
+            RealLayout("thp-2048MiB", 2048 * MiB, thp=True),
+            RealLayout("pinned-64MiB-all", 64 * MiB, pinned=[(0, 16384)]),
+        ]
     return out
 
 
 def validation_layouts() -> list[RealLayout]:
     """Layouts not used for fitting: other sizes, sparsities, VMA counts, pinned fractions."""
-    return [RealLayout("dense-128MiB", 128 * MiB), RealLayout("dense-512MiB", 512 * MiB),
-            RealLayout("sparse-128MiB-1/4", 128 * MiB, fill=1 / 4),
-            RealLayout("vmas-1000x32KiB", 1000 * 32 * 1024, vmas=1000),
-            RealLayout("thp-1024MiB", 1024 * MiB, thp=True),
-            RealLayout("pinned-128MiB-5pct", 128 * MiB, pinned=[(5000, 1638)]),
-            RealLayout("pinned-32MiB-25pct-3vmas", 32 * MiB, vmas=3, pinned=[(100, 1024), (5000, 1024)])]
+    return [
+        RealLayout("dense-128MiB", 128 * MiB),
+        RealLayout("dense-512MiB", 512 * MiB),
+        RealLayout("sparse-128MiB-1/4", 128 * MiB, fill=1 / 4),
+        RealLayout("vmas-1000x32KiB", 1000 * 32 * 1024, vmas=1000),
+        RealLayout("thp-1024MiB", 1024 * MiB, thp=True),
+        RealLayout("pinned-128MiB-5pct", 128 * MiB, pinned=[(5000, 1638)]),
+        RealLayout("pinned-32MiB-25pct-3vmas", 32 * MiB, vmas=3, pinned=[(100, 1024), (5000, 1024)]),
+    ]
 
 
 def sharing_layouts() -> list[RealLayout]:
-    return [RealLayout("sharing-16MiB-half-touched", 16 * MiB, vmas=3, fill=0.5,
-                       pinned=[(100, 20), (1500, 40), (3000, 256)]),
-            RealLayout("sharing-8MiB-dense", 8 * MiB, pinned=[(0, 1), (511, 2), (2047, 1)])]
+    return [
+        RealLayout(
+            "sharing-16MiB-half-touched", 16 * MiB, vmas=3, fill=0.5, pinned=[(100, 20), (1500, 40), (3000, 256)]
+        ),
+        RealLayout("sharing-8MiB-dense", 8 * MiB, pinned=[(0, 1), (511, 2), (2047, 1)]),
+    ]
 
 
 def nnls(A: np.ndarray, b: np.ndarray, iters: int = 500) -> np.ndarray:
@@ -136,8 +153,9 @@ def _counts(layout: RealLayout, variant: str, thp_pages: int | None = None) -> d
 
 def design_row(counts: dict, base_counts: dict, public) -> np.ndarray:
     """One row of the fit: per group, the layout's added events priced at the public profile's costs."""
-    return np.array([sum((counts[e] - base_counts[e]) * public.costs[e].ns for e in events)
-                     for events in GROUPS.values()])
+    return np.array(
+        [sum((counts[e] - base_counts[e]) * public.costs[e].ns for e in events) for events in GROUPS.values()]
+    )
 
 
 def fit_scales(X: np.ndarray, y: np.ndarray, prior: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
@@ -179,13 +197,49 @@ def fitted_costs(public, scales: np.ndarray, used: np.ndarray, bare_fork_ns: flo
         g = group_of.get(e)
         if g is not None and used[list(GROUPS).index(g)]:
             s = float(scales[list(GROUPS).index(g)])
-            costs[e] = {"ns": round(c.ns * s, 4), "kind": "derived",
-                        "basis": f"fitted on this host: group '{g}' x {s:.4f} of the public profile's {c.ns} ns"}
+            costs[e] = {
+                "ns": round(c.ns * s, 4),
+                "kind": "derived",
+                "basis": f"fitted on this host: group '{g}' x {s:.4f} of the public profile's {c.ns} ns",
+            }
         else:
             costs[e] = {"ns": c.ns, "kind": "estimate", "basis": f"not measured here; public profile: {c.basis}"}
-    costs["fork.base"] = {"ns": round(max(0.0, bare_fork_ns - public.costs["fork.mm"].ns), 1), "kind": "derived",
-                          "basis": "the bare measuring process's fork (a small Python interpreter) less fork.mm"}
+    costs["fork.base"] = {
+        "ns": round(max(0.0, bare_fork_ns - public.costs["fork.mm"].ns), 1),
+        "kind": "derived",
+        "basis": "the bare measuring process's fork (a small Python interpreter) less fork.mm",
+    }
     return costs
+
+
+def fit(layouts: list[RealLayout], meas: list[dict], variant: str, public) -> dict:
+    """The fit of the group scales on the measured layouts (``meas[0]`` is the bare fork): scales, which groups
+    the layouts identify, residuals, and the layouts the kernel refused."""
+    base_counts = _counts(RealLayout("bare", 0), variant)
+    rows, y, names, skipped = [], [], [], []
+    for L, m in zip(layouts, meas[1:]):
+        if m["refused"]:
+            skipped.append({"name": L.name, "refused": m["refused"]})
+            continue
+        rows.append(design_row(_counts(L, variant, m["thp_pages"] if L.thp else None), base_counts, public))
+        y.append(m["added_ns"])
+        names.append(L.name)
+    X, y = np.array(rows), np.array(y, float)
+    scales, used = fit_scales(X, y)
+    residuals = [
+        {"name": n, "measured_ns": float(a), "fitted_ns": float(b), "error": float(b / a - 1) if a else None}
+        for n, a, b in zip(names, y, X @ scales)
+    ]
+    return {"scales": scales, "used": used, "residuals": residuals, "skipped": skipped}
+
+
+def measurement_rows(layouts: list[RealLayout], meas: list[dict]) -> list[dict]:
+    """What the host profile keeps of each measurement (the bare fork first)."""
+    keys = ("layout", "median_ns", "q1_ns", "q3_ns", "base_median_ns", "added_ns", "thp_pages", "refused")
+    base = meas[0]
+    return [{"name": "bare", "median_ns": base["median_ns"], "q1_ns": base["q1_ns"], "q3_ns": base["q3_ns"]}] + [
+        {"name": L.name, **{k: m[k] for k in keys}} for L, m in zip(layouts, meas[1:])
+    ]
 
 
 def calibrate(quick: bool = False, out: str | None = None, repeat: int | None = None, progress=None) -> dict:
@@ -193,52 +247,44 @@ def calibrate(quick: bool = False, out: str | None = None, repeat: int | None = 
     public = load_profile("public-xeon-4210r-v6.8")
     variant = kernel_variant()
     repeat = repeat or (15 if quick else 31)
-    base_layout = RealLayout("bare", 0)
     layouts = calibration_layouts(quick)
-    meas = measure([base_layout] + layouts, repeat, progress)
-    base = meas[0]
-    base_counts = _counts(base_layout, variant)
-    rows, y, names, skipped = [], [], [], []
-    for L, m in zip(layouts, meas[1:]):
-        if m["refused"]:
-            skipped.append({"name": L.name, "refused": m["refused"]})
-            continue
-        c = _counts(L, variant, m["thp_pages"] if L.thp else None)
-        rows.append(design_row(c, base_counts, public))
-        y.append(m["added_ns"])
-        names.append(L.name)
-    X, y = np.array(rows), np.array(y, float)
-    scales, used = fit_scales(X, y)
-    pred = X @ scales
-    residuals = [{"name": n, "measured_ns": float(a), "fitted_ns": float(b), "error": float(b / a - 1) if a else None}
-                 for n, a, b in zip(names, y, pred)]
+    meas = measure([RealLayout("bare", 0)] + layouts, repeat, progress)
+    f = fit(layouts, meas, variant, public)
     host = platform.node() or socket.gethostname()
     now = datetime.datetime.now(datetime.timezone.utc)
-    costs = fitted_costs(public, scales, used, base["median_ns"])
     name = f"host-{host}-{now:%Y%m%d-%H%M%S}"
     profile = {
         "name": name,
         "description": f"calibrated on {host} ({cpu_model()}), Linux {platform.release()}, {now:%Y-%m-%d}, "
-                       f"{'quick' if quick else 'full'} mode, variant {variant}",
-        "sources": [{"title": "gpusim calibrate", "machine": cpu_description(),
-                     "kernel": platform.release(), "date": f"{now:%Y-%m-%dT%H:%M:%SZ}"}],
-        "costs": costs,
+        f"{'quick' if quick else 'full'} mode, variant {variant}",
+        "sources": [
+            {
+                "title": "gpusim calibrate",
+                "machine": cpu_description(),
+                "kernel": platform.release(),
+                "date": f"{now:%Y-%m-%dT%H:%M:%SZ}",
+            }
+        ],
+        "costs": fitted_costs(public, f["scales"], f["used"], meas[0]["median_ns"]),
         "variant_factors": {},
-        "fit": {"variant": variant, "groups": {g: {"scale": float(s), "identified": bool(u)}
-                                               for g, s, u in zip(GROUPS, scales, used)},
-                "residuals": residuals, "skipped": skipped, "repeat": repeat},
-        "measurements": [{"name": "bare", "median_ns": base["median_ns"], "q1_ns": base["q1_ns"],
-                          "q3_ns": base["q3_ns"]}] + [
-            {"name": L.name, "layout": m["layout"], "median_ns": m["median_ns"], "q1_ns": m["q1_ns"],
-             "q3_ns": m["q3_ns"], "base_median_ns": m["base_median_ns"], "added_ns": m["added_ns"],
-             "thp_pages": m["thp_pages"], "refused": m["refused"]}
-            for L, m in zip(layouts, meas[1:])],
+        "fit": {
+            "variant": variant,
+            "groups": {
+                g: {"scale": float(s), "identified": bool(u)} for g, s, u in zip(GROUPS, f["scales"], f["used"])
+            },
+            "residuals": f["residuals"],
+            "skipped": f["skipped"],
+            "repeat": repeat,
+        },
+        "measurements": measurement_rows(layouts, meas),
     }
     path = Path(out) if out else profile_dir() / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# Written by `gpusim calibrate` on {now:%Y-%m-%d %H:%M} UTC. Costs in ns per event.\n"
-                    + yaml.safe_dump(profile, sort_keys=False, width=120))
-    load_profile(str(path))                          # it must load back
+    path.write_text(
+        f"# Written by `gpusim calibrate` on {now:%Y-%m-%d %H:%M} UTC. Costs in ns per event.\n"
+        + yaml.safe_dump(profile, sort_keys=False, width=120)
+    )
+    load_profile(str(path))  # it must load back
     return {"path": str(path), "profile": profile, "fit": profile["fit"]}
 
 
@@ -252,7 +298,7 @@ def predicted_sharing(layout: RealLayout, variant: str, thp_pages: int | None = 
         for row, t in enumerate(mm.table_index.tolist()):
             out[t] = mm.pte[row]
         for t, v in zip(mm.pmd_index.tolist(), mm.pmd.tolist()):
-            out[t] = ("pmd", (v >> P.PFN_SHIFT) & P.PFN_MASK)
+            out[t] = ("pmd", P.pte_pfn(v))
         return out
 
     pf, cf = frames(r.parent.mm), frames(r.child)
@@ -264,7 +310,7 @@ def predicted_sharing(layout: RealLayout, variant: str, thp_pages: int | None = 
         if isinstance(t, tuple):
             return t[1] + a % 512
         v = int(t[a % 512])
-        return (v >> P.PFN_SHIFT) & P.PFN_MASK if v & P.PAGE_PRESENT else None
+        return P.pte_pfn(v) if P.pte_present(v) else None
 
     out = []
     for b in range(layout.pages):
@@ -278,9 +324,14 @@ def validate(profile=None, progress=None, repeat: int = 21) -> dict:
     """The validation report (see the module docstring); the shape of ``gpusim validate --json``."""
     prof = load_profile(profile)
     variant = kernel_variant()
-    report = {"kernel": platform.release(), "variant": variant, "profile": prof.name,
-              "sharing": {"pages": 0, "agreement": None, "layouts": []}, "latency": {"median_abs_error": None,
-                                                                                      "cases": []}, "refused": {}}
+    report = {
+        "kernel": platform.release(),
+        "variant": variant,
+        "profile": prof.name,
+        "sharing": {"pages": 0, "agreement": None, "layouts": []},
+        "latency": {"median_abs_error": None, "cases": []},
+        "refused": {},
+    }
     agree = total = 0
     for L in sharing_layouts():
         real = run_layout(L, "sharing")
@@ -291,14 +342,19 @@ def validate(profile=None, progress=None, repeat: int = 21) -> dict:
         same = sum(a == b for a, b in zip(real["state"], pred))
         agree += same
         total += len(pred)
-        report["sharing"]["layouts"].append({
-            "name": L.name, "pages": len(pred), "agree": same,
-            "real": {k: real["state"].count(k) for k in ("shared", "copied", "absent")},
-            "predicted": {k: pred.count(k) for k in ("shared", "copied", "absent")}})
+        report["sharing"]["layouts"].append(
+            {
+                "name": L.name,
+                "pages": len(pred),
+                "agree": same,
+                "real": {k: real["state"].count(k) for k in ("shared", "copied", "absent")},
+                "predicted": {k: pred.count(k) for k in ("shared", "copied", "absent")},
+            }
+        )
     report["sharing"]["pages"] = total
     report["sharing"]["agreement"] = agree / total if total else None
     layouts = validation_layouts()
-    meas = measure(layouts, repeat, progress)            # each measures its own bare fork (time_forks)
+    meas = measure(layouts, repeat, progress)  # each measures its own bare fork (time_forks)
     base_pred = latency(_counts(RealLayout("bare", 0), variant), variant, prof)["latency_ns"]
     errors = []
     for L, m in zip(layouts, meas):
@@ -311,7 +367,8 @@ def validate(profile=None, progress=None, repeat: int = 21) -> dict:
         err = predicted / measured - 1 if measured > 0 else None
         if err is not None:
             errors.append(abs(err))
-        report["latency"]["cases"].append({"name": L.name, "measured_ns": measured, "predicted_ns": predicted,
-                                           "error": err})
+        report["latency"]["cases"].append(
+            {"name": L.name, "measured_ns": measured, "predicted_ns": predicted, "error": err}
+        )
     report["latency"]["median_abs_error"] = float(np.median(errors)) if errors else None
     return report

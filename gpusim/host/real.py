@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 
 PAGE = 4096
 TABLE_PAGES = 512
-SYS_IO_URING_SETUP, SYS_IO_URING_REGISTER = 425, 427          # x86-64 and arm64 share these numbers
+SYS_IO_URING_SETUP, SYS_IO_URING_REGISTER = 425, 427  # x86-64 and arm64 share these numbers
 IORING_REGISTER_BUFFERS = 0
 MAX_IOVEC_BYTES = 1 << 30
 
@@ -76,6 +76,7 @@ class RealLayout:
 
 # --- inside the measuring process --------------------------------------------------------------------------------
 
+
 class _Iovec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
@@ -103,11 +104,12 @@ def _pin_io_uring(base_addr: int, ranges: list) -> str | None:
             iovs.append((base_addr + off, ln))
             off, left = off + ln, left - ln
     arr = (_Iovec * len(iovs))(*[_Iovec(a, ln) for a, ln in iovs])
-    rc = libc.syscall(SYS_IO_URING_REGISTER, ctypes.c_int(fd), ctypes.c_uint(IORING_REGISTER_BUFFERS), arr,
-                      ctypes.c_uint(len(iovs)))
+    rc = libc.syscall(
+        SYS_IO_URING_REGISTER, ctypes.c_int(fd), ctypes.c_uint(IORING_REGISTER_BUFFERS), arr, ctypes.c_uint(len(iovs))
+    )
     if rc < 0:
         return f"io_uring_register(IORING_REGISTER_BUFFERS) failed: {os.strerror(ctypes.get_errno())}"
-    _pin_io_uring.keep = (fd, arr)              # the buffers stay registered while the process lives
+    _pin_io_uring.keep = (fd, arr)  # the buffers stay registered while the process lives
     return None
 
 
@@ -127,10 +129,10 @@ def _setup(layout: RealLayout):
     res = libc.mmap(None, span * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANON | MAP_NORESERVE, -1, 0)
     if res in (None, ctypes.c_void_p(-1).value):
         raise OSError(ctypes.get_errno(), "mmap reservation failed")
-    start = -(-res // (TABLE_PAGES * PAGE)) * (TABLE_PAGES * PAGE)             # 2 MiB aligned
-    libc.munmap(res, span * PAGE)                                            # the VMAs go back at fixed places
+    start = -(-res // (TABLE_PAGES * PAGE)) * (TABLE_PAGES * PAGE)  # 2 MiB aligned
+    libc.munmap(res, span * PAGE)  # the VMAs go back at fixed places
     vmas, addr, b = [], start, 0
-    advice = 14 if layout.thp else 15                                         # MADV_HUGEPAGE / MADV_NOHUGEPAGE
+    advice = 14 if layout.thp else 15  # MADV_HUGEPAGE / MADV_NOHUGEPAGE
     for n in sizes:
         got = libc.mmap(addr, n * PAGE, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_FIXED, -1, 0)
         if got != addr:
@@ -140,11 +142,11 @@ def _setup(layout: RealLayout):
         b += n
         addr += -(-n // TABLE_PAGES) * TABLE_PAGES * PAGE
     stride = layout.stride()
-    for a, b0, n in vmas:                               # one byte written to every stride-th page of the region
+    for a, b0, n in vmas:  # one byte written to every stride-th page of the region
         if stride:
             first = (-b0) % stride
             view = memoryview((ctypes.c_char * (n * PAGE)).from_address(a)).cast("B")
-            view[first * PAGE::stride * PAGE] = b"\x01" * len(range(first, n, stride))
+            view[first * PAGE :: stride * PAGE] = b"\x01" * len(range(first, n, stride))
     refused = {}
     if layout.pinned:
         # pinned ranges are given in region pages; register each piece in the VMAs that hold it
@@ -191,7 +193,7 @@ def _time(repeat: int) -> list[int]:
             os._exit(0)
         t1 = time.perf_counter_ns()
         os.waitpid(pid, 0)
-        if i:                                        # the first fork is a warm-up
+        if i:  # the first fork is a warm-up
             times.append(t1 - t0)
     return times
 
@@ -204,9 +206,18 @@ def time_forks(layout: RealLayout, repeat: int) -> dict:
     thp = _thp_pages() if layout.thp else 0
     times = _time(repeat)
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return {"layout": asdict(layout), "fork_ns": times, "median_ns": statistics.median(times), "q1_ns": q[0],
-            "q3_ns": q[2], "base_fork_ns": base, "base_median_ns": statistics.median(base),
-            "added_ns": statistics.median(times) - statistics.median(base), "thp_pages": thp, "refused": refused}
+    return {
+        "layout": asdict(layout),
+        "fork_ns": times,
+        "median_ns": statistics.median(times),
+        "q1_ns": q[0],
+        "q3_ns": q[2],
+        "base_fork_ns": base,
+        "base_median_ns": statistics.median(base),
+        "added_ns": statistics.median(times) - statistics.median(base),
+        "thp_pages": thp,
+        "refused": refused,
+    }
 
 
 def sharing(layout: RealLayout) -> dict:
@@ -233,14 +244,22 @@ def sharing(layout: RealLayout) -> dict:
     state = []
     for p, c in zip(parent, child):
         state.append("absent" if p is None or c is None else ("shared" if p == c else "copied"))
-    return {"layout": asdict(layout), "state": state, "thp_pages": _thp_pages() if layout.thp else 0,
-            "refused": refused}
+    return {
+        "layout": asdict(layout),
+        "state": state,
+        "thp_pages": _thp_pages() if layout.thp else 0,
+        "refused": refused,
+    }
 
 
 def run_layout(layout: RealLayout, mode: str = "time", repeat: int = 7, timeout: float = 600) -> dict:
     """Set up ``layout`` in a fresh process and ``time`` its forks or read its ``sharing`` map."""
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), mode, json.dumps(asdict(layout)), str(repeat)],
-                         capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), mode, json.dumps(asdict(layout)), str(repeat)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"measuring {layout.name} failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout)

@@ -39,7 +39,7 @@ def thp_extents(layout: RealLayout, touched: np.ndarray, places: list, thp_pages
         for t in range(n // TABLE_PAGES):
             if budget is not None and len(out) >= budget:
                 break
-            if touched[b0 + t * TABLE_PAGES: b0 + (t + 1) * TABLE_PAGES].all():
+            if touched[b0 + t * TABLE_PAGES : b0 + (t + 1) * TABLE_PAGES].all():
                 out.append((b0 + t * TABLE_PAGES, a0 + t * TABLE_PAGES))
     return out
 
@@ -51,16 +51,16 @@ def sim_space(layout: RealLayout, variant: str, thp_pages: int | None = None) ->
     touched = np.array(layout.touched(), bool)
     pinned = np.zeros(layout.pages, bool)
     for first, n in layout.pinned:
-        pinned[first:first + n] = True
-    touched |= pinned                                   # pinning faults the pages in
+        pinned[first : first + n] = True
+    touched |= pinned  # pinning faults the pages in
     places = vma_places(layout)
     ext = thp_extents(layout, touched, places, thp_pages)
     in_thp = np.zeros(layout.pages, bool)
     for b0, _ in ext:
-        in_thp[b0:b0 + TABLE_PAGES] = True
+        in_thp[b0 : b0 + TABLE_PAGES] = True
     b2a = np.zeros(layout.pages, np.int64)
     for b0, a0, n in places:
-        b2a[b0:b0 + n] = a0 + np.arange(n)
+        b2a[b0 : b0 + n] = a0 + np.arange(n)
     sb = SpaceBuilder(variant)
     sb.add_vmas([a0 for _, a0, _ in places], [a0 + n for _, a0, n in places], VM_DEFAULT_ANON, BACKING_ANON, True)
     small = np.flatnonzero(touched & ~in_thp)
@@ -69,9 +69,10 @@ def sim_space(layout: RealLayout, variant: str, thp_pages: int | None = None) ->
     sb.add_entries(b2a[small], with_offsets(P.mk_pte(0, True, True, True, False), pfn))
     head = np.zeros(TABLE_PAGES, np.int64)
     head[0] = PAGE_ANON_EXCLUSIVE
-    tids, tfirst = sb.add_folios(len(ext), 9, FOLIO_ANON | FOLIO_SWAPBACKED, 1, np.tile(head, len(ext)), 0,
-                                 pmd_mapcount=1)
-    sb.add_pins([f for f, (b0, _) in zip(tids.tolist(), ext) if pinned[b0:b0 + TABLE_PAGES].any()])
+    tids, tfirst = sb.add_folios(
+        len(ext), 9, FOLIO_ANON | FOLIO_SWAPBACKED, 1, np.tile(head, len(ext)), 0, pmd_mapcount=1
+    )
+    sb.add_pins([f for f, (b0, _) in zip(tids.tolist(), ext) if pinned[b0 : b0 + TABLE_PAGES].any()])
     sb.add_pmds([a0 // TABLE_PAGES for _, a0 in ext], with_offsets(P.mk_huge_pmd(0, True, True, True), tfirst))
     space = sb.freeze(has_pinned=bool(layout.pinned))
     return space.validate(), b2a

@@ -41,16 +41,25 @@ def execute_task(point, repetition: int, out: str, schema_bytes: bytes) -> dict:
     schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes))
     try:
         rows = run_point(point, repetition)
-    except Exception as e:                                   # noqa: BLE001 - recorded as the point's error
+    except Exception as e:  # noqa: BLE001 - recorded as the point's error
         rows = [error_row(point, repetition, f"{type(e).__name__}: {e}")]
     rel = write_rows(Path(out), schema, point, rows)
-    return {"config_hash": point.config_hash, "repetition": repetition, "file": rel,
-            "errors": sum(r["outcome"] == "error" for r in rows)}
+    return {
+        "config_hash": point.config_hash,
+        "repetition": repetition,
+        "file": rel,
+        "errors": sum(r["outcome"] == "error" for r in rows),
+    }
 
 
 def error_row(point, repetition: int, message: str) -> dict:
-    return {"config_hash": point.config_hash, "repetition": repetition, "fork_index": 0, "outcome": "error",
-            "error": message}
+    return {
+        "config_hash": point.config_hash,
+        "repetition": repetition,
+        "fork_index": 0,
+        "outcome": "error",
+        "error": message,
+    }
 
 
 def record_failure(point, repetition: int, out: str, schema_bytes: bytes, message: str) -> dict:
@@ -71,8 +80,9 @@ class InlineExecutor:
 def _gpu_count() -> int:
     try:
         import cupy
+
         return int(cupy.cuda.runtime.getDeviceCount())
-    except Exception:                                        # noqa: BLE001
+    except Exception:  # noqa: BLE001
         return 0
 
 
@@ -100,14 +110,13 @@ class LocalExecutor:
             queue = ctx.Queue()
             for i in range(self.workers):
                 queue.put(self.devices[i % len(self.devices)])
-        with cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                    initargs=(queue,)) as pool:
+        with cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
             futures = {pool.submit(execute_task, p, rep, str(out), schema_bytes): (p, rep) for p, rep in tasks}
             for f in cf.as_completed(futures):
                 p, rep = futures[f]
                 try:
                     rec = f.result()
-                except Exception as e:                       # noqa: BLE001 - a worker died: record, go on
+                except Exception as e:  # noqa: BLE001 - a worker died: record, go on
                     rec = record_failure(p, rep, str(out), schema_bytes, f"worker failed: {type(e).__name__}: {e}")
                 on_done(p, rec)
 
@@ -135,7 +144,7 @@ class RayExecutor:
                 ray.init(address=self.address, **kw)
             else:
                 ray.init(num_cpus=self.workers or None, **kw)
-        except Exception as e:                               # noqa: BLE001 - connection problems are the user's
+        except Exception as e:  # noqa: BLE001 - connection problems are the user's
             where = self.address or "a new local cluster"
             raise ExecutorError(f"cannot start Ray on {where}: {type(e).__name__}: {e}") from None
 
@@ -161,7 +170,8 @@ class RayExecutor:
             raise ExecutorError(
                 f"the results directory {out} is not shared storage that the Ray workers see at the same path"
                 f"{' (' + why + ')' if why else ''}; use a shared file system path with --out "
-                f"({len(nodes)} node(s) in the cluster)")
+                f"({len(nodes)} node(s) in the cluster)"
+            )
 
     def run(self, tasks, out, schema_bytes, on_done) -> None:
         ray = self.ray
@@ -182,7 +192,7 @@ class RayExecutor:
                 p, rep = pending.pop(ref)
                 try:
                     rec = ray.get(ref)
-                except Exception as e:                       # noqa: BLE001 - the task failed after its retries
+                except Exception as e:  # noqa: BLE001 - the task failed after its retries
                     msg = "".join(traceback.format_exception_only(type(e), e)).strip().splitlines()[-1]
                     rec = record_failure(p, rep, str(out), schema_bytes, f"ray task failed: {msg}")
                 on_done(p, rec)

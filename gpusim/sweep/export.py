@@ -34,16 +34,35 @@ PARTITIONING = pa.schema([("variant", pa.string())])
 
 def _fixed_fields() -> list[pa.Field]:
     f64, i64, s, b = pa.float64(), pa.int64(), pa.string(), pa.bool_()
-    fields = [("config_hash", s), ("repetition", i64), ("fork_index", i64), ("generation", i64), ("seed", i64),
-              ("outcome", s),
-              ("error", s), ("backend", s), ("device", s), ("nr_ptes", i64), ("engine_wall_s", f64),
-              ("build_wall_s", f64), ("ptes_per_s", f64), ("bytes_per_pte", f64), ("latency_ns", f64),
-              ("lock_hold_max_ns", f64)]
+    fields = [
+        ("config_hash", s),
+        ("repetition", i64),
+        ("fork_index", i64),
+        ("generation", i64),
+        ("seed", i64),
+        ("outcome", s),
+        ("error", s),
+        ("backend", s),
+        ("device", s),
+        ("nr_ptes", i64),
+        ("engine_wall_s", f64),
+        ("build_wall_s", f64),
+        ("ptes_per_s", f64),
+        ("bytes_per_pte", f64),
+        ("latency_ns", f64),
+        ("lock_hold_max_ns", f64),
+    ]
     fields += [(f"latency.{c}_ns", f64) for c in COMPONENTS]
     fields += [(f"count.{n}", i64) for n in COUNT_NAMES]
     fields += [(f"child_rss.{n}", i64) for n in RSS_NAMES]
-    fields += [("invariants_ok", b), ("invariants_checked", b), ("invariant_violations", s), ("oops", s),
-               ("enomem", s), ("digest", s)]
+    fields += [
+        ("invariants_ok", b),
+        ("invariants_checked", b),
+        ("invariant_violations", s),
+        ("oops", s),
+        ("enomem", s),
+        ("digest", s),
+    ]
     return [pa.field(n, t) for n, t in fields]
 
 
@@ -86,8 +105,7 @@ def _cell(v, t: pa.DataType):
 def git_commit() -> str:
     try:
         here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -108,9 +126,10 @@ def device_info(backend: str) -> dict:
     try:
         if resolve(backend) == "cuda":
             import cupy
+
             info["gpu"] = gpu_name()
             info["driver"] = str(cupy.cuda.runtime.driverGetVersion())
-    except Exception:                                    # noqa: BLE001 - metadata only
+    except Exception:  # noqa: BLE001 - metadata only
         pass
     return info
 
@@ -130,11 +149,15 @@ def dataset_schema(spec, points, source_text: str = "") -> pa.Schema:
         "gpusim.version": library_versions().get("gpusim", "unknown"),
         "gpusim.git_commit": git_commit(),
         "gpusim.library_versions": json.dumps(library_versions(), sort_keys=True),
-        "gpusim.cpu": dev["cpu"], "gpusim.gpu": dev["gpu"], "gpusim.driver": dev["driver"],
+        "gpusim.cpu": dev["cpu"],
+        "gpusim.gpu": dev["gpu"],
+        "gpusim.driver": dev["driver"],
         "gpusim.kernel": platform.release(),
-        "gpusim.sweep": spec.name, "gpusim.sweep_file": source_text,
-        "gpusim.profile": json.dumps({name or "default": load_profile(name or None).model_dump(mode="json")
-                                      for name in profiles}, sort_keys=True),
+        "gpusim.sweep": spec.name,
+        "gpusim.sweep_file": source_text,
+        "gpusim.profile": json.dumps(
+            {name or "default": load_profile(name or None).model_dump(mode="json") for name in profiles}, sort_keys=True
+        ),
         "gpusim.partitioning": json.dumps([f.name for f in PARTITIONING]),
         "gpusim.row_key": json.dumps(["config_hash", "repetition", "fork_index"]),
     }
@@ -158,6 +181,7 @@ def write_schema(out: Path, schema: pa.Schema) -> None:
     def write(tmp):
         with pa.ipc.new_file(tmp, schema) as w:
             w.write_table(schema.empty_table())
+
     _atomic_write(Path(out) / SCHEMA_FILE, write)
 
 

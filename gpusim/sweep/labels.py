@@ -26,10 +26,18 @@ def workload_label(d: dict, i: int, skip: tuple = ("fork.variant",)) -> str:
     varying = [c for c in params if len({str(v) for v in d[c] if v is not None}) > 1]
     kinds = d.get("workload.kind", [None] * (i + 1))
     if len(set(kinds)) > 1 and kinds[i] in ("anon", "mixed"):
-        defaults = {f"workload.{k}": json.dumps(f.default) if isinstance(f.default, list) else f.default
-                    for k, f in AnonWorkload.model_fields.items()}
-        varying += [c for c in params if c not in varying and c in defaults and d[c][i] is not None
-                    and (c == "workload.size" or d[c][i] != defaults[c])]
+        defaults = {
+            f"workload.{k}": json.dumps(f.default) if isinstance(f.default, list) else f.default
+            for k, f in AnonWorkload.model_fields.items()
+        }
+        varying += [
+            c
+            for c in params
+            if c not in varying
+            and c in defaults
+            and d[c][i] is not None
+            and (c == "workload.size" or d[c][i] != defaults[c])
+        ]
     parts = []
     for c in varying:
         v = d[c][i]

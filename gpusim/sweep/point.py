@@ -30,12 +30,16 @@ def run_point(point: Point, repetition: int) -> list[dict]:
     cfg = point.config
     profile = load_profile(cfg.profile)
     ss = point_seed(cfg.seed, point.config_hash, repetition)
-    base = {"config_hash": point.config_hash, "repetition": repetition,
-            "seed": int(ss.generate_state(1, np.uint64)[0] & np.uint64((1 << 63) - 1)), "error": None}
+    base = {
+        "config_hash": point.config_hash,
+        "repetition": repetition,
+        "seed": int(ss.generate_state(1, np.uint64)[0] & np.uint64((1 << 63) - 1)),
+        "error": None,
+    }
     t0 = time.perf_counter()
     try:
         space, oracle, inject = build_workload(cfg.workload, cfg.fork.variant, ss)
-    except Exception as e:                                  # noqa: BLE001 - recorded, the sweep goes on
+    except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
         return [dict(base, fork_index=0, outcome="error", error=f"workload: {type(e).__name__}: {e}")]
     build_s = time.perf_counter() - t0
     oracle = cfg.fork.oracle or oracle or "never"
@@ -50,11 +54,25 @@ def run_point(point: Point, repetition: int) -> list[dict]:
         for i in level:
             for _ in range(cfg.fork.chain):
                 try:
-                    r = fork(type(space)(procs[i], memory), cfg.fork.variant, backend=cfg.backend,
-                                    oracle=oracle, inject=inject, fork_seq=seq, check=cfg.check)
-                except Exception as e:                      # noqa: BLE001
-                    rows.append(dict(base, fork_index=seq, generation=gen, outcome="error",
-                                     error=f"fork: {type(e).__name__}: {e}"))
+                    r = fork(
+                        type(space)(procs[i], memory),
+                        cfg.fork.variant,
+                        backend=cfg.backend,
+                        oracle=oracle,
+                        inject=inject,
+                        fork_seq=seq,
+                        check=cfg.check,
+                    )
+                except Exception as e:  # noqa: BLE001
+                    rows.append(
+                        dict(
+                            base,
+                            fork_index=seq,
+                            generation=gen,
+                            outcome="error",
+                            error=f"fork: {type(e).__name__}: {e}",
+                        )
+                    )
                     return rows
                 rows.append(fork_row(base, seq, gen, r, build_s, cfg.fork.variant, profile))
                 seq += 1
@@ -69,14 +87,26 @@ def run_point(point: Point, repetition: int) -> list[dict]:
 
 def fork_row(base: dict, seq: int, gen: int, r, build_s: float, variant: str, profile) -> dict:
     lat = latency(r.counts, variant, profile, r.table_stats)
-    row = dict(base, fork_index=seq, generation=gen, outcome=r.outcome, backend=r.backend, nr_ptes=r.nr_ptes,
-               engine_wall_s=r.engine_wall_s, build_wall_s=build_s,
-               ptes_per_s=r.nr_ptes / r.engine_wall_s if r.engine_wall_s > 0 else None,
-               bytes_per_pte=r.bytes_per_pte(), latency_ns=lat["latency_ns"],
-               lock_hold_max_ns=lat["lock_hold_max_ns"], invariants_ok=r.invariants.ok,
-               invariants_checked=r.invariants.checked, invariant_violations="; ".join(r.invariants.violations),
-               oops=json.dumps(r.oops) if r.oops else None, enomem=json.dumps(r.enomem) if r.enomem else None,
-               digest=r.digest)
+    row = dict(
+        base,
+        fork_index=seq,
+        generation=gen,
+        outcome=r.outcome,
+        backend=r.backend,
+        nr_ptes=r.nr_ptes,
+        engine_wall_s=r.engine_wall_s,
+        build_wall_s=build_s,
+        ptes_per_s=r.nr_ptes / r.engine_wall_s if r.engine_wall_s > 0 else None,
+        bytes_per_pte=r.bytes_per_pte(),
+        latency_ns=lat["latency_ns"],
+        lock_hold_max_ns=lat["lock_hold_max_ns"],
+        invariants_ok=r.invariants.ok,
+        invariants_checked=r.invariants.checked,
+        invariant_violations="; ".join(r.invariants.violations),
+        oops=json.dumps(r.oops) if r.oops else None,
+        enomem=json.dumps(r.enomem) if r.enomem else None,
+        digest=r.digest,
+    )
     row.update({f"latency.{c}_ns": v for c, v in lat["latency_breakdown_ns"].items()})
     row.update({f"count.{n}": v for n, v in r.counts.items()})
     row.update({f"child_rss.{n}": v for n, v in r.child_rss.items()})

@@ -43,7 +43,7 @@ class SweepRunner:
         for line in self.manifest.read_text().splitlines():
             try:
                 d = json.loads(line)
-            except json.JSONDecodeError:                    # a line cut short by a kill: not done
+            except json.JSONDecodeError:  # a line cut short by a kill: not done
                 continue
             if (self.out / d["file"]).exists():
                 out.add((d["config_hash"], d["repetition"]))
@@ -51,8 +51,7 @@ class SweepRunner:
 
     def tasks(self) -> list[tuple[Point, int]]:
         done = self.done()
-        return [(p, rep) for p in self.points for rep in range(self.spec.repeat)
-                if (p.config_hash, rep) not in done]
+        return [(p, rep) for p in self.points for rep in range(self.spec.repeat) if (p.config_hash, rep) not in done]
 
     def run(self, progress=None, executor=None) -> dict:
         """Run what is not done yet on ``executor`` (default: in this process, one task at a time).
@@ -63,6 +62,7 @@ class SweepRunner:
         total = len(self.points) * self.spec.repeat
         state = {"done": total - len(todo), "errors": 0}
         with open(self.manifest, "a") as manifest:
+
             def on_done(point, rec):
                 manifest.write(json.dumps({k: rec[k] for k in ("config_hash", "repetition", "file")}) + "\n")
                 manifest.flush()

@@ -71,8 +71,9 @@ class Region(BaseModel):
     pinned_placement: Literal["scattered", "contiguous"] = "scattered"
     pinned_regions: int = Field(1, ge=1, description="contiguous placement: number of pinned runs")
     swap_fraction: Fraction = Field(0.0, description="fraction of the mapped folios swapped out")
-    swap_count_max: int = Field(1, ge=1, le=1 << 24,
-                                description="swap counts drawn uniformly in 1..max (above 62: continuations)")
+    swap_count_max: int = Field(
+        1, ge=1, le=1 << 24, description="swap counts drawn uniformly in 1..max (above 62: continuations)"
+    )
     vmas: int = Field(1, ge=1, le=1 << 20, description="split into this many equal VMAs")
 
 
@@ -130,8 +131,9 @@ class SnapshotWorkload(BaseModel):
         return v
 
 
-Workload = Annotated[Union[AnonWorkload, MixedWorkload, LayoutWorkload, ScenarioWorkload, SnapshotWorkload],
-                     Field(discriminator="kind")]
+Workload = Annotated[
+    Union[AnonWorkload, MixedWorkload, LayoutWorkload, ScenarioWorkload, SnapshotWorkload], Field(discriminator="kind")
+]
 
 
 WORKLOAD_KINDS = ("anon", "mixed", "layout", "scenario", "snapshot")
@@ -143,15 +145,20 @@ class ForkSpec(BaseModel):
     oracle: str | None = Field(None, description="lock-break oracle (default: never, or the scenario's)")
     inject: list[str] | None = Field(None, description="injections (default: none, or the scenario's)")
     chain: int = Field(1, ge=1, le=4096, description="successive forks of the same parent (a prefork server)")
-    generations: int = Field(1, ge=1, le=16, description="every child forks in turn, this many levels (a tree; "
-                                                         "each process forks `chain` times)")
+    generations: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="every child forks in turn, this many levels (a tree; each process forks `chain` times)",
+    )
 
     @model_validator(mode="after")
     def _tree_size(self):
-        total = sum(self.chain ** g for g in range(1, self.generations + 1))
+        total = sum(self.chain**g for g in range(1, self.generations + 1))
         if total > 4096:
-            raise ValueError(f"chain {self.chain} over {self.generations} generations makes {total} forks "
-                             f"(at most 4096)")
+            raise ValueError(
+                f"chain {self.chain} over {self.generations} generations makes {total} forks (at most 4096)"
+            )
         return self
 
     @field_validator("variant")
@@ -240,15 +247,19 @@ def load_sweep(path: str | Path, text: str | None = None) -> tuple[SweepFile, li
     for section, axes in (("grid", grid), ("zip", zipped)):
         for key, values in axes.items():
             if not values:
-                raise ConfigError(f"{path}:{_line(root, ('sweep', section, key))}: sweep.{section}.{key}: "
-                                  f"an empty list")
+                raise ConfigError(
+                    f"{path}:{_line(root, ('sweep', section, key))}: sweep.{section}.{key}: an empty list"
+                )
             if key.split(".")[0] in ("sweep", "name", "description", "repeat"):
-                raise ConfigError(f"{path}:{_line(root, ('sweep', section, key))}: sweep.{section}.{key}: "
-                                  f"cannot be swept")
+                raise ConfigError(
+                    f"{path}:{_line(root, ('sweep', section, key))}: sweep.{section}.{key}: cannot be swept"
+                )
     lengths = {len(v) for v in zipped.values()}
     if len(lengths) > 1:
-        raise ConfigError(f"{path}:{_line(root, ('sweep', 'zip'))}: sweep.zip: lists of different lengths "
-                          f"({', '.join(f'{k}: {len(v)}' for k, v in zipped.items())})")
+        raise ConfigError(
+            f"{path}:{_line(root, ('sweep', 'zip'))}: sweep.zip: lists of different lengths "
+            f"({', '.join(f'{k}: {len(v)}' for k, v in zipped.items())})"
+        )
     base = {k: v for k, v in data.items() if k != "sweep"}
     zip_rows = [dict(zip(zipped, vals)) for vals in zip(*zipped.values())] if zipped else [{}]
     grid_rows = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
@@ -265,7 +276,7 @@ def load_sweep(path: str | Path, text: str | None = None) -> tuple[SweepFile, li
                 e = err.errors()[0]
                 loc = [p for p in e["loc"] if not str(p).startswith("function-after")]
                 if len(loc) > 1 and loc[0] == "workload" and loc[1] in WORKLOAD_KINDS:
-                    del loc[1]                      # the tag pydantic adds for the discriminated union
+                    del loc[1]  # the tag pydantic adds for the discriminated union
                 dotted = ".".join(str(p) for p in loc)
                 swept = next((k for k in params if dotted.startswith(k) or k.startswith(dotted)), None)
                 where = ("sweep", "grid" if swept in grid else "zip", swept) if swept else tuple(e["loc"])
