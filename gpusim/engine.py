@@ -165,18 +165,7 @@ class ForkJob:
         self.nC = self.plan.nr_calls
         self.first_inj = first_window_call(plan_inj, self.calls)
         self.rows = np.flatnonzero(self.calls.row_has_calls & (self.calls.row_lo < self.first_inj)).astype(np.int64)
-        self.fail_rows = (
-            np.array(
-                [
-                    r
-                    for r in self.rows.tolist()
-                    if plan_inj.alloc_fails(fork_seq, int(self.plan.call_start[self.calls.row_lo[r]]), "ptetable", 1)
-                ],
-                np.int64,
-            )
-            if plan_inj.has_failures()
-            else np.zeros(0, np.int64)
-        )
+        self.fail_rows = self.ptetable_failures()
         # Without failure injections, hwpoison or the v1 oops nothing can stop the fork early, so the fast tables
         # can be copied in the same pass that classifies them; otherwise classify, run the host loop, then copy
         # the fast tables before the stopping call.
@@ -190,6 +179,21 @@ class ForkJob:
         )
         self.nb = oracle_params(oracle)
         self.setup_s = time.perf_counter() - t0
+
+    def ptetable_failures(self) -> np.ndarray:
+        """Rows whose child table allocation (the ``ptetable`` point of their first call) is injected to fail: the
+        host loop takes them, to fail where the reference fails."""
+        if not self.plan_inj.has_failures():
+            return np.zeros(0, np.int64)
+        starts = self.plan.call_start[self.calls.row_lo[self.rows]].tolist()
+        return np.array(
+            [
+                r
+                for r, s in zip(self.rows.tolist(), starts)
+                if self.plan_inj.alloc_fails(self.fork_seq, s, "ptetable", 1)
+            ],
+            np.int64,
+        )
 
     def tables(self) -> Tables:
         """The kernels' table group of this fork (its working rows)."""
