@@ -17,8 +17,8 @@ from gpusim.oracle import nb_hash
 u64 = st.integers(0, (1 << 64) - 1)
 
 
-@njit
-def _jit_pte_ops(v, pfn):
+def pte_ops(v, pfn):
+    """The PTE helpers on one value: run as Python, and compiled by numba (``_jit_pte_ops``)."""
     return (
         P.pte_wrprotect(v),
         P.pte_mkold(v),
@@ -31,6 +31,9 @@ def _jit_pte_ops(v, pfn):
         P.swp_offset(v),
         P.swp_type(v),
     )
+
+
+_jit_pte_ops = njit(pte_ops)
 
 
 @njit
@@ -48,18 +51,7 @@ def _jit_hash(seed, fork_seq, call_start, k):
 @given(v=u64, pfn=st.integers(0, (1 << 40) - 1))
 def test_pte_helpers_compiled_equal_python(v, pfn):
     got = _jit_pte_ops(np.uint64(v), np.uint64(pfn))
-    want = (
-        P.pte_wrprotect(v),
-        P.pte_mkold(v),
-        P.pte_mkclean(v),
-        P.pte_mkwrite(v),
-        P.pte_set_pfn(v, pfn),
-        P.pte_swp_clear_exclusive(v),
-        P.pte_kind(v),
-        P.pte_pfn(v),
-        P.swp_offset(v),
-        P.swp_type(v),
-    )
+    want = pte_ops(v, pfn)
     assert tuple(int(x) & P.M64 for x in got) == tuple(x & P.M64 for x in want)  # bit patterns
 
 
