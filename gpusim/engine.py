@@ -31,8 +31,10 @@ import numpy as np
 
 from gpusim import decode
 from gpusim.hostloop import host_context, machine_arrays
-from gpusim.kernels.args import Calls, OracleParams, Tables, memory_arrays
+from gpusim.kernels import cpu as cpu_kernels
+from gpusim.kernels.args import Calls, OracleParams, SlowArrays, Tables, memory_arrays
 from gpusim.kernels.cpu import shift_entries
+from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import FOLIO_FREED, PAGE_HWPOISON, PTRS_PER_TABLE, RSS_NAMES
 from gpusim.kernels.rules import (
     FAST_COUNTS,
@@ -44,6 +46,16 @@ from gpusim.kernels.rules import (
     NB_EVERY,
     NB_LIST,
     NB_NEVER,
+)
+from gpusim.kernels.slowpath import (
+    EHWPOISON,
+    OOPS,
+    SLOW_COUNTS,
+    ST_DUPLICATES,
+    ST_INSTALLS,
+    ST_NEXT_FOLIO,
+    ST_NEXT_PFN,
+    ST_OOPS_ADDR,
 )
 from gpusim.oracle import InjectionPlan, LockBreakOracle
 from gpusim.plan import ForkPlan, plan_fork
@@ -178,6 +190,10 @@ class ForkJob:
             space, self.work, self.ppte, self.cpte, self.cexists, variant, oracle, plan_inj, fork_seq
         )
         self.nb = oracle_params(oracle)
+        # without injections the host tables run compiled (gpusim.kernels.slowpath); their counts and rows:
+        self.compiled = not plan_inj.injections
+        self.slow_rows: list[np.ndarray] = []
+        self.slow_counts: list[np.ndarray] = []
         self.setup_s = time.perf_counter() - t0
 
     def ptetable_failures(self) -> np.ndarray:
@@ -246,7 +262,7 @@ class ForkJob:
         table) every table from that window on, through the host loop. Returns (stopped: (outcome, oops,
         enomem), the stopping call or ``nC``, the rows the kernels copied, their count rows)."""
         host_row, host_calls = self.host_calls(needs)
-        stopped, stop = run_host_loop(self.fc, self.plan, host_calls[host_calls < self.first_inj], self.nC)
+        stopped, stop = self.copy_host_calls(kernels, host_calls[host_calls < self.first_inj])
         fast_rows = self.rows[~host_row[self.rows]]
         if self.can_stop:
             fast_rows = fast_rows[self.calls.row_lo[fast_rows] < stop]
@@ -257,17 +273,100 @@ class ForkJob:
             stopped, stop = run_host_loop(self.fc, self.plan, np.arange(self.first_inj, self.nC), self.nC)
         return stopped, stop, fast_rows, np.asarray(fast_counts).reshape(len(fast_rows), len(FAST_COUNTS))
 
+    def copy_host_calls(self, kernels, host_calls: np.ndarray) -> tuple[tuple, int]:
+        """The host tables in address order until one stops the fork: without injections, runs of PTE tables by the
+        compiled slow path (:func:`gpusim.kernels.cpu.host_tables`), huge PMDs by the reference's
+        ``copy_huge_pmd`` in the Python host loop; with injections, every one in the Python host loop."""
+        if not self.compiled:
+            return run_host_loop(self.fc, self.plan, host_calls, self.nC)
+        huge = self.calls.call_row[host_calls] < 0
+        i = 0
+        while i < len(host_calls):
+            j = i + 1
+            while j < len(host_calls) and huge[j] == huge[i]:
+                j += 1
+            if huge[i]:
+                stopped, stop = run_host_loop(self.fc, self.plan, host_calls[i:j], self.nC)
+            else:
+                rows = self.calls.call_row[host_calls[i:j]]
+                stopped, stop = self.slow_tables(kernels, rows[np.r_[True, rows[1:] != rows[:-1]]])
+            if stopped[0] != "ok":
+                return stopped, stop
+            i = j
+        return ("ok", None, None), self.nC
+
+    def slow_tables(self, kernels, rows: np.ndarray) -> tuple[tuple, int]:
+        """The table rows ``rows`` (in address order) by the compiled slow path; its counts and early copies are
+        kept for :meth:`merge_counts` and the invariant checker."""
+        m = self.fc.m
+        v = decode.present(self.ppte[rows]) & ~decode.special(self.ppte[rows])
+        cap = int(np.count_nonzero(v)) if self.v.early_cow else 0  # at most one allocation per present PTE
+        arrays = {name: getattr(m, name).reserve(cap) for name in MEMORY_FIELDS if not name.startswith("swap_")}
+        arrays.update({name: getattr(m, name).a for name in MEMORY_FIELDS if name.startswith("swap_")})
+        state = np.array([len(m.folio_order), len(m.page_folio), 0, 0, 0], np.int64)
+        sp = SlowArrays(
+            arrays["page_content"],
+            arrays["folio_pmd_mapcount"],
+            state,
+            np.zeros((cap, 4), np.int64),
+            np.zeros((cap, 2), np.int64),
+            np.zeros(4, np.int64),
+        )
+        counts, i, st, c = cpu_kernels.host_tables(
+            rows,
+            self.v.id,
+            self.v.large_pin_order,
+            self.tables(),
+            self.calls.group(),
+            memory_arrays(arrays),
+            self.nb,
+            sp,
+        )
+        for name in MEMORY_FIELDS:
+            if not name.startswith("swap_"):
+                getattr(m, name).grow_to(state[ST_NEXT_FOLIO] if name.startswith("folio_") else state[ST_NEXT_PFN])
+        done = len(rows) if i < 0 else i + 1
+        self.slow_rows.append(rows[:done])
+        self.slow_counts.append(counts[:done])
+        self.fc.trace.compiled_installs.append(sp.installs[: state[ST_INSTALLS]][:, [3, 0, 1, 2]])
+        self.fc.trace.compiled_duplicates.append(sp.duplicates[: state[ST_DUPLICATES]])
+        if st == 0:
+            return ("ok", None, None), self.nC
+        if st > 0:
+            function, reason = OOPS[st]
+            oops = {
+                "function": function,
+                "addr": int(state[ST_OOPS_ADDR]),
+                "reason": reason,
+                "call_start": int(self.plan.call_start[c]),
+            }
+            return ("oops", oops, None), int(c)
+        point = "hwpoison" if st == EHWPOISON else "unknown"
+        return (
+            "enomem",
+            None,
+            {"call_start": int(self.plan.call_start[c]), "point": point, "occurrence": 1 if st == EHWPOISON else 0},
+        ), int(c)
+
     def merge_counts(self, fast_counts: np.ndarray, stop_vma: int) -> dict:
-        """Add the kernels' counts and the plan's per-VMA counts (of the VMAs up to ``stop_vma``) to the host
-        loop's, in ``fc.counts``; returns the kernels' totals by ``FAST_COUNTS`` name."""
+        """Add the kernels' counts (fast path and compiled slow path) and the plan's per-VMA counts (of the VMAs up
+        to ``stop_vma``) to the host loop's, in ``fc.counts``; returns the child's rss deltas (``rss.<counter>``)
+        and ``swapoff`` from the kernels."""
         counts = self.fc.counts
         fast = dict(zip(FAST_COUNTS, fast_counts.sum(axis=0).tolist()))
+        slow = dict(
+            zip(
+                SLOW_COUNTS,
+                np.concatenate(self.slow_counts).sum(axis=0).tolist() if self.slow_counts else [0] * len(SLOW_COUNTS),
+            )
+        )
         counts["fork.base"] = counts["fork.mm"] = 1
         counts.update(self.plan.counts_upto(stop_vma))
-        for name in FAST_COUNTS:
-            if name in counts:
-                counts[name] += fast[name]
-        counts["restart.lb"] += fast["lock_breaks"]
+        for totals in (fast, slow):
+            for name, val in totals.items():
+                if name in counts:
+                    counts[name] += val
+        counts["restart.lb"] += fast["lock_breaks"]  # the fast path's breaks restart without a window
         child_tables = np.concatenate(
             [
                 self.mm.table_index[self.cexists],
@@ -275,7 +374,9 @@ class ForkJob:
             ]
         )
         counts["table.upper_alloc"] = len(np.unique(child_tables >> 9)) + len(np.unique(child_tables >> 18))
-        return fast
+        kernels_out = {f"rss.{n}": fast[f"rss.{n}"] + slow[f"rss.{n}"] for n in RSS_NAMES}
+        kernels_out["swapoff"] = fast["swapoff"] or slow["swapoff"]
+        return kernels_out
 
     def child_mm(self, stop_vma: int, child_rss: list, swapoff: bool) -> MM:
         """The child after a fork that did not fail: VMAs up to ``stop_vma``, the tables the kernels and the host
@@ -301,8 +402,8 @@ class ForkJob:
         fc = self.fc
         stopped, stop, fast_rows, fast_counts = self.copy_tables(needs, fast_counts, kernels, chunk_tables)
         stop_vma = int(self.plan.call_vma[stop]) if stop < self.nC else self.mm.nr_vmas - 1
-        fast = self.merge_counts(fast_counts, stop_vma)
-        child_rss = [fc.child.rss[i] + fast[f"rss.{n}"] for i, n in enumerate(RSS_NAMES)]
+        kern = self.merge_counts(fast_counts, stop_vma)
+        child_rss = [fc.child.rss[i] + kern[f"rss.{n}"] for i, n in enumerate(RSS_NAMES)]
         memory = Memory(**machine_arrays(fc.m), next_content=fc.m.next_content)
         after_teardown = None
         if stopped[0] == "enomem":
@@ -316,10 +417,16 @@ class ForkJob:
             after_teardown = dict.fromkeys(RSS_NAMES, 0)
             child = empty_mm()
         else:
-            child = self.child_mm(stop_vma, child_rss, bool(fast["swapoff"]))
+            child = self.child_mm(stop_vma, child_rss, bool(kern["swapoff"]))
         parent = AddressSpace(parent_mm(self.mm, self.ppte, fc), memory)
+        slow_rows = np.concatenate(self.slow_rows) if self.slow_rows else np.zeros(0, np.int64)
+        slow_counts = np.concatenate(self.slow_counts) if self.slow_counts else np.zeros((0, len(SLOW_COUNTS)))
         table_stats = TableStats.concat(
-            [fast_table_stats(self.mm.table_index[fast_rows], fast_counts), table_stats_of(fc.table_rows)]
+            [
+                kernel_table_stats(self.mm.table_index[fast_rows], fast_counts, FAST_COUNTS),
+                kernel_table_stats(self.mm.table_index[slow_rows], slow_counts, SLOW_COUNTS),
+                table_stats_of(fc.table_rows),
+            ]
         )
         wall = self.setup_s + launch_s + time.perf_counter() - t0
         return fc.result(
@@ -331,7 +438,7 @@ class ForkJob:
             wall,
             backend,
             table_stats,
-            trace_complete=not len(fast_rows),
+            trace_complete=not len(fast_rows) and not len(slow_rows),
         )
 
 
@@ -442,13 +549,14 @@ def fork_fast_batch(
     return out
 
 
-def fast_table_stats(tables: np.ndarray, fast_counts: np.ndarray) -> TableStats:
-    """:class:`TableStats` of tables the kernels copied, from their count rows (``FAST_COUNTS`` columns)."""
+def kernel_table_stats(tables: np.ndarray, count_rows: np.ndarray, columns: tuple) -> TableStats:
+    """:class:`TableStats` of tables the kernels copied, from their count rows (``columns``: ``FAST_COUNTS`` or
+    ``SLOW_COUNTS``)."""
     events = np.zeros((len(tables), len(TABLE_EVENTS)), np.int64)
     for j, name in enumerate(TABLE_EVENTS):
-        if name in FAST_COUNTS:
-            events[:, j] = fast_counts[:, FAST_COUNTS.index(name)]
-    return TableStats(np.asarray(tables, np.int64), fast_counts[:, FAST_COUNTS.index("pass")].astype(np.int64), events)
+        if name in columns:
+            events[:, j] = count_rows[:, columns.index(name)]
+    return TableStats(np.asarray(tables, np.int64), count_rows[:, columns.index("pass")].astype(np.int64), events)
 
 
 def run_host_loop(fc, plan: ForkPlan, host_calls: np.ndarray, nC: int) -> tuple[tuple, int]:

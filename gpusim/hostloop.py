@@ -47,6 +47,18 @@ class IntArray:
     def array(self) -> np.ndarray:
         return self.a[: self.n]
 
+    def reserve(self, extra: int) -> np.ndarray:
+        """Room for ``extra`` more elements; returns the whole buffer (a compiled pass writes past ``n``, then
+        :meth:`grow_to` takes the new length)."""
+        if self.n + extra > self.a.shape[0]:
+            grown = np.zeros(self.n + extra, dtype=self.a.dtype)
+            grown[: self.n] = self.a[: self.n]
+            self.a = grown
+        return self.a
+
+    def grow_to(self, n: int) -> None:
+        self.n = int(n)
+
 
 class TableMap:
     """Table number -> row of a ``(T, 512)`` pte array, with an existence mask (child) and extra rows (tables a

@@ -181,20 +181,25 @@ class _Checker:
 
     def early_copies(self) -> None:
         """Invariants 4, 5 (each install) and 9 (allocation balance, N2/N3)."""
-        installs = [(rec, i) for rec in self.tr.calls for i in rec.installs]
+        # (VMA flags, addr, new pfn, source pfn, trace moment): the reference's calls, then the compiled slow path's
+        # (no events act there, so the moment does not matter)
+        installs = [(self.vma_flags[rec.vma], *i) for rec in self.tr.calls for i in rec.installs]
+        installs += [(*i, 0) for part in self.tr.compiled_installs for i in part.tolist()]
         dup_moment = {q: (src, seq) for rec in self.tr.calls for (q, src, seq) in rec.duplicates}
+        dup_moment.update({q: (src, 0) for part in self.tr.compiled_duplicates for q, src in part.tolist()})
         _, cvals = entries(self.r.child)
         cpfn = decode.page_pfns(cvals)
         new_mapped = np.bincount(
             cpfn[cpfn >= self.first_new_pfn] - self.first_new_pfn,
             minlength=max(0, self.m1.nr_pages - self.first_new_pfn),
         )
-        for rec, (a, q, src, seq) in installs:
-            self.check_install(rec, a, q, src, seq, dup_moment, new_mapped)
+        for vmaflags, a, q, src, seq in installs:
+            self.check_install(vmaflags, a, q, src, seq, dup_moment, new_mapped)
         self.allocation_balance(len(installs), new_mapped)
 
-    def check_install(self, rec, a: int, q: int, src: int, seq: int, dup_moment: dict, new_mapped) -> None:
-        """The early copy of page ``src`` installed at ``a`` as pfn ``q`` (at trace moment ``seq``)."""
+    def check_install(self, vmaflags: int, a: int, q: int, src: int, seq: int, dup_moment: dict, new_mapped) -> None:
+        """The early copy of page ``src`` installed at ``a`` (in a VMA with ``vmaflags``) as pfn ``q`` (at trace
+        moment ``seq``)."""
         m1 = self.m1
         fq = int(m1.page_folio[q])
         if q < self.first_new_pfn:
@@ -223,7 +228,7 @@ class _Checker:
                 self.fail(5, f"early copy at {a}: not freed by the teardown")
             return
         cv = self.child_val(a)
-        want = P.mk_pte(q, self.vma_flags[rec.vma] & VM_WRITE, True, True, False)
+        want = P.mk_pte(q, vmaflags & VM_WRITE, True, True, False)
         if cv != want:
             self.fail(5, f"early copy at {a}: child PTE {cv:#x}, expected {want:#x}")
         good = (

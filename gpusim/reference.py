@@ -121,6 +121,10 @@ class Trace:
     events: list = field(default_factory=list)
     splits: list = field(default_factory=list)  # (table, folio)
     pmd_shares: list = field(default_factory=list)  # (table, folio)
+    # early copies made by the compiled slow path (gpusim.kernels.slowpath), which keeps no per-call records: arrays
+    # of rows (VMA flags, addr, new pfn, source pfn), and of page_duplicate's copies (new pfn, source pfn)
+    compiled_installs: list = field(default_factory=list)
+    compiled_duplicates: list = field(default_factory=list)
     seq: int = 0
 
     def tick(self) -> int:

@@ -78,6 +78,14 @@ MemoryArrays = namedtuple("MemoryArrays", [f for g, f, *_ in FIELDS if g == "mem
 OracleParams = namedtuple("OracleParams", [f for g, f, *_ in FIELDS if g == "oracle"])
 GROUP_TYPES = {"tables": Tables, "calls": Calls, "memory": MemoryArrays, "oracle": OracleParams}
 
+# The slow path's own arrays (gpusim.kernels.slowpath; CPU only for now): what an early copy or a THP touches beyond
+# the memory group (page contents, PMD mapcounts), the allocator's state and the logs of early copies, which the
+# invariant checker reads, and the xu series' struct copy_mm_data of the call being copied. The memory group's arrays
+# are passed with room for the pages the slow path allocates.
+SlowArrays = namedtuple(
+    "SlowArrays", ["page_content", "folio_pmd_mapcount", "state", "installs", "duplicates", "copy_mm_data"]
+)
+
 # The other parameters of a launch, in order: (name, dtype, dimensions); the groups come after ``large_order``,
 # the outputs after the groups (``walk``: CUDA only, tables left to its second kernel).
 SCALARS = (("mode", _I64, 0), ("rows", _I64, 1), ("variant", _I64, 0), ("large_order", _I64, 0))

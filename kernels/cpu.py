@@ -25,6 +25,7 @@ from gpusim.kernels.pte import (
     swp_offset,
 )
 from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
+from gpusim.kernels.slowpath import NR_SLOW_COUNTS, copy_table_slow
 from gpusim.kernels.table import copy_table_fast, table_needs_host
 
 
@@ -88,6 +89,24 @@ def _fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, needs_ho
         if mode == MODE_CLASSIFY or needs_host[i]:
             continue
         copy_table_fast(r, variant, tab, calls, mem, nb, counts[i])
+
+
+def host_tables(rows, variant, large_order, tab, calls, mem, nb, sp):
+    """The slow path (:mod:`gpusim.kernels.slowpath`) over the table rows ``rows``, one after the other in the order
+    given (address order), until one stops the fork. Returns (counts i64 ``(len(rows), NR_SLOW_COUNTS)``, the
+    index into ``rows`` where the fork stopped or -1, its status, the call where it stopped)."""
+    counts = np.zeros((rows.shape[0], NR_SLOW_COUNTS), np.int64)
+    i, st, c = _host_tables(rows, variant, large_order, tab, calls, mem, nb, sp, counts)
+    return counts, i, st, c
+
+
+@njit(cache=True, _nrt=False)  # no reference counting of the arrays on every call (see _fork_tables)
+def _host_tables(rows, variant, large_order, tab, calls, mem, nb, sp, counts):
+    for i in range(rows.shape[0]):
+        st, c = copy_table_slow(rows[i], variant, large_order, tab, calls, mem, nb, counts[i], sp)
+        if st != 0:
+            return i, st, c
+    return -1, 0, -1
 
 
 @njit(parallel=True, cache=True)
