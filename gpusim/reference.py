@@ -270,6 +270,7 @@ class ForkContext:
         self.trace = Trace()
         self.upper = set()
         self.ignored: list[str] = []
+        self.python_tables: set[int] = set()  # tables copied here, by the Python state machines
 
     # folio helpers shared by every variant
     def maybe_pinned(self, f: int) -> bool:
@@ -322,6 +323,7 @@ class ForkContext:
             trace=self.trace,
             trace_complete=trace_complete,
             table_stats=table_stats,
+            host_tables=len(self.python_tables),
         )
 
     def note_child_table(self, t: int) -> None:
@@ -1119,6 +1121,7 @@ def copy_table(fc: ForkContext, vma: VmaView, t: int, start: int, end: int) -> C
     """One call of ``copy_page_range``: ``copy_huge_pmd`` where the parent has a huge PMD (and, after a split,
     ``copy_pte_range``), else ``copy_pte_range``. Raises :class:`CopyFailed` on ENOMEM."""
     c = CopyContext(fc, vma, t, start, end)
+    fc.python_tables.add(t)
     if t in fc.parent.pmds:
         how = copy_huge_pmd(c)
         if how == "enomem":

@@ -179,6 +179,7 @@ class ForkResult:
     trace: object | None = None
     trace_complete: bool = True  # False when a fast engine copied tables outside the host loop
     table_stats: TableStats | None = None
+    host_tables: int = 0  # page tables the Python host loop (the reference's state machines) copied
 
     @property
     def memory(self) -> Memory:
@@ -203,6 +204,7 @@ class ForkResult:
             "nr_ptes": self.nr_ptes,
             "ptes_per_s": self.nr_ptes / self.engine_wall_s if self.engine_wall_s > 0 else None,
             "bytes_per_pte": self.bytes_per_pte(),
+            "host_tables": self.host_tables,
         }
 
     def bytes_per_pte(self) -> float | None:

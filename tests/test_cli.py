@@ -38,6 +38,7 @@ def test_fork_json_fields():
         "invariants",
         "unfired",
         "digest",
+        "host_tables",
         "engine_wall_s",
     ):
         assert key in d
@@ -57,6 +58,7 @@ def test_fork_json_fields():
         assert name in d["counts"], name
     assert d["outcome"] == "ok" and d["variant"] == "xu-v1-oleg" and d["backend"] == "cpu"  # auto: no GPU
     assert (d["counts"]["passes"], d["counts"]["lock_breaks"], d["counts"]["installs"]) == (122, 120, 1)
+    assert d["host_tables"] == 0  # the pinned table ran compiled
     assert d["child_rss"] == {"anon": 481, "file": 0, "shmem": 0, "swapents": 0}
     assert d["invariants"]["ok"] is True and len(d["digest"]) == 64
 

@@ -27,7 +27,7 @@ from gpusim.kernels.flags import RSS_NAMES
 from gpusim.machine import cpu_description
 from gpusim.result import COUNT_NAMES
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: host_tables
 SCHEMA_FILE = "schema.arrow"
 PARTITIONING = pa.schema([("variant", pa.string())])
 
@@ -47,6 +47,7 @@ def _fixed_fields() -> list[pa.Field]:
         ("nr_ptes", i64),
         ("engine_wall_s", f64),
         ("build_wall_s", f64),
+        ("host_tables", i64),
         ("ptes_per_s", f64),
         ("bytes_per_pte", f64),
         ("latency_ns", f64),

@@ -95,6 +95,7 @@ def fork_row(base: dict, seq: int, gen: int, r, build_s: float, variant: str, pr
         backend=r.backend,
         nr_ptes=r.nr_ptes,
         engine_wall_s=r.engine_wall_s,
+        host_tables=r.host_tables,
         build_wall_s=build_s,
         ptes_per_s=r.nr_ptes / r.engine_wall_s if r.engine_wall_s > 0 else None,
         bytes_per_pte=r.bytes_per_pte(),
