@@ -1,26 +1,73 @@
 """``gpusim bench``: fork dense 4 KiB anonymous address spaces of several sizes and report the engine's speed,
-optionally beside the real kernel's fork() of the same amount of touched memory on this machine."""
+optionally beside the real kernel's fork() of the same amount of touched memory on this machine.
+
+With ``pinned`` (:class:`Pins`: a fraction of the pages, scattered or in contiguous runs, as the ``anon`` workload
+generator places them) the same pages are pinned on both sides: FOLL_PIN in the simulated state, io_uring fixed
+buffers in the real process, so the kernel copies them at fork as the simulator does."""
 
 from __future__ import annotations
 
 import platform
 import statistics
+from dataclasses import dataclass
 
-from gpusim import api
+import numpy as np
+
+from gpusim import api, decode
 from gpusim.backend import resolve
 from gpusim.gpubench import bench_resident
 from gpusim.host.real import RealLayout, run_layout
 from gpusim.kernels.flags import PAGE_SIZE
 from gpusim.machine import cpu_description, mem_available_bytes
-from gpusim.state import resident_bytes
-from gpusim.workloads import dense_anon
+from gpusim.state import AddressSpace, entries, resident_bytes
+from gpusim.sweep.spec import AnonWorkload
+from gpusim.workloads import build_workload, dense_anon
 
 # largest size whose end-to-end time (host arrays, PCIe transfers) the cuda bench also measures
 E2E_MAX_BYTES = 16 << 30
 
 
-def bench_size(size: int, backend: str, variant: str, repeat: int) -> dict:
-    space = dense_anon(size // PAGE_SIZE)
+@dataclass(frozen=True)
+class Pins:
+    """Pinned pages of a bench workload: ``fraction`` of the pages, ``placement`` scattered or contiguous (in
+    ``regions`` runs), placed by the ``anon`` generator with ``seed``."""
+
+    fraction: float = 0.0
+    placement: str = "contiguous"
+    regions: int = 1
+    seed: int = 0
+
+
+def bench_space(size: int, variant: str, pins: Pins) -> AddressSpace:
+    """Dense 4 KiB anonymous memory of ``size`` bytes, with the pinned pages of ``pins``."""
+    if not pins.fraction:
+        return dense_anon(size // PAGE_SIZE)
+    w = AnonWorkload(
+        kind="anon",
+        size=size,
+        pinned_fraction=pins.fraction,
+        pinned_placement=pins.placement,
+        pinned_regions=pins.regions,
+    )
+    return build_workload(w, variant, pins.seed)[0]
+
+
+def pinned_runs(space: AddressSpace) -> list[tuple[int, int]]:
+    """(first page, pages) of the runs of pinned pages of a one-VMA space starting at address 0."""
+    addr, val = entries(space.mm)
+    present = decode.holds_page(val)
+    pinned = np.zeros(addr.shape[0], bool)
+    pinned[present] = space.memory.folio_true_pins[space.memory.page_folio[decode.offsets(val[present])]] > 0
+    a = addr[pinned]
+    if not a.size:
+        return []
+    breaks = np.flatnonzero(np.diff(a) != 1) + 1
+    starts, ends = np.r_[a[0], a[breaks]], np.r_[a[breaks - 1], a[-1]] + 1
+    return [(int(s), int(e - s)) for s, e in zip(starts, ends)]
+
+
+def bench_size(size: int, backend: str, variant: str, repeat: int, pins: Pins = Pins()) -> dict:
+    space = bench_space(size, variant, pins)
     walls, r = [], None
     for _ in range(repeat):
         r = api.fork(space, variant, backend=backend, check=False)
@@ -38,6 +85,11 @@ def bench_size(size: int, backend: str, variant: str, repeat: int) -> dict:
         "ptes_per_s": r.nr_ptes / wall,
         "bytes_per_pte": nbytes / r.nr_ptes,
         "outcome": r.outcome,
+        "pinned_fraction": pins.fraction,
+        "early_copies": r.counts["installs"],
+        "early_copies_per_s": r.counts["installs"] / wall,
+        "host_tables": r.host_tables,
+        "pinned_runs": pinned_runs(space) if pins.fraction else [],
     }
 
 
@@ -84,14 +136,14 @@ def gpu_rows(report: dict, sizes, backend, variant, repeat, batch, threads_per_b
     return rows
 
 
-def host_rows(report: dict, sizes, backend, variant, repeat, batch, progress) -> list[dict]:
+def host_rows(report: dict, sizes, backend, variant, repeat, batch, progress, pins: Pins) -> list[dict]:
     """Rows of ``gpusim.fork`` on state already in RAM; adds the batch to ``report``."""
-    api.fork(dense_anon(1024), variant, backend=backend, check=False)  # compile / warm up
+    api.fork(bench_space(2 << 20, variant, pins), variant, backend=backend, check=False)  # compile / warm up
     rows = []
     for size in sizes:
         if progress:
             progress(size)
-        rows.append(bench_size(size, backend, variant, repeat))
+        rows.append(bench_size(size, backend, variant, repeat, pins))
     if batch:
         report["batch"] = bench_batch(min(sizes), batch, backend, variant, repeat)
     return rows
@@ -104,7 +156,11 @@ def add_kernel_fork(row: dict, base_ns: float, repeat: int) -> None:
         row["kernel_fork_s"] = None
         row["kernel_skipped"] = "does not fit in half of the available memory"
         return
-    k = run_layout(RealLayout("dense", row["size_bytes"]), "time", max(5, repeat))
+    k = run_layout(RealLayout("dense", row["size_bytes"], pinned=row["pinned_runs"]), "time", max(5, repeat))
+    if k["refused"]:
+        row["kernel_fork_s"] = None
+        row["kernel_skipped"] = "; ".join(f"{what}: {why}" for what, why in k["refused"].items())
+        return
     row["kernel_fork_s"] = k["median_ns"] / 1e9
     row["kernel_ns_per_pte"] = (k["median_ns"] - base_ns) / row["ptes"]
     row["speedup_vs_kernel"] = row["kernel_fork_s"] / row["engine_wall_s"]
@@ -119,25 +175,29 @@ def run(
     progress=None,
     batch: int = 0,
     threads_per_block: int | None = None,
+    pins: Pins = Pins(),
 ) -> dict:
     """The bench report. On ``cuda`` the engine's time is that of forks on device-resident state
     (:mod:`gpusim.gpubench`, checked against the CPU engine at full size), with the end-to-end time of
-    ``gpusim.fork`` on host arrays beside it for sizes up to :data:`E2E_MAX_BYTES`; elsewhere it is the time of
-    ``gpusim.fork`` on state already in RAM."""
+    ``gpusim.fork`` on host arrays beside it for sizes up to :data:`E2E_MAX_BYTES`; elsewhere, and for pinned
+    workloads on every backend, it is the time of ``gpusim.fork`` on state already in RAM."""
     backend = resolve(backend)
     base = run_layout(RealLayout("bare", 0), "time", max(5, repeat))["median_ns"] if vs_kernel else None
     report = {
         "machine": cpu_description(),
         "kernel": platform.release(),
+        "variant": variant,
         "kernel_fork_base_s": None if base is None else base / 1e9,
         "backend": backend,
+        "pinned": {"fraction": pins.fraction, "placement": pins.placement, "regions": pins.regions},
     }
-    if backend == "cuda":
+    if backend == "cuda" and not pins.fraction:
         rows = gpu_rows(report, sizes, backend, variant, repeat, batch, threads_per_block, progress)
     else:
-        rows = host_rows(report, sizes, backend, variant, repeat, batch, progress)
-    if vs_kernel:
-        for row in rows:
+        rows = host_rows(report, sizes, backend, variant, repeat, batch, progress, pins)
+    for row in rows:
+        if vs_kernel:
             add_kernel_fork(row, base, repeat)
+        row.pop("pinned_runs", None)
     report["rows"] = rows
     return report

@@ -176,21 +176,36 @@ def bench(
     threads_per_block: int = typer.Option(
         0, "--threads-per-block", min=0, help="cuda: threads per block of the fork kernel (0: the default)."
     ),
+    pinned_fraction: float = typer.Option(
+        0.0,
+        "--pinned-fraction",
+        min=0.0,
+        max=1.0,
+        help="Pin this fraction of the pages (FOLL_PIN; io_uring "
+        "fixed buffers in the real process with --vs-kernel): early COW at fork.",
+    ),
+    pinned_placement: str = typer.Option("contiguous", "--pinned-placement", help="contiguous or scattered."),
+    pinned_regions: int = typer.Option(1, "--pinned-regions", min=1, help="contiguous: number of pinned runs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Fork dense 4 KiB anonymous address spaces and print PTEs/s, ns/PTE, bytes/PTE and engine wall time.
+
+    With --pinned-fraction the same pages are pinned in the simulated and (--vs-kernel) the real process, and the
+    early copies per second are printed too.
 
     On a GPU (cuda) the engine wall time is that of forks on state already in device memory, each checked against
     the CPU engine at full size; the end-to-end time through host memory is printed beside it (sizes up to
     16 GiB), with the fraction of the device's measured copy bandwidth that the minimum traffic per PTE achieves."""
     from gpusim.backend import resolve
-    from gpusim.bench import run
+    from gpusim.bench import Pins, run
     from gpusim.units import parse_size
 
     try:
         get_variant(variant)
         size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
         resolve(backend)
+        if pinned_placement not in ("contiguous", "scattered"):
+            raise ValueError(f"--pinned-placement '{pinned_placement}': contiguous or scattered")
     except ValueError as e:
         bad_input(str(e))
     status = None if as_json else Console(stderr=True)
@@ -203,6 +218,7 @@ def bench(
         progress=(lambda s: status.print(f"forking {s / 2**30:g} GiB ...", highlight=False)) if status else None,
         batch=batch,
         threads_per_block=threads_per_block or None,
+        pins=Pins(pinned_fraction, pinned_placement, pinned_regions),
     )
     if as_json:
         typer.echo(json.dumps(report))
@@ -210,7 +226,7 @@ def bench(
     print_bench(report, vs_kernel, batch)
 
 
-def bench_row(r: dict, gpu: bool, vs_kernel: bool) -> list[str]:
+def bench_row(r: dict, gpu: bool, vs_kernel: bool, pinned: bool) -> list[str]:
     """The cells of one size of ``gpusim bench``'s table."""
     cells = [
         f"{r['size_bytes'] / 2**30:g} GiB",
@@ -221,6 +237,8 @@ def bench_row(r: dict, gpu: bool, vs_kernel: bool) -> list[str]:
         f"{r['ptes_per_s'] / 1e9:.3f} G",
         f"{r['bytes_per_pte']:.1f}",
     ]
+    if pinned:
+        cells += [f"{r['early_copies']:,}", f"{r['early_copies_per_s'] / 1e6:.2f} M"]
     if gpu:
         cells += [
             f"{100 * r['fraction_of_copy_bandwidth']:.1f}%",
@@ -241,8 +259,13 @@ def bench_row(r: dict, gpu: bool, vs_kernel: bool) -> list[str]:
 
 def print_bench(report: dict, vs_kernel: bool, batch: int) -> None:
     """``gpusim bench``'s table and lines for people."""
-    gpu = report["backend"] == "cuda"
-    title = f"gpusim bench: {report['machine']}, kernel {report['kernel']}"
+    pinned = bool(report["pinned"]["fraction"])
+    gpu = report["backend"] == "cuda" and not pinned
+    title = f"gpusim bench: {report['machine']}, kernel {report['kernel']}, {report['variant']}"
+    if pinned:
+        p = report["pinned"]
+        title += f", {100 * p['fraction']:g}% of the pages pinned ({p['placement']}"
+        title += f", {p['regions']} runs)" if p["placement"] == "contiguous" else ")"
     if gpu:
         title += (
             f", {report['device']} (copy bandwidth {report['copy_bandwidth_Bps'] / 1e12:.2f} TB/s read+write, "
@@ -250,12 +273,13 @@ def print_bench(report: dict, vs_kernel: bool, batch: int) -> None:
         )
     t = Table(title=title, title_justify="left")
     cols = ["size", "PTEs", "backend", "engine wall", "ns/PTE", "PTEs/s", "bytes/PTE"]
+    cols += ["early copies", "copies/s"] if pinned else []
     cols += ["% copy BW", "end-to-end", "check"] if gpu else []
     cols += ["kernel fork", "kernel ns/PTE", "speedup"] if vs_kernel else []
     for col in cols:
         t.add_column(col, justify="right")
     for r in report["rows"]:
-        t.add_row(*bench_row(r, gpu, vs_kernel))
+        t.add_row(*bench_row(r, gpu, vs_kernel, pinned))
     Console(highlight=False, width=200).print(t)
     if vs_kernel:
         typer.echo(

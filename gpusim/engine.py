@@ -32,7 +32,7 @@ import numpy as np
 from gpusim import decode
 from gpusim.hostloop import host_context, machine_arrays
 from gpusim.kernels import cpu as cpu_kernels
-from gpusim.kernels.args import Calls, OracleParams, SlowArrays, Tables, memory_arrays
+from gpusim.kernels.args import Calls, HugeArrays, OracleParams, SlowArrays, Tables, memory_arrays
 from gpusim.kernels.cpu import shift_entries
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import FOLIO_FREED, PAGE_HWPOISON, PTRS_PER_TABLE, RSS_NAMES
@@ -49,6 +49,8 @@ from gpusim.kernels.rules import (
 )
 from gpusim.kernels.slowpath import (
     EHWPOISON,
+    HUGE_SHARED,
+    HUGE_SPLIT,
     OOPS,
     SLOW_COUNTS,
     ST_DUPLICATES,
@@ -192,8 +194,9 @@ class ForkJob:
         self.nb = oracle_params(oracle)
         # without injections the host tables run compiled (gpusim.kernels.slowpath); their counts and rows:
         self.compiled = not plan_inj.injections
-        self.slow_rows: list[np.ndarray] = []
+        self.slow_tables_done: list[np.ndarray] = []  # table numbers, and their count rows
         self.slow_counts: list[np.ndarray] = []
+        self.slow_totals: list[np.ndarray] = []
         self.setup_s = time.perf_counter() - t0
 
     def ptetable_failures(self) -> np.ndarray:
@@ -274,33 +277,44 @@ class ForkJob:
         return stopped, stop, fast_rows, np.asarray(fast_counts).reshape(len(fast_rows), len(FAST_COUNTS))
 
     def copy_host_calls(self, kernels, host_calls: np.ndarray) -> tuple[tuple, int]:
-        """The host tables in address order until one stops the fork: without injections, runs of PTE tables by the
-        compiled slow path (:func:`gpusim.kernels.cpu.host_tables`), huge PMDs by the reference's
-        ``copy_huge_pmd`` in the Python host loop; with injections, every one in the Python host loop."""
+        """The host tables in address order until one stops the fork: without injections by the compiled slow path
+        (:func:`gpusim.kernels.cpu.host_tables`: PTE tables and PMD-mapped THPs), with injections by the reference's
+        state machines in the Python host loop."""
         if not self.compiled:
             return run_host_loop(self.fc, self.plan, host_calls, self.nC)
-        huge = self.calls.call_row[host_calls] < 0
-        i = 0
-        while i < len(host_calls):
-            j = i + 1
-            while j < len(host_calls) and huge[j] == huge[i]:
-                j += 1
-            if huge[i]:
-                stopped, stop = run_host_loop(self.fc, self.plan, host_calls[i:j], self.nC)
-            else:
-                rows = self.calls.call_row[host_calls[i:j]]
-                stopped, stop = self.slow_tables(kernels, rows[np.r_[True, rows[1:] != rows[:-1]]])
-            if stopped[0] != "ok":
-                return stopped, stop
-            i = j
-        return ("ok", None, None), self.nC
+        rows = self.calls.call_row[host_calls]
+        thp = np.searchsorted(self.mm.pmd_index, self.plan.call_table[host_calls])
+        items = np.where(rows >= 0, rows, -thp - 1)  # a PTE table's row, or -1 - its THP's row
+        order = items[np.r_[True, items[1:] != items[:-1]]] if len(items) else items  # one item per table
+        return self.slow_tables(order)
 
-    def slow_tables(self, kernels, rows: np.ndarray) -> tuple[tuple, int]:
-        """The table rows ``rows`` (in address order) by the compiled slow path; its counts and early copies are
-        kept for :meth:`merge_counts` and the invariant checker."""
+    def huge_rows(self) -> tuple[Tables, HugeArrays]:
+        """The THPs as rows for the slow path: a table group (filled when a PMD is split) and their PMDs."""
+        mm, H = self.mm, len(self.mm.pmd_index)
+        call = np.full(H, -1, np.int64)
+        huge_calls = np.flatnonzero(self.calls.call_row < 0)
+        call[np.searchsorted(mm.pmd_index, self.plan.call_table[huge_calls])] = huge_calls
+        htab = Tables(
+            mm.pmd_index,
+            call,
+            call + 1,
+            np.zeros((H, PTRS_PER_TABLE), np.uint64),
+            np.zeros((H, PTRS_PER_TABLE), np.uint64),
+            np.zeros(H, np.bool_),
+            np.full(H, bool(mm.has_pinned)),
+            np.full(H, self.fork_seq, np.int64),
+        )
+        return htab, HugeArrays(mm.pmd.copy(), np.zeros(H, np.uint64), np.zeros(H, np.int8))
+
+    def slow_tables(self, order: np.ndarray) -> tuple[tuple, int]:
+        """The tables of ``order`` (PTE rows, and ``-1 - row`` for THPs, in address order) by the compiled slow
+        path; its counts, early copies and THP results are kept for :meth:`merge_counts`, the final states and
+        the invariant checker."""
         m = self.fc.m
-        v = decode.present(self.ppte[rows]) & ~decode.special(self.ppte[rows])
-        cap = int(np.count_nonzero(v)) if self.v.early_cow else 0  # at most one allocation per present PTE
+        rows = order[order >= 0]
+        v = self.ppte[rows]
+        cap = int(np.count_nonzero(decode.present(v) & ~decode.special(v))) + PTRS_PER_TABLE * int((order < 0).sum())
+        cap = cap if self.v.early_cow else 0  # at most one allocation per present PTE
         arrays = {name: getattr(m, name).reserve(cap) for name in MEMORY_FIELDS if not name.startswith("swap_")}
         arrays.update({name: getattr(m, name).a for name in MEMORY_FIELDS if name.startswith("swap_")})
         state = np.array([len(m.folio_order), len(m.page_folio), 0, 0, 0], np.int64)
@@ -312,11 +326,14 @@ class ForkJob:
             np.zeros((cap, 2), np.int64),
             np.zeros(4, np.int64),
         )
+        htab, huge = self.huge_rows()
         counts, i, st, c = cpu_kernels.host_tables(
-            rows,
+            order,
             self.v.id,
             self.v.large_pin_order,
             self.tables(),
+            htab,
+            huge,
             self.calls.group(),
             memory_arrays(arrays),
             self.nb,
@@ -325,28 +342,55 @@ class ForkJob:
         for name in MEMORY_FIELDS:
             if not name.startswith("swap_"):
                 getattr(m, name).grow_to(state[ST_NEXT_FOLIO] if name.startswith("folio_") else state[ST_NEXT_PFN])
-        done = len(rows) if i < 0 else i + 1
-        self.slow_rows.append(rows[:done])
-        self.slow_counts.append(counts[:done])
+        done = order[: len(order) if i < 0 else i + 1]
+        self.take_huge_results(htab, huge, -done[done < 0] - 1)
+        thp = done < 0
+        tables = np.zeros(len(done), np.int64)
+        tables[~thp] = self.mm.table_index[done[~thp]]
+        tables[thp] = htab.table_index[-done[thp] - 1]
+        stats = ~thp
+        stats[thp] = huge.state[-done[thp] - 1] == HUGE_SPLIT  # a shared PMD has no row
+        self.slow_tables_done.append(tables[stats])
+        self.slow_counts.append(counts[: len(done)][stats])
+        self.slow_totals.append(counts[: len(done)].sum(axis=0))
         self.fc.trace.compiled_installs.append(sp.installs[: state[ST_INSTALLS]][:, [3, 0, 1, 2]])
         self.fc.trace.compiled_duplicates.append(sp.duplicates[: state[ST_DUPLICATES]])
+        return self.slow_outcome(st, c, state)
+
+    def take_huge_results(self, htab: Tables, huge: HugeArrays, hs: np.ndarray) -> None:
+        """What the slow path did to the THPs ``hs``, into the host state the final arrays are assembled from: a
+        shared PMD (the parent's, write-protected, and the child's), or a split one (the parent's new table and,
+        once copied, the child's), with the trace's records the invariant checker reads."""
+        fc, m = self.fc, self.fc.m
+        for h in hs.tolist():
+            t = int(htab.table_index[h])
+            f = m.page_folio[int(decode.offsets(huge.pmd[h : h + 1])[0])]
+            if huge.state[h] == HUGE_SHARED:
+                fc.parent.pmds[t] = int(huge.pmd[h])
+                fc.child.pmds[t] = int(huge.child_pmd[h])
+                fc.trace.pmd_shares.append((t, f))
+            elif huge.state[h] == HUGE_SPLIT:
+                del fc.parent.pmds[t]
+                fc.parent.tables.extra[t] = htab.ppte[h].tolist()
+                if htab.cexists[h]:
+                    fc.child.tables.extra[t] = htab.cpte[h].tolist()
+                fc.trace.splits.append((t, f))
+
+    def slow_outcome(self, st: int, c: int, state: np.ndarray) -> tuple[tuple, int]:
+        """(outcome, oops, enomem) of the slow path's status ``st`` at call ``c``, and the stopping call."""
         if st == 0:
             return ("ok", None, None), self.nC
+        call_start = int(self.plan.call_start[c])
         if st > 0:
             function, reason = OOPS[st]
-            oops = {
-                "function": function,
-                "addr": int(state[ST_OOPS_ADDR]),
-                "reason": reason,
-                "call_start": int(self.plan.call_start[c]),
-            }
-            return ("oops", oops, None), int(c)
+            return (
+                "oops",
+                {"function": function, "addr": int(state[ST_OOPS_ADDR]), "reason": reason, "call_start": call_start},
+                None,
+            ), int(c)
         point = "hwpoison" if st == EHWPOISON else "unknown"
-        return (
-            "enomem",
-            None,
-            {"call_start": int(self.plan.call_start[c]), "point": point, "occurrence": 1 if st == EHWPOISON else 0},
-        ), int(c)
+        enomem = {"call_start": call_start, "point": point, "occurrence": 1 if st == EHWPOISON else 0}
+        return ("enomem", None, enomem), int(c)
 
     def merge_counts(self, fast_counts: np.ndarray, stop_vma: int) -> dict:
         """Add the kernels' counts (fast path and compiled slow path) and the plan's per-VMA counts (of the VMAs up
@@ -355,11 +399,9 @@ class ForkJob:
         counts = self.fc.counts
         fast = dict(zip(FAST_COUNTS, fast_counts.sum(axis=0).tolist()))
         slow = dict(
-            zip(
-                SLOW_COUNTS,
-                np.concatenate(self.slow_counts).sum(axis=0).tolist() if self.slow_counts else [0] * len(SLOW_COUNTS),
-            )
+            zip(SLOW_COUNTS, np.sum(self.slow_totals, axis=0).tolist() if self.slow_totals else [0] * len(SLOW_COUNTS))
         )
+
         counts["fork.base"] = counts["fork.mm"] = 1
         counts.update(self.plan.counts_upto(stop_vma))
         for totals in (fast, slow):
@@ -419,12 +461,12 @@ class ForkJob:
         else:
             child = self.child_mm(stop_vma, child_rss, bool(kern["swapoff"]))
         parent = AddressSpace(parent_mm(self.mm, self.ppte, fc), memory)
-        slow_rows = np.concatenate(self.slow_rows) if self.slow_rows else np.zeros(0, np.int64)
+        slow_tables = np.concatenate(self.slow_tables_done) if self.slow_tables_done else np.zeros(0, np.int64)
         slow_counts = np.concatenate(self.slow_counts) if self.slow_counts else np.zeros((0, len(SLOW_COUNTS)))
         table_stats = TableStats.concat(
             [
                 kernel_table_stats(self.mm.table_index[fast_rows], fast_counts, FAST_COUNTS),
-                kernel_table_stats(self.mm.table_index[slow_rows], slow_counts, SLOW_COUNTS),
+                kernel_table_stats(slow_tables, slow_counts, SLOW_COUNTS),
                 table_stats_of(fc.table_rows),
             ]
         )
@@ -438,7 +480,7 @@ class ForkJob:
             wall,
             backend,
             table_stats,
-            trace_complete=not len(fast_rows) and not len(slow_rows),
+            trace_complete=not len(fast_rows) and not self.slow_totals,
         )
 
 

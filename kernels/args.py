@@ -86,6 +86,11 @@ SlowArrays = namedtuple(
     "SlowArrays", ["page_content", "folio_pmd_mapcount", "state", "installs", "duplicates", "copy_mm_data"]
 )
 
+# The PMD-mapped THPs the slow path copies, a row each (a THP's table has its own row of a second Tables group,
+# filled when the PMD is split): the parent's PMD (write-protected when shared), the child's, and what was done
+# (gpusim.kernels.slowpath.HUGE_*).
+HugeArrays = namedtuple("HugeArrays", ["pmd", "child_pmd", "state"])
+
 # The other parameters of a launch, in order: (name, dtype, dimensions); the groups come after ``large_order``,
 # the outputs after the groups (``walk``: CUDA only, tables left to its second kernel).
 SCALARS = (("mode", _I64, 0), ("rows", _I64, 1), ("variant", _I64, 0), ("large_order", _I64, 0))

@@ -25,7 +25,7 @@ from gpusim.kernels.pte import (
     swp_offset,
 )
 from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
-from gpusim.kernels.slowpath import NR_SLOW_COUNTS, copy_table_slow
+from gpusim.kernels.slowpath import NR_SLOW_COUNTS, copy_huge_pmd, copy_table_slow
 from gpusim.kernels.table import copy_table_fast, table_needs_host
 
 
@@ -91,19 +91,25 @@ def _fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, needs_ho
         copy_table_fast(r, variant, tab, calls, mem, nb, counts[i])
 
 
-def host_tables(rows, variant, large_order, tab, calls, mem, nb, sp):
-    """The slow path (:mod:`gpusim.kernels.slowpath`) over the table rows ``rows``, one after the other in the order
-    given (address order), until one stops the fork. Returns (counts i64 ``(len(rows), NR_SLOW_COUNTS)``, the
-    index into ``rows`` where the fork stopped or -1, its status, the call where it stopped)."""
-    counts = np.zeros((rows.shape[0], NR_SLOW_COUNTS), np.int64)
-    i, st, c = _host_tables(rows, variant, large_order, tab, calls, mem, nb, sp, counts)
+def host_tables(order, variant, large_order, tab, htab, huge, calls, mem, nb, sp):
+    """The slow path (:mod:`gpusim.kernels.slowpath`) over the tables of ``order``, one after the other in that
+    (address) order, until one stops the fork: an item ``x >= 0`` is row ``x`` of ``tab``, ``x < 0`` the THP of row
+    ``-x - 1`` of ``htab`` / ``huge``. Returns (counts i64 ``(len(order), NR_SLOW_COUNTS)``, the index into
+    ``order`` where the fork stopped or -1, its status, the call where it stopped)."""
+    counts = np.zeros((order.shape[0], NR_SLOW_COUNTS), np.int64)
+    i, st, c = _host_tables(order, variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts)
     return counts, i, st, c
 
 
 @njit(cache=True, _nrt=False)  # no reference counting of the arrays on every call (see _fork_tables)
-def _host_tables(rows, variant, large_order, tab, calls, mem, nb, sp, counts):
-    for i in range(rows.shape[0]):
-        st, c = copy_table_slow(rows[i], variant, large_order, tab, calls, mem, nb, counts[i], sp)
+def _host_tables(order, variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts):
+    for i in range(order.shape[0]):
+        x = order[i]
+        st, c = 0, -1
+        if x >= 0:
+            st, c = copy_table_slow(x, variant, large_order, tab, calls, mem, nb, counts[i], sp)
+        elif copy_huge_pmd(-x - 1, variant, large_order, htab, huge, calls, mem, counts[i], sp):
+            st, c = copy_table_slow(-x - 1, variant, large_order, htab, calls, mem, nb, counts[i], sp)
         if st != 0:
             return i, st, c
     return -1, 0, -1

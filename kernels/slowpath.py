@@ -53,7 +53,9 @@ from gpusim.kernels.pte import (
     make_readable_device_private_entry,
     make_readable_migration_entry,
     mk_pte,
+    pte_dirty,
     pte_kind,
+    pte_mkold,
     pte_none,
     pte_pfn,
     pte_present,
@@ -63,6 +65,7 @@ from gpusim.kernels.pte import (
     pte_swp_exclusive,
     pte_write,
     pte_wrprotect,
+    pte_young,
     swp_offset,
 )
 from gpusim.kernels.rules import share_child_pte
@@ -100,6 +103,8 @@ SLOW_COUNTS = (
     "swapcont.kernel",
     "swapcont.attach",
     "swapcont.null",
+    "pmd.share",
+    "pmd.split",
     "shared",
     "pin_shared",
     "rss.anon",
@@ -138,6 +143,8 @@ SLOW_COUNTS = (
     S_CONT_KERNEL,
     S_CONT_ATTACH,
     S_CONT_NULL,
+    S_PMD_SHARE,
+    S_PMD_SPLIT,
     S_SHARED,
     S_PIN_SHARED,
     S_RSS,
@@ -873,6 +880,54 @@ def copy_pte_range(r, c, variant, large_order, tab, calls, mem, nb, acc, sp):
     if variant == V_6_18:
         return copy_pte_range_linux_6_18(r, base, s, e, vmaflags, large_order, tab, mem, nb, acc, sp)
     return copy_pte_range_xu_v1_oleg(r, base, s, e, vmaflags, large_order, tab, mem, nb, acc, sp)
+
+
+HUGE_UNTOUCHED, HUGE_SHARED, HUGE_SPLIT = 0, 1, 2
+
+
+@register_jitable
+def copy_huge_pmd(h, variant, large_order, htab, huge, calls, mem, acc, sp):
+    """Copy the huge PMD of THP row ``h`` (spec 10): share it, or split it, filling the row's parent table with the
+    folio's pages, which :func:`copy_pte_range` then copies. Returns whether it split."""
+    acc[S_ALLOC] += 1  # the table deposited with the child's PMD
+    pmd = huge.pmd[h]
+    head = np.int64(pte_pfn(pmd))
+    f = mem.page_folio[head]
+    vmaflags = calls.vmaflags[htab.row_lo[h]]
+    cow = is_cow_mapping(vmaflags)
+    pinned = htab.has_pinned[h] and maybe_pinned(f, mem, large_order)
+    excl = mem.page_flags[head] & PAGE_ANON_EXCLUSIVE
+    if variant == V_5_8:
+        copy = False
+    elif variant == V_6_18:
+        copy = pinned and excl != 0  # folio_try_dup_anon_rmap_pmd fails
+    else:
+        copy = pinned and cow
+    if copy:  # __split_huge_pmd: the parent maps the folio's pages in order
+        acc[S_PMD_SPLIT] += 1
+        for j in range(PTRS_PER_TABLE):
+            mem.page_mapcount[head + j] += 1
+            mem.page_flags[head + j] = (mem.page_flags[head + j] & ~np.uint8(PAGE_ANON_EXCLUSIVE)) | excl
+            htab.ppte[h, j] = mk_pte(head + j, pte_write(pmd), pte_dirty(pmd), pte_young(pmd), False)
+        mem.folio_refcount[f] += PTRS_PER_TABLE - 1
+        sp.folio_pmd_mapcount[f] -= 1
+        huge.state[h] = HUGE_SPLIT
+        return True
+    mem.folio_refcount[f] += 1
+    sp.folio_pmd_mapcount[f] += 1
+    acc[S_RSS + MM_ANONPAGES] += PTRS_PER_TABLE
+    child = pte_mkold(pmd)
+    if cow:
+        huge.pmd[h] = pte_wrprotect(pmd)
+        child = pte_wrprotect(child)
+    if variant == V_6_18:
+        mem.page_flags[head] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
+    huge.child_pmd[h] = child
+    huge.state[h] = HUGE_SHARED
+    acc[S_PMD_SHARE] += 1
+    if mem.folio_true_pins[f] > 0:
+        acc[S_PIN_SHARED] += PTRS_PER_TABLE
+    return False
 
 
 @register_jitable

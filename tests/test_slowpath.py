@@ -25,6 +25,8 @@ LAYOUTS = [
     "folio32:pin normal*480 folio32:pin normal*480 pinned:ro*16 normal*496",
     "normal:ref=1023*4 normal:ref=1024*4 normal*504 pinned:clean*512",
     "folio8:pin:ro*8 folio8*8 normal*384 pinned:hwpoison normal*511",
+    "thp:pin thp normal*100 pinned normal*411 thp:pin:ro thp:pin:nonex",
+    "vma:dontcopy thp:pin vma thp:pin normal*512 vma:shared:shmem shmem*512",
 ]
 
 
@@ -57,6 +59,7 @@ GENERATED = [
     {"kind": "anon", "size": "8MiB", "pinned_fraction": 0.1, "pinned_placement": "scattered"},
     {"kind": "anon", "size": "4MiB", "folio_order": 4, "pinned_fraction": 0.3},
     {"kind": "anon", "size": "4MiB", "swap_fraction": 0.5, "swap_count_max": 20000, "pinned_fraction": 0.05},
+    {"kind": "anon", "size": "16MiB", "thp_fraction": 0.5, "pinned_fraction": 0.3, "pinned_placement": "contiguous"},
     {
         "kind": "mixed",
         "regions": [
@@ -73,7 +76,7 @@ GENERATED = [
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("i", range(len(GENERATED)))
 def test_generated_pinned_workloads_run_compiled(variant, i):
-    """Every table of a generator's workload, pins, large folios and swap included, runs compiled."""
+    """Every table of a generator's workload, pins, large folios, THPs and swap included, runs compiled."""
     space, _, _ = build_workload(W.validate_python(GENERATED[i]), variant, np.random.SeedSequence([3, i]))
     got = compare(space, variant, "every:7", "cpu")
     assert got.host_tables == 0

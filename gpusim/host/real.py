@@ -40,6 +40,7 @@ TABLE_PAGES = 512
 SYS_IO_URING_SETUP, SYS_IO_URING_REGISTER = 425, 427  # x86-64 and arm64 share these numbers
 IORING_REGISTER_BUFFERS = 0
 MAX_IOVEC_BYTES = 1 << 30
+MAX_RING_BUFFERS = 1 << 14  # IORING_MAX_REG_BUFFERS
 
 
 @dataclass
@@ -92,10 +93,6 @@ def _pin_io_uring(base_addr: int, ranges: list) -> str | None:
         pass
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
-    params = ctypes.create_string_buffer(120)
-    fd = libc.syscall(SYS_IO_URING_SETUP, ctypes.c_uint(4), params)
-    if fd < 0:
-        return f"io_uring_setup failed: {os.strerror(ctypes.get_errno())}"
     iovs = []
     for first, n in ranges:
         off, left = first * PAGE, n * PAGE
@@ -103,13 +100,24 @@ def _pin_io_uring(base_addr: int, ranges: list) -> str | None:
             ln = min(left, MAX_IOVEC_BYTES)
             iovs.append((base_addr + off, ln))
             off, left = off + ln, left - ln
-    arr = (_Iovec * len(iovs))(*[_Iovec(a, ln) for a, ln in iovs])
-    rc = libc.syscall(
-        SYS_IO_URING_REGISTER, ctypes.c_int(fd), ctypes.c_uint(IORING_REGISTER_BUFFERS), arr, ctypes.c_uint(len(iovs))
-    )
-    if rc < 0:
-        return f"io_uring_register(IORING_REGISTER_BUFFERS) failed: {os.strerror(ctypes.get_errno())}"
-    _pin_io_uring.keep = (fd, arr)  # the buffers stay registered while the process lives
+    _pin_io_uring.keep = []  # the buffers stay registered while the rings live (the process's life)
+    for lo in range(0, len(iovs), MAX_RING_BUFFERS):  # a ring takes at most IORING_MAX_REG_BUFFERS
+        part = iovs[lo : lo + MAX_RING_BUFFERS]
+        params = ctypes.create_string_buffer(120)
+        fd = libc.syscall(SYS_IO_URING_SETUP, ctypes.c_uint(4), params)
+        if fd < 0:
+            return f"io_uring_setup failed: {os.strerror(ctypes.get_errno())}"
+        arr = (_Iovec * len(part))(*[_Iovec(a, ln) for a, ln in part])
+        rc = libc.syscall(
+            SYS_IO_URING_REGISTER,
+            ctypes.c_int(fd),
+            ctypes.c_uint(IORING_REGISTER_BUFFERS),
+            arr,
+            ctypes.c_uint(len(part)),
+        )
+        if rc < 0:
+            return f"io_uring_register(IORING_REGISTER_BUFFERS) failed: {os.strerror(ctypes.get_errno())}"
+        _pin_io_uring.keep.append((fd, arr))
     return None
 
 
