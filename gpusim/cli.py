@@ -196,6 +196,16 @@ def bench(
     On a GPU (cuda) the engine wall time is that of forks on state already in device memory, each checked against
     the CPU engine at full size; the end-to-end time through host memory is printed beside it (sizes up to
     16 GiB), with the fraction of the device's measured copy bandwidth that the minimum traffic per PTE achieves."""
+    pins = (pinned_fraction, pinned_placement, pinned_regions)
+    report = bench_report(sizes, backend, variant, repeat, vs_kernel, batch, threads_per_block, pins, as_json)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    print_bench(report, vs_kernel, batch)
+
+
+def bench_report(sizes: str, backend, variant, repeat, vs_kernel, batch, threads_per_block, pins, quiet) -> dict:
+    """Check ``gpusim bench``'s options (one line and exit 2 when wrong) and run it."""
     from gpusim.backend import resolve
     from gpusim.bench import Pins, run
     from gpusim.units import parse_size
@@ -204,12 +214,12 @@ def bench(
         get_variant(variant)
         size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
         resolve(backend)
-        if pinned_placement not in ("contiguous", "scattered"):
-            raise ValueError(f"--pinned-placement '{pinned_placement}': contiguous or scattered")
+        if pins[1] not in ("contiguous", "scattered"):
+            raise ValueError(f"--pinned-placement '{pins[1]}': contiguous or scattered")
     except ValueError as e:
         bad_input(str(e))
-    status = None if as_json else Console(stderr=True)
-    report = run(
+    status = None if quiet else Console(stderr=True)
+    return run(
         size_list,
         backend,
         variant,
@@ -218,12 +228,8 @@ def bench(
         progress=(lambda s: status.print(f"forking {s / 2**30:g} GiB ...", highlight=False)) if status else None,
         batch=batch,
         threads_per_block=threads_per_block or None,
-        pins=Pins(pinned_fraction, pinned_placement, pinned_regions),
+        pins=Pins(*pins),
     )
-    if as_json:
-        typer.echo(json.dumps(report))
-        return
-    print_bench(report, vs_kernel, batch)
 
 
 def bench_row(r: dict, gpu: bool, vs_kernel: bool, pinned: bool) -> list[str]:
