@@ -262,8 +262,9 @@ def sharing(layout: RealLayout) -> dict:
 
 def run_layout(layout: RealLayout, mode: str = "time", repeat: int = 7, timeout: float = 600) -> dict:
     """Set up ``layout`` in a fresh process and ``time`` its forks or read its ``sharing`` map."""
-    out = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), mode, json.dumps(asdict(layout)), str(repeat)],
+    out = subprocess.run(  # the layout goes through stdin: thousands of pinned ranges do not fit in argv
+        [sys.executable, os.path.abspath(__file__), mode, str(repeat)],
+        input=json.dumps(asdict(layout)),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -274,8 +275,8 @@ def run_layout(layout: RealLayout, mode: str = "time", repeat: int = 7, timeout:
 
 
 if __name__ == "__main__":
-    _layout = RealLayout(**json.loads(sys.argv[2]))
+    _layout = RealLayout(**json.loads(sys.stdin.read()))
     if sys.argv[1] == "time":
-        print(json.dumps(time_forks(_layout, int(sys.argv[3]))))
+        print(json.dumps(time_forks(_layout, int(sys.argv[2]))))
     else:
         print(json.dumps(sharing(_layout)))
