@@ -35,7 +35,7 @@ from gpusim.kernels import cpu as cpu_kernels
 from gpusim.kernels.args import Calls, HugeArrays, OracleParams, SlowArrays, Tables, memory_arrays
 from gpusim.kernels.cpu import shift_entries
 from gpusim.kernels.fields import MEMORY_FIELDS
-from gpusim.kernels.flags import FOLIO_FREED, PAGE_HWPOISON, PTRS_PER_TABLE, RSS_NAMES
+from gpusim.kernels.flags import FOLIO_FREED, PAGE_HWPOISON, PIN_BIAS, PTRS_PER_TABLE, RSS_NAMES
 from gpusim.kernels.rules import (
     FAST_COUNTS,
     MODE_CLASSIFY,
@@ -49,6 +49,7 @@ from gpusim.kernels.rules import (
 )
 from gpusim.kernels.slowpath import (
     EHWPOISON,
+    ENOSPC,
     HUGE_SHARED,
     HUGE_SPLIT,
     OOPS,
@@ -188,16 +189,29 @@ class ForkJob:
             or self.v.can_oops
             or (self.v.hwpoison_fails_copy and bool((self.work.page_flags & PAGE_HWPOISON).any()))
         )
+        self.compiled = not plan_inj.injections  # the host tables run compiled (kernels/slowpath.py)
         self.fc = host_context(
             space, self.work, self.ppte, self.cpte, self.cexists, variant, oracle, plan_inj, fork_seq
         )
+        put_s = self.reserve_early_copies() if self.compiled and self.v.early_cow else 0.0
+
         self.nb = oracle_params(oracle)
-        # without injections the host tables run compiled (gpusim.kernels.slowpath); their counts and rows:
-        self.compiled = not plan_inj.injections
+        # their counts and rows:
         self.slow_tables_done: list[np.ndarray] = []  # table numbers, and their count rows
         self.slow_counts: list[np.ndarray] = []
         self.slow_totals: list[np.ndarray] = []
-        self.setup_s = time.perf_counter() - t0
+        self.setup_s = time.perf_counter() - t0 - put_s
+
+    def reserve_early_copies(self) -> float:
+        """Room in the engine's copy of the memory for every early copy the fork can make (:func:`early_copy_bound`),
+        so the compiled slow path never grows the arrays; returns the seconds it took, which, like the copy of the
+        state itself, are not counted in the engine's time."""
+        t0 = time.perf_counter()
+        bound = early_copy_bound(self.work, self.v.large_pin_order)
+        for name in MEMORY_FIELDS:
+            if not name.startswith("swap_"):
+                getattr(self.fc.m, name).reserve(bound)
+        return time.perf_counter() - t0
 
     def ptetable_failures(self) -> np.ndarray:
         """Rows whose child table allocation (the ``ptetable`` point of their first call) is injected to fail: the
@@ -311,19 +325,15 @@ class ForkJob:
         path; its counts, early copies and THP results are kept for :meth:`merge_counts`, the final states and
         the invariant checker."""
         m = self.fc.m
-        rows = order[order >= 0]
-        v = self.ppte[rows]
-        cap = int(np.count_nonzero(decode.present(v) & ~decode.special(v))) + PTRS_PER_TABLE * int((order < 0).sum())
-        cap = cap if self.v.early_cow else 0  # at most one allocation per present PTE
-        arrays = {name: getattr(m, name).reserve(cap) for name in MEMORY_FIELDS if not name.startswith("swap_")}
-        arrays.update({name: getattr(m, name).a for name in MEMORY_FIELDS if name.startswith("swap_")})
+        arrays = {name: getattr(m, name).a for name in MEMORY_FIELDS}  # with the room reserved for early copies
+        cap = len(m.page_folio.a) - len(m.page_folio)
         state = np.array([len(m.folio_order), len(m.page_folio), 0, 0, 0], np.int64)
         sp = SlowArrays(
             arrays["page_content"],
             arrays["folio_pmd_mapcount"],
             state,
-            np.zeros((cap, 4), np.int64),
-            np.zeros((cap, 2), np.int64),
+            np.empty((cap, 4), np.int64),
+            np.empty((cap, 2), np.int64),
             np.zeros(4, np.int64),
         )
         htab, huge = self.huge_rows()
@@ -380,6 +390,8 @@ class ForkJob:
         """(outcome, oops, enomem) of the slow path's status ``st`` at call ``c``, and the stopping call."""
         if st == 0:
             return ("ok", None, None), self.nC
+        if st == ENOSPC:
+            raise RuntimeError("the compiled slow path ran out of room for early copies (a bug of the engine's bound)")
         call_start = int(self.plan.call_start[c])
         if st > 0:
             function, reason = OOPS[st]
@@ -589,6 +601,19 @@ def fork_fast_batch(
         sel = (b.rows >= b.row_off[i]) & (b.rows < b.row_off[i + 1])
         out.append(j.finish(needs[sel], counts[sel], kernels, backend, chunk_tables, launch_s))
     return out
+
+
+def early_copy_bound(m: Memory, large_order: int) -> int:
+    """The most early copies a fork of ``m`` can make: every mapping (a PTE, or a PMD's 512 pages) of a folio that
+    is maybe pinned, or could become so through the references the fork itself takes (the small-folio heuristic)."""
+    if not m.nr_folios:
+        return 0
+    nr = np.left_shift(np.int64(1), m.folio_order.astype(np.int64))
+    mapped = np.bincount(m.page_folio, weights=m.page_mapcount, minlength=m.nr_folios).astype(np.int64)
+    mapped += m.folio_pmd_mapcount.astype(np.int64) * nr
+    large = m.folio_order >= large_order
+    maybe = np.where(large, m.folio_pincount > 0, m.folio_refcount.astype(np.int64) + mapped + 1 >= PIN_BIAS)
+    return int(mapped[maybe].sum())
 
 
 def kernel_table_stats(tables: np.ndarray, count_rows: np.ndarray, columns: tuple) -> TableStats:

@@ -71,6 +71,13 @@ from gpusim.kernels.pte import (
 from gpusim.kernels.rules import share_child_pte
 from gpusim.kernels.table import folio_pte_batch, lock_break_at
 
+
+def inline(fn):
+    """``register_jitable`` inlined by LLVM into its callers (as :func:`gpusim.kernels.table.entry_jitable`): the
+    helpers below run once per entry or per pass, and a call would pass every array of the groups by value."""
+    return register_jitable(forceinline=True)(fn)
+
+
 # Columns of the per-table count rows of the slow path: cost events and summary counters by name, then the child's
 # rss deltas and whether the child went on the swapoff list.
 SLOW_COUNTS = (
@@ -156,6 +163,7 @@ SLOW_COUNTS = (
 NR_SLOW_COUNTS = len(SLOW_COUNTS)
 
 ENOMEM, EAGAIN, EIO, EHWPOISON = -12, -11, -5, -133
+ENOSPC = -28  # internal: no room for another early copy (the engine's bound was wrong)
 # oops codes: (function, reason) of gpusim.reference.Oops
 OOPS_RANGE_OVERRUN, OOPS_CHILD_PTE_BUSY, OOPS_PUT_PAGE_UNDERFLOW, OOPS_OLD_PAGE_NULL, OOPS_BAD_ENTRY = 1, 2, 3, 4, 5
 OOPS = {
@@ -175,14 +183,14 @@ DONE, SWAP_CONT, BREAK_COW = 0, 1, 2
 NONE = -2  # "no pfn / no slot" (NULL_ENTRY, -1, is a slot value of its own)
 
 
-@register_jitable
+@inline
 def oops(sp, code, a):
     """Record an oops at address ``a``; returns its code (for ``return oops(...)``)."""
     sp.state[ST_OOPS_ADDR] = a
     return code
 
 
-@register_jitable
+@inline
 def set_dst(r, base, a, v, tab, sp):
     """``set_pte_at`` on the child; 0, or the oops of a busy child entry."""
     if tab.cpte[r, a - base] != 0:
@@ -191,7 +199,7 @@ def set_dst(r, base, a, v, tab, sp):
     return 0
 
 
-@register_jitable
+@inline
 def begin_pass(r, a, e, tab, acc, sp):
     """Map or allocate the child table and take both locks (the allocation never fails here)."""
     if not tab.cexists[r]:
@@ -203,7 +211,7 @@ def begin_pass(r, a, e, tab, acc, sp):
     return 0
 
 
-@register_jitable
+@inline
 def check(s, k, fork_seq, nb, acc):
     """The lock-break test: the oracle's answer at the ``k``-th check of the call starting at ``s``."""
     acc[S_CHECK] += 1
@@ -213,7 +221,7 @@ def check(s, k, fork_seq, nb, acc):
     return brk
 
 
-@register_jitable
+@inline
 def window(reason, acc):
     """The interval between two passes: count the restart (no events are injected here)."""
     if reason == R_LB:
@@ -224,7 +232,7 @@ def window(reason, acc):
         acc[S_RESTART_EC] += 1
 
 
-@register_jitable
+@inline
 def share_present(r, base, a, n, vmaflags, anon_exclusive, tab, mem, acc, sp):
     """Copy ``n`` present PTEs by reference (``n > 1`` only for a linux-6.18 batch)."""
     first = tab.ppte[r, a - base]
@@ -261,7 +269,7 @@ def share_present(r, base, a, n, vmaflags, anon_exclusive, tab, mem, acc, sp):
     return 0
 
 
-@register_jitable
+@inline
 def share_one(r, base, a, vmaflags, anon_exclusive, tab, mem, acc, sp):
     """The single-PTE share path of every variant: ``share_present`` and its count."""
     special = pte_special(tab.ppte[r, a - base])
@@ -271,7 +279,7 @@ def share_one(r, base, a, vmaflags, anon_exclusive, tab, mem, acc, sp):
     return st
 
 
-@register_jitable
+@inline
 def install_copy(r, base, a, q, src_pfn, vmaflags, anon_exclusive, tab, mem, acc, sp):
     """Map an early copy ``q`` (content already set) into the child, and log it (address, pfn, source pfn, the
     VMA's flags)."""
@@ -293,7 +301,7 @@ def install_copy(r, base, a, q, src_pfn, vmaflags, anon_exclusive, tab, mem, acc
     return 0
 
 
-@register_jitable
+@inline
 def add_swap_count_continuation(slot, kernel, mem, acc):
     """``swapcont.atomic`` under the locks, ``swapcont.kernel`` in a window; the allocation always succeeds here."""
     acc[S_CONT_KERNEL if kernel else S_CONT_ATOMIC] += 1
@@ -309,7 +317,7 @@ def add_swap_count_continuation(slot, kernel, mem, acc):
     return 0
 
 
-@register_jitable
+@inline
 def swap_duplicate(slot, mem, acc):
     """Under the locks, with atomic continuations; True when the count was taken."""
     while True:
@@ -320,7 +328,7 @@ def swap_duplicate(slot, mem, acc):
             return False
 
 
-@register_jitable
+@inline
 def copy_nonpresent_pte(r, base, a, vmaflags, anon_exclusive, tab, mem, acc, sp):
     """Returns (status, the slot that needs a swap-count continuation or ``NONE``)."""
     e = tab.ppte[r, a - base]
@@ -366,12 +374,15 @@ def copy_nonpresent_pte(r, base, a, vmaflags, anon_exclusive, tab, mem, acc, sp)
     return oops(sp, OOPS_BAD_ENTRY, a), NONE
 
 
-@register_jitable
+@inline
 def allocate_page(mem, acc, sp):
-    """An early-copy page: a new order-0 folio, refcount 1, not yet anon (spec 1.4). Returns its pfn."""
-    acc[S_COPY_ALLOC] += 1
+    """An early-copy page: a new order-0 folio, refcount 1, not yet anon (spec 1.4). Returns its pfn, or ``NONE``
+    when the arrays have no room left (the engine reserves room for every early copy a fork can make)."""
     f = sp.state[ST_NEXT_FOLIO]
     pfn = sp.state[ST_NEXT_PFN]
+    if f >= mem.folio_order.shape[0] or pfn >= mem.page_folio.shape[0]:
+        return NONE  # no room left: the engine's bound was wrong (ENOSPC)
+    acc[S_COPY_ALLOC] += 1
     sp.state[ST_NEXT_FOLIO] = f + 1
     sp.state[ST_NEXT_PFN] = pfn + 1
     mem.folio_order[f] = 0
@@ -388,7 +399,7 @@ def allocate_page(mem, acc, sp):
     return pfn
 
 
-@register_jitable
+@inline
 def put_folio(f, a, mem, sp):
     if mem.folio_refcount[f] < 1:
         return oops(sp, OOPS_PUT_PAGE_UNDERFLOW, a)
@@ -396,7 +407,7 @@ def put_folio(f, a, mem, sp):
     return 0
 
 
-@register_jitable
+@inline
 def free_unused(q, a, mem, acc, sp):
     """Free a never-installed early-copy page."""
     f = mem.page_folio[q]
@@ -410,14 +421,14 @@ def free_unused(q, a, mem, acc, sp):
     return 0
 
 
-@register_jitable
+@inline
 def copy_content(q, src_pfn, acc, sp):
     """The copy moment: the new page takes the source page's content (``copy_user_highpage``)."""
     sp.page_content[q] = sp.page_content[src_pfn]
     acc[S_MEMCPY] += 1
 
 
-@register_jitable
+@inline
 def maybe_pinned(f, mem, large_order):
     """``page_maybe_dma_pinned`` / ``folio_maybe_dma_pinned`` (spec 1.6)."""
     return folio_maybe_dma_pinned(mem.folio_order[f], mem.folio_refcount[f], mem.folio_pincount[f], large_order)
@@ -479,7 +490,7 @@ def copy_pte_range_linux_5_8(r, base, s, e, vmaflags, tab, mem, nb, acc, sp):
 D_ENTRY, D_OLD_PAGE, D_OLDPTE, D_NEW_PAGE = 0, 1, 2, 3
 
 
-@register_jitable
+@inline
 def wipe_copy_mm_data(d):
     d[D_ENTRY] = NULL_ENTRY
     d[D_OLD_PAGE] = NONE
@@ -487,7 +498,7 @@ def wipe_copy_mm_data(d):
     d[D_NEW_PAGE] = NONE
 
 
-@register_jitable
+@inline
 def copy_one_pte(r, base, a, vmaflags, large_order, d, tab, mem, acc, sp):
     """The xu series' per-PTE function; returns (status, DONE / SWAP_CONT / BREAK_COW)."""
     v = tab.ppte[r, a - base]
@@ -509,7 +520,7 @@ def copy_one_pte(r, base, a, vmaflags, large_order, d, tab, mem, acc, sp):
     return share_one(r, base, a, vmaflags, False, tab, mem, acc, sp), DONE
 
 
-@register_jitable
+@inline
 def page_duplicate(a, d, mem, acc, sp):
     """In the window, no locks: allocate the copy and fill it (the xu copy moment)."""
     acc[S_DUPLICATE_CALL] += 1
@@ -517,6 +528,8 @@ def page_duplicate(a, d, mem, acc, sp):
     if old == NONE:
         return oops(sp, OOPS_OLD_PAGE_NULL, a)
     q = allocate_page(mem, acc, sp)
+    if q == NONE:
+        return ENOSPC
     copy_content(q, old, acc, sp)
     i = sp.state[ST_DUPLICATES]
     sp.duplicates[i, 0] = q
@@ -528,7 +541,7 @@ def page_duplicate(a, d, mem, acc, sp):
     return st
 
 
-@register_jitable
+@inline
 def pte_install_copied_page(r, base, a, vmaflags, d, tab, mem, acc, sp):
     """Both locks held: install the prepared copy if the parent PTE is unchanged, else drop it. Returns (status,
     installed)."""
@@ -666,7 +679,7 @@ def copy_pte_range_xu_v1_oleg(r, base, s, e, vmaflags, large_order, tab, mem, nb
 # --- 3.4 linux-5.10 --------------------------------------------------------------------------------------------
 
 
-@register_jitable
+@inline
 def copy_present_pte_5_10(r, base, a, vmaflags, large_order, prealloc, tab, mem, acc, sp):
     """Returns (status, 0 or EAGAIN, prealloc left)."""
     v = tab.ppte[r, a - base]
@@ -737,6 +750,8 @@ def copy_pte_range_linux_5_10(r, base, s, e, vmaflags, large_order, tab, mem, nb
             pending = NONE  # the stale-entry fix
         elif ret == EAGAIN:
             prealloc = allocate_page(mem, acc, sp)
+            if prealloc == NONE:
+                return ENOSPC
             ret = 0
         if a == e:
             break
@@ -751,13 +766,13 @@ def copy_pte_range_linux_5_10(r, base, s, e, vmaflags, large_order, tab, mem, nb
 # --- 3.5 linux-6.18 --------------------------------------------------------------------------------------------
 
 
-@register_jitable
+@inline
 def needs_copy(r, f, large_order, tab, mem):
     """Not device-private, and ``folio_needs_cow_for_dma``."""
     return tab.has_pinned[r] and (mem.folio_flags[f] & FOLIO_DEVICE_PRIVATE) == 0 and maybe_pinned(f, mem, large_order)
 
 
-@register_jitable
+@inline
 def copy_present_ptes_6_18(r, base, a, max_n, vmaflags, large_order, prealloc, tab, mem, acc, sp):
     """Returns (status, PTEs handled or EAGAIN / EHWPOISON, prealloc left)."""
     v = tab.ppte[r, a - base]
@@ -853,6 +868,8 @@ def copy_pte_range_linux_6_18(r, base, s, e, vmaflags, large_order, tab, mem, nb
             break  # the fork fails (reported as ENOMEM)
         elif ret == EAGAIN:
             prealloc = allocate_page(mem, acc, sp)
+            if prealloc == NONE:
+                return ENOSPC
         ret = 0
         if a == e:
             break
