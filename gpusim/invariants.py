@@ -29,7 +29,7 @@ from gpusim.kernels.flags import (
 )
 from gpusim.kernels.folio import folio_maybe_dma_pinned
 from gpusim.result import InvariantReport
-from gpusim.state import AddressSpace, entries
+from gpusim.state import AddressSpace, entries, ptes_at
 from gpusim.variants import get_variant
 
 _SHARE_KINDS = ("share", "special", "batch")
@@ -53,6 +53,7 @@ class _Checker:
             e.folio for e in self.events if e.folio >= 0 and e.name in ("pin", "unpin", "zap", "reclaim")
         }
         self.split_folios = {f for _, f in self.tr.splits}
+        self.split_tables = np.array([t for t, _ in self.tr.splits], np.int64)
         self.parent1 = {t: row for t, row in zip(result.parent.mm.table_index.tolist(), result.parent.mm.pte)}
         self.child = {t: row for t, row in zip(result.child.table_index.tolist(), result.child.pte)}
         self.vma_flags = [int(x) for x in before.mm.vma_flags.tolist()]
@@ -66,15 +67,19 @@ class _Checker:
     # -- state lookups
     def val0(self, a: int) -> int:
         """The parent's entry at ``a`` before any PTE of the fork was handled (after a THP split)."""
-        t, i = divmod(a, PTRS_PER_TABLE)
-        for st, _ in self.tr.splits:
-            if st == t:
-                pmd0 = int(self.b.mm.pmd[int(np.searchsorted(self.b.mm.pmd_index, t))])
-                return P.mk_pte(P.pte_pfn(pmd0) + i, P.pte_write(pmd0), P.pte_dirty(pmd0), P.pte_young(pmd0), False)
-        k = int(np.searchsorted(self.b.mm.table_index, t))
-        if k < self.b.mm.nr_tables and int(self.b.mm.table_index[k]) == t:
-            return int(self.b.mm.pte[k, i])
-        return 0
+        return int(self.val0_at(np.array([a], np.int64))[0])
+
+    def val0_at(self, a: np.ndarray) -> np.ndarray:
+        """:meth:`val0` of every address of ``a``: a split THP's table maps the folio's pages in order, with the
+        bits of the PMD before the fork."""
+        out = ptes_at(self.b.mm, a)
+        if self.tr.splits:
+            t = a // PTRS_PER_TABLE
+            hit = np.isin(t, self.split_tables)
+            pmd0 = self.b.mm.pmd[np.searchsorted(self.b.mm.pmd_index, t[hit])]
+            base = decode.without_offsets(pmd0) & ~np.uint64(P.PAGE_PSE)
+            out[hit] = decode.with_offsets(base, decode.offsets(pmd0) + a[hit] % PTRS_PER_TABLE)
+        return out
 
     def val1(self, a: int) -> int:
         row = self.parent1.get(a // PTRS_PER_TABLE)
@@ -180,70 +185,133 @@ class _Checker:
         return c
 
     def early_copies(self) -> None:
-        """Invariants 4, 5 (each install) and 9 (allocation balance, N2/N3)."""
-        # (VMA flags, addr, new pfn, source pfn, trace moment): the reference's calls, then the compiled slow path's
-        # (no events act there, so the moment does not matter)
-        installs = [(self.vma_flags[rec.vma], *i) for rec in self.tr.calls for i in rec.installs]
-        installs += [(*i, 0) for part in self.tr.compiled_installs for i in part.tolist()]
-        dup_moment = {q: (src, seq) for rec in self.tr.calls for (q, src, seq) in rec.duplicates}
-        dup_moment.update({q: (src, 0) for part in self.tr.compiled_duplicates for q, src in part.tolist()})
+        """Invariants 4, 5 (each install, all at once) and 9 (allocation balance, N2/N3)."""
+        # rows (VMA flags, addr, new pfn, source pfn, trace moment): the reference's calls, then the compiled slow
+        # path's (no events act there, so the moment does not matter)
+        parts = [
+            np.array([(self.vma_flags[rec.vma], *i) for rec in self.tr.calls for i in rec.installs], np.int64).reshape(
+                -1, 5
+            )
+        ]
+        parts += [np.c_[p, np.zeros(len(p), np.int64)] for p in self.tr.compiled_installs]
+        installs = np.concatenate(parts)
+        dups = [np.array([d for rec in self.tr.calls for d in rec.duplicates], np.int64).reshape(-1, 3)]
+        dups += [np.c_[p, np.zeros(len(p), np.int64)] for p in self.tr.compiled_duplicates]
         _, cvals = entries(self.r.child)
         cpfn = decode.page_pfns(cvals)
         new_mapped = np.bincount(
             cpfn[cpfn >= self.first_new_pfn] - self.first_new_pfn,
             minlength=max(0, self.m1.nr_pages - self.first_new_pfn),
         )
-        for vmaflags, a, q, src, seq in installs:
-            self.check_install(vmaflags, a, q, src, seq, dup_moment, new_mapped)
+        self.check_installs(installs, np.concatenate(dups), new_mapped)
         self.allocation_balance(len(installs), new_mapped)
 
-    def check_install(self, vmaflags: int, a: int, q: int, src: int, seq: int, dup_moment: dict, new_mapped) -> None:
-        """The early copy of page ``src`` installed at ``a`` (in a VMA with ``vmaflags``) as pfn ``q`` (at trace
-        moment ``seq``)."""
-        m1 = self.m1
-        fq = int(m1.page_folio[q])
-        if q < self.first_new_pfn:
-            self.fail(5, f"early copy at {a} maps pfn {q}, which the fork did not allocate")
-            return
-        if a not in self.touched_addr and self.val1(a) != self.val0(a):
-            self.fail(4, f"early-copied index {a}: parent PTE changed by the fork")
-        if self.v.anon_exclusive and not m1.page_flags[src] & PAGE_ANON_EXCLUSIVE:
-            self.fail(4, f"early-copied index {a}: source page lost anon_exclusive")
-        moment = seq
-        if self.v.xu_protocol:  # the copy was made earlier, by page_duplicate
-            if q not in dup_moment:
-                self.fail(5, f"early copy at {a}: no page_duplicate produced pfn {q}")
-                return
-            src_d, moment = dup_moment[q]
-            if src_d != src:
-                self.fail(5, f"early copy at {a}: copied from pfn {src_d}, installed for {src}")
-        if int(m1.page_content[q]) != self.content_at(src, moment):
-            self.fail(
-                5,
-                f"early copy at {a}: content {int(m1.page_content[q])}, expected "
-                f"{self.content_at(src, moment)} (source at the copy moment)",
-            )
-        if not self.ok:
-            if not m1.folio_flags[fq] & FOLIO_FREED or int(m1.folio_refcount[fq]) != 0:
-                self.fail(5, f"early copy at {a}: not freed by the teardown")
-            return
-        cv = self.child_val(a)
-        want = P.mk_pte(q, vmaflags & VM_WRITE, True, True, False)
-        if cv != want:
-            self.fail(5, f"early copy at {a}: child PTE {cv:#x}, expected {want:#x}")
-        good = (
-            int(m1.folio_order[fq]) == 0
-            and int(m1.folio_refcount[fq]) == 1
-            and int(m1.page_mapcount[q]) == 1
-            and (int(m1.folio_flags[fq]) & (FOLIO_ANON | FOLIO_SWAPBACKED | FOLIO_FREED))
-            == FOLIO_ANON | FOLIO_SWAPBACKED
+    def fail_each(self, inv: int, bad: np.ndarray, message) -> None:
+        """One violation of invariant ``inv`` per index of ``bad`` (a bool mask), worded by ``message(i)``."""
+        for i in np.flatnonzero(bad)[: MAX_REPORTED + 1].tolist():
+            self.fail(inv, message(i))
+
+    def check_installs(self, inst: np.ndarray, dups: np.ndarray, new_mapped: np.ndarray) -> None:
+        """Invariants 4 and 5 for every early copy (rows of ``inst``: VMA flags, addr, new pfn, source pfn, trace
+        moment; of ``dups``, page_duplicate's copies: new pfn, source pfn, moment)."""
+        m1, first = self.m1, self.first_new_pfn
+        own = inst[:, 2] >= first
+        self.fail_each(
+            5, ~own, lambda i: f"early copy at {inst[i, 1]} maps pfn {inst[i, 2]}, which the fork did not allocate"
         )
-        if not good:
-            self.fail(5, f"early copy at {a}: folio {fq} is not an anon order-0 page with ref 1, map 1")
-        if self.v.anon_exclusive and not m1.page_flags[q] & PAGE_ANON_EXCLUSIVE:
-            self.fail(5, f"early copy at {a}: not anon_exclusive")
-        if new_mapped[q - self.first_new_pfn] != 1:
-            self.fail(5, f"early copy at {a}: pfn {q} mapped by {int(new_mapped[q - self.first_new_pfn])} child PTEs")
+        vmaflags, a, q, src, moment = inst[own].T
+        touched = np.isin(a, np.array(sorted(self.touched_addr), np.int64))
+        self.fail_each(
+            4,
+            ~touched & (ptes_at(self.r.parent.mm, a) != self.val0_at(a)),
+            lambda i: f"early-copied index {a[i]}: parent PTE changed by the fork",
+        )
+        if self.v.anon_exclusive:
+            self.fail_each(
+                4,
+                (m1.page_flags[src] & PAGE_ANON_EXCLUSIVE) == 0,
+                lambda i: f"early-copied index {a[i]}: source page lost anon_exclusive",
+            )
+        if self.v.xu_protocol:  # the copy was made earlier, by page_duplicate
+            order = np.argsort(dups[:, 0], kind="stable")
+            k = np.minimum(np.searchsorted(dups[order, 0], q), max(len(dups) - 1, 0))
+            made = (k < len(dups)) & (dups[order[k], 0] == q) if len(dups) else np.zeros(len(q), bool)
+            self.fail_each(5, ~made, lambda i: f"early copy at {a[i]}: no page_duplicate produced pfn {q[i]}")
+            vmaflags, a, q, src, moment, k = (x[made] for x in (vmaflags, a, q, src, moment, k))
+            src_d = dups[order[k], 1]
+            self.fail_each(
+                5, src_d != src, lambda i: f"early copy at {a[i]}: copied from pfn {src_d[i]}, installed for {src[i]}"
+            )
+            moment = dups[order[k], 2]
+        want = self.contents_at(src, moment)
+        self.fail_each(
+            5,
+            m1.page_content[q] != want,
+            lambda i: (
+                f"early copy at {a[i]}: content "
+                f"{int(m1.page_content[q[i]])}, expected {int(want[i])} (source at the copy moment)"
+            ),
+        )
+        self.check_install_targets(vmaflags, a, q, new_mapped)
+
+    def check_install_targets(self, vmaflags: np.ndarray, a: np.ndarray, q: np.ndarray, new_mapped) -> None:
+        """Invariant 5 on what the early copies became: freed after a teardown, else mapped once, writable as the
+        VMA, by an anon order-0 folio with refcount and mapcount 1 (and anon-exclusive in 6.18)."""
+        m1 = self.m1
+        fq = m1.page_folio[q]
+        if not self.ok:
+            self.fail_each(
+                5,
+                ((m1.folio_flags[fq] & FOLIO_FREED) == 0) | (m1.folio_refcount[fq] != 0),
+                lambda i: f"early copy at {a[i]}: not freed by the teardown",
+            )
+            return
+        cv = ptes_at(self.r.child, a)
+        base = np.where(
+            (vmaflags & VM_WRITE) != 0,
+            np.uint64(P.mk_pte(0, True, True, True, False)),
+            np.uint64(P.mk_pte(0, False, True, True, False)),
+        )
+        want_pte = decode.with_offsets(base, q)
+        self.fail_each(
+            5,
+            cv != want_pte,
+            lambda i: f"early copy at {a[i]}: child PTE {int(cv[i]):#x}, expected {int(want_pte[i]):#x}",
+        )
+        good = (
+            (m1.folio_order[fq] == 0)
+            & (m1.folio_refcount[fq] == 1)
+            & (m1.page_mapcount[q] == 1)
+            & ((m1.folio_flags[fq] & (FOLIO_ANON | FOLIO_SWAPBACKED | FOLIO_FREED)) == FOLIO_ANON | FOLIO_SWAPBACKED)
+        )
+        self.fail_each(
+            5, ~good, lambda i: f"early copy at {a[i]}: folio {fq[i]} is not an anon order-0 page with ref 1, map 1"
+        )
+        if self.v.anon_exclusive:
+            self.fail_each(
+                5, (m1.page_flags[q] & PAGE_ANON_EXCLUSIVE) == 0, lambda i: f"early copy at {a[i]}: not anon_exclusive"
+            )
+        mapped = new_mapped[q - self.first_new_pfn]
+        self.fail_each(
+            5, mapped != 1, lambda i: f"early copy at {a[i]}: pfn {q[i]} mapped by {int(mapped[i])} child PTEs"
+        )
+
+    def contents_at(self, src: np.ndarray, moment: np.ndarray) -> np.ndarray:
+        """The content of each page ``src`` at trace moment ``moment``: its content before the fork, or that of the
+        last injected write before that moment."""
+        m0 = self.m0
+        out = (
+            np.where(src < m0.nr_pages, m0.page_content[np.minimum(src, max(m0.nr_pages - 1, 0))], 0)
+            if m0.nr_pages
+            else np.zeros(len(src), np.uint64)
+        )
+        out = out.astype(np.uint64)
+        writes = [e for e in self.events if e.name == "write"]
+        if writes:
+            written = np.isin(src, np.array([e.pfn for e in writes], np.int64))
+            for i in np.flatnonzero(written).tolist():
+                out[i] = self.content_at(int(src[i]), int(moment[i]))
+        return out
 
     def allocation_balance(self, nr_installs: int, new_mapped) -> None:
         """Invariant 9: every copy allocation is installed once or freed unused; nothing is owned at return."""
@@ -256,13 +324,17 @@ class _Checker:
             self.fail(9, f"installs counted {c['installs']}, early-copied indices {nr_installs}")
         if self.ok and int(new_mapped.sum()) != nr_installs:
             self.fail(9, f"{int(new_mapped.sum())} child PTEs map new pages, {nr_installs} installs")
-        for f in range(self.m0.nr_folios, m1.nr_folios):
-            freed = bool(m1.folio_flags[f] & FOLIO_FREED)
-            if freed and int(m1.folio_refcount[f]) != 0:
-                self.fail(9, f"new folio {f} freed with refcount {int(m1.folio_refcount[f])}")
-            q = int(m1.folio_first_pfn[f])
-            if not freed and (not self.ok or new_mapped[q - self.first_new_pfn] != 1):
-                self.fail(9, f"new folio {f} neither mapped once by the child nor freed (leak)")
+        new = np.arange(self.m0.nr_folios, m1.nr_folios)
+        freed = (m1.folio_flags[new] & FOLIO_FREED) != 0
+        self.fail_each(
+            9,
+            freed & (m1.folio_refcount[new] != 0),
+            lambda i: f"new folio {new[i]} freed with refcount {int(m1.folio_refcount[new[i]])}",
+        )
+        once = new_mapped[m1.folio_first_pfn[new] - self.first_new_pfn] == 1 if self.ok else np.zeros(len(new), bool)
+        self.fail_each(
+            9, ~freed & ~once, lambda i: f"new folio {new[i]} neither mapped once by the child nor freed (leak)"
+        )
         for rec in self.tr.calls:
             for what in rec.owned_at_return:
                 self.fail(9, f"call {rec.call_start} returned owning {what} (N3)")

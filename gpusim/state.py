@@ -367,6 +367,18 @@ def table_entries(mm: MM, t: int) -> np.ndarray | None:
     return None
 
 
+def ptes_at(mm: MM, addr: np.ndarray) -> np.ndarray:
+    """The entries at the addresses ``addr`` (i64 array; 0 where no table exists): u64, same shape."""
+    addr = np.asarray(addr, np.int64)
+    t, i = np.divmod(addr, PTRS_PER_TABLE)
+    k = np.searchsorted(mm.table_index, t)
+    ok = k < mm.nr_tables
+    ok[ok] = mm.table_index[k[ok]] == t[ok]
+    out = np.zeros(addr.shape, np.uint64)
+    out[ok] = mm.pte[k[ok], i[ok]]
+    return out
+
+
 def pte_at(mm: MM, addr: int) -> int:
     """The entry at address ``addr`` (0 where no table exists)."""
     row = table_entries(mm, addr // PTRS_PER_TABLE)
