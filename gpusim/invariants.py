@@ -89,11 +89,12 @@ class _Checker:
         row = self.child.get(a // PTRS_PER_TABLE)
         return 0 if row is None else int(row[a % PTRS_PER_TABLE])
 
-    def excl0(self, pfn: int) -> bool:
-        f = int(self.m0.page_folio[pfn])
-        if f in self.split_folios:
-            pfn = int(self.m0.folio_first_pfn[f])
-        return bool(self.m0.page_flags[pfn] & PAGE_ANON_EXCLUSIVE)
+    def excl0_at(self, pfn: np.ndarray) -> np.ndarray:
+        """Whether each page was anon-exclusive before the fork (a split THP's pages: its head page's flag)."""
+        f = self.m0.page_folio[pfn]
+        split = np.isin(f, np.array(sorted(self.split_folios), np.int64))
+        pfn = np.where(split, self.m0.folio_first_pfn[f], pfn)
+        return (self.m0.page_flags[pfn] & PAGE_ANON_EXCLUSIVE) != 0
 
     # -- the invariants
     def run(self) -> None:
@@ -522,49 +523,51 @@ class _Checker:
             self.fail(13, f"pin_shared counted {self.r.counts['pin_shared']}, the child shares {n} pinned pages")
         if not self.ok or pin_events:
             return
-        large_order = self.v.large_pin_order
-        vma_index = self.b.mm.vma_of(addrs)
-        for i in np.flatnonzero(pinned & present).tolist():  # each child PTE sharing a pinned folio
-            a, f = int(addrs[i]), int(folio[i])
-            if a in self.touched_addr or f in self.touched_folio:
-                continue
-            order = int(m0.folio_order[f])
-            large = order >= large_order
-            if not large and order >= 1:
-                continue  # the refcount heuristic also sees the references of sibling PTEs
-            pb = self.val0(a)
-            vi = int(vma_index[i])
-            cow = vi >= 0 and is_cow_mapping(int(self.b.mm.vma_flags[vi]))
-            if self.early_copy_due(f, int(pfn[i]), pb, cow):
-                self.fail(13, f"index {a}: pinned page shared although the early-copy predicate held")
-            if not self.v.early_cow and cow and P.pte_write(pb) and P.pte_write(self.val1(a)):
-                self.fail(13, f"index {a}: {self.variant} shared a pinned page without write-protecting the parent")
+        idx = np.flatnonzero(pinned & present)  # the child PTEs sharing a pinned folio
+        a, f, p = addrs[idx], folio[idx], pfn[idx]
+        order = m0.folio_order[f]
+        keep = ~np.isin(a, np.array(sorted(self.touched_addr), np.int64))
+        keep &= ~np.isin(f, np.array(sorted(self.touched_folio), np.int64))
+        keep &= (order >= self.v.large_pin_order) | (order == 0)  # a small folio of order >= 1: the refcount
+        a, f, p = a[keep], f[keep], p[keep]  # heuristic also sees sibling PTEs' references
+        pb = self.val0_at(a)
+        vi = self.b.mm.vma_of(a)
+        vflags = self.b.mm.vma_flags[np.maximum(vi, 0)].astype(np.int64)
+        cow = (vi >= 0) & is_cow_mapping(vflags)
+        self.fail_each(
+            13,
+            self.early_copy_due(f, p, pb, cow),
+            lambda i: f"index {a[i]}: pinned page shared although the early-copy predicate held",
+        )
+        if not self.v.early_cow:
+            w = np.uint64(P.PAGE_RW)
+            bad = cow & ((pb & w) != 0) & ((ptes_at(self.r.parent.mm, a) & w) != 0)
+            self.fail_each(
+                13,
+                bad,
+                lambda i: f"index {a[i]}: {self.variant} shared a pinned page without write-protecting the parent",
+            )
 
-    def early_copy_due(self, f: int, pfn: int, pb: int, cow: bool) -> bool:
-        """The variant's early-copy predicate (spec 3) for page ``pfn`` of folio ``f`` mapped by the parent entry
+    def early_copy_due(self, f: np.ndarray, pfn: np.ndarray, pb: np.ndarray, cow: np.ndarray) -> np.ndarray:
+        """The variant's early-copy predicate (spec 3) for pages ``pfn`` of folios ``f`` mapped by the parent entries
         ``pb``, on the state before the fork: xu-v1 and 6.18 test it after taking the child's reference, 5.10
         before."""
         m0, v = self.m0, self.v
-        order, ref0, pincount = int(m0.folio_order[f]), int(m0.folio_refcount[f]), int(m0.folio_pincount[f])
-        has_pinned0 = self.b.mm.has_pinned
-        if not v.early_cow:
-            return False
+        order, ref0, pincount = m0.folio_order[f], m0.folio_refcount[f].astype(np.int64), m0.folio_pincount[f]
+        if not v.early_cow or not self.b.mm.has_pinned:
+            return np.zeros(len(f), bool)
         if v.xu_protocol:
-            return (
-                has_pinned0
-                and cow
-                and P.pte_write(pb)
-                and folio_maybe_dma_pinned(order, ref0 + 1, pincount, v.large_pin_order)
-            )
+            writable = (pb & np.uint64(P.PAGE_RW)) != 0
+            return cow & writable & folio_maybe_dma_pinned(order, ref0 + 1, pincount, v.large_pin_order)
         if v.anon_exclusive:
+            flags = m0.folio_flags[f]
             return (
-                bool(m0.folio_flags[f] & FOLIO_ANON)
-                and self.excl0(pfn)
-                and not m0.folio_flags[f] & FOLIO_DEVICE_PRIVATE
-                and has_pinned0
-                and folio_maybe_dma_pinned(order, ref0 + 1, pincount, v.large_pin_order)
+                ((flags & FOLIO_ANON) != 0)
+                & self.excl0_at(pfn)
+                & ((flags & FOLIO_DEVICE_PRIVATE) == 0)
+                & folio_maybe_dma_pinned(order, ref0 + 1, pincount, v.large_pin_order)
             )
-        return cow and has_pinned0 and folio_maybe_dma_pinned(order, ref0, pincount, v.large_pin_order)
+        return cow & folio_maybe_dma_pinned(order, ref0, pincount, v.large_pin_order)
 
 
 def check_invariants(before: AddressSpace, result, oracle, fork_seq: int) -> InvariantReport:

@@ -35,9 +35,13 @@ def tables_from_entries(addr: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, 
     """(table_index i64 ``(T,)``, pte u64 ``(T, 512)``) holding the entries ``val`` at the page addresses ``addr``:
     one table for each 512-page extent that holds an entry. The inverse of :func:`entries`."""
     addr = np.asarray(addr, np.int64)
-    tables = np.unique(addr // PTRS_PER_TABLE)
+    t = addr // PTRS_PER_TABLE
+    if t.size and (t[1:] >= t[:-1]).all():  # entries already in address order (the common case): no sort
+        tables = t[np.r_[True, t[1:] != t[:-1]]]
+    else:
+        tables = np.unique(t)
     pte = np.zeros((tables.shape[0], PTRS_PER_TABLE), np.uint64)
-    pte[np.searchsorted(tables, addr // PTRS_PER_TABLE), addr % PTRS_PER_TABLE] = val
+    pte[np.searchsorted(tables, t), addr % PTRS_PER_TABLE] = val
     return tables, pte
 
 

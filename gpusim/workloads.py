@@ -138,7 +138,7 @@ def _runs(rng, n: int, k: int, runs: int) -> np.ndarray:
         room = (seg if r < runs - 1 else n - lo) - ln
         start = lo + (int(rng.integers(0, room + 1)) if room > 0 else 0)
         out.append(np.arange(start, start + ln, dtype=np.int64))
-    return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
+    return np.concatenate(out) if out else np.zeros(0, np.int64)  # one run per segment: sorted and disjoint
 
 
 def _region_vma(r: dict) -> tuple[int, int, bool]:

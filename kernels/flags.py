@@ -73,8 +73,9 @@ V_5_8, V_XU_V1, V_XU_V1_OLEG, V_5_10, V_6_18 = 0, 1, 2, 3, 4
 
 @register_jitable
 def is_cow_mapping(vm_flags):
-    """Private and may become writable (even if currently read-only)."""
-    return (vm_flags & VM_MAYWRITE) != 0 and (vm_flags & VM_SHARED) == 0
+    """Private and may become writable (even if currently read-only). Without a branch, so that it takes numpy
+    arrays too."""
+    return ((vm_flags & VM_MAYWRITE) != 0) & ((vm_flags & VM_SHARED) == 0)
 
 
 @register_jitable

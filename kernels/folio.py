@@ -17,10 +17,10 @@ def is_large_for_pins(order, large_order):
 
 @register_jitable
 def folio_maybe_dma_pinned(order, refcount, pincount, large_order):
-    """``page_maybe_dma_pinned`` / ``folio_maybe_dma_pinned``: exact for large folios, a heuristic otherwise."""
-    if order >= large_order:
-        return pincount > 0
-    return refcount >= PIN_BIAS
+    """``page_maybe_dma_pinned`` / ``folio_maybe_dma_pinned``: exact for large folios, a heuristic otherwise.
+    Written without a branch, so that it takes numpy arrays too (the invariant checker's vectorised form)."""
+    large = order >= large_order
+    return (large & (pincount > 0)) | (~large & (refcount >= PIN_BIAS))
 
 
 @register_jitable
