@@ -29,13 +29,13 @@ import time
 
 import numpy as np
 
-from gpusim import decode
+from gpusim import decode, earlycopy
 from gpusim.hostloop import host_context, machine_arrays
 from gpusim.kernels import cpu as cpu_kernels
 from gpusim.kernels.args import Calls, HugeArrays, OracleParams, SlowArrays, Tables, memory_arrays
 from gpusim.kernels.cpu import shift_entries
 from gpusim.kernels.fields import MEMORY_FIELDS
-from gpusim.kernels.flags import FOLIO_FREED, PAGE_HWPOISON, PIN_BIAS, PTRS_PER_TABLE, RSS_NAMES
+from gpusim.kernels.flags import FOLIO_FREED, PAGE_HWPOISON, PTRS_PER_TABLE, RSS_NAMES
 from gpusim.kernels.rules import (
     FAST_COUNTS,
     MODE_CLASSIFY,
@@ -48,16 +48,14 @@ from gpusim.kernels.rules import (
     NB_NEVER,
 )
 from gpusim.kernels.slowpath import (
+    CLAIM_HI,
+    CLAIM_LO,
     EHWPOISON,
     ENOSPC,
     HUGE_SHARED,
     HUGE_SPLIT,
     OOPS,
     SLOW_COUNTS,
-    ST_DUPLICATES,
-    ST_INSTALLS,
-    ST_NEXT_FOLIO,
-    ST_NEXT_PFN,
     ST_OOPS_ADDR,
 )
 from gpusim.oracle import InjectionPlan, LockBreakOracle
@@ -193,7 +191,7 @@ class ForkJob:
         self.fc = host_context(
             space, self.work, self.ppte, self.cpte, self.cexists, variant, oracle, plan_inj, fork_seq
         )
-        put_s = self.reserve_early_copies() if self.compiled and self.v.early_cow else 0.0
+        put_s = self.reserve_early_copies() if self.compiled else 0.0
 
         self.nb = oracle_params(oracle)
         # their counts and rows:
@@ -203,14 +201,20 @@ class ForkJob:
         self.setup_s = time.perf_counter() - t0 - put_s
 
     def reserve_early_copies(self) -> float:
-        """Room in the engine's copy of the memory for every early copy the fork can make (:func:`early_copy_bound`),
-        so the compiled slow path never grows the arrays; returns the seconds it took, which, like the copy of the
-        state itself, are not counted in the engine's time."""
+        """Room in the engine's copy of the memory for every early copy the fork can make
+        (:func:`gpusim.earlycopy.maybe_pinned_folios`), so the compiled slow path never grows the arrays, and the
+        scratch arrays of its plan; returns the seconds it took, which, like the copy of the state itself, are not
+        counted in the engine's time."""
         t0 = time.perf_counter()
-        bound = early_copy_bound(self.work, self.v.large_pin_order)
+        m = self.work
+        self.maybe, bound = np.zeros(m.nr_folios, bool), 0
+        if self.v.early_cow:
+            self.maybe, bound = earlycopy.maybe_pinned_folios(m, self.v.large_pin_order)
         for name in MEMORY_FIELDS:
             if not name.startswith("swap_"):
                 getattr(self.fc.m, name).reserve(bound)
+        nobj = m.nr_folios + len(m.swap_count)
+        self.claims = (np.full(nobj, CLAIM_LO, np.int64), np.full(nobj, CLAIM_HI, np.int64))
         return time.perf_counter() - t0
 
     def ptetable_failures(self) -> np.ndarray:
@@ -321,51 +325,59 @@ class ForkJob:
         return htab, HugeArrays(mm.pmd.copy(), np.zeros(H, np.uint64), np.zeros(H, np.int8))
 
     def slow_tables(self, order: np.ndarray) -> tuple[tuple, int]:
-        """The tables of ``order`` (PTE rows, and ``-1 - row`` for THPs, in address order) by the compiled slow
-        path; its counts, early copies and THP results are kept for :meth:`merge_counts`, the final states and
-        the invariant checker."""
+        """The items of ``order`` (PTE rows, and ``-1 - row`` for THPs, in address order) by the compiled slow
+        path: planned (bounds, which items commute), run (the independent ones in parallel), their new pages
+        numbered in address order (:mod:`gpusim.earlycopy`); counts, early copies and THP results are kept for
+        :meth:`merge_counts`, the final states and the invariant checker."""
         m = self.fc.m
         arrays = {name: getattr(m, name).a for name in MEMORY_FIELDS}  # with the room reserved for early copies
-        cap = len(m.page_folio.a) - len(m.page_folio)
-        state = np.array([len(m.folio_order), len(m.page_folio), 0, 0, 0], np.int64)
+        nf, npg = len(m.folio_order), len(m.page_folio)
+        htab, huge = self.huge_rows()
+        tab, calls, mem = self.tables(), self.calls.group(), memory_arrays(arrays)
+        bounds, dependent = cpu_kernels.slow_plan(order, self.maybe, self.can_stop, tab, huge, calls, mem, *self.claims)
+        cap = len(m.page_folio.a) - npg
+        if int(bounds.sum()) > cap:
+            raise RuntimeError("the slow path's items need more room for early copies than the engine reserved")
+        seg, states = earlycopy.item_states(bounds, nf, npg)
         sp = SlowArrays(
             arrays["page_content"],
             arrays["folio_pmd_mapcount"],
-            state,
+            states,
             np.empty((cap, 4), np.int64),
             np.empty((cap, 2), np.int64),
-            np.zeros(4, np.int64),
+            np.zeros((len(order), 4), np.int64),
         )
-        htab, huge = self.huge_rows()
-        counts, i, st, c = cpu_kernels.host_tables(
-            order,
-            self.v.id,
-            self.v.large_pin_order,
-            self.tables(),
-            htab,
-            huge,
-            self.calls.group(),
-            memory_arrays(arrays),
-            self.nb,
-            sp,
+        counts, status, call = cpu_kernels.host_tables(
+            order, dependent, self.v.id, self.v.large_pin_order, tab, htab, huge, calls, mem, self.nb, sp
         )
+        stopped = np.flatnonzero(status)
+        i = int(stopped[0]) if len(stopped) else -1
+        if i >= 0 and not dependent[i]:
+            raise RuntimeError("an item of the slow path run in parallel stopped the fork (a bug of the engine)")
+        total, ni, nd = cpu_kernels.number_in_address_order(nf, npg, seg, order, mem, sp, tab.cpte, htab.cpte)
         for name in MEMORY_FIELDS:
             if not name.startswith("swap_"):
-                getattr(m, name).grow_to(state[ST_NEXT_FOLIO] if name.startswith("folio_") else state[ST_NEXT_PFN])
+                getattr(m, name).grow_to((nf if name.startswith("folio_") else npg) + total)
         done = order[: len(order) if i < 0 else i + 1]
         self.take_huge_results(htab, huge, -done[done < 0] - 1)
+        self.keep_slow_counts(done, htab, huge, counts[: len(done)])
+        self.fc.trace.compiled_installs.append(sp.installs[:ni, [3, 0, 1, 2]])
+        self.fc.trace.compiled_duplicates.append(sp.duplicates[:nd].copy())
+        if i < 0:
+            return self.slow_outcome(0, -1, 0)
+        return self.slow_outcome(int(status[i]), int(call[i]), int(states[i, ST_OOPS_ADDR]))
+
+    def keep_slow_counts(self, done: np.ndarray, htab: Tables, huge: HugeArrays, counts: np.ndarray) -> None:
+        """The count rows of the items ``done``: totals, and per table (a shared PMD has no table)."""
         thp = done < 0
         tables = np.zeros(len(done), np.int64)
         tables[~thp] = self.mm.table_index[done[~thp]]
         tables[thp] = htab.table_index[-done[thp] - 1]
         stats = ~thp
-        stats[thp] = huge.state[-done[thp] - 1] == HUGE_SPLIT  # a shared PMD has no row
+        stats[thp] = huge.state[-done[thp] - 1] == HUGE_SPLIT
         self.slow_tables_done.append(tables[stats])
-        self.slow_counts.append(counts[: len(done)][stats])
-        self.slow_totals.append(counts[: len(done)].sum(axis=0))
-        self.fc.trace.compiled_installs.append(sp.installs[: state[ST_INSTALLS]][:, [3, 0, 1, 2]])
-        self.fc.trace.compiled_duplicates.append(sp.duplicates[: state[ST_DUPLICATES]])
-        return self.slow_outcome(st, c, state)
+        self.slow_counts.append(counts[stats])
+        self.slow_totals.append(counts.sum(axis=0))
 
     def take_huge_results(self, htab: Tables, huge: HugeArrays, hs: np.ndarray) -> None:
         """What the slow path did to the THPs ``hs``, into the host state the final arrays are assembled from: a
@@ -386,8 +398,9 @@ class ForkJob:
                     fc.child.tables.extra[t] = htab.cpte[h].tolist()
                 fc.trace.splits.append((t, f))
 
-    def slow_outcome(self, st: int, c: int, state: np.ndarray) -> tuple[tuple, int]:
-        """(outcome, oops, enomem) of the slow path's status ``st`` at call ``c``, and the stopping call."""
+    def slow_outcome(self, st: int, c: int, oops_addr: int) -> tuple[tuple, int]:
+        """(outcome, oops, enomem) of the slow path's status ``st`` at call ``c`` (an oops at ``oops_addr``), and
+        the stopping call."""
         if st == 0:
             return ("ok", None, None), self.nC
         if st == ENOSPC:
@@ -397,7 +410,7 @@ class ForkJob:
             function, reason = OOPS[st]
             return (
                 "oops",
-                {"function": function, "addr": int(state[ST_OOPS_ADDR]), "reason": reason, "call_start": call_start},
+                {"function": function, "addr": oops_addr, "reason": reason, "call_start": call_start},
                 None,
             ), int(c)
         point = "hwpoison" if st == EHWPOISON else "unknown"
@@ -601,19 +614,6 @@ def fork_fast_batch(
         sel = (b.rows >= b.row_off[i]) & (b.rows < b.row_off[i + 1])
         out.append(j.finish(needs[sel], counts[sel], kernels, backend, chunk_tables, launch_s))
     return out
-
-
-def early_copy_bound(m: Memory, large_order: int) -> int:
-    """The most early copies a fork of ``m`` can make: every mapping (a PTE, or a PMD's 512 pages) of a folio that
-    is maybe pinned, or could become so through the references the fork itself takes (the small-folio heuristic)."""
-    if not m.nr_folios:
-        return 0
-    nr = np.left_shift(np.int64(1), m.folio_order.astype(np.int64))
-    mapped = np.bincount(m.page_folio, weights=m.page_mapcount, minlength=m.nr_folios).astype(np.int64)
-    mapped += m.folio_pmd_mapcount.astype(np.int64) * nr
-    large = m.folio_order >= large_order
-    maybe = np.where(large, m.folio_pincount > 0, m.folio_refcount.astype(np.int64) + mapped + 1 >= PIN_BIAS)
-    return int(mapped[maybe].sum())
 
 
 def kernel_table_stats(tables: np.ndarray, count_rows: np.ndarray, columns: tuple) -> TableStats:

@@ -79,9 +79,10 @@ OracleParams = namedtuple("OracleParams", [f for g, f, *_ in FIELDS if g == "ora
 GROUP_TYPES = {"tables": Tables, "calls": Calls, "memory": MemoryArrays, "oracle": OracleParams}
 
 # The slow path's own arrays (gpusim.kernels.slowpath; CPU only for now): what an early copy or a THP touches beyond
-# the memory group (page contents, PMD mapcounts), the allocator's state and the logs of early copies, which the
-# invariant checker reads, and the xu series' struct copy_mm_data of the call being copied. The memory group's arrays
-# are passed with room for the pages the slow path allocates.
+# the memory group (page contents, PMD mapcounts), the logs of early copies, which the invariant checker reads, and
+# a row per item (table or THP) of the slow path: its allocator's and logs' state (ST_*) and the xu series' struct
+# copy_mm_data of the call being copied (an item's own function sees its rows as ``state`` and ``copy_mm_data``).
+# The memory group's arrays are passed with room for the pages the slow path allocates.
 SlowArrays = namedtuple(
     "SlowArrays", ["page_content", "folio_pmd_mapcount", "state", "installs", "duplicates", "copy_mm_data"]
 )

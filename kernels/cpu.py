@@ -2,7 +2,8 @@
 
 One thread walks one table (all its calls): it classifies the table, then, if no PTE needs the host loop, copies it
 while the row is still in cache (:mod:`gpusim.kernels.table`). Per-table counts go to rows of their own and are
-summed on the host.
+summed on the host. The tables left to the slow path (:mod:`gpusim.kernels.slowpath`) are planned
+(:func:`slow_plan`) and run (:func:`host_tables`) here too, a thread per table that shares no object with another.
 """
 
 import hashlib
@@ -13,6 +14,7 @@ import numpy as np
 from numba import njit, prange
 from numba.core.errors import NumbaIRAssumptionWarning
 
+from gpusim.kernels.flags import PTRS_PER_TABLE
 from gpusim.kernels.pte import (
     KIND_DEVICE_PRIVATE,
     KIND_MIGRATION,
@@ -25,7 +27,16 @@ from gpusim.kernels.pte import (
     swp_offset,
 )
 from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
-from gpusim.kernels.slowpath import NR_SLOW_COUNTS, copy_huge_pmd, copy_table_slow
+from gpusim.kernels.slowpath import (
+    CHECK,
+    CLAIM,
+    NR_SLOW_COUNTS,
+    ST_DUPLICATES,
+    ST_INSTALLS,
+    ST_NEXT_FOLIO,
+    item_objects,
+    run_item,
+)
 from gpusim.kernels.table import copy_table_fast, table_needs_host
 
 
@@ -91,28 +102,111 @@ def _fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, needs_ho
         copy_table_fast(r, variant, tab, calls, mem, nb, counts[i])
 
 
-def host_tables(order, variant, large_order, tab, htab, huge, calls, mem, nb, sp):
-    """The slow path (:mod:`gpusim.kernels.slowpath`) over the tables of ``order``, one after the other in that
-    (address) order, until one stops the fork: an item ``x >= 0`` is row ``x`` of ``tab``, ``x < 0`` the THP of row
-    ``-x - 1`` of ``htab`` / ``huge``. Returns (counts i64 ``(len(order), NR_SLOW_COUNTS)``, the index into
-    ``order`` where the fork stopped or -1, its status, the call where it stopped)."""
-    counts = np.zeros((order.shape[0], NR_SLOW_COUNTS), np.int64)
-    i, st, c = _host_tables(order, variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts)
-    return counts, i, st, c
+def slow_plan(order, maybe, sequential, tab, huge, calls, mem, lo, hi):
+    """Plan the slow path's items ``order`` (:mod:`gpusim.kernels.slowpath`: a table row ``x >= 0`` of ``tab``, the
+    THP of row ``-x - 1`` of ``huge``): each item's bound on early copies, and whether it must run in address order
+    after the others (it shares a folio or a swap slot with another item; every item when ``sequential``: a fork
+    that can stop early). ``lo`` / ``hi``: this fork's claims, int64 arrays with an element per folio and per swap
+    slot, filled with ``CLAIM_LO`` / ``CLAIM_HI``. Returns (bounds i64, dependent bool), per item."""
+    n = order.shape[0]
+    bounds = np.zeros(n, np.int64)
+    dependent = np.full(n, sequential, np.bool_)
+    _slow_plan(order, maybe, tab, huge, calls, mem, lo, hi, bounds, dependent, np.zeros(n, np.bool_))
+    return bounds, dependent
 
 
-@njit(cache=True, _nrt=False)  # no reference counting of the arrays on every call (see _fork_tables)
-def _host_tables(order, variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts):
+@njit(parallel=True, cache=True, _nrt=False)
+def _slow_plan(order, maybe, tab, huge, calls, mem, lo, hi, bounds, dependent, claimed):
+    n = order.shape[0]
+    for i in prange(n):
+        bounds[i], claimed[i] = item_objects(i, order[i], CLAIM, maybe, tab, huge, calls, mem, lo, hi)
+    for i in prange(n):
+        if claimed[i] and not dependent[i]:
+            dependent[i] = item_objects(i, order[i], CHECK, maybe, tab, huge, calls, mem, lo, hi)[1]
+
+
+def host_tables(order, dependent, variant, large_order, tab, htab, huge, calls, mem, nb, sp):
+    """The slow path (:mod:`gpusim.kernels.slowpath`) over the items of ``order``: the independent ones in parallel,
+    then the ``dependent`` ones one after the other in address order, until one stops the fork. ``sp.state`` and
+    ``sp.copy_mm_data`` have a row per item (its allocator and logs; the xu series' struct). Returns (counts i64
+    ``(len(order), NR_SLOW_COUNTS)``, status and stopping call per item: 0 and -1 for an item that ran to its end
+    or did not run)."""
+    n = order.shape[0]
+    counts = np.zeros((n, NR_SLOW_COUNTS), np.int64)
+    status = np.zeros(n, np.int64)
+    call = np.full(n, -1, np.int64)
+    _host_tables(order, dependent, variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts, status, call)
+    return counts, status, call
+
+
+@njit(parallel=True, cache=True, _nrt=False)  # no reference counting of the arrays on every call (see _fork_tables)
+def _host_tables(order, dependent, variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts, status, call):
+    n = order.shape[0]
+    for i in prange(n):
+        if not dependent[i]:
+            status[i], call[i] = run_item(
+                i, order[i], variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts
+            )
+    for i in range(n):
+        if dependent[i]:
+            status[i], call[i] = run_item(
+                i, order[i], variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts
+            )
+            if status[i] != 0:
+                return
+
+
+def number_in_address_order(nr_folios, nr_pages, seg, order, mem, sp, cpte, hcpte):
+    """Close up the segments of new rows the items of ``order`` allocated from (``seg``: their first rows, counted
+    from ``nr_folios`` / ``nr_pages``; ``sp.state``: how far each got; see :mod:`gpusim.earlycopy`): the rows each
+    item used move down to follow the previous item's, the child entries (``cpte``, or ``hcpte`` for a THP) and the
+    logs naming them follow, and the logs are closed up at the front of ``sp.installs`` / ``sp.duplicates``.
+    Returns (the new rows, installs, duplicates)."""
+    out = np.zeros(3, np.int64)
+    _number_in_address_order(nr_folios, nr_pages, seg, order, mem, sp, cpte, hcpte, out)
+    return int(out[0]), int(out[1]), int(out[2])
+
+
+@njit(cache=True, _nrt=False)
+def _number_in_address_order(nf, npg, seg, order, mem, sp, cpte, hcpte, out):
+    # Rows only move down (an item uses at most its bound) and items are taken in order, so moving each row in turn
+    # never overwrites one not yet moved.
+    dst, ni, nd = 0, 0, 0
     for i in range(order.shape[0]):
+        s = seg[i]
+        d = s - dst  # how far this item's rows move
+        used = sp.state[i, ST_NEXT_FOLIO] - nf - s
+        for k in range(used if d else 0):
+            fo, fn, po, pn = nf + s + k, nf + dst + k, npg + s + k, npg + dst + k
+            mem.folio_order[fn] = mem.folio_order[fo]
+            mem.folio_refcount[fn] = mem.folio_refcount[fo]
+            mem.folio_pincount[fn] = mem.folio_pincount[fo]
+            mem.folio_true_pins[fn] = mem.folio_true_pins[fo]
+            mem.folio_flags[fn] = mem.folio_flags[fo]
+            sp.folio_pmd_mapcount[fn] = sp.folio_pmd_mapcount[fo]
+            mem.folio_first_pfn[fn] = pn
+            mem.page_folio[pn] = fn
+            mem.page_mapcount[pn] = mem.page_mapcount[po]
+            mem.page_flags[pn] = mem.page_flags[po]
+            sp.page_content[pn] = sp.page_content[po]
         x = order[i]
-        st, c = 0, -1
-        if x >= 0:
-            st, c = copy_table_slow(x, variant, large_order, tab, calls, mem, nb, counts[i], sp)
-        elif copy_huge_pmd(-x - 1, variant, large_order, htab, huge, calls, mem, counts[i], sp):
-            st, c = copy_table_slow(-x - 1, variant, large_order, htab, calls, mem, nb, counts[i], sp)
-        if st != 0:
-            return i, st, c
-    return -1, 0, -1
+        for j in range(s, sp.state[i, ST_INSTALLS]):
+            for col in range(4):
+                sp.installs[ni, col] = sp.installs[j, col]
+            sp.installs[ni, 1] -= d
+            if d:
+                a = sp.installs[ni, 0] % PTRS_PER_TABLE
+                if x >= 0:
+                    cpte[x, a] = pte_set_pfn(cpte[x, a], np.uint64(sp.installs[ni, 1]))
+                else:
+                    hcpte[-x - 1, a] = pte_set_pfn(hcpte[-x - 1, a], np.uint64(sp.installs[ni, 1]))
+            ni += 1
+        for j in range(s, sp.state[i, ST_DUPLICATES]):
+            sp.duplicates[nd, 0] = sp.duplicates[j, 0] - d
+            sp.duplicates[nd, 1] = sp.duplicates[j, 1]
+            nd += 1
+        dst += used
+    out[0], out[1], out[2] = dst, ni, nd
 
 
 @njit(parallel=True, cache=True)

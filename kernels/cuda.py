@@ -27,7 +27,7 @@ from numba import config, cuda
 from numba.extending import overload
 
 from gpusim.kernels import args as A
-from gpusim.kernels.atomics import atomic_add
+from gpusim.kernels.atomics import atomic_add, atomic_max, atomic_min
 from gpusim.kernels.flags import PTRS_PER_TABLE, V_6_18, VM_SHARED, is_cow_mapping
 from gpusim.kernels.pte import KIND_PRESENT, pte_kind, pte_special
 from gpusim.kernels.rules import C_SWAPOFF, MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
@@ -54,6 +54,14 @@ if not SIMULATOR:
     @overload(atomic_add, target="cuda")
     def _ol_atomic_add(arr, i, v):
         return lambda arr, i, v: cuda.atomic.add(arr, i, v)
+
+    @overload(atomic_min, target="cuda")
+    def _ol_atomic_min(arr, i, v):
+        return lambda arr, i, v: cuda.atomic.min(arr, i, v)
+
+    @overload(atomic_max, target="cuda")
+    def _ol_atomic_max(arr, i, v):
+        return lambda arr, i, v: cuda.atomic.max(arr, i, v)
 
 
 def prepare() -> None:

@@ -1,7 +1,8 @@
 """The slow paths of ``copy_pte_range`` compiled: the per-table state machines of the five variants (spec 3), the
 early copies of maybe-pinned pages with their passes and restarts, and swap-count continuations, as
 ``register_jitable`` functions that numba compiles (``gpusim.kernels.cpu.host_tables`` runs them over the tables
-that need them, one after the other in address order).
+that need them: those that share no folio or swap slot with another in parallel, the others one after the other in
+address order; see the last section).
 
 Each function here is the compiled twin of the function of :mod:`gpusim.reference` with the same name, step for
 step, with the same counts: the reference remains the spec in code, and the differential tests hold the two equal.
@@ -18,6 +19,8 @@ address in ``sp.state[ST_OOPS_ADDR]``); counts go to the table's row ``acc`` (:d
 import numpy as np
 from numba.extending import register_jitable
 
+from gpusim.kernels.args import SlowArrays
+from gpusim.kernels.atomics import atomic_max, atomic_min
 from gpusim.kernels.flags import (
     BREAK_AT,
     FOLIO_ANON,
@@ -45,6 +48,7 @@ from gpusim.kernels.folio import folio_maybe_dma_pinned
 from gpusim.kernels.pte import (
     KIND_DEVICE_PRIVATE,
     KIND_MIGRATION,
+    KIND_PRESENT,
     KIND_SWAP,
     as_u64,
     is_readable_exclusive_migration_entry,
@@ -173,9 +177,10 @@ OOPS = {
     OOPS_OLD_PAGE_NULL: ("page_duplicate", "OLD_PAGE_NULL"),
     OOPS_BAD_ENTRY: ("copy_nonpresent_pte", "BAD_ENTRY"),
 }
-# sp.state: the allocator (next folio, next pfn), the logs' lengths, an oops's address
-ST_NEXT_FOLIO, ST_NEXT_PFN, ST_INSTALLS, ST_DUPLICATES, ST_OOPS_ADDR = 0, 1, 2, 3, 4
-NR_STATE = 5
+# sp.state, one row per item (a table, or a THP) of the slow path: its allocator (the next folio and pfn of its
+# segment of the new rows, and the segment's end), where its next log records go, an oops's address
+ST_NEXT_FOLIO, ST_NEXT_PFN, ST_INSTALLS, ST_DUPLICATES, ST_OOPS_ADDR, ST_END_FOLIO = 0, 1, 2, 3, 4, 5
+NR_STATE = 6
 # why a pass ended (the window that follows it)
 R_END, R_LB, R_SC, R_EC, R_HWPOISON = 0, 1, 2, 3, 4
 # copy_one_pte's results (COPY_MM_*)
@@ -376,11 +381,12 @@ def copy_nonpresent_pte(r, base, a, vmaflags, anon_exclusive, tab, mem, acc, sp)
 
 @inline
 def allocate_page(mem, acc, sp):
-    """An early-copy page: a new order-0 folio, refcount 1, not yet anon (spec 1.4). Returns its pfn, or ``NONE``
-    when the arrays have no room left (the engine reserves room for every early copy a fork can make)."""
+    """An early-copy page: a new order-0 folio, refcount 1, not yet anon (spec 1.4), the next of the item's
+    segment. Returns its pfn, or ``NONE`` when the segment is full (the engine gives each item room for every early
+    copy it can make: :func:`item_objects`)."""
     f = sp.state[ST_NEXT_FOLIO]
     pfn = sp.state[ST_NEXT_PFN]
-    if f >= mem.folio_order.shape[0] or pfn >= mem.page_folio.shape[0]:
+    if f >= sp.state[ST_END_FOLIO] or f >= mem.folio_order.shape[0] or pfn >= mem.page_folio.shape[0]:
         return NONE  # no room left: the engine's bound was wrong (ENOSPC)
     acc[S_COPY_ALLOC] += 1
     sp.state[ST_NEXT_FOLIO] = f + 1
@@ -954,4 +960,87 @@ def copy_table_slow(r, variant, large_order, tab, calls, mem, nb, acc, sp):
         st = copy_pte_range(r, c, variant, large_order, tab, calls, mem, nb, acc, sp)
         if st != 0:
             return st, c
+    return 0, -1
+
+
+# --- the items of a fork's slow path, in parallel ----------------------------------------------------------------
+#
+# An item is a table (``x >= 0``: row ``x`` of ``tab``) or a PMD-mapped THP (``x < 0``: row ``-x - 1`` of ``htab``
+# / ``huge``) that the fast kernels left to the slow path. Items that share no object (a folio, a swap slot) with
+# another item commute: each reads and writes only its own rows and the objects its entries name, so they run in
+# parallel. Items that share one run after them, one after the other in address order, as the kernel would. Each
+# item allocates from a segment of its own (its bound: every mapping it holds of a folio that may be pinned), and
+# the engine numbers the new folios and pages in address order afterwards (gpusim.earlycopy), as one walk would.
+
+CLAIM, CHECK = 0, 1
+CLAIM_LO, CLAIM_HI = np.iinfo(np.int64).max, -1  # the fill values of the claims (no item names the object)
+
+
+@inline
+def entry_object(v, nr_folios, mem):
+    """The object a parent entry names that an item's copy may change, if another entry can name it too: the folio
+    of its page (present, migration, device-private), ``nr_folios + slot`` for a swap entry. -1 for none; for an
+    object only this entry names (a swap slot of count 1; ``-2 - folio`` for an order-0 folio whose page is mapped
+    once: the state checks hold every mapping to its mapcount), a negative value too."""
+    k = pte_kind(v)
+    if k == KIND_SWAP:
+        o = np.int64(swp_offset(v))
+        return nr_folios + o if mem.swap_count[o] > 1 else np.int64(-1)
+    if (k == KIND_PRESENT and not pte_special(v)) or k == KIND_MIGRATION or k == KIND_DEVICE_PRIVATE:
+        p = np.int64(pte_pfn(v))
+        f = np.int64(mem.page_folio[p])
+        if k != KIND_MIGRATION and mem.folio_order[f] == 0 and mem.page_mapcount[p] == 1:
+            return -2 - f  # this entry's alone
+        return f
+    return np.int64(-1)
+
+
+@register_jitable
+def item_objects(i, x, step, maybe, tab, huge, calls, mem, lo, hi):
+    """One step over the objects of item ``i`` (``x``: see above). ``CLAIM``: the item claims each object it names
+    that another entry could name too (``lo`` / ``hi``, filled with ``CLAIM_LO`` / ``CLAIM_HI`` for the fork: the
+    least / greatest item naming it); returns (its bound: the entries, or THP pages, of folios in ``maybe``;
+    whether it claimed any). ``CHECK``, after every item claimed, for an item that did: returns (0, whether it
+    shares an object with another item)."""
+    nr_folios = maybe.shape[0]
+    bound, found = 0, False
+    if x < 0:
+        f = np.int64(mem.page_folio[np.int64(pte_pfn(huge.pmd[-x - 1]))])
+        if step == CHECK:
+            return 0, lo[f] != hi[f]
+        atomic_min(lo, f, i)
+        atomic_max(hi, f, i)
+        return PTRS_PER_TABLE if maybe[f] else 0, True
+    base = tab.table_index[x] * PTRS_PER_TABLE
+    last = np.int64(-1)
+    for c in range(tab.row_lo[x], tab.row_hi[x]):
+        for a in range(calls.start[c], calls.end[c]):
+            v = tab.ppte[x, a - base]
+            o = entry_object(v, nr_folios, mem)
+            if step == CHECK:
+                if o >= 0 and lo[o] != hi[o]:
+                    return 0, True
+                continue
+            f = -2 - o if o <= -2 else o  # the folio, whoever names it
+            if 0 <= f < nr_folios and maybe[f] and pte_present(v):
+                bound += 1
+            if o >= 0 and o != last:
+                atomic_min(lo, o, i)
+                atomic_max(hi, o, i)
+                last = o
+                found = True
+    return bound, found
+
+
+@register_jitable
+def run_item(i, x, variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts):
+    """The slow path of item ``i`` with its own rows of ``sp.state`` (allocator, logs) and ``sp.copy_mm_data``, and
+    its counts row. Returns (status, the call where it stopped or -1)."""
+    own = SlowArrays(
+        sp.page_content, sp.folio_pmd_mapcount, sp.state[i], sp.installs, sp.duplicates, sp.copy_mm_data[i]
+    )
+    if x >= 0:
+        return copy_table_slow(x, variant, large_order, tab, calls, mem, nb, counts[i], own)
+    if copy_huge_pmd(-x - 1, variant, large_order, htab, huge, calls, mem, counts[i], own):
+        return copy_table_slow(-x - 1, variant, large_order, htab, calls, mem, nb, counts[i], own)
     return 0, -1

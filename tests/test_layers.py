@@ -38,6 +38,7 @@ LAYERS = (
             "gpusim.snapshot",
             "gpusim.reference",
             "gpusim.hostloop",
+            "gpusim.earlycopy",
             "gpusim.engine",
         ),
     ),

@@ -4,10 +4,18 @@ reference, with no table left to the Python host loop; injected forks still go t
 import numpy as np
 import pytest
 from conftest import SMALL
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import TypeAdapter
 from strategies import VARIANTS
 
 import gpusim
+from gpusim import decode, earlycopy
+from gpusim.engine import cpu_kernels
+from gpusim.kernels.args import SlowArrays, memory_arrays
+from gpusim.kernels.fields import MEMORY_FIELDS
+from gpusim.kernels.flags import PTRS_PER_TABLE
+from gpusim.kernels.slowpath import ST_DUPLICATES, ST_INSTALLS, ST_NEXT_FOLIO
 from gpusim.sweep.spec import Workload
 from gpusim.workloads import build_workload
 
@@ -27,7 +35,10 @@ LAYOUTS = [
     "folio8:pin:ro*8 folio8*8 normal*384 pinned:hwpoison normal*511",
     "thp:pin thp normal*100 pinned normal*411 thp:pin:ro thp:pin:nonex",
     "vma:dontcopy thp:pin vma thp:pin normal*512 vma:shared:shmem shmem*512",
+    "pinned*100 normal*380 folio64:pin normal*480 pinned*512 folio16:pin*4 normal*448",  # SHARED_FOLIO
 ]
+# a pinned folio across the first two tables: those run in order, the other two in parallel
+SHARED_FOLIO = LAYOUTS[-1]
 
 
 def compare(space, variant, oracle, backend):
@@ -94,3 +105,61 @@ def test_injections_still_take_the_python_host_loop(variant):
         got = gpusim.fork(space, variant, backend="cpu", inject=inject)
         assert got.digest == ref.digest and got.counts == ref.counts and got.outcome == ref.outcome
         assert (got.host_tables > 0) == python  # linux-5.8 copies nothing early: its tables stay fast
+
+
+def test_items_that_share_a_folio_run_in_order_the_others_in_parallel(monkeypatch):
+    plans = []
+
+    def spy(*args):
+        plans.append(real(*args))
+        return plans[-1]
+
+    real = cpu_kernels.slow_plan
+    monkeypatch.setattr(cpu_kernels, "slow_plan", spy)
+    space = gpusim.parse_layout(SHARED_FOLIO, "linux-5.10")
+    compare(space, "linux-5.10", "every:3", "cpu")
+    (bounds, dependent), *_ = plans
+    assert dependent.tolist() == [True, True, False, False]
+    assert bounds.tolist() == [100 + 32, 32, 512, 64]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, 4)), max_size=8))
+def test_new_rows_are_numbered_in_address_order(items):
+    """Items allocate from segments of their bounds; closing them up numbers the rows as one walk in address
+    order would have, and the child entries and logs follow."""
+    used = np.array([u for u, _, _ in items], np.int64)
+    bounds = used + np.array([b for _, b, _ in items], np.int64)
+    installed = np.minimum(used, np.array([k for _, _, k in items], np.int64))
+    nf, npg, n = 3, 5, len(items)
+    seg, states = earlycopy.item_states(bounds, nf, npg)
+    room = int(bounds.sum())
+    arrays = {f: np.zeros((npg if f.startswith("page_") else nf) + room, dt) for f, (dt, _) in MEMORY_FIELDS.items()}
+    mem = memory_arrays(arrays)
+    logs = (np.zeros((room, 4), np.int64), np.zeros((room, 2), np.int64))
+    sp = SlowArrays(arrays["page_content"], arrays["folio_pmd_mapcount"], states, *logs, np.zeros((n, 4), np.int64))
+    cpte = np.zeros((n, PTRS_PER_TABLE), np.uint64)
+    for i in range(n):  # what item i's run leaves: its used rows marked (i, k), the first ones installed at k
+        for k in range(used[i]):
+            f, p = nf + seg[i] + k, npg + seg[i] + k
+            mem.folio_first_pfn[f], mem.page_folio[p] = p, f
+            mem.folio_refcount[f], sp.page_content[p] = 100 * i + k, 100 * i + k
+            sp.duplicates[seg[i] + k] = (p, 1)
+            if k < installed[i]:
+                sp.installs[seg[i] + k] = (i * PTRS_PER_TABLE + k, p, 1, 0)
+                cpte[i, k] = decode.with_offsets(np.uint64(1), p)
+        states[i, ST_NEXT_FOLIO] += used[i]
+        states[i, ST_INSTALLS] += installed[i]
+        states[i, ST_DUPLICATES] += used[i]
+    total, ni, nd = cpu_kernels.number_in_address_order(nf, npg, seg, np.arange(n), mem, sp, cpte, cpte[:0])
+    walk = [100 * i + k for i in range(n) for k in range(used[i])]  # one walk in address order
+    assert total == len(walk) == nd
+    assert mem.folio_refcount[nf : nf + total].tolist() == walk == sp.page_content[npg : npg + total].tolist()
+    assert mem.page_folio[npg : npg + total].tolist() == list(range(nf, nf + total))
+    assert mem.folio_first_pfn[nf : nf + total].tolist() == list(range(npg, npg + total))
+    assert sp.duplicates[:nd, 0].tolist() == list(range(npg, npg + total))
+    first = np.cumsum(used) - used
+    expect = [(i * PTRS_PER_TABLE + k, npg + first[i] + k) for i in range(n) for k in range(installed[i])]
+    assert list(map(tuple, sp.installs[:ni, :2].tolist())) == expect
+    for a, p in expect:
+        assert decode.offsets(cpte[a // PTRS_PER_TABLE, a % PTRS_PER_TABLE]) == p

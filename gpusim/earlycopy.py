@@ -1,0 +1,49 @@
+"""Room for a fork's early copies, and their numbering in address order (issue 11, item 2).
+
+The reference numbers the folios and pages it allocates at fork one after the other as it walks the tables in
+address order. The compiled slow path (:mod:`gpusim.kernels.slowpath`) runs independent items (tables and THPs) in
+parallel instead, so numbering as it goes would depend on which thread came first. So each item allocates from a
+segment of its own: its bound (every mapping it holds of a folio that may be pinned, known after the plan pass) and
+an exclusive prefix sum of the bounds give each item its first new folio and page. After the run, the segments are
+closed up (:func:`gpusim.kernels.cpu.number_in_address_order`): the rows each item used move down to an exclusive
+prefix sum of what the items used, and the child entries and logs naming them follow. The result is the
+reference's numbering, and the arrays grow once per fork.
+
+New folios and pages are allocated in step (each an order-0 folio of one page), so an item's folios and pages move
+by the same amount.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gpusim.kernels.flags import PIN_BIAS
+from gpusim.kernels.slowpath import NR_STATE, ST_DUPLICATES, ST_END_FOLIO, ST_INSTALLS, ST_NEXT_FOLIO, ST_NEXT_PFN
+from gpusim.state import Memory
+
+
+def maybe_pinned_folios(m: Memory, large_order: int) -> tuple[np.ndarray, int]:
+    """(bool per folio: it is maybe pinned, or could become so through the references a fork itself takes (the
+    small-folio heuristic); the most early copies a fork of ``m`` can make: every mapping of those folios, a PTE or
+    a PMD's 512 pages)."""
+    if not m.nr_folios:
+        return np.zeros(0, bool), 0
+    nr = np.left_shift(np.int64(1), m.folio_order.astype(np.int64))
+    mapped = np.bincount(m.page_folio, weights=m.page_mapcount, minlength=m.nr_folios).astype(np.int64)
+    mapped += m.folio_pmd_mapcount.astype(np.int64) * nr
+    large = m.folio_order >= large_order
+    maybe = np.where(large, m.folio_pincount > 0, m.folio_refcount.astype(np.int64) + mapped + 1 >= PIN_BIAS)
+    return maybe, int(mapped[maybe].sum())
+
+
+def item_states(bounds: np.ndarray, nr_folios: int, nr_pages: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the first row of each item's segment, counted from the first new row; the items' allocator and log states,
+    ``(len(bounds), NR_STATE)``, for :func:`gpusim.kernels.cpu.host_tables`)."""
+    seg = np.cumsum(bounds) - bounds
+    states = np.zeros((len(bounds), NR_STATE), np.int64)
+    states[:, ST_NEXT_FOLIO] = nr_folios + seg
+    states[:, ST_NEXT_PFN] = nr_pages + seg
+    states[:, ST_INSTALLS] = seg
+    states[:, ST_DUPLICATES] = seg
+    states[:, ST_END_FOLIO] = nr_folios + seg + bounds
+    return seg, states
