@@ -5,14 +5,16 @@ subprocess with its own time limit, logs to ``OUTDIR/<step>.log`` (JSON results 
 failing step does not stop the next. The last lines printed are a summary. Steps, most valuable first:
 
 1. ``smoke``: environment (GPU, numba, numba-cuda, CuPy versions) and one small fork on cuda equal to cpu.
-2. ``bench``: ``gpusim bench --backend cuda`` on device-resident state from 1 GiB to 4 TiB (1 G PTEs), a batch of
+2. ``pinned``: 25 %-pinned anon memory (scattered and contiguous pins) forked by ``gpusim.fork`` on cuda and on cpu
+   (the slow path's CUDA kernels: issue 11), same digest, outcome and counts, early copies per second on each.
+3. ``bench``: ``gpusim bench --backend cuda`` on device-resident state from 1 GiB to 4 TiB (1 G PTEs), a batch of
    1 GiB forks, each checked against the CPU engine at full size, beside this machine's kernel fork times.
-3. ``equal``: ``gpusim.fork`` through host memory on cuda and on cpu, same digest, outcome and counts, at full size
+4. ``equal``: ``gpusim.fork`` through host memory on cuda and on cpu, same digest, outcome and counts, at full size
    (dense anon with and without pinned pages, two variants).
-4. ``launch``: the time of the kernel calls inside ``gpusim.fork`` (one table, 1 GiB; ``benchmarks/bench_launch.py``).
-5. ``tests``: the differential test suite's ``cuda`` parametrisation (catalogue and hypothesis).
-6. ``tpb``: threads per block of the fork kernel, 32 to 256, at 1 TiB.
-7. ``cpu``: ``gpusim bench --backend cpu --vs-kernel`` on this machine's cores.
+5. ``launch``: the time of the kernel calls inside ``gpusim.fork`` (one table, 1 GiB; ``benchmarks/bench_launch.py``).
+6. ``tests``: the differential test suite's ``cuda`` parametrisation (catalogue and hypothesis).
+7. ``tpb``: threads per block of the fork kernel, 32 to 256, at 1 TiB.
+8. ``cpu``: ``gpusim bench --backend cpu --vs-kernel`` on this machine's cores.
 """
 
 import os
@@ -67,6 +69,28 @@ json.dump(out, open(sys.argv[1], "w"))
 assert all(r["equal"] for r in out)
 """
 
+PINNED = r"""
+import json, sys, time
+import gpusim
+from gpusim.bench import Pins, bench_space
+out = []
+for size, placement, variant in %s:
+    t0 = time.perf_counter()
+    s = bench_space(size, variant, Pins(0.25, placement))
+    a = gpusim.fork(s, variant, backend="cpu", check=False)
+    gpusim.fork(s, variant, backend="cuda", check=False)  # compile / warm up
+    b = gpusim.fork(s, variant, backend="cuda", check=False)
+    same = (a.digest == b.digest and a.counts == b.counts and a.outcome == b.outcome and a.child_rss == b.child_rss)
+    row = {"size": size, "placement": placement, "variant": variant, "equal": same, "host_tables": b.host_tables,
+           "early_copies": b.counts["installs"], "cpu_wall_s": a.engine_wall_s, "cuda_wall_s": b.engine_wall_s,
+           "cuda_early_copies_per_s": b.counts["installs"] / b.engine_wall_s, "total_s": time.perf_counter() - t0}
+    print(json.dumps(row), flush=True)
+    out.append(row)
+    del s, a, b
+json.dump(out, open(sys.argv[1], "w"))
+assert all(r["equal"] and r["host_tables"] == 0 for r in out)
+"""
+
 TPB = r"""
 import json, sys
 from gpusim.gpubench import bench_resident
@@ -98,8 +122,15 @@ equal_cases = (
         (1 << 24, 0, "linux-5.8"),
     ]
 )
+pinned_cases = [
+    (size, placement, variant)
+    for size in ([1 << 30] if QUICK else [1 << 30, 4 << 30])
+    for placement in ("scattered", "contiguous")
+    for variant in ("linux-5.10", "linux-6.18", "xu-v1-oleg")
+]
 STEPS = [
     ("smoke", [PY, "-c", SMOKE], 90),
+    ("pinned", [PY, "-c", PINNED % pinned_cases, f"{OUT}/pinned.json"], 150),
     (
         "bench",
         [

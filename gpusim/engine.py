@@ -295,16 +295,16 @@ class ForkJob:
         return stopped, stop, fast_rows, np.asarray(fast_counts).reshape(len(fast_rows), len(FAST_COUNTS))
 
     def copy_host_calls(self, kernels, host_calls: np.ndarray) -> tuple[tuple, int]:
-        """The host tables in address order until one stops the fork: without injections by the compiled slow path
-        (:func:`gpusim.kernels.cpu.host_tables`: PTE tables and PMD-mapped THPs), with injections by the reference's
-        state machines in the Python host loop."""
+        """The host tables in address order until one stops the fork: without injections by the compiled slow
+        path (the kernels' ``slow_plan`` and ``host_tables``: PTE tables and PMD-mapped THPs), with injections by
+        the reference's state machines in the Python host loop."""
         if not self.compiled:
             return run_host_loop(self.fc, self.plan, host_calls, self.nC)
         rows = self.calls.call_row[host_calls]
         thp = np.searchsorted(self.mm.pmd_index, self.plan.call_table[host_calls])
         items = np.where(rows >= 0, rows, -thp - 1)  # a PTE table's row, or -1 - its THP's row
         order = items[np.r_[True, items[1:] != items[:-1]]] if len(items) else items  # one item per table
-        return self.slow_tables(order)
+        return self.slow_tables(kernels, order)
 
     def huge_rows(self) -> tuple[Tables, HugeArrays]:
         """The THPs as rows for the slow path: a table group (filled when a PMD is split) and their PMDs."""
@@ -324,7 +324,7 @@ class ForkJob:
         )
         return htab, HugeArrays(mm.pmd.copy(), np.zeros(H, np.uint64), np.zeros(H, np.int8))
 
-    def slow_tables(self, order: np.ndarray) -> tuple[tuple, int]:
+    def slow_tables(self, kernels, order: np.ndarray) -> tuple[tuple, int]:
         """The items of ``order`` (PTE rows, and ``-1 - row`` for THPs, in address order) by the compiled slow
         path: planned (bounds, which items commute), run (the independent ones in parallel), their new pages
         numbered in address order (:mod:`gpusim.earlycopy`); counts, early copies and THP results are kept for
@@ -334,7 +334,7 @@ class ForkJob:
         nf, npg = len(m.folio_order), len(m.page_folio)
         htab, huge = self.huge_rows()
         tab, calls, mem = self.tables(), self.calls.group(), memory_arrays(arrays)
-        bounds, dependent = cpu_kernels.slow_plan(order, self.maybe, self.can_stop, tab, huge, calls, mem, *self.claims)
+        bounds, dependent = kernels.slow_plan(order, self.maybe, self.can_stop, tab, huge, calls, mem, *self.claims)
         cap = len(m.page_folio.a) - npg
         if int(bounds.sum()) > cap:
             raise RuntimeError("the slow path's items need more room for early copies than the engine reserved")
@@ -347,7 +347,7 @@ class ForkJob:
             np.empty((cap, 2), np.int64),
             np.zeros((len(order), 4), np.int64),
         )
-        counts, status, call = cpu_kernels.host_tables(
+        counts, status, call = kernels.host_tables(
             order, dependent, self.v.id, self.v.large_pin_order, tab, htab, huge, calls, mem, self.nb, sp
         )
         stopped = np.flatnonzero(status)

@@ -83,14 +83,21 @@ GROUP_TYPES = {"tables": Tables, "calls": Calls, "memory": MemoryArrays, "oracle
 # a row per item (table or THP) of the slow path: its allocator's and logs' state (ST_*) and the xu series' struct
 # copy_mm_data of the call being copied (an item's own function sees its rows as ``state`` and ``copy_mm_data``).
 # The memory group's arrays are passed with room for the pages the slow path allocates.
-SlowArrays = namedtuple(
-    "SlowArrays", ["page_content", "folio_pmd_mapcount", "state", "installs", "duplicates", "copy_mm_data"]
+SLOW_FIELDS = (
+    ("page_content", _U64, 1),
+    ("folio_pmd_mapcount", np.dtype(np.int32), 1),
+    ("state", _I64, 2),  # a row per item: ST_* of gpusim.kernels.slowpath
+    ("installs", _I64, 2),  # address, pfn, source pfn, VMA flags
+    ("duplicates", _I64, 2),  # pfn, source pfn
+    ("copy_mm_data", _I64, 2),  # a row per item: D_* of gpusim.kernels.slowpath
 )
+SlowArrays = namedtuple("SlowArrays", [f for f, _, _ in SLOW_FIELDS])
 
 # The PMD-mapped THPs the slow path copies, a row each (a THP's table has its own row of a second Tables group,
 # filled when the PMD is split): the parent's PMD (write-protected when shared), the child's, and what was done
 # (gpusim.kernels.slowpath.HUGE_*).
-HugeArrays = namedtuple("HugeArrays", ["pmd", "child_pmd", "state"])
+HUGE_FIELDS = (("pmd", _U64, 1), ("child_pmd", _U64, 1), ("state", np.dtype(np.int8), 1))
+HugeArrays = namedtuple("HugeArrays", [f for f, _, _ in HUGE_FIELDS])
 
 # The other parameters of a launch, in order: (name, dtype, dimensions); the groups come after ``large_order``,
 # the outputs after the groups (``walk``: CUDA only, tables left to its second kernel).
@@ -109,15 +116,34 @@ def written(group) -> list[str]:
     return [f for g, f, _, _, w in FIELDS if g == kind and w]
 
 
+def _numba_type(dtype, ndim):
+    return from_dtype(dtype) if ndim == 0 else types.Array(from_dtype(dtype), ndim, "C")
+
+
+def _group_type(name):
+    if name == "slow":
+        return types.NamedTuple([_numba_type(dt, nd) for _, dt, nd in SLOW_FIELDS], SlowArrays)
+    if name == "huge":
+        return types.NamedTuple([_numba_type(dt, nd) for _, dt, nd in HUGE_FIELDS], HugeArrays)
+    return types.NamedTuple([_numba_type(dt, nd) for g, _, dt, nd, _ in FIELDS if g == name], GROUP_TYPES[name])
+
+
 def signature(outputs=("needs_host", "walk", "counts")):
     """The numba types of a kernel's parameters: the scalars, the four groups, then ``outputs``."""
+    out = {name: _numba_type(dt, nd) for name, dt, nd in OUTPUTS}
+    return (
+        *[_numba_type(dt, nd) for _, dt, nd in SCALARS],
+        *[_group_type(name) for name in GROUPS],
+        *[out[name] for name in outputs],
+    )
 
-    def numba_type(dtype, ndim):
-        return from_dtype(dtype) if ndim == 0 else types.Array(from_dtype(dtype), ndim, "C")
 
-    groups = [
-        types.NamedTuple([numba_type(dt, nd) for g, _, dt, nd, _ in FIELDS if g == name], GROUP_TYPES[name])
-        for name in GROUPS
-    ]
-    out = {name: numba_type(dt, nd) for name, dt, nd in OUTPUTS}
-    return (*[numba_type(dt, nd) for _, dt, nd in SCALARS], *groups, *[out[name] for name in outputs])
+def slow_signatures():
+    """The numba types of the parameters of the slow path's CUDA kernels (:mod:`gpusim.kernels.cuda`), by kernel."""
+    i64, b1 = _numba_type(_I64, 1), _numba_type(_B, 1)
+    tab, huge, calls, mem = (_group_type(g) for g in ("tables", "huge", "calls", "memory"))
+    plan = (i64, b1, tab, huge, calls, mem, i64, i64, i64, b1, b1)
+    scalar = _numba_type(_I64, 0)
+    items = (scalar, i64, b1, scalar, scalar, tab, tab, huge, calls, mem, _group_type("oracle"), _group_type("slow"))
+    items += (_numba_type(_I64, 2), i64, i64)
+    return {"slow_claim_kernel": plan, "slow_check_kernel": plan, "slow_items_kernel": items}

@@ -31,6 +31,7 @@ from gpusim.kernels.atomics import atomic_add, atomic_max, atomic_min
 from gpusim.kernels.flags import PTRS_PER_TABLE, V_6_18, VM_SHARED, is_cow_mapping
 from gpusim.kernels.pte import KIND_PRESENT, pte_kind, pte_special
 from gpusim.kernels.rules import C_SWAPOFF, MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
+from gpusim.kernels.slowpath import CHECK, CLAIM, NR_SLOW_COUNTS, item_objects, run_item
 from gpusim.kernels.table import (
     batch_candidate,
     check_folios_of,
@@ -48,6 +49,7 @@ SIMULATOR = bool(config.ENABLE_CUDASIM)
 # few (still several, so that the strided loops, barriers and shared-memory sums are exercised)
 THREADS_PER_BLOCK = 5 if SIMULATOR else 32
 WALK_THREADS_PER_BLOCK = 64
+SLOW_THREADS_PER_BLOCK = 4 if SIMULATOR else 64  # the slow path: a thread per item
 
 if not SIMULATOR:
 
@@ -176,8 +178,49 @@ def walk_tables_kernel(mode, rows, variant, large_order, tab, calls, mem, nb, ne
     copy_table_fast(rows[i], variant, tab, calls, mem, nb, counts[i])
 
 
+def slow_claim_kernel(order, maybe, tab, huge, calls, mem, lo, hi, bounds, claimed, dependent):
+    """A thread per item of the slow path: its claims on the objects it names, and its bound (the first step of
+    :func:`gpusim.kernels.cpu.slow_plan`)."""
+    i = cuda.grid(1)
+    if i < order.shape[0]:
+        bounds[i], claimed[i] = item_objects(i, order[i], CLAIM, maybe, tab, huge, calls, mem, lo, hi)
+
+
+def slow_check_kernel(order, maybe, tab, huge, calls, mem, lo, hi, bounds, claimed, dependent):
+    """A thread per item that claimed an object: whether another item claimed it too."""
+    i = cuda.grid(1)
+    if i < order.shape[0] and claimed[i] and not dependent[i]:
+        dependent[i] = item_objects(i, order[i], CHECK, maybe, tab, huge, calls, mem, lo, hi)[1]
+
+
+def slow_items_kernel(
+    serial, order, dependent, variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts, status, call
+):
+    """The slow path's items (:func:`gpusim.kernels.slowpath.run_item`): a thread per independent item; or, with
+    ``serial``, one thread that runs the dependent items in address order until one stops the fork."""
+    i = cuda.grid(1)
+    if not serial:
+        if i < order.shape[0] and not dependent[i]:
+            status[i], call[i] = run_item(
+                i, order[i], variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts
+            )
+        return
+    if i != 0:
+        return
+    for j in range(order.shape[0]):
+        if dependent[j]:
+            status[j], call[j] = run_item(
+                j, order[j], variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts
+            )
+            if status[j] != 0:
+                return
+
+
 fork_kernel = cuda.jit(fork_tables_kernel)
 walk_kernel = cuda.jit(walk_tables_kernel)
+claim_kernel = cuda.jit(slow_claim_kernel)
+check_kernel = cuda.jit(slow_check_kernel)
+items_kernel = cuda.jit(slow_items_kernel)
 
 
 def _to_device(a):
@@ -260,6 +303,57 @@ def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, threads_p
     return needs_host, counts
 
 
+def _run(kernels, args: tuple, back: tuple) -> None:
+    """Launch ``kernels`` (a list of (kernel, threads in all, leading scalars)) in turn over ``args``: host (numpy)
+    arrays, and groups of them, are copied to the device first, and the arrays of ``args[k]`` for ``k`` in ``back``
+    copied back after; under the simulator the kernels run on the host arrays themselves."""
+    if SIMULATOR:
+        with warnings.catch_warnings():  # numpy scalars warn where uint64 arithmetic wraps by design
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for kernel, threads, lead in kernels:
+                if threads:
+                    kernel[math.ceil(threads / SLOW_THREADS_PER_BLOCK), SLOW_THREADS_PER_BLOCK](*lead, *args)
+        return
+
+    def dev(a):
+        if isinstance(a, np.ndarray):
+            return _to_device(a)
+        if isinstance(a, tuple):  # a group
+            return type(a)(*(dev(x) for x in a))
+        return a
+
+    dargs = tuple(dev(a) for a in args)
+    stream = launch_stream()
+    for kernel, threads, lead in kernels:
+        if threads:
+            kernel[math.ceil(threads / SLOW_THREADS_PER_BLOCK), SLOW_THREADS_PER_BLOCK, stream](*lead, *dargs)
+    for k in back:
+        pairs = zip(args[k], dargs[k]) if isinstance(args[k], tuple) else [(args[k], dargs[k])]
+        for h, d in pairs:
+            if isinstance(h, np.ndarray):
+                _to_host(d, h)
+
+
+def slow_plan(order, maybe, sequential, tab, huge, calls, mem, lo, hi):
+    """Same contract as :func:`gpusim.kernels.cpu.slow_plan`: a thread per item, claims by atomic min / max."""
+    n = int(order.shape[0])
+    args = (order, maybe, tab, huge, calls, mem, lo, hi)
+    args += (np.zeros(n, np.int64), np.zeros(n, np.bool_), np.full(n, sequential, np.bool_))
+    _run([(claim_kernel, n, ()), (check_kernel, n, ())], args, (8, 10))
+    return args[8], args[10]
+
+
+def host_tables(order, dependent, variant, large_order, tab, htab, huge, calls, mem, nb, sp):
+    """Same contract as :func:`gpusim.kernels.cpu.host_tables`: a thread per independent item, then one thread
+    for the dependent ones in address order. The state arrays come back to the host."""
+    n = int(order.shape[0])
+    args = (order, dependent, variant, large_order, tab, htab, huge, calls, mem, nb, sp)
+    args += (np.zeros((n, NR_SLOW_COUNTS), np.int64), np.zeros(n, np.int64), np.full(n, -1, np.int64))
+    serial = 1 if bool(np.asarray(dependent).any()) else 0
+    _run([(items_kernel, n, (0,)), (items_kernel, serial, (1,))], args, (4, 5, 6, 8, 10, 11, 12, 13))
+    return args[11:]
+
+
 def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
     """PTX of every CUDA kernel, compiled without a GPU (catches typing errors the simulator cannot see)."""
     import numba.cuda.dispatcher as disp
@@ -277,6 +371,9 @@ def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
         disp.get_current_device = lambda: _Target()
     try:
         out = {k.__name__: compile_ptx(k, sig, cc=cc)[0] for k in (fork_tables_kernel, walk_tables_kernel)}
+        slow = A.slow_signatures()
+        for k in (slow_claim_kernel, slow_check_kernel, slow_items_kernel):
+            out[k.__name__] = compile_ptx(k, slow[k.__name__], cc=cc)[0]
     finally:
         if real is not None:
             disp.get_current_device = real

@@ -85,9 +85,12 @@ def test_cuda_kernels_compile_to_ptx():
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
     code = (
         "import json; from gpusim.kernels.cuda import compile_ptx_all; "
-        "print(json.dumps({k: v.count('atom.global.add') for k, v in compile_ptx_all().items()}))"
+        "print(json.dumps({k: [v.count('atom.global.' + op) for op in ('add', 'min', 'max')] "
+        "for k, v in compile_ptx_all().items()}))"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     atomics = json.loads(p.stdout.strip().splitlines()[-1])
-    assert atomics["fork_tables_kernel"] > 0  # shared folios, pages and slots use atomics
+    assert atomics["fork_tables_kernel"][0] > 0  # shared folios, pages and slots use atomics
+    assert min(atomics["slow_claim_kernel"][1:]) > 0  # the slow path's items claim objects by atomic min / max
+    assert atomics["slow_check_kernel"] == [0, 0, 0] and "slow_items_kernel" in atomics

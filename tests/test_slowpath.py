@@ -11,6 +11,7 @@ from strategies import VARIANTS
 
 import gpusim
 from gpusim import decode, earlycopy
+from gpusim.backend import kernels
 from gpusim.engine import cpu_kernels
 from gpusim.kernels.args import SlowArrays, memory_arrays
 from gpusim.kernels.fields import MEMORY_FIELDS
@@ -107,17 +108,18 @@ def test_injections_still_take_the_python_host_loop(variant):
         assert (got.host_tables > 0) == python  # linux-5.8 copies nothing early: its tables stay fast
 
 
-def test_items_that_share_a_folio_run_in_order_the_others_in_parallel(monkeypatch):
+def test_items_that_share_a_folio_run_in_order_the_others_in_parallel(backend, monkeypatch):
     plans = []
 
     def spy(*args):
         plans.append(real(*args))
         return plans[-1]
 
-    real = cpu_kernels.slow_plan
-    monkeypatch.setattr(cpu_kernels, "slow_plan", spy)
+    module = kernels(backend)
+    real = module.slow_plan
+    monkeypatch.setattr(module, "slow_plan", spy)
     space = gpusim.parse_layout(SHARED_FOLIO, "linux-5.10")
-    compare(space, "linux-5.10", "every:3", "cpu")
+    compare(space, "linux-5.10", "every:3", backend)
     (bounds, dependent), *_ = plans
     assert dependent.tolist() == [True, True, False, False]
     assert bounds.tolist() == [100 + 32, 32, 512, 64]
