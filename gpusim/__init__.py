@@ -2,11 +2,36 @@
 
 __version__ = "0.1.0"
 
-from gpusim.api import BACKENDS, fork, fork_batch
-from gpusim.layout import LayoutError, parse_layout
-from gpusim.result import COST_EVENTS, COUNT_NAMES, ForkResult
-from gpusim.state import MM, AddressSpace, Memory
-from gpusim.variants import DEFAULT_VARIANT, VARIANTS
+# The public names, loaded on first use (PEP 562): `import gpusim` and the command line start without numba.
+_EXPORTS = {
+    "fork": "gpusim.api",
+    "fork_batch": "gpusim.api",
+    "BACKENDS": "gpusim.backend",
+    "parse_layout": "gpusim.layout",
+    "LayoutError": "gpusim.layout",
+    "COST_EVENTS": "gpusim.result",
+    "COUNT_NAMES": "gpusim.result",
+    "ForkResult": "gpusim.result",
+    "MM": "gpusim.state",
+    "AddressSpace": "gpusim.state",
+    "Memory": "gpusim.state",
+    "DEFAULT_VARIANT": "gpusim.variants",
+    "VARIANTS": "gpusim.variants",
+}
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gpusim' has no attribute '{name}'")
+    import importlib
+
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))
 
 
 def load_results(path):

@@ -3,7 +3,8 @@
 ``reference`` is the pure-Python oracle; ``cpu`` the numba engine (``gpusim.kernels.cpu``); ``cuda`` the
 numba.cuda engine over CuPy arrays (``gpusim.kernels.cuda``); ``cudasim`` the same CUDA kernels under numba's CUDA
 simulator (small inputs; used by the tests on machines without a GPU); ``auto`` picks ``cuda`` when a usable GPU
-and CuPy are present, else ``cpu``. Only this module imports the CUDA side, and only when it is asked for.
+and CuPy are present, else ``cpu``. Only this module imports the CUDA side, and only when it is asked for; the
+kernels of the CPU engine (and numba) load on first use too, so that naming a backend costs nothing.
 """
 
 from __future__ import annotations
@@ -11,10 +12,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-
-from numba.core import config
-
-from gpusim.kernels import cpu
 
 BACKENDS = ("reference", "cpu", "cuda", "cudasim", "auto")
 
@@ -64,6 +61,8 @@ def use_cuda_simulator(want: bool) -> None:
     """Choose numba's CUDA simulator (or the real CUDA target) for this process, before ``numba.cuda`` is first
     imported: numba reads ``NUMBA_ENABLE_CUDASIM`` once, so the choice is made once per process. Raises
     :class:`BackendUnavailable` when the process already uses the other one."""
+    from numba.core import config
+
     if "numba.cuda" not in sys.modules and bool(config.ENABLE_CUDASIM) != want:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1" if want else "0"
         config.reload_config()  # numba read the environment when it was imported
@@ -80,6 +79,8 @@ _prepared: set[str] = set()
 
 def kernels(name: str):
     """The kernels module of a fast backend (``cpu``, ``cuda`` or ``cudasim``), ready for use in this process."""
+    from gpusim.kernels import cpu  # numba loads with the first engine asked for, not with the command line
+
     if name == "cpu":
         module = cpu
     elif name in ("cuda", "cudasim"):

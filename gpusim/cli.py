@@ -17,10 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gpusim.api import BACKENDS
-from gpusim.api import fork as run_fork
-from gpusim.catalogue import SCENARIOS, get_scenario
-from gpusim.layout import parse_layout
+from gpusim.backend import BACKENDS
 from gpusim.variants import DEFAULT_VARIANT, VARIANTS, get_variant
 
 FORK_HELP = """Simulate one fork() of an address space and print what the kernel variant did.
@@ -100,6 +97,7 @@ def fork(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
+    from gpusim.api import fork as run_fork
     from gpusim.costmodel import latency, load_profile
 
     try:
@@ -140,6 +138,9 @@ def fork_input(variant, layout, scenario, workload, sets, seed, snapshot, pin, o
             bad_input("give one of --layout, --scenario and --workload")
     elif sets:
         bad_input("--set goes with --workload")
+    from gpusim.catalogue import get_scenario
+    from gpusim.layout import parse_layout
+
     if snapshot is not None:
         from gpusim.snapshot import parse_range, snapshot_space
 
@@ -350,8 +351,10 @@ def sweep_runner(file: str, out: str | None, backend: str | None):
     from pathlib import Path
 
     from gpusim.backend import resolve
+    from gpusim.machine import require_memory
     from gpusim.sweep.runner import SweepRunner
     from gpusim.sweep.spec import load_sweep
+    from gpusim.workloads import fork_memory_bytes
 
     text = Path(file).read_text() if Path(file).exists() else None
     spec, points = load_sweep(file, text)
@@ -359,6 +362,9 @@ def sweep_runner(file: str, out: str | None, backend: str | None):
         resolve(backend)
         spec = spec.model_copy(update={"backend": backend})
         points = [p.model_copy(update={"config": p.config.model_copy(update={"backend": backend})}) for p in points]
+    for p in points:
+        what = f"point {p.config_hash} (workload {p.config.workload.kind})"
+        require_memory(fork_memory_bytes(p.config.workload), what)
     return spec, points, SweepRunner(spec, points, out or Path("results") / spec.name, text or "")
 
 
@@ -565,8 +571,9 @@ def workload_from_cli(kind: str, sets: list[str], variant: str, seed: int):
     import yaml
     from pydantic import TypeAdapter, ValidationError
 
+    from gpusim.machine import require_memory
     from gpusim.sweep.spec import Workload
-    from gpusim.workloads import build_workload
+    from gpusim.workloads import build_workload, fork_memory_bytes
 
     d = {"kind": kind}
     for item in sets:
@@ -584,6 +591,7 @@ def workload_from_cli(kind: str, sets: list[str], variant: str, seed: int):
         loc = ".".join(str(p) for p in first["loc"][1:] or first["loc"])
         msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
         raise ValueError(f"--workload {kind}: {loc}: {msg}") from None
+    require_memory(fork_memory_bytes(w), f"--workload {kind}")
     space, _, _ = build_workload(w, variant, seed)
     return space
 
@@ -664,6 +672,10 @@ def scenarios(
         resolve(backend)
     except ValueError as e:
         bad_input(str(e))
+    from gpusim.api import fork as run_fork
+    from gpusim.catalogue import SCENARIOS
+    from gpusim.layout import parse_layout
+
     table = Table(title="scenario catalogue: outcome passes/lock-breaks/early-copies/shared", title_justify="left")
     table.add_column("id")
     for v in names:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpusim.kernels import pte as P
+from gpusim.kernels import scan
 from gpusim.kernels.flags import (
     FOLIO_ANON,
     FOLIO_SWAPBACKED,
@@ -42,8 +43,20 @@ def offsets(val: np.ndarray) -> np.ndarray:
     return ((val >> _U(P.PFN_SHIFT)) & _U(P.PFN_MASK)).astype(np.int64)
 
 
+# Below this many entries the numpy form is used: a compiled pass saves nothing on a few tables, and loading it
+# from numba's cache costs tens of milliseconds in a fresh process (a one-table `gpusim fork`).
+COMPILED_FROM = 1 << 15
+
+
+def _flat(val) -> np.ndarray:
+    return np.ascontiguousarray(val, np.uint64).reshape(-1)
+
+
 def kinds(val: np.ndarray) -> np.ndarray:
     """:func:`gpusim.kernels.pte.pte_kind` of every entry (int8; -1 for an undecodable one)."""
+    val = np.asarray(val, np.uint64)
+    if val.size >= COMPILED_FROM:
+        return scan.kinds(_flat(val)).reshape(val.shape)
     pres = present(val)
     typ = swp_types(val)
     kind = np.full(val.shape, -1, np.int8)
@@ -58,6 +71,9 @@ def kinds(val: np.ndarray) -> np.ndarray:
 
 def holds_page(val: np.ndarray) -> np.ndarray:
     """Entries that hold a reference and a mapcount of their page: present non-special, and device-private."""
+    val = np.asarray(val, np.uint64)
+    if val.size >= COMPILED_FROM:
+        return scan.holds_page(_flat(val)).reshape(val.shape)
     k = kinds(val)
     return ((k == P.KIND_PRESENT) & ~special(val)) | (k == P.KIND_DEVICE_PRIVATE)
 
@@ -69,11 +85,15 @@ def names_page(val: np.ndarray) -> np.ndarray:
 
 def page_pfns(val: np.ndarray) -> np.ndarray:
     """pfns of the entries that hold a page (:func:`holds_page`), in order."""
-    return offsets(val[holds_page(val)])
+    val = np.asarray(val, np.uint64)
+    return scan.offsets_where(_flat(val), -1) if val.size >= COMPILED_FROM else offsets(val[holds_page(val)])
 
 
 def swap_slots(val: np.ndarray) -> np.ndarray:
     """Slots of the swap entries, in order."""
+    val = np.asarray(val, np.uint64)
+    if val.size >= COMPILED_FROM:
+        return scan.offsets_where(_flat(val), P.KIND_SWAP)
     return offsets(val[kinds(val) == P.KIND_SWAP])
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpusim.decode import COMPILED_FROM
+from gpusim.kernels import scan
 from gpusim.kernels.flags import PIN_BIAS
 from gpusim.kernels.slowpath import NR_STATE, ST_DUPLICATES, ST_END_FOLIO, ST_INSTALLS, ST_NEXT_FOLIO, ST_NEXT_PFN
 from gpusim.state import Memory
@@ -28,6 +30,18 @@ def maybe_pinned_folios(m: Memory, large_order: int) -> tuple[np.ndarray, int]:
     a PMD's 512 pages)."""
     if not m.nr_folios:
         return np.zeros(0, bool), 0
+    if m.nr_pages >= COMPILED_FROM:
+        maybe, bound = scan.maybe_pinned_folios(
+            m.folio_order,
+            m.folio_refcount,
+            m.folio_pincount,
+            m.folio_pmd_mapcount,
+            m.page_folio,
+            m.page_mapcount,
+            large_order,
+            PIN_BIAS,
+        )
+        return maybe, int(bound)
     nr = np.left_shift(np.int64(1), m.folio_order.astype(np.int64))
     mapped = np.bincount(m.page_folio, weights=m.page_mapcount, minlength=m.nr_folios).astype(np.int64)
     mapped += m.folio_pmd_mapcount.astype(np.int64) * nr

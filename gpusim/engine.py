@@ -169,6 +169,8 @@ class ForkJob:
         self.v = get_variant(variant)
         self.work = copy_state(space.memory)  # "put": the engine's own copy of the state (not timed)
         self.ppte = mm.pte.copy()
+        # The input is frozen (read-only arrays); the kernels take writeable arrays only, one compiled type each.
+        self.table_index, self.pmd_index = mm.table_index.copy(), mm.pmd_index.copy()
         self.cpte = np.empty_like(self.ppte)
         self.cpte.fill(0)  # touch the child's tables now, not inside the timed kernels
         self.cexists = np.zeros(mm.nr_tables, np.bool_)
@@ -236,7 +238,7 @@ class ForkJob:
         """The kernels' table group of this fork (its working rows)."""
         mm, calls, T = self.mm, self.calls, self.mm.nr_tables
         return Tables(
-            mm.table_index,
+            self.table_index,
             calls.row_lo,
             calls.row_hi,
             self.ppte,
@@ -313,7 +315,7 @@ class ForkJob:
         huge_calls = np.flatnonzero(self.calls.call_row < 0)
         call[np.searchsorted(mm.pmd_index, self.plan.call_table[huge_calls])] = huge_calls
         htab = Tables(
-            mm.pmd_index,
+            self.pmd_index,
             call,
             call + 1,
             np.zeros((H, PTRS_PER_TABLE), np.uint64),

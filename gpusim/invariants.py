@@ -10,6 +10,7 @@ invariant by its number in the spec.
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import cached_property
 
 import numpy as np
 
@@ -57,6 +58,11 @@ class _Checker:
         self.parent1 = {t: row for t, row in zip(result.parent.mm.table_index.tolist(), result.parent.mm.pte)}
         self.child = {t: row for t, row in zip(result.child.table_index.tolist(), result.child.pte)}
         self.vma_flags = [int(x) for x in before.mm.vma_flags.tolist()]
+
+    @cached_property
+    def child_entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """(addresses, values) of the child's non-empty PTEs (read by several invariants)."""
+        return entries(self.r.child)
 
     def fail(self, inv: int, msg: str) -> None:
         if len(self.violations) < MAX_REPORTED:
@@ -141,7 +147,7 @@ class _Checker:
     def shared_references(self) -> None:
         m0, m1 = self.m0, self.m1
         F0, N0 = m0.nr_folios, m0.nr_pages
-        _, cvals = entries(self.r.child)
+        _, cvals = self.child_entries
         cpfn = decode.page_pfns(cvals)
         child_map = np.bincount(cpfn, minlength=m1.nr_pages)
         child_ref = (
@@ -198,7 +204,7 @@ class _Checker:
         installs = np.concatenate(parts)
         dups = [np.array([d for rec in self.tr.calls for d in rec.duplicates], np.int64).reshape(-1, 3)]
         dups += [np.c_[p, np.zeros(len(p), np.int64)] for p in self.tr.compiled_duplicates]
-        _, cvals = entries(self.r.child)
+        _, cvals = self.child_entries
         cpfn = decode.page_pfns(cvals)
         new_mapped = np.bincount(
             cpfn[cpfn >= self.first_new_pfn] - self.first_new_pfn,
@@ -412,7 +418,7 @@ class _Checker:
     def swap(self) -> None:
         m0, m1 = self.m0, self.m1
         S0, S1 = m0.nr_slots, m1.nr_slots
-        _, cvals = entries(self.r.child)
+        _, cvals = self.child_entries
         refs = np.bincount(decode.swap_slots(cvals), minlength=S1)
         base = np.concatenate([m0.swap_count, np.ones(S1 - S0, np.int64)])
         for e in self.events:
@@ -506,7 +512,7 @@ class _Checker:
     def pin_hazard(self) -> None:
         m0, m1 = self.m0, self.m1
         F0 = m0.nr_folios
-        addrs, cvals = entries(self.r.child)
+        addrs, cvals = self.child_entries
         present = decode.present(cvals)
         holds = decode.holds_page(cvals)
         pfn = decode.offsets(cvals)

@@ -31,3 +31,18 @@ def mem_available_bytes() -> int:
     except OSError:
         pass
     return 0
+
+
+class NotEnoughMemory(ValueError):
+    """A fork or sweep point needs more memory than this machine has available."""
+
+
+def require_memory(need: int | None, what: str) -> None:
+    """Refuse up front, with one line naming the memory it needs, a job that would not fit in this machine's
+    available memory (``need`` None or the machine's memory unknown: nothing to check)."""
+    avail = mem_available_bytes()
+    if need is not None and avail and need > avail:
+        raise NotEnoughMemory(
+            f"{what} needs about {need / 2**30:.1f} GiB of memory and {avail / 2**30:.1f} GiB is available on this "
+            "machine: use a smaller size"
+        )

@@ -27,6 +27,8 @@ import numpy as np
 
 from gpusim import decode
 from gpusim.kernels import pte as P
+from gpusim.kernels import scan
+from gpusim.kernels.digest import lane_sums
 from gpusim.kernels.fields import MEMORY_FIELDS, MM_FIELDS
 from gpusim.kernels.flags import BACKING_SHMEM, PTRS_PER_TABLE, VM_KNOWN, swap_cap
 
@@ -49,6 +51,8 @@ def entries(mm: "MM") -> tuple[np.ndarray, np.ndarray]:
     """(addresses i64, values u64) of the non-empty PTEs of ``mm``, in address order."""
     if mm.nr_tables == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    if mm.pte.size >= decode.COMPILED_FROM:
+        return scan.entries(mm.table_index, mm.pte)
     addr = (mm.table_index[:, None] * PTRS_PER_TABLE + np.arange(PTRS_PER_TABLE)[None, :]).reshape(-1)
     val = mm.pte.reshape(-1)
     nz = val != 0
@@ -295,9 +299,32 @@ class AddressSpace:
     memory: Memory
 
     def validate(self) -> "AddressSpace":
+        """Check the state (spec section 1) once: a valid address space is frozen (its arrays made read-only, as
+        the engines never write their input), so later calls, by every fork, sweep point or chain step that takes
+        it, return at once. Raises :class:`StateError` on the first problem."""
+        if self.__dict__.get("_valid") and not any(a.flags.writeable for a in self.arrays()):
+            return self
         self.memory.validate()
         self.mm.validate(self.memory)
+        for a in self.arrays():
+            a.flags.writeable = False
+        object.__setattr__(self, "_valid", True)
         return self
+
+    @classmethod
+    def of_fork(cls, mm: MM, memory: Memory) -> "AddressSpace":
+        """An address space a fork returned (a parent or a child over the memory after the fork), frozen without
+        being checked again: an engine's result is valid by construction (and its invariants are checked). A
+        chain of forks takes its next input from here."""
+        space = cls(mm, memory)
+        for a in space.arrays():
+            a.flags.writeable = False
+        object.__setattr__(space, "_valid", True)
+        return space
+
+    def arrays(self) -> list[np.ndarray]:
+        """Every array of the state (its mm's, then its memory's)."""
+        return [getattr(self.mm, n) for n in MM_FIELDS] + [getattr(self.memory, n) for n in MEMORY_FIELDS]
 
     @property
     def nr_ptes(self) -> int:
@@ -336,19 +363,22 @@ def resident_bytes(*objs) -> int:
 
 
 def digest(parent: MM, child: MM, memory: Memory) -> str:
-    """BLAKE2b-256 of the canonical encoding of a parent mm, a child mm and their memory.
+    """The canonical 256-bit digest of a parent mm, a child mm and their memory (hex).
 
-    Canonical: for each field in the fixed order of ``MM_FIELDS`` / ``MEMORY_FIELDS``, its name, its dtype (as
-    fixed by the model, little-endian) and shape, then its bytes in C order; scalars as decimal text. Equal states
-    give equal digests whichever engine produced them.
+    Canonical: for each field in the fixed order of ``MM_FIELDS`` / ``MEMORY_FIELDS``, a header (its name, its
+    dtype as the model fixes it, its shape) and the two 64-bit position-keyed sums of its elements in C order
+    (:mod:`gpusim.kernels.digest`: one compiled, parallel pass); scalars as decimal text; BLAKE2b-256 of all of
+    it. Equal states give equal digests whichever engine produced them; a change of any one element changes it.
     """
     h = hashlib.blake2b(digest_size=32)
 
     def put(tag: str, a) -> None:
         if isinstance(a, np.ndarray):
-            a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
-            h.update(f"{tag}:{a.dtype.str}:{a.shape};".encode())
-            h.update(a.reshape(-1).view(np.uint8).data)  # no copy for contiguous little-endian arrays
+            head = f"{tag}:{a.dtype.newbyteorder('<').str}:{a.shape};".encode()
+            seed = np.uint64(int.from_bytes(hashlib.blake2b(head, digest_size=8).digest(), "little"))
+            flat = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("=")).reshape(-1)  # no copy if native
+            s0, s1 = lane_sums(flat, 0, seed)
+            h.update(head + int(s0).to_bytes(8, "little") + int(s1).to_bytes(8, "little"))
         else:
             h.update(f"{tag}={int(a)};".encode())
 

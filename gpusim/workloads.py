@@ -16,7 +16,7 @@ from gpusim.builder import SpaceBuilder
 from gpusim.catalogue import SCENARIOS
 from gpusim.decode import with_offsets
 from gpusim.kernels import pte as P
-from gpusim.kernels.fields import MEMORY_FIELDS
+from gpusim.kernels.fields import MEMORY_FIELDS, MM_FIELDS
 from gpusim.kernels.flags import (
     BACKING_ANON,
     BACKING_FILE,
@@ -258,6 +258,38 @@ def build_regions(regions: list[dict], variant: str, seed, has_pinned: bool | No
             addr += -(-n // PTRS_PER_TABLE) * PTRS_PER_TABLE
         addr += PTRS_PER_TABLE
     return sb.freeze(has_pinned)
+
+
+# The bytes of one mapped 4 KiB page in the state: its PTE, its page row and (order 0) its folio row; a swapped
+# page holds a swap slot instead of the page and folio rows, which is less.
+PAGE_BYTES = MM_FIELDS["pte"][0].itemsize + sum(
+    dt.itemsize for name, (dt, _) in MEMORY_FIELDS.items() if name.startswith(("page_", "folio_"))
+)
+# A fork holds several copies of the state at its peak: the input, the engine's working copy, the child's tables,
+# the result, and the invariant checker's decoded entries. Measured with `/usr/bin/time -f %M gpusim fork
+# --workload anon --set size=S` (2-vCPU VM, 2026-11-30): 3.3x (16 GiB) to 5.3x (1 GiB) of the state's bytes above
+# the interpreter's own 190 MiB; the estimate takes 4x of an upper bound of the state plus 256 MiB.
+FORK_COPIES = 4
+PROCESS_BYTES = 256 << 20
+
+
+def state_bytes_bound(workload) -> int | None:
+    """An upper bound of the bytes of the arrays of the address space a workload spec builds, from its keys alone
+    (``anon`` and ``mixed``); None for the kinds whose size is known only once built (small, or a file's)."""
+    if workload.kind == "anon":
+        regions = [workload]
+    elif workload.kind == "mixed":
+        regions = workload.regions
+    else:
+        return None
+    table = PTRS_PER_TABLE * MM_FIELDS["pte"][0].itemsize
+    return sum(r.size // PAGE_SIZE * PAGE_BYTES + (r.vmas + 1) * table for r in regions)
+
+
+def fork_memory_bytes(workload) -> int | None:
+    """About the most memory a fork of a workload spec's address space holds at once (None: not known up front)."""
+    bound = state_bytes_bound(workload)
+    return None if bound is None else PROCESS_BYTES + FORK_COPIES * bound
 
 
 def build_workload(workload, variant: str, seed) -> tuple[AddressSpace, str | None, list | None]:

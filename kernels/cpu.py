@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit, prange
 from numba.core.errors import NumbaIRAssumptionWarning
 
+from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
 from gpusim.kernels.flags import PTRS_PER_TABLE
 from gpusim.kernels.pte import (
     KIND_DEVICE_PRIVATE,

@@ -27,6 +27,7 @@ from numba import config, cuda
 from numba.extending import overload
 
 from gpusim.kernels import args as A
+from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
 from gpusim.kernels.atomics import atomic_add, atomic_max, atomic_min
 from gpusim.kernels.flags import PTRS_PER_TABLE, V_6_18, VM_SHARED, is_cow_mapping
 from gpusim.kernels.pte import KIND_PRESENT, pte_kind, pte_special

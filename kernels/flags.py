@@ -2,11 +2,11 @@
 
 The values are the kernel's where the kernel has them (``VM_*`` bits, ``SWAP_MAP_MAX``, ``PIN_BIAS``); the rest are
 the model's own encodings (folio and page flag bits, rss counter indices, backing kinds, variant ids). The three
-small rules here (:func:`is_cow_mapping`, :func:`mm_counter`, :func:`swap_cap`) are ``register_jitable``: plain
-Python for the reference engine, compiled into the fast kernels.
+small rules here (:func:`is_cow_mapping`, :func:`mm_counter`, :func:`swap_cap`) are ``jitable``
+(:mod:`gpusim.kernels.jitable`): plain Python for the reference engine, compiled into the fast kernels.
 """
 
-from numba.extending import register_jitable
+from gpusim.kernels.jitable import jitable
 
 # --- sizes and thresholds (spec 1.1) ---------------------------------------------------------------------------
 PAGE_SIZE = 4096  # bytes of a page (the model's pages are 4 KiB)
@@ -71,14 +71,14 @@ RSS_NAMES = ("anon", "file", "shmem", "swapents")
 V_5_8, V_XU_V1, V_XU_V1_OLEG, V_5_10, V_6_18 = 0, 1, 2, 3, 4
 
 
-@register_jitable
+@jitable
 def is_cow_mapping(vm_flags):
     """Private and may become writable (even if currently read-only). Without a branch, so that it takes numpy
     arrays too."""
     return ((vm_flags & VM_MAYWRITE) != 0) & ((vm_flags & VM_SHARED) == 0)
 
 
-@register_jitable
+@jitable
 def mm_counter(folio_flags):
     """The rss counter a folio is accounted to: anon, shmem (swap-backed, not anon) or file."""
     if folio_flags & FOLIO_ANON:
@@ -88,7 +88,7 @@ def mm_counter(folio_flags):
     return MM_FILEPAGES
 
 
-@register_jitable
+@jitable
 def swap_cap(levels):
     """Largest count a slot with ``levels`` continuation pages holds: 63 * 128**levels - 1."""
     cap = SWAP_MAP_MAX + 1

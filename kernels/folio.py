@@ -5,17 +5,16 @@ invariant checker, and compilable by numba like :mod:`gpusim.kernels.pte`.
 (order >= 1 in linux-6.18, >= 2 before); smaller ones take ``PIN_BIAS`` references per pin.
 """
 
-from numba.extending import register_jitable
-
 from gpusim.kernels.flags import PIN_BIAS
+from gpusim.kernels.jitable import jitable
 
 
-@register_jitable
+@jitable
 def is_large_for_pins(order, large_order):
     return order >= large_order
 
 
-@register_jitable
+@jitable
 def folio_maybe_dma_pinned(order, refcount, pincount, large_order):
     """``page_maybe_dma_pinned`` / ``folio_maybe_dma_pinned``: exact for large folios, a heuristic otherwise.
     Written without a branch, so that it takes numpy arrays too (the invariant checker's vectorised form)."""
@@ -23,7 +22,7 @@ def folio_maybe_dma_pinned(order, refcount, pincount, large_order):
     return (large & (pincount > 0)) | (~large & (refcount >= PIN_BIAS))
 
 
-@register_jitable
+@jitable
 def pin_refcount_delta(order, large_order):
     """References one FOLL_PIN adds to a folio (``add_pin``); the pincount grows by 1 only for large folios."""
     return 1 if order >= large_order else PIN_BIAS

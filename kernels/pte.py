@@ -22,19 +22,13 @@ buys nothing here; the type field instead distinguishes the kinds that the kerne
 (migration read / read-exclusive / write, device-private read / write).
 """
 
-import numpy as np
-from numba.extending import overload, register_jitable
+from gpusim.kernels.jitable import jitable
 
 
 def as_u64(x):
     """Identity in Python (values stay Python ints); a cast to uint64 in compiled code, so that every PTE value is
     typed uint64 there (numba unifies int64 with uint64 into float64, which would lose bits above 2**53)."""
     return x
-
-
-@overload(as_u64)
-def _ol_as_u64(x):
-    return lambda x: np.uint64(x)
 
 
 M64 = (1 << 64) - 1  # masks are written as M64 ^ bit, never ~bit: a negative mask cannot meet a uint64
@@ -75,7 +69,7 @@ RAW_PFN_BASE = 1 << 39  # VM_PFNMAP / VM_MIXEDMAP frames
 # --- present entries -------------------------------------------------------------------------------------------
 
 
-@register_jitable
+@jitable
 def mk_pte(pfn, write, dirty, young, special):
     """A present PTE for ``pfn`` with the given bits (each 0/1 or bool)."""
     v = PAGE_PRESENT | PAGE_USER | ((pfn & PFN_MASK) << PFN_SHIFT)
@@ -90,72 +84,72 @@ def mk_pte(pfn, write, dirty, young, special):
     return as_u64(v)
 
 
-@register_jitable
+@jitable
 def pte_none(v):
     return v == 0
 
 
-@register_jitable
+@jitable
 def pte_present(v):
     return (v & PAGE_PRESENT) != 0
 
 
-@register_jitable
+@jitable
 def pte_pfn(v):
     return (v >> PFN_SHIFT) & PFN_MASK
 
 
-@register_jitable
+@jitable
 def pte_write(v):
     return (v & PAGE_RW) != 0
 
 
-@register_jitable
+@jitable
 def pte_dirty(v):
     return (v & PAGE_DIRTY) != 0
 
 
-@register_jitable
+@jitable
 def pte_young(v):
     return (v & PAGE_ACCESSED) != 0
 
 
-@register_jitable
+@jitable
 def pte_special(v):
     return (v & PAGE_SPECIAL) != 0
 
 
-@register_jitable
+@jitable
 def pte_wrprotect(v):
     return as_u64(v & (M64 ^ PAGE_RW))
 
 
-@register_jitable
+@jitable
 def pte_mkwrite(v):
     return as_u64(v | PAGE_RW)
 
 
-@register_jitable
+@jitable
 def pte_mkold(v):
     return as_u64(v & (M64 ^ PAGE_ACCESSED))
 
 
-@register_jitable
+@jitable
 def pte_mkyoung(v):
     return as_u64(v | PAGE_ACCESSED)
 
 
-@register_jitable
+@jitable
 def pte_mkclean(v):
     return as_u64(v & (M64 ^ PAGE_DIRTY))
 
 
-@register_jitable
+@jitable
 def pte_mkdirty(v):
     return as_u64(v | PAGE_DIRTY)
 
 
-@register_jitable
+@jitable
 def pte_set_pfn(v, pfn):
     return as_u64((v & (M64 ^ (PFN_MASK << PFN_SHIFT))) | ((pfn & PFN_MASK) << PFN_SHIFT))
 
@@ -163,37 +157,37 @@ def pte_set_pfn(v, pfn):
 # --- non-present entries ---------------------------------------------------------------------------------------
 
 
-@register_jitable
+@jitable
 def swp_entry_to_pte(swp_type, offset):
     return as_u64(((swp_type & SWP_TYPE_MASK) << SWP_TYPE_SHIFT) | ((offset & PFN_MASK) << PFN_SHIFT))
 
 
-@register_jitable
+@jitable
 def swp_type(v):
     return (v >> SWP_TYPE_SHIFT) & SWP_TYPE_MASK
 
 
-@register_jitable
+@jitable
 def swp_offset(v):
     return (v >> PFN_SHIFT) & PFN_MASK
 
 
-@register_jitable
+@jitable
 def pte_swp_exclusive(v):
     return (v & PAGE_SWP_EXCLUSIVE) != 0
 
 
-@register_jitable
+@jitable
 def pte_swp_mkexclusive(v):
     return as_u64(v | PAGE_SWP_EXCLUSIVE)
 
 
-@register_jitable
+@jitable
 def pte_swp_clear_exclusive(v):
     return as_u64(v & (M64 ^ PAGE_SWP_EXCLUSIVE))
 
 
-@register_jitable
+@jitable
 def mk_swap_pte(slot, exclusive):
     v = swp_entry_to_pte(SWP_SWAPFILE, slot)
     if exclusive:
@@ -201,7 +195,7 @@ def mk_swap_pte(slot, exclusive):
     return as_u64(v)
 
 
-@register_jitable
+@jitable
 def mk_migration_pte(pfn, write, exclusive):
     """A migration entry; ``exclusive`` (read-exclusive) only matters when ``write`` is false."""
     if write:
@@ -213,54 +207,54 @@ def mk_migration_pte(pfn, write, exclusive):
     return as_u64(swp_entry_to_pte(t, pfn))
 
 
-@register_jitable
+@jitable
 def mk_device_private_pte(pfn, write):
     return as_u64(swp_entry_to_pte(SWP_DEVICE_WRITE if write else SWP_DEVICE_READ, pfn))
 
 
-@register_jitable
+@jitable
 def is_swap_entry(v):
     return (not pte_present(v)) and v != 0 and swp_type(v) == SWP_SWAPFILE
 
 
-@register_jitable
+@jitable
 def is_migration_entry(v):
     t = swp_type(v)
     return (not pte_present(v)) and v != 0 and SWP_MIGRATION_READ <= t <= SWP_MIGRATION_WRITE
 
 
-@register_jitable
+@jitable
 def is_writable_migration_entry(v):
     return is_migration_entry(v) and swp_type(v) == SWP_MIGRATION_WRITE
 
 
-@register_jitable
+@jitable
 def is_readable_exclusive_migration_entry(v):
     return is_migration_entry(v) and swp_type(v) == SWP_MIGRATION_READ_EXCLUSIVE
 
 
-@register_jitable
+@jitable
 def make_readable_migration_entry(v):
     return as_u64(swp_entry_to_pte(SWP_MIGRATION_READ, swp_offset(v)))
 
 
-@register_jitable
+@jitable
 def is_device_private_entry(v):
     t = swp_type(v)
     return (not pte_present(v)) and v != 0 and (t == SWP_DEVICE_READ or t == SWP_DEVICE_WRITE)
 
 
-@register_jitable
+@jitable
 def is_writable_device_private_entry(v):
     return is_device_private_entry(v) and swp_type(v) == SWP_DEVICE_WRITE
 
 
-@register_jitable
+@jitable
 def make_readable_device_private_entry(v):
     return as_u64(swp_entry_to_pte(SWP_DEVICE_READ, swp_offset(v)))
 
 
-@register_jitable
+@jitable
 def pte_kind(v):
     """Classify a raw entry into one of the spec's kinds (``KIND_*``); -1 for an undecodable value."""
     if v == 0:
@@ -280,11 +274,11 @@ def pte_kind(v):
 # --- huge PMD entries ------------------------------------------------------------------------------------------
 
 
-@register_jitable
+@jitable
 def mk_huge_pmd(pfn, write, dirty, young):
     return as_u64(mk_pte(pfn, write, dirty, young, False) | PAGE_PSE)
 
 
-@register_jitable
+@jitable
 def pmd_trans_huge(v):
     return (v & PAGE_PRESENT) != 0 and (v & PAGE_PSE) != 0

@@ -1,4 +1,4 @@
-"""The per-PTE rules of the fast path, written once as scalar functions (``register_jitable``): numba compiles them
+"""The per-PTE rules of the fast path, written once as scalar functions (``jitable``): numba compiles them
 into the CPU kernels (``kernels/cpu.py``) and the CUDA kernels (``kernels/cuda.py``); called from Python they run
 as plain Python. Kernel bodies only index, bound-check, call these and store.
 
@@ -13,9 +13,9 @@ conservative, and a table sent to the host is handled exactly whatever the reaso
 """
 
 import numpy as np
-from numba.extending import register_jitable
 
 from gpusim.kernels.flags import FOLIO_ANON, FOLIO_DEVICE_PRIVATE, PAGE_ANON_EXCLUSIVE, PIN_BIAS, V_6_18, swap_cap
+from gpusim.kernels.jitable import jitable
 from gpusim.kernels.pte import (
     KIND_DEVICE_PRIVATE,
     KIND_MIGRATION,
@@ -92,7 +92,7 @@ FAST_COUNTS = (
 NR_FAST_COUNTS = len(FAST_COUNTS)
 
 
-@register_jitable
+@jitable
 def share_child_pte(first, w_any, vm_shared):
     """The child's PTE for a shared present entry, before write protection: old, write merged, clean if shared."""
     child = pte_mkold(first)
@@ -105,7 +105,7 @@ def share_child_pte(first, w_any, vm_shared):
     return as_u64(child)
 
 
-@register_jitable
+@jitable
 def nonpresent_parent(v, cow, is_618):
     """The parent's entry after ``copy_nonpresent_pte`` duplicated it (the child gets :func:`nonpresent_child`)."""
     k = pte_kind(v)
@@ -121,14 +121,14 @@ def nonpresent_parent(v, cow, is_618):
     return as_u64(v)
 
 
-@register_jitable
+@jitable
 def nonpresent_child(v, parent_after):
     if pte_kind(v) == KIND_SWAP:
         return as_u64(pte_swp_clear_exclusive(v))
     return as_u64(parent_after)
 
 
-@register_jitable
+@jitable
 def smix_u64(z):
     """splitmix64 finaliser on uint64 (wrapping arithmetic)."""
     z = z + np.uint64(0x9E3779B97F4A7C15)
@@ -137,7 +137,7 @@ def smix_u64(z):
     return z ^ (z >> np.uint64(31))
 
 
-@register_jitable
+@jitable
 def nb_hash_u64(seed, fork_seq, call_start, k):
     """``nb_hash`` of spec 4 for compiled code (``gpusim.oracle.nb_hash`` is the Python twin; the spec's test
     vectors check both)."""
@@ -147,7 +147,7 @@ def nb_hash_u64(seed, fork_seq, call_start, k):
     return smix_u64(h ^ np.uint64(k))
 
 
-@register_jitable
+@jitable
 def lock_break(mode, every_n, p_q32, seed, fork_seq, call_start, k):
     """``NB(fork_seq, call_start, k)`` for compiled code, every mode but ``list`` (see :func:`in_break_list`)."""
     if mode == NB_NEVER or mode == NB_LIST:
@@ -159,7 +159,7 @@ def lock_break(mode, every_n, p_q32, seed, fork_seq, call_start, k):
     return (nb_hash_u64(seed, fork_seq, call_start, k) >> np.uint64(32)) < np.uint64(p_q32)
 
 
-@register_jitable
+@jitable
 def in_break_list(list_cs, list_k, call_start, k):
     """The ``list:`` oracle: whether ``(call_start, k)`` is listed."""
     for i in range(list_cs.shape[0]):
@@ -168,14 +168,14 @@ def in_break_list(list_cs, list_k, call_start, k):
     return False
 
 
-@register_jitable
+@jitable
 def small_folio_needs_host(refcount, maxrefs):
     """A folio that uses the refcount pin heuristic: this fork's own references (at most ``maxrefs``, one per
     mapping) could push its refcount to ``PIN_BIAS`` while the walk is under way."""
     return refcount + maxrefs + 1 >= PIN_BIAS
 
 
-@register_jitable
+@jitable
 def large_folio_needs_host(f, variant, folio_order, folio_pincount, folio_flags, folio_first_pfn, page_flags):
     """A folio with an exact pincount: an early copy may be due (linux-6.18: only for anon-exclusive pages)."""
     if folio_pincount[f] <= 0:
@@ -191,7 +191,7 @@ def large_folio_needs_host(f, variant, folio_order, folio_pincount, folio_flags,
     return False
 
 
-@register_jitable
+@jitable
 def shared_exclusive_page(page_flags, page_mapcount):
     """An anon-exclusive page mapped more than once (inconsistent in the kernel, possible in a given state):
     linux-6.18 clears the flag at the first share only, so the order of the shares matters; send it to the host.
@@ -199,7 +199,7 @@ def shared_exclusive_page(page_flags, page_mapcount):
     return (page_flags & PAGE_ANON_EXCLUSIVE) != 0 and page_mapcount != 1
 
 
-@register_jitable
+@jitable
 def slot_needs_host(count, levels):
     """Whether duplicating a slot could need a swap-count continuation in this fork: the fork adds at most
     ``count`` references (each of the parent's is counted), so ``2 * count <= cap(levels)`` is always safe."""

@@ -19,6 +19,7 @@ address in ``sp.state[ST_OOPS_ADDR]``); counts go to the table's row ``acc`` (:d
 import numpy as np
 from numba.extending import register_jitable
 
+from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
 from gpusim.kernels.args import SlowArrays
 from gpusim.kernels.atomics import atomic_max, atomic_min
 from gpusim.kernels.flags import (

@@ -15,6 +15,7 @@ plain stores.
 import numpy as np
 from numba.extending import register_jitable
 
+from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
 from gpusim.kernels.atomics import atomic_add
 from gpusim.kernels.flags import (
     BREAK_AT,

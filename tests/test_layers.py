@@ -49,8 +49,9 @@ LAYERS = (
 # Imported inside functions, so that they load only when used: the CUDA side (rule 7), matplotlib, Ray.
 HEAVY_OPTIONAL = ("cupy", "numba.cuda", "gpusim.kernels.cuda", "matplotlib", "ray")
 # Modules whose functions may import anything: the package facade and the command line load what a call or a
-# command needs when it runs, so that `import gpusim` and `gpusim --help` stay quick.
-LAZY_LOADERS = ("gpusim", "gpusim.cli")
+# command needs when it runs, and the backend seam loads the engine asked for, so that `import gpusim`,
+# `gpusim --help` and `gpusim variants` do not load numba (issue 12: start-up).
+LAZY_LOADERS = ("gpusim", "gpusim.cli", "gpusim.backend")
 MAX_FUNCTION_LINES = 60
 
 

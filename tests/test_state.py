@@ -7,6 +7,7 @@ import pytest
 
 import gpusim
 from gpusim.kernels import pte as P
+from gpusim.kernels.digest import lane_sums
 from gpusim.kernels.flags import swap_cap
 from gpusim.state import StateError, digest, empty_mm
 
@@ -74,6 +75,47 @@ def test_digest_is_canonical():
     assert digest(a.mm, empty_mm(), be) == digest(a.mm, empty_mm(), a.memory)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64, np.uint64, np.bool_])
+def test_digest_sums_do_not_depend_on_the_split(dtype):
+    a = np.random.default_rng(1).integers(0, 2**31, 200_000).astype(dtype)
+    seed = np.uint64(7)
+    whole = lane_sums(a, 0, seed)
+    for cut in (1, 4096, 65_536, 123_457):
+        x, y = lane_sums(a[:cut], 0, seed), lane_sums(a[cut:], cut, seed)
+        assert tuple((int(p) + int(q)) % 2**64 for p, q in zip(x, y)) == tuple(int(w) for w in whole)
+
+
+def test_digest_changes_with_any_one_element():
+    a = space()
+    base = digest(a.mm, empty_mm(), a.memory)
+    for name in ("page_mapcount", "folio_order", "page_content"):
+        for i in range(getattr(a.memory, name).shape[0]):
+            c = getattr(a.memory, name).copy()
+            c[i] ^= 1
+            assert digest(a.mm, empty_mm(), dataclasses.replace(a.memory, **{name: c})) != base, (name, i)
+    pte = a.mm.pte.copy()
+    pte[0, 511] ^= np.uint64(1 << 63)
+    assert digest(dataclasses.replace(a.mm, pte=pte), empty_mm(), a.memory) != base
+    # a field's values moved to another field, or two elements swapped, change it too
+    c = a.memory.page_content.copy()
+    c[[0, 1]] = c[[1, 0]]
+    assert digest(a.mm, empty_mm(), dataclasses.replace(a.memory, page_content=c)) != base
+
+
+def test_a_valid_space_is_frozen_and_validated_once(monkeypatch):
+    s = space().validate()
+    with pytest.raises(ValueError, match="read-only"):
+        s.memory.page_mapcount[0] += 1
+    calls = []
+    monkeypatch.setattr(type(s.memory), "validate", lambda self: calls.append(1))
+    s.validate()
+    gpusim.fork(s, backend="cpu")
+    assert calls == []
+    fresh = dataclasses.replace(s, memory=dataclasses.replace(s.memory))
+    fresh.validate()
+    assert calls == [1]
+
+
 def test_swap_cap():
     assert [swap_cap(lv) for lv in range(3)] == [62, 63 * 128 - 1, 63 * 128 * 128 - 1]
 
@@ -111,3 +153,25 @@ def test_fork_validates_its_input():
     bad = dataclasses.replace(s.memory, folio_refcount=s.memory.folio_refcount.astype(np.int64))
     with pytest.raises(StateError, match="dtype"):
         gpusim.fork(dataclasses.replace(s, memory=bad))
+
+
+def test_compiled_and_numpy_decoders_agree(monkeypatch):
+    """Large arrays go through the compiled passes (kernels/scan.py), small ones through numpy: same answers."""
+    from gpusim import decode, earlycopy, state
+
+    rng = np.random.default_rng(3)
+    sp = gpusim.parse_layout(
+        "normal*9 swap*5 migw migr devw devr zero pfn folio4:pin*2 none*484 thp thp:pin", "linux-6.18"
+    )
+    vals = np.concatenate([rng.integers(0, 2**63, 3000, dtype=np.int64).view(np.uint64), state.entries(sp.mm)[1]])
+    vals[rng.integers(0, vals.size, 500)] = 0
+    funcs = (decode.kinds, decode.holds_page, decode.page_pfns, decode.swap_slots, decode.names_page)
+    small = [f(vals) for f in funcs]
+    ents, maybe = state.entries(sp.mm), earlycopy.maybe_pinned_folios(sp.memory, 4)
+    monkeypatch.setattr(decode, "COMPILED_FROM", 1)
+    monkeypatch.setattr(earlycopy, "COMPILED_FROM", 1)
+    for f, want in zip(funcs, small):
+        assert np.array_equal(f(vals), want), f.__name__
+    assert all(np.array_equal(a, b) for a, b in zip(state.entries(sp.mm), ents))
+    got = earlycopy.maybe_pinned_folios(sp.memory, 4)
+    assert np.array_equal(got[0], maybe[0]) and got[1] == maybe[1] and maybe[0].any()

@@ -215,3 +215,11 @@ def test_too_large_tree_is_refused(tmp_path):
     text = "name: t\nworkload:\n  kind: anon\n  size: 2MiB\nfork:\n  chain: 8\n  generations: 5\n"
     with pytest.raises(ConfigError, match=r":5: fork: .*forks \(at most 4096\)"):
         load_sweep(write(tmp_path, text))
+
+
+def test_a_point_that_would_not_fit_is_refused_before_anything_runs(tmp_path):
+    text = "name: big\nworkload:\n  kind: anon\n  size: 1MiB\nsweep:\n  grid:\n    workload.size: [1MiB, 8TiB]\n"
+    p = run_sweep(write(tmp_path, text), "--out", tmp_path / "out")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "(workload anon) needs about" in p.stderr and "GiB of memory" in p.stderr
+    assert not (tmp_path / "out").exists()  # nothing started, nothing half-written

@@ -15,6 +15,7 @@ import numpy as np
 
 from gpusim.api import fork
 from gpusim.costmodel import latency, load_profile
+from gpusim.state import AddressSpace
 from gpusim.sweep.spec import Point
 from gpusim.workloads import build_workload
 
@@ -55,7 +56,7 @@ def run_point(point: Point, repetition: int) -> list[dict]:
             for _ in range(cfg.fork.chain):
                 try:
                     r = fork(
-                        type(space)(procs[i], memory),
+                        space if seq == 0 else AddressSpace.of_fork(procs[i], memory),
                         cfg.fork.variant,
                         backend=cfg.backend,
                         oracle=oracle,

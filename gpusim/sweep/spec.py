@@ -37,10 +37,15 @@ def _size(v):
     raise ValueError("a size is a number of bytes or a string such as 64GiB")
 
 
+MAX_SIZE = (1 << 31) * 4096  # the model's page and folio numbers are int32 (kernels/fields.py): 8 TiB of pages
+
+
 def _page_size(v):
     n = _size(v)
     if n < 4096:
         raise ValueError(f"size {n} is less than one 4 KiB page")
+    if n > MAX_SIZE:
+        raise ValueError(f"size {n} is more than 8TiB (2**31 pages: the model numbers pages with int32)")
     return n
 
 

@@ -1,0 +1,107 @@
+"""Compiled passes over whole arrays for the host side: one read of the input, no temporaries.
+
+The numpy functions of :mod:`gpusim.decode`, the invariant checker and the engine's set-up run several vectorised
+passes each (a mask, a compaction, a cast); these do the same work in one loop, with the scalar decoders of
+:mod:`gpusim.kernels.pte` (so an entry means the same thing here as in the kernels). Each is compiled on its first
+call (``cache=True``), not at import.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
+from gpusim.kernels.flags import PTRS_PER_TABLE
+from gpusim.kernels.pte import KIND_DEVICE_PRIVATE, KIND_PRESENT, pte_kind, pte_pfn, pte_special
+
+
+@njit(parallel=True, cache=True)
+def kinds(flat):
+    """``pte_kind`` of every entry of the flat u64 array ``flat`` (int8)."""
+    out = np.empty(flat.shape[0], np.int8)
+    for i in prange(flat.shape[0]):
+        out[i] = pte_kind(flat[i])
+    return out
+
+
+@njit(cache=True)
+def entries(table_index, pte):
+    """(addresses i64, values u64) of the non-zero entries of the tables ``pte`` ``(T, 512)`` numbered
+    ``table_index``, in row order."""
+    T = pte.shape[0]
+    n = 0
+    for t in range(T):
+        for j in range(PTRS_PER_TABLE):
+            if pte[t, j] != 0:
+                n += 1
+    addr = np.empty(n, np.int64)
+    val = np.empty(n, np.uint64)
+    k = 0
+    for t in range(T):
+        base = table_index[t] * PTRS_PER_TABLE
+        for j in range(PTRS_PER_TABLE):
+            v = pte[t, j]
+            if v != 0:
+                addr[k] = base + j
+                val[k] = v
+                k += 1
+    return addr, val
+
+
+@njit(cache=True)
+def maybe_pinned_folios(
+    folio_order, folio_refcount, folio_pincount, folio_pmd_mapcount, page_folio, page_mapcount, large_order, pin_bias
+):
+    """(bool per folio: maybe pinned, or may become so through the references of a fork (small folios: refcount
+    plus every mapping plus one reaches ``pin_bias``; large ones: a pincount), every mapping of those folios (PTEs,
+    and a PMD's ``2**order`` pages))."""
+    nf = folio_order.shape[0]
+    mapped = np.zeros(nf, np.int64)
+    for p in range(page_folio.shape[0]):
+        mapped[page_folio[p]] += page_mapcount[p]
+    maybe = np.zeros(nf, np.bool_)
+    bound = 0
+    for f in range(nf):
+        m = mapped[f] + np.int64(folio_pmd_mapcount[f]) * (np.int64(1) << np.int64(folio_order[f]))
+        if folio_order[f] >= large_order:
+            y = folio_pincount[f] > 0
+        else:
+            y = np.int64(folio_refcount[f]) + m + 1 >= pin_bias
+        maybe[f] = y
+        if y:
+            bound += m
+    return maybe, bound
+
+
+@njit(inline="always")
+def holds_page_entry(v):
+    """The entry holds a reference and a mapcount of its page: present and not special, or device-private."""
+    k = pte_kind(v)
+    return (k == KIND_PRESENT and not pte_special(v)) or k == KIND_DEVICE_PRIVATE
+
+
+@njit(parallel=True, cache=True)
+def holds_page(flat):
+    """:func:`holds_page_entry` of every entry of the flat u64 array ``flat``."""
+    out = np.empty(flat.shape[0], np.bool_)
+    for i in prange(flat.shape[0]):
+        out[i] = holds_page_entry(flat[i])
+    return out
+
+
+@njit(cache=True)
+def offsets_where(flat, kind):
+    """The offsets (pfns or slots, i64) of the entries of ``flat`` that hold a page (``kind`` -1) or are of
+    ``kind``, in order."""
+    n = 0
+    for i in range(flat.shape[0]):
+        v = flat[i]
+        if holds_page_entry(v) if kind < 0 else pte_kind(v) == kind:
+            n += 1
+    out = np.empty(n, np.int64)
+    k = 0
+    for i in range(flat.shape[0]):
+        v = flat[i]
+        if holds_page_entry(v) if kind < 0 else pte_kind(v) == kind:
+            out[k] = np.int64(pte_pfn(v))  # bits 12-51: the pfn, or the slot of a swap entry
+            k += 1
+    return out
