@@ -71,9 +71,6 @@ def kinds(val: np.ndarray) -> np.ndarray:
 
 def holds_page(val: np.ndarray) -> np.ndarray:
     """Entries that hold a reference and a mapcount of their page: present non-special, and device-private."""
-    val = np.asarray(val, np.uint64)
-    if val.size >= COMPILED_FROM:
-        return scan.holds_page(_flat(val)).reshape(val.shape)
     k = kinds(val)
     return ((k == P.KIND_PRESENT) & ~special(val)) | (k == P.KIND_DEVICE_PRIVATE)
 
@@ -103,6 +100,10 @@ def rss_of(pte: np.ndarray, pmd: np.ndarray, memory) -> np.ndarray:
     ``pte`` u64 ``(T, 512)``, ``pmd`` u64 ``(H,)`` (each huge PMD counts 512 anon pages), ``memory`` the
     :class:`gpusim.state.Memory` they map; returns i64 ``(4,)`` (anon, file, shmem, swapents).
     """
+    if pte.size >= COMPILED_FROM:
+        rss = scan.rss_counts(_flat(pte), memory.page_folio, memory.folio_flags)
+        rss[MM_ANONPAGES] += PTRS_PER_TABLE * int(pmd.shape[0])
+        return rss
     val = pte.reshape(-1)
     val = val[val != 0]
     rss = np.zeros(4, dtype=np.int64)

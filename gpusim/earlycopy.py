@@ -36,7 +36,7 @@ def maybe_pinned_folios(m: Memory, large_order: int) -> tuple[np.ndarray, int]:
             m.folio_refcount,
             m.folio_pincount,
             m.folio_pmd_mapcount,
-            m.page_folio,
+            m.folio_first_pfn,
             m.page_mapcount,
             large_order,
             PIN_BIAS,

@@ -16,6 +16,7 @@ import numpy as np
 
 from gpusim import decode
 from gpusim.kernels import pte as P
+from gpusim.kernels import scan
 from gpusim.kernels.flags import (
     BREAK_AT,
     FOLIO_ANON,
@@ -148,11 +149,12 @@ class _Checker:
         m0, m1 = self.m0, self.m1
         F0, N0 = m0.nr_folios, m0.nr_pages
         _, cvals = self.child_entries
-        cpfn = decode.page_pfns(cvals)
-        child_map = np.bincount(cpfn, minlength=m1.nr_pages)
-        child_ref = (
-            np.bincount(m1.page_folio[cpfn], minlength=m1.nr_folios) if cpfn.size else np.zeros(m1.nr_folios, np.int64)
-        )
+        if cvals.size >= decode.COMPILED_FROM:
+            child_map, child_ref = scan.child_references(cvals, m1.page_folio, m1.nr_pages, m1.nr_folios)
+        else:
+            cpfn = decode.page_pfns(cvals)
+            child_map = np.bincount(cpfn, minlength=m1.nr_pages)
+            child_ref = np.bincount(m1.page_folio[cpfn], minlength=m1.nr_folios)
         child_pmd = np.zeros(m1.nr_folios, np.int64)
         for v in self.r.child.pmd.tolist():
             child_pmd[int(m1.page_folio[P.pte_pfn(v)])] += 1

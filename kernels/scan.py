@@ -10,8 +10,16 @@ import numpy as np
 from numba import njit, prange
 
 from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
-from gpusim.kernels.flags import PTRS_PER_TABLE
-from gpusim.kernels.pte import KIND_DEVICE_PRIVATE, KIND_PRESENT, pte_kind, pte_pfn, pte_special
+from gpusim.kernels.flags import MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS, PTRS_PER_TABLE, mm_counter
+from gpusim.kernels.pte import (
+    KIND_DEVICE_PRIVATE,
+    KIND_MIGRATION,
+    KIND_PRESENT,
+    KIND_SWAP,
+    pte_kind,
+    pte_pfn,
+    pte_special,
+)
 
 
 @njit(parallel=True, cache=True)
@@ -47,28 +55,35 @@ def entries(table_index, pte):
     return addr, val
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)
 def maybe_pinned_folios(
-    folio_order, folio_refcount, folio_pincount, folio_pmd_mapcount, page_folio, page_mapcount, large_order, pin_bias
+    folio_order,
+    folio_refcount,
+    folio_pincount,
+    folio_pmd_mapcount,
+    folio_first_pfn,
+    page_mapcount,
+    large_order,
+    pin_bias,
 ):
     """(bool per folio: maybe pinned, or may become so through the references of a fork (small folios: refcount
     plus every mapping plus one reaches ``pin_bias``; large ones: a pincount), every mapping of those folios (PTEs,
-    and a PMD's ``2**order`` pages))."""
+    and a PMD's ``2**order`` pages)). A folio's pages are the rows ``folio_first_pfn ..`` (a valid state)."""
     nf = folio_order.shape[0]
-    mapped = np.zeros(nf, np.int64)
-    for p in range(page_folio.shape[0]):
-        mapped[page_folio[p]] += page_mapcount[p]
     maybe = np.zeros(nf, np.bool_)
     bound = 0
-    for f in range(nf):
-        m = mapped[f] + np.int64(folio_pmd_mapcount[f]) * (np.int64(1) << np.int64(folio_order[f]))
+    for f in prange(nf):
+        nr = np.int64(1) << np.int64(folio_order[f])
+        first = np.int64(folio_first_pfn[f])
+        m = np.int64(folio_pmd_mapcount[f]) * nr
+        for p in range(first, first + nr):
+            m += page_mapcount[p]
         if folio_order[f] >= large_order:
             y = folio_pincount[f] > 0
         else:
             y = np.int64(folio_refcount[f]) + m + 1 >= pin_bias
         maybe[f] = y
-        if y:
-            bound += m
+        bound += m if y else 0
     return maybe, bound
 
 
@@ -77,15 +92,6 @@ def holds_page_entry(v):
     """The entry holds a reference and a mapcount of its page: present and not special, or device-private."""
     k = pte_kind(v)
     return (k == KIND_PRESENT and not pte_special(v)) or k == KIND_DEVICE_PRIVATE
-
-
-@njit(parallel=True, cache=True)
-def holds_page(flat):
-    """:func:`holds_page_entry` of every entry of the flat u64 array ``flat``."""
-    out = np.empty(flat.shape[0], np.bool_)
-    for i in prange(flat.shape[0]):
-        out[i] = holds_page_entry(flat[i])
-    return out
 
 
 @njit(cache=True)
@@ -105,3 +111,43 @@ def offsets_where(flat, kind):
             out[k] = np.int64(pte_pfn(v))  # bits 12-51: the pfn, or the slot of a swap entry
             k += 1
     return out
+
+
+@njit(parallel=True, cache=True)
+def rss_counts(flat, page_folio, folio_flags):
+    """The rss counters (anon, file, shmem, swapents) the entries ``flat`` imply: ``mm_counter`` of the folio of
+    every entry that names a page (holds one, or a migration entry), and the swap entries."""
+    anon = 0
+    file = 0
+    shmem = 0
+    swap = 0
+    for i in prange(flat.shape[0]):
+        v = flat[i]
+        k = pte_kind(v)
+        if k == KIND_SWAP:
+            swap += 1
+        elif holds_page_entry(v) or k == KIND_MIGRATION:
+            c = mm_counter(folio_flags[page_folio[pte_pfn(v)]])
+            anon += c == MM_ANONPAGES
+            file += c == MM_FILEPAGES
+            shmem += c == MM_SHMEMPAGES
+    out = np.zeros(4, np.int64)
+    out[MM_ANONPAGES] = anon
+    out[MM_FILEPAGES] = file
+    out[MM_SHMEMPAGES] = shmem
+    out[MM_SWAPENTS] = swap
+    return out
+
+
+@njit(cache=True)
+def child_references(flat, page_folio, nr_pages, nr_folios):
+    """(mapcount per page, references per folio) that the entries ``flat`` hold (:func:`holds_page_entry`)."""
+    pages = np.zeros(nr_pages, np.int64)
+    folios = np.zeros(nr_folios, np.int64)
+    for i in range(flat.shape[0]):
+        v = flat[i]
+        if holds_page_entry(v):
+            p = pte_pfn(v)
+            pages[p] += 1
+            folios[page_folio[p]] += 1
+    return pages, folios

@@ -158,6 +158,7 @@ def test_fork_validates_its_input():
 def test_compiled_and_numpy_decoders_agree(monkeypatch):
     """Large arrays go through the compiled passes (kernels/scan.py), small ones through numpy: same answers."""
     from gpusim import decode, earlycopy, state
+    from gpusim.kernels import scan
 
     rng = np.random.default_rng(3)
     sp = gpusim.parse_layout(
@@ -168,10 +169,18 @@ def test_compiled_and_numpy_decoders_agree(monkeypatch):
     funcs = (decode.kinds, decode.holds_page, decode.page_pfns, decode.swap_slots, decode.names_page)
     small = [f(vals) for f in funcs]
     ents, maybe = state.entries(sp.mm), earlycopy.maybe_pinned_folios(sp.memory, 4)
+    mixed = gpusim.parse_layout("vma:file file*5 vma:shmem shmem*4 vma normal*5 swap*2 migr")
+    rss = [decode.rss_of(s.mm.pte, s.mm.pmd, s.memory) for s in (sp, mixed)]
+    pfns = decode.page_pfns(sp.mm.pte)
+    refs = (np.bincount(pfns, minlength=sp.memory.nr_pages), np.bincount(sp.memory.page_folio[pfns]))
     monkeypatch.setattr(decode, "COMPILED_FROM", 1)
     monkeypatch.setattr(earlycopy, "COMPILED_FROM", 1)
     for f, want in zip(funcs, small):
         assert np.array_equal(f(vals), want), f.__name__
     assert all(np.array_equal(a, b) for a, b in zip(state.entries(sp.mm), ents))
+    assert all(np.array_equal(decode.rss_of(s.mm.pte, s.mm.pmd, s.memory), r) for s, r in zip((sp, mixed), rss))
+    assert rss[1].tolist() == [6, 5, 4, 2]
+    got = scan.child_references(state.entries(sp.mm)[1], sp.memory.page_folio, sp.memory.nr_pages, sp.memory.nr_folios)
+    assert np.array_equal(got[0], refs[0]) and np.array_equal(got[1][: len(refs[1])], refs[1])
     got = earlycopy.maybe_pinned_folios(sp.memory, 4)
     assert np.array_equal(got[0], maybe[0]) and got[1] == maybe[1] and maybe[0].any()
