@@ -28,8 +28,23 @@ import pyarrow as pa
 from gpusim.backend import resolve
 from gpusim.sweep.export import write_rows
 from gpusim.sweep.point import run_point
+from gpusim.workloads import PAGE_BYTES, state_bytes_bound
 
 EXECUTORS = ("local", "ray")
+# A worker process costs about 1.5 s to start on the 2-vCPU VM (Python, numba and the kernels loaded from numba's
+# cache) and a fork about 0.15 us per PTE end to end with its invariant check: a worker pays for itself from about
+# 10 M PTEs of work. With the number of workers left to it, the local executor starts no more than that.
+PTES_PER_WORKER = 10_000_000
+
+
+def work_ptes(tasks) -> int:
+    """About how many PTEs the tasks fork (generator workloads from their sizes; the others count one table)."""
+    total = 0
+    for p, _ in tasks:
+        bound = state_bytes_bound(p.config.workload)
+        forks = p.config.fork.chain * p.config.fork.generations
+        total += forks * (512 if bound is None else bound // PAGE_BYTES)
+    return total
 
 
 class ExecutorError(ValueError):
@@ -99,9 +114,12 @@ class LocalExecutor:
         self.cuda = resolve(backend) == "cuda"
         gpus = _gpu_count() if self.cuda else 0
         self.devices = list(range(gpus))
+        self.auto = not workers
         self.workers = workers or (len(self.devices) if self.cuda and self.devices else (os.cpu_count() or 1))
 
     def run(self, tasks, out, schema_bytes, on_done) -> None:
+        if self.auto and not self.cuda:  # no more workers than the work pays for (small sweeps: in this process)
+            self.workers = max(1, min(self.workers, -(-work_ptes(tasks) // PTES_PER_WORKER)))
         if self.workers <= 1 or len(tasks) <= 1:
             return InlineExecutor().run(tasks, out, schema_bytes, on_done)
         ctx = mp.get_context("spawn")
