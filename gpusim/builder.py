@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpusim.decode import rss_of
+from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.folio import is_large_for_pins, pin_refcount_delta
 from gpusim.state import MM, AddressSpace, Memory, tables_from_entries
 from gpusim.variants import get_variant
@@ -135,20 +136,27 @@ class SpaceBuilder:
         return any(int(k.sum()) for _, k in self.pins)
 
     def memory(self) -> Memory:
-        cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)  # noqa: E731
-        fo = {k: cat(v).copy() for k, v in self.folio.items()}
-        pg = {k: cat(v) for k, v in self.page.items()}
-        sl = {k: cat(v) for k, v in self.slot.items()}
+        def cat(kind: str, parts: dict) -> dict:  # each field once, straight in the model's dtype
+            out = {}
+            for k, v in parts.items():
+                dt = MEMORY_FIELDS[f"{kind}_{k}"][0]
+                out[k] = np.concatenate(v, dtype=dt, casting="unsafe") if v else np.zeros(0, dt)
+            return out
+
+        fo, pg, sl = cat("folio", self.folio), cat("page", self.page), cat("swap", self.slot)
         for ids, k in self.pins:
             order = fo["order"][ids]
             orders, at = np.unique(order, return_inverse=True)
             delta = np.array([pin_refcount_delta(int(o), self.large_order) for o in orders], np.int64)[at]
-            np.add.at(fo["refcount"], ids, k * delta)
-            np.add.at(fo["pincount"], ids, k * is_large_for_pins(order, self.large_order))
-            np.add.at(fo["true_pins"], ids, k)
+            for name, add in (
+                ("refcount", k * delta),
+                ("pincount", k * is_large_for_pins(order, self.large_order)),
+                ("true_pins", k),
+            ):  # in the field's own dtype: numpy's add.at is slow when it must cast
+                np.add.at(fo[name], ids, np.broadcast_to(add, ids.shape).astype(fo[name].dtype))
         if self.content == "pages_first":
-            pg["content"] = np.arange(1, self.nr_pages + 1, dtype=np.int64)
-            sl["content"] = np.arange(self.nr_pages + 1, self.nr_pages + self.nr_slots + 1, dtype=np.int64)
+            pg["content"] = np.arange(1, self.nr_pages + 1, dtype=np.uint64)
+            sl["content"] = np.arange(self.nr_pages + 1, self.nr_pages + self.nr_slots + 1, dtype=np.uint64)
             self.next_content = self.nr_pages + self.nr_slots + 1
         return Memory.build(
             **{f"folio_{k}": v for k, v in fo.items()},
@@ -161,7 +169,7 @@ class SpaceBuilder:
         """The address space built (not validated: call its ``validate``). ``has_pinned`` is the parent's
         MMF_HAS_PINNED (default: whether any pin was added); ``on_swapoff_list`` is set when a slot exists."""
         memory = self.memory()
-        cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)  # noqa: E731
+        cat = lambda parts, dt: np.concatenate(parts, dtype=dt, casting="unsafe") if parts else np.zeros(0, dt)  # noqa: E731
         tables, pte = tables_from_entries(cat(self.addr, np.int64), cat(self.val, np.uint64))
         pmd_t, pmd_v = cat(self.pmd_table, np.int64), cat(self.pmd_val, np.uint64)
         order = np.argsort(pmd_t, kind="stable")

@@ -39,11 +39,14 @@ def tables_from_entries(addr: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, 
     addr = np.asarray(addr, np.int64)
     t = addr // PTRS_PER_TABLE
     if t.size and (t[1:] >= t[:-1]).all():  # entries already in address order (the common case): no sort
-        tables = t[np.r_[True, t[1:] != t[:-1]]]
+        new = np.r_[True, t[1:] != t[:-1]]
+        tables = t[new]
+        row = np.cumsum(new) - 1
     else:
         tables = np.unique(t)
+        row = np.searchsorted(tables, t)
     pte = np.zeros((tables.shape[0], PTRS_PER_TABLE), np.uint64)
-    pte[np.searchsorted(tables, t), addr % PTRS_PER_TABLE] = val
+    pte.reshape(-1)[row * PTRS_PER_TABLE + addr % PTRS_PER_TABLE] = val
     return tables, pte
 
 
