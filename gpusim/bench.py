@@ -15,7 +15,7 @@ import numpy as np
 
 from gpusim import api, decode
 from gpusim.backend import resolve
-from gpusim.gpubench import bench_resident
+from gpusim.gpubench import bench_resident, copy_bandwidth
 from gpusim.host.real import RealLayout, run_layout
 from gpusim.kernels.flags import PAGE_SIZE
 from gpusim.machine import cpu_description, mem_available_bytes
@@ -139,11 +139,16 @@ def gpu_rows(report: dict, sizes, backend, variant, repeat, batch, threads_per_b
 def host_rows(report: dict, sizes, backend, variant, repeat, batch, progress, pins: Pins) -> list[dict]:
     """Rows of ``gpusim.fork`` on state already in RAM; adds the batch to ``report``."""
     api.fork(bench_space(2 << 20, variant, pins), variant, backend=backend, check=False)  # compile / warm up
+    report["copy_bandwidth_Bps"] = copy_bandwidth(np, 512 << 20, 7)
     rows = []
     for size in sizes:
         if progress:
             progress(size)
-        rows.append(bench_size(size, backend, variant, repeat, pins))
+        row = bench_size(size, backend, variant, repeat, pins)
+        # the state's resident bytes per PTE (about what a fork reads or writes once) at the engine's rate, against
+        # this machine's copy rate (bytes read + written per second on every thread)
+        row["fraction_of_copy_bandwidth"] = row["ptes_per_s"] * row["bytes_per_pte"] / report["copy_bandwidth_Bps"]
+        rows.append(row)
     if batch:
         report["batch"] = bench_batch(min(sizes), batch, backend, variant, repeat)
     return rows

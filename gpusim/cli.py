@@ -246,6 +246,8 @@ def bench_row(r: dict, gpu: bool, vs_kernel: bool, pinned: bool) -> list[str]:
     ]
     if pinned:
         cells += [f"{r['early_copies']:,}", f"{r['early_copies_per_s'] / 1e6:.2f} M"]
+    if not gpu and "fraction_of_copy_bandwidth" in r:
+        cells.append(f"{100 * r['fraction_of_copy_bandwidth']:.1f}%")
     if gpu:
         cells += [
             f"{100 * r['fraction_of_copy_bandwidth']:.1f}%",
@@ -273,6 +275,8 @@ def print_bench(report: dict, vs_kernel: bool, batch: int) -> None:
         p = report["pinned"]
         title += f", {100 * p['fraction']:g}% of the pages pinned ({p['placement']}"
         title += f", {p['regions']} runs)" if p["placement"] == "contiguous" else ")"
+    if not gpu:
+        title += f" (copy bandwidth {report['copy_bandwidth_Bps'] / 1e9:.1f} GB/s read+write, all threads)"
     if gpu:
         title += (
             f", {report['device']} (copy bandwidth {report['copy_bandwidth_Bps'] / 1e12:.2f} TB/s read+write, "
@@ -281,7 +285,7 @@ def print_bench(report: dict, vs_kernel: bool, batch: int) -> None:
     t = Table(title=title, title_justify="left")
     cols = ["size", "PTEs", "backend", "engine wall", "ns/PTE", "PTEs/s", "bytes/PTE"]
     cols += ["early copies", "copies/s"] if pinned else []
-    cols += ["% copy BW", "end-to-end", "check"] if gpu else []
+    cols += ["% copy BW", "end-to-end", "check"] if gpu else ["% copy BW"]
     cols += ["kernel fork", "kernel ns/PTE", "speedup"] if vs_kernel else []
     for col in cols:
         t.add_column(col, justify="right")

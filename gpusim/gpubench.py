@@ -27,6 +27,7 @@ import numpy as np
 from gpusim import backend as B
 from gpusim import decode
 from gpusim.engine import CallIndex, oracle_params
+from gpusim.kernels import scan
 from gpusim.kernels.args import Calls, Tables, memory_arrays
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import PAGE_SIZE, PTRS_PER_TABLE
@@ -195,14 +196,16 @@ def check_against_cpu(job: DenseForks, needs, counts, variant: str) -> list[str]
 
 
 def copy_bandwidth(xp, nbytes: int = 2 << 30, repeat: int = 10) -> float:
-    """Bytes read plus written per second by a device-to-device copy of ``nbytes`` (median of ``repeat``)."""
+    """Bytes read plus written per second by a copy of ``nbytes`` (median of ``repeat``): device to device with
+    CuPy, host to host on every thread with numpy (:func:`gpusim.kernels.scan.copy_all_threads`)."""
     src = xp.ones(nbytes // 8, np.uint64)
     dst = xp.empty_like(src)
-    dst[...] = src  # warm-up
+    copy = scan.copy_all_threads if xp is np else lambda a, b: b.__setitem__(Ellipsis, a)
+    copy(src, dst)  # warm-up (and compile)
     walls = []
     for _ in range(repeat):
         with _Timer(xp) as t:
-            dst[...] = src
+            copy(src, dst)
         walls.append(t.seconds)
     return 2 * src.nbytes / statistics.median(walls)
 

@@ -151,3 +151,10 @@ def child_references(flat, page_folio, nr_pages, nr_folios):
             pages[p] += 1
             folios[page_folio[p]] += 1
     return pages, folios
+
+
+@njit(parallel=True, cache=True)
+def copy_all_threads(src, dst):
+    """``dst[:] = src`` with every thread: the host's copy bandwidth, as the CPU kernels could use it."""
+    for i in prange(src.shape[0]):
+        dst[i] = src[i]

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
+from gpusim.kernels import jit  # noqa: F401  (pte and rules compiled by the tests' own njit functions)
 from gpusim.kernels import pte as P
 from gpusim.kernels import rules as R
 from gpusim.oracle import nb_hash
