@@ -37,12 +37,11 @@ def main() -> None:
             gpusim.fork(space, backend="cpu", check=True)  # compile, warm the caches
         row = {}
         for check in (False, True):
-            ms, results = timed(lambda: gpusim.fork(space, backend="cpu", check=check), args.repeat)
+            ms, results = timed(lambda s=space, c=check: gpusim.fork(s, backend="cpu", check=c), args.repeat)
             row[f"fork_check_{check}_ms"] = ms
             row[f"engine_check_{check}_ms"] = statistics.median(r.engine_wall_s for r in results) * 1e3
-        r = results[-1]
-        row["digest_ms"], _ = timed(lambda: digest(r.parent.mm, r.child, r.parent.memory), args.repeat)
-        row["validate_ms"], _ = timed(lambda: type(space)(space.mm, space.memory).validate(), 5)
+        row["digest_ms"], _ = timed(lambda r=results[-1]: digest(r.parent.mm, r.child, r.parent.memory), args.repeat)
+        row["validate_ms"], _ = timed(lambda s=space: type(s)(s.mm, s.memory).validate(), 5)
         report[f"{pages * 4096 >> 30}GiB"] = row
     print(json.dumps(report, indent=1))
 
