@@ -158,3 +158,16 @@ def copy_all_threads(src, dst):
     """``dst[:] = src`` with every thread: the host's copy bandwidth, as the CPU kernels could use it."""
     for i in prange(src.shape[0]):
         dst[i] = src[i]
+
+
+@njit(cache=True)
+def mismatches(got, base, add, limit):
+    """The first ``limit`` positions ``i < len(base)`` where ``got[i] != base[i] + add[i]``, and how many there are."""
+    out = np.empty(limit, np.int64)
+    k = 0
+    for i in range(base.shape[0]):
+        if np.int64(got[i]) != np.int64(base[i]) + add[i]:
+            if k < limit:
+                out[k] = i
+            k += 1
+    return out[: min(k, limit)], k

@@ -40,6 +40,22 @@ def test_3_shared_references():
     assert "3" in recheck(space, r)
 
 
+def test_3_and_13_on_large_forks_through_the_compiled_passes():
+    """Above 32 K entries invariants 3 and 13 read the state through kernels/scan.py: they still catch a bad count."""
+    from gpusim.workloads import dense_anon
+
+    space = dense_anon(40_000, pin_every=997).validate()
+    r = gpusim.fork(space, "linux-5.8", backend="cpu")
+    assert r.invariants.ok and r.counts["pin_shared"] > 0, r.invariants.violations
+    r.memory.folio_refcount[39_000] += 1
+    r.memory.page_mapcount[33_333] -= 1
+    rep = check_invariants(space, r, LockBreakOracle.parse("never"), 0)
+    assert any(v.startswith("3: folio 39000: refcount") for v in rep.violations), rep.violations
+    assert any(v.startswith("3: page 33333: mapcount") for v in rep.violations), rep.violations
+    r.counts["pin_shared"] += 1
+    assert "13" in recheck(space, r)
+
+
 def test_4_parent_of_early_copy_untouched():
     space, r = fork("normal*4 pinned normal*4")
     r.parent.mm.pte[0, 4] = P.pte_wrprotect(int(r.parent.mm.pte[0, 4]))
