@@ -155,3 +155,43 @@ def test_unknown_executor_is_a_clear_error(tmp_path):
     f = write(tmp_path, SWEEP)
     r = run_sweep(f, "--out", tmp_path / "o", "--executor", "spark", env=RAY_ENV)
     assert r.returncode == 2 and "unknown executor 'spark'" in r.stderr and "Traceback" not in r.stderr
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+        except OSError:  # gone meanwhile
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc for the worker processes")
+def test_a_killed_local_sweep_leaves_no_worker_behind(tmp_path):
+    f = write(tmp_path, SWEEP.replace("repeat: 2", "repeat: 20"))
+    manifest = tmp_path / "out" / "manifest.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpusim.cli", "sweep", str(f), "--out", str(tmp_path / "out"), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (manifest.exists() and manifest.read_text()):
+        time.sleep(0.01)
+    workers = [c for c in _children(proc.pid) if "multiprocessing" in open(f"/proc/{c}/cmdline").read()]
+    assert proc.poll() is None and workers, "the sweep finished (or started no worker) before it could be killed"
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "worker processes outlived the killed sweep"

@@ -19,6 +19,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import threading
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -101,10 +103,19 @@ def _gpu_count() -> int:
         return 0
 
 
-def _init_worker(queue) -> None:
-    """Pool initialiser: take one GPU id for this worker (CUDA backend)."""
+def _init_worker(queue, sweep_pid: int) -> None:
+    """Pool initialiser: follow the sweep's process (a worker exits once it is gone, so that a killed sweep leaves no
+    process behind: a pool's workers would otherwise wait for work forever); take one GPU id for this worker (CUDA
+    backend)."""
+    threading.Thread(target=_exit_with, args=(sweep_pid,), daemon=True, name="exit-with-sweep").start()
     if queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(queue.get())
+
+
+def _exit_with(sweep_pid: int) -> None:
+    while os.getppid() == sweep_pid:
+        time.sleep(0.2)
+    os._exit(1)
 
 
 class LocalExecutor:
@@ -128,7 +139,8 @@ class LocalExecutor:
             queue = ctx.Queue()
             for i in range(self.workers):
                 queue.put(self.devices[i % len(self.devices)])
-        with cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
+        init = {"initializer": _init_worker, "initargs": (queue, os.getpid())}
+        with cf.ProcessPoolExecutor(self.workers, mp_context=ctx, **init) as pool:
             futures = {pool.submit(execute_task, p, rep, str(out), schema_bytes): (p, rep) for p, rep in tasks}
             for f in cf.as_completed(futures):
                 p, rep = futures[f]
