@@ -210,7 +210,7 @@ class ForkJob:
         t0 = time.perf_counter()
         m = self.work
         self.maybe, bound = np.zeros(m.nr_folios, bool), 0
-        if self.v.early_cow:
+        if self.v.early_cow and self.mm.has_pinned:  # every early-copy test of every variant needs has_pinned
             self.maybe, bound = earlycopy.maybe_pinned_folios(m, self.v.large_pin_order)
         for name in MEMORY_FIELDS:
             if not name.startswith("swap_"):
