@@ -43,11 +43,6 @@ def offsets(val: np.ndarray) -> np.ndarray:
     return ((val >> _U(P.PFN_SHIFT)) & _U(P.PFN_MASK)).astype(np.int64)
 
 
-# Below this many entries the numpy form is used: a compiled pass saves nothing on a few tables, and loading it
-# from numba's cache costs tens of milliseconds in a fresh process (a one-table `gpusim fork`).
-COMPILED_FROM = 1 << 15
-
-
 def _flat(val) -> np.ndarray:
     return np.ascontiguousarray(val, np.uint64).reshape(-1)
 
@@ -55,7 +50,7 @@ def _flat(val) -> np.ndarray:
 def kinds(val: np.ndarray) -> np.ndarray:
     """:func:`gpusim.kernels.pte.pte_kind` of every entry (int8; -1 for an undecodable one)."""
     val = np.asarray(val, np.uint64)
-    if val.size >= COMPILED_FROM:
+    if val.size >= scan.COMPILED_FROM:
         return scan.kinds(_flat(val)).reshape(val.shape)
     pres = present(val)
     typ = swp_types(val)
@@ -83,13 +78,13 @@ def names_page(val: np.ndarray) -> np.ndarray:
 def page_pfns(val: np.ndarray) -> np.ndarray:
     """pfns of the entries that hold a page (:func:`holds_page`), in order."""
     val = np.asarray(val, np.uint64)
-    return scan.offsets_where(_flat(val), -1) if val.size >= COMPILED_FROM else offsets(val[holds_page(val)])
+    return scan.offsets_where(_flat(val), -1) if val.size >= scan.COMPILED_FROM else offsets(val[holds_page(val)])
 
 
 def swap_slots(val: np.ndarray) -> np.ndarray:
     """Slots of the swap entries, in order."""
     val = np.asarray(val, np.uint64)
-    if val.size >= COMPILED_FROM:
+    if val.size >= scan.COMPILED_FROM:
         return scan.offsets_where(_flat(val), P.KIND_SWAP)
     return offsets(val[kinds(val) == P.KIND_SWAP])
 
@@ -100,7 +95,7 @@ def rss_of(pte: np.ndarray, pmd: np.ndarray, memory) -> np.ndarray:
     ``pte`` u64 ``(T, 512)``, ``pmd`` u64 ``(H,)`` (each huge PMD counts 512 anon pages), ``memory`` the
     :class:`gpusim.state.Memory` they map; returns i64 ``(4,)`` (anon, file, shmem, swapents).
     """
-    if pte.size >= COMPILED_FROM:
+    if pte.size >= scan.COMPILED_FROM:
         rss = scan.rss_counts(_flat(pte), memory.page_folio, memory.folio_flags)
         rss[MM_ANONPAGES] += PTRS_PER_TABLE * int(pmd.shape[0])
         return rss

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpusim.decode import COMPILED_FROM
 from gpusim.kernels import scan
 from gpusim.kernels.flags import PIN_BIAS
 from gpusim.kernels.slowpath import NR_STATE, ST_DUPLICATES, ST_END_FOLIO, ST_INSTALLS, ST_NEXT_FOLIO, ST_NEXT_PFN
@@ -30,7 +29,7 @@ def maybe_pinned_folios(m: Memory, large_order: int) -> tuple[np.ndarray, int]:
     a PMD's 512 pages)."""
     if not m.nr_folios:
         return np.zeros(0, bool), 0
-    if m.nr_pages >= COMPILED_FROM:
+    if m.nr_pages >= scan.COMPILED_FROM:
         maybe, bound = scan.maybe_pinned_folios(
             m.folio_order,
             m.folio_refcount,

@@ -204,9 +204,9 @@ class ForkJob:
 
     def reserve_early_copies(self) -> float:
         """Room in the engine's copy of the memory for every early copy the fork can make
-        (:func:`gpusim.earlycopy.maybe_pinned_folios`), so the compiled slow path never grows the arrays, and the
-        scratch arrays of its plan; returns the seconds it took, which, like the copy of the state itself, are not
-        counted in the engine's time."""
+        (:func:`gpusim.earlycopy.maybe_pinned_folios`), so that the compiled slow path never grows the arrays;
+        returns the seconds it took, which, like the copy of the state itself, are not counted in the engine's
+        time."""
         t0 = time.perf_counter()
         m = self.work
         self.maybe, bound = np.zeros(m.nr_folios, bool), 0
@@ -215,8 +215,6 @@ class ForkJob:
         for name in MEMORY_FIELDS:
             if not name.startswith("swap_"):
                 getattr(self.fc.m, name).reserve(bound)
-        nobj = m.nr_folios + len(m.swap_count)
-        self.claims = (np.full(nobj, CLAIM_LO, np.int64), np.full(nobj, CLAIM_HI, np.int64))
         return time.perf_counter() - t0
 
     def ptetable_failures(self) -> np.ndarray:
@@ -336,7 +334,9 @@ class ForkJob:
         nf, npg = len(m.folio_order), len(m.page_folio)
         htab, huge = self.huge_rows()
         tab, calls, mem = self.tables(), self.calls.group(), memory_arrays(arrays)
-        bounds, dependent = kernels.slow_plan(order, self.maybe, self.can_stop, tab, huge, calls, mem, *self.claims)
+        nobj = nf + len(m.swap_count)  # the plan's claims, an entry per folio and swap slot (only forks with slow
+        claims = (np.full(nobj, CLAIM_LO, np.int64), np.full(nobj, CLAIM_HI, np.int64))  # items pay for them)
+        bounds, dependent = kernels.slow_plan(order, self.maybe, self.can_stop, tab, huge, calls, mem, *claims)
         cap = len(m.page_folio.a) - npg
         if int(bounds.sum()) > cap:
             raise RuntimeError("the slow path's items need more room for early copies than the engine reserved")

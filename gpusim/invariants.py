@@ -42,7 +42,7 @@ def first_mismatches(got: np.ndarray, base: np.ndarray, add: np.ndarray, limit: 
     """The first ``limit`` positions ``i < len(base)`` where ``got[i] != base[i] + add[i]`` (one compiled pass for
     large arrays)."""
     n = base.shape[0]
-    if n >= decode.COMPILED_FROM:
+    if n >= scan.COMPILED_FROM:
         return scan.mismatches(got, base, add, limit)[0]
     return np.flatnonzero(got[:n] != base + add[:n])[:limit]
 
@@ -157,7 +157,7 @@ class _Checker:
     def shared_references(self) -> None:
         m0, m1 = self.m0, self.m1
         _, cvals = self.child_entries
-        if cvals.size >= decode.COMPILED_FROM:
+        if cvals.size >= scan.COMPILED_FROM:
             child_map, child_ref = scan.child_references(cvals, m1.page_folio, m1.nr_pages, m1.nr_folios)
         else:
             cpfn = decode.page_pfns(cvals)

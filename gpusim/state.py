@@ -54,7 +54,7 @@ def entries(mm: "MM") -> tuple[np.ndarray, np.ndarray]:
     """(addresses i64, values u64) of the non-empty PTEs of ``mm``, in address order."""
     if mm.nr_tables == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.uint64)
-    if mm.pte.size >= decode.COMPILED_FROM:
+    if mm.pte.size >= scan.COMPILED_FROM:
         return scan.entries(mm.table_index, mm.pte)
     addr = (mm.table_index[:, None] * PTRS_PER_TABLE + np.arange(PTRS_PER_TABLE)[None, :]).reshape(-1)
     val = mm.pte.reshape(-1)

@@ -10,6 +10,8 @@ bits by their value (signed ones sign-extended), so the sums depend on the model
 import numpy as np
 from numba import njit, prange
 
+from gpusim.kernels import scan
+
 # Odd 64-bit constants (the golden ratio and the splitmix64 multipliers).
 POSITION = np.uint64(0x9E3779B97F4A7C15)
 MULTIPLY = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
@@ -23,15 +25,10 @@ def mix(v, key, mult):
     return z ^ (z >> np.uint64(29))
 
 
-# Below this many elements the numpy form is used (the same arithmetic: uint64 wraps in both), which needs no
-# compiled code loaded: a small fork in a fresh process does not wait for numba's cache.
-COMPILED_FROM = 1 << 15
-
-
 def lane_sums(a, first, seed):
     """The two lane sums (uint64) of the flat array ``a`` whose first element is at position ``first``, under
     ``seed``."""
-    if a.shape[0] >= COMPILED_FROM:
+    if a.shape[0] >= scan.COMPILED_FROM:  # below it the numpy form (the same arithmetic: uint64 wraps in both)
         return lane_sums_compiled(a, first, seed)
     v = a.astype(np.int64).view(np.uint64)
     p = np.arange(first, first + a.shape[0], dtype=np.uint64) * POSITION

@@ -21,6 +21,11 @@ from gpusim.kernels.pte import (
     pte_special,
 )
 
+# Below this many elements the host side uses numpy forms of these passes (gpusim.decode, gpusim.state.digest, the
+# invariant checker): a compiled pass saves nothing on a few tables, and loading one from numba's cache costs tens
+# of milliseconds in a fresh process (a one-table `gpusim fork`). Read at call time, so that a test can move it.
+COMPILED_FROM = 1 << 15
+
 
 @njit(parallel=True, cache=True)
 def kinds(flat):
