@@ -35,14 +35,17 @@ class SpaceBuilder:
 
     ``content`` says how content identities are numbered: ``"created"``, one counter over pages and slots in the
     order they are added (the layout notation: a layout's contents follow its tokens); ``"pages_first"``, pages
-    ``1 .. N`` in pfn order, then slots (the generators, the host twin and snapshots).
+    ``1 .. N`` in pfn order, then slots (the generators, the host twin and snapshots). ``content_base`` (with
+    ``"pages_first"``) numbers a part of a larger space: (the first page's content, the first slot's, the space's
+    ``next_content``).
     """
 
-    def __init__(self, variant: str, content: str = "pages_first"):
+    def __init__(self, variant: str, content: str = "pages_first", content_base: tuple[int, int, int] | None = None):
         if content not in ("created", "pages_first"):
             raise ValueError(f"content numbering '{content}' is neither 'created' nor 'pages_first'")
         self.large_order = get_variant(variant).large_pin_order
         self.content = content
+        self.content_base = content_base
         self.folio = {k: [] for k in _FOLIO}
         self.page = {k: [] for k in _PAGE}
         self.slot = {k: [] for k in _SLOT}
@@ -70,15 +73,23 @@ class SpaceBuilder:
             self.vma[k].append(_run(v, n))
 
     def add_folios(
-        self, count: int, order: int, flags, refcount, page_flags=0, page_mapcount=1, pmd_mapcount=0
+        self, count: int, order, flags, refcount, page_flags=0, page_mapcount=1, pmd_mapcount=0
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``count`` folios of ``2**order`` pages each: ``flags`` (``FOLIO_*``), ``refcount`` and ``pmd_mapcount``
-        per folio, ``page_flags`` (``PAGE_*``) and ``page_mapcount`` per page (scalars or arrays). Returns (folio
-        ids, first pfns), both i64 ``(count,)``."""
-        count, order = int(count), int(order)
-        npg = count << order
+        """``count`` folios of ``2**order`` pages each (``order`` one for all, or one each): ``flags``
+        (``FOLIO_*``), ``refcount`` and ``pmd_mapcount`` per folio, ``page_flags`` (``PAGE_*``) and
+        ``page_mapcount`` per page (scalars or arrays). Returns (folio ids, first pfns), both i64 ``(count,)``."""
+        count = int(count)
         ids = self.nr_folios + np.arange(count, dtype=np.int64)
-        first = self.nr_pages + (np.arange(count, dtype=np.int64) << order)
+        if np.ndim(order) == 0:
+            order = int(order)
+            npg = count << order
+            first = self.nr_pages + (np.arange(count, dtype=np.int64) << order)
+            page_folio = np.repeat(ids, 1 << order)
+        else:
+            sizes = np.left_shift(1, np.asarray(order, np.int64))
+            npg = int(sizes.sum())
+            first = self.nr_pages + np.cumsum(sizes) - sizes
+            page_folio = np.repeat(ids, sizes)
         for k, v in (
             ("order", order),
             ("refcount", refcount),
@@ -90,7 +101,7 @@ class SpaceBuilder:
         ):
             self.folio[k].append(_run(v, count))
         for k, v in (
-            ("folio", np.repeat(ids, 1 << order)),
+            ("folio", page_folio),
             ("mapcount", page_mapcount),
             ("flags", page_flags),
             ("content", self._contents(npg)),
@@ -155,9 +166,10 @@ class SpaceBuilder:
             ):  # in the field's own dtype: numpy's add.at is slow when it must cast
                 np.add.at(fo[name], ids, np.broadcast_to(add, ids.shape).astype(fo[name].dtype))
         if self.content == "pages_first":
-            pg["content"] = np.arange(1, self.nr_pages + 1, dtype=np.uint64)
-            sl["content"] = np.arange(self.nr_pages + 1, self.nr_pages + self.nr_slots + 1, dtype=np.uint64)
-            self.next_content = self.nr_pages + self.nr_slots + 1
+            page1, slot1, self.next_content = self.content_base or (1, self.nr_pages + 1, 0)
+            pg["content"] = np.arange(page1, page1 + self.nr_pages, dtype=np.uint64)
+            sl["content"] = np.arange(slot1, slot1 + self.nr_slots, dtype=np.uint64)
+            self.next_content = self.next_content or self.nr_pages + self.nr_slots + 1
         return Memory.build(
             **{f"folio_{k}": v for k, v in fo.items()},
             **{f"page_{k}": v for k, v in pg.items()},
@@ -165,9 +177,10 @@ class SpaceBuilder:
             next_content=self.next_content,
         )
 
-    def freeze(self, has_pinned: bool | None = None) -> AddressSpace:
+    def freeze(self, has_pinned: bool | None = None, on_swapoff_list: bool | None = None) -> AddressSpace:
         """The address space built (not validated: call its ``validate``). ``has_pinned`` is the parent's
-        MMF_HAS_PINNED (default: whether any pin was added); ``on_swapoff_list`` is set when a slot exists."""
+        MMF_HAS_PINNED (default: whether any pin was added); ``on_swapoff_list`` (default: whether a slot
+        exists)."""
         memory = self.memory()
         cat = lambda parts, dt: np.concatenate(parts, dtype=dt, casting="unsafe") if parts else np.zeros(0, dt)  # noqa: E731
         tables, pte = tables_from_entries(cat(self.addr, np.int64), cat(self.val, np.uint64))
@@ -185,6 +198,6 @@ class SpaceBuilder:
             pmd=pmd_v[order],
             rss=rss_of(pte, pmd_v, memory),
             has_pinned=self.pinned if has_pinned is None else bool(has_pinned),
-            on_swapoff_list=self.nr_slots > 0,
+            on_swapoff_list=self.nr_slots > 0 if on_swapoff_list is None else bool(on_swapoff_list),
         )
         return AddressSpace(mm, memory)

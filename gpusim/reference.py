@@ -46,7 +46,7 @@ from gpusim.kernels.folio import folio_maybe_dma_pinned, is_large_for_pins, pin_
 from gpusim.oracle import InjectionPlan, LockBreakOracle
 from gpusim.plan import VMA_COUNT_NAMES, ForkPlan, plan_fork
 from gpusim.result import TABLE_EVENTS, ForkResult, TableStats, finish_counts, new_counts, rss_dict
-from gpusim.state import MM, AddressSpace, Memory, digest
+from gpusim.state import MM, AddressSpace, Memory
 from gpusim.variants import LINUX_5_8, LINUX_5_10, LINUX_6_18, XU_V1, XU_V1_OLEG, get_variant
 
 ENOMEM = -12
@@ -317,7 +317,6 @@ class ForkContext:
             enomem=enomem,
             unfired=self.plan.unfired(),
             ignored_events=list(self.ignored),
-            digest=digest(parent.mm, child, parent.memory),
             engine_wall_s=wall_s,
             nr_ptes=self.space.nr_ptes,
             trace=self.trace,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gpusim.kernels.flags import RSS_NAMES
-from gpusim.state import MM, AddressSpace, Memory, resident_bytes
+from gpusim.state import MM, AddressSpace, Memory, digest, resident_bytes
 
 # The cost events of spec section 8 (and 10), by their dotted names, in the spec's order.
 COST_EVENTS = (
@@ -173,7 +173,7 @@ class ForkResult:
     unfired: list[str] = field(default_factory=list)
     ignored_events: list[str] = field(default_factory=list)
     invariants: InvariantReport = InvariantReport(True, (), False)
-    digest: str = ""
+    digest_hex: str | None = field(default=None, repr=False)  # computed when first read (see ``digest``)
     engine_wall_s: float = 0.0
     nr_ptes: int = 0
     trace: object | None = None
@@ -184,6 +184,14 @@ class ForkResult:
     @property
     def memory(self) -> Memory:
         return self.parent.memory
+
+    @property
+    def digest(self) -> str:
+        """The canonical digest of the final states (:func:`gpusim.state.digest`), computed when first read: a
+        fork whose digest nobody reads (a chunk of a streamed fork hashes its own pieces) does not pay for it."""
+        if self.digest_hex is None:
+            self.digest_hex = digest(self.parent.mm, self.child, self.memory)
+        return self.digest_hex
 
     def as_dict(self) -> dict:
         """The JSON object of ``gpusim fork --json``."""

@@ -37,14 +37,14 @@ def tables_from_entries(addr: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, 
     """(table_index i64 ``(T,)``, pte u64 ``(T, 512)``) holding the entries ``val`` at the page addresses ``addr``:
     one table for each 512-page extent that holds an entry. The inverse of :func:`entries`."""
     addr = np.asarray(addr, np.int64)
+    val = np.asarray(val, np.uint64)
+    if addr.size >= scan.COMPILED_FROM:
+        out = scan.tables_of_sorted(addr, val)  # entries in address order (the common case): one pass
+        if out is not None:
+            return out
     t = addr // PTRS_PER_TABLE
-    if t.size and (t[1:] >= t[:-1]).all():  # entries already in address order (the common case): no sort
-        new = np.r_[True, t[1:] != t[:-1]]
-        tables = t[new]
-        row = np.cumsum(new) - 1
-    else:
-        tables = np.unique(t)
-        row = np.searchsorted(tables, t)
+    tables = np.unique(t)
+    row = np.searchsorted(tables, t)
     pte = np.zeros((tables.shape[0], PTRS_PER_TABLE), np.uint64)
     pte.reshape(-1)[row * PTRS_PER_TABLE + addr % PTRS_PER_TABLE] = val
     return tables, pte
@@ -365,35 +365,83 @@ def resident_bytes(*objs) -> int:
     return total
 
 
-def digest(parent: MM, child: MM, memory: Memory) -> str:
-    """The canonical 256-bit digest of a parent mm, a child mm and their memory (hex).
+MASK64 = (1 << 64) - 1
 
-    Canonical: for each field in the fixed order of ``MM_FIELDS`` / ``MEMORY_FIELDS``, a header (its name, its
-    dtype as the model fixes it, its shape) and the two 64-bit position-keyed sums of its elements in C order
-    (:mod:`gpusim.kernels.digest`: one compiled, parallel pass); scalars as decimal text; BLAKE2b-256 of all of
-    it. Equal states give equal digests whichever engine produced them; a change of any one element changes it.
+
+class DigestSums:
+    """The canonical digest of a state, accumulated from pieces (:func:`digest` adds a whole state at once; a
+    streamed fork adds each chunk's rows at their places in the whole state's arrays).
+
+    Canonical: each field (in the fixed order of ``MM_FIELDS`` / ``MEMORY_FIELDS``, for the parent, then the
+    child, then the memory) contributes a header (its name, its dtype as the model fixes it, its shape) and the
+    two 64-bit position-keyed sums of its elements in C order (:mod:`gpusim.kernels.digest`, keyed by the field's
+    name and dtype), scalars their decimal text; the digest is BLAKE2b-256 of all of it. The sums do not depend on
+    how a field's elements are split into pieces, so a state hashed in chunks hashes as it would whole. Equal
+    states give equal digests whichever engine produced them; a change of any one element changes it.
     """
-    h = hashlib.blake2b(digest_size=32)
 
-    def put(tag: str, a) -> None:
-        if isinstance(a, np.ndarray):
-            head = f"{tag}:{a.dtype.newbyteorder('<').str}:{a.shape};".encode()
-            seed = np.uint64(int.from_bytes(hashlib.blake2b(head, digest_size=8).digest(), "little"))
-            flat = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("=")).reshape(-1)  # no copy if native
-            s0, s1 = lane_sums(flat, 0, seed)
-            h.update(head + int(s0).to_bytes(8, "little") + int(s1).to_bytes(8, "little"))
-        else:
-            h.update(f"{tag}={int(a)};".encode())
+    def __init__(self):
+        self.sums: dict[str, list] = {}  # field -> [rows, s0, s1]
+        self.scalars: dict[str, int] = {}
 
-    for who, mm in (("parent", parent), ("child", child)):
+    @staticmethod
+    def fields() -> list[tuple[str, np.dtype, tuple]]:
+        """(name, dtype, row shape) of every array field, in canonical order."""
+        out = []
+        for who in ("parent", "child"):
+            out += [(f"{who}.{n}", np.dtype(dt), shape) for n, (dt, shape) in MM_FIELDS.items()]
+        return out + [(f"memory.{n}", np.dtype(dt), shape) for n, (dt, shape) in MEMORY_FIELDS.items()]
+
+    def add(self, field: str, values, first_row: int = 0, move: tuple[int, int, int] | None = None) -> None:
+        """Rows ``values`` (an array of the field's row shape; any integer dtype, taken by value) of ``field``
+        placed from row ``first_row`` on; ``move`` = (split, below, above) adds ``below`` to the values under
+        ``split`` and ``above`` to the others (row numbers of a chunk, placed in the whole space)."""
+        dt, shape = self.layout[field]
+        head = f"{field}:{dt.newbyteorder('<').str};".encode()
+        seed = np.uint64(int.from_bytes(hashlib.blake2b(head, digest_size=8).digest(), "little"))
+        flat = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("=")).reshape(-1)  # no copy if native
+        s0, s1 = lane_sums(flat, first_row * int(np.prod(shape, dtype=np.int64)), seed, *(move or ()))
+        acc = self.sums.setdefault(field, [0, 0, 0])
+        acc[0] += values.shape[0]
+        acc[1] = (acc[1] + int(s0)) & MASK64  # the lanes' sums wrap at 64 bits
+        acc[2] = (acc[2] + int(s1)) & MASK64
+
+    def add_mm(self, who: str, mm: MM) -> None:
         for name in MM_FIELDS:
-            put(f"{who}.{name}", getattr(mm, name))
-        put(f"{who}.has_pinned", mm.has_pinned)
-        put(f"{who}.on_swapoff_list", mm.on_swapoff_list)
-    for name in MEMORY_FIELDS:
-        put(f"memory.{name}", getattr(memory, name))
-    put("memory.next_content", memory.next_content)
-    return h.hexdigest()
+            self.add(f"{who}.{name}", getattr(mm, name))
+        self.scalars[f"{who}.has_pinned"] = int(mm.has_pinned)
+        self.scalars[f"{who}.on_swapoff_list"] = int(mm.on_swapoff_list)
+
+    def add_memory(self, memory: Memory) -> None:
+        for name in MEMORY_FIELDS:
+            self.add(f"memory.{name}", getattr(memory, name))
+        self.scalars["memory.next_content"] = int(memory.next_content)
+
+    def hexdigest(self) -> str:
+        h = hashlib.blake2b(digest_size=32)
+        for field, dt, shape in self.fields():
+            rows, s0, s1 = self.sums.get(field, (0, 0, 0))
+            h.update(f"{field}:{dt.newbyteorder('<').str}:{(rows, *shape)};".encode())
+            h.update(s0.to_bytes(8, "little") + s1.to_bytes(8, "little"))
+            who, name = field.split(".", 1)
+            if name == LAST_MM_FIELD:  # an mm's scalars follow its arrays
+                for name in ("has_pinned", "on_swapoff_list"):
+                    h.update(f"{who}.{name}={self.scalars.get(f'{who}.{name}', 0)};".encode())
+        h.update(f"memory.next_content={self.scalars.get('memory.next_content', 0)};".encode())
+        return h.hexdigest()
+
+
+DigestSums.layout = {f: (dt, shape) for f, dt, shape in DigestSums.fields()}
+LAST_MM_FIELD = list(MM_FIELDS)[-1]
+
+
+def digest(parent: MM, child: MM, memory: Memory) -> str:
+    """The canonical 256-bit digest of a parent mm, a child mm and their memory (hex; see :class:`DigestSums`)."""
+    d = DigestSums()
+    d.add_mm("parent", parent)
+    d.add_mm("child", child)
+    d.add_memory(memory)
+    return d.hexdigest()
 
 
 def table_entries(mm: MM, t: int) -> np.ndarray | None:

@@ -1,27 +1,19 @@
 """Workload generators: address spaces built directly as arrays (no layout parsing), seeded and deterministic.
 
 :func:`dense_anon` is the benchmark workload (every page of one private anonymous VMA touched, 4 KiB folios; it can
-also be built directly in device memory). :func:`build_regions` builds the sweeps' workloads: regions of anonymous,
-file or shmem memory, private or shared, with sparse tables, large folios, PMD-mapped THPs, pinned pages (scattered or
-in contiguous runs), swapped-out pages with shared swap counts (continuations past SWAP_MAP_MAX), many VMAs and
-VM_DONTCOPY / VM_WIPEONFORK flags; :func:`build_workload` dispatches a sweep's ``workload`` by its ``kind``. All
-randomness comes from the seed given (``numpy.random.default_rng``).
+also be built directly in device memory). :mod:`gpusim.regions` builds the sweeps' workloads (regions of anonymous,
+file or shmem memory, whole or in chunks); :func:`build_workload` dispatches a sweep's ``workload`` by its ``kind``.
+All randomness comes from the seed given.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gpusim.builder import SpaceBuilder
 from gpusim.catalogue import SCENARIOS
-from gpusim.decode import with_offsets
 from gpusim.kernels import pte as P
 from gpusim.kernels.fields import MEMORY_FIELDS, MM_FIELDS
 from gpusim.kernels.flags import (
-    BACKING_ANON,
-    BACKING_FILE,
-    BACKING_SHMEM,
-    BACKINGS,
     FOLIO_ANON,
     FOLIO_SWAPBACKED,
     PAGE_ANON_EXCLUSIVE,
@@ -29,16 +21,11 @@ from gpusim.kernels.flags import (
     PIN_BIAS,
     PTRS_PER_TABLE,
     VM_DEFAULT_ANON,
-    VM_DONTCOPY,
-    VM_SHARED,
-    VM_WIPEONFORK,
-    VM_WRITE,
-    swap_cap,
 )
 from gpusim.layout import parse_layout
+from gpusim.regions import RegionSpace
 from gpusim.snapshot import parse_range, snapshot_space
 from gpusim.state import MM, AddressSpace, Memory
-from gpusim.variants import get_variant
 
 
 def dense_anon_arrays(nr_pages: int, xp=np, content: bool = True) -> tuple[dict, object]:
@@ -113,153 +100,6 @@ def dense_anon(nr_pages: int, has_pinned: bool = False, pin_every: int = 0) -> A
     return AddressSpace(dense_anon_mm(nr_pages, pte, has_pinned), memory)
 
 
-# --- region-based generators ---------------------------------------------------------------------------------------
-
-
-def _choose(rng, n: int, k: int) -> np.ndarray:
-    """``k`` of ``range(n)``, sorted (all of them when ``k >= n``)."""
-    k = int(min(max(k, 0), n))
-    if k == n:
-        return np.arange(n, dtype=np.int64)
-    return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
-
-
-def _runs(rng, n: int, k: int, runs: int) -> np.ndarray:
-    """``k`` of ``range(n)`` as ``runs`` contiguous runs at random places (one in each of ``runs`` equal
-    segments), sorted: pinned memory registered as a few large buffers."""
-    k = int(min(max(k, 0), n))
-    runs = max(1, min(runs, k)) if k else 1
-    seg = n // runs
-    length = k // runs
-    out = []
-    for r in range(runs):
-        ln = length + (1 if r < k - length * runs else 0)
-        lo = r * seg
-        room = (seg if r < runs - 1 else n - lo) - ln
-        start = lo + (int(rng.integers(0, room + 1)) if room > 0 else 0)
-        out.append(np.arange(start, start + ln, dtype=np.int64))
-    return np.concatenate(out) if out else np.zeros(0, np.int64)  # one run per segment: sorted and disjoint
-
-
-def _region_vma(r: dict) -> tuple[int, int, bool]:
-    """(``VM_*`` flags, backing, private anonymous) of a region's VMAs."""
-    backing = BACKINGS[r["backing"]]
-    anon = backing == BACKING_ANON and not r["shared"]
-    flags = VM_DEFAULT_ANON | (VM_SHARED if r["shared"] else 0)
-    for fl in r["flags"]:
-        flags |= {"dontcopy": VM_DONTCOPY, "wipeonfork": VM_WIPEONFORK}.get(fl, 0)
-        if fl == "ro":
-            flags &= ~VM_WRITE
-    if r["shared"] and backing == BACKING_ANON:
-        backing = BACKING_SHMEM  # MAP_SHARED|MAP_ANONYMOUS is shmem
-    return flags, backing, anon
-
-
-def _region_units(rng, nr_pages: int, r: dict, anon: bool, F: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where a region's memory is: (tables mapped by a THP, first slot of each present folio-sized unit, which of
-    those units are swapped out)."""
-    full = nr_pages // PTRS_PER_TABLE
-    thp = _choose(rng, full, round(r["thp_fraction"] * full)) if anon else np.zeros(0, np.int64)
-    in_thp = np.zeros(full + 1, bool)
-    in_thp[thp] = True
-    unit_slot = np.arange(nr_pages // F, dtype=np.int64) * F  # folio-sized, naturally aligned groups of slots
-    unit_slot = unit_slot[~in_thp[unit_slot // PTRS_PER_TABLE]]
-    present = unit_slot[_choose(rng, unit_slot.shape[0], round(r["fill"] * unit_slot.shape[0]))]
-    swapped = np.zeros(present.shape[0], bool)
-    swapped[_choose(rng, present.shape[0], round(r["swap_fraction"] * present.shape[0]))] = True
-    return thp, present, swapped
-
-
-def _add_region(sb: SpaceBuilder, rng, anon_exclusive: bool, start: int, nr_pages: int, r: dict) -> None:
-    """One VMA of ``nr_pages`` pages at ``start`` (table-aligned) with the region keys ``r`` (see
-    :class:`gpusim.sweep.spec.Region`); ``anon_exclusive``: the variant's swap entries carry the exclusive bit."""
-    flags, backing, anon = _region_vma(r)
-    sb.add_vmas(start, start + nr_pages, flags, backing, anon or backing == BACKING_FILE)  # a written private file
-    order = int(r["folio_order"]) if anon else 0  # mapping has an anon_vma
-    F = 1 << order
-    thp, present, swapped = _region_units(rng, nr_pages, r, anon, F)
-    mapped = present[~swapped]
-    # pages: one folio per mapped unit
-    write, dirty = (flags & VM_WRITE) != 0 and anon, anon or r["shared"]
-    if anon:
-        fflags, pflags, ref = FOLIO_ANON | FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, F
-    else:
-        fflags, pflags, ref = (FOLIO_SWAPBACKED if backing == BACKING_SHMEM else 0), 0, 1 + F  # + the page cache
-    ids, first = sb.add_folios(mapped.shape[0], order, fflags, ref, pflags, 1)
-    sb.add_entries(
-        start + (mapped[:, None] + np.arange(F)[None, :]).reshape(-1),
-        with_offsets(P.mk_pte(0, write, dirty, True, False), (first[:, None] + np.arange(F)).reshape(-1)),
-    )
-    # THPs: whole tables mapped by a huge PMD (private anon only); the head page carries the PMD's exclusive flag
-    head = np.zeros(PTRS_PER_TABLE, np.int64)
-    head[0] = PAGE_ANON_EXCLUSIVE
-    tids, tfirst = sb.add_folios(
-        thp.shape[0], 9, FOLIO_ANON | FOLIO_SWAPBACKED, 1, np.tile(head, thp.shape[0]), 0, pmd_mapcount=1
-    )
-    sb.add_pmds(
-        start // PTRS_PER_TABLE + thp, with_offsets(P.mk_huge_pmd(0, (flags & VM_WRITE) != 0, True, True), tfirst)
-    )
-    # swap entries: one slot per page of a swapped unit, counts uniform in 1..swap_count_max
-    sw = (present[swapped][:, None] + np.arange(F)[None, :]).reshape(-1)
-    if sw.shape[0]:
-        cnt = rng.integers(1, int(r["swap_count_max"]) + 1, size=sw.shape[0])
-        levels = np.zeros(sw.shape[0], np.int64)
-        for lv in range(1, 4):
-            levels[cnt > swap_cap(lv - 1)] = lv
-        slots = sb.add_slots(cnt, levels)
-        excl = anon_exclusive & (cnt == 1)
-        sb.add_entries(
-            start + sw,
-            with_offsets(np.where(excl, np.uint64(P.mk_swap_pte(0, True)), np.uint64(P.mk_swap_pte(0, False))), slots),
-        )
-    _pin_region(
-        sb,
-        rng,
-        r,
-        np.concatenate([ids, tids]),
-        np.concatenate([mapped, thp * PTRS_PER_TABLE]),
-        np.concatenate([np.full(ids.shape[0], F), np.full(tids.shape[0], PTRS_PER_TABLE)]),
-    )
-
-
-def _pin_region(sb: SpaceBuilder, rng, r: dict, folios: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> None:
-    """Pin ``pinned_fraction`` of a region's pages, whole folios at a time (one FOLL_PIN each), scattered or in
-    ``pinned_regions`` contiguous runs; ``folios`` with their first slots and sizes in pages."""
-    by_addr = np.argsort(starts, kind="stable")
-    cand = folios[by_addr]
-    pages = int(sizes.sum())
-    target = round(r["pinned_fraction"] * pages)
-    if target and cand.shape[0]:
-        k = max(1, round(target / (pages / cand.shape[0])))
-        pick = (
-            _runs(rng, cand.shape[0], k, int(r["pinned_regions"]))
-            if r["pinned_placement"] == "contiguous"
-            else _choose(rng, cand.shape[0], k)
-        )
-        sb.add_pins(cand[pick])
-
-
-def build_regions(regions: list[dict], variant: str, seed, has_pinned: bool | None = None) -> AddressSpace:
-    """An address space of ``regions`` (dicts with the keys of :class:`gpusim.sweep.spec.Region`), in address
-    order, each VMA starting at a 2 MiB boundary with one empty table's gap between regions. ``seed`` is an int or a
-    ``numpy.random.SeedSequence``; equal seeds give identical arrays."""
-    anon_exclusive = get_variant(variant).anon_exclusive
-    rng = np.random.default_rng(seed)
-    sb = SpaceBuilder(variant)
-    addr = 0
-    for r in regions:
-        nr = max(1, int(r["size"]) // PAGE_SIZE)
-        k = int(r["vmas"])
-        sizes = [nr // k + (1 if i < nr % k else 0) for i in range(k)]
-        for n in sizes:
-            if n == 0:
-                continue
-            _add_region(sb, rng, anon_exclusive, addr, n, r)
-            addr += -(-n // PTRS_PER_TABLE) * PTRS_PER_TABLE
-        addr += PTRS_PER_TABLE
-    return sb.freeze(has_pinned)
-
-
 # The bytes of one mapped 4 KiB page in the state: its PTE, its page row and (order 0) its folio row; a swapped
 # page holds a swap slot instead of the page and folio rows, which is less.
 PAGE_BYTES = MM_FIELDS["pte"][0].itemsize + sum(
@@ -292,15 +132,20 @@ def fork_memory_bytes(workload) -> int | None:
     return None if bound is None else PROCESS_BYTES + FORK_COPIES * bound
 
 
+def region_space(workload, variant: str, seed) -> RegionSpace:
+    """The planned space of an ``anon`` or ``mixed`` workload spec, to build whole or in chunks."""
+    if workload.kind == "anon":
+        d = workload.model_dump()
+        return RegionSpace([d], variant, seed, d.pop("has_pinned"))
+    return RegionSpace([r.model_dump() for r in workload.regions], variant, seed, workload.has_pinned)
+
+
 def build_workload(workload, variant: str, seed) -> tuple[AddressSpace, str | None, list | None]:
     """The address space of a workload spec (:data:`gpusim.sweep.spec.Workload`), and the oracle and injections it
     brings (a catalogue scenario's; None otherwise)."""
     kind = workload.kind
-    if kind == "anon":
-        d = workload.model_dump()
-        return build_regions([d], variant, seed, d.pop("has_pinned")), None, None
-    if kind == "mixed":
-        return build_regions([r.model_dump() for r in workload.regions], variant, seed, workload.has_pinned), None, None
+    if kind in ("anon", "mixed"):
+        return region_space(workload, variant, seed).whole(), None, None
     if kind == "snapshot":
         return snapshot_space(workload.path, variant, [parse_range(r) for r in workload.pinned]), None, None
     if kind == "layout":

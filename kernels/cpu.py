@@ -211,9 +211,11 @@ def _number_in_address_order(nf, npg, seg, order, mem, sp, cpte, hcpte, out):
 
 
 @njit(parallel=True, cache=True)
-def shift_entries(pte, page_off, slot_off):
+def shift_entries(pte, page_off, slot_off, page_split=np.int64(1) << 62, page_off_above=0):
     """A copy of ``pte`` (2-D) with pfns (present non-special, migration, device-private) moved by ``page_off``
-    and swap slots by ``slot_off``: one fork's tables placed in the combined arrays of a batch, or taken back."""
+    (by ``page_off_above`` from ``page_split`` on) and swap slots by ``slot_off``: one fork's tables placed in the
+    combined arrays of a batch, or taken back; a chunk's entries placed in the whole space (pages a fork added
+    go after the whole space's)."""
     out = np.empty_like(pte)
     for r in prange(pte.shape[0]):
         for i in range(pte.shape[1]):
@@ -222,6 +224,7 @@ def shift_entries(pte, page_off, slot_off):
             if k == KIND_SWAP:
                 v = pte_set_pfn(v, np.uint64(np.int64(swp_offset(v)) + slot_off))
             elif (k == KIND_PRESENT and not pte_special(v)) or k == KIND_MIGRATION or k == KIND_DEVICE_PRIVATE:
-                v = pte_set_pfn(v, np.uint64(np.int64(pte_pfn(v)) + page_off))
+                pfn = np.int64(pte_pfn(v))
+                v = pte_set_pfn(v, np.uint64(pfn + (page_off if pfn < page_split else page_off_above)))
             out[r, i] = v
     return out

@@ -25,12 +25,19 @@ def mix(v, key, mult):
     return z ^ (z >> np.uint64(29))
 
 
-def lane_sums(a, first, seed):
+NO_SPLIT = 1 << 62
+
+
+def lane_sums(a, first, seed, split=NO_SPLIT, below=0, above=0):
     """The two lane sums (uint64) of the flat array ``a`` whose first element is at position ``first``, under
-    ``seed``."""
+    ``seed``. With ``split``, each value ``v`` is hashed as ``v + below`` if ``v < split``, else ``v + above``
+    (row numbers of a chunk moved to the whole space's: see :mod:`gpusim.stream`)."""
     if a.shape[0] >= scan.COMPILED_FROM:  # below it the numpy form (the same arithmetic: uint64 wraps in both)
-        return lane_sums_compiled(a, first, seed)
-    v = a.astype(np.int64).view(np.uint64)
+        return lane_sums_compiled(a, first, seed, split, below, above)
+    v = a.astype(np.int64)
+    if split != NO_SPLIT:
+        v = np.where(v < split, v + below, v + above)
+    v = v.view(np.uint64)
     p = np.arange(first, first + a.shape[0], dtype=np.uint64) * POSITION
     out = []
     for k, m in zip(SEEDS, MULTIPLY):
@@ -40,7 +47,7 @@ def lane_sums(a, first, seed):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def lane_sums_compiled(a, first, seed):
+def lane_sums_compiled(a, first, seed, split, below, above):
     """:func:`lane_sums` in one parallel pass."""
     n = a.shape[0]
     nb = (n + BLOCK - 1) // BLOCK
@@ -54,7 +61,8 @@ def lane_sums_compiled(a, first, seed):
         t0 = np.uint64(0)
         t1 = np.uint64(0)
         for i in range(lo, hi):
-            v = np.uint64(np.int64(a[i]))
+            w = np.int64(a[i])
+            v = np.uint64(w + (below if w < split else above))
             p = np.uint64(first + i) * POSITION
             t0 += mix(v, p ^ k0, MULTIPLY[0])
             t1 += mix(v, p ^ k1, MULTIPLY[1])

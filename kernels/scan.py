@@ -176,3 +176,26 @@ def mismatches(got, base, add, limit):
                 out[k] = i
             k += 1
     return out[: min(k, limit)], k
+
+
+@njit(cache=True)
+def tables_of_sorted(addr, val):
+    """(table numbers, ``(T, 512)`` tables) holding the entries ``val`` at the ascending page addresses ``addr``
+    (the inverse of :func:`entries`); None when ``addr`` is not ascending."""
+    n = addr.shape[0]
+    T = 0
+    for i in range(n):
+        if i and addr[i] < addr[i - 1]:
+            return None
+        if i == 0 or addr[i] // PTRS_PER_TABLE != addr[i - 1] // PTRS_PER_TABLE:
+            T += 1
+    index = np.empty(T, np.int64)
+    pte = np.zeros((T, PTRS_PER_TABLE), np.uint64)
+    r = -1
+    for i in range(n):
+        t = addr[i] // PTRS_PER_TABLE
+        if r < 0 or index[r] != t:
+            r += 1
+            index[r] = t
+        pte[r, addr[i] % PTRS_PER_TABLE] = val[i]
+    return index, pte

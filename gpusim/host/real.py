@@ -6,7 +6,7 @@ a fresh, small Python process (this file run as a script: it imports only the st
 process's own memory stays the interpreter's:
 
 * each VMA is mapped at a 2 MiB boundary of one reservation, one 2 MiB table apart from the next region, as
-  :func:`gpusim.workloads.build_regions` places them, so the kernel and the simulator see the same page tables;
+  :func:`gpusim.regions.build_regions` places them, so the kernel and the simulator see the same page tables;
 * pages are touched by writing one byte (``MADV_NOHUGEPAGE``, or ``MADV_HUGEPAGE`` for THP layouts);
 * pinned ranges are registered as io_uring fixed buffers (``IORING_REGISTER_BUFFERS``: a long-term FOLL_PIN, so the
   kernel copies those pages at fork), through raw syscalls with ctypes; ``RLIMIT_MEMLOCK`` is raised where allowed.
