@@ -9,6 +9,7 @@ dependencies (start-up time).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import List, Optional
@@ -95,18 +96,22 @@ def fork(
     profile: Optional[str] = typer.Option(
         None, "--profile", "-p", help="Cost profile: a shipped name or a file path (default: public-xeon-4210r-v6.8)."
     ),
+    stream_tables: Optional[int] = typer.Option(
+        None, "--stream-tables", min=1, help="--workload: fork in chunks of N page tables (default: when it is big)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    from gpusim.api import fork as run_fork
     from gpusim.costmodel import latency, load_profile
 
     try:
         get_variant(variant)
         prof = load_profile(profile)
-        space, oracle, inject = fork_input(
-            variant, layout, scenario, workload, sets, seed, snapshot, pin, oracle, inject
+        if stream_tables is not None and workload is None:
+            bad_input("--stream-tables goes with --workload")
+        space, oracle, inject, rows = fork_input(
+            variant, layout, scenario, workload, sets, seed, snapshot, pin, oracle, inject, stream_tables
         )
-        result = run_fork(space, variant, backend=backend, oracle=oracle or "never", inject=inject or ())
+        result = run_fork(space, variant, backend=backend, oracle=oracle or "never", inject=inject or (), rows=rows)
         lat = latency(result.counts, variant, prof, result.table_stats)
     except typer.Exit:
         raise
@@ -125,9 +130,10 @@ def fork(
     )
 
 
-def fork_input(variant, layout, scenario, workload, sets, seed, snapshot, pin, oracle, inject):
-    """(address space, oracle, injections) of ``gpusim fork``'s options: a snapshot, a workload generator, or a
-    layout (a scenario gives its layout, oracle and injections unless they are given too)."""
+def fork_input(variant, layout, scenario, workload, sets, seed, snapshot, pin, oracle, inject, stream_tables=None):
+    """(address space, oracle, injections, tables per chunk) of ``gpusim fork``'s options: a snapshot, a workload
+    generator, or a layout (a scenario gives its layout, oracle and injections unless they are given too). A
+    generated space to stream is a :class:`gpusim.regions.RegionSpace` with its tables per chunk (else None)."""
     if snapshot is not None:
         if layout is not None or scenario is not None or workload is not None:
             bad_input("give one of --layout, --scenario, --workload and --snapshot")
@@ -144,9 +150,10 @@ def fork_input(variant, layout, scenario, workload, sets, seed, snapshot, pin, o
     if snapshot is not None:
         from gpusim.snapshot import parse_range, snapshot_space
 
-        return snapshot_space(snapshot, variant, [parse_range(r) for r in pin or []]), oracle, inject
+        return snapshot_space(snapshot, variant, [parse_range(r) for r in pin or []]), oracle, inject, None
     if workload is not None:
-        return workload_from_cli(workload, sets or [], variant, seed), oracle, inject
+        space, rows = workload_from_cli(workload, sets or [], variant, seed, oracle, inject, stream_tables)
+        return space, oracle, inject, rows
     if scenario is not None:
         s = get_scenario(scenario)
         layout = layout if layout is not None else s.layout
@@ -154,7 +161,34 @@ def fork_input(variant, layout, scenario, workload, sets, seed, snapshot, pin, o
         inject = inject if inject else list(s.inject)
     if layout is None:
         bad_input("give --layout, --scenario or --workload")
-    return parse_layout(layout, variant), oracle, inject
+    return parse_layout(layout, variant), oracle, inject, None
+
+
+def run_fork(space, variant: str, backend: str, oracle, inject, rows: int | None):
+    """``gpusim fork``'s fork: whole, or streamed in chunks of ``rows`` tables with a progress bar on a terminal."""
+    if not rows:
+        from gpusim.api import fork
+
+        return fork(space, variant, backend=backend, oracle=oracle, inject=inject)
+    from gpusim.stream import fork_streamed
+
+    with chunk_progress(space.nr_rows) as progress:
+        return fork_streamed(space, variant, backend, chunk_rows=rows, progress=progress)
+
+
+@contextlib.contextmanager
+def chunk_progress(tables: int):
+    """A progress bar over the tables of a streamed fork on a terminal (stderr), else nothing: yields the
+    callback for :func:`gpusim.stream.fork_streamed` (or None)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("fork, in chunks"), BarColumn(), MofNCompleteColumn(), TextColumn("tables"))
+    with Progress(*columns, TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("fork", total=tables)
+        yield lambda done, total: bar.update(task, completed=done)
 
 
 @app.command()
@@ -355,10 +389,9 @@ def sweep_runner(file: str, out: str | None, backend: str | None):
     from pathlib import Path
 
     from gpusim.backend import resolve
-    from gpusim.machine import require_memory
+    from gpusim.sweep.point import chunk_rows
     from gpusim.sweep.runner import SweepRunner
     from gpusim.sweep.spec import load_sweep
-    from gpusim.workloads import fork_memory_bytes
 
     text = Path(file).read_text() if Path(file).exists() else None
     spec, points = load_sweep(file, text)
@@ -367,8 +400,7 @@ def sweep_runner(file: str, out: str | None, backend: str | None):
         spec = spec.model_copy(update={"backend": backend})
         points = [p.model_copy(update={"config": p.config.model_copy(update={"backend": backend})}) for p in points]
     for p in points:
-        what = f"point {p.config_hash} (workload {p.config.workload.kind})"
-        require_memory(fork_memory_bytes(p.config.workload), what)
+        chunk_rows(p)  # refused up front when it fits neither whole nor streamed
     return spec, points, SweepRunner(spec, points, out or Path("results") / spec.name, text or "")
 
 
@@ -570,14 +602,18 @@ def capture(
     )
 
 
-def workload_from_cli(kind: str, sets: list[str], variant: str, seed: int):
-    """The address space of ``--workload KIND --set key=value ...`` (values read as YAML scalars)."""
+def workload_from_cli(
+    kind: str, sets: list[str], variant: str, seed: int, oracle=None, inject=None, stream_tables=None
+):
+    """(the address space of ``--workload KIND --set key=value ...`` (values read as YAML scalars), None), or
+    (its :class:`gpusim.regions.RegionSpace`, tables per chunk) when it is to be streamed
+    (:func:`gpusim.stream.stream_rows`, or ``stream_tables``)."""
     import yaml
     from pydantic import TypeAdapter, ValidationError
 
-    from gpusim.machine import require_memory
+    from gpusim.stream import stream_rows, streaming_refused
     from gpusim.sweep.spec import Workload
-    from gpusim.workloads import build_workload, fork_memory_bytes
+    from gpusim.workloads import build_workload, region_space
 
     d = {"kind": kind}
     for item in sets:
@@ -595,9 +631,15 @@ def workload_from_cli(kind: str, sets: list[str], variant: str, seed: int):
         loc = ".".join(str(p) for p in first["loc"][1:] or first["loc"])
         msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
         raise ValueError(f"--workload {kind}: {loc}: {msg}") from None
-    require_memory(fork_memory_bytes(w), f"--workload {kind}")
+    if stream_tables is not None:
+        reason = streaming_refused(oracle, inject) or (None if w.kind in ("anon", "mixed") else "not generated")
+        if reason:
+            raise ValueError(f"--stream-tables: this fork cannot be streamed: {reason}")
+    rows = stream_tables or stream_rows(w, f"--workload {kind}", oracle, inject)
+    if rows:
+        return region_space(w, variant, seed), rows
     space, _, _ = build_workload(w, variant, seed)
-    return space
+    return space, None
 
 
 def print_summary(r) -> None:
@@ -657,7 +699,9 @@ def print_summary(r) -> None:
         out.print(f"unfired injections: {', '.join(r.unfired)}", markup=False)
     if r.ignored_events:
         out.print(f"ignored events: {', '.join(r.ignored_events)}", markup=False)
-    out.print(f"digest {r.digest[:16]}…  engine {r.engine_wall_s * 1e3:.2f} ms")
+    chunks = getattr(r, "chunks", 0)
+    streamed = f" in {chunks} chunk(s) of up to {r.chunk_rows} tables" if chunks else ""
+    out.print(f"digest {r.digest[:16]}…  engine {r.engine_wall_s * 1e3:.2f} ms{streamed}")
 
 
 @app.command()

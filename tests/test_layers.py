@@ -34,6 +34,7 @@ LAYERS = (
         "inputs and engines",
         (
             "gpusim.layout",
+            "gpusim.regions",
             "gpusim.workloads",
             "gpusim.snapshot",
             "gpusim.reference",
@@ -42,7 +43,7 @@ LAYERS = (
             "gpusim.engine",
         ),
     ),
-    ("checks, cost model, API", ("gpusim.invariants", "gpusim.costmodel", "gpusim.api")),
+    ("checks, cost model, API", ("gpusim.invariants", "gpusim.costmodel", "gpusim.api", "gpusim.stream")),
     ("jobs", ("gpusim.sweep", "gpusim.host", "gpusim.bench", "gpusim.gpubench", "gpusim.plots")),
     ("interfaces", ("gpusim.cli", "gpusim")),
 )

@@ -16,8 +16,9 @@ import numpy as np
 from gpusim.api import fork
 from gpusim.costmodel import latency, load_profile
 from gpusim.state import AddressSpace
+from gpusim.stream import fork_streamed, stream_rows
 from gpusim.sweep.spec import Point
-from gpusim.workloads import build_workload
+from gpusim.workloads import build_workload, region_space
 
 
 def point_seed(seed: int, config_hash: str, repetition: int) -> np.random.SeedSequence:
@@ -25,9 +26,20 @@ def point_seed(seed: int, config_hash: str, repetition: int) -> np.random.SeedSe
     return np.random.SeedSequence([seed, int(config_hash, 16) & ((1 << 63) - 1), repetition])
 
 
+def chunk_rows(point: Point) -> int | None:
+    """Tables per chunk when the point's fork is streamed (its space is larger than one chunk; a single fork
+    without an oracle or injections), else None (:func:`gpusim.stream.stream_rows`: raises
+    :class:`~gpusim.machine.NotEnoughMemory` when it fits neither way)."""
+    cfg = point.config
+    chained = cfg.fork.chain > 1 or cfg.fork.generations > 1
+    what = f"point {point.config_hash} (workload {cfg.workload.kind})"
+    return stream_rows(cfg.workload, what, cfg.fork.oracle, cfg.fork.inject, chained)
+
+
 def run_point(point: Point, repetition: int) -> list[dict]:
     """The rows of one point and repetition: one per fork (``fork.chain`` forks per process, over
-    ``fork.generations`` generations)."""
+    ``fork.generations`` generations); a streamed fork's row has the plan's time as its ``build_wall_s`` (its
+    chunks are built as it goes)."""
     cfg = point.config
     profile = load_profile(cfg.profile)
     ss = point_seed(cfg.seed, point.config_hash, repetition)
@@ -39,15 +51,27 @@ def run_point(point: Point, repetition: int) -> list[dict]:
     }
     t0 = time.perf_counter()
     try:
-        space, oracle, inject = build_workload(cfg.workload, cfg.fork.variant, ss)
+        per_chunk = chunk_rows(point)
+        space, oracle, inject = (
+            (region_space(cfg.workload, cfg.fork.variant, ss), None, None)
+            if per_chunk
+            else build_workload(cfg.workload, cfg.fork.variant, ss)
+        )
     except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
         return [dict(base, fork_index=0, outcome="error", error=f"workload: {type(e).__name__}: {e}")]
     build_s = time.perf_counter() - t0
+    if per_chunk:
+        return [run_streamed(point, space, per_chunk, base, build_s, profile)]
     oracle = cfg.fork.oracle or oracle or "never"
     inject = cfg.fork.inject if cfg.fork.inject is not None else (inject or [])
+    return run_tree(point, space, oracle, inject, base, build_s, profile)
+
+
+def run_tree(point: Point, space: AddressSpace, oracle, inject, base: dict, build_s: float, profile) -> list[dict]:
+    """The rows of a point's forks: a breadth-first tree, each process of a generation forking ``chain`` times
+    in a row, its children the next generation. All processes share one memory, which each fork returns anew."""
+    cfg = point.config
     rows = []
-    # A breadth-first tree of forks: each process of a generation forks `chain` times in a row; its children are
-    # the next generation. All processes share one memory, which each fork returns anew.
     procs, memory = [space.mm], space.memory
     level, seq = [0], 0
     for gen in range(cfg.fork.generations):
@@ -64,17 +88,9 @@ def run_point(point: Point, repetition: int) -> list[dict]:
                         fork_seq=seq,
                         check=cfg.check,
                     )
-                except Exception as e:  # noqa: BLE001
-                    rows.append(
-                        dict(
-                            base,
-                            fork_index=seq,
-                            generation=gen,
-                            outcome="error",
-                            error=f"fork: {type(e).__name__}: {e}",
-                        )
-                    )
-                    return rows
+                except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+                    err = f"fork: {type(e).__name__}: {e}"
+                    return [*rows, dict(base, fork_index=seq, generation=gen, outcome="error", error=err)]
                 rows.append(fork_row(base, seq, gen, r, build_s, cfg.fork.variant, profile))
                 seq += 1
                 if r.outcome != "ok":
@@ -84,6 +100,16 @@ def run_point(point: Point, repetition: int) -> list[dict]:
                 next_level.append(len(procs) - 1)
         level = next_level
     return rows
+
+
+def run_streamed(point: Point, space, per_chunk: int, base: dict, build_s: float, profile) -> dict:
+    """The row of a point's streamed fork."""
+    cfg = point.config
+    try:
+        r = fork_streamed(space, cfg.fork.variant, cfg.backend, check=cfg.check, chunk_rows=per_chunk)
+    except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+        return dict(base, fork_index=0, generation=0, outcome="error", error=f"fork: {type(e).__name__}: {e}")
+    return fork_row(base, 0, 0, r, build_s, cfg.fork.variant, profile)
 
 
 def fork_row(base: dict, seq: int, gen: int, r, build_s: float, variant: str, profile) -> dict:
