@@ -300,6 +300,8 @@ class ForkJob:
         the reference's state machines in the Python host loop."""
         if not self.compiled:
             return run_host_loop(self.fc, self.plan, host_calls, self.nC)
+        if not len(host_calls):  # nothing for the slow path: none of its per-folio claims to allocate
+            return ("ok", None, None), self.nC
         rows = self.calls.call_row[host_calls]
         thp = np.searchsorted(self.mm.pmd_index, self.plan.call_table[host_calls])
         items = np.where(rows >= 0, rows, -thp - 1)  # a PTE table's row, or -1 - its THP's row

@@ -392,15 +392,15 @@ class DigestSums:
             out += [(f"{who}.{n}", np.dtype(dt), shape) for n, (dt, shape) in MM_FIELDS.items()]
         return out + [(f"memory.{n}", np.dtype(dt), shape) for n, (dt, shape) in MEMORY_FIELDS.items()]
 
-    def add(self, field: str, values, first_row: int = 0, move: tuple[int, int, int] | None = None) -> None:
+    def add(self, field: str, values, first_row: int = 0, move: tuple | None = None) -> None:
         """Rows ``values`` (an array of the field's row shape; any integer dtype, taken by value) of ``field``
-        placed from row ``first_row`` on; ``move`` = (split, below, above) adds ``below`` to the values under
-        ``split`` and ``above`` to the others (row numbers of a chunk, placed in the whole space)."""
+        placed from row ``first_row`` on; ``move`` says how to move row numbers in the values (a chunk's, placed
+        in the whole space: :func:`gpusim.kernels.digest.lane_sums`)."""
         dt, shape = self.layout[field]
         head = f"{field}:{dt.newbyteorder('<').str};".encode()
         seed = np.uint64(int.from_bytes(hashlib.blake2b(head, digest_size=8).digest(), "little"))
         flat = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("=")).reshape(-1)  # no copy if native
-        s0, s1 = lane_sums(flat, first_row * int(np.prod(shape, dtype=np.int64)), seed, *(move or ()))
+        s0, s1 = lane_sums(flat, first_row * int(np.prod(shape, dtype=np.int64)), seed, move)
         acc = self.sums.setdefault(field, [0, 0, 0])
         acc[0] += values.shape[0]
         acc[1] = (acc[1] + int(s0)) & MASK64  # the lanes' sums wrap at 64 bits

@@ -32,16 +32,16 @@ from collections.abc import Callable
 import numpy as np
 
 from gpusim.api import fork
-from gpusim.kernels.cpu import shift_entries
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import PTRS_PER_TABLE, RSS_NAMES
 from gpusim.machine import require_memory
 from gpusim.plan import VMA_COUNT_NAMES
 from gpusim.regions import Chunk, RegionSpace
 from gpusim.result import ForkResult, InvariantReport, TableStats, finish_counts, new_counts, rss_dict
-from gpusim.state import MM, AddressSpace, DigestSums, Memory, resident_bytes
+from gpusim.state import MM, AddressSpace, DigestSums, Memory, empty_mm, resident_bytes
 from gpusim.workloads import FORK_COPIES, PAGE_BYTES, PROCESS_BYTES, fork_memory_bytes, state_bytes_bound
 
+VMA_FIELDS = ("vma_start", "vma_end", "vma_flags", "vma_backing", "vma_anon_vma")
 PER_FORK_COUNTS = ("fork.base", "fork.mm", "table.upper_alloc", *VMA_COUNT_NAMES)
 # State bytes of one chunk by default: a streamed fork holds about FORK_COPIES of it at its peak.
 CHUNK_STATE_BYTES = 384 << 20
@@ -131,11 +131,14 @@ class ChunkDigest:
             raise StreamError("a fork added swap slots: the streamed digest does not place them")
         page_above = rs.nr_pages + self.new_pages - npg
         folio_above = rs.nr_folios + self.new_folios - nf
-        shift = (ch.page_base, ch.slot_base, npg, page_above)
+        shift = ("entries", ch.page_base, ch.slot_base, npg, page_above)
         for who, mm in (("parent", parent), ("child", child)):
             if mm is not None:
                 self.add_tables(who, mm, shift)
-        moved = {"folio_first_pfn": (npg, ch.page_base, page_above), "page_folio": (nf, ch.folio_base, folio_above)}
+        moved = {
+            "folio_first_pfn": ("rows", npg, ch.page_base, page_above),
+            "page_folio": ("rows", nf, ch.folio_base, folio_above),
+        }
         for name in MEMORY_FIELDS:
             a, kind = getattr(memory, name), name.split("_")[0]
             if kind == "swap":
@@ -151,33 +154,48 @@ class ChunkDigest:
         self.new_pages += memory.nr_pages - npg
         self.new_folios += memory.nr_folios - nf
 
-    def add_tables(self, who: str, mm: MM, shift: tuple) -> None:
+    def add_tables(self, who: str, mm: MM, move: tuple) -> None:
         """A chunk's tables and huge PMDs of ``who``, after those of earlier chunks, their pfns and slots moved."""
         d = self.d
-        for name, a in (
-            ("table_index", mm.table_index),
-            ("pte", shift_entries(mm.pte, *shift) if mm.pte.size else mm.pte),
-            ("pmd_index", mm.pmd_index),
-            ("pmd", shift_entries(mm.pmd.reshape(-1, 1), *shift).reshape(-1) if mm.pmd.size else mm.pmd),
-        ):
+        for name, entries in (("table_index", False), ("pte", True), ("pmd_index", False), ("pmd", True)):
             field = f"{who}.{name}"
-            d.add(field, a, d.sums[field][0] if field in d.sums else 0)
+            d.add(field, getattr(mm, name), d.sums[field][0] if field in d.sums else 0, move if entries else None)
         self.rss[who] += mm.rss
         self.swapoff[who] |= bool(mm.on_swapoff_list)
 
-    def finish(self, parent: MM, child: MM | None, memory: Memory) -> str:
-        """The digest, given one chunk's final state for the VMAs and flags (the same in every chunk; the child's
-        from the last chunk forked) and its memory for ``next_content``."""
+    def finish(self, parent: MM, child: MM, next_content: int) -> str:
+        """The digest, given the VMAs and flags of the parent and child (the same in every chunk; the child's from
+        the last chunk forked) and the memory's ``next_content``."""
         for who, mm in (("parent", parent), ("child", child)):
             if mm is None:
                 continue
-            for name in ("vma_start", "vma_end", "vma_flags", "vma_backing", "vma_anon_vma"):
+            for name in VMA_FIELDS:
                 self.d.add(f"{who}.{name}", getattr(mm, name))
             self.d.add(f"{who}.rss", self.rss[who])
             self.d.scalars[f"{who}.has_pinned"] = int(mm.has_pinned)
             self.d.scalars[f"{who}.on_swapoff_list"] = int(self.swapoff[who])
-        self.d.scalars["memory.next_content"] = int(memory.next_content)
+        self.d.scalars["memory.next_content"] = int(next_content)
         return self.d.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Last:
+    """What a streamed fork keeps of the last chunk it forked: its outcome and the parent's and child's VMAs and
+    flags (no tables: a chunk's arrays are dropped as soon as the next one is built)."""
+
+    outcome: str
+    backend: str
+    oops: dict | None
+    parent: MM
+    child: MM
+    next_content: int
+
+    @classmethod
+    def of(cls, r: ForkResult) -> "Last":
+        def vmas(mm: MM) -> MM:
+            return empty_mm(**{n: getattr(mm, n) for n in VMA_FIELDS}, rss=mm.rss, has_pinned=mm.has_pinned)
+
+        return cls(r.outcome, r.backend, r.oops, vmas(r.parent.mm), vmas(r.child), r.memory.next_content)
 
 
 class Totals:
@@ -257,8 +275,9 @@ def fork_streamed(
     digest, totals = ChunkDigest(space), Totals()
     last = stopped = None
     nchunks = 0
-    for ch in space.chunks(chunk_rows):
-        if stopped is not None:  # after an oops: the rest as built
+    for lo in range(0, max(1, space.nr_rows), chunk_rows):  # one chunk alive at a time: built after the last is gone
+        ch = space.chunk(lo, min(space.nr_rows, lo + chunk_rows))
+        if stopped:  # after an oops: the rest as built
             digest.add(ch, ch.space.mm, None, ch.space.memory)
         else:
             r = fork(
@@ -271,11 +290,11 @@ def fork_streamed(
                 raise StreamError(f"a chunk's fork failed with ENOMEM ({r.enomem}): a streamed fork cannot tear down")
             totals.add(ch, r)
             digest.add(ch, r.parent.mm, r.child, r.memory)
-            last, nchunks = r, nchunks + 1
-            if r.outcome != "ok":
-                stopped = r
+            last, nchunks, stopped = Last.of(r), nchunks + 1, r.outcome != "ok"
+            del r
         if progress:
             progress(ch.hi, space.nr_rows)
+        del ch
     stats = TableStats.concat(totals.stats)
     return StreamedResult(
         outcome=last.outcome,
@@ -287,7 +306,7 @@ def fork_streamed(
         child_rss=rss_dict(totals.child_rss),
         oops=last.oops,
         invariants=InvariantReport(not totals.violations, tuple(totals.violations), check and totals.checked),
-        digest_hex=digest.finish(last.parent.mm, last.child, last.memory),
+        digest_hex=digest.finish(last.parent, last.child, last.next_content),
         engine_wall_s=totals.engine_wall_s,
         nr_ptes=space.nr_ptes,
         trace_complete=False,

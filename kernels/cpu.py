@@ -16,17 +16,7 @@ from numba.core.errors import NumbaIRAssumptionWarning
 
 from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
 from gpusim.kernels.flags import PTRS_PER_TABLE
-from gpusim.kernels.pte import (
-    KIND_DEVICE_PRIVATE,
-    KIND_MIGRATION,
-    KIND_PRESENT,
-    KIND_SWAP,
-    pte_kind,
-    pte_pfn,
-    pte_set_pfn,
-    pte_special,
-    swp_offset,
-)
+from gpusim.kernels.pte import pte_moved, pte_set_pfn
 from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
 from gpusim.kernels.slowpath import (
     CHECK,
@@ -212,19 +202,10 @@ def _number_in_address_order(nf, npg, seg, order, mem, sp, cpte, hcpte, out):
 
 @njit(parallel=True, cache=True)
 def shift_entries(pte, page_off, slot_off, page_split=np.int64(1) << 62, page_off_above=0):
-    """A copy of ``pte`` (2-D) with pfns (present non-special, migration, device-private) moved by ``page_off``
-    (by ``page_off_above`` from ``page_split`` on) and swap slots by ``slot_off``: one fork's tables placed in the
-    combined arrays of a batch, or taken back; a chunk's entries placed in the whole space (pages a fork added
-    go after the whole space's)."""
+    """A copy of ``pte`` (2-D) with each entry moved by :func:`gpusim.kernels.pte.pte_moved`: one fork's tables
+    placed in the combined arrays of a batch, or taken back."""
     out = np.empty_like(pte)
     for r in prange(pte.shape[0]):
         for i in range(pte.shape[1]):
-            v = pte[r, i]
-            k = pte_kind(v)
-            if k == KIND_SWAP:
-                v = pte_set_pfn(v, np.uint64(np.int64(swp_offset(v)) + slot_off))
-            elif (k == KIND_PRESENT and not pte_special(v)) or k == KIND_MIGRATION or k == KIND_DEVICE_PRIVATE:
-                pfn = np.int64(pte_pfn(v))
-                v = pte_set_pfn(v, np.uint64(pfn + (page_off if pfn < page_split else page_off_above)))
-            out[r, i] = v
+            out[r, i] = pte_moved(pte[r, i], page_off, slot_off, page_split, page_off_above)
     return out

@@ -10,7 +10,11 @@ bits by their value (signed ones sign-extended), so the sums depend on the model
 import numpy as np
 from numba import njit, prange
 
-from gpusim.kernels import scan
+from gpusim.kernels import (
+    jit,  # noqa: F401  (the jitable scalar functions, registered with numba)
+    scan,
+)
+from gpusim.kernels.pte import pte_moved
 
 # Odd 64-bit constants (the golden ratio and the splitmix64 multipliers).
 POSITION = np.uint64(0x9E3779B97F4A7C15)
@@ -25,29 +29,46 @@ def mix(v, key, mult):
     return z ^ (z >> np.uint64(29))
 
 
-NO_SPLIT = 1 << 62
+MOVE_NONE, MOVE_ROWS, MOVE_ENTRIES = 0, 1, 2
 
 
-def lane_sums(a, first, seed, split=NO_SPLIT, below=0, above=0):
+def lane_sums(a, first, seed, move=None):
     """The two lane sums (uint64) of the flat array ``a`` whose first element is at position ``first``, under
-    ``seed``. With ``split``, each value ``v`` is hashed as ``v + below`` if ``v < split``, else ``v + above``
-    (row numbers of a chunk moved to the whole space's: see :mod:`gpusim.stream`)."""
-    if a.shape[0] >= scan.COMPILED_FROM:  # below it the numpy form (the same arithmetic: uint64 wraps in both)
-        return lane_sums_compiled(a, first, seed, split, below, above)
+    ``seed``. ``move`` hashes each value moved from one numbering of the memory's rows to another (a chunk's rows
+    placed in the whole space: see :mod:`gpusim.stream`): ``("rows", split, below, above)``, row numbers ``v``
+    hashed as ``v + below`` under ``split`` and ``v + above`` from it on; ``("entries", page_off, slot_off, split,
+    above)``, page-table entries moved by :func:`gpusim.kernels.pte.pte_moved`."""
+    mode = MOVE_NONE if move is None else {"rows": MOVE_ROWS, "entries": MOVE_ENTRIES}[move[0]]
+    m = np.zeros(4, np.int64)
+    if move is not None:
+        m[: len(move) - 1] = move[1:]
+    if a.shape[0] >= scan.COMPILED_FROM or mode == MOVE_ENTRIES:  # else the numpy form (uint64 wraps in both)
+        return lane_sums_compiled(a, first, seed, mode, m)
     v = a.astype(np.int64)
-    if split != NO_SPLIT:
-        v = np.where(v < split, v + below, v + above)
+    if mode == MOVE_ROWS:
+        v = np.where(v < m[0], v + m[1], v + m[2])
     v = v.view(np.uint64)
     p = np.arange(first, first + a.shape[0], dtype=np.uint64) * POSITION
     out = []
-    for k, m in zip(SEEDS, MULTIPLY):
-        z = (v ^ (p ^ (seed ^ k))) * m
+    for k, mult in zip(SEEDS, MULTIPLY):
+        z = (v ^ (p ^ (seed ^ k))) * mult
         out.append(np.bitwise_xor(z, z >> np.uint64(29)).sum(dtype=np.uint64))
     return out[0], out[1]
 
 
+@njit(inline="always")
+def moved(x, mode, m):
+    """An element as :func:`lane_sums` hashes it (uint64)."""
+    if mode == MOVE_ENTRIES:
+        return pte_moved(np.uint64(x), m[0], m[1], m[2], m[3])
+    w = np.int64(x)
+    if mode == MOVE_ROWS:
+        w += m[1] if w < m[0] else m[2]
+    return np.uint64(w)
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def lane_sums_compiled(a, first, seed, split, below, above):
+def lane_sums_compiled(a, first, seed, mode, m):
     """:func:`lane_sums` in one parallel pass."""
     n = a.shape[0]
     nb = (n + BLOCK - 1) // BLOCK
@@ -61,8 +82,7 @@ def lane_sums_compiled(a, first, seed, split, below, above):
         t0 = np.uint64(0)
         t1 = np.uint64(0)
         for i in range(lo, hi):
-            w = np.int64(a[i])
-            v = np.uint64(w + (below if w < split else above))
+            v = moved(a[i], mode, m)
             p = np.uint64(first + i) * POSITION
             t0 += mix(v, p ^ k0, MULTIPLY[0])
             t1 += mix(v, p ^ k1, MULTIPLY[1])

@@ -282,3 +282,18 @@ def mk_huge_pmd(pfn, write, dirty, young):
 @jitable
 def pmd_trans_huge(v):
     return (v & PAGE_PRESENT) != 0 and (v & PAGE_PSE) != 0
+
+
+@jitable
+def pte_moved(v, page_off, slot_off, page_split, page_off_above):
+    """``v`` with its pfn (present non-special, migration, device-private) moved by ``page_off`` (by
+    ``page_off_above`` from ``page_split`` on) and its swap slot by ``slot_off``: an entry of one numbering of the
+    memory's rows placed in another (a fork of a batch; a chunk of a streamed fork)."""
+    k = pte_kind(v)
+    if k == KIND_SWAP:  # offsets may be negative: uint64 arithmetic wraps to the same field
+        return pte_set_pfn(v, as_u64(swp_offset(v)) + as_u64(slot_off))
+    if (k == KIND_PRESENT and not pte_special(v)) or k == KIND_MIGRATION or k == KIND_DEVICE_PRIVATE:
+        pfn = as_u64(pte_pfn(v))
+        off = page_off if pfn < as_u64(page_split) else page_off_above
+        return pte_set_pfn(v, pfn + as_u64(off))
+    return v
