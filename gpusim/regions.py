@@ -289,6 +289,9 @@ class RegionSpace:
 
 def unit_slots(vp: VmaPlan, tables: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """The first slot (in the VMA) of each of ``counts[i]`` units of ``tables[i]``, in order."""
+    full = vp.units_per_table
+    if len(tables) and tables[-1] - tables[0] == len(tables) - 1 and (counts == full).all():  # a run of full tables
+        return np.arange(tables[0] * PTRS_PER_TABLE, (tables[-1] + 1) * PTRS_PER_TABLE, 1 << vp.order, dtype=np.int64)
     idx = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
     return np.repeat(tables * PTRS_PER_TABLE, counts) + (idx << vp.order)
 

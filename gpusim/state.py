@@ -39,9 +39,9 @@ def tables_from_entries(addr: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, 
     addr = np.asarray(addr, np.int64)
     val = np.asarray(val, np.uint64)
     if addr.size >= scan.COMPILED_FROM:
-        out = scan.tables_of_sorted(addr, val)  # entries in address order (the common case): one pass
-        if out is not None:
-            return out
+        ascending, tables, pte = scan.tables_of_sorted(addr, val)  # entries in address order: the common case
+        if ascending:
+            return tables, pte
     t = addr // PTRS_PER_TABLE
     tables = np.unique(t)
     row = np.searchsorted(tables, t)

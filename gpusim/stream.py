@@ -43,8 +43,12 @@ from gpusim.workloads import FORK_COPIES, PAGE_BYTES, PROCESS_BYTES, fork_memory
 
 VMA_FIELDS = ("vma_start", "vma_end", "vma_flags", "vma_backing", "vma_anon_vma")
 PER_FORK_COUNTS = ("fork.base", "fork.mm", "table.upper_alloc", *VMA_COUNT_NAMES)
-# State bytes of one chunk by default: a streamed fork holds about FORK_COPIES of it at its peak.
-CHUNK_STATE_BYTES = 384 << 20
+# Generated spaces with more state than this are streamed (a whole fork holds about FORK_COPIES of its state).
+STREAM_ABOVE_BYTES = 512 << 20
+# State bytes of one chunk by default (about a million PTEs): a streamed fork holds about FORK_COPIES of it at its
+# peak. Measured on a 2-vCPU VM (128 GiB dense, check on): 142-172 ns/PTE for chunks of 1-2 K tables, 230 for 16 K
+# (every array of a chunk that large is fresh memory, faulted in again chunk after chunk).
+CHUNK_STATE_BYTES = 48 << 20
 
 
 class StreamError(ValueError):
@@ -80,10 +84,10 @@ def streaming_refused(oracle=None, inject=None, chained: bool = False) -> str | 
 
 def stream_rows(workload, what: str, oracle=None, inject=None, chained: bool = False) -> int | None:
     """How a fork of a workload spec runs: in chunks of the returned number of tables when its state is larger
-    than one chunk (:data:`CHUNK_STATE_BYTES`) and it can be streamed, else whole (None). Raises
+    than :data:`STREAM_ABOVE_BYTES` and it can be streamed, else whole (None). Raises
     :class:`~gpusim.machine.NotEnoughMemory` up front, naming the memory it needs, when it fits neither way."""
     bound = state_bytes_bound(workload)
-    if bound is None or bound <= CHUNK_STATE_BYTES:
+    if bound is None or bound <= STREAM_ABOVE_BYTES:
         require_memory(fork_memory_bytes(workload), what)
         return None
     reason = streaming_refused(oracle, inject, chained)

@@ -178,24 +178,32 @@ def mismatches(got, base, add, limit):
     return out[: min(k, limit)], k
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)
 def tables_of_sorted(addr, val):
     """(table numbers, ``(T, 512)`` tables) holding the entries ``val`` at the ascending page addresses ``addr``
-    (the inverse of :func:`entries`); None when ``addr`` is not ascending."""
+    (the inverse of :func:`entries`), after whether ``addr`` is ascending (if not: nothing). A pass over the
+    addresses finds the tables, then the tables are filled in parallel."""
     n = addr.shape[0]
     T = 0
     for i in range(n):
         if i and addr[i] < addr[i - 1]:
-            return None
+            return False, np.zeros(0, np.int64), np.zeros((0, PTRS_PER_TABLE), np.uint64)
         if i == 0 or addr[i] // PTRS_PER_TABLE != addr[i - 1] // PTRS_PER_TABLE:
             T += 1
     index = np.empty(T, np.int64)
-    pte = np.zeros((T, PTRS_PER_TABLE), np.uint64)
+    first = np.empty(T + 1, np.int64)
     r = -1
     for i in range(n):
         t = addr[i] // PTRS_PER_TABLE
         if r < 0 or index[r] != t:
             r += 1
             index[r] = t
-        pte[r, addr[i] % PTRS_PER_TABLE] = val[i]
-    return index, pte
+            first[r] = i
+    first[T] = n
+    pte = np.empty((T, PTRS_PER_TABLE), np.uint64)
+    for r in prange(T):
+        for j in range(PTRS_PER_TABLE):
+            pte[r, j] = 0
+        for i in range(first[r], first[r + 1]):
+            pte[r, addr[i] % PTRS_PER_TABLE] = val[i]
+    return True, index, pte

@@ -285,7 +285,8 @@ def test_a_sweep_streams_a_point_larger_than_a_chunk_and_its_row_is_the_whole_fo
 
     _, points = load_sweep(str(write(tmp_path, text)), text)
     whole = run_point(points[0], 0)[0]
-    monkeypatch.setattr(streaming, "CHUNK_STATE_BYTES", 64 << 10)  # a few tables a chunk
+    monkeypatch.setattr(streaming, "STREAM_ABOVE_BYTES", 64 << 10)  # streamed, in chunks of a few tables
+    monkeypatch.setattr(streaming, "CHUNK_STATE_BYTES", 64 << 10)
     streamed = run_point(points[0], 0)[0]
     assert streamed["error"] is None and streamed["outcome"] == "ok"
     for key in whole:
