@@ -5,7 +5,8 @@ Usage: python benchmarks/bench_pipeline.py [--repeat 9]
 For dense 4 KiB anonymous spaces of 1 and 4 GiB, in a warm process, prints one JSON object: per size the median
 ``gpusim.fork`` time with and without the invariant check, the same with the result's digest read (it is computed
 when first read, as a sweep row reads it), the engine's own time (``engine_wall_s``) of those forks, the digest of
-the result alone, and one full validation of the input (which a space now pays once).
+the result alone, and one full validation of the input (which a space now pays once). The cases run
+round-robin (this VM's speed drifts by tens of per cent within a minute).
 """
 
 import argparse
@@ -18,13 +19,17 @@ from gpusim.state import digest
 from gpusim.workloads import dense_anon
 
 
-def timed(fn, repeat: int) -> tuple[float, list]:
-    walls, out = [], []
+def interleaved(cases: dict, repeat: int) -> dict:
+    """The median wall time (ms) of each of ``cases`` (name -> call), run round-robin ``repeat`` times, so that no
+    case gets a quieter or warmer stretch of the machine than another; and each case's last result."""
+    walls = {name: [] for name in cases}
+    last = {}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        out.append(fn())
-        walls.append(time.perf_counter() - t0)
-    return statistics.median(walls) * 1e3, out
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            last[name] = fn()
+            walls[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(w) * 1e3 for name, w in walls.items()}, last
 
 
 def main() -> None:
@@ -36,17 +41,24 @@ def main() -> None:
         space = dense_anon(pages).validate()
         for _ in range(2):
             gpusim.fork(space, backend="cpu", check=True)  # compile, warm the caches
-        row = {}
+        cases = {}
         for check in (False, True):
-            ms, results = timed(lambda s=space, c=check: gpusim.fork(s, backend="cpu", check=c), args.repeat)
-            row[f"fork_check_{check}_ms"] = ms
-            row[f"engine_check_{check}_ms"] = statistics.median(r.engine_wall_s for r in results) * 1e3
-            row[f"fork_check_{check}_with_digest_ms"], _ = timed(
-                lambda s=space, c=check: gpusim.fork(s, backend="cpu", check=c).digest, args.repeat
+            cases[f"fork_check_{check}_ms"] = lambda s=space, c=check: gpusim.fork(s, backend="cpu", check=c)
+            cases[f"fork_check_{check}_with_digest_ms"] = lambda s=space, c=check: (
+                gpusim.fork(s, backend="cpu", check=c).digest
             )
-        row["digest_ms"], _ = timed(lambda r=results[-1]: digest(r.parent.mm, r.child, r.parent.memory), args.repeat)
-        row["validate_ms"], _ = timed(lambda s=space: type(s)(s.mm, s.memory).validate(), 5)
-        report[f"{pages * 4096 >> 30}GiB"] = row
+        row, last = interleaved(cases, args.repeat)
+        for check in (False, True):
+            row[f"engine_check_{check}_ms"] = last[f"fork_check_{check}_ms"].engine_wall_s * 1e3
+        r = last["fork_check_False_ms"]
+        more, _ = interleaved(
+            {
+                "digest_ms": lambda r=r: digest(r.parent.mm, r.child, r.parent.memory),
+                "validate_ms": lambda s=space: type(s)(s.mm, s.memory).validate(),
+            },
+            5,
+        )
+        report[f"{pages * 4096 >> 30}GiB"] = {**row, **more}
     print(json.dumps(report, indent=1))
 
 
