@@ -177,16 +177,17 @@ def run_fork(space, variant: str, backend: str, oracle, inject, rows: int | None
 
 
 @contextlib.contextmanager
-def chunk_progress(tables: int):
-    """A progress bar over the tables of a streamed fork on a terminal (stderr), else nothing: yields the
-    callback for :func:`gpusim.stream.fork_streamed` (or None)."""
-    if not sys.stderr.isatty():
+def chunk_progress(tables: int, tty: bool | None = None):
+    """A progress bar over the tables of a streamed fork on a terminal (stderr, or ``tty``), else nothing: yields
+    the callback for :func:`gpusim.stream.fork_streamed` (or None)."""
+    if not (sys.stderr.isatty() if tty is None else tty):
         yield None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("fork, in chunks"), BarColumn(), MofNCompleteColumn(), TextColumn("tables"))
-    with Progress(*columns, TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+    console = Console(stderr=True, force_terminal=tty)  # nothing else prints meanwhile: no redirection of streams
+    with Progress(*columns, TimeRemainingColumn(), console=console, transient=True, redirect_stderr=False) as bar:
         task = bar.add_task("fork", total=tables)
         yield lambda done, total: bar.update(task, completed=done)
 

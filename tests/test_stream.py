@@ -296,3 +296,29 @@ def test_a_sweep_streams_a_point_larger_than_a_chunk_and_its_row_is_the_whole_fo
     big = text.replace("size: 4MiB", "size: 8TiB").replace("variant: linux-6.18", "variant: linux-6.18\n  chain: 2")
     p = run_sweep(write(tmp_path, big), "--out", tmp_path / "out")
     assert p.returncode == 2 and "not streamed: each fork of a chain" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_streamed_fork_shows_a_progress_bar_on_a_terminal_only():
+    """In a process of its own: rich's live display and pytest's captured streams do not mix."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from gpusim import cli
+        from gpusim.regions import RegionSpace
+        from gpusim.stream import fork_streamed
+        r = dict(size=4 << 20, vmas=1, backing="anon", shared=False, flags=[], folio_order=0, thp_fraction=0.0,
+                 fill=1.0, swap_fraction=0.0, swap_count_max=1, pinned_fraction=0.1, pinned_placement="scattered",
+                 pinned_regions=1)
+        space = RegionSpace([r], "linux-6.18", 0)
+        with cli.chunk_progress(space.nr_rows, tty=False) as progress:
+            assert progress is None  # a pipe or a file: no bar
+        seen = []
+        with cli.chunk_progress(space.nr_rows, tty=True) as progress:
+            both = lambda done, total: (seen.append(done), progress(done, total))
+            res = fork_streamed(space, "linux-6.18", "cpu", chunk_rows=1, progress=both)
+        assert seen == list(range(1, space.nr_rows + 1)) and res.chunks == space.nr_rows, seen
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "fork, in chunks" in out.stderr and "tables" in out.stderr
