@@ -20,8 +20,9 @@ chunk see exactly what they see in the whole fork. The pieces are put together a
   leaves them. An ENOMEM would tear down the whole child, which earlier chunks no longer hold: it is an error
   here (a generated space has no allocation failure and no poisoned page, so it does not arise).
 
-Not streamed (:class:`StreamError`): lock-break oracles other than ``never`` and injections (their order spans the
-whole fork), and a fork's child as the next fork's input (a chain).
+Not streamed (:func:`streaming_refused` says why; :func:`stream_rows` decides, and refuses up front a fork that
+fits neither way): lock-break oracles other than ``never`` and injections (their order spans the whole fork), and a
+fork's child as the next fork's input (a chain). :func:`fork_streamed` takes neither an oracle nor injections.
 """
 
 from __future__ import annotations
