@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -151,10 +152,15 @@ class VmaPlan:
         u = np.clip((self.n >> self.order) - tables * per, 0, per)
         return np.where(self.thp[tables], 0, u)
 
-    @property
+    @cached_property
     def folios(self) -> np.ndarray:
         """Folios of each table: the mapped (present, not swapped) units, or the THP."""
         return self.present - self.swapped + self.thp
+
+    @cached_property
+    def folios_before(self) -> np.ndarray:
+        """The VMA's folios in the tables before each table (where a table's folios are in the pin runs' order)."""
+        return np.cumsum(self.folios) - self.folios
 
     @property
     def pages(self) -> np.ndarray:
@@ -380,8 +386,7 @@ def pin_folios(sb: SpaceBuilder, vp: VmaPlan, tables: np.ndarray, ids: np.ndarra
         sb.add_pins(ids[pick])
     elif vp.pin_runs is not None:
         starts, lengths = vp.pin_runs
-        before = np.cumsum(vp.folios) - vp.folios  # the VMA's folios before each table
-        idx = before[tables[0]] + np.arange(ids.shape[0], dtype=np.int64)
+        idx = vp.folios_before[tables[0]] + np.arange(ids.shape[0], dtype=np.int64)
         run = np.searchsorted(starts, idx, side="right") - 1
         inside = (run >= 0) & (idx < starts[np.maximum(run, 0)] + lengths[np.maximum(run, 0)])
         sb.add_pins(ids[inside])

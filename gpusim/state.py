@@ -396,9 +396,7 @@ class DigestSums:
         """Rows ``values`` (an array of the field's row shape; any integer dtype, taken by value) of ``field``
         placed from row ``first_row`` on; ``move`` says how to move row numbers in the values (a chunk's, placed
         in the whole space: :func:`gpusim.kernels.digest.lane_sums`)."""
-        dt, shape = self.layout[field]
-        head = f"{field}:{dt.newbyteorder('<').str};".encode()
-        seed = np.uint64(int.from_bytes(hashlib.blake2b(head, digest_size=8).digest(), "little"))
+        dt, shape, seed = self.layout[field]
         flat = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("=")).reshape(-1)  # no copy if native
         s0, s1 = lane_sums(flat, first_row * int(np.prod(shape, dtype=np.int64)), seed, move)
         acc = self.sums.setdefault(field, [0, 0, 0])
@@ -431,7 +429,13 @@ class DigestSums:
         return h.hexdigest()
 
 
-DigestSums.layout = {f: (dt, shape) for f, dt, shape in DigestSums.fields()}
+def _lane_seed(field: str, dt: np.dtype) -> np.uint64:
+    """A field's lane seed: from its name and its dtype as the model fixes it."""
+    head = f"{field}:{dt.newbyteorder('<').str};".encode()
+    return np.uint64(int.from_bytes(hashlib.blake2b(head, digest_size=8).digest(), "little"))
+
+
+DigestSums.layout = {f: (dt, shape, _lane_seed(f, dt)) for f, dt, shape in DigestSums.fields()}
 LAST_MM_FIELD = list(MM_FIELDS)[-1]
 
 

@@ -200,12 +200,15 @@ def _number_in_address_order(nf, npg, seg, order, mem, sp, cpte, hcpte, out):
     out[0], out[1], out[2] = dst, ni, nd
 
 
+NO_SPLIT = np.int64(1) << 62  # every pfn below it: one offset for all
+
+
 @njit(parallel=True, cache=True)
-def shift_entries(pte, page_off, slot_off, page_split=np.int64(1) << 62, page_off_above=0):
+def shift_entries(pte, page_off, slot_off):
     """A copy of ``pte`` (2-D) with each entry moved by :func:`gpusim.kernels.pte.pte_moved`: one fork's tables
     placed in the combined arrays of a batch, or taken back."""
     out = np.empty_like(pte)
     for r in prange(pte.shape[0]):
         for i in range(pte.shape[1]):
-            out[r, i] = pte_moved(pte[r, i], page_off, slot_off, page_split, page_off_above)
+            out[r, i] = pte_moved(pte[r, i], page_off, slot_off, NO_SPLIT, 0)
     return out
