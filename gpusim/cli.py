@@ -327,10 +327,11 @@ def print_bench(report: dict, vs_kernel: bool, batch: int) -> None:
     for r in report["rows"]:
         t.add_row(*bench_row(r, gpu, vs_kernel, pinned))
     Console(highlight=False, width=200).print(t)
-    if vs_kernel:
+    if vs_kernel and report["kernel_fork_base_s"]:
         typer.echo(
             f"kernel fork of the bare measuring process: {report['kernel_fork_base_s'] * 1e3:.2f} ms "
-            f"(subtracted in kernel ns/PTE, not in speedup)"
+            f"(subtracted in kernel ns/PTE, not in speedup); kernel forks timed in the modelled state "
+            f"(pages writable and anon-exclusive before each fork)"
         )
     if batch:
         b = report["batch"]
@@ -483,43 +484,71 @@ def plot(
 
 @app.command()
 def calibrate(
-    quick: bool = typer.Option(False, "--quick", help="Fewer, smaller layouts (CI: about ten seconds)."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer layouts and rounds (about 20 seconds)."),
     out: Optional[str] = typer.Option(
         None,
         "--out",
         "-o",
         help="Profile file to write (default: the host profile directory, see `gpusim.host.calibrate`).",
     ),
-    repeat: int = typer.Option(0, "--repeat", min=0, help="Forks timed per layout (0: 15 quick, 31 full)."),
+    rounds: int = typer.Option(
+        0, "--rounds", min=0, help="Round-robin rounds over the layouts, two forks each (0: 9 quick, 15 full)."
+    ),
 ) -> None:
-    """Time real forks of known layouts on this kernel, fit the cost model, and write a host profile."""
+    """Time real forks of known layouts on this kernel (interleaved, in the fresh and the repeated state), fit the
+    cost model, and write a host profile."""
     from gpusim.host.calibrate import calibrate as run_calibrate
 
     console = Console(stderr=True, highlight=False)
-    result = run_calibrate(
-        quick, out, repeat or None, progress=lambda i, n, name: console.print(f"[{i}/{n}] {name}", highlight=False)
-    )
+    result = run_calibrate(quick, out, rounds or None, progress=_round_progress(console))
     fit = result["fit"]
-    t = Table(title=f"fit on {fit['variant']} rules ({len(fit['residuals'])} layouts)", title_justify="left")
-    for col in ("layout", "measured (ms)", "fitted (ms)", "error"):
-        t.add_column(col, justify="right" if col != "layout" else "left")
+    t = Table(title=f"fit on {fit['variant']} rules ({len(fit['residuals'])} rows)", title_justify="left")
+    for col in ("layout", "state", "measured (ms)", "fitted (ms)", "error"):
+        t.add_column(col, justify="left" if col in ("layout", "state") else "right")
     for r in fit["residuals"]:
         t.add_row(
             r["name"],
+            r["state"],
             f"{r['measured_ns'] / 1e6:.3f}",
             f"{r['fitted_ns'] / 1e6:.3f}",
-            f"{100 * r['error']:+.1f}%" if r["error"] is not None else "",
+            f"{100 * r['error']:+.1f}%",
         )
-    Console(highlight=False).print(t)
+    Console(highlight=False, width=160).print(t)
+    mar = fit["median_abs_residual"]
+    typer.echo(f"median absolute residual: {'n/a' if mar is None else f'{100 * mar:.1f}%'}")
     typer.echo(
         "scales: "
         + ", ".join(
             f"{g} {v['scale']:.3f}" + ("" if v["identified"] else " (not measured)") for g, v in fit["groups"].items()
         )
     )
+    typer.echo(_stability_line(fit["stability"]))
     for s in fit["skipped"]:
         typer.echo(f"skipped {s['name']}: {s['refused']}")
     typer.echo(f"profile written: {result['path']}")
+
+
+def _round_progress(console: Console):
+    """Progress of an interleaved measurement: one line per tenth of the visits."""
+    step = {"next": 0}
+
+    def show(i: int, n: int, name: str) -> None:
+        if i >= step["next"] or i == n:
+            console.print(f"[{i}/{n}] visits ({name})", highlight=False)
+            step["next"] = i + max(1, n // 10)
+
+    return show
+
+
+def _stability_line(st: dict) -> str:
+    cpu = "not pinned to a CPU" if st.get("cpu") is None else f"pinned to CPU {st['cpu']}"
+    if "bare_fresh_ns" not in st:
+        return f"machine: {cpu}"
+    q1, med, q3 = st["bare_fresh_ns"]
+    return (
+        f"machine: {cpu}, {st['rounds']} rounds; bare fork {med / 1e3:.0f} us (IQR {q1 / 1e3:.0f}-{q3 / 1e3:.0f}), "
+        f"drift {100 * st['bare_fresh_drift']:+.0f}% first half to second"
+    )
 
 
 @app.command()
@@ -527,9 +556,14 @@ def validate(
     profile: Optional[str] = typer.Option(
         None, "--profile", "-p", help="Cost profile (default: the newest host profile, else the public one)."
     ),
+    rounds: int = typer.Option(15, "--rounds", min=3, help="Round-robin rounds over the layouts."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Fit on the quick calibration layouts; held-out layouts up to 512 MiB only."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Compare the simulator with this kernel: page sharing after a real fork, and latency on held-out layouts."""
+    """Compare the simulator with this kernel: page sharing after a real fork, and latency on held-out layouts in
+    the fresh and the repeated state, each case with its interval and a verdict (pass, fail, too noisy)."""
     from gpusim.host.calibrate import validate as run_validate
 
     try:
@@ -539,23 +573,9 @@ def validate(
     except ValueError as e:
         bad_input(str(e))
     console = Console(stderr=True, highlight=False)
-    rep = run_validate(
-        profile, progress=None if as_json else (lambda i, n, name: console.print(f"[{i}/{n}] {name}", highlight=False))
-    )
+    rep = run_validate(profile, progress=None if as_json else _round_progress(console), rounds=rounds, quick=quick)
     if as_json:
-        out = {
-            "kernel": rep["kernel"],
-            "variant": rep["variant"],
-            "profile": rep["profile"],
-            "sharing": {
-                "pages": rep["sharing"]["pages"],
-                "agreement": rep["sharing"]["agreement"],
-                "layouts": rep["sharing"]["layouts"],
-            },
-            "latency": rep["latency"],
-            "refused": rep["refused"],
-        }
-        typer.echo(json.dumps(out))
+        typer.echo(json.dumps(rep))
         return
     sh = rep["sharing"]
     agreement = "n/a" if sh["agreement"] is None else f"{100 * sh['agreement']:.2f}%"
@@ -563,21 +583,53 @@ def validate(
     typer.echo(f"page sharing: {sh['pages']} pages compared, agreement {agreement}")
     for lay in sh["layouts"]:
         typer.echo(f"  {lay['name']}: real {lay['real']}, simulated {lay['predicted']}")
-    t = Table(title="latency on layouts not used for fitting (fork time added to a bare process)", title_justify="left")
-    for col in ("layout", "measured (ms)", "predicted (ms)", "error"):
-        t.add_column(col, justify="right" if col != "layout" else "left")
-    for c in rep["latency"]["cases"]:
-        t.add_row(
-            c["name"],
-            f"{c['measured_ns'] / 1e6:.3f}",
-            f"{c['predicted_ns'] / 1e6:.3f}",
-            f"{100 * c['error']:+.1f}%" if c["error"] is not None else "n/a",
-        )
-    Console(highlight=False).print(t)
-    mae = rep["latency"]["median_abs_error"]
-    typer.echo(f"median absolute error: {'n/a' if mae is None else f'{100 * mae:.1f}%'}")
+    lat, st = rep["latency"], rep["stored_profile"]
+    Console(highlight=False, width=160).print(_latency_table(lat["cases"], st["cases"]))
+    typer.echo(
+        f"model fitted in this window ({', '.join(lat['fit']['layouts'])}): "
+        f"{_errors_line(lat)}; latency verdict: {lat['verdict']}"
+    )
+    typer.echo(f"stored profile {st['profile']} (its own window): {_errors_line(st)}")
+    typer.echo(_stability_line(lat["stability"]))
     for name, why in rep["refused"].items():
         typer.echo(f"skipped {name}: {why}")
+    typer.echo(f"verdict: {rep['verdict']}")
+
+
+def _errors_line(summary: dict) -> str:
+    mae, mx = summary["median_abs_error"], summary["max_abs_error"]
+    return (
+        f"median absolute error {'n/a' if mae is None else f'{100 * mae:.1f}%'}, "
+        f"largest {'n/a' if mx is None else f'{100 * mx:.1f}%'}"
+    )
+
+
+def _latency_table(cases: list[dict], stored: list[dict]) -> Table:
+    t = Table(
+        title="latency on layouts not used for fitting (fork time added to a bare process, 95% interval; "
+        "predicted by the model fitted in this window, and by the stored profile)",
+        title_justify="left",
+    )
+    cols = ("layout", "state", "measured (ms)", "interval (ms)", "predicted (ms)", "error", "verdict", "stored")
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("layout", "state", "verdict") else "right")
+
+    def pct(e):
+        return f"{100 * e:+.1f}%" if e is not None else "n/a"
+
+    for c, s in zip(cases, stored):
+        lo, hi = c["interval_ns"]
+        t.add_row(
+            c["name"],
+            c["state"],
+            f"{c['measured_ns'] / 1e6:.3f}",
+            f"{lo / 1e6:.3f}-{hi / 1e6:.3f}",
+            f"{c['predicted_ns'] / 1e6:.3f}",
+            pct(c["error"]),
+            c["verdict"],
+            pct(s["error"]),
+        )
+    return t
 
 
 @app.command()

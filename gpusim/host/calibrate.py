@@ -23,18 +23,23 @@ from __future__ import annotations
 import datetime
 import platform
 import socket
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import scipy.optimize
 import yaml
 
 from gpusim import api
-from gpusim.costmodel import host_profile_dir, latency, load_profile
-from gpusim.host.real import RealLayout, run_layout
+from gpusim.costmodel import Profile, host_profile_dir, latency, load_profile
+from gpusim.host.measure import STATES, measure
+from gpusim.host.real import RealLayout, run_sharing
+from gpusim.host.stats import NOISE_LIMIT, case_verdict, overall_verdict
 from gpusim.host.twin import sim_space
 from gpusim.kernels import pte as P
 from gpusim.machine import cpu_description, cpu_model
 from gpusim.result import new_counts
+from gpusim.state import AddressSpace
 
 MiB = 1 << 20
 
@@ -43,7 +48,8 @@ GROUPS = {
     "vma": ("vma.dup", "vma.anon_fork", "vma.file_link", "vma.copy", "vma.skip"),
     "table": ("table.call", "table.alloc", "table.upper_alloc", "pass", "check"),
     "pte_none": ("pte.none",),
-    "pte_share": ("pte.share", "pte.wrprotect", "pte.excl_clear", "pte.special"),
+    "pte_share": ("pte.share", "pte.special"),
+    "pte_wrprotect": ("pte.wrprotect", "pte.excl_clear"),
     "early_copy": (
         "copy.alloc",
         "copy.memcpy",
@@ -72,37 +78,62 @@ def kernel_variant(release: str | None = None) -> str:
     return "linux-5.8"
 
 
+def _scattered(pages: int, every: int, first: int = 0) -> list[tuple[int, int]]:
+    """One pinned page every ``every`` pages."""
+    return [(i, 1) for i in range(first, pages, every)]
+
+
 def calibration_layouts(quick: bool) -> list[RealLayout]:
-    """Layouts whose added fork time is well above this VM's run-to-run noise (about 0.1 ms)."""
-    sizes = [64 * MiB, 256 * MiB] if quick else [64 * MiB, 256 * MiB, 1024 * MiB, 2048 * MiB]
-    out = [RealLayout(f"dense-{s // MiB}MiB", s) for s in sizes]
-    out += [
-        RealLayout("sparse-256MiB-1/16", 256 * MiB, fill=1 / 16),
-        RealLayout("vmas-512x64KiB", 512 * 64 * 1024, vmas=512),
-        RealLayout("thp-512MiB", 512 * MiB, thp=True),
-        RealLayout("pinned-16MiB-all", 16 * MiB, pinned=[(0, 4096)]),
-        RealLayout("pinned-128MiB-10pct", 128 * MiB, pinned=[(1000, 3277)]),
-    ]
-    if not quick:
-        out += [
-            RealLayout("sparse-512MiB-1/64", 512 * MiB, fill=1 / 64),
-            RealLayout("vmas-2048x16KiB", 2048 * 16 * 1024, vmas=2048),
+    """Layouts that separate the fitted groups, each adding several times the bare fork's spread on this VM (a
+    few hundred microseconds): dense (per PTE), sparse down to one page per table (per table), many small VMAs
+    (per VMA), THP (per huge PMD), pinned pages in one run and scattered (per early copy)."""
+    if quick:
+        return [
+            RealLayout("dense-256MiB", 256 * MiB),
+            RealLayout("dense-1024MiB", 1024 * MiB),
+            RealLayout("sparse-1024MiB-1/512", 1024 * MiB, fill=1 / 512),
+            RealLayout("vmas-1024x16KiB", 1024 * 16 * 1024, vmas=1024),
             RealLayout("thp-2048MiB", 2048 * MiB, thp=True),
-            RealLayout("pinned-64MiB-all", 64 * MiB, pinned=[(0, 16384)]),
+            RealLayout("pinned-16MiB-all", 16 * MiB, pinned=[(0, 4096)]),
+            RealLayout("pinned-64MiB-scattered-1/16", 64 * MiB, pinned=_scattered(16384, 16)),
         ]
-    return out
+    return [
+        *(RealLayout(f"dense-{s}MiB", s * MiB) for s in (128, 512, 1024, 2048)),
+        RealLayout("sparse-256MiB-1/4", 256 * MiB, fill=1 / 4),
+        RealLayout("sparse-512MiB-1/16", 512 * MiB, fill=1 / 16),
+        RealLayout("sparse-1024MiB-1/64", 1024 * MiB, fill=1 / 64),
+        RealLayout("sparse-2048MiB-1/512", 2048 * MiB, fill=1 / 512),
+        RealLayout("vmas-512x64KiB", 512 * 64 * 1024, vmas=512),
+        RealLayout("vmas-2048x16KiB", 2048 * 16 * 1024, vmas=2048),
+        RealLayout("thp-1024MiB", 1024 * MiB, thp=True),
+        RealLayout("thp-2048MiB", 2048 * MiB, thp=True),
+        RealLayout("pinned-16MiB-all", 16 * MiB, pinned=[(0, 4096)]),
+        RealLayout("pinned-64MiB-all", 64 * MiB, pinned=[(0, 16384)]),
+        RealLayout("pinned-128MiB-10pct", 128 * MiB, pinned=[(1000, 3277)]),
+        RealLayout("pinned-64MiB-scattered-1/16", 64 * MiB, pinned=_scattered(16384, 16)),
+    ]
 
 
 def validation_layouts() -> list[RealLayout]:
-    """Layouts not used for fitting: other sizes, sparsities, VMA counts, pinned fractions."""
+    """Layouts not used for fitting, broader than the fit set: sizes between and beyond the fitted ones, other
+    sparsities, partial tables over many VMAs, mixes of dense, sparse and THP VMAs, pins in runs and scattered."""
     return [
-        RealLayout("dense-128MiB", 128 * MiB),
-        RealLayout("dense-512MiB", 512 * MiB),
-        RealLayout("sparse-128MiB-1/4", 128 * MiB, fill=1 / 4),
-        RealLayout("vmas-1000x32KiB", 1000 * 32 * 1024, vmas=1000),
-        RealLayout("thp-1024MiB", 1024 * MiB, thp=True),
+        RealLayout("dense-384MiB", 384 * MiB),
+        RealLayout("dense-3072MiB", 3072 * MiB),
+        RealLayout("sparse-384MiB-1/8", 384 * MiB, fill=1 / 8),
+        RealLayout("sparse-1536MiB-1/128", 1536 * MiB, fill=1 / 128),
+        RealLayout("vmas-1000x200KiB", 1000 * 200 * 1024, vmas=1000),
+        RealLayout("thp-1536MiB", 1536 * MiB, thp=True),
+        RealLayout(
+            "mix-4vmas-dense-sparse-thp",
+            4 * 300 * MiB,
+            vmas=4,
+            fill=[1.0, 1 / 32, 1.0, 1 / 4],
+            thp=[False, False, True, False],
+        ),
         RealLayout("pinned-128MiB-5pct", 128 * MiB, pinned=[(5000, 1638)]),
         RealLayout("pinned-32MiB-25pct-3vmas", 32 * MiB, vmas=3, pinned=[(100, 1024), (5000, 1024)]),
+        RealLayout("pinned-256MiB-scattered-1/64", 256 * MiB, pinned=_scattered(65536, 64, 7)),
     ]
 
 
@@ -115,40 +146,18 @@ def sharing_layouts() -> list[RealLayout]:
     ]
 
 
-def nnls(A: np.ndarray, b: np.ndarray, iters: int = 500) -> np.ndarray:
-    """min ||Ax - b|| subject to x >= 0 (Lawson-Hanson active set)."""
-    m, n = A.shape
-    x = np.zeros(n)
-    passive = np.zeros(n, bool)
-    w = A.T @ (b - A @ x)
-    for _ in range(iters):
-        if passive.all() or (w[~passive] <= 1e-12 * max(1.0, np.abs(w).max())).all():
-            break
-        j = np.argmax(np.where(~passive, w, -np.inf))
-        passive[j] = True
-        while True:
-            z = np.zeros(n)
-            z[passive] = np.linalg.lstsq(A[:, passive], b, rcond=None)[0]
-            if (z[passive] > 0).all():
-                x = z
-                break
-            neg = passive & (z <= 0)
-            alpha = np.min(x[neg] / (x[neg] - z[neg]))
-            x = x + alpha * (z - x)
-            passive &= x > 1e-12
-            x[~passive] = 0.0
-        w = A.T @ (b - A @ x)
-    return x
-
-
-def _counts(layout: RealLayout, variant: str, thp_pages: int | None = None) -> dict:
-    """The simulator's counts for a real layout (a bare fork for the empty one)."""
+def _counts(layout: RealLayout, variant: str, thp_pages: int | None = None, state: str = "fresh") -> dict:
+    """The simulator's counts for a real layout (a bare fork for the empty one) in a measured state: ``fresh``, the
+    fork of the built space, or ``repeated``, the second fork of a chain (the parent after a fork)."""
     if layout.pages == 0:
         c = new_counts()
         c["fork.base"] = c["fork.mm"] = 1
         return c
     space, _ = sim_space(layout, variant, thp_pages)
-    return api.fork(space, variant, backend="cpu", check=False).counts
+    r = api.fork(space, variant, backend="cpu", check=False)
+    if state == "repeated":
+        r = api.fork(AddressSpace.of_fork(r.parent.mm, r.memory), variant, backend="cpu", check=False)
+    return r.counts
 
 
 def design_row(counts: dict, base_counts: dict, public) -> np.ndarray:
@@ -158,30 +167,33 @@ def design_row(counts: dict, base_counts: dict, public) -> np.ndarray:
     )
 
 
-def fit_scales(X: np.ndarray, y: np.ndarray, prior: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """Scale factors (>= 0) minimising the relative error of ``X @ s`` against ``y``, pulled towards 1 (the public
-    profile) with weight ``prior`` so that groups the layouts barely tell apart stay near their public cost; groups
-    no row exercises keep scale 1. Returns (scales, identified mask)."""
+def fit_scales(
+    X: np.ndarray, y: np.ndarray, prior: float = 0.1, weights: np.ndarray | None = None, huber: float | None = 1.345
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale factors (>= 0) minimising the relative error of ``X @ s`` against ``y`` (``scipy.optimize.nnls``),
+    pulled towards 1 (the public profile) with weight ``prior`` so that groups the layouts barely tell apart stay
+    near their public cost; groups no row exercises keep scale 1. ``weights`` multiply the rows' (e.g. less for a
+    noisy measurement). With ``huber``, iteratively reweighted: a row whose relative residual is more than
+    ``huber`` robust standard deviations (1.4826 x MAD) out counts as much as one that far out, so that one
+    outlier cannot pull every scale. Returns (scales, identified mask)."""
     used = np.abs(X).sum(axis=0) > 0
-    w = 1.0 / np.maximum(np.abs(y), 1.0)
+    base_w = (1.0 / np.maximum(np.abs(y), 1.0)) * (1.0 if weights is None else np.asarray(weights, float))
     s = np.ones(X.shape[1])
-    if used.any():
-        k = int(used.sum())
+    if not used.any():
+        return s, used
+    k, w = int(used.sum()), base_w
+    for _ in range(20 if huber else 1):
         A = np.vstack([X[:, used] * w[:, None], prior * np.eye(k)])
         b = np.concatenate([y * w, prior * np.ones(k)])
-        s[used] = nnls(A, b)
+        new = scipy.optimize.nnls(A, b, maxiter=50 * k)[0]
+        done = np.allclose(new, s[used], rtol=1e-6, atol=1e-9)
+        s[used] = new
+        if not huber or done:
+            break
+        r = (X[:, used] @ new - y) / np.maximum(np.abs(y), 1.0)
+        scale = max(1.4826 * float(np.median(np.abs(r - np.median(r)))), 1e-6)
+        w = base_w * np.minimum(1.0, huber * scale / np.maximum(np.abs(r), 1e-12))
     return s, used
-
-
-def measure(layouts: list[RealLayout], repeat: int, progress=None) -> list[dict]:
-    out = []
-    for i, L in enumerate(layouts):
-        if progress:
-            progress(i, len(layouts), L.name)
-        out.append(run_layout(L, "time", repeat))
-    if progress:
-        progress(len(layouts), len(layouts), "done")
-    return out
 
 
 def profile_dir() -> Path:
@@ -212,47 +224,59 @@ def fitted_costs(public, scales: np.ndarray, used: np.ndarray, bare_fork_ns: flo
     return costs
 
 
-def fit(layouts: list[RealLayout], meas: list[dict], variant: str, public) -> dict:
-    """The fit of the group scales on the measured layouts (``meas[0]`` is the bare fork): scales, which groups
-    the layouts identify, residuals, and the layouts the kernel refused."""
+def fit(results: list[dict], variant: str, public, noise_limit: float = NOISE_LIMIT) -> dict:
+    """The fit of the group scales on measured layouts (:func:`gpusim.host.measure.measure`'s results), both
+    states, each against the simulator's counts for its own state: scales, which groups the rows identify,
+    residuals, and the rows left out (refused by the kernel, or a state the checks did not confirm). A row whose
+    interval is wider than ``noise_limit`` counts for less, in proportion."""
     base_counts = _counts(RealLayout("bare", 0), variant)
-    rows, y, names, skipped = [], [], [], []
-    for L, m in zip(layouts, meas[1:]):
-        if m["refused"]:
-            skipped.append({"name": L.name, "refused": m["refused"]})
+    rows, y, w, names, skipped = [], [], [], [], []
+    for r in results:
+        if r["refused"]:
+            skipped.append({"name": r["name"], "refused": r["refused"]})
             continue
-        rows.append(design_row(_counts(L, variant, m["thp_pages"] if L.thp else None), base_counts, public))
-        y.append(m["added_ns"])
-        names.append(L.name)
-    X, y = np.array(rows), np.array(y, float)
-    scales, used = fit_scales(X, y)
+        L = r["layout"]
+        for state in STATES:
+            if not r["checks"][state]:
+                skipped.append({"name": f"{r['name']} ({state})", "refused": {"state": "not confirmed"}})
+                continue
+            c = _counts(L, variant, r["thp_pages"] if L.thp else None, state)
+            rows.append(design_row(c, base_counts, public))
+            y.append(r[state]["added_ns"])
+            w.append(min(1.0, noise_limit / max(r[state]["spread"], 1e-9)))
+            names.append((r["name"], state))
+    X, y = np.array(rows).reshape(len(rows), len(GROUPS)), np.array(y, float)
+    scales, used = fit_scales(X, y, weights=np.array(w))
     residuals = [
-        {"name": n, "measured_ns": float(a), "fitted_ns": float(b), "error": float(b / a - 1) if a else None}
-        for n, a, b in zip(names, y, X @ scales)
+        {"name": n, "state": st, "measured_ns": float(a), "fitted_ns": float(b), "error": float(b / a - 1)}
+        for (n, st), a, b in zip(names, y, X @ scales)
     ]
     return {"scales": scales, "used": used, "residuals": residuals, "skipped": skipped}
 
 
-def measurement_rows(layouts: list[RealLayout], meas: list[dict]) -> list[dict]:
-    """What the host profile keeps of each measurement (the bare fork first)."""
-    keys = ("layout", "median_ns", "q1_ns", "q3_ns", "base_median_ns", "added_ns", "thp_pages", "refused")
-    base = meas[0]
-    return [{"name": "bare", "median_ns": base["median_ns"], "q1_ns": base["q1_ns"], "q3_ns": base["q3_ns"]}] + [
-        {"name": L.name, **{k: m[k] for k in keys}} for L, m in zip(layouts, meas[1:])
-    ]
+def measurement_rows(meas: dict) -> list[dict]:
+    """What the host profile keeps of each measured layout: its facts, per state the added time's summary, and
+    the state checks."""
+    out = []
+    for r in meas["layouts"]:
+        row = {"name": r["name"], "layout": asdict(r["layout"]), "thp_pages": r["thp_pages"], "refused": r["refused"]}
+        if not r["refused"]:
+            row.update({state: r[state] for state in STATES}, checks=r["checks"])
+        out.append(row)
+    return out
 
 
-def calibrate(quick: bool = False, out: str | None = None, repeat: int | None = None, progress=None) -> dict:
-    """Measure, fit and write a host profile; returns {"path", "profile", "fit"}."""
+def calibrate(quick: bool = False, out: str | None = None, rounds: int | None = None, progress=None) -> dict:
+    """Measure (interleaved, both states), fit and write a host profile; returns {"path", "profile", "fit"}."""
     public = load_profile("public-xeon-4210r-v6.8")
     variant = kernel_variant()
-    repeat = repeat or (15 if quick else 31)
-    layouts = calibration_layouts(quick)
-    meas = measure([RealLayout("bare", 0)] + layouts, repeat, progress)
-    f = fit(layouts, meas, variant, public)
+    rounds = rounds or (9 if quick else 15)
+    meas = measure(calibration_layouts(quick), rounds, progress=progress)
+    f = fit(meas["layouts"], variant, public)
     host = platform.node() or socket.gethostname()
     now = datetime.datetime.now(datetime.timezone.utc)
     name = f"host-{host}-{now:%Y%m%d-%H%M%S}"
+    bare_ns = meas["stability"].get("bare_fresh_ns", (0, 0, 0))[1]
     profile = {
         "name": name,
         "description": f"calibrated on {host} ({cpu_model()}), Linux {platform.release()}, {now:%Y-%m-%d}, "
@@ -265,27 +289,46 @@ def calibrate(quick: bool = False, out: str | None = None, repeat: int | None = 
                 "date": f"{now:%Y-%m-%dT%H:%M:%SZ}",
             }
         ],
-        "costs": fitted_costs(public, f["scales"], f["used"], meas[0]["median_ns"]),
+        "costs": fitted_costs(public, f["scales"], f["used"], bare_ns),
         "variant_factors": {},
         "fit": {
             "variant": variant,
+            "states": list(STATES),
             "groups": {
                 g: {"scale": float(s), "identified": bool(u)} for g, s, u in zip(GROUPS, f["scales"], f["used"])
             },
             "residuals": f["residuals"],
+            "median_abs_residual": _median_abs([r["error"] for r in f["residuals"]]),
             "skipped": f["skipped"],
-            "repeat": repeat,
+            "rounds": rounds,
+            "stability": meas["stability"],
         },
-        "measurements": measurement_rows(layouts, meas),
+        "measurements": measurement_rows(meas),
     }
     path = Path(out) if out else profile_dir() / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         f"# Written by `gpusim calibrate` on {now:%Y-%m-%d %H:%M} UTC. Costs in ns per event.\n"
-        + yaml.safe_dump(profile, sort_keys=False, width=120)
+        + yaml.safe_dump(_plain(profile), sort_keys=False, width=120)
     )
     load_profile(str(path))  # it must load back
     return {"path": str(path), "profile": profile, "fit": profile["fit"]}
+
+
+def _median_abs(errors) -> float | None:
+    e = [abs(x) for x in errors if x is not None]
+    return float(np.median(e)) if e else None
+
+
+def _plain(x):
+    """Tuples as lists and numpy scalars as Python numbers, for YAML and JSON."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
 
 
 def predicted_sharing(layout: RealLayout, variant: str, thp_pages: int | None = None) -> list[str]:
@@ -320,29 +363,20 @@ def predicted_sharing(layout: RealLayout, variant: str, thp_pages: int | None = 
     return out
 
 
-def validate(profile=None, progress=None, repeat: int = 21) -> dict:
-    """The validation report (see the module docstring); the shape of ``gpusim validate --json``."""
-    prof = load_profile(profile)
-    variant = kernel_variant()
-    report = {
-        "kernel": platform.release(),
-        "variant": variant,
-        "profile": prof.name,
-        "sharing": {"pages": 0, "agreement": None, "layouts": []},
-        "latency": {"median_abs_error": None, "cases": []},
-        "refused": {},
-    }
+def validate_sharing(variant: str) -> tuple[dict, dict]:
+    """Page by page, the real fork's sharing against the simulated child's: (sharing report, refusals)."""
+    sharing, refused = {"pages": 0, "agreement": None, "layouts": []}, {}
     agree = total = 0
     for L in sharing_layouts():
-        real = run_layout(L, "sharing")
+        real = run_sharing(L)
         if real["refused"].get("pagemap") or real["refused"].get("pin"):
-            report["refused"][L.name] = real["refused"]
+            refused[L.name] = real["refused"]
             continue
-        pred = predicted_sharing(L, variant, real.get("thp_pages") if L.thp else None)
+        pred = predicted_sharing(L, variant, real.get("thp_pages") if L.any_thp else None)
         same = sum(a == b for a, b in zip(real["state"], pred))
         agree += same
         total += len(pred)
-        report["sharing"]["layouts"].append(
+        sharing["layouts"].append(
             {
                 "name": L.name,
                 "pages": len(pred),
@@ -351,24 +385,103 @@ def validate(profile=None, progress=None, repeat: int = 21) -> dict:
                 "predicted": {k: pred.count(k) for k in ("shared", "copied", "absent")},
             }
         )
-    report["sharing"]["pages"] = total
-    report["sharing"]["agreement"] = agree / total if total else None
-    layouts = validation_layouts()
-    meas = measure(layouts, repeat, progress)  # each measures its own bare fork (time_forks)
-    base_pred = latency(_counts(RealLayout("bare", 0), variant), variant, prof)["latency_ns"]
-    errors = []
-    for L, m in zip(layouts, meas):
-        if m["refused"]:
-            report["refused"][L.name] = m["refused"]
+    sharing["pages"] = total
+    sharing["agreement"] = agree / total if total else None
+    return sharing, refused
+
+
+def latency_cases(results: list[dict], variant: str, profiles: dict) -> tuple[list[dict], dict]:
+    """The held-out cases (a measured layout in one state) against each profile's prediction for that state:
+    ({profile key: cases}, refusals). The first profile's cases carry the interval and verdict."""
+    out, refused = {k: [] for k in profiles}, {}
+    base = _counts(RealLayout("bare", 0), variant)
+    base_pred = {k: latency(base, variant, p)["latency_ns"] for k, p in profiles.items()}
+    for r in results:
+        if r["refused"]:
+            refused[r["name"]] = r["refused"]
             continue
-        c = _counts(L, variant, m["thp_pages"] if L.thp else None)
-        predicted = latency(c, variant, prof)["latency_ns"] - base_pred
-        measured = m["added_ns"]
-        err = predicted / measured - 1 if measured > 0 else None
-        if err is not None:
-            errors.append(abs(err))
-        report["latency"]["cases"].append(
-            {"name": L.name, "measured_ns": measured, "predicted_ns": predicted, "error": err}
-        )
-    report["latency"]["median_abs_error"] = float(np.median(errors)) if errors else None
-    return report
+        for state in STATES:
+            if not r["checks"][state]:
+                refused[f"{r['name']} ({state})"] = {"state": f"not confirmed: {r['checks']}"}
+                continue
+            c = _counts(r["layout"], variant, r["thp_pages"] if r["layout"].any_thp else None, state)
+            m = r[state]
+            lo, hi = m["interval_ns"]
+            for k, p in profiles.items():
+                predicted = latency(c, variant, p)["latency_ns"] - base_pred[k]
+                out[k].append(
+                    {
+                        "name": r["name"],
+                        "state": state,
+                        "measured_ns": m["added_ns"],
+                        "interval_ns": [lo, hi],
+                        "spread": m["spread"],
+                        "predicted_ns": predicted,
+                        "error": predicted / m["added_ns"] - 1 if m["added_ns"] > 0 else None,
+                        "error_interval": [predicted / hi - 1, predicted / lo - 1] if lo > 0 else None,
+                        "verdict": case_verdict(predicted, m["added_ns"], (lo, hi)),
+                    }
+                )
+    return out, refused
+
+
+def _summary(cases: list[dict]) -> dict:
+    mae = _median_abs([c["error"] for c in cases])
+    errors = [abs(c["error"]) for c in cases if c["error"] is not None]
+    return {
+        "median_abs_error": mae,
+        "max_abs_error": max(errors) if errors else None,
+        "verdict": overall_verdict([c["verdict"] for c in cases], mae),
+        "cases": cases,
+    }
+
+
+def window_profile(results: list[dict], variant: str, public, bare_ns: float) -> tuple[Profile, dict]:
+    """A profile fitted (:func:`fit`) on layouts measured in the validation's own window."""
+    f = fit(results, variant, public)
+    prof = Profile(
+        name="fitted-in-this-window",
+        description="fitted by gpusim validate on the calibration layouts measured with the held-out ones",
+        costs=fitted_costs(public, f["scales"], f["used"], bare_ns),
+    )
+    return prof, f
+
+
+def validate(profile=None, progress=None, rounds: int = 15, quick: bool = False, fit_set=None, held_out=None) -> dict:
+    """The validation report (see the module docstring); the shape of ``gpusim validate --json``. ``quick``: the
+    quick calibration layouts and the held-out layouts up to 512 MiB; ``fit_set`` and ``held_out`` replace them."""
+    stored = load_profile(profile)
+    public = load_profile("public-xeon-4210r-v6.8")
+    variant = kernel_variant()
+    sharing, refused = validate_sharing(variant)
+    fit_set = fit_set or calibration_layouts(quick)
+    held_out = held_out or [L for L in validation_layouts() if not quick or L.touched_bytes() <= 512 * MiB]
+    meas = measure(fit_set + held_out, rounds, progress=progress, memory_fraction=0.6)
+    bare_ns = meas["stability"].get("bare_fresh_ns", (0, 0, 0))[1]
+    window, f = window_profile(meas["layouts"][: len(fit_set)], variant, public, bare_ns)
+    cases, why = latency_cases(meas["layouts"][len(fit_set) :], variant, {"window": window, "stored": stored})
+    refused.update(why)
+    latency_report = _summary(cases["window"])
+    verdict = latency_report["verdict"]
+    if sharing["agreement"] is not None and sharing["agreement"] < 1.0:
+        verdict = "fail"
+    return _plain(
+        {
+            "kernel": platform.release(),
+            "variant": variant,
+            "profile": stored.name,
+            "verdict": verdict,
+            "sharing": sharing,
+            "latency": {
+                **latency_report,
+                "fit": {
+                    "layouts": [L.name for L in fit_set],
+                    "scales": {g: float(s) for g, s in zip(GROUPS, f["scales"])},
+                    "median_abs_residual": _median_abs([r["error"] for r in f["residuals"]]),
+                },
+                "stability": meas["stability"],
+            },
+            "stored_profile": {"profile": stored.name, **_summary(cases["stored"])},
+            "refused": refused,
+        }
+    )

@@ -28,7 +28,7 @@ import json
 import mmap
 import os
 import resource
-import statistics
+import select
 import struct
 import subprocess
 import sys
@@ -46,14 +46,15 @@ MAX_RING_BUFFERS = 1 << 14  # IORING_MAX_REG_BUFFERS
 @dataclass
 class RealLayout:
     """Private anonymous memory: ``size`` bytes in ``vmas`` equal VMAs, ``fill`` of the pages touched (every
-    ``round(1/fill)``-th page), ``thp`` to ask for transparent huge pages, ``pinned``: (first page, pages) ranges of
-    the whole region, pinned as io_uring fixed buffers."""
+    ``round(1/fill)``-th page of the region), ``thp`` to ask for transparent huge pages, ``pinned``: (first page,
+    pages) ranges of the whole region, pinned as io_uring fixed buffers. ``fill`` and ``thp`` may be lists with one
+    value per VMA, for mixed layouts."""
 
     name: str
     size: int
     vmas: int = 1
-    fill: float = 1.0
-    thp: bool = False
+    fill: float | list = 1.0
+    thp: bool | list = False
     pinned: list = field(default_factory=list)
 
     @property
@@ -66,13 +67,32 @@ class RealLayout:
             return []
         return [n // k + (1 if i < n % k else 0) for i in range(k)]
 
-    def stride(self) -> int:
-        return max(1, round(1 / self.fill)) if self.fill > 0 else 0
+    def fill_of(self, v: int) -> float:
+        return self.fill[v] if isinstance(self.fill, list) else self.fill
+
+    def thp_of(self, v: int) -> bool:
+        return bool(self.thp[v]) if isinstance(self.thp, list) else bool(self.thp)
+
+    @property
+    def any_thp(self) -> bool:
+        return any(self.thp_of(v) for v in range(self.vmas))
+
+    def stride(self, v: int = 0) -> int:
+        """VMA ``v``'s stride: page ``i`` of the region in it is touched when ``i % stride == 0`` (0: none)."""
+        f = self.fill_of(v)
+        return max(1, round(1 / f)) if f > 0 else 0
 
     def touched(self) -> list[bool]:
         """Whether each page of the region (concatenated VMAs) is touched."""
-        s = self.stride()
-        return [s > 0 and i % s == 0 for i in range(self.pages)]
+        out = []
+        for v, n in enumerate(self.vma_pages()):
+            s, b0 = self.stride(v), len(out)
+            out += [s > 0 and (b0 + i) % s == 0 for i in range(n)]
+        return out
+
+    def touched_bytes(self) -> int:
+        """Memory the layout takes once set up (touched and pinned pages)."""
+        return PAGE * sum(a or any(f <= i < f + n for f, n in self.pinned) for i, a in enumerate(self.touched()))
 
 
 # --- inside the measuring process --------------------------------------------------------------------------------
@@ -140,8 +160,8 @@ def _setup(layout: RealLayout):
     start = -(-res // (TABLE_PAGES * PAGE)) * (TABLE_PAGES * PAGE)  # 2 MiB aligned
     libc.munmap(res, span * PAGE)  # the VMAs go back at fixed places
     vmas, addr, b = [], start, 0
-    advice = 14 if layout.thp else 15  # MADV_HUGEPAGE / MADV_NOHUGEPAGE
-    for n in sizes:
+    for v, n in enumerate(sizes):
+        advice = 14 if layout.thp_of(v) else 15  # MADV_HUGEPAGE / MADV_NOHUGEPAGE
         got = libc.mmap(addr, n * PAGE, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_FIXED, -1, 0)
         if got != addr:
             raise OSError(ctypes.get_errno(), "mmap failed")
@@ -149,12 +169,7 @@ def _setup(layout: RealLayout):
         vmas.append((addr, b, n))
         b += n
         addr += -(-n // TABLE_PAGES) * TABLE_PAGES * PAGE
-    stride = layout.stride()
-    for a, b0, n in vmas:  # one byte written to every stride-th page of the region
-        if stride:
-            first = (-b0) % stride
-            view = memoryview((ctypes.c_char * (n * PAGE)).from_address(a)).cast("B")
-            view[first * PAGE :: stride * PAGE] = b"\x01" * len(range(first, n, stride))
+    _Writes.of(layout, vmas)[0].write()  # one byte written to every stride-th page of the region
     refused = {}
     if layout.pinned:
         # pinned ranges are given in region pages; register each piece in the VMAs that hold it
@@ -192,40 +207,109 @@ def _frames(pid, vmas) -> list:
     return out
 
 
-def _time(repeat: int) -> list[int]:
-    times = []
-    for i in range(repeat + 1):
-        t0 = time.perf_counter_ns()
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        t1 = time.perf_counter_ns()
-        os.waitpid(pid, 0)
-        if i:  # the first fork is a warm-up
-            times.append(t1 - t0)
-    return times
+def _minflt() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def time_forks(layout: RealLayout, repeat: int) -> dict:
-    """Forks of this process before the layout is set up (``base_*``) and after (``*``), so that the time the
-    layout adds is measured within one process."""
-    base = _time(repeat)
+class _Writes:
+    """One byte written to each of a set of pages, prepared once as slice assignments (nothing is allocated while
+    writing, so the minor faults counted around :meth:`write` are the writes' own)."""
+
+    def __init__(self, parts: list):
+        self.parts = parts  # (memoryview of a VMA, slice of its bytes, source bytes)
+        self.scratch = memoryview(bytearray(2 * max((len(p[2]) for p in parts), default=0)))
+
+    @classmethod
+    def of(cls, layout: RealLayout, vmas: list) -> tuple["_Writes", "_Writes"]:
+        """The writes to the touched pages (pinned ones included: pinning faults them in) and to the pinned."""
+        touched, pinned = [], []
+        for v, (a, b0, n) in enumerate(vmas):
+            stride = layout.stride(v)
+            view = memoryview((ctypes.c_char * (n * PAGE)).from_address(a)).cast("B")
+            if stride:
+                first = (-b0) % stride
+                touched.append(
+                    (view, slice(first * PAGE, n * PAGE, stride * PAGE), b"\x01" * len(range(first, n, stride)))
+                )
+            for f, cnt in layout.pinned:
+                lo, hi = max(f, b0), min(f + cnt, b0 + n)
+                if lo < hi:
+                    pinned.append((view, slice((lo - b0) * PAGE, (hi - b0) * PAGE, PAGE), b"\x01" * (hi - lo)))
+        return cls(touched + pinned), cls(pinned)
+
+    def write(self) -> int:
+        """Write every page; returns the minor faults taken (a write to a write-protected page takes one)."""
+        for _view, _sl, src in self.parts:  # the same strided copies into a scratch buffer first: the interpreter's
+            self.scratch[: 2 * len(src) : 2] = src  # pages these objects and the copy's temporary live on are
+        _ = _minflt() - _minflt()  # written before counting (a fork write-protected them too)
+        f0 = _minflt()
+        for view, sl, src in self.parts:
+            view[sl] = src
+        return _minflt() - f0
+
+
+def _fork_ns() -> int:
+    """One fork() as the parent sees it; the child exits at once and is reaped."""
+    t0 = time.perf_counter_ns()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    t1 = time.perf_counter_ns()
+    os.waitpid(pid, 0)
+    return t1 - t0
+
+
+def _pin_cpu(cpu) -> str | None:
+    """Run this process (and the children it forks) on one CPU; returns why not, or None."""
+    if cpu is None:
+        return "not asked"
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except (AttributeError, OSError) as e:
+        return f"sched_setaffinity refused: {e}"
+    return None
+
+
+def _visit(touched: "_Writes", pinned: "_Writes") -> dict:
+    """One visit of the round-robin: restore and check the modelled state, then time a fork in it (``fresh``) and
+    the fork right after (``repeated``: every page the first fork write-protected is still so).
+
+    * ``pinned_faults``: writing the pinned pages; 0 when the pins held through the last forks (the kernel copied
+      those pages for the children, so the parent's stayed writable);
+    * ``redirty_faults``: writing every touched page: one fault per page the last forks left write-protected (a
+      THP: one per huge page), after which each page is writable and, its only mapper, anon-exclusive again;
+    * ``check_faults``: writing them all again: 0 when no touched page is left write-protected, the state the
+      simulator models (a writable private anonymous PTE implies PageAnonExclusive since Linux 5.19)."""
+    p = pinned.write()
+    w = touched.write()
+    c = touched.write()
+    fresh = _fork_ns()
+    repeated = _fork_ns()
+    return {"fresh_ns": fresh, "repeated_ns": repeated, "pinned_faults": p, "redirty_faults": w, "check_faults": c}
+
+
+def serve() -> None:
+    """The measuring process: the first line of stdin is ``{"layout": ..., "cpu": ...}``; it sets the layout up,
+    answers one JSON line, then answers each ``{"visits": k}`` line with k visits (:func:`_visit`) until
+    ``{"quit": true}`` or the end of stdin."""
+    first = json.loads(sys.stdin.readline())
+    layout = RealLayout(**first["layout"])
     vmas, refused = _setup(layout)
-    thp = _thp_pages() if layout.thp else 0
-    times = _time(repeat)
-    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return {
-        "layout": asdict(layout),
-        "fork_ns": times,
-        "median_ns": statistics.median(times),
-        "q1_ns": q[0],
-        "q3_ns": q[2],
-        "base_fork_ns": base,
-        "base_median_ns": statistics.median(base),
-        "added_ns": statistics.median(times) - statistics.median(base),
-        "thp_pages": thp,
+    pinning = _pin_cpu(first.get("cpu"))
+    touched, pinned = _Writes.of(layout, vmas)
+    info = {
+        "thp_pages": _thp_pages() if layout.any_thp else 0,
         "refused": refused,
+        "cpu": None if pinning else first.get("cpu"),
+        "cpu_pinning": pinning,
     }
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg.get("quit"):
+            break
+        visits = [_visit(touched, pinned) for _ in range(int(msg["visits"]))]
+        print(json.dumps({k: [v[k] for v in visits] for k in visits[0]}), flush=True)
 
 
 def sharing(layout: RealLayout) -> dict:
@@ -255,15 +339,61 @@ def sharing(layout: RealLayout) -> dict:
     return {
         "layout": asdict(layout),
         "state": state,
-        "thp_pages": _thp_pages() if layout.thp else 0,
+        "thp_pages": _thp_pages() if layout.any_thp else 0,
         "refused": refused,
     }
 
 
-def run_layout(layout: RealLayout, mode: str = "time", repeat: int = 7, timeout: float = 600) -> dict:
-    """Set up ``layout`` in a fresh process and ``time`` its forks or read its ``sharing`` map."""
+class Worker:
+    """A measuring process (:func:`serve`) holding one layout, driven line by line over its stdin and stdout; a
+    reply that does not come within ``timeout`` seconds, or a process that dies, is a RuntimeError (the process is
+    killed: none is left behind)."""
+
+    def __init__(self, layout: RealLayout, cpu: int | None = None, timeout: float = 600):
+        self.layout, self.timeout = layout, timeout
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", os.path.abspath(__file__), "serve"],  # the standard library only
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.info = self._ask({"layout": asdict(layout), "cpu": cpu})
+
+    def _ask(self, msg: dict) -> dict:
+        try:
+            self.proc.stdin.write(json.dumps(msg) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.close()
+            why = (self.proc.stderr.read().strip().splitlines() or [f"no answer within {self.timeout:.0f} s"])[-1]
+            raise RuntimeError(f"measuring {self.layout.name} failed: {why}")
+        return json.loads(line)
+
+    def visits(self, k: int) -> dict:
+        """k visits (:func:`_visit`): lists of fork times and fault counts."""
+        return self._ask({"visits": k})
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+                self.proc.stdin.close()
+                self.proc.wait(10)
+            except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def run_sharing(layout: RealLayout, timeout: float = 600) -> dict:
+    """Set up ``layout`` in a fresh process, fork it once and read the page frames of parent and child
+    (:func:`sharing`)."""
     out = subprocess.run(  # the layout goes through stdin: thousands of pinned ranges do not fit in argv
-        [sys.executable, os.path.abspath(__file__), mode, str(repeat)],
+        [sys.executable, os.path.abspath(__file__), "sharing"],
         input=json.dumps(asdict(layout)),
         capture_output=True,
         text=True,
@@ -275,8 +405,7 @@ def run_layout(layout: RealLayout, mode: str = "time", repeat: int = 7, timeout:
 
 
 if __name__ == "__main__":
-    _layout = RealLayout(**json.loads(sys.stdin.read()))
-    if sys.argv[1] == "time":
-        print(json.dumps(time_forks(_layout, int(sys.argv[2]))))
+    if sys.argv[1] == "serve":
+        serve()
     else:
-        print(json.dumps(sharing(_layout)))
+        print(json.dumps(sharing(RealLayout(**json.loads(sys.stdin.read())))))

@@ -31,11 +31,11 @@ def vma_places(layout: RealLayout) -> list[tuple[int, int, int]]:
 def thp_extents(layout: RealLayout, touched: np.ndarray, places: list, thp_pages: int | None) -> list[tuple]:
     """(first page, first address) of the 2 MiB extents backed by THPs: whole extents of a VMA whose pages are all
     touched, up to ``thp_pages`` worth (None: all of them)."""
-    if not layout.thp:
-        return []
     out = []
     budget = None if thp_pages is None else thp_pages // TABLE_PAGES
-    for b0, a0, n in places:
+    for v, (b0, a0, n) in enumerate(places):
+        if not layout.thp_of(v):
+            continue
         for t in range(n // TABLE_PAGES):
             if budget is not None and len(out) >= budget:
                 break
