@@ -556,7 +556,7 @@ def validate(
     profile: Optional[str] = typer.Option(
         None, "--profile", "-p", help="Cost profile (default: the newest host profile, else the public one)."
     ),
-    rounds: int = typer.Option(15, "--rounds", min=3, help="Round-robin rounds over the layouts."),
+    rounds: int = typer.Option(21, "--rounds", min=3, help="Round-robin rounds over the layouts."),
     quick: bool = typer.Option(
         False, "--quick", help="Fit on the quick calibration layouts; held-out layouts up to 512 MiB only."
     ),

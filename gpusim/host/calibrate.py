@@ -1,21 +1,26 @@
 """Calibrate the cost model on the host kernel, and validate the simulator against it.
 
-Calibration (:func:`calibrate`): real forks of the layouts of :func:`calibration_layouts` are timed
-(:mod:`gpusim.host.real`), the simulator gives each layout's event counts (same VMAs, tables, touched and pinned
+Calibration (:func:`calibrate`): the layouts of :func:`calibration_layouts` are measured in one window,
+interleaved, each in two states (:mod:`gpusim.host.measure`): ``fresh``, the state the simulator builds (touched
+pages writable and anon-exclusive, pins in place), restored and checked before every timed fork, and ``repeated``,
+the fork right after it (what ``fork.chain`` simulates as its second fork). The measured quantity is the fork time
+a layout adds to a bare measuring process visited in the same rounds (difference of medians, with a bootstrap
+interval). The simulator gives each layout's event counts in each state (same VMAs, tables, touched and pinned
 pages, THPs where the kernel made them; variant of the running kernel, :func:`kernel_variant`), and a non-negative
-least-squares fit on the relative error finds one scale factor per group of events (:data:`GROUPS`) that turns the
-public profile's costs into this host's: ``cost[e] = scale[group(e)] x public[e]``. The measured quantity is the
-fork time a layout adds to the measuring process (the median fork time after mapping it minus the median before, in
-the same process), so the interpreter's own memory cancels out; ``fork.base`` is set from the bare fork. Events no
-layout exercises (swap, migration, batches, continuations, teardown) keep the public estimates, labelled as such.
+least-squares fit (``scipy.optimize.nnls``) on the relative error, Huber-reweighted against outliers and pulled
+towards the public profile, finds one scale factor per group of events (:data:`GROUPS`):
+``cost[e] = scale[group(e)] x public[e]``. The two states separate the write-protect and exclusive-clear work
+(``pte_wrprotect``) from the rest of a shared PTE's (``pte_share``). ``fork.base`` is set from the bare fork.
+Events no layout exercises (swap, migration, batches, continuations, teardown) keep the public estimates, labelled
+as such.
 
 Validation (:func:`validate`): (a) page sharing: after a real fork of layouts with pinned and unpinned, present and
 absent pages, each page's frame in parent and child (``/proc/self/pagemap``) is compared with what the simulator's
-child maps (shared, copied or absent); (b) latency: on layouts not used for fitting, the measured and predicted fork
-time added by the layout, and the relative error.
-
-The time a layout adds is measured within one process: its forks before the layout is mapped, then after
-(:func:`gpusim.host.real.time_forks`), so that differences between measuring processes cancel out.
+child maps (shared, copied or absent); (b) latency: the calibration layouts and held-out ones
+(:func:`validation_layouts`: other sizes, sparsities, VMA mixes, pins) are measured together in one window; the
+model fitted on the first predicts the second, in both states, each case with its interval and a verdict (pass,
+fail, or too noisy to tell: :func:`gpusim.host.stats.case_verdict`). The stored profile's predictions are reported
+beside them: they also carry the machine's drift since it was calibrated.
 """
 
 from __future__ import annotations
@@ -447,7 +452,7 @@ def window_profile(results: list[dict], variant: str, public, bare_ns: float) ->
     return prof, f
 
 
-def validate(profile=None, progress=None, rounds: int = 15, quick: bool = False, fit_set=None, held_out=None) -> dict:
+def validate(profile=None, progress=None, rounds: int = 21, quick: bool = False, fit_set=None, held_out=None) -> dict:
     """The validation report (see the module docstring); the shape of ``gpusim validate --json``. ``quick``: the
     quick calibration layouts and the held-out layouts up to 512 MiB; ``fit_set`` and ``held_out`` replace them."""
     stored = load_profile(profile)

@@ -1,24 +1,22 @@
 """Real address spaces on the host kernel: build one, time its fork(), read its page frames after a fork.
 
 A :class:`RealLayout` describes anonymous memory the way gpusim's generators do (``kind: anon`` regions): size, the
-fraction of pages touched, THP on or off, the number of VMAs, and pinned ranges. :func:`run_layout` sets it up in
-a fresh, small Python process (this file run as a script: it imports only the standard library), so the measuring
-process's own memory stays the interpreter's:
+fraction of pages touched, THP on or off (both per VMA if wanted), the number of VMAs, and pinned ranges. This file
+run as a script is the measuring process: a small interpreter that imports only the standard library, so that its
+own memory stays the interpreter's and a bare one forks in a few hundred microseconds:
 
-* each VMA is mapped at a 2 MiB boundary of one reservation, one 2 MiB table apart from the next region, as
-  :func:`gpusim.regions.build_regions` places them, so the kernel and the simulator see the same page tables;
-* pages are touched by writing one byte (``MADV_NOHUGEPAGE``, or ``MADV_HUGEPAGE`` for THP layouts);
+* each VMA is mapped at a 2 MiB boundary of one reservation, as :func:`gpusim.regions.build_regions` places them, so
+  the kernel and the simulator see the same page tables;
+* pages are touched by writing one byte (``MADV_NOHUGEPAGE``, or ``MADV_HUGEPAGE`` for THP VMAs);
 * pinned ranges are registered as io_uring fixed buffers (``IORING_REGISTER_BUFFERS``: a long-term FOLL_PIN, so the
   kernel copies those pages at fork), through raw syscalls with ctypes; ``RLIMIT_MEMLOCK`` is raised where allowed.
   Pinning faults the pages in, so a pinned page is present whether or not it was touched.
 
-Then either ``fork()`` is timed as the parent sees it (the child exits at once; a warm-up fork first; median and
-quartiles over the repetitions), or one fork is made and both processes read their page frames from
+``serve`` (driven by :class:`Worker`) then times forks on request, each visit restoring and checking the modelled
+state first (:func:`_visit`); ``sharing`` makes one fork and both processes read their page frames from
 ``/proc/self/pagemap`` (root is needed to see frame numbers): each page is *shared* (same frame), *copied*
-(different frames) or *absent*.
-
-Where the kernel refuses something (no io_uring, no frame numbers), the JSON says so in ``refused``, and callers skip
-that part.
+(different frames) or *absent*. Where the kernel refuses something (no io_uring, no frame numbers), the answer
+says so in ``refused``, and callers skip that part.
 """
 
 from __future__ import annotations
