@@ -210,8 +210,10 @@ def _minflt() -> int:
 
 
 class _Writes:
-    """One byte written to each of a set of pages, prepared once as slice assignments (nothing is allocated while
-    writing, so the minor faults counted around :meth:`write` are the writes' own)."""
+    """One byte written to each of a set of pages, prepared once as strided slice assignments. Before counting,
+    :meth:`write` makes the same copies into a scratch buffer, so that the interpreter's own pages involved (these
+    objects, the copy's temporary buffer), which a fork write-protects too, are written first: the minor faults
+    counted are the writes' own."""
 
     def __init__(self, parts: list):
         self.parts = parts  # (memoryview of a VMA, slice of its bytes, source bytes)
