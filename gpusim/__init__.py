@@ -41,6 +41,22 @@ def load_results(path):
     return _load(path)
 
 
+def workload(kind, variant=None, seed=0, **params):
+    """The address space of a workload (``gpusim fork --workload``; see :func:`gpusim.sweep.pyapi.workload`)."""
+    from gpusim.sweep.pyapi import workload as _workload
+    from gpusim.variants import DEFAULT_VARIANT
+
+    return _workload(kind, variant or DEFAULT_VARIANT, seed, **params)
+
+
+def run_sweep(spec_or_path, out=None, executor="local", workers=None, backend=None, verify=False, address=None):
+    """Run a sweep as ``gpusim sweep`` does and return its dataset as a ``pyarrow.Table`` (see
+    :func:`gpusim.sweep.pyapi.run_sweep`)."""
+    from gpusim.sweep.pyapi import run_sweep as _run
+
+    return _run(spec_or_path, out, executor, workers, backend, verify, address)
+
+
 def load_profile(name_or_path=None):
     """A cost profile by shipped name or path (see :mod:`gpusim.costmodel`)."""
     from gpusim.costmodel import load_profile as _load
@@ -64,5 +80,7 @@ __all__ = [
     "COUNT_NAMES",
     "load_results",
     "load_profile",
+    "workload",
+    "run_sweep",
     "__version__",
 ]

@@ -1,5 +1,5 @@
-"""The ``gpusim`` command line: ``variants``, ``fork``, ``scenarios``, ``bench``, ``sweep``, ``plot``, ``calibrate``,
-``validate`` and ``capture``.
+"""The ``gpusim`` command line: ``variants``, ``fork``, ``scenarios``, ``bench``, ``sweep``, ``plot``, ``export``,
+``calibrate``, ``validate`` and ``capture``.
 
 Bad input (an unknown variant, a malformed layout, oracle or injection) prints one line to stderr and exits 2,
 with no traceback. A simulated fork exits 0 whatever its outcome (ok, enomem or oops). Each command imports the
@@ -355,9 +355,16 @@ def sweep(
     workers: int = typer.Option(
         0, "--workers", min=0, help="Parallel tasks (0: one per core, or per GPU with cuda; 1: in this process)."
     ),
+    verify: bool = typer.Option(
+        False, "--verify", help="Check the CRC-32 of every finished file too (always: its size, footer and rows)."
+    ),
 ) -> None:
-    """Run every point x repetition of a sweep and write a Parquet dataset (resumable: run it again to finish)."""
+    """Run every point x repetition of a sweep and write a Parquet dataset (resumable: run it again to finish;
+    points that failed are retried). Exits 1 when points are still failed at the end."""
+    from gpusim.backend import cuda_usable, resolve
     from gpusim.sweep.executors import ExecutorError, make_executor
+    from gpusim.sweep.pyapi import sweep_runner
+    from gpusim.sweep.runner import SweepLocked
     from gpusim.yamlerr import ConfigError
 
     try:
@@ -367,53 +374,48 @@ def sweep(
         bad_input(str(e))
     except ValueError as e:
         bad_input(f"{file}: {e}")
+    if ex.name == "local" and resolve(spec.backend) == "cuda" and not cuda_usable():
+        bad_input("backend 'cuda' needs an NVIDIA GPU and CuPy on this machine; use --backend cpu or cudasim")
     console = Console(stderr=True, highlight=False)
-    tasks = runner.tasks()
+    if runner.out.exists() and not runner.out.is_dir():
+        bad_input(f"{runner.out}: --out is a file, not a results directory")
+    tasks = runner.tasks(verify)
     console.print(
         f"sweep {spec.name}: {len(points)} points x {spec.repeat} repetitions, "
         f"{len(tasks)} to run on {ex.name} -> {runner.out}"
     )
     try:
         if sys.stderr.isatty():
-            summary = run_with_progress_bar(runner, ex, console, len(points) * spec.repeat, len(tasks), spec.name)
+            summary = run_with_progress_bar(
+                runner, ex, console, len(points) * spec.repeat, len(tasks), spec.name, verify
+            )
         else:
-            summary = runner.run(executor=ex)
-    except ExecutorError as e:
+            summary = runner.run(executor=ex, verify=verify)
+    except (ExecutorError, SweepLocked) as e:
         bad_input(str(e))
+    except OSError as e:  # an --out that is a file, or not writable
+        bad_input(f"{runner.out}: cannot write the results there: {e.strerror or e}")
     print_sweep_summary(runner.out)
+    notes = [f"{summary['redone']} damaged or missing file(s) redone"] if summary["redone"] else []
+    notes += [f"{summary['malformed']} malformed manifest line(s) skipped"] if summary["malformed"] else []
     console.print(
-        f"{summary['ran']} run, {summary['skipped']} already done, {summary['errors']} failed; dataset: {runner.out}"
+        f"{summary['ran']} run, {summary['skipped']} already done, {summary['errors']} failed in this run"
+        + "".join(f", {n}" for n in notes)
+        + f"; dataset: {runner.out}"
     )
+    if summary["failed"]:
+        console.print(f"{summary['failed']} point repetition(s) failed: run the sweep again to retry them")
+        raise typer.Exit(1)
 
 
-def sweep_runner(file: str, out: str | None, backend: str | None):
-    """(the sweep file's spec, its points, a runner into ``out``); ``backend`` overrides the file's."""
-    from pathlib import Path
-
-    from gpusim.backend import resolve
-    from gpusim.sweep.point import chunk_rows
-    from gpusim.sweep.runner import SweepRunner
-    from gpusim.sweep.spec import load_sweep
-
-    text = Path(file).read_text() if Path(file).exists() else None
-    spec, points = load_sweep(file, text)
-    if backend is not None:
-        resolve(backend)
-        spec = spec.model_copy(update={"backend": backend})
-        points = [p.model_copy(update={"config": p.config.model_copy(update={"backend": backend})}) for p in points]
-    for p in points:
-        chunk_rows(p)  # refused up front when it fits neither whole nor streamed
-    return spec, points, SweepRunner(spec, points, out or Path("results") / spec.name, text or "")
-
-
-def run_with_progress_bar(runner, ex, console, total: int, todo: int, name: str) -> dict:
+def run_with_progress_bar(runner, ex, console, total: int, todo: int, name: str, verify: bool = False) -> dict:
     """``runner.run`` on ``ex`` with a rich progress bar (on a terminal)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
         t = bar.add_task(name, total=total, completed=total - todo)
-        return runner.run(progress=lambda done, _total, _p: bar.update(t, completed=done), executor=ex)
+        return runner.run(progress=lambda done, _total, _p: bar.update(t, completed=done), executor=ex, verify=verify)
 
 
 def print_sweep_summary(path) -> None:
@@ -467,19 +469,36 @@ def print_sweep_summary(path) -> None:
 @app.command()
 def plot(
     path: str = typer.Argument(..., help="A results directory written by `gpusim sweep`."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Where the PNGs go (default PATH/plots)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Where the PNGs go (default PATH/_plots)."),
 ) -> None:
     """Draw a sweep's figures: latency vs size, breakdown, latency vs pinned fraction, variants compared."""
     try:
         from gpusim.plots import plot_results
 
         files = plot_results(path, out)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # not a results directory, or damaged files in it
         bad_input(str(e))
     for f in files:
         typer.echo(str(f))
     if not files:
         typer.echo("no rows to plot")
+
+
+@app.command()
+def export(
+    path: str = typer.Argument(..., help="A results directory written by `gpusim sweep`."),
+    out: str = typer.Argument(..., help="The file to write: .arrow (Arrow IPC, with the metadata) or .csv."),
+) -> None:
+    """Write a sweep's whole dataset as one file, for tools that want a single file."""
+    from gpusim.sweep.export import export_results
+
+    try:
+        rows = export_results(path, out)
+    except (FileNotFoundError, ValueError) as e:
+        bad_input(str(e))
+    except OSError as e:
+        bad_input(f"{out}: cannot write it: {e.strerror or e}")
+    typer.echo(f"{out}: {rows} rows")
 
 
 @app.command()
@@ -647,7 +666,10 @@ def capture(
         bad_input(f"no process {pid}")
     except PermissionError as e:
         bad_input(f"{e} (capture needs the right to read /proc/{pid}/pagemap: the same user, or root)")
-    write_snapshot(table, out)
+    try:
+        write_snapshot(table, out)
+    except OSError as e:  # a missing directory, no right to write there, a directory in the way
+        bad_input(f"{out}: cannot write the snapshot: {e.strerror or e}")
     meta = json.loads(table.schema.metadata[b"gpusim.capture"])
     typer.echo(
         f"{out}: {len(json.loads(table.schema.metadata[b'gpusim.vmas']))} VMAs, {table.num_rows} pages "

@@ -138,9 +138,10 @@ class _Figures:
 
 
 def plot_results(path, out=None) -> list[Path]:
-    """Draw the figures of the dataset in ``path`` into ``out`` (default ``path/plots``); returns the files."""
+    """Draw the figures of the dataset in ``path`` into ``out`` (default ``path/_plots``: not a data file to the
+    readers of the dataset); returns the files."""
     d = columns(load_results(path), drop_failed=True)
-    out = Path(out) if out else Path(path) / "plots"
+    out = Path(out) if out else Path(path) / "_plots"
     out.mkdir(parents=True, exist_ok=True)
     if not d["outcome"]:
         return []

@@ -129,7 +129,7 @@ def test_ray_equals_local(cluster, inline_rows, tmp_path):
 def test_ray_records_a_failing_point_and_finishes_the_others(cluster, tmp_path):
     f = write(tmp_path, FAILING, "f.yaml")
     r = run_sweep(f, "--out", tmp_path / "out", "--executor", "ray", "--address", cluster, env=RAY_ENV)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 1 and "1 point repetition(s) failed" in r.stderr, r.stderr[-3000:]
     t = gpusim.load_results(tmp_path / "out")
     outs = dict(zip(t.column("workload.layout").to_pylist(), t.column("outcome").to_pylist()))
     assert outs == {"normal*4": "ok", "migr:excl": "error", "normal*8": "ok"}
@@ -140,7 +140,7 @@ def test_ray_killed_and_resumed_gives_exactly_the_full_set(cluster, inline_rows,
     out = tmp_path / "out"
     done = kill_part_way(
         [f, "--out", out, "--executor", "ray", "--address", cluster, "--workers", "1"],
-        out / "manifest.jsonl",
+        out / "_manifest.jsonl",
         3,
         300,
         env=RAY_ENV,
@@ -178,7 +178,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc for the worker processes")
 def test_a_killed_local_sweep_leaves_no_worker_behind(tmp_path):
     f = write(tmp_path, SWEEP.replace("repeat: 2", "repeat: 20"))
-    manifest = tmp_path / "out" / "manifest.jsonl"
+    manifest = tmp_path / "out" / "_manifest.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gpusim.cli", "sweep", str(f), "--out", str(tmp_path / "out"), "--workers", "2"],
         stdout=subprocess.DEVNULL,

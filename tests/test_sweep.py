@@ -93,7 +93,7 @@ def test_dataset_rows_schema_and_metadata(tmp_path):
     spec, points = load_sweep(write(tmp_path, SMALL))
     out = tmp_path / "out"
     summary = SweepRunner(spec, points, out).run()
-    assert summary == {"total": 16, "ran": 16, "skipped": 0, "errors": 0}
+    assert summary == {"total": 16, "ran": 16, "skipped": 0, "errors": 0, "failed": 0, "malformed": 0, "redone": 0}
     t = gpusim.load_results(out)
     assert t.num_rows == 16
     keys = {(h, r) for h, r in zip(t.column("config_hash").to_pylist(), t.column("repetition").to_pylist())}
@@ -160,7 +160,7 @@ def test_sigkill_mid_run_then_rerun_gives_exactly_the_full_set(tmp_path):
     f = write(tmp_path, KILL)
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert run_sweep(f, "--out", full).returncode == 0
-    manifest = killed / "manifest.jsonl"
+    manifest = killed / "_manifest.jsonl"
     done_before = kill_part_way([f, "--out", killed], manifest, 5, 120)
     assert 5 <= done_before < 36
     # lose the last manifest line too, as if the kill had come between writing a file and recording it
@@ -178,9 +178,9 @@ def test_plots_for_a_small_sweep(tmp_path):
     SweepRunner(spec, points, out).run()
     r = subprocess.run([sys.executable, "-m", "gpusim.cli", "plot", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    files = sorted(p.name for p in (out / "plots").glob("*.png"))
+    files = sorted(p.name for p in (out / "_plots").glob("*.png"))
     assert files == ["latency_breakdown.png", "latency_vs_pinned.png", "latency_vs_size.png", "variant_comparison.png"]
-    assert all((out / "plots" / n).stat().st_size > 10_000 for n in files)
+    assert all((out / "_plots" / n).stat().st_size > 10_000 for n in files)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "workloads").glob("*.yaml")))

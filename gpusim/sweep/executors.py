@@ -17,8 +17,11 @@ that finishes later, rewrites the same file with the same rows and nothing is du
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import multiprocessing as mp
 import os
+import signal
+import sys
 import threading
 import time
 import traceback
@@ -37,6 +40,7 @@ EXECUTORS = ("local", "ray")
 # cache) and a fork about 0.15 us per PTE end to end with its invariant check: a worker pays for itself from about
 # 10 M PTEs of work. With the number of workers left to it, the local executor starts no more than that.
 PTES_PER_WORKER = 10_000_000
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def work_ptes(tasks) -> int:
@@ -61,11 +65,13 @@ def execute_task(point, repetition: int, out: str, schema_bytes: bytes) -> dict:
     except Exception as e:  # noqa: BLE001 - recorded as the point's error
         rows = [error_row(point, repetition, f"{type(e).__name__}: {e}")]
     rel = write_rows(Path(out), schema, point, rows)
+    errors = [r.get("error") for r in rows if r["outcome"] == "error"]
     return {
         "config_hash": point.config_hash,
         "repetition": repetition,
         "file": rel,
-        "errors": sum(r["outcome"] == "error" for r in rows),
+        "errors": len(errors),
+        "error": errors[0] if errors else None,
     }
 
 
@@ -83,7 +89,7 @@ def record_failure(point, repetition: int, out: str, schema_bytes: bytes, messag
     """The driver's record of a task that died without writing its rows (a worker crash)."""
     schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes))
     rel = write_rows(Path(out), schema, point, [error_row(point, repetition, message)])
-    return {"config_hash": point.config_hash, "repetition": repetition, "file": rel, "errors": 1}
+    return {"config_hash": point.config_hash, "repetition": repetition, "file": rel, "errors": 1, "error": message}
 
 
 class InlineExecutor:
@@ -105,11 +111,23 @@ def _gpu_count() -> int:
 
 def _init_worker(queue, sweep_pid: int) -> None:
     """Pool initialiser: follow the sweep's process (a worker exits once it is gone, so that a killed sweep leaves no
-    process behind: a pool's workers would otherwise wait for work forever); take one GPU id for this worker (CUDA
-    backend)."""
+    process behind: a pool's workers would otherwise wait for work forever, or finish their tasks): on Linux the
+    kernel kills the worker when the sweep dies (``PR_SET_PDEATHSIG``, even while a task holds the GIL), elsewhere
+    a thread watches the parent; take one GPU id for this worker (CUDA backend)."""
+    _die_with_parent()
+    if os.getppid() != sweep_pid:  # gone before the signal was asked for
+        os._exit(1)
     threading.Thread(target=_exit_with, args=(sweep_pid,), daemon=True, name="exit-with-sweep").start()
     if queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(queue.get())
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
 
 
 def _exit_with(sweep_pid: int) -> None:

@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -27,8 +28,9 @@ from gpusim.kernels.flags import RSS_NAMES
 from gpusim.machine import cpu_description
 from gpusim.result import COUNT_NAMES
 
-SCHEMA_VERSION = "2"  # 2: host_tables
-SCHEMA_FILE = "schema.arrow"
+SCHEMA_VERSION = "3"  # 2: host_tables; 3: non-data files prefixed with "_" (_common_metadata, _manifest.jsonl)
+SCHEMA_FILE = "_common_metadata"  # a Parquet footer: the dataset's schema (partition column included) and metadata
+LEGACY_SCHEMA_FILE = "schema.arrow"  # before schema 3: an empty Arrow IPC file
 PARTITIONING = pa.schema([("variant", pa.string())])
 
 
@@ -179,11 +181,38 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def write_schema(out: Path, schema: pa.Schema) -> None:
-    def write(tmp):
-        with pa.ipc.new_file(tmp, schema) as w:
-            w.write_table(schema.empty_table())
+    _atomic_write(Path(out) / SCHEMA_FILE, lambda tmp: pq.write_metadata(schema, tmp))
 
-    _atomic_write(Path(out) / SCHEMA_FILE, write)
+
+class DamagedResults(ValueError):
+    """A results directory with files that cannot be read."""
+
+
+def read_schema(root: Path) -> pa.Schema:
+    """The dataset's schema with its metadata (``_common_metadata``, or a pre-3 directory's ``schema.arrow``)."""
+    if (root / SCHEMA_FILE).exists():
+        return pq.read_schema(root / SCHEMA_FILE)
+    if (root / LEGACY_SCHEMA_FILE).exists():
+        with pa.ipc.open_file(root / LEGACY_SCHEMA_FILE) as r:
+            return r.schema
+    raise FileNotFoundError(f"{root}: not a gpusim results directory (no {SCHEMA_FILE})")
+
+
+def data_files(root: Path) -> list[str]:
+    """The dataset's Parquet files; DamagedResults naming those whose footer cannot be read."""
+    files = sorted(str(p) for p in root.glob("variant=*/*.parquet"))
+    bad = []
+    for f in files:
+        try:
+            pq.read_metadata(f)
+        except (OSError, ValueError) as e:
+            bad.append(f"{f} ({str(e).splitlines()[0]})")
+    if bad:
+        raise DamagedResults(
+            f"{len(bad)} damaged file(s) in {root}: {'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
+            "(run the sweep again: it redoes them)"
+        )
+    return files
 
 
 def write_rows(out: Path, schema: pa.Schema, point, rows: list[dict]) -> str:
@@ -205,15 +234,33 @@ def write_rows(out: Path, schema: pa.Schema, point, rows: list[dict]) -> str:
     return rel
 
 
+def export_results(path: str | os.PathLike, out: str | os.PathLike) -> int:
+    """Write the dataset in ``path`` as one file for tools that want one: ``.arrow`` (Arrow IPC, with the schema's
+    ``gpusim.*`` metadata) or ``.csv`` (no metadata). Returns the rows written."""
+    t = load_results(path)
+    out = Path(out)
+    if out.suffix == ".arrow":
+
+        def write(tmp):
+            with pa.ipc.new_file(tmp, t.schema) as w:
+                w.write_table(t)
+
+    elif out.suffix == ".csv":
+
+        def write(tmp):
+            pacsv.write_csv(t, tmp)
+
+    else:
+        raise ValueError(f"{out}: the output is a .arrow or a .csv file")
+    _atomic_write(out, write)
+    return t.num_rows
+
+
 def load_results(path: str | os.PathLike) -> pa.Table:
     """A sweep's dataset as one pyarrow Table, read with its stored schema and explicit partitioning."""
     root = Path(path)
-    schema_path = root / SCHEMA_FILE
-    if not schema_path.exists():
-        raise FileNotFoundError(f"{root}: not a gpusim results directory (no {SCHEMA_FILE})")
-    with pa.ipc.open_file(schema_path) as r:
-        schema = r.schema
-    files = sorted(str(p) for p in root.glob("variant=*/*.parquet"))
+    schema = read_schema(root)
+    files = data_files(root)
     if not files:
         return schema.empty_table()
     part = ds.partitioning(PARTITIONING, flavor="hive")
