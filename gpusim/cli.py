@@ -88,7 +88,7 @@ def fork(
     sets: Optional[List[str]] = typer.Option(
         None, "--set", help="key=value for the workload generator (size=1GiB, pinned_fraction=0.1, ...); repeatable."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the workload generator."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the workload generator."),
     snapshot: Optional[str] = typer.Option(None, "--snapshot", help="A snapshot written by `gpusim capture`."),
     pin: Optional[List[str]] = typer.Option(
         None, "--pin", help="With --snapshot: a pinned address range START-END (0x... or decimal); repeatable."
@@ -111,7 +111,8 @@ def fork(
         space, oracle, inject, rows = fork_input(
             variant, layout, scenario, workload, sets, seed, snapshot, pin, oracle, inject, stream_tables
         )
-        result = run_fork(space, variant, backend=backend, oracle=oracle or "never", inject=inject or (), rows=rows)
+        oracle = "never" if oracle is None else oracle  # an empty --oracle is refused by the oracle parser
+        result = run_fork(space, variant, backend=backend, oracle=oracle, inject=inject or (), rows=rows)
         lat = latency(result.counts, variant, prof, result.table_stats)
     except typer.Exit:
         raise
@@ -249,6 +250,8 @@ def bench_report(sizes: str, backend, variant, repeat, vs_kernel, batch, threads
     try:
         get_variant(variant)
         size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
+        if not size_list or min(size_list) < 4096:
+            raise ValueError(f"--sizes '{sizes}': one or more sizes of at least 4KiB, comma-separated")
         resolve(backend)
         if pins[1] not in ("contiguous", "scattered"):
             raise ValueError(f"--pinned-placement '{pins[1]}': contiguous or scattered")
@@ -396,12 +399,17 @@ def sweep(
     except OSError as e:  # an --out that is a file, or not writable
         bad_input(f"{runner.out}: cannot write the results there: {e.strerror or e}")
     print_sweep_summary(runner.out)
+    report_sweep(console, summary, runner.out)
+
+
+def report_sweep(console, summary: dict, out) -> None:
+    """The closing lines of ``gpusim sweep``; exit 1 while point repetitions are failed."""
     notes = [f"{summary['redone']} damaged or missing file(s) redone"] if summary["redone"] else []
     notes += [f"{summary['malformed']} malformed manifest line(s) skipped"] if summary["malformed"] else []
     console.print(
         f"{summary['ran']} run, {summary['skipped']} already done, {summary['errors']} failed in this run"
         + "".join(f", {n}" for n in notes)
-        + f"; dataset: {runner.out}"
+        + f"; dataset: {out}"
     )
     if summary["failed"]:
         console.print(f"{summary['failed']} point repetition(s) failed: run the sweep again to retry them")
@@ -826,10 +834,21 @@ def scenarios(
 
 
 def main() -> None:
+    """The command line; a usage error (an option's value, an unknown option) is one line naming it, exit 2."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as e:  # the command-line library's own errors (typer vendors click): matched by their shape
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # the help is printed already
+            sys.exit(2)
+        err.print(f"gpusim: error: {' '.join(e.format_message().split())}", markup=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    if type(code).__name__ == "Abort":
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -162,6 +162,8 @@ def load_profile(name_or_path: str | os.PathLike | Profile | None = None) -> Pro
         newest = newest_host_profile()
         name_or_path = str(newest) if newest else DEFAULT_PROFILE
     text = str(name_or_path)
+    if not text.strip():
+        raise ProfileError(f"an empty profile name (shipped: {', '.join(profile_names())}; or a profile file's path)")
     hosted = host_profile_dir() / f"{text}.yaml"
     if not Path(text).exists() and hosted.exists():
         text = str(hosted)

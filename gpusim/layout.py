@@ -58,6 +58,7 @@ from gpusim.kernels.flags import (
     FOLIO_SWAPBACKED,
     PAGE_ANON_EXCLUSIVE,
     PAGE_HWPOISON,
+    PIN_BIAS,
     PTRS_PER_TABLE,
     VM_DEFAULT_ANON,
     VM_DONTCOPY,
@@ -75,6 +76,9 @@ from gpusim.state import AddressSpace
 from gpusim.variants import DEFAULT_VARIANT, get_variant
 
 MAX_COUNT = 1 << 26  # per-token repeat bound, so a typo cannot ask for terabytes
+MAX_SPAN_PAGES = 1 << 35  # the layout's whole span: x86-64's 128 TiB of user address space
+I32_MAX = (1 << 31) - 1  # folio_refcount is an i32 (ref + pins x PIN_BIAS must fit)
+MAX_SWAP_LEVELS = 8  # 64 x 128**8 - 1 is the largest swap count an i64 holds
 
 
 class LayoutError(ValueError):
@@ -199,9 +203,11 @@ class _Layout:
         return self.space.freeze(has_pinned).validate()
 
 
-def _int_mod(val: str | None, name: str, lo: int = 0) -> int:
+def _int_mod(val: str | None, name: str, lo: int = 0, hi: int = I32_MAX) -> int:
     if val is None or not re.fullmatch(r"\d+", val):
         raise ValueError(f"modifier '{name}' needs a whole number, as in {name}=2")
+    if len(val) > 20 or int(val) > hi:
+        raise ValueError(f"modifier '{name}={val}' is larger than {hi}")
     n = int(val)
     if n < lo:
         raise ValueError(f"modifier '{name}' must be at least {lo}")
@@ -256,6 +262,8 @@ def _apply_token(b: _Layout, tok: str) -> None:
             name, _, val = mod.partition("=")
             if name != "has_pinned" or val not in ("0", "1"):
                 raise ValueError(f"unknown mm modifier '{mod}' (known: has_pinned=0, has_pinned=1)")
+            if b.has_pinned_override is not None:
+                raise ValueError("mm:has_pinned given twice")
             b.has_pinned_override = val == "1"
         return
     order = None
@@ -280,6 +288,12 @@ def _apply_token(b: _Layout, tok: str) -> None:
         if name in parsed:
             raise ValueError(f"modifier '{name}' given twice")
         parsed[name] = val if eq else None
+    span = count * (PTRS_PER_TABLE if kind == "thp" else 1 << (order or 0))
+    if b.addr + span > MAX_SPAN_PAGES:
+        raise ValueError(
+            f"the layout would span {b.addr + span} pages, more than the {MAX_SPAN_PAGES} (128 TiB) of a user "
+            "address space"
+        )
     _emit(b, kind, order, parsed, count)
 
 
@@ -340,10 +354,11 @@ def _bits(parsed: dict) -> tuple[bool, bool, bool]:
     return "ro" not in parsed, "clean" not in parsed, "old" not in parsed
 
 
-def _pins(kind: str, parsed: dict) -> int:
-    """FOLL_PIN references a token asks for (``pinned``, ``pin``, ``pin=K``)."""
+def _pins(kind: str, parsed: dict, ref: int) -> int:
+    """FOLL_PIN references a token asks for (``pinned``, ``pin``, ``pin=K``), on top of refcount ``ref``."""
     if kind == "pinned" or "pin" in parsed:
-        return 1 if parsed.get("pin") is None else _int_mod(parsed["pin"], "pin")
+        most = (I32_MAX - ref) // PIN_BIAS
+        return 1 if parsed.get("pin") is None else _int_mod(parsed["pin"], "pin", hi=most)
     return 0
 
 
@@ -386,10 +401,10 @@ def _emit_small(b: _Layout, kind: str, parsed: dict, count: int) -> None:
     ex = bool(_exclusive_pages(parsed, 1)[0]) if anon else False
     flags = FOLIO_ANON | FOLIO_SWAPBACKED if anon else (FOLIO_SWAPBACKED if kind == "shmem" else 0)
     poison = PAGE_HWPOISON if "hwpoison" in parsed else 0
-    ids, pfn = b.space.add_folios(
-        count, 0, flags, _ref(parsed, 1 if anon else 2), (PAGE_ANON_EXCLUSIVE if ex else 0) | poison, 1
-    )
-    b.space.add_pins(ids, _pins(kind, parsed))
+    ref = _ref(parsed, 1 if anon else 2)
+    pins = _pins(kind, parsed, ref)
+    ids, pfn = b.space.add_folios(count, 0, flags, ref, (PAGE_ANON_EXCLUSIVE if ex else 0) | poison, 1)
+    b.space.add_pins(ids, pins)
     b.set_ptes(with_offsets(P.mk_pte(0, write and anon, dirty, young, False), pfn), count)
 
 
@@ -400,10 +415,10 @@ def _emit_folios(b: _Layout, order: int, parsed: dict, count: int) -> None:
     pflags = np.where(_exclusive_pages(parsed, nr), PAGE_ANON_EXCLUSIVE, 0) | (
         PAGE_HWPOISON if "hwpoison" in parsed else 0
     )
-    ids, first = b.space.add_folios(
-        count, order, FOLIO_ANON | FOLIO_SWAPBACKED, _ref(parsed, nr), np.tile(pflags, count), 1
-    )
-    b.space.add_pins(ids, _pins("folio", parsed))
+    ref = _ref(parsed, nr)
+    pins = _pins("folio", parsed, ref)
+    ids, first = b.space.add_folios(count, order, FOLIO_ANON | FOLIO_SWAPBACKED, ref, np.tile(pflags, count), 1)
+    b.space.add_pins(ids, pins)
     b.set_ptes(with_offsets(P.mk_pte(0, write, dirty, young, False), first[0] + np.arange(count * nr)), count * nr)
 
 
@@ -414,10 +429,12 @@ def _emit_thps(b: _Layout, parsed: dict, count: int) -> None:
         raise ValueError(f"a thp must start at a table boundary; it would start at {b.addr}")
     head = np.zeros(PTRS_PER_TABLE, np.int64)
     head[0] = PAGE_ANON_EXCLUSIVE if _exclusive_pages(parsed, 1)[0] else 0
+    ref = _ref(parsed, 1)
+    pins = _pins("thp", parsed, ref)
     ids, first = b.space.add_folios(
-        count, 9, FOLIO_ANON | FOLIO_SWAPBACKED, _ref(parsed, 1), np.tile(head, count), 0, pmd_mapcount=1
+        count, 9, FOLIO_ANON | FOLIO_SWAPBACKED, ref, np.tile(head, count), 0, pmd_mapcount=1
     )
-    b.space.add_pins(ids, _pins("thp", parsed))
+    b.space.add_pins(ids, pins)
     b.space.add_pmds(
         b.addr // PTRS_PER_TABLE + np.arange(count), with_offsets(P.mk_huge_pmd(0, write, dirty, young), first)
     )
@@ -426,8 +443,8 @@ def _emit_thps(b: _Layout, parsed: dict, count: int) -> None:
 
 def _emit_swap(b: _Layout, parsed: dict, count: int) -> None:
     """``swap``: entries of fresh slots (count ``cnt``, ``lv`` continuation levels), exclusive in linux-6.18."""
-    levels = _int_mod(parsed["lv"], "lv") if "lv" in parsed else 0
-    cnt = _int_mod(parsed["cnt"], "cnt", 1) if "cnt" in parsed else 1
+    levels = _int_mod(parsed["lv"], "lv", hi=MAX_SWAP_LEVELS) if "lv" in parsed else 0
+    cnt = _int_mod(parsed["cnt"], "cnt", 1, hi=swap_cap(MAX_SWAP_LEVELS)) if "cnt" in parsed else 1
     if cnt > swap_cap(levels):
         raise ValueError(
             f"cnt={cnt} does not fit in a slot with {levels} continuation level(s) "

@@ -72,6 +72,8 @@ class LockBreakOracle:
     @classmethod
     def parse(cls, text: str) -> "LockBreakOracle":
         s = text.strip()
+        if not s:
+            raise NotationError("an empty oracle (never, always, every:N, bern:P:SEED, list:(s,k),...)")
         if s.startswith("NB="):
             s = s[3:]
         if s in ("never", "always"):
@@ -94,7 +96,7 @@ class LockBreakOracle:
         if m:
             body = m.group(1).replace(" ", "")
             pairs = re.findall(r"\((\d+),(\d+)\)", body)
-            if re.sub(r"\(\d+,\d+\),?", "", body) != "":
+            if not pairs or re.sub(r"\(\d+,\d+\),?", "", body) != "":
                 raise NotationError(f"oracle '{text}': list: takes pairs (call_start,k), e.g. list:(0,3),(512,0)")
             return cls("list", pairs=frozenset((int(a), int(b)) for a, b in pairs), text=s)
         raise NotationError(f"unknown oracle '{text}' (known: never, always, every:N, bern:P:SEED, list:(s,k),...)")
@@ -196,6 +198,8 @@ class InjectionPlan:
         out = []
         for t in texts or ():
             # several injections may share one string, separated by '|' or on separate --inject options
+            if not str(t).strip():
+                raise NotationError("an empty injection (leave --inject out for none)")
             for part in str(t).split("|"):
                 if part.strip():
                     out.append(parse_injection(part))

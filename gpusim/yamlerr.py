@@ -49,33 +49,75 @@ def parse_yaml(path: str | Path, text: str | None = None):
         text = path.read_text() if text is None else text
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8) file") from None
     try:
-        return yaml.safe_load(text), yaml.compose(text)
+        data, root = yaml.safe_load(text), yaml.compose(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         what = getattr(e, "problem", None) or str(e)
         ctx = getattr(e, "context", None)
         raise ConfigError(f"{where}: YAML syntax: {what}" + (f" ({ctx})" if ctx else "")) from None
+    problems = node_problems(root)
+    if problems:
+        raise ConfigError(_lines(path, problems))
+    return data, root
+
+
+NON_FINITE = {".inf", "+.inf", "-.inf", ".nan"}
+
+
+def node_problems(node, loc: tuple = ()) -> list[tuple[int, str, str]]:
+    """(line, key path, problem) for what YAML accepts and gpusim does not: a key given twice in a mapping (YAML
+    keeps the last silently) and a number that is not finite."""
+    out = []
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for k, v in node.value:
+            key = str(k.value)
+            if key in seen:
+                out.append((k.start_mark.line + 1, ".".join(map(str, loc + (key,))), "key given twice"))
+            seen.add(key)
+            out += node_problems(v, loc + (key,))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out += node_problems(v, loc + (i,))
+    elif isinstance(node, yaml.ScalarNode) and node.tag.endswith(":float") and node.value.lower() in NON_FINITE:
+        out.append((node.start_mark.line + 1, ".".join(map(str, loc)) or "(top level)", "not a finite number"))
+    return out
+
+
+MAX_PROBLEMS = 20  # problems listed per file; the rest are counted
+
+
+def _lines(path, problems: list[tuple]) -> str:
+    """``FILE:LINE: key: problem``, one line each, up to :data:`MAX_PROBLEMS`."""
+    lines = [
+        f"{path}:{line if line is not None else '?'}: {key}: {what}" for line, key, what in problems[:MAX_PROBLEMS]
+    ]
+    if len(problems) > MAX_PROBLEMS:
+        lines.append(f"{path}: and {len(problems) - MAX_PROBLEMS} more problems")
+    return "\n".join(lines)
 
 
 def describe_validation_error(path, root, err: ValidationError, prefix: tuple = ()) -> str:
-    """The first error of a pydantic ValidationError as ``FILE:LINE: key.path: message``."""
-    e = err.errors()[0]
-    loc = prefix + tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
-    line, found = _walk(root, loc)
-    if loc and (not found or found[-1] != loc[-1]):
-        found.append(loc[-1])  # a missing key: name it
-    key = ".".join(str(p) for p in found) or "(top level)"
-    msg = e["msg"]
-    if e["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif e["type"] == "missing":
-        msg = "missing key"
-    msg = msg.removeprefix("Value error, ")
-    more = len(err.errors()) - 1
-    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{path}:{line if line is not None else '?'}: {key}: {msg}{tail}"
+    """Every error of a pydantic ValidationError as ``FILE:LINE: key.path: message``, one line each (up to
+    :data:`MAX_PROBLEMS`)."""
+    problems = []
+    for e in err.errors():
+        loc = prefix + tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+        line, found = _walk(root, loc)
+        if loc and (not found or found[-1] != loc[-1]):
+            found.append(loc[-1])  # a missing key: name it
+        key = ".".join(str(p) for p in found) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "missing key"
+        problems.append((line, key, msg.removeprefix("Value error, ")))
+    return _lines(path, problems)
 
 
 def load_yaml_model(path: str | Path, model: type[BaseModel], text: str | None = None):

@@ -269,3 +269,75 @@ def test_export_writes_the_dataset_as_one_file(tmp_path):
         text=True,
     )
     assert r.returncode == 2 and ".arrow or a .csv" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "text,needles",
+    [
+        ("name: a\nname: b\nworkload:\n  kind: anon\n", ["s.yaml:2: name: key given twice"]),
+        (
+            "name: a\nworkload:\n  kind: anon\n  size: 1MiB\nsweep:\n  grid:\n    workload.size: [1MiB, 2MiB]\n"
+            "  zip:\n    workload.size: [1MiB]\n",
+            ["s.yaml:9: sweep.zip.workload.size: swept in sweep.grid too"],
+        ),
+        (
+            "name: a\nworkload:\n  kind: anon\n  size: 1MiB\nsweep:\n  grid:\n    workload.size: [1MiB, 2MiB, 1MiB]\n",
+            ['sweep.grid.workload.size: "1MiB" listed twice'],
+        ),
+        (  # every problem, one line each, not the first alone
+            "name: a\nrepeat: many\nworkload:\n  kind: anon\n  size: 1MiB\ncolour: red\nseed: x\n",
+            ["s.yaml:2: repeat:", "s.yaml:6: colour: unknown key", "s.yaml:7: seed:"],
+        ),
+        ("name: a\nseed: .inf\nworkload:\n  kind: anon\n  size: 1MiB\n", ["s.yaml:2: seed: not a finite number"]),
+    ],
+)
+def test_sweep_file_problems_are_all_listed(tmp_path, text, needles):
+    r = run_sweep(write(tmp_path, text), "--out", tmp_path / "o")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    for n in needles:
+        assert n in r.stderr, (n, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == len(needles)
+
+
+def test_a_profile_with_an_infinite_cost_is_refused(tmp_path):
+    from gpusim.costmodel import PROFILE_DIR, ProfileError, load_profile
+
+    text = (PROFILE_DIR / "public-xeon-4210r-v6.8.yaml").read_text().replace("ns: 1.5,", "ns: .inf,")
+    p = tmp_path / "p.yaml"
+    p.write_text(text)
+    with pytest.raises(ProfileError, match=r"p.yaml:\d+: costs.pte.none.ns: not a finite number"):
+        load_profile(str(p))
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["fork", "--seed", "abc"], "'--seed'"),
+        (["fork", "--workload", "anon", "--set", "size=1MiB", "--seed", "-1"], "'--seed'"),
+        (["sweep", "x.yaml", "--workers", "-1"], "'--workers'"),
+        (["capture", "-1"], "No such option: -1"),
+        (["bench", "--sizes", "0"], "--sizes '0'"),
+        (["bench", "--sizes", ""], "--sizes ''"),
+        (["fork", "--scenario", "A", "--oracle", ""], "an empty oracle"),
+        (["fork", "--layout", "normal", "--oracle", "list:"], "list: takes pairs"),
+        (["fork", "--layout", "normal", "--inject", ""], "an empty injection"),
+        (["fork", "--layout", "mm:has_pinned=0 mm:has_pinned=1 normal"], "given twice"),
+        (["fork", "--scenario", "A", "--profile", ""], "an empty profile name"),
+        (["fork", "--layout", "normal:pin=2097152"], "larger than 2097151"),
+    ],
+)
+def test_cli_mistakes_are_one_line(args, needle):
+    r = subprocess.run([sys.executable, "-m", "gpusim.cli", *args], capture_output=True, text=True)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_binary_profile_names_the_file(tmp_path):
+    p = tmp_path / "bin.yaml"
+    p.write_bytes(b"\xff\xfe\x00binary")
+    r = subprocess.run(
+        [sys.executable, "-m", "gpusim.cli", "fork", "--scenario", "A", "--profile", str(p)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and f"{p}: not a text (UTF-8) file" in r.stderr

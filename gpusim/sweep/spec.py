@@ -249,22 +249,7 @@ def load_sweep(path: str | Path, text: str | None = None) -> tuple[SweepFile, li
     except ValidationError as err:
         raise ConfigError(describe_validation_error(path, root, err)) from None
     grid, zipped = spec.sweep.grid, spec.sweep.zip
-    for section, axes in (("grid", grid), ("zip", zipped)):
-        for key, values in axes.items():
-            if not values:
-                raise ConfigError(
-                    f"{path}:{_line(root, ('sweep', section, key))}: sweep.{section}.{key}: an empty list"
-                )
-            if key.split(".")[0] in ("sweep", "name", "description", "repeat"):
-                raise ConfigError(
-                    f"{path}:{_line(root, ('sweep', section, key))}: sweep.{section}.{key}: cannot be swept"
-                )
-    lengths = {len(v) for v in zipped.values()}
-    if len(lengths) > 1:
-        raise ConfigError(
-            f"{path}:{_line(root, ('sweep', 'zip'))}: sweep.zip: lists of different lengths "
-            f"({', '.join(f'{k}: {len(v)}' for k, v in zipped.items())})"
-        )
+    _check_axes(path, root, grid, zipped)
     base = {k: v for k, v in data.items() if k != "sweep"}
     zip_rows = [dict(zip(zipped, vals)) for vals in zip(*zipped.values())] if zipped else [{}]
     grid_rows = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
@@ -294,6 +279,36 @@ def load_sweep(path: str | Path, text: str | None = None) -> tuple[SweepFile, li
             seen.add(h)
             points.append(Point(config=cfg, params=params, config_hash=h))
     return spec, points
+
+
+def _check_axes(path, root, grid: dict, zipped: dict) -> None:
+    """ConfigError for swept keys that cannot be: an empty list, a key that is not swept (name, ...), a key in both
+    grid and zip, a grid value listed twice, zip lists of different lengths."""
+    for section, axes in (("grid", grid), ("zip", zipped)):
+        for key, values in axes.items():
+            if not values:
+                raise ConfigError(
+                    f"{path}:{_line(root, ('sweep', section, key))}: sweep.{section}.{key}: an empty list"
+                )
+            if key.split(".")[0] in ("sweep", "name", "description", "repeat"):
+                raise ConfigError(
+                    f"{path}:{_line(root, ('sweep', section, key))}: sweep.{section}.{key}: cannot be swept"
+                )
+    problems = [
+        (_line(root, ("sweep", "zip", k)), f"sweep.zip.{k}", "swept in sweep.grid too") for k in zipped if k in grid
+    ]
+    for key, values in grid.items():  # (a zip list may repeat a value: its rows differ in the other lists)
+        seen_values = [json.dumps(v, sort_keys=True, default=str) for v in values]
+        for v in sorted({v for v in seen_values if seen_values.count(v) > 1}):
+            problems.append((_line(root, ("sweep", "grid", key)), f"sweep.grid.{key}", f"{v} listed twice"))
+    if problems:
+        raise ConfigError("\n".join(f"{path}:{line}: {key}: {what}" for line, key, what in problems))
+    lengths = {len(v) for v in zipped.values()}
+    if len(lengths) > 1:
+        raise ConfigError(
+            f"{path}:{_line(root, ('sweep', 'zip'))}: sweep.zip: lists of different lengths "
+            f"({', '.join(f'{k}: {len(v)}' for k, v in zipped.items())})"
+        )
 
 
 def _line(root, loc) -> int | str:
