@@ -47,7 +47,53 @@ def read_snapshot(path: str | os.PathLike) -> pa.Table:
         raise ValueError(f"{path}: not a gpusim snapshot ({e})") from None
     if b"gpusim.vmas" not in (t.schema.metadata or {}):
         raise ValueError(f"{path}: not a gpusim snapshot (no gpusim.vmas metadata)")
+    check_snapshot(t, path)
     return t
+
+
+PAGE_COLUMNS = ("addr", "vma", "present", "mapcount", "anon", "thp", "exclusive")
+VMA_KEYS = {"start": int, "end": int, "perms": str, "backing": str}
+
+
+def snapshot_vmas(t: pa.Table, where) -> list[dict]:
+    """The VMAs of a snapshot's ``gpusim.vmas`` metadata, checked; ValueError naming ``where`` and the field."""
+    try:
+        vmas = json.loads(t.schema.metadata[b"gpusim.vmas"])
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{where}: metadata gpusim.vmas is not JSON ({e})") from None
+    if not isinstance(vmas, list):
+        raise ValueError(f"{where}: metadata gpusim.vmas is not a list of VMAs")
+    for i, v in enumerate(vmas):
+        bad = [k for k, typ in VMA_KEYS.items() if not isinstance(v, dict) or not isinstance(v.get(k), typ)]
+        if bad:
+            raise ValueError(f"{where}: metadata gpusim.vmas[{i}]: {', '.join(bad)} missing or of the wrong type")
+        if not 0 <= v["start"] < v["end"] <= 1 << 45:  # page numbers, below 57-bit virtual addresses
+            raise ValueError(f"{where}: metadata gpusim.vmas[{i}]: start and end are not pages with start < end")
+    return vmas
+
+
+def check_snapshot(t: pa.Table, where) -> None:
+    """ValueError naming ``where`` and the column or field when a snapshot (edited by hand, say) is not one gpusim
+    reads: a page column missing or not of integers, a VMA index outside the VMAs, an address outside its VMA."""
+    for name in PAGE_COLUMNS:
+        if name not in t.column_names:
+            raise ValueError(f"{where}: column '{name}' is missing")
+        typ = t.schema.field(name).type
+        if not (pa.types.is_integer(typ) or pa.types.is_boolean(typ)):
+            raise ValueError(f"{where}: column '{name}' holds {typ}, not integers")
+    vmas = snapshot_vmas(t, where)
+    vma = t.column("vma").to_numpy(zero_copy_only=False).astype(np.int64)
+    bad = np.flatnonzero((vma < 0) | (vma >= len(vmas)))
+    if bad.size:
+        r = int(bad[0])
+        raise ValueError(f"{where}: column 'vma', row {r}: VMA index {int(vma[r])} (the snapshot has {len(vmas)})")
+    addr = t.column("addr").to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = np.array([v["start"] for v in vmas], np.int64)
+    ends = np.array([v["end"] for v in vmas], np.int64)
+    outside = np.flatnonzero((addr < starts[vma]) | (addr >= ends[vma])) if len(vmas) else np.zeros(0, np.int64)
+    if outside.size:
+        r = int(outside[0])
+        raise ValueError(f"{where}: column 'addr', row {r}: page {int(addr[r])} is outside its VMA {int(vma[r])}")
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -139,8 +185,12 @@ def _add_thps(sb: SpaceBuilder, p: _Pages, heads: np.ndarray, vflags: np.ndarray
 
 def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = ()) -> AddressSpace:
     """The address space of a snapshot, with one FOLL_PIN on each present page of the ``pinned`` page ranges."""
-    t = read_snapshot(path_or_table) if not isinstance(path_or_table, pa.Table) else path_or_table
-    vmas = json.loads(t.schema.metadata[b"gpusim.vmas"])
+    if isinstance(path_or_table, pa.Table):
+        t = path_or_table
+        check_snapshot(t, "snapshot")
+    else:
+        t = read_snapshot(path_or_table)
+    vmas = snapshot_vmas(t, "snapshot")
     p = _Pages(t, pinned)
     heads = np.flatnonzero(thp_heads(p.addr, p.vma, p.present, p.thp))
     in_thp = np.zeros(p.addr.shape[0], bool)

@@ -341,3 +341,49 @@ def test_a_binary_profile_names_the_file(tmp_path):
         text=True,
     )
     assert r.returncode == 2 and f"{p}: not a text (UTF-8) file" in r.stderr
+
+
+def _snapshot(tmp_path, name="s.arrow", vma=0, drop=None, vmas_json=None):
+    n = 10
+    cols = {
+        "addr": pa.array(range(1000, 1000 + n), pa.int64()),
+        "vma": pa.array([vma] * n, pa.int32()),
+        "present": pa.array([True] * n),
+        "swapped": pa.array([False] * n),
+        "pfn": pa.array([0] * n, pa.int64()),
+        "mapcount": pa.array([1] * n, pa.int64()),
+        "anon": pa.array([True] * n),
+        "thp": pa.array([False] * n),
+        "exclusive": pa.array([True] * n),
+    }
+    if drop:
+        del cols[drop]
+    vmas = vmas_json or json.dumps([{"start": 1000, "end": 1512, "perms": "rw-p", "backing": "anon"}])
+    t = pa.table(cols).replace_schema_metadata({b"gpusim.vmas": vmas.encode(), b"gpusim.capture": b"{}"})
+    with pa.ipc.new_file(str(tmp_path / name), t.schema) as w:
+        w.write_table(t)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        ({"vma": 5}, "column 'vma', row 0: VMA index 5 (the snapshot has 1)"),
+        ({"vma": -1}, "VMA index -1"),
+        ({"drop": "mapcount"}, "column 'mapcount' is missing"),
+        ({"vmas_json": "[{oops"}, "metadata gpusim.vmas is not JSON"),
+        ({"vmas_json": '[{"start": 1000, "perms": "rw-p", "backing": "anon"}]'}, "gpusim.vmas[0]: end missing"),
+        ({"vmas_json": '[{"start": 2000, "end": 2512, "perms": "rw-p", "backing": "anon"}]'}, "outside its VMA 0"),
+    ],
+)
+def test_snapshots_edited_by_hand_are_one_line_errors(tmp_path, kw, needle):
+    good = _snapshot(tmp_path, "good.arrow")
+    r = subprocess.run(
+        [sys.executable, "-m", "gpusim.cli", "fork", "--snapshot", str(good), "--json"], capture_output=True, text=True
+    )
+    assert r.returncode == 0 and json.loads(r.stdout)["counts"]["pte.share"] == 10, r.stderr
+    bad = _snapshot(tmp_path, **kw)
+    cmd = [sys.executable, "-m", "gpusim.cli", "fork", "--snapshot", str(bad)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 2 and needle in r.stderr and str(bad) in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
