@@ -26,6 +26,9 @@ Modifiers: ``ro`` (W=0), ``clean`` (dirty=0), ``old`` (young=0), ``pin`` / ``pin
 applied after ``ref``), ``ref=K`` (folio refcount), ``nonex`` / ``nonex=i,j`` (``anon_exclusive`` cleared on all /
 the listed pages of the folio; on ``swap``, a non-exclusive entry), ``cnt=K`` and ``lv=L`` (swap count and
 continuation levels), ``excl`` (``migr`` read-exclusive, linux-6.18 only), ``hwpoison`` (page poisoned).
+Numbers are range-checked rather than wrapped: ``ref`` up to 2**31 - 1 and ``pin`` as many as the i32 refcount
+holds on top of it (1,024 references each), ``lv`` up to 8 and ``cnt`` what those levels hold; a token repeats at
+most 2**26 times and the whole layout spans at most 2**35 pages (the 128 TiB of an x86-64 user address space).
 
 Structural tokens (width 0):
 
