@@ -25,29 +25,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from differential import compare  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from strategies import VARIANTS, injections, layouts, oracles  # noqa: E402
 
-import gpusim  # noqa: E402
-
 
 def check_fork(layout: str, variant: str, oracle: str, inject: list, backend: str) -> str:
-    """Fork on the reference and on ``backend``; AssertionError on any difference. Returns the outcome."""
-    space = gpusim.parse_layout(layout, variant)
-    ref = gpusim.fork(space, variant, backend="reference", oracle=oracle, inject=inject)
-    got = gpusim.fork(space, variant, backend=backend, oracle=oracle, inject=inject)
-    ctx = json.dumps({"layout": layout, "variant": variant, "oracle": oracle, "inject": inject})
-    assert (got.outcome, got.oops, got.enomem) == (ref.outcome, ref.oops, ref.enomem), ctx
-    diff = {k: (ref.counts[k], got.counts[k]) for k in ref.counts if ref.counts[k] != got.counts[k]}
-    assert not diff, (ctx, diff)
-    assert got.child_rss == ref.child_rss and got.child_rss_after_teardown == ref.child_rss_after_teardown, ctx
-    assert got.unfired == ref.unfired and got.ignored_events == ref.ignored_events, ctx
-    assert got.digest == ref.digest, ctx
-    if got.outcome != "oops":
-        assert got.invariants.ok, (ctx, got.invariants.violations)
+    """The differential tests' check (``tests/differential.py``), and an ENOMEM unwound to no child page; returns
+    the outcome. AssertionError on any difference."""
+    _, got = compare(layout, variant, oracle, inject, backend)
     if got.outcome == "enomem":
-        assert not any(got.child_rss_after_teardown.values()), (ctx, "ENOMEM left child pages behind")
+        assert not any(got.child_rss_after_teardown.values()), (layout, variant, oracle, inject, "ENOMEM left pages")
     return got.outcome
 
 

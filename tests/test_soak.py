@@ -34,6 +34,6 @@ def test_the_soak_check_catches_a_difference(soak, monkeypatch):
             r.counts["pte.share"] += 1
         return r
 
-    monkeypatch.setattr(soak.gpusim, "fork", off_by_one)
+    monkeypatch.setattr(gpusim, "fork", off_by_one)
     with pytest.raises(AssertionError):
         soak.check_fork("normal*4", "linux-6.18", "never", [], "cpu")

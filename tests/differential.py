@@ -1,0 +1,21 @@
+"""The differential check shared by the engine tests and the soak (benchmarks/soak.py): a fork on an engine
+against the same fork on the reference."""
+
+import gpusim
+
+
+def compare(layout, variant, oracle, inject, backend):
+    space = gpusim.parse_layout(layout, variant)
+    ref = gpusim.fork(space, variant, backend="reference", oracle=oracle, inject=inject)
+    got = gpusim.fork(space, variant, backend=backend, oracle=oracle, inject=inject)
+    ctx = (layout, variant, oracle, inject)
+    assert got.outcome == ref.outcome, ctx
+    assert got.oops == ref.oops and got.enomem == ref.enomem, ctx
+    diff = {k: (ref.counts[k], got.counts[k]) for k in ref.counts if ref.counts[k] != got.counts[k]}
+    assert not diff, (ctx, diff)
+    assert got.child_rss == ref.child_rss and got.child_rss_after_teardown == ref.child_rss_after_teardown, ctx
+    assert got.unfired == ref.unfired and got.ignored_events == ref.ignored_events, ctx
+    assert got.digest == ref.digest, ctx
+    if got.outcome != "oops":
+        assert got.invariants.ok, (ctx, got.invariants.violations)
+    return ref, got
