@@ -5,16 +5,19 @@ subprocess with its own time limit, logs to ``OUTDIR/<step>.log`` (JSON results 
 failing step does not stop the next. The last lines printed are a summary. Steps, most valuable first:
 
 1. ``smoke``: environment (GPU, numba, numba-cuda, CuPy versions) and one small fork on cuda equal to cpu.
-2. ``pinned``: 25 %-pinned anon memory (scattered and contiguous pins) forked by ``gpusim.fork`` on cuda and on cpu
+2. ``bench``: ``gpusim bench --backend cuda`` on device-resident state from 1 GiB to 1 TiB (268 M PTEs), a batch of
+   1 GiB forks, each checked against the CPU engine at full size (plain launches, and up to 256 M PTEs CUDA graph
+   replays too), the kernels' registers, beside this machine's kernel fork times.
+3. ``stream``: 64 TiB (16 G PTEs) of dense anon generated and forked on the card in chunks, every chunk checked
+   (:func:`gpusim.gpubench.bench_streamed`).
+4. ``shapes``: threads per table, tables per block and register caps of the block kernel, at 1 TiB, checked.
+5. ``tests``: the differential test suite's ``cuda`` parametrisation (catalogue and hypothesis).
+6. ``pinned``: 25 %-pinned anon memory (scattered and contiguous pins) forked by ``gpusim.fork`` on cuda and on cpu
    (the slow path's CUDA kernels: issue 11), same digest, outcome and counts, early copies per second on each.
-3. ``bench``: ``gpusim bench --backend cuda`` on device-resident state from 1 GiB to 4 TiB (1 G PTEs), a batch of
-   1 GiB forks, each checked against the CPU engine at full size, beside this machine's kernel fork times.
-4. ``equal``: ``gpusim.fork`` through host memory on cuda and on cpu, same digest, outcome and counts, at full size
+7. ``equal``: ``gpusim.fork`` through host memory on cuda and on cpu, same digest, outcome and counts, at full size
    (dense anon with and without pinned pages, two variants).
-5. ``launch``: the time of the kernel calls inside ``gpusim.fork`` (one table, 1 GiB; ``benchmarks/bench_launch.py``).
-6. ``tests``: the differential test suite's ``cuda`` parametrisation (catalogue and hypothesis).
-7. ``tpb``: threads per block of the fork kernel, 32 to 256, at 1 TiB.
-8. ``cpu``: ``gpusim bench --backend cpu --vs-kernel`` on this machine's cores.
+8. ``launch``: the time of the kernel calls inside ``gpusim.fork`` (one table, 1 GiB; ``benchmarks/bench_launch.py``).
+9. ``cpu``: ``gpusim bench --backend cpu --vs-kernel`` on this machine's cores.
 """
 
 import os
@@ -91,27 +94,41 @@ json.dump(out, open(sys.argv[1], "w"))
 assert all(r["equal"] and r["host_tables"] == 0 for r in out)
 """
 
-TPB = r"""
+SHAPES = r"""
 import json, sys
 from gpusim.gpubench import bench_resident
+from gpusim.kernels.cuda import Shape
 rows = []
-for tpb in (32, 64, 128, 256, 512):
-    r = bench_resident([%d], "cuda", "linux-6.18", 3, check=False, threads_per_block=tpb)["rows"][0]
-    r["threads_per_block"] = tpb
-    print(json.dumps({k: r[k] for k in ("threads_per_block", "ptes", "engine_wall_s", "ptes_per_s",
-                                         "fraction_of_copy_bandwidth")}), flush=True)
+for tpt, w, regs in %s:
+    shape = Shape(tpt, w, regs)
+    rep = bench_resident([%d], "cuda", "linux-6.18", 3, check=True, shape=shape)
+    r = dict(rep["rows"][0], threads_per_table=tpt, tables_per_block=w, max_registers=regs,
+             resources=rep["resources"])
+    print(json.dumps({k: r[k] for k in ("threads_per_table", "tables_per_block", "max_registers", "ptes",
+                                         "engine_wall_s", "ptes_per_s", "fraction_of_copy_bandwidth", "check")}),
+          json.dumps(rep["resources"]["fork_tables_kernel"]), flush=True)
     rows.append(r)
 json.dump(rows, open(sys.argv[1], "w"))
-from gpusim.kernels import cuda as K
-for name, k in (("fork_tables_kernel", K.fork_kernel), ("walk_tables_kernel", K.walk_kernel)):
-    try:
-        print(name, "registers/thread", k.get_regs_per_thread(), "local bytes/thread", k.get_local_mem_per_thread(),
-              "shared bytes/block", k.get_shared_mem_per_block())
-    except Exception as e:
-        print(name, "no resource report:", e)
 """
 
-big = "1GiB,16GiB,256GiB" if QUICK else "1GiB,16GiB,256GiB,1TiB,4TiB"
+STREAM = r"""
+import json, sys
+from gpusim.gpubench import bench_streamed
+out = []
+for total, chunk in %s:
+    r = bench_streamed(total, chunk, "linux-6.18")
+    print(json.dumps(r), flush=True)
+    out.append(r)
+json.dump(out, open(sys.argv[1], "w"))
+assert all(r["check"] == "equal to the CPU engine" for r in out)
+"""
+
+big = "1GiB,16GiB,256GiB" if QUICK else "1GiB,16GiB,1TiB"
+# (threads per table, tables per block, register cap) of the block kernel, timed at SHAPE_BYTES
+shapes = [(32, 1, None), (32, 2, None), (32, 4, None), (64, 2, None), (16, 4, None), (32, 4, 64), (32, 4, 40)]
+SHAPE_BYTES = (1 << 40) if not QUICK else (1 << 34)
+# (total pages, pages per chunk) of the streamed fork: 64 TiB (16 G PTEs) in chunks of 2 TiB
+stream_cases = [(1 << 34, 1 << 29)] if not QUICK else [(1 << 30, 1 << 27)]
 equal_cases = (
     [(1 << 20, 0, "linux-6.18"), (1 << 20, 4099, "xu-v1")]
     if QUICK
@@ -123,14 +140,12 @@ equal_cases = (
     ]
 )
 pinned_cases = [
-    (size, placement, variant)
-    for size in ([1 << 30] if QUICK else [1 << 30, 4 << 30])
+    (1 << 30, placement, variant)
     for placement in ("scattered", "contiguous")
     for variant in ("linux-5.10", "linux-6.18", "xu-v1-oleg")
-]
+] + ([] if QUICK else [(16 << 30, "scattered", "linux-6.18")])
 STEPS = [
     ("smoke", [PY, "-c", SMOKE], 90),
-    ("pinned", [PY, "-c", PINNED % pinned_cases, f"{OUT}/pinned.json"], 150),
     (
         "bench",
         [
@@ -151,8 +166,8 @@ STEPS = [
         + ([] if "--no-kernel" in sys.argv else ["--vs-kernel"]),
         180,
     ),
-    ("equal", [PY, "-c", EQUAL % equal_cases, f"{OUT}/equal.json"], 120),
-    ("launch", [PY, "benchmarks/bench_launch.py", "--backend", "cuda"], 60),
+    ("stream", [PY, "-c", STREAM % stream_cases, f"{OUT}/stream.json"], 90),
+    ("shapes", [PY, "-c", SHAPES % (shapes, SHAPE_BYTES), f"{OUT}/shapes.json"], 120),
     (
         "tests",
         [
@@ -169,7 +184,9 @@ STEPS = [
         ],
         150,
     ),
-    ("tpb", [PY, "-c", TPB % ((1 << 40) if not QUICK else (1 << 34)), f"{OUT}/tpb.json"], 60),
+    ("pinned", [PY, "-c", PINNED % pinned_cases, f"{OUT}/pinned.json"], 150),
+    ("equal", [PY, "-c", EQUAL % equal_cases, f"{OUT}/equal.json"], 120),
+    ("launch", [PY, "benchmarks/bench_launch.py", "--backend", "cuda"], 60),
     (
         "cpu",
         [

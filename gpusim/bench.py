@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpusim import api, decode
+from gpusim import backend as B
 from gpusim.backend import resolve
 from gpusim.gpubench import bench_resident, copy_bandwidth
 from gpusim.host.measure import time_layout
@@ -114,7 +115,18 @@ def bench_batch(size: int, count: int, backend: str, variant: str, repeat: int) 
     }
 
 
-def gpu_rows(report: dict, sizes, backend, variant, repeat, batch, threads_per_block, progress) -> list[dict]:
+SHAPE_FIELDS = ("threads_per_table", "tables_per_block", "max_registers")
+
+
+def launch_shape(backend: str, shape: tuple | None):
+    """The CUDA kernels' launch shape (:class:`gpusim.kernels.cuda.Shape`) from (threads per table, tables per
+    block, register cap), 0 or None meaning the default; None when every value is the default. Raises ValueError
+    for a shape the kernel cannot take."""
+    given = {k: int(v) for k, v in zip(SHAPE_FIELDS, shape or ()) if v}
+    return B.kernels(backend).Shape(**given) if given else None
+
+
+def gpu_rows(report: dict, sizes, backend, variant, repeat, batch, shape, progress) -> list[dict]:
     """Rows of forks of device-resident state (:mod:`gpusim.gpubench`), each with the end-to-end ``gpusim.fork``
     time beside it up to :data:`E2E_MAX_BYTES`; adds the device, its copy bandwidth and the batch to ``report``."""
     dev = bench_resident(
@@ -123,7 +135,7 @@ def gpu_rows(report: dict, sizes, backend, variant, repeat, batch, threads_per_b
         variant,
         repeat,
         batch,
-        threads_per_block=threads_per_block,
+        shape=launch_shape(backend, shape),
         progress=progress and (lambda s, k: progress(s) if k == 1 else None),
     )
     rows = [r for r in dev["rows"] if r["forks"] == 1]
@@ -131,7 +143,7 @@ def gpu_rows(report: dict, sizes, backend, variant, repeat, batch, threads_per_b
         r.update(backend=backend, variant=variant, outcome="ok", bytes_per_pte=r["device_bytes_per_pte"])
         if r["size_bytes"] <= E2E_MAX_BYTES:
             r["e2e_wall_s"] = bench_size(r["size_bytes"], backend, variant, repeat)["engine_wall_s"]
-    report.update({k: dev[k] for k in ("device", "copy_bandwidth_Bps", "traffic_bytes_per_pte")})
+    report.update({k: dev[k] for k in ("device", "copy_bandwidth_Bps", "traffic_bytes_per_pte", "resources")})
     if batch:
         report["batch"] = dict(dev["rows"][-1], backend=backend)
     return rows
@@ -185,7 +197,7 @@ def run(
     vs_kernel: bool,
     progress=None,
     batch: int = 0,
-    threads_per_block: int | None = None,
+    shape: tuple | None = None,
     pins: Pins = Pins(),
 ) -> dict:
     """The bench report. On ``cuda`` the engine's time is that of forks on device-resident state
@@ -202,7 +214,7 @@ def run(
         "pinned": {"fraction": pins.fraction, "placement": pins.placement, "regions": pins.regions},
     }
     if backend == "cuda" and not pins.fraction:
-        rows = gpu_rows(report, sizes, backend, variant, repeat, batch, threads_per_block, progress)
+        rows = gpu_rows(report, sizes, backend, variant, repeat, batch, shape, progress)
     else:
         rows = host_rows(report, sizes, backend, variant, repeat, batch, progress, pins)
     for row in rows:

@@ -210,8 +210,14 @@ def bench(
         min=0,
         help="Also fork this many address spaces of the smallest size in one batch and print forks/s.",
     ),
-    threads_per_block: int = typer.Option(
-        0, "--threads-per-block", min=0, help="cuda: threads per block of the fork kernel (0: the default)."
+    threads_per_table: int = typer.Option(
+        0, "--threads-per-table", min=0, help="cuda: threads per page table in the fork kernel (0: the default)."
+    ),
+    tables_per_block: int = typer.Option(
+        0, "--tables-per-block", min=0, help="cuda: page tables per block of the fork kernel (0: the default)."
+    ),
+    max_registers: int = typer.Option(
+        0, "--max-registers", min=0, max=255, help="cuda: cap on the fork kernel's registers per thread (0: none)."
     ),
     pinned_fraction: float = typer.Option(
         0.0,
@@ -234,17 +240,18 @@ def bench(
     the CPU engine at full size; the end-to-end time through host memory is printed beside it (sizes up to
     16 GiB), with the fraction of the device's measured copy bandwidth that the minimum traffic per PTE achieves."""
     pins = (pinned_fraction, pinned_placement, pinned_regions)
-    report = bench_report(sizes, backend, variant, repeat, vs_kernel, batch, threads_per_block, pins, as_json)
+    shape = (threads_per_table, tables_per_block, max_registers)
+    report = bench_report(sizes, backend, variant, repeat, vs_kernel, batch, shape, pins, as_json)
     if as_json:
         typer.echo(json.dumps(report))
         return
     print_bench(report, vs_kernel, batch)
 
 
-def bench_report(sizes: str, backend, variant, repeat, vs_kernel, batch, threads_per_block, pins, quiet) -> dict:
+def bench_report(sizes: str, backend, variant, repeat, vs_kernel, batch, shape, pins, quiet) -> dict:
     """Check ``gpusim bench``'s options (one line and exit 2 when wrong) and run it."""
     from gpusim.backend import resolve
-    from gpusim.bench import Pins, run
+    from gpusim.bench import Pins, launch_shape, run
     from gpusim.units import parse_size
 
     try:
@@ -252,7 +259,9 @@ def bench_report(sizes: str, backend, variant, repeat, vs_kernel, batch, threads
         size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
         if not size_list or min(size_list) < 4096:
             raise ValueError(f"--sizes '{sizes}': one or more sizes of at least 4KiB, comma-separated")
-        resolve(backend)
+        if any(shape) and resolve(backend) != "cuda":
+            raise ValueError("--threads-per-table, --tables-per-block and --max-registers shape the cuda kernels")
+        launch_shape(resolve(backend), shape)
         if pins[1] not in ("contiguous", "scattered"):
             raise ValueError(f"--pinned-placement '{pins[1]}': contiguous or scattered")
     except ValueError as e:
@@ -266,7 +275,7 @@ def bench_report(sizes: str, backend, variant, repeat, vs_kernel, batch, threads
         vs_kernel,
         progress=(lambda s: status.print(f"forking {s / 2**30:g} GiB ...", highlight=False)) if status else None,
         batch=batch,
-        threads_per_block=threads_per_block or None,
+        shape=shape,
         pins=Pins(*pins),
     )
 

@@ -102,9 +102,10 @@ class DenseForks:
         self.cpte = self.xp.zeros_like(self.ppte)
         self.cexists = self.xp.zeros(self.K * self.T, np.bool_)
 
-    def launch(self, threads_per_block: int | None = None):
+    def args(self) -> tuple:
+        """The arguments of ``kernels.fork_tables`` over every table of the job."""
         tab = Tables(ppte=self.ppte, cpte=self.cpte, cexists=self.cexists, **self.row_meta)
-        args = (
+        return (
             MODE_CLASSIFY_COPY,
             self.which,
             self.v.id,
@@ -114,19 +115,40 @@ class DenseForks:
             memory_arrays(self.mem),
             self.nb,
         )
-        if threads_per_block is not None:
-            return self.kernels.fork_tables(*args, threads_per_block=threads_per_block)
-        return self.kernels.fork_tables(*args)
 
-    def timed(self, repeat: int, threads_per_block: int | None = None) -> tuple[list[float], tuple]:
+    def launch(self, shape=None):
+        if shape is not None:
+            return self.kernels.fork_tables(*self.args(), shape=shape)
+        return self.kernels.fork_tables(*self.args())
+
+    def timed(self, repeat: int, shape=None) -> tuple[list[float], tuple]:
         """Build and fork ``repeat`` times; returns (seconds of each launch, (needs_host, counts) of the last)."""
         walls, out = [], None
         for _ in range(repeat):
             self.build()
             with _Timer(self.xp) as t:
-                out = self.launch(threads_per_block)
+                out = self.launch(shape)
             walls.append(t.seconds)
         return walls, out
+
+    def graph_timed(self, repeat: int, shape=None) -> tuple[list[float], tuple]:
+        """Fork ``repeat`` times by replaying one CUDA graph of the launch (:class:`gpusim.kernels.cuda.ForkGraph`):
+        the state is built once, kept, and copied back (not timed) before each replay. Returns what
+        :meth:`timed` returns."""
+        self.build()
+        keep = [(a, a.copy()) for a in self._state()]
+        graph = self.kernels.ForkGraph(self.args(), shape)
+        walls, out = [], None
+        for _ in range(repeat):
+            for a, k in keep:
+                a[...] = k
+            with graph.stream, _Timer(self.xp) as t:
+                out = graph.launch()
+            walls.append(t.seconds)
+        return walls, out
+
+    def _state(self) -> list:
+        return [self.ppte, self.cpte, self.cexists, *self.mem.values()]
 
 
 class _Timer:
@@ -210,6 +232,47 @@ def copy_bandwidth(xp, nbytes: int = 2 << 30, repeat: int = 10) -> float:
     return 2 * src.nbytes / statistics.median(walls)
 
 
+# Forks up to this many PTEs are also timed as CUDA graph replays (the state is kept twice: a copy to restore).
+GRAPH_MAX_PTES = 1 << 28
+
+
+def job_row(job: DenseForks, walls: list[float], traffic: int, copy_bw: float | None) -> dict:
+    """A row of the bench: the job's size, the median launch and the rates it gives."""
+    wall = statistics.median(walls)
+    row = {
+        "size_bytes": job.n * PAGE_SIZE,
+        "forks": job.K,
+        "ptes": job.nr_ptes,
+        "engine_wall_s": wall,
+        "engine_wall_min_s": min(walls),
+        "ns_per_pte": wall / job.nr_ptes * 1e9,
+        "ptes_per_s": job.nr_ptes / wall,
+        "forks_per_s": job.K / wall,
+        "device_bytes_per_pte": sum(int(a.nbytes) for a in job._state()) / job.nr_ptes,
+    }
+    if copy_bw:
+        row["fraction_of_copy_bandwidth"] = row["ptes_per_s"] * traffic / copy_bw
+    return row
+
+
+def graph_row(job: DenseForks, repeat: int, shape, traffic: int, copy_bw: float | None, check: bool) -> dict:
+    """The ``graph_*`` fields of a row: the job's fork timed as CUDA graph replays, and checked; where the graph
+    cannot be made (a numba or CuPy version that refuses the capture), ``graph_error`` says why."""
+    try:
+        walls, (needs, counts) = job.graph_timed(repeat, shape)
+    except Exception as e:  # noqa: BLE001  (reported in the row; the plain launch's figures stand)
+        return {"graph_error": f"{type(e).__name__}: {e}"}
+    g = job_row(job, walls, traffic, copy_bw)
+    out = {f"graph_{k}": g[k] for k in ("engine_wall_s", "engine_wall_min_s", "ptes_per_s", "forks_per_s")}
+    if check:
+        out["graph_check"] = checked(check_against_cpu(job, needs, counts, job.v.name))
+    return out
+
+
+def checked(problems: list[str]) -> str:
+    return "equal to the CPU engine" if not problems else "; ".join(problems)
+
+
 def bench_resident(
     sizes: list[int],
     backend: str,
@@ -217,10 +280,12 @@ def bench_resident(
     repeat: int,
     batch: int = 0,
     check: bool = True,
-    threads_per_block: int | None = None,
+    shape=None,
     progress=None,
 ) -> dict:
-    """Forks of device-resident dense-anon state (see the module's docstring); sizes in bytes of simulated memory."""
+    """Forks of device-resident dense-anon state (see the module's docstring); sizes in bytes of simulated memory.
+    On ``cuda`` forks of up to :data:`GRAPH_MAX_PTES` are timed a second way, as replays of a CUDA graph of the
+    launch (``graph_*`` fields), and checked too."""
     kernels = B.kernels(backend)
     xp = np
     if backend == "cuda":
@@ -230,34 +295,79 @@ def bench_resident(
     if backend == "cuda":
         report["device"] = B.gpu_name()
         report["copy_bandwidth_Bps"] = copy_bandwidth(xp)
+        report["resources"] = None
     warm = DenseForks(PTRS_PER_TABLE, 1, variant, xp, kernels)
-    warm.timed(1, threads_per_block)  # compile
+    warm.timed(1, shape)  # compile
+    if backend == "cuda":
+        report["resources"] = kernels.resources(shape)
     jobs = [(s // PAGE_SIZE, 1) for s in sizes] + ([(min(sizes) // PAGE_SIZE, batch)] if batch else [])
     for nr_pages, forks in jobs:
         if progress:
             progress(nr_pages * PAGE_SIZE, forks)
         job = DenseForks(nr_pages, forks, variant, xp, kernels)
-        walls, (needs, counts) = job.timed(repeat, threads_per_block)
-        wall = statistics.median(walls)
-        row = {
-            "size_bytes": nr_pages * PAGE_SIZE,
-            "forks": forks,
-            "ptes": job.nr_ptes,
-            "engine_wall_s": wall,
-            "engine_wall_min_s": min(walls),
-            "ns_per_pte": wall / job.nr_ptes * 1e9,
-            "ptes_per_s": job.nr_ptes / wall,
-            "forks_per_s": forks / wall,
-            "device_bytes_per_pte": (
-                sum(int(v.nbytes) for v in job.mem.values()) + 2 * int(job.ppte.nbytes) + int(job.cexists.nbytes)
-            )
-            / job.nr_ptes,
-        }
-        if "copy_bandwidth_Bps" in report:
-            row["fraction_of_copy_bandwidth"] = row["ptes_per_s"] * traffic / report["copy_bandwidth_Bps"]
+        walls, (needs, counts) = job.timed(repeat, shape)
+        row = job_row(job, walls, traffic, report.get("copy_bandwidth_Bps"))
         if check:
-            problems = check_against_cpu(job, needs, counts, variant)
-            row["check"] = "equal to the CPU engine" if not problems else "; ".join(problems)
+            row["check"] = checked(check_against_cpu(job, needs, counts, variant))
+        if backend == "cuda" and job.nr_ptes <= GRAPH_MAX_PTES:
+            walls, (needs, counts) = job.graph_timed(repeat, shape)
+            g = job_row(job, walls, traffic, report.get("copy_bandwidth_Bps"))
+            row.update(
+                {f"graph_{k}": g[k] for k in ("engine_wall_s", "engine_wall_min_s", "ptes_per_s", "forks_per_s")}
+            )
+            if check:
+                row["graph_check"] = checked(check_against_cpu(job, needs, counts, variant))
         report["rows"].append(row)
         del job, needs, counts
     return report
+
+
+def bench_streamed(
+    total_pages: int, chunk_pages: int, variant: str, backend: str = "cuda", shape=None, check: bool = True
+) -> dict:
+    """A dense-anon address space of ``total_pages`` generated and forked on the GPU in chunks of ``chunk_pages``
+    (whole tables; each chunk built in device memory, forked, reduced to its counts there, then dropped), so that it
+    may exceed device memory. A chunk's tables are numbered from 0 and map pages from 0: copy_pte_range of a table
+    reads and writes only what that table maps, so a chunk forks as the same tables of the whole space do (the
+    argument of :mod:`gpusim.stream`), at other addresses. Every chunk is checked against the CPU engine at full
+    size (:func:`check_against_cpu`; not timed). Times: building, forking, and both, summed over the chunks."""
+    xp = np
+    if backend == "cuda":
+        import cupy as xp
+    kernels = B.kernels(backend)
+    if total_pages % chunk_pages or chunk_pages % PTRS_PER_TABLE:
+        raise ValueError("total_pages must be a multiple of chunk_pages, itself a multiple of 512")
+    job = DenseForks(chunk_pages, 1, variant, xp, kernels)
+    sums, problems = xp.zeros(len(reference_table(variant)["counts"]), np.int64), []
+    build_s = fork_s = check_s = 0.0
+    t0 = time.perf_counter()
+    for c in range(total_pages // chunk_pages):
+        with _Timer(xp) as t:
+            job.build()
+        build_s += t.seconds
+        with _Timer(xp) as t:
+            needs, counts = job.launch(shape)
+            sums += xp.asarray(counts).sum(axis=0)
+        fork_s += t.seconds
+        if check:
+            with _Timer(xp) as t:
+                problems += [f"chunk {c}: {p}" for p in check_against_cpu(job, needs, counts, variant)]
+            check_s += t.seconds
+        del needs, counts
+    wall = time.perf_counter() - t0
+    expect = reference_table(variant)["counts"] * (total_pages // PTRS_PER_TABLE)
+    if check and not bool((xp.asarray(expect) == sums).all()):
+        problems.append("the summed counts differ from the CPU engine's table times the tables")
+    return {
+        "ptes": total_pages,
+        "size_bytes": total_pages * PAGE_SIZE,
+        "chunk_ptes": chunk_pages,
+        "chunks": total_pages // chunk_pages,
+        "build_s": build_s,
+        "fork_s": fork_s,
+        "build_and_fork_s": build_s + fork_s,
+        "check_s": check_s,
+        "wall_s": wall,
+        "fork_ptes_per_s": total_pages / fork_s,
+        "check": checked(problems) if check else "not checked",
+    }

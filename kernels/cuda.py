@@ -1,13 +1,15 @@
 """CUDA kernels of the fast engine (numba.cuda), imported only when the ``cuda`` or ``cudasim`` backend is chosen.
 
-The kernel gives each page table a block of threads: consecutive threads take consecutive entries (coalesced
-loads and stores of the tables and of the page arrays), each calls the per-entry functions of
-:mod:`gpusim.kernels.table` (the per-PTE rules of :mod:`gpusim.kernels.rules`), the block reduces its counts in
-shared memory, and thread 0 runs the lock-break cadence (:func:`gpusim.kernels.table.check_point`) over the entries'
-weights. A table holding a linux-6.18 batch (a large folio; ``folio_pte_batch`` joins entries in address order) is
-walked by a second kernel, a thread per table, with the CPU kernels' walk. Folio refcounts, page mapcounts and swap
-counts that several entries share are updated with ``cuda.atomic.add``. Arguments come in the groups of
-:mod:`gpusim.kernels.args`.
+The block kernel gives each page table a row of threads of a block (a block holds a few tables, :class:`Shape`):
+consecutive threads take consecutive entries (coalesced loads and stores of the tables and of the page arrays),
+each calls the per-entry functions of :mod:`gpusim.kernels.table` (the per-PTE rules of
+:mod:`gpusim.kernels.rules`) and counts into its own row of shared memory; one thread of the table runs the
+lock-break cadence (:func:`gpusim.kernels.table.check_point`) over the entries' weights, then the table's threads
+sum the rows, a count each, with no atomics (issue 16: 64-bit shared-memory atomics of every thread on the same
+few addresses serialised the old reduction). A table holding a linux-6.18 batch (a large folio;
+``folio_pte_batch`` joins entries in address order) is walked by a second kernel, a thread per table, with the CPU
+kernels' walk. Folio refcounts, page mapcounts and swap counts that several entries share are updated with
+``cuda.atomic.add``. Arguments come in the groups of :mod:`gpusim.kernels.args`.
 
 Host (numpy) state arrays are moved to the device as CuPy arrays (numba device arrays when CuPy is absent) for the
 launch and the written ones copied back, so the engine's host loop and the CPU kernels see the same arrays. State
@@ -15,10 +17,12 @@ arrays that are already on the device (CuPy) stay there: :mod:`gpusim.gpubench` 
 batch of them, resident and times the kernel alone. Under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the
 kernels run as Python threads on the numpy arrays themselves.
 
-Only block-wide primitives are used (``syncthreads_or``, shared memory), not warp shuffles, so that numba's CUDA
-simulator, which has none of the warp intrinsics, runs the same kernel.
+Only block-wide primitives are used (barriers, shared memory), not warp shuffles, so that numba's CUDA simulator,
+which has none of the warp intrinsics, runs the same kernel. :class:`ForkGraph` captures a launch on
+device-resident state as a CUDA graph, replayed without numba's per-launch argument handling.
 """
 
+import dataclasses
 import math
 import warnings
 
@@ -46,9 +50,11 @@ from gpusim.kernels.table import (
 )
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
-# threads that share one table (a block per table); the simulator runs each thread as a Python thread, so it gets
-# few (still several, so that the strided loops, barriers and shared-memory sums are exercised)
-THREADS_PER_BLOCK = 5 if SIMULATOR else 32
+# threads that share one table, and tables that share one block (:class:`Shape`); the simulator runs each thread as
+# a Python thread, so it gets few (still several, so that the strided loops, barriers and shared-memory sums are
+# exercised, and two tables per block, so that a table that stops early beside one that does not is too)
+THREADS_PER_TABLE = 5 if SIMULATOR else 32
+TABLES_PER_BLOCK = 2 if SIMULATOR else 4
 WALK_THREADS_PER_BLOCK = 64
 SLOW_THREADS_PER_BLOCK = 4 if SIMULATOR else 64  # the slow path: a thread per item
 
@@ -76,98 +82,122 @@ def prepare() -> None:
 
 
 @cuda.jit(device=True)
-def block_needs_host(r, tid, nt, variant, large_order, tab, calls, mem):
-    """Whether any of the entries this thread takes (every ``nt``-th from ``tid``) of row ``r`` needs the host."""
+def block_needs_host(r, lane, nt, variant, large_order, tab, calls, mem):
+    """Whether any of the entries this thread takes (every ``nt``-th from ``lane``) of row ``r`` needs the host."""
     need = False
     last_f = np.int64(-1)
     check_folios = check_folios_of(variant, tab, r)
     base = tab.table_index[r] * PTRS_PER_TABLE
     for c in range(tab.row_lo[r], tab.row_hi[r]):
-        for a in range(calls.start[c] + tid, calls.end[c], nt):
+        for a in range(calls.start[c] + lane, calls.end[c], nt):
             nh, last_f = entry_needs_host(tab.ppte[r, a - base], last_f, variant, large_order, check_folios, mem)
             need = need or nh
     return need
 
 
 @cuda.jit(device=True)
-def block_has_batch(r, tid, nt, tab, calls, mem):
+def block_has_batch(r, lane, nt, tab, calls, mem):
     """Whether any of the entries this thread takes of row ``r`` could start a linux-6.18 batch."""
     batch = False
     base = tab.table_index[r] * PTRS_PER_TABLE
     for c in range(tab.row_lo[r], tab.row_hi[r]):
-        for a in range(calls.start[c] + tid, calls.end[c], nt):
+        for a in range(calls.start[c] + lane, calls.end[c], nt):
             batch = batch or batch_candidate(tab.ppte[r, a - base], True, mem)
     return batch
 
 
 @cuda.jit(device=True)
-def copy_call_block(c, r, tid, nt, is_618, tab, calls, mem, nb, acc, weight):
-    """One call of row ``r``, no batch in it: the threads copy its entries, then thread 0 runs the cadence over
-    their weights (``weight``: the block's shared array) and counts the call."""
-    s = calls.start[c]
-    e = calls.end[c]
-    cow = is_cow_mapping(calls.vmaflags[c])
-    shared = (calls.vmaflags[c] & VM_SHARED) != 0
+def copy_entries(r, lane, nt, is_618, tab, calls, mem, part, weight):
+    """The entries of row ``r`` this thread takes (none of them in a batch), every call of the row: copied, their
+    counts added to the thread's row ``part`` and their weights put in ``weight`` (the table's row of the block's
+    shared array, by column)."""
     base = tab.table_index[r] * PTRS_PER_TABLE
-    for a in range(s + tid, e, nt):
-        j0 = a - base
-        v = tab.ppte[r, j0]
-        kind = pte_kind(v)
-        ev = copy_entry(r, j0, v, kind, shared, cow, is_618, tab, mem)
-        tally(acc, kind, kind == KIND_PRESENT and pte_special(v), ev, 1, False)
-        weight[a - s] = entry_weight(kind, 1)
-    cuda.syncthreads()
-    if tid == 0:  # the cadence: checks and lock breaks, in address order
+    for c in range(tab.row_lo[r], tab.row_hi[r]):
+        cow = is_cow_mapping(calls.vmaflags[c])
+        shared = (calls.vmaflags[c] & VM_SHARED) != 0
+        for a in range(calls.start[c] + lane, calls.end[c], nt):
+            j0 = a - base
+            v = tab.ppte[r, j0]
+            kind = pte_kind(v)
+            ev = copy_entry(r, j0, v, kind, shared, cow, is_618, tab, mem)
+            tally(part, kind, kind == KIND_PRESENT and pte_special(v), ev, 1, False)
+            weight[j0] = entry_weight(kind, 1)
+
+
+@cuda.jit(device=True)
+def cadence(r, tab, calls, nb, part, weight):
+    """The lock-break cadence of every call of row ``r`` over its entries' weights, in address order (checks and
+    lock breaks), and each call's counts: run by one thread of the table."""
+    base = tab.table_index[r] * PTRS_PER_TABLE
+    fork_seq = tab.fork_seq[r]
+    for c in range(tab.row_lo[r], tab.row_hi[r]):
+        s = calls.start[c]
         progress = 0
         k = 0
         lb = 0
-        fork_seq = tab.fork_seq[r]
-        for j in range(e - s):
+        for a in range(s, calls.end[c]):
             progress, k, lb = check_point(progress, s, k, lb, nb, fork_seq)
-            progress += weight[j]
-        end_call(acc, c, r, calls, tab, k, lb)
-    cuda.syncthreads()
+            progress += weight[a - base]
+        end_call(part, c, r, calls, tab, k, lb)
+
+
+# The block's shared arrays: a row of entry weights per table, a row of counts per thread (an odd number of 32-bit
+# words, so that the threads of a warp write different banks).
+MAX_TABLES_PER_BLOCK = 2 if SIMULATOR else 4
+MAX_THREADS = 16 if SIMULATOR else 128  # 12 KiB of counts: 16 blocks of 128 threads fit in a multiprocessor
+PART_WORDS = NR_FAST_COUNTS | 1
 
 
 def fork_tables_kernel(mode, rows, variant, large_order, tab, calls, mem, nb, needs_host, walk, counts):
-    """One block per table row of ``rows``: its threads classify the entries, then copy them (consecutive threads,
-    consecutive entries). A table holding a linux-6.18 batch is only marked in ``walk``, for
-    :func:`walk_tables_kernel` (see :func:`gpusim.kernels.cpu.fork_tables` for ``mode``)."""
-    i = cuda.blockIdx.x
-    if i >= rows.shape[0]:
-        return
-    tid = cuda.threadIdx.x
+    """A block holds ``blockDim.y`` tables of ``rows``, ``blockDim.x`` threads each: the threads of a table classify
+    its entries, then copy them (consecutive threads, consecutive entries), each counting into its own row of
+    shared memory; one thread per table runs the lock-break cadence; the table's threads then sum the rows, one
+    count each (no atomics). A table holding a linux-6.18 batch is only marked in ``walk``, for
+    :func:`walk_tables_kernel` (see :func:`gpusim.kernels.cpu.fork_tables` for ``mode``). Every thread reaches
+    every barrier: a table that stops early (the host's, or the walk's) skips work between them."""
+    lane = cuda.threadIdx.x
     nt = cuda.blockDim.x
-    r = rows[i]
-    if mode != MODE_COPY:
-        need = block_needs_host(r, tid, nt, variant, large_order, tab, calls, mem)
-        need = cuda.syncthreads_or(1 if need else 0) != 0
-        if tid == 0:
-            needs_host[i] = need
-        if mode == MODE_CLASSIFY or need:
-            return
-    is_618 = variant == V_6_18
-    if is_618:
-        batch = block_has_batch(r, tid, nt, tab, calls, mem)
-        if cuda.syncthreads_or(1 if batch else 0) != 0:
-            if tid == 0:
-                walk[i] = True
-            return
-    acc = cuda.local.array(NR_FAST_COUNTS, np.int64)
-    for x in range(NR_FAST_COUNTS):
+    w = cuda.threadIdx.y
+    tid = w * nt + lane
+    i = cuda.blockIdx.x * cuda.blockDim.y + w
+    active = i < rows.shape[0]
+    r = rows[i] if active else 0
+    stop = cuda.shared.array(MAX_TABLES_PER_BLOCK, np.int32)
+    weight = cuda.shared.array((MAX_TABLES_PER_BLOCK, PTRS_PER_TABLE), np.uint8)
+    part = cuda.shared.array((MAX_THREADS, PART_WORDS), np.int32)
+    acc = part[tid]
+    for x in range(PART_WORDS):
         acc[x] = 0
-    weight = cuda.shared.array(PTRS_PER_TABLE, np.uint8)
-    total = cuda.shared.array(NR_FAST_COUNTS, np.int64)
-    for x in range(tid, NR_FAST_COUNTS, nt):
-        total[x] = 0
-    for c in range(tab.row_lo[r], tab.row_hi[r]):
-        copy_call_block(c, r, tid, nt, is_618, tab, calls, mem, nb, acc, weight)
-    for x in range(NR_FAST_COUNTS):  # the block's counts: each thread adds its non-zero ones
-        if acc[x] != 0:
-            atomic_add(total, x, acc[x])
+    if lane == 0:
+        stop[w] = 0 if active else 1
     cuda.syncthreads()
-    for x in range(tid, NR_FAST_COUNTS, nt):
-        counts[i, x] = min(total[x], 1) if x == C_SWAPOFF else total[x]
+    if active and mode != MODE_COPY:
+        if block_needs_host(r, lane, nt, variant, large_order, tab, calls, mem):
+            stop[w] = 1
+    cuda.syncthreads()
+    if active and mode != MODE_COPY and lane == 0:
+        needs_host[i] = stop[w] != 0
+        if mode == MODE_CLASSIFY:
+            stop[w] = 1
+    cuda.syncthreads()
+    is_618 = variant == V_6_18
+    if is_618 and stop[w] == 0 and block_has_batch(r, lane, nt, tab, calls, mem):
+        walk[i] = True
+        stop[w] = 2
+    cuda.syncthreads()
+    go = stop[w] == 0
+    if go:
+        copy_entries(r, lane, nt, is_618, tab, calls, mem, acc, weight[w])
+    cuda.syncthreads()
+    if go and lane == 0:
+        cadence(r, tab, calls, nb, acc, weight[w])
+    cuda.syncthreads()
+    if go:
+        for x in range(lane, NR_FAST_COUNTS, nt):
+            total = 0
+            for t in range(w * nt, w * nt + nt):
+                total += part[t, x]
+            counts[i, x] = min(total, 1) if x == C_SWAPOFF else total
 
 
 def walk_tables_kernel(mode, rows, variant, large_order, tab, calls, mem, nb, needs_host, walk, counts):
@@ -217,7 +247,6 @@ def slow_items_kernel(
                 return
 
 
-fork_kernel = cuda.jit(fork_tables_kernel)
 walk_kernel = cuda.jit(walk_tables_kernel)
 claim_kernel = cuda.jit(slow_claim_kernel)
 check_kernel = cuda.jit(slow_check_kernel)
@@ -255,44 +284,104 @@ def launch_stream():
     return cuda.external_stream(ptr) if ptr else cuda.default_stream()
 
 
-def _launch(n: int, tpb: int, stream, args: tuple) -> None:
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """How the block kernel is launched: threads per table, tables per block (a block is a ``(threads_per_table,
+    tables_per_block)`` grid of threads), and a cap on the registers of a thread (None: the compiler's choice;
+    fewer registers let more threads wait on memory at once, at the risk of spills)."""
+
+    threads_per_table: int = THREADS_PER_TABLE
+    tables_per_block: int = TABLES_PER_BLOCK
+    max_registers: int | None = None
+
+    def __post_init__(self):
+        t, w = self.threads_per_table, self.tables_per_block
+        if t < 1 or w < 1 or w > MAX_TABLES_PER_BLOCK or t * w > MAX_THREADS:
+            raise ValueError(
+                f"a block holds 1 to {MAX_TABLES_PER_BLOCK} tables and at most {MAX_THREADS} threads "
+                f"(asked: {w} tables of {t} threads)"
+            )
+
+
+DEFAULT_SHAPE = Shape()
+_FORK_KERNELS = {}
+
+
+def fork_kernel_for(max_registers: int | None):
+    """The block kernel compiled with at most ``max_registers`` registers per thread (one dispatcher per cap)."""
+    if SIMULATOR:
+        max_registers = None
+    if max_registers not in _FORK_KERNELS:
+        opts = {} if max_registers is None else {"max_registers": int(max_registers)}
+        _FORK_KERNELS[max_registers] = cuda.jit(fork_tables_kernel, **opts)
+    return _FORK_KERNELS[max_registers]
+
+
+def resources(shape: Shape | None = None) -> dict:
+    """Registers and local memory per thread, shared memory per block, of the block kernel as compiled for
+    ``shape`` and of the walk kernel (after a launch has compiled them)."""
+    out = {}
+    cap = (shape or DEFAULT_SHAPE).max_registers
+    for name, k in (("fork_tables_kernel", fork_kernel_for(cap)), ("walk_tables_kernel", walk_kernel)):
+        try:
+            out[name] = {
+                "registers": k.get_regs_per_thread(),
+                "local_bytes": k.get_local_mem_per_thread(),
+                "shared_bytes": k.get_shared_mem_per_block(),
+            }
+        except Exception as e:  # noqa: BLE001  (the report is informative; numba versions differ)
+            out[name] = {"error": str(e)}
+    return out
+
+
+def _launch(n: int, shape: Shape, stream, args: tuple) -> None:
     """Both kernels over ``n`` rows (``args``: every parameter, outputs included)."""
+    w = shape.tables_per_block
+    grid, block = (math.ceil(n / w), (shape.threads_per_table, w))
     wblocks = math.ceil(n / WALK_THREADS_PER_BLOCK)
+    fork = fork_kernel_for(shape.max_registers)
     if stream is None:
-        fork_kernel[n, tpb](*args)
+        fork[grid, block](*args)
         walk_kernel[wblocks, WALK_THREADS_PER_BLOCK](*args)
     else:
-        fork_kernel[n, tpb, stream](*args)
+        fork[grid, block, stream](*args)
         walk_kernel[wblocks, WALK_THREADS_PER_BLOCK, stream](*args)
 
 
-def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, threads_per_block: int | None = None):
+def outputs(n: int, xp):
+    """The outputs of a launch over ``n`` rows (needs_host, walk, counts), zeroed, as arrays of ``xp``."""
+    return xp.zeros(n, np.bool_), xp.zeros(n, np.bool_), xp.zeros((n, NR_FAST_COUNTS), np.int64)
+
+
+def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, shape: Shape | None = None, out=None):
     """Same contract as :func:`gpusim.kernels.cpu.fork_tables`: writes the state arrays in place and returns
     (needs_host, counts).
 
     Host (numpy) arrays are copied to the device for the launch and the written ones back after it. When the state
     arrays are already device arrays (``tab.ppte`` says which), nothing moves: the kernels run on them on CuPy's
     current stream and needs_host and counts are returned as device arrays too (state kept resident between
-    forks)."""
+    forks); ``out`` (from :func:`outputs`) then gives the output arrays, so that nothing is allocated or copied
+    from the host (a launch that a CUDA graph can capture: :class:`ForkGraph`)."""
     n = int(rows.shape[0])
-    tpb = threads_per_block or THREADS_PER_BLOCK
+    shape = shape or DEFAULT_SHAPE
     groups = (tab, calls, mem, nb)
     if SIMULATOR:  # Python threads over the numpy arrays themselves
-        out = (np.zeros(n, np.bool_), np.zeros(n, np.bool_), np.zeros((n, NR_FAST_COUNTS), np.int64))
+        out = outputs(n, np)
         if n:
             with warnings.catch_warnings():  # numpy scalars warn where uint64 arithmetic wraps by design
                 warnings.simplefilter("ignore", RuntimeWarning)
-                _launch(n, tpb, None, (mode, rows, variant, large_order, *groups, *out))
+                _launch(n, shape, None, (mode, rows, variant, large_order, *groups, *out))
         return out[0], out[2]
     resident = on_device(tab.ppte)
     if not resident:
         groups = tuple(type(g)(*(_to_device(a) if isinstance(a, np.ndarray) else a for a in g)) for g in groups)
         rows = _to_device(rows)
-    out = tuple(
-        _to_device(np.zeros(shape, dt)) for shape, dt in ((n, np.bool_), (n, np.bool_), ((n, NR_FAST_COUNTS), np.int64))
-    )
+    if out is None:
+        out = tuple(_to_device(a) for a in outputs(n, np))
+    else:
+        out[1].fill(False)  # walk: only its marks are written
     if n:
-        _launch(n, tpb, launch_stream(), (mode, rows, variant, large_order, *groups, *out))
+        _launch(n, shape, launch_stream(), (mode, rows, variant, large_order, *groups, *out))
     if resident:
         return out[0], out[2]
     for host, dev in zip((tab, calls, mem, nb), groups):
@@ -302,6 +391,33 @@ def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, threads_p
     _to_host(out[0], needs_host)
     _to_host(out[2], counts)
     return needs_host, counts
+
+
+class ForkGraph:
+    """One launch of :func:`fork_tables` on device-resident state, captured as a CUDA graph (CuPy's stream
+    capture) and replayed: the kernels' arguments are prepared once, so a replay costs the GPU's work and one
+    graph launch, not numba's handling of some 200 kernel parameters twice. The graph holds the arrays' addresses:
+    every replay forks whatever those arrays hold then (restore the state between replays to fork it afresh)."""
+
+    def __init__(self, args: tuple, shape: Shape | None = None):
+        import cupy
+
+        n = int(args[1].shape[0])
+        self.out = outputs(n, cupy)
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        with self.stream:
+            fork_tables(*args, shape=shape, out=self.out)  # compiled and loaded outside the capture
+            self.stream.synchronize()
+            self.stream.begin_capture()
+            try:
+                fork_tables(*args, shape=shape, out=self.out)
+            finally:
+                self.graph = self.stream.end_capture()
+
+    def launch(self):
+        """Replay the fork on the graph's stream; returns (needs_host, counts) as device arrays."""
+        self.graph.launch(self.stream)
+        return self.out[0], self.out[2]
 
 
 def _run(kernels, args: tuple, back: tuple) -> None:

@@ -48,3 +48,15 @@ def test_check_catches_one_wrong_value(where):
 
 def test_traffic_model():
     assert traffic_bytes_per_pte() == 52  # 3 PTE moves of 8 bytes + the page and folio fields touched
+
+
+def test_streamed_fork_is_checked_chunk_by_chunk(backend):
+    """A space forked in chunks is checked per chunk and in its summed counts; a chunk size that does not divide
+    the space is refused."""
+    from gpusim.gpubench import bench_streamed
+
+    r = bench_streamed(4096, 1024, "linux-6.18", backend)
+    assert (r["chunks"], r["check"]) == (4, "equal to the CPU engine")
+    assert r["build_and_fork_s"] == r["build_s"] + r["fork_s"]
+    with pytest.raises(ValueError, match="multiple"):
+        bench_streamed(4096, 1000, "linux-6.18", backend)
