@@ -20,6 +20,7 @@ failing step does not stop the next. The last lines printed are a summary. Steps
 9. ``cpu``: ``gpusim bench --backend cpu --vs-kernel`` on this machine's cores.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -114,9 +115,12 @@ json.dump(rows, open(sys.argv[1], "w"))
 STREAM = r"""
 import json, sys
 from gpusim.gpubench import bench_streamed
+from gpusim.kernels.cuda import Shape
+shape = Shape(*json.loads(sys.argv[2])) if len(sys.argv) > 2 else None
 out = []
 for total, chunk in %s:
-    r = bench_streamed(total, chunk, "linux-6.18")
+    r = bench_streamed(total, chunk, "linux-6.18", shape=shape)
+    r["shape"] = sys.argv[2:]
     print(json.dumps(r), flush=True)
     out.append(r)
 json.dump(out, open(sys.argv[1], "w"))
@@ -125,7 +129,19 @@ assert all(r["check"] == "equal to the CPU engine" for r in out)
 
 big = "1GiB,16GiB,256GiB" if QUICK else "1GiB,16GiB,1TiB"
 # (threads per table, tables per block, register cap) of the block kernel, timed at SHAPE_BYTES
-shapes = [(32, 1, None), (32, 2, None), (32, 4, None), (64, 2, None), (16, 4, None), (32, 4, 64), (32, 4, 40)]
+shapes = [
+    (32, 1, None),
+    (32, 2, None),
+    (32, 4, None),
+    (64, 1, None),
+    (64, 2, None),
+    (128, 1, None),
+    (16, 4, None),
+    (32, 1, 64),
+    (32, 4, 64),
+    (32, 1, 40),
+    (32, 4, 40),
+]
 SHAPE_BYTES = (1 << 40) if not QUICK else (1 << 34)
 # (total pages, pages per chunk) of the streamed fork: 64 TiB (16 G PTEs) in chunks of 2 TiB
 stream_cases = [(1 << 34, 1 << 29)] if not QUICK else [(1 << 30, 1 << 27)]
@@ -146,6 +162,7 @@ pinned_cases = [
 ] + ([] if QUICK else [(16 << 30, "scattered", "linux-6.18")])
 STEPS = [
     ("smoke", [PY, "-c", SMOKE], 90),
+    ("shapes", [PY, "-c", SHAPES % (shapes, SHAPE_BYTES), f"{OUT}/shapes.json"], 120),
     (
         "bench",
         [
@@ -166,8 +183,6 @@ STEPS = [
         + ([] if "--no-kernel" in sys.argv else ["--vs-kernel"]),
         180,
     ),
-    ("stream", [PY, "-c", STREAM % stream_cases, f"{OUT}/stream.json"], 90),
-    ("shapes", [PY, "-c", SHAPES % (shapes, SHAPE_BYTES), f"{OUT}/shapes.json"], 120),
     (
         "tests",
         [
@@ -185,6 +200,7 @@ STEPS = [
         150,
     ),
     ("pinned", [PY, "-c", PINNED % pinned_cases, f"{OUT}/pinned.json"], 150),
+    ("stream", [PY, "-c", STREAM % stream_cases, f"{OUT}/stream.json"], 90),
     ("equal", [PY, "-c", EQUAL % equal_cases, f"{OUT}/equal.json"], 120),
     ("launch", [PY, "benchmarks/bench_launch.py", "--backend", "cuda"], 60),
     (
@@ -209,9 +225,28 @@ STEPS = [
 
 only = [a for a in sys.argv[2:] if not a.startswith("--")]
 summary = []
+
+
+def best_shape() -> list | None:
+    """The fastest checked shape of this run's ``shapes`` step: (threads per table, tables per block, register cap)."""
+    try:
+        rows = json.load(open(f"{OUT}/shapes.json"))
+    except (OSError, ValueError):
+        return None
+    rows = [r for r in rows if r.get("check") == "equal to the CPU engine"]
+    best = max(rows, key=lambda r: r["ptes_per_s"], default=None)
+    return best and [best["threads_per_table"], best["tables_per_block"], best["max_registers"]]
+
+
 for name, cmd, limit in STEPS:
     if only and name not in only:
         continue
+    shape = best_shape()
+    if shape and name == "bench":  # the shapes step ran first: measure the best shape
+        cmd = cmd + ["--threads-per-table", str(shape[0]), "--tables-per-block", str(shape[1])]
+        cmd += ["--max-registers", str(shape[2])] if shape[2] else []
+    if shape and name == "stream":
+        cmd = cmd + [json.dumps(shape)]
     t0 = time.time()
     limit = min(limit, DEADLINE - (t0 - T0))
     if limit < 20:

@@ -137,13 +137,14 @@ class DenseForks:
         :meth:`timed` returns."""
         self.build()
         keep = [(a, a.copy()) for a in self._state()]
-        graph = self.kernels.ForkGraph(self.args(), shape)
+        graph = self.kernels.ForkGraph(self.args(), shape)  # waits for the state built on the default stream
         walls, out = [], None
         for _ in range(repeat):
-            for a, k in keep:
-                a[...] = k
-            with graph.stream, _Timer(self.xp) as t:
-                out = graph.launch()
+            with graph.stream:  # the restore, then the replay, in order on the graph's stream
+                for a, k in keep:
+                    a[...] = k
+                with _Timer(self.xp) as t:
+                    out = graph.launch()
             walls.append(t.seconds)
         return walls, out
 
@@ -310,13 +311,7 @@ def bench_resident(
         if check:
             row["check"] = checked(check_against_cpu(job, needs, counts, variant))
         if backend == "cuda" and job.nr_ptes <= GRAPH_MAX_PTES:
-            walls, (needs, counts) = job.graph_timed(repeat, shape)
-            g = job_row(job, walls, traffic, report.get("copy_bandwidth_Bps"))
-            row.update(
-                {f"graph_{k}": g[k] for k in ("engine_wall_s", "engine_wall_min_s", "ptes_per_s", "forks_per_s")}
-            )
-            if check:
-                row["graph_check"] = checked(check_against_cpu(job, needs, counts, variant))
+            row.update(graph_row(job, repeat, shape, traffic, report.get("copy_bandwidth_Bps"), check))
         report["rows"].append(row)
         del job, needs, counts
     return report

@@ -323,12 +323,13 @@ def resources(shape: Shape | None = None) -> dict:
     out = {}
     cap = (shape or DEFAULT_SHAPE).max_registers
     for name, k in (("fork_tables_kernel", fork_kernel_for(cap)), ("walk_tables_kernel", walk_kernel)):
-        try:
-            out[name] = {
+        try:  # numba gives a dict by signature when none is named: the kernels have one signature each
+            got = {
                 "registers": k.get_regs_per_thread(),
                 "local_bytes": k.get_local_mem_per_thread(),
                 "shared_bytes": k.get_shared_mem_per_block(),
             }
+            out[name] = {f: next(iter(v.values()), None) if isinstance(v, dict) else v for f, v in got.items()}
         except Exception as e:  # noqa: BLE001  (the report is informative; numba versions differ)
             out[name] = {"error": str(e)}
     return out
@@ -404,6 +405,7 @@ class ForkGraph:
 
         n = int(args[1].shape[0])
         self.out = outputs(n, cupy)
+        cupy.cuda.Device().synchronize()  # the state and the outputs, made on other streams, are complete
         self.stream = cupy.cuda.Stream(non_blocking=True)
         with self.stream:
             fork_tables(*args, shape=shape, out=self.out)  # compiled and loaded outside the capture
