@@ -141,6 +141,7 @@ def gpu_rows(report: dict, sizes, backend, variant, repeat, batch, shape, progre
     rows = [r for r in dev["rows"] if r["forks"] == 1]
     for r in rows:
         r.update(backend=backend, variant=variant, outcome="ok", bytes_per_pte=r["device_bytes_per_pte"])
+        r["pinned_runs"] = []  # dense, no pins (the real process of --vs-kernel pins none either)
         if r["size_bytes"] <= E2E_MAX_BYTES:
             r["e2e_wall_s"] = bench_size(r["size_bytes"], backend, variant, repeat)["engine_wall_s"]
     report.update({k: dev[k] for k in ("device", "copy_bandwidth_Bps", "traffic_bytes_per_pte", "resources")})

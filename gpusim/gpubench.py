@@ -325,7 +325,8 @@ def bench_streamed(
     may exceed device memory. A chunk's tables are numbered from 0 and map pages from 0: copy_pte_range of a table
     reads and writes only what that table maps, so a chunk forks as the same tables of the whole space do (the
     argument of :mod:`gpusim.stream`), at other addresses. Every chunk is checked against the CPU engine at full
-    size (:func:`check_against_cpu`; not timed). Times: building, forking, and both, summed over the chunks."""
+    size (:func:`check_against_cpu`; not timed). Times: building, forking, summing the counts, and all three, summed
+    over the chunks."""
     xp = np
     if backend == "cuda":
         import cupy as xp
@@ -334,7 +335,7 @@ def bench_streamed(
         raise ValueError("total_pages must be a multiple of chunk_pages, itself a multiple of 512")
     job = DenseForks(chunk_pages, 1, variant, xp, kernels)
     sums, problems = xp.zeros(len(reference_table(variant)["counts"]), np.int64), []
-    build_s = fork_s = check_s = 0.0
+    build_s = fork_s = reduce_s = check_s = 0.0
     t0 = time.perf_counter()
     for c in range(total_pages // chunk_pages):
         with _Timer(xp) as t:
@@ -342,8 +343,10 @@ def bench_streamed(
         build_s += t.seconds
         with _Timer(xp) as t:
             needs, counts = job.launch(shape)
-            sums += xp.asarray(counts).sum(axis=0)
         fork_s += t.seconds
+        with _Timer(xp) as t:
+            sums += xp.asarray(counts).sum(axis=0)
+        reduce_s += t.seconds
         if check:
             with _Timer(xp) as t:
                 problems += [f"chunk {c}: {p}" for p in check_against_cpu(job, needs, counts, variant)]
@@ -360,7 +363,8 @@ def bench_streamed(
         "chunks": total_pages // chunk_pages,
         "build_s": build_s,
         "fork_s": fork_s,
-        "build_and_fork_s": build_s + fork_s,
+        "reduce_s": reduce_s,
+        "build_and_fork_s": build_s + fork_s + reduce_s,
         "check_s": check_s,
         "wall_s": wall,
         "fork_ptes_per_s": total_pages / fork_s,

@@ -262,6 +262,13 @@ def _to_device(a):
         return cuda.to_device(a)
 
 
+def _device_module():
+    """CuPy for the outputs of a launch on resident state (numba's device arrays have no ``zeros``)."""
+    import cupy
+
+    return cupy
+
+
 def _to_host(d, out: np.ndarray) -> None:
     if hasattr(d, "get"):
         d.get(out=out)
@@ -377,8 +384,8 @@ def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, shape: Sh
     if not resident:
         groups = tuple(type(g)(*(_to_device(a) if isinstance(a, np.ndarray) else a for a in g)) for g in groups)
         rows = _to_device(rows)
-    if out is None:
-        out = tuple(_to_device(a) for a in outputs(n, np))
+    if out is None:  # made where the state is: on the device for resident state, never through host memory
+        out = outputs(n, _device_module()) if resident else tuple(_to_device(a) for a in outputs(n, np))
     else:
         out[1].fill(False)  # walk: only its marks are written
     if n:
