@@ -333,6 +333,7 @@ def bench_streamed(
     kernels = B.kernels(backend)
     if total_pages % chunk_pages or chunk_pages % PTRS_PER_TABLE:
         raise ValueError("total_pages must be a multiple of chunk_pages, itself a multiple of 512")
+    DenseForks(PTRS_PER_TABLE, 1, variant, xp, kernels).timed(1, shape)  # compile (not timed)
     job = DenseForks(chunk_pages, 1, variant, xp, kernels)
     sums, problems = xp.zeros(len(reference_table(variant)["counts"]), np.int64), []
     build_s = fork_s = reduce_s = check_s = 0.0
