@@ -142,6 +142,8 @@ shapes = [
     (32, 1, 40),
     (32, 4, 40),
 ]
+if "--few-shapes" in sys.argv:
+    shapes = [(32, 4, None), (16, 4, None), (32, 2, None), (32, 4, 40)]
 SHAPE_BYTES = (1 << 40) if not QUICK else (1 << 34)
 # (total pages, pages per chunk) of the streamed fork: 64 TiB (16 G PTEs) in chunks of 2 TiB
 stream_cases = [(1 << 34, 1 << 29)] if not QUICK else [(1 << 30, 1 << 27)]

@@ -82,28 +82,24 @@ def prepare() -> None:
 
 
 @cuda.jit(device=True)
-def block_needs_host(r, lane, nt, variant, large_order, tab, calls, mem):
-    """Whether any of the entries this thread takes (every ``nt``-th from ``lane``) of row ``r`` needs the host."""
+def block_classify(r, lane, nt, classify, batches, variant, large_order, tab, calls, mem):
+    """One pass over the entries this thread takes (every ``nt``-th from ``lane``) of row ``r``: whether any needs
+    the host (with ``classify``) and whether any could start a linux-6.18 batch (with ``batches``). Each entry is
+    read once for both questions."""
     need = False
+    batch = False
     last_f = np.int64(-1)
     check_folios = check_folios_of(variant, tab, r)
     base = tab.table_index[r] * PTRS_PER_TABLE
     for c in range(tab.row_lo[r], tab.row_hi[r]):
         for a in range(calls.start[c] + lane, calls.end[c], nt):
-            nh, last_f = entry_needs_host(tab.ppte[r, a - base], last_f, variant, large_order, check_folios, mem)
-            need = need or nh
-    return need
-
-
-@cuda.jit(device=True)
-def block_has_batch(r, lane, nt, tab, calls, mem):
-    """Whether any of the entries this thread takes of row ``r`` could start a linux-6.18 batch."""
-    batch = False
-    base = tab.table_index[r] * PTRS_PER_TABLE
-    for c in range(tab.row_lo[r], tab.row_hi[r]):
-        for a in range(calls.start[c] + lane, calls.end[c], nt):
-            batch = batch or batch_candidate(tab.ppte[r, a - base], True, mem)
-    return batch
+            v = tab.ppte[r, a - base]
+            if classify:
+                nh, last_f = entry_needs_host(v, last_f, variant, large_order, check_folios, mem)
+                need = need or nh
+            if batches:
+                batch = batch or batch_candidate(v, True, mem)
+    return need, batch
 
 
 @cuda.jit(device=True)
@@ -150,11 +146,12 @@ PART_WORDS = NR_FAST_COUNTS | 1
 
 def fork_tables_kernel(mode, rows, variant, large_order, tab, calls, mem, nb, needs_host, walk, counts):
     """A block holds ``blockDim.y`` tables of ``rows``, ``blockDim.x`` threads each: the threads of a table classify
-    its entries, then copy them (consecutive threads, consecutive entries), each counting into its own row of
-    shared memory; one thread per table runs the lock-break cadence; the table's threads then sum the rows, one
-    count each (no atomics). A table holding a linux-6.18 batch is only marked in ``walk``, for
-    :func:`walk_tables_kernel` (see :func:`gpusim.kernels.cpu.fork_tables` for ``mode``). Every thread reaches
-    every barrier: a table that stops early (the host's, or the walk's) skips work between them."""
+    its entries (one pass: does one need the host? could one start a linux-6.18 batch?), then copy them
+    (consecutive threads, consecutive entries), each counting into its own row of shared memory; one thread per
+    table runs the lock-break cadence; the table's threads then sum the rows, one count each (no atomics). A table
+    holding a linux-6.18 batch is only marked in ``walk``, for :func:`walk_tables_kernel` (see
+    :func:`gpusim.kernels.cpu.fork_tables` for ``mode``). Every thread reaches every barrier: a table that stops
+    early (the host's, or the walk's) skips work between them."""
     lane = cuda.threadIdx.x
     nt = cuda.blockDim.x
     w = cuda.threadIdx.y
@@ -163,6 +160,7 @@ def fork_tables_kernel(mode, rows, variant, large_order, tab, calls, mem, nb, ne
     active = i < rows.shape[0]
     r = rows[i] if active else 0
     stop = cuda.shared.array(MAX_TABLES_PER_BLOCK, np.int32)
+    batch = cuda.shared.array(MAX_TABLES_PER_BLOCK, np.int32)
     weight = cuda.shared.array((MAX_TABLES_PER_BLOCK, PTRS_PER_TABLE), np.uint8)
     part = cuda.shared.array((MAX_THREADS, PART_WORDS), np.int32)
     acc = part[tid]
@@ -170,20 +168,26 @@ def fork_tables_kernel(mode, rows, variant, large_order, tab, calls, mem, nb, ne
         acc[x] = 0
     if lane == 0:
         stop[w] = 0 if active else 1
-    cuda.syncthreads()
-    if active and mode != MODE_COPY:
-        if block_needs_host(r, lane, nt, variant, large_order, tab, calls, mem):
-            stop[w] = 1
-    cuda.syncthreads()
-    if active and mode != MODE_COPY and lane == 0:
-        needs_host[i] = stop[w] != 0
-        if mode == MODE_CLASSIFY:
-            stop[w] = 1
+        batch[w] = 0
     cuda.syncthreads()
     is_618 = variant == V_6_18
-    if is_618 and stop[w] == 0 and block_has_batch(r, lane, nt, tab, calls, mem):
-        walk[i] = True
-        stop[w] = 2
+    if active:
+        need, has_batch = block_classify(
+            r, lane, nt, mode != MODE_COPY, is_618 and mode != MODE_CLASSIFY, variant, large_order, tab, calls, mem
+        )
+        if need:
+            stop[w] = 1
+        if has_batch:
+            batch[w] = 1
+    cuda.syncthreads()
+    if active and lane == 0:
+        if mode != MODE_COPY:
+            needs_host[i] = stop[w] != 0
+        if mode == MODE_CLASSIFY:
+            stop[w] = 1
+        elif stop[w] == 0 and batch[w] != 0:  # left to the walk kernel
+            walk[i] = True
+            stop[w] = 2
     cuda.syncthreads()
     go = stop[w] == 0
     if go:
