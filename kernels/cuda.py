@@ -314,8 +314,19 @@ class Shape:
             )
 
 
+# The default shapes, from an H200 (results/BENCHMARKS.md, 2026-11-30): a launch of many tables (several waves of
+# blocks) runs fastest with 16 threads per table (17.9 G PTEs/s at 1 TiB, against 16.5 G with 32); a launch that
+# fits in one wave is bound by one table's latency, which more threads per table shorten (1 GiB: 0.133 ms with 16;
+# 0.086 ms with 32 in the kernel before its classifying passes were merged; 32 with the merged pass not measured).
 DEFAULT_SHAPE = Shape()
+MANY_TABLES = 1 << 16
+MANY_TABLES_SHAPE = Shape(threads_per_table=16) if not SIMULATOR else DEFAULT_SHAPE
 _FORK_KERNELS = {}
+
+
+def default_shape(n: int) -> Shape:
+    """The launch shape of ``n`` table rows when none is asked for."""
+    return MANY_TABLES_SHAPE if n >= MANY_TABLES else DEFAULT_SHAPE
 
 
 def fork_kernel_for(max_registers: int | None):
@@ -375,7 +386,7 @@ def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, shape: Sh
     forks); ``out`` (from :func:`outputs`) then gives the output arrays, so that nothing is allocated or copied
     from the host (a launch that a CUDA graph can capture: :class:`ForkGraph`)."""
     n = int(rows.shape[0])
-    shape = shape or DEFAULT_SHAPE
+    shape = shape or default_shape(n)
     groups = (tab, calls, mem, nb)
     if SIMULATOR:  # Python threads over the numpy arrays themselves
         out = outputs(n, np)
