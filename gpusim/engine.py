@@ -227,7 +227,7 @@ class ForkJob:
             [
                 r
                 for r, s in zip(self.rows.tolist(), starts)
-                if self.plan_inj.alloc_fails(self.fork_seq, s, "ptetable", 1)
+                if self.plan_inj.alloc_fails(self.fork_seq, s, "ptetable", 1, record=False)
             ],
             np.int64,
         )

@@ -205,11 +205,16 @@ class InjectionPlan:
                     out.append(parse_injection(part))
         return cls(tuple(out))
 
-    def alloc_fails(self, fork_seq: int, call_start: int, point: str, n: int) -> bool:
-        for inj in self.injections:
+    def alloc_fails(self, fork_seq: int, call_start: int, point: str, n: int, record: bool = True) -> bool:
+        """Whether the ``n``-th allocation at ``point`` of the call starting at ``call_start`` fails; a keyed
+        failure that answers yes is recorded as fired (unless ``record`` is false: a question asked ahead of the
+        walk, which may stop before it gets there)."""
+        for i, inj in enumerate(self.injections):
             if inj.call is not None and inj.call != call_start:
                 continue
             if inj.kind == "fail" and inj.point == point and inj.n == n:
+                if record:
+                    self.fired.add(i)
                 return True
             if inj.kind == "fail-bern":
                 h = nb_hash(inj.seed ^ POINT_SALT[point], fork_seq, call_start, n)
@@ -235,4 +240,7 @@ class InjectionPlan:
         return out
 
     def unfired(self) -> list[str]:
-        return [inj.text for i, inj in enumerate(self.injections) if inj.kind == "window" and i not in self.fired]
+        """The windows that never occurred and the keyed allocation failures (``fail@point#n``) whose allocation
+        was never made, in injection order (a seeded failure rate has no one occurrence to miss)."""
+        keyed = ("window", "fail")
+        return [inj.text for i, inj in enumerate(self.injections) if inj.kind in keyed and i not in self.fired]

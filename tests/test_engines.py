@@ -122,3 +122,16 @@ def test_batch_equals_one_at_a_time(backend, variant, oracle):
             assert got.invariants.ok, got.invariants.violations
     chunked = gpusim.fork_batch(spaces, variant, backend=backend, oracle=oracle, fork_seq0=3, chunk_tables=2)
     assert [r.digest for r in chunked] == [r.digest for r in batch]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_keyed_failure_that_never_fires_is_unfired(backend, variant):
+    """``fail@copy#5`` where the call makes one early copy never fires and is reported as unfired, on every engine
+    as on the reference; ``fail@copy#1`` fires (where the variant copies early at all) and is not."""
+    layout = "normal*100 pinned normal*411"
+    ref, _ = compare(layout, variant, "never", ["fail@copy#5"], backend)
+    assert ref.unfired == ["fail@copy#5"] and ref.outcome == "ok"
+    ref, _ = compare(layout, variant, "never", ["fail@copy#1", "fail@copy#5"], backend)
+    copies = variant != "linux-5.8"
+    assert ref.outcome == ("enomem" if copies else "ok")
+    assert ref.unfired == (["fail@copy#5"] if copies else ["fail@copy#1", "fail@copy#5"])
