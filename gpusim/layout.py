@@ -26,9 +26,10 @@ Modifiers: ``ro`` (W=0), ``clean`` (dirty=0), ``old`` (young=0), ``pin`` / ``pin
 applied after ``ref``), ``ref=K`` (folio refcount), ``nonex`` / ``nonex=i,j`` (``anon_exclusive`` cleared on all /
 the listed pages of the folio; on ``swap``, a non-exclusive entry), ``cnt=K`` and ``lv=L`` (swap count and
 continuation levels), ``excl`` (``migr`` read-exclusive, linux-6.18 only), ``hwpoison`` (page poisoned).
-Numbers are range-checked rather than wrapped: ``ref`` up to 2**31 - 1 and ``pin`` as many as the i32 refcount
-holds on top of it (1,024 references each), ``lv`` up to 8 and ``cnt`` what those levels hold; a token repeats at
-most 2**26 times and the whole layout spans at most 2**35 pages (the 128 TiB of an x86-64 user address space).
+Numbers are range-checked rather than wrapped: ``ref`` up to 2**30 - 1 and ``pin`` as many as fit on top of it
+within that (1,024 references each; the i32 refcount keeps 2**30 for the forks the space goes through), ``lv`` up
+to 8 and ``cnt`` what those levels hold; a token repeats at most 2**26 times and the whole layout spans at most
+2**35 pages (the 128 TiB of an x86-64 user address space).
 
 Structural tokens (width 0):
 
@@ -63,6 +64,7 @@ from gpusim.kernels.flags import (
     PAGE_HWPOISON,
     PIN_BIAS,
     PTRS_PER_TABLE,
+    REF_MAX,
     VM_DEFAULT_ANON,
     VM_DONTCOPY,
     VM_EXEC,
@@ -80,7 +82,7 @@ from gpusim.variants import DEFAULT_VARIANT, get_variant
 
 MAX_COUNT = 1 << 26  # per-token repeat bound, so a typo cannot ask for terabytes
 MAX_SPAN_PAGES = 1 << 35  # the layout's whole span: x86-64's 128 TiB of user address space
-I32_MAX = (1 << 31) - 1  # folio_refcount is an i32 (ref + pins x PIN_BIAS must fit)
+I32_MAX = (1 << 31) - 1  # the counts of the state are i32
 MAX_SWAP_LEVELS = 8  # 64 x 128**8 - 1 is the largest swap count an i64 holds
 
 
@@ -349,7 +351,7 @@ def _exclusive_pages(parsed: dict, nr: int) -> np.ndarray:
 
 
 def _ref(parsed: dict, default: int) -> int:
-    return _int_mod(parsed["ref"], "ref", 1) if "ref" in parsed else default
+    return _int_mod(parsed["ref"], "ref", 1, REF_MAX) if "ref" in parsed else default
 
 
 def _bits(parsed: dict) -> tuple[bool, bool, bool]:
@@ -360,7 +362,7 @@ def _bits(parsed: dict) -> tuple[bool, bool, bool]:
 def _pins(kind: str, parsed: dict, ref: int) -> int:
     """FOLL_PIN references a token asks for (``pinned``, ``pin``, ``pin=K``), on top of refcount ``ref``."""
     if kind == "pinned" or "pin" in parsed:
-        most = (I32_MAX - ref) // PIN_BIAS
+        most = (REF_MAX - ref) // PIN_BIAS
         return 1 if parsed.get("pin") is None else _int_mod(parsed["pin"], "pin", hi=most)
     return 0
 

@@ -26,6 +26,7 @@ from gpusim.kernels.flags import (
     FOLIO_SWAPBACKED,
     PAGE_ANON_EXCLUSIVE,
     PAGE_SIZE,
+    REF_MAX,
     VM_EXEC,
     VM_MAYREAD,
     VM_MAYWRITE,
@@ -52,6 +53,7 @@ def read_snapshot(path: str | os.PathLike) -> pa.Table:
 
 
 PAGE_COLUMNS = ("addr", "vma", "present", "mapcount", "anon", "thp", "exclusive")
+BOOL_COLUMNS = ("present", "anon", "thp", "exclusive")
 VMA_KEYS = {"start": int, "end": int, "perms": str, "backing": str}
 
 
@@ -74,13 +76,24 @@ def snapshot_vmas(t: pa.Table, where) -> list[dict]:
 
 def check_snapshot(t: pa.Table, where) -> None:
     """ValueError naming ``where`` and the column or field when a snapshot (edited by hand, say) is not one gpusim
-    reads: a page column missing or not of integers, a VMA index outside the VMAs, an address outside its VMA."""
+    reads: a page column missing, not of integers (booleans for the flags) or with an empty value, a map count
+    outside 0 .. :data:`~gpusim.kernels.flags.REF_MAX`, a VMA index outside the VMAs, an address outside its VMA."""
     for name in PAGE_COLUMNS:
         if name not in t.column_names:
             raise ValueError(f"{where}: column '{name}' is missing")
         typ = t.schema.field(name).type
-        if not (pa.types.is_integer(typ) or pa.types.is_boolean(typ)):
+        if name in BOOL_COLUMNS and not pa.types.is_boolean(typ):
+            raise ValueError(f"{where}: column '{name}' holds {typ}, not booleans")
+        if name not in BOOL_COLUMNS and not pa.types.is_integer(typ):
             raise ValueError(f"{where}: column '{name}' holds {typ}, not integers")
+        if t.column(name).null_count:
+            r = int(np.flatnonzero(t.column(name).is_null().to_numpy(zero_copy_only=False))[0])
+            raise ValueError(f"{where}: column '{name}', row {r}: empty (null)")
+    mapc = t.column("mapcount").to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero((mapc < 0) | (mapc > REF_MAX))
+    if bad.size:
+        r = int(bad[0])
+        raise ValueError(f"{where}: column 'mapcount', row {r}: map count {int(mapc[r])} outside 0..{REF_MAX}")
     vmas = snapshot_vmas(t, where)
     vma = t.column("vma").to_numpy(zero_copy_only=False).astype(np.int64)
     bad = np.flatnonzero((vma < 0) | (vma >= len(vmas)))

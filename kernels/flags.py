@@ -13,6 +13,9 @@ PAGE_SIZE = 4096  # bytes of a page (the model's pages are 4 KiB)
 PTRS_PER_TABLE = 512  # entries of one PTE table (one table = 2 MiB of 4 KiB pages)
 BREAK_AT = 32  # copy_pte_range's progress at which it tests for a lock break
 PIN_BIAS = 1024  # GUP_PIN_COUNTING_BIAS: references one FOLL_PIN adds to a small folio
+# The largest reference or map count an input (a layout, a snapshot) may give a folio or page: the counts are i32,
+# and 2**30 of them are left for the forks the space goes through (a fork adds one per PTE that maps the page).
+REF_MAX = (1 << 30) - 1
 SWAP_MAP_MAX = 62  # largest count the first byte of a swap map holds
 SWAP_CONT_MAX = 127  # largest count one continuation level holds
 NULL_ENTRY = -1  # a swap entry of value 0: no slot

@@ -96,9 +96,10 @@ def test_thp():
         ("normal:ref=x", 1, "whole number"),
         ("migr:excl", 1, "linux-6.18"),
         ("mm:pinned normal", 1, "mm modifier"),
-        ("normal normal:pin=2097152", 2, "larger than 2097151"),  # refcount + pins x 1024 would overflow an i32
-        ("normal:ref=2147483648", 1, "larger than 2147483647"),
-        ("devw:ref=99999999999999999999", 1, "larger than 2147483647"),
+        ("normal normal:pin=1048576", 2, "larger than 1048575"),  # refcount + pins x 1024 past REF_MAX
+        ("normal:ref=2147483647", 1, "larger than 1073741823"),  # the fork's references would overflow the i32
+        ("normal:ref=2147483648", 1, "larger than 1073741823"),
+        ("devw:ref=99999999999999999999", 1, "larger than 1073741823"),
         ("swap:lv=9", 1, "larger than 8"),  # the slot's capacity would overflow an i64
         ("swap:cnt=99999999999999999999999", 1, "larger than"),
         (" ".join(["gap*67108864"] * 513), 513, "128 TiB"),
