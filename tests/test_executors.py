@@ -2,6 +2,7 @@
 are recorded; a killed Ray run resumes to exactly the full set."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -195,3 +196,37 @@ def test_a_killed_local_sweep_leaves_no_worker_behind(tmp_path):
     while time.time() < deadline and any(_alive(w) for w in workers):
         time.sleep(0.1)
     assert not any(_alive(w) for w in workers), "worker processes outlived the killed sweep"
+
+
+DRIVER = """
+import sys
+
+sys.path.insert(0, {tests!r})
+import gilhold
+from gpusim.sweep import executors
+executors.execute_task = gilhold.hold_gil_task  # the pool's workers import it by name
+executors.LocalExecutor(2, "cpu").run([("a", 0), ("b", 0)], {out!r}, b"", lambda p, rec: None)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_holding_the_gil_dies_with_a_killed_driver(tmp_path):
+    """A worker inside a long call that holds the GIL (its parent-watching thread cannot run) still dies within
+    seconds of a SIGKILL of the driver: the kernel kills it (PR_SET_PDEATHSIG), not the watcher."""
+    tests = os.path.dirname(__file__)
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(tests=tests, out=str(tmp_path))])
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(tmp_path.glob("started-*"))) < 2:
+        time.sleep(0.05)
+    workers = [int(p.name.split("-")[1]) for p in tmp_path.glob("started-*")]
+    assert proc.poll() is None and len(workers) == 2, "the workers did not start their tasks"
+    time.sleep(0.5)  # inside the GIL-holding call by now
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    alive = [w for w in workers if _alive(w)]
+    for w in alive:  # leave nothing behind, whatever the outcome
+        os.kill(w, signal.SIGKILL)
+    assert not alive, "workers holding the GIL outlived the killed driver"
