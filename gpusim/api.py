@@ -7,14 +7,17 @@ the invariants of spec section 6 are then checked on the result (:mod:`gpusim.in
 
 from __future__ import annotations
 
+import time
+
 from gpusim import backend as _backend
 from gpusim.engine import fork_fast, fork_fast_batch
-from gpusim.invariants import check_invariants
+from gpusim.invariants import check_invariants, check_write_phase
 from gpusim.oracle import InjectionPlan, LockBreakOracle
 from gpusim.reference import fork_reference
 from gpusim.result import ForkResult
 from gpusim.state import AddressSpace
 from gpusim.variants import DEFAULT_VARIANT, get_variant
+from gpusim.writes import parse_writes, run_write_phase
 
 BACKENDS = _backend.BACKENDS
 
@@ -28,6 +31,7 @@ def fork(
     fork_seq: int = 0,
     check: bool = True,
     chunk_tables: int | None = None,
+    writes=None,
 ) -> ForkResult:
     """Simulate one fork of ``space`` under ``variant``.
 
@@ -35,9 +39,12 @@ def fork(
     ``list:...``); ``inject`` a list of injection notations or an :class:`InjectionPlan`. The input state is not
     modified. With ``check`` the invariants of spec section 6 are checked (not after an oops). ``chunk_tables``
     makes the fast engines process the page tables in launches of at most that many tables (an address space
-    larger than device memory); the result does not depend on it.
+    larger than device memory); the result does not depend on it. ``writes`` (the notation of spec 11.1, e.g.
+    ``"parent:all; child:all"``, or a list of steps) runs a write phase after a fork that succeeds:
+    ``result.write_phase`` (:class:`gpusim.writes.WritePhase`; its invariants checked with ``check``).
     """
     get_variant(variant)
+    steps = parse_writes(writes) if writes is not None else None
     space.validate()
     backend = _backend.resolve(backend)
     oracle = LockBreakOracle.parse(oracle) if isinstance(oracle, str) else oracle
@@ -49,7 +56,20 @@ def fork(
         result = fork_fast(space, variant, _backend.kernels(backend), backend, oracle, plan, fork_seq, chunk_tables)
     if check and result.outcome != "oops":
         result.invariants = check_invariants(space, result, oracle, fork_seq)
+    if steps is not None and result.outcome == "ok":
+        result.write_phase = write_phase(result, steps, check)
     return result
+
+
+def write_phase(result: ForkResult, writes, check: bool = True):
+    """The write phase ``writes`` after the fork ``result`` (which is not modified), timed; with ``check`` its
+    invariants (spec 11.5) are checked."""
+    t0 = time.perf_counter()
+    wp = run_write_phase(result.parent, result.child, result.variant, writes)
+    wp.wall_s = time.perf_counter() - t0
+    if check:
+        wp.invariants = check_write_phase(result.parent, result.child, wp)
+    return wp
 
 
 def fork_batch(

@@ -99,9 +99,15 @@ def fork(
     stream_tables: Optional[int] = typer.Option(
         None, "--stream-tables", min=1, help="--workload: fork in chunks of N page tables (default: when it is big)."
     ),
+    writes: Optional[str] = typer.Option(
+        None,
+        "--writes",
+        help="After the fork, a write phase: steps WHO:RANGE separated by ';' (WHO parent or child; RANGE all, "
+        "A or A-B, or child:exit), e.g. 'parent:all; child:all'.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    from gpusim.costmodel import latency, load_profile
+    from gpusim.costmodel import latency, load_profile, write_latency
 
     try:
         get_variant(variant)
@@ -112,8 +118,12 @@ def fork(
             variant, layout, scenario, workload, sets, seed, snapshot, pin, oracle, inject, stream_tables
         )
         oracle = "never" if oracle is None else oracle  # an empty --oracle is refused by the oracle parser
-        result = run_fork(space, variant, backend=backend, oracle=oracle, inject=inject or (), rows=rows)
+        if writes is not None and rows:
+            bad_input("--writes: a streamed fork has no write phase (leave out --stream-tables, or fork less)")
+        result = run_fork(space, variant, backend=backend, oracle=oracle, inject=inject or (), rows=rows, writes=writes)
         lat = latency(result.counts, variant, prof, result.table_stats)
+        if result.write_phase is not None:
+            result.write_phase.latency = write_latency(result.write_phase.counts, prof)
     except typer.Exit:
         raise
     except ValueError as e:
@@ -122,6 +132,8 @@ def fork(
         typer.echo(json.dumps({**result.as_dict(), **lat}))
         return
     print_summary(result)
+    if writes is not None:
+        print_write_phase(result)
     Console(highlight=False).print(
         f"modelled latency {lat['latency_ns'] / 1e6:.3f} ms (profile {lat['profile']}); longest PTE-lock hold "
         f"{lat['lock_hold_max_ns'] / 1e3:.1f} us; "
@@ -165,12 +177,13 @@ def fork_input(variant, layout, scenario, workload, sets, seed, snapshot, pin, o
     return parse_layout(layout, variant), oracle, inject, None
 
 
-def run_fork(space, variant: str, backend: str, oracle, inject, rows: int | None):
-    """``gpusim fork``'s fork: whole, or streamed in chunks of ``rows`` tables with a progress bar on a terminal."""
+def run_fork(space, variant: str, backend: str, oracle, inject, rows: int | None, writes=None):
+    """``gpusim fork``'s fork: whole (then the write phase ``writes``, if any), or streamed in chunks of ``rows``
+    tables with a progress bar on a terminal."""
     if not rows:
         from gpusim.api import fork
 
-        return fork(space, variant, backend=backend, oracle=oracle, inject=inject)
+        return fork(space, variant, backend=backend, oracle=oracle, inject=inject, writes=writes)
     from gpusim.stream import fork_streamed
 
     with chunk_progress(space.nr_rows) as progress:
@@ -794,6 +807,32 @@ def print_summary(r) -> None:
     chunks = getattr(r, "chunks", 0)
     streamed = f" in {chunks} chunk(s) of up to {r.chunk_rows} tables" if chunks else ""
     out.print(f"digest {r.digest[:16]}…  engine {r.engine_wall_s * 1e3:.2f} ms{streamed}")
+
+
+def print_write_phase(r) -> None:
+    """The write phase's lines of ``gpusim fork``'s summary: what each writer's writes did, and the DMA view."""
+    out = Console(highlight=False)
+    wp = r.write_phase
+    if wp is None:
+        out.print(f"write phase: not run (the fork ended {r.outcome})")
+        return
+    for who, counts in wp.counts.items():
+        done = ", ".join(f"{n} {ev}" for ev, n in counts.items() if n) or "no writes"
+        out.print(f"write phase, {who}: {done}", markup=False)
+    d = wp.dma
+    if not d["pinned"]:
+        out.print("DMA: no pinned page in the parent")
+    elif not d["parent_diverged"]:
+        out.print(f"DMA: [green]the parent kept all {d['pinned']} of its pinned frames[/]")
+    else:
+        alias = f"; the child maps {d['child_aliased']} of them writable" if d["child_aliased"] else ""
+        out.print(f"DMA: [red]the parent lost {d['parent_diverged']} of its {d['pinned']} pinned frames[/]{alias}")
+    lat = wp.latency or {}
+    if lat.get("latency_ns") is not None:
+        out.print(f"write phase modelled latency {lat['latency_ns'] / 1e6:.3f} ms (beside the fork's, not in it)")
+    if wp.invariants is not None and not wp.invariants.ok:
+        for v in wp.invariants.violations:
+            out.print(f"  {v}", markup=False)
 
 
 @app.command()

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gpusim.result import COST_EVENTS, TABLE_EVENTS
 from gpusim.variants import VARIANTS, get_variant
+from gpusim.writes import WRITE_EVENTS, WRITERS
 from gpusim.yamlerr import load_yaml_model
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -100,6 +101,7 @@ class Profile(BaseModel):
     description: str
     sources: list[Source] = []
     costs: dict[str, EventCost]
+    write_costs: dict[str, EventCost] = {}  # the write phase's events (spec 11.5); a profile may have none
     variant_factors: dict[str, EventCost] = {}
     anchors: list[Anchor] = []
     fit: dict = {}  # host profiles: the fit's groups, scales and residuals
@@ -113,6 +115,8 @@ class Profile(BaseModel):
         missing = [e for e in COST_EVENTS if e not in self.costs]
         if missing:
             raise ValueError(f"no cost for: {', '.join(missing)}")
+        if self.write_costs and sorted(self.write_costs) != sorted(WRITE_EVENTS):
+            raise ValueError(f"write_costs: one cost for each of {', '.join(WRITE_EVENTS)}")
         bad = sorted(set(self.variant_factors) - set(VARIANTS))
         if bad:
             raise ValueError(f"variant_factors: unknown variants {', '.join(bad)}")
@@ -207,6 +211,17 @@ def latency(counts: dict[str, int], variant: str, profile: Profile, table_stats=
         "lock_hold_max_ns": hold,
         "profile": profile.name,
     }
+
+
+def write_latency(counts: dict[str, dict[str, int]], profile: Profile) -> dict:
+    """The write phase's modelled latency (spec 11.5): ``latency_ns`` and ``latency_breakdown_ns`` per writer and
+    event, reported beside the fork's, never added to it; None figures when the profile has no write costs (a
+    host profile calibrated before the write phase existed)."""
+    if not profile.write_costs:
+        return {"latency_ns": None, "latency_breakdown_ns": None, "profile": profile.name}
+    breakdown = {w: {e: counts[w][e] * profile.write_costs[e].ns for e in WRITE_EVENTS} for w in WRITERS}
+    total = sum(v for per in breakdown.values() for v in per.values())
+    return {"latency_ns": total, "latency_breakdown_ns": breakdown, "profile": profile.name}
 
 
 def lock_hold_max_ns(table_stats, variant: str, profile: Profile) -> float:

@@ -590,3 +590,44 @@ def check_invariants(before: AddressSpace, result, oracle, fork_seq: int) -> Inv
     chk = _Checker(before, result, oracle, fork_seq)
     chk.run()
     return InvariantReport(not chk.violations, tuple(chk.violations))
+
+
+def _holders(mms, memory) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(PTE mappings per page, PTE mappings per folio, PMD mappings per folio) that the mms' entries hold."""
+    pages = np.zeros(memory.nr_pages, np.int64)
+    for mm in mms:
+        pfns = decode.page_pfns(mm.pte)
+        pages += np.bincount(pfns, minlength=memory.nr_pages)[: memory.nr_pages]
+    by_folio = np.bincount(memory.page_folio, weights=pages, minlength=memory.nr_folios).astype(np.int64)
+    pmds = np.zeros(memory.nr_folios, np.int64)
+    for mm in mms:
+        if mm.pmd.size:
+            heads = decode.offsets(mm.pmd).astype(np.int64)
+            pmds += np.bincount(memory.page_folio[heads], minlength=memory.nr_folios)[: memory.nr_folios]
+    return pages, by_folio, pmds
+
+
+def check_write_phase(parent0: AddressSpace, child0, wp) -> InvariantReport:
+    """Spec 11.5: after a write phase every folio's reference count and every page's map count still equal the
+    mappings and pins that hold them: changed by exactly the mappings the phase added or removed (a PMD holds one
+    reference and one PMD mapping of its folio; a PTE one reference of its folio and one map count of its page),
+    the pages it allocated held by their mappings alone, and a folio freed by the phase mapped by no one."""
+    m0, m1 = parent0.memory, wp.memory
+    n_pages, n_folios = m0.nr_pages, m0.nr_folios
+    pg0, fo0, pmd0 = _holders((parent0.mm, child0), m0)
+    pg1, fo1, pmd1 = _holders((wp.parent.mm, wp.child), m1)
+    out = []
+
+    def report(name, got, want, what):
+        bad = np.flatnonzero(got != want)
+        out.extend(f"write phase: {what} {int(i)}: {name} {int(got[i])}, expected {int(want[i])}" for i in bad[:5])
+
+    report("map count", m1.page_mapcount[:n_pages], m0.page_mapcount + pg1[:n_pages] - pg0, "page")
+    ref_delta = fo1[:n_folios] - fo0 + pmd1[:n_folios] - pmd0
+    report("refcount", m1.folio_refcount[:n_folios], m0.folio_refcount + ref_delta, "folio")
+    report("PMD mappings", m1.folio_pmd_mapcount[:n_folios], m0.folio_pmd_mapcount + pmd1[:n_folios] - pmd0, "folio")
+    report("map count", m1.page_mapcount[n_pages:], pg1[n_pages:], "new page")
+    report("refcount", m1.folio_refcount[n_folios:], fo1[n_folios:], "new folio")
+    for f in np.flatnonzero(((m1.folio_flags & FOLIO_FREED) != 0) & ((fo1 + pmd1) != 0))[:5]:
+        out.append(f"write phase: freed folio {int(f)} is still mapped {int(fo1[f] + pmd1[f])} times")
+    return InvariantReport(not out, tuple(out[:MAX_REPORTED]))

@@ -180,6 +180,7 @@ class ForkResult:
     trace_complete: bool = True  # False when a fast engine copied tables outside the host loop
     table_stats: TableStats | None = None
     host_tables: int = 0  # page tables the Python host loop (the reference's state machines) copied
+    write_phase: object | None = None  # gpusim.writes.WritePhase, when writes followed the fork
 
     @property
     def memory(self) -> Memory:
@@ -213,6 +214,7 @@ class ForkResult:
             "ptes_per_s": self.nr_ptes / self.engine_wall_s if self.engine_wall_s > 0 else None,
             "bytes_per_pte": self.bytes_per_pte(),
             "host_tables": self.host_tables,
+            "write_phase": None if self.write_phase is None else self.write_phase.as_dict(),
         }
 
     def bytes_per_pte(self) -> float | None:

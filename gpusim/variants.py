@@ -13,6 +13,12 @@ LINUX_5_10 = "linux-5.10"
 LINUX_6_18 = "linux-6.18"
 DEFAULT_VARIANT = LINUX_6_18
 
+# How a write-protect fault decides to reuse an anon page (spec 11.2): by its mappings alone (reuse_swap_page, before
+# 09854ba94c6a), by its reference count (page_count == 1), or by PageAnonExclusive and wp_can_reuse_anon_folio.
+WP_REUSE_MAPCOUNT = "mapcount"
+WP_REUSE_REFCOUNT = "refcount"
+WP_REUSE_EXCLUSIVE = "exclusive"
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -32,6 +38,7 @@ class Variant:
     hwpoison_fails_copy: bool  # an early copy of a poisoned page fails the fork (-EHWPOISON)
     large_pin_order: int  # folios of this order or more keep an exact folio-wide pincount
     install_weight: int  # progress added by an early-copy install (1 at the top of an xu pass, else 8)
+    wp_reuse: str  # the write-protect fault's reuse rule (WP_REUSE_*)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -49,6 +56,7 @@ VARIANTS: dict[str, Variant] = {
             hwpoison_fails_copy=False,
             large_pin_order=2,
             install_weight=8,
+            wp_reuse=WP_REUSE_MAPCOUNT,
         ),
         Variant(
             XU_V1,
@@ -62,6 +70,7 @@ VARIANTS: dict[str, Variant] = {
             hwpoison_fails_copy=False,
             large_pin_order=2,
             install_weight=1,
+            wp_reuse=WP_REUSE_REFCOUNT,
         ),
         Variant(
             XU_V1_OLEG,
@@ -75,6 +84,7 @@ VARIANTS: dict[str, Variant] = {
             hwpoison_fails_copy=False,
             large_pin_order=2,
             install_weight=1,
+            wp_reuse=WP_REUSE_REFCOUNT,
         ),
         Variant(
             LINUX_5_10,
@@ -88,6 +98,7 @@ VARIANTS: dict[str, Variant] = {
             hwpoison_fails_copy=False,
             large_pin_order=2,
             install_weight=8,
+            wp_reuse=WP_REUSE_REFCOUNT,
         ),
         Variant(
             LINUX_6_18,
@@ -101,6 +112,7 @@ VARIANTS: dict[str, Variant] = {
             hwpoison_fails_copy=True,
             large_pin_order=1,
             install_weight=8,
+            wp_reuse=WP_REUSE_EXCLUSIVE,
         ),
     )
 }

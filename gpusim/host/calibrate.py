@@ -295,6 +295,11 @@ def calibrate(quick: bool = False, out: str | None = None, rounds: int | None = 
             }
         ],
         "costs": fitted_costs(public, f["scales"], f["used"], bare_ns),
+        # not measured by calibrate yet: the public profile's, said so
+        "write_costs": {
+            e: {"ns": c.ns, "kind": c.kind, "basis": f"from {public.name}, not calibrated here: {c.basis}"}
+            for e, c in public.write_costs.items()
+        },
         "variant_factors": {},
         "fit": {
             "variant": variant,

@@ -1,0 +1,436 @@
+"""The write phase after a fork (spec section 11): the parent's and the child's writes, their COW faults, and
+whether a device's DMA still lands in the parent.
+
+A write phase is a list of steps (:func:`parse_writes`: ``parent:all; child:0-99; child:exit``). Each write goes
+through :func:`handle_mm_fault`, named, as its helpers are, after the kernel function it models:
+``do_wp_page`` decides between ``wp_page_reuse`` and ``wp_page_copy`` with the variant's rule
+(``wp_can_reuse_anon_folio``, :data:`gpusim.variants.Variant.wp_reuse`), ``do_huge_pmd_wp_page`` reuses a PMD-mapped
+THP or splits it and retries at PTE level, ``do_anonymous_page`` maps a new page where there was none, and
+``exit_mmap`` tears the child down (``child:exit``). Every write is counted per writer as one of
+:data:`WRITE_EVENTS`.
+
+The DMA view (spec 11.3): at the start of the phase every parent address whose page belongs to a truly pinned folio
+is a DMA address and that page its DMA frame; at the end, ``parent_diverged`` counts the DMA addresses where the
+parent no longer maps its frame (the device's writes are lost to it) and ``child_aliased`` those where the child
+maps the frame writable (the device writes into the child).
+
+This is the reference implementation, plain Python over the reference engine's containers; every backend runs it on
+its fork's final state (the fast engines' compiled write phase is not built yet). Reading of the kernel beyond the
+spec's text: a write-protect fault on a folio that is not anonymous (a page-cache page in a private mapping) always
+copies (``do_wp_page`` tries reuse for anonymous folios only), and a write to an address in no VMA is a ``segv``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass, field
+
+from gpusim.kernels import pte as P
+from gpusim.kernels.flags import (
+    BACKING_ANON,
+    FOLIO_ANON,
+    FOLIO_FREED,
+    FOLIO_SWAPBACKED,
+    MM_ANONPAGES,
+    PAGE_ANON_EXCLUSIVE,
+    PTRS_PER_TABLE,
+    VM_SHARED,
+    VM_WRITE,
+    mm_counter,
+)
+from gpusim.reference import Machine, MMState
+from gpusim.state import MM, AddressSpace, Memory
+from gpusim.variants import WP_REUSE_EXCLUSIVE, WP_REUSE_MAPCOUNT, get_variant
+
+WRITE_EVENTS = ("none", "reuse", "copy", "anon_fault", "pmd_reuse", "pmd_split", "segv", "unmodelled")
+WRITERS = ("parent", "child")
+MAX_ADDRESS = 1 << 35  # pages: the layouts' bound (128 TiB)
+MAX_WRITES = 1 << 26  # writes of one phase (the reference writes one address at a time)
+
+
+class WritesError(ValueError):
+    """A write phase that cannot be run (its notation, or a step after ``child:exit``)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    who: str  # "parent" or "child"
+    lo: int = 0  # addresses lo .. hi (inclusive); ``all``: every mapped address at the start of the step
+    hi: int = -1
+    all: bool = False
+    exit: bool = False
+
+    @property
+    def text(self) -> str:
+        if self.exit:
+            return f"{self.who}:exit"
+        if self.all:
+            return f"{self.who}:all"
+        return f"{self.who}:{self.lo}" if self.lo == self.hi else f"{self.who}:{self.lo}-{self.hi}"
+
+
+_ADDR = r"(0x[0-9a-fA-F]+|\d+)"
+
+
+def parse_step(text: str, k: int) -> Step:
+    """One step of the notation (``k``: its number, for the message)."""
+    who, sep, what = text.strip().partition(":")
+    who, what = who.strip(), what.strip()
+    where = f"writes step {k} '{text.strip()}'"
+    if not sep or who not in WRITERS:
+        raise WritesError(f"{where}: a step is parent:RANGE or child:RANGE (RANGE: all, A, A-B, or child:exit)")
+    if what == "all":
+        return Step(who, all=True)
+    if what == "exit":
+        if who != "child":
+            raise WritesError(f"{where}: only the child exits")
+        return Step(who, exit=True)
+    m = re.fullmatch(rf"{_ADDR}(?:\s*-\s*{_ADDR})?", what)
+    if not m:
+        raise WritesError(f"{where}: RANGE is all, an address A or A-B (pages, decimal or 0x...)")
+    lo = int(m.group(1), 0)
+    hi = int(m.group(2), 0) if m.group(2) else lo
+    if not lo <= hi < MAX_ADDRESS:
+        raise WritesError(f"{where}: addresses A <= B below 2**35 (pages)")
+    return Step(who, lo, hi)
+
+
+def parse_writes(writes) -> tuple[Step, ...]:
+    """Steps from the notation (``;``-separated) or from a list of step notations or :class:`Step` objects."""
+    if isinstance(writes, str):
+        parts = writes.split(";")
+    else:
+        parts = list(writes)
+    if not parts or all(isinstance(p, str) and not p.strip() for p in parts):
+        raise WritesError("an empty write phase (leave --writes out for none)")
+    steps = tuple(p if isinstance(p, Step) else parse_step(p, k) for k, p in enumerate(parts, 1))
+    exited = False
+    for k, s in enumerate(steps, 1):
+        if s.who == "child" and exited:
+            raise WritesError(f"writes step {k} '{s.text}': the child has exited")
+        exited = exited or s.exit
+    return steps
+
+
+@dataclass
+class WritePhase:
+    """What a write phase did: counts of :data:`WRITE_EVENTS` per writer, the DMA view, the states after it, and
+    (filled by :mod:`gpusim.api` from a cost profile) its modelled latency."""
+
+    steps: tuple[Step, ...]
+    counts: dict[str, dict[str, int]]
+    dma: dict[str, int]
+    parent: AddressSpace
+    child: MM
+    child_exited: bool
+    latency: dict | None = None
+    invariants: object = None
+    wall_s: float = 0.0
+
+    @property
+    def memory(self) -> Memory:
+        return self.parent.memory
+
+    def as_dict(self) -> dict:
+        out = {
+            "steps": "; ".join(s.text for s in self.steps),
+            "counts": {w: dict(c) for w, c in self.counts.items()},
+            "dma": dict(self.dma),
+            "child_exited": self.child_exited,
+        }
+        if self.latency is not None:
+            out.update(self.latency)
+        if self.invariants is not None:
+            out["invariants"] = self.invariants.as_dict()
+        return out
+
+
+@dataclass
+class _Proc:
+    """One writer: its mm, its VMAs' starts (for lookups), and how many of its PTEs (plus 512 per PMD) map each folio
+    (``wp_can_reuse_anon_folio`` asks it; kept up to date by every change)."""
+
+    name: str
+    mm: MMState
+    starts: list = field(default_factory=list)
+    mapped: dict = field(default_factory=dict)
+
+
+class WriteContext:
+    """The state a write phase works on: the fork's final memory, parent and child, as the reference's containers."""
+
+    def __init__(self, parent: AddressSpace, child: MM, variant: str):
+        self.v = get_variant(variant)
+        self.m = Machine(parent.memory)
+        self.procs = {"parent": _Proc("parent", MMState(parent.mm)), "child": _Proc("child", MMState(child))}
+        for p in self.procs.values():
+            p.starts = [v.start for v in p.mm.vmas]
+            p.mapped = self._rmap_counts(p.mm)
+        self.counts = {w: dict.fromkeys(WRITE_EVENTS, 0) for w in WRITERS}
+        self.child_exited = False
+
+    def _rmap_counts(self, mm: MMState) -> dict:
+        m, out = self.m, {}
+        for row in mm.tables.values():
+            for v in row:
+                if P.pte_kind(v) == P.KIND_PRESENT and not P.pte_special(v):
+                    f = m.page_folio[P.pte_pfn(v)]
+                    out[f] = out.get(f, 0) + 1
+        for v in mm.pmds.values():
+            f = m.page_folio[P.pte_pfn(v)]
+            out[f] = out.get(f, 0) + PTRS_PER_TABLE
+        return out
+
+    def find_vma(self, p: _Proc, a: int):
+        i = bisect.bisect_right(p.starts, a) - 1
+        if i < 0 or a >= p.mm.vmas[i].end:
+            return None
+        return p.mm.vmas[i]
+
+    def folio_pages(self, f: int) -> range:
+        first = self.m.folio_first_pfn[f]
+        return range(first, first + (1 << self.m.folio_order[f]))
+
+    def new_anon_page(self) -> int:
+        """A new order-0 anon folio with new content, mapped once (the caller maps it): its pfn."""
+        m = self.m
+        q = m.alloc_folio()
+        m.folio_flags[m.page_folio[q]] |= FOLIO_ANON | FOLIO_SWAPBACKED
+        m.page_mapcount[q] = 1
+        m.page_flags[q] = PAGE_ANON_EXCLUSIVE if self.v.anon_exclusive else 0
+        m.page_content[q] = m.new_content()
+        return q
+
+    def put_mapping(self, p: _Proc, pfn: int, present: bool = True) -> None:
+        """One entry of ``p`` (a present PTE, or a device-private one) stops mapping ``pfn``: its mapcount and its
+        folio's reference drop (freed at 0)."""
+        m = self.m
+        f = m.page_folio[pfn]
+        m.page_mapcount[pfn] -= 1
+        m.folio_refcount[f] -= 1
+        if present:
+            p.mapped[f] -= 1
+        if m.folio_refcount[f] == 0:
+            m.folio_flags[f] |= FOLIO_FREED
+
+
+def wp_can_reuse_anon_folio(wc: WriteContext, p: _Proc, f: int, pfn: int) -> bool:
+    """Spec 11.2's ``wp_reuse_pte``: whether a write-protect fault of ``p`` on page ``pfn`` of anon folio ``f``
+    reuses it (else it copies), by the variant's rule."""
+    m, rule = wc.m, wc.v.wp_reuse
+    pages = wc.folio_pages(f)
+    if rule == WP_REUSE_MAPCOUNT:  # reuse_swap_page(): mappings only, the refcount (pins) never read
+        count = m.page_mapcount[pfn] if m.folio_order[f] == 0 else max(m.page_mapcount[q] for q in pages)
+        return count + (m.folio_pmd_mapcount[f] if m.folio_order[f] else 0) <= 1
+    if rule != WP_REUSE_EXCLUSIVE:  # 09854ba94c6a: page_count(head) == 1
+        return m.folio_refcount[f] == 1 and m.page_mapcount[pfn] == 1
+    if m.page_flags[pfn] & PAGE_ANON_EXCLUSIVE:
+        return True
+    if m.folio_order[f] == 0:
+        return m.folio_refcount[f] == 1
+    large_map = sum(m.page_mapcount[q] for q in pages) + len(pages) * m.folio_pmd_mapcount[f]
+    return large_map > 1 and large_map == p.mapped.get(f, 0) and large_map == m.folio_refcount[f]
+
+
+def wp_page_reuse(wc: WriteContext, row: list, i: int, v: int, pfn: int) -> None:
+    row[i] = P.pte_mkdirty(P.pte_mkyoung(P.pte_mkwrite(v)))
+    if wc.v.anon_exclusive:
+        wc.m.page_flags[pfn] |= PAGE_ANON_EXCLUSIVE
+    wc.m.page_content[pfn] = wc.m.new_content()
+
+
+def wp_page_copy(wc: WriteContext, p: _Proc, row: list, i: int, pfn: int) -> None:
+    """The writer gets a new anon page; the old page loses this mapping (its folio freed at refcount 0)."""
+    m = wc.m
+    f = m.page_folio[pfn]
+    q = wc.new_anon_page()
+    row[i] = P.mk_pte(q, True, True, True, False)
+    p.mapped[m.page_folio[q]] = 1
+    if not m.folio_flags[f] & FOLIO_ANON:  # a page-cache page: the writer's rss moves to anon
+        p.mm.rss[mm_counter(m.folio_flags[f])] -= 1
+        p.mm.rss[MM_ANONPAGES] += 1
+    wc.put_mapping(p, pfn)
+
+
+def do_wp_page(wc: WriteContext, p: _Proc, row: list, i: int, v: int) -> str:
+    pfn = P.pte_pfn(v)
+    f = wc.m.page_folio[pfn]
+    if wc.m.folio_flags[f] & FOLIO_ANON and wp_can_reuse_anon_folio(wc, p, f, pfn):
+        wp_page_reuse(wc, row, i, v, pfn)
+        return "reuse"
+    wp_page_copy(wc, p, row, i, pfn)
+    return "copy"
+
+
+def wp_huge_pmd_reuse(wc: WriteContext, f: int) -> bool:
+    """Spec 11.2's ``wp_reuse_pmd``."""
+    m = wc.m
+    if wc.v.wp_reuse == WP_REUSE_EXCLUSIVE:
+        return bool(m.page_flags[m.folio_first_pfn[f]] & PAGE_ANON_EXCLUSIVE) or m.folio_refcount[f] == 1
+    return max(m.page_mapcount[q] for q in wc.folio_pages(f)) + m.folio_pmd_mapcount[f] <= 1
+
+
+def split_huge_pmd(wc: WriteContext, p: _Proc, t: int) -> None:
+    """The PMD of table ``t`` becomes a PTE table mapping the folio's pages read-only (spec 10's split)."""
+    m = wc.m
+    pmd = p.mm.pmds.pop(t)
+    head = P.pte_pfn(pmd)
+    f = m.page_folio[head]
+    excl = m.page_flags[head] & PAGE_ANON_EXCLUSIVE
+    row = []
+    for j in range(PTRS_PER_TABLE):
+        m.page_mapcount[head + j] += 1
+        m.page_flags[head + j] = (m.page_flags[head + j] & ~PAGE_ANON_EXCLUSIVE) | excl
+        row.append(P.mk_pte(head + j, False, P.pte_dirty(pmd), P.pte_young(pmd), False))
+    m.folio_refcount[f] += PTRS_PER_TABLE - 1
+    m.folio_pmd_mapcount[f] -= 1
+    p.mm.tables[t] = row
+
+
+def do_huge_pmd_wp_page(wc: WriteContext, p: _Proc, t: int) -> str:
+    """A write to a PMD-mapped THP: ``pmd_reuse`` or ``pmd_split`` (then the caller retries at PTE level)."""
+    pmd = p.mm.pmds[t]
+    if P.pte_write(pmd):
+        return "none"
+    f = wc.m.page_folio[P.pte_pfn(pmd)]
+    if wp_huge_pmd_reuse(wc, f):
+        p.mm.pmds[t] = P.pte_mkdirty(P.pte_mkwrite(pmd))
+        if wc.v.anon_exclusive:
+            wc.m.page_flags[wc.m.folio_first_pfn[f]] |= PAGE_ANON_EXCLUSIVE
+        return "pmd_reuse"
+    split_huge_pmd(wc, p, t)
+    return "pmd_split"
+
+
+def do_anonymous_page(wc: WriteContext, p: _Proc, t: int, i: int) -> None:
+    row = p.mm.tables.setdefault(t, [0] * PTRS_PER_TABLE)
+    q = wc.new_anon_page()
+    row[i] = P.mk_pte(q, True, True, True, False)
+    p.mapped[wc.m.page_folio[q]] = 1
+    p.mm.rss[MM_ANONPAGES] += 1
+
+
+def handle_mm_fault(wc: WriteContext, p: _Proc, a: int) -> list[str]:
+    """One write of ``p`` to address ``a``: the events it counts (two for a PMD split and its retry)."""
+    vma = wc.find_vma(p, a)
+    if vma is None or not vma.flags & VM_WRITE:
+        return ["segv"]
+    t, i = divmod(a, PTRS_PER_TABLE)
+    shared = bool(vma.flags & VM_SHARED)
+    if t in p.mm.pmds:
+        if shared:
+            return ["none"]
+        ev = do_huge_pmd_wp_page(wc, p, t)
+        if ev != "pmd_split":
+            return [ev]
+        return [ev, *handle_mm_fault(wc, p, a)]
+    row = p.mm.tables.get(t)
+    v = 0 if row is None else row[i]
+    kind = P.pte_kind(v)
+    if shared or (kind == P.KIND_PRESENT and P.pte_special(v)):
+        if kind == P.KIND_PRESENT and not P.pte_special(v):  # the page itself is written in place
+            wc.m.page_content[P.pte_pfn(v)] = wc.m.new_content()
+        return ["none"]
+    if kind == P.KIND_NONE:
+        if vma.backing != BACKING_ANON:
+            return ["unmodelled"]
+        do_anonymous_page(wc, p, t, i)
+        return ["anon_fault"]
+    if kind != P.KIND_PRESENT:
+        return ["unmodelled"]
+    if P.pte_write(v):
+        row[i] = P.pte_mkdirty(P.pte_mkyoung(v))
+        wc.m.page_content[P.pte_pfn(v)] = wc.m.new_content()
+        return ["none"]
+    return [do_wp_page(wc, p, row, i, v)]
+
+
+def exit_mmap(wc: WriteContext) -> None:
+    """``child:exit``: every child entry drops what it holds (spec 5.4's teardown); the child is left empty."""
+    m, p = wc.m, wc.procs["child"]
+    for row in p.mm.tables.values():
+        for v in row:
+            kind = P.pte_kind(v)
+            if kind == P.KIND_PRESENT and not P.pte_special(v):
+                wc.put_mapping(p, P.pte_pfn(v))
+            elif kind == P.KIND_DEVICE_PRIVATE:
+                wc.put_mapping(p, P.swp_offset(v), present=False)
+            elif kind == P.KIND_SWAP:
+                m.swap_count[P.swp_offset(v)] -= 1
+    for v in p.mm.pmds.values():
+        f = m.page_folio[P.pte_pfn(v)]
+        m.folio_refcount[f] -= 1
+        m.folio_pmd_mapcount[f] -= 1
+        if m.folio_refcount[f] == 0:
+            m.folio_flags[f] |= FOLIO_FREED
+    wc.procs["child"] = _Proc("child", MMState())
+    wc.child_exited = True
+
+
+def mapped_addresses(p: _Proc) -> list[int]:
+    """``all``: the addresses where ``p`` has a present PTE or a PMD-mapped THP, ascending."""
+    out = [t * PTRS_PER_TABLE + j for t in p.mm.pmds for j in range(PTRS_PER_TABLE)]
+    for t, row in p.mm.tables.items():
+        out.extend(t * PTRS_PER_TABLE + j for j, v in enumerate(row) if P.pte_kind(v) == P.KIND_PRESENT)
+    return sorted(out)
+
+
+def step_addresses(wc: WriteContext, s: Step):
+    """The addresses a step writes, ascending: those of ``all``, or the range."""
+    return mapped_addresses(wc.procs[s.who]) if s.all else range(s.lo, s.hi + 1)
+
+
+def dma_frames(wc: WriteContext, p: _Proc) -> dict[int, int]:
+    """{address: frame} of ``p``'s addresses whose page belongs to a truly pinned folio."""
+    m, out = wc.m, {}
+    for t, row in p.mm.tables.items():
+        for j, v in enumerate(row):
+            if P.pte_kind(v) == P.KIND_PRESENT and not P.pte_special(v):
+                if m.folio_true_pins[m.page_folio[P.pte_pfn(v)]] > 0:
+                    out[t * PTRS_PER_TABLE + j] = P.pte_pfn(v)
+    for t, pmd in p.mm.pmds.items():
+        head = P.pte_pfn(pmd)
+        if m.folio_true_pins[m.page_folio[head]] > 0:
+            out.update({t * PTRS_PER_TABLE + j: head + j for j in range(PTRS_PER_TABLE)})
+    return out
+
+
+def maps_frame(p: _Proc, a: int, frame: int, writable: bool = False) -> bool:
+    """Whether ``p`` maps page ``frame`` at address ``a`` (and writably, with ``writable``)."""
+    t, i = divmod(a, PTRS_PER_TABLE)
+    if t in p.mm.pmds:
+        v = p.mm.pmds[t]
+        return P.pte_pfn(v) + i == frame and (not writable or bool(P.pte_write(v)))
+    row = p.mm.tables.get(t)
+    v = 0 if row is None else row[i]
+    if P.pte_kind(v) != P.KIND_PRESENT or P.pte_special(v) or P.pte_pfn(v) != frame:
+        return False
+    return not writable or bool(P.pte_write(v))
+
+
+def run_write_phase(parent: AddressSpace, child: MM, variant: str, writes) -> WritePhase:
+    """The write phase ``writes`` (notation, or steps) after a fork whose final states are ``parent`` and ``child``;
+    the inputs are not modified."""
+    steps = parse_writes(writes)
+    wc = WriteContext(parent, child, variant)
+    total = sum(s.hi - s.lo + 1 for s in steps if not s.all and not s.exit)
+    if total > MAX_WRITES:
+        raise WritesError(f"the write phase writes {total:,} addresses, more than {MAX_WRITES:,}")
+    frames = dma_frames(wc, wc.procs["parent"])
+    for s in steps:
+        if s.exit:
+            exit_mmap(wc)
+            continue
+        p, counts = wc.procs[s.who], wc.counts[s.who]
+        for a in step_addresses(wc, s):
+            for ev in handle_mm_fault(wc, p, a):
+                counts[ev] += 1
+    par, chi = wc.procs["parent"], wc.procs["child"]
+    dma = {
+        "pinned": len(frames),
+        "parent_diverged": sum(1 for a, fr in frames.items() if not maps_frame(par, a, fr)),
+        "child_aliased": sum(1 for a, fr in frames.items() if maps_frame(chi, a, fr, writable=True)),
+    }
+    after = AddressSpace(par.mm.to_mm(), wc.m.to_memory())
+    return WritePhase(steps, wc.counts, dma, after, chi.mm.to_mm(), wc.child_exited)

@@ -1,0 +1,257 @@
+"""The write phase after the fork (spec section 11): the scenarios W-a ... W-f with their figures for every variant,
+on every engine; random layouts and write steps (invariants hold, every engine equals the reference, only written
+pages change); the notation's errors; the CLI's JSON and summary."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import SMALL
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from strategies import layouts
+from test_fuzz import run_cli
+
+import gpusim
+from gpusim.kernels import pte as P
+from gpusim.variants import VARIANTS
+from gpusim.writes import WRITE_EVENTS, WritesError, parse_writes
+
+XU = ("xu-v1", "xu-v1-oleg", "linux-5.10", "linux-6.18")
+
+
+def expect(parent=None, child=None, diverged=0, aliased=0):
+    return {"parent": parent or {}, "child": child or {}, "diverged": diverged, "aliased": aliased}
+
+
+# Spec 11.4, row by row: (id, layout, steps, {variants: expected})
+SCENARIOS = [
+    (
+        "W-a",
+        "pinned*4 normal*4",
+        "parent:all; child:all",
+        {
+            ("linux-5.8",): expect({"copy": 8}, {"reuse": 8}, 4, 4),
+            XU: expect({"copy": 4, "none": 4}, {"reuse": 4, "none": 4}),
+        },
+    ),
+    (
+        "W-b",
+        "pinned*4 normal*4",
+        "child:all; parent:all",
+        {
+            ("linux-5.8",): expect({"reuse": 8}, {"copy": 8}),
+            XU: expect({"reuse": 4, "none": 4}, {"copy": 4, "none": 4}),
+        },
+    ),
+    (
+        "W-c",
+        "pinned*4 normal*4",
+        "child:exit; parent:all",
+        {("linux-5.8",): expect({"reuse": 8}), XU: expect({"reuse": 4, "none": 4})},
+    ),
+    (
+        "W-d",
+        "pinned:ro*4 normal*4",
+        "parent:all",
+        {
+            ("linux-5.8", "xu-v1", "xu-v1-oleg", "linux-5.10"): expect({"copy": 8}, diverged=4),
+            ("linux-6.18",): expect({"copy": 4, "reuse": 4}),
+        },
+    ),
+    (
+        "W-e",
+        "folio16 none*496",
+        "child:exit; parent:0",
+        {("linux-5.8", "linux-6.18"): expect({"reuse": 1}), ("xu-v1", "xu-v1-oleg", "linux-5.10"): expect({"copy": 1})},
+    ),
+    ("W-f", "thp", "parent:0", {tuple(VARIANTS): expect({"pmd_split": 1, "copy": 1})}),
+]
+CASES = [(sid, lay, steps, v, want) for sid, lay, steps, table in SCENARIOS for vs, want in table.items() for v in vs]
+
+
+@pytest.mark.parametrize("sid,layout,steps,variant,want", CASES, ids=[f"{c[0]}-{c[3]}" for c in CASES])
+def test_scenarios(backend, sid, layout, steps, variant, want):
+    space = gpusim.parse_layout(layout, variant)
+    ref = gpusim.fork(space, variant, backend="reference", writes=steps)
+    got = gpusim.fork(space, variant, backend=backend, writes=steps)
+    for r in (ref, got):
+        wp = r.write_phase
+        assert r.outcome == "ok" and wp.invariants.ok, wp.invariants.violations
+        for who in ("parent", "child"):
+            assert {e: n for e, n in wp.counts[who].items() if n} == want[who], (who, wp.counts[who])
+        assert (wp.dma["parent_diverged"], wp.dma["child_aliased"]) == (want["diverged"], want["aliased"])
+    assert got.write_phase.as_dict() == ref.write_phase.as_dict()
+    assert gpusim.state.digest(got.write_phase.parent.mm, got.write_phase.child, got.write_phase.memory) == (
+        gpusim.state.digest(ref.write_phase.parent.mm, ref.write_phase.child, ref.write_phase.memory)
+    )
+
+
+def test_dma_frames_kept_by_the_fix_lost_by_5_8():
+    """The story of early COW in one assertion per variant: the parent writes its pinned buffers while the child
+    lives; only linux-5.8 moves the parent off the frames the device writes."""
+    layout = "pinned*64 normal*448"
+    for v in VARIANTS:
+        r = gpusim.fork(gpusim.parse_layout(layout, v), v, backend="reference", writes="parent:all")
+        lost = r.write_phase.dma["parent_diverged"]
+        assert lost == (64 if v == "linux-5.8" else 0), (v, lost)
+
+
+@st.composite
+def write_steps(draw, width):
+    steps = []
+    for _ in range(draw(st.integers(1, 4))):
+        who = draw(st.sampled_from(["parent", "child"]))
+        kind = draw(st.sampled_from(["all", "one", "range", "exit"]))
+        if kind == "all":
+            steps.append(f"{who}:all")
+        elif kind == "exit":
+            steps.append("child:exit")
+        else:
+            a = draw(st.integers(0, width + 600))
+            b = a if kind == "one" else draw(st.integers(a, a + 700))
+            steps.append(f"{who}:{a}-{b}")
+    out, exited = [], False
+    for s in steps:  # no child step after child:exit
+        if s.startswith("child") and exited:
+            continue
+        exited = exited or s == "child:exit"
+        out.append(s)
+    return "; ".join(out)
+
+
+@st.composite
+def cases(draw):
+    layout, width = draw(layouts(max_width=1500))
+    return layout, draw(write_steps(width))
+
+
+def written_by(steps: str) -> list:
+    """(who, 'all' or (lo, hi)) of each writing step."""
+    out = []
+    for s in steps.split(";"):
+        who, what = s.strip().split(":")
+        if what != "exit":
+            out.append((who, "all" if what == "all" else tuple(int(x) for x in what.split("-"))))
+    return out
+
+
+def page_addresses(mm) -> dict[int, list[int]]:
+    """{pfn: addresses where ``mm`` maps it by a present PTE or a PMD}."""
+    out: dict[int, list[int]] = {}
+    addr, val = gpusim.state.entries(mm)
+    for a, v in zip(addr.tolist(), val.tolist()):
+        if P.pte_kind(v) == P.KIND_PRESENT and not P.pte_special(v):
+            out.setdefault(P.pte_pfn(v), []).append(a)
+    for t, v in zip(mm.pmd_index.tolist(), mm.pmd.tolist()):
+        for j in range(512):
+            out.setdefault(P.pte_pfn(v) + j, []).append(t * 512 + j)
+    return out
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases())
+def test_random_write_phases(backend, variant, case):
+    """Random layouts and steps: the write phase's invariants hold, the engine equals the reference, and only pages
+    a step wrote have new contents."""
+    layout, steps = case
+    space = gpusim.parse_layout(layout, variant)
+    if backend == "cudasim" and space.nr_ptes > SMALL:
+        return
+    ref = gpusim.fork(space, variant, backend="reference", writes=steps)
+    if ref.outcome != "ok":
+        assert ref.write_phase is None
+        return
+    got = gpusim.fork(space, variant, backend=backend, writes=steps)
+    wp = ref.write_phase
+    assert wp.invariants.ok, (layout, steps, wp.invariants.violations)
+    assert got.write_phase.as_dict() == wp.as_dict(), (layout, steps)
+    before, after = ref.memory.page_content, wp.memory.page_content
+    changed = np.flatnonzero(after[: before.shape[0]] != before)
+    # where each writer maps each page, before the phase or after it (a writer that copies maps a new page; one that
+    # exits maps nothing after)
+    maps = {"parent": (ref.parent.mm, wp.parent.mm), "child": (ref.child, wp.child)}
+    maps = {who: [page_addresses(mm) for mm in mms] for who, mms in maps.items()}
+    for pfn in changed.tolist():
+        assert any(
+            any(what == "all" or what[0] <= a <= what[-1] for m in maps[who] for a in m.get(pfn, ()))
+            for who, what in written_by(steps)
+        ), (layout, steps, pfn)
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("", "empty write phase"),
+        ("parent", "a step is parent:RANGE"),
+        ("owner:all", "a step is parent:RANGE"),
+        ("parent:exit", "only the child exits"),
+        ("parent:5-3", "A <= B"),
+        ("parent:x", "RANGE is all"),
+        ("child:exit; child:0", "the child has exited"),
+        ("parent:0-34359738368", "below 2**35"),
+    ],
+)
+def test_notation_errors(text, needle):
+    with pytest.raises(WritesError, match=re.escape(needle)):
+        parse_writes(text)
+
+
+def test_steps_as_a_list_and_hex():
+    assert parse_writes(["parent:0x10-0x1f", "child:exit"]) == parse_writes("parent:16-31; child:exit")
+
+
+def test_cli_json_and_summary():
+    args = ("fork", "--layout", "pinned*4 normal*4", "-v", "linux-5.8", "--writes", "parent:all", "--json")
+    code, out, err = run_cli(*args)
+    wp = json.loads(out)["write_phase"]
+    assert code == 0 and set(wp["counts"]["parent"]) == set(WRITE_EVENTS)
+    assert wp["dma"] == {"pinned": 4, "parent_diverged": 4, "child_aliased": 0} and wp["latency_ns"] > 0
+    assert set(wp["latency_breakdown_ns"]) == {"parent", "child"}
+    code, out, err = run_cli("fork", "--layout", "pinned*4 normal*4", "--writes", "parent:all")
+    assert code == 0 and "DMA: the parent kept all 4 of its pinned frames" in out
+    code, out, err = run_cli("fork", "--layout", "normal", "--writes", "child:exit; child:0")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "the child has exited" in err
+
+
+def test_no_write_phase_after_a_failed_fork():
+    r = gpusim.fork(gpusim.parse_layout("pinned normal"), "linux-6.18", backend="reference", inject=["fail@copy#1"])
+    assert r.outcome == "enomem"
+    space = gpusim.parse_layout("pinned normal")
+    r = gpusim.fork(space, "linux-6.18", backend="reference", inject=["fail@copy#1"], writes="parent:all")
+    assert r.outcome == "enomem" and r.write_phase is None and r.as_dict()["write_phase"] is None
+
+
+@pytest.mark.parametrize(
+    "what,needle",
+    [
+        ("folio_refcount", "refcount"),
+        ("page_mapcount", "map count"),
+        ("folio_pmd_mapcount", "PMD mappings"),
+        ("new_refcount", "new folio"),
+        ("freed", "freed folio"),
+    ],
+)
+def test_write_phase_checker_catches_each_broken_count(what, needle):
+    """One mutation per fact the write phase's checker restates (spec 11.5): each is reported."""
+    import dataclasses
+
+    from gpusim.invariants import check_write_phase
+
+    space = gpusim.parse_layout("pinned*4 normal*4 none*504 thp", "linux-6.18")
+    r = gpusim.fork(space, "linux-6.18", backend="reference", writes="parent:all")
+    wp = r.write_phase
+    assert check_write_phase(r.parent, r.child, wp).ok
+    m = wp.memory
+    arrays = {f: getattr(m, f).copy() for f in ("folio_refcount", "page_mapcount", "folio_pmd_mapcount", "folio_flags")}
+    if what == "new_refcount":
+        arrays["folio_refcount"][-1] += 1  # the last folio is a copy the phase made
+    elif what == "freed":
+        arrays["folio_flags"][0] |= gpusim.kernels.flags.FOLIO_FREED  # folio 0 is still mapped by the child
+    else:
+        arrays[what][0] += 1
+    bad = dataclasses.replace(wp, parent=dataclasses.replace(wp.parent, memory=dataclasses.replace(m, **arrays)))
+    report = check_write_phase(r.parent, r.child, bad)
+    assert not report.ok and any(needle in v for v in report.violations), report.violations
