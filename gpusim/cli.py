@@ -811,7 +811,7 @@ def print_summary(r) -> None:
 
 def print_write_phase(r) -> None:
     """The write phase's lines of ``gpusim fork``'s summary: what each writer's writes did, and the DMA view."""
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
     wp = r.write_phase
     if wp is None:
         out.print(f"write phase: not run (the fork ended {r.outcome})")
