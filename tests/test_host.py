@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 import gpusim
-from gpusim.host.calibrate import GROUPS, fit_scales, kernel_variant, predicted_sharing, validate
+from gpusim.host.calibrate import (
+    GROUPS,
+    fit_scales,
+    kernel_variant,
+    predicted_sharing,
+    predicted_write_frames,
+    real_write_frames,
+    validate,
+)
 from gpusim.host.measure import FAULT_SLACK, default_cpu, expected_wp_faults, measure, memory_groups, state_checks
 from gpusim.host.real import RealLayout, Worker, run_sharing
 from gpusim.host.stats import added_summary, case_verdict, drift, median_diff_interval, overall_verdict
@@ -36,6 +44,24 @@ def test_pinned_pages_are_copied_and_the_rest_shared_as_simulated():
     assert {state[i] for i in touched} == {"shared"}
     assert {state[i] for i in range(L.pages) if i % 2 and i not in pinned} == {"absent"}
     assert predicted_sharing(L, kernel_variant()) == state  # page by page
+
+
+@linux
+@pytest.mark.parametrize("steps", [["parent", "child"], ["child", "parent"], ["exit", "parent"]])
+def test_writes_after_fork_keep_and_copy_frames_as_simulated(steps):
+    """Spec 11 on the host kernel: after a fork, the parent and the child write every page (io_uring-pinned pages
+    among them); page by page, who kept its frame and who got a new one is what the simulator's write phase gives
+    for this kernel's variant. With linux-6.18's rule the parent keeps every pinned frame and the first writer of a
+    shared page gets the copy."""
+    L = RealLayout("w", 4 * MiB, fill=0.5, pinned=[(0, 64), (700, 30)])
+    real, refused = real_write_frames(L, steps)
+    if refused:
+        pytest.skip(f"the kernel refused: {refused}")
+    assert real == predicted_write_frames(L, kernel_variant(), steps)
+    pinned = list(range(64)) + list(range(700, 730))
+    assert {real[i][0] for i in pinned} == {"kept"}  # the parent keeps its DMA frames whatever the order
+    if steps == ["parent", "child"]:
+        assert {real[i] for i in range(64, 700, 2)} == {("new", "original")}  # the parent wrote first: it copied
 
 
 def test_fit_recovers_a_known_profile_from_noisy_measurements():

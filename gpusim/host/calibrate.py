@@ -38,7 +38,7 @@ import yaml
 from gpusim import api
 from gpusim.costmodel import Profile, host_profile_dir, latency, load_profile
 from gpusim.host.measure import STATES, measure
-from gpusim.host.real import RealLayout, run_sharing
+from gpusim.host.real import RealLayout, run_sharing, run_write_frames
 from gpusim.host.stats import NOISE_LIMIT, case_verdict, overall_verdict
 from gpusim.host.twin import sim_space
 from gpusim.kernels import pte as P
@@ -341,36 +341,76 @@ def _plain(x):
     return x
 
 
+def _frame_table(mm) -> dict:
+    """{table: its PTE row, or ("pmd", head pfn)} of ``mm``, for :func:`_frame_at`."""
+    out = {t: mm.pte[row] for row, t in enumerate(mm.table_index.tolist())}
+    out.update({t: ("pmd", P.pte_pfn(v)) for t, v in zip(mm.pmd_index.tolist(), mm.pmd.tolist())})
+    return out
+
+
+def _frame_at(fr: dict, a: int) -> int | None:
+    """The page frame mapped at address ``a`` (None: nothing present)."""
+    t = fr.get(a // 512)
+    if t is None:
+        return None
+    if isinstance(t, tuple):
+        return t[1] + a % 512
+    v = int(t[a % 512])
+    return P.pte_pfn(v) if P.pte_present(v) else None
+
+
 def predicted_sharing(layout: RealLayout, variant: str, thp_pages: int | None = None) -> list[str]:
     """Per page of ``layout`` (region order): what the simulator's child maps: shared, copied or absent."""
     space, b2a = sim_space(layout, variant, thp_pages)
     r = api.fork(space, variant, backend="cpu")
-
-    def frames(mm):
-        out = {}
-        for row, t in enumerate(mm.table_index.tolist()):
-            out[t] = mm.pte[row]
-        for t, v in zip(mm.pmd_index.tolist(), mm.pmd.tolist()):
-            out[t] = ("pmd", P.pte_pfn(v))
-        return out
-
-    pf, cf = frames(r.parent.mm), frames(r.child)
-
-    def pfn(fr, a):
-        t = fr.get(a // 512)
-        if t is None:
-            return None
-        if isinstance(t, tuple):
-            return t[1] + a % 512
-        v = int(t[a % 512])
-        return P.pte_pfn(v) if P.pte_present(v) else None
-
+    pf, cf = _frame_table(r.parent.mm), _frame_table(r.child)
     out = []
     for b in range(layout.pages):
         a = int(b2a[b])
-        p, c = pfn(pf, a), pfn(cf, a)
+        p, c = _frame_at(pf, a), _frame_at(cf, a)
         out.append("absent" if p is None or c is None else ("shared" if p == c else "copied"))
     return out
+
+
+# the steps of gpusim.host.real.write_frames in the write-phase notation
+WRITE_STEPS = {"parent": "parent:all", "child": "child:all", "exit": "child:exit"}
+
+
+def write_outcomes(before: list, parent_after: list, child_after: list | None) -> list[tuple[str, str]]:
+    """Per page, from frames: the parent's (``kept`` its frame, got a ``new`` one, ``absent``) and the child's
+    (maps the parent's ``original`` frame, its ``own``, ``absent``, or ``exited``) after a write phase."""
+    out = []
+    for i, b in enumerate(before):
+        p = parent_after[i]
+        parent = "absent" if p is None else ("kept" if p == b else "new")
+        if child_after is None:
+            child = "exited"
+        else:
+            c = child_after[i]
+            child = "absent" if c is None else ("original" if c == b else "own")
+        out.append((parent, child))
+    return out
+
+
+def predicted_write_frames(layout: RealLayout, variant: str, steps: list, thp_pages: int | None = None) -> list:
+    """:func:`write_outcomes` of the simulator's write phase after the fork of ``layout``'s twin (the steps of
+    :func:`gpusim.host.real.write_frames`)."""
+    space, b2a = sim_space(layout, variant, thp_pages)
+    r = api.fork(space, variant, backend="cpu", writes="; ".join(WRITE_STEPS[s] for s in steps))
+    wp = r.write_phase
+    tables = [_frame_table(space.mm), _frame_table(wp.parent.mm), None if wp.child_exited else _frame_table(wp.child)]
+    addr = [int(a) for a in b2a]
+    before, parent, child = ([None if t is None else _frame_at(t, a) for a in addr] for t in tables)
+    return write_outcomes(before, parent, None if wp.child_exited else child)
+
+
+def real_write_frames(layout: RealLayout, steps: list) -> tuple[list | None, dict]:
+    """:func:`write_outcomes` of the host kernel's write phase (:func:`gpusim.host.real.run_write_frames`), and
+    what the kernel refused (then None)."""
+    real = run_write_frames(layout, steps)
+    if real["refused"]:
+        return None, real["refused"]
+    return write_outcomes(real["parent_before"], real["parent_after"], real["child_after"]), {}
 
 
 def validate_sharing(variant: str) -> tuple[dict, dict]:

@@ -344,6 +344,82 @@ def sharing(layout: RealLayout) -> dict:
     }
 
 
+def _write_pages(vmas, present: list, value: int) -> None:
+    """Write one byte to each page of the region that ``present`` marks, in ascending order."""
+    i = 0
+    for a, _, n in vmas:
+        for j in range(n):
+            if present[i + j]:
+                ctypes.memset(a + j * PAGE, value, 1)
+        i += n
+
+
+def _child_loop(vmas, present, cmd_r: int, out_w: int) -> None:
+    """The forked child of :func:`write_frames`: it lives until told to exit, writing its pages or reporting its
+    frames on request."""
+    cmds, out = os.fdopen(cmd_r, "r"), os.fdopen(out_w, "w")
+    for line in cmds:
+        if line.strip() == "write":
+            _write_pages(vmas, present, 2)
+        if line.strip() == "exit":
+            os._exit(0)
+        out.write(json.dumps(_frames("self", vmas)) + "\n")
+        out.flush()
+    os._exit(0)
+
+
+def write_frames(layout: RealLayout, steps: list) -> dict:
+    """A fork followed by writes (spec 11, checked on the host): the parent and the child (which stays alive until an
+    ``exit`` step) write one byte to every present page of the region, in the order of ``steps`` (``parent``,
+    ``child``, ``exit``); the frames of every page: the parent's before the fork, the child's right after it, and both
+    after the steps (the child's None once it exited)."""
+    vmas, refused = _setup(layout)
+    before = _frames("self", vmas)
+    present = [f is not None for f in before]
+    cmd_r, cmd_w = os.pipe()
+    out_r, out_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(cmd_w)
+        os.close(out_r)
+        _child_loop(vmas, present, cmd_r, out_w)
+    os.close(cmd_r)
+    os.close(out_w)
+    cmds, answers = os.fdopen(cmd_w, "w"), os.fdopen(out_r, "r")
+
+    def ask(cmd):
+        cmds.write(cmd + "\n")
+        cmds.flush()
+        return None if cmd == "exit" else json.loads(answers.readline())
+
+    child_at_fork, alive = ask("frames"), True
+    for step in steps:
+        if step == "parent":
+            _write_pages(vmas, present, 1)
+        elif step == "child":
+            ask("write")
+        elif step == "exit":
+            ask("exit")
+            os.waitpid(pid, 0)
+            alive = False
+    child_after = ask("frames") if alive else None
+    parent_after = _frames("self", vmas)
+    if alive:
+        ask("exit")
+        os.waitpid(pid, 0)
+    if all(v in (None, 0) for v in before):
+        refused["pagemap"] = "frame numbers are not readable (root is needed) or pagemap is refused"
+    return {
+        "layout": asdict(layout),
+        "steps": steps,
+        "parent_before": before,
+        "child_at_fork": child_at_fork,
+        "parent_after": parent_after,
+        "child_after": child_after,
+        "refused": refused,
+    }
+
+
 class Worker:
     """A measuring process (:func:`serve`) holding one layout, driven line by line over its stdin and stdout; a
     reply that does not come within ``timeout`` seconds, or a process that dies, is a RuntimeError (the process is
@@ -389,6 +465,20 @@ class Worker:
                 self.proc.wait()
 
 
+def run_write_frames(layout: RealLayout, steps: list, timeout: float = 600) -> dict:
+    """:func:`write_frames` in a fresh process."""
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "writes"],
+        input=json.dumps({"layout": asdict(layout), "steps": steps}),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"measuring {layout.name} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout)
+
+
 def run_sharing(layout: RealLayout, timeout: float = 600) -> dict:
     """Set up ``layout`` in a fresh process, fork it once and read the page frames of parent and child
     (:func:`sharing`)."""
@@ -407,5 +497,8 @@ def run_sharing(layout: RealLayout, timeout: float = 600) -> dict:
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve()
+    elif sys.argv[1] == "writes":
+        job = json.loads(sys.stdin.read())
+        print(json.dumps(write_frames(RealLayout(**job["layout"]), job["steps"])))
     else:
         print(json.dumps(sharing(RealLayout(**json.loads(sys.stdin.read())))))
