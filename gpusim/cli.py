@@ -626,12 +626,8 @@ def validate(
     if as_json:
         typer.echo(json.dumps(rep))
         return
-    sh = rep["sharing"]
-    agreement = "n/a" if sh["agreement"] is None else f"{100 * sh['agreement']:.2f}%"
     typer.echo(f"kernel {rep['kernel']} -> variant {rep['variant']}; profile {rep['profile']}")
-    typer.echo(f"page sharing: {sh['pages']} pages compared, agreement {agreement}")
-    for lay in sh["layouts"]:
-        typer.echo(f"  {lay['name']}: real {lay['real']}, simulated {lay['predicted']}")
+    print_page_checks(rep)
     lat, st = rep["latency"], rep["stored_profile"]
     Console(highlight=False, width=160).print(_latency_table(lat["cases"], st["cases"]))
     typer.echo(
@@ -643,6 +639,21 @@ def validate(
     for name, why in rep["refused"].items():
         typer.echo(f"skipped {name}: {why}")
     typer.echo(f"verdict: {rep['verdict']}")
+
+
+def print_page_checks(rep: dict) -> None:
+    """``gpusim validate``'s page-by-page checks: the fork's sharing, and the write phase's frames."""
+
+    def agreement(r):
+        return "n/a" if r["agreement"] is None else f"{100 * r['agreement']:.2f}%"
+
+    sh, wr = rep["sharing"], rep["writes"]
+    typer.echo(f"page sharing: {sh['pages']} pages compared, agreement {agreement(sh)}")
+    for lay in sh["layouts"]:
+        typer.echo(f"  {lay['name']}: real {lay['real']}, simulated {lay['predicted']}")
+    typer.echo(f"write phase (each writer kept its frame or got a new one): {wr['pages']} pages, {agreement(wr)} agree")
+    for o in wr["orders"]:
+        typer.echo(f"  {' then '.join(o['order'])}: {o['agree']} of {o['pages']} pages agree; real {o['real']}")
 
 
 def _errors_line(summary: dict) -> str:

@@ -224,6 +224,8 @@ def test_validate_reports_sharing_and_latency_with_intervals_and_verdicts():
     assert rep["variant"] == kernel_variant()
     if rep["sharing"]["pages"]:
         assert rep["sharing"]["agreement"] == 1.0
+    if rep["writes"]["pages"]:  # the write phase, page by page, in three orders
+        assert rep["writes"]["agreement"] == 1.0 and len(rep["writes"]["orders"]) == 3
     cases = rep["latency"]["cases"]
     assert {(c["name"], c["state"]) for c in cases} == {(L.name, s) for L in held_out for s in ("fresh", "repeated")}
     for c in cases:

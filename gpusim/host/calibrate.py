@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime
 import platform
 import socket
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -440,6 +441,30 @@ def validate_sharing(variant: str) -> tuple[dict, dict]:
     return sharing, refused
 
 
+# the write orders gpusim validate checks page by page (spec 11: who writes first, and the child's exit)
+WRITE_ORDERS = (("parent", "child"), ("child", "parent"), ("exit", "parent"))
+
+
+def validate_writes(variant: str) -> tuple[dict, dict]:
+    """Page by page, the real write phase's outcome (who kept its frame, who got a new one) against the simulated
+    one, for each of :data:`WRITE_ORDERS` on a layout with pinned pages: (report, refusals)."""
+    L = RealLayout("writes-4MiB-pinned", 4 * MiB, fill=0.5, pinned=[(0, 64), (700, 30)])
+    report, refused = {"pages": 0, "agreement": None, "orders": []}, {}
+    agree = total = 0
+    for order in WRITE_ORDERS:
+        real, why = real_write_frames(L, list(order))
+        if why:
+            refused[f"writes {'-'.join(order)}"] = why
+            continue
+        pred = predicted_write_frames(L, variant, list(order))
+        same = sum(a == b for a, b in zip(real, pred))
+        agree, total = agree + same, total + len(pred)
+        real_counts = {f"{p}/{c}": n for (p, c), n in sorted(Counter(real).items())}
+        report["orders"].append({"order": list(order), "pages": len(pred), "agree": same, "real": real_counts})
+    report["pages"], report["agreement"] = total, (agree / total if total else None)
+    return report, refused
+
+
 def latency_cases(results: list[dict], variant: str, profiles: dict) -> tuple[list[dict], dict]:
     """The held-out cases (a measured layout in one state) against each profile's prediction for that state:
     ({profile key: cases}, refusals). The first profile's cases carry the interval and verdict."""
@@ -504,6 +529,8 @@ def validate(profile=None, progress=None, rounds: int = 21, quick: bool = False,
     public = load_profile("public-xeon-4210r-v6.8")
     variant = kernel_variant()
     sharing, refused = validate_sharing(variant)
+    writes, why = validate_writes(variant)
+    refused.update(why)
     fit_set = fit_set or calibration_layouts(quick)
     held_out = held_out or [L for L in validation_layouts() if not quick or L.touched_bytes() <= 512 * MiB]
     meas = measure(fit_set + held_out, rounds, progress=progress, memory_fraction=0.6)
@@ -513,7 +540,7 @@ def validate(profile=None, progress=None, rounds: int = 21, quick: bool = False,
     refused.update(why)
     latency_report = _summary(cases["window"])
     verdict = latency_report["verdict"]
-    if sharing["agreement"] is not None and sharing["agreement"] < 1.0:
+    if any(r["agreement"] is not None and r["agreement"] < 1.0 for r in (sharing, writes)):
         verdict = "fail"
     return _plain(
         {
@@ -522,6 +549,7 @@ def validate(profile=None, progress=None, rounds: int = 21, quick: bool = False,
             "profile": stored.name,
             "verdict": verdict,
             "sharing": sharing,
+            "writes": writes,
             "latency": {
                 **latency_report,
                 "fit": {
