@@ -323,7 +323,7 @@ def test_a_profile_with_an_infinite_cost_is_refused(tmp_path):
         (["fork", "--layout", "normal", "--inject", ""], "an empty injection"),
         (["fork", "--layout", "mm:has_pinned=0 mm:has_pinned=1 normal"], "given twice"),
         (["fork", "--scenario", "A", "--profile", ""], "an empty profile name"),
-        (["fork", "--layout", "normal:pin=2097152"], "larger than 2097151"),
+        (["fork", "--layout", "normal:pin=2097152"], "larger than 1048575"),
     ],
 )
 def test_cli_mistakes_are_one_line(args, needle):
