@@ -107,23 +107,9 @@ def fork(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    from gpusim.costmodel import latency, load_profile, write_latency
-
     try:
-        get_variant(variant)
-        prof = load_profile(profile)
-        if stream_tables is not None and workload is None:
-            bad_input("--stream-tables goes with --workload")
-        space, oracle, inject, rows = fork_input(
-            variant, layout, scenario, workload, sets, seed, snapshot, pin, oracle, inject, stream_tables
-        )
-        oracle = "never" if oracle is None else oracle  # an empty --oracle is refused by the oracle parser
-        if writes is not None and rows:
-            bad_input("--writes: a streamed fork has no write phase (leave out --stream-tables, or fork less)")
-        result = run_fork(space, variant, backend=backend, oracle=oracle, inject=inject or (), rows=rows, writes=writes)
-        lat = latency(result.counts, variant, prof, result.table_stats)
-        if result.write_phase is not None:
-            result.write_phase.latency = write_latency(result.write_phase.counts, prof)
+        inputs = (layout, scenario, workload, sets, seed, snapshot, pin, oracle, inject, stream_tables)
+        result, lat = fork_and_model(variant, profile, backend, writes, inputs)
     except typer.Exit:
         raise
     except ValueError as e:
@@ -134,6 +120,31 @@ def fork(
     print_summary(result)
     if writes is not None:
         print_write_phase(result)
+    print_latency(lat)
+
+
+def fork_and_model(variant: str, profile, backend: str, writes, inputs: tuple):
+    """``gpusim fork``'s fork (:func:`fork_input`'s ``inputs``), its write phase and their modelled latencies:
+    (result, the fork's latency)."""
+    from gpusim.costmodel import latency, load_profile, write_latency
+
+    get_variant(variant)
+    prof = load_profile(profile)
+    workload, stream_tables = inputs[2], inputs[-1]
+    if stream_tables is not None and workload is None:
+        bad_input("--stream-tables goes with --workload")
+    space, oracle, inject, rows = fork_input(variant, *inputs)
+    oracle = "never" if oracle is None else oracle  # an empty --oracle is refused by the oracle parser
+    if writes is not None and rows:
+        bad_input("--writes: a streamed fork has no write phase (leave out --stream-tables, or fork less)")
+    result = run_fork(space, variant, backend=backend, oracle=oracle, inject=inject or (), rows=rows, writes=writes)
+    if result.write_phase is not None:
+        result.write_phase.latency = write_latency(result.write_phase.counts, prof)
+    return result, latency(result.counts, variant, prof, result.table_stats)
+
+
+def print_latency(lat: dict) -> None:
+    """The modelled latency line of ``gpusim fork``'s summary."""
     Console(highlight=False).print(
         f"modelled latency {lat['latency_ns'] / 1e6:.3f} ms (profile {lat['profile']}); longest PTE-lock hold "
         f"{lat['lock_hold_max_ns'] / 1e3:.1f} us; "

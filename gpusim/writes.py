@@ -26,6 +26,9 @@ import bisect
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from gpusim import decode
 from gpusim.kernels import pte as P
 from gpusim.kernels.flags import (
     BACKING_ANON,
@@ -40,11 +43,12 @@ from gpusim.kernels.flags import (
     mm_counter,
 )
 from gpusim.reference import Machine, MMState
-from gpusim.state import MM, AddressSpace, Memory
+from gpusim.state import MM, AddressSpace, Memory, entries
 from gpusim.variants import WP_REUSE_EXCLUSIVE, WP_REUSE_MAPCOUNT, get_variant
 
 WRITE_EVENTS = ("none", "reuse", "copy", "anon_fault", "pmd_reuse", "pmd_split", "segv", "unmodelled")
 WRITERS = ("parent", "child")
+DMA_FIELDS = ("pinned", "parent_diverged", "child_aliased")
 MAX_ADDRESS = 1 << 35  # pages: the layouts' bound (128 TiB)
 MAX_WRITES = 1 << 26  # writes of one phase (the reference writes one address at a time)
 
@@ -407,6 +411,43 @@ def maps_frame(p: _Proc, a: int, frame: int, writable: bool = False) -> bool:
     if P.pte_kind(v) != P.KIND_PRESENT or P.pte_special(v) or P.pte_pfn(v) != frame:
         return False
     return not writable or bool(P.pte_write(v))
+
+
+def mapped(mm: MM) -> np.ndarray:
+    """The addresses where ``mm`` maps a page (a present PTE, or a PMD-mapped THP), ascending (i64)."""
+    addr, val = entries(mm)
+    out = [addr[decode.kinds(val) == P.KIND_PRESENT]]
+    out += [np.arange(t * PTRS_PER_TABLE, (t + 1) * PTRS_PER_TABLE, dtype=np.int64) for t in mm.pmd_index.tolist()]
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+
+def _runs(who: str, addrs: np.ndarray) -> list[Step]:
+    """Steps writing the ascending addresses ``addrs``, one per run of consecutive ones."""
+    if addrs.size == 0:
+        return []
+    cut = np.flatnonzero(np.diff(addrs) != 1) + 1
+    return [Step(who, int(r[0]), int(r[-1])) for r in np.split(addrs, cut)]
+
+
+def generated_steps(parent: MM, child: MM, fractions: dict, order: str, child_exits: bool, rng) -> list[Step]:
+    """A write phase drawn by ``rng``: each process writes ``fractions[who]`` of the pages it maps after the fork
+    (chosen without replacement, written in ascending order), ``parent_first``, ``child_first`` or ``interleaved``
+    (page by page, the parent before the child); with ``child_exits`` the child exits after its writes."""
+    chosen = {}
+    for who, mm in (("parent", parent), ("child", child)):
+        m = mapped(mm)
+        k = int(round(fractions.get(who, 0.0) * m.size))
+        chosen[who] = np.sort(rng.choice(m, size=k, replace=False)) if k else np.zeros(0, np.int64)
+    exit_step = [Step("child", exit=True)] if child_exits else []
+    if order == "parent_first":
+        return _runs("parent", chosen["parent"]) + _runs("child", chosen["child"]) + exit_step
+    if order == "child_first":
+        return _runs("child", chosen["child"]) + exit_step + _runs("parent", chosen["parent"])
+    ps, cs = set(chosen["parent"].tolist()), set(chosen["child"].tolist())
+    steps = []
+    for a in sorted(ps | cs):
+        steps += [Step(who, a, a) for who, s in (("parent", ps), ("child", cs)) if a in s]
+    return steps + exit_step
 
 
 def run_write_phase(parent: AddressSpace, child: MM, variant: str, writes) -> WritePhase:

@@ -41,6 +41,7 @@ LAYERS = (
             "gpusim.hostloop",
             "gpusim.earlycopy",
             "gpusim.engine",
+            "gpusim.writes",
         ),
     ),
     ("checks, cost model, API", ("gpusim.invariants", "gpusim.costmodel", "gpusim.api", "gpusim.stream")),

@@ -255,3 +255,51 @@ def test_write_phase_checker_catches_each_broken_count(what, needle):
     bad = dataclasses.replace(wp, parent=dataclasses.replace(wp.parent, memory=dataclasses.replace(m, **arrays)))
     report = check_write_phase(r.parent, r.child, bad)
     assert not report.ok and any(needle in v for v in report.violations), report.violations
+
+
+SWEEP = """name: w
+seed: 3
+repeat: 1
+backend: cpu
+workload: {kind: anon, size: 2MiB, pinned_fraction: 0.05, pinned_placement: contiguous}
+fork:
+  variant: linux-6.18
+  writes: WRITES
+sweep:
+  grid:
+    fork.variant: [linux-5.8, linux-6.18]
+"""
+
+
+def test_sweep_with_generated_writes(tmp_path):
+    """fork.writes drawn by the seed: the dataset has the write phase's columns; linux-5.8 loses DMA frames to the
+    parent's writes, linux-6.18 none; the same seed draws the same writes."""
+    f = tmp_path / "w.yaml"
+    f.write_text(SWEEP.replace("WRITES", "{parent: 1.0, child: 0.5, order: parent_first}"))
+    t = gpusim.run_sweep(f, out=tmp_path / "o", workers=1).to_pandas().set_index("variant")
+    assert (t["write.parent.copy"] > 0).all() and t["write_invariants_ok"].all() and (t["dma.pinned"] == 26).all()
+    assert t.loc["linux-5.8", "dma.parent_diverged"] == 26 and t.loc["linux-6.18", "dma.parent_diverged"] == 0
+    again = gpusim.run_sweep(f, out=tmp_path / "p", workers=1).to_pandas().set_index("variant")
+    assert (again["write.child.reuse"] == t["write.child.reuse"]).all()
+
+
+@pytest.mark.parametrize(
+    "writes,needle",
+    [
+        ("'parent:all; child:exit; child:0'", "the child has exited"),
+        ("{parent: 2.0}", "fork.writes"),
+        ("{parent: 0.5, order: sideways}", "fork.writes"),
+    ],
+)
+def test_sweep_writes_errors_name_the_line(tmp_path, writes, needle):
+    f = tmp_path / "w.yaml"
+    f.write_text(SWEEP.replace("WRITES", writes))
+    code, out, err = run_cli("sweep", str(f), "--out", str(tmp_path / "o"), "--workers", "1")
+    assert code == 2 and needle in err and f"{f}:8" in err, err
+
+
+def test_writes_follow_one_fork(tmp_path):
+    f = tmp_path / "w.yaml"
+    f.write_text(SWEEP.replace("WRITES", "'parent:all'\n  chain: 2"))
+    code, out, err = run_cli("sweep", str(f), "--out", str(tmp_path / "o"), "--workers", "1")
+    assert code == 2 and "a write phase follows one fork" in err, err

@@ -27,8 +27,11 @@ from gpusim.costmodel import COMPONENTS, load_profile
 from gpusim.kernels.flags import RSS_NAMES
 from gpusim.machine import cpu_description
 from gpusim.result import COUNT_NAMES
+from gpusim.writes import DMA_FIELDS, WRITE_EVENTS, WRITERS
 
-SCHEMA_VERSION = "3"  # 2: host_tables; 3: non-data files prefixed with "_" (_common_metadata, _manifest.jsonl)
+# 2: host_tables; 3: non-data files prefixed with "_" (_common_metadata, _manifest.jsonl); 4: the write phase's
+# columns (older files read them as null)
+SCHEMA_VERSION = "4"
 SCHEMA_FILE = "_common_metadata"  # a Parquet footer: the dataset's schema (partition column included) and metadata
 LEGACY_SCHEMA_FILE = "schema.arrow"  # before schema 3: an empty Arrow IPC file
 PARTITIONING = pa.schema([("variant", pa.string())])
@@ -58,6 +61,10 @@ def _fixed_fields() -> list[pa.Field]:
     fields += [(f"latency.{c}_ns", f64) for c in COMPONENTS]
     fields += [(f"count.{n}", i64) for n in COUNT_NAMES]
     fields += [(f"child_rss.{n}", i64) for n in RSS_NAMES]
+    # the write phase after the fork (null without one): counts per writer, the DMA view, latency, invariants
+    fields += [(f"write.{w}.{e}", i64) for w in WRITERS for e in WRITE_EVENTS]
+    fields += [(f"dma.{k}", i64) for k in DMA_FIELDS]
+    fields += [("write_latency_ns", f64), ("write_wall_s", f64), ("write_invariants_ok", b)]
     fields += [
         ("invariants_ok", b),
         ("invariants_checked", b),

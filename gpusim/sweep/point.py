@@ -13,12 +13,13 @@ import time
 
 import numpy as np
 
-from gpusim.api import fork
-from gpusim.costmodel import latency, load_profile
+from gpusim.api import fork, write_phase
+from gpusim.costmodel import latency, load_profile, write_latency
 from gpusim.state import AddressSpace
 from gpusim.stream import fork_streamed, stream_rows
 from gpusim.sweep.spec import Point
 from gpusim.workloads import build_workload, region_space
+from gpusim.writes import generated_steps
 
 
 def point_seed(seed: int, config_hash: str, repetition: int) -> np.random.SeedSequence:
@@ -91,6 +92,12 @@ def run_tree(point: Point, space: AddressSpace, oracle, inject, base: dict, buil
                 except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
                     err = f"fork: {type(e).__name__}: {e}"
                     return [*rows, dict(base, fork_index=seq, generation=gen, outcome="error", error=err)]
+                if cfg.fork.writes is not None and r.outcome == "ok":
+                    try:
+                        r.write_phase = write_phase(r, point_writes(cfg.fork.writes, r, base["seed"]), cfg.check)
+                    except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+                        err = f"writes: {type(e).__name__}: {e}"
+                        return [*rows, dict(base, fork_index=seq, generation=gen, outcome="error", error=err)]
                 rows.append(fork_row(base, seq, gen, r, build_s, cfg.fork.variant, profile))
                 seq += 1
                 if r.outcome != "ok":
@@ -102,9 +109,35 @@ def run_tree(point: Point, space: AddressSpace, oracle, inject, base: dict, buil
     return rows
 
 
+def point_writes(writes, r, seed: int):
+    """The write phase of a point: its notation, or the steps drawn (by the repetition's seed) from what the
+    parent and the child map after the fork."""
+    if isinstance(writes, str):
+        return writes
+    rng = np.random.default_rng([seed, 11])  # 11: the write phase's stream of the seed
+    fractions = {"parent": writes.parent, "child": writes.child}
+    return generated_steps(r.parent.mm, r.child, fractions, writes.order, writes.child_exits, rng)
+
+
+def write_columns(r, profile) -> dict:
+    """The write phase's columns of a row (nulls without one)."""
+    wp = r.write_phase
+    if wp is None:
+        return {}
+    out = {f"write.{w}.{e}": n for w, counts in wp.counts.items() for e, n in counts.items()}
+    out.update({f"dma.{k}": v for k, v in wp.dma.items()})
+    out["write_latency_ns"] = write_latency(wp.counts, profile)["latency_ns"]
+    out["write_wall_s"] = wp.wall_s
+    out["write_invariants_ok"] = None if wp.invariants is None else wp.invariants.ok
+    return out
+
+
 def run_streamed(point: Point, space, per_chunk: int, base: dict, build_s: float, profile) -> dict:
-    """The row of a point's streamed fork."""
+    """The row of a point's streamed fork (no write phase: refused as an error row)."""
     cfg = point.config
+    if cfg.fork.writes is not None:
+        err = "writes: a streamed fork has no write phase (make the workload smaller than one chunk)"
+        return dict(base, fork_index=0, generation=0, outcome="error", error=err)
     try:
         r = fork_streamed(space, cfg.fork.variant, cfg.backend, check=cfg.check, chunk_rows=per_chunk)
     except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
@@ -138,4 +171,5 @@ def fork_row(base: dict, seq: int, gen: int, r, build_s: float, variant: str, pr
     row.update({f"latency.{c}_ns": v for c, v in lat["latency_breakdown_ns"].items()})
     row.update({f"count.{n}": v for n, v in r.counts.items()})
     row.update({f"child_rss.{n}": v for n, v in r.child_rss.items()})
+    row.update(write_columns(r, profile))
     return row

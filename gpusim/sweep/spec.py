@@ -2,9 +2,10 @@
 
 A sweep file holds ``name``, ``description``, ``seed``, ``repeat``, ``backend``, ``profile``, ``check``,
 ``workload`` (a generator: ``kind`` and its keys, :data:`Workload`), ``fork`` (``variant``, ``oracle``, ``inject``,
-``chain``, ``generations``) and ``sweep`` with ``grid`` (the Cartesian product of lists) and ``zip`` (lists taken in
-step) over dotted keys such as ``workload.size`` or ``fork.variant``. Every point is validated as a whole config, so
-a bad value in a list is reported with the key it sets. Sizes accept units (``64GiB``).
+``chain``, ``generations``, ``writes``: a write phase after the fork) and ``sweep`` with ``grid`` (the Cartesian
+product of lists) and ``zip`` (lists taken in step) over dotted keys such as ``workload.size`` or ``fork.variant``.
+Every point is validated as a whole config, so a bad value in a list is reported with the key it sets. Sizes accept
+units (``64GiB``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gpusim.oracle import InjectionPlan, LockBreakOracle
 from gpusim.snapshot import parse_range
 from gpusim.units import parse_size
 from gpusim.variants import DEFAULT_VARIANT, VARIANTS
+from gpusim.writes import parse_writes
 from gpusim.yamlerr import ConfigError, describe_validation_error, node_line, parse_yaml
 
 
@@ -144,6 +146,17 @@ Workload = Annotated[
 WORKLOAD_KINDS = ("anon", "mixed", "layout", "scenario", "snapshot")
 
 
+class GeneratedWrites(BaseModel):
+    """A write phase drawn by the seed (spec 11): fractions of the pages each process maps after the fork, who writes
+    first (``interleaved``: page by page, the parent before the child), and whether the child exits after writing."""
+
+    model_config = _STRICT
+    parent: float = Field(0.0, ge=0, le=1, description="fraction of the parent's mapped pages it writes")
+    child: float = Field(0.0, ge=0, le=1, description="fraction of the child's mapped pages it writes")
+    order: Literal["parent_first", "child_first", "interleaved"] = "parent_first"
+    child_exits: bool = False
+
+
 class ForkSpec(BaseModel):
     model_config = _STRICT
     variant: str = DEFAULT_VARIANT
@@ -156,6 +169,23 @@ class ForkSpec(BaseModel):
         le=16,
         description="every child forks in turn, this many levels (a tree; each process forks `chain` times)",
     )
+
+    writes: str | GeneratedWrites | None = Field(
+        None, description="a write phase after the fork: the notation of spec 11.1, or generated (parent, child, ...)"
+    )
+
+    @field_validator("writes")
+    @classmethod
+    def _writes(cls, v):
+        if isinstance(v, str):
+            parse_writes(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_fork_writes(self):
+        if self.writes is not None and (self.chain > 1 or self.generations > 1):
+            raise ValueError("writes: a write phase follows one fork (chain 1, generations 1)")
+        return self
 
     @model_validator(mode="after")
     def _tree_size(self):
@@ -227,6 +257,8 @@ class Point(BaseModel):
 def config_hash(config: Config) -> str:
     """SHA-256 (16 hex digits) of the point's canonical JSON, name and description excluded."""
     d = config.model_dump(mode="json", exclude={"name", "description", "repeat"})
+    if d["fork"].get("writes") is None:  # points without a write phase keep the hashes they had before it existed
+        d["fork"].pop("writes", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
