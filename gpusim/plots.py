@@ -3,7 +3,10 @@
 * ``latency_vs_size.png``: modelled fork latency against simulated memory, one line per variant (log-log);
 * ``latency_breakdown.png``: the latency of each point split by component (stacked bars);
 * ``latency_vs_pinned.png``: latency against the pinned fraction, per variant (when the sweep varies it);
-* ``variant_comparison.png``: median latency per variant for each workload point (grouped bars).
+* ``variant_comparison.png``: median latency per variant for each workload point (grouped bars);
+* ``write_phase.png`` (sweeps with ``fork.writes``): per variant, the pinned pages whose DMA the parent lost
+  (``dma.parent_diverged``) and those the device writes into the child (``dma.child_aliased``), beside the modelled
+  latency of the fork and of the write phase after it.
 
 A figure whose axis the sweep does not vary is skipped. Failed rows (``outcome = "error"``) are left out. matplotlib
 is imported when figures are drawn, not with this module.
@@ -137,6 +140,38 @@ class _Figures:
         self.save(fig, "variant_comparison.png")
 
 
+def _medians(d: dict, n: int, variants: list, column: str, scale: float = 1.0) -> list[float]:
+    vals = [
+        np.array([d[column][i] for i in range(n) if d["variant"][i] == v and d[column][i] is not None], float)
+        for v in variants
+    ]
+    return [float(np.median(x)) * scale if x.size else np.nan for x in vals]
+
+
+def write_phase(fig_set: "_Figures") -> None:
+    """``write_phase.png``: the DMA view and the latencies of fork and write phase, per variant (medians)."""
+    d, n, variants = fig_set.d, fig_set.n, fig_set.variants
+    if "write_latency_ns" not in d or not any(v is not None for v in d["write_latency_ns"]):
+        return
+    fig, (ax1, ax2) = fig_set.plt.subplots(1, 2, figsize=(11, 4.5))
+    x, w = np.arange(len(variants)), 0.38
+    ax1.bar(x - w / 2, _medians(d, n, variants, "dma.parent_diverged"), width=w, label="parent lost its DMA frame")
+    ax1.bar(x + w / 2, _medians(d, n, variants, "dma.child_aliased"), width=w, label="device writes into the child")
+    pinned = _medians(d, n, variants, "dma.pinned")
+    ax1.plot(x, pinned, "k_", markersize=24, label="pinned pages")
+    ax1.set_xticks(x, variants, rotation=20)
+    ax1.set_ylabel("pages (median)")
+    ax1.set_title("DMA after the write phase")
+    ax1.legend(fontsize=8)
+    ax2.bar(x - w / 2, _medians(d, n, variants, "latency_ns", 1e-6), width=w, label="fork")
+    ax2.bar(x + w / 2, _medians(d, n, variants, "write_latency_ns", 1e-6), width=w, label="write phase (COW faults)")
+    ax2.set_xticks(x, variants, rotation=20)
+    ax2.set_ylabel("modelled latency (ms, median)")
+    ax2.set_title("fork and write phase")
+    ax2.legend(fontsize=8)
+    fig_set.save(fig, "write_phase.png")
+
+
 def plot_results(path, out=None) -> list[Path]:
     """Draw the figures of the dataset in ``path`` into ``out`` (default ``path/_plots``: not a data file to the
     readers of the dataset); returns the files."""
@@ -150,4 +185,5 @@ def plot_results(path, out=None) -> list[Path]:
     figs.latency_breakdown()
     figs.latency_vs_pinned()
     figs.variant_comparison()
+    write_phase(figs)
     return figs.written

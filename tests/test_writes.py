@@ -281,6 +281,9 @@ def test_sweep_with_generated_writes(tmp_path):
     assert t.loc["linux-5.8", "dma.parent_diverged"] == 26 and t.loc["linux-6.18", "dma.parent_diverged"] == 0
     again = gpusim.run_sweep(f, out=tmp_path / "p", workers=1).to_pandas().set_index("variant")
     assert (again["write.child.reuse"] == t["write.child.reuse"]).all()
+    from gpusim.plots import plot_results
+
+    assert "write_phase.png" in [p.name for p in plot_results(tmp_path / "o")]
 
 
 @pytest.mark.parametrize(
