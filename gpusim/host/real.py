@@ -465,33 +465,30 @@ class Worker:
                 self.proc.wait()
 
 
-def run_write_frames(layout: RealLayout, steps: list, timeout: float = 600) -> dict:
-    """:func:`write_frames` in a fresh process."""
+def _run_here(mode: str, job, name: str, timeout: float) -> dict:
+    """This file run as ``mode`` in a fresh process, ``job`` (JSON) on its stdin (thousands of pinned ranges do not
+    fit in argv); its JSON answer."""
     out = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "writes"],
-        input=json.dumps({"layout": asdict(layout), "steps": steps}),
+        [sys.executable, os.path.abspath(__file__), mode],
+        input=json.dumps(job),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     if out.returncode != 0:
-        raise RuntimeError(f"measuring {layout.name} failed: {out.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"measuring {name} failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout)
+
+
+def run_write_frames(layout: RealLayout, steps: list, timeout: float = 600) -> dict:
+    """:func:`write_frames` in a fresh process."""
+    return _run_here("writes", {"layout": asdict(layout), "steps": steps}, layout.name, timeout)
 
 
 def run_sharing(layout: RealLayout, timeout: float = 600) -> dict:
     """Set up ``layout`` in a fresh process, fork it once and read the page frames of parent and child
     (:func:`sharing`)."""
-    out = subprocess.run(  # the layout goes through stdin: thousands of pinned ranges do not fit in argv
-        [sys.executable, os.path.abspath(__file__), "sharing"],
-        input=json.dumps(asdict(layout)),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"measuring {layout.name} failed: {out.stderr.strip().splitlines()[-1:]}")
-    return json.loads(out.stdout)
+    return _run_here("sharing", asdict(layout), layout.name, timeout)
 
 
 if __name__ == "__main__":
