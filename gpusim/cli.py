@@ -583,6 +583,12 @@ def calibrate(
         )
     )
     typer.echo(_stability_line(fit["stability"]))
+    w = fit["writes"]
+    typer.echo(
+        f"write costs ({w['pages']} pages, {w['rounds']} rounds): copy fault {w['copy_ns'] / 1e3:.2f} us, reuse fault "
+        f"{w['reuse_ns'] / 1e3:.2f} us, write without a fault {w['none_ns']:.0f} ns"
+        + ("" if w["checked"] else " (fault counts off: not used; the public profile's kept)")
+    )
     for s in fit["skipped"]:
         typer.echo(f"skipped {s['name']}: {s['refused']}")
     typer.echo(f"profile written: {result['path']}")

@@ -192,6 +192,13 @@ def test_calibrate_quick_writes_a_profile_that_becomes_the_default(tmp_path):
     assert prof.fit["residuals"] and prof.measurements and prof.costs["pte.share"].kind == "derived"
     assert {r["state"] for r in prof.fit["residuals"]} == {"fresh", "repeated"}
     assert all(m["checks"]["fresh"] for m in prof.measurements if not m["refused"])
+    # the write phase's costs measured here (fault counts checked), the others labelled as the public profile's
+    assert "write costs (8192 pages" in r.stdout and set(prof.write_costs) == set(gpusim.writes.WRITE_EVENTS)
+    w = prof.fit["writes"]
+    if w["checked"]:
+        assert prof.write_costs["copy"].kind == "measured" and prof.write_costs["copy"].ns == w["copy_ns"]
+        assert w["copy_ns"] > w["reuse_ns"] > w["none_ns"] > 0  # a copy costs more than a reuse, a fault than none
+    assert "not measured here" in prof.write_costs["segv"].basis
     out = subprocess.run(
         [sys.executable, "-m", "gpusim.cli", "fork", "--scenario", "A", "--json"],
         capture_output=True,

@@ -38,8 +38,8 @@ import yaml
 
 from gpusim import api
 from gpusim.costmodel import Profile, host_profile_dir, latency, load_profile
-from gpusim.host.measure import STATES, measure
-from gpusim.host.real import RealLayout, run_sharing, run_write_frames
+from gpusim.host.measure import FAULT_SLACK, STATES, measure
+from gpusim.host.real import RealLayout, run_sharing, run_write_frames, run_write_timings
 from gpusim.host.stats import NOISE_LIMIT, case_verdict, overall_verdict
 from gpusim.host.twin import sim_space
 from gpusim.kernels import pte as P
@@ -278,6 +278,7 @@ def calibrate(quick: bool = False, out: str | None = None, rounds: int | None = 
     variant = kernel_variant()
     rounds = rounds or (9 if quick else 15)
     meas = measure(calibration_layouts(quick), rounds, progress=progress)
+    writes = measure_write_costs(5 if quick else 9)
     f = fit(meas["layouts"], variant, public)
     host = platform.node() or socket.gethostname()
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -296,11 +297,7 @@ def calibrate(quick: bool = False, out: str | None = None, rounds: int | None = 
             }
         ],
         "costs": fitted_costs(public, f["scales"], f["used"], bare_ns),
-        # not measured by calibrate yet: the public profile's, said so
-        "write_costs": {
-            e: {"ns": c.ns, "kind": c.kind, "basis": f"from {public.name}, not calibrated here: {c.basis}"}
-            for e, c in public.write_costs.items()
-        },
+        "write_costs": host_write_costs(public, writes),
         "variant_factors": {},
         "fit": {
             "variant": variant,
@@ -313,6 +310,7 @@ def calibrate(quick: bool = False, out: str | None = None, rounds: int | None = 
             "skipped": f["skipped"],
             "rounds": rounds,
             "stability": meas["stability"],
+            "writes": writes,
         },
         "measurements": measurement_rows(meas),
     }
@@ -324,6 +322,42 @@ def calibrate(quick: bool = False, out: str | None = None, rounds: int | None = 
     )
     load_profile(str(path))  # it must load back
     return {"path": str(path), "profile": profile, "fit": profile["fit"]}
+
+
+WRITE_COST_LAYOUT = RealLayout("write-costs-32MiB", 32 * MiB)
+WRITE_PASSES = ("copy", "none", "reuse")  # the passes of gpusim.host.real.write_timings, by the event each times
+
+
+def measure_write_costs(rounds: int) -> dict:
+    """The host's per-page cost of a copy fault, a reuse fault and a write without a fault (spec 11.5), from
+    :func:`gpusim.host.real.write_timings` on :data:`WRITE_COST_LAYOUT`: the median over rounds of each pass's time
+    per fault (per page for the pass without faults). Each pass's fault count is checked: the faulting passes take
+    one per page, give or take the interpreter's own pages (:data:`gpusim.host.measure.FAULT_SLACK`), the other none
+    beyond that slack; ``checked`` says whether every round held."""
+    r = run_write_timings(WRITE_COST_LAYOUT, rounds)
+    n, out = r["pages"], {"pages": r["pages"], "rounds": rounds, "checked": True}
+    for ev in WRITE_PASSES:
+        passes = r["passes"][ev]
+        want = 0 if ev == "none" else n
+        out["checked"] &= all(want <= p["faults"] <= want + FAULT_SLACK * 4 for p in passes)
+        per = [p["ns"] / (n if ev == "none" else max(p["faults"], 1)) for p in passes]
+        out[f"{ev}_ns"] = float(np.median(per))
+        out[f"{ev}_faults"] = [p["faults"] for p in passes]
+    return out
+
+
+def host_write_costs(public: Profile, writes: dict) -> dict:
+    """The write costs of a host profile: the three :func:`measure_write_costs` measured here (when its fault
+    checks held), the others the public profile's, each saying where it comes from."""
+    out = {
+        e: {"ns": c.ns, "kind": c.kind, "basis": f"from {public.name}, not measured here: {c.basis}"}
+        for e, c in public.write_costs.items()
+    }
+    if writes["checked"]:
+        what = f"{writes['pages']} pages, median of {writes['rounds']} rounds, fault counts checked"
+        for ev in WRITE_PASSES:
+            out[ev] = {"ns": writes[f"{ev}_ns"], "kind": "measured", "basis": f"gpusim calibrate: {what}"}
+    return out
 
 
 def _median_abs(errors) -> float | None:
