@@ -671,6 +671,14 @@ def print_page_checks(rep: dict) -> None:
     typer.echo(f"write phase (each writer kept its frame or got a new one): {wr['pages']} pages, {agreement(wr)} agree")
     for o in wr["orders"]:
         typer.echo(f"  {' then '.join(o['order'])}: {o['agree']} of {o['pages']} pages agree; real {o['real']}")
+    lat = wr.get("latency")
+    if lat:
+        typer.echo(f"write-phase latency on {lat['layout']} (profile {lat['profile']}), measured -> modelled:")
+        for p in lat["passes"]:
+            typer.echo(
+                f"  {p['pass']}: {p['measured_ns'] / 1e6:.2f} ms -> {p['predicted_ns'] / 1e6:.2f} ms "
+                f"({100 * p['error']:+.1f}%)"
+            )
 
 
 def _errors_line(summary: dict) -> str:

@@ -233,6 +233,9 @@ def test_validate_reports_sharing_and_latency_with_intervals_and_verdicts():
         assert rep["sharing"]["agreement"] == 1.0
     if rep["writes"]["pages"]:  # the write phase, page by page, in three orders
         assert rep["writes"]["agreement"] == 1.0 and len(rep["writes"]["orders"]) == 3
+    passes = rep["writes"]["latency"]["passes"]  # and its latency, per pass, measured against modelled
+    assert [p["pass"] for p in passes] == ["copy", "none", "reuse"]
+    assert all(p["measured_ns"] > 0 and p["predicted_ns"] > 0 for p in passes)
     cases = rep["latency"]["cases"]
     assert {(c["name"], c["state"]) for c in cases} == {(L.name, s) for L in held_out for s in ("fresh", "repeated")}
     for c in cases:

@@ -37,7 +37,7 @@ import scipy.optimize
 import yaml
 
 from gpusim import api
-from gpusim.costmodel import Profile, host_profile_dir, latency, load_profile
+from gpusim.costmodel import Profile, host_profile_dir, latency, load_profile, write_latency
 from gpusim.host.measure import FAULT_SLACK, STATES, measure
 from gpusim.host.real import RealLayout, run_sharing, run_write_frames, run_write_timings
 from gpusim.host.stats import NOISE_LIMIT, case_verdict, overall_verdict
@@ -499,6 +499,43 @@ def validate_writes(variant: str) -> tuple[dict, dict]:
     return report, refused
 
 
+# A held-out layout for the write phase's latency: twice the pages of the cost layout, in two VMAs, with two pinned
+# runs (whose pages the parent writes without a fault). Dense, so that the passes write in C (a sparse VMA is
+# written page by page from Python, which would time the interpreter).
+WRITE_LATENCY_LAYOUT = RealLayout("writes-64MiB-2vmas-pinned", 64 * MiB, vmas=2, pinned=[(0, 512), (9000, 256)])
+# the passes of write_timings as write-phase steps, cumulative: each pass's counts are the difference of two runs
+WRITE_PASS_STEPS = {
+    "copy": "parent:all",
+    "none": "parent:all; parent:all",
+    "reuse": "parent:all; parent:all; child:all",
+}
+
+
+def predicted_write_passes(layout: RealLayout, variant: str, profile: Profile) -> dict:
+    """The modelled time (ns) of each pass of :func:`gpusim.host.real.write_timings` on ``layout``'s twin: the
+    write events the simulator counts in that pass, priced by ``profile``'s write costs."""
+    space, _ = sim_space(layout, variant)
+    r = api.fork(space, variant, backend="cpu", check=False)
+    out, before = {}, 0.0
+    for ev, steps in WRITE_PASS_STEPS.items():
+        wp = api.write_phase(r, steps, check=False)
+        total = write_latency(wp.counts, profile)["latency_ns"]
+        out[ev], before = total - before, total
+    return out
+
+
+def validate_write_latency(variant: str, profile: Profile, rounds: int = 5) -> dict:
+    """The measured time of each write pass on :data:`WRITE_LATENCY_LAYOUT` (median of ``rounds``) against the
+    modelled one: relative errors per pass."""
+    real = run_write_timings(WRITE_LATENCY_LAYOUT, rounds)
+    pred = predicted_write_passes(WRITE_LATENCY_LAYOUT, variant, profile)
+    passes = []
+    for ev in WRITE_PASSES:
+        measured = float(np.median([p["ns"] for p in real["passes"][ev]]))
+        passes.append({"pass": ev, "measured_ns": measured, "predicted_ns": pred[ev], "error": pred[ev] / measured - 1})
+    return {"layout": WRITE_LATENCY_LAYOUT.name, "profile": profile.name, "passes": passes}
+
+
 def latency_cases(results: list[dict], variant: str, profiles: dict) -> tuple[list[dict], dict]:
     """The held-out cases (a measured layout in one state) against each profile's prediction for that state:
     ({profile key: cases}, refusals). The first profile's cases carry the interval and verdict."""
@@ -565,6 +602,8 @@ def validate(profile=None, progress=None, rounds: int = 21, quick: bool = False,
     sharing, refused = validate_sharing(variant)
     writes, why = validate_writes(variant)
     refused.update(why)
+    if stored.write_costs:
+        writes["latency"] = validate_write_latency(variant, stored)
     fit_set = fit_set or calibration_layouts(quick)
     held_out = held_out or [L for L in validation_layouts() if not quick or L.touched_bytes() <= 512 * MiB]
     meas = measure(fit_set + held_out, rounds, progress=progress, memory_fraction=0.6)
