@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpusim.kernels.flags import V_5_8, V_5_10, V_6_18, V_XU_V1, V_XU_V1_OLEG
+from gpusim.kernels.flags import (
+    V_5_8,
+    V_5_10,
+    V_6_18,
+    V_XU_V1,
+    V_XU_V1_OLEG,
+    WP_REUSE_EXCLUSIVE,
+    WP_REUSE_MAPCOUNT,
+    WP_REUSE_REFCOUNT,
+)
 
 LINUX_5_8 = "linux-5.8"
 XU_V1 = "xu-v1"
@@ -12,12 +21,6 @@ XU_V1_OLEG = "xu-v1-oleg"
 LINUX_5_10 = "linux-5.10"
 LINUX_6_18 = "linux-6.18"
 DEFAULT_VARIANT = LINUX_6_18
-
-# How a write-protect fault decides to reuse an anon page (spec 11.2): by its mappings alone (reuse_swap_page, before
-# 09854ba94c6a), by its reference count (page_count == 1), or by PageAnonExclusive and wp_can_reuse_anon_folio.
-WP_REUSE_MAPCOUNT = "mapcount"
-WP_REUSE_REFCOUNT = "refcount"
-WP_REUSE_EXCLUSIVE = "exclusive"
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class Variant:
     hwpoison_fails_copy: bool  # an early copy of a poisoned page fails the fork (-EHWPOISON)
     large_pin_order: int  # folios of this order or more keep an exact folio-wide pincount
     install_weight: int  # progress added by an early-copy install (1 at the top of an xu pass, else 8)
-    wp_reuse: str  # the write-protect fault's reuse rule (WP_REUSE_*)
+    wp_reuse: int  # the write-protect fault's reuse rule (gpusim.kernels.flags.WP_REUSE_*)
 
 
 VARIANTS: dict[str, Variant] = {

@@ -42,9 +42,10 @@ from gpusim.kernels.flags import (
     VM_WRITE,
     mm_counter,
 )
+from gpusim.kernels.rules import wp_reuse_pmd, wp_reuse_pte
 from gpusim.reference import Machine, MMState
 from gpusim.state import MM, AddressSpace, Memory, entries
-from gpusim.variants import WP_REUSE_EXCLUSIVE, WP_REUSE_MAPCOUNT, get_variant
+from gpusim.variants import get_variant
 
 WRITE_EVENTS = ("none", "reuse", "copy", "anon_fault", "pmd_reuse", "pmd_split", "segv", "unmodelled")
 WRITERS = ("parent", "child")
@@ -220,21 +221,22 @@ class WriteContext:
 
 
 def wp_can_reuse_anon_folio(wc: WriteContext, p: _Proc, f: int, pfn: int) -> bool:
-    """Spec 11.2's ``wp_reuse_pte``: whether a write-protect fault of ``p`` on page ``pfn`` of anon folio ``f``
-    reuses it (else it copies), by the variant's rule."""
-    m, rule = wc.m, wc.v.wp_reuse
-    pages = wc.folio_pages(f)
-    if rule == WP_REUSE_MAPCOUNT:  # reuse_swap_page(): mappings only, the refcount (pins) never read
-        count = m.page_mapcount[pfn] if m.folio_order[f] == 0 else max(m.page_mapcount[q] for q in pages)
-        return count + (m.folio_pmd_mapcount[f] if m.folio_order[f] else 0) <= 1
-    if rule != WP_REUSE_EXCLUSIVE:  # 09854ba94c6a: page_count(head) == 1
-        return m.folio_refcount[f] == 1 and m.page_mapcount[pfn] == 1
-    if m.page_flags[pfn] & PAGE_ANON_EXCLUSIVE:
-        return True
-    if m.folio_order[f] == 0:
-        return m.folio_refcount[f] == 1
-    large_map = sum(m.page_mapcount[q] for q in pages) + len(pages) * m.folio_pmd_mapcount[f]
-    return large_map > 1 and large_map == p.mapped.get(f, 0) and large_map == m.folio_refcount[f]
+    """Whether a write-protect fault of ``p`` on page ``pfn`` of anon folio ``f`` reuses it (else it copies): the
+    variant's rule (:func:`gpusim.kernels.rules.wp_reuse_pte`) on the folio's counts."""
+    m = wc.m
+    maps = [m.page_mapcount[q] for q in wc.folio_pages(f)]
+    return wp_reuse_pte(
+        wc.v.wp_reuse,
+        bool(m.page_flags[pfn] & PAGE_ANON_EXCLUSIVE),
+        m.folio_order[f],
+        m.folio_refcount[f],
+        m.page_mapcount[pfn],
+        max(maps),
+        sum(maps),
+        m.folio_pmd_mapcount[f],
+        len(maps),
+        p.mapped.get(f, 0),
+    )
 
 
 def wp_page_reuse(wc: WriteContext, row: list, i: int, v: int, pfn: int) -> None:
@@ -268,11 +270,12 @@ def do_wp_page(wc: WriteContext, p: _Proc, row: list, i: int, v: int) -> str:
 
 
 def wp_huge_pmd_reuse(wc: WriteContext, f: int) -> bool:
-    """Spec 11.2's ``wp_reuse_pmd``."""
+    """Whether a write to PMD-mapped THP ``f`` reuses the PMD: :func:`gpusim.kernels.rules.wp_reuse_pmd`."""
     m = wc.m
-    if wc.v.wp_reuse == WP_REUSE_EXCLUSIVE:
-        return bool(m.page_flags[m.folio_first_pfn[f]] & PAGE_ANON_EXCLUSIVE) or m.folio_refcount[f] == 1
-    return max(m.page_mapcount[q] for q in wc.folio_pages(f)) + m.folio_pmd_mapcount[f] <= 1
+    head = m.folio_first_pfn[f]
+    excl = bool(m.page_flags[head] & PAGE_ANON_EXCLUSIVE)
+    maps = max(m.page_mapcount[q] for q in wc.folio_pages(f))
+    return wp_reuse_pmd(wc.v.wp_reuse, excl, m.folio_refcount[f], maps, m.folio_pmd_mapcount[f])
 
 
 def split_huge_pmd(wc: WriteContext, p: _Proc, t: int) -> None:

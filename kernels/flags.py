@@ -72,6 +72,10 @@ RSS_NAMES = ("anon", "file", "shmem", "swapents")
 
 # --- the variants as the kernels know them (the order of gpusim.variants.VARIANTS; each record carries its id) --
 V_5_8, V_XU_V1, V_XU_V1_OLEG, V_5_10, V_6_18 = 0, 1, 2, 3, 4
+# How a write-protect fault decides to reuse an anon page (spec 11.2; gpusim.variants.Variant.wp_reuse): by its
+# mappings alone (reuse_swap_page, before 09854ba94c6a), by its reference count (page_count == 1), or by
+# PageAnonExclusive and wp_can_reuse_anon_folio.
+WP_REUSE_MAPCOUNT, WP_REUSE_REFCOUNT, WP_REUSE_EXCLUSIVE = 0, 1, 2
 
 
 @jitable

@@ -14,7 +14,17 @@ conservative, and a table sent to the host is handled exactly whatever the reaso
 
 import numpy as np
 
-from gpusim.kernels.flags import FOLIO_ANON, FOLIO_DEVICE_PRIVATE, PAGE_ANON_EXCLUSIVE, PIN_BIAS, V_6_18, swap_cap
+from gpusim.kernels.flags import (
+    FOLIO_ANON,
+    FOLIO_DEVICE_PRIVATE,
+    PAGE_ANON_EXCLUSIVE,
+    PIN_BIAS,
+    V_6_18,
+    WP_REUSE_EXCLUSIVE,
+    WP_REUSE_MAPCOUNT,
+    WP_REUSE_REFCOUNT,
+    swap_cap,
+)
 from gpusim.kernels.jitable import jitable
 from gpusim.kernels.pte import (
     KIND_DEVICE_PRIVATE,
@@ -204,3 +214,30 @@ def slot_needs_host(count, levels):
     """Whether duplicating a slot could need a swap-count continuation in this fork: the fork adds at most
     ``count`` references (each of the parent's is counted), so ``2 * count <= cap(levels)`` is always safe."""
     return 2 * count > swap_cap(levels)
+
+
+@jitable
+def wp_reuse_pte(rule, excl_page, order, refcount, map_page, map_max, map_sum, pmdmap, nr, mapped_by_writer):
+    """Spec 11.2's ``wp_reuse_pte``: whether a write-protect fault on an anon page reuses it (else it copies).
+    ``excl_page``: the page is anon-exclusive; ``map_page``, ``map_max``, ``map_sum``: its map count and the largest
+    and the sum over its folio's ``nr`` pages; ``pmdmap``: the folio's PMD mappings; ``mapped_by_writer``: the
+    writer's PTEs mapping the folio plus ``nr`` per PMD of its mapping it."""
+    if rule == WP_REUSE_MAPCOUNT:  # reuse_swap_page(): mappings only, the refcount (pins) never read
+        count = map_page if order == 0 else map_max + pmdmap
+        return count <= 1
+    if rule == WP_REUSE_REFCOUNT:  # 09854ba94c6a: page_count(head) == 1
+        return refcount == 1 and map_page == 1
+    if excl_page:
+        return True
+    if order == 0:
+        return refcount == 1
+    large_map = map_sum + nr * pmdmap
+    return large_map > 1 and large_map == mapped_by_writer and large_map == refcount
+
+
+@jitable
+def wp_reuse_pmd(rule, excl_head, refcount, map_max, pmdmap):
+    """Spec 11.2's ``wp_reuse_pmd``: whether a write to a PMD-mapped THP reuses the PMD (else it is split)."""
+    if rule == WP_REUSE_EXCLUSIVE:
+        return excl_head or refcount == 1
+    return map_max + pmdmap <= 1
