@@ -14,15 +14,18 @@ is a DMA address and that page its DMA frame; at the end, ``parent_diverged`` co
 parent no longer maps its frame (the device's writes are lost to it) and ``child_aliased`` those where the child
 maps the frame writable (the device writes into the child).
 
-This is the reference implementation, plain Python over the reference engine's containers; every backend runs it on
-its fork's final state (the fast engines' compiled write phase is not built yet). Reading of the kernel beyond the
-spec's text: a write-protect fault on a folio that is not anonymous (a page-cache page in a private mapping) always
-copies (``do_wp_page`` tries reuse for anonymous folios only), and a write to an address in no VMA is a ``segv``.
+This is the reference implementation, plain Python over the reference engine's containers. The CPU engine runs the
+same writes compiled (:mod:`gpusim.kernels.writes`, through :func:`run_write_phase`), with the same reuse rules
+(:mod:`gpusim.kernels.rules`) and an equal result (states, counts, DMA view); the CUDA backends run the reference's
+Python for now. Reading of the kernel beyond the spec's text: a write-protect fault on a folio that is not anonymous
+(a page-cache page in a private mapping) always copies (``do_wp_page`` tries reuse for anonymous folios only), and a
+write to an address in no VMA is a ``segv``.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -30,6 +33,7 @@ import numpy as np
 
 from gpusim import decode
 from gpusim.kernels import pte as P
+from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import (
     BACKING_ANON,
     FOLIO_ANON,
@@ -44,7 +48,7 @@ from gpusim.kernels.flags import (
 )
 from gpusim.kernels.rules import wp_reuse_pmd, wp_reuse_pte
 from gpusim.reference import Machine, MMState
-from gpusim.state import MM, AddressSpace, Memory, entries
+from gpusim.state import MM, AddressSpace, Memory, entries, ptes_at
 from gpusim.variants import get_variant
 
 WRITE_EVENTS = ("none", "reuse", "copy", "anon_fault", "pmd_reuse", "pmd_split", "segv", "unmodelled")
@@ -298,7 +302,8 @@ def split_huge_pmd(wc: WriteContext, p: _Proc, t: int) -> None:
 def do_huge_pmd_wp_page(wc: WriteContext, p: _Proc, t: int) -> str:
     """A write to a PMD-mapped THP: ``pmd_reuse`` or ``pmd_split`` (then the caller retries at PTE level)."""
     pmd = p.mm.pmds[t]
-    if P.pte_write(pmd):
+    if P.pte_write(pmd):  # a write that takes no fault: dirty and young, as a PTE's
+        p.mm.pmds[t] = P.pte_mkdirty(P.pte_mkyoung(pmd))
         return "none"
     f = wc.m.page_folio[P.pte_pfn(pmd)]
     if wp_huge_pmd_reuse(wc, f):
@@ -388,32 +393,48 @@ def step_addresses(wc: WriteContext, s: Step):
     return mapped_addresses(wc.procs[s.who]) if s.all else range(s.lo, s.hi + 1)
 
 
-def dma_frames(wc: WriteContext, p: _Proc) -> dict[int, int]:
-    """{address: frame} of ``p``'s addresses whose page belongs to a truly pinned folio."""
-    m, out = wc.m, {}
-    for t, row in p.mm.tables.items():
-        for j, v in enumerate(row):
-            if P.pte_kind(v) == P.KIND_PRESENT and not P.pte_special(v):
-                if m.folio_true_pins[m.page_folio[P.pte_pfn(v)]] > 0:
-                    out[t * PTRS_PER_TABLE + j] = P.pte_pfn(v)
-    for t, pmd in p.mm.pmds.items():
-        head = P.pte_pfn(pmd)
-        if m.folio_true_pins[m.page_folio[head]] > 0:
-            out.update({t * PTRS_PER_TABLE + j: head + j for j in range(PTRS_PER_TABLE)})
-    return out
+def pinned_frames(mm: MM, memory: Memory) -> tuple[np.ndarray, np.ndarray]:
+    """(addresses, frames) where ``mm`` maps a page of a truly pinned folio (a PTE or a PMD-mapped THP)."""
+    addr, val = entries(mm)
+    ok = (decode.kinds(val) == P.KIND_PRESENT) & ~decode.special(val)
+    addr, pfn = addr[ok], decode.offsets(val[ok]).astype(np.int64)
+    keep = memory.folio_true_pins[memory.page_folio[pfn]] > 0
+    addrs, frames = [addr[keep]], [pfn[keep]]
+    for t, v in zip(mm.pmd_index.tolist(), mm.pmd.tolist()):
+        head = P.pte_pfn(v)
+        if memory.folio_true_pins[memory.page_folio[head]] > 0:
+            addrs.append(t * PTRS_PER_TABLE + np.arange(PTRS_PER_TABLE, dtype=np.int64))
+            frames.append(head + np.arange(PTRS_PER_TABLE, dtype=np.int64))
+    return np.concatenate(addrs), np.concatenate(frames)
 
 
-def maps_frame(p: _Proc, a: int, frame: int, writable: bool = False) -> bool:
-    """Whether ``p`` maps page ``frame`` at address ``a`` (and writably, with ``writable``)."""
-    t, i = divmod(a, PTRS_PER_TABLE)
-    if t in p.mm.pmds:
-        v = p.mm.pmds[t]
-        return P.pte_pfn(v) + i == frame and (not writable or bool(P.pte_write(v)))
-    row = p.mm.tables.get(t)
-    v = 0 if row is None else row[i]
-    if P.pte_kind(v) != P.KIND_PRESENT or P.pte_special(v) or P.pte_pfn(v) != frame:
-        return False
-    return not writable or bool(P.pte_write(v))
+def frames_at(mm: MM, addr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(frame, writable) that ``mm`` maps at each address (frame -1: no page), by a PTE or a huge PMD."""
+    v = ptes_at(mm, addr)
+    ok = (decode.kinds(v) == P.KIND_PRESENT) & ~decode.special(v)
+    frame = np.where(ok, decode.offsets(v).astype(np.int64), -1)
+    writable = ok & ((v & np.uint64(P.PAGE_RW)) != 0)
+    if mm.pmd.size:
+        k = np.searchsorted(mm.pmd_index, addr // PTRS_PER_TABLE)
+        hit = k < mm.pmd_index.size
+        hit[hit] = mm.pmd_index[k[hit]] == addr[hit] // PTRS_PER_TABLE
+        pmd = mm.pmd[k[hit]]
+        frame[hit] = decode.offsets(pmd).astype(np.int64) + addr[hit] % PTRS_PER_TABLE
+        writable[hit] = (pmd & np.uint64(P.PAGE_RW)) != 0
+    return frame, writable
+
+
+def dma_view(parent0: AddressSpace, parent1: MM, child1: MM) -> dict[str, int]:
+    """Spec 11.3: the parent's pinned pages at the start of the phase (``parent0``), and after it (``parent1``,
+    ``child1``) how many the parent no longer maps there and how many the child maps there writable."""
+    addr, frame = pinned_frames(parent0.mm, parent0.memory)
+    p, _ = frames_at(parent1, addr)
+    c, cw = frames_at(child1, addr)
+    return {
+        "pinned": int(addr.size),
+        "parent_diverged": int((p != frame).sum()),
+        "child_aliased": int(((c == frame) & cw).sum()),
+    }
 
 
 def mapped(mm: MM) -> np.ndarray:
@@ -453,15 +474,9 @@ def generated_steps(parent: MM, child: MM, fractions: dict, order: str, child_ex
     return steps + exit_step
 
 
-def run_write_phase(parent: AddressSpace, child: MM, variant: str, writes) -> WritePhase:
-    """The write phase ``writes`` (notation, or steps) after a fork whose final states are ``parent`` and ``child``;
-    the inputs are not modified."""
-    steps = parse_writes(writes)
+def _reference_phase(parent: AddressSpace, child: MM, variant: str, steps) -> tuple:
+    """The steps on the reference's containers: (parent after, child after, counts, child exited)."""
     wc = WriteContext(parent, child, variant)
-    total = sum(s.hi - s.lo + 1 for s in steps if not s.all and not s.exit)
-    if total > MAX_WRITES:
-        raise WritesError(f"the write phase writes {total:,} addresses, more than {MAX_WRITES:,}")
-    frames = dma_frames(wc, wc.procs["parent"])
     for s in steps:
         if s.exit:
             exit_mmap(wc)
@@ -471,10 +486,124 @@ def run_write_phase(parent: AddressSpace, child: MM, variant: str, writes) -> Wr
             for ev in handle_mm_fault(wc, p, a):
                 counts[ev] += 1
     par, chi = wc.procs["parent"], wc.procs["child"]
-    dma = {
-        "pinned": len(frames),
-        "parent_diverged": sum(1 for a, fr in frames.items() if not maps_frame(par, a, fr)),
-        "child_aliased": sum(1 for a, fr in frames.items() if maps_frame(chi, a, fr, writable=True)),
-    }
-    after = AddressSpace(par.mm.to_mm(), wc.m.to_memory())
-    return WritePhase(steps, wc.counts, dma, after, chi.mm.to_mm(), wc.child_exited)
+    return AddressSpace(par.mm.to_mm(), wc.m.to_memory()), chi.mm.to_mm(), wc.counts, wc.child_exited
+
+
+def _reserved_tables(mm: MM, steps, who: str) -> np.ndarray:
+    """The tables a write phase may give ``mm`` rows for: its own, its huge PMDs' (a split), and those of the range
+    steps of ``who`` that meet an anonymous VMA (a fault where there was no table)."""
+    out = [mm.table_index, mm.pmd_index]
+    anon = mm.vma_backing == BACKING_ANON
+    for s in steps:
+        if s.who != who or s.all or s.exit:
+            continue
+        t = np.arange(s.lo // PTRS_PER_TABLE, s.hi // PTRS_PER_TABLE + 1, dtype=np.int64)
+        lo, hi = t * PTRS_PER_TABLE, (t + 1) * PTRS_PER_TABLE
+        meets = np.zeros(t.size, bool)
+        for vs, ve in zip(mm.vma_start[anon].tolist(), mm.vma_end[anon].tolist()):
+            meets |= (lo < ve) & (hi > vs)
+        out.append(t[meets])
+    return np.unique(np.concatenate(out))
+
+
+def _proc(kernels, mm: MM, tables: np.ndarray, memory: Memory, folios: int):
+    """A process's arrays for the compiled write phase (``kernels.Proc``)."""
+    rows = np.searchsorted(tables, mm.table_index)
+    pte = np.zeros((tables.size, PTRS_PER_TABLE), np.uint64)
+    pte[rows] = mm.pte
+    exists = np.zeros(tables.size, bool)
+    exists[rows] = True
+    mapped = np.zeros(folios, np.int64)
+    ok = (decode.kinds(mm.pte) == P.KIND_PRESENT) & ~decode.special(mm.pte)
+    np.add.at(mapped, memory.page_folio[decode.offsets(mm.pte[ok]).astype(np.int64)], 1)
+    if mm.pmd.size:
+        np.add.at(mapped, memory.page_folio[decode.offsets(mm.pmd).astype(np.int64)], PTRS_PER_TABLE)
+    return kernels.Proc(
+        tables.astype(np.int64),
+        pte,
+        exists,
+        mm.pmd_index.astype(np.int64),
+        mm.pmd.astype(np.uint64),
+        np.ones(mm.pmd.size, bool),
+        mm.vma_start.astype(np.int64),  # copies: the parent's and the child's arrays are one (writable) type
+        mm.vma_end.astype(np.int64),
+        mm.vma_flags.astype(np.uint64),
+        mm.vma_backing.astype(np.uint8),
+        mm.rss.astype(np.int64),
+        mapped,
+    )
+
+
+def _mm_after(pr, mm: MM) -> MM:
+    """The MM of a process after the compiled write phase: its rows that exist, its PMDs that were not split."""
+    live = pr.pmdlive
+    return dataclasses.replace(
+        mm,
+        table_index=pr.tix[pr.exists].copy(),
+        pte=pr.pte[pr.exists].copy(),
+        pmd_index=pr.pmdix[live].copy(),
+        pmd=pr.pmd[live].copy(),
+        rss=pr.rss.copy(),
+    )
+
+
+def _compiled_phase(parent: AddressSpace, child: MM, variant: str, steps, kernels) -> tuple:
+    """The steps compiled (``kernels.write_steps``): what :func:`_reference_phase` returns, equal to it."""
+    m0, v = parent.memory, get_variant(variant)
+    tables = {w: _reserved_tables(mm, steps, w) for w, mm in (("parent", parent.mm), ("child", child))}
+    # room for a new page per write: a range writes its addresses, ``all`` at most every address of the rows
+    mapped_bound = max(t.size for t in tables.values()) * PTRS_PER_TABLE
+    extra = sum(mapped_bound if s.all else (0 if s.exit else s.hi - s.lo + 1) for s in steps)
+    folios = m0.nr_folios + extra
+    grow = {f: np.concatenate([getattr(m0, f), np.zeros(extra, getattr(m0, f).dtype)]) for f in _WMEM_ARRAYS}
+    used = np.array([m0.nr_pages, m0.nr_folios, m0.next_content], np.int64)
+    mem = kernels.WMem(**grow, swap_count=m0.swap_count.copy(), used=used)
+    procs = [_proc(kernels, mm, tables[w], m0, folios) for w, mm in (("parent", parent.mm), ("child", child))]
+    code = {"all": 1, "exit": 2}
+    who = np.array([0 if s.who == "parent" else 1 for s in steps], np.int8)
+    kind = np.array([code["exit"] if s.exit else code["all"] if s.all else 0 for s in steps], np.int8)
+    lo = np.array([s.lo for s in steps], np.int64)
+    hi = np.array([s.hi for s in steps], np.int64)
+    counts = np.zeros((2, len(WRITE_EVENTS)), np.int64)
+    buf = np.zeros(mapped_bound, np.int64)
+    exited = kernels.write_steps(who, kind, lo, hi, v.wp_reuse, v.anon_exclusive, *procs, mem, counts, buf)
+    n_pages, n_folios, nxt = (int(x) for x in used)
+    arrays = {f: getattr(m0, f) for f in MEMORY_FIELDS}
+    for f in _WMEM_ARRAYS:
+        arrays[f] = getattr(mem, f)[: n_pages if f.startswith("page_") else n_folios].copy()
+    arrays["swap_count"] = mem.swap_count
+    memory = Memory(**arrays, next_content=nxt)
+    out_counts = {w: dict(zip(WRITE_EVENTS, counts[k].tolist())) for k, w in enumerate(WRITERS)}
+    after = AddressSpace(_mm_after(procs[0], parent.mm), memory)
+    child_after = MMState().to_mm() if exited else _mm_after(procs[1], child)  # an exited child has no mm
+    return after, child_after, out_counts, bool(exited)
+
+
+_WMEM_ARRAYS = (
+    "page_folio",
+    "page_mapcount",
+    "page_flags",
+    "page_content",
+    "folio_order",
+    "folio_refcount",
+    "folio_pincount",
+    "folio_true_pins",
+    "folio_pmd_mapcount",
+    "folio_flags",
+    "folio_first_pfn",
+)
+
+
+def run_write_phase(parent: AddressSpace, child: MM, variant: str, writes, kernels=None) -> WritePhase:
+    """The write phase ``writes`` (notation, or steps) after a fork whose final states are ``parent`` and ``child``;
+    the inputs are not modified. With ``kernels`` that have a compiled write phase (the CPU engine's), it runs
+    compiled; else in the reference's Python. Both give the same result."""
+    steps = parse_writes(writes)
+    total = sum(s.hi - s.lo + 1 for s in steps if not s.all and not s.exit)
+    if total > MAX_WRITES:
+        raise WritesError(f"the write phase writes {total:,} addresses, more than {MAX_WRITES:,}")
+    if kernels is not None and hasattr(kernels, "write_steps"):
+        after, child_after, counts, exited = _compiled_phase(parent, child, variant, steps, kernels)
+    else:
+        after, child_after, counts, exited = _reference_phase(parent, child, variant, steps)
+    return WritePhase(steps, counts, dma_view(parent, after.mm, child_after), after, child_after, exited)

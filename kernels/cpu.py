@@ -29,6 +29,7 @@ from gpusim.kernels.slowpath import (
     run_item,
 )
 from gpusim.kernels.table import copy_table_fast, table_needs_host
+from gpusim.kernels.writes import Proc, WMem, write_steps  # noqa: F401  (the compiled write phase, for the host)
 
 
 def prepare() -> None:
