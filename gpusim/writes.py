@@ -42,8 +42,12 @@ from gpusim.kernels.flags import (
     MM_ANONPAGES,
     PAGE_ANON_EXCLUSIVE,
     PTRS_PER_TABLE,
+    STEP_ALL,
+    STEP_EXIT,
+    STEP_RANGE,
     VM_SHARED,
     VM_WRITE,
+    WRITE_EVENTS,
     mm_counter,
 )
 from gpusim.kernels.rules import wp_reuse_pmd, wp_reuse_pte
@@ -51,7 +55,6 @@ from gpusim.reference import Machine, MMState
 from gpusim.state import MM, AddressSpace, Memory, entries, ptes_at
 from gpusim.variants import get_variant
 
-WRITE_EVENTS = ("none", "reuse", "copy", "anon_fault", "pmd_reuse", "pmd_split", "segv", "unmodelled")
 WRITERS = ("parent", "child")
 DMA_FIELDS = ("pinned", "parent_diverged", "child_aliased")
 MAX_ADDRESS = 1 << 35  # pages: the layouts' bound (128 TiB)
@@ -559,9 +562,8 @@ def _compiled_phase(parent: AddressSpace, child: MM, variant: str, steps, kernel
     used = np.array([m0.nr_pages, m0.nr_folios, m0.next_content], np.int64)
     mem = kernels.WMem(**grow, swap_count=m0.swap_count.copy(), used=used)
     procs = [_proc(kernels, mm, tables[w], m0, folios) for w, mm in (("parent", parent.mm), ("child", child))]
-    code = {"all": 1, "exit": 2}
-    who = np.array([0 if s.who == "parent" else 1 for s in steps], np.int8)
-    kind = np.array([code["exit"] if s.exit else code["all"] if s.all else 0 for s in steps], np.int8)
+    who = np.array([WRITERS.index(s.who) for s in steps], np.int8)
+    kind = np.array([STEP_EXIT if s.exit else STEP_ALL if s.all else STEP_RANGE for s in steps], np.int8)
     lo = np.array([s.lo for s in steps], np.int64)
     hi = np.array([s.hi for s in steps], np.int64)
     counts = np.zeros((2, len(WRITE_EVENTS)), np.int64)

@@ -7,7 +7,7 @@ rows (sorted by table number, with rows reserved ahead for the tables a write ma
 there was no table), its huge PMDs, VMAs, rss and, per folio, how many of its PTEs map it (plus 512 per PMD:
 ``wp_can_reuse_anon_folio`` asks). The memory's arrays come with room for a new page per write. The reuse decisions
 are :func:`gpusim.kernels.rules.wp_reuse_pte` and :func:`~gpusim.kernels.rules.wp_reuse_pmd`, shared with the
-reference. Events are counted per writer in the order of ``gpusim.writes.WRITE_EVENTS``.
+reference. Events are counted per writer in the order of ``gpusim.kernels.flags.WRITE_EVENTS``.
 """
 
 from collections import namedtuple
@@ -18,12 +18,22 @@ from numba import njit
 from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
 from gpusim.kernels.flags import (
     BACKING_ANON,
+    EV_ANON_FAULT,
+    EV_COPY,
+    EV_NONE,
+    EV_PMD_REUSE,
+    EV_PMD_SPLIT,
+    EV_REUSE,
+    EV_SEGV,
+    EV_UNMODELLED,
     FOLIO_ANON,
     FOLIO_FREED,
     FOLIO_SWAPBACKED,
     MM_ANONPAGES,
     PAGE_ANON_EXCLUSIVE,
     PTRS_PER_TABLE,
+    STEP_ALL,
+    STEP_EXIT,
     VM_SHARED,
     VM_WRITE,
     mm_counter,
@@ -46,10 +56,6 @@ from gpusim.kernels.pte import (
     swp_offset,
 )
 from gpusim.kernels.rules import wp_reuse_pmd, wp_reuse_pte
-
-# event numbers (gpusim.writes.WRITE_EVENTS) and step kinds
-EV_NONE, EV_REUSE, EV_COPY, EV_ANON_FAULT, EV_PMD_REUSE, EV_PMD_SPLIT, EV_SEGV, EV_UNMODELLED = range(8)
-STEP_RANGE, STEP_ALL, STEP_EXIT = 0, 1, 2
 
 Proc = namedtuple("Proc", "tix pte exists pmdix pmd pmdlive vstart vend vflags vbacking rss mapped")
 WMem = namedtuple(
