@@ -63,8 +63,8 @@ def fork(
 
 def write_phase(result: ForkResult, writes, check: bool = True):
     """The write phase ``writes`` after the fork ``result`` (which is not modified), timed, on the fork's engine
-    (compiled on ``cpu``; the reference's Python elsewhere, for now); with ``check`` its invariants (spec 11.5) are
-    checked."""
+    (compiled on ``cpu`` and ``cuda``, the reference's Python on ``reference``); with ``check`` its invariants (spec
+    11.5) are checked."""
     t0 = time.perf_counter()
     kernels = None if result.backend == "reference" else _backend.kernels(result.backend)
     wp = run_write_phase(result.parent, result.child, result.variant, writes, kernels)

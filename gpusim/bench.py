@@ -17,14 +17,17 @@ from gpusim import api, decode
 from gpusim import backend as B
 from gpusim.backend import resolve
 from gpusim.gpubench import bench_resident, copy_bandwidth
-from gpusim.host.measure import time_layout
-from gpusim.host.real import RealLayout
+from gpusim.host.measure import FAULT_SLACK, time_layout
+from gpusim.host.real import RealLayout, run_write_timings
 from gpusim.kernels.flags import PAGE_SIZE
 from gpusim.machine import cpu_description, mem_available_bytes
 from gpusim.state import AddressSpace, entries, resident_bytes
 from gpusim.sweep.spec import AnonWorkload
 from gpusim.workloads import build_workload, dense_anon
 
+# ``--writes``: after the fork both write every page they map (the parent's copy faults, then the child's reuses),
+# the passes :func:`gpusim.host.real.write_timings` times on the real process
+BENCH_WRITES = "parent:all; child:all"
 # largest size whose end-to-end time (host arrays, PCIe transfers) the cuda bench also measures
 E2E_MAX_BYTES = 16 << 30
 
@@ -95,6 +98,41 @@ def bench_size(size: int, backend: str, variant: str, repeat: int, pins: Pins = 
     }
 
 
+def add_write_phase(row: dict, space: AddressSpace, backend: str, variant: str, repeat: int) -> None:
+    """The write phase :data:`BENCH_WRITES` after a fork of ``space``, as ``gpusim.fork(writes=...)`` runs it (the
+    median of ``repeat``): its writes, wall time, writes/s and its time over the fork's."""
+    r = api.fork(space, variant, backend=backend, check=False)
+    walls, wp = [], None
+    for _ in range(repeat):
+        wp = api.write_phase(r, BENCH_WRITES, check=False)
+        walls.append(wp.wall_s)
+    wall = statistics.median(walls)
+    writes = sum(sum(c.values()) for c in wp.counts.values())
+    row.update(writes=writes, write_counts=wp.counts, write_wall_s=wall, writes_per_s=writes / wall)
+    row["write_vs_fork"] = wall / row["engine_wall_s"]
+
+
+def add_kernel_writes(row: dict, repeat: int) -> None:
+    """This machine's kernel running the same two passes on a real process with the row's memory and pins (a child
+    that stays alive; :func:`gpusim.host.real.write_timings`): the median of the parent's copy-fault pass plus the
+    child's reuse-fault pass. ``kernel_write_checked``: each pass took the faults the simulator counted (copies,
+    reuses), give or take the interpreter's own."""
+    if row["size_bytes"] > mem_available_bytes() // 3:
+        row["kernel_write_s"] = None
+        return
+    t = run_write_timings(RealLayout("dense", row["size_bytes"], pinned=row["pinned_runs"]), max(3, repeat))
+    if t["refused"]:
+        row["kernel_write_s"] = None
+        return
+    copy, reuse = t["passes"]["copy"], t["passes"]["reuse"]
+    row["kernel_write_s"] = statistics.median(c["ns"] + u["ns"] for c, u in zip(copy, reuse)) / 1e9
+    want = (row["write_counts"]["parent"]["copy"], row["write_counts"]["child"]["reuse"])
+    row["kernel_write_checked"] = all(
+        w <= p["faults"] <= w + FAULT_SLACK * 8 for ps, w in zip((copy, reuse), want) for p in ps
+    )
+    row["write_speedup_vs_kernel"] = row["kernel_write_s"] / row["write_wall_s"]
+
+
 def bench_batch(size: int, count: int, backend: str, variant: str, repeat: int) -> dict:
     """``count`` forks of ``size`` bytes of dense anon memory in one :func:`gpusim.fork_batch`."""
     spaces = [dense_anon(size // PAGE_SIZE) for _ in range(count)]
@@ -150,8 +188,9 @@ def gpu_rows(report: dict, sizes, backend, variant, repeat, batch, shape, progre
     return rows
 
 
-def host_rows(report: dict, sizes, backend, variant, repeat, batch, progress, pins: Pins) -> list[dict]:
-    """Rows of ``gpusim.fork`` on state already in RAM; adds the batch to ``report``."""
+def host_rows(report: dict, sizes, backend, variant, repeat, batch, progress, pins: Pins, writes=False) -> list[dict]:
+    """Rows of ``gpusim.fork`` on state already in RAM (with ``writes``, the write phase after it); adds the batch to
+    ``report``."""
     api.fork(bench_space(2 << 20, variant, pins), variant, backend=backend, check=False)  # compile / warm up
     report["copy_bandwidth_Bps"] = copy_bandwidth(np, 512 << 20, 7)
     rows = []
@@ -162,6 +201,8 @@ def host_rows(report: dict, sizes, backend, variant, repeat, batch, progress, pi
         # the state's resident bytes per PTE (about what a fork reads or writes once) at the engine's rate, against
         # this machine's copy rate (bytes read + written per second on every thread)
         row["fraction_of_copy_bandwidth"] = row["ptes_per_s"] * row["bytes_per_pte"] / report["copy_bandwidth_Bps"]
+        if writes:
+            add_write_phase(row, bench_space(size, variant, pins), backend, variant, repeat)
         rows.append(row)
     if batch:
         report["batch"] = bench_batch(min(sizes), batch, backend, variant, repeat)
@@ -200,11 +241,14 @@ def run(
     batch: int = 0,
     shape: tuple | None = None,
     pins: Pins = Pins(),
+    writes: bool = False,
 ) -> dict:
     """The bench report. On ``cuda`` the engine's time is that of forks on device-resident state
     (:mod:`gpusim.gpubench`, checked against the CPU engine at full size), with the end-to-end time of
     ``gpusim.fork`` on host arrays beside it for sizes up to :data:`E2E_MAX_BYTES`; elsewhere, and for pinned
-    workloads on every backend, it is the time of ``gpusim.fork`` on state already in RAM."""
+    workloads or ``writes`` on every backend, it is the time of ``gpusim.fork`` on state already in RAM. With
+    ``writes`` the write phase :data:`BENCH_WRITES` after each fork is timed as ``gpusim.fork`` runs it, beside the
+    real kernel's same passes with ``vs_kernel``."""
     backend = resolve(backend)
     report = {
         "machine": cpu_description(),
@@ -214,14 +258,16 @@ def run(
         "backend": backend,
         "pinned": {"fraction": pins.fraction, "placement": pins.placement, "regions": pins.regions},
     }
-    if backend == "cuda" and not pins.fraction:
+    if backend == "cuda" and not pins.fraction and not writes:
         rows = gpu_rows(report, sizes, backend, variant, repeat, batch, shape, progress)
     else:
-        rows = host_rows(report, sizes, backend, variant, repeat, batch, progress, pins)
+        rows = host_rows(report, sizes, backend, variant, repeat, batch, progress, pins, writes)
     for row in rows:
         if vs_kernel:
             add_kernel_fork(row, repeat)
             report["kernel_fork_base_s"] = report["kernel_fork_base_s"] or row.get("kernel_fork_base_s")
+            if writes:
+                add_kernel_writes(row, repeat)
         row.pop("pinned_runs", None)
     report["rows"] = rows
     return report

@@ -253,6 +253,12 @@ def bench(
     ),
     pinned_placement: str = typer.Option("contiguous", "--pinned-placement", help="contiguous or scattered."),
     pinned_regions: int = typer.Option(1, "--pinned-regions", min=1, help="contiguous: number of pinned runs."),
+    writes: bool = typer.Option(
+        False,
+        "--writes",
+        help="Also time the write phase 'parent:all; child:all' after each fork (with --vs-kernel, beside the "
+        "kernel's same two passes on the real process: copy faults, then reuses).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Fork dense 4 KiB anonymous address spaces and print PTEs/s, ns/PTE, bytes/PTE and engine wall time.
@@ -265,14 +271,16 @@ def bench(
     16 GiB), with the fraction of the device's measured copy bandwidth that the minimum traffic per PTE achieves."""
     pins = (pinned_fraction, pinned_placement, pinned_regions)
     shape = (threads_per_table, tables_per_block, max_registers)
-    report = bench_report(sizes, backend, variant, repeat, vs_kernel, batch, shape, pins, as_json)
+    report = bench_report(sizes, backend, variant, repeat, vs_kernel, batch, shape, pins, as_json, writes)
     if as_json:
         typer.echo(json.dumps(report))
         return
     print_bench(report, vs_kernel, batch)
+    if writes:
+        print_bench_writes(report, vs_kernel)
 
 
-def bench_report(sizes: str, backend, variant, repeat, vs_kernel, batch, shape, pins, quiet) -> dict:
+def bench_report(sizes: str, backend, variant, repeat, vs_kernel, batch, shape, pins, quiet, writes=False) -> dict:
     """Check ``gpusim bench``'s options (one line and exit 2 when wrong) and run it."""
     from gpusim.backend import resolve
     from gpusim.bench import Pins, launch_shape, run
@@ -301,6 +309,7 @@ def bench_report(sizes: str, backend, variant, repeat, vs_kernel, batch, shape, 
         batch=batch,
         shape=shape,
         pins=Pins(*pins),
+        writes=writes,
     )
 
 
@@ -335,6 +344,29 @@ def bench_row(r: dict, gpu: bool, vs_kernel: bool, pinned: bool) -> list[str]:
         else:
             cells += ["n/a", "", ""]
     return cells
+
+
+def print_bench_writes(report: dict, vs_kernel: bool) -> None:
+    """``gpusim bench --writes``: the write phase after each fork."""
+    from gpusim.bench import BENCH_WRITES
+
+    t = Table(title=f"write phase '{BENCH_WRITES}' after the fork ({report['backend']})", title_justify="left")
+    cols = ["size", "writes", "copies", "reuses", "wall", "writes/s", "wall / fork"]
+    cols += ["kernel passes", "speedup", "kernel faults"] if vs_kernel else []
+    for col in cols:
+        t.add_column(col, justify="right")
+    for r in report["rows"]:
+        c = r["write_counts"]
+        cells = [f"{r['size_bytes'] / 2**30:g} GiB", f"{r['writes']:,}", f"{c['parent']['copy']:,}"]
+        cells += [f"{c['child']['reuse']:,}", f"{r['write_wall_s'] * 1e3:.1f} ms", f"{r['writes_per_s'] / 1e6:.1f} M"]
+        cells.append(f"{r['write_vs_fork']:.2f}x")
+        if vs_kernel and r.get("kernel_write_s"):
+            cells += [f"{r['kernel_write_s'] * 1e3:.1f} ms", f"{r['write_speedup_vs_kernel']:.1f}x"]
+            cells.append("as simulated" if r["kernel_write_checked"] else "NOT as simulated")
+        elif vs_kernel:
+            cells += ["n/a", "", ""]
+        t.add_row(*cells)
+    Console(highlight=False, width=200).print(t)
 
 
 def print_bench(report: dict, vs_kernel: bool, batch: int) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 
 from gpusim import decode
 from gpusim.kernels import pte as P
-from gpusim.kernels.fields import MEMORY_FIELDS
+from gpusim.kernels.fields import MEMORY_FIELDS, WRITE_MEMORY_FIELDS, WRITE_PROC_FIELDS, WRITE_SCRATCH_FIELDS
 from gpusim.kernels.flags import (
     BACKING_ANON,
     FOLIO_ANON,
@@ -42,12 +42,10 @@ from gpusim.kernels.flags import (
     MM_ANONPAGES,
     PAGE_ANON_EXCLUSIVE,
     PTRS_PER_TABLE,
-    STEP_ALL,
-    STEP_EXIT,
-    STEP_RANGE,
     VM_SHARED,
     VM_WRITE,
     WRITE_EVENTS,
+    WRITE_EVERY,
     mm_counter,
 )
 from gpusim.kernels.rules import wp_reuse_pmd, wp_reuse_pte
@@ -510,31 +508,25 @@ def _reserved_tables(mm: MM, steps, who: str) -> np.ndarray:
 
 
 def _proc(kernels, mm: MM, tables: np.ndarray, memory: Memory, folios: int):
-    """A process's arrays for the compiled write phase (``kernels.Proc``)."""
+    """A writer's arrays for the compiled write phase (``kernels.Proc``): a row per table of ``tables``."""
     rows = np.searchsorted(tables, mm.table_index)
     pte = np.zeros((tables.size, PTRS_PER_TABLE), np.uint64)
     pte[rows] = mm.pte
     exists = np.zeros(tables.size, bool)
     exists[rows] = True
-    mapped = np.zeros(folios, np.int64)
+    rowpmd = np.full(tables.size, -1, np.int64)
+    rowpmd[np.searchsorted(tables, mm.pmd_index)] = np.arange(mm.pmd.size)
     ok = (decode.kinds(mm.pte) == P.KIND_PRESENT) & ~decode.special(mm.pte)
-    np.add.at(mapped, memory.page_folio[decode.offsets(mm.pte[ok]).astype(np.int64)], 1)
-    if mm.pmd.size:
-        np.add.at(mapped, memory.page_folio[decode.offsets(mm.pmd).astype(np.int64)], PTRS_PER_TABLE)
-    return kernels.Proc(
-        tables.astype(np.int64),
-        pte,
-        exists,
-        mm.pmd_index.astype(np.int64),
-        mm.pmd.astype(np.uint64),
-        np.ones(mm.pmd.size, bool),
-        mm.vma_start.astype(np.int64),  # copies: the parent's and the child's arrays are one (writable) type
-        mm.vma_end.astype(np.int64),
-        mm.vma_flags.astype(np.uint64),
-        mm.vma_backing.astype(np.uint8),
-        mm.rss.astype(np.int64),
-        mapped,
-    )
+    mapped = np.bincount(memory.page_folio[decode.offsets(mm.pte[ok]).astype(np.int64)], minlength=folios)
+    huge = np.bincount(memory.page_folio[decode.offsets(mm.pmd).astype(np.int64)], minlength=folios)
+    mapped += huge * PTRS_PER_TABLE
+    arrays = dict(tix=tables, pte=pte, exists=exists, rowpmd=rowpmd, pmd=mm.pmd, pmdlive=np.ones(mm.pmd.size, bool))
+    arrays.update(vstart=mm.vma_start, vend=mm.vma_end, vflags=mm.vma_flags, vbacking=mm.vma_backing, rss=mm.rss)
+    arrays["mapped"] = mapped
+    # in the fields' dtypes, the mm's arrays copied (the phase writes some; the parent's and the child's arrays are
+    # then one writable type), the new ones as they are
+    made = ("tix", "pte", "exists", "rowpmd", "pmdlive", "mapped")
+    return kernels.Proc(**{f: np.array(arrays[f], dt, copy=f not in made) for f, (dt, _) in WRITE_PROC_FIELDS.items()})
 
 
 def _mm_after(pr, mm: MM) -> MM:
@@ -542,58 +534,84 @@ def _mm_after(pr, mm: MM) -> MM:
     live = pr.pmdlive
     return dataclasses.replace(
         mm,
-        table_index=pr.tix[pr.exists].copy(),
-        pte=pr.pte[pr.exists].copy(),
-        pmd_index=pr.pmdix[live].copy(),
-        pmd=pr.pmd[live].copy(),
+        table_index=pr.tix[pr.exists],  # (indexing by a mask copies)
+        pte=pr.pte[pr.exists],
+        pmd_index=mm.pmd_index[live],
+        pmd=pr.pmd[live],
         rss=pr.rss.copy(),
     )
 
 
+def _units(pr, s: Step) -> tuple[int, int, int, int]:
+    """The rows ``r0 .. r1 - 1`` a step's units write, and its addresses ``lo .. hi`` (``all``: every row)."""
+    if s.all:
+        return 0, pr.tix.shape[0], 0, WRITE_EVERY
+    r0 = int(np.searchsorted(pr.tix, s.lo // PTRS_PER_TABLE))
+    r1 = int(np.searchsorted(pr.tix, s.hi // PTRS_PER_TABLE, side="right"))
+    return r0, r1, s.lo, s.hi
+
+
+def _scratch(kernels, n: int, nrss: int, slots: int):
+    """A step's scratch (``kernels.Scratch``) for ``n`` units and ``slots`` new pages and contents."""
+    shapes = {"counts": (n, len(WRITE_EVENTS)), "rss": (n, nrss), "newi": (slots,), "cpfn": (slots,)}
+    return kernels.Scratch(**{f: np.zeros(shapes.get(f, (n,)), dt) for f, (dt, _) in WRITE_SCRATCH_FIELDS.items()})
+
+
+def _compiled_step(kernels, s: Step, pr, mem, v, used: list, counts: np.ndarray) -> None:
+    """One step of writes on ``kernels`` (:mod:`gpusim.kernels.writes`): plan the units, run them, number what they
+    made after ``used`` (pages, folios, contents so far; advanced), count into ``counts``."""
+    r0, r1, lo, hi = _units(pr, s)
+    sc = _scratch(kernels, r1 - r0, pr.rss.shape[0], 0)
+    kernels.write_plan(mem, pr, sc, r0, lo, hi, s.all)
+    bound = sc.base.copy()
+    sc.base[:] = np.cumsum(bound) - bound
+    total = int(bound.sum())
+    sc = sc._replace(newi=np.zeros(total, sc.newi.dtype), cpfn=np.zeros(total, sc.cpfn.dtype))
+    kernels.write_run(mem, pr, sc, r0, lo, hi, s.all, v.wp_reuse, v.anon_exclusive)
+    sc.pp[:] = np.cumsum(sc.kp) - sc.kp
+    sc.pc[:] = np.cumsum(sc.kc) - sc.kc
+    kernels.write_fixup(mem, pr, sc, r0, used[0], used[1], used[2], v.anon_exclusive)
+    pages = int(sc.kp.sum())
+    used[:] = [used[0] + pages, used[1] + pages, used[2] + int(sc.kc.sum())]
+    counts += sc.counts.sum(axis=0)
+    pr.rss[:] += sc.rss.sum(axis=0)
+    if not s.all and not kernels.write_gaps(pr, lo, hi, r0, r1, counts):
+        raise RuntimeError("write phase: a table an anonymous VMA meets had no row reserved")
+
+
 def _compiled_phase(parent: AddressSpace, child: MM, variant: str, steps, kernels) -> tuple:
-    """The steps compiled (``kernels.write_steps``): what :func:`_reference_phase` returns, equal to it."""
+    """The steps compiled (:func:`_compiled_step`): what :func:`_reference_phase` returns, equal to it."""
     m0, v = parent.memory, get_variant(variant)
     tables = {w: _reserved_tables(mm, steps, w) for w, mm in (("parent", parent.mm), ("child", child))}
-    # room for a new page per write: a range writes its addresses, ``all`` at most every address of the rows
-    mapped_bound = max(t.size for t in tables.values()) * PTRS_PER_TABLE
-    extra = sum(mapped_bound if s.all else (0 if s.exit else s.hi - s.lo + 1) for s in steps)
+    # room for a new page per write: a range writes its addresses, ``all`` at most every address of the writer's rows
+    extra = sum(tables[s.who].size * PTRS_PER_TABLE if s.all else (0 if s.exit else s.hi - s.lo + 1) for s in steps)
     folios = m0.nr_folios + extra
-    grow = {f: np.concatenate([getattr(m0, f), np.zeros(extra, getattr(m0, f).dtype)]) for f in _WMEM_ARRAYS}
-    used = np.array([m0.nr_pages, m0.nr_folios, m0.next_content], np.int64)
-    mem = kernels.WMem(**grow, swap_count=m0.swap_count.copy(), used=used)
+    grow = {f: np.concatenate([getattr(m0, f), np.zeros(extra, getattr(m0, f).dtype)]) for f in _GROWN}
+    mem = kernels.WMem(**grow, swap_count=m0.swap_count.copy())
     procs = [_proc(kernels, mm, tables[w], m0, folios) for w, mm in (("parent", parent.mm), ("child", child))]
-    who = np.array([WRITERS.index(s.who) for s in steps], np.int8)
-    kind = np.array([STEP_EXIT if s.exit else STEP_ALL if s.all else STEP_RANGE for s in steps], np.int8)
-    lo = np.array([s.lo for s in steps], np.int64)
-    hi = np.array([s.hi for s in steps], np.int64)
+    used = [m0.nr_pages, m0.nr_folios, m0.next_content]
     counts = np.zeros((2, len(WRITE_EVENTS)), np.int64)
-    buf = np.zeros(mapped_bound, np.int64)
-    exited = kernels.write_steps(who, kind, lo, hi, v.wp_reuse, v.anon_exclusive, *procs, mem, counts, buf)
-    n_pages, n_folios, nxt = (int(x) for x in used)
+    exited = False
+    for s in steps:
+        if s.exit:
+            kernels.write_exit(mem, procs[1])
+            exited = True
+        else:
+            k = WRITERS.index(s.who)
+            _compiled_step(kernels, s, procs[k], mem, v, used, counts[k])
+    n_pages, n_folios, nxt = used
     arrays = {f: getattr(m0, f) for f in MEMORY_FIELDS}
-    for f in _WMEM_ARRAYS:
+    for f in _GROWN:
         arrays[f] = getattr(mem, f)[: n_pages if f.startswith("page_") else n_folios].copy()
     arrays["swap_count"] = mem.swap_count
     memory = Memory(**arrays, next_content=nxt)
     out_counts = {w: dict(zip(WRITE_EVENTS, counts[k].tolist())) for k, w in enumerate(WRITERS)}
     after = AddressSpace(_mm_after(procs[0], parent.mm), memory)
     child_after = MMState().to_mm() if exited else _mm_after(procs[1], child)  # an exited child has no mm
-    return after, child_after, out_counts, bool(exited)
+    return after, child_after, out_counts, exited
 
 
-_WMEM_ARRAYS = (
-    "page_folio",
-    "page_mapcount",
-    "page_flags",
-    "page_content",
-    "folio_order",
-    "folio_refcount",
-    "folio_pincount",
-    "folio_true_pins",
-    "folio_pmd_mapcount",
-    "folio_flags",
-    "folio_first_pfn",
-)
+_GROWN = tuple(f for f in WRITE_MEMORY_FIELDS if f != "swap_count")  # room for the new pages and folios
 
 
 def run_write_phase(parent: AddressSpace, child: MM, variant: str, writes, kernels=None) -> WritePhase:
@@ -604,7 +622,7 @@ def run_write_phase(parent: AddressSpace, child: MM, variant: str, writes, kerne
     total = sum(s.hi - s.lo + 1 for s in steps if not s.all and not s.exit)
     if total > MAX_WRITES:
         raise WritesError(f"the write phase writes {total:,} addresses, more than {MAX_WRITES:,}")
-    if kernels is not None and hasattr(kernels, "write_steps"):
+    if kernels is not None and hasattr(kernels, "write_run"):
         after, child_after, counts, exited = _compiled_phase(parent, child, variant, steps, kernels)
     else:
         after, child_after, counts, exited = _reference_phase(parent, child, variant, steps)

@@ -20,7 +20,7 @@ import numpy as np
 from numba import types
 from numba.np.numpy_support import from_dtype
 
-from gpusim.kernels.fields import MEMORY_FIELDS
+from gpusim.kernels.fields import MEMORY_FIELDS, WRITE_MEMORY_FIELDS, WRITE_PROC_FIELDS, WRITE_SCRATCH_FIELDS
 
 _PTE = np.dtype(np.uint64)
 _I64 = np.dtype(np.int64)
@@ -99,6 +99,12 @@ SlowArrays = namedtuple("SlowArrays", [f for f, _, _ in SLOW_FIELDS])
 HUGE_FIELDS = (("pmd", _U64, 1), ("child_pmd", _U64, 1), ("state", np.dtype(np.int8), 1))
 HugeArrays = namedtuple("HugeArrays", [f for f, _, _ in HUGE_FIELDS])
 
+# The write phase's groups (gpusim.kernels.writes; fields and dtypes in gpusim.kernels.fields): a writer, the memory,
+# one step's scratch.
+Proc = namedtuple("Proc", list(WRITE_PROC_FIELDS))
+WMem = namedtuple("WMem", list(WRITE_MEMORY_FIELDS))
+Scratch = namedtuple("Scratch", list(WRITE_SCRATCH_FIELDS))
+
 # The other parameters of a launch, in order: (name, dtype, dimensions); the groups come after ``large_order``,
 # the outputs after the groups (``walk``: CUDA only, tables left to its second kernel).
 SCALARS = (("mode", _I64, 0), ("rows", _I64, 1), ("variant", _I64, 0), ("large_order", _I64, 0))
@@ -147,3 +153,18 @@ def slow_signatures():
     items = (scalar, i64, b1, scalar, scalar, tab, tab, huge, calls, mem, _group_type("oracle"), _group_type("slow"))
     items += (_numba_type(_I64, 2), i64, i64)
     return {"slow_claim_kernel": plan, "slow_check_kernel": plan, "slow_items_kernel": items}
+
+
+def write_signatures():
+    """The numba types of the parameters of the write phase's CUDA kernels (:mod:`gpusim.kernels.cuda`), by kernel."""
+    m = types.NamedTuple([_numba_type(MEMORY_FIELDS[f][0], 1) for f in WRITE_MEMORY_FIELDS], WMem)
+    pr = types.NamedTuple([_numba_type(dt, nd) for dt, nd in WRITE_PROC_FIELDS.values()], Proc)
+    s = types.NamedTuple([_numba_type(dt, nd) for dt, nd in WRITE_SCRATCH_FIELDS.values()], Scratch)
+    i64, b = _numba_type(_I64, 0), _numba_type(_B, 0)
+    return {
+        "write_plan_kernel": (m, pr, s, i64, i64, i64, b),
+        "write_run_kernel": (b, m, pr, s, i64, i64, i64, b, i64, b),
+        "write_fixup_kernel": (b, m, pr, s, i64, i64, i64, i64, b),
+        "write_gaps_kernel": (pr, i64, i64, i64, i64, _numba_type(_I64, 1), _numba_type(_B, 1)),
+        "write_exit_kernel": (m, pr),
+    }

@@ -15,6 +15,8 @@ from numba import njit, prange
 from numba.core.errors import NumbaIRAssumptionWarning
 
 from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
+from gpusim.kernels import writes as wk
+from gpusim.kernels.args import Proc, Scratch, WMem  # noqa: F401  (the write phase's groups, for the host)
 from gpusim.kernels.flags import PTRS_PER_TABLE
 from gpusim.kernels.pte import pte_moved, pte_set_pfn
 from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
@@ -29,7 +31,6 @@ from gpusim.kernels.slowpath import (
     run_item,
 )
 from gpusim.kernels.table import copy_table_fast, table_needs_host
-from gpusim.kernels.writes import Proc, WMem, write_steps  # noqa: F401  (the compiled write phase, for the host)
 
 
 def prepare() -> None:
@@ -213,3 +214,50 @@ def shift_entries(pte, page_off, slot_off):
         for i in range(pte.shape[1]):
             out[r, i] = pte_moved(pte[r, i], page_off, slot_off, NO_SPLIT, 0)
     return out
+
+
+# The write phase (spec section 11; :mod:`gpusim.kernels.writes`): one step's units, independent ones in parallel
+# (a thread per row of the writer), the others after them in address order; the host sums the prefixes between.
+
+
+@njit(parallel=True, cache=True, _nrt=False)
+def write_plan(m, pr, s, r0, lo, hi, every):
+    """Each unit's bound on new pages (into ``s.base``) and whether it is independent (``s.safe``)."""
+    for u in prange(s.base.shape[0]):
+        wk.plan_unit(m, pr, s, u, r0 + u, lo, hi, every)
+
+
+@njit(parallel=True, cache=True, _nrt=False)
+def write_run(m, pr, s, r0, lo, hi, every, rule, anon_exclusive):
+    """The units' writes: the independent ones in parallel, then the others in address order."""
+    n = s.base.shape[0]
+    for u in prange(n):
+        if s.safe[u]:
+            wk.write_unit(m, pr, s, u, r0 + u, lo, hi, every, rule, anon_exclusive)
+    for u in range(n):
+        if not s.safe[u]:
+            wk.write_unit(m, pr, s, u, r0 + u, lo, hi, every, rule, anon_exclusive)
+
+
+@njit(parallel=True, cache=True, _nrt=False)
+def write_fixup(m, pr, s, r0, pages0, folios0, content0, anon_exclusive):
+    """The units' new pages and contents numbered (``s.pp``, ``s.pc`` hold the prefix sums)."""
+    n = s.base.shape[0]
+    for u in prange(n):
+        if s.safe[u]:
+            wk.fixup_unit(m, pr, s, u, r0 + u, pages0, folios0, content0, anon_exclusive)
+    for u in range(n):
+        if not s.safe[u]:
+            wk.fixup_unit(m, pr, s, u, r0 + u, pages0, folios0, content0, anon_exclusive)
+
+
+@njit(cache=True)
+def write_gaps(pr, lo, hi, r0, r1, counts):
+    """The writes to tables without a row (:func:`gpusim.kernels.writes.write_gaps`)."""
+    return wk.write_gaps(pr, lo, hi, r0, r1, counts)
+
+
+@njit(cache=True)
+def write_exit(m, pr):
+    """The child's exit (:func:`gpusim.kernels.writes.exit_mmap`)."""
+    wk.exit_mmap(m, pr)

@@ -32,6 +32,8 @@ from numba.extending import overload
 
 from gpusim.kernels import args as A
 from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
+from gpusim.kernels import writes as wk
+from gpusim.kernels.args import Proc, Scratch, WMem  # noqa: F401  (the write phase's groups, for the host)
 from gpusim.kernels.atomics import atomic_add, atomic_max, atomic_min
 from gpusim.kernels.flags import PTRS_PER_TABLE, V_6_18, VM_SHARED, is_cow_mapping
 from gpusim.kernels.pte import KIND_PRESENT, pte_kind, pte_special
@@ -251,6 +253,56 @@ def slow_items_kernel(
                 return
 
 
+def write_plan_kernel(m, pr, s, r0, lo, hi, every):
+    """The write phase (:mod:`gpusim.kernels.writes`): a thread per unit plans it (its bound, whether it is
+    independent)."""
+    u = cuda.grid(1)
+    if u < s.base.shape[0]:
+        wk.plan_unit(m, pr, s, u, r0 + u, lo, hi, every)
+
+
+def write_run_kernel(serial, m, pr, s, r0, lo, hi, every, rule, anon_exclusive):
+    """A thread per independent unit runs its writes; or, with ``serial``, one thread the others in address order."""
+    u = cuda.grid(1)
+    n = s.base.shape[0]
+    if not serial:
+        if u < n and s.safe[u]:
+            wk.write_unit(m, pr, s, u, r0 + u, lo, hi, every, rule, anon_exclusive)
+        return
+    if u == 0:
+        for x in range(n):
+            if not s.safe[x]:
+                wk.write_unit(m, pr, s, x, r0 + x, lo, hi, every, rule, anon_exclusive)
+
+
+def write_fixup_kernel(serial, m, pr, s, r0, pages0, folios0, content0, anon_exclusive):
+    """The units' new pages and contents numbered, as :func:`write_run_kernel` runs them."""
+    u = cuda.grid(1)
+    n = s.base.shape[0]
+    if not serial:
+        if u < n and s.safe[u]:
+            wk.fixup_unit(m, pr, s, u, r0 + u, pages0, folios0, content0, anon_exclusive)
+        return
+    if u == 0:
+        for x in range(n):
+            if not s.safe[x]:
+                wk.fixup_unit(m, pr, s, x, r0 + x, pages0, folios0, content0, anon_exclusive)
+
+
+def write_gaps_kernel(pr, lo, hi, r0, r1, counts, ok):
+    """One thread counts the writes to tables without a row."""
+    if cuda.grid(1) == 0:
+        ok[0] = wk.write_gaps(pr, lo, hi, r0, r1, counts)
+
+
+def write_exit_kernel(m, pr):
+    """One thread runs the child's exit."""
+    if cuda.grid(1) == 0:
+        wk.exit_mmap(m, pr)
+
+
+WRITE_KERNELS = (write_plan_kernel, write_run_kernel, write_fixup_kernel, write_gaps_kernel, write_exit_kernel)
+wplan_kernel, wrun_kernel, wfixup_kernel, wgaps_kernel, wexit_kernel = (cuda.jit(k) for k in WRITE_KERNELS)
 walk_kernel = cuda.jit(walk_tables_kernel)
 claim_kernel = cuda.jit(slow_claim_kernel)
 check_kernel = cuda.jit(slow_check_kernel)
@@ -495,6 +547,37 @@ def host_tables(order, dependent, variant, large_order, tab, htab, huge, calls, 
     return args[11:]
 
 
+# The write phase: same contracts as the CPU engine's (:mod:`gpusim.kernels.cpu`); the groups are host arrays,
+# copied to the device for each launch and back (the state stays on the host between the steps' launches).
+
+
+def write_plan(m, pr, s, r0, lo, hi, every):
+    _run([(wplan_kernel, s.base.shape[0], ())], (m, pr, s, r0, lo, hi, every), (2,))
+
+
+def write_run(m, pr, s, r0, lo, hi, every, rule, anon_exclusive):
+    n, serial = s.base.shape[0], int(not bool(np.all(s.safe)))
+    args = (m, pr, s, r0, lo, hi, every, rule, anon_exclusive)
+    _run([(wrun_kernel, n, (False,)), (wrun_kernel, serial, (True,))], args, (0, 1, 2))
+
+
+def write_fixup(m, pr, s, r0, pages0, folios0, content0, anon_exclusive):
+    n, serial = s.base.shape[0], int(not bool(np.all(s.safe)))
+    args = (m, pr, s, r0, pages0, folios0, content0, anon_exclusive)
+    _run([(wfixup_kernel, n, (False,)), (wfixup_kernel, serial, (True,))], args, (0, 1))
+
+
+def write_gaps(pr, lo, hi, r0, r1, counts):
+    out, ok = np.zeros(counts.shape[0], np.int64), np.zeros(1, np.bool_)
+    _run([(wgaps_kernel, 1, ())], (pr, lo, hi, r0, r1, out, ok), (5, 6))
+    counts += out
+    return bool(ok[0])
+
+
+def write_exit(m, pr):
+    _run([(wexit_kernel, 1, ())], (m, pr), (0, 1))
+
+
 def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
     """PTX of every CUDA kernel, compiled without a GPU (catches typing errors the simulator cannot see)."""
     import numba.cuda.dispatcher as disp
@@ -515,6 +598,9 @@ def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
         slow = A.slow_signatures()
         for k in (slow_claim_kernel, slow_check_kernel, slow_items_kernel):
             out[k.__name__] = compile_ptx(k, slow[k.__name__], cc=cc)[0]
+        writes = A.write_signatures()
+        for k in WRITE_KERNELS:
+            out[k.__name__] = compile_ptx(k, writes[k.__name__], cc=cc)[0]
     finally:
         if real is not None:
             disp.get_current_device = real

@@ -40,3 +40,48 @@ MM_FIELDS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
     "pmd": (np.dtype(np.uint64), ()),
     "rss": (np.dtype(np.int64), ()),
 }
+
+# The compiled write phase's arrays (gpusim.kernels.writes; the groups of gpusim.kernels.args), (dtype, dimensions).
+# A writer: its rows (one per table a write may need), each row's PMD (-1: none), VMAs, rss, and per folio how many
+# of its PTEs map it (plus 512 per PMD).
+WRITE_PROC_FIELDS: dict[str, tuple[np.dtype, int]] = {
+    "tix": (np.dtype(np.int64), 1),
+    "pte": (np.dtype(np.uint64), 2),
+    "exists": (np.dtype(np.bool_), 1),
+    "rowpmd": (np.dtype(np.int64), 1),
+    "pmd": (np.dtype(np.uint64), 1),
+    "pmdlive": (np.dtype(np.bool_), 1),
+    "vstart": (np.dtype(np.int64), 1),
+    "vend": (np.dtype(np.int64), 1),
+    "vflags": (np.dtype(np.uint64), 1),
+    "vbacking": (np.dtype(np.uint8), 1),
+    "rss": (np.dtype(np.int64), 1),
+    "mapped": (np.dtype(np.int64), 1),
+}
+# The memory arrays a write phase reads or writes (dtypes of MEMORY_FIELDS).
+WRITE_MEMORY_FIELDS = (
+    "page_folio",
+    "page_mapcount",
+    "page_flags",
+    "page_content",
+    "folio_order",
+    "folio_refcount",
+    "folio_pincount",
+    "folio_true_pins",
+    "folio_pmd_mapcount",
+    "folio_flags",
+    "folio_first_pfn",
+    "swap_count",
+)
+# One step's scratch. Per unit: ``base`` (its first slot: the prefix sum of the units' bounds), ``kp`` / ``kc`` (its
+# new pages and contents), ``pp`` / ``pc`` (their prefix sums), ``safe`` (independent of the other units),
+# ``counts`` (events) and ``rss`` (counter changes), rows of the unit. Per slot: ``newi`` (the entry of the unit's
+# k-th new page), ``cpfn`` (the page of its k-th new content: a pfn, or -k - 1 for its k-th new page).
+WRITE_SCRATCH_FIELDS: dict[str, tuple[np.dtype, int]] = {
+    **{f: (np.dtype(np.int64), 1) for f in ("base", "kp", "kc", "pp", "pc")},
+    "safe": (np.dtype(np.bool_), 1),
+    "counts": (np.dtype(np.int64), 2),
+    "rss": (np.dtype(np.int64), 2),
+    "newi": (np.dtype(np.int32), 1),
+    "cpfn": (np.dtype(np.int64), 1),
+}

@@ -77,10 +77,10 @@ V_5_8, V_XU_V1, V_XU_V1_OLEG, V_5_10, V_6_18 = 0, 1, 2, 3, 4
 # PageAnonExclusive and wp_can_reuse_anon_folio.
 WP_REUSE_MAPCOUNT, WP_REUSE_REFCOUNT, WP_REUSE_EXCLUSIVE = 0, 1, 2
 # What one write of the write phase does (spec 11.5), in this order everywhere (counts, columns, the compiled
-# phase's event numbers), and the kinds of a write phase's steps.
+# phase's event numbers); the ``hi`` address of a step that writes every mapped address.
 WRITE_EVENTS = ("none", "reuse", "copy", "anon_fault", "pmd_reuse", "pmd_split", "segv", "unmodelled")
 EV_NONE, EV_REUSE, EV_COPY, EV_ANON_FAULT, EV_PMD_REUSE, EV_PMD_SPLIT, EV_SEGV, EV_UNMODELLED = range(len(WRITE_EVENTS))
-STEP_RANGE, STEP_ALL, STEP_EXIT = 0, 1, 2
+WRITE_EVERY = 1 << 62
 
 
 @jitable

@@ -165,3 +165,16 @@ def test_bench_json():
     assert [r["ptes"] for r in d["rows"]] == [1024, 2048]
     for r in d["rows"]:
         assert r["ptes_per_s"] > 0 and r["bytes_per_pte"] > 16 and r["kernel_fork_s"] > 0
+
+
+def test_bench_writes_beside_the_kernel():
+    """``bench --writes``: the write phase after each fork, its counts those of a dense space with pins (the parent
+    copies every unpinned page, the child reuses them), beside the real kernel's same two passes, whose fault counts
+    match the simulated ones (checked, or the pass not run where the kernel refuses the pins)."""
+    p = gpusim("bench", "--sizes", "4MiB", "--repeat", "1", "--pinned-fraction", "0.25", "--writes", "--vs-kernel")
+    assert p.returncode == 0, p.stderr
+    assert "write phase 'parent:all; child:all'" in p.stdout and "NOT as simulated" not in p.stdout
+    p = gpusim("bench", "--sizes", "4MiB", "--repeat", "1", "--pinned-fraction", "0.25", "--writes", "--json")
+    r = json.loads(p.stdout)["rows"][0]
+    assert r["writes"] == 2048 and r["write_counts"]["parent"] == dict(r["write_counts"]["parent"], copy=768, none=256)
+    assert r["write_counts"]["child"]["reuse"] == 768 and r["write_wall_s"] > 0 and r["writes_per_s"] > 0

@@ -95,3 +95,5 @@ def test_cuda_kernels_compile_to_ptx():
     assert atomics["fork_tables_kernel"][0] > 0  # shared folios, pages and slots use atomics
     assert min(atomics["slow_claim_kernel"][1:]) > 0  # the slow path's items claim objects by atomic min / max
     assert atomics["slow_check_kernel"] == [0, 0, 0] and "slow_items_kernel" in atomics
+    # the write phase's units touch folios no other running unit touches: no atomics
+    assert all(atomics[k] == [0, 0, 0] for k in ("write_plan_kernel", "write_run_kernel", "write_fixup_kernel"))
