@@ -19,7 +19,7 @@ from gpusim.backend import resolve
 from gpusim.gpubench import bench_resident, copy_bandwidth
 from gpusim.host.measure import FAULT_SLACK, time_layout
 from gpusim.host.real import RealLayout, run_write_timings
-from gpusim.kernels.flags import PAGE_SIZE
+from gpusim.kernels.flags import PAGE_SIZE, PTRS_PER_TABLE
 from gpusim.machine import cpu_description, mem_available_bytes
 from gpusim.state import AddressSpace, entries, resident_bytes
 from gpusim.sweep.spec import AnonWorkload
@@ -116,7 +116,10 @@ def add_kernel_writes(row: dict, repeat: int) -> None:
     """This machine's kernel running the same two passes on a real process with the row's memory and pins (a child
     that stays alive; :func:`gpusim.host.real.write_timings`): the median of the parent's copy-fault pass plus the
     child's reuse-fault pass. ``kernel_write_checked``: each pass took the faults the simulator counted (copies,
-    reuses), give or take the interpreter's own."""
+    reuses), give or take the interpreter's own (the median over the rounds: a round's interpreter may take a
+    hundred more) and one per page table (this kernel's passes take about one fault per 512 pages more than they copy
+    or reuse pages; not modelled): pinned pages that faulted (not the modelled state) show when they are more than
+    that slack."""
     if row["size_bytes"] > mem_available_bytes() // 3:
         row["kernel_write_s"] = None
         return
@@ -126,10 +129,11 @@ def add_kernel_writes(row: dict, repeat: int) -> None:
         return
     copy, reuse = t["passes"]["copy"], t["passes"]["reuse"]
     row["kernel_write_s"] = statistics.median(c["ns"] + u["ns"] for c, u in zip(copy, reuse)) / 1e9
+    row["kernel_write_faults"] = [[p["faults"] for p in ps] for ps in (copy, reuse)]
     want = (row["write_counts"]["parent"]["copy"], row["write_counts"]["child"]["reuse"])
-    row["kernel_write_checked"] = all(
-        w <= p["faults"] <= w + FAULT_SLACK * 8 for ps, w in zip((copy, reuse), want) for p in ps
-    )
+    slack = FAULT_SLACK * 4 + row["ptes"] // PTRS_PER_TABLE
+    faults = row["kernel_write_faults"]
+    row["kernel_write_checked"] = all(w <= statistics.median(f) <= w + slack for f, w in zip(faults, want))
     row["write_speedup_vs_kernel"] = row["kernel_write_s"] / row["write_wall_s"]
 
 

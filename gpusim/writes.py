@@ -557,9 +557,14 @@ def _scratch(kernels, n: int, nrss: int, slots: int):
     return kernels.Scratch(**{f: np.zeros(shapes.get(f, (n,)), dt) for f, (dt, _) in WRITE_SCRATCH_FIELDS.items()})
 
 
-def _compiled_step(kernels, s: Step, pr, mem, v, used: list, counts: np.ndarray) -> None:
-    """One step of writes on ``kernels`` (:mod:`gpusim.kernels.writes`): plan the units, run them, number what they
-    made after ``used`` (pages, folios, contents so far; advanced), count into ``counts``."""
+def _grown(a: np.ndarray, n: int) -> np.ndarray:
+    return np.concatenate([a, np.zeros(n, a.dtype)]) if n else a
+
+
+def _compiled_step(kernels, s: Step, pr, mem, v, used: list, counts: np.ndarray) -> tuple:
+    """One step of writes on ``kernels`` (:mod:`gpusim.kernels.writes`): plan the units, run them, give the memory
+    (and the writer's ``mapped``) room for the new pages they made (known then; they are made by the fix-up), number
+    them after ``used`` (pages, folios, contents so far; advanced), count into ``counts``. Returns (writer, memory)."""
     r0, r1, lo, hi = _units(pr, s)
     sc = _scratch(kernels, r1 - r0, pr.rss.shape[0], 0)
     kernels.write_plan(mem, pr, sc, r0, lo, hi, s.all)
@@ -568,27 +573,26 @@ def _compiled_step(kernels, s: Step, pr, mem, v, used: list, counts: np.ndarray)
     total = int(bound.sum())
     sc = sc._replace(newi=np.zeros(total, sc.newi.dtype), cpfn=np.zeros(total, sc.cpfn.dtype))
     kernels.write_run(mem, pr, sc, r0, lo, hi, s.all, v.wp_reuse, v.anon_exclusive)
+    pages = int(sc.kp.sum())
+    mem = mem._replace(**{f: _grown(getattr(mem, f), pages) for f in _GROWN})
+    pr = pr._replace(mapped=_grown(pr.mapped, used[1] + pages - pr.mapped.shape[0]))
     sc.pp[:] = np.cumsum(sc.kp) - sc.kp
     sc.pc[:] = np.cumsum(sc.kc) - sc.kc
     kernels.write_fixup(mem, pr, sc, r0, used[0], used[1], used[2], v.anon_exclusive)
-    pages = int(sc.kp.sum())
     used[:] = [used[0] + pages, used[1] + pages, used[2] + int(sc.kc.sum())]
     counts += sc.counts.sum(axis=0)
     pr.rss[:] += sc.rss.sum(axis=0)
     if not s.all and not kernels.write_gaps(pr, lo, hi, r0, r1, counts):
         raise RuntimeError("write phase: a table an anonymous VMA meets had no row reserved")
+    return pr, mem
 
 
 def _compiled_phase(parent: AddressSpace, child: MM, variant: str, steps, kernels) -> tuple:
     """The steps compiled (:func:`_compiled_step`): what :func:`_reference_phase` returns, equal to it."""
     m0, v = parent.memory, get_variant(variant)
     tables = {w: _reserved_tables(mm, steps, w) for w, mm in (("parent", parent.mm), ("child", child))}
-    # room for a new page per write: a range writes its addresses, ``all`` at most every address of the writer's rows
-    extra = sum(tables[s.who].size * PTRS_PER_TABLE if s.all else (0 if s.exit else s.hi - s.lo + 1) for s in steps)
-    folios = m0.nr_folios + extra
-    grow = {f: np.concatenate([getattr(m0, f), np.zeros(extra, getattr(m0, f).dtype)]) for f in _GROWN}
-    mem = kernels.WMem(**grow, swap_count=m0.swap_count.copy())
-    procs = [_proc(kernels, mm, tables[w], m0, folios) for w, mm in (("parent", parent.mm), ("child", child))]
+    mem = kernels.WMem(**{f: getattr(m0, f).copy() for f in WRITE_MEMORY_FIELDS})
+    procs = [_proc(kernels, mm, tables[w], m0, m0.nr_folios) for w, mm in (("parent", parent.mm), ("child", child))]
     used = [m0.nr_pages, m0.nr_folios, m0.next_content]
     counts = np.zeros((2, len(WRITE_EVENTS)), np.int64)
     exited = False
@@ -598,13 +602,10 @@ def _compiled_phase(parent: AddressSpace, child: MM, variant: str, steps, kernel
             exited = True
         else:
             k = WRITERS.index(s.who)
-            _compiled_step(kernels, s, procs[k], mem, v, used, counts[k])
-    n_pages, n_folios, nxt = used
+            procs[k], mem = _compiled_step(kernels, s, procs[k], mem, v, used, counts[k])
     arrays = {f: getattr(m0, f) for f in MEMORY_FIELDS}
-    for f in _GROWN:
-        arrays[f] = getattr(mem, f)[: n_pages if f.startswith("page_") else n_folios].copy()
-    arrays["swap_count"] = mem.swap_count
-    memory = Memory(**arrays, next_content=nxt)
+    arrays.update({f: getattr(mem, f) for f in WRITE_MEMORY_FIELDS})
+    memory = Memory(**arrays, next_content=used[2])
     out_counts = {w: dict(zip(WRITE_EVENTS, counts[k].tolist())) for k, w in enumerate(WRITERS)}
     after = AddressSpace(_mm_after(procs[0], parent.mm), memory)
     child_after = MMState().to_mm() if exited else _mm_after(procs[1], child)  # an exited child has no mm
