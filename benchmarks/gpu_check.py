@@ -16,8 +16,10 @@ failing step does not stop the next. The last lines printed are a summary. Steps
    (the slow path's CUDA kernels: issue 11), same digest, outcome and counts, early copies per second on each.
 7. ``equal``: ``gpusim.fork`` through host memory on cuda and on cpu, same digest, outcome and counts, at full size
    (dense anon with and without pinned pages, two variants).
-8. ``launch``: the time of the kernel calls inside ``gpusim.fork`` (one table, 1 GiB; ``benchmarks/bench_launch.py``).
-9. ``cpu``: ``gpusim bench --backend cpu --vs-kernel`` on this machine's cores.
+8. ``writes``: the write phase after the fork (issue 15: its CUDA kernels) on cuda and on cpu, 1 and 16 GiB with 2 %
+   pinned, equal (counts, DMA view, digest of the states after it) and timed on each.
+9. ``launch``: the time of the kernel calls inside ``gpusim.fork`` (one table, 1 GiB; ``benchmarks/bench_launch.py``).
+10. ``cpu``: ``gpusim bench --backend cpu --vs-kernel`` on this machine's cores.
 """
 
 import json
@@ -71,6 +73,36 @@ for pages, pin_every, variant in %s:
     print(json.dumps(row), flush=True)
     out.append(row)
     del s, a, b
+json.dump(out, open(sys.argv[1], "w"))
+assert all(r["equal"] for r in out)
+"""
+
+WRITES = r"""
+import json, statistics, sys
+import gpusim
+from gpusim.api import write_phase
+from gpusim.bench import Pins, bench_space
+from gpusim.state import digest
+STEPS = "parent:all; child:all; parent:4096-70000; child:exit"
+out = []
+for size, variant in %s:
+    s = bench_space(size, variant, Pins(0.02))
+    row = {"size_bytes": size, "variant": variant, "steps": STEPS}
+    phases = {}
+    for backend in ("cpu", "cuda"):
+        r = gpusim.fork(s, variant, backend=backend, check=False)
+        walls = []
+        for _ in range(3):
+            wp = write_phase(r, STEPS, check=False)
+            walls.append(wp.wall_s)
+        phases[backend] = wp
+        row[backend + "_write_s"] = statistics.median(walls)
+    a, b = phases["cpu"], phases["cuda"]
+    row["equal"] = a.as_dict() == b.as_dict() and digest(a.parent.mm, a.child, a.memory) == digest(
+        b.parent.mm, b.child, b.memory)
+    row["counts"] = a.counts
+    print(json.dumps(row), flush=True)
+    out.append(row)
 json.dump(out, open(sys.argv[1], "w"))
 assert all(r["equal"] for r in out)
 """
@@ -164,6 +196,7 @@ pinned_cases = [
     for placement in ("scattered", "contiguous")
     for variant in ("linux-5.10", "linux-6.18", "xu-v1-oleg")
 ] + ([] if QUICK else [(16 << 30, "scattered", "linux-6.18")])
+write_cases = [(1 << 30, v) for v in ("linux-5.8", "linux-6.18")] + ([] if QUICK else [(16 << 30, "linux-6.18")])
 STEPS = [
     ("smoke", [PY, "-c", SMOKE], 90),
     ("shapes", [PY, "-c", SHAPES % (shapes, SHAPE_BYTES), f"{OUT}/shapes.json"], 120),
@@ -198,6 +231,7 @@ STEPS = [
             "-p",
             "no:cacheprovider",
             "tests/test_engines.py",
+            "tests/test_writes.py",
             "-k",
             "cuda and not cudasim",
         ],
@@ -205,6 +239,7 @@ STEPS = [
     ),
     ("pinned", [PY, "-c", PINNED % pinned_cases, f"{OUT}/pinned.json"], 150),
     ("stream", [PY, "-c", STREAM % stream_cases, f"{OUT}/stream.json"], 90),
+    ("writes", [PY, "-c", WRITES % write_cases, f"{OUT}/writes.json"], 120),
     ("equal", [PY, "-c", EQUAL % equal_cases, f"{OUT}/equal.json"], 120),
     ("launch", [PY, "benchmarks/bench_launch.py", "--backend", "cuda"], 60),
     (

@@ -14,12 +14,12 @@ is a DMA address and that page its DMA frame; at the end, ``parent_diverged`` co
 parent no longer maps its frame (the device's writes are lost to it) and ``child_aliased`` those where the child
 maps the frame writable (the device writes into the child).
 
-This is the reference implementation, plain Python over the reference engine's containers. The CPU engine runs the
-same writes compiled (:mod:`gpusim.kernels.writes`, through :func:`run_write_phase`), with the same reuse rules
-(:mod:`gpusim.kernels.rules`) and an equal result (states, counts, DMA view); the CUDA backends run the reference's
-Python for now. Reading of the kernel beyond the spec's text: a write-protect fault on a folio that is not anonymous
-(a page-cache page in a private mapping) always copies (``do_wp_page`` tries reuse for anonymous folios only), and a
-write to an address in no VMA is a ``segv``.
+This is the reference implementation, plain Python over the reference engine's containers. The fast engines run
+the same writes compiled (:mod:`gpusim.kernels.writes`, through :func:`run_write_phase`: a unit per page-table row
+of the writer, the units that share no folio in parallel, on the CPU and in CUDA kernels), with the same reuse rules
+(:mod:`gpusim.kernels.rules`) and an equal result (states, counts, DMA view). Reading of the kernel beyond the
+spec's text: a write-protect fault on a folio that is not anonymous (a page-cache page in a private mapping) always
+copies (``do_wp_page`` tries reuse for anonymous folios only), and a write to an address in no VMA is a ``segv``.
 """
 
 from __future__ import annotations
@@ -617,8 +617,8 @@ _GROWN = tuple(f for f in WRITE_MEMORY_FIELDS if f != "swap_count")  # room for 
 
 def run_write_phase(parent: AddressSpace, child: MM, variant: str, writes, kernels=None) -> WritePhase:
     """The write phase ``writes`` (notation, or steps) after a fork whose final states are ``parent`` and ``child``;
-    the inputs are not modified. With ``kernels`` that have a compiled write phase (the CPU engine's), it runs
-    compiled; else in the reference's Python. Both give the same result."""
+    the inputs are not modified. With ``kernels`` that have a compiled write phase (the CPU and CUDA engines'), it
+    runs compiled; else in the reference's Python. Both give the same result."""
     steps = parse_writes(writes)
     total = sum(s.hi - s.lo + 1 for s in steps if not s.all and not s.exit)
     if total > MAX_WRITES:
