@@ -518,8 +518,7 @@ def _proc(kernels, mm: MM, tables: np.ndarray, memory: Memory, folios: int):
     rowpmd[np.searchsorted(tables, mm.pmd_index)] = np.arange(mm.pmd.size)
     ok = (decode.kinds(mm.pte) == P.KIND_PRESENT) & ~decode.special(mm.pte)
     mapped = np.bincount(memory.page_folio[decode.offsets(mm.pte[ok]).astype(np.int64)], minlength=folios)
-    huge = np.bincount(memory.page_folio[decode.offsets(mm.pmd).astype(np.int64)], minlength=folios)
-    mapped += huge * PTRS_PER_TABLE
+    np.add.at(mapped, memory.page_folio[decode.offsets(mm.pmd).astype(np.int64)], PTRS_PER_TABLE)
     arrays = dict(tix=tables, pte=pte, exists=exists, rowpmd=rowpmd, pmd=mm.pmd, pmdlive=np.ones(mm.pmd.size, bool))
     arrays.update(vstart=mm.vma_start, vend=mm.vma_end, vflags=mm.vma_flags, vbacking=mm.vma_backing, rss=mm.rss)
     arrays["mapped"] = mapped
@@ -557,14 +556,18 @@ def _scratch(kernels, n: int, nrss: int, slots: int):
     return kernels.Scratch(**{f: np.zeros(shapes.get(f, (n,)), dt) for f, (dt, _) in WRITE_SCRATCH_FIELDS.items()})
 
 
-def _grown(a: np.ndarray, n: int) -> np.ndarray:
-    return np.concatenate([a, np.zeros(n, a.dtype)]) if n else a
+def _with_room(a: np.ndarray, n: int) -> np.ndarray:
+    """A copy of ``a`` with room for ``n`` more elements, zero (``np.zeros`` of that size takes pages the system
+    zeroes when first written: the room costs nothing until used)."""
+    out = np.zeros(a.shape[0] + n, a.dtype)
+    out[: a.shape[0]] = a
+    return out
 
 
-def _compiled_step(kernels, s: Step, pr, mem, v, used: list, counts: np.ndarray) -> tuple:
-    """One step of writes on ``kernels`` (:mod:`gpusim.kernels.writes`): plan the units, run them, give the memory
-    (and the writer's ``mapped``) room for the new pages they made (known then; they are made by the fix-up), number
-    them after ``used`` (pages, folios, contents so far; advanced), count into ``counts``. Returns (writer, memory)."""
+def _compiled_step(kernels, s: Step, pr, mem, v, used: list, counts: np.ndarray) -> None:
+    """One step of writes on ``kernels`` (:mod:`gpusim.kernels.writes`): plan the units, run them, number the new
+    pages, folios and contents they made after ``used`` (pages, folios, contents so far; advanced), count into
+    ``counts``."""
     r0, r1, lo, hi = _units(pr, s)
     sc = _scratch(kernels, r1 - r0, pr.rss.shape[0], 0)
     kernels.write_plan(mem, pr, sc, r0, lo, hi, s.all)
@@ -574,8 +577,6 @@ def _compiled_step(kernels, s: Step, pr, mem, v, used: list, counts: np.ndarray)
     sc = sc._replace(newi=np.zeros(total, sc.newi.dtype), cpfn=np.zeros(total, sc.cpfn.dtype))
     kernels.write_run(mem, pr, sc, r0, lo, hi, s.all, v.wp_reuse, v.anon_exclusive)
     pages = int(sc.kp.sum())
-    mem = mem._replace(**{f: _grown(getattr(mem, f), pages) for f in _GROWN})
-    pr = pr._replace(mapped=_grown(pr.mapped, used[1] + pages - pr.mapped.shape[0]))
     sc.pp[:] = np.cumsum(sc.kp) - sc.kp
     sc.pc[:] = np.cumsum(sc.kc) - sc.kc
     kernels.write_fixup(mem, pr, sc, r0, used[0], used[1], used[2], v.anon_exclusive)
@@ -584,15 +585,18 @@ def _compiled_step(kernels, s: Step, pr, mem, v, used: list, counts: np.ndarray)
     pr.rss[:] += sc.rss.sum(axis=0)
     if not s.all and not kernels.write_gaps(pr, lo, hi, r0, r1, counts):
         raise RuntimeError("write phase: a table an anonymous VMA meets had no row reserved")
-    return pr, mem
 
 
 def _compiled_phase(parent: AddressSpace, child: MM, variant: str, steps, kernels) -> tuple:
     """The steps compiled (:func:`_compiled_step`): what :func:`_reference_phase` returns, equal to it."""
     m0, v = parent.memory, get_variant(variant)
     tables = {w: _reserved_tables(mm, steps, w) for w, mm in (("parent", parent.mm), ("child", child))}
-    mem = kernels.WMem(**{f: getattr(m0, f).copy() for f in WRITE_MEMORY_FIELDS})
-    procs = [_proc(kernels, mm, tables[w], m0, m0.nr_folios) for w, mm in (("parent", parent.mm), ("child", child))]
+    # room for a new page per write: a range writes its addresses, ``all`` at most every address of the writer's rows
+    extra = sum(tables[s.who].size * PTRS_PER_TABLE if s.all else (0 if s.exit else s.hi - s.lo + 1) for s in steps)
+    mem = {f: _with_room(getattr(m0, f), 0 if f == "swap_count" else extra) for f in WRITE_MEMORY_FIELDS}
+    mem = kernels.WMem(**mem)
+    folios = m0.nr_folios + extra
+    procs = [_proc(kernels, mm, tables[w], m0, folios) for w, mm in (("parent", parent.mm), ("child", child))]
     used = [m0.nr_pages, m0.nr_folios, m0.next_content]
     counts = np.zeros((2, len(WRITE_EVENTS)), np.int64)
     exited = False
@@ -602,9 +606,10 @@ def _compiled_phase(parent: AddressSpace, child: MM, variant: str, steps, kernel
             exited = True
         else:
             k = WRITERS.index(s.who)
-            procs[k], mem = _compiled_step(kernels, s, procs[k], mem, v, used, counts[k])
+            _compiled_step(kernels, s, procs[k], mem, v, used, counts[k])
     arrays = {f: getattr(m0, f) for f in MEMORY_FIELDS}
-    arrays.update({f: getattr(mem, f) for f in WRITE_MEMORY_FIELDS})
+    arrays.update({f: getattr(mem, f)[: used[0] if f.startswith("page_") else used[1]] for f in _GROWN})
+    arrays["swap_count"] = mem.swap_count
     memory = Memory(**arrays, next_content=used[2])
     out_counts = {w: dict(zip(WRITE_EVENTS, counts[k].tolist())) for k, w in enumerate(WRITERS)}
     after = AddressSpace(_mm_after(procs[0], parent.mm), memory)
