@@ -593,7 +593,7 @@ def _compiled_phase(parent: AddressSpace, child: MM, variant: str, steps, kernel
     tables = {w: _reserved_tables(mm, steps, w) for w, mm in (("parent", parent.mm), ("child", child))}
     # room for a new page per write: a range writes its addresses, ``all`` at most every address of the writer's rows
     extra = sum(tables[s.who].size * PTRS_PER_TABLE if s.all else (0 if s.exit else s.hi - s.lo + 1) for s in steps)
-    mem = {f: _with_room(getattr(m0, f), 0 if f == "swap_count" else extra) for f in WRITE_MEMORY_FIELDS}
+    mem = {f: _with_room(getattr(m0, f), extra if f in _GROWN else 0) for f in WRITE_MEMORY_FIELDS}
     mem = kernels.WMem(**mem)
     folios = m0.nr_folios + extra
     procs = [_proc(kernels, mm, tables[w], m0, folios) for w, mm in (("parent", parent.mm), ("child", child))]
