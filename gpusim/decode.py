@@ -64,10 +64,14 @@ def kinds(val: np.ndarray) -> np.ndarray:
     return kind
 
 
+def maps_frame(val: np.ndarray) -> np.ndarray:
+    """Entries that map a page frame of the page arrays the process can write through: present, not special."""
+    return (kinds(val) == P.KIND_PRESENT) & ~special(val)
+
+
 def holds_page(val: np.ndarray) -> np.ndarray:
-    """Entries that hold a reference and a mapcount of their page: present non-special, and device-private."""
-    k = kinds(val)
-    return ((k == P.KIND_PRESENT) & ~special(val)) | (k == P.KIND_DEVICE_PRIVATE)
+    """Entries that hold a reference and a mapcount of their page: :func:`maps_frame`, and device-private."""
+    return maps_frame(val) | (kinds(val) == P.KIND_DEVICE_PRIVATE)
 
 
 def names_page(val: np.ndarray) -> np.ndarray:

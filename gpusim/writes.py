@@ -397,7 +397,7 @@ def step_addresses(wc: WriteContext, s: Step):
 def pinned_frames(mm: MM, memory: Memory) -> tuple[np.ndarray, np.ndarray]:
     """(addresses, frames) where ``mm`` maps a page of a truly pinned folio (a PTE or a PMD-mapped THP)."""
     addr, val = entries(mm)
-    ok = (decode.kinds(val) == P.KIND_PRESENT) & ~decode.special(val)
+    ok = decode.maps_frame(val)
     addr, pfn = addr[ok], decode.offsets(val[ok]).astype(np.int64)
     keep = memory.folio_true_pins[memory.page_folio[pfn]] > 0
     addrs, frames = [addr[keep]], [pfn[keep]]
@@ -412,7 +412,7 @@ def pinned_frames(mm: MM, memory: Memory) -> tuple[np.ndarray, np.ndarray]:
 def frames_at(mm: MM, addr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(frame, writable) that ``mm`` maps at each address (frame -1: no page), by a PTE or a huge PMD."""
     v = ptes_at(mm, addr)
-    ok = (decode.kinds(v) == P.KIND_PRESENT) & ~decode.special(v)
+    ok = decode.maps_frame(v)
     frame = np.where(ok, decode.offsets(v).astype(np.int64), -1)
     writable = ok & ((v & np.uint64(P.PAGE_RW)) != 0)
     if mm.pmd.size:
@@ -516,7 +516,7 @@ def _proc(kernels, mm: MM, tables: np.ndarray, memory: Memory, folios: int):
     exists[rows] = True
     rowpmd = np.full(tables.size, -1, np.int64)
     rowpmd[np.searchsorted(tables, mm.pmd_index)] = np.arange(mm.pmd.size)
-    ok = (decode.kinds(mm.pte) == P.KIND_PRESENT) & ~decode.special(mm.pte)
+    ok = decode.maps_frame(mm.pte)
     mapped = np.bincount(memory.page_folio[decode.offsets(mm.pte[ok]).astype(np.int64)], minlength=folios)
     np.add.at(mapped, memory.page_folio[decode.offsets(mm.pmd).astype(np.int64)], PTRS_PER_TABLE)
     arrays = dict(tix=tables, pte=pte, exists=exists, rowpmd=rowpmd, pmd=mm.pmd, pmdlive=np.ones(mm.pmd.size, bool))

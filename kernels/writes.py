@@ -286,12 +286,11 @@ def plan_unit(m, pr, s, u, r, lo, hi, every):
         safe = pr.mapped[m.page_folio[np.int64(pte_pfn(pr.pmd[k]))]] == PTRS_PER_TABLE
     elif pr.exists[r] or not every:
         for i in range(i0, i1 + 1):
-            v = pr.pte[r, i] if pr.exists[r] else np.uint64(0)
-            kind = pte_kind(v)
-            if every and kind != KIND_PRESENT:
+            if not _written(pr, r, i, every, False):
                 continue
             n += 1
-            if kind == KIND_PRESENT and not pte_special(v):
+            v = pr.pte[r, i] if pr.exists[r] else np.uint64(0)
+            if pte_kind(v) == KIND_PRESENT and not pte_special(v):
                 pfn = np.int64(pte_pfn(v))
                 f = m.page_folio[pfn]
                 if f != prev:
