@@ -14,7 +14,10 @@ The generator draws in two steps, so that a chunk of the space can be built with
 2. **The tables** (:meth:`RegionSpace.chunk`): which units of a table are present, swapped or pinned, and each swap
    slot's count, are draws keyed by the table and the unit (:mod:`gpusim.kernels.generate`), made for the tables a
    chunk holds. Folios, pages and slots are numbered in address order, so a chunk's rows are a contiguous range of
-   the whole space's rows, and the whole space is the concatenation of its chunks whatever their size.
+   the whole space's rows, and the whole space is the concatenation of its chunks whatever their size. Step 2 is
+   written twice: with numpy through the one builder (:meth:`RegionSpace.reference_chunk`, the readable form and
+   the oracle) and compiled, a thread per table (:meth:`RegionSpace.generate`, CPU or CUDA: on a GPU the state is
+   built in device memory), which the engines use; the tests hold the two equal array by array.
 
 A chunk is an :class:`~gpusim.state.AddressSpace` of its own: every VMA of the space, the chunk's tables (with
 their global table numbers and addresses), and memory of only the chunk's folios, pages and slots, numbered from 0
@@ -30,9 +33,12 @@ from functools import cached_property
 
 import numpy as np
 
+from gpusim import backend as B
 from gpusim.builder import SpaceBuilder
 from gpusim.decode import with_offsets
 from gpusim.kernels import pte as P
+from gpusim.kernels.args import GenOut, GenRows, GenVmas
+from gpusim.kernels.fields import GEN_OUT_FIELDS, MEMORY_FIELDS
 from gpusim.kernels.flags import (
     BACKING_ANON,
     BACKING_FILE,
@@ -51,7 +57,7 @@ from gpusim.kernels.flags import (
     swap_cap,
 )
 from gpusim.kernels.generate import select_in_groups, uniform_ints
-from gpusim.state import AddressSpace
+from gpusim.state import MM, AddressSpace, Memory
 from gpusim.variants import get_variant
 
 # numpy's multivariate hypergeometric draw ("marginals") takes fewer than 10**9 items; larger plans are drawn in
@@ -261,18 +267,27 @@ class RegionSpace:
     def nr_ptes(self) -> int:
         return PTRS_PER_TABLE * self.nr_rows
 
-    def whole(self) -> AddressSpace:
+    def whole(self, backend: str = "cpu") -> AddressSpace:
         """The whole space in one piece."""
-        return self.chunk(0, self.nr_rows).space
+        return self.chunk(0, self.nr_rows, backend).space
 
-    def chunks(self, rows: int) -> Iterator[Chunk]:
+    def chunks(self, rows: int, backend: str = "cpu") -> Iterator[Chunk]:
         """The space in chunks of at most ``rows`` tables, in address order (at least one chunk)."""
         rows = max(1, int(rows))
         for lo in range(0, max(1, self.nr_rows), rows):
-            yield self.chunk(lo, min(self.nr_rows, lo + rows))
+            yield self.chunk(lo, min(self.nr_rows, lo + rows), backend)
 
-    def chunk(self, lo: int, hi: int) -> Chunk:
-        """The tables of rows ``[lo, hi)`` with the memory they map (step 2 of the module docstring)."""
+    def chunk(self, lo: int, hi: int, backend: str = "cpu") -> Chunk:
+        """The tables of rows ``[lo, hi)`` with the memory they map (step 2 of the module docstring), built by
+        ``backend``: ``reference`` (:meth:`reference_chunk`) or a fast engine's compiled generator
+        (:meth:`generate`), which give equal arrays."""
+        if backend == "reference":
+            return self.reference_chunk(lo, hi)
+        return self.generate(lo, hi, backend)
+
+    def reference_chunk(self, lo: int, hi: int) -> Chunk:
+        """Rows ``[lo, hi)`` built with numpy through :class:`~gpusim.builder.SpaceBuilder`: the readable form of
+        step 2, the oracle of :meth:`generate`."""
         page_base, folio_base, slot_base = (int(x) for x in self.row_first[lo])
         content = (page_base + 1, self.nr_pages + slot_base + 1, self.nr_pages + self.nr_slots + 1)
         sb = SpaceBuilder(self.variant, content_base=content)
@@ -291,6 +306,116 @@ class RegionSpace:
             build_tables(sb, vs[i], self.row_local[lo + sel[0] : lo + sel[-1] + 1], self.anon_exclusive, first)
         space = sb.freeze(self.has_pinned, self.on_swapoff_list)
         return Chunk(space, lo, hi, page_base, folio_base, slot_base)
+
+    @cached_property
+    def gen_vmas(self) -> GenVmas:
+        """The VMAs as the compiled generator reads them (host arrays)."""
+        vs, i64 = self.vmas, np.int64
+        runs = [v.pin_runs or (np.zeros(0, i64), np.zeros(0, i64)) for v in vs]
+        nruns = np.cumsum([0] + [len(r[0]) for r in runs])
+        return GenVmas(
+            start=np.array([v.start for v in vs], i64),
+            n=np.array([v.n for v in vs], i64),
+            order=np.array([v.order for v in vs], i64),
+            swap_max=np.array([v.swap_count_max for v in vs], i64),
+            run_lo=nruns[:-1].astype(i64),
+            run_hi=nruns[1:].astype(i64),
+            anon=np.array([v.anon for v in vs], np.bool_),
+            pin_runs=np.array([v.pin_runs is not None for v in vs], np.bool_),
+            flags=np.array([v.flags for v in vs], np.uint64),
+            backing=np.array([v.backing for v in vs], np.uint8),
+            keys=np.array([v.keys for v in vs], np.uint64).reshape(len(vs), 4),
+            run_start=np.concatenate([r[0] for r in runs] + [np.zeros(0, i64)]).astype(i64),
+            run_len=np.concatenate([r[1] for r in runs] + [np.zeros(0, i64)]).astype(i64),
+        )
+
+    @cached_property
+    def _per_table(self) -> dict:
+        """The plan's per-table arrays of every VMA, one after another, and where each VMA's tables start."""
+        vs = self.vmas
+        cat = lambda f: np.concatenate([f(v) for v in vs]) if vs else np.zeros(0, np.int64)  # noqa: E731
+        return {
+            "first": np.cumsum([0] + [len(v.thp) for v in vs])[:-1],
+            "thp": cat(lambda v: v.thp),
+            "units": cat(lambda v: v.units(np.arange(len(v.thp)))),
+            "present": cat(lambda v: v.present),
+            "swapped": cat(lambda v: v.swapped),
+            "pinned": cat(lambda v: np.zeros(len(v.thp), np.int64) if v.pinned is None else v.pinned),
+            "folios_before": cat(lambda v: v.folios_before),
+        }
+
+    def gen_rows(self, lo: int, hi: int) -> GenRows:
+        """Rows ``[lo, hi)`` as the compiled generator reads them (host arrays)."""
+        pt, vma, table = self._per_table, self.row_vma[lo:hi].astype(np.int64), self.row_local[lo:hi]
+        at = pt["first"][vma] + table
+        thp = pt["thp"][at]
+        first = self.row_first[lo:hi] - self.row_first[lo]
+        return GenRows(
+            vma=vma,
+            table=table.astype(np.int64),
+            units=pt["units"][at],
+            present=pt["present"][at],
+            swapped=pt["swapped"][at],
+            pinned=pt["pinned"][at],
+            folios_before=pt["folios_before"][at],
+            page0=first[:, 0].copy(),
+            folio0=first[:, 1].copy(),
+            slot0=first[:, 2].copy(),
+            pte_row=np.where(thp, -1, np.cumsum(~thp) - 1),
+            pmd_row=np.where(thp, np.cumsum(thp) - 1, -1),
+            thp=thp,
+        )
+
+    def generate(self, lo: int, hi: int, backend: str = "cpu") -> Chunk:
+        """The chunk of rows ``[lo, hi)`` as :meth:`reference_chunk` builds it, by the compiled generator
+        (:mod:`gpusim.kernels.generate`) of the fast ``backend``: on ``cuda`` its arrays (tables and memory) are
+        built in device memory and stay there (CuPy arrays); its VMAs, table numbers and rss are host arrays."""
+        xp = np
+        if backend == "cuda":
+            import cupy as xp
+        w = self.gen_rows(lo, hi)
+        npte, npmd = int((~w.thp).sum()), int(w.thp.sum())
+        (page_base, folio_base, slot_base), (p1, f1, s1) = self.row_first[lo], self.row_first[hi]
+        rows = {"folio": int(f1 - folio_base), "page": int(p1 - page_base), "swap": int(s1 - slot_base)}
+        shape = {name: (rows[name.split("_")[0]],) for name in MEMORY_FIELDS}
+        shape.update(pte=(npte, PTRS_PER_TABLE), pmd=(npmd,), rss=(hi - lo, 4))
+        o = GenOut(**{name: xp.zeros(shape[name], dt) for name, (dt, _) in GEN_OUT_FIELDS.items()})
+        dev = (lambda g: type(g)(*(xp.asarray(a) for a in g))) if xp is not np else (lambda g: g)  # noqa: E731
+        slot_c0 = self.nr_pages + int(slot_base) + 1
+        B.kernels(backend).generate_rows(
+            self.anon_exclusive,
+            get_variant(self.variant).large_pin_order,
+            int(page_base) + 1,
+            slot_c0,
+            dev(self.gen_vmas),
+            dev(w),
+            o,
+        )
+        memory = Memory(
+            **{name: getattr(o, name) for name in MEMORY_FIELDS}, next_content=self.nr_pages + self.nr_slots + 1
+        )
+        return Chunk(self.generated_space(w, o, memory), lo, hi, int(page_base), int(folio_base), int(slot_base))
+
+    def generated_space(self, w: GenRows, o: GenOut, memory: Memory) -> AddressSpace:
+        """The address space around a generated chunk's arrays."""
+        v = self.gen_vmas
+        tables = v.start[w.vma] // PTRS_PER_TABLE + w.table
+        rss = o.rss.sum(axis=0)
+        mm = MM(
+            vma_start=v.start,
+            vma_end=v.start + v.n,
+            vma_flags=v.flags,
+            vma_backing=v.backing,
+            vma_anon_vma=v.anon | (v.backing == BACKING_FILE),  # a written private file has an anon_vma
+            table_index=tables[~w.thp],
+            pte=o.pte,
+            pmd_index=tables[w.thp],
+            pmd=o.pmd,
+            rss=rss.get() if hasattr(rss, "get") else rss,
+            has_pinned=self.has_pinned,
+            on_swapoff_list=self.on_swapoff_list,
+        )
+        return AddressSpace(mm, memory)
 
 
 def unit_slots(vp: VmaPlan, tables: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -392,6 +517,8 @@ def pin_folios(sb: SpaceBuilder, vp: VmaPlan, tables: np.ndarray, ids: np.ndarra
         sb.add_pins(ids[inside])
 
 
-def build_regions(regions: list[dict], variant: str, seed, has_pinned: bool | None = None) -> AddressSpace:
+def build_regions(
+    regions: list[dict], variant: str, seed, has_pinned: bool | None = None, backend: str = "cpu"
+) -> AddressSpace:
     """The whole address space of ``regions`` (see :class:`RegionSpace`)."""
-    return RegionSpace(regions, variant, seed, has_pinned).whole()
+    return RegionSpace(regions, variant, seed, has_pinned).whole(backend)

@@ -20,7 +20,15 @@ import numpy as np
 from numba import types
 from numba.np.numpy_support import from_dtype
 
-from gpusim.kernels.fields import MEMORY_FIELDS, WRITE_MEMORY_FIELDS, WRITE_PROC_FIELDS, WRITE_SCRATCH_FIELDS
+from gpusim.kernels.fields import (
+    GEN_OUT_FIELDS,
+    GEN_ROW_FIELDS,
+    GEN_VMA_FIELDS,
+    MEMORY_FIELDS,
+    WRITE_MEMORY_FIELDS,
+    WRITE_PROC_FIELDS,
+    WRITE_SCRATCH_FIELDS,
+)
 
 _PTE = np.dtype(np.uint64)
 _I64 = np.dtype(np.int64)
@@ -104,6 +112,10 @@ HugeArrays = namedtuple("HugeArrays", [f for f, _, _ in HUGE_FIELDS])
 Proc = namedtuple("Proc", list(WRITE_PROC_FIELDS))
 WMem = namedtuple("WMem", list(WRITE_MEMORY_FIELDS))
 Scratch = namedtuple("Scratch", list(WRITE_SCRATCH_FIELDS))
+# The region generator's groups (gpusim.kernels.generate): the space's VMAs, a chunk's table rows, what it builds.
+GenVmas = namedtuple("GenVmas", list(GEN_VMA_FIELDS))
+GenRows = namedtuple("GenRows", list(GEN_ROW_FIELDS))
+GenOut = namedtuple("GenOut", list(GEN_OUT_FIELDS))
 
 # The other parameters of a launch, in order: (name, dtype, dimensions); the groups come after ``large_order``,
 # the outputs after the groups (``walk``: CUDA only, tables left to its second kernel).
@@ -158,8 +170,7 @@ def slow_signatures():
 def write_signatures():
     """The numba types of the parameters of the write phase's CUDA kernels (:mod:`gpusim.kernels.cuda`), by kernel."""
     m = types.NamedTuple([_numba_type(MEMORY_FIELDS[f][0], 1) for f in WRITE_MEMORY_FIELDS], WMem)
-    pr = types.NamedTuple([_numba_type(dt, nd) for dt, nd in WRITE_PROC_FIELDS.values()], Proc)
-    s = types.NamedTuple([_numba_type(dt, nd) for dt, nd in WRITE_SCRATCH_FIELDS.values()], Scratch)
+    pr, s = _fields_type(WRITE_PROC_FIELDS, Proc), _fields_type(WRITE_SCRATCH_FIELDS, Scratch)
     i64, b = _numba_type(_I64, 0), _numba_type(_B, 0)
     return {
         "write_plan_kernel": (m, pr, s, i64, i64, i64, b),
@@ -168,3 +179,19 @@ def write_signatures():
         "write_gaps_kernel": (pr, i64, i64, i64, i64, _numba_type(_I64, 1), _numba_type(_B, 1)),
         "write_exit_kernel": (m, pr),
     }
+
+
+def _fields_type(fields: dict, cls):
+    """The numba type of a group described by ``fields`` ({name: (dtype, dimensions)}), as the namedtuple ``cls``."""
+    return types.NamedTuple([_numba_type(dt, nd) for dt, nd in fields.values()], cls)
+
+
+def generate_signature():
+    """The numba types of the parameters of the region generator's CUDA kernel (:mod:`gpusim.kernels.cuda`)."""
+    i64 = _numba_type(_I64, 0)
+    groups = (
+        _fields_type(GEN_VMA_FIELDS, GenVmas),
+        _fields_type(GEN_ROW_FIELDS, GenRows),
+        _fields_type(GEN_OUT_FIELDS, GenOut),
+    )
+    return (_numba_type(_B, 0), i64, i64, i64, *groups)

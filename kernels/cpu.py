@@ -14,9 +14,10 @@ import numpy as np
 from numba import njit, prange
 from numba.core.errors import NumbaIRAssumptionWarning
 
+from gpusim.kernels import generate as gen
 from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
 from gpusim.kernels import writes as wk
-from gpusim.kernels.args import Proc, Scratch, WMem  # noqa: F401  (the write phase's groups, for the host)
+from gpusim.kernels.args import GenOut, GenRows, GenVmas, Proc, Scratch, WMem  # noqa: F401  (groups, for the host)
 from gpusim.kernels.flags import PTRS_PER_TABLE
 from gpusim.kernels.pte import pte_moved, pte_set_pfn
 from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
@@ -42,7 +43,7 @@ def prepare() -> None:
     pedantic internal check about the scope of loop variables of the inlined bodies, whose warning is silenced (the
     differential tests check the result).
     """
-    warnings.filterwarnings("ignore", message=r"variable '.*' is not in scope", category=NumbaIRAssumptionWarning)
+    warnings.filterwarnings("ignore", message=r".*variable '.*' is not in scope", category=NumbaIRAssumptionWarning)
     here = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.blake2b(digest_size=16)
     for name in sorted(os.listdir(here)):
@@ -261,3 +262,10 @@ def write_gaps(pr, lo, hi, r0, r1, counts):
 def write_exit(m, pr):
     """The child's exit (:func:`gpusim.kernels.writes.exit_mmap`)."""
     wk.exit_mmap(m, pr)
+
+
+@njit(parallel=True, cache=True, _nrt=False)
+def generate_rows(anon_exclusive, large_order, page_c0, slot_c0, v, w, o):
+    """The region generator's step 2 (:func:`gpusim.kernels.generate.generate_row`): a thread per table row."""
+    for r in prange(w.vma.shape[0]):
+        gen.generate_row(r, anon_exclusive, large_order, page_c0, slot_c0, v, w, o)

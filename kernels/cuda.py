@@ -31,9 +31,10 @@ from numba import config, cuda
 from numba.extending import overload
 
 from gpusim.kernels import args as A
+from gpusim.kernels import generate as gen
 from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
 from gpusim.kernels import writes as wk
-from gpusim.kernels.args import Proc, Scratch, WMem  # noqa: F401  (the write phase's groups, for the host)
+from gpusim.kernels.args import GenOut, GenRows, GenVmas, Proc, Scratch, WMem  # noqa: F401  (groups, for the host)
 from gpusim.kernels.atomics import atomic_add, atomic_max, atomic_min
 from gpusim.kernels.flags import PTRS_PER_TABLE, V_6_18, VM_SHARED, is_cow_mapping
 from gpusim.kernels.pte import KIND_PRESENT, pte_kind, pte_special
@@ -301,12 +302,20 @@ def write_exit_kernel(m, pr):
         wk.exit_mmap(m, pr)
 
 
+def generate_rows_kernel(anon_exclusive, large_order, page_c0, slot_c0, v, w, o):
+    """The region generator's step 2 (:func:`gpusim.kernels.generate.generate_row`): a thread per table row."""
+    r = cuda.grid(1)
+    if r < w.vma.shape[0]:
+        gen.generate_row(r, anon_exclusive, large_order, page_c0, slot_c0, v, w, o)
+
+
 WRITE_KERNELS = (write_plan_kernel, write_run_kernel, write_fixup_kernel, write_gaps_kernel, write_exit_kernel)
 wplan_kernel, wrun_kernel, wfixup_kernel, wgaps_kernel, wexit_kernel = (cuda.jit(k) for k in WRITE_KERNELS)
 walk_kernel = cuda.jit(walk_tables_kernel)
 claim_kernel = cuda.jit(slow_claim_kernel)
 check_kernel = cuda.jit(slow_check_kernel)
 items_kernel = cuda.jit(slow_items_kernel)
+gen_kernel = cuda.jit(generate_rows_kernel)
 
 
 def _to_device(a):
@@ -578,6 +587,13 @@ def write_exit(m, pr):
     _run([(wexit_kernel, 1, ())], (m, pr), (0, 1))
 
 
+def generate_rows(anon_exclusive, large_order, page_c0, slot_c0, v, w, o):
+    """Same contract as :func:`gpusim.kernels.cpu.generate_rows`: on device arrays (CuPy) the state is built in
+    device memory and stays there; host arrays are copied in and the outputs back."""
+    args = (anon_exclusive, large_order, page_c0, slot_c0, v, w, o)
+    _run([(gen_kernel, w.vma.shape[0], ())], args, (6,))
+
+
 def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
     """PTX of every CUDA kernel, compiled without a GPU (catches typing errors the simulator cannot see)."""
     import numba.cuda.dispatcher as disp
@@ -601,6 +617,7 @@ def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
         writes = A.write_signatures()
         for k in WRITE_KERNELS:
             out[k.__name__] = compile_ptx(k, writes[k.__name__], cc=cc)[0]
+        out["generate_rows_kernel"] = compile_ptx(generate_rows_kernel, A.generate_signature(), cc=cc)[0]
     finally:
         if real is not None:
             disp.get_current_device = real

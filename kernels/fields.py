@@ -85,3 +85,37 @@ WRITE_SCRATCH_FIELDS: dict[str, tuple[np.dtype, int]] = {
     "newi": (np.dtype(np.int32), 1),
     "cpfn": (np.dtype(np.int64), 1),
 }
+
+# The compiled region generator (gpusim.kernels.generate), (dtype, dimensions). Per VMA of the space: where it
+# starts, its pages, the order of its PTE-mapped folios, whether it is private anon, its VM_* flags and backing, the
+# largest swap count drawn, the four draw keys (presence, swap, pins, swap counts) and its pin runs
+# (``run_lo .. run_hi`` of ``run_start`` / ``run_len``, over its folios in address order; ``pin_runs`` false:
+# scattered pins). Per table row of a chunk: its VMA and table in it, whether a THP maps it, its units (folio-sized
+# groups of slots), how many are present, swapped out and pinned (scattered), the VMA's folios before the table,
+# where its pages, folios and slots start in the chunk, its row among the chunk's PTE tables or huge PMDs (-1).
+GEN_VMA_FIELDS: dict[str, tuple[np.dtype, int]] = {
+    **{f: (np.dtype(np.int64), 1) for f in ("start", "n", "order", "swap_max", "run_lo", "run_hi")},
+    "anon": (np.dtype(np.bool_), 1),
+    "pin_runs": (np.dtype(np.bool_), 1),
+    "flags": (np.dtype(np.uint64), 1),
+    "backing": (np.dtype(np.uint8), 1),
+    "keys": (np.dtype(np.uint64), 2),
+    "run_start": (np.dtype(np.int64), 1),
+    "run_len": (np.dtype(np.int64), 1),
+}
+GEN_ROW_FIELDS: dict[str, tuple[np.dtype, int]] = {
+    **{
+        f: (np.dtype(np.int64), 1)
+        for f in ("vma", "table", "units", "present", "swapped", "pinned", "folios_before")
+        + ("page0", "folio0", "slot0", "pte_row", "pmd_row")
+    },
+    "thp": (np.dtype(np.bool_), 1),
+}
+# What it builds: every memory field (one row per page, folio or slot of the chunk), the PTE tables and huge PMDs,
+# and per table row its rss counters (anon, file, shmem, swapents), summed by the host.
+GEN_OUT_FIELDS: dict[str, tuple[np.dtype, int]] = {
+    **{name: (dt, 1) for name, (dt, _) in MEMORY_FIELDS.items()},
+    "pte": (np.dtype(np.uint64), 2),
+    "pmd": (np.dtype(np.uint64), 1),
+    "rss": (np.dtype(np.int64), 2),
+}

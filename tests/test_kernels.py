@@ -97,3 +97,5 @@ def test_cuda_kernels_compile_to_ptx():
     assert atomics["slow_check_kernel"] == [0, 0, 0] and "slow_items_kernel" in atomics
     # the write phase's units touch folios no other running unit touches: no atomics
     assert all(atomics[k] == [0, 0, 0] for k in ("write_plan_kernel", "write_run_kernel", "write_fixup_kernel"))
+    # the region generator's rows write disjoint pages, folios and slots
+    assert atomics["generate_rows_kernel"] == [0, 0, 0]

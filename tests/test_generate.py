@@ -1,0 +1,98 @@
+"""The compiled region generator (issue 16, item 3): a thread per table builds what the numpy reference builds.
+
+:meth:`gpusim.regions.RegionSpace.generate` (CPU ``prange``, CUDA kernels under the simulator here and on a GPU
+in device memory) must give the arrays :meth:`~gpusim.regions.RegionSpace.reference_chunk` gives through the one
+builder, field by field, dtype and shape included, for every chunking of the space: the catalogue of region kinds
+of the stream tests (pins scattered and in runs, swap counts past SWAP_MAP_MAX, THPs, large folios, file and shmem,
+VM_DONTCOPY / VM_WIPEONFORK) and random ones.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_stream import BASE, REGIONS, region_st
+
+from gpusim.kernels.fields import MEMORY_FIELDS, MM_FIELDS
+from gpusim.regions import RegionSpace
+from gpusim.variants import VARIANTS
+
+# the stream tests' catalogue and whole 2 MiB extents, half of them THPs (scattered and contiguous pins)
+CATALOGUE = REGIONS + [
+    dict(BASE, size=8 << 20, vmas=1, thp_fraction=0.5),
+    dict(BASE, size=8 << 20, vmas=1, thp_fraction=0.5, pinned_placement="contiguous", pinned_regions=2),
+]
+
+
+def differences(a, b) -> list[str]:
+    """The fields in which two chunks differ (values, dtype or shape; where their rows lie in the space)."""
+    out = [f"memory.{n}" for n in MEMORY_FIELDS if not same(getattr(a.space.memory, n), getattr(b.space.memory, n))]
+    out += [f"mm.{n}" for n in MM_FIELDS if not same(getattr(a.space.mm, n), getattr(b.space.mm, n))]
+    for name in ("has_pinned", "on_swapoff_list"):
+        if getattr(a.space.mm, name) != getattr(b.space.mm, name):
+            out.append(f"mm.{name}")
+    if a.space.memory.next_content != b.space.memory.next_content:
+        out.append("next_content")
+    if (a.lo, a.hi, a.page_base, a.folio_base, a.slot_base) != (b.lo, b.hi, b.page_base, b.folio_base, b.slot_base):
+        out.append("chunk bases")
+    return out
+
+
+def same(x, y) -> bool:
+    return x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y)
+
+
+def check_chunkings(space: RegionSpace, backend: str, rows_list) -> None:
+    for rows in rows_list:
+        rows = max(1, rows)
+        for lo in range(0, max(1, space.nr_rows), rows):  # as RegionSpace.chunks cuts it: one chunk at least
+            hi = min(space.nr_rows, lo + rows)
+            assert differences(space.generate(lo, hi, backend), space.reference_chunk(lo, hi)) == [], (rows, lo)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_compiled_generator_builds_what_the_reference_builds(variant, backend):
+    space = RegionSpace(CATALOGUE, variant, 11)
+    whole = space.generate(0, space.nr_rows, backend).space
+    m = whole.memory
+    # the catalogue meets every branch of the generator
+    assert len(whole.mm.pmd) and (m.folio_order[m.folio_order < 9] > 0).any()
+    assert m.folio_pincount.any() and (m.folio_true_pins > 0).sum() > m.folio_pincount.astype(bool).sum()
+    assert (m.swap_levels > 0).any() and (m.swap_count == 1).any()
+    assert whole.mm.rss.tolist() == whole.validate().mm.rss.tolist() and whole.mm.rss.all()
+    check_chunkings(space, backend, (space.nr_rows, 3, 1))
+
+
+def test_the_comparison_sees_a_changed_draw():
+    """The equality above is not vacuous: another seed, or one element changed, is a difference."""
+    a = RegionSpace(CATALOGUE, "linux-6.18", 11)
+    b = RegionSpace(CATALOGUE, "linux-6.18", 12)
+    assert "mm.pte" in differences(a.generate(0, a.nr_rows), b.generate(0, b.nr_rows))
+    got, want = a.generate(0, a.nr_rows), a.reference_chunk(0, a.nr_rows)
+    got.space.memory.swap_levels[-1] += 1
+    assert differences(got, want) == ["memory.swap_levels"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    regions=st.lists(region_st, min_size=1, max_size=3),
+    variant=st.sampled_from(list(VARIANTS)),
+    seed=st.integers(0, 1000),
+    rows=st.integers(1, 9),
+)
+def test_random_regions_generate_as_the_reference_builds(regions, variant, seed, rows):
+    space = RegionSpace(regions, variant, seed)
+    check_chunkings(space, "cpu", (space.nr_rows, rows))
+
+
+@settings(max_examples=6, deadline=None)
+@given(regions=st.lists(region_st.map(lambda r: dict(r, size=min(r["size"], 1 << 20))), min_size=1, max_size=2))
+def test_random_regions_generate_on_the_cuda_simulator_too(regions):
+    space = RegionSpace(regions, "linux-6.18", 3)
+    check_chunkings(space, "cudasim", (space.nr_rows,))
+
+
+def test_a_region_without_pins_swap_or_thps():
+    space = RegionSpace([dict(BASE, pinned_fraction=0, swap_fraction=0, thp_fraction=0, fill=1.0)], "linux-5.10", 0)
+    check_chunkings(space, "cpu", (space.nr_rows, 2))
+    assert not space.generate(0, space.nr_rows).space.mm.has_pinned
