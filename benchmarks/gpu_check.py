@@ -18,8 +18,14 @@ failing step does not stop the next. The last lines printed are a summary. Steps
    (dense anon with and without pinned pages, two variants).
 8. ``writes``: the write phase after the fork (issue 15: its CUDA kernels) on cuda and on cpu, 1 and 16 GiB with 2 %
    pinned, equal (counts, DMA view, digest of the states after it) and timed on each.
-9. ``launch``: the time of the kernel calls inside ``gpusim.fork`` (one table, 1 GiB; ``benchmarks/bench_launch.py``).
-10. ``cpu``: ``gpusim bench --backend cpu --vs-kernel`` on this machine's cores.
+9. ``generate``: the region generator's CUDA kernel (issue 16, item 3) builds mixed workloads (pins scattered and in
+   runs, THPs, large folios, swap past SWAP_MAP_MAX, file and shmem) of 1 GiB to 256 GiB, and 1 TiB of anon, in
+   device memory: every array equal to the CPU generator's, both timed.
+10. ``sweep``: the same sweep of generated workloads (sizes x 25 % pins x THPs x swap x two variants) run by
+    ``gpusim sweep`` on cuda and on cpu (one worker per core), end to end: the forks' digests equal, the walls'
+    ratio (the GPU sweep target).
+11. ``launch``: the time of the kernel calls inside ``gpusim.fork`` (one table, 1 GiB; ``benchmarks/bench_launch.py``).
+12. ``cpu``: ``gpusim bench --backend cpu --vs-kernel`` on this machine's cores.
 """
 
 import json
@@ -146,6 +152,83 @@ for tpt, w, regs in %s:
 json.dump(rows, open(sys.argv[1], "w"))
 """
 
+GENERATE = r"""
+import json, sys, time
+import cupy, numpy as np
+from gpusim.kernels.fields import MEMORY_FIELDS
+from gpusim.regions import RegionSpace
+BASE = dict(vmas=1, backing="anon", shared=False, flags=[], folio_order=0, thp_fraction=0.0, fill=1.0,
+            swap_fraction=0.0, swap_count_max=1, pinned_fraction=0.0, pinned_placement="scattered", pinned_regions=1)
+def mixed(size):  # pins (scattered and runs), THPs, large folios, swap past SWAP_MAP_MAX, file and shmem
+    return [dict(BASE, size=size // 2, pinned_fraction=0.25, thp_fraction=0.2, swap_fraction=0.1, swap_count_max=200),
+            dict(BASE, size=size // 4, folio_order=4, fill=0.7, pinned_fraction=0.25, pinned_placement="contiguous",
+                 pinned_regions=4),
+            dict(BASE, size=size // 8, backing="file"), dict(BASE, size=size // 8, backing="shmem", shared=True)]
+def sync():
+    cupy.cuda.Device().synchronize()
+def same(d, h):
+    return np.array_equal(d.get() if hasattr(d, "get") else d, h)
+out = []
+for size, kind in %s:
+    regions = mixed(size) if kind == "mixed" else [dict(BASE, size=size)]
+    space = RegionSpace(regions, "linux-6.18", 7)
+    space.generate(0, min(2, space.nr_rows), "cuda"); sync()  # compile
+    space.generate(0, min(2, space.nr_rows), "cpu")
+    t0 = time.perf_counter(); dev = space.generate(0, space.nr_rows, "cuda"); sync(); gpu_s = time.perf_counter() - t0
+    t0 = time.perf_counter(); host = space.generate(0, space.nr_rows, "cpu"); cpu_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bad = [n for n in MEMORY_FIELDS if not same(getattr(dev.space.memory, n), getattr(host.space.memory, n))]
+    mm = ("pte", "pmd", "table_index", "pmd_index", "rss")
+    bad += [n for n in mm if not same(getattr(dev.space.mm, n), getattr(host.space.mm, n))]
+    nbytes = sum(a.nbytes for a in (dev.space.mm.pte, *(getattr(dev.space.memory, n) for n in MEMORY_FIELDS)))
+    row = {"size": size, "kind": kind, "ptes": space.nr_ptes, "pages": space.nr_pages, "state_bytes": nbytes,
+           "gpu_build_s": gpu_s, "cpu_build_s": cpu_s, "gpu_ptes_per_s": space.nr_ptes / gpu_s,
+           "cpu_ptes_per_s": space.nr_ptes / cpu_s, "gpu_over_cpu": cpu_s / gpu_s, "check_s": time.perf_counter() - t0,
+           "check": "equal to the CPU generator" if not bad else f"differs: {bad}"}
+    print(json.dumps(row), flush=True)
+    out.append(row)
+    del dev, host, space
+    cupy.get_default_memory_pool().free_all_blocks()
+json.dump(out, open(sys.argv[1], "w"))
+assert all(r["check"] == "equal to the CPU generator" for r in out)
+"""
+
+# The same sweep of generated workloads on each backend, end to end as a user runs it (`gpusim sweep`: a pool of one
+# worker per core on the CPU, one per GPU on cuda), its forks' digests compared.
+SWEEP = r"""
+import json, os, subprocess, sys, time
+import pyarrow.dataset as ds
+out_dir = sys.argv[1]
+sizes, variants = %s
+GRID = {"workload.size": sizes, "workload.pinned_fraction": [0.0, 0.25], "workload.thp_fraction": [0.0, 0.5],
+        "workload.swap_fraction": [0.0, 0.1], "fork.variant": variants}
+rows = {}
+for backend in ("cuda", "cpu"):
+    spec = os.path.join(out_dir, "sweep-" + backend + ".yaml")
+    json.dump({"name": "gpu-check-" + backend, "seed": 3, "repeat": 1, "backend": backend, "check": False,
+               "workload": {"kind": "anon", "size": "1GiB", "swap_count_max": 100},
+               "fork": {"variant": "linux-6.18"}, "sweep": {"grid": GRID}}, open(spec, "w"))  # JSON is YAML
+    res = os.path.join(out_dir, "sweep-" + backend)
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "gpusim.cli", "sweep", spec, "--out", res]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    print(backend, p.returncode, p.stdout[-1500:], p.stderr[-1500:], flush=True)
+    t = ds.dataset(res, partitioning="hive").to_table().to_pylist()
+    total = lambda k: sum(r[k] or 0 for r in t)
+    errors = sum(r["error"] is not None for r in t)
+    rows[backend] = {"wall_s": wall, "rc": p.returncode, "forks": len(t), "errors": errors,
+                     "engine_s": total("engine_wall_s"), "build_s": total("build_wall_s"), "ptes": total("nr_ptes"),
+                     "digests": sorted(str(r["digest"]) for r in t)}
+same = rows["cuda"]["digests"] == rows["cpu"]["digests"]
+report = {b: {k: v for k, v in r.items() if k != "digests"} for b, r in rows.items()}
+report["cpu_over_cuda_wall"] = rows["cpu"]["wall_s"] / rows["cuda"]["wall_s"]
+report["check"] = "same digests on both backends" if same else "digests differ"
+print(json.dumps(report), flush=True)
+json.dump(report, open(os.path.join(out_dir, "sweep.json"), "w"))
+assert same and rows["cuda"]["rc"] == 0 and rows["cpu"]["rc"] == 0
+"""
+
 STREAM = r"""
 import json, sys
 from gpusim.gpubench import bench_streamed
@@ -196,6 +279,9 @@ pinned_cases = [
     for placement in ("scattered", "contiguous")
     for variant in ("linux-5.10", "linux-6.18", "xu-v1-oleg")
 ] + ([] if QUICK else [(16 << 30, "scattered", "linux-6.18")])
+generate_cases = [(1 << 30, "mixed"), (16 << 30, "mixed")]
+generate_cases += [] if QUICK else [(256 << 30, "mixed"), (1 << 40, "anon")]
+sweep_cases = (["1GiB", "4GiB" if QUICK else "16GiB"], ["linux-5.10", "linux-6.18"])
 write_cases = [(1 << 30, v) for v in ("linux-5.8", "linux-6.18")] + ([] if QUICK else [(16 << 30, "linux-6.18")])
 STEPS = [
     ("smoke", [PY, "-c", SMOKE], 90),
@@ -240,6 +326,8 @@ STEPS = [
     ("pinned", [PY, "-c", PINNED % pinned_cases, f"{OUT}/pinned.json"], 150),
     ("stream", [PY, "-c", STREAM % stream_cases, f"{OUT}/stream.json"], 90),
     ("writes", [PY, "-c", WRITES % write_cases, f"{OUT}/writes.json"], 120),
+    ("generate", [PY, "-c", GENERATE % generate_cases, f"{OUT}/generate.json"], 90),
+    ("sweep", [PY, "-c", SWEEP % (sweep_cases,), OUT], 150),
     ("equal", [PY, "-c", EQUAL % equal_cases, f"{OUT}/equal.json"], 120),
     ("launch", [PY, "benchmarks/bench_launch.py", "--backend", "cuda"], 60),
     (

@@ -10,6 +10,7 @@ import pytest
 from sweeps import kill_part_way, result_rows, run_sweep, write
 
 import gpusim
+from gpusim.sweep.point import run_point
 from gpusim.sweep.runner import SweepRunner
 from gpusim.sweep.spec import load_sweep
 from gpusim.yamlerr import ConfigError
@@ -51,6 +52,21 @@ def test_grid_zip_and_repeat_expand(tmp_path):
     assert len(combos) == 8
     assert all((pf == 0.0) == (pl == "scattered") for _, _, pf, pl in combos)  # zip keeps lists in step
     assert len({p.config_hash for p in points}) == 8
+
+
+def test_the_same_sweep_forks_the_same_spaces_on_every_backend(tmp_path):
+    """A point's draws do not depend on how it runs (backend, checks, cost profile): its identity does."""
+    rows = {}
+    for backend, check in (("cpu", "true"), ("cudasim", "false")):
+        text = SMALL.replace("backend: cpu", f"backend: {backend}\ncheck: {check}")
+        _, points = load_sweep(write(tmp_path, text, f"{backend}.yaml"))
+        pinned = [p for p in points if p.config.workload.pinned_fraction and p.config.workload.size == 4 << 20]
+        rows[backend] = [run_point(p, 1)[0] for p in pinned]
+    a, b = rows["cpu"], rows["cudasim"]
+    assert len(a) == 2 and {r["config_hash"] for r in a}.isdisjoint(r["config_hash"] for r in b)
+    same = lambda r: (r["seed"], r["digest"], r["count.installs"], r["outcome"])  # noqa: E731
+    assert [same(r) for r in a] == [same(r) for r in b] and a[0]["digest"] != a[1]["digest"]
+    assert any(r["count.installs"] for r in a) and {r["backend"] for r in b} == {"cudasim"}
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """One task of a sweep: a point and repetition run into result rows (what every executor runs).
 
-The workload is built from a seed derived from the sweep's seed, the point's config hash and the repetition
-(:func:`point_seed`), so a task gives the same rows wherever and whenever it runs. Then the forks of the point's
+The workload is built from a seed derived from the sweep's seed, the point's config hash (of what the draws depend
+on: not the backend, cost profile or checks) and the repetition (:func:`point_seed`), so a task gives the same rows
+wherever and whenever it runs, and the same sweep forks the same address spaces on every backend. Then the forks of the point's
 ``fork.chain`` and ``fork.generations`` run in order, each row carrying the counts, modelled latency, invariant
 status and state digest of one fork (:func:`fork_row`).
 """
@@ -17,7 +18,7 @@ from gpusim.api import fork, write_phase
 from gpusim.costmodel import latency, load_profile, write_latency
 from gpusim.state import AddressSpace
 from gpusim.stream import fork_streamed, stream_rows
-from gpusim.sweep.spec import Point
+from gpusim.sweep.spec import Point, config_hash
 from gpusim.workloads import build_workload, region_space
 from gpusim.writes import generated_steps
 
@@ -43,7 +44,7 @@ def run_point(point: Point, repetition: int) -> list[dict]:
     chunks are built as it goes)."""
     cfg = point.config
     profile = load_profile(cfg.profile)
-    ss = point_seed(cfg.seed, point.config_hash, repetition)
+    ss = point_seed(cfg.seed, config_hash(cfg, draws=True), repetition)
     base = {
         "config_hash": point.config_hash,
         "repetition": repetition,

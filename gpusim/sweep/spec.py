@@ -254,9 +254,15 @@ class Point(BaseModel):
     config_hash: str
 
 
-def config_hash(config: Config) -> str:
-    """SHA-256 (16 hex digits) of the point's canonical JSON, name and description excluded."""
-    d = config.model_dump(mode="json", exclude={"name", "description", "repeat"})
+# How a point runs, not what it simulates: part of its identity (its rows), not of its draws, so that the same
+# sweep on another backend, with another cost profile or without checks forks the same address spaces.
+RUN_KEYS = frozenset({"backend", "profile", "check"})
+
+
+def config_hash(config: Config, draws: bool = False) -> str:
+    """SHA-256 (16 hex digits) of the point's canonical JSON, name and description excluded; with ``draws``, of
+    what its random draws depend on (also without :data:`RUN_KEYS`)."""
+    d = config.model_dump(mode="json", exclude={"name", "description", "repeat"} | (RUN_KEYS if draws else set()))
     if d["fork"].get("writes") is None:  # points without a write phase keep the hashes they had before it existed
         d["fork"].pop("writes", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
