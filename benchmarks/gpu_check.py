@@ -19,13 +19,15 @@ failing step does not stop the next. The last lines printed are a summary. Steps
 8. ``writes``: the write phase after the fork (issue 15: its CUDA kernels) on cuda and on cpu, 1 and 16 GiB with 2 %
    pinned, equal (counts, DMA view, digest of the states after it) and timed on each.
 9. ``generate``: the region generator's CUDA kernel (issue 16, item 3) builds mixed workloads (pins scattered and in
-   runs, THPs, large folios, swap past SWAP_MAP_MAX, file and shmem) of 1 GiB to 256 GiB, and 1 TiB of anon, in
-   device memory: every array equal to the CPU generator's, both timed.
+   runs, THPs, large folios, swap past SWAP_MAP_MAX, file and shmem) and dense anon of 1 GiB to 256 GiB in device
+   memory: every array equal to the CPU generator's, both timed (``benchmarks/bench_generate.py``).
 10. ``sweep``: the same sweep of generated workloads (sizes x 25 % pins x THPs x swap x two variants) run by
     ``gpusim sweep`` on cuda and on cpu (one worker per core), end to end: the forks' digests equal, the walls'
     ratio (the GPU sweep target).
-11. ``launch``: the time of the kernel calls inside ``gpusim.fork`` (one table, 1 GiB; ``benchmarks/bench_launch.py``).
-12. ``cpu``: ``gpusim bench --backend cpu --vs-kernel`` on this machine's cores.
+11. ``pinned_big``: the ``pinned`` step at 1 TiB (268 M PTEs, 25 % pinned: the pinned target's size), through host
+    memory.
+12. ``launch``: the time of the kernel calls inside ``gpusim.fork`` (one table, 1 GiB; ``benchmarks/bench_launch.py``).
+13. ``cpu``: ``gpusim bench --backend cpu --vs-kernel`` on this machine's cores.
 """
 
 import json
@@ -152,47 +154,6 @@ for tpt, w, regs in %s:
 json.dump(rows, open(sys.argv[1], "w"))
 """
 
-GENERATE = r"""
-import json, sys, time
-import cupy, numpy as np
-from gpusim.kernels.fields import MEMORY_FIELDS
-from gpusim.regions import RegionSpace
-BASE = dict(vmas=1, backing="anon", shared=False, flags=[], folio_order=0, thp_fraction=0.0, fill=1.0,
-            swap_fraction=0.0, swap_count_max=1, pinned_fraction=0.0, pinned_placement="scattered", pinned_regions=1)
-def mixed(size):  # pins (scattered and runs), THPs, large folios, swap past SWAP_MAP_MAX, file and shmem
-    return [dict(BASE, size=size // 2, pinned_fraction=0.25, thp_fraction=0.2, swap_fraction=0.1, swap_count_max=200),
-            dict(BASE, size=size // 4, folio_order=4, fill=0.7, pinned_fraction=0.25, pinned_placement="contiguous",
-                 pinned_regions=4),
-            dict(BASE, size=size // 8, backing="file"), dict(BASE, size=size // 8, backing="shmem", shared=True)]
-def sync():
-    cupy.cuda.Device().synchronize()
-def same(d, h):
-    return np.array_equal(d.get() if hasattr(d, "get") else d, h)
-out = []
-for size, kind in %s:
-    regions = mixed(size) if kind == "mixed" else [dict(BASE, size=size)]
-    space = RegionSpace(regions, "linux-6.18", 7)
-    space.generate(0, min(2, space.nr_rows), "cuda"); sync()  # compile
-    space.generate(0, min(2, space.nr_rows), "cpu")
-    t0 = time.perf_counter(); dev = space.generate(0, space.nr_rows, "cuda"); sync(); gpu_s = time.perf_counter() - t0
-    t0 = time.perf_counter(); host = space.generate(0, space.nr_rows, "cpu"); cpu_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    bad = [n for n in MEMORY_FIELDS if not same(getattr(dev.space.memory, n), getattr(host.space.memory, n))]
-    mm = ("pte", "pmd", "table_index", "pmd_index", "rss")
-    bad += [n for n in mm if not same(getattr(dev.space.mm, n), getattr(host.space.mm, n))]
-    nbytes = sum(a.nbytes for a in (dev.space.mm.pte, *(getattr(dev.space.memory, n) for n in MEMORY_FIELDS)))
-    row = {"size": size, "kind": kind, "ptes": space.nr_ptes, "pages": space.nr_pages, "state_bytes": nbytes,
-           "gpu_build_s": gpu_s, "cpu_build_s": cpu_s, "gpu_ptes_per_s": space.nr_ptes / gpu_s,
-           "cpu_ptes_per_s": space.nr_ptes / cpu_s, "gpu_over_cpu": cpu_s / gpu_s, "check_s": time.perf_counter() - t0,
-           "check": "equal to the CPU generator" if not bad else f"differs: {bad}"}
-    print(json.dumps(row), flush=True)
-    out.append(row)
-    del dev, host, space
-    cupy.get_default_memory_pool().free_all_blocks()
-json.dump(out, open(sys.argv[1], "w"))
-assert all(r["check"] == "equal to the CPU generator" for r in out)
-"""
-
 # The same sweep of generated workloads on each backend, end to end as a user runs it (`gpusim sweep`: a pool of one
 # worker per core on the CPU, one per GPU on cuda), its forks' digests compared.
 SWEEP = r"""
@@ -279,8 +240,7 @@ pinned_cases = [
     for placement in ("scattered", "contiguous")
     for variant in ("linux-5.10", "linux-6.18", "xu-v1-oleg")
 ] + ([] if QUICK else [(16 << 30, "scattered", "linux-6.18")])
-generate_cases = [(1 << 30, "mixed"), (16 << 30, "mixed")]
-generate_cases += [] if QUICK else [(256 << 30, "mixed"), (1 << 40, "anon")]
+generate_sizes = "1GiB,16GiB" if QUICK else "1GiB,16GiB,256GiB"
 sweep_cases = (["1GiB", "4GiB" if QUICK else "16GiB"], ["linux-5.10", "linux-6.18"])
 write_cases = [(1 << 30, v) for v in ("linux-5.8", "linux-6.18")] + ([] if QUICK else [(16 << 30, "linux-6.18")])
 STEPS = [
@@ -326,8 +286,14 @@ STEPS = [
     ("pinned", [PY, "-c", PINNED % pinned_cases, f"{OUT}/pinned.json"], 150),
     ("stream", [PY, "-c", STREAM % stream_cases, f"{OUT}/stream.json"], 90),
     ("writes", [PY, "-c", WRITES % write_cases, f"{OUT}/writes.json"], 120),
-    ("generate", [PY, "-c", GENERATE % generate_cases, f"{OUT}/generate.json"], 90),
+    (
+        "generate",
+        [PY, "benchmarks/bench_generate.py", "--sizes", generate_sizes, "--backends", "cpu,cuda"]
+        + ["--json", f"{OUT}/generate.json"],
+        150,
+    ),
     ("sweep", [PY, "-c", SWEEP % (sweep_cases,), OUT], 150),
+    ("pinned_big", [PY, "-c", PINNED % [(1 << 40, "scattered", "linux-6.18")], f"{OUT}/pinned_big.json"], 180),
     ("equal", [PY, "-c", EQUAL % equal_cases, f"{OUT}/equal.json"], 120),
     ("launch", [PY, "benchmarks/bench_launch.py", "--backend", "cuda"], 60),
     (

@@ -7,6 +7,10 @@ of the stream tests (pins scattered and in runs, swap counts past SWAP_MAP_MAX, 
 VM_DONTCOPY / VM_WIPEONFORK) and random ones.
 """
 
+import importlib.util
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -96,3 +100,20 @@ def test_a_region_without_pins_swap_or_thps():
     space = RegionSpace([dict(BASE, pinned_fraction=0, swap_fraction=0, thp_fraction=0, fill=1.0)], "linux-5.10", 0)
     check_chunkings(space, "cpu", (space.nr_rows, 2))
     assert not space.generate(0, space.nr_rows).space.mm.has_pinned
+
+
+def test_the_generator_benchmark_checks_each_backend_against_the_first(tmp_path):
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_generate.py"
+    spec = importlib.util.spec_from_file_location("bench_generate", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "g.json"
+    assert bench.main(["--sizes", "4MiB", "--backends", "reference,cpu", "--repeat", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["kind"], r["backend"], r["check"]) for r in rows] == [
+        ("mixed", "reference", "first"),
+        ("mixed", "cpu", "equal to reference"),
+        ("anon", "reference", "first"),
+        ("anon", "cpu", "equal to reference"),
+    ]
+    assert all(r["ptes"] == 1024 and r["ptes_per_s"] > 0 for r in rows if r["kind"] == "anon")
