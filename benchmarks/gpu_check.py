@@ -21,13 +21,16 @@ failing step does not stop the next. The last lines printed are a summary. Steps
 9. ``generate``: the region generator's CUDA kernel (issue 16, item 3) builds mixed workloads (pins scattered and in
    runs, THPs, large folios, swap past SWAP_MAP_MAX, file and shmem) and dense anon of 1 GiB to 256 GiB in device
    memory: every array equal to the CPU generator's, both timed (``benchmarks/bench_generate.py``).
-10. ``sweep``: the same sweep of generated workloads (sizes x 25 % pins x THPs x swap x two variants) run by
+10. ``resident``: mixed workloads (1 and 16 GiB, three variants) and the pinned target's workload (1 TiB, 268 M
+    PTEs, 25 % pinned) generated in device memory and forked there by ``gpusim.fork`` (``check=False``; the digest
+    reduced on the card), equal to the CPU engine's fork of the same space (digest, counts, outcome, rss), timed.
+11. ``sweep``: the same sweep of generated workloads (sizes x 25 % pins x THPs x swap x two variants) run by
     ``gpusim sweep`` on cuda and on cpu (one worker per core), end to end: the forks' digests equal, the walls'
     ratio (the GPU sweep target).
-11. ``pinned_big``: the ``pinned`` step at 1 TiB (268 M PTEs, 25 % pinned: the pinned target's size), through host
+12. ``pinned_big``: the ``pinned`` step at 1 TiB (268 M PTEs, 25 % pinned: the pinned target's size), through host
     memory.
-12. ``launch``: the time of the kernel calls inside ``gpusim.fork`` (one table, 1 GiB; ``benchmarks/bench_launch.py``).
-13. ``cpu``: ``gpusim bench --backend cpu --vs-kernel`` on this machine's cores.
+13. ``launch``: the time of the kernel calls inside ``gpusim.fork`` (one table, 1 GiB; ``benchmarks/bench_launch.py``).
+14. ``cpu``: ``gpusim bench --backend cpu --vs-kernel`` on this machine's cores.
 """
 
 import json
@@ -154,6 +157,57 @@ for tpt, w, regs in %s:
 json.dump(rows, open(sys.argv[1], "w"))
 """
 
+# Forks of address spaces generated in device memory (issue 16, items 3 and 5): generated there by the region
+# generator's kernel, forked where they are (no PCIe), digest reduced there; against the CPU engine's fork of the
+# same space generated in host memory.
+RESIDENT = r"""
+import json, sys, time
+import cupy
+import gpusim
+from gpusim.regions import RegionSpace
+BASE = dict(vmas=1, backing="anon", shared=False, flags=[], folio_order=0, thp_fraction=0.0, fill=1.0,
+            swap_fraction=0.0, swap_count_max=1, pinned_fraction=0.0, pinned_placement="scattered", pinned_regions=1)
+def regions(kind, size):
+    if kind == "pinned":  # the pinned target's workload: dense 4 KiB anon, 25 %% pinned, scattered
+        return [dict(BASE, size=size, pinned_fraction=0.25)]
+    return [dict(BASE, size=size // 2, pinned_fraction=0.25, thp_fraction=0.2, swap_fraction=0.1, swap_count_max=200),
+            dict(BASE, size=size // 4, folio_order=4, fill=0.7, pinned_fraction=0.25, pinned_placement="contiguous",
+                 pinned_regions=4),
+            dict(BASE, size=size // 8, backing="file"), dict(BASE, size=size // 8, backing="shmem", shared=True)]
+def sync():
+    cupy.cuda.Device().synchronize()
+out = []
+for size, kind, variant in %s:
+    space = RegionSpace(regions(kind, size), variant, 5)
+    small = RegionSpace(regions(kind, 4 << 20), variant, 5).whole("cuda")
+    gpusim.fork(small, variant, backend="cuda", check=False).digest; sync()  # compile (not timed)
+    t0 = time.perf_counter(); dev = space.whole("cuda"); sync(); gen_s = time.perf_counter() - t0
+    walls = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        b = gpusim.fork(dev, variant, backend="cuda", check=False); sync()
+        walls.append((time.perf_counter() - t0, b.engine_wall_s))
+        digest_t0 = time.perf_counter(); d = b.digest; digest_s = time.perf_counter() - digest_t0
+    wall, engine = min(walls)
+    del dev
+    host = space.whole("cpu")
+    t0 = time.perf_counter()
+    a = gpusim.fork(host, variant, backend="cpu", check=False)
+    cpu_s = time.perf_counter() - t0
+    same = (a.digest == d and a.counts == b.counts and a.outcome == b.outcome and a.child_rss == b.child_rss)
+    row = {"size": size, "kind": kind, "variant": variant, "ptes": space.nr_ptes, "equal": same,
+           "outcome": b.outcome, "early_copies": b.counts["installs"], "generate_s": gen_s, "fork_wall_s": wall,
+           "engine_wall_s": engine, "digest_s": digest_s, "ptes_per_s": space.nr_ptes / engine,
+           "end_to_end_ptes_per_s": space.nr_ptes / wall, "cpu_fork_wall_s": cpu_s, "cpu_engine_s": a.engine_wall_s,
+           "cpu_over_cuda_engine": a.engine_wall_s / engine}
+    print(json.dumps(row), flush=True)
+    out.append(row)
+    del b, a, host, d
+    cupy.get_default_memory_pool().free_all_blocks()
+json.dump(out, open(sys.argv[1], "w"))
+assert all(r["equal"] for r in out)
+"""
+
 # The same sweep of generated workloads on each backend, end to end as a user runs it (`gpusim sweep`: a pool of one
 # worker per core on the CPU, one per GPU on cuda), its forks' digests compared.
 SWEEP = r"""
@@ -240,6 +294,8 @@ pinned_cases = [
     for placement in ("scattered", "contiguous")
     for variant in ("linux-5.10", "linux-6.18", "xu-v1-oleg")
 ] + ([] if QUICK else [(16 << 30, "scattered", "linux-6.18")])
+resident_cases = [(1 << 30, "mixed", v) for v in ("linux-5.10", "linux-6.18", "xu-v1")]
+resident_cases += [(16 << 30, "mixed", "linux-6.18")] + ([] if QUICK else [(1 << 40, "pinned", "linux-6.18")])
 generate_sizes = "1GiB,16GiB" if QUICK else "1GiB,16GiB,256GiB"
 sweep_cases = (["1GiB", "4GiB" if QUICK else "16GiB"], ["linux-5.10", "linux-6.18"])
 write_cases = [(1 << 30, v) for v in ("linux-5.8", "linux-6.18")] + ([] if QUICK else [(16 << 30, "linux-6.18")])
@@ -278,6 +334,7 @@ STEPS = [
             "no:cacheprovider",
             "tests/test_engines.py",
             "tests/test_writes.py",
+            "tests/test_generate.py",
             "-k",
             "cuda and not cudasim",
         ],
@@ -292,6 +349,7 @@ STEPS = [
         + ["--json", f"{OUT}/generate.json"],
         150,
     ),
+    ("resident", [PY, "-c", RESIDENT % resident_cases, f"{OUT}/resident.json"], 240),
     ("sweep", [PY, "-c", SWEEP % (sweep_cases,), OUT], 150),
     ("pinned_big", [PY, "-c", PINNED % [(1 << 40, "scattered", "linux-6.18")], f"{OUT}/pinned_big.json"], 180),
     ("equal", [PY, "-c", EQUAL % equal_cases, f"{OUT}/equal.json"], 120),

@@ -42,11 +42,17 @@ def fork(
     larger than device memory); the result does not depend on it. ``writes`` (the notation of spec 11.1, e.g.
     ``"parent:all; child:all"``, or a list of steps) runs a write phase after a fork that succeeds:
     ``result.write_phase`` (:class:`gpusim.writes.WritePhase`; its invariants checked with ``check``).
+
+    A space in device memory (``RegionSpace(...).whole("cuda")``) forks there on ``cuda``, with ``check=False`` and no
+    writes; its result's states stay on the device, and its digest is computed there.
     """
     get_variant(variant)
     steps = parse_writes(writes) if writes is not None else None
-    space.validate()
     backend = _backend.resolve(backend)
+    if _backend.on_device(space.mm.pte):
+        refuse_resident(backend, check, steps)  # the generator's device spaces: valid by construction
+    else:
+        space.validate()
     oracle = LockBreakOracle.parse(oracle) if isinstance(oracle, str) else oracle
     plan = inject if isinstance(inject, InjectionPlan) else InjectionPlan.parse(inject)
     plan.fired.clear()
@@ -59,6 +65,18 @@ def fork(
     if steps is not None and result.outcome == "ok":
         result.write_phase = write_phase(result, steps, check)
     return result
+
+
+def refuse_resident(backend: str, check: bool, steps) -> None:
+    """What a fork of state in device memory (:meth:`gpusim.regions.RegionSpace.generate` on ``cuda``) cannot do:
+    run elsewhere than on ``cuda``, or check invariants and run a write phase, which read the states on the host."""
+    if backend != "cuda":
+        raise ValueError(f"an address space in device memory forks on the cuda backend, not '{backend}'")
+    if check or steps is not None:
+        raise ValueError(
+            "a fork of an address space in device memory keeps its states there: pass check=False and no writes "
+            "(or fork a host copy to check its invariants)"
+        )
 
 
 def write_phase(result: ForkResult, writes, check: bool = True):
@@ -91,6 +109,8 @@ def fork_batch(
     """
     get_variant(variant)
     for s in spaces:
+        if _backend.on_device(s.mm.pte):
+            raise ValueError("fork_batch takes address spaces in host memory (fork one in device memory with fork)")
         s.validate()
     backend = _backend.resolve(backend)
     oracle = LockBreakOracle.parse(oracle) if isinstance(oracle, str) else oracle

@@ -13,6 +13,8 @@ import importlib.util
 import os
 import sys
 
+import numpy as np
+
 BACKENDS = ("reference", "cpu", "cuda", "cudasim", "auto")
 
 
@@ -46,6 +48,26 @@ def gpu_name() -> str:
     except Exception:  # no CuPy, no driver, no device
         return ""
     return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def on_device(a) -> bool:
+    """Whether ``a`` is a device array (CuPy's): state kept in device memory, which the cuda engine forks where it
+    is."""
+    return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
+
+
+def array_module(a):
+    """The array module of ``a``: CuPy for a device array, numpy otherwise."""
+    if on_device(a):
+        import cupy
+
+        return cupy
+    return np
+
+
+def to_host(a) -> np.ndarray:
+    """``a`` as a numpy array (copied from the device when it is a device array)."""
+    return a.get() if on_device(a) else np.asarray(a)
 
 
 def resolve(name: str) -> str:

@@ -23,13 +23,13 @@ from gpusim.kernels.slowpath import NR_STATE, ST_DUPLICATES, ST_END_FOLIO, ST_IN
 from gpusim.state import Memory
 
 
-def maybe_pinned_folios(m: Memory, large_order: int) -> tuple[np.ndarray, int]:
+def maybe_pinned_folios(m: Memory, large_order: int, xp=np) -> tuple[np.ndarray, int]:
     """(bool per folio: it is maybe pinned, or could become so through the references a fork itself takes (the
     small-folio heuristic); the most early copies a fork of ``m`` can make: every mapping of those folios, a PTE or
-    a PMD's 512 pages)."""
+    a PMD's 512 pages). ``xp``: the array module of ``m``'s arrays (CuPy: computed on the device)."""
     if not m.nr_folios:
-        return np.zeros(0, bool), 0
-    if m.nr_pages >= scan.COMPILED_FROM:
+        return xp.zeros(0, bool), 0
+    if m.nr_pages >= scan.COMPILED_FROM and xp is np:
         maybe, bound = scan.maybe_pinned_folios(
             m.folio_order,
             m.folio_refcount,
@@ -41,11 +41,11 @@ def maybe_pinned_folios(m: Memory, large_order: int) -> tuple[np.ndarray, int]:
             PIN_BIAS,
         )
         return maybe, int(bound)
-    nr = np.left_shift(np.int64(1), m.folio_order.astype(np.int64))
-    mapped = np.bincount(m.page_folio, weights=m.page_mapcount, minlength=m.nr_folios).astype(np.int64)
+    nr = xp.left_shift(np.int64(1), m.folio_order.astype(np.int64))
+    mapped = xp.bincount(m.page_folio, weights=m.page_mapcount, minlength=m.nr_folios).astype(np.int64)
     mapped += m.folio_pmd_mapcount.astype(np.int64) * nr
     large = m.folio_order >= large_order
-    maybe = np.where(large, m.folio_pincount > 0, m.folio_refcount.astype(np.int64) + mapped + 1 >= PIN_BIAS)
+    maybe = xp.where(large, m.folio_pincount > 0, m.folio_refcount.astype(np.int64) + mapped + 1 >= PIN_BIAS)
     return maybe, int(mapped[maybe].sum())
 
 

@@ -20,6 +20,12 @@ Steps of one fork (:class:`ForkJob`):
 
 Backends differ only in the kernels module (and, for CUDA, in where the arrays live); see :mod:`gpusim.backend`.
 Kernel arguments are the groups of :mod:`gpusim.kernels.args`.
+
+**Device-resident state**: a space whose arrays are device arrays (CuPy: :meth:`gpusim.regions.RegionSpace.generate`
+on ``cuda``) forks where it is. The working state (the memory, both processes' tables, the slow path's scratch)
+is made with the input's array module and never crosses PCIe; only what the host decides with comes back (which
+tables need the slow path, per-table counts, the slow path's bounds and statuses, THP rows); the final states stay
+on the device. Such a fork runs the compiled paths only (no injections) and does not tear down a failed child.
 """
 
 from __future__ import annotations
@@ -29,9 +35,9 @@ import time
 
 import numpy as np
 
+from gpusim import backend as B
 from gpusim import decode, earlycopy
 from gpusim.hostloop import host_context, machine_arrays
-from gpusim.kernels import cpu as cpu_kernels
 from gpusim.kernels.args import Calls, HugeArrays, OracleParams, SlowArrays, Tables, memory_arrays
 from gpusim.kernels.cpu import shift_entries
 from gpusim.kernels.fields import MEMORY_FIELDS
@@ -140,8 +146,9 @@ def launch_chunked(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``kernels.fork_tables`` over the table rows ``which``, in table-aligned chunks of at most ``chunk_tables``
     rows: each launch sees only its slice of the per-row arrays, which is what a device holds at a time. Returns
-    (needs_host, counts) aligned with ``which``."""
+    (needs_host, counts) aligned with ``which``, host arrays (the state's arrays stay where they are)."""
     T = tab.ppte.shape[0]
+    xp = B.array_module(tab.ppte)
     needs = np.zeros(which.shape[0], bool)
     counts = np.zeros((which.shape[0], len(FAST_COUNTS)), np.int64)
     step = chunk_tables or max(1, T)
@@ -151,9 +158,8 @@ def launch_chunked(
         if sel.size == 0:
             continue
         part = Tables(*(a[lo:hi] for a in tab))
-        needs[sel], counts[sel] = kernels.fork_tables(
-            mode, which[sel] - lo, variant_id, large_order, part, calls, mem, nb
-        )
+        n, c = kernels.fork_tables(mode, xp.asarray(which[sel] - lo), variant_id, large_order, part, calls, mem, nb)
+        needs[sel], counts[sel] = B.to_host(n), B.to_host(c)
     return needs, counts
 
 
@@ -167,13 +173,16 @@ class ForkJob:
         self.space, self.variant, self.plan_inj, self.fork_seq = space, variant, plan_inj, fork_seq
         mm = self.mm = space.mm
         self.v = get_variant(variant)
+        self.xp = xp = B.array_module(mm.pte)  # numpy, or CuPy for device-resident state
+        if xp is not np and plan_inj.injections:
+            raise ValueError("a fork of device-resident state takes no injections (they run on the host)")
         self.work = copy_state(space.memory)  # "put": the engine's own copy of the state (not timed)
         self.ppte = mm.pte.copy()
         # The input is frozen (read-only arrays); the kernels take writeable arrays only, one compiled type each.
-        self.table_index, self.pmd_index = mm.table_index.copy(), mm.pmd_index.copy()
-        self.cpte = np.empty_like(self.ppte)
+        self.table_index, self.pmd_index = self.dev(mm.table_index.copy()), mm.pmd_index.copy()
+        self.cpte = xp.empty_like(self.ppte)
         self.cpte.fill(0)  # touch the child's tables now, not inside the timed kernels
-        self.cexists = np.zeros(mm.nr_tables, np.bool_)
+        self.cexists = xp.zeros(mm.nr_tables, np.bool_)
         t0 = time.perf_counter()
         self.plan = plan_fork(mm)
         self.calls = CallIndex(mm, self.plan)
@@ -196,11 +205,18 @@ class ForkJob:
         put_s = self.reserve_early_copies() if self.compiled else 0.0
 
         self.nb = oracle_params(oracle)
+        self.nb = self.nb._replace(list_cs=self.dev(self.nb.list_cs), list_k=self.dev(self.nb.list_k))
+        self.calls_group = Calls(*(self.dev(a) for a in self.calls.group()))
+        self._tables = None
         # their counts and rows:
         self.slow_tables_done: list[np.ndarray] = []  # table numbers, and their count rows
         self.slow_counts: list[np.ndarray] = []
         self.slow_totals: list[np.ndarray] = []
         self.setup_s = time.perf_counter() - t0 - put_s
+
+    def dev(self, a):
+        """A host array where the working state is (on the device for device-resident state)."""
+        return a if self.xp is np else self.xp.asarray(a)
 
     def reserve_early_copies(self) -> float:
         """Room in the engine's copy of the memory for every early copy the fork can make
@@ -209,9 +225,9 @@ class ForkJob:
         time."""
         t0 = time.perf_counter()
         m = self.work
-        self.maybe, bound = np.zeros(m.nr_folios, bool), 0
+        self.maybe, bound = self.xp.zeros(m.nr_folios, bool), 0
         if self.v.early_cow and self.mm.has_pinned:  # every early-copy test of every variant needs has_pinned
-            self.maybe, bound = earlycopy.maybe_pinned_folios(m, self.v.large_pin_order)
+            self.maybe, bound = earlycopy.maybe_pinned_folios(m, self.v.large_pin_order, self.xp)
         for name in MEMORY_FIELDS:
             if not name.startswith("swap_"):
                 getattr(self.fc.m, name).reserve(bound)
@@ -233,17 +249,22 @@ class ForkJob:
         )
 
     def tables(self) -> Tables:
-        """The kernels' table group of this fork (its working rows)."""
-        mm, calls, T = self.mm, self.calls, self.mm.nr_tables
+        """The kernels' table group of this fork (its working rows), made once."""
+        if self._tables is None:
+            self._tables = self.make_tables()
+        return self._tables
+
+    def make_tables(self) -> Tables:
+        mm, calls, T, xp = self.mm, self.calls, self.mm.nr_tables, self.xp
         return Tables(
             self.table_index,
-            calls.row_lo,
-            calls.row_hi,
+            self.dev(calls.row_lo),
+            self.dev(calls.row_hi),
             self.ppte,
             self.cpte,
             self.cexists,
-            np.full(T, bool(mm.has_pinned)),
-            np.full(T, self.fork_seq, np.int64),
+            xp.full(T, bool(mm.has_pinned)),
+            xp.full(T, self.fork_seq, np.int64),
         )
 
     def launch(self, kernels, mode: int, which: np.ndarray, chunk_tables: int | None):
@@ -256,7 +277,7 @@ class ForkJob:
             self.v.id,
             self.v.large_pin_order,
             self.tables(),
-            self.calls.group(),
+            self.calls_group,
             memory_arrays(machine_arrays(self.fc.m)),
             self.nb,
         )
@@ -324,7 +345,7 @@ class ForkJob:
             np.full(H, bool(mm.has_pinned)),
             np.full(H, self.fork_seq, np.int64),
         )
-        return htab, HugeArrays(mm.pmd.copy(), np.zeros(H, np.uint64), np.zeros(H, np.int8))
+        return htab, HugeArrays(B.to_host(mm.pmd).copy(), np.zeros(H, np.uint64), np.zeros(H, np.int8))
 
     def slow_tables(self, kernels, order: np.ndarray) -> tuple[tuple, int]:
         """The items of ``order`` (PTE rows, and ``-1 - row`` for THPs, in address order) by the compiled slow
@@ -335,9 +356,9 @@ class ForkJob:
         arrays = {name: getattr(m, name).a for name in MEMORY_FIELDS}  # with the room reserved for early copies
         nf, npg = len(m.folio_order), len(m.page_folio)
         htab, huge = self.huge_rows()
-        tab, calls, mem = self.tables(), self.calls.group(), memory_arrays(arrays)
+        tab, calls, mem, xp = self.tables(), self.calls_group, memory_arrays(arrays), self.xp
         nobj = nf + len(m.swap_count)  # the plan's claims, an entry per folio and swap slot (only forks with slow
-        claims = (np.full(nobj, CLAIM_LO, np.int64), np.full(nobj, CLAIM_HI, np.int64))  # items pay for them)
+        claims = (xp.full(nobj, CLAIM_LO, np.int64), xp.full(nobj, CLAIM_HI, np.int64))  # items pay for them)
         bounds, dependent = kernels.slow_plan(order, self.maybe, self.can_stop, tab, huge, calls, mem, *claims)
         cap = len(m.page_folio.a) - npg
         if int(bounds.sum()) > cap:
@@ -347,8 +368,8 @@ class ForkJob:
             arrays["page_content"],
             arrays["folio_pmd_mapcount"],
             states,
-            np.empty((cap, 4), np.int64),
-            np.empty((cap, 2), np.int64),
+            xp.empty((cap, 4), np.int64),
+            xp.empty((cap, 2), np.int64),
             np.zeros((len(order), 4), np.int64),
         )
         counts, status, call = kernels.host_tables(
@@ -358,7 +379,7 @@ class ForkJob:
         i = int(stopped[0]) if len(stopped) else -1
         if i >= 0 and not dependent[i]:
             raise RuntimeError("an item of the slow path run in parallel stopped the fork (a bug of the engine)")
-        total, ni, nd = cpu_kernels.number_in_address_order(nf, npg, seg, order, mem, sp, tab.cpte, htab.cpte)
+        total, ni, nd = kernels.number_in_address_order(nf, npg, seg, order, mem, sp, tab.cpte, htab.cpte)
         for name in MEMORY_FIELDS:
             if not name.startswith("swap_"):
                 getattr(m, name).grow_to((nf if name.startswith("folio_") else npg) + total)
@@ -440,7 +461,7 @@ class ForkJob:
         counts["restart.lb"] += fast["lock_breaks"]  # the fast path's breaks restart without a window
         child_tables = np.concatenate(
             [
-                self.mm.table_index[self.cexists],
+                self.mm.table_index[B.to_host(self.cexists)],
                 np.array(sorted(set(self.fc.child.pmds) | set(self.fc.child.tables.extra)), np.int64),
             ]
         )
@@ -452,9 +473,11 @@ class ForkJob:
     def child_mm(self, stop_vma: int, child_rss: list, swapoff: bool) -> MM:
         """The child after a fork that did not fail: VMAs up to ``stop_vma``, the tables the kernels and the host
         loop filled, the THP tables of splits, the shared huge PMDs."""
-        fc, mm, cexists = self.fc, self.mm, self.cexists
-        rows = slice(None) if cexists.all() else cexists
-        index, pte = merge_tables(mm.table_index[rows], self.cpte[rows], fc.child.tables.extra)
+        fc, mm, cexists = self.fc, self.mm, B.to_host(self.cexists)
+        every = bool(cexists.all())
+        index = mm.table_index if every else mm.table_index[cexists]
+        pte = self.cpte if every else self.cpte[self.cexists]
+        index, pte = merge_tables(index, pte, fc.child.tables.extra)
         pmds = sorted(fc.child.pmds)
         return MM(
             **self.plan.child_mm_vmas(mm, stop_vma),
@@ -478,6 +501,8 @@ class ForkJob:
         memory = Memory(**machine_arrays(fc.m), next_content=fc.m.next_content)
         after_teardown = None
         if stopped[0] == "enomem":
+            if self.xp is not np:
+                raise RuntimeError("a fork of device-resident state failed with ENOMEM: its teardown runs on the host")
             rows = np.concatenate(
                 [
                     self.cpte[self.cexists],
@@ -666,10 +691,12 @@ def merge_tables(index: np.ndarray, pte: np.ndarray, extra: dict) -> tuple[np.nd
     """Rows of a pte array plus extra tables (from THP splits), sorted by table number."""
     if not extra:
         return index, pte
+    xp = B.array_module(pte)
     index = np.concatenate([index, np.array(sorted(extra), np.int64)])
-    pte = np.concatenate([pte, np.array([extra[t] for t in sorted(extra)], np.uint64).reshape(-1, PTRS_PER_TABLE)])
+    more = np.array([extra[t] for t in sorted(extra)], np.uint64).reshape(-1, PTRS_PER_TABLE)
+    pte = xp.concatenate([pte, xp.asarray(more)])
     order = np.argsort(index, kind="stable")
-    return index[order], pte[order]
+    return index[order], pte[xp.asarray(order)]
 
 
 def teardown_arrays(memory: Memory, child_rows: np.ndarray, child_pmds: np.ndarray, counts: dict) -> None:

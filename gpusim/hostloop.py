@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpusim import backend as B
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.reference import ForkContext, Machine, MMState, VmaView
 from gpusim.state import AddressSpace, Memory
@@ -38,7 +39,7 @@ class IntArray:
 
     def append(self, v) -> None:
         if self.n == self.a.shape[0]:
-            grown = np.zeros(max(16, 2 * self.n), dtype=self.a.dtype)
+            grown = B.array_module(self.a).zeros(max(16, 2 * self.n), dtype=self.a.dtype)
             grown[: self.n] = self.a[: self.n]
             self.a = grown
         self.a[self.n] = v
@@ -51,7 +52,7 @@ class IntArray:
         """Room for ``extra`` more elements; returns the whole buffer (a compiled pass writes past ``n``, then
         :meth:`grow_to` takes the new length)."""
         if self.n + extra > self.a.shape[0]:
-            grown = np.zeros(self.n + extra, dtype=self.a.dtype)
+            grown = B.array_module(self.a).zeros(self.n + extra, dtype=self.a.dtype)
             grown[: self.n] = self.a[: self.n]
             self.a = grown
         return self.a

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpusim import backend as B
 from gpusim import decode
 from gpusim.kernels import pte as P
 from gpusim.kernels import scan
@@ -344,11 +345,11 @@ def empty_mm(**kw) -> MM:
 
 
 def copy_state(obj):
-    """A deep copy of a :class:`Memory` or :class:`MM` (arrays copied)."""
+    """A deep copy of a :class:`Memory` or :class:`MM` (arrays copied, where they are: host or device)."""
     kw = {}
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
-        kw[f.name] = v.copy() if isinstance(v, np.ndarray) else v
+        kw[f.name] = v.copy() if hasattr(v, "shape") else v
     return type(obj)(**kw)
 
 
@@ -358,7 +359,7 @@ def resident_bytes(*objs) -> int:
     for o in objs:
         for f in dataclasses.fields(o):
             v = getattr(o, f.name)
-            if isinstance(v, np.ndarray):
+            if hasattr(v, "shape") and hasattr(v, "nbytes"):  # host or device arrays
                 total += v.nbytes
             elif dataclasses.is_dataclass(v):
                 total += resident_bytes(v)
@@ -397,8 +398,9 @@ class DigestSums:
         placed from row ``first_row`` on; ``move`` says how to move row numbers in the values (a chunk's, placed
         in the whole space: :func:`gpusim.kernels.digest.lane_sums`)."""
         dt, shape, seed = self.layout[field]
-        flat = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("=")).reshape(-1)  # no copy if native
-        s0, s1 = lane_sums(flat, first_row * int(np.prod(shape, dtype=np.int64)), seed, move)
+        xp = B.array_module(values)  # a device array is summed where it is
+        flat = xp.ascontiguousarray(values, dtype=values.dtype.newbyteorder("=")).reshape(-1)  # no copy if native
+        s0, s1 = lane_sums(flat, first_row * int(np.prod(shape, dtype=np.int64)), seed, move, xp)
         acc = self.sums.setdefault(field, [0, 0, 0])
         acc[0] += values.shape[0]
         acc[1] = (acc[1] + int(s0)) & MASK64  # the lanes' sums wrap at 64 bits

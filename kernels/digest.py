@@ -32,27 +32,28 @@ def mix(v, key, mult):
 MOVE_NONE, MOVE_ROWS, MOVE_ENTRIES = 0, 1, 2
 
 
-def lane_sums(a, first, seed, move=None):
+def lane_sums(a, first, seed, move=None, xp=np):
     """The two lane sums (uint64) of the flat array ``a`` whose first element is at position ``first``, under
     ``seed``. ``move`` hashes each value moved from one numbering of the memory's rows to another (a chunk's rows
     placed in the whole space: see :mod:`gpusim.stream`): ``("rows", split, below, above)``, row numbers ``v``
     hashed as ``v + below`` under ``split`` and ``v + above`` from it on; ``("entries", page_off, slot_off, split,
-    above)``, page-table entries moved by :func:`gpusim.kernels.pte.pte_moved`."""
+    above)``, page-table entries moved by :func:`gpusim.kernels.pte.pte_moved`. ``xp``: the array module of ``a``
+    (CuPy sums a device array where it is, in the array form; ``entries`` moves are the host's only)."""
     mode = MOVE_NONE if move is None else {"rows": MOVE_ROWS, "entries": MOVE_ENTRIES}[move[0]]
     m = np.zeros(4, np.int64)
     if move is not None:
         m[: len(move) - 1] = move[1:]
-    if a.shape[0] >= scan.COMPILED_FROM or mode == MOVE_ENTRIES:  # else the numpy form (uint64 wraps in both)
-        return lane_sums_compiled(a, first, seed, mode, m)
+    if xp is np and (a.shape[0] >= scan.COMPILED_FROM or mode == MOVE_ENTRIES):  # else the array form
+        return lane_sums_compiled(a, first, seed, mode, m)  # (uint64 wraps in both)
     v = a.astype(np.int64)
     if mode == MOVE_ROWS:
-        v = np.where(v < m[0], v + m[1], v + m[2])
+        v = xp.where(v < m[0], v + m[1], v + m[2])
     v = v.view(np.uint64)
-    p = np.arange(first, first + a.shape[0], dtype=np.uint64) * POSITION
+    p = xp.arange(first, first + a.shape[0], dtype=np.uint64) * POSITION
     out = []
     for k, mult in zip(SEEDS, MULTIPLY):
         z = (v ^ (p ^ (seed ^ k))) * mult
-        out.append(np.bitwise_xor(z, z >> np.uint64(29)).sum(dtype=np.uint64))
+        out.append(xp.bitwise_xor(z, z >> np.uint64(29)).sum(dtype=np.uint64))
     return out[0], out[1]
 
 

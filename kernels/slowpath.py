@@ -1045,3 +1045,47 @@ def run_item(i, x, variant, large_order, tab, htab, huge, calls, mem, nb, sp, co
     if copy_huge_pmd(-x - 1, variant, large_order, htab, huge, calls, mem, counts[i], own):
         return copy_table_slow(-x - 1, variant, large_order, htab, calls, mem, nb, counts[i], own)
     return 0, -1
+
+
+@register_jitable
+def number_in_address_order_into(nf, npg, seg, order, mem, sp, cpte, hcpte, out):
+    """The pass of :func:`gpusim.kernels.cpu.number_in_address_order` (one thread, in item order): (the new rows,
+    installs, duplicates) into ``out``."""
+    # Rows only move down (an item uses at most its bound) and items are taken in order, so moving each row in turn
+    # never overwrites one not yet moved.
+    dst, ni, nd = 0, 0, 0
+    for i in range(order.shape[0]):
+        s = seg[i]
+        d = s - dst  # how far this item's rows move
+        used = sp.state[i, ST_NEXT_FOLIO] - nf - s
+        for k in range(used if d else 0):
+            fo, fn, po, pn = nf + s + k, nf + dst + k, npg + s + k, npg + dst + k
+            mem.folio_order[fn] = mem.folio_order[fo]
+            mem.folio_refcount[fn] = mem.folio_refcount[fo]
+            mem.folio_pincount[fn] = mem.folio_pincount[fo]
+            mem.folio_true_pins[fn] = mem.folio_true_pins[fo]
+            mem.folio_flags[fn] = mem.folio_flags[fo]
+            sp.folio_pmd_mapcount[fn] = sp.folio_pmd_mapcount[fo]
+            mem.folio_first_pfn[fn] = pn
+            mem.page_folio[pn] = fn
+            mem.page_mapcount[pn] = mem.page_mapcount[po]
+            mem.page_flags[pn] = mem.page_flags[po]
+            sp.page_content[pn] = sp.page_content[po]
+        x = order[i]
+        for j in range(s, sp.state[i, ST_INSTALLS]):
+            for col in range(4):
+                sp.installs[ni, col] = sp.installs[j, col]
+            sp.installs[ni, 1] -= d
+            if d:
+                a = sp.installs[ni, 0] % PTRS_PER_TABLE
+                if x >= 0:
+                    cpte[x, a] = pte_set_pfn(cpte[x, a], np.uint64(sp.installs[ni, 1]))
+                else:
+                    hcpte[-x - 1, a] = pte_set_pfn(hcpte[-x - 1, a], np.uint64(sp.installs[ni, 1]))
+            ni += 1
+        for j in range(s, sp.state[i, ST_DUPLICATES]):
+            sp.duplicates[nd, 0] = sp.duplicates[j, 0] - d
+            sp.duplicates[nd, 1] = sp.duplicates[j, 1]
+            nd += 1
+        dst += used
+    out[0], out[1], out[2] = dst, ni, nd

@@ -1,4 +1,5 @@
-"""The compiled region generator (issue 16, item 3): a thread per table builds what the numpy reference builds.
+"""The compiled region generator (issue 16, item 3): a thread per table builds what the numpy reference builds;
+a space it builds in device memory forks there (on a GPU).
 
 :meth:`gpusim.regions.RegionSpace.generate` (CPU ``prange``, CUDA kernels under the simulator here and on a GPU
 in device memory) must give the arrays :meth:`~gpusim.regions.RegionSpace.reference_chunk` gives through the one
@@ -17,6 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_stream import BASE, REGIONS, region_st
 
+import gpusim
+from gpusim import backend as B
+from gpusim.backend import cuda_usable
 from gpusim.kernels.fields import MEMORY_FIELDS, MM_FIELDS
 from gpusim.regions import RegionSpace
 from gpusim.variants import VARIANTS
@@ -43,7 +47,7 @@ def differences(a, b) -> list[str]:
 
 
 def same(x, y) -> bool:
-    return x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y)
+    return x.dtype == y.dtype and x.shape == y.shape and np.array_equal(B.to_host(x), B.to_host(y))
 
 
 def check_chunkings(space: RegionSpace, backend: str, rows_list) -> None:
@@ -63,7 +67,7 @@ def test_the_compiled_generator_builds_what_the_reference_builds(variant, backen
     assert len(whole.mm.pmd) and (m.folio_order[m.folio_order < 9] > 0).any()
     assert m.folio_pincount.any() and (m.folio_true_pins > 0).sum() > m.folio_pincount.astype(bool).sum()
     assert (m.swap_levels > 0).any() and (m.swap_count == 1).any()
-    assert whole.mm.rss.tolist() == whole.validate().mm.rss.tolist() and whole.mm.rss.all()
+    assert space.reference_chunk(0, space.nr_rows).space.validate().mm.rss.all()  # which the generator equals:
     check_chunkings(space, backend, (space.nr_rows, 3, 1))
 
 
@@ -91,7 +95,7 @@ def test_random_regions_generate_as_the_reference_builds(regions, variant, seed,
 
 @settings(max_examples=6, deadline=None)
 @given(regions=st.lists(region_st.map(lambda r: dict(r, size=min(r["size"], 1 << 20))), min_size=1, max_size=2))
-def test_random_regions_generate_on_the_cuda_simulator_too(regions):
+def test_random_regions_generate_on_cudasim_too(regions):
     space = RegionSpace(regions, "linux-6.18", 3)
     check_chunkings(space, "cudasim", (space.nr_rows,))
 
@@ -117,3 +121,27 @@ def test_the_generator_benchmark_checks_each_backend_against_the_first(tmp_path)
         ("anon", "cpu", "equal to reference"),
     ]
     assert all(r["ptes"] == 1024 and r["ptes_per_s"] > 0 for r in rows if r["kind"] == "anon")
+
+
+@pytest.mark.skipif(not cuda_usable(), reason="no usable NVIDIA GPU with CuPy on this machine")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_space_generated_in_cuda_device_memory_forks_there_as_on_the_cpu(variant):
+    space = RegionSpace(CATALOGUE, variant, 11)
+    b = gpusim.fork(space.whole("cuda"), variant, backend="cuda", check=False)
+    a = gpusim.fork(space.whole("cpu"), variant, backend="cpu", check=False)
+    assert B.on_device(b.memory.page_folio) and B.on_device(b.child.pte)
+    assert (b.digest, b.counts, b.outcome, b.child_rss) == (a.digest, a.counts, a.outcome, a.child_rss)
+
+
+def test_a_fork_of_device_memory_refuses_what_needs_the_host(monkeypatch):
+    """Checking invariants, a write phase and another backend read the states on the host: refused in one line."""
+    space = RegionSpace([dict(BASE, size=2 << 20)], "linux-6.18", 0).whole()
+    monkeypatch.setattr(B, "on_device", lambda a: True)  # as if its arrays were CuPy's
+    with pytest.raises(ValueError, match="forks on the cuda backend, not 'cpu'"):
+        gpusim.fork(space, "linux-6.18", backend="cpu", check=False)
+    with pytest.raises(ValueError, match="pass check=False and no writes"):
+        gpusim.fork(space, "linux-6.18", backend="cuda")
+    with pytest.raises(ValueError, match="pass check=False and no writes"):
+        gpusim.fork(space, "linux-6.18", backend="cuda", check=False, writes="parent:all")
+    with pytest.raises(ValueError, match="fork_batch takes address spaces in host memory"):
+        gpusim.fork_batch([space], "linux-6.18", backend="cpu")

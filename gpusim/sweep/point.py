@@ -2,9 +2,9 @@
 
 The workload is built from a seed derived from the sweep's seed, the point's config hash (of what the draws depend
 on: not the backend, cost profile or checks) and the repetition (:func:`point_seed`), so a task gives the same rows
-wherever and whenever it runs, and the same sweep forks the same address spaces on every backend. Then the forks of the point's
-``fork.chain`` and ``fork.generations`` run in order, each row carrying the counts, modelled latency, invariant
-status and state digest of one fork (:func:`fork_row`).
+wherever and whenever it runs, and the same sweep forks the same address spaces on every backend. Then the forks of
+the point's ``fork.chain`` and ``fork.generations`` run in order, each row carrying the counts, modelled latency,
+invariant status and state digest of one fork (:func:`fork_row`).
 """
 
 from __future__ import annotations
