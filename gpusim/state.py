@@ -322,7 +322,8 @@ class AddressSpace:
         chain of forks takes its next input from here."""
         space = cls(mm, memory)
         for a in space.arrays():
-            a.flags.writeable = False
+            if not B.on_device(a):  # device arrays have no read-only flag
+                a.flags.writeable = False
         object.__setattr__(space, "_valid", True)
         return space
 

@@ -140,12 +140,13 @@ def region_space(workload, variant: str, seed) -> RegionSpace:
     return RegionSpace([r.model_dump() for r in workload.regions], variant, seed, workload.has_pinned)
 
 
-def build_workload(workload, variant: str, seed) -> tuple[AddressSpace, str | None, list | None]:
+def build_workload(workload, variant: str, seed, backend: str = "cpu") -> tuple[AddressSpace, str | None, list | None]:
     """The address space of a workload spec (:data:`gpusim.sweep.spec.Workload`), and the oracle and injections it
-    brings (a catalogue scenario's; None otherwise)."""
+    brings (a catalogue scenario's; None otherwise). The generators' kinds are built by ``backend``'s generator
+    (``cuda``: in device memory); the others in host memory."""
     kind = workload.kind
     if kind in ("anon", "mixed"):
-        return region_space(workload, variant, seed).whole(), None, None
+        return region_space(workload, variant, seed).whole(backend), None, None
     if kind == "snapshot":
         return snapshot_space(workload.path, variant, [parse_range(r) for r in workload.pinned]), None, None
     if kind == "layout":

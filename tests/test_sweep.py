@@ -10,7 +10,7 @@ import pytest
 from sweeps import kill_part_way, result_rows, run_sweep, write
 
 import gpusim
-from gpusim.sweep.point import run_point
+from gpusim.sweep.point import build_backend, run_point
 from gpusim.sweep.runner import SweepRunner
 from gpusim.sweep.spec import load_sweep
 from gpusim.yamlerr import ConfigError
@@ -67,6 +67,17 @@ def test_the_same_sweep_forks_the_same_spaces_on_every_backend(tmp_path):
     same = lambda r: (r["seed"], r["digest"], r["count.installs"], r["outcome"])  # noqa: E731
     assert [same(r) for r in a] == [same(r) for r in b] and a[0]["digest"] != a[1]["digest"]
     assert any(r["count.installs"] for r in a) and {r["backend"] for r in b} == {"cudasim"}
+
+
+def test_a_gpu_sweep_generates_its_spaces_on_the_card_when_nothing_reads_them_on_the_host(tmp_path):
+    def where(**keys):
+        text = SMALL + "".join(f"{k}: {v}\n" for k, v in keys.items())
+        return build_backend(load_sweep(write(tmp_path, text.replace("backend: cpu\n", "")))[1][0].config)
+
+    assert where(backend="cuda", check="false") == "cuda"  # generated, forked and hashed on the card
+    assert where(backend="cuda", check="true") == "cpu"  # the invariant checker reads the states on the host
+    assert where(backend="cudasim", check="false") == "cpu"
+    assert where(backend="cpu", check="false") == "cpu"
 
 
 @pytest.mark.parametrize(

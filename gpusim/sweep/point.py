@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from gpusim.api import fork, write_phase
+from gpusim.backend import resolve
 from gpusim.costmodel import latency, load_profile, write_latency
 from gpusim.state import AddressSpace
 from gpusim.stream import fork_streamed, stream_rows
@@ -57,7 +58,7 @@ def run_point(point: Point, repetition: int) -> list[dict]:
         space, oracle, inject = (
             (region_space(cfg.workload, cfg.fork.variant, ss), None, None)
             if per_chunk
-            else build_workload(cfg.workload, cfg.fork.variant, ss)
+            else build_workload(cfg.workload, cfg.fork.variant, ss, build_backend(cfg))
         )
     except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
         return [dict(base, fork_index=0, outcome="error", error=f"workload: {type(e).__name__}: {e}")]
@@ -67,6 +68,14 @@ def run_point(point: Point, repetition: int) -> list[dict]:
     oracle = cfg.fork.oracle or oracle or "never"
     inject = cfg.fork.inject if cfg.fork.inject is not None else (inject or [])
     return run_tree(point, space, oracle, inject, base, build_s, profile)
+
+
+def build_backend(cfg) -> str:
+    """Where a point's workload is generated: in device memory when it forks on ``cuda`` and nothing reads its
+    states on the host (no invariant check, write phase or injections: :func:`gpusim.api.refuse_resident`), so
+    that the state never crosses PCIe; otherwise in host memory (by the CPU's generator)."""
+    on_card = resolve(cfg.backend) == "cuda" and not cfg.check and cfg.fork.writes is None and not cfg.fork.inject
+    return "cuda" if on_card and cfg.workload.kind in ("anon", "mixed") else "cpu"
 
 
 def run_tree(point: Point, space: AddressSpace, oracle, inject, base: dict, build_s: float, profile) -> list[dict]:
