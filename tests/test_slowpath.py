@@ -12,7 +12,6 @@ from strategies import VARIANTS
 import gpusim
 from gpusim import decode, earlycopy
 from gpusim.backend import kernels
-from gpusim.engine import cpu_kernels
 from gpusim.kernels.args import SlowArrays, memory_arrays
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import PTRS_PER_TABLE
@@ -126,10 +125,10 @@ def test_items_that_share_a_folio_run_in_order_the_others_in_parallel(backend, m
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, 4)), max_size=8))
-def test_new_rows_are_numbered_in_address_order(items):
+@given(items=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, 4)), max_size=8))
+def test_new_rows_are_numbered_in_address_order(items, backend):
     """Items allocate from segments of their bounds; closing them up numbers the rows as one walk in address
-    order would have, and the child entries and logs follow."""
+    order would have, and the child entries and logs follow (the CPU's pass, and the CUDA kernel's)."""
     used = np.array([u for u, _, _ in items], np.int64)
     bounds = used + np.array([b for _, b, _ in items], np.int64)
     installed = np.minimum(used, np.array([k for _, _, k in items], np.int64))
@@ -153,7 +152,8 @@ def test_new_rows_are_numbered_in_address_order(items):
         states[i, ST_NEXT_FOLIO] += used[i]
         states[i, ST_INSTALLS] += installed[i]
         states[i, ST_DUPLICATES] += used[i]
-    total, ni, nd = cpu_kernels.number_in_address_order(nf, npg, seg, np.arange(n), mem, sp, cpte, cpte[:0])
+    numbering = kernels(backend).number_in_address_order
+    total, ni, nd = numbering(nf, npg, seg, np.arange(n), mem, sp, cpte, cpte[:0])
     walk = [100 * i + k for i in range(n) for k in range(used[i])]  # one walk in address order
     assert total == len(walk) == nd
     assert mem.folio_refcount[nf : nf + total].tolist() == walk == sp.page_content[npg : npg + total].tolist()
