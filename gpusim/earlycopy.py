@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpusim import backend as B
+from gpusim.decode import without_offsets
 from gpusim.kernels import scan
-from gpusim.kernels.flags import PIN_BIAS
+from gpusim.kernels.flags import PIN_BIAS, PTRS_PER_TABLE
+from gpusim.kernels.pte import PFN_SHIFT
 from gpusim.kernels.slowpath import NR_STATE, ST_DUPLICATES, ST_END_FOLIO, ST_INSTALLS, ST_NEXT_FOLIO, ST_NEXT_PFN
 from gpusim.state import Memory
 
@@ -60,3 +63,49 @@ def item_states(bounds: np.ndarray, nr_folios: int, nr_pages: int) -> tuple[np.n
     states[:, ST_DUPLICATES] = seg
     states[:, ST_END_FOLIO] = nr_folios + seg + bounds
     return seg, states
+
+
+FOLIO_ROWS = ("folio_order", "folio_refcount", "folio_pincount", "folio_true_pins", "folio_flags")
+PAGE_ROWS = ("page_mapcount", "page_flags")
+
+
+def number_in_address_order(nr_folios, nr_pages, seg, order, mem, sp, cpte, hcpte, xp) -> tuple[int, int, int]:
+    """The closing-up of :func:`gpusim.kernels.cpu.number_in_address_order` as array operations of ``xp`` (CuPy:
+    where a device-resident fork's state is), every move a gather by prefix sums: an item's used rows, installs and
+    duplicates go to the exclusive prefix sums of what the items used, shifted down by ``d``, the item's segment
+    start less its new start; the child entries of moved installs (``cpte``, or ``hcpte`` on the host for THPs)
+    take the new pfns. ``sp.state`` and ``hcpte`` are host arrays. Returns (the new rows, installs, duplicates)."""
+    nf, npg, st = int(nr_folios), int(nr_pages), sp.state
+    used, ninst, ndup = st[:, ST_NEXT_FOLIO] - nf - seg, st[:, ST_INSTALLS] - seg, st[:, ST_DUPLICATES] - seg
+    d = seg - (np.cumsum(used) - used)  # how far each item's rows move down
+    total, ni, nd = int(used.sum()), int(ninst.sum()), int(ndup.sum())
+    dev = xp.asarray
+    if (d[used > 0] != 0).any():
+        src = xp.arange(total) + xp.repeat(dev(d), dev(used))
+        for name in FOLIO_ROWS:
+            a = getattr(mem, name)
+            a[nf : nf + total] = a[nf + src]
+        sp.folio_pmd_mapcount[nf : nf + total] = sp.folio_pmd_mapcount[nf + src]
+        for name in PAGE_ROWS:
+            a = getattr(mem, name)
+            a[npg : npg + total] = a[npg + src]
+        sp.page_content[npg : npg + total] = sp.page_content[npg + src]
+        mem.folio_first_pfn[nf : nf + total] = npg + xp.arange(total)
+        mem.page_folio[npg : npg + total] = nf + xp.arange(total)
+    shift = xp.repeat(dev(d), dev(ninst))
+    inst = sp.installs[xp.arange(ni) + xp.repeat(dev(seg - (np.cumsum(ninst) - ninst)), dev(ninst))]
+    inst[:, 1] -= shift
+    sp.installs[:ni] = inst
+    moved = shift != 0
+    rows, slot = xp.repeat(dev(order), dev(ninst)), inst[:, 0] % PTRS_PER_TABLE
+    pte_rows = moved & (rows >= 0)
+    r, a = rows[pte_rows], slot[pte_rows]
+    cpte[r, a] = without_offsets(cpte[r, a]) | (inst[pte_rows, 1].astype(np.uint64) << np.uint64(PFN_SHIFT))
+    thp = B.to_host(moved & (rows < 0))
+    if thp.any():  # a split THP's child table, on the host
+        hr, ha, hp = (B.to_host(x)[thp] for x in (-rows - 1, slot, inst[:, 1]))
+        hcpte[hr, ha] = without_offsets(hcpte[hr, ha]) | (hp.astype(np.uint64) << np.uint64(PFN_SHIFT))
+    dups = sp.duplicates[xp.arange(nd) + xp.repeat(dev(seg - (np.cumsum(ndup) - ndup)), dev(ndup))]
+    dups[:, 0] -= xp.repeat(dev(d), dev(ndup))
+    sp.duplicates[:nd] = dups
+    return total, ni, nd

@@ -38,6 +38,7 @@ import numpy as np
 from gpusim import backend as B
 from gpusim import decode, earlycopy
 from gpusim.hostloop import host_context, machine_arrays
+from gpusim.kernels import cpu as cpu_kernels
 from gpusim.kernels.args import Calls, HugeArrays, OracleParams, SlowArrays, Tables, memory_arrays
 from gpusim.kernels.cpu import shift_entries
 from gpusim.kernels.fields import MEMORY_FIELDS
@@ -379,7 +380,10 @@ class ForkJob:
         i = int(stopped[0]) if len(stopped) else -1
         if i >= 0 and not dependent[i]:
             raise RuntimeError("an item of the slow path run in parallel stopped the fork (a bug of the engine)")
-        total, ni, nd = kernels.number_in_address_order(nf, npg, seg, order, mem, sp, tab.cpte, htab.cpte)
+        if kernels is cpu_kernels:  # the CPU's pass; on CUDA the same moves as array operations where the state is
+            total, ni, nd = cpu_kernels.number_in_address_order(nf, npg, seg, order, mem, sp, tab.cpte, htab.cpte)
+        else:
+            total, ni, nd = earlycopy.number_in_address_order(nf, npg, seg, order, mem, sp, tab.cpte, htab.cpte, xp)
         for name in MEMORY_FIELDS:
             if not name.startswith("swap_"):
                 getattr(m, name).grow_to((nf if name.startswith("folio_") else npg) + total)

@@ -195,9 +195,3 @@ def generate_signature():
         _fields_type(GEN_OUT_FIELDS, GenOut),
     )
     return (_numba_type(_B, 0), i64, i64, i64, *groups)
-
-
-def numbering_signature():
-    """The numba types of the parameters of the slow path's numbering kernel (:mod:`gpusim.kernels.cuda`)."""
-    i64, a1, a2 = _numba_type(_I64, 0), _numba_type(_I64, 1), _numba_type(_PTE, 2)
-    return (i64, i64, a1, a1, _group_type("memory"), _group_type("slow"), a2, a2, a1)

@@ -18,9 +18,19 @@ from gpusim.kernels import generate as gen
 from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
 from gpusim.kernels import writes as wk
 from gpusim.kernels.args import GenOut, GenRows, GenVmas, Proc, Scratch, WMem  # noqa: F401  (groups, for the host)
-from gpusim.kernels.pte import pte_moved
+from gpusim.kernels.flags import PTRS_PER_TABLE
+from gpusim.kernels.pte import pte_moved, pte_set_pfn
 from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
-from gpusim.kernels.slowpath import CHECK, CLAIM, NR_SLOW_COUNTS, item_objects, number_in_address_order_into, run_item
+from gpusim.kernels.slowpath import (
+    CHECK,
+    CLAIM,
+    NR_SLOW_COUNTS,
+    ST_DUPLICATES,
+    ST_INSTALLS,
+    ST_NEXT_FOLIO,
+    item_objects,
+    run_item,
+)
 from gpusim.kernels.table import copy_table_fast, table_needs_host
 
 
@@ -153,7 +163,44 @@ def number_in_address_order(nr_folios, nr_pages, seg, order, mem, sp, cpte, hcpt
 
 @njit(cache=True, _nrt=False)
 def _number_in_address_order(nf, npg, seg, order, mem, sp, cpte, hcpte, out):
-    number_in_address_order_into(nf, npg, seg, order, mem, sp, cpte, hcpte, out)
+    # Rows only move down (an item uses at most its bound) and items are taken in order, so moving each row in turn
+    # never overwrites one not yet moved.
+    dst, ni, nd = 0, 0, 0
+    for i in range(order.shape[0]):
+        s = seg[i]
+        d = s - dst  # how far this item's rows move
+        used = sp.state[i, ST_NEXT_FOLIO] - nf - s
+        for k in range(used if d else 0):
+            fo, fn, po, pn = nf + s + k, nf + dst + k, npg + s + k, npg + dst + k
+            mem.folio_order[fn] = mem.folio_order[fo]
+            mem.folio_refcount[fn] = mem.folio_refcount[fo]
+            mem.folio_pincount[fn] = mem.folio_pincount[fo]
+            mem.folio_true_pins[fn] = mem.folio_true_pins[fo]
+            mem.folio_flags[fn] = mem.folio_flags[fo]
+            sp.folio_pmd_mapcount[fn] = sp.folio_pmd_mapcount[fo]
+            mem.folio_first_pfn[fn] = pn
+            mem.page_folio[pn] = fn
+            mem.page_mapcount[pn] = mem.page_mapcount[po]
+            mem.page_flags[pn] = mem.page_flags[po]
+            sp.page_content[pn] = sp.page_content[po]
+        x = order[i]
+        for j in range(s, sp.state[i, ST_INSTALLS]):
+            for col in range(4):
+                sp.installs[ni, col] = sp.installs[j, col]
+            sp.installs[ni, 1] -= d
+            if d:
+                a = sp.installs[ni, 0] % PTRS_PER_TABLE
+                if x >= 0:
+                    cpte[x, a] = pte_set_pfn(cpte[x, a], np.uint64(sp.installs[ni, 1]))
+                else:
+                    hcpte[-x - 1, a] = pte_set_pfn(hcpte[-x - 1, a], np.uint64(sp.installs[ni, 1]))
+            ni += 1
+        for j in range(s, sp.state[i, ST_DUPLICATES]):
+            sp.duplicates[nd, 0] = sp.duplicates[j, 0] - d
+            sp.duplicates[nd, 1] = sp.duplicates[j, 1]
+            nd += 1
+        dst += used
+    out[0], out[1], out[2] = dst, ni, nd
 
 
 NO_SPLIT = np.int64(1) << 62  # every pfn below it: one offset for all

@@ -39,7 +39,7 @@ from gpusim.kernels.atomics import atomic_add, atomic_max, atomic_min
 from gpusim.kernels.flags import PTRS_PER_TABLE, V_6_18, VM_SHARED, is_cow_mapping
 from gpusim.kernels.pte import KIND_PRESENT, pte_kind, pte_special
 from gpusim.kernels.rules import C_SWAPOFF, MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
-from gpusim.kernels.slowpath import CHECK, CLAIM, NR_SLOW_COUNTS, item_objects, number_in_address_order_into, run_item
+from gpusim.kernels.slowpath import CHECK, CLAIM, NR_SLOW_COUNTS, item_objects, run_item
 from gpusim.kernels.table import (
     batch_candidate,
     check_folios_of,
@@ -302,12 +302,6 @@ def write_exit_kernel(m, pr):
         wk.exit_mmap(m, pr)
 
 
-def number_kernel(nf, npg, seg, order, mem, sp, cpte, hcpte, out):
-    """One thread numbers the slow path's new rows in address order (the pass is sequential by nature)."""
-    if cuda.grid(1) == 0:
-        number_in_address_order_into(nf, npg, seg, order, mem, sp, cpte, hcpte, out)
-
-
 def generate_rows_kernel(anon_exclusive, large_order, page_c0, slot_c0, v, w, o):
     """The region generator's step 2 (:func:`gpusim.kernels.generate.generate_row`): a thread per table row."""
     r = cuda.grid(1)
@@ -322,7 +316,6 @@ claim_kernel = cuda.jit(slow_claim_kernel)
 check_kernel = cuda.jit(slow_check_kernel)
 items_kernel = cuda.jit(slow_items_kernel)
 gen_kernel = cuda.jit(generate_rows_kernel)
-numbering_kernel = cuda.jit(number_kernel)
 
 
 def _to_device(a):
@@ -563,19 +556,6 @@ def host_tables(order, dependent, variant, large_order, tab, htab, huge, calls, 
     return args[11:]
 
 
-def number_in_address_order(nr_folios, nr_pages, seg, order, mem, sp, cpte, hcpte):
-    """Same contract as :func:`gpusim.kernels.cpu.number_in_address_order`: on device-resident state (and under the
-    simulator) a one-thread kernel where the state is; on host arrays the CPU's pass, where they already are."""
-    if not SIMULATOR and not on_device(mem.page_folio):
-        from gpusim.kernels import cpu
-
-        return cpu.number_in_address_order(nr_folios, nr_pages, seg, order, mem, sp, cpte, hcpte)
-    out = np.zeros(3, np.int64)
-    args = (nr_folios, nr_pages, seg, order, mem, sp, cpte, hcpte, out)
-    _run([(numbering_kernel, 1, ())], args, (7, 8))
-    return int(out[0]), int(out[1]), int(out[2])
-
-
 # The write phase: same contracts as the CPU engine's (:mod:`gpusim.kernels.cpu`); the groups are host arrays,
 # copied to the device for each launch and back (the state stays on the host between the steps' launches).
 
@@ -638,7 +618,6 @@ def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
         for k in WRITE_KERNELS:
             out[k.__name__] = compile_ptx(k, writes[k.__name__], cc=cc)[0]
         out["generate_rows_kernel"] = compile_ptx(generate_rows_kernel, A.generate_signature(), cc=cc)[0]
-        out["number_kernel"] = compile_ptx(number_kernel, A.numbering_signature(), cc=cc)[0]
     finally:
         if real is not None:
             disp.get_current_device = real

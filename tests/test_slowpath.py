@@ -13,6 +13,7 @@ import gpusim
 from gpusim import decode, earlycopy
 from gpusim.backend import kernels
 from gpusim.kernels.args import SlowArrays, memory_arrays
+from gpusim.kernels.cpu import number_in_address_order
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import PTRS_PER_TABLE
 from gpusim.kernels.slowpath import ST_DUPLICATES, ST_INSTALLS, ST_NEXT_FOLIO
@@ -125,10 +126,14 @@ def test_items_that_share_a_folio_run_in_order_the_others_in_parallel(backend, m
 
 
 @settings(max_examples=60, deadline=None)
-@given(items=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, 4)), max_size=8))
-def test_new_rows_are_numbered_in_address_order(items, backend):
+@given(
+    items=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, 4)), max_size=8),
+    form=st.sampled_from(["compiled", "arrays"]),
+)
+def test_new_rows_are_numbered_in_address_order(items, form):
     """Items allocate from segments of their bounds; closing them up numbers the rows as one walk in address
-    order would have, and the child entries and logs follow (the CPU's pass, and the CUDA kernel's)."""
+    order would have, and the child entries and logs follow: the CPU's pass, and its array form (what a fork of
+    device-resident state runs, with CuPy)."""
     used = np.array([u for u, _, _ in items], np.int64)
     bounds = used + np.array([b for _, b, _ in items], np.int64)
     installed = np.minimum(used, np.array([k for _, _, k in items], np.int64))
@@ -139,7 +144,9 @@ def test_new_rows_are_numbered_in_address_order(items, backend):
     mem = memory_arrays(arrays)
     logs = (np.zeros((room, 4), np.int64), np.zeros((room, 2), np.int64))
     sp = SlowArrays(arrays["page_content"], arrays["folio_pmd_mapcount"], states, *logs, np.zeros((n, 4), np.int64))
-    cpte = np.zeros((n, PTRS_PER_TABLE), np.uint64)
+    cpte, hcpte = np.zeros((n, PTRS_PER_TABLE), np.uint64), np.zeros((n, PTRS_PER_TABLE), np.uint64)
+    order = np.array([i if i % 2 == 0 else -i - 1 for i in range(n)], np.int64)  # odd items: THPs (their tables)
+    table = lambda i: cpte[i] if order[i] >= 0 else hcpte[-order[i] - 1]  # noqa: E731
     for i in range(n):  # what item i's run leaves: its used rows marked (i, k), the first ones installed at k
         for k in range(used[i]):
             f, p = nf + seg[i] + k, npg + seg[i] + k
@@ -148,12 +155,14 @@ def test_new_rows_are_numbered_in_address_order(items, backend):
             sp.duplicates[seg[i] + k] = (p, 1)
             if k < installed[i]:
                 sp.installs[seg[i] + k] = (i * PTRS_PER_TABLE + k, p, 1, 0)
-                cpte[i, k] = decode.with_offsets(np.uint64(1), p)
+                table(i)[k] = decode.with_offsets(np.uint64(1), p)
         states[i, ST_NEXT_FOLIO] += used[i]
         states[i, ST_INSTALLS] += installed[i]
         states[i, ST_DUPLICATES] += used[i]
-    numbering = kernels(backend).number_in_address_order
-    total, ni, nd = numbering(nf, npg, seg, np.arange(n), mem, sp, cpte, cpte[:0])
+    if form == "compiled":
+        total, ni, nd = number_in_address_order(nf, npg, seg, order, mem, sp, cpte, hcpte)
+    else:
+        total, ni, nd = earlycopy.number_in_address_order(nf, npg, seg, order, mem, sp, cpte, hcpte, np)
     walk = [100 * i + k for i in range(n) for k in range(used[i])]  # one walk in address order
     assert total == len(walk) == nd
     assert mem.folio_refcount[nf : nf + total].tolist() == walk == sp.page_content[npg : npg + total].tolist()
@@ -164,4 +173,4 @@ def test_new_rows_are_numbered_in_address_order(items, backend):
     expect = [(i * PTRS_PER_TABLE + k, npg + first[i] + k) for i in range(n) for k in range(installed[i])]
     assert list(map(tuple, sp.installs[:ni, :2].tolist())) == expect
     for a, p in expect:
-        assert decode.offsets(cpte[a // PTRS_PER_TABLE, a % PTRS_PER_TABLE]) == p
+        assert decode.offsets(table(a // PTRS_PER_TABLE)[a % PTRS_PER_TABLE]) == p
