@@ -69,6 +69,14 @@ FOLIO_ROWS = ("folio_order", "folio_refcount", "folio_pincount", "folio_true_pin
 PAGE_ROWS = ("page_mapcount", "page_flags")
 
 
+def repeat_where(xp, values: np.ndarray, counts: np.ndarray):
+    """``numpy.repeat(values, counts)`` (host arrays in) made with ``xp``: each of the ``sum(counts)`` positions
+    finds its item by a binary search of the counts' prefix sums (CuPy's ``repeat`` takes host counts only)."""
+    ends = np.cumsum(counts)
+    total = int(ends[-1]) if len(ends) else 0
+    return xp.asarray(values)[xp.searchsorted(xp.asarray(ends), xp.arange(total), side="right")]
+
+
 def number_in_address_order(nr_folios, nr_pages, seg, order, mem, sp, cpte, hcpte, xp) -> tuple[int, int, int]:
     """The closing-up of :func:`gpusim.kernels.cpu.number_in_address_order` as array operations of ``xp`` (CuPy:
     where a device-resident fork's state is), every move a gather by prefix sums: an item's used rows, installs and
@@ -79,9 +87,8 @@ def number_in_address_order(nr_folios, nr_pages, seg, order, mem, sp, cpte, hcpt
     used, ninst, ndup = st[:, ST_NEXT_FOLIO] - nf - seg, st[:, ST_INSTALLS] - seg, st[:, ST_DUPLICATES] - seg
     d = seg - (np.cumsum(used) - used)  # how far each item's rows move down
     total, ni, nd = int(used.sum()), int(ninst.sum()), int(ndup.sum())
-    dev = xp.asarray
     if (d[used > 0] != 0).any():
-        src = xp.arange(total) + xp.repeat(dev(d), dev(used))
+        src = xp.arange(total) + repeat_where(xp, d, used)
         for name in FOLIO_ROWS:
             a = getattr(mem, name)
             a[nf : nf + total] = a[nf + src]
@@ -92,20 +99,20 @@ def number_in_address_order(nr_folios, nr_pages, seg, order, mem, sp, cpte, hcpt
         sp.page_content[npg : npg + total] = sp.page_content[npg + src]
         mem.folio_first_pfn[nf : nf + total] = npg + xp.arange(total)
         mem.page_folio[npg : npg + total] = nf + xp.arange(total)
-    shift = xp.repeat(dev(d), dev(ninst))
-    inst = sp.installs[xp.arange(ni) + xp.repeat(dev(seg - (np.cumsum(ninst) - ninst)), dev(ninst))]
+    shift = repeat_where(xp, d, ninst)
+    inst = sp.installs[xp.arange(ni) + repeat_where(xp, seg - (np.cumsum(ninst) - ninst), ninst)]
     inst[:, 1] -= shift
     sp.installs[:ni] = inst
-    moved = shift != 0
-    rows, slot = xp.repeat(dev(order), dev(ninst)), inst[:, 0] % PTRS_PER_TABLE
+    moved, pfn = shift != 0, inst[:, 1].astype(np.uint64) << np.uint64(PFN_SHIFT)
+    rows, slot = repeat_where(xp, order, ninst), inst[:, 0] % PTRS_PER_TABLE
     pte_rows = moved & (rows >= 0)
     r, a = rows[pte_rows], slot[pte_rows]
-    cpte[r, a] = without_offsets(cpte[r, a]) | (inst[pte_rows, 1].astype(np.uint64) << np.uint64(PFN_SHIFT))
+    cpte[r, a] = without_offsets(cpte[r, a]) | pfn[pte_rows]
     thp = B.to_host(moved & (rows < 0))
     if thp.any():  # a split THP's child table, on the host
-        hr, ha, hp = (B.to_host(x)[thp] for x in (-rows - 1, slot, inst[:, 1]))
-        hcpte[hr, ha] = without_offsets(hcpte[hr, ha]) | (hp.astype(np.uint64) << np.uint64(PFN_SHIFT))
-    dups = sp.duplicates[xp.arange(nd) + xp.repeat(dev(seg - (np.cumsum(ndup) - ndup)), dev(ndup))]
-    dups[:, 0] -= xp.repeat(dev(d), dev(ndup))
+        hr, ha, hp = (B.to_host(x)[thp] for x in (-rows - 1, slot, pfn))
+        hcpte[hr, ha] = without_offsets(hcpte[hr, ha]) | hp
+    dups = sp.duplicates[xp.arange(nd) + repeat_where(xp, seg - (np.cumsum(ndup) - ndup), ndup)]
+    dups[:, 0] -= repeat_where(xp, d, ndup)
     sp.duplicates[:nd] = dups
     return total, ni, nd
