@@ -19,31 +19,21 @@ import numpy as np
 
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.regions import RegionSpace
+from gpusim.sweep.spec import Region
 from gpusim.units import parse_size
 
-BASE = dict(
-    vmas=1,
-    backing="anon",
-    shared=False,
-    flags=[],
-    folio_order=0,
-    thp_fraction=0.0,
-    fill=1.0,
-    swap_fraction=0.0,
-    swap_count_max=1,
-    pinned_fraction=0.0,
-    pinned_placement="scattered",
-    pinned_regions=1,
-)
+
+def region(**keys) -> dict:
+    """A region's keys, the sweep files' defaults for those not given."""
+    return Region(**keys).model_dump()
 
 
 def regions(kind: str, size: int) -> list[dict]:
     if kind == "anon":
-        return [dict(BASE, size=size)]
+        return [region(size=size)]
     return [
-        dict(BASE, size=size // 2, pinned_fraction=0.25, thp_fraction=0.2, swap_fraction=0.1, swap_count_max=200),
-        dict(
-            BASE,
+        region(size=size // 2, pinned_fraction=0.25, thp_fraction=0.2, swap_fraction=0.1, swap_count_max=200),
+        region(
             size=size // 4,
             folio_order=4,
             fill=0.7,
@@ -51,8 +41,8 @@ def regions(kind: str, size: int) -> list[dict]:
             pinned_placement="contiguous",
             pinned_regions=4,
         ),
-        dict(BASE, size=size // 8, backing="file"),
-        dict(BASE, size=size // 8, backing="shmem", shared=True),
+        region(size=size // 8, backing="file"),
+        region(size=size // 8, backing="shmem", shared=True),
     ]
 
 
