@@ -65,6 +65,15 @@ def array_module(a):
     return np
 
 
+def array_module_for(name: str):
+    """The array module a fast backend's state lives in: CuPy for ``cuda``, numpy for the others."""
+    if name == "cuda":
+        import cupy
+
+        return cupy
+    return np
+
+
 def to_host(a) -> np.ndarray:
     """``a`` as a numpy array (copied from the device when it is a device array)."""
     return a.get() if on_device(a) else np.asarray(a)

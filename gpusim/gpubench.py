@@ -288,9 +288,7 @@ def bench_resident(
     On ``cuda`` forks of up to :data:`GRAPH_MAX_PTES` are timed a second way, as replays of a CUDA graph of the
     launch (``graph_*`` fields), and checked too."""
     kernels = B.kernels(backend)
-    xp = np
-    if backend == "cuda":
-        import cupy as xp
+    xp = B.array_module_for(backend)
     traffic = traffic_bytes_per_pte()
     report = {"backend": backend, "variant": variant, "traffic_bytes_per_pte": traffic, "rows": []}
     if backend == "cuda":
@@ -327,9 +325,7 @@ def bench_streamed(
     argument of :mod:`gpusim.stream`), at other addresses. Every chunk is checked against the CPU engine at full
     size (:func:`check_against_cpu`; not timed). Times: building, forking, summing the counts, and all three, summed
     over the chunks."""
-    xp = np
-    if backend == "cuda":
-        import cupy as xp
+    xp = B.array_module_for(backend)
     kernels = B.kernels(backend)
     if total_pages % chunk_pages or chunk_pages % PTRS_PER_TABLE:
         raise ValueError("total_pages must be a multiple of chunk_pages, itself a multiple of 512")

@@ -370,9 +370,7 @@ class RegionSpace:
         """The chunk of rows ``[lo, hi)`` as :meth:`reference_chunk` builds it, by the compiled generator
         (:mod:`gpusim.kernels.generate`) of the fast ``backend``: on ``cuda`` its arrays (tables and memory) are
         built in device memory and stay there (CuPy arrays); its VMAs, table numbers and rss are host arrays."""
-        xp = np
-        if backend == "cuda":
-            import cupy as xp
+        xp = B.array_module_for(backend)
         w = self.gen_rows(lo, hi)
         npte, npmd = int((~w.thp).sum()), int(w.thp.sum())
         (page_base, folio_base, slot_base), (p1, f1, s1) = self.row_first[lo], self.row_first[hi]
