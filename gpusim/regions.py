@@ -409,7 +409,7 @@ class RegionSpace:
             pte=o.pte,
             pmd_index=tables[w.thp],
             pmd=o.pmd,
-            rss=rss.get() if hasattr(rss, "get") else rss,
+            rss=B.to_host(rss),
             has_pinned=self.has_pinned,
             on_swapoff_list=self.on_swapoff_list,
         )
