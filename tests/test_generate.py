@@ -145,3 +145,38 @@ def test_a_fork_of_device_memory_refuses_what_needs_the_host(monkeypatch):
         gpusim.fork(space, "linux-6.18", backend="cuda", check=False, writes="parent:all")
     with pytest.raises(ValueError, match="fork_batch takes address spaces in host memory"):
         gpusim.fork_batch([space], "linux-6.18", backend="cpu")
+
+
+class OnCard(np.ndarray):
+    """A numpy array standing for a CuPy one: the device-resident path's branches run here with numpy's semantics
+    (the real CuPy run is the ``resident`` step of ``benchmarks/gpu_check.py``)."""
+
+
+class FakeCupy:
+    """numpy's functions, their array results marked :class:`OnCard`."""
+
+    def __getattr__(self, name):
+        fn = getattr(np, name)
+
+        def on_card(*args, **kw):
+            out = fn(*args, **kw)
+            return out.view(OnCard) if isinstance(out, np.ndarray) else out
+
+        return on_card if callable(fn) else fn
+
+
+@pytest.mark.parametrize("variant", ["linux-5.10", "linux-6.18", "xu-v1"])
+def test_the_device_resident_path_with_numpy_standing_for_cupy(monkeypatch, variant):
+    fake, kernels = FakeCupy(), B.kernels
+    monkeypatch.setattr(B, "on_device", lambda a: isinstance(a, OnCard))
+    monkeypatch.setattr(B, "array_module", lambda a: fake if isinstance(a, OnCard) else np)
+    monkeypatch.setattr(B, "array_module_for", lambda name: fake if name == "cuda" else np)
+    monkeypatch.setattr(B, "to_host", lambda a: np.array(a))  # a copy, as from the device
+    monkeypatch.setattr(B, "kernels", lambda name: kernels("cudasim" if name == "cuda" else name))
+    space = RegionSpace(CATALOGUE, variant, 11)
+    dev = space.whole("cuda")
+    assert isinstance(dev.mm.pte, OnCard) and isinstance(dev.memory.page_folio, OnCard)
+    b = gpusim.fork(dev, variant, backend="cuda", check=False)
+    a = gpusim.fork(space.whole("cpu"), variant, backend="cpu", check=False)
+    assert isinstance(b.memory.page_folio, OnCard) and isinstance(b.child.pte, OnCard) and b.counts["installs"]
+    assert (b.digest, b.counts, b.outcome, b.child_rss) == (a.digest, a.counts, a.outcome, a.child_rss)
