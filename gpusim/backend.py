@@ -79,6 +79,16 @@ def to_host(a) -> np.ndarray:
     return a.get() if on_device(a) else np.asarray(a)
 
 
+def device_free_bytes() -> int:
+    """Free memory of the current CUDA device (through CuPy; 0 without one)."""
+    try:
+        import cupy
+
+        return int(cupy.cuda.Device().mem_info[0])
+    except Exception:  # no CuPy, no driver, no device
+        return 0
+
+
 def resolve(name: str) -> str:
     """The concrete backend for a name."""
     if name not in BACKENDS:

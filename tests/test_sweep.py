@@ -69,15 +69,18 @@ def test_the_same_sweep_forks_the_same_spaces_on_every_backend(tmp_path):
     assert any(r["count.installs"] for r in a) and {r["backend"] for r in b} == {"cudasim"}
 
 
-def test_a_gpu_sweep_generates_its_spaces_on_the_card_when_nothing_reads_them_on_the_host(tmp_path):
+def test_a_gpu_sweep_generates_its_spaces_on_the_card_when_nothing_reads_them_on_the_host(tmp_path, monkeypatch):
     def where(**keys):
         text = SMALL + "".join(f"{k}: {v}\n" for k, v in keys.items())
         return build_backend(load_sweep(write(tmp_path, text.replace("backend: cpu\n", "")))[1][0].config)
 
+    monkeypatch.setattr(gpusim.backend, "device_free_bytes", lambda: 1 << 40)  # as on a card with 1 TiB free
     assert where(backend="cuda", check="false") == "cuda"  # generated, forked and hashed on the card
     assert where(backend="cuda", check="true") == "cpu"  # the invariant checker reads the states on the host
     assert where(backend="cudasim", check="false") == "cpu"
     assert where(backend="cpu", check="false") == "cpu"
+    monkeypatch.setattr(gpusim.backend, "device_free_bytes", lambda: 64 << 20)  # the fork would not fit the card
+    assert where(backend="cuda", check="false") == "cpu"
 
 
 @pytest.mark.parametrize(

@@ -14,13 +14,13 @@ import time
 
 import numpy as np
 
+from gpusim import backend as B
 from gpusim.api import fork, write_phase
-from gpusim.backend import resolve
 from gpusim.costmodel import latency, load_profile, write_latency
 from gpusim.state import AddressSpace
 from gpusim.stream import fork_streamed, stream_rows
 from gpusim.sweep.spec import Point, config_hash
-from gpusim.workloads import build_workload, region_space
+from gpusim.workloads import build_workload, fork_memory_bytes, region_space
 from gpusim.writes import generated_steps
 
 
@@ -71,11 +71,15 @@ def run_point(point: Point, repetition: int) -> list[dict]:
 
 
 def build_backend(cfg) -> str:
-    """Where a point's workload is generated: in device memory when it forks on ``cuda`` and nothing reads its
-    states on the host (no invariant check, write phase or injections: :func:`gpusim.api.refuse_resident`), so
-    that the state never crosses PCIe; otherwise in host memory (by the CPU's generator)."""
-    on_card = resolve(cfg.backend) == "cuda" and not cfg.check and cfg.fork.writes is None and not cfg.fork.inject
-    return "cuda" if on_card and cfg.workload.kind in ("anon", "mixed") else "cpu"
+    """Where a point's workload is generated: in device memory when it forks on ``cuda``, nothing reads its states
+    on the host (no invariant check, write phase or injections: :func:`gpusim.api.refuse_resident`) and the fork
+    fits in the card's free memory, so that the state never crosses PCIe; otherwise in host memory (by the CPU's
+    generator)."""
+    on_card = B.resolve(cfg.backend) == "cuda" and not cfg.check and cfg.fork.writes is None and not cfg.fork.inject
+    if not on_card or cfg.workload.kind not in ("anon", "mixed"):
+        return "cpu"
+    need = fork_memory_bytes(cfg.workload)
+    return "cuda" if need is not None and need <= B.device_free_bytes() else "cpu"
 
 
 def run_tree(point: Point, space: AddressSpace, oracle, inject, base: dict, build_s: float, profile) -> list[dict]:
