@@ -8,7 +8,8 @@ one builder; ``cpu``: the compiled generator, a thread per table; ``cuda``: the 
 device memory, timed to the end of the kernel), best of ``--repeat``. Prints PTEs/s, the state's bytes per PTE
 and each backend's time over the first one's; every build is checked against the first backend's, array by array
 (a device build is copied back for the check, which is not timed). ``mixed`` holds pins scattered and in runs, THPs,
-large folios, swap counts past SWAP_MAP_MAX, file and shmem; ``anon`` is dense 4 KiB anonymous memory.
+large folios, swap counts past SWAP_MAP_MAX, file and shmem; ``anon`` is dense 4 KiB anonymous memory; ``pinned``
+the same with 25 % of its pages pinned.
 """
 
 import argparse
@@ -29,8 +30,12 @@ def region(**keys) -> dict:
 
 
 def regions(kind: str, size: int) -> list[dict]:
+    """The regions of a workload kind: ``anon`` (dense 4 KiB anon), ``pinned`` (the same, 25 % pinned, scattered:
+    the pinned target's workload) or ``mixed``."""
     if kind == "anon":
         return [region(size=size)]
+    if kind == "pinned":
+        return [region(size=size, pinned_fraction=0.25)]
     return [
         region(size=size // 2, pinned_fraction=0.25, thp_fraction=0.2, swap_fraction=0.1, swap_count_max=200),
         region(

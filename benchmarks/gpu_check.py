@@ -165,15 +165,8 @@ import json, sys, time
 import cupy
 import gpusim
 from gpusim.regions import RegionSpace
-BASE = dict(vmas=1, backing="anon", shared=False, flags=[], folio_order=0, thp_fraction=0.0, fill=1.0,
-            swap_fraction=0.0, swap_count_max=1, pinned_fraction=0.0, pinned_placement="scattered", pinned_regions=1)
-def regions(kind, size):
-    if kind == "pinned":  # the pinned target's workload: dense 4 KiB anon, 25 %% pinned, scattered
-        return [dict(BASE, size=size, pinned_fraction=0.25)]
-    return [dict(BASE, size=size // 2, pinned_fraction=0.25, thp_fraction=0.2, swap_fraction=0.1, swap_count_max=200),
-            dict(BASE, size=size // 4, folio_order=4, fill=0.7, pinned_fraction=0.25, pinned_placement="contiguous",
-                 pinned_regions=4),
-            dict(BASE, size=size // 8, backing="file"), dict(BASE, size=size // 8, backing="shmem", shared=True)]
+sys.path.insert(0, "benchmarks")
+from bench_generate import regions  # the workload kinds, defined once
 def sync():
     cupy.cuda.Device().synchronize()
 out = []

@@ -378,7 +378,7 @@ class RegionSpace:
         shape = {name: (rows[name.split("_")[0]],) for name in MEMORY_FIELDS}
         shape.update(pte=(npte, PTRS_PER_TABLE), pmd=(npmd,), rss=(hi - lo, 4))
         o = GenOut(**{name: xp.zeros(shape[name], dt) for name, (dt, _) in GEN_OUT_FIELDS.items()})
-        dev = (lambda g: type(g)(*(xp.asarray(a) for a in g))) if xp is not np else (lambda g: g)  # noqa: E731
+        dev = lambda g: type(g)(*(xp.asarray(a) for a in g))  # noqa: E731  (numpy's asarray: the arrays themselves)
         slot_c0 = self.nr_pages + int(slot_base) + 1
         B.kernels(backend).generate_rows(
             self.anon_exclusive,

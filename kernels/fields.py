@@ -94,20 +94,23 @@ WRITE_SCRATCH_FIELDS: dict[str, tuple[np.dtype, int]] = {
 # groups of slots), how many are present, swapped out and pinned (scattered), the VMA's folios before the table,
 # where its pages, folios and slots start in the chunk, its row among the chunk's PTE tables or huge PMDs (-1).
 GEN_VMA_FIELDS: dict[str, tuple[np.dtype, int]] = {
-    **{f: (np.dtype(np.int64), 1) for f in ("start", "n", "order", "swap_max", "run_lo", "run_hi")},
+    **{
+        f: (np.dtype(np.int64), 1)
+        for f in ("start", "n", "order", "swap_max", "run_lo", "run_hi", "run_start", "run_len")
+    },
     "anon": (np.dtype(np.bool_), 1),
     "pin_runs": (np.dtype(np.bool_), 1),
     "flags": (np.dtype(np.uint64), 1),
     "backing": (np.dtype(np.uint8), 1),
     "keys": (np.dtype(np.uint64), 2),
-    "run_start": (np.dtype(np.int64), 1),
-    "run_len": (np.dtype(np.int64), 1),
 }
 GEN_ROW_FIELDS: dict[str, tuple[np.dtype, int]] = {
     **{
         f: (np.dtype(np.int64), 1)
-        for f in ("vma", "table", "units", "present", "swapped", "pinned", "folios_before")
-        + ("page0", "folio0", "slot0", "pte_row", "pmd_row")
+        for f in (
+            *("vma", "table", "units", "present", "swapped", "pinned", "folios_before"),
+            *("page0", "folio0", "slot0", "pte_row", "pmd_row"),
+        )
     },
     "thp": (np.dtype(np.bool_), 1),
 }
