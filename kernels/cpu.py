@@ -17,7 +17,7 @@ from numba.core.errors import NumbaIRAssumptionWarning
 from gpusim.kernels import generate as gen
 from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
 from gpusim.kernels import writes as wk
-from gpusim.kernels.args import GenOut, GenRows, GenVmas, Proc, Scratch, WMem  # noqa: F401  (groups, for the host)
+from gpusim.kernels.args import Proc, Scratch, WMem  # noqa: F401  (the write phase's groups, for the host)
 from gpusim.kernels.flags import PTRS_PER_TABLE
 from gpusim.kernels.pte import pte_moved, pte_set_pfn
 from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS

@@ -34,7 +34,7 @@ from gpusim.kernels import args as A
 from gpusim.kernels import generate as gen
 from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
 from gpusim.kernels import writes as wk
-from gpusim.kernels.args import GenOut, GenRows, GenVmas, Proc, Scratch, WMem  # noqa: F401  (groups, for the host)
+from gpusim.kernels.args import Proc, Scratch, WMem  # noqa: F401  (the write phase's groups, for the host)
 from gpusim.kernels.atomics import atomic_add, atomic_max, atomic_min
 from gpusim.kernels.flags import PTRS_PER_TABLE, V_6_18, VM_SHARED, is_cow_mapping
 from gpusim.kernels.pte import KIND_PRESENT, pte_kind, pte_special
