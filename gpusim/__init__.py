@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "fork": "gpusim.api",
     "fork_batch": "gpusim.api",
+    "fork_streamed": "gpusim.stream",
     "BACKENDS": "gpusim.backend",
     "parse_layout": "gpusim.layout",
     "LayoutError": "gpusim.layout",
@@ -41,12 +42,12 @@ def load_results(path):
     return _load(path)
 
 
-def workload(kind, variant=None, seed=0, **params):
+def workload(kind, variant=None, seed=0, streamed=False, **params):
     """The address space of a workload (``gpusim fork --workload``; see :func:`gpusim.sweep.pyapi.workload`)."""
     from gpusim.sweep.pyapi import workload as _workload
     from gpusim.variants import DEFAULT_VARIANT
 
-    return _workload(kind, variant or DEFAULT_VARIANT, seed, **params)
+    return _workload(kind, DEFAULT_VARIANT if variant is None else variant, seed, streamed, **params)
 
 
 def run_sweep(spec_or_path, out=None, executor="local", workers=None, backend=None, verify=False, address=None):
@@ -67,6 +68,7 @@ def load_profile(name_or_path=None):
 __all__ = [
     "fork",
     "fork_batch",
+    "fork_streamed",
     "parse_layout",
     "LayoutError",
     "ForkResult",

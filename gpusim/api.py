@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from gpusim import backend as _backend
+from gpusim import checkargs
 from gpusim.engine import fork_fast, fork_fast_batch
 from gpusim.invariants import check_invariants, check_write_phase
 from gpusim.oracle import InjectionPlan, LockBreakOracle
@@ -17,7 +18,7 @@ from gpusim.reference import fork_reference
 from gpusim.result import ForkResult
 from gpusim.state import AddressSpace
 from gpusim.variants import DEFAULT_VARIANT, get_variant
-from gpusim.writes import parse_writes, run_write_phase
+from gpusim.writes import Step, parse_writes, run_write_phase
 
 BACKENDS = _backend.BACKENDS
 
@@ -46,15 +47,16 @@ def fork(
     A space in device memory (``RegionSpace(...).whole("cuda")``) forks there on ``cuda``, with ``check=False`` and no
     writes; its result's states stay on the device, and its digest is computed there.
     """
-    get_variant(variant)
-    steps = parse_writes(writes) if writes is not None else None
-    backend = _backend.resolve(backend)
+    checkargs.instance("space", space, AddressSpace, SPACE_HINT)
+    variant, backend, oracle, fork_seq = common_args(variant, backend, oracle, fork_seq, "fork_seq")
+    plan = injection_plan(inject)
+    check = checkargs.boolean("check", check)
+    chunk_tables = checkargs.optional_integer("chunk_tables", chunk_tables, 1)
+    steps = None if writes is None else parse_writes(writes_arg(writes))
     if _backend.on_device(space.mm.pte):
         refuse_resident(backend, check, steps)  # the generator's device spaces: valid by construction
     else:
         space.validate()
-    oracle = LockBreakOracle.parse(oracle) if isinstance(oracle, str) else oracle
-    plan = inject if isinstance(inject, InjectionPlan) else InjectionPlan.parse(inject)
     plan.fired.clear()
     if backend == "reference":
         result = fork_reference(space, variant, oracle, plan, fork_seq)
@@ -65,6 +67,40 @@ def fork(
     if steps is not None and result.outcome == "ok":
         result.write_phase = write_phase(result, steps, check)
     return result
+
+
+SPACE_HINT = "from gpusim.workload(...) or gpusim.parse_layout(...)"
+FORK_SEQ_MAX = checkargs.I64_MAX  # the kernels keep a fork's number (the oracle's and injections' key) as int64
+
+
+def common_args(variant, backend, oracle, fork_seq, seq_name: str):
+    """The arguments :func:`fork` and :func:`fork_batch` share, checked: (variant, concrete backend, the oracle
+    object, fork number). A wrong one is a TypeError or ValueError naming it."""
+    get_variant(variant)
+    backend = _backend.resolve(backend)
+    if isinstance(oracle, str):
+        oracle = LockBreakOracle.parse(oracle)
+    checkargs.instance("oracle", oracle, LockBreakOracle, "never, always, every:N, bern:P:SEED or list:(s,k),...")
+    return variant, backend, oracle, checkargs.integer(seq_name, fork_seq, 0, FORK_SEQ_MAX)
+
+
+def injection_plan(inject) -> InjectionPlan:
+    """``fork``'s ``inject``: a plan, or injections in their notation (one string, a list of them, or none)."""
+    if isinstance(inject, InjectionPlan):
+        return inject
+    return InjectionPlan.parse(() if inject is None else checkargs.strings("inject", inject, "an injection"))
+
+
+def writes_arg(writes):
+    """``fork``'s ``writes``: the notation, or a list of step notations (or steps), checked for type."""
+    if isinstance(writes, str):
+        return writes
+    if not isinstance(writes, (list, tuple)):
+        raise TypeError(f"writes: the write notation (e.g. 'parent:all; child:all') or a list of steps, not {writes!r}")
+    for i, w in enumerate(writes):
+        if not isinstance(w, (str, Step)):
+            raise TypeError(f"writes[{i}]: a step in the write notation (e.g. 'child:all'), not {w!r}")
+    return writes
 
 
 def refuse_resident(backend: str, check: bool, steps) -> None:
@@ -107,13 +143,17 @@ def fork_batch(
     result equals what :func:`fork` gives for that space alone. No injections: a fork with injections is a
     :func:`fork` of its own.
     """
-    get_variant(variant)
-    for s in spaces:
+    if not isinstance(spaces, (list, tuple)):
+        raise TypeError(f"spaces: a list of AddressSpace ({SPACE_HINT}), not {type(spaces).__name__}")
+    variant, backend, oracle, fork_seq0 = common_args(variant, backend, oracle, fork_seq0, "fork_seq0")
+    checkargs.integer("fork_seq0", fork_seq0, 0, FORK_SEQ_MAX - len(spaces))
+    check = checkargs.boolean("check", check)
+    chunk_tables = checkargs.optional_integer("chunk_tables", chunk_tables, 1)
+    for i, s in enumerate(spaces):
+        checkargs.instance(f"spaces[{i}]", s, AddressSpace, SPACE_HINT)
         if _backend.on_device(s.mm.pte):
             raise ValueError("fork_batch takes address spaces in host memory (fork one in device memory with fork)")
         s.validate()
-    backend = _backend.resolve(backend)
-    oracle = LockBreakOracle.parse(oracle) if isinstance(oracle, str) else oracle
     if backend == "reference":
         return [fork(s, variant, "reference", oracle, (), fork_seq0 + i, check) for i, s in enumerate(spaces)]
     results = fork_fast_batch(spaces, variant, _backend.kernels(backend), backend, oracle, fork_seq0, chunk_tables)

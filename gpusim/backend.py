@@ -89,8 +89,14 @@ def device_free_bytes() -> int:
         return 0
 
 
+MAX_WORKERS = 4096  # parallel tasks a sweep may ask for (processes or Ray tasks): a bound, not a tuning
+
+
 def resolve(name: str) -> str:
-    """The concrete backend for a name."""
+    """The concrete backend for a name: UnknownBackend (a ValueError) for another string, TypeError for no
+    string."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend: one of {', '.join(BACKENDS)}, not {type(name).__name__} {name!r}")
     if name not in BACKENDS:
         raise UnknownBackend(name)
     if name == "auto":

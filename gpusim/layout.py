@@ -77,6 +77,7 @@ from gpusim.kernels.flags import (
     VM_WRITE,
     swap_cap,
 )
+from gpusim.machine import fork_memory_for_pages, require_memory
 from gpusim.state import AddressSpace
 from gpusim.variants import DEFAULT_VARIANT, get_variant
 
@@ -209,7 +210,7 @@ class _Layout:
 
 
 def _int_mod(val: str | None, name: str, lo: int = 0, hi: int = I32_MAX) -> int:
-    if val is None or not re.fullmatch(r"\d+", val):
+    if val is None or not re.fullmatch(r"[0-9]+", val):
         raise ValueError(f"modifier '{name}' needs a whole number, as in {name}=2")
     if len(val) > 20 or int(val) > hi:
         raise ValueError(f"modifier '{name}={val}' is larger than {hi}")
@@ -225,10 +226,13 @@ def parse_layout(text: str, variant: str = DEFAULT_VARIANT) -> AddressSpace:
     The variant matters for two things only: which folios count as large for ``add_pin`` (order >= 1 in
     linux-6.18, >= 2 before), and whether swap entries start exclusive (linux-6.18 only).
     """
+    if not isinstance(text, str):
+        raise TypeError(f"layout: a string in the layout notation (e.g. 'normal*512'), not {type(text).__name__}")
     b = _Layout(variant)  # an unknown variant is an UnknownVariant (ValueError) here
     tokens = [(m.group(0), m.start()) for m in re.finditer(r"\S+", text)]
     if not tokens:
         raise LayoutError("the layout is empty", text, 0, 0, "")
+    require_memory(fork_memory_for_pages(_pages_bound(tokens)), "the layout")
     for idx, (tok, col) in enumerate(tokens):
         try:
             _apply_token(b, tok)
@@ -242,6 +246,24 @@ def parse_layout(text: str, variant: str = DEFAULT_VARIANT) -> AddressSpace:
         raise LayoutError(str(e), text, len(tokens) - 1, tokens[-1][1], tokens[-1][0]) from None
 
 
+def _pages_bound(tokens) -> int:
+    """An upper bound of the entries a layout's tokens make (each token's width times its count; ``gap`` and
+    ``hole`` make none), read before anything is built, so that a layout too large for memory is refused whole
+    however its pages are spread over tokens. Malformed tokens count 0 here: the parse names them."""
+    total = 0
+    for tok, _ in tokens:
+        m = _TOKEN_RE.match(tok)
+        if not m:
+            continue
+        kind = m.group("body").split(":")[0]
+        count = m.group("count")
+        n = min(int(count), MAX_COUNT) if count and re.fullmatch(r"[0-9]{1,12}", count) else 1
+        fm = re.fullmatch(r"folio([0-9]{1,3})", kind)
+        width = PTRS_PER_TABLE if kind == "thp" else int(fm.group(1)) if fm else 1
+        total += 0 if kind in ("gap", "hole", "vma", "mm") else n * width
+    return total
+
+
 def _apply_token(b: _Layout, tok: str) -> None:
     m = _TOKEN_RE.match(tok)
     if not m:
@@ -250,7 +272,7 @@ def _apply_token(b: _Layout, tok: str) -> None:
     kind, mods = parts[0], parts[1:]
     count = 1
     if m.group("count") is not None:
-        if not re.fullmatch(r"\d+", m.group("count")) or int(m.group("count")) < 1:
+        if not re.fullmatch(r"[0-9]+", m.group("count")) or int(m.group("count")) < 1:
             raise ValueError("the count after '*' must be a whole number >= 1")
         count = int(m.group("count"))
         if count > MAX_COUNT:
@@ -272,7 +294,7 @@ def _apply_token(b: _Layout, tok: str) -> None:
             b.has_pinned_override = val == "1"
         return
     order = None
-    fm = re.fullmatch(r"folio(\d+)", kind)
+    fm = re.fullmatch(r"folio([0-9]+)", kind)
     if fm:
         n = int(fm.group(1))
         if n < 2 or n > 512 or n & (n - 1):
@@ -344,7 +366,7 @@ def _exclusive_pages(parsed: dict, nr: int) -> np.ndarray:
         return np.zeros(nr, bool)
     ex = np.ones(nr, bool)
     for s in parsed["nonex"].split(","):
-        if not re.fullmatch(r"\d+", s) or int(s) >= nr:
+        if not re.fullmatch(r"[0-9]+", s) or int(s) >= nr:
             raise ValueError(f"nonex index '{s}' is not a page of this {nr}-page folio")
         ex[int(s)] = False
     return ex

@@ -78,12 +78,12 @@ class LockBreakOracle:
             s = s[3:]
         if s in ("never", "always"):
             return cls(s, text=s)
-        m = re.fullmatch(r"every:(\d+)", s)
+        m = re.fullmatch(r"every:([0-9]+)", s)
         if m:
             if int(m.group(1)) < 1:
                 raise NotationError(f"oracle '{text}': every:N needs N >= 1")
             return cls("every", n=int(m.group(1)), text=s)
-        m = re.fullmatch(r"bern:([0-9.eE+-]+):(\d+)", s)
+        m = re.fullmatch(r"bern:([0-9.eE+-]+):([0-9]+)", s)
         if m:
             try:
                 p = float(m.group(1))
@@ -95,8 +95,8 @@ class LockBreakOracle:
         m = re.fullmatch(r"list:(.*)", s)
         if m:
             body = m.group(1).replace(" ", "")
-            pairs = re.findall(r"\((\d+),(\d+)\)", body)
-            if not pairs or re.sub(r"\(\d+,\d+\),?", "", body) != "":
+            pairs = re.findall(r"\(([0-9]+),([0-9]+)\)", body)
+            if not pairs or re.sub(r"\([0-9]+,[0-9]+\),?", "", body) != "":
                 raise NotationError(f"oracle '{text}': list: takes pairs (call_start,k), e.g. list:(0,3),(512,0)")
             return cls("list", pairs=frozenset((int(a), int(b)) for a, b in pairs), text=s)
         raise NotationError(f"unknown oracle '{text}' (known: never, always, every:N, bern:P:SEED, list:(s,k),...)")
@@ -126,10 +126,10 @@ class Injection:
     events: tuple[Event, ...] = ()
 
 
-_FAIL_RE = re.compile(r"fail@(?P<point>[a-z.]+)#(?P<n>\d+)(?:@(?P<call>\d+))?")
-_BERN_RE = re.compile(r"fail@bern:(?P<q>[0-9.eE+-]+):(?P<seed>\d+)(?:@(?P<call>\d+))?")
-_WIN_RE = re.compile(r"@(?P<w>[A-Z]+)#(?P<n>\d+)(?:@(?P<call>\d+))?:(?P<events>.*)", re.S)
-_EVENT_RE = re.compile(r"(?P<name>[a-z]+)\((?P<addr>\d+)\)")
+_FAIL_RE = re.compile(r"fail@(?P<point>[a-z.]+)#(?P<n>[0-9]+)(?:@(?P<call>[0-9]+))?")
+_BERN_RE = re.compile(r"fail@bern:(?P<q>[0-9.eE+-]+):(?P<seed>[0-9]+)(?:@(?P<call>[0-9]+))?")
+_WIN_RE = re.compile(r"@(?P<w>[A-Z]+)#(?P<n>[0-9]+)(?:@(?P<call>[0-9]+))?:(?P<events>.*)", re.S)
+_EVENT_RE = re.compile(r"(?P<name>[a-z]+)\((?P<addr>[0-9]+)\)")
 
 
 def parse_injection(text: str) -> Injection:

@@ -34,6 +34,7 @@ from gpusim.kernels.flags import (
     VM_SHARED,
     VM_WRITE,
 )
+from gpusim.machine import fork_memory_for_pages, require_memory
 from gpusim.state import AddressSpace
 from gpusim.variants import get_variant
 
@@ -71,6 +72,10 @@ def snapshot_vmas(t: pa.Table, where) -> list[dict]:
             raise ValueError(f"{where}: metadata gpusim.vmas[{i}]: {', '.join(bad)} missing or of the wrong type")
         if not 0 <= v["start"] < v["end"] <= 1 << 45:  # page numbers, below 57-bit virtual addresses
             raise ValueError(f"{where}: metadata gpusim.vmas[{i}]: start and end are not pages with start < end")
+        if not re.fullmatch(r"[r-][w-][x-][ps]", v["perms"]):
+            raise ValueError(
+                f"{where}: metadata gpusim.vmas[{i}]: perms '{v['perms']}' is not as /proc/PID/maps has it"
+            )
     return vmas
 
 
@@ -111,10 +116,12 @@ def check_snapshot(t: pa.Table, where) -> None:
 
 def parse_range(text: str) -> tuple[int, int]:
     """``START-END`` (bytes, hex with 0x or decimal) -> (first page, end page)."""
-    m = re.fullmatch(r"\s*(0x[0-9a-fA-F]+|\d+)\s*-\s*(0x[0-9a-fA-F]+|\d+)\s*", text)
+    m = re.fullmatch(r"\s*(0x[0-9a-fA-F]+|[0-9]+)\s*-\s*(0x[0-9a-fA-F]+|[0-9]+)\s*", text)
     if not m:
         raise ValueError(f"pinned range '{text}' is not START-END (addresses, 0x... or decimal)")
     a, b = int(m.group(1), 0), int(m.group(2), 0)
+    if b > 1 << 64:
+        raise ValueError(f"pinned range '{text}' ends past 2**64 (a 64-bit address space)")
     if b <= a:
         raise ValueError(f"pinned range '{text}' is empty")
     return a // PAGE, -(-b // PAGE)
@@ -203,6 +210,7 @@ def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = 
         check_snapshot(t, "snapshot")
     else:
         t = read_snapshot(path_or_table)
+    require_memory(fork_memory_for_pages(t.num_rows), "the snapshot's fork")  # one row per captured page
     vmas = snapshot_vmas(t, "snapshot")
     p = _Pages(t, pinned)
     heads = np.flatnonzero(thp_heads(p.addr, p.vma, p.present, p.thp))

@@ -32,15 +32,17 @@ from collections.abc import Callable
 
 import numpy as np
 
+from gpusim import checkargs
 from gpusim.api import fork
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import PTRS_PER_TABLE, RSS_NAMES
-from gpusim.machine import require_memory
+from gpusim.machine import FORK_COPIES, PAGE_BYTES, PROCESS_BYTES, require_memory
 from gpusim.plan import VMA_COUNT_NAMES
 from gpusim.regions import Chunk, RegionSpace
 from gpusim.result import ForkResult, InvariantReport, TableStats, finish_counts, new_counts, rss_dict
 from gpusim.state import MM, AddressSpace, DigestSums, Memory, empty_mm, resident_bytes
-from gpusim.workloads import FORK_COPIES, PAGE_BYTES, PROCESS_BYTES, fork_memory_bytes, state_bytes_bound
+from gpusim.variants import get_variant
+from gpusim.workloads import fork_memory_bytes, state_bytes_bound
 
 VMA_FIELDS = ("vma_start", "vma_end", "vma_flags", "vma_backing", "vma_anon_vma")
 PER_FORK_COUNTS = ("fork.base", "fork.mm", "table.upper_alloc", *VMA_COUNT_NAMES)
@@ -263,9 +265,22 @@ def distinct_rows(stats: TableStats) -> TableStats:
     return TableStats(stats.table[first], stats.passes[first], stats.events[first])
 
 
+def streamed_args(space, variant, chunk_rows, validate, progress) -> tuple[str, int, bool]:
+    """:func:`fork_streamed`'s arguments checked (a TypeError or ValueError naming a wrong one): (variant, tables
+    per chunk, validate)."""
+    checkargs.instance("space", space, RegionSpace, "from gpusim.workload(..., streamed=True)")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress: a function of (tables done, tables), not {type(progress).__name__}")
+    return (
+        space.variant if variant is None else get_variant(variant).name,
+        checkargs.optional_integer("chunk_rows", chunk_rows, 1) or default_chunk_rows(),
+        checkargs.boolean("validate", validate),
+    )
+
+
 def fork_streamed(
     space: RegionSpace,
-    variant: str,
+    variant: str | None = None,
     backend: str = "auto",
     check: bool = True,
     chunk_rows: int | None = None,
@@ -275,8 +290,9 @@ def fork_streamed(
     """Fork ``space`` chunk by chunk (``chunk_rows`` tables each; default :func:`default_chunk_rows`) and return
     what the fork of the whole space returns, less its final states. ``progress(tables_done, tables)`` is called
     after each chunk. The generator's chunks are valid by construction (the tests validate them) and go to the
-    fork unchecked, unless ``validate``."""
-    chunk_rows = int(chunk_rows or default_chunk_rows())
+    fork unchecked, unless ``validate``. ``variant`` defaults to the one ``space`` was generated for
+    (``gpusim.workload(..., streamed=True)``)."""
+    variant, chunk_rows, validate = streamed_args(space, variant, chunk_rows, validate, progress)
     digest, totals = ChunkDigest(space), Totals()
     last = stopped = None
     nchunks = 0

@@ -9,7 +9,7 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 def parse_size(text: str) -> int:
     """Bytes from ``4096``, ``64KiB``, ``1GiB``, ``2TiB`` (binary units; ``K``/``M``/``G``/``T`` accepted too)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*", text, re.I)
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?B)?\s*", text, re.I)
     if not m:
         raise ValueError(f"size '{text}' is not a number of bytes with an optional unit (KiB, MiB, GiB, TiB)")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])

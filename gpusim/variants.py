@@ -128,6 +128,9 @@ class UnknownVariant(ValueError):
 
 
 def get_variant(name: str) -> Variant:
+    """The variant named ``name``: UnknownVariant (a ValueError) for another string, TypeError for no string."""
+    if not isinstance(name, str):
+        raise TypeError(f"variant: one of {', '.join(VARIANTS)}, not {type(name).__name__} {name!r}")
     try:
         return VARIANTS[name]
     except KeyError:

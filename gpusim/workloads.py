@@ -23,6 +23,7 @@ from gpusim.kernels.flags import (
     VM_DEFAULT_ANON,
 )
 from gpusim.layout import parse_layout
+from gpusim.machine import FORK_COPIES, PAGE_BYTES, PROCESS_BYTES
 from gpusim.regions import RegionSpace
 from gpusim.snapshot import parse_range, snapshot_space
 from gpusim.state import MM, AddressSpace, Memory
@@ -98,19 +99,6 @@ def dense_anon(nr_pages: int, has_pinned: bool = False, pin_every: int = 0) -> A
         has_pinned = True
     memory = Memory.build(**mem, next_content=int(nr_pages) + 1)
     return AddressSpace(dense_anon_mm(nr_pages, pte, has_pinned), memory)
-
-
-# The bytes of one mapped 4 KiB page in the state: its PTE, its page row and (order 0) its folio row; a swapped
-# page holds a swap slot instead of the page and folio rows, which is less.
-PAGE_BYTES = MM_FIELDS["pte"][0].itemsize + sum(
-    dt.itemsize for name, (dt, _) in MEMORY_FIELDS.items() if name.startswith(("page_", "folio_"))
-)
-# A fork holds several copies of the state at its peak: the input, the engine's working copy, the child's tables,
-# the result, and the invariant checker's decoded entries. Measured with `/usr/bin/time -f %M gpusim fork
-# --workload anon --set size=S` (2-vCPU VM, 2026-11-30): 3.3x (16 GiB) to 5.3x (1 GiB) of the state's bytes above
-# the interpreter's own 190 MiB; the estimate takes 4x of an upper bound of the state plus 256 MiB.
-FORK_COPIES = 4
-PROCESS_BYTES = 256 << 20
 
 
 def state_bytes_bound(workload) -> int | None:

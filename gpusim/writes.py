@@ -80,7 +80,7 @@ class Step:
         return f"{self.who}:{self.lo}" if self.lo == self.hi else f"{self.who}:{self.lo}-{self.hi}"
 
 
-_ADDR = r"(0x[0-9a-fA-F]+|\d+)"
+_ADDR = r"(0x[0-9a-fA-F]+|[0-9]+)"
 
 
 def parse_step(text: str, k: int) -> Step:
@@ -461,7 +461,8 @@ def generated_steps(parent: MM, child: MM, fractions: dict, order: str, child_ex
     chosen = {}
     for who, mm in (("parent", parent), ("child", child)):
         m = mapped(mm)
-        k = int(round(fractions.get(who, 0.0) * m.size))
+        f = fractions.get(who, 0.0)
+        k = max(int(round(f * m.size)), int(f > 0 and m.size > 0))  # a fraction above 0 writes a page at least
         chosen[who] = np.sort(rng.choice(m, size=k, replace=False)) if k else np.zeros(0, np.int64)
     exit_step = [Step("child", exit=True)] if child_exits else []
     if order == "parent_first":

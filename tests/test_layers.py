@@ -25,6 +25,7 @@ LAYERS = (
             "gpusim.catalogue",
             "gpusim.yamlerr",
             "gpusim.units",
+            "gpusim.checkargs",
             "gpusim.machine",
             "gpusim.backend",
             "gpusim.builder",

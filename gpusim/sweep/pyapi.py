@@ -7,30 +7,43 @@ from pathlib import Path
 
 import pyarrow as pa
 import yaml
-from pydantic import TypeAdapter, ValidationError
 
-from gpusim.backend import resolve
+from gpusim import checkargs
+from gpusim.backend import BACKENDS, MAX_WORKERS, resolve
+from gpusim.machine import require_memory
+from gpusim.regions import RegionSpace
 from gpusim.state import AddressSpace
-from gpusim.sweep.executors import make_executor
+from gpusim.stream import default_chunk_rows, stream_memory_bytes
+from gpusim.sweep.executors import EXECUTORS, make_executor
 from gpusim.sweep.export import load_results
 from gpusim.sweep.point import chunk_rows
 from gpusim.sweep.runner import SweepRunner
-from gpusim.sweep.spec import SweepFile, Workload, load_sweep
-from gpusim.variants import DEFAULT_VARIANT
-from gpusim.workloads import build_workload
+from gpusim.sweep.spec import SweepFile, load_sweep, workload_spec
+from gpusim.variants import DEFAULT_VARIANT, get_variant
+from gpusim.workloads import build_workload, fork_memory_bytes, region_space
 
 
-def workload(kind: str, variant: str = DEFAULT_VARIANT, seed: int = 0, **params) -> AddressSpace:
+def workload(
+    kind: str, variant: str = DEFAULT_VARIANT, seed: int = 0, streamed: bool = False, **params
+) -> AddressSpace | RegionSpace:
     """The address space of a workload: ``kind`` (``anon``, ``mixed``, ``layout``, ``scenario``, ``snapshot``) and
     the keys a sweep file's ``workload`` takes, e.g. ``gpusim.workload("anon", size="1GiB", pinned_fraction=0.02)``.
-    A bad key or value is a ValueError naming it."""
-    try:
-        w = TypeAdapter(Workload).validate_python({"kind": kind, **params})
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"][1:] or first["loc"])
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        raise ValueError(f"workload {kind}: {loc}: {msg}") from None
+    A bad argument, key or value is a TypeError or ValueError naming it, each bad key on a line of its own.
+
+    A space whose fork would not fit in this machine's available memory is refused before anything is built
+    (:class:`gpusim.machine.NotEnoughMemory`, a ValueError). ``streamed=True`` (``anon`` and ``mixed``) returns the
+    planned space instead, built chunk by chunk only when forked: ``gpusim.fork_streamed(space)``."""
+    variant = get_variant(variant).name
+    seed = checkargs.integer("seed", seed, 0, checkargs.I64_MAX)
+    streamed = checkargs.boolean("streamed", streamed)
+    w = workload_spec(kind, checkargs.plain(params, "params"), f"workload {kind}")
+    if streamed:
+        if w.kind not in ("anon", "mixed"):
+            raise ValueError(f"streamed: only the generated kinds (anon, mixed) stream, not {w.kind}")
+        require_memory(stream_memory_bytes(w, default_chunk_rows()), f"workload {kind} (streamed)")
+        return region_space(w, variant, seed)
+    how = "streamed=True (forked chunk by chunk with gpusim.fork_streamed)" if w.kind in ("anon", "mixed") else ""
+    require_memory(fork_memory_bytes(w), f"workload {kind}", how)
     space, _, _ = build_workload(w, variant, seed)
     return space
 
@@ -41,14 +54,18 @@ def sweep_runner(
     """(the sweep's spec, its points, a runner into ``out``, default ``results/<name>``) for a sweep file's path or
     a mapping of its keys; ``backend`` overrides the file's. Raises ConfigError (file, line, key) or ValueError."""
     if isinstance(spec_or_path, dict):
-        path, text = "<sweep>", yaml.safe_dump(spec_or_path, sort_keys=False)
+        d = checkargs.plain(spec_or_path, "spec_or_path")
+        path, text = "spec_or_path", yaml.safe_dump(d, sort_keys=False)
     else:
-        path = spec_or_path
-        if Path(path).is_dir():
-            raise ValueError("a directory, not a sweep file")
-        text = Path(path).read_text() if Path(path).exists() else None
+        path = checkargs.path("spec_or_path", spec_or_path)
+        if path.is_dir():
+            raise ValueError(f"spec_or_path: {path} is a directory, not a sweep file")
+        text = path.read_text() if path.exists() else None
+    out = checkargs.path("out", out, optional=True)
+    if out is not None and out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} is a file, not a results directory")
     spec, points = load_sweep(path, text)
-    if backend is not None:
+    if checkargs.text("backend", backend, BACKENDS, optional=True) is not None:
         resolve(backend)
         spec = spec.model_copy(update={"backend": backend})
         points = [p.model_copy(update={"config": p.config.model_copy(update={"backend": backend})}) for p in points]
@@ -67,7 +84,12 @@ def run_sweep(
     address: str | None = None,
 ) -> pa.Table:
     """Run a sweep (a file's path, or a mapping of its keys) as ``gpusim sweep`` does, resuming what ``out``
-    holds, and return its whole dataset (:func:`gpusim.load_results`)."""
+    holds, and return its whole dataset (:func:`gpusim.load_results`). A wrong argument is a TypeError or
+    ValueError naming it."""
+    checkargs.text("executor", executor, EXECUTORS)
+    workers = checkargs.optional_integer("workers", workers, 1, MAX_WORKERS)
+    verify = checkargs.boolean("verify", verify)
+    address = checkargs.text("address", address, optional=True)
     spec, _, runner = sweep_runner(spec_or_path, out, backend)
     runner.run(executor=make_executor(executor, workers, address, spec.backend), verify=verify)
     return load_results(runner.out)
