@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from gpusim.backend import BACKENDS
+from gpusim.backend import BACKENDS, MAX_WORKERS
 from gpusim.variants import DEFAULT_VARIANT, VARIANTS, get_variant
 
 FORK_HELP = """Simulate one fork() of an address space and print what the kernel variant did.
@@ -421,7 +422,11 @@ def sweep(
         None, "--address", help="ray: the cluster (default RAY_ADDRESS, else a local cluster started for the run)."
     ),
     workers: int = typer.Option(
-        0, "--workers", min=0, help="Parallel tasks (0: one per core, or per GPU with cuda; 1: in this process)."
+        0,
+        "--workers",
+        min=0,
+        max=MAX_WORKERS,
+        help="Parallel tasks (0: one per core, or per GPU with cuda; 1: in this process).",
     ),
     verify: bool = typer.Option(
         False, "--verify", help="Check the CRC-32 of every finished file too (always: its size, footer and rows)."
@@ -432,9 +437,11 @@ def sweep(
     from gpusim.backend import cuda_usable, resolve
     from gpusim.sweep.executors import ExecutorError, make_executor
     from gpusim.sweep.pyapi import sweep_runner
-    from gpusim.sweep.runner import SweepLocked
+    from gpusim.sweep.runner import OtherSweep, SweepLocked
     from gpusim.yamlerr import ConfigError
 
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        bad_input(f"{out}: --out is a file, not a results directory")
     try:
         spec, points, runner = sweep_runner(file, out, backend)
         ex = make_executor(executor, workers or None, address, spec.backend)
@@ -445,21 +452,19 @@ def sweep(
     if ex.name == "local" and resolve(spec.backend) == "cuda" and not cuda_usable():
         bad_input("backend 'cuda' needs an NVIDIA GPU and CuPy on this machine; use --backend cpu or cudasim")
     console = Console(stderr=True, highlight=False)
-    if runner.out.exists() and not runner.out.is_dir():
-        bad_input(f"{runner.out}: --out is a file, not a results directory")
-    tasks = runner.tasks(verify)
-    console.print(
-        f"sweep {spec.name}: {len(points)} points x {spec.repeat} repetitions, "
-        f"{len(tasks)} to run on {ex.name} -> {runner.out}"
-    )
+
+    def announce(todo: int) -> None:  # once the directory is this sweep's and locked: nothing printed before a refusal
+        console.print(
+            f"sweep {spec.name}: {len(points)} points x {spec.repeat} repetitions, {todo} to run on {ex.name} -> "
+            f"{runner.out}"
+        )
+
     try:
         if sys.stderr.isatty():
-            summary = run_with_progress_bar(
-                runner, ex, console, len(points) * spec.repeat, len(tasks), spec.name, verify
-            )
+            summary = run_with_progress_bar(runner, ex, console, len(points) * spec.repeat, spec.name, verify, announce)
         else:
-            summary = runner.run(executor=ex, verify=verify)
-    except (ExecutorError, SweepLocked) as e:
+            summary = runner.run(executor=ex, verify=verify, announce=announce)
+    except (ExecutorError, SweepLocked, OtherSweep) as e:
         bad_input(str(e))
     except OSError as e:  # an --out that is a file, or not writable
         bad_input(f"{runner.out}: cannot write the results there: {e.strerror or e}")
@@ -470,7 +475,7 @@ def sweep(
 def report_sweep(console, summary: dict, out) -> None:
     """The closing lines of ``gpusim sweep``; exit 1 while point repetitions are failed."""
     notes = [f"{summary['redone']} damaged or missing file(s) redone"] if summary["redone"] else []
-    notes += [f"{summary['malformed']} malformed manifest line(s) skipped"] if summary["malformed"] else []
+    notes += [f"{summary['malformed']} malformed manifest line(s) removed"] if summary["malformed"] else []
     console.print(
         f"{summary['ran']} run, {summary['skipped']} already done, {summary['errors']} failed in this run"
         + "".join(f", {n}" for n in notes)
@@ -481,14 +486,24 @@ def report_sweep(console, summary: dict, out) -> None:
         raise typer.Exit(1)
 
 
-def run_with_progress_bar(runner, ex, console, total: int, todo: int, name: str, verify: bool = False) -> dict:
-    """``runner.run`` on ``ex`` with a rich progress bar (on a terminal)."""
+def run_with_progress_bar(runner, ex, console, total: int, name: str, verify: bool = False, announce=None) -> dict:
+    """``runner.run`` on ``ex`` with a rich progress bar (on a terminal), shown once the run goes ahead."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as bar:
-        t = bar.add_task(name, total=total, completed=total - todo)
-        return runner.run(progress=lambda done, _total, _p: bar.update(t, completed=done), executor=ex, verify=verify)
+    with Progress(*columns, console=console, transient=False, auto_refresh=True) as bar:
+        bar.stop()  # started when the run is sure to go ahead
+
+        def start(todo: int) -> None:
+            if announce:
+                announce(todo)
+            bar.add_task(name, total=total, completed=total - todo)
+            bar.start()
+
+        def step(done, _total, _p) -> None:
+            bar.update(bar.task_ids[0], completed=done)
+
+        return runner.run(progress=step, executor=ex, verify=verify, announce=start)
 
 
 def print_sweep_summary(path) -> None:
@@ -549,8 +564,10 @@ def plot(
         from gpusim.plots import plot_results
 
         files = plot_results(path, out)
-    except (FileNotFoundError, ValueError) as e:  # not a results directory, or damaged files in it
+    except ValueError as e:  # not a results directory, damaged files in it, or an --out that cannot be
         bad_input(str(e))
+    except OSError as e:  # a figure that cannot be written there
+        bad_input(f"{out or path}: cannot write the figures there: {e.strerror or e}")
     for f in files:
         typer.echo(str(f))
     if not files:
@@ -782,13 +799,12 @@ def workload_from_cli(
     (its :class:`gpusim.regions.RegionSpace`, tables per chunk) when it is to be streamed
     (:func:`gpusim.stream.stream_rows`, or ``stream_tables``)."""
     import yaml
-    from pydantic import TypeAdapter, ValidationError
 
     from gpusim.stream import stream_rows, streaming_refused
-    from gpusim.sweep.spec import Workload
+    from gpusim.sweep.spec import workload_spec
     from gpusim.workloads import build_workload, region_space
 
-    d = {"kind": kind}
+    d = {}
     for item in sets:
         key, eq, val = item.partition("=")
         if not eq or not key:
@@ -797,13 +813,7 @@ def workload_from_cli(
             d[key.strip()] = yaml.safe_load(val)
         except yaml.YAMLError:
             raise ValueError(f"--set '{item}': the value is not a YAML scalar") from None
-    try:
-        w = TypeAdapter(Workload).validate_python(d)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"][1:] or first["loc"])
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        raise ValueError(f"--workload {kind}: {loc}: {msg}") from None
+    w = workload_spec(kind, d, f"--workload {kind}")
     if stream_tables is not None:
         reason = streaming_refused(oracle, inject) or (None if w.kind in ("anon", "mixed") else "not generated")
         if reason:

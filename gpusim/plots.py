@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gpusim import checkargs
 from gpusim.kernels.flags import PAGE_SIZE
-from gpusim.sweep.export import load_results
+from gpusim.sweep.export import load_results, output_path
 from gpusim.sweep.labels import columns, workload_label
 
 
@@ -172,12 +173,19 @@ def write_phase(fig_set: "_Figures") -> None:
     fig_set.save(fig, "write_phase.png")
 
 
+PLOTS = "_plots"  # a dataset's figures: a name the readers skip
+
+
 def plot_results(path, out=None) -> list[Path]:
     """Draw the figures of the dataset in ``path`` into ``out`` (default ``path/_plots``: not a data file to the
     readers of the dataset); returns the files."""
     d = columns(load_results(path), drop_failed=True)
-    out = Path(out) if out else Path(path) / "_plots"
-    out.mkdir(parents=True, exist_ok=True)
+    out = checkargs.path("out", out) if out is not None else Path(path) / PLOTS
+    output_path(out, "directory", allowed=PLOTS)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{out}: cannot make the directory: {e.strerror or e}") from None
     if not d["outcome"]:
         return []
     figs = _Figures(d, out)

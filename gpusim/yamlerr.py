@@ -61,7 +61,7 @@ def parse_yaml(path: str | Path, text: str | None = None):
         raise ConfigError(f"{where}: YAML syntax: {what}" + (f" ({ctx})" if ctx else "")) from None
     problems = node_problems(root)
     if problems:
-        raise ConfigError(_lines(path, problems))
+        raise ConfigError(lines_of(path, problems))
     return data, root
 
 
@@ -91,7 +91,7 @@ def node_problems(node, loc: tuple = ()) -> list[tuple[int, str, str]]:
 MAX_PROBLEMS = 20  # problems listed per file; the rest are counted
 
 
-def _lines(path, problems: list[tuple]) -> str:
+def lines_of(path, problems: list[tuple]) -> str:
     """``FILE:LINE: key: problem``, one line each, up to :data:`MAX_PROBLEMS`."""
     lines = [
         f"{path}:{line if line is not None else '?'}: {key}: {what}" for line, key, what in problems[:MAX_PROBLEMS]
@@ -101,23 +101,51 @@ def _lines(path, problems: list[tuple]) -> str:
     return "\n".join(lines)
 
 
+def error_location(e: dict) -> tuple:
+    """The location of one pydantic error with the parts that name no key left out: the tags pydantic adds for a
+    validator (``function-after[...]``) and for a member of a discriminated union (the workload's kind, the form of
+    ``fork.writes``)."""
+    loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    tag = lambda i: isinstance(loc[i], str) and loc[i] in UNION_TAGS and (i == 0 or loc[i - 1] in UNIONS)  # noqa: E731
+    return tuple(p for i, p in enumerate(loc) if not tag(i))
+
+
+# The fields whose value is a union of models, and the tags pydantic puts after them in an error's location (the
+# workload's kind, the form of a write phase); a union validated alone has its tag first.
+UNIONS = frozenset({"workload", "writes"})
+UNION_TAGS = frozenset({"anon", "mixed", "layout", "scenario", "snapshot", "notation", "generated"})
+
+
+def error_message(e: dict) -> str:
+    """The message of one pydantic error as gpusim prints it."""
+    if e["type"] == "extra_forbidden":
+        return "unknown key"
+    if e["type"] == "missing":
+        return "missing key"
+    return e["msg"].removeprefix("Value error, ")
+
+
+def error_lines(err: ValidationError, what: str) -> str:
+    """Every error of ``err`` as ``what: key.path: message``, one line each (inputs that are no file)."""
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in error_location(e))
+        lines.append(f"{what}: {key + ': ' if key else ''}{error_message(e)}")
+    return "\n".join(dict.fromkeys(lines))
+
+
 def describe_validation_error(path, root, err: ValidationError, prefix: tuple = ()) -> str:
     """Every error of a pydantic ValidationError as ``FILE:LINE: key.path: message``, one line each (up to
     :data:`MAX_PROBLEMS`)."""
     problems = []
     for e in err.errors():
-        loc = prefix + tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+        loc = prefix + error_location(e)
         line, found = _walk(root, loc)
         if loc and (not found or found[-1] != loc[-1]):
             found.append(loc[-1])  # a missing key: name it
         key = ".".join(str(p) for p in found) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "missing":
-            msg = "missing key"
-        problems.append((line, key, msg.removeprefix("Value error, ")))
-    return _lines(path, problems)
+        problems.append((line, key, error_message(e)))
+    return lines_of(path, list(dict.fromkeys(problems)))
 
 
 def load_yaml_model(path: str | Path, model: type[BaseModel], text: str | None = None):

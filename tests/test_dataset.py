@@ -114,7 +114,7 @@ def test_pandas_duckdb_polars_read_it(tmp_path):
     assert pl.read_parquet(f"{runner.out}/**/*.parquet", hive_partitioning=True).height == 8
 
 
-def test_malformed_manifest_lines_are_skipped_and_a_cut_line_stays_apart(tmp_path):
+def test_malformed_manifest_lines_are_removed_and_counted_once(tmp_path):
     runner, _ = ran(tmp_path)
     m = runner.out / MANIFEST
     lines = m.read_text().splitlines()
@@ -123,9 +123,10 @@ def test_malformed_manifest_lines_are_skipped_and_a_cut_line_stays_apart(tmp_pat
     again = runner.run()
     assert again["ran"] == 1 and again["malformed"] == 4
     assert len(digests(runner.out)) == 8
-    recs = [line for line in m.read_text().splitlines()]
-    assert recs[-2] == cut and json.loads(recs[-1])["file"].endswith(".parquet")  # appended on a line of its own
-    assert runner.run()["ran"] == 0
+    recs = m.read_text().splitlines()
+    assert recs[:-1] == lines[:-1] and json.loads(recs[-1])["file"].endswith(".parquet")  # the good lines kept
+    third = runner.run()
+    assert third["ran"] == 0 and third["malformed"] == 0
 
 
 def test_failed_points_are_retried_until_they_succeed(tmp_path, monkeypatch):

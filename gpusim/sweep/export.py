@@ -22,11 +22,13 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from gpusim import checkargs
 from gpusim.backend import gpu_name, resolve
 from gpusim.costmodel import COMPONENTS, load_profile
 from gpusim.kernels.flags import RSS_NAMES
 from gpusim.machine import cpu_description
 from gpusim.result import COUNT_NAMES
+from gpusim.sweep.spec import sweep_hash
 from gpusim.writes import DMA_FIELDS, WRITE_EVENTS, WRITERS
 
 # 2: host_tables; 3: non-data files prefixed with "_" (_common_metadata, _manifest.jsonl); 4: the write phase's
@@ -164,6 +166,7 @@ def dataset_schema(spec, points, source_text: str = "") -> pa.Schema:
         "gpusim.driver": dev["driver"],
         "gpusim.kernel": platform.release(),
         "gpusim.sweep": spec.name,
+        "gpusim.sweep_hash": sweep_hash(spec),
         "gpusim.sweep_file": source_text,
         "gpusim.profile": json.dumps(
             {name or "default": load_profile(name or None).model_dump(mode="json") for name in profiles}, sort_keys=True
@@ -195,14 +198,28 @@ class DamagedResults(ValueError):
     """A results directory with files that cannot be read."""
 
 
+class NotResults(FileNotFoundError, ValueError):
+    """A path that holds no gpusim dataset (a FileNotFoundError, and a ValueError as every bad argument of the
+    Python API is)."""
+
+
 def read_schema(root: Path) -> pa.Schema:
     """The dataset's schema with its metadata (``_common_metadata``, or a pre-3 directory's ``schema.arrow``)."""
-    if (root / SCHEMA_FILE).exists():
+    if (root / SCHEMA_FILE).is_file():
         return pq.read_schema(root / SCHEMA_FILE)
-    if (root / LEGACY_SCHEMA_FILE).exists():
+    if (root / LEGACY_SCHEMA_FILE).is_file():
         with pa.ipc.open_file(root / LEGACY_SCHEMA_FILE) as r:
             return r.schema
-    raise FileNotFoundError(f"{root}: not a gpusim results directory (no {SCHEMA_FILE})")
+    raise NotResults(f"{root}: not a gpusim results directory (no {SCHEMA_FILE})")
+
+
+def dataset_root(path: Path) -> Path | None:
+    """The gpusim dataset directory that holds ``path`` (the path itself or a directory above it), or None."""
+    p = Path(os.path.abspath(path))
+    for d in (p, *p.parents):
+        if (d / SCHEMA_FILE).is_file() or (d / LEGACY_SCHEMA_FILE).is_file():
+            return d
+    return None
 
 
 def data_files(root: Path) -> list[str]:
@@ -243,9 +260,11 @@ def write_rows(out: Path, schema: pa.Schema, point, rows: list[dict]) -> str:
 
 def export_results(path: str | os.PathLike, out: str | os.PathLike) -> int:
     """Write the dataset in ``path`` as one file for tools that want one: ``.arrow`` (Arrow IPC, with the schema's
-    ``gpusim.*`` metadata) or ``.csv`` (no metadata). Returns the rows written."""
+    ``gpusim.*`` metadata) or ``.csv`` (no metadata). Returns the rows written. ``out`` may not lie inside a
+    dataset (the readers would take it for a damaged data file)."""
+    out = checkargs.path("out", out)
+    output_path(out, "file")
     t = load_results(path)
-    out = Path(out)
     if out.suffix == ".arrow":
 
         def write(tmp):
@@ -263,9 +282,30 @@ def export_results(path: str | os.PathLike, out: str | os.PathLike) -> int:
     return t.num_rows
 
 
+def output_path(out: Path, kind: str, allowed: str | None = None) -> None:
+    """ValueError, one line, for where an output ``kind`` (``file`` or ``directory``) cannot go: inside a gpusim
+    dataset (but in its ``allowed`` subdirectory), below something that is not a directory, or over something of
+    the other kind; a file's directory must exist."""
+    root = dataset_root(out.parent if kind == "file" else out)
+    if root is not None and not (allowed and Path(os.path.abspath(out)).is_relative_to(root / allowed)):
+        raise ValueError(
+            f"{out}: inside the gpusim dataset {root}, where readers take every file for data: write it elsewhere"
+        )
+    if out.exists() and out.is_dir() != (kind == "directory"):
+        raise ValueError(f"{out}: {'a directory' if out.is_dir() else 'not a directory'}, where a {kind} goes")
+    parent = out.parent
+    for d in (parent, *parent.parents):
+        if d.exists():
+            if not d.is_dir():
+                raise ValueError(f"{out}: {d} is not a directory")
+            break
+    if kind == "file" and not parent.is_dir():
+        raise ValueError(f"{out}: the directory {parent} does not exist")
+
+
 def load_results(path: str | os.PathLike) -> pa.Table:
     """A sweep's dataset as one pyarrow Table, read with its stored schema and explicit partitioning."""
-    root = Path(path)
+    root = checkargs.path("path", path)
     schema = read_schema(root)
     files = data_files(root)
     if not files:

@@ -18,7 +18,9 @@ Resuming: a run reads the manifest and counts a (point, repetition) as done when
 recorded size and a Parquet footer giving the recorded rows (``verify=True``: the CRC-32 too); anything else is run
 again under the same name, so no row is lost or duplicated. A point that raises is recorded as a row with
 ``outcome = "error"`` and its message; the sweep goes on, and the next run retries it (the manifest keeps the failed
-record as history). Malformed manifest lines are skipped and counted. Tasks run on an executor
+record as history). Malformed manifest lines (a write cut short) are removed by the next run, which counts them.
+A directory belongs to one sweep (its name and :func:`gpusim.sweep.spec.sweep_hash` in ``_common_metadata``):
+another sweep into it is refused before anything is written. Tasks run on an executor
 (:mod:`gpusim.sweep.executors`: in this process, a local pool of processes, or Ray); only the driver writes the
 manifest.
 """
@@ -34,7 +36,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from gpusim.sweep.executors import InlineExecutor
-from gpusim.sweep.export import LEGACY_SCHEMA_FILE, dataset_schema, write_schema
+from gpusim.sweep.export import LEGACY_SCHEMA_FILE, dataset_schema, read_schema, write_schema
 from gpusim.sweep.spec import Point, SweepFile
 
 MANIFEST = "_manifest.jsonl"
@@ -53,6 +55,10 @@ RECORD_TYPES = {
 
 class SweepLocked(ValueError):
     """Another sweep is writing the output directory."""
+
+
+class OtherSweep(ValueError):
+    """The output directory holds another sweep's results."""
 
 
 def file_record(out: Path, rel: str) -> dict:
@@ -78,9 +84,8 @@ def parse_record(line: str) -> dict | None:
         d = json.loads(line)
     except json.JSONDecodeError:
         return None
-    types = {"config_hash": str, "repetition": int, "file": str, "rows": int, "bytes": int, "crc32": int, "errors": int}
     if not isinstance(d, dict) or any(
-        not isinstance(d.get(k), t) or isinstance(d.get(k), bool) for k, t in types.items()
+        not isinstance(d.get(k), t) or isinstance(d.get(k), bool) for k, t in RECORD_TYPES.items()
     ):
         return None
     return d
@@ -110,11 +115,17 @@ class SweepRunner:
                 out.append(rec)
         return out
 
+    def keys(self) -> set[tuple[str, int]]:
+        """This sweep's (point, repetition) pairs."""
+        return {(p.config_hash, rep) for p in self.points for rep in range(self.spec.repeat)}
+
     def done(self, verify: bool = False) -> set[tuple[str, int]]:
-        """The (point, repetition) pairs finished without error whose files verify (see the module docstring)."""
-        last = {}
+        """This sweep's (point, repetition) pairs finished without error whose files verify (see the module
+        docstring)."""
+        last, mine = {}, self.keys()
         for rec in self.records():
-            last[(rec["config_hash"], rec["repetition"])] = rec
+            if (rec["config_hash"], rec["repetition"]) in mine:
+                last[(rec["config_hash"], rec["repetition"])] = rec
         out, self.redone = set(), 0
         for key, rec in last.items():
             if not record_ok(self.out, rec, verify):
@@ -136,6 +147,37 @@ class SweepRunner:
             old.unlink()
         (self.out / LEGACY_SCHEMA_FILE).unlink(missing_ok=True)
 
+    def check_owner(self) -> None:
+        """OtherSweep when the directory holds another sweep's results: another name, or the same name with other
+        contents (:func:`gpusim.sweep.spec.sweep_hash`; a directory written before the hash was kept is checked by
+        name)."""
+        try:
+            meta = read_schema(self.out).metadata or {}
+        except (OSError, ValueError):  # nothing there yet (or only a damaged footer, rewritten by this run)
+            return
+        mine = self.schema.metadata
+        name, h = (meta.get(b"gpusim.sweep", b"").decode(), meta.get(b"gpusim.sweep_hash", b"").decode())
+        my_name, my_hash = mine[b"gpusim.sweep"].decode(), mine[b"gpusim.sweep_hash"].decode()
+        if name != my_name or (h and h != my_hash):
+            what = f"the sweep '{name}'" + (" with other points or keys" if name == my_name else "")
+            raise OtherSweep(
+                f"{self.out}: holds the results of {what} (sweep hash {h or 'not recorded'}, this one {my_hash}); "
+                "give this sweep another --out (out=), or remove that directory to start again"
+            )
+
+    def repair_manifest(self) -> int:
+        """Rewrite the manifest without its malformed lines (atomically); returns how many there were."""
+        records = self.records()
+        bad = self.malformed
+        if bad:
+            tmp = self.manifest.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+            with open(tmp, "w") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in records))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.manifest)
+        return bad
+
     def lock(self):
         """Hold the directory's lock (an open file; closing it releases the lock); SweepLocked when taken."""
         self.out.mkdir(parents=True, exist_ok=True)
@@ -149,15 +191,21 @@ class SweepRunner:
             ) from None
         return f
 
-    def run(self, progress=None, executor=None, verify: bool = False) -> dict:
-        """Run what is not done yet on ``executor`` (default: in this process, one task at a time).
-        ``progress(done, total, point)`` is called after each task. Returns the counts: ``total``, ``ran``,
-        ``skipped`` (done before), ``errors`` (tasks of this run that failed), ``failed`` (pairs not done at the
-        end), ``malformed`` manifest lines, ``redone`` files that failed verification."""
+    def run(self, progress=None, executor=None, verify: bool = False, announce=None) -> dict:
+        """Run what is not done yet on ``executor`` (default: in this process, one task at a time), once the
+        directory is this sweep's (:meth:`check_owner`) and no other sweep writes it (:meth:`lock`).
+        ``announce(tasks)`` is called once the run is sure to go ahead, ``progress(done, total, point)`` after each
+        task. Returns the counts: ``total``, ``ran``, ``skipped`` (done before), ``errors`` (tasks of this run that
+        failed), ``failed`` (pairs not done at the end), ``malformed`` manifest lines (removed), ``redone`` files
+        that failed verification."""
         with self.lock():
+            self.check_owner()
             self.migrate()
+            malformed = self.repair_manifest()
             write_schema(self.out, self.schema)
             todo = self.tasks(verify)
+            if announce:
+                announce(len(todo))
             total = len(self.points) * self.spec.repeat
             state = {"done": total - len(todo), "errors": 0}
             with open(self.manifest, "ab") as manifest:
@@ -176,7 +224,7 @@ class SweepRunner:
                         progress(state["done"], total, point)
 
                 (executor or InlineExecutor()).run(todo, self.out, self.schema.serialize().to_pybytes(), on_done)
-            malformed, redone = self.malformed, self.redone
+            redone = self.redone
             failed = total - len(self.done())
         return {
             "total": total,

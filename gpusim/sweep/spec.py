@@ -17,7 +17,18 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gpusim.backend import BACKENDS
 from gpusim.catalogue import SCENARIOS
@@ -26,7 +37,16 @@ from gpusim.snapshot import parse_range
 from gpusim.units import parse_size
 from gpusim.variants import DEFAULT_VARIANT, VARIANTS
 from gpusim.writes import parse_writes
-from gpusim.yamlerr import ConfigError, describe_validation_error, node_line, parse_yaml
+from gpusim.yamlerr import (
+    ConfigError,
+    describe_validation_error,
+    error_lines,
+    error_location,
+    error_message,
+    lines_of,
+    node_line,
+    parse_yaml,
+)
 
 
 def _size(v):
@@ -146,6 +166,17 @@ Workload = Annotated[
 WORKLOAD_KINDS = ("anon", "mixed", "layout", "scenario", "snapshot")
 
 
+def workload_spec(kind, params: dict, what: str):
+    """A :data:`Workload` from its kind and keys (``gpusim fork --workload``, :func:`gpusim.workload`); a
+    ValueError naming ``what``, the key and the problem, one line per problem."""
+    if not isinstance(kind, str) or kind not in WORKLOAD_KINDS:
+        raise ValueError(f"{what}: kind is one of {', '.join(WORKLOAD_KINDS)}, not {kind!r}")
+    try:
+        return TypeAdapter(Workload).validate_python({"kind": kind, **params})
+    except ValidationError as e:
+        raise ValueError(error_lines(e, what)) from None
+
+
 class GeneratedWrites(BaseModel):
     """A write phase drawn by the seed (spec 11): fractions of the pages each process maps after the fork, who writes
     first (``interleaved``: page by page, the parent before the child), and whether the child exits after writing."""
@@ -155,6 +186,32 @@ class GeneratedWrites(BaseModel):
     child: float = Field(0.0, ge=0, le=1, description="fraction of the child's mapped pages it writes")
     order: Literal["parent_first", "child_first", "interleaved"] = "parent_first"
     child_exits: bool = False
+
+    @model_validator(mode="after")
+    def _not_empty(self):
+        if self.parent == 0 and self.child == 0 and not self.child_exits:
+            raise ValueError("an empty write phase: parent and child write no page (leave fork.writes out for none)")
+        return self
+
+
+def _writes_form(v) -> str | None:
+    """The form of a ``fork.writes`` value: ``notation`` (a string) or ``generated`` (a mapping)."""
+    if isinstance(v, str):
+        return "notation"
+    if isinstance(v, (dict, GeneratedWrites)):
+        return "generated"
+    return None
+
+
+WritesSpec = Annotated[
+    Union[Annotated[str, Tag("notation")], Annotated[GeneratedWrites, Tag("generated")]],
+    Discriminator(
+        _writes_form,
+        custom_error_type="writes_form",
+        custom_error_message="the write notation (a string, e.g. 'parent:all; child:all') or a mapping of parent, "
+        "child, order, child_exits",
+    ),
+]
 
 
 class ForkSpec(BaseModel):
@@ -170,7 +227,7 @@ class ForkSpec(BaseModel):
         description="every child forks in turn, this many levels (a tree; each process forks `chain` times)",
     )
 
-    writes: str | GeneratedWrites | None = Field(
+    writes: WritesSpec | None = Field(
         None, description="a write phase after the fork: the notation of spec 11.1, or generated (parent, child, ...)"
     )
 
@@ -268,6 +325,18 @@ def config_hash(config: Config, draws: bool = False) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# What a sweep may change and stay the same sweep in its results directory: its description, the backend it runs on
+# and its number of repetitions (rows are keyed by point, backend included, and repetition, so these add rows).
+SWEEP_FREE_KEYS = frozenset({"description", "backend", "repeat"})
+
+
+def sweep_hash(spec: SweepFile) -> str:
+    """SHA-256 (16 hex digits) of a sweep's canonical JSON less :data:`SWEEP_FREE_KEYS`: with its name, what a
+    results directory records as the sweep it belongs to."""
+    d = spec.model_dump(mode="json", exclude=set(SWEEP_FREE_KEYS))
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _set(d: dict, dotted: str, value) -> None:
     keys = dotted.split(".")
     for k in keys[:-1]:
@@ -291,7 +360,7 @@ def load_sweep(path: str | Path, text: str | None = None) -> tuple[SweepFile, li
     base = {k: v for k, v in data.items() if k != "sweep"}
     zip_rows = [dict(zip(zipped, vals)) for vals in zip(*zipped.values())] if zipped else [{}]
     grid_rows = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
-    points, seen = [], set()
+    points, seen, problems = [], set(), {}
     for g in grid_rows:
         for z in zip_rows:
             params = {**g, **z}
@@ -301,22 +370,26 @@ def load_sweep(path: str | Path, text: str | None = None) -> tuple[SweepFile, li
             try:
                 cfg = Config.model_validate(d)
             except ValidationError as err:
-                e = err.errors()[0]
-                loc = [p for p in e["loc"] if not str(p).startswith("function-after")]
-                if len(loc) > 1 and loc[0] == "workload" and loc[1] in WORKLOAD_KINDS:
-                    del loc[1]  # the tag pydantic adds for the discriminated union
-                dotted = ".".join(str(p) for p in loc)
-                swept = next((k for k in params if dotted.startswith(k) or k.startswith(dotted)), None)
-                where = ("sweep", "grid" if swept in grid else "zip", swept) if swept else tuple(e["loc"])
-                what = f"{dotted} = {params[swept]!r}" if swept else dotted
-                msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
-                raise ConfigError(f"{path}:{_line(root, where)}: {what}: {msg}") from None
+                for e in err.errors():  # every bad value of every point, each named once
+                    problems.setdefault(_point_problem(path, root, e, params, grid), None)
+                continue
             h = config_hash(cfg)
             if h in seen:
                 continue
             seen.add(h)
             points.append(Point(config=cfg, params=params, config_hash=h))
+    if problems:
+        raise ConfigError(lines_of(path, list(problems)))
     return spec, points
+
+
+def _point_problem(path, root, e: dict, params: dict, grid: dict) -> tuple:
+    """(line, key, problem) of one error of a point: the swept key and value that made it, where one did."""
+    dotted = ".".join(str(p) for p in error_location(e))
+    swept = next((k for k in params if dotted.startswith(k + ".") or dotted == k or k.startswith(dotted + ".")), None)
+    where = ("sweep", "grid" if swept in grid else "zip", swept) if swept else error_location(e)
+    what = f"{dotted} = {params[swept]!r}" if swept else dotted
+    return (node_line(root, where), what, error_message(e))
 
 
 def _check_axes(path, root, grid: dict, zipped: dict) -> None:
