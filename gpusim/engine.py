@@ -39,7 +39,7 @@ from gpusim import backend as B
 from gpusim import decode, earlycopy
 from gpusim.hostloop import host_context, machine_arrays
 from gpusim.kernels import cpu as cpu_kernels
-from gpusim.kernels.args import Calls, HugeArrays, OracleParams, SlowArrays, Tables, memory_arrays
+from gpusim.kernels.args import Calls, HugeArrays, OracleParams, SlowArrays, Tables, VariantParams, memory_arrays
 from gpusim.kernels.cpu import shift_entries
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import FOLIO_FREED, PAGE_HWPOISON, PTRS_PER_TABLE, RSS_NAMES
@@ -70,9 +70,20 @@ from gpusim.plan import ForkPlan, plan_fork
 from gpusim.reference import CopyFailed, Oops, copy_table, fork_stopped, table_stats_of
 from gpusim.result import TABLE_EVENTS, ForkResult, TableStats
 from gpusim.state import MM, AddressSpace, Memory, copy_state, empty_mm
-from gpusim.variants import get_variant
+from gpusim.variants import Variant, get_variant
 
 NB_MODES = {"never": NB_NEVER, "always": NB_ALWAYS, "every": NB_EVERY, "bern": NB_BERN, "list": NB_LIST}
+
+
+def variant_params(v: Variant) -> VariantParams:
+    """The kernels' view of a variant: its rules (the only way a kernel knows one)."""
+    return VariantParams(
+        machine=v.machine_id,
+        early_cow=v.early_cow,
+        anon_exclusive=v.anon_exclusive,
+        batching=v.batching,
+        large_order=v.large_pin_order,
+    )
 
 
 def oracle_params(oracle: LockBreakOracle) -> OracleParams:
@@ -138,8 +149,7 @@ def launch_chunked(
     mode: int,
     which: np.ndarray,
     chunk_tables: int | None,
-    variant_id: int,
-    large_order: int,
+    vp: VariantParams,
     tab: Tables,
     calls: Calls,
     mem,
@@ -159,7 +169,7 @@ def launch_chunked(
         if sel.size == 0:
             continue
         part = Tables(*(a[lo:hi] for a in tab))
-        n, c = kernels.fork_tables(mode, xp.asarray(which[sel] - lo), variant_id, large_order, part, calls, mem, nb)
+        n, c = kernels.fork_tables(mode, xp.asarray(which[sel] - lo), vp, part, calls, mem, nb)
         needs[sel], counts[sel] = B.to_host(n), B.to_host(c)
     return needs, counts
 
@@ -275,8 +285,7 @@ class ForkJob:
             mode,
             which,
             chunk_tables,
-            self.v.id,
-            self.v.large_pin_order,
+            variant_params(self.v),
             self.tables(),
             self.calls_group,
             memory_arrays(machine_arrays(self.fc.m)),
@@ -374,7 +383,7 @@ class ForkJob:
             np.zeros((len(order), 4), np.int64),
         )
         counts, status, call = kernels.host_tables(
-            order, dependent, self.v.id, self.v.large_pin_order, tab, htab, huge, calls, mem, self.nb, sp
+            order, dependent, variant_params(self.v), tab, htab, huge, calls, mem, self.nb, sp
         )
         stopped = np.flatnonzero(status)
         i = int(stopped[0]) if len(stopped) else -1
@@ -633,8 +642,7 @@ def fork_fast_batch(
         MODE_CLASSIFY_COPY,
         b.rows,
         chunk_tables,
-        v.id,
-        v.large_pin_order,
+        variant_params(v),
         b.tab,
         b.calls,
         memory_arrays(b.mem),

@@ -26,7 +26,7 @@ import numpy as np
 
 from gpusim import backend as B
 from gpusim import decode
-from gpusim.engine import CallIndex, oracle_params
+from gpusim.engine import CallIndex, oracle_params, variant_params
 from gpusim.kernels import scan
 from gpusim.kernels.args import Calls, Tables, memory_arrays
 from gpusim.kernels.fields import MEMORY_FIELDS
@@ -108,8 +108,7 @@ class DenseForks:
         return (
             MODE_CLASSIFY_COPY,
             self.which,
-            self.v.id,
-            self.v.large_pin_order,
+            variant_params(self.v),
             tab,
             self.calls,
             memory_arrays(self.mem),

@@ -927,7 +927,7 @@ def copy_present_ptes_6_18(c: CopyContext, a: int, max_n: int) -> int:
     pfn = P.pte_pfn(e)
     f = m.page_folio[pfn]
     anon = m.folio_flags[f] & FOLIO_ANON
-    if c.prealloc is None and m.folio_order[f] >= 1 and max_n != 1:
+    if c.v.batching and c.prealloc is None and m.folio_order[f] >= 1 and max_n != 1:
         n = folio_pte_batch(c, a, max_n)
         c.counts["batch.start"] += 1
         if anon and needs_copy(c, f) and any(m.page_flags[pfn + j] & PAGE_ANON_EXCLUSIVE for j in range(n)):
@@ -1034,7 +1034,7 @@ def copy_pte_range(c: CopyContext) -> int:
     fc = c.fc
     fc.counts["table.call"] += 1
     fc.trace.calls.append(c.rec)
-    ret = COPY_PTE_RANGE[fc.variant](c, c.call_start, c.end)
+    ret = COPY_PTE_RANGE[fc.v.machine](c, c.call_start, c.end)
     if c.prealloc is not None:
         c.rec.owned_at_return.append(f"prealloc pfn {c.prealloc}")
     if c.d is not None and (c.d.cow_new_page is not None or c.d.cow_old_page is not None):

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpusim.kernels.flags import (
-    V_5_8,
-    V_5_10,
-    V_6_18,
-    V_XU_V1,
-    V_XU_V1_OLEG,
-    WP_REUSE_EXCLUSIVE,
-    WP_REUSE_MAPCOUNT,
-    WP_REUSE_REFCOUNT,
-)
+from gpusim.kernels.flags import MACHINES, WP_REUSE_EXCLUSIVE, WP_REUSE_MAPCOUNT, WP_REUSE_REFCOUNT
 
 LINUX_5_8 = "linux-5.8"
 XU_V1 = "xu-v1"
@@ -25,12 +16,15 @@ DEFAULT_VARIANT = LINUX_6_18
 
 @dataclass(frozen=True)
 class Variant:
-    """Static facts about one variant; the control flow itself lives in :mod:`gpusim.reference` (and, compiled, in
-    :mod:`gpusim.kernels`, which knows a variant by its ``id``)."""
+    """One variant as data: its rules, and the ``copy_pte_range`` state machine it runs (``machine``: the name of
+    the variant that introduced it, one of :data:`gpusim.kernels.flags.MACHINES`). The state machines live in
+    :mod:`gpusim.reference` (and, compiled, in :mod:`gpusim.kernels.slowpath`); everything else reads these fields,
+    the kernels through :func:`gpusim.engine.variant_params`. A variant that recombines rules is one more record
+    (``docs/adding-a-variant.md``)."""
 
     name: str
     summary: str
-    id: int  # the variant's number in the kernels (gpusim.kernels.flags.V_*)
+    machine: str  # the copy_pte_range state machine (spec 3.1-3.5) it runs
     early_cow: bool  # copies maybe-pinned pages at fork
     anon_exclusive: bool  # PageAnonExclusive rules: only exclusive anon pages are copied early, a share
     #                            clears the flag, copies are exclusive, swap entries carry the exclusive bit, and
@@ -42,6 +36,16 @@ class Variant:
     large_pin_order: int  # folios of this order or more keep an exact folio-wide pincount
     install_weight: int  # progress added by an early-copy install (1 at the top of an xu pass, else 8)
     wp_reuse: int  # the write-protect fault's reuse rule (gpusim.kernels.flags.WP_REUSE_*)
+    batching: bool = False  # PTEs of one large folio shared as a batch (folio_pte_batch, linux-6.18)
+
+    def __post_init__(self):
+        if self.machine not in MACHINES:
+            raise ValueError(f"variant {self.name}: unknown state machine '{self.machine}' (known: {MACHINES})")
+
+    @property
+    def machine_id(self) -> int:
+        """The state machine's number in the kernels (``gpusim.kernels.flags.M_*``)."""
+        return MACHINES.index(self.machine)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -50,7 +54,7 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             LINUX_5_8,
             "before the fix: pinned pages shared and write-protected like any other (the pin bug)",
-            id=V_5_8,
+            machine=LINUX_5_8,
             early_cow=False,
             anon_exclusive=False,
             xu_protocol=False,
@@ -64,7 +68,7 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             XU_V1,
             "Peter Xu's v1 patch 4/5 as posted: BREAK_COW state machine, stale BREAK_COW can oops",
-            id=V_XU_V1,
+            machine=XU_V1,
             early_cow=True,
             anon_exclusive=False,
             xu_protocol=True,
@@ -78,7 +82,7 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             XU_V1_OLEG,
             "v1 with Oleg Nesterov's restructuring: install hoisted before the loop, no stale state",
-            id=V_XU_V1_OLEG,
+            machine=XU_V1_OLEG,
             early_cow=True,
             anon_exclusive=False,
             xu_protocol=True,
@@ -92,7 +96,7 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             LINUX_5_10,
             "merged design (70e806e4e645): one preallocated page, copy made under the locks at retry",
-            id=V_5_10,
+            machine=LINUX_5_10,
             early_cow=True,
             anon_exclusive=False,
             xu_protocol=False,
@@ -106,7 +110,7 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             LINUX_6_18,
             "current design: anon-exclusive rule, MMF_HAS_PINNED, large-folio batching",
-            id=V_6_18,
+            machine=LINUX_6_18,
             early_cow=True,
             anon_exclusive=True,
             xu_protocol=False,
@@ -116,10 +120,10 @@ VARIANTS: dict[str, Variant] = {
             large_pin_order=1,
             install_weight=8,
             wp_reuse=WP_REUSE_EXCLUSIVE,
+            batching=True,
         ),
     )
 }
-assert [v.id for v in VARIANTS.values()] == list(range(len(VARIANTS)))
 
 
 class UnknownVariant(ValueError):

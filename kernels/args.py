@@ -1,13 +1,14 @@
 """The arguments of the fast kernels, described once.
 
 A launch of ``fork_tables`` (CPU: :mod:`gpusim.kernels.cpu`; CUDA: :mod:`gpusim.kernels.cuda`) takes a few scalars
-and four groups of arrays, each a namedtuple: numba passes named tuples of arrays to compiled CPU functions and to
+and five groups, each a namedtuple: numba passes named tuples of arrays to compiled CPU functions and to
 CUDA kernels alike, and the kernels read their fields by name (``tab.ppte``, ``mem.folio_refcount``).
 
 * :class:`Tables`: one row per page table of the launch (a launch may hold the tables of several forks);
 * :class:`Calls`: one row per ``copy_pte_range`` call, in address order (a table's calls are ``row_lo .. row_hi``);
 * :class:`MemoryArrays`: the memory arrays the kernels read and write (dtypes of :data:`MEMORY_FIELDS`);
-* :class:`OracleParams`: the lock-break oracle (spec section 4).
+* :class:`OracleParams`: the lock-break oracle (spec section 4);
+* :class:`VariantParams`: the variant's rules (spec section 3), scalars read by field (``vp.anon_exclusive``).
 
 :data:`FIELDS` lists every field with its dtype, dimensions and whether a kernel writes it. From it come the
 namedtuple types, the numba types of the CUDA kernels' parameters (:func:`signature`, which compiles them to PTX
@@ -71,6 +72,13 @@ FIELDS = (
             "swap_levels",
         )
     ),
+    # the variant's rules (gpusim.variants.Variant): no kernel knows a variant otherwise
+    ("variant", "machine", _I64, 0, False),  # copy_pte_range's state machine in the slow path (M_* of flags)
+    ("variant", "early_cow", _B, 0, False),  # maybe-pinned pages are copied at fork
+    ("variant", "anon_exclusive", _B, 0, False),  # PageAnonExclusive: only exclusive anon pages copied early,
+    #                                               a share clears it, swap entries and copies carry it
+    ("variant", "batching", _B, 0, False),  # PTEs of one large folio shared as a batch (folio_pte_batch)
+    ("variant", "large_order", _I64, 0, False),  # folios of this order or more keep an exact pincount
     ("oracle", "mode", _I64, 0, False),  # NB_* of gpusim.kernels.rules
     ("oracle", "every", _I64, 0, False),  # every:N
     ("oracle", "p_q32", _U64, 0, False),  # bern:P as P * 2**32
@@ -79,12 +87,19 @@ FIELDS = (
     ("oracle", "list_k", _I64, 1, False),
 )
 
-GROUPS = ("tables", "calls", "memory", "oracle")
+GROUPS = ("variant", "tables", "calls", "memory", "oracle")
+VariantParams = namedtuple("VariantParams", [f for g, f, *_ in FIELDS if g == "variant"])
 Tables = namedtuple("Tables", [f for g, f, *_ in FIELDS if g == "tables"])
 Calls = namedtuple("Calls", [f for g, f, *_ in FIELDS if g == "calls"])
 MemoryArrays = namedtuple("MemoryArrays", [f for g, f, *_ in FIELDS if g == "memory"])
 OracleParams = namedtuple("OracleParams", [f for g, f, *_ in FIELDS if g == "oracle"])
-GROUP_TYPES = {"tables": Tables, "calls": Calls, "memory": MemoryArrays, "oracle": OracleParams}
+GROUP_TYPES = {
+    "variant": VariantParams,
+    "tables": Tables,
+    "calls": Calls,
+    "memory": MemoryArrays,
+    "oracle": OracleParams,
+}
 
 # The slow path's own arrays (gpusim.kernels.slowpath; CPU only for now): what an early copy or a THP touches beyond
 # the memory group (page contents, PMD mapcounts), the logs of early copies, which the invariant checker reads, and
@@ -117,9 +132,9 @@ GenVmas = namedtuple("GenVmas", list(GEN_VMA_FIELDS))
 GenRows = namedtuple("GenRows", list(GEN_ROW_FIELDS))
 GenOut = namedtuple("GenOut", list(GEN_OUT_FIELDS))
 
-# The other parameters of a launch, in order: (name, dtype, dimensions); the groups come after ``large_order``,
-# the outputs after the groups (``walk``: CUDA only, tables left to its second kernel).
-SCALARS = (("mode", _I64, 0), ("rows", _I64, 1), ("variant", _I64, 0), ("large_order", _I64, 0))
+# The other parameters of a launch, in order: (name, dtype, dimensions); the groups come after ``rows``, the outputs
+# after the groups (``walk``: CUDA only, tables left to its second kernel).
+SCALARS = (("mode", _I64, 0), ("rows", _I64, 1))
 OUTPUTS = (("needs_host", _B, 1), ("walk", _B, 1), ("counts", _I64, 2))
 
 
@@ -147,7 +162,7 @@ def _group_type(name):
 
 
 def signature(outputs=("needs_host", "walk", "counts")):
-    """The numba types of a kernel's parameters: the scalars, the four groups, then ``outputs``."""
+    """The numba types of a kernel's parameters: the scalars, the five groups, then ``outputs``."""
     out = {name: _numba_type(dt, nd) for name, dt, nd in OUTPUTS}
     return (
         *[_numba_type(dt, nd) for _, dt, nd in SCALARS],
@@ -162,7 +177,8 @@ def slow_signatures():
     tab, huge, calls, mem = (_group_type(g) for g in ("tables", "huge", "calls", "memory"))
     plan = (i64, b1, tab, huge, calls, mem, i64, i64, i64, b1, b1)
     scalar = _numba_type(_I64, 0)
-    items = (scalar, i64, b1, scalar, scalar, tab, tab, huge, calls, mem, _group_type("oracle"), _group_type("slow"))
+    items = (scalar, i64, b1, _group_type("variant"), tab, tab, huge, calls, mem, _group_type("oracle"))
+    items += (_group_type("slow"),)
     items += (_numba_type(_I64, 2), i64, i64)
     return {"slow_claim_kernel": plan, "slow_check_kernel": plan, "slow_items_kernel": items}
 

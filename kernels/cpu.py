@@ -68,8 +68,9 @@ def prepare() -> None:
         pass
 
 
-def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb):
-    """Classify and/or copy the table rows ``rows`` of ``tab`` (argument groups: :mod:`gpusim.kernels.args`).
+def fork_tables(mode, rows, vp, tab, calls, mem, nb):
+    """Classify and/or copy the table rows ``rows`` of ``tab`` under the variant's rules ``vp`` (argument groups:
+    :mod:`gpusim.kernels.args`).
 
     ``mode``: ``MODE_CLASSIFY`` classify only, ``MODE_CLASSIFY_COPY`` classify then copy the tables that need no
     host, ``MODE_COPY`` copy (all need no host). Writes the state arrays in place.
@@ -78,7 +79,7 @@ def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb):
     n = rows.shape[0]
     needs_host = np.zeros(n, np.bool_)
     counts = np.zeros((n, NR_FAST_COUNTS), np.int64)
-    _fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, needs_host, counts)
+    _fork_tables(mode, rows, vp, tab, calls, mem, nb, needs_host, counts)
     return needs_host, counts
 
 
@@ -86,14 +87,14 @@ def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb):
 # otherwise increment and decrement the arrays' shared reference counts atomically, which costs more than the
 # entry's own work and makes the threads contend for those counters. The kernel allocates nothing.
 @njit(parallel=True, cache=True, _nrt=False)
-def _fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, needs_host, counts):
+def _fork_tables(mode, rows, vp, tab, calls, mem, nb, needs_host, counts):
     for i in prange(rows.shape[0]):
         r = rows[i]
         if mode != MODE_COPY:
-            needs_host[i] = table_needs_host(r, variant, large_order, tab, calls, mem)
+            needs_host[i] = table_needs_host(r, vp, tab, calls, mem)
         if mode == MODE_CLASSIFY or needs_host[i]:
             continue
-        copy_table_fast(r, variant, tab, calls, mem, nb, counts[i])
+        copy_table_fast(r, vp, tab, calls, mem, nb, counts[i])
 
 
 def slow_plan(order, maybe, sequential, tab, huge, calls, mem, lo, hi):
@@ -119,7 +120,7 @@ def _slow_plan(order, maybe, tab, huge, calls, mem, lo, hi, bounds, dependent, c
             dependent[i] = item_objects(i, order[i], CHECK, maybe, tab, huge, calls, mem, lo, hi)[1]
 
 
-def host_tables(order, dependent, variant, large_order, tab, htab, huge, calls, mem, nb, sp):
+def host_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp):
     """The slow path (:mod:`gpusim.kernels.slowpath`) over the items of ``order``: the independent ones in parallel,
     then the ``dependent`` ones one after the other in address order, until one stops the fork. ``sp.state`` and
     ``sp.copy_mm_data`` have a row per item (its allocator and logs; the xu series' struct). Returns (counts i64
@@ -129,23 +130,19 @@ def host_tables(order, dependent, variant, large_order, tab, htab, huge, calls, 
     counts = np.zeros((n, NR_SLOW_COUNTS), np.int64)
     status = np.zeros(n, np.int64)
     call = np.full(n, -1, np.int64)
-    _host_tables(order, dependent, variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts, status, call)
+    _host_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp, counts, status, call)
     return counts, status, call
 
 
 @njit(parallel=True, cache=True, _nrt=False)  # no reference counting of the arrays on every call (see _fork_tables)
-def _host_tables(order, dependent, variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts, status, call):
+def _host_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp, counts, status, call):
     n = order.shape[0]
     for i in prange(n):
         if not dependent[i]:
-            status[i], call[i] = run_item(
-                i, order[i], variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts
-            )
+            status[i], call[i] = run_item(i, order[i], vp, tab, htab, huge, calls, mem, nb, sp, counts)
     for i in range(n):
         if dependent[i]:
-            status[i], call[i] = run_item(
-                i, order[i], variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts
-            )
+            status[i], call[i] = run_item(i, order[i], vp, tab, htab, huge, calls, mem, nb, sp, counts)
             if status[i] != 0:
                 return
 

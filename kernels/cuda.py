@@ -36,7 +36,7 @@ from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, reg
 from gpusim.kernels import writes as wk
 from gpusim.kernels.args import Proc, Scratch, WMem  # noqa: F401  (the write phase's groups, for the host)
 from gpusim.kernels.atomics import atomic_add, atomic_max, atomic_min
-from gpusim.kernels.flags import PTRS_PER_TABLE, V_6_18, VM_SHARED, is_cow_mapping
+from gpusim.kernels.flags import PTRS_PER_TABLE, VM_SHARED, is_cow_mapping
 from gpusim.kernels.pte import KIND_PRESENT, pte_kind, pte_special
 from gpusim.kernels.rules import C_SWAPOFF, MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
 from gpusim.kernels.slowpath import CHECK, CLAIM, NR_SLOW_COUNTS, item_objects, run_item
@@ -85,20 +85,20 @@ def prepare() -> None:
 
 
 @cuda.jit(device=True)
-def block_classify(r, lane, nt, classify, batches, variant, large_order, tab, calls, mem):
+def block_classify(r, lane, nt, classify, batches, vp, tab, calls, mem):
     """One pass over the entries this thread takes (every ``nt``-th from ``lane``) of row ``r``: whether any needs
-    the host (with ``classify``) and whether any could start a linux-6.18 batch (with ``batches``). Each entry is
+    the host (with ``classify``) and whether any could start a large-folio batch (with ``batches``). Each entry is
     read once for both questions."""
     need = False
     batch = False
     last_f = np.int64(-1)
-    check_folios = check_folios_of(variant, tab, r)
+    check_folios = check_folios_of(vp, tab, r)
     base = tab.table_index[r] * PTRS_PER_TABLE
     for c in range(tab.row_lo[r], tab.row_hi[r]):
         for a in range(calls.start[c] + lane, calls.end[c], nt):
             v = tab.ppte[r, a - base]
             if classify:
-                nh, last_f = entry_needs_host(v, last_f, variant, large_order, check_folios, mem)
+                nh, last_f = entry_needs_host(v, last_f, vp, check_folios, mem)
                 need = need or nh
             if batches:
                 batch = batch or batch_candidate(v, True, mem)
@@ -106,7 +106,7 @@ def block_classify(r, lane, nt, classify, batches, variant, large_order, tab, ca
 
 
 @cuda.jit(device=True)
-def copy_entries(r, lane, nt, is_618, tab, calls, mem, part, weight):
+def copy_entries(r, lane, nt, anon_exclusive, tab, calls, mem, part, weight):
     """The entries of row ``r`` this thread takes (none of them in a batch), every call of the row: copied, their
     counts added to the thread's row ``part`` and their weights put in ``weight`` (the table's row of the block's
     shared array, by column)."""
@@ -118,7 +118,7 @@ def copy_entries(r, lane, nt, is_618, tab, calls, mem, part, weight):
             j0 = a - base
             v = tab.ppte[r, j0]
             kind = pte_kind(v)
-            ev = copy_entry(r, j0, v, kind, shared, cow, is_618, tab, mem)
+            ev = copy_entry(r, j0, v, kind, shared, cow, anon_exclusive, tab, mem)
             tally(part, kind, kind == KIND_PRESENT and pte_special(v), ev, 1, False)
             weight[j0] = entry_weight(kind, 1)
 
@@ -147,12 +147,12 @@ MAX_THREADS = 16 if SIMULATOR else 128  # 12 KiB of counts: 16 blocks of 128 thr
 PART_WORDS = NR_FAST_COUNTS | 1
 
 
-def fork_tables_kernel(mode, rows, variant, large_order, tab, calls, mem, nb, needs_host, walk, counts):
+def fork_tables_kernel(mode, rows, vp, tab, calls, mem, nb, needs_host, walk, counts):
     """A block holds ``blockDim.y`` tables of ``rows``, ``blockDim.x`` threads each: the threads of a table classify
-    its entries (one pass: does one need the host? could one start a linux-6.18 batch?), then copy them
+    its entries (one pass: does one need the host? could one start a large-folio batch?), then copy them
     (consecutive threads, consecutive entries), each counting into its own row of shared memory; one thread per
     table runs the lock-break cadence; the table's threads then sum the rows, one count each (no atomics). A table
-    holding a linux-6.18 batch is only marked in ``walk``, for :func:`walk_tables_kernel` (see
+    holding a large-folio batch is only marked in ``walk``, for :func:`walk_tables_kernel` (see
     :func:`gpusim.kernels.cpu.fork_tables` for ``mode``). Every thread reaches every barrier: a table that stops
     early (the host's, or the walk's) skips work between them."""
     lane = cuda.threadIdx.x
@@ -173,10 +173,9 @@ def fork_tables_kernel(mode, rows, variant, large_order, tab, calls, mem, nb, ne
         stop[w] = 0 if active else 1
         batch[w] = 0
     cuda.syncthreads()
-    is_618 = variant == V_6_18
     if active:
         need, has_batch = block_classify(
-            r, lane, nt, mode != MODE_COPY, is_618 and mode != MODE_CLASSIFY, variant, large_order, tab, calls, mem
+            r, lane, nt, mode != MODE_COPY, vp.batching and mode != MODE_CLASSIFY, vp, tab, calls, mem
         )
         if need:
             stop[w] = 1
@@ -194,7 +193,7 @@ def fork_tables_kernel(mode, rows, variant, large_order, tab, calls, mem, nb, ne
     cuda.syncthreads()
     go = stop[w] == 0
     if go:
-        copy_entries(r, lane, nt, is_618, tab, calls, mem, acc, weight[w])
+        copy_entries(r, lane, nt, vp.anon_exclusive, tab, calls, mem, acc, weight[w])
     cuda.syncthreads()
     if go and lane == 0:
         cadence(r, tab, calls, nb, acc, weight[w])
@@ -207,13 +206,13 @@ def fork_tables_kernel(mode, rows, variant, large_order, tab, calls, mem, nb, ne
             counts[i, x] = min(total, 1) if x == C_SWAPOFF else total
 
 
-def walk_tables_kernel(mode, rows, variant, large_order, tab, calls, mem, nb, needs_host, walk, counts):
+def walk_tables_kernel(mode, rows, vp, tab, calls, mem, nb, needs_host, walk, counts):
     """One thread per table row that :func:`fork_tables_kernel` marked in ``walk``: the address-order walk of the
     CPU kernels (a separate kernel, so that the block walk keeps few registers)."""
     i = cuda.grid(1)
     if i >= rows.shape[0] or not walk[i]:
         return
-    copy_table_fast(rows[i], variant, tab, calls, mem, nb, counts[i])
+    copy_table_fast(rows[i], vp, tab, calls, mem, nb, counts[i])
 
 
 def slow_claim_kernel(order, maybe, tab, huge, calls, mem, lo, hi, bounds, claimed, dependent):
@@ -231,25 +230,19 @@ def slow_check_kernel(order, maybe, tab, huge, calls, mem, lo, hi, bounds, claim
         dependent[i] = item_objects(i, order[i], CHECK, maybe, tab, huge, calls, mem, lo, hi)[1]
 
 
-def slow_items_kernel(
-    serial, order, dependent, variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts, status, call
-):
+def slow_items_kernel(serial, order, dependent, vp, tab, htab, huge, calls, mem, nb, sp, counts, status, call):
     """The slow path's items (:func:`gpusim.kernels.slowpath.run_item`): a thread per independent item; or, with
     ``serial``, one thread that runs the dependent items in address order until one stops the fork."""
     i = cuda.grid(1)
     if not serial:
         if i < order.shape[0] and not dependent[i]:
-            status[i], call[i] = run_item(
-                i, order[i], variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts
-            )
+            status[i], call[i] = run_item(i, order[i], vp, tab, htab, huge, calls, mem, nb, sp, counts)
         return
     if i != 0:
         return
     for j in range(order.shape[0]):
         if dependent[j]:
-            status[j], call[j] = run_item(
-                j, order[j], variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts
-            )
+            status[j], call[j] = run_item(j, order[j], vp, tab, htab, huge, calls, mem, nb, sp, counts)
             if status[j] != 0:
                 return
 
@@ -437,7 +430,7 @@ def outputs(n: int, xp):
     return xp.zeros(n, np.bool_), xp.zeros(n, np.bool_), xp.zeros((n, NR_FAST_COUNTS), np.int64)
 
 
-def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, shape: Shape | None = None, out=None):
+def fork_tables(mode, rows, vp, tab, calls, mem, nb, shape: Shape | None = None, out=None):
     """Same contract as :func:`gpusim.kernels.cpu.fork_tables`: writes the state arrays in place and returns
     (needs_host, counts).
 
@@ -454,7 +447,7 @@ def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, shape: Sh
         if n:
             with warnings.catch_warnings():  # numpy scalars warn where uint64 arithmetic wraps by design
                 warnings.simplefilter("ignore", RuntimeWarning)
-                _launch(n, shape, None, (mode, rows, variant, large_order, *groups, *out))
+                _launch(n, shape, None, (mode, rows, vp, *groups, *out))
         return out[0], out[2]
     resident = on_device(tab.ppte)
     if not resident:
@@ -465,7 +458,7 @@ def fork_tables(mode, rows, variant, large_order, tab, calls, mem, nb, shape: Sh
     else:
         out[1].fill(False)  # walk: only its marks are written
     if n:
-        _launch(n, shape, launch_stream(), (mode, rows, variant, large_order, *groups, *out))
+        _launch(n, shape, launch_stream(), (mode, rows, vp, *groups, *out))
     if resident:
         return out[0], out[2]
     for host, dev in zip((tab, calls, mem, nb), groups):
@@ -545,15 +538,20 @@ def slow_plan(order, maybe, sequential, tab, huge, calls, mem, lo, hi):
     return args[8], args[10]
 
 
-def host_tables(order, dependent, variant, large_order, tab, htab, huge, calls, mem, nb, sp):
+# slow_items_kernel's parameters after ``serial``, and those it writes (copied back after a launch on host arrays)
+ITEMS_ARGS = ("order", "dependent", "vp", "tab", "htab", "huge", "calls", "mem", "nb", "sp", "counts", "status", "call")
+ITEMS_WRITTEN = tuple(ITEMS_ARGS.index(k) for k in ("tab", "htab", "huge", "mem", "sp", "counts", "status", "call"))
+
+
+def host_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp):
     """Same contract as :func:`gpusim.kernels.cpu.host_tables`: a thread per independent item, then one thread
     for the dependent ones in address order. The state arrays come back to the host."""
     n = int(order.shape[0])
-    args = (order, dependent, variant, large_order, tab, htab, huge, calls, mem, nb, sp)
+    args = (order, dependent, vp, tab, htab, huge, calls, mem, nb, sp)
     args += (np.zeros((n, NR_SLOW_COUNTS), np.int64), np.zeros(n, np.int64), np.full(n, -1, np.int64))
     serial = 1 if bool(np.asarray(dependent).any()) else 0
-    _run([(items_kernel, n, (0,)), (items_kernel, serial, (1,))], args, (4, 5, 6, 8, 10, 11, 12, 13))
-    return args[11:]
+    _run([(items_kernel, n, (0,)), (items_kernel, serial, (1,))], args, ITEMS_WRITTEN)
+    return args[ITEMS_ARGS.index("counts") :]
 
 
 # The write phase: same contracts as the CPU engine's (:mod:`gpusim.kernels.cpu`); the groups are host arrays,

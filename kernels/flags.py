@@ -1,8 +1,8 @@
 """Every flag and constant of the model, in one place (spec section 1), for the kernels and the package alike.
 
 The values are the kernel's where the kernel has them (``VM_*`` bits, ``SWAP_MAP_MAX``, ``PIN_BIAS``); the rest are
-the model's own encodings (folio and page flag bits, rss counter indices, backing kinds, variant ids). The three
-small rules here (:func:`is_cow_mapping`, :func:`mm_counter`, :func:`swap_cap`) are ``jitable``
+the model's own encodings (folio and page flag bits, rss counter indices, backing kinds, state machine numbers).
+The three small rules here (:func:`is_cow_mapping`, :func:`mm_counter`, :func:`swap_cap`) are ``jitable``
 (:mod:`gpusim.kernels.jitable`): plain Python for the reference engine, compiled into the fast kernels.
 """
 
@@ -70,8 +70,10 @@ MM_SHMEMPAGES = 2
 MM_SWAPENTS = 3
 RSS_NAMES = ("anon", "file", "shmem", "swapents")
 
-# --- the variants as the kernels know them (the order of gpusim.variants.VARIANTS; each record carries its id) --
-V_5_8, V_XU_V1, V_XU_V1_OLEG, V_5_10, V_6_18 = 0, 1, 2, 3, 4
+# --- the copy_pte_range state machines a variant runs (gpusim.variants.Variant.machine): the kernels know a variant
+# by its rules (gpusim.kernels.args.VariantParams), and the slow path picks its state machine by this number ----------
+MACHINES = ("linux-5.8", "xu-v1", "xu-v1-oleg", "linux-5.10", "linux-6.18")
+M_5_8, M_XU_V1, M_XU_V1_OLEG, M_5_10, M_6_18 = range(len(MACHINES))
 # How a write-protect fault decides to reuse an anon page (spec 11.2; gpusim.variants.Variant.wp_reuse): by its
 # mappings alone (reuse_swap_page, before 09854ba94c6a), by its reference count (page_count == 1), or by
 # PageAnonExclusive and wp_can_reuse_anon_folio.

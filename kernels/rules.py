@@ -19,7 +19,6 @@ from gpusim.kernels.flags import (
     FOLIO_DEVICE_PRIVATE,
     PAGE_ANON_EXCLUSIVE,
     PIN_BIAS,
-    V_6_18,
     WP_REUSE_EXCLUSIVE,
     WP_REUSE_MAPCOUNT,
     WP_REUSE_REFCOUNT,
@@ -116,11 +115,11 @@ def share_child_pte(first, w_any, vm_shared):
 
 
 @jitable
-def nonpresent_parent(v, cow, is_618):
+def nonpresent_parent(v, cow, anon_exclusive):
     """The parent's entry after ``copy_nonpresent_pte`` duplicated it (the child gets :func:`nonpresent_child`)."""
     k = pte_kind(v)
     if k == KIND_SWAP:
-        return as_u64(pte_swp_clear_exclusive(v) if is_618 else v)
+        return as_u64(pte_swp_clear_exclusive(v) if anon_exclusive else v)
     if k == KIND_MIGRATION:
         if cow and (is_writable_migration_entry(v) or is_readable_exclusive_migration_entry(v)):
             return as_u64(make_readable_migration_entry(v))
@@ -186,11 +185,12 @@ def small_folio_needs_host(refcount, maxrefs):
 
 
 @jitable
-def large_folio_needs_host(f, variant, folio_order, folio_pincount, folio_flags, folio_first_pfn, page_flags):
-    """A folio with an exact pincount: an early copy may be due (linux-6.18: only for anon-exclusive pages)."""
+def large_folio_needs_host(f, anon_exclusive, folio_order, folio_pincount, folio_flags, folio_first_pfn, page_flags):
+    """A folio with an exact pincount: an early copy may be due (under the anon-exclusive rule: only for
+    anon-exclusive pages)."""
     if folio_pincount[f] <= 0:
         return False
-    if variant != V_6_18:
+    if not anon_exclusive:
         return True
     if (folio_flags[f] & FOLIO_ANON) == 0 or (folio_flags[f] & FOLIO_DEVICE_PRIVATE) != 0:
         return False

@@ -28,6 +28,10 @@ from gpusim.kernels.flags import (
     FOLIO_DEVICE_PRIVATE,
     FOLIO_FREED,
     FOLIO_SWAPBACKED,
+    M_5_8,
+    M_5_10,
+    M_6_18,
+    M_XU_V1,
     MM_ANONPAGES,
     MM_SWAPENTS,
     NULL_ENTRY,
@@ -35,10 +39,6 @@ from gpusim.kernels.flags import (
     PAGE_HWPOISON,
     PTRS_PER_TABLE,
     SWAP_MAP_MAX,
-    V_5_8,
-    V_5_10,
-    V_6_18,
-    V_XU_V1,
     VM_SHARED,
     VM_WRITE,
     is_cow_mapping,
@@ -445,7 +445,7 @@ def maybe_pinned(f, mem, large_order):
 
 
 @register_jitable
-def copy_pte_range_linux_5_8(r, base, s, e, vmaflags, tab, mem, nb, acc, sp):
+def copy_pte_range_linux_5_8(r, base, s, e, vmaflags, vp, tab, mem, nb, acc, sp):
     fork_seq = tab.fork_seq[r]
     a, progress, pending, k = s, 0, NONE, 0  # progress is not reset per pass; it is 0 there anyway
     while True:
@@ -466,7 +466,7 @@ def copy_pte_range_linux_5_8(r, base, s, e, vmaflags, tab, mem, nb, acc, sp):
                 acc[S_NONE] += 1
                 progress += 1
             elif not pte_present(v):
-                st, pending = copy_nonpresent_pte(r, base, a, vmaflags, False, tab, mem, acc, sp)
+                st, pending = copy_nonpresent_pte(r, base, a, vmaflags, vp.anon_exclusive, tab, mem, acc, sp)
                 if st != 0:
                     return st
                 if pending != NONE:
@@ -475,7 +475,7 @@ def copy_pte_range_linux_5_8(r, base, s, e, vmaflags, tab, mem, nb, acc, sp):
                 progress += 8
             else:
                 pending = NONE
-                st = share_one(r, base, a, vmaflags, False, tab, mem, acc, sp)
+                st = share_one(r, base, a, vmaflags, vp.anon_exclusive, tab, mem, acc, sp)
                 if st != 0:
                     return st
                 progress += 8
@@ -506,11 +506,11 @@ def wipe_copy_mm_data(d):
 
 
 @inline
-def copy_one_pte(r, base, a, vmaflags, large_order, d, tab, mem, acc, sp):
+def copy_one_pte(r, base, a, vmaflags, vp, d, tab, mem, acc, sp):
     """The xu series' per-PTE function; returns (status, DONE / SWAP_CONT / BREAK_COW)."""
     v = tab.ppte[r, a - base]
     if not pte_present(v):
-        st, slot = copy_nonpresent_pte(r, base, a, vmaflags, False, tab, mem, acc, sp)
+        st, slot = copy_nonpresent_pte(r, base, a, vmaflags, vp.anon_exclusive, tab, mem, acc, sp)
         if st != 0 or slot == NONE:
             return st, DONE
         d[D_ENTRY] = slot
@@ -519,12 +519,12 @@ def copy_one_pte(r, base, a, vmaflags, large_order, d, tab, mem, acc, sp):
         pfn = np.int64(pte_pfn(v))
         f = mem.page_folio[pfn]
         mem.folio_refcount[f] += 1  # the child's reference is taken first
-        if tab.has_pinned[r] and is_cow_mapping(vmaflags) and pte_write(v) and maybe_pinned(f, mem, large_order):
+        if tab.has_pinned[r] and is_cow_mapping(vmaflags) and pte_write(v) and maybe_pinned(f, mem, vp.large_order):
             d[D_OLD_PAGE] = pfn  # the reference travels with it
             d[D_OLDPTE] = np.int64(v)
             return 0, BREAK_COW  # parent and child PTE untouched
         mem.folio_refcount[f] -= 1  # handed back; share_present takes it
-    return share_one(r, base, a, vmaflags, False, tab, mem, acc, sp), DONE
+    return share_one(r, base, a, vmaflags, vp.anon_exclusive, tab, mem, acc, sp), DONE
 
 
 @inline
@@ -549,7 +549,7 @@ def page_duplicate(a, d, mem, acc, sp):
 
 
 @inline
-def pte_install_copied_page(r, base, a, vmaflags, d, tab, mem, acc, sp):
+def pte_install_copied_page(r, base, a, vmaflags, vp, d, tab, mem, acc, sp):
     """Both locks held: install the prepared copy if the parent PTE is unchanged, else drop it. Returns (status,
     installed)."""
     acc[S_RECHECK] += 1
@@ -557,12 +557,13 @@ def pte_install_copied_page(r, base, a, vmaflags, d, tab, mem, acc, sp):
     d[D_NEW_PAGE] = NONE  # mapped or freed: the pointer is never read again
     oldpte = as_u64(d[D_OLDPTE])
     if tab.ppte[r, a - base] == oldpte:  # pte_same on the full value
-        return install_copy(r, base, a, q, np.int64(pte_pfn(oldpte)), vmaflags, False, tab, mem, acc, sp), True
+        src = np.int64(pte_pfn(oldpte))
+        return install_copy(r, base, a, q, src, vmaflags, vp.anon_exclusive, tab, mem, acc, sp), True
     return free_unused(q, a, mem, acc, sp), False
 
 
 @register_jitable
-def copy_pte_range_xu_v1(r, base, s, e, vmaflags, large_order, tab, mem, nb, acc, sp):
+def copy_pte_range_xu_v1(r, base, s, e, vmaflags, vp, tab, mem, nb, acc, sp):
     # long: spec 3.2's state machine in one function, as the patch has it (the stale BREAK_COW it can carry)
     fork_seq = tab.fork_seq[r]
     d = sp.copy_mm_data
@@ -586,7 +587,7 @@ def copy_pte_range_xu_v1(r, base, s, e, vmaflags, large_order, tab, mem, nb, acc
                     break
             installed = False
             if d[D_NEW_PAGE] != NONE:
-                st, installed = pte_install_copied_page(r, base, a, vmaflags, d, tab, mem, acc, sp)
+                st, installed = pte_install_copied_page(r, base, a, vmaflags, vp, d, tab, mem, acc, sp)
                 if st != 0:
                     return st
             if installed:
@@ -595,7 +596,7 @@ def copy_pte_range_xu_v1(r, base, s, e, vmaflags, large_order, tab, mem, nb, acc
                 acc[S_NONE] += 1
                 progress += 1
             else:
-                st, ret = copy_one_pte(r, base, a, vmaflags, large_order, d, tab, mem, acc, sp)
+                st, ret = copy_one_pte(r, base, a, vmaflags, vp, d, tab, mem, acc, sp)
                 if st != 0:
                     return st
                 if ret != DONE:
@@ -622,7 +623,7 @@ def copy_pte_range_xu_v1(r, base, s, e, vmaflags, large_order, tab, mem, nb, acc
 
 
 @register_jitable
-def copy_pte_range_xu_v1_oleg(r, base, s, e, vmaflags, large_order, tab, mem, nb, acc, sp):
+def copy_pte_range_xu_v1_oleg(r, base, s, e, vmaflags, vp, tab, mem, nb, acc, sp):
     # long: spec 3.3's state machine in one function, as Oleg restructured it (the install hoisted before the loop)
     fork_seq = tab.fork_seq[r]
     d = sp.copy_mm_data
@@ -637,7 +638,7 @@ def copy_pte_range_xu_v1_oleg(r, base, s, e, vmaflags, large_order, tab, mem, nb
         run = True
         if ret == BREAK_COW:
             ret = DONE
-            st, installed = pte_install_copied_page(r, base, a, vmaflags, d, tab, mem, acc, sp)
+            st, installed = pte_install_copied_page(r, base, a, vmaflags, vp, d, tab, mem, acc, sp)
             if st != 0:
                 return st
             if installed:
@@ -656,7 +657,7 @@ def copy_pte_range_xu_v1_oleg(r, base, s, e, vmaflags, large_order, tab, mem, nb
                 acc[S_NONE] += 1
                 progress += 1
             else:
-                st, ret = copy_one_pte(r, base, a, vmaflags, large_order, d, tab, mem, acc, sp)
+                st, ret = copy_one_pte(r, base, a, vmaflags, vp, d, tab, mem, acc, sp)
                 if st != 0:
                     return st
                 if ret != DONE:
@@ -687,22 +688,22 @@ def copy_pte_range_xu_v1_oleg(r, base, s, e, vmaflags, large_order, tab, mem, nb
 
 
 @inline
-def copy_present_pte_5_10(r, base, a, vmaflags, large_order, prealloc, tab, mem, acc, sp):
+def copy_present_pte_5_10(r, base, a, vmaflags, vp, prealloc, tab, mem, acc, sp):
     """Returns (status, 0 or EAGAIN, prealloc left)."""
     v = tab.ppte[r, a - base]
     if not pte_special(v):
         pfn = np.int64(pte_pfn(v))
         f = mem.page_folio[pfn]
-        if is_cow_mapping(vmaflags) and tab.has_pinned[r] and maybe_pinned(f, mem, large_order):  # before any ref
+        if is_cow_mapping(vmaflags) and tab.has_pinned[r] and maybe_pinned(f, mem, vp.large_order):  # before any ref
             if prealloc == NONE:
                 return 0, EAGAIN, prealloc
             copy_content(prealloc, pfn, acc, sp)  # copy moment: under the locks
-            return install_copy(r, base, a, prealloc, pfn, vmaflags, False, tab, mem, acc, sp), 0, NONE
-    return share_one(r, base, a, vmaflags, False, tab, mem, acc, sp), 0, prealloc
+            return install_copy(r, base, a, prealloc, pfn, vmaflags, vp.anon_exclusive, tab, mem, acc, sp), 0, NONE
+    return share_one(r, base, a, vmaflags, vp.anon_exclusive, tab, mem, acc, sp), 0, prealloc
 
 
 @register_jitable
-def copy_pte_range_linux_5_10(r, base, s, e, vmaflags, large_order, tab, mem, nb, acc, sp):
+def copy_pte_range_linux_5_10(r, base, s, e, vmaflags, vp, tab, mem, nb, acc, sp):
     # long: spec 3.4's state machine in one function, as the kernel has it (one preallocated page, -EAGAIN restart)
     fork_seq = tab.fork_seq[r]
     a, prealloc, pending, ret, k = s, NONE, NONE, 0, 0
@@ -725,7 +726,7 @@ def copy_pte_range_linux_5_10(r, base, s, e, vmaflags, large_order, tab, mem, nb
                 acc[S_NONE] += 1
                 progress += 1
             elif not pte_present(v):
-                st, pending = copy_nonpresent_pte(r, base, a, vmaflags, False, tab, mem, acc, sp)
+                st, pending = copy_nonpresent_pte(r, base, a, vmaflags, vp.anon_exclusive, tab, mem, acc, sp)
                 if st != 0:
                     return st
                 if pending != NONE:
@@ -733,9 +734,7 @@ def copy_pte_range_linux_5_10(r, base, s, e, vmaflags, large_order, tab, mem, nb
                     break
                 progress += 8
             else:
-                st, ret, prealloc = copy_present_pte_5_10(
-                    r, base, a, vmaflags, large_order, prealloc, tab, mem, acc, sp
-                )
+                st, ret, prealloc = copy_present_pte_5_10(r, base, a, vmaflags, vp, prealloc, tab, mem, acc, sp)
                 if st != 0:
                     return st
                 if ret == EAGAIN:
@@ -780,41 +779,41 @@ def needs_copy(r, f, large_order, tab, mem):
 
 
 @inline
-def copy_present_ptes_6_18(r, base, a, max_n, vmaflags, large_order, prealloc, tab, mem, acc, sp):
+def copy_present_ptes_6_18(r, base, a, max_n, vmaflags, vp, prealloc, tab, mem, acc, sp):
     """Returns (status, PTEs handled or EAGAIN / EHWPOISON, prealloc left)."""
     v = tab.ppte[r, a - base]
     if pte_special(v):
-        return share_one(r, base, a, vmaflags, True, tab, mem, acc, sp), 1, prealloc
+        return share_one(r, base, a, vmaflags, vp.anon_exclusive, tab, mem, acc, sp), 1, prealloc
     pfn = np.int64(pte_pfn(v))
     f = mem.page_folio[pfn]
     anon = (mem.folio_flags[f] & FOLIO_ANON) != 0
-    if prealloc == NONE and mem.folio_order[f] >= 1 and max_n != 1:
+    if vp.batching and prealloc == NONE and mem.folio_order[f] >= 1 and max_n != 1:
         n, _ = folio_pte_batch(r, a - base, v, max_n, (vmaflags & VM_SHARED) != 0, tab, mem)
         acc[S_BATCH_START] += 1
-        if anon and needs_copy(r, f, large_order, tab, mem):
+        if anon and needs_copy(r, f, vp.large_order, tab, mem):
             for j in range(n):
                 if mem.page_flags[pfn + j] & PAGE_ANON_EXCLUSIVE:
                     acc[S_BATCH_REFUSED] += 1
                     return 0, EAGAIN, prealloc  # whole batch refused; its references returned
-        st = share_present(r, base, a, n, vmaflags, True, tab, mem, acc, sp)
+        st = share_present(r, base, a, n, vmaflags, vp.anon_exclusive, tab, mem, acc, sp)
         if st == 0:
             acc[S_BATCH_PTE] += n
         return st, n, prealloc
     mem.folio_refcount[f] += 1  # single path: reference first, then test
-    if anon and needs_copy(r, f, large_order, tab, mem) and (mem.page_flags[pfn] & PAGE_ANON_EXCLUSIVE) != 0:
+    if anon and needs_copy(r, f, vp.large_order, tab, mem) and (mem.page_flags[pfn] & PAGE_ANON_EXCLUSIVE) != 0:
         mem.folio_refcount[f] -= 1
         if prealloc == NONE:
             return 0, EAGAIN, prealloc
         if mem.page_flags[pfn] & PAGE_HWPOISON:
             return 0, EHWPOISON, prealloc  # prealloc not consumed
         copy_content(prealloc, pfn, acc, sp)
-        return install_copy(r, base, a, prealloc, pfn, vmaflags, True, tab, mem, acc, sp), 1, NONE
+        return install_copy(r, base, a, prealloc, pfn, vmaflags, vp.anon_exclusive, tab, mem, acc, sp), 1, NONE
     mem.folio_refcount[f] -= 1
-    return share_one(r, base, a, vmaflags, True, tab, mem, acc, sp), 1, prealloc
+    return share_one(r, base, a, vmaflags, vp.anon_exclusive, tab, mem, acc, sp), 1, prealloc
 
 
 @register_jitable
-def copy_pte_range_linux_6_18(r, base, s, e, vmaflags, large_order, tab, mem, nb, acc, sp):
+def copy_pte_range_linux_6_18(r, base, s, e, vmaflags, vp, tab, mem, nb, acc, sp):
     # long: spec 3.5's state machine in one function, as the kernel has it (passes, batches, restarts, prealloc)
     fork_seq = tab.fork_seq[r]
     a, prealloc, pending, ret, k = s, NONE, NONE, 0, 0
@@ -838,7 +837,7 @@ def copy_pte_range_linux_6_18(r, base, s, e, vmaflags, large_order, tab, mem, nb
                 acc[S_NONE] += 1
                 progress += 1
             elif not pte_present(v):
-                st, pending = copy_nonpresent_pte(r, base, a, vmaflags, True, tab, mem, acc, sp)
+                st, pending = copy_nonpresent_pte(r, base, a, vmaflags, vp.anon_exclusive, tab, mem, acc, sp)
                 if st != 0:
                     return st
                 if pending != NONE:
@@ -848,9 +847,7 @@ def copy_pte_range_linux_6_18(r, base, s, e, vmaflags, large_order, tab, mem, nb
                 ret = 0
                 progress += 8
             else:
-                st, ret, prealloc = copy_present_ptes_6_18(
-                    r, base, a, e - a, vmaflags, large_order, prealloc, tab, mem, acc, sp
-                )
+                st, ret, prealloc = copy_present_ptes_6_18(r, base, a, e - a, vmaflags, vp, prealloc, tab, mem, acc, sp)
                 if st != 0:
                     return st
                 if ret == EAGAIN or ret == EHWPOISON:
@@ -889,28 +886,29 @@ def copy_pte_range_linux_6_18(r, base, s, e, vmaflags, large_order, tab, mem, nb
 
 
 @register_jitable
-def copy_pte_range(r, c, variant, large_order, tab, calls, mem, nb, acc, sp):
+def copy_pte_range(r, c, vp, tab, calls, mem, nb, acc, sp):
     """One call over ``[calls.start[c], calls.end[c])`` of row ``r`` with the variant's state machine: 0, ENOMEM,
     EHWPOISON or an oops code."""
     acc[S_CALL] += 1
     base = tab.table_index[r] * PTRS_PER_TABLE
     s, e, vmaflags = calls.start[c], calls.end[c], calls.vmaflags[c]
-    if variant == V_5_8:
-        return copy_pte_range_linux_5_8(r, base, s, e, vmaflags, tab, mem, nb, acc, sp)
-    if variant == V_XU_V1:
-        return copy_pte_range_xu_v1(r, base, s, e, vmaflags, large_order, tab, mem, nb, acc, sp)
-    if variant == V_5_10:
-        return copy_pte_range_linux_5_10(r, base, s, e, vmaflags, large_order, tab, mem, nb, acc, sp)
-    if variant == V_6_18:
-        return copy_pte_range_linux_6_18(r, base, s, e, vmaflags, large_order, tab, mem, nb, acc, sp)
-    return copy_pte_range_xu_v1_oleg(r, base, s, e, vmaflags, large_order, tab, mem, nb, acc, sp)
+    m = vp.machine
+    if m == M_5_8:
+        return copy_pte_range_linux_5_8(r, base, s, e, vmaflags, vp, tab, mem, nb, acc, sp)
+    if m == M_XU_V1:
+        return copy_pte_range_xu_v1(r, base, s, e, vmaflags, vp, tab, mem, nb, acc, sp)
+    if m == M_5_10:
+        return copy_pte_range_linux_5_10(r, base, s, e, vmaflags, vp, tab, mem, nb, acc, sp)
+    if m == M_6_18:
+        return copy_pte_range_linux_6_18(r, base, s, e, vmaflags, vp, tab, mem, nb, acc, sp)
+    return copy_pte_range_xu_v1_oleg(r, base, s, e, vmaflags, vp, tab, mem, nb, acc, sp)
 
 
 HUGE_UNTOUCHED, HUGE_SHARED, HUGE_SPLIT = 0, 1, 2
 
 
 @register_jitable
-def copy_huge_pmd(h, variant, large_order, htab, huge, calls, mem, acc, sp):
+def copy_huge_pmd(h, vp, htab, huge, calls, mem, acc, sp):
     """Copy the huge PMD of THP row ``h`` (spec 10): share it, or split it, filling the row's parent table with the
     folio's pages, which :func:`copy_pte_range` then copies. Returns whether it split."""
     acc[S_ALLOC] += 1  # the table deposited with the child's PMD
@@ -919,11 +917,11 @@ def copy_huge_pmd(h, variant, large_order, htab, huge, calls, mem, acc, sp):
     f = mem.page_folio[head]
     vmaflags = calls.vmaflags[htab.row_lo[h]]
     cow = is_cow_mapping(vmaflags)
-    pinned = htab.has_pinned[h] and maybe_pinned(f, mem, large_order)
+    pinned = htab.has_pinned[h] and maybe_pinned(f, mem, vp.large_order)
     excl = mem.page_flags[head] & PAGE_ANON_EXCLUSIVE
-    if variant == V_5_8:
+    if not vp.early_cow:
         copy = False
-    elif variant == V_6_18:
+    elif vp.anon_exclusive:
         copy = pinned and excl != 0  # folio_try_dup_anon_rmap_pmd fails
     else:
         copy = pinned and cow
@@ -944,7 +942,7 @@ def copy_huge_pmd(h, variant, large_order, htab, huge, calls, mem, acc, sp):
     if cow:
         huge.pmd[h] = pte_wrprotect(pmd)
         child = pte_wrprotect(child)
-    if variant == V_6_18:
+    if vp.anon_exclusive:
         mem.page_flags[head] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
     huge.child_pmd[h] = child
     huge.state[h] = HUGE_SHARED
@@ -955,10 +953,10 @@ def copy_huge_pmd(h, variant, large_order, htab, huge, calls, mem, acc, sp):
 
 
 @register_jitable
-def copy_table_slow(r, variant, large_order, tab, calls, mem, nb, acc, sp):
+def copy_table_slow(r, vp, tab, calls, mem, nb, acc, sp):
     """Every call of table row ``r`` in order. Returns (status, the call where it stopped or -1)."""
     for c in range(tab.row_lo[r], tab.row_hi[r]):
-        st = copy_pte_range(r, c, variant, large_order, tab, calls, mem, nb, acc, sp)
+        st = copy_pte_range(r, c, vp, tab, calls, mem, nb, acc, sp)
         if st != 0:
             return st, c
     return 0, -1
@@ -1034,14 +1032,14 @@ def item_objects(i, x, step, maybe, tab, huge, calls, mem, lo, hi):
 
 
 @register_jitable
-def run_item(i, x, variant, large_order, tab, htab, huge, calls, mem, nb, sp, counts):
+def run_item(i, x, vp, tab, htab, huge, calls, mem, nb, sp, counts):
     """The slow path of item ``i`` with its own rows of ``sp.state`` (allocator, logs) and ``sp.copy_mm_data``, and
     its counts row. Returns (status, the call where it stopped or -1)."""
     own = SlowArrays(
         sp.page_content, sp.folio_pmd_mapcount, sp.state[i], sp.installs, sp.duplicates, sp.copy_mm_data[i]
     )
     if x >= 0:
-        return copy_table_slow(x, variant, large_order, tab, calls, mem, nb, counts[i], own)
-    if copy_huge_pmd(-x - 1, variant, large_order, htab, huge, calls, mem, counts[i], own):
-        return copy_table_slow(-x - 1, variant, large_order, htab, calls, mem, nb, counts[i], own)
+        return copy_table_slow(x, vp, tab, calls, mem, nb, counts[i], own)
+    if copy_huge_pmd(-x - 1, vp, htab, huge, calls, mem, counts[i], own):
+        return copy_table_slow(-x - 1, vp, htab, calls, mem, nb, counts[i], own)
     return 0, -1

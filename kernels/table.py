@@ -22,8 +22,6 @@ from gpusim.kernels.flags import (
     FOLIO_ANON,
     PAGE_ANON_EXCLUSIVE,
     PTRS_PER_TABLE,
-    V_5_8,
-    V_6_18,
     VM_SHARED,
     is_cow_mapping,
     mm_counter,
@@ -85,7 +83,7 @@ def entry_jitable(fn):
 
 
 @entry_jitable
-def entry_needs_host(v, last_f, variant, large_order, check_folios, mem):
+def entry_needs_host(v, last_f, vp, check_folios, mem):
     """Whether one parent entry needs the host loop. Returns (needs, folio it evaluated or ``last_f``): a walk that
     passes the folio back as ``last_f`` evaluates consecutive PTEs of one folio once."""
     kind = pte_kind(v)
@@ -93,16 +91,22 @@ def entry_needs_host(v, last_f, variant, large_order, check_folios, mem):
         if kind == KIND_PRESENT and pte_special(v):
             return False, last_f
         pfn = np.int64(pte_pfn(v))
-        if variant == V_6_18 and shared_exclusive_page(mem.page_flags[pfn], mem.page_mapcount[pfn]):
+        if vp.anon_exclusive and shared_exclusive_page(mem.page_flags[pfn], mem.page_mapcount[pfn]):
             return True, last_f
         if kind == KIND_DEVICE_PRIVATE:
             return False, last_f
         f = np.int64(mem.page_folio[pfn])
         if f == last_f or not check_folios:  # without a pin test no folio can need the host
             return False, last_f
-        if mem.folio_order[f] >= large_order:
+        if mem.folio_order[f] >= vp.large_order:
             return large_folio_needs_host(
-                f, variant, mem.folio_order, mem.folio_pincount, mem.folio_flags, mem.folio_first_pfn, mem.page_flags
+                f,
+                vp.anon_exclusive,
+                mem.folio_order,
+                mem.folio_pincount,
+                mem.folio_flags,
+                mem.folio_first_pfn,
+                mem.page_flags,
             ), f
         first = mem.folio_first_pfn[f]
         maxrefs = 0
@@ -116,20 +120,20 @@ def entry_needs_host(v, last_f, variant, large_order, check_folios, mem):
 
 
 @register_jitable
-def check_folios_of(variant, tab, r):
+def check_folios_of(vp, tab, r):
     """Whether the walk of row ``r`` must test folios for pins: the variant copies early and the mm has pinned."""
-    return variant != V_5_8 and tab.has_pinned[r]
+    return vp.early_cow and tab.has_pinned[r]
 
 
 @register_jitable
-def table_needs_host(r, variant, large_order, tab, calls, mem):
+def table_needs_host(r, vp, tab, calls, mem):
     """Whether any entry of table row ``r`` needs the host loop."""
     last_f = np.int64(-1)
-    check_folios = check_folios_of(variant, tab, r)
+    check_folios = check_folios_of(vp, tab, r)
     base = tab.table_index[r] * PTRS_PER_TABLE
     for c in range(tab.row_lo[r], tab.row_hi[r]):
         for a in range(calls.start[c], calls.end[c]):
-            need, last_f = entry_needs_host(tab.ppte[r, a - base], last_f, variant, large_order, check_folios, mem)
+            need, last_f = entry_needs_host(tab.ppte[r, a - base], last_f, vp, check_folios, mem)
             if need:
                 return True
     return False
@@ -143,7 +147,7 @@ EV_EXCL_SHIFT = 4
 
 
 @entry_jitable
-def share_pages(r, j0, v, n, w_any, pfn, f, order, shared, cow, is_618, tab, mem):
+def share_pages(r, j0, v, n, w_any, pfn, f, order, shared, cow, anon_exclusive, tab, mem):
     """Share ``n`` consecutive entries (from row ``r``, column ``j0``) mapping pages ``pfn ..`` of folio ``f``
     with the child: references, mapcounts, anon-exclusive flags, write protection, the child's entries."""
     child = share_child_pte(v, w_any, shared)
@@ -157,7 +161,7 @@ def share_pages(r, j0, v, n, w_any, pfn, f, order, shared, cow, is_618, tab, mem
         p = pfn + j
         if mem.page_mapcount[p] == 1:
             mem.page_mapcount[p] = 2
-            if is_618 and anon and (mem.page_flags[p] & PAGE_ANON_EXCLUSIVE) != 0:
+            if anon_exclusive and anon and (mem.page_flags[p] & PAGE_ANON_EXCLUSIVE) != 0:
                 mem.page_flags[p] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
                 excl += 1
         else:  # shared page: not exclusive (else the table is host's)
@@ -174,8 +178,8 @@ def share_pages(r, j0, v, n, w_any, pfn, f, order, shared, cow, is_618, tab, mem
 
 
 @entry_jitable
-def copy_entry(r, j0, v, kind, shared, cow, is_618, tab, mem):
-    """Copy one entry that is not part of a linux-6.18 batch; returns its :func:`tally` code."""
+def copy_entry(r, j0, v, kind, shared, cow, anon_exclusive, tab, mem):
+    """Copy one entry that is not part of a large-folio batch; returns its :func:`tally` code."""
     if kind == KIND_NONE:
         return 0
     if kind == KIND_PRESENT:
@@ -191,9 +195,9 @@ def copy_entry(r, j0, v, kind, shared, cow, is_618, tab, mem):
         pfn = np.int64(pte_pfn(v))
         f = mem.page_folio[pfn]
         return share_pages(
-            r, j0, v, 1, pte_write(v), pfn, f, np.int64(mem.folio_order[f]), shared, cow, is_618, tab, mem
+            r, j0, v, 1, pte_write(v), pfn, f, np.int64(mem.folio_order[f]), shared, cow, anon_exclusive, tab, mem
         )
-    after = nonpresent_parent(v, cow, is_618)
+    after = nonpresent_parent(v, cow, anon_exclusive)
     tab.ppte[r, j0] = after
     tab.cpte[r, j0] = nonpresent_child(v, after)
     off = np.int64(swp_offset(v))
@@ -210,7 +214,7 @@ def copy_entry(r, j0, v, kind, shared, cow, is_618, tab, mem):
     atomic_add(mem.folio_refcount, f, 1)
     if mem.page_mapcount[off] == 1:
         mem.page_mapcount[off] = 2
-        if is_618:
+        if anon_exclusive:
             mem.page_flags[off] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
     else:  # shared page: not exclusive (else the table is host's)
         atomic_add(mem.page_mapcount, off, 1)
@@ -294,9 +298,10 @@ def end_call(acc, c, r, calls, tab, k, lb):
 
 
 @register_jitable
-def batch_candidate(v, is_618, mem):
-    """A present entry of a large folio in linux-6.18: ``folio_pte_batch`` may join it to its neighbours."""
-    if not is_618 or pte_kind(v) != KIND_PRESENT or pte_special(v):
+def batch_candidate(v, batching, mem):
+    """A present entry of a large folio where the variant batches: ``folio_pte_batch`` may join it to its
+    neighbours."""
+    if not batching or pte_kind(v) != KIND_PRESENT or pte_special(v):
         return False
     return mem.folio_order[mem.page_folio[np.int64(pte_pfn(v))]] >= 1
 
@@ -326,10 +331,10 @@ def folio_pte_batch(r, j0, v, limit_call, shared, tab, mem):
 
 
 @register_jitable
-def copy_table_fast(r, variant, tab, calls, mem, nb, acc):
+def copy_table_fast(r, vp, tab, calls, mem, nb, acc):
     """``copy_pte_range`` for every call of table row ``r`` (which needs no host), in address order: the fast
-    path, the linux-6.18 batches and the check cadence. Counts are added to ``acc``."""
-    is_618 = variant == V_6_18
+    path, the large-folio batches (where the variant batches) and the check cadence. Counts are added to ``acc``."""
+    excl = vp.anon_exclusive
     base = tab.table_index[r] * PTRS_PER_TABLE
     fork_seq = tab.fork_seq[r]
     for c in range(tab.row_lo[r], tab.row_hi[r]):
@@ -347,16 +352,14 @@ def copy_table_fast(r, variant, tab, calls, mem, nb, acc):
             v = tab.ppte[r, j0]
             kind = pte_kind(v)
             n = 1
-            batch = batch_candidate(v, is_618, mem) and e - a != 1
+            batch = batch_candidate(v, vp.batching, mem) and e - a != 1
             if batch:
                 n, w_any = folio_pte_batch(r, j0, v, e - a, shared, tab, mem)
                 pfn = np.int64(pte_pfn(v))
                 f = mem.page_folio[pfn]
-                ev = share_pages(
-                    r, j0, v, n, w_any, pfn, f, np.int64(mem.folio_order[f]), shared, cow, is_618, tab, mem
-                )
+                ev = share_pages(r, j0, v, n, w_any, pfn, f, np.int64(mem.folio_order[f]), shared, cow, excl, tab, mem)
             else:
-                ev = copy_entry(r, j0, v, kind, shared, cow, is_618, tab, mem)
+                ev = copy_entry(r, j0, v, kind, shared, cow, excl, tab, mem)
             tally(acc, kind, kind == KIND_PRESENT and pte_special(v), ev, n, batch)
             progress += entry_weight(kind, n)
             a += n
