@@ -25,6 +25,10 @@ from gpusim.kernels import pte as P
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import (
     BREAK_AT,
+    EAGAIN,
+    EHWPOISON,
+    EIO,
+    ENOMEM,
     FOLIO_ANON,
     FOLIO_DEVICE_PRIVATE,
     FOLIO_FREED,
@@ -48,11 +52,6 @@ from gpusim.plan import VMA_COUNT_NAMES, ForkPlan, plan_fork
 from gpusim.result import TABLE_EVENTS, ForkResult, TableStats, finish_counts, new_counts, rss_dict
 from gpusim.state import MM, AddressSpace, Memory
 from gpusim.variants import LINUX_5_8, LINUX_5_10, LINUX_6_18, XU_V1, XU_V1_OLEG, get_variant
-
-ENOMEM = -12
-EAGAIN = -11
-EIO = -5
-EHWPOISON = -133
 
 # copy_one_pte results of the xu series (COPY_MM_*)
 DONE, SWAP_CONT, BREAK_COW = "DONE", "SWAP_CONT", "BREAK_COW"

@@ -70,6 +70,9 @@ MM_SHMEMPAGES = 2
 MM_SWAPENTS = 3
 RSS_NAMES = ("anon", "file", "shmem", "swapents")
 
+# --- the error numbers copy_pte_range returns (the kernel's, negated) ------------------------------------------
+ENOMEM, EAGAIN, EIO, EHWPOISON = -12, -11, -5, -133
+
 # --- the copy_pte_range state machines a variant runs (gpusim.variants.Variant.machine): the kernels know a variant
 # by its rules (gpusim.kernels.args.VariantParams), and the slow path picks its state machine by this number ----------
 MACHINES = ("linux-5.8", "xu-v1", "xu-v1-oleg", "linux-5.10", "linux-6.18")

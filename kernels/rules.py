@@ -19,6 +19,7 @@ from gpusim.kernels.flags import (
     FOLIO_DEVICE_PRIVATE,
     PAGE_ANON_EXCLUSIVE,
     PIN_BIAS,
+    RSS_NAMES,
     WP_REUSE_EXCLUSIVE,
     WP_REUSE_MAPCOUNT,
     WP_REUSE_REFCOUNT,
@@ -74,30 +75,27 @@ FAST_COUNTS = (
     "rss.swapents",
     "swapoff",
 )
-(
-    C_NONE,
-    C_SHARE,
-    C_SPECIAL,
-    C_WRPROTECT,
-    C_EXCL_CLEAR,
-    C_SWAP,
-    C_MIGRATION,
-    C_DEVPRIV,
-    C_BATCH_START,
-    C_BATCH_PTE,
-    C_PASS,
-    C_CHECK,
-    C_LB,
-    C_SHARED,
-    C_PIN_SHARED,
-    C_CALL,
-    C_ALLOC,
-    C_RSS,
-    _C_RSS1,
-    _C_RSS2,
-    _C_RSS3,
-    C_SWAPOFF,
-) = range(len(FAST_COUNTS))
+FAST_INDEX = {name: i for i, name in enumerate(FAST_COUNTS)}  # each constant below takes its number by name
+C_NONE = FAST_INDEX["pte.none"]
+C_SHARE = FAST_INDEX["pte.share"]
+C_SPECIAL = FAST_INDEX["pte.special"]
+C_WRPROTECT = FAST_INDEX["pte.wrprotect"]
+C_EXCL_CLEAR = FAST_INDEX["pte.excl_clear"]
+C_SWAP = FAST_INDEX["pte.swap"]
+C_MIGRATION = FAST_INDEX["pte.migration"]
+C_DEVPRIV = FAST_INDEX["pte.devpriv"]
+C_BATCH_START = FAST_INDEX["batch.start"]
+C_BATCH_PTE = FAST_INDEX["batch.pte"]
+C_PASS = FAST_INDEX["pass"]
+C_CHECK = FAST_INDEX["check"]
+C_LB = FAST_INDEX["lock_breaks"]
+C_SHARED = FAST_INDEX["shared"]
+C_PIN_SHARED = FAST_INDEX["pin_shared"]
+C_CALL = FAST_INDEX["table.call"]
+C_ALLOC = FAST_INDEX["table.alloc"]
+C_RSS = FAST_INDEX["rss.anon"]
+C_SWAPOFF = FAST_INDEX["swapoff"]
+assert [FAST_INDEX[f"rss.{k}"] for k in RSS_NAMES] == list(range(C_RSS, C_RSS + len(RSS_NAMES)))  # C_RSS + counter
 NR_FAST_COUNTS = len(FAST_COUNTS)
 
 

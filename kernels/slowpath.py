@@ -24,6 +24,10 @@ from gpusim.kernels.args import SlowArrays
 from gpusim.kernels.atomics import atomic_max, atomic_min
 from gpusim.kernels.flags import (
     BREAK_AT,
+    EAGAIN,
+    EHWPOISON,
+    EIO,
+    ENOMEM,
     FOLIO_ANON,
     FOLIO_DEVICE_PRIVATE,
     FOLIO_FREED,
@@ -38,6 +42,7 @@ from gpusim.kernels.flags import (
     PAGE_ANON_EXCLUSIVE,
     PAGE_HWPOISON,
     PTRS_PER_TABLE,
+    RSS_NAMES,
     SWAP_MAP_MAX,
     VM_SHARED,
     VM_WRITE,
@@ -125,49 +130,45 @@ SLOW_COUNTS = (
     "rss.swapents",
     "swapoff",
 )
-(
-    S_CALL,
-    S_ALLOC,
-    S_PASS,
-    S_CHECK,
-    S_LB,
-    S_RESTART_LB,
-    S_RESTART_SC,
-    S_RESTART_EC,
-    S_NONE,
-    S_SHARE,
-    S_SPECIAL,
-    S_WRPROTECT,
-    S_EXCL_CLEAR,
-    S_SWAP,
-    S_MIGRATION,
-    S_DEVPRIV,
-    S_BATCH_START,
-    S_BATCH_PTE,
-    S_BATCH_REFUSED,
-    S_COPY_ALLOC,
-    S_MEMCPY,
-    S_INSTALL,
-    S_FREE_UNUSED,
-    S_RECHECK,
-    S_DUPLICATE_CALL,
-    S_CONT_ATOMIC,
-    S_CONT_KERNEL,
-    S_CONT_ATTACH,
-    S_CONT_NULL,
-    S_PMD_SHARE,
-    S_PMD_SPLIT,
-    S_SHARED,
-    S_PIN_SHARED,
-    S_RSS,
-    _S_RSS1,
-    _S_RSS2,
-    _S_RSS3,
-    S_SWAPOFF,
-) = range(len(SLOW_COUNTS))
+SLOW_INDEX = {name: i for i, name in enumerate(SLOW_COUNTS)}  # each constant below takes its number by name
+S_CALL = SLOW_INDEX["table.call"]
+S_ALLOC = SLOW_INDEX["table.alloc"]
+S_PASS = SLOW_INDEX["pass"]
+S_CHECK = SLOW_INDEX["check"]
+S_LB = SLOW_INDEX["lock_breaks"]
+S_RESTART_LB = SLOW_INDEX["restart.lb"]
+S_RESTART_SC = SLOW_INDEX["restart.sc"]
+S_RESTART_EC = SLOW_INDEX["restart.ec"]
+S_NONE = SLOW_INDEX["pte.none"]
+S_SHARE = SLOW_INDEX["pte.share"]
+S_SPECIAL = SLOW_INDEX["pte.special"]
+S_WRPROTECT = SLOW_INDEX["pte.wrprotect"]
+S_EXCL_CLEAR = SLOW_INDEX["pte.excl_clear"]
+S_SWAP = SLOW_INDEX["pte.swap"]
+S_MIGRATION = SLOW_INDEX["pte.migration"]
+S_DEVPRIV = SLOW_INDEX["pte.devpriv"]
+S_BATCH_START = SLOW_INDEX["batch.start"]
+S_BATCH_PTE = SLOW_INDEX["batch.pte"]
+S_BATCH_REFUSED = SLOW_INDEX["batch.refused"]
+S_COPY_ALLOC = SLOW_INDEX["copy.alloc"]
+S_MEMCPY = SLOW_INDEX["copy.memcpy"]
+S_INSTALL = SLOW_INDEX["copy.install"]
+S_FREE_UNUSED = SLOW_INDEX["copy.free_unused"]
+S_RECHECK = SLOW_INDEX["copy.recheck"]
+S_DUPLICATE_CALL = SLOW_INDEX["copy.duplicate_call"]
+S_CONT_ATOMIC = SLOW_INDEX["swapcont.atomic"]
+S_CONT_KERNEL = SLOW_INDEX["swapcont.kernel"]
+S_CONT_ATTACH = SLOW_INDEX["swapcont.attach"]
+S_CONT_NULL = SLOW_INDEX["swapcont.null"]
+S_PMD_SHARE = SLOW_INDEX["pmd.share"]
+S_PMD_SPLIT = SLOW_INDEX["pmd.split"]
+S_SHARED = SLOW_INDEX["shared"]
+S_PIN_SHARED = SLOW_INDEX["pin_shared"]
+S_RSS = SLOW_INDEX["rss.anon"]
+S_SWAPOFF = SLOW_INDEX["swapoff"]
+assert [SLOW_INDEX[f"rss.{k}"] for k in RSS_NAMES] == list(range(S_RSS, S_RSS + len(RSS_NAMES)))  # S_RSS + counter
 NR_SLOW_COUNTS = len(SLOW_COUNTS)
 
-ENOMEM, EAGAIN, EIO, EHWPOISON = -12, -11, -5, -133
 ENOSPC = -28  # internal: no room for another early copy (the engine's bound was wrong)
 # oops codes: (function, reason) of gpusim.reference.Oops
 OOPS_RANGE_OVERRUN, OOPS_CHILD_PTE_BUSY, OOPS_PUT_PAGE_UNDERFLOW, OOPS_OLD_PAGE_NULL, OOPS_BAD_ENTRY = 1, 2, 3, 4, 5
