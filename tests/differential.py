@@ -1,12 +1,25 @@
 """The differential check shared by the engine tests and the soak (benchmarks/soak.py): a fork on an engine
-against the same fork on the reference."""
+against the same fork on the reference. The reference's fork of a case is made once and kept (the same case runs on
+every backend's parametrisation); its invariants are asserted too, so that a wrong reference cannot pass as the
+oracle."""
+
+import functools
 
 import gpusim
 
 
-def compare(layout, variant, oracle, inject, backend):
+@functools.lru_cache(maxsize=512)
+def reference_fork(layout, variant, oracle, inject: tuple):
+    """(the parsed space, the reference's fork of it), made once per case."""
     space = gpusim.parse_layout(layout, variant)
-    ref = gpusim.fork(space, variant, backend="reference", oracle=oracle, inject=inject)
+    ref = gpusim.fork(space, variant, backend="reference", oracle=oracle, inject=list(inject))
+    if ref.outcome != "oops":
+        assert ref.invariants.ok, ((layout, variant, oracle, inject), ref.invariants.violations)
+    return space, ref
+
+
+def compare(layout, variant, oracle, inject, backend):
+    space, ref = reference_fork(layout, variant, oracle, tuple(inject or ()))
     got = gpusim.fork(space, variant, backend=backend, oracle=oracle, inject=inject)
     ctx = (layout, variant, oracle, inject)
     assert got.outcome == ref.outcome, ctx

@@ -11,7 +11,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from budget import budget
+from hypothesis import given
 from hypothesis import strategies as st
 
 import gpusim
@@ -244,7 +245,7 @@ NAMES = {"text": "layout", "name_or_path": "profile"}  # arguments whose message
 PATHS = {"path", "out", "spec_or_path", "name_or_path"}  # a bad path's message may name the path instead
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@budget(150)
 @given(call=st.sampled_from(sorted(CALLS)), data=st.data())
 def test_every_public_function_names_a_bad_argument(call, data, tmp_path_factory, space):
     fn, kwargs = CALLS[call]

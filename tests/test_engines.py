@@ -1,9 +1,10 @@
 """Differential tests: every fast engine gives the reference's outcome, counts, child rss and state digest."""
 
 import pytest
+from budget import budget
 from conftest import SMALL
 from differential import compare
-from hypothesis import HealthCheck, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from strategies import VARIANTS, injections, layouts, oracles
 
@@ -33,19 +34,30 @@ def small_enough(backend, layout):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=cases())
-def test_random_layouts(backend, variant, case):
-    layout, oracle, inject = case
-    if small_enough(backend, layout):
+def test_random_layouts(backend, variant):
+    @budget(60, backend)
+    @given(case=cases())
+    def check(case):
+        layout, oracle, inject = case
+        assume(small_enough(backend, layout))
         compare(layout, variant, oracle, inject, backend)
+
+    check()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(oracle=oracles(), tables=st.integers(2, 6), data=st.data())
-def test_mostly_fast_tables(backend, variant, oracle, tables, data):
+def test_mostly_fast_tables(backend, variant):
     """Dense layouts where most tables take the fast path and a few pinned or swapped pages take the host."""
+
+    @budget(30, backend)
+    @given(oracle=oracles(), tables=st.integers(2, 6), data=st.data())
+    def check(oracle, tables, data):
+        mostly_fast(backend, variant, oracle, tables, data)
+
+    check()
+
+
+def mostly_fast(backend, variant, oracle, tables, data):
     body = []
     for _ in range(tables):
         body.append(
@@ -67,8 +79,8 @@ def test_mostly_fast_tables(backend, variant, oracle, tables, data):
                 )
             )
         )
-    if small_enough(backend, " ".join(body)):
-        compare(" ".join(body), variant, oracle, (), backend)
+    assume(small_enough(backend, " ".join(body)))
+    compare(" ".join(body), variant, oracle, (), backend)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

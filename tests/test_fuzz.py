@@ -14,12 +14,13 @@ from unittest import mock
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from hypothesis import HealthCheck, event, given, settings
+from budget import budget
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from gpusim import cli
 
-FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = budget(100)
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:

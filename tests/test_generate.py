@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from budget import budget
+from hypothesis import given
 from hypothesis import strategies as st
 from test_stream import BASE, REGIONS, region_st
 
@@ -81,7 +82,7 @@ def test_the_comparison_sees_a_changed_draw():
     assert differences(got, want) == ["memory.swap_levels"]
 
 
-@settings(max_examples=30, deadline=None)
+@budget(30)
 @given(
     regions=st.lists(region_st, min_size=1, max_size=3),
     variant=st.sampled_from(list(VARIANTS)),
@@ -93,7 +94,7 @@ def test_random_regions_generate_as_the_reference_builds(regions, variant, seed,
     check_chunkings(space, "cpu", (space.nr_rows, rows))
 
 
-@settings(max_examples=6, deadline=None)
+@budget(6)
 @given(regions=st.lists(region_st.map(lambda r: dict(r, size=min(r["size"], 1 << 20))), min_size=1, max_size=2))
 def test_random_regions_generate_on_cudasim_too(regions):
     space = RegionSpace(regions, "linux-6.18", 3)

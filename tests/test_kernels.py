@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import numpy as np
-from hypothesis import given, settings
+from budget import budget
+from hypothesis import given
 from hypothesis import strategies as st
 from numba import njit
 
@@ -48,7 +49,7 @@ def _jit_hash(seed, fork_seq, call_start, k):
     return R.nb_hash_u64(seed, fork_seq, call_start, k)
 
 
-@settings(max_examples=300, deadline=None)
+@budget(300)
 @given(v=u64, pfn=st.integers(0, (1 << 40) - 1))
 def test_pte_helpers_compiled_equal_python(v, pfn):
     got = _jit_pte_ops(np.uint64(v), np.uint64(pfn))
@@ -56,7 +57,7 @@ def test_pte_helpers_compiled_equal_python(v, pfn):
     assert tuple(int(x) & P.M64 for x in got) == tuple(x & P.M64 for x in want)  # bit patterns
 
 
-@settings(max_examples=300, deadline=None)
+@budget(300)
 @given(v=u64, w=st.booleans(), shared=st.booleans(), cow=st.booleans(), is_618=st.booleans())
 def test_rules_compiled_equal_python(v, w, shared, cow, is_618):
     got = _jit_rules(np.uint64(v), w, shared, cow, is_618)
@@ -72,7 +73,7 @@ def test_compiled_nb_hash_vectors():
     assert int(_jit_hash(42, 3, 1024, 7)) == 0x241810C795E93B5F
 
 
-@settings(max_examples=200, deadline=None)
+@budget(200)
 @given(
     seed=st.integers(0, (1 << 63) - 1), fork_seq=st.integers(0, 1000), cs=st.integers(0, 1 << 40), k=st.integers(0, 600)
 )

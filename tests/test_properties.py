@@ -1,13 +1,14 @@
 """Property tests: random layouts, oracles and injections; the invariants hold and every index is handled once."""
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from budget import budget
+from hypothesis import given
 from hypothesis import strategies as st
 from strategies import VARIANTS, injections, layouts, oracles
 
 import gpusim
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = budget(60)
 
 
 @st.composite
@@ -32,7 +33,7 @@ def test_invariants_hold(variant, case):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@budget(15)
 @given(case=cases())
 def test_fork_is_deterministic_and_pure(variant, case):
     layout, oracle, inject = case

@@ -3,8 +3,9 @@ reference, with no table left to the Python host loop; injected forks still go t
 
 import numpy as np
 import pytest
+from budget import budget
 from conftest import SMALL
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 from strategies import VARIANTS
@@ -50,6 +51,7 @@ def compare(space, variant, oracle, backend):
     assert not diff, diff
     assert got.child_rss == ref.child_rss and got.digest == ref.digest
     if got.outcome != "oops":
+        assert ref.invariants.ok, ref.invariants.violations
         assert got.invariants.ok, got.invariants.violations
     rows = lambda t: sorted(zip(t.table.tolist(), t.passes.tolist(), map(tuple, t.events.tolist())))  # noqa: E731
     assert rows(got.table_stats) == rows(ref.table_stats)
@@ -125,7 +127,7 @@ def test_items_that_share_a_folio_run_in_order_the_others_in_parallel(backend, m
     assert bounds.tolist() == [100 + 32, 32, 512, 64]
 
 
-@settings(max_examples=60, deadline=None)
+@budget(60)
 @given(
     items=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, 4)), max_size=8),
     form=st.sampled_from(["compiled", "arrays"]),

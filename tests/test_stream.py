@@ -14,7 +14,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from budget import budget
+from hypothesis import given
 from hypothesis import strategies as st
 from sweeps import run_sweep, write
 
@@ -128,7 +129,7 @@ region_st = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=25, deadline=None)
+@budget(25)
 @given(
     regions=st.lists(region_st, min_size=1, max_size=3),
     variant=st.sampled_from(list(VARIANTS)),

@@ -7,9 +7,10 @@ import pathlib
 import re
 
 import pytest
+from budget import budget
 from conftest import SMALL
 from differential import compare
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from strategies import injections, layouts, oracles
 
@@ -42,7 +43,7 @@ def test_the_catalogue_on_every_engine(backend, sid):
 
 
 @pytest.mark.parametrize("backend", ENGINES[1:])
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@budget(25)
 @given(data=st.data())
 def test_random_layouts_on_every_engine(backend, data):
     layout, width = data.draw(layouts(max_width=1200))
