@@ -92,6 +92,13 @@ def test_keyed_injection_in_a_later_table(backend, variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_special_entries_in_cow_mappings(backend, variant):
+    """Writable special entries (VM_MIXEDMAP / VM_PFNMAP) of private mappings: write-protected in both, no page
+    touched; a case the random layouts reach rarely, held on every backend."""
+    compare("vma:mixedmap pfn*8 normal*8 zero*4 none*492 vma:pfnmap pfn*16", variant, "never", (), backend)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_shared_objects_across_tables(backend, variant):
     """Folios and slots referenced from several tables: atomics on the fast path, the host where order matters."""
     compare("normal*500 folio32 normal*480 folio64:nonex normal*448", variant, "every:5", (), backend)

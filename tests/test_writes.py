@@ -195,12 +195,16 @@ def random_write_phase(backend, variant, layout, steps):
 # Branches of the per-entry code that random examples reach rarely, held on every backend by fixed cases (cudasim
 # draws fewer random examples than the CPU: tests/budget.py): a write to an address with no entry in a file VMA, a
 # large folio whose window in a row holds another folio's page, a THP the exiting child shares, a THP in a VMA that
-# may not become writable (copied without write protection).
+# may not become writable (copied without write protection), a shared mapping written in place, a large folio whose
+# window holds a page copied by an earlier step, a write where an anon VMA has no table.
 RARE = [
     ("vma:file file*4 none*508", "parent:4-6; child:5"),
     ("folio8 normal*2 folio8 none*494", "child:exit; parent:0-17"),
     ("thp normal*512", "parent:600; child:exit; parent:0"),
     ("vma:nomaywrite thp:pin thp", "parent:0; child:600"),
+    ("vma:shared:shmem shmem*4 none*508", "parent:0-3; child:1"),
+    ("folio8 none*504", "parent:0; child:0-7; parent:1-3"),
+    ("normal*4 hole*1020 normal*4", "parent:600; child:601-603"),
 ]
 
 
