@@ -42,7 +42,7 @@ from gpusim.kernels import cpu as cpu_kernels
 from gpusim.kernels.args import Calls, HugeArrays, OracleParams, SlowArrays, Tables, VariantParams, memory_arrays
 from gpusim.kernels.cpu import shift_entries
 from gpusim.kernels.fields import MEMORY_FIELDS
-from gpusim.kernels.flags import FOLIO_FREED, PAGE_HWPOISON, PTRS_PER_TABLE, RSS_NAMES
+from gpusim.kernels.flags import EHWPOISON, FOLIO_FREED, PAGE_HWPOISON, PTRS_PER_TABLE, RSS_NAMES
 from gpusim.kernels.rules import (
     FAST_COUNTS,
     MODE_CLASSIFY,
@@ -54,17 +54,7 @@ from gpusim.kernels.rules import (
     NB_LIST,
     NB_NEVER,
 )
-from gpusim.kernels.slowpath import (
-    CLAIM_HI,
-    CLAIM_LO,
-    EHWPOISON,
-    ENOSPC,
-    HUGE_SHARED,
-    HUGE_SPLIT,
-    OOPS,
-    SLOW_COUNTS,
-    ST_OOPS_ADDR,
-)
+from gpusim.kernels.slowpath import CLAIM_HI, CLAIM_LO, ENOSPC, HUGE_SHARED, HUGE_SPLIT, OOPS, SLOW_COUNTS, ST_OOPS_ADDR
 from gpusim.oracle import InjectionPlan, LockBreakOracle
 from gpusim.plan import ForkPlan, plan_fork
 from gpusim.reference import CopyFailed, Oops, copy_table, fork_stopped, table_stats_of
@@ -209,7 +199,7 @@ class ForkJob:
             or self.v.can_oops
             or (self.v.hwpoison_fails_copy and bool((self.work.page_flags & PAGE_HWPOISON).any()))
         )
-        self.compiled = not plan_inj.injections  # the host tables run compiled (kernels/slowpath.py)
+        self.compiled = not plan_inj.injections  # the host tables run compiled (kernels/slowpath/)
         self.fc = host_context(
             space, self.work, self.ppte, self.cpte, self.cexists, variant, oracle, plan_inj, fork_seq
         )

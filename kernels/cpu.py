@@ -46,10 +46,12 @@ def prepare() -> None:
     warnings.filterwarnings("ignore", message=r".*variable '.*' is not in scope", category=NumbaIRAssumptionWarning)
     here = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.blake2b(digest_size=16)
-    for name in sorted(os.listdir(here)):
-        if name.endswith(".py"):
-            with open(os.path.join(here, name), "rb") as f:
-                h.update(name.encode() + f.read())
+    for folder, dirs, names in sorted(os.walk(here)):  # the kernel modules, those of subpackages (slowpath/) too
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(n for n in names if n.endswith(".py")):
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                h.update(os.path.relpath(path, here).encode() + f.read())
     cache = os.path.join(here, "__pycache__")
     stamp = os.path.join(cache, "gpusim-kernels.stamp")
     try:

@@ -1,4 +1,4 @@
-"""The compiled slow path (kernels/slowpath.py): pinned-heavy and swap-heavy address spaces fork exactly as on the
+"""The compiled slow path (kernels/slowpath/): pinned-heavy and swap-heavy address spaces fork exactly as on the
 reference, with no table left to the Python host loop; injected forks still go through that loop."""
 
 import numpy as np
