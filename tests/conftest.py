@@ -33,3 +33,30 @@ SMALL = 4096  # PTEs: the largest input cudasim tests take
 def backend(request):
     """A fast engine's backend name (cpu, cudasim, and cuda where a GPU is)."""
     return request.param
+
+
+# Tests of the engines' orchestration (batches of forks, chunked launches, the slow path's launches) that cudasim
+# runs for a named subset of the variants: the CUDA launch code they exercise does not depend on the variant, and this
+# subset takes each of its paths (linux-6.18: large-folio batches and the walk kernel; xu-v1: a fork that can stop
+# early, its slow tables in address order; linux-5.10: the preallocating slow path); the per-table state machines they
+# run are the code the CPU build compiles, which the CPU engine runs for every variant. Deselected, not skipped:
+# pytest reports them as deselected.
+CUDASIM_VARIANTS = ("linux-6.18", "xu-v1", "linux-5.10")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cudasim_subset: cudasim runs this test for CUDASIM_VARIANTS only")
+
+
+def pytest_collection_modifyitems(config, items):
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        subset = item.get_closest_marker("cudasim_subset") is not None
+        if subset and params.get("backend") == "cudasim" and params.get("variant") not in CUDASIM_VARIANTS:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+from inproc import gpusim as gpusim_cli
+
 import gpusim
 
 
@@ -21,7 +23,10 @@ def sweep_cmd(*args) -> list[str]:
 
 
 def run_sweep(*args, env=None, timeout=600):
-    """``gpusim sweep ARGS`` in a subprocess (stdout and stderr captured as text)."""
+    """``gpusim sweep ARGS`` (stdout and stderr captured as text): in this process (:mod:`inproc`), or with ``env``
+    (variables the command must see from its start) in a subprocess."""
+    if env is None:
+        return gpusim_cli("sweep", *args)
     return subprocess.run(
         sweep_cmd(*args), capture_output=True, text=True, timeout=timeout, env=dict(os.environ, **(env or {}))
     )

@@ -1,28 +1,31 @@
-"""The CLI through a subprocess: outputs, JSON fields, exit codes, one-line errors without tracebacks."""
+"""The CLI: outputs, JSON fields, exit codes, one-line errors without tracebacks. Run in this process
+(:mod:`inproc`), but for the smoke tests that start the real command (``gpusim_process``)."""
 
 import json
 import subprocess
 import sys
 
 import pytest
+from inproc import gpusim
 
 from gpusim.result import COST_EVENTS
 from gpusim.variants import VARIANTS
 
 
-def gpusim(*args):
+def gpusim_process(*args):
+    """The ``gpusim`` command in a subprocess: its own interpreter, imports and exit."""
     return subprocess.run([sys.executable, "-m", "gpusim.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_variants():
-    p = gpusim("variants")
+    p = gpusim_process("variants")
     assert p.returncode == 0
     names = [line.split()[0] for line in p.stdout.splitlines()]
     assert names == list(VARIANTS)
 
 
 def test_fork_json_fields():
-    p = gpusim(
+    p = gpusim_process(
         "fork", "--layout", "pinned none*31 normal*480", "--oracle", "always", "--variant", "xu-v1-oleg", "--json"
     )
     assert p.returncode == 0, p.stderr
@@ -127,7 +130,7 @@ def test_bad_input_exits_2_with_one_line(args, needle):
 
 
 def test_help_documents_notations():
-    p = gpusim("fork", "--help")
+    p = gpusim_process("fork", "--help")
     assert p.returncode == 0
     for needle in (
         "pinned none*31 normal*480",

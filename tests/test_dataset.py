@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from inproc import gpusim as gpusim_cli
 from sweeps import run_sweep, write
 
 import gpusim.sweep.executors as executors
@@ -64,7 +65,7 @@ def test_plot_of_a_damaged_directory_is_one_line(tmp_path):
     runner, _ = ran(tmp_path)
     victim = sorted(runner.out.glob("variant=*/*.parquet"))[0]
     victim.write_bytes(b"PAR1 not really")
-    r = subprocess.run([sys.executable, "-m", "gpusim.cli", "plot", str(runner.out)], capture_output=True, text=True)
+    r = gpusim_cli("plot", str(runner.out))
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "damaged" in r.stderr and victim.name in r.stderr
 
@@ -214,11 +215,7 @@ def test_bad_paths_are_one_line_errors(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         out = tmp_path / "missing" / "snap.arrow"
-        r = subprocess.run(
-            [sys.executable, "-m", "gpusim.cli", "capture", str(child.pid), "-o", str(out)],
-            capture_output=True,
-            text=True,
-        )
+        r = gpusim_cli("capture", str(child.pid), "-o", str(out))
     finally:
         child.kill()
         child.wait()
@@ -249,26 +246,14 @@ def test_python_api_mirrors_the_command_line(tmp_path):
 def test_export_writes_the_dataset_as_one_file(tmp_path):
     runner, _ = ran(tmp_path)
     want = load_results(runner.out)
-    r = subprocess.run(
-        [sys.executable, "-m", "gpusim.cli", "export", str(runner.out), str(tmp_path / "all.arrow")],
-        capture_output=True,
-        text=True,
-    )
+    r = gpusim_cli("export", str(runner.out), str(tmp_path / "all.arrow"))
     assert r.returncode == 0 and "8 rows" in r.stdout, r.stderr
     with pa.ipc.open_file(tmp_path / "all.arrow") as f:
         got = f.read_all()
     assert got.equals(want) and got.schema.metadata == want.schema.metadata
-    r = subprocess.run(
-        [sys.executable, "-m", "gpusim.cli", "export", str(runner.out), str(tmp_path / "all.csv")],
-        capture_output=True,
-        text=True,
-    )
+    r = gpusim_cli("export", str(runner.out), str(tmp_path / "all.csv"))
     assert r.returncode == 0 and len((tmp_path / "all.csv").read_text().splitlines()) == 9
-    r = subprocess.run(
-        [sys.executable, "-m", "gpusim.cli", "export", str(runner.out), str(tmp_path / "all.xlsx")],
-        capture_output=True,
-        text=True,
-    )
+    r = gpusim_cli("export", str(runner.out), str(tmp_path / "all.xlsx"))
     assert r.returncode == 2 and ".arrow or a .csv" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -328,7 +313,7 @@ def test_a_profile_with_an_infinite_cost_is_refused(tmp_path):
     ],
 )
 def test_cli_mistakes_are_one_line(args, needle):
-    r = subprocess.run([sys.executable, "-m", "gpusim.cli", *args], capture_output=True, text=True)
+    r = gpusim_cli(*args)
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
@@ -336,11 +321,7 @@ def test_cli_mistakes_are_one_line(args, needle):
 def test_a_binary_profile_names_the_file(tmp_path):
     p = tmp_path / "bin.yaml"
     p.write_bytes(b"\xff\xfe\x00binary")
-    r = subprocess.run(
-        [sys.executable, "-m", "gpusim.cli", "fork", "--scenario", "A", "--profile", str(p)],
-        capture_output=True,
-        text=True,
-    )
+    r = gpusim_cli("fork", "--scenario", "A", "--profile", str(p))
     assert r.returncode == 2 and f"{p}: not a text (UTF-8) file" in r.stderr
 
 
@@ -379,12 +360,9 @@ def _snapshot(tmp_path, name="s.arrow", vma=0, drop=None, vmas_json=None):
 )
 def test_snapshots_edited_by_hand_are_one_line_errors(tmp_path, kw, needle):
     good = _snapshot(tmp_path, "good.arrow")
-    r = subprocess.run(
-        [sys.executable, "-m", "gpusim.cli", "fork", "--snapshot", str(good), "--json"], capture_output=True, text=True
-    )
+    r = gpusim_cli("fork", "--snapshot", str(good), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["counts"]["pte.share"] == 10, r.stderr
     bad = _snapshot(tmp_path, **kw)
-    cmd = [sys.executable, "-m", "gpusim.cli", "fork", "--snapshot", str(bad)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = gpusim_cli("fork", "--snapshot", str(bad))
     assert r.returncode == 2 and needle in r.stderr and str(bad) in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

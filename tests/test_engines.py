@@ -105,6 +105,7 @@ def test_shared_objects_across_tables(backend, variant):
     compare("swap:cnt=20*8 none*504 swap:cnt=40*8", variant, "never", (), backend)
 
 
+@pytest.mark.cudasim_subset
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("chunk", [1, 2, 3])
 def test_chunking_equals_one_launch(backend, variant, chunk):
@@ -126,6 +127,7 @@ BATCH = [
 ]
 
 
+@pytest.mark.cudasim_subset
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("oracle", ["never", "bern:0.5:7"])
 def test_batch_equals_one_at_a_time(backend, variant, oracle):

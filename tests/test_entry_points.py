@@ -8,7 +8,8 @@ import textwrap
 
 import pyarrow.parquet as pq
 import pytest
-from test_fuzz import assert_refused_or_valid, run_cli
+from inproc import run_cli
+from test_fuzz import assert_refused_or_valid
 
 import gpusim
 

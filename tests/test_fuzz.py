@@ -5,35 +5,17 @@ what is wrong; never a traceback, never another exit code.
 The CLI runs in this process (``gpusim.cli.main`` with its arguments and output redirected): an exception that
 escapes it fails the test, as a traceback would fail a user."""
 
-import contextlib
-import io
 import json
 import string
-import sys
-from unittest import mock
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from budget import budget
 from hypothesis import event, given
 from hypothesis import strategies as st
-
-from gpusim import cli
+from inproc import run_cli
 
 FUZZ = budget(100)
-
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    """``gpusim ARGS`` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with mock.patch.object(sys, "argv", ["gpusim", *args]), contextlib.redirect_stdout(out):
-        with contextlib.redirect_stderr(err):
-            try:
-                cli.main()
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    return code, out.getvalue(), err.getvalue()
 
 
 def assert_refused_or_valid(code: int, out: str, err: str, one_line: bool = True) -> None:

@@ -58,6 +58,7 @@ def compare(space, variant, oracle, backend):
     return got
 
 
+@pytest.mark.cudasim_subset
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("oracle", ORACLES)
 @pytest.mark.parametrize("layout", LAYOUTS)

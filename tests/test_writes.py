@@ -11,8 +11,8 @@ from budget import budget
 from conftest import SMALL
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from inproc import run_cli
 from strategies import layouts
-from test_fuzz import run_cli
 
 import gpusim
 from gpusim.kernels import pte as P
