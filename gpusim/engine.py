@@ -38,7 +38,6 @@ import numpy as np
 from gpusim import backend as B
 from gpusim import decode, earlycopy
 from gpusim.hostloop import host_context, machine_arrays
-from gpusim.kernels import cpu as cpu_kernels
 from gpusim.kernels.args import Calls, HugeArrays, OracleParams, SlowArrays, Tables, VariantParams, memory_arrays
 from gpusim.kernels.cpu import shift_entries
 from gpusim.kernels.fields import MEMORY_FIELDS
@@ -379,8 +378,9 @@ class ForkJob:
         i = int(stopped[0]) if len(stopped) else -1
         if i >= 0 and not dependent[i]:
             raise RuntimeError("an item of the slow path run in parallel stopped the fork (a bug of the engine)")
-        if kernels is cpu_kernels:  # the CPU's pass; on CUDA the same moves as array operations where the state is
-            total, ni, nd = cpu_kernels.number_in_address_order(nf, npg, seg, order, mem, sp, tab.cpte, htab.cpte)
+        compiled = getattr(kernels, "number_in_address_order", None)  # the CPU's pass; the CUDA backends have none:
+        if compiled is not None:  # the same moves as array operations where the state is (gpusim.earlycopy)
+            total, ni, nd = compiled(nf, npg, seg, order, mem, sp, tab.cpte, htab.cpte)
         else:
             total, ni, nd = earlycopy.number_in_address_order(nf, npg, seg, order, mem, sp, tab.cpte, htab.cpte, xp)
         for name in MEMORY_FIELDS:
