@@ -95,12 +95,7 @@ def writes_arg(writes):
     """``fork``'s ``writes``: the notation, or a list of step notations (or steps), checked for type."""
     if isinstance(writes, str):
         return writes
-    if not isinstance(writes, (list, tuple)):
-        raise TypeError(f"writes: the write notation (e.g. 'parent:all; child:all') or a list of steps, not {writes!r}")
-    for i, w in enumerate(writes):
-        if not isinstance(w, (str, Step)):
-            raise TypeError(f"writes[{i}]: a step in the write notation (e.g. 'child:all'), not {w!r}")
-    return writes
+    return checkargs.strings("writes", writes, "a step in the write notation (e.g. 'child:all')", also=(Step,))
 
 
 def refuse_resident(backend: str, check: bool, steps) -> None:

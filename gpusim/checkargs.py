@@ -78,14 +78,15 @@ def instance(name: str, value, cls: type, hint: str = ""):
     return value
 
 
-def strings(name: str, value, what: str) -> list[str]:
-    """A str, or a list or tuple of str, as a list (``what`` names an item in the message)."""
+def strings(name: str, value, what: str, also: tuple = ()) -> list:
+    """A str, or a list or tuple of str (or of the types ``also``), as a list (``what`` names an item in the
+    message)."""
     if isinstance(value, str):
         return [value]
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"{name}: {what} or a list of them, not {_shown(value)}")
     for i, item in enumerate(value):
-        if not isinstance(item, str):
+        if not isinstance(item, (str, *also)):
             raise TypeError(f"{name}[{i}]: {what}, not {_shown(item)}")
     return list(value)
 
