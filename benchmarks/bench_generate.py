@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 
+from gpusim.base.units import parse_size
+from gpusim.inputs.regions import RegionSpace
+from gpusim.jobs.sweep.spec import Region
 from gpusim.kernels.fields import MEMORY_FIELDS
-from gpusim.regions import RegionSpace
-from gpusim.sweep.spec import Region
-from gpusim.units import parse_size
 
 
 def region(**keys) -> dict:

@@ -14,8 +14,8 @@ import statistics
 import time
 
 import gpusim
-from gpusim import backend as B
-from gpusim.workloads import dense_anon
+from gpusim.base import backend as B
+from gpusim.inputs.workloads import dense_anon
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ import statistics
 import time
 
 import gpusim
-from gpusim.state import digest
-from gpusim.workloads import dense_anon
+from gpusim.inputs.workloads import dense_anon
+from gpusim.model.state import digest
 
 
 def interleaved(cases: dict, repeat: int) -> dict:

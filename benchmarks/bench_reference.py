@@ -8,7 +8,7 @@ import argparse
 import datetime
 
 import gpusim
-from gpusim.bench import cpu_model
+from gpusim.jobs.bench import cpu_model
 
 
 def main() -> None:

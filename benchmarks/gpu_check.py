@@ -9,7 +9,7 @@ failing step does not stop the next. The last lines printed are a summary. Steps
    1 GiB forks, each checked against the CPU engine at full size (plain launches, and up to 256 M PTEs CUDA graph
    replays too), the kernels' registers, beside this machine's kernel fork times.
 3. ``stream``: 64 TiB (16 G PTEs) of dense anon generated and forked on the card in chunks, every chunk checked
-   (:func:`gpusim.gpubench.bench_streamed`).
+   (:func:`gpusim.jobs.gpubench.bench_streamed`).
 4. ``shapes``: threads per table, tables per block and register caps of the block kernel, at 1 TiB, checked.
 5. ``tests``: the differential test suite's ``cuda`` parametrisation (catalogue and hypothesis).
 6. ``pinned``: 25 %-pinned anon memory (scattered and contiguous pins) forked by ``gpusim.fork`` on cuda and on cpu
@@ -55,8 +55,8 @@ import cupy
 from importlib.metadata import version
 print({p: version(p) for p in ("numba", "numba-cuda", "numpy") if p}, "cupy", cupy.__version__)
 import gpusim
-from gpusim.workloads import dense_anon
-from gpusim.backend import cuda_usable
+from gpusim.inputs.workloads import dense_anon
+from gpusim.base.backend import cuda_usable
 print("cuda usable:", cuda_usable())
 for pe in (0, 700):
     s = dense_anon(8192, pin_every=pe)
@@ -69,7 +69,7 @@ for pe in (0, 700):
 EQUAL = r"""
 import json, sys, time
 import gpusim
-from gpusim.workloads import dense_anon
+from gpusim.inputs.workloads import dense_anon
 for backend in ("cpu", "cuda"):  # compile every kernel, the slow path's too, before anything is timed
     gpusim.fork(dense_anon(4096, pin_every=700), "linux-6.18", backend=backend, check=False)
 out = []
@@ -92,8 +92,8 @@ WRITES = r"""
 import json, statistics, sys
 import gpusim
 from gpusim.api import write_phase
-from gpusim.bench import Pins, bench_space
-from gpusim.state import digest
+from gpusim.jobs.bench import Pins, bench_space
+from gpusim.model.state import digest
 STEPS = "parent:all; child:all; parent:4096-70000; child:exit"
 out = []
 for size, variant in %s:
@@ -121,7 +121,7 @@ assert all(r["equal"] for r in out)
 PINNED = r"""
 import json, sys, time
 import gpusim
-from gpusim.bench import Pins, bench_space
+from gpusim.jobs.bench import Pins, bench_space
 out = []
 for size, placement, variant in %s:
     t0 = time.perf_counter()
@@ -130,19 +130,19 @@ for size, placement, variant in %s:
     gpusim.fork(s, variant, backend="cuda", check=False)  # compile / warm up
     b = gpusim.fork(s, variant, backend="cuda", check=False)
     same = (a.digest == b.digest and a.counts == b.counts and a.outcome == b.outcome and a.child_rss == b.child_rss)
-    row = {"size": size, "placement": placement, "variant": variant, "equal": same, "host_tables": b.host_tables,
+    row = {"size": size, "placement": placement, "variant": variant, "equal": same, "python_tables": b.python_tables,
            "early_copies": b.counts["installs"], "cpu_wall_s": a.engine_wall_s, "cuda_wall_s": b.engine_wall_s,
            "cuda_early_copies_per_s": b.counts["installs"] / b.engine_wall_s, "total_s": time.perf_counter() - t0}
     print(json.dumps(row), flush=True)
     out.append(row)
     del s, a, b
 json.dump(out, open(sys.argv[1], "w"))
-assert all(r["equal"] and r["host_tables"] == 0 for r in out)
+assert all(r["equal"] and r["python_tables"] == 0 for r in out)
 """
 
 SHAPES = r"""
 import json, sys
-from gpusim.gpubench import bench_resident
+from gpusim.jobs.gpubench import bench_resident
 from gpusim.kernels.cuda import Shape
 rows = []
 for tpt, w, regs in %s:
@@ -164,7 +164,7 @@ RESIDENT = r"""
 import json, sys, time
 import cupy
 import gpusim
-from gpusim.regions import RegionSpace
+from gpusim.inputs.regions import RegionSpace
 sys.path.insert(0, "benchmarks")
 from bench_generate import regions  # the workload kinds, defined once
 def sync():
@@ -239,7 +239,7 @@ assert same and rows["cuda"]["rc"] == 0 and rows["cpu"]["rc"] == 0
 
 STREAM = r"""
 import json, sys
-from gpusim.gpubench import bench_streamed
+from gpusim.jobs.gpubench import bench_streamed
 from gpusim.kernels.cuda import Shape
 shape = Shape(*json.loads(sys.argv[2])) if len(sys.argv) > 2 else None
 out = []

@@ -7,17 +7,17 @@ _EXPORTS = {
     "fork": "gpusim.api",
     "fork_batch": "gpusim.api",
     "fork_streamed": "gpusim.stream",
-    "BACKENDS": "gpusim.backend",
-    "parse_layout": "gpusim.layout",
-    "LayoutError": "gpusim.layout",
-    "COST_EVENTS": "gpusim.result",
-    "COUNT_NAMES": "gpusim.result",
-    "ForkResult": "gpusim.result",
-    "MM": "gpusim.state",
-    "AddressSpace": "gpusim.state",
-    "Memory": "gpusim.state",
-    "DEFAULT_VARIANT": "gpusim.variants",
-    "VARIANTS": "gpusim.variants",
+    "BACKENDS": "gpusim.base.backend",
+    "parse_layout": "gpusim.inputs.layout",
+    "LayoutError": "gpusim.inputs.layout",
+    "COST_EVENTS": "gpusim.model.result",
+    "COUNT_NAMES": "gpusim.model.result",
+    "ForkResult": "gpusim.model.result",
+    "MM": "gpusim.model.state",
+    "AddressSpace": "gpusim.model.state",
+    "Memory": "gpusim.model.state",
+    "DEFAULT_VARIANT": "gpusim.model.variants",
+    "VARIANTS": "gpusim.model.variants",
 }
 
 
@@ -36,31 +36,31 @@ def __dir__():
 
 
 def load_results(path):
-    """A sweep's results directory as a ``pyarrow.Table`` (see :mod:`gpusim.sweep.export`)."""
-    from gpusim.sweep.export import load_results as _load
+    """A sweep's results directory as a ``pyarrow.Table`` (see :mod:`gpusim.jobs.sweep.export`)."""
+    from gpusim.jobs.sweep.export import load_results as _load
 
     return _load(path)
 
 
 def workload(kind, variant=None, seed=0, streamed=False, **params):
-    """The address space of a workload (``gpusim fork --workload``; see :func:`gpusim.sweep.pyapi.workload`)."""
-    from gpusim.sweep.pyapi import workload as _workload
-    from gpusim.variants import DEFAULT_VARIANT
+    """The address space of a workload (``gpusim fork --workload``; see :func:`gpusim.jobs.sweep.pyapi.workload`)."""
+    from gpusim.jobs.sweep.pyapi import workload as _workload
+    from gpusim.model.variants import DEFAULT_VARIANT
 
     return _workload(kind, DEFAULT_VARIANT if variant is None else variant, seed, streamed, **params)
 
 
 def run_sweep(spec_or_path, out=None, executor="local", workers=None, backend=None, verify=False, address=None):
     """Run a sweep as ``gpusim sweep`` does and return its dataset as a ``pyarrow.Table`` (see
-    :func:`gpusim.sweep.pyapi.run_sweep`)."""
-    from gpusim.sweep.pyapi import run_sweep as _run
+    :func:`gpusim.jobs.sweep.pyapi.run_sweep`)."""
+    from gpusim.jobs.sweep.pyapi import run_sweep as _run
 
     return _run(spec_or_path, out, executor, workers, backend, verify, address)
 
 
 def load_profile(name_or_path=None):
-    """A cost profile by shipped name or path (see :mod:`gpusim.costmodel`)."""
-    from gpusim.costmodel import load_profile as _load
+    """A cost profile by shipped name or path (see :mod:`gpusim.analysis.costmodel`)."""
+    from gpusim.analysis.costmodel import load_profile as _load
 
     return _load(name_or_path)
 

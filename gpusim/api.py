@@ -1,24 +1,24 @@
 """The Python entry points: ``gpusim.fork(address_space, ...) -> ForkResult`` and ``gpusim.fork_batch``.
 
-Backend choice lives here, at one seam: ``reference`` runs :func:`gpusim.reference.fork_reference`, the fast
-backends :func:`gpusim.engine.fork_fast` with the kernels :func:`gpusim.backend.kernels` gives. Whatever the engine,
-the invariants of spec section 6 are then checked on the result (:mod:`gpusim.invariants`).
+Backend choice lives here, at one seam: ``reference`` runs :func:`gpusim.engines.reference.fork_reference`, the fast
+backends :func:`gpusim.engines.fast.fork_fast` with the kernels :func:`gpusim.base.backend.kernels` gives. Whatever the
+engine, the invariants of spec section 6 are then checked on the result (:mod:`gpusim.analysis.invariants`).
 """
 
 from __future__ import annotations
 
 import time
 
-from gpusim import backend as _backend
-from gpusim import checkargs
-from gpusim.engine import fork_fast, fork_fast_batch
-from gpusim.invariants import check_invariants, check_write_phase
-from gpusim.oracle import InjectionPlan, LockBreakOracle
-from gpusim.reference import fork_reference
-from gpusim.result import ForkResult
-from gpusim.state import AddressSpace
-from gpusim.variants import DEFAULT_VARIANT, get_variant
-from gpusim.writes import Step, parse_writes, run_write_phase
+from gpusim.analysis.invariants import check_invariants, check_write_phase
+from gpusim.base import backend as _backend
+from gpusim.base import checkargs
+from gpusim.engines.fast import fork_fast, fork_fast_batch
+from gpusim.engines.reference import fork_reference
+from gpusim.engines.writes import Step, parse_writes, run_write_phase
+from gpusim.model.oracle import InjectionPlan, LockBreakOracle
+from gpusim.model.result import ForkResult
+from gpusim.model.state import AddressSpace
+from gpusim.model.variants import DEFAULT_VARIANT, get_variant
 
 BACKENDS = _backend.BACKENDS
 
@@ -42,7 +42,7 @@ def fork(
     makes the fast engines process the page tables in launches of at most that many tables (an address space
     larger than device memory); the result does not depend on it. ``writes`` (the notation of spec 11.1, e.g.
     ``"parent:all; child:all"``, or a list of steps) runs a write phase after a fork that succeeds:
-    ``result.write_phase`` (:class:`gpusim.writes.WritePhase`; its invariants checked with ``check``).
+    ``result.write_phase`` (:class:`gpusim.engines.writes.WritePhase`; its invariants checked with ``check``).
 
     A space in device memory (``RegionSpace(...).whole("cuda")``) forks there on ``cuda``, with ``check=False`` and no
     writes; its result's states stay on the device, and its digest is computed there.
@@ -99,7 +99,7 @@ def writes_arg(writes):
 
 
 def refuse_resident(backend: str, check: bool, steps) -> None:
-    """What a fork of state in device memory (:meth:`gpusim.regions.RegionSpace.generate` on ``cuda``) cannot do:
+    """What a fork of state in device memory (:meth:`gpusim.inputs.regions.RegionSpace.generate` on ``cuda``) cannot do:
     run elsewhere than on ``cuda``, or check invariants and run a write phase, which read the states on the host."""
     if backend != "cuda":
         raise ValueError(f"an address space in device memory forks on the cuda backend, not '{backend}'")

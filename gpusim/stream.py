@@ -1,7 +1,7 @@
 """Forks of address spaces larger than memory: a generated space forked chunk by chunk.
 
-:func:`fork_streamed` builds a :class:`gpusim.regions.RegionSpace` one chunk of whole page tables at a time, forks
-each chunk with :func:`gpusim.api.fork` (checking its invariants), folds what the fork gives into the result of
+:func:`fork_streamed` builds a :class:`gpusim.inputs.regions.RegionSpace` one chunk of whole page tables at a time,
+forks each chunk with :func:`gpusim.api.fork` (checking its invariants), folds what the fork gives into the result of
 the whole fork, and drops the chunk; memory holds one chunk's state, whatever the size of the space.
 
 Why a chunk's fork is a piece of the whole fork: every folio, page and swap slot a generated space holds is mapped
@@ -13,7 +13,7 @@ chunk see exactly what they see in the whole fork. The pieces are put together a
   child's PMD and PUD pages: distinct over the whole child, so a page two chunks share counts once);
 * rss counters are sums; per-table statistics keep one row per distinct (passes, events) of the tables, which is
   all the cost model reads from them (the longest lock hold);
-* the digest (:class:`gpusim.state.DigestSums`) takes each chunk's rows at their places in the whole state: pfns,
+* the digest (:class:`gpusim.model.state.DigestSums`) takes each chunk's rows at their places in the whole state: pfns,
   folio numbers and slot numbers moved from the chunk's numbering to the whole space's, the pages and folios a
   fork adds (early copies) after the whole space's, as the whole fork numbers them;
 * a fork that stops (an oops) stops the stream: later chunks are hashed as built, unforked, as the whole fork
@@ -32,17 +32,17 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gpusim import checkargs
 from gpusim.api import fork
+from gpusim.base import checkargs
+from gpusim.base.machine import FORK_COPIES, PAGE_BYTES, PROCESS_BYTES, require_memory
+from gpusim.inputs.regions import Chunk, RegionSpace
+from gpusim.inputs.workloads import fork_memory_bytes, state_bytes_bound
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import PTRS_PER_TABLE, RSS_NAMES
-from gpusim.machine import FORK_COPIES, PAGE_BYTES, PROCESS_BYTES, require_memory
-from gpusim.plan import VMA_COUNT_NAMES
-from gpusim.regions import Chunk, RegionSpace
-from gpusim.result import ForkResult, InvariantReport, TableStats, finish_counts, new_counts, rss_dict
-from gpusim.state import MM, AddressSpace, DigestSums, Memory, empty_mm, resident_bytes
-from gpusim.variants import get_variant
-from gpusim.workloads import fork_memory_bytes, state_bytes_bound
+from gpusim.model.plan import VMA_COUNT_NAMES
+from gpusim.model.result import ForkResult, InvariantReport, TableStats, finish_counts, new_counts, rss_dict
+from gpusim.model.state import MM, AddressSpace, DigestSums, Memory, empty_mm, resident_bytes
+from gpusim.model.variants import get_variant
 
 VMA_FIELDS = ("vma_start", "vma_end", "vma_flags", "vma_backing", "vma_anon_vma")
 PER_FORK_COUNTS = ("fork.base", "fork.mm", "table.upper_alloc", *VMA_COUNT_NAMES)
@@ -63,13 +63,14 @@ def default_chunk_rows() -> int:
     return max(1, CHUNK_STATE_BYTES // (PTRS_PER_TABLE * PAGE_BYTES))
 
 
-# The plan of a generated space (gpusim.regions: per-table counts and prefix sums), bytes per table, bounded above.
+# The plan of a generated space (gpusim.inputs.regions: per-table counts and prefix sums), bytes per table, bounded
+# above.
 PLAN_BYTES_PER_TABLE = 96
 
 
 def stream_memory_bytes(workload, chunk_rows: int) -> int:
     """About the most memory a streamed fork of a workload spec holds at once: the process, the plan, and
-    :data:`~gpusim.workloads.FORK_COPIES` of a chunk's state."""
+    :data:`~gpusim.inputs.workloads.FORK_COPIES` of a chunk's state."""
     tables = state_bytes_bound(workload) // (PTRS_PER_TABLE * PAGE_BYTES) + 1
     return PROCESS_BYTES + PLAN_BYTES_PER_TABLE * tables + FORK_COPIES * chunk_rows * PTRS_PER_TABLE * PAGE_BYTES
 
@@ -88,7 +89,7 @@ def streaming_refused(oracle=None, inject=None, chained: bool = False) -> str | 
 def stream_rows(workload, what: str, oracle=None, inject=None, chained: bool = False) -> int | None:
     """How a fork of a workload spec runs: in chunks of the returned number of tables when its state is larger
     than :data:`STREAM_ABOVE_BYTES` and it can be streamed, else whole (None). Raises
-    :class:`~gpusim.machine.NotEnoughMemory` up front, naming the memory it needs, when it fits neither way."""
+    :class:`~gpusim.base.machine.NotEnoughMemory` up front, naming the memory it needs, when it fits neither way."""
     bound = state_bytes_bound(workload)
     if bound is None or bound <= STREAM_ABOVE_BYTES:
         require_memory(fork_memory_bytes(workload), what)
@@ -104,7 +105,7 @@ def stream_rows(workload, what: str, oracle=None, inject=None, chained: bool = F
 
 @dataclasses.dataclass
 class StreamedResult(ForkResult):
-    """The result of a streamed fork: a :class:`~gpusim.result.ForkResult` without the final states (``parent``
+    """The result of a streamed fork: a :class:`~gpusim.model.result.ForkResult` without the final states (``parent``
     and ``child`` are None; they were never held whole), with ``chunks`` forked and the largest chunk's resident
     bytes."""
 
@@ -217,7 +218,7 @@ class Totals:
         self.violations: list[str] = []
         self.checked = True
         self.engine_wall_s = 0.0
-        self.host_tables = 0
+        self.python_tables = 0
         self.resident = 0
 
     def add(self, ch: Chunk, r: ForkResult) -> None:
@@ -235,7 +236,7 @@ class Totals:
         where = f"chunk of tables {ch.lo}..{ch.hi - 1} (pfns from {ch.page_base}, folios from {ch.folio_base})"
         self.violations += [f"{where}: {v}" for v in r.invariants.violations]
         self.engine_wall_s += r.engine_wall_s
-        self.host_tables += r.host_tables
+        self.python_tables += r.python_tables
         self.resident = max(self.resident, resident_bytes(r.parent.mm, r.child, r.parent.memory))
 
     def add_upper(self, tables: np.ndarray) -> None:
@@ -332,7 +333,7 @@ def fork_streamed(
         nr_ptes=space.nr_ptes,
         trace_complete=False,
         table_stats=distinct_rows(stats) if len(stats.table) else stats,
-        host_tables=totals.host_tables,
+        python_tables=totals.python_tables,
         chunks=nchunks,
         chunk_rows=chunk_rows,
         resident_bytes_max=totals.resident,

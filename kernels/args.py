@@ -72,7 +72,7 @@ FIELDS = (
             "swap_levels",
         )
     ),
-    # the variant's rules (gpusim.variants.Variant): no kernel knows a variant otherwise
+    # the variant's rules (gpusim.model.variants.Variant): no kernel knows a variant otherwise
     ("variant", "machine", _I64, 0, False),  # copy_pte_range's state machine in the slow path (M_* of flags)
     ("variant", "early_cow", _B, 0, False),  # maybe-pinned pages are copied at fork
     ("variant", "anon_exclusive", _B, 0, False),  # PageAnonExclusive: only exclusive anon pages copied early,
@@ -135,11 +135,11 @@ GenOut = namedtuple("GenOut", list(GEN_OUT_FIELDS))
 # The other parameters of a launch, in order: (name, dtype, dimensions); the groups come after ``rows``, the outputs
 # after the groups (``walk``: CUDA only, tables left to its second kernel).
 SCALARS = (("mode", _I64, 0), ("rows", _I64, 1))
-OUTPUTS = (("needs_host", _B, 1), ("walk", _B, 1), ("counts", _I64, 2))
+OUTPUTS = (("needs_slow", _B, 1), ("walk", _B, 1), ("counts", _I64, 2))
 
 
 def memory_arrays(arrays: dict) -> MemoryArrays:
-    """The kernels' memory group from arrays by field name (a :class:`gpusim.state.Memory`'s, or any dict)."""
+    """The kernels' memory group from arrays by field name (a :class:`gpusim.model.state.Memory`'s, or any dict)."""
     return MemoryArrays(**{f: arrays[f] for f in MemoryArrays._fields})
 
 
@@ -161,7 +161,7 @@ def _group_type(name):
     return types.NamedTuple([_numba_type(dt, nd) for g, _, dt, nd, _ in FIELDS if g == name], GROUP_TYPES[name])
 
 
-def signature(outputs=("needs_host", "walk", "counts")):
+def signature(outputs=("needs_slow", "walk", "counts")):
     """The numba types of a kernel's parameters: the scalars, the five groups, then ``outputs``."""
     out = {name: _numba_type(dt, nd) for name, dt, nd in OUTPUTS}
     return (

@@ -1,9 +1,9 @@
 """CPU kernels of the fast engine: numba ``njit`` with ``prange`` over page tables.
 
-One thread walks one table (all its calls): it classifies the table, then, if no PTE needs the host loop, copies it
+One thread walks one table (all its calls): it classifies the table, then, if no PTE needs the slow path, copies it
 while the row is still in cache (:mod:`gpusim.kernels.table`). Per-table counts go to rows of their own and are
 summed on the host. The tables left to the slow path (:mod:`gpusim.kernels.slowpath`) are planned
-(:func:`slow_plan`) and run (:func:`host_tables`) here too, a thread per table that shares no object with another.
+(:func:`slow_plan`) and run (:func:`slow_tables`) here too, a thread per table that shares no object with another.
 """
 
 import hashlib
@@ -31,11 +31,11 @@ from gpusim.kernels.slowpath import (
     item_objects,
     run_item,
 )
-from gpusim.kernels.table import copy_table_fast, table_needs_host
+from gpusim.kernels.table import copy_table_fast, table_needs_slow
 
 
 def prepare() -> None:
-    """Ready this process for the CPU kernels (:func:`gpusim.backend.kernels` calls it before their first use).
+    """Ready this process for the CPU kernels (:func:`gpusim.base.backend.kernels` calls it before their first use).
 
     numba's on-disk cache (``cache=True``) is keyed on this file only, not on the kernel modules it calls: when any
     of them changed since the cache was written, the cached machine code is dropped so that it is compiled afresh.
@@ -76,25 +76,25 @@ def fork_tables(mode, rows, vp, tab, calls, mem, nb):
 
     ``mode``: ``MODE_CLASSIFY`` classify only, ``MODE_CLASSIFY_COPY`` classify then copy the tables that need no
     host, ``MODE_COPY`` copy (all need no host). Writes the state arrays in place.
-    Returns (needs_host bool ``(len(rows),)``, counts i64 ``(len(rows), NR_FAST_COUNTS)``).
+    Returns (needs_slow bool ``(len(rows),)``, counts i64 ``(len(rows), NR_FAST_COUNTS)``).
     """
     n = rows.shape[0]
-    needs_host = np.zeros(n, np.bool_)
+    needs_slow = np.zeros(n, np.bool_)
     counts = np.zeros((n, NR_FAST_COUNTS), np.int64)
-    _fork_tables(mode, rows, vp, tab, calls, mem, nb, needs_host, counts)
-    return needs_host, counts
+    _fork_tables(mode, rows, vp, tab, calls, mem, nb, needs_slow, counts)
+    return needs_slow, counts
 
 
 # Without numba's reference counting (_nrt=False): every call of a per-entry function with array arguments would
 # otherwise increment and decrement the arrays' shared reference counts atomically, which costs more than the
 # entry's own work and makes the threads contend for those counters. The kernel allocates nothing.
 @njit(parallel=True, cache=True, _nrt=False)
-def _fork_tables(mode, rows, vp, tab, calls, mem, nb, needs_host, counts):
+def _fork_tables(mode, rows, vp, tab, calls, mem, nb, needs_slow, counts):
     for i in prange(rows.shape[0]):
         r = rows[i]
         if mode != MODE_COPY:
-            needs_host[i] = table_needs_host(r, vp, tab, calls, mem)
-        if mode == MODE_CLASSIFY or needs_host[i]:
+            needs_slow[i] = table_needs_slow(r, vp, tab, calls, mem)
+        if mode == MODE_CLASSIFY or needs_slow[i]:
             continue
         copy_table_fast(r, vp, tab, calls, mem, nb, counts[i])
 
@@ -122,7 +122,7 @@ def _slow_plan(order, maybe, tab, huge, calls, mem, lo, hi, bounds, dependent, c
             dependent[i] = item_objects(i, order[i], CHECK, maybe, tab, huge, calls, mem, lo, hi)[1]
 
 
-def host_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp):
+def slow_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp):
     """The slow path (:mod:`gpusim.kernels.slowpath`) over the items of ``order``: the independent ones in parallel,
     then the ``dependent`` ones one after the other in address order, until one stops the fork. ``sp.state`` and
     ``sp.copy_mm_data`` have a row per item (its allocator and logs; the xu series' struct). Returns (counts i64
@@ -132,12 +132,12 @@ def host_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp):
     counts = np.zeros((n, NR_SLOW_COUNTS), np.int64)
     status = np.zeros(n, np.int64)
     call = np.full(n, -1, np.int64)
-    _host_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp, counts, status, call)
+    _slow_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp, counts, status, call)
     return counts, status, call
 
 
 @njit(parallel=True, cache=True, _nrt=False)  # no reference counting of the arrays on every call (see _fork_tables)
-def _host_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp, counts, status, call):
+def _slow_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp, counts, status, call):
     n = order.shape[0]
     for i in prange(n):
         if not dependent[i]:
@@ -151,8 +151,8 @@ def _host_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp, coun
 
 def number_in_address_order(nr_folios, nr_pages, seg, order, mem, sp, cpte, hcpte):
     """Close up the segments of new rows the items of ``order`` allocated from (``seg``: their first rows, counted
-    from ``nr_folios`` / ``nr_pages``; ``sp.state``: how far each got; see :mod:`gpusim.earlycopy`): the rows each
-    item used move down to follow the previous item's, the child entries (``cpte``, or ``hcpte`` for a THP) and the
+    from ``nr_folios`` / ``nr_pages``; ``sp.state``: how far each got; see :mod:`gpusim.engines.earlycopy`): the rows
+    each item used move down to follow the previous item's, the child entries (``cpte``, or ``hcpte`` for a THP) and the
     logs naming them follow, and the logs are closed up at the front of ``sp.installs`` / ``sp.duplicates``.
     Returns (the new rows, installs, duplicates)."""
     out = np.zeros(3, np.int64)

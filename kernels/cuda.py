@@ -12,8 +12,8 @@ kernels' walk. Folio refcounts, page mapcounts and swap counts that several entr
 ``cuda.atomic.add``. Arguments come in the groups of :mod:`gpusim.kernels.args`.
 
 Host (numpy) state arrays are moved to the device as CuPy arrays (numba device arrays when CuPy is absent) for the
-launch and the written ones copied back, so the engine's host loop and the CPU kernels see the same arrays. State
-arrays that are already on the device (CuPy) stay there: :mod:`gpusim.gpubench` keeps a whole address space, or a
+launch and the written ones copied back, so the engine's Python loop and the CPU kernels see the same arrays. State
+arrays that are already on the device (CuPy) stay there: :mod:`gpusim.jobs.gpubench` keeps a whole address space, or a
 batch of them, resident and times the kernel alone. Under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the
 kernels run as Python threads on the numpy arrays themselves.
 
@@ -47,7 +47,7 @@ from gpusim.kernels.table import (
     copy_entry,
     copy_table_fast,
     end_call,
-    entry_needs_host,
+    entry_needs_slow,
     entry_weight,
     tally,
 )
@@ -77,7 +77,7 @@ if not SIMULATOR:
 
 
 def prepare() -> None:
-    """Ready this process for the CUDA kernels (:func:`gpusim.backend.kernels` calls it before their first use):
+    """Ready this process for the CUDA kernels (:func:`gpusim.base.backend.kernels` calls it before their first use):
     numba-cuda (0.30 at least) registers an overload of ``np.row_stack`` when it compiles its first kernel, an alias
     of ``np.vstack`` that NumPy 2.5 removed; restore the alias so that those versions work together."""
     if not hasattr(np, "row_stack"):
@@ -98,7 +98,7 @@ def block_classify(r, lane, nt, classify, batches, vp, tab, calls, mem):
         for a in range(calls.start[c] + lane, calls.end[c], nt):
             v = tab.ppte[r, a - base]
             if classify:
-                nh, last_f = entry_needs_host(v, last_f, vp, check_folios, mem)
+                nh, last_f = entry_needs_slow(v, last_f, vp, check_folios, mem)
                 need = need or nh
             if batches:
                 batch = batch or batch_candidate(v, True, mem)
@@ -147,7 +147,7 @@ MAX_THREADS = 16 if SIMULATOR else 128  # 12 KiB of counts: 16 blocks of 128 thr
 PART_WORDS = NR_FAST_COUNTS | 1
 
 
-def fork_tables_kernel(mode, rows, vp, tab, calls, mem, nb, needs_host, walk, counts):
+def fork_tables_kernel(mode, rows, vp, tab, calls, mem, nb, needs_slow, walk, counts):
     """A block holds ``blockDim.y`` tables of ``rows``, ``blockDim.x`` threads each: the threads of a table classify
     its entries (one pass: does one need the host? could one start a large-folio batch?), then copy them
     (consecutive threads, consecutive entries), each counting into its own row of shared memory; one thread per
@@ -184,7 +184,7 @@ def fork_tables_kernel(mode, rows, vp, tab, calls, mem, nb, needs_host, walk, co
     cuda.syncthreads()
     if active and lane == 0:
         if mode != MODE_COPY:
-            needs_host[i] = stop[w] != 0
+            needs_slow[i] = stop[w] != 0
         if mode == MODE_CLASSIFY:
             stop[w] = 1
         elif stop[w] == 0 and batch[w] != 0:  # left to the walk kernel
@@ -206,7 +206,7 @@ def fork_tables_kernel(mode, rows, vp, tab, calls, mem, nb, needs_host, walk, co
             counts[i, x] = min(total, 1) if x == C_SWAPOFF else total
 
 
-def walk_tables_kernel(mode, rows, vp, tab, calls, mem, nb, needs_host, walk, counts):
+def walk_tables_kernel(mode, rows, vp, tab, calls, mem, nb, needs_slow, walk, counts):
     """One thread per table row that :func:`fork_tables_kernel` marked in ``walk``: the address-order walk of the
     CPU kernels (a separate kernel, so that the block walk keeps few registers)."""
     i = cuda.grid(1)
@@ -426,17 +426,17 @@ def _launch(n: int, shape: Shape, stream, args: tuple) -> None:
 
 
 def outputs(n: int, xp):
-    """The outputs of a launch over ``n`` rows (needs_host, walk, counts), zeroed, as arrays of ``xp``."""
+    """The outputs of a launch over ``n`` rows (needs_slow, walk, counts), zeroed, as arrays of ``xp``."""
     return xp.zeros(n, np.bool_), xp.zeros(n, np.bool_), xp.zeros((n, NR_FAST_COUNTS), np.int64)
 
 
 def fork_tables(mode, rows, vp, tab, calls, mem, nb, shape: Shape | None = None, out=None):
     """Same contract as :func:`gpusim.kernels.cpu.fork_tables`: writes the state arrays in place and returns
-    (needs_host, counts).
+    (needs_slow, counts).
 
     Host (numpy) arrays are copied to the device for the launch and the written ones back after it. When the state
     arrays are already device arrays (``tab.ppte`` says which), nothing moves: the kernels run on them on CuPy's
-    current stream and needs_host and counts are returned as device arrays too (state kept resident between
+    current stream and needs_slow and counts are returned as device arrays too (state kept resident between
     forks); ``out`` (from :func:`outputs`) then gives the output arrays, so that nothing is allocated or copied
     from the host (a launch that a CUDA graph can capture: :class:`ForkGraph`)."""
     n = int(rows.shape[0])
@@ -464,10 +464,10 @@ def fork_tables(mode, rows, vp, tab, calls, mem, nb, shape: Shape | None = None,
     for host, dev in zip((tab, calls, mem, nb), groups):
         for name in A.written(host):
             _to_host(getattr(dev, name), getattr(host, name))
-    needs_host, counts = np.zeros(n, np.bool_), np.zeros((n, NR_FAST_COUNTS), np.int64)
-    _to_host(out[0], needs_host)
+    needs_slow, counts = np.zeros(n, np.bool_), np.zeros((n, NR_FAST_COUNTS), np.int64)
+    _to_host(out[0], needs_slow)
     _to_host(out[2], counts)
-    return needs_host, counts
+    return needs_slow, counts
 
 
 class ForkGraph:
@@ -493,7 +493,7 @@ class ForkGraph:
                 self.graph = self.stream.end_capture()
 
     def launch(self):
-        """Replay the fork on the graph's stream; returns (needs_host, counts) as device arrays."""
+        """Replay the fork on the graph's stream; returns (needs_slow, counts) as device arrays."""
         self.graph.launch(self.stream)
         return self.out[0], self.out[2]
 
@@ -543,8 +543,8 @@ ITEMS_ARGS = ("order", "dependent", "vp", "tab", "htab", "huge", "calls", "mem",
 ITEMS_WRITTEN = tuple(ITEMS_ARGS.index(k) for k in ("tab", "htab", "huge", "mem", "sp", "counts", "status", "call"))
 
 
-def host_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp):
-    """Same contract as :func:`gpusim.kernels.cpu.host_tables`: a thread per independent item, then one thread
+def slow_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp):
+    """Same contract as :func:`gpusim.kernels.cpu.slow_tables`: a thread per independent item, then one thread
     for the dependent ones in address order. The state arrays come back to the host."""
     n = int(order.shape[0])
     args = (order, dependent, vp, tab, htab, huge, calls, mem, nb, sp)

@@ -1,4 +1,4 @@
-"""The compiled pass of the canonical digest (:func:`gpusim.state.digest`): one read of each array, in parallel.
+"""The compiled pass of the canonical digest (:func:`gpusim.model.state.digest`): one read of each array, in parallel.
 
 Each element ``v`` at position ``i`` of a field contributes ``mix(v, i)`` to two 64-bit sums (128 bits in all),
 one lane per constant. ``mix`` is a bijection of ``v`` for a fixed position and seed (xor with a key of the

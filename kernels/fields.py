@@ -1,5 +1,5 @@
-"""The arrays of the state model (spec section 1): every field of :class:`gpusim.state.Memory` and
-:class:`gpusim.state.MM` with its dtype and per-row shape.
+"""The arrays of the state model (spec section 1): every field of :class:`gpusim.model.state.Memory` and
+:class:`gpusim.model.state.MM` with its dtype and per-row shape.
 
 These tables drive validation, the canonical digest, copies and the dtypes the kernels are compiled for; the kernel
 argument groups (:mod:`gpusim.kernels.args`) take their memory dtypes from here.

@@ -73,11 +73,12 @@ RSS_NAMES = ("anon", "file", "shmem", "swapents")
 # --- the error numbers copy_pte_range returns (the kernel's, negated) ------------------------------------------
 ENOMEM, EAGAIN, EIO, EHWPOISON = -12, -11, -5, -133
 
-# --- the copy_pte_range state machines a variant runs (gpusim.variants.Variant.machine): the kernels know a variant
-# by its rules (gpusim.kernels.args.VariantParams), and the slow path picks its state machine by this number ----------
+# --- the copy_pte_range state machines a variant runs (gpusim.model.variants.Variant.machine): the kernels know a
+# variant by its rules (gpusim.kernels.args.VariantParams), and the slow path picks its state machine by this number
+# ----------
 MACHINES = ("linux-5.8", "xu-v1", "xu-v1-oleg", "linux-5.10", "linux-6.18")
 M_5_8, M_XU_V1, M_XU_V1_OLEG, M_5_10, M_6_18 = range(len(MACHINES))
-# How a write-protect fault decides to reuse an anon page (spec 11.2; gpusim.variants.Variant.wp_reuse): by its
+# How a write-protect fault decides to reuse an anon page (spec 11.2; gpusim.model.variants.Variant.wp_reuse): by its
 # mappings alone (reuse_swap_page, before 09854ba94c6a), by its reference count (page_count == 1), or by
 # PageAnonExclusive and wp_can_reuse_anon_folio.
 WP_REUSE_MAPCOUNT, WP_REUSE_REFCOUNT, WP_REUSE_EXCLUSIVE = 0, 1, 2

@@ -1,5 +1,5 @@
-"""The region generator compiled (:mod:`gpusim.regions`): its random choices, keyed by position, not by the order in
-which they are made, and its step 2, the tables of a chunk, written once for the CPU and CUDA drivers.
+"""The region generator compiled (:mod:`gpusim.inputs.regions`): its random choices, keyed by position, not by the order
+in which they are made, and its step 2, the tables of a chunk, written once for the CPU and CUDA drivers.
 
 Every draw of an item is a hash of (a key, the item's id), so the address space a generator builds does not depend
 on how it is cut into chunks: a chunk of tables draws exactly what the same tables draw in a whole build. The hash
@@ -7,9 +7,9 @@ is the splitmix64 finaliser (Steele, Lea and Flood, "Fast splittable pseudorando
 a bijection of 64 bits with good avalanche, so distinct ids give independent-looking draws.
 
 :func:`generate_row` builds one table row of a chunk from the plan's numbers for its table (step 1 of
-:mod:`gpusim.regions`), where the plan says its pages, folios and slots start: so every row is built on its own (a
-CPU thread or a CUDA thread each), in host memory or directly in device memory, and the arrays equal those the
-region generator's reference build (:class:`gpusim.builder.SpaceBuilder`) makes.
+:mod:`gpusim.inputs.regions`), where the plan says its pages, folios and slots start: so every row is built on its own
+(a CPU thread or a CUDA thread each), in host memory or directly in device memory, and the arrays equal those the
+region generator's reference build (:class:`gpusim.model.builder.SpaceBuilder`) makes.
 """
 
 import numpy as np
@@ -104,7 +104,8 @@ def draw_int(key, item, hi):
     return 1 + np.int64(splitmix(key, item) % np.uint64(hi))
 
 
-# --- step 2 of gpusim.regions, one table row at a time (v: GenVmas, w: GenRows, o: GenOut of kernels/args.py) -----
+# --- step 2 of gpusim.inputs.regions, one table row at a time (v: GenVmas, w: GenRows, o: GenOut of kernels/args.py)
+# -----
 
 THP_ORDER = 9
 
@@ -128,7 +129,7 @@ def new_folio(f, p0, order, fflags, ref, pmd_mapcount, page_flags, page_mapcount
 
 @register_jitable
 def pin_folio(f, large_order, o):
-    """``add_pin`` once (spec 1.6), as :meth:`gpusim.builder.SpaceBuilder.add_pins` does."""
+    """``add_pin`` once (spec 1.6), as :meth:`gpusim.model.builder.SpaceBuilder.add_pins` does."""
     order = np.int64(o.folio_order[f])
     o.folio_refcount[f] += pin_refcount_delta(order, large_order)
     if is_large_for_pins(order, large_order):

@@ -4,12 +4,12 @@ as plain Python. Kernel bodies only index, bound-check, call these and store.
 
 The fast path handles the order-independent work of ``copy_pte_range``: empty entries, sharing (single PTEs and
 linux-6.18 batches), special PTEs, swap duplication that needs no continuation, migration and device-private
-entries, plus the lock-break cadence. :func:`small_folio_needs_host`, :func:`large_folio_needs_host`,
-:func:`shared_exclusive_page` and :func:`slot_needs_host` flag every PTE whose handling could depend on the order of
-the walk or needs a slow path (early copy, swap-count continuation); a table holding one goes to the host loop,
-which runs the reference state machine on it. These rules read only values the fork can raise (refcount, mapcount)
+entries, plus the lock-break cadence. :func:`small_folio_needs_slow`, :func:`large_folio_needs_slow`,
+:func:`shared_exclusive_page` and :func:`slot_needs_slow` flag every PTE whose handling could depend on the order of
+the walk or needs a slow path (early copy, swap-count continuation); a table holding one goes to the slow path,
+which runs the variant's state machine on it. These rules read only values the fork can raise (refcount, mapcount)
 or does not change, so reading them while other tables are being copied can only make an answer more
-conservative, and a table sent to the host is handled exactly whatever the reason.
+conservative, and a table sent to the slow path is handled exactly whatever the reason.
 """
 
 import numpy as np
@@ -146,7 +146,7 @@ def smix_u64(z):
 
 @jitable
 def nb_hash_u64(seed, fork_seq, call_start, k):
-    """``nb_hash`` of spec 4 for compiled code (``gpusim.oracle.nb_hash`` is the Python twin; the spec's test
+    """``nb_hash`` of spec 4 for compiled code (``gpusim.model.oracle.nb_hash`` is the Python twin; the spec's test
     vectors check both)."""
     h = smix_u64(np.uint64(seed))
     h = smix_u64(h ^ np.uint64(fork_seq))
@@ -176,14 +176,14 @@ def in_break_list(list_cs, list_k, call_start, k):
 
 
 @jitable
-def small_folio_needs_host(refcount, maxrefs):
+def small_folio_needs_slow(refcount, maxrefs):
     """A folio that uses the refcount pin heuristic: this fork's own references (at most ``maxrefs``, one per
     mapping) could push its refcount to ``PIN_BIAS`` while the walk is under way."""
     return refcount + maxrefs + 1 >= PIN_BIAS
 
 
 @jitable
-def large_folio_needs_host(f, anon_exclusive, folio_order, folio_pincount, folio_flags, folio_first_pfn, page_flags):
+def large_folio_needs_slow(f, anon_exclusive, folio_order, folio_pincount, folio_flags, folio_first_pfn, page_flags):
     """A folio with an exact pincount: an early copy may be due (under the anon-exclusive rule: only for
     anon-exclusive pages)."""
     if folio_pincount[f] <= 0:
@@ -202,13 +202,13 @@ def large_folio_needs_host(f, anon_exclusive, folio_order, folio_pincount, folio
 @jitable
 def shared_exclusive_page(page_flags, page_mapcount):
     """An anon-exclusive page mapped more than once (inconsistent in the kernel, possible in a given state):
-    linux-6.18 clears the flag at the first share only, so the order of the shares matters; send it to the host.
+    linux-6.18 clears the flag at the first share only, so the order of the shares matters; send it to the slow path.
     With this rule the fast path never changes the flags of a page mapped twice, so it needs no atomic ``and``."""
     return (page_flags & PAGE_ANON_EXCLUSIVE) != 0 and page_mapcount != 1
 
 
 @jitable
-def slot_needs_host(count, levels):
+def slot_needs_slow(count, levels):
     """Whether duplicating a slot could need a swap-count continuation in this fork: the fork adds at most
     ``count`` references (each of the parent's is counted), so ``2 * count <= cap(levels)`` is always safe."""
     return 2 * count > swap_cap(levels)

@@ -1,6 +1,6 @@
 """Compiled passes over whole arrays for the host side: one read of the input, no temporaries.
 
-The numpy functions of :mod:`gpusim.decode`, the invariant checker and the engine's set-up run several vectorised
+The numpy functions of :mod:`gpusim.model.decode`, the invariant checker and the engine's set-up run several vectorised
 passes each (a mask, a compaction, a cast); these do the same work in one loop, with the scalar decoders of
 :mod:`gpusim.kernels.pte` (so an entry means the same thing here as in the kernels). Each is compiled on its first
 call (``cache=True``), not at import.
@@ -21,9 +21,10 @@ from gpusim.kernels.pte import (
     pte_special,
 )
 
-# Below this many elements the host side uses numpy forms of these passes (gpusim.decode, gpusim.state.digest, the
-# invariant checker): a compiled pass saves nothing on a few tables, and loading one from numba's cache costs tens
-# of milliseconds in a fresh process (a one-table `gpusim fork`). Read at call time, so that a test can move it.
+# Below this many elements the host side uses numpy forms of these passes (gpusim.model.decode,
+# gpusim.model.state.digest, the invariant checker): a compiled pass saves nothing on a few tables, and loading one from
+# numba's cache costs tens of milliseconds in a fresh process (a one-table `gpusim fork`). Read at call time, so that a
+# test can move it.
 COMPILED_FROM = 1 << 15
 
 

@@ -1,9 +1,9 @@
 """The walk of page tables by the fast path, written once for every target.
 
-Per entry: :func:`entry_needs_host` (does this entry need the host loop?), :func:`copy_entry` and
+Per entry: :func:`entry_needs_slow` (does this entry need the slow path?), :func:`copy_entry` and
 :func:`share_pages` (copy one entry, or a linux-6.18 batch, with its reference, mapcount, flag and swap-count
 updates), :func:`tally` (its counts) and :func:`entry_weight` (its share of the lock-break cadence, which
-:func:`check_point` runs). Per table: :func:`table_needs_host` and :func:`copy_table_fast`, the address-order walk
+:func:`check_point` runs). Per table: :func:`table_needs_slow` and :func:`copy_table_fast`, the address-order walk
 that the CPU kernels (``prange`` over tables) run, and that the CUDA kernel runs on one thread for a table holding a
 batch; the CUDA kernel's block-per-table walk calls the same per-entry functions (``gpusim.kernels.cuda``). All are
 ``register_jitable``: numba compiles them for each target and its CUDA simulator runs them as Python. Arrays come
@@ -64,14 +64,14 @@ from gpusim.kernels.rules import (
     C_WRPROTECT,
     NB_LIST,
     in_break_list,
-    large_folio_needs_host,
+    large_folio_needs_slow,
     lock_break,
     nonpresent_child,
     nonpresent_parent,
     share_child_pte,
     shared_exclusive_page,
-    slot_needs_host,
-    small_folio_needs_host,
+    slot_needs_slow,
+    small_folio_needs_slow,
 )
 
 
@@ -83,8 +83,8 @@ def entry_jitable(fn):
 
 
 @entry_jitable
-def entry_needs_host(v, last_f, vp, check_folios, mem):
-    """Whether one parent entry needs the host loop. Returns (needs, folio it evaluated or ``last_f``): a walk that
+def entry_needs_slow(v, last_f, vp, check_folios, mem):
+    """Whether one parent entry needs the slow path. Returns (needs, folio it evaluated or ``last_f``): a walk that
     passes the folio back as ``last_f`` evaluates consecutive PTEs of one folio once."""
     kind = pte_kind(v)
     if kind == KIND_PRESENT or kind == KIND_DEVICE_PRIVATE:
@@ -99,7 +99,7 @@ def entry_needs_host(v, last_f, vp, check_folios, mem):
         if f == last_f or not check_folios:  # without a pin test no folio can need the host
             return False, last_f
         if mem.folio_order[f] >= vp.large_order:
-            return large_folio_needs_host(
+            return large_folio_needs_slow(
                 f,
                 vp.anon_exclusive,
                 mem.folio_order,
@@ -112,10 +112,10 @@ def entry_needs_host(v, last_f, vp, check_folios, mem):
         maxrefs = 0
         for j in range(np.int64(1) << np.int64(mem.folio_order[f])):
             maxrefs += mem.page_mapcount[first + j]
-        return small_folio_needs_host(mem.folio_refcount[f], maxrefs), f
+        return small_folio_needs_slow(mem.folio_refcount[f], maxrefs), f
     if kind == KIND_SWAP:
         o = np.int64(swp_offset(v))
-        return slot_needs_host(mem.swap_count[o], mem.swap_levels[o]), last_f
+        return slot_needs_slow(mem.swap_count[o], mem.swap_levels[o]), last_f
     return False, last_f
 
 
@@ -126,14 +126,14 @@ def check_folios_of(vp, tab, r):
 
 
 @register_jitable
-def table_needs_host(r, vp, tab, calls, mem):
-    """Whether any entry of table row ``r`` needs the host loop."""
+def table_needs_slow(r, vp, tab, calls, mem):
+    """Whether any entry of table row ``r`` needs the slow path."""
     last_f = np.int64(-1)
     check_folios = check_folios_of(vp, tab, r)
     base = tab.table_index[r] * PTRS_PER_TABLE
     for c in range(tab.row_lo[r], tab.row_hi[r]):
         for a in range(calls.start[c], calls.end[c]):
-            need, last_f = entry_needs_host(tab.ppte[r, a - base], last_f, vp, check_folios, mem)
+            need, last_f = entry_needs_slow(tab.ppte[r, a - base], last_f, vp, check_folios, mem)
             if need:
                 return True
     return False

@@ -1,5 +1,5 @@
-"""The write phase after the fork, compiled (spec section 11; the reference is :mod:`gpusim.writes`), written once
-for the CPU (``prange``) and CUDA (a thread per table) drivers.
+"""The write phase after the fork, compiled (spec section 11; the reference is :mod:`gpusim.engines.writes`), written
+once for the CPU (``prange``) and CUDA (a thread per table) drivers.
 
 A step of one writer (``parent:all``, ``child:0-99``) writes its addresses in ascending order. Its work comes in
 *units*, one per page-table row of the writer that the step meets (rows are reserved ahead for every table a write

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from gpusim.backend import cuda_usable  # noqa: E402  (after the path: the helpers next to this file)
+from gpusim.base.backend import cuda_usable  # noqa: E402  (after the path: the helpers next to this file)
 
 # Host profiles written by `gpusim calibrate` change the default cost profile; the tests never see the user's.
 os.environ["GPUSIM_PROFILE_DIR"] = tempfile.mkdtemp(prefix="gpusim-test-profiles-")

@@ -4,7 +4,7 @@ and injections. Shared by the property tests and, later, the differential tests 
 from hypothesis import strategies as st
 
 import gpusim
-from gpusim.oracle import ALLOC_POINTS, EVENTS
+from gpusim.model.oracle import ALLOC_POINTS, EVENTS
 
 VARIANTS = tuple(gpusim.VARIANTS)
 

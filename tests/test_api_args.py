@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import gpusim
-from gpusim.machine import NotEnoughMemory
+from gpusim.base.machine import NotEnoughMemory
 
 SMALL_LAYOUT = "normal*8 pinned normal*3"
 
@@ -273,7 +273,7 @@ def test_every_public_function_names_a_bad_argument(call, data, tmp_path_factory
 CAPPED = textwrap.dedent(
     """
     import resource, gpusim
-    from gpusim.machine import NotEnoughMemory, _read_int
+    from gpusim.base.machine import NotEnoughMemory, _read_int
     gpusim.fork(gpusim.workload("anon", size="1MiB"), backend="cpu")  # the compiled code loaded before the cap
     size = _read_int("/proc/self/status", "VmSize:", 1024)
     resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), resource.RLIM_INFINITY))  # 1 GiB more, at most

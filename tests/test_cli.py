@@ -8,8 +8,8 @@ import sys
 import pytest
 from inproc import gpusim
 
-from gpusim.result import COST_EVENTS
-from gpusim.variants import VARIANTS
+from gpusim.model.result import COST_EVENTS
+from gpusim.model.variants import VARIANTS
 
 
 def gpusim_process(*args):
@@ -41,7 +41,7 @@ def test_fork_json_fields():
         "invariants",
         "unfired",
         "digest",
-        "host_tables",
+        "python_tables",
         "engine_wall_s",
     ):
         assert key in d
@@ -61,7 +61,7 @@ def test_fork_json_fields():
         assert name in d["counts"], name
     assert d["outcome"] == "ok" and d["variant"] == "xu-v1-oleg" and d["backend"] == "cpu"  # auto: no GPU
     assert (d["counts"]["passes"], d["counts"]["lock_breaks"], d["counts"]["installs"]) == (122, 120, 1)
-    assert d["host_tables"] == 0  # the pinned table ran compiled
+    assert d["python_tables"] == 0  # the pinned table ran compiled
     assert d["child_rss"] == {"anon": 481, "file": 0, "shmem": 0, "swapents": 0}
     assert d["invariants"]["ok"] is True and len(d["digest"]) == 64
 

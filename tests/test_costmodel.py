@@ -6,10 +6,10 @@ import yaml
 from pydantic import TypeAdapter
 
 import gpusim
-from gpusim.costmodel import COMPONENTS, ProfileError, held_events, latency, load_profile, profile_names
-from gpusim.result import COST_EVENTS, TABLE_EVENTS, TableStats
-from gpusim.sweep.spec import Workload
-from gpusim.workloads import build_workload
+from gpusim.analysis.costmodel import COMPONENTS, ProfileError, held_events, latency, load_profile, profile_names
+from gpusim.inputs.workloads import build_workload
+from gpusim.jobs.sweep.spec import Workload
+from gpusim.model.result import COST_EVENTS, TABLE_EVENTS, TableStats
 
 
 def test_shipped_profiles_load_and_label_estimates():

@@ -5,7 +5,7 @@ import pytest
 from conftest import CUDASIM_VARIANTS
 from differential import compare
 
-from gpusim import backend as B
+from gpusim.base import backend as B
 
 # Layouts whose tables stop in different places: fast tables beside a table the host takes (a pinned page), a
 # linux-6.18 batch left to the walk kernel (folio16), swap entries, empty entries; 5 tables, so that a block of

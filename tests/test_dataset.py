@@ -12,11 +12,11 @@ import pytest
 from inproc import gpusim as gpusim_cli
 from sweeps import run_sweep, write
 
-import gpusim.sweep.executors as executors
-from gpusim.backend import cuda_usable
-from gpusim.sweep.export import DamagedResults, load_results
-from gpusim.sweep.runner import MANIFEST, SweepLocked, SweepRunner
-from gpusim.sweep.spec import load_sweep
+import gpusim.jobs.sweep.executors as executors
+from gpusim.base.backend import cuda_usable
+from gpusim.jobs.sweep.export import DamagedResults, load_results
+from gpusim.jobs.sweep.runner import MANIFEST, SweepLocked, SweepRunner
+from gpusim.jobs.sweep.spec import load_sweep
 
 SWEEP = """\
 name: d
@@ -195,6 +195,33 @@ def test_a_directory_written_before_schema_3_is_taken_over(tmp_path):
     assert not (runner.out / "schema.arrow").exists() and digests(runner.out) == want
 
 
+def _rename_in_file(path, old: str, new: str) -> None:
+    """Rewrite a Parquet file (or a ``_common_metadata`` footer) with column ``old`` named ``new``, as an older
+    version of gpusim wrote it."""
+    if path.name == "_common_metadata":
+        s = pq.read_schema(path)
+        pq.write_metadata(pa.schema([f.with_name(new) if f.name == old else f for f in s], metadata=s.metadata), path)
+        return
+    t = pq.read_table(path)
+    pq.write_table(t.rename_columns([new if n == old else n for n in t.column_names]), path)
+
+
+def test_a_dataset_written_before_a_column_was_renamed_reads_under_the_new_name(tmp_path):
+    """Schema 5 named host_tables python_tables: an old directory reads under the new name, and one resumed across
+    the change (old files beside new ones, the new schema) gives every row its value."""
+    runner, _ = ran(tmp_path)
+    want = load_results(runner.out)
+    assert "python_tables" in want.column_names and "host_tables" not in want.column_names
+    files = sorted(runner.out.glob("variant=*/*.parquet"))
+    for f in files[: len(files) // 2]:  # resumed across versions: half the files old, the schema new
+        _rename_in_file(f, "python_tables", "host_tables")
+    assert load_results(runner.out).equals(want)
+    for f in [*files, runner.out / "_common_metadata"]:  # written wholly by the old version
+        _rename_in_file(f, "python_tables", "host_tables")
+    got = load_results(runner.out)
+    assert got.column_names == want.column_names and got.equals(want.replace_schema_metadata(got.schema.metadata))
+
+
 @pytest.mark.skipif(cuda_usable(), reason="this machine has a GPU")
 def test_sweep_on_cuda_without_a_gpu_is_refused_up_front(tmp_path):
     r = run_sweep(write(tmp_path, SWEEP), "--out", tmp_path / "o", "--backend", "cuda")
@@ -286,7 +313,7 @@ def test_sweep_file_problems_are_all_listed(tmp_path, text, needles):
 
 
 def test_a_profile_with_an_infinite_cost_is_refused(tmp_path):
-    from gpusim.costmodel import PROFILE_DIR, ProfileError, load_profile
+    from gpusim.analysis.costmodel import PROFILE_DIR, ProfileError, load_profile
 
     text = (PROFILE_DIR / "public-xeon-4210r-v6.8.yaml").read_text().replace("ns: 1.5,", "ns: .inf,")
     p = tmp_path / "p.yaml"

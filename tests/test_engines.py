@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from strategies import VARIANTS, injections, layouts, oracles
 
 import gpusim
-from gpusim.catalogue import SCENARIOS
+from gpusim.inputs.catalogue import SCENARIOS
 
 # Every test here runs on each fast engine: the ``backend`` fixture (conftest.py).
 

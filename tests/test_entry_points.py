@@ -173,7 +173,7 @@ def test_notations_take_ascii_digits_only(args):
 
 
 def test_pinned_ranges_beyond_64_bits_are_refused(tmp_path):
-    from gpusim.snapshot import parse_range
+    from gpusim.inputs.snapshot import parse_range
 
     with pytest.raises(ValueError, match="2\\*\\*64"):
         parse_range(f"0-{1 << 65:#x}")

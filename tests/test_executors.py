@@ -203,7 +203,7 @@ import sys
 
 sys.path.insert(0, {tests!r})
 import gilhold
-from gpusim.sweep import executors
+from gpusim.jobs.sweep import executors
 executors.execute_task = gilhold.hold_gil_task  # the pool's workers import it by name
 executors.LocalExecutor(2, "cpu").run([("a", 0), ("b", 0)], {out!r}, b"", lambda p, rec: None)
 """

@@ -1,8 +1,8 @@
 """The compiled region generator (issue 16, item 3): a thread per table builds what the numpy reference builds;
 a space it builds in device memory forks there (on a GPU).
 
-:meth:`gpusim.regions.RegionSpace.generate` (CPU ``prange``, CUDA kernels under the simulator here and on a GPU
-in device memory) must give the arrays :meth:`~gpusim.regions.RegionSpace.reference_chunk` gives through the one
+:meth:`gpusim.inputs.regions.RegionSpace.generate` (CPU ``prange``, CUDA kernels under the simulator here and on a GPU
+in device memory) must give the arrays :meth:`~gpusim.inputs.regions.RegionSpace.reference_chunk` gives through the one
 builder, field by field, dtype and shape included, for every chunking of the space: the catalogue of region kinds
 of the stream tests (pins scattered and in runs, swap counts past SWAP_MAP_MAX, THPs, large folios, file and shmem,
 VM_DONTCOPY / VM_WIPEONFORK) and random ones.
@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from test_stream import BASE, REGIONS, region_st
 
 import gpusim
-from gpusim import backend as B
-from gpusim.backend import cuda_usable
+from gpusim.base import backend as B
+from gpusim.base.backend import cuda_usable
+from gpusim.inputs.regions import RegionSpace
 from gpusim.kernels.fields import MEMORY_FIELDS, MM_FIELDS
-from gpusim.regions import RegionSpace
-from gpusim.variants import VARIANTS
+from gpusim.model.variants import VARIANTS
 
 # the stream tests' catalogue and whole 2 MiB extents, half of them THPs (scattered and contiguous pins)
 CATALOGUE = REGIONS + [

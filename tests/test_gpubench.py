@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from gpusim.gpubench import DenseForks, bench_resident, check_against_cpu, traffic_bytes_per_pte
-from gpusim.variants import VARIANTS
+from gpusim.jobs.gpubench import DenseForks, bench_resident, check_against_cpu, traffic_bytes_per_pte
+from gpusim.model.variants import VARIANTS
 
 
 def test_resident_forks_equal_cpu_engine(backend):
@@ -19,7 +19,7 @@ def test_resident_forks_equal_cpu_engine(backend):
 def test_resident_fork_equals_api_fork(variant):
     """The resident job forks exactly what gpusim.fork forks (same entries, refcounts, mapcounts, flags)."""
     import gpusim
-    from gpusim.workloads import dense_anon
+    from gpusim.inputs.workloads import dense_anon
 
     job = DenseForks(1024, 1, variant)
     job.build()
@@ -53,7 +53,7 @@ def test_traffic_model():
 def test_streamed_fork_is_checked_chunk_by_chunk(backend):
     """A space forked in chunks is checked per chunk and in its summed counts; a chunk size that does not divide
     the space is refused."""
-    from gpusim.gpubench import bench_streamed
+    from gpusim.jobs.gpubench import bench_streamed
 
     r = bench_streamed(4096, 1024, "linux-6.18", backend)
     assert (r["chunks"], r["check"]) == (4, "equal to the CPU engine")

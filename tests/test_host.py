@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import gpusim
-from gpusim.host.calibrate import (
+from gpusim.jobs.host.calibrate import (
     GROUPS,
     fit_scales,
     kernel_variant,
@@ -18,9 +18,9 @@ from gpusim.host.calibrate import (
     real_write_frames,
     validate,
 )
-from gpusim.host.measure import FAULT_SLACK, default_cpu, expected_wp_faults, measure, memory_groups, state_checks
-from gpusim.host.real import RealLayout, Worker, run_sharing
-from gpusim.host.stats import added_summary, case_verdict, drift, median_diff_interval, overall_verdict
+from gpusim.jobs.host.measure import FAULT_SLACK, default_cpu, expected_wp_faults, measure, memory_groups, state_checks
+from gpusim.jobs.host.real import RealLayout, Worker, run_sharing
+from gpusim.jobs.host.stats import added_summary, case_verdict, drift, median_diff_interval, overall_verdict
 
 MiB = 1 << 20
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux /proc and fork()")
@@ -193,7 +193,7 @@ def test_calibrate_quick_writes_a_profile_that_becomes_the_default(tmp_path):
     assert {r["state"] for r in prof.fit["residuals"]} == {"fresh", "repeated"}
     assert all(m["checks"]["fresh"] for m in prof.measurements if not m["refused"])
     # the write phase's costs measured here (fault counts checked), the others labelled as the public profile's
-    assert "write costs (8192 pages" in r.stdout and set(prof.write_costs) == set(gpusim.writes.WRITE_EVENTS)
+    assert "write costs (8192 pages" in r.stdout and set(prof.write_costs) == set(gpusim.engines.writes.WRITE_EVENTS)
     w = prof.fit["writes"]
     if w["checked"]:
         assert prof.write_costs["copy"].kind == "measured" and prof.write_costs["copy"].ns == w["copy_ns"]
@@ -267,8 +267,8 @@ time.sleep(120)
 
 @linux
 def test_capture_reproduces_a_known_layout(tmp_path):
-    from gpusim.host.capture import capture, write_snapshot
-    from gpusim.snapshot import snapshot_space
+    from gpusim.inputs.snapshot import snapshot_space
+    from gpusim.jobs.host.capture import capture, write_snapshot
 
     p = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True)
     try:

@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 
 import gpusim
-from gpusim.invariants import check_invariants
+from gpusim.analysis.invariants import check_invariants
 from gpusim.kernels import pte as P
-from gpusim.oracle import LockBreakOracle
+from gpusim.model.oracle import LockBreakOracle
 
 
 def fork(layout, variant="linux-6.18", oracle="never", inject=()):
@@ -42,7 +42,7 @@ def test_3_shared_references():
 
 def test_3_and_13_on_large_forks_through_the_compiled_passes():
     """Above 32 K entries invariants 3 and 13 read the state through kernels/scan.py: they still catch a bad count."""
-    from gpusim.workloads import dense_anon
+    from gpusim.inputs.workloads import dense_anon
 
     space = dense_anon(40_000, pin_every=997).validate()
     r = gpusim.fork(space, "linux-5.8", backend="cpu")

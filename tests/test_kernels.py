@@ -14,7 +14,7 @@ from numba import njit
 from gpusim.kernels import jit  # noqa: F401  (pte and rules compiled by the tests' own njit functions)
 from gpusim.kernels import pte as P
 from gpusim.kernels import rules as R
-from gpusim.oracle import nb_hash
+from gpusim.model.oracle import nb_hash
 
 u64 = st.integers(0, (1 << 64) - 1)
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+from gpusim.inputs.layout import LayoutError, parse_layout
 from gpusim.kernels import pte as P
 from gpusim.kernels.flags import (
     BACKING_FILE,
@@ -14,8 +15,7 @@ from gpusim.kernels.flags import (
     VM_SHARED,
     VM_WRITE,
 )
-from gpusim.layout import LayoutError, parse_layout
-from gpusim.state import pte_at
+from gpusim.model.state import pte_at
 
 
 def test_defaults():

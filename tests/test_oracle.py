@@ -2,7 +2,7 @@
 
 import pytest
 
-from gpusim.oracle import InjectionPlan, LockBreakOracle, NotationError, nb_hash, parse_injection, prob_q32
+from gpusim.model.oracle import InjectionPlan, LockBreakOracle, NotationError, nb_hash, parse_injection, prob_q32
 
 
 def test_nb_hash_vectors():

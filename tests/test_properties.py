@@ -38,8 +38,8 @@ def test_invariants_hold(variant, case):
 def test_fork_is_deterministic_and_pure(variant, case):
     layout, oracle, inject = case
     space = gpusim.parse_layout(layout, variant)
-    before = gpusim.state.digest(space.mm, gpusim.state.empty_mm(), space.memory)
+    before = gpusim.model.state.digest(space.mm, gpusim.model.state.empty_mm(), space.memory)
     r1 = gpusim.fork(space, variant, backend="reference", oracle=oracle, inject=inject, check=False)
     r2 = gpusim.fork(space, variant, backend="reference", oracle=oracle, inject=inject, check=False)
     assert r1.digest == r2.digest and r1.counts == r2.counts
-    assert gpusim.state.digest(space.mm, gpusim.state.empty_mm(), space.memory) == before
+    assert gpusim.model.state.digest(space.mm, gpusim.model.state.empty_mm(), space.memory) == before

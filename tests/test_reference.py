@@ -6,7 +6,7 @@ import pytest
 import gpusim
 from gpusim.kernels import pte as P
 from gpusim.kernels.flags import FOLIO_FREED, PAGE_ANON_EXCLUSIVE
-from gpusim.state import pte_at
+from gpusim.model.state import pte_at
 
 ALL = ("linux-5.8", "xu-v1", "xu-v1-oleg", "linux-5.10", "linux-6.18")
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 import gpusim
-from gpusim.catalogue import SCENARIOS
+from gpusim.inputs.catalogue import SCENARIOS
 from gpusim.kernels import pte as P
 from gpusim.kernels.flags import PAGE_ANON_EXCLUSIVE
-from gpusim.state import pte_at
+from gpusim.model.state import pte_at
 
 V58, V1, OLEG, V510, V618 = "linux-5.8", "xu-v1", "xu-v1-oleg", "linux-5.10", "linux-6.18"
 ALL = (V58, V1, OLEG, V510, V618)

@@ -1,5 +1,5 @@
 """The compiled slow path (kernels/slowpath/): pinned-heavy and swap-heavy address spaces fork exactly as on the
-reference, with no table left to the Python host loop; injected forks still go through that loop."""
+reference, with no table left to the Python loop; injected forks still go through that loop."""
 
 import numpy as np
 import pytest
@@ -11,15 +11,16 @@ from pydantic import TypeAdapter
 from strategies import VARIANTS
 
 import gpusim
-from gpusim import decode, earlycopy
-from gpusim.backend import kernels
+from gpusim.base.backend import kernels
+from gpusim.engines import earlycopy
+from gpusim.inputs.workloads import build_workload
+from gpusim.jobs.sweep.spec import Workload
 from gpusim.kernels.args import SlowArrays, memory_arrays
 from gpusim.kernels.cpu import number_in_address_order
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import PTRS_PER_TABLE
 from gpusim.kernels.slowpath import ST_DUPLICATES, ST_INSTALLS, ST_NEXT_FOLIO
-from gpusim.sweep.spec import Workload
-from gpusim.workloads import build_workload
+from gpusim.model import decode
 
 W = TypeAdapter(Workload)
 ORACLES = ["never", "always", "every:3", "bern:0.3:5"]
@@ -66,7 +67,7 @@ def test_pinned_and_swap_heavy_layouts_equal_the_reference(backend, variant, ora
     space = gpusim.parse_layout(layout, variant)
     assert space.nr_ptes <= SMALL  # small enough for cudasim
     got = compare(space, variant, oracle, backend)
-    assert got.host_tables == 0
+    assert got.python_tables == 0
 
 
 GENERATED = [
@@ -94,7 +95,7 @@ def test_generated_pinned_workloads_run_compiled(variant, i):
     """Every table of a generator's workload, pins, large folios, THPs and swap included, runs compiled."""
     space, _, _ = build_workload(W.validate_python(GENERATED[i]), variant, np.random.SeedSequence([3, i]))
     got = compare(space, variant, "every:7", "cpu")
-    assert got.host_tables == 0
+    assert got.python_tables == 0
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -108,7 +109,7 @@ def test_injections_still_take_the_python_host_loop(variant):
         ref = gpusim.fork(space, variant, backend="reference", inject=inject)
         got = gpusim.fork(space, variant, backend="cpu", inject=inject)
         assert got.digest == ref.digest and got.counts == ref.counts and got.outcome == ref.outcome
-        assert (got.host_tables > 0) == python  # linux-5.8 copies nothing early: its tables stay fast
+        assert (got.python_tables > 0) == python  # linux-5.8 copies nothing early: its tables stay fast
 
 
 def test_items_that_share_a_folio_run_in_order_the_others_in_parallel(backend, monkeypatch):

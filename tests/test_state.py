@@ -9,7 +9,7 @@ import gpusim
 from gpusim.kernels import pte as P
 from gpusim.kernels.digest import lane_sums
 from gpusim.kernels.flags import swap_cap
-from gpusim.state import StateError, digest, empty_mm
+from gpusim.model.state import StateError, digest, empty_mm
 
 
 def space():
@@ -157,8 +157,9 @@ def test_fork_validates_its_input():
 
 def test_compiled_and_numpy_decoders_agree(monkeypatch):
     """Large arrays go through the compiled passes (kernels/scan.py), small ones through numpy: same answers."""
-    from gpusim import decode, earlycopy, state
+    from gpusim.engines import earlycopy
     from gpusim.kernels import scan
+    from gpusim.model import decode, state
 
     rng = np.random.default_rng(3)
     sp = gpusim.parse_layout(

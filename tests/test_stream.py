@@ -21,13 +21,13 @@ from sweeps import run_sweep, write
 
 import gpusim
 from gpusim import stream as streaming
-from gpusim.costmodel import latency, load_profile
-from gpusim.machine import NotEnoughMemory
-from gpusim.regions import RegionSpace
-from gpusim.state import DigestSums, digest
+from gpusim.analysis.costmodel import latency, load_profile
+from gpusim.base.machine import NotEnoughMemory
+from gpusim.inputs.regions import RegionSpace
+from gpusim.jobs.sweep.spec import Workload
+from gpusim.model.state import DigestSums, digest
+from gpusim.model.variants import VARIANTS
 from gpusim.stream import fork_streamed, stream_rows
-from gpusim.sweep.spec import Workload
-from gpusim.variants import VARIANTS
 
 PROFILE = load_profile(None)
 BASE = dict(
@@ -193,7 +193,7 @@ def test_peak_memory_of_a_streamed_fork_does_not_grow_with_the_space():
     script = textwrap.dedent(
         """
         import resource, sys
-        from gpusim.regions import RegionSpace
+        from gpusim.inputs.regions import RegionSpace
         from gpusim.stream import fork_streamed
         r = dict(size=int(sys.argv[1]), vmas=1, backing="anon", shared=False, flags=[], folio_order=0,
                  thp_fraction=0.0, fill=1.0, swap_fraction=0.0, swap_count_max=1, pinned_fraction=0.05,
@@ -212,7 +212,7 @@ def test_peak_memory_of_a_streamed_fork_does_not_grow_with_the_space():
 
 
 def test_what_streams_and_what_is_refused(monkeypatch):
-    monkeypatch.setattr("gpusim.machine.mem_available_bytes", lambda: 8 << 30)
+    monkeypatch.setattr("gpusim.base.machine.mem_available_bytes", lambda: 8 << 30)
     from pydantic import TypeAdapter
 
     def w(size):
@@ -281,8 +281,8 @@ def test_a_sweep_streams_a_point_larger_than_a_chunk_and_its_row_is_the_whole_fo
           variant: linux-6.18
         """
     )
-    from gpusim.sweep.point import run_point
-    from gpusim.sweep.spec import load_sweep
+    from gpusim.jobs.sweep.point import run_point
+    from gpusim.jobs.sweep.spec import load_sweep
 
     _, points = load_sweep(str(write(tmp_path, text)), text)
     whole = run_point(points[0], 0)[0]
@@ -304,8 +304,8 @@ def test_a_streamed_fork_shows_a_progress_bar_on_a_terminal_only():
     script = textwrap.dedent(
         """
         import sys
-        from gpusim import cli
-        from gpusim.regions import RegionSpace
+        from gpusim.cli import fork as cli
+        from gpusim.inputs.regions import RegionSpace
         from gpusim.stream import fork_streamed
         r = dict(size=4 << 20, vmas=1, backing="anon", shared=False, flags=[], folio_order=0, thp_fraction=0.0,
                  fill=1.0, swap_fraction=0.0, swap_count_max=1, pinned_fraction=0.1, pinned_placement="scattered",

@@ -10,10 +10,10 @@ import pytest
 from sweeps import kill_part_way, result_rows, run_sweep, write
 
 import gpusim
-from gpusim.sweep.point import build_backend, run_point
-from gpusim.sweep.runner import SweepRunner
-from gpusim.sweep.spec import load_sweep
-from gpusim.yamlerr import ConfigError
+from gpusim.base.yamlerr import ConfigError
+from gpusim.jobs.sweep.point import build_backend, run_point
+from gpusim.jobs.sweep.runner import SweepRunner
+from gpusim.jobs.sweep.spec import load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,12 +74,12 @@ def test_a_gpu_sweep_generates_its_spaces_on_the_card_when_nothing_reads_them_on
         text = SMALL + "".join(f"{k}: {v}\n" for k, v in keys.items())
         return build_backend(load_sweep(write(tmp_path, text.replace("backend: cpu\n", "")))[1][0].config)
 
-    monkeypatch.setattr(gpusim.backend, "device_free_bytes", lambda: 1 << 40)  # as on a card with 1 TiB free
+    monkeypatch.setattr(gpusim.base.backend, "device_free_bytes", lambda: 1 << 40)  # as on a card with 1 TiB free
     assert where(backend="cuda", check="false") == "cuda"  # generated, forked and hashed on the card
     assert where(backend="cuda", check="true") == "cpu"  # the invariant checker reads the states on the host
     assert where(backend="cudasim", check="false") == "cpu"
     assert where(backend="cpu", check="false") == "cpu"
-    monkeypatch.setattr(gpusim.backend, "device_free_bytes", lambda: 64 << 20)  # the fork would not fit the card
+    monkeypatch.setattr(gpusim.base.backend, "device_free_bytes", lambda: 64 << 20)  # the fork would not fit the card
     assert where(backend="cuda", check="false") == "cpu"
 
 

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from strategies import injections, layouts, oracles
 
 import gpusim
-from gpusim.catalogue import SCENARIOS
-from gpusim.variants import VARIANTS
+from gpusim.inputs.catalogue import SCENARIOS
+from gpusim.model.variants import VARIANTS
 
 NOBATCH = dataclasses.replace(
     VARIANTS["linux-6.18"], name="test-6.18-nobatch", summary="linux-6.18 without large-folio batching", batching=False

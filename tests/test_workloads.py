@@ -5,12 +5,12 @@ import pytest
 from pydantic import TypeAdapter
 
 import gpusim
-from gpusim.decode import kinds as pte_kinds
+from gpusim.inputs.workloads import build_workload
+from gpusim.jobs.sweep.spec import Workload
 from gpusim.kernels import pte as P
 from gpusim.kernels.flags import PIN_BIAS, VM_DONTCOPY, VM_SHARED
-from gpusim.state import digest
-from gpusim.sweep.spec import Workload
-from gpusim.workloads import build_workload
+from gpusim.model.decode import kinds as pte_kinds
+from gpusim.model.state import digest
 
 W = TypeAdapter(Workload)
 
@@ -32,7 +32,7 @@ def test_same_seed_same_arrays_other_seed_other_arrays():
 
 
 def test_dense_anon_matches_the_benchmark_workload():
-    from gpusim.workloads import dense_anon
+    from gpusim.inputs.workloads import dense_anon
 
     a, b = build(size="8MiB"), dense_anon(2048)
     assert np.array_equal(a.mm.pte, b.mm.pte) and np.array_equal(a.memory.folio_refcount, b.memory.folio_refcount)

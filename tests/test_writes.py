@@ -15,9 +15,9 @@ from inproc import run_cli
 from strategies import layouts
 
 import gpusim
+from gpusim.engines.writes import WRITE_EVENTS, WritesError, parse_writes
 from gpusim.kernels import pte as P
-from gpusim.variants import VARIANTS
-from gpusim.writes import WRITE_EVENTS, WritesError, parse_writes
+from gpusim.model.variants import VARIANTS
 
 XU = ("xu-v1", "xu-v1-oleg", "linux-5.10", "linux-6.18")
 
@@ -89,7 +89,7 @@ def test_scenarios(backend, sid, layout, steps, variant, want):
 
 def after_digest(wp) -> str:
     """The digest of the states after a write phase."""
-    return gpusim.state.digest(wp.parent.mm, wp.child, wp.memory)
+    return gpusim.model.state.digest(wp.parent.mm, wp.child, wp.memory)
 
 
 def test_dma_frames_kept_by_the_fix_lost_by_5_8():
@@ -144,7 +144,7 @@ def written_by(steps: str) -> list:
 def page_addresses(mm) -> dict[int, list[int]]:
     """{pfn: addresses where ``mm`` maps it by a present PTE or a PMD}."""
     out: dict[int, list[int]] = {}
-    addr, val = gpusim.state.entries(mm)
+    addr, val = gpusim.model.state.entries(mm)
     for a, v in zip(addr.tolist(), val.tolist()):
         if P.pte_kind(v) == P.KIND_PRESENT and not P.pte_special(v):
             out.setdefault(P.pte_pfn(v), []).append(a)
@@ -227,7 +227,7 @@ def test_units_that_share_a_folio_run_in_order(backend, variant, monkeypatch):
     reference (counts, DMA view, states)."""
     layout = "normal*510 folio4 pinned*4 normal*506 thp folio8*3"
     steps = "parent:all; child:0-1100; parent:500-515; child:1530-1600; child:exit; parent:0-2000"
-    kernels = gpusim.backend.kernels(backend)
+    kernels = gpusim.base.backend.kernels(backend)
     independent = []
     run = kernels.write_run
 
@@ -302,7 +302,7 @@ def test_write_phase_checker_catches_each_broken_count(what, needle):
     """One mutation per fact the write phase's checker restates (spec 11.5): each is reported."""
     import dataclasses
 
-    from gpusim.invariants import check_write_phase
+    from gpusim.analysis.invariants import check_write_phase
 
     space = gpusim.parse_layout("pinned*4 normal*4 none*504 thp", "linux-6.18")
     r = gpusim.fork(space, "linux-6.18", backend="reference", writes="parent:all")
@@ -345,7 +345,7 @@ def test_sweep_with_generated_writes(tmp_path):
     assert t.loc["linux-5.8", "dma.parent_diverged"] == 26 and t.loc["linux-6.18", "dma.parent_diverged"] == 0
     again = gpusim.run_sweep(f, out=tmp_path / "p", workers=1).to_pandas().set_index("variant")
     assert (again["write.child.reuse"] == t["write.child.reuse"]).all()
-    from gpusim.plots import plot_results
+    from gpusim.jobs.plots import plot_results
 
     assert "write_phase.png" in [p.name for p in plot_results(tmp_path / "o")]
 

@@ -1,13 +1,13 @@
 """The slow paths of ``copy_pte_range`` compiled: the per-table state machines of the five variants (spec 3), the
 early copies of maybe-pinned pages with their passes and restarts, and swap-count continuations, as
-``register_jitable`` functions that numba compiles (``gpusim.kernels.cpu.host_tables`` runs them over the tables
+``register_jitable`` functions that numba compiles (``gpusim.kernels.cpu.slow_tables`` runs them over the tables
 that need them: those that share no folio or swap slot with another in parallel, the others one after the other in
 address order; see the last section).
 
-Each function here is the compiled twin of the function of :mod:`gpusim.reference` with the same name, step for
+Each function here is the compiled twin of the function of :mod:`gpusim.engines.reference` with the same name, step for
 step, with the same counts: the reference remains the spec in code, and the differential tests hold the two equal.
 What they leave out: window events and allocation-failure injections (tests of those run the reference's state
-machines in the Python host loop, :mod:`gpusim.hostloop`), so every allocation succeeds here; and the trace, of
+machines in the Python loop, :mod:`gpusim.engines.pyloop`), so every allocation succeeds here; and the trace, of
 which only the early copies are logged (``sp.installs``, ``sp.duplicates``) for the invariant checker.
 
 Arrays come in the groups of :mod:`gpusim.kernels.args` (``tab``, ``calls``, ``mem``, ``nb``) and
@@ -15,7 +15,7 @@ Arrays come in the groups of :mod:`gpusim.kernels.args` (``tab``, ``calls``, ``m
 function returns 0, a negative errno (``ENOMEM``, ``EAGAIN``, ``EHWPOISON``) or an oops code (``OOPS_*``, the
 address in ``sp.state[ST_OOPS_ADDR]``); counts go to the table's row ``acc`` (:data:`SLOW_COUNTS`).
 
-The modules follow the spec's sections, each beside the reference's of the same name (:mod:`gpusim.reference`):
+The modules follow the spec's sections, each beside the reference's of the same name (:mod:`gpusim.engines.reference`):
 ``common`` (spec 2), ``linux_5_8``, ``xu``, ``linux_5_10``, ``linux_6_18`` (spec 3.1-3.5), ``huge`` (spec 10) and
 ``items`` (the dispatch to a variant's state machine, and an item's walk).
 """

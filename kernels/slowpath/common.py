@@ -1,5 +1,5 @@
-"""What every variant's compiled ``copy_pte_range`` shares (spec 2, ported from :mod:`gpusim.reference.common`): the
-count rows and their indices, the item's state row, passes, checks and windows, and the operations done with both
+"""What every variant's compiled ``copy_pte_range`` shares (spec 2, ported from :mod:`gpusim.engines.reference.common`):
+the count rows and their indices, the item's state row, passes, checks and windows, and the operations done with both
 locks held: share, install a copy, non-present entries, swap counts and continuations, allocation from the item's
 segment.
 """
@@ -219,7 +219,7 @@ NR_SLOW_COUNTS = len(SLOW_COUNTS)
 ENOSPC = -28  # internal: no room for another early copy (the engine's bound was wrong)
 
 
-# oops codes: (function, reason) of gpusim.reference.Oops
+# oops codes: (function, reason) of gpusim.engines.reference.Oops
 OOPS_RANGE_OVERRUN, OOPS_CHILD_PTE_BUSY, OOPS_PUT_PAGE_UNDERFLOW, OOPS_OLD_PAGE_NULL, OOPS_BAD_ENTRY = 1, 2, 3, 4, 5
 
 

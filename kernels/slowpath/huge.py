@@ -1,4 +1,4 @@
-"""``copy_huge_pmd`` (spec 10), compiled: beside :mod:`gpusim.reference.huge`."""
+"""``copy_huge_pmd`` (spec 10), compiled: beside :mod:`gpusim.engines.reference.huge`."""
 
 from __future__ import annotations
 

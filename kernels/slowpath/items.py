@@ -67,7 +67,7 @@ def copy_table_slow(r, vp, tab, calls, mem, nb, acc, sp):
 # another item commute: each reads and writes only its own rows and the objects its entries name, so they run in
 # parallel. Items that share one run after them, one after the other in address order, as the kernel would. Each
 # item allocates from a segment of its own (its bound: every mapping it holds of a folio that may be pinned), and
-# the engine numbers the new folios and pages in address order afterwards (gpusim.earlycopy), as one walk would.
+# the engine numbers the new folios and pages in address order afterwards (gpusim.engines.earlycopy), as one walk would.
 
 CLAIM, CHECK = 0, 1
 

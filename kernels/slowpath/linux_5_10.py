@@ -1,4 +1,4 @@
-"""``copy_pte_range`` of linux-5.10 (spec 3.4), compiled: beside :mod:`gpusim.reference.linux_5_10`."""
+"""``copy_pte_range`` of linux-5.10 (spec 3.4), compiled: beside :mod:`gpusim.engines.reference.linux_5_10`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``copy_pte_range`` of linux-5.8 (spec 3.1), compiled: beside :mod:`gpusim.reference.linux_5_8`."""
+"""``copy_pte_range`` of linux-5.8 (spec 3.1), compiled: beside :mod:`gpusim.engines.reference.linux_5_8`."""
 
 from __future__ import annotations
 

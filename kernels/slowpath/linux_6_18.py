@@ -1,4 +1,4 @@
-"""``copy_pte_range`` of linux-6.18 (spec 3.5), compiled: beside :mod:`gpusim.reference.linux_6_18`."""
+"""``copy_pte_range`` of linux-6.18 (spec 3.5), compiled: beside :mod:`gpusim.engines.reference.linux_6_18`."""
 
 from __future__ import annotations
 

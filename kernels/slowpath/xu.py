@@ -1,5 +1,5 @@
-"""``copy_pte_range`` of xu-v1 (spec 3.2) and xu-v1-oleg (spec 3.3), compiled: beside :mod:`gpusim.reference.xu`. The
-v1 patch's struct copy_mm_data is a small array ``d`` (``D_*``).
+"""``copy_pte_range`` of xu-v1 (spec 3.2) and xu-v1-oleg (spec 3.3), compiled: beside
+:mod:`gpusim.engines.reference.xu`. The v1 patch's struct copy_mm_data is a small array ``d`` (``D_*``).
 """
 
 from __future__ import annotations

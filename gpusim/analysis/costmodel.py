@@ -1,0 +1,234 @@
+"""The fork latency model: modelled latency = sum over cost events of count x cost, with a breakdown.
+
+A cost profile (a YAML file, :class:`Profile`) gives every cost event of spec section 8 (and 10) a cost in
+nanoseconds, says where each figure comes from and whether it is measured, derived from a measurement, or an
+estimate. Profiles shipped with gpusim live in ``gpusim/analysis/profiles/`` and are selected by name; a path selects
+any other file (``host`` profiles written by calibration, for instance).
+
+The model adds, per fork:
+
+* ``latency_ns``: ``variant_factor x sum(count[e] x cost[e])`` over every cost event;
+* ``latency_breakdown_ns``: the same sum split by component (:data:`COMPONENTS`: fixed per fork, per VMA, per page
+  table, per pass and lock cycle, per PTE, early copies, swap-count continuations, huge PMDs, teardown);
+* ``lock_hold_max_ns``: the longest modelled hold of a page table's PTE locks: for each copied table, the cost of
+  the events done inside its passes (:func:`held_events`) divided by its passes, the largest over tables. A table
+  copied in one pass (no lock break, no restart) holds the locks for all of it; with several passes the model
+  spreads the table's work evenly over them (the events are counted per table, not per pass).
+
+What it simplifies: costs are per event, independent of cache state, NUMA placement, memory size and contention;
+the per-variant factor is one number for the whole fork.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gpusim.base.yamlerr import load_yaml_model
+from gpusim.engines.writes import WRITE_EVENTS, WRITERS
+from gpusim.model.result import COST_EVENTS, TABLE_EVENTS
+from gpusim.model.variants import VARIANTS, get_variant
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+DEFAULT_PROFILE = "public-xeon-4210r-v6.8"
+
+# component -> the prefixes (or names) of the cost events it sums; every cost event falls in exactly one component
+_COMPONENT_EVENTS = {
+    "fork": ("fork.",),
+    "vma": ("vma.",),
+    "table": ("table.",),
+    "pass": ("pass", "restart.", "check"),
+    "pte": ("pte.", "batch."),
+    "early_copy": ("copy.",),
+    "swap_continuation": ("swapcont.",),
+    "huge_pmd": ("pmd.",),
+    "teardown": ("teardown.",),
+}
+# component -> the cost events it sums, in the spec's order
+COMPONENTS = {
+    comp: tuple(e for e in COST_EVENTS if e.startswith(prefixes)) for comp, prefixes in _COMPONENT_EVENTS.items()
+}
+assert sorted(e for v in COMPONENTS.values() for e in v) == sorted(COST_EVENTS)
+
+
+class ProfileError(ValueError):
+    pass
+
+
+class EventCost(BaseModel):
+    """The cost of one event: ``ns``, and how it was obtained (``measured``, ``derived`` from a measurement, or an
+    ``estimate``), with the reasoning in ``basis``."""
+
+    model_config = ConfigDict(extra="forbid")
+    ns: float = Field(ge=0)
+    kind: str
+    basis: str = ""
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in ("measured", "derived", "estimate"):
+            raise ValueError("must be 'measured', 'derived' or 'estimate'")
+        return v
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str
+    machine: str = ""
+    kernel: str = ""
+    url: str = ""
+    date: str = ""
+
+
+class Anchor(BaseModel):
+    """A measured fork the profile must reproduce: a workload (generator keys) and its measured latency."""
+
+    model_config = ConfigDict(extra="forbid")
+    workload: dict
+    variant: str
+    latency_ns: float
+    tolerance: float = 0.02
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str
+    sources: list[Source] = []
+    costs: dict[str, EventCost]
+    write_costs: dict[str, EventCost] = {}  # the write phase's events (spec 11.5); a profile may have none
+    variant_factors: dict[str, EventCost] = {}
+    anchors: list[Anchor] = []
+    fit: dict = {}  # host profiles: the fit's groups, scales and residuals
+    measurements: list[dict] = []  # host profiles: the real forks the fit used
+
+    @model_validator(mode="after")
+    def _complete(self):
+        unknown = sorted(set(self.costs) - set(COST_EVENTS))
+        if unknown:
+            raise ValueError(f"unknown cost events: {', '.join(unknown)}")
+        missing = [e for e in COST_EVENTS if e not in self.costs]
+        if missing:
+            raise ValueError(f"no cost for: {', '.join(missing)}")
+        if self.write_costs and sorted(self.write_costs) != sorted(WRITE_EVENTS):
+            raise ValueError(f"write_costs: one cost for each of {', '.join(WRITE_EVENTS)}")
+        bad = sorted(set(self.variant_factors) - set(VARIANTS))
+        if bad:
+            raise ValueError(f"variant_factors: unknown variants {', '.join(bad)}")
+        return self
+
+    def factor(self, variant: str) -> float:
+        f = self.variant_factors.get(variant)
+        return 1.0 if f is None else f.ns
+
+    def estimates(self) -> list[str]:
+        return [e for e in COST_EVENTS if self.costs[e].kind == "estimate"]
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def host_profile_dir() -> Path:
+    """Where ``gpusim calibrate`` writes host profiles by default: ``$GPUSIM_PROFILE_DIR``, else
+    ``$XDG_DATA_HOME/gpusim/analysis/profiles`` (``~/.local/share/gpusim/analysis/profiles``)."""
+    env = os.environ.get("GPUSIM_PROFILE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "gpusim" / "profiles"
+
+
+def newest_host_profile() -> Path | None:
+    """The most recently written ``host-*.yaml`` in :func:`host_profile_dir`, if any."""
+    d = host_profile_dir()
+    found = sorted(d.glob("host-*.yaml"), key=lambda p: p.stat().st_mtime) if d.is_dir() else []
+    return found[-1] if found else None
+
+
+@functools.lru_cache(maxsize=32)
+def _load(path: str, mtime: float) -> Profile:
+    return load_yaml_model(path, Profile)
+
+
+def load_profile(name_or_path: str | os.PathLike | Profile | None = None) -> Profile:
+    """A profile by name (``gpusim/analysis/profiles/NAME.yaml``, or a host profile's name in :func:`host_profile_dir`)
+    or by path; None means the newest host profile when one exists, else the public one. Unknown names and invalid files
+    raise :class:`ProfileError` with a message naming the file, line and key."""
+    if isinstance(name_or_path, Profile):
+        return name_or_path
+    if name_or_path is None:
+        newest = newest_host_profile()
+        name_or_path = str(newest) if newest else DEFAULT_PROFILE
+    text = str(name_or_path)
+    if not text.strip():
+        raise ProfileError(f"an empty profile name (shipped: {', '.join(profile_names())}; or a profile file's path)")
+    hosted = host_profile_dir() / f"{text}.yaml"
+    if not Path(text).exists() and hosted.exists():
+        text = str(hosted)
+    path = Path(text)
+    if not (text.endswith((".yaml", ".yml")) or os.sep in text) or not path.exists():
+        named = PROFILE_DIR / f"{text}.yaml"
+        if named.exists():
+            path = named
+        elif not path.exists():
+            raise ProfileError(
+                f"unknown cost profile '{text}' (shipped: {', '.join(profile_names())}; "
+                f"or give the path of a profile file)"
+            )
+    try:
+        return _load(str(path.resolve()), path.stat().st_mtime)
+    except (ValidationError, ValueError) as e:
+        raise ProfileError(str(e)) from None
+
+
+def held_events(variant: str) -> tuple[str, ...]:
+    """The table events done with the PTE locks held in ``variant``: every :data:`TABLE_EVENTS` but, in xu-v1 and
+    xu-v1-oleg, the early copy (``page_duplicate`` allocates and copies after the locks are dropped)."""
+    if get_variant(variant).xu_protocol:
+        return tuple(e for e in TABLE_EVENTS if e != "copy.memcpy")
+    return TABLE_EVENTS
+
+
+def latency(counts: dict[str, int], variant: str, profile: Profile, table_stats=None) -> dict:
+    """``latency_ns``, ``latency_breakdown_ns`` (by component), ``lock_hold_max_ns`` (None without per-table
+    statistics) and ``profile`` for one fork's counts."""
+    f = profile.factor(variant)
+    breakdown = {
+        comp: f * sum(counts.get(e, 0) * profile.costs[e].ns for e in events) for comp, events in COMPONENTS.items()
+    }
+    hold = None
+    if table_stats is not None:
+        hold = lock_hold_max_ns(table_stats, variant, profile)
+    return {
+        "latency_ns": sum(breakdown.values()),
+        "latency_breakdown_ns": breakdown,
+        "lock_hold_max_ns": hold,
+        "profile": profile.name,
+    }
+
+
+def write_latency(counts: dict[str, dict[str, int]], profile: Profile) -> dict:
+    """The write phase's modelled latency (spec 11.5): ``latency_ns`` and ``latency_breakdown_ns`` per writer and
+    event, reported beside the fork's, never added to it; None figures when the profile has no write costs (a
+    host profile calibrated before the write phase existed)."""
+    if not profile.write_costs:
+        return {"latency_ns": None, "latency_breakdown_ns": None, "profile": profile.name}
+    breakdown = {w: {e: counts[w][e] * profile.write_costs[e].ns for e in WRITE_EVENTS} for w in WRITERS}
+    total = sum(v for per in breakdown.values() for v in per.values())
+    return {"latency_ns": total, "latency_breakdown_ns": breakdown, "profile": profile.name}
+
+
+def lock_hold_max_ns(table_stats, variant: str, profile: Profile) -> float:
+    """The longest modelled PTE-lock hold over the fork's tables (see the module docstring); 0 without tables."""
+    if len(table_stats.table) == 0:
+        return 0.0
+    held = set(held_events(variant))
+    cost = np.array([profile.costs[e].ns if e in held else 0.0 for e in TABLE_EVENTS])
+    per_table = table_stats.events @ cost / np.maximum(table_stats.passes, 1)
+    return float(per_table.max()) * profile.factor(variant)

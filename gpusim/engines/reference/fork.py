@@ -1,0 +1,179 @@
+"""``dup_mmap`` and ``copy_page_range``: the walk over the VMAs and tables in address order, each call through its
+variant's state machine, the teardown of a half-built child, and :func:`fork_reference`, the reference engine's
+entry point.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from gpusim.engines.reference.context import CopyContext, CopyFailed, ForkContext, MMState, Oops, VmaView
+from gpusim.engines.reference.huge import copy_huge_pmd
+from gpusim.engines.reference.linux_5_8 import copy_pte_range_linux_5_8
+from gpusim.engines.reference.linux_5_10 import copy_pte_range_linux_5_10
+from gpusim.engines.reference.linux_6_18 import copy_pte_range_linux_6_18
+from gpusim.engines.reference.xu import copy_pte_range_xu_v1, copy_pte_range_xu_v1_oleg
+from gpusim.kernels import pte as P
+from gpusim.kernels.flags import FOLIO_FREED
+from gpusim.model.oracle import InjectionPlan, LockBreakOracle
+from gpusim.model.plan import VMA_COUNT_NAMES, ForkPlan, plan_fork
+from gpusim.model.result import TABLE_EVENTS, ForkResult, TableStats, rss_dict
+from gpusim.model.state import AddressSpace
+from gpusim.model.variants import LINUX_5_8, LINUX_5_10, LINUX_6_18, XU_V1, XU_V1_OLEG
+
+COPY_PTE_RANGE = {
+    LINUX_5_8: copy_pte_range_linux_5_8,
+    XU_V1: copy_pte_range_xu_v1,
+    XU_V1_OLEG: copy_pte_range_xu_v1_oleg,
+    LINUX_5_10: copy_pte_range_linux_5_10,
+    LINUX_6_18: copy_pte_range_linux_6_18,
+}
+
+
+def copy_pte_range(c: CopyContext) -> int:
+    """One call over ``[call_start, end)`` with the variant's state machine; 0 or ENOMEM (EHWPOISON)."""
+    fc = c.fc
+    fc.counts["table.call"] += 1
+    fc.trace.calls.append(c.rec)
+    ret = COPY_PTE_RANGE[fc.v.machine](c, c.call_start, c.end)
+    if c.prealloc is not None:
+        c.rec.owned_at_return.append(f"prealloc pfn {c.prealloc}")
+    if c.d is not None and (c.d.cow_new_page is not None or c.d.cow_old_page is not None):
+        c.rec.owned_at_return.append(f"copy_mm_data {c.d}")
+    c.rec.result = ret
+    return ret
+
+
+def fork_stopped(fc: ForkContext, stop: Exception) -> tuple[str, dict | None, dict | None]:
+    """(outcome, oops, enomem) of a fork that :class:`CopyFailed` or :class:`Oops` stopped."""
+    if isinstance(stop, CopyFailed):
+        point, n = stop.c.last_failed or ("unknown", 0)
+        return "enomem", None, {"call_start": stop.c.call_start, "point": point, "occurrence": n}
+    cs = fc.trace.calls[-1].call_start if fc.trace.calls else -1
+    return "oops", {"function": stop.function, "addr": stop.addr, "reason": stop.reason, "call_start": cs}, None
+
+
+def copy_table(fc: ForkContext, vma: VmaView, t: int, start: int, end: int) -> CopyContext:
+    """One call of ``copy_page_range``: ``copy_huge_pmd`` where the parent has a huge PMD (and, after a split,
+    ``copy_pte_range``), else ``copy_pte_range``. Raises :class:`CopyFailed` on ENOMEM."""
+    c = CopyContext(fc, vma, t, start, end)
+    fc.python_tables.add(t)
+    if t in fc.parent.pmds:
+        how = copy_huge_pmd(c)
+        if how == "enomem":
+            raise CopyFailed(c)
+        if how == "share":
+            return c
+    counts = fc.counts
+    before = [counts[e] for e in TABLE_EVENTS]
+    passes = counts["pass"]
+    try:
+        rc = copy_pte_range(c)
+    finally:  # per-table statistics, an interrupted call's too
+        fc.table_rows.append((t, counts["pass"] - passes, [counts[e] - b for e, b in zip(TABLE_EVENTS, before)]))
+    if rc != 0:
+        raise CopyFailed(c)
+    return c
+
+
+def table_stats_of(rows: list) -> TableStats:
+    """:class:`TableStats` from ``(table, passes, events)`` rows (several calls of one table are summed)."""
+    acc: dict[int, list] = {}
+    for t, p, ev in rows:
+        if t in acc:
+            acc[t][0] += p
+            acc[t][1] = [a + b for a, b in zip(acc[t][1], ev)]
+        else:
+            acc[t] = [p, list(ev)]
+    keys = sorted(acc)
+    return TableStats(
+        np.array(keys, np.int64),
+        np.array([acc[k][0] for k in keys], np.int64),
+        np.array([acc[k][1] for k in keys], np.int64).reshape(len(keys), len(TABLE_EVENTS)),
+    )
+
+
+def dup_mmap(fc: ForkContext, plan: ForkPlan | None = None) -> tuple[str, dict | None, dict | None]:
+    """Duplicate the parent's VMAs into the child and copy their page tables (``copy_page_range`` per VMA).
+
+    Returns (outcome, oops, enomem). The caller tears the child down after ENOMEM (:func:`teardown`).
+    """
+    plan = plan or plan_fork(fc.space.mm)
+    fc.counts["fork.base"] += 1
+    fc.counts["fork.mm"] += 1
+    calls = iter(range(plan.nr_calls))
+    nxt = next(calls, None)
+    try:
+        for vma in fc.parent.vmas:
+            for name, v in zip(VMA_COUNT_NAMES, plan.vma_counts[vma.index].tolist()):
+                fc.counts[name] += v
+            if plan.vma_child[vma.index]:
+                fc.child.vmas.append(
+                    VmaView(
+                        len(fc.child.vmas),
+                        vma.start,
+                        vma.end,
+                        vma.flags,
+                        vma.backing,
+                        bool(plan.vma_child_anon[vma.index]),
+                    )
+                )
+            while nxt is not None and int(plan.call_vma[nxt]) == vma.index:
+                copy_table(fc, vma, int(plan.call_table[nxt]), int(plan.call_start[nxt]), int(plan.call_end[nxt]))
+                nxt = next(calls, None)
+    except (CopyFailed, Oops) as stop:
+        return fork_stopped(fc, stop)
+    return "ok", None, None
+
+
+def fork_reference(
+    space: AddressSpace, variant: str, oracle: LockBreakOracle, plan: InjectionPlan, fork_seq: int = 0
+) -> ForkResult:
+    """One fork on the reference engine: ``dup_mmap``, then the teardown of the child after ENOMEM."""
+    t0 = time.perf_counter()
+    fc = ForkContext(space, variant, oracle, plan, fork_seq)
+    stopped = dup_mmap(fc)
+    child_rss, after_teardown = list(fc.child.rss), None
+    if stopped[0] == "enomem":
+        teardown(fc)
+        after_teardown = rss_dict(fc.child.rss)
+    parent = AddressSpace(fc.parent.to_mm(), fc.m.to_memory())
+    return fc.result(
+        stopped,
+        parent,
+        fc.child.to_mm(),
+        child_rss,
+        after_teardown,
+        time.perf_counter() - t0,
+        "reference",
+        table_stats_of(fc.table_rows),
+    )
+
+
+def teardown(fc: ForkContext) -> None:
+    """Tear the half-built child down after ENOMEM (spec 5.4): every child entry drops what it holds."""
+    m = fc.m
+    for row in fc.child.tables.values():
+        for v in row:
+            if v == 0:
+                continue
+            fc.counts["teardown.pte"] += 1
+            kind = P.pte_kind(v)
+            if kind == P.KIND_PRESENT and not P.pte_special(v) or kind == P.KIND_DEVICE_PRIVATE:
+                pfn = P.pte_pfn(v) if kind == P.KIND_PRESENT else P.swp_offset(v)
+                f = m.page_folio[pfn]
+                m.page_mapcount[pfn] -= 1
+                m.folio_refcount[f] -= 1
+                if m.folio_refcount[f] == 0:
+                    m.folio_flags[f] |= FOLIO_FREED
+                    fc.counts["teardown.free"] += 1
+            elif kind == P.KIND_SWAP:
+                m.swap_count[P.swp_offset(v)] -= 1
+    for v in fc.child.pmds.values():
+        fc.counts["teardown.pte"] += 1
+        f = m.page_folio[P.pte_pfn(v)]
+        m.folio_refcount[f] -= 1
+        m.folio_pmd_mapcount[f] -= 1
+    fc.child = MMState()

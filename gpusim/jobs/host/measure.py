@@ -1,0 +1,212 @@
+"""Time real forks of several layouts in one window, interleaved, in the state the simulator models.
+
+Every layout is held by its own measuring process (:class:`gpusim.jobs.host.real.Worker`), all alive at once (in groups
+that fit in half of the available memory, each with its own bare process), pinned to one CPU where the kernel
+allows. After a warm-up visit each, :func:`measure` visits them round-robin in a shuffled order per round; a visit
+restores the modelled state, checks it and times two forks (:func:`gpusim.jobs.host.real._visit`):
+
+* ``fresh``: touched pages writable and anon-exclusive, pins in place: the fork gpusim simulates from a built space;
+* ``repeated``: the fork right after it, every unpinned page still write-protected and shared-once: the second fork
+  of ``fork.chain``.
+
+A layout whose interval (:func:`gpusim.jobs.host.stats.added_summary`) is wider than the noise limit in either state
+gets extra rounds (with the bare process), up to as many again; what is still too wide is reported as such.
+The state checks come from the fault counts of each visit: see :func:`state_checks`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+
+from gpusim.base.machine import mem_available_bytes
+from gpusim.jobs.host.real import TABLE_PAGES, RealLayout, Worker
+from gpusim.jobs.host.stats import NOISE_LIMIT, added_summary, drift, quartiles
+from gpusim.jobs.host.twin import thp_extents, vma_places
+
+STATES = ("fresh", "repeated")
+FAULT_SLACK = 16  # faults the interpreter may take on its own pages around a counted write pass, plus one per
+PARTS_PER_SLACK_FAULT = 32  # this many slices written (one per VMA and pinned range)
+
+
+def default_cpu() -> int | None:
+    """The CPU the measuring processes run on: the last one this process may use (None: not settable here)."""
+    try:
+        return max(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def memory_groups(layouts: list[RealLayout], budget: int) -> list[list[int]]:
+    """Indices of ``layouts`` in groups whose touched memory adds up to at most ``budget`` (at least one each)."""
+    groups, size = [[]], 0
+    for i, L in enumerate(layouts):
+        need = L.touched_bytes()
+        if groups[-1] and size + need > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += need
+    return groups if groups[0] else []
+
+
+def expected_wp_faults(layout: RealLayout, thp_pages: int) -> int:
+    """Write faults a write pass over the touched pages takes after a fork: one per unpinned touched 4 KiB page,
+    one per THP."""
+    touched = np.array(layout.touched(), bool)
+    pinned = np.zeros(layout.pages, bool)
+    for first, n in layout.pinned:
+        pinned[first : first + n] = True
+    touched |= pinned
+    ext = thp_extents(layout, touched, vma_places(layout), thp_pages)
+    in_thp = np.zeros(layout.pages, bool)
+    for b0, _ in ext:
+        in_thp[b0 : b0 + TABLE_PAGES] = True
+    return int((touched & ~pinned & ~in_thp).sum()) + len(ext)
+
+
+def state_checks(layout: RealLayout, thp_pages: int, faults: dict) -> dict:
+    """Whether each timed fork saw its state, from the visits' fault counts (lists over the timed visits):
+
+    * fresh: the check pass before every fresh fork took no fault (every touched page writable, so anon-exclusive),
+      and writing the pinned pages took fewer faults than half of them (a lost pin makes every pinned page fault:
+      the fork would have shared and write-protected it);
+    * repeated: the re-dirtying pass after every pair took as many faults as the forks leave write-protected pages
+      (:func:`expected_wp_faults`), within the interpreter's own few: nothing wrote them between the two forks."""
+    npinned = sum(n for _, n in layout.pinned)
+    expected = expected_wp_faults(layout, thp_pages)
+    pins_ok = all(f < max(2, npinned / 2) for f in faults["pinned_faults"])
+    fresh_ok = all(f == 0 for f in faults["check_faults"]) and pins_ok
+    wp = faults["redirty_faults"]
+    slack = FAULT_SLACK + (layout.vmas + len(layout.pinned)) // PARTS_PER_SLACK_FAULT
+    repeated_ok = all(expected <= f <= expected + slack for f in wp)
+    return {
+        "fresh": fresh_ok,
+        "repeated": repeated_ok,
+        "expected_wp_faults": expected,
+        "redirty_faults": [min(wp), max(wp)] if wp else None,
+        "check_faults_max": max(faults["check_faults"], default=0),
+        "pinned_faults_max": max(faults["pinned_faults"], default=0),
+    }
+
+
+class _Group:
+    """The workers of one memory group (index 0: the bare process) and their timed visits."""
+
+    def __init__(self, layouts: list[RealLayout], cpu, timeout: float):
+        self.workers, self.samples = [], []
+        try:
+            for L in [RealLayout("bare", 0), *layouts]:
+                self.workers.append(Worker(L, cpu, timeout))
+                self.samples.append({})
+        except BaseException:
+            self.close()
+            raise
+
+    def visit(self, i: int, keep: bool = True) -> None:
+        got = self.workers[i].visits(1)
+        if keep:
+            for k, v in got.items():
+                self.samples[i].setdefault(k, []).extend(v)
+
+    def summary(self, i: int, state: str, seed: int = 0) -> dict:
+        return added_summary(self.samples[i][f"{state}_ns"], self.samples[0][f"{state}_ns"], seed)
+
+    def too_wide(self, i: int, noise_limit: float) -> bool:
+        return max(self.summary(i, s)["spread"] for s in STATES) > noise_limit
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+
+
+def _run_group(g: _Group, rounds: int, rng: random.Random, noise_limit: float, tick) -> None:
+    live = [i for i, w in enumerate(g.workers) if not w.info["refused"]]
+    for i in live:
+        g.visit(i, keep=False)  # warm-up
+    for _ in range(rounds):
+        for i in rng.sample(live, len(live)):
+            g.visit(i)
+            tick(g.workers[i].layout.name)
+    for _ in range(rounds):  # extra rounds for the layouts still too wide to judge
+        wide = [i for i in live[1:] if g.too_wide(i, noise_limit)]
+        if not wide:
+            break
+        tick(None, more=len(wide) + 1)
+        for i in rng.sample([0, *wide], len(wide) + 1):
+            g.visit(i)
+            tick(g.workers[i].layout.name)
+
+
+def _result(g: _Group, i: int) -> dict:
+    w = g.workers[i]
+    out = {"name": w.layout.name, "layout": w.layout, **w.info}
+    if w.info["refused"]:
+        return out
+    s = g.samples[i]
+    for state in STATES:
+        out[state] = g.summary(i, state)
+        out[state]["drift"] = drift(s[f"{state}_ns"])
+    out["samples"] = {k: s[k] for k in ("fresh_ns", "repeated_ns")}
+    out["checks"] = state_checks(w.layout, w.info["thp_pages"], s)
+    return out
+
+
+def measure(
+    layouts: list[RealLayout],
+    rounds: int,
+    seed: int = 0,
+    cpu="auto",
+    progress=None,
+    noise_limit: float = NOISE_LIMIT,
+    timeout: float = 600,
+    memory_fraction: float = 0.5,
+) -> dict:
+    """``{"layouts": [one result per layout, in order], "stability": ...}``: each result has the setup's facts
+    (``thp_pages``, ``refused``, ``cpu``), per state the added-time summary and its drift, the raw samples and the
+    state checks; ``stability`` the bare process's quartiles and drift per state, the CPU and the rounds. The
+    layouts are measured in one window when their touched memory fits in ``memory_fraction`` of the available
+    memory, else in groups one after the other (``stability["groups"]``)."""
+    cpu = default_cpu() if cpu == "auto" else cpu
+    rng = random.Random(seed)
+    groups = memory_groups(layouts, int(mem_available_bytes() * memory_fraction))
+    count = {"done": 0, "total": rounds * (len(layouts) + len(groups))}
+
+    def tick(name, more: int = 0):
+        """One visit done (``name``), or ``more`` visits planned (extra rounds)."""
+        count["total"] += more
+        count["done"] += 0 if more else 1
+        if progress and not more:
+            progress(count["done"], count["total"], name)
+
+    results, bare = [None] * len(layouts), []
+    for idx in groups:
+        g = None
+        try:
+            g = _Group([layouts[i] for i in idx], cpu, timeout)
+            _run_group(g, rounds, rng, noise_limit, tick)
+            for k, i in enumerate(idx):
+                results[i] = _result(g, k + 1)
+            bare.append(g.samples[0])
+        finally:
+            if g is not None:
+                g.close()
+    return {"layouts": results, "stability": {**stability(bare, cpu, rounds), "groups": len(groups)}}
+
+
+def stability(bare_samples: list[dict], cpu, rounds: int) -> dict:
+    """How steady the machine was: the bare process's fork quartiles and drift per state (first group's)."""
+    out = {"cpu": cpu, "rounds": rounds}
+    if bare_samples and bare_samples[0]:
+        for state in STATES:
+            x = bare_samples[0][f"{state}_ns"]
+            out[f"bare_{state}_ns"] = quartiles(x)
+            out[f"bare_{state}_drift"] = drift(x)
+    return out
+
+
+def time_layout(layout: RealLayout, rounds: int) -> dict:
+    """One layout against a bare process, interleaved (:func:`measure`): its result."""
+    return measure([layout], rounds)["layouts"][0]
