@@ -70,12 +70,89 @@ MM_SHMEMPAGES = 2
 MM_SWAPENTS = 3
 RSS_NAMES = ("anon", "file", "shmem", "swapents")
 
+# --- what a fork counts: the one list of names every other list of events is drawn from (:func:`events`): the
+# results' columns, the events of a table's locked passes, the kernels' count rows
+# The cost events of spec section 8 (and 10), by their dotted names, in the spec's order.
+COST_EVENTS = (
+    "fork.base",
+    "fork.mm",
+    "vma.dup",
+    "vma.anon_fork",
+    "vma.file_link",
+    "vma.copy",
+    "vma.skip",
+    "table.call",
+    "table.alloc",
+    "table.upper_alloc",
+    "pass",
+    "restart.lb",
+    "restart.sc",
+    "restart.ec",
+    "check",
+    "pte.none",
+    "pte.share",
+    "pte.special",
+    "pte.wrprotect",
+    "pte.excl_clear",
+    "pte.swap",
+    "pte.migration",
+    "pte.devpriv",
+    "batch.start",
+    "batch.pte",
+    "batch.refused",
+    "copy.alloc",
+    "copy.alloc_fail",
+    "copy.memcpy",
+    "copy.install",
+    "copy.free_unused",
+    "copy.recheck",
+    "copy.duplicate_call",
+    "swapcont.atomic",
+    "swapcont.kernel",
+    "swapcont.attach",
+    "swapcont.null",
+    "teardown.pte",
+    "teardown.free",
+    "pmd.share",
+    "pmd.split",
+)
+# Summary counters the scenario tables and invariants speak of.
+SUMMARY_COUNTS = (
+    "passes",
+    "lock_breaks",
+    "allocations",
+    "unused_frees",
+    "installs",
+    "shared",
+    "pin_shared",
+    "swapcont_atomic",
+    "swapcont_kernel",
+    "levels_added",
+    "teardown_frees",
+    "hugetlb_skipped",
+    "events_applied",
+    "events_ignored",
+)
+COUNT_NAMES = COST_EVENTS + SUMMARY_COUNTS
+RSS_COUNTS = tuple(f"rss.{k}" for k in RSS_NAMES)  # a table's rss deltas, in the kernels' count rows
+
+
+def events(*groups: str, but: tuple = ()) -> tuple:
+    """The names of :data:`COUNT_NAMES` in ``groups`` (a name, or a prefix ending in ``.``: every name under it),
+    in that list's order, less those in ``but``."""
+    for g in (*groups, *but):
+        if g not in COUNT_NAMES and not any(n.startswith(g) for n in COUNT_NAMES if g.endswith(".")):
+            raise ValueError(f"no count named {g!r}")
+    return tuple(
+        n for n in COUNT_NAMES if n not in but and any(n == g or (g.endswith(".") and n.startswith(g)) for g in groups)
+    )
+
+
 # --- the error numbers copy_pte_range returns (the kernel's, negated) ------------------------------------------
 ENOMEM, EAGAIN, EIO, EHWPOISON = -12, -11, -5, -133
 
 # --- the copy_pte_range state machines a variant runs (gpusim.model.variants.Variant.machine): the kernels know a
 # variant by its rules (gpusim.kernels.args.VariantParams), and the slow path picks its state machine by this number
-# ----------
 MACHINES = ("linux-5.8", "xu-v1", "xu-v1-oleg", "linux-5.10", "linux-6.18")
 M_5_8, M_XU_V1, M_XU_V1_OLEG, M_5_10, M_6_18 = range(len(MACHINES))
 # How a write-protect fault decides to reuse an anon page (spec 11.2; gpusim.model.variants.Variant.wp_reuse): by its

@@ -19,10 +19,12 @@ from gpusim.kernels.flags import (
     FOLIO_DEVICE_PRIVATE,
     PAGE_ANON_EXCLUSIVE,
     PIN_BIAS,
+    RSS_COUNTS,
     RSS_NAMES,
     WP_REUSE_EXCLUSIVE,
     WP_REUSE_MAPCOUNT,
     WP_REUSE_REFCOUNT,
+    events,
     swap_cap,
 )
 from gpusim.kernels.jitable import jitable
@@ -52,28 +54,20 @@ NB_NEVER, NB_ALWAYS, NB_EVERY, NB_BERN, NB_LIST = 0, 1, 2, 3, 4
 
 # Columns of the per-table count rows the fast kernels fill (summed on the host).
 FAST_COUNTS = (
-    "pte.none",
-    "pte.share",
-    "pte.special",
-    "pte.wrprotect",
-    "pte.excl_clear",
-    "pte.swap",
-    "pte.migration",
-    "pte.devpriv",
-    "batch.start",
-    "batch.pte",
-    "pass",
-    "check",
-    "lock_breaks",
-    "shared",
-    "pin_shared",
-    "table.call",
-    "table.alloc",
-    "rss.anon",
-    "rss.file",
-    "rss.shmem",
-    "rss.swapents",
-    "swapoff",
+    events(
+        "table.call",
+        "table.alloc",
+        "pass",
+        "check",
+        "pte.",
+        "batch.start",
+        "batch.pte",
+        "lock_breaks",
+        "shared",
+        "pin_shared",
+    )
+    + RSS_COUNTS
+    + ("swapoff",)
 )
 FAST_INDEX = {name: i for i, name in enumerate(FAST_COUNTS)}  # each constant below takes its number by name
 C_NONE = FAST_INDEX["pte.none"]

@@ -8,7 +8,7 @@ import sys
 import pytest
 from inproc import gpusim
 
-from gpusim.model.result import COST_EVENTS
+from gpusim.kernels.flags import COUNT_NAMES
 from gpusim.model.variants import VARIANTS
 
 
@@ -45,19 +45,7 @@ def test_fork_json_fields():
         "engine_wall_s",
     ):
         assert key in d
-    for name in COST_EVENTS + (
-        "passes",
-        "lock_breaks",
-        "allocations",
-        "unused_frees",
-        "installs",
-        "shared",
-        "pin_shared",
-        "swapcont_atomic",
-        "swapcont_kernel",
-        "levels_added",
-        "teardown_frees",
-    ):
+    for name in COUNT_NAMES:
         assert name in d["counts"], name
     assert d["outcome"] == "ok" and d["variant"] == "xu-v1-oleg" and d["backend"] == "cpu"  # auto: no GPU
     assert (d["counts"]["passes"], d["counts"]["lock_breaks"], d["counts"]["installs"]) == (122, 120, 1)

@@ -9,7 +9,8 @@ import gpusim
 from gpusim.analysis.costmodel import COMPONENTS, ProfileError, held_events, latency, load_profile, profile_names
 from gpusim.inputs.workloads import build_workload
 from gpusim.jobs.sweep.spec import Workload
-from gpusim.model.result import COST_EVENTS, TABLE_EVENTS, TableStats
+from gpusim.kernels.flags import COST_EVENTS
+from gpusim.model.result import TABLE_EVENTS, TableStats
 
 
 def test_shipped_profiles_load_and_label_estimates():

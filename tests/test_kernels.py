@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from budget import budget
 from hypothesis import given
 from hypothesis import strategies as st
@@ -100,3 +101,22 @@ def test_cuda_kernels_compile_to_ptx():
     assert all(atomics[k] == [0, 0, 0] for k in ("write_plan_kernel", "write_run_kernel", "write_fixup_kernel"))
     # the region generator's rows write disjoint pages, folios and slots
     assert atomics["generate_rows_kernel"] == [0, 0, 0]
+
+
+def test_every_list_of_events_is_drawn_from_the_one_list_of_counts():
+    """FAST_COUNTS, SLOW_COUNTS and TABLE_EVENTS name counts of COUNT_NAMES (or the rss deltas and swapoff), each
+    once, in COUNT_NAMES' order; a group that names no count is refused."""
+    from gpusim.kernels.flags import COUNT_NAMES, RSS_COUNTS, events
+    from gpusim.kernels.rules import FAST_COUNTS
+    from gpusim.kernels.slowpath.common import SLOW_COUNTS
+    from gpusim.model.result import TABLE_EVENTS
+
+    for names in (FAST_COUNTS, SLOW_COUNTS, TABLE_EVENTS):
+        counted = [n for n in names if n not in (*RSS_COUNTS, "swapoff")]
+        assert len(set(names)) == len(names)
+        assert counted == sorted(counted, key=COUNT_NAMES.index)
+    assert events("swapcont.") == ("swapcont.atomic", "swapcont.kernel", "swapcont.attach", "swapcont.null")
+    assert events("copy.", but=("copy.alloc_fail",))[:2] == ("copy.alloc", "copy.memcpy")
+    for bad in ("pte.nonee", "nothing."):
+        with pytest.raises(ValueError, match="no count named"):
+            events(bad)

@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gpusim.base.yamlerr import load_yaml_model
 from gpusim.engines.writes import WRITE_EVENTS, WRITERS
-from gpusim.model.result import COST_EVENTS, TABLE_EVENTS
+from gpusim.kernels.flags import COST_EVENTS
+from gpusim.model.result import TABLE_EVENTS
 from gpusim.model.variants import VARIANTS, get_variant
 
 PROFILE_DIR = Path(__file__).parent / "profiles"

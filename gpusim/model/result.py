@@ -6,93 +6,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gpusim.kernels.flags import RSS_NAMES
+from gpusim.kernels.flags import COUNT_NAMES, RSS_NAMES, events
 from gpusim.model.state import MM, AddressSpace, Memory, digest, resident_bytes
-
-# The cost events of spec section 8 (and 10), by their dotted names, in the spec's order.
-COST_EVENTS = (
-    "fork.base",
-    "fork.mm",
-    "vma.dup",
-    "vma.anon_fork",
-    "vma.file_link",
-    "vma.copy",
-    "vma.skip",
-    "table.call",
-    "table.alloc",
-    "table.upper_alloc",
-    "pass",
-    "restart.lb",
-    "restart.sc",
-    "restart.ec",
-    "check",
-    "pte.none",
-    "pte.share",
-    "pte.special",
-    "pte.wrprotect",
-    "pte.excl_clear",
-    "pte.swap",
-    "pte.migration",
-    "pte.devpriv",
-    "batch.start",
-    "batch.pte",
-    "batch.refused",
-    "copy.alloc",
-    "copy.alloc_fail",
-    "copy.memcpy",
-    "copy.install",
-    "copy.free_unused",
-    "copy.recheck",
-    "copy.duplicate_call",
-    "swapcont.atomic",
-    "swapcont.kernel",
-    "swapcont.attach",
-    "swapcont.null",
-    "teardown.pte",
-    "teardown.free",
-    "pmd.share",
-    "pmd.split",
-)
-# Summary counters the scenario tables and invariants speak of.
-SUMMARY_COUNTS = (
-    "passes",
-    "lock_breaks",
-    "allocations",
-    "unused_frees",
-    "installs",
-    "shared",
-    "pin_shared",
-    "swapcont_atomic",
-    "swapcont_kernel",
-    "levels_added",
-    "teardown_frees",
-    "hugetlb_skipped",
-    "events_applied",
-    "events_ignored",
-)
-COUNT_NAMES = COST_EVENTS + SUMMARY_COUNTS
 
 # Events whose work is done inside a pass of copy_pte_range, with the PTE locks held (spec 2.1). Early-copy
 # allocations are made after the locks are dropped; xu-v1's page_duplicate copies outside them too (see
 # gpusim.analysis.costmodel.held_events).
-TABLE_EVENTS = (
-    "check",
-    "pte.none",
-    "pte.share",
-    "pte.special",
-    "pte.wrprotect",
-    "pte.excl_clear",
-    "pte.swap",
-    "pte.migration",
-    "pte.devpriv",
-    "batch.start",
-    "batch.pte",
-    "batch.refused",
-    "copy.memcpy",
-    "copy.install",
-    "copy.recheck",
-    "swapcont.atomic",
-)
+TABLE_EVENTS = events("check", "pte.", "batch.", "copy.memcpy", "copy.install", "copy.recheck", "swapcont.atomic")
 
 
 @dataclass(frozen=True)

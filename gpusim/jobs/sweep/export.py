@@ -29,8 +29,7 @@ from gpusim.base.backend import gpu_name, resolve
 from gpusim.base.machine import cpu_description
 from gpusim.engines.writes import DMA_FIELDS, WRITE_EVENTS, WRITERS
 from gpusim.jobs.sweep.spec import sweep_hash
-from gpusim.kernels.flags import RSS_NAMES
-from gpusim.model.result import COUNT_NAMES
+from gpusim.kernels.flags import COUNT_NAMES, RSS_NAMES
 
 # 2: host_tables; 3: non-data files prefixed with "_" (_common_metadata, _manifest.jsonl); 4: the write phase's
 # columns (older files read them as null); 5: host_tables named python_tables (the tables the Python loop copied)
