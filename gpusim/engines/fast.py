@@ -19,7 +19,7 @@ Steps of one fork (:class:`ForkJob`):
    tables before the stopping call.
 4. **merge**: the kernels' per-table counts are added to the slow path's, and the plan's per-VMA counts.
 5. **final states**: a half-built child is torn down (ENOMEM), or the child's tables are assembled; the result is
-   built by :meth:`gpusim.engines.reference.ForkContext.result`, as the reference engine's is.
+   built by :meth:`gpusim.engines.context.ForkRecords.result`, as the reference engine's is.
 
 Backends differ only in the kernels module (and, for CUDA, in where the arrays live); see :mod:`gpusim.base.backend`.
 Kernel arguments are the groups of :mod:`gpusim.kernels.args`.
@@ -41,8 +41,9 @@ import numpy as np
 
 from gpusim.base import backend as B
 from gpusim.engines import earlycopy
+from gpusim.engines.context import CopyFailed, Oops, fork_stopped, table_stats_of
 from gpusim.engines.pyloop import machine_arrays, python_context
-from gpusim.engines.reference import CopyFailed, Oops, copy_table, fork_stopped, table_stats_of
+from gpusim.engines.reference import copy_table
 from gpusim.kernels.args import Calls, HugeArrays, OracleParams, SlowArrays, Tables, VariantParams, memory_arrays
 from gpusim.kernels.cpu import shift_entries
 from gpusim.kernels.fields import MEMORY_FIELDS
@@ -321,7 +322,7 @@ class ForkJob:
 
     def copy_slow_calls(self, kernels, slow_calls: np.ndarray) -> tuple[tuple, int]:
         """The slow-path tables in address order until one stops the fork: without injections by the compiled slow
-        path (the kernels' ``slow_plan`` and ``python_tables``: PTE tables and PMD-mapped THPs), with injections by
+        path (the kernels' ``slow_plan`` and ``slow_tables``: PTE tables and PMD-mapped THPs), with injections by
         the reference's state machines in the Python loop."""
         if not self.compiled:
             return run_python_loop(self.fc, self.plan, slow_calls, self.nC)

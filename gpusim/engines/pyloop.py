@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpusim.base import backend as B
-from gpusim.engines.reference import ForkContext, Machine, MMState, VmaView
+from gpusim.engines.context import ForkContext, Machine, MMState, VmaView
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.model.state import AddressSpace, Memory
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gpusim.engines.reference import Machine, MMState
+from gpusim.engines.context import Machine, MMState
 from gpusim.kernels import pte as P
 from gpusim.kernels.fields import MEMORY_FIELDS, WRITE_MEMORY_FIELDS, WRITE_PROC_FIELDS, WRITE_SCRATCH_FIELDS
 from gpusim.kernels.flags import (

@@ -5,7 +5,8 @@ allocation.
 
 from __future__ import annotations
 
-from gpusim.engines.reference.context import CopyContext, Oops, PassRecord
+from gpusim.engines.context import Oops, PassRecord
+from gpusim.engines.reference.context import CopyContext
 from gpusim.engines.reference.events import apply_event
 from gpusim.kernels import pte as P
 from gpusim.kernels.flags import (

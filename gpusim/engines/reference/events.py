@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpusim.engines.reference.context import EventRecord, ForkContext, Oops
+from gpusim.engines.context import EventRecord, ForkContext, Oops
 from gpusim.kernels import pte as P
 from gpusim.kernels.flags import FOLIO_ANON, MM_ANONPAGES, MM_SWAPENTS, PAGE_ANON_EXCLUSIVE, PTRS_PER_TABLE, mm_counter
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
-from gpusim.engines.reference.context import CopyContext, CopyFailed, ForkContext, MMState, Oops, VmaView
+from gpusim.engines.context import CopyFailed, ForkContext, MMState, Oops, VmaView, fork_stopped, table_stats_of
+from gpusim.engines.reference.context import CopyContext
 from gpusim.engines.reference.huge import copy_huge_pmd
 from gpusim.engines.reference.linux_5_8 import copy_pte_range_linux_5_8
 from gpusim.engines.reference.linux_5_10 import copy_pte_range_linux_5_10
@@ -19,7 +18,7 @@ from gpusim.kernels import pte as P
 from gpusim.kernels.flags import FOLIO_FREED
 from gpusim.model.oracle import InjectionPlan, LockBreakOracle
 from gpusim.model.plan import VMA_COUNT_NAMES, ForkPlan, plan_fork
-from gpusim.model.result import TABLE_EVENTS, ForkResult, TableStats, rss_dict
+from gpusim.model.result import TABLE_EVENTS, ForkResult, rss_dict
 from gpusim.model.state import AddressSpace
 from gpusim.model.variants import LINUX_5_8, LINUX_5_10, LINUX_6_18, XU_V1, XU_V1_OLEG
 
@@ -46,15 +45,6 @@ def copy_pte_range(c: CopyContext) -> int:
     return ret
 
 
-def fork_stopped(fc: ForkContext, stop: Exception) -> tuple[str, dict | None, dict | None]:
-    """(outcome, oops, enomem) of a fork that :class:`CopyFailed` or :class:`Oops` stopped."""
-    if isinstance(stop, CopyFailed):
-        point, n = stop.c.last_failed or ("unknown", 0)
-        return "enomem", None, {"call_start": stop.c.call_start, "point": point, "occurrence": n}
-    cs = fc.trace.calls[-1].call_start if fc.trace.calls else -1
-    return "oops", {"function": stop.function, "addr": stop.addr, "reason": stop.reason, "call_start": cs}, None
-
-
 def copy_table(fc: ForkContext, vma: VmaView, t: int, start: int, end: int) -> CopyContext:
     """One call of ``copy_page_range``: ``copy_huge_pmd`` where the parent has a huge PMD (and, after a split,
     ``copy_pte_range``), else ``copy_pte_range``. Raises :class:`CopyFailed` on ENOMEM."""
@@ -76,23 +66,6 @@ def copy_table(fc: ForkContext, vma: VmaView, t: int, start: int, end: int) -> C
     if rc != 0:
         raise CopyFailed(c)
     return c
-
-
-def table_stats_of(rows: list) -> TableStats:
-    """:class:`TableStats` from ``(table, passes, events)`` rows (several calls of one table are summed)."""
-    acc: dict[int, list] = {}
-    for t, p, ev in rows:
-        if t in acc:
-            acc[t][0] += p
-            acc[t][1] = [a + b for a, b in zip(acc[t][1], ev)]
-        else:
-            acc[t] = [p, list(ev)]
-    keys = sorted(acc)
-    return TableStats(
-        np.array(keys, np.int64),
-        np.array([acc[k][0] for k in keys], np.int64),
-        np.array([acc[k][1] for k in keys], np.int64).reshape(len(keys), len(TABLE_EVENTS)),
-    )
 
 
 def dup_mmap(fc: ForkContext, plan: ForkPlan | None = None) -> tuple[str, dict | None, dict | None]:

@@ -5,6 +5,7 @@ installs.
 
 from __future__ import annotations
 
+from gpusim.engines.context import Oops
 from gpusim.engines.reference.common import (
     add_swap_count_continuation,
     allocate_page,
@@ -18,7 +19,7 @@ from gpusim.engines.reference.common import (
     share_one,
     window,
 )
-from gpusim.engines.reference.context import CopyContext, CopyMmData, Oops
+from gpusim.engines.reference.context import CopyContext, CopyMmData
 from gpusim.kernels import pte as P
 from gpusim.kernels.flags import BREAK_AT, ENOMEM
 
