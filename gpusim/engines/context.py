@@ -110,6 +110,15 @@ class Machine:
             setattr(self, name, store(getattr(m, name)))
         self.next_content = m.next_content
 
+    @classmethod
+    def over(cls, arrays: dict, next_content: int) -> "Machine":
+        """A machine whose arrays are the given containers themselves (the fast engine's growable arrays)."""
+        m = cls.__new__(cls)
+        for name in MEMORY_FIELDS:
+            setattr(m, name, arrays[name])
+        m.next_content = next_content
+        return m
+
     def new_content(self) -> int:
         c = self.next_content
         self.next_content += 1
@@ -215,6 +224,11 @@ class ForkRecords:
         self.trace = Trace()
         self.ignored: list[str] = []
         self.python_tables: set[int] = set()  # tables copied by the Python state machines
+
+    def share_records(self, other: "ForkRecords") -> None:
+        """Keep ``other``'s records (the same objects) instead of this one's own."""
+        for name in ("counts", "table_rows", "trace", "ignored", "python_tables"):
+            setattr(self, name, getattr(other, name))
 
     def result(
         self,

@@ -42,8 +42,9 @@ import numpy as np
 from gpusim.base import backend as B
 from gpusim.engines import earlycopy
 from gpusim.engines.context import CopyFailed, Oops, fork_stopped, table_stats_of
-from gpusim.engines.pyloop import machine_arrays, python_context
+from gpusim.engines.pyloop import absorb, python_context
 from gpusim.engines.reference import copy_table
+from gpusim.engines.work import WorkState
 from gpusim.kernels.args import Calls, HugeArrays, OracleParams, SlowArrays, Tables, VariantParams, memory_arrays
 from gpusim.kernels.cpu import shift_entries
 from gpusim.kernels.fields import MEMORY_FIELDS
@@ -182,7 +183,7 @@ class ForkJob:
         self.xp = xp = B.array_module(mm.pte)  # numpy, or CuPy for device-resident state
         if xp is not np and plan_inj.injections:
             raise ValueError("a fork of device-resident state takes no injections (they run on the host)")
-        self.work = copy_state(space.memory)  # "put": the engine's own copy of the state (not timed)
+        memory = copy_state(space.memory)  # "put": the engine's own copy of the state (not timed)
         self.ppte = mm.pte.copy()
         # The input is frozen (read-only arrays); the kernels take writeable arrays only, one compiled type each.
         self.table_index, self.pmd_index = self.dev(mm.table_index.copy()), mm.pmd_index.copy()
@@ -202,12 +203,12 @@ class ForkJob:
         self.can_stop = (
             plan_inj.has_failures()
             or self.v.can_oops
-            or (self.v.hwpoison_fails_copy and bool((self.work.page_flags & PAGE_HWPOISON).any()))
+            or (self.v.hwpoison_fails_copy and bool((memory.page_flags & PAGE_HWPOISON).any()))
         )
         self.compiled = not plan_inj.injections  # the slow-path tables run compiled (kernels/slowpath/)
-        self.fc = python_context(
-            space, self.work, self.ppte, self.cpte, self.cexists, variant, oracle, plan_inj, fork_seq
-        )
+        self.oracle = oracle
+        self.state = WorkState(space, variant, plan_inj, memory, self.ppte, self.cpte, self.cexists)
+        self.fc = None  # the reference's objects over the state: for the Python loop only (python_loop)
         put_s = self.reserve_early_copies() if self.compiled else 0.0
 
         self.nb = oracle_params(oracle)
@@ -230,13 +231,13 @@ class ForkJob:
         returns the seconds it took, which, like the copy of the state itself, are not counted in the engine's
         time."""
         t0 = time.perf_counter()
-        m = self.work
+        m = self.state.memory_now()
         self.maybe, bound = self.xp.zeros(m.nr_folios, bool), 0
         if self.v.early_cow and self.mm.has_pinned:  # every early-copy test of every variant needs has_pinned
             self.maybe, bound = earlycopy.maybe_pinned_folios(m, self.v.large_pin_order, self.xp)
         for name in MEMORY_FIELDS:
             if not name.startswith("swap_"):
-                getattr(self.fc.m, name).reserve(bound)
+                self.state.memory[name].reserve(bound)
         return time.perf_counter() - t0
 
     def ptetable_failures(self) -> np.ndarray:
@@ -283,7 +284,7 @@ class ForkJob:
             variant_params(self.v),
             self.tables(),
             self.calls_group,
-            memory_arrays(machine_arrays(self.fc.m)),
+            memory_arrays(self.state.arrays()),
             self.nb,
         )
 
@@ -317,7 +318,7 @@ class ForkJob:
         else:
             fast_counts = np.asarray(fast_counts)[~slow_row[self.rows]]
         if stopped[0] == "ok" and self.first_inj < self.nC:
-            stopped, stop = run_python_loop(self.fc, self.plan, np.arange(self.first_inj, self.nC), self.nC)
+            stopped, stop = self.python_loop(np.arange(self.first_inj, self.nC))
         return stopped, stop, fast_rows, np.asarray(fast_counts).reshape(len(fast_rows), len(FAST_COUNTS))
 
     def copy_slow_calls(self, kernels, slow_calls: np.ndarray) -> tuple[tuple, int]:
@@ -325,7 +326,7 @@ class ForkJob:
         path (the kernels' ``slow_plan`` and ``slow_tables``: PTE tables and PMD-mapped THPs), with injections by
         the reference's state machines in the Python loop."""
         if not self.compiled:
-            return run_python_loop(self.fc, self.plan, slow_calls, self.nC)
+            return self.python_loop(slow_calls)
         if not len(slow_calls):  # nothing for the slow path: none of its per-folio claims to allocate
             return ("ok", None, None), self.nC
         rows = self.calls.call_row[slow_calls]
@@ -333,6 +334,15 @@ class ForkJob:
         items = np.where(rows >= 0, rows, -thp - 1)  # a PTE table's row, or -1 - its THP's row
         order = items[np.r_[True, items[1:] != items[:-1]]] if len(items) else items  # one item per table
         return self.slow_tables(kernels, order)
+
+    def python_loop(self, slow_calls: np.ndarray) -> tuple[tuple, int]:
+        """The calls ``slow_calls`` by the reference's state machines over the working state (built on first use,
+        the state's own containers written in place)."""
+        if self.fc is None:
+            self.fc = python_context(self.state, self.variant, self.oracle, self.plan_inj, self.fork_seq)
+        out = run_python_loop(self.fc, self.plan, slow_calls, self.nC)
+        absorb(self.state, self.fc)
+        return out
 
     def huge_rows(self) -> tuple[Tables, HugeArrays]:
         """The THPs as rows for the slow path: a table group (filled when a PMD is split) and their PMDs."""
@@ -357,15 +367,15 @@ class ForkJob:
         path: planned (bounds, which items commute), run (the independent ones in parallel), their new pages
         numbered in address order (:mod:`gpusim.engines.earlycopy`); counts, early copies and THP results are kept for
         :meth:`merge_counts`, the final states and the invariant checker."""
-        m = self.fc.m
-        arrays = {name: getattr(m, name).a for name in MEMORY_FIELDS}  # with the room reserved for early copies
-        nf, npg = len(m.folio_order), len(m.page_folio)
+        m = self.state.memory
+        arrays = {name: m[name].a for name in MEMORY_FIELDS}  # with the room reserved for early copies
+        nf, npg = len(m["folio_order"]), len(m["page_folio"])
         htab, huge = self.huge_rows()
         tab, calls, mem, xp = self.tables(), self.calls_group, memory_arrays(arrays), self.xp
-        nobj = nf + len(m.swap_count)  # the plan's claims, an entry per folio and swap slot (only forks with slow
+        nobj = nf + len(m["swap_count"])  # the plan's claims, an entry per folio and swap slot (only forks with slow
         claims = (xp.full(nobj, CLAIM_LO, np.int64), xp.full(nobj, CLAIM_HI, np.int64))  # items pay for them)
         bounds, dependent = kernels.slow_plan(order, self.maybe, self.can_stop, tab, huge, calls, mem, *claims)
-        cap = len(m.page_folio.a) - npg
+        cap = len(m["page_folio"].a) - npg
         if int(bounds.sum()) > cap:
             raise RuntimeError("the slow path's items need more room for early copies than the engine reserved")
         seg, states = earlycopy.item_states(bounds, nf, npg)
@@ -391,12 +401,12 @@ class ForkJob:
             total, ni, nd = earlycopy.number_in_address_order(nf, npg, seg, order, mem, sp, tab.cpte, htab.cpte, xp)
         for name in MEMORY_FIELDS:
             if not name.startswith("swap_"):
-                getattr(m, name).grow_to((nf if name.startswith("folio_") else npg) + total)
+                m[name].grow_to((nf if name.startswith("folio_") else npg) + total)
         done = order[: len(order) if i < 0 else i + 1]
         self.take_huge_results(htab, huge, -done[done < 0] - 1)
         self.keep_slow_counts(done, htab, huge, counts[: len(done)])
-        self.fc.trace.compiled_installs.append(sp.installs[:ni, [3, 0, 1, 2]])
-        self.fc.trace.compiled_duplicates.append(sp.duplicates[:nd].copy())
+        self.state.trace.compiled_installs.append(sp.installs[:ni, [3, 0, 1, 2]])
+        self.state.trace.compiled_duplicates.append(sp.duplicates[:nd].copy())
         if i < 0:
             return self.slow_outcome(0, -1, 0)
         return self.slow_outcome(int(status[i]), int(call[i]), int(states[i, ST_OOPS_ADDR]))
@@ -417,20 +427,20 @@ class ForkJob:
         """What the slow path did to the THPs ``hs``, into the host state the final arrays are assembled from: a
         shared PMD (the parent's, write-protected, and the child's), or a split one (the parent's new table and,
         once copied, the child's), with the trace's records the invariant checker reads."""
-        fc, m = self.fc, self.fc.m
+        s = self.state
         for h in hs.tolist():
             t = int(htab.table_index[h])
-            f = m.page_folio[int(decode.offsets(huge.pmd[h : h + 1])[0])]
+            f = s.memory["page_folio"][int(decode.offsets(huge.pmd[h : h + 1])[0])]
             if huge.state[h] == HUGE_SHARED:
-                fc.parent.pmds[t] = int(huge.pmd[h])
-                fc.child.pmds[t] = int(huge.child_pmd[h])
-                fc.trace.pmd_shares.append((t, f))
+                s.parent_pmds[t] = int(huge.pmd[h])
+                s.child_pmds[t] = int(huge.child_pmd[h])
+                s.trace.pmd_shares.append((t, f))
             elif huge.state[h] == HUGE_SPLIT:
-                del fc.parent.pmds[t]
-                fc.parent.tables.extra[t] = htab.ppte[h].tolist()
+                del s.parent_pmds[t]
+                s.parent_extra[t] = htab.ppte[h].tolist()
                 if htab.cexists[h]:
-                    fc.child.tables.extra[t] = htab.cpte[h].tolist()
-                fc.trace.splits.append((t, f))
+                    s.child_extra[t] = htab.cpte[h].tolist()
+                s.trace.splits.append((t, f))
 
     def slow_outcome(self, st: int, c: int, oops_addr: int) -> tuple[tuple, int]:
         """(outcome, oops, enomem) of the slow path's status ``st`` at call ``c`` (an oops at ``oops_addr``), and
@@ -453,9 +463,9 @@ class ForkJob:
 
     def merge_counts(self, fast_counts: np.ndarray, stop_vma: int) -> dict:
         """Add the kernels' counts (fast path and compiled slow path) and the plan's per-VMA counts (of the VMAs up
-        to ``stop_vma``) to the slow path's, in ``fc.counts``; returns the child's rss deltas (``rss.<counter>``)
+        to ``stop_vma``) to the Python loop's, in the state's counts; returns the child's rss deltas (``rss.<counter>``)
         and ``swapoff`` from the kernels."""
-        counts = self.fc.counts
+        counts = self.state.counts
         fast = dict(zip(FAST_COUNTS, fast_counts.sum(axis=0).tolist()))
         slow = dict(
             zip(SLOW_COUNTS, np.sum(self.slow_totals, axis=0).tolist() if self.slow_totals else [0] * len(SLOW_COUNTS))
@@ -471,7 +481,7 @@ class ForkJob:
         child_tables = np.concatenate(
             [
                 self.mm.table_index[B.to_host(self.cexists)],
-                np.array(sorted(set(self.fc.child.pmds) | set(self.fc.child.tables.extra)), np.int64),
+                np.array(sorted(set(self.state.child_pmds) | set(self.state.child_extra)), np.int64),
             ]
         )
         counts["table.upper_alloc"] = len(np.unique(child_tables >> 9)) + len(np.unique(child_tables >> 18))
@@ -482,59 +492,56 @@ class ForkJob:
     def child_mm(self, stop_vma: int, child_rss: list, swapoff: bool) -> MM:
         """The child after a fork that did not fail: VMAs up to ``stop_vma``, the tables the kernels and the host
         loop filled, the THP tables of splits, the shared huge PMDs."""
-        fc, mm, cexists = self.fc, self.mm, B.to_host(self.cexists)
+        s, mm, cexists = self.state, self.mm, B.to_host(self.cexists)
         every = bool(cexists.all())
         index = mm.table_index if every else mm.table_index[cexists]
         pte = self.cpte if every else self.cpte[self.cexists]
-        index, pte = merge_tables(index, pte, fc.child.tables.extra)
-        pmds = sorted(fc.child.pmds)
+        index, pte = merge_tables(index, pte, s.child_extra)
+        pmds = sorted(s.child_pmds)
         return MM(
             **self.plan.child_mm_vmas(mm, stop_vma),
             table_index=index,
             pte=pte,
             pmd_index=np.array(pmds, np.int64),
-            pmd=np.array([fc.child.pmds[t] for t in pmds], np.uint64),
+            pmd=np.array([s.child_pmds[t] for t in pmds], np.uint64),
             rss=np.array(child_rss, np.int64),
             has_pinned=False,
-            on_swapoff_list=bool(fc.child.on_swapoff_list or swapoff),
+            on_swapoff_list=bool(s.child_on_swapoff or swapoff),
         )
 
     def finish(self, needs, fast_counts, kernels, backend: str, chunk_tables, launch_s: float) -> ForkResult:
         """After the first launch: copy the remaining tables, merge the counts, build the final states."""
         t0 = time.perf_counter()
-        fc = self.fc
+        s = self.state
         stopped, stop, fast_rows, fast_counts = self.copy_tables(needs, fast_counts, kernels, chunk_tables)
         stop_vma = int(self.plan.call_vma[stop]) if stop < self.nC else self.mm.nr_vmas - 1
         kern = self.merge_counts(fast_counts, stop_vma)
-        child_rss = [fc.child.rss[i] + kern[f"rss.{n}"] for i, n in enumerate(RSS_NAMES)]
-        memory = Memory(**machine_arrays(fc.m), next_content=fc.m.next_content)
+        child_rss = [s.child_rss[i] + kern[f"rss.{n}"] for i, n in enumerate(RSS_NAMES)]
+        memory = s.memory_now()
         after_teardown = None
         if stopped[0] == "enomem":
             if self.xp is not np:
                 raise RuntimeError("a fork of device-resident state failed with ENOMEM: its teardown runs on the host")
             rows = np.concatenate(
-                [
-                    self.cpte[self.cexists],
-                    np.array(list(fc.child.tables.extra.values()), np.uint64).reshape(-1, PTRS_PER_TABLE),
-                ]
+                [self.cpte[self.cexists], np.array(list(s.child_extra.values()), np.uint64).reshape(-1, PTRS_PER_TABLE)]
             )
-            teardown_arrays(memory, rows, np.array(list(fc.child.pmds.values()), np.uint64), fc.counts)
+            teardown_arrays(memory, rows, np.array(list(s.child_pmds.values()), np.uint64), s.counts)
             after_teardown = dict.fromkeys(RSS_NAMES, 0)
             child = empty_mm()
         else:
             child = self.child_mm(stop_vma, child_rss, bool(kern["swapoff"]))
-        parent = AddressSpace(parent_mm(self.mm, self.ppte, fc), memory)
+        parent = AddressSpace(parent_mm(self.mm, self.ppte, s), memory)
         slow_tables = np.concatenate(self.slow_tables_done) if self.slow_tables_done else np.zeros(0, np.int64)
         slow_counts = np.concatenate(self.slow_counts) if self.slow_counts else np.zeros((0, len(SLOW_COUNTS)))
         table_stats = TableStats.concat(
             [
                 kernel_table_stats(self.mm.table_index[fast_rows], fast_counts, FAST_COUNTS),
                 kernel_table_stats(slow_tables, slow_counts, SLOW_COUNTS),
-                table_stats_of(fc.table_rows),
+                table_stats_of(s.table_rows),
             ]
         )
         wall = self.setup_s + launch_s + time.perf_counter() - t0
-        return fc.result(
+        return s.result(
             stopped,
             parent,
             child,
@@ -568,7 +575,7 @@ class Batch:
 
     def __init__(self, jobs: list[ForkJob]):
         self.jobs = jobs
-        self.mems = mems = [machine_arrays(j.fc.m) for j in jobs]
+        self.mems = mems = [j.state.arrays() for j in jobs]
         off = lambda name, arrays: np.cumsum([0] + [a[name].shape[0] for a in arrays])  # noqa: E731
         self.page_off, self.folio_off, self.slot_off = (
             off(k, mems) for k in ("page_folio", "folio_order", "swap_count")
@@ -675,10 +682,10 @@ def run_python_loop(fc, plan: ForkPlan, slow_calls: np.ndarray, nC: int) -> tupl
     return ("ok", None, None), nC
 
 
-def parent_mm(mm: MM, ppte: np.ndarray, fc) -> MM:
+def parent_mm(mm: MM, ppte: np.ndarray, s: WorkState) -> MM:
     """The parent after the fork: working rows, tables added by THP splits, the remaining huge PMDs."""
-    index, pte = merge_tables(mm.table_index, ppte, fc.parent.tables.extra)
-    pmds = sorted(fc.parent.pmds)
+    index, pte = merge_tables(mm.table_index, ppte, s.parent_extra)
+    pmds = sorted(s.parent_pmds)
     return MM(
         vma_start=mm.vma_start,
         vma_end=mm.vma_end,
@@ -688,10 +695,10 @@ def parent_mm(mm: MM, ppte: np.ndarray, fc) -> MM:
         table_index=index,
         pte=pte,
         pmd_index=np.array(pmds, np.int64),
-        pmd=np.array([fc.parent.pmds[t] for t in pmds], np.uint64),
-        rss=np.array(fc.parent.rss, np.int64),
-        has_pinned=bool(fc.parent.has_pinned),
-        on_swapoff_list=bool(fc.parent.on_swapoff_list),
+        pmd=np.array([s.parent_pmds[t] for t in pmds], np.uint64),
+        rss=np.array(s.parent_rss, np.int64),
+        has_pinned=bool(s.parent_has_pinned),
+        on_swapoff_list=bool(s.parent_on_swapoff),
     )
 
 

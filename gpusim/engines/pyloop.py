@@ -6,68 +6,26 @@ engine's own state machines (:func:`gpusim.engines.reference.copy_table`) runnin
 arrays. So the slow paths have exactly the reference's control flow (passes, restarts, ``pte_same`` re-checks, prealloc
 reuse and release, continuation retries, injections, the v1 oops), and new pages are numbered in address order.
 
-Two adapters make numpy arrays look like the reference's containers: :class:`IntArray` (a growable int sequence
-over a numpy buffer) and :class:`TableMap` (table number -> 512-entry row).
+Two adapters make the working state look like the reference's containers: the memory's
+:class:`~gpusim.engines.work.IntArray` (a growable int sequence over a numpy buffer) and :class:`TableMap` (table
+number -> 512-entry row). Only a fork with injections builds them (:func:`python_context`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gpusim.base import backend as B
 from gpusim.engines.context import ForkContext, Machine, MMState, VmaView
-from gpusim.kernels.fields import MEMORY_FIELDS
-from gpusim.model.state import AddressSpace, Memory
-
-
-class IntArray:
-    """A numpy-backed sequence of Python ints that can grow (``append``)."""
-
-    __slots__ = ("a", "n")
-
-    def __init__(self, a: np.ndarray):
-        self.a, self.n = a, int(a.shape[0])
-
-    def __getitem__(self, i):
-        return int(self.a[i])
-
-    def __setitem__(self, i, v):
-        self.a[i] = v
-
-    def __len__(self):
-        return self.n
-
-    def append(self, v) -> None:
-        if self.n == self.a.shape[0]:
-            grown = B.array_module(self.a).zeros(max(16, 2 * self.n), dtype=self.a.dtype)
-            grown[: self.n] = self.a[: self.n]
-            self.a = grown
-        self.a[self.n] = v
-        self.n += 1
-
-    def array(self) -> np.ndarray:
-        return self.a[: self.n]
-
-    def reserve(self, extra: int) -> np.ndarray:
-        """Room for ``extra`` more elements; returns the whole buffer (a compiled pass writes past ``n``, then
-        :meth:`grow_to` takes the new length)."""
-        if self.n + extra > self.a.shape[0]:
-            grown = B.array_module(self.a).zeros(self.n + extra, dtype=self.a.dtype)
-            grown[: self.n] = self.a[: self.n]
-            self.a = grown
-        return self.a
-
-    def grow_to(self, n: int) -> None:
-        self.n = int(n)
+from gpusim.engines.work import IntArray, WorkState
 
 
 class TableMap:
     """Table number -> row of a ``(T, 512)`` pte array, with an existence mask (child) and extra rows (tables a
     THP split adds to the parent)."""
 
-    def __init__(self, pte: np.ndarray, table_index: np.ndarray, exists: np.ndarray | None = None):
+    def __init__(self, pte: np.ndarray, table_index: np.ndarray, exists: np.ndarray | None = None, extra=None):
         self.pte, self.exists, self.index = pte, exists, table_index
-        self.extra: dict[int, list[int]] = {}
+        self.extra: dict[int, list[int]] = {} if extra is None else extra
         self._rows: dict[int, IntArray] = {}
 
     def row_of_table(self, t: int) -> int | None:
@@ -120,33 +78,28 @@ class LazyVmas:
         )
 
 
-def python_context(
-    space: AddressSpace,
-    work: Memory,
-    ppte: np.ndarray,
-    cpte: np.ndarray,
-    cexists: np.ndarray,
-    variant: str,
-    oracle,
-    plan,
-    fork_seq: int,
-) -> ForkContext:
-    """A reference ForkContext whose state is the fast engine's working arrays (written in place)."""
-    mm = space.mm
-    machine = Machine(work, store=IntArray)
+def python_context(work: WorkState, variant: str, oracle, plan, fork_seq: int) -> ForkContext:
+    """A reference ForkContext over the fast engine's working state: its memory arrays, table rows, huge PMDs, the
+    tables splits add, the counters and the records are the state's own objects, written in place; the scalars
+    (flags, the next content id) come back with :func:`absorb`."""
+    space, mm = work.space, work.space.mm
+    machine = Machine.over(work.memory, work.next_content)
     parent = MMState()
     parent.vmas = LazyVmas(mm)
-    parent.tables = TableMap(ppte, mm.table_index)
-    parent.pmds = dict(zip(mm.pmd_index.tolist(), mm.pmd.tolist()))
-    parent.rss = mm.rss.tolist()
-    parent.has_pinned, parent.on_swapoff_list = bool(mm.has_pinned), bool(mm.on_swapoff_list)
+    parent.tables = TableMap(work.ppte, mm.table_index, extra=work.parent_extra)
+    parent.pmds, parent.rss = work.parent_pmds, work.parent_rss
+    parent.has_pinned, parent.on_swapoff_list = work.parent_has_pinned, work.parent_on_swapoff
     child = MMState()
-    child.tables = TableMap(cpte, mm.table_index, cexists)
+    child.tables = TableMap(work.cpte, mm.table_index, work.cexists, extra=work.child_extra)
+    child.pmds, child.rss, child.on_swapoff_list = work.child_pmds, work.child_rss, work.child_on_swapoff
     fc = ForkContext(space, variant, oracle, plan, fork_seq, machine=machine, parent=parent, child=child)
+    fc.share_records(work)
     fc.count_upper = False
     return fc
 
 
-def machine_arrays(m: Machine) -> dict[str, np.ndarray]:
-    """The current numpy arrays behind a host Machine (valid until the Python loop appends again)."""
-    return {name: getattr(m, name).array() for name in MEMORY_FIELDS}
+def absorb(work: WorkState, fc: ForkContext) -> None:
+    """The scalars the Python loop changed, back into the working state."""
+    work.next_content = fc.m.next_content
+    work.parent_has_pinned, work.parent_on_swapoff = fc.parent.has_pinned, fc.parent.on_swapoff_list
+    work.child_on_swapoff = fc.child.on_swapoff_list
