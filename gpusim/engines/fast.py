@@ -44,11 +44,12 @@ from gpusim.engines import earlycopy
 from gpusim.engines.context import CopyFailed, Oops, fork_stopped, table_stats_of
 from gpusim.engines.pyloop import absorb, python_context
 from gpusim.engines.reference import copy_table
+from gpusim.engines.slowpath import CompiledSlowPath, kernel_table_stats
 from gpusim.engines.work import WorkState
-from gpusim.kernels.args import Calls, HugeArrays, OracleParams, SlowArrays, Tables, VariantParams, memory_arrays
+from gpusim.kernels.args import Calls, OracleParams, Tables, VariantParams, memory_arrays
 from gpusim.kernels.cpu import shift_entries
 from gpusim.kernels.fields import MEMORY_FIELDS
-from gpusim.kernels.flags import EHWPOISON, FOLIO_FREED, PAGE_HWPOISON, PTRS_PER_TABLE, RSS_NAMES
+from gpusim.kernels.flags import FOLIO_FREED, PAGE_HWPOISON, PTRS_PER_TABLE, RSS_NAMES
 from gpusim.kernels.rules import (
     FAST_COUNTS,
     MODE_CLASSIFY,
@@ -60,11 +61,11 @@ from gpusim.kernels.rules import (
     NB_LIST,
     NB_NEVER,
 )
-from gpusim.kernels.slowpath import CLAIM_HI, CLAIM_LO, ENOSPC, HUGE_SHARED, HUGE_SPLIT, OOPS, SLOW_COUNTS, ST_OOPS_ADDR
+from gpusim.kernels.slowpath import SLOW_COUNTS
 from gpusim.model import decode
 from gpusim.model.oracle import InjectionPlan, LockBreakOracle
 from gpusim.model.plan import ForkPlan, plan_fork
-from gpusim.model.result import TABLE_EVENTS, ForkResult, TableStats
+from gpusim.model.result import ForkResult, TableStats
 from gpusim.model.state import MM, AddressSpace, Memory, copy_state, empty_mm
 from gpusim.model.variants import Variant, get_variant
 
@@ -215,10 +216,7 @@ class ForkJob:
         self.nb = self.nb._replace(list_cs=self.dev(self.nb.list_cs), list_k=self.dev(self.nb.list_k))
         self.calls_group = Calls(*(self.dev(a) for a in self.calls.group()))
         self._tables = None
-        # their counts and rows:
-        self.slow_tables_done: list[np.ndarray] = []  # table numbers, and their count rows
-        self.slow_counts: list[np.ndarray] = []
-        self.slow_totals: list[np.ndarray] = []
+        self.slow = CompiledSlowPath(self.state, self.plan, self.calls, variant_params(self.v), self.nb, fork_seq, xp)
         self.setup_s = time.perf_counter() - t0 - put_s
 
     def dev(self, a):
@@ -333,7 +331,7 @@ class ForkJob:
         thp = np.searchsorted(self.mm.pmd_index, self.plan.call_table[slow_calls])
         items = np.where(rows >= 0, rows, -thp - 1)  # a PTE table's row, or -1 - its THP's row
         order = items[np.r_[True, items[1:] != items[:-1]]] if len(items) else items  # one item per table
-        return self.slow_tables(kernels, order)
+        return self.slow.run(kernels, order, self.tables(), self.calls_group, self.pmd_index, self.maybe, self.can_stop)
 
     def python_loop(self, slow_calls: np.ndarray) -> tuple[tuple, int]:
         """The calls ``slow_calls`` by the reference's state machines over the working state (built on first use,
@@ -344,132 +342,13 @@ class ForkJob:
         absorb(self.state, self.fc)
         return out
 
-    def huge_rows(self) -> tuple[Tables, HugeArrays]:
-        """The THPs as rows for the slow path: a table group (filled when a PMD is split) and their PMDs."""
-        mm, H = self.mm, len(self.mm.pmd_index)
-        call = np.full(H, -1, np.int64)
-        huge_calls = np.flatnonzero(self.calls.call_row < 0)
-        call[np.searchsorted(mm.pmd_index, self.plan.call_table[huge_calls])] = huge_calls
-        htab = Tables(
-            self.pmd_index,
-            call,
-            call + 1,
-            np.zeros((H, PTRS_PER_TABLE), np.uint64),
-            np.zeros((H, PTRS_PER_TABLE), np.uint64),
-            np.zeros(H, np.bool_),
-            np.full(H, bool(mm.has_pinned)),
-            np.full(H, self.fork_seq, np.int64),
-        )
-        return htab, HugeArrays(B.to_host(mm.pmd).copy(), np.zeros(H, np.uint64), np.zeros(H, np.int8))
-
-    def slow_tables(self, kernels, order: np.ndarray) -> tuple[tuple, int]:
-        """The items of ``order`` (PTE rows, and ``-1 - row`` for THPs, in address order) by the compiled slow
-        path: planned (bounds, which items commute), run (the independent ones in parallel), their new pages
-        numbered in address order (:mod:`gpusim.engines.earlycopy`); counts, early copies and THP results are kept for
-        :meth:`merge_counts`, the final states and the invariant checker."""
-        m = self.state.memory
-        arrays = {name: m[name].a for name in MEMORY_FIELDS}  # with the room reserved for early copies
-        nf, npg = len(m["folio_order"]), len(m["page_folio"])
-        htab, huge = self.huge_rows()
-        tab, calls, mem, xp = self.tables(), self.calls_group, memory_arrays(arrays), self.xp
-        nobj = nf + len(m["swap_count"])  # the plan's claims, an entry per folio and swap slot (only forks with slow
-        claims = (xp.full(nobj, CLAIM_LO, np.int64), xp.full(nobj, CLAIM_HI, np.int64))  # items pay for them)
-        bounds, dependent = kernels.slow_plan(order, self.maybe, self.can_stop, tab, huge, calls, mem, *claims)
-        cap = len(m["page_folio"].a) - npg
-        if int(bounds.sum()) > cap:
-            raise RuntimeError("the slow path's items need more room for early copies than the engine reserved")
-        seg, states = earlycopy.item_states(bounds, nf, npg)
-        sp = SlowArrays(
-            arrays["page_content"],
-            arrays["folio_pmd_mapcount"],
-            states,
-            xp.empty((cap, 4), np.int64),
-            xp.empty((cap, 2), np.int64),
-            np.zeros((len(order), 4), np.int64),
-        )
-        counts, status, call = kernels.slow_tables(
-            order, dependent, variant_params(self.v), tab, htab, huge, calls, mem, self.nb, sp
-        )
-        stopped = np.flatnonzero(status)
-        i = int(stopped[0]) if len(stopped) else -1
-        if i >= 0 and not dependent[i]:
-            raise RuntimeError("an item of the slow path run in parallel stopped the fork (a bug of the engine)")
-        compiled = getattr(kernels, "number_in_address_order", None)  # the CPU's pass; the CUDA backends have none:
-        if compiled is not None:  # the same moves as array operations where the state is (gpusim.engines.earlycopy)
-            total, ni, nd = compiled(nf, npg, seg, order, mem, sp, tab.cpte, htab.cpte)
-        else:
-            total, ni, nd = earlycopy.number_in_address_order(nf, npg, seg, order, mem, sp, tab.cpte, htab.cpte, xp)
-        for name in MEMORY_FIELDS:
-            if not name.startswith("swap_"):
-                m[name].grow_to((nf if name.startswith("folio_") else npg) + total)
-        done = order[: len(order) if i < 0 else i + 1]
-        self.take_huge_results(htab, huge, -done[done < 0] - 1)
-        self.keep_slow_counts(done, htab, huge, counts[: len(done)])
-        self.state.trace.compiled_installs.append(sp.installs[:ni, [3, 0, 1, 2]])
-        self.state.trace.compiled_duplicates.append(sp.duplicates[:nd].copy())
-        if i < 0:
-            return self.slow_outcome(0, -1, 0)
-        return self.slow_outcome(int(status[i]), int(call[i]), int(states[i, ST_OOPS_ADDR]))
-
-    def keep_slow_counts(self, done: np.ndarray, htab: Tables, huge: HugeArrays, counts: np.ndarray) -> None:
-        """The count rows of the items ``done``: totals, and per table (a shared PMD has no table)."""
-        thp = done < 0
-        tables = np.zeros(len(done), np.int64)
-        tables[~thp] = self.mm.table_index[done[~thp]]
-        tables[thp] = htab.table_index[-done[thp] - 1]
-        stats = ~thp
-        stats[thp] = huge.state[-done[thp] - 1] == HUGE_SPLIT
-        self.slow_tables_done.append(tables[stats])
-        self.slow_counts.append(counts[stats])
-        self.slow_totals.append(counts.sum(axis=0))
-
-    def take_huge_results(self, htab: Tables, huge: HugeArrays, hs: np.ndarray) -> None:
-        """What the slow path did to the THPs ``hs``, into the host state the final arrays are assembled from: a
-        shared PMD (the parent's, write-protected, and the child's), or a split one (the parent's new table and,
-        once copied, the child's), with the trace's records the invariant checker reads."""
-        s = self.state
-        for h in hs.tolist():
-            t = int(htab.table_index[h])
-            f = s.memory["page_folio"][int(decode.offsets(huge.pmd[h : h + 1])[0])]
-            if huge.state[h] == HUGE_SHARED:
-                s.parent_pmds[t] = int(huge.pmd[h])
-                s.child_pmds[t] = int(huge.child_pmd[h])
-                s.trace.pmd_shares.append((t, f))
-            elif huge.state[h] == HUGE_SPLIT:
-                del s.parent_pmds[t]
-                s.parent_extra[t] = htab.ppte[h].tolist()
-                if htab.cexists[h]:
-                    s.child_extra[t] = htab.cpte[h].tolist()
-                s.trace.splits.append((t, f))
-
-    def slow_outcome(self, st: int, c: int, oops_addr: int) -> tuple[tuple, int]:
-        """(outcome, oops, enomem) of the slow path's status ``st`` at call ``c`` (an oops at ``oops_addr``), and
-        the stopping call."""
-        if st == 0:
-            return ("ok", None, None), self.nC
-        if st == ENOSPC:
-            raise RuntimeError("the compiled slow path ran out of room for early copies (a bug of the engine's bound)")
-        call_start = int(self.plan.call_start[c])
-        if st > 0:
-            function, reason = OOPS[st]
-            return (
-                "oops",
-                {"function": function, "addr": oops_addr, "reason": reason, "call_start": call_start},
-                None,
-            ), int(c)
-        point = "hwpoison" if st == EHWPOISON else "unknown"
-        enomem = {"call_start": call_start, "point": point, "occurrence": 1 if st == EHWPOISON else 0}
-        return ("enomem", None, enomem), int(c)
-
     def merge_counts(self, fast_counts: np.ndarray, stop_vma: int) -> dict:
         """Add the kernels' counts (fast path and compiled slow path) and the plan's per-VMA counts (of the VMAs up
         to ``stop_vma``) to the Python loop's, in the state's counts; returns the child's rss deltas (``rss.<counter>``)
         and ``swapoff`` from the kernels."""
         counts = self.state.counts
         fast = dict(zip(FAST_COUNTS, fast_counts.sum(axis=0).tolist()))
-        slow = dict(
-            zip(SLOW_COUNTS, np.sum(self.slow_totals, axis=0).tolist() if self.slow_totals else [0] * len(SLOW_COUNTS))
-        )
+        slow = dict(zip(SLOW_COUNTS, self.slow.totals().tolist()))
 
         counts["fork.base"] = counts["fork.mm"] = 1
         counts.update(self.plan.counts_upto(stop_vma))
@@ -531,12 +410,10 @@ class ForkJob:
         else:
             child = self.child_mm(stop_vma, child_rss, bool(kern["swapoff"]))
         parent = AddressSpace(parent_mm(self.mm, self.ppte, s), memory)
-        slow_tables = np.concatenate(self.slow_tables_done) if self.slow_tables_done else np.zeros(0, np.int64)
-        slow_counts = np.concatenate(self.slow_counts) if self.slow_counts else np.zeros((0, len(SLOW_COUNTS)))
         table_stats = TableStats.concat(
             [
                 kernel_table_stats(self.mm.table_index[fast_rows], fast_counts, FAST_COUNTS),
-                kernel_table_stats(slow_tables, slow_counts, SLOW_COUNTS),
+                self.slow.table_stats(),
                 table_stats_of(s.table_rows),
             ]
         )
@@ -550,7 +427,7 @@ class ForkJob:
             wall,
             backend,
             table_stats,
-            trace_complete=not len(fast_rows) and not self.slow_totals,
+            trace_complete=not len(fast_rows) and not self.slow.ran,
         )
 
 
@@ -658,16 +535,6 @@ def fork_fast_batch(
         sel = (b.rows >= b.row_off[i]) & (b.rows < b.row_off[i + 1])
         out.append(j.finish(needs[sel], counts[sel], kernels, backend, chunk_tables, launch_s))
     return out
-
-
-def kernel_table_stats(tables: np.ndarray, count_rows: np.ndarray, columns: tuple) -> TableStats:
-    """:class:`TableStats` of tables the kernels copied, from their count rows (``columns``: ``FAST_COUNTS`` or
-    ``SLOW_COUNTS``)."""
-    events = np.zeros((len(tables), len(TABLE_EVENTS)), np.int64)
-    for j, name in enumerate(TABLE_EVENTS):
-        if name in columns:
-            events[:, j] = count_rows[:, columns.index(name)]
-    return TableStats(np.asarray(tables, np.int64), count_rows[:, columns.index("pass")].astype(np.int64), events)
 
 
 def run_python_loop(fc, plan: ForkPlan, slow_calls: np.ndarray, nC: int) -> tuple[tuple, int]:
