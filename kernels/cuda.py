@@ -532,26 +532,50 @@ def _run(kernels, args: tuple, back: tuple) -> None:
 def slow_plan(order, maybe, sequential, tab, huge, calls, mem, lo, hi):
     """Same contract as :func:`gpusim.kernels.cpu.slow_plan`: a thread per item, claims by atomic min / max."""
     n = int(order.shape[0])
-    args = (order, maybe, tab, huge, calls, mem, lo, hi)
-    args += (np.zeros(n, np.int64), np.zeros(n, np.bool_), np.full(n, sequential, np.bool_))
-    _run([(claim_kernel, n, ()), (check_kernel, n, ())], args, (8, 10))
-    return args[8], args[10]
-
-
-# slow_items_kernel's parameters after ``serial``, and those it writes (copied back after a launch on host arrays)
-ITEMS_ARGS = ("order", "dependent", "vp", "tab", "htab", "huge", "calls", "mem", "nb", "sp", "counts", "status", "call")
-ITEMS_WRITTEN = tuple(ITEMS_ARGS.index(k) for k in ("tab", "htab", "huge", "mem", "sp", "counts", "status", "call"))
+    bounds, claimed, dependent = np.zeros(n, np.int64), np.zeros(n, np.bool_), np.full(n, sequential, np.bool_)
+    args, back = A.kernel_args(
+        "slow_claim_kernel",
+        order=order,
+        maybe=maybe,
+        tab=tab,
+        huge=huge,
+        calls=calls,
+        mem=mem,
+        lo=lo,
+        hi=hi,
+        bounds=bounds,
+        claimed=claimed,
+        dependent=dependent,
+    )
+    _run([(claim_kernel, n, ()), (check_kernel, n, ())], args, back)
+    return bounds, dependent
 
 
 def slow_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp):
     """Same contract as :func:`gpusim.kernels.cpu.slow_tables`: a thread per independent item, then one thread
     for the dependent ones in address order. The state arrays come back to the host."""
     n = int(order.shape[0])
-    args = (order, dependent, vp, tab, htab, huge, calls, mem, nb, sp)
-    args += (np.zeros((n, NR_SLOW_COUNTS), np.int64), np.zeros(n, np.int64), np.full(n, -1, np.int64))
+    counts, status, call = np.zeros((n, NR_SLOW_COUNTS), np.int64), np.zeros(n, np.int64), np.full(n, -1, np.int64)
+    args, back = A.kernel_args(
+        "slow_items_kernel",
+        1,
+        order=order,
+        dependent=dependent,
+        vp=vp,
+        tab=tab,
+        htab=htab,
+        huge=huge,
+        calls=calls,
+        mem=mem,
+        nb=nb,
+        sp=sp,
+        counts=counts,
+        status=status,
+        call=call,
+    )
     serial = 1 if bool(np.asarray(dependent).any()) else 0
-    _run([(items_kernel, n, (0,)), (items_kernel, serial, (1,))], args, ITEMS_WRITTEN)
-    return args[ITEMS_ARGS.index("counts") :]
+    _run([(items_kernel, n, (0,)), (items_kernel, serial, (1,))], args, back)
+    return counts, status, call
 
 
 # The write phase: same contracts as the CPU engine's (:mod:`gpusim.kernels.cpu`); the groups are host arrays,
@@ -559,37 +583,72 @@ def slow_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp):
 
 
 def write_plan(m, pr, s, r0, lo, hi, every):
-    _run([(wplan_kernel, s.base.shape[0], ())], (m, pr, s, r0, lo, hi, every), (2,))
+    args, back = A.kernel_args("write_plan_kernel", m=m, pr=pr, s=s, r0=r0, lo=lo, hi=hi, every=every)
+    _run([(wplan_kernel, s.base.shape[0], ())], args, back)
 
 
 def write_run(m, pr, s, r0, lo, hi, every, rule, anon_exclusive):
     n, serial = s.base.shape[0], int(not bool(np.all(s.safe)))
-    args = (m, pr, s, r0, lo, hi, every, rule, anon_exclusive)
-    _run([(wrun_kernel, n, (False,)), (wrun_kernel, serial, (True,))], args, (0, 1, 2))
+    args, back = A.kernel_args(
+        "write_run_kernel",
+        1,
+        m=m,
+        pr=pr,
+        s=s,
+        r0=r0,
+        lo=lo,
+        hi=hi,
+        every=every,
+        rule=rule,
+        anon_exclusive=anon_exclusive,
+    )
+    _run([(wrun_kernel, n, (False,)), (wrun_kernel, serial, (True,))], args, back)
 
 
 def write_fixup(m, pr, s, r0, pages0, folios0, content0, anon_exclusive):
     n, serial = s.base.shape[0], int(not bool(np.all(s.safe)))
-    args = (m, pr, s, r0, pages0, folios0, content0, anon_exclusive)
-    _run([(wfixup_kernel, n, (False,)), (wfixup_kernel, serial, (True,))], args, (0, 1))
+    args, back = A.kernel_args(
+        "write_fixup_kernel",
+        1,
+        m=m,
+        pr=pr,
+        s=s,
+        r0=r0,
+        pages0=pages0,
+        folios0=folios0,
+        content0=content0,
+        anon_exclusive=anon_exclusive,
+    )
+    _run([(wfixup_kernel, n, (False,)), (wfixup_kernel, serial, (True,))], args, back)
 
 
 def write_gaps(pr, lo, hi, r0, r1, counts):
     out, ok = np.zeros(counts.shape[0], np.int64), np.zeros(1, np.bool_)
-    _run([(wgaps_kernel, 1, ())], (pr, lo, hi, r0, r1, out, ok), (5, 6))
+    args, back = A.kernel_args("write_gaps_kernel", pr=pr, lo=lo, hi=hi, r0=r0, r1=r1, counts=out, ok=ok)
+    _run([(wgaps_kernel, 1, ())], args, back)
     counts += out
     return bool(ok[0])
 
 
 def write_exit(m, pr):
-    _run([(wexit_kernel, 1, ())], (m, pr), (0, 1))
+    args, back = A.kernel_args("write_exit_kernel", m=m, pr=pr)
+    _run([(wexit_kernel, 1, ())], args, back)
 
 
 def generate_rows(anon_exclusive, large_order, page_c0, slot_c0, v, w, o):
     """Same contract as :func:`gpusim.kernels.cpu.generate_rows`: on device arrays (CuPy) the state is built in
     device memory and stays there; host arrays are copied in and the outputs back."""
-    args = (anon_exclusive, large_order, page_c0, slot_c0, v, w, o)
-    _run([(gen_kernel, w.vma.shape[0], ())], args, (6,))
+    args, back = A.kernel_args(
+        "generate_rows_kernel",
+        anon_exclusive=anon_exclusive,
+        large_order=large_order,
+        page_c0=page_c0,
+        slot_c0=slot_c0,
+        v=v,
+        w=w,
+        o=o,
+    )
+    _run([(gen_kernel, w.vma.shape[0], ())], args, back)
 
 
 def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
@@ -598,7 +657,6 @@ def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
     from numba.cuda import compile_ptx
 
     prepare()
-    sig = A.signature()
     real = getattr(disp, "get_current_device", None)
     if real is not None:
         # numba-cuda compiles device functions called by a kernel for "the current device"; without a GPU there is
@@ -608,14 +666,10 @@ def compile_ptx_all(cc=(9, 0)) -> dict[str, str]:
 
         disp.get_current_device = lambda: _Target()
     try:
-        out = {k.__name__: compile_ptx(k, sig, cc=cc)[0] for k in (fork_tables_kernel, walk_tables_kernel)}
-        slow = A.slow_signatures()
-        for k in (slow_claim_kernel, slow_check_kernel, slow_items_kernel):
-            out[k.__name__] = compile_ptx(k, slow[k.__name__], cc=cc)[0]
-        writes = A.write_signatures()
-        for k in WRITE_KERNELS:
-            out[k.__name__] = compile_ptx(k, writes[k.__name__], cc=cc)[0]
-        out["generate_rows_kernel"] = compile_ptx(generate_rows_kernel, A.generate_signature(), cc=cc)[0]
+        kernels = (fork_tables_kernel, walk_tables_kernel, slow_claim_kernel, slow_check_kernel, slow_items_kernel)
+        out = {}
+        for k in (*kernels, *WRITE_KERNELS, generate_rows_kernel):
+            out[k.__name__] = compile_ptx(k, A.kernel_signature(k.__name__), cc=cc)[0]
     finally:
         if real is not None:
             disp.get_current_device = real

@@ -33,7 +33,7 @@ import numpy as np
 
 from gpusim.engines.context import Machine, MMState
 from gpusim.kernels import pte as P
-from gpusim.kernels.fields import MEMORY_FIELDS, WRITE_MEMORY_FIELDS, WRITE_PROC_FIELDS, WRITE_SCRATCH_FIELDS
+from gpusim.kernels.fields import GROUP_FIELDS, MEMORY_FIELDS
 from gpusim.kernels.flags import (
     BACKING_ANON,
     FOLIO_ANON,
@@ -526,7 +526,9 @@ def _proc(kernels, mm: MM, tables: np.ndarray, memory: Memory, folios: int):
     # in the fields' dtypes, the mm's arrays copied (the phase writes some; the parent's and the child's arrays are
     # then one writable type), the new ones as they are
     made = ("tix", "pte", "exists", "rowpmd", "pmdlive", "mapped")
-    return kernels.Proc(**{f: np.array(arrays[f], dt, copy=f not in made) for f, (dt, _) in WRITE_PROC_FIELDS.items()})
+    return kernels.Proc(
+        **{f: np.array(arrays[f], dt, copy=f not in made) for f, (dt, _) in GROUP_FIELDS["proc"].items()}
+    )
 
 
 def _mm_after(pr, mm: MM) -> MM:
@@ -554,7 +556,7 @@ def _units(pr, s: Step) -> tuple[int, int, int, int]:
 def _scratch(kernels, n: int, nrss: int, slots: int):
     """A step's scratch (``kernels.Scratch``) for ``n`` units and ``slots`` new pages and contents."""
     shapes = {"counts": (n, len(WRITE_EVENTS)), "rss": (n, nrss), "newi": (slots,), "cpfn": (slots,)}
-    return kernels.Scratch(**{f: np.zeros(shapes.get(f, (n,)), dt) for f, (dt, _) in WRITE_SCRATCH_FIELDS.items()})
+    return kernels.Scratch(**{f: np.zeros(shapes.get(f, (n,)), dt) for f, (dt, _) in GROUP_FIELDS["scratch"].items()})
 
 
 def _with_room(a: np.ndarray, n: int) -> np.ndarray:
@@ -594,7 +596,7 @@ def _compiled_phase(parent: AddressSpace, child: MM, variant: str, steps, kernel
     tables = {w: _reserved_tables(mm, steps, w) for w, mm in (("parent", parent.mm), ("child", child))}
     # room for a new page per write: a range writes its addresses, ``all`` at most every address of the writer's rows
     extra = sum(tables[s.who].size * PTRS_PER_TABLE if s.all else (0 if s.exit else s.hi - s.lo + 1) for s in steps)
-    mem = {f: _with_room(getattr(m0, f), extra if f in _GROWN else 0) for f in WRITE_MEMORY_FIELDS}
+    mem = {f: _with_room(getattr(m0, f), extra if f in _GROWN else 0) for f in GROUP_FIELDS["wmem"]}
     mem = kernels.WMem(**mem)
     folios = m0.nr_folios + extra
     procs = [_proc(kernels, mm, tables[w], m0, folios) for w, mm in (("parent", parent.mm), ("child", child))]
@@ -618,7 +620,7 @@ def _compiled_phase(parent: AddressSpace, child: MM, variant: str, steps, kernel
     return after, child_after, out_counts, exited
 
 
-_GROWN = tuple(f for f in WRITE_MEMORY_FIELDS if f != "swap_count")  # room for the new pages and folios
+_GROWN = tuple(f for f in GROUP_FIELDS["wmem"] if f != "swap_count")  # room for the new pages and folios
 
 
 def run_write_phase(parent: AddressSpace, child: MM, variant: str, writes, kernels=None) -> WritePhase:

@@ -36,7 +36,7 @@ import numpy as np
 from gpusim.base import backend as B
 from gpusim.kernels import pte as P
 from gpusim.kernels.args import GenOut, GenRows, GenVmas
-from gpusim.kernels.fields import GEN_OUT_FIELDS, MEMORY_FIELDS
+from gpusim.kernels.fields import GROUP_FIELDS, MEMORY_FIELDS
 from gpusim.kernels.flags import (
     BACKING_ANON,
     BACKING_FILE,
@@ -377,7 +377,7 @@ class RegionSpace:
         rows = {"folio": int(f1 - folio_base), "page": int(p1 - page_base), "swap": int(s1 - slot_base)}
         shape = {name: (rows[name.split("_")[0]],) for name in MEMORY_FIELDS}
         shape.update(pte=(npte, PTRS_PER_TABLE), pmd=(npmd,), rss=(hi - lo, 4))
-        o = GenOut(**{name: xp.zeros(shape[name], dt) for name, (dt, _) in GEN_OUT_FIELDS.items()})
+        o = GenOut(**{name: xp.zeros(shape[name], dt) for name, (dt, _) in GROUP_FIELDS["gen_out"].items()})
         dev = lambda g: type(g)(*(xp.asarray(a) for a in g))  # noqa: E731  (numpy's asarray: the arrays themselves)
         slot_c0 = self.nr_pages + int(slot_base) + 1
         B.kernels(backend).generate_rows(
