@@ -69,7 +69,29 @@ SCENARIOS = [
     ),
     ("W-f", "thp", "parent:0", {tuple(VARIANTS): expect({"pmd_split": 1, "copy": 1})}),
 ]
-CASES = [(sid, lay, steps, v, want) for sid, lay, steps, table in SCENARIOS for vs, want in table.items() for v in vs]
+# Rows beyond the spec's table, each from a rule of spec 11.2 that no row above reaches (benchmarks/mutate_rules.py
+# found a broken rule passing every test here): the rules are shared by the reference and the compiled phase, so only
+# an expected value pins them down.
+RULE_ROWS = [
+    (  # a large folio with a reference beyond its mappings (a GUP reference, not a pin): mapcount == refcount fails
+        "R-large-extra-ref",
+        "folio16:ref=17 none*496",
+        "child:exit; parent:0",
+        {("linux-5.8",): expect({"reuse": 1}), XU: expect({"copy": 1})},
+    ),
+    (  # a THP the fork shared (its head no longer anon-exclusive) whose child exited: refcount 1, the PMD is reused
+        "R-thp-refcount-one",
+        "thp",
+        "child:exit; parent:0",
+        {tuple(VARIANTS): expect({"pmd_reuse": 1})},
+    ),
+]
+CASES = [
+    (sid, lay, steps, v, want)
+    for sid, lay, steps, table in SCENARIOS + RULE_ROWS
+    for vs, want in table.items()
+    for v in vs
+]
 
 
 @pytest.mark.parametrize("sid,layout,steps,variant,want", CASES, ids=[f"{c[0]}-{c[3]}" for c in CASES])
