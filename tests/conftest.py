@@ -6,7 +6,11 @@ A test that parametrizes ``backend`` itself overrides it. The fixture is session
 can take it.
 """
 
+import atexit
+import glob
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 
@@ -60,3 +64,51 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    if len(items) >= WARM_ABOVE_ITEMS and warm_cpu_kernels():
+        items.sort(key=lambda item: not compiles_nothing(item))  # stable: in their order, cudasim's first
+
+
+# A fresh clone compiles the CPU kernels during the run (numba's cache is empty: about 75 s here). For a run of the
+# whole suite, a process beside this one then compiles them into the cache, by running the CPU tests that reach every
+# compiled function, while this one runs first the tests that compile nothing (cudasim's: the CUDA kernels under the
+# simulator run as Python). numba writes its cache files atomically, so either process may compile a function first.
+WARM_ABOVE_ITEMS = 1000
+WARM_TESTS = (
+    ["tests/test_engines.py", "tests/test_writes.py", "tests/test_generate.py", "tests/test_state.py"],
+    "(cpu and not random and not chunking and not mostly) or compiled or digest",
+)
+
+
+def compiles_nothing(item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return params.get("backend") == "cudasim" or item.module.__name__ == "test_cuda_shape"
+
+
+def warm_cpu_kernels() -> bool:
+    """Start the process that fills numba's cache for the CPU kernels when it is empty; whether it started."""
+    if os.environ.get("GPUSIM_TEST_WARMING") or os.environ.get("NUMBA_DISABLE_JIT", "0") != "0":
+        return False
+    from gpusim.kernels import cpu
+
+    cpu.prepare()  # the cache's stamp settled before the two processes use it
+    cache = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.dirname(cpu.__file__), "__pycache__")
+    if glob.glob(os.path.join(cache, "**", "cpu._fork_tables-*.nbi"), recursive=True):
+        return False
+    files, select = WARM_TESTS
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, "-k", select]
+    env = {**os.environ, "GPUSIM_TEST_WARMING": "1"}
+    out = subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=out, start_new_session=True)
+    atexit.register(stop_warming, proc)
+    return True
+
+
+def stop_warming(proc) -> None:
+    """No process left behind: the warm-up's group ends with the run."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
