@@ -181,13 +181,15 @@ def written(group) -> list[str]:
     return list(WRITTEN.get(kind, ()))
 
 
-def kernel_args(kernel: str, lead: int = 0, **values) -> tuple[tuple, tuple]:
-    """The arguments of ``kernel`` after its first ``lead`` parameters (which the launcher passes per launch), in
-    the kernel's order from ``values`` by name, and the positions among them of what a launch on host arrays copies
-    back."""
+def kernel_args(kernel: str, values, lead: int = 0) -> tuple[tuple, tuple]:
+    """The arguments of ``kernel`` after its first ``lead`` parameters (which the launcher passes per launch), in the
+    kernel's order, taken by name from the mapping ``values`` (a launcher names its arguments as the kernel does and
+    passes its ``locals()``; other names are left), and the positions among them of what a launch on host arrays
+    copies back."""
     params = KERNEL_PARAMS[kernel][lead:]
-    if set(values) != {p[0] for p in params}:
-        raise TypeError(f"{kernel}: takes {[p[0] for p in params]}, given {sorted(values)}")
+    missing = [p[0] for p in params if p[0] not in values]
+    if missing:
+        raise TypeError(f"{kernel}: no value for {missing}")
     args = tuple(values[p[0]] for p in params)
     return args, tuple(i for i, p in enumerate(params) if len(p) > 2 and p[2])
 

@@ -533,20 +533,7 @@ def slow_plan(order, maybe, sequential, tab, huge, calls, mem, lo, hi):
     """Same contract as :func:`gpusim.kernels.cpu.slow_plan`: a thread per item, claims by atomic min / max."""
     n = int(order.shape[0])
     bounds, claimed, dependent = np.zeros(n, np.int64), np.zeros(n, np.bool_), np.full(n, sequential, np.bool_)
-    args, back = A.kernel_args(
-        "slow_claim_kernel",
-        order=order,
-        maybe=maybe,
-        tab=tab,
-        huge=huge,
-        calls=calls,
-        mem=mem,
-        lo=lo,
-        hi=hi,
-        bounds=bounds,
-        claimed=claimed,
-        dependent=dependent,
-    )
+    args, back = A.kernel_args("slow_claim_kernel", locals())
     _run([(claim_kernel, n, ()), (check_kernel, n, ())], args, back)
     return bounds, dependent
 
@@ -556,23 +543,7 @@ def slow_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp):
     for the dependent ones in address order. The state arrays come back to the host."""
     n = int(order.shape[0])
     counts, status, call = np.zeros((n, NR_SLOW_COUNTS), np.int64), np.zeros(n, np.int64), np.full(n, -1, np.int64)
-    args, back = A.kernel_args(
-        "slow_items_kernel",
-        1,
-        order=order,
-        dependent=dependent,
-        vp=vp,
-        tab=tab,
-        htab=htab,
-        huge=huge,
-        calls=calls,
-        mem=mem,
-        nb=nb,
-        sp=sp,
-        counts=counts,
-        status=status,
-        call=call,
-    )
+    args, back = A.kernel_args("slow_items_kernel", locals(), 1)
     serial = 1 if bool(np.asarray(dependent).any()) else 0
     _run([(items_kernel, n, (0,)), (items_kernel, serial, (1,))], args, back)
     return counts, status, call
@@ -583,71 +554,40 @@ def slow_tables(order, dependent, vp, tab, htab, huge, calls, mem, nb, sp):
 
 
 def write_plan(m, pr, s, r0, lo, hi, every):
-    args, back = A.kernel_args("write_plan_kernel", m=m, pr=pr, s=s, r0=r0, lo=lo, hi=hi, every=every)
+    args, back = A.kernel_args("write_plan_kernel", locals())
     _run([(wplan_kernel, s.base.shape[0], ())], args, back)
 
 
 def write_run(m, pr, s, r0, lo, hi, every, rule, anon_exclusive):
     n, serial = s.base.shape[0], int(not bool(np.all(s.safe)))
-    args, back = A.kernel_args(
-        "write_run_kernel",
-        1,
-        m=m,
-        pr=pr,
-        s=s,
-        r0=r0,
-        lo=lo,
-        hi=hi,
-        every=every,
-        rule=rule,
-        anon_exclusive=anon_exclusive,
-    )
+    args, back = A.kernel_args("write_run_kernel", locals(), 1)
     _run([(wrun_kernel, n, (False,)), (wrun_kernel, serial, (True,))], args, back)
 
 
 def write_fixup(m, pr, s, r0, pages0, folios0, content0, anon_exclusive):
     n, serial = s.base.shape[0], int(not bool(np.all(s.safe)))
-    args, back = A.kernel_args(
-        "write_fixup_kernel",
-        1,
-        m=m,
-        pr=pr,
-        s=s,
-        r0=r0,
-        pages0=pages0,
-        folios0=folios0,
-        content0=content0,
-        anon_exclusive=anon_exclusive,
-    )
+    args, back = A.kernel_args("write_fixup_kernel", locals(), 1)
     _run([(wfixup_kernel, n, (False,)), (wfixup_kernel, serial, (True,))], args, back)
 
 
-def write_gaps(pr, lo, hi, r0, r1, counts):
-    out, ok = np.zeros(counts.shape[0], np.int64), np.zeros(1, np.bool_)
-    args, back = A.kernel_args("write_gaps_kernel", pr=pr, lo=lo, hi=hi, r0=r0, r1=r1, counts=out, ok=ok)
+def write_gaps(pr, lo, hi, r0, r1, total):
+    """Adds the gaps' counts to ``total``; whether every gap was written."""
+    counts, ok = np.zeros(total.shape[0], np.int64), np.zeros(1, np.bool_)  # the kernel's own outputs
+    args, back = A.kernel_args("write_gaps_kernel", locals())
     _run([(wgaps_kernel, 1, ())], args, back)
-    counts += out
+    total += counts
     return bool(ok[0])
 
 
 def write_exit(m, pr):
-    args, back = A.kernel_args("write_exit_kernel", m=m, pr=pr)
+    args, back = A.kernel_args("write_exit_kernel", locals())
     _run([(wexit_kernel, 1, ())], args, back)
 
 
 def generate_rows(anon_exclusive, large_order, page_c0, slot_c0, v, w, o):
     """Same contract as :func:`gpusim.kernels.cpu.generate_rows`: on device arrays (CuPy) the state is built in
     device memory and stays there; host arrays are copied in and the outputs back."""
-    args, back = A.kernel_args(
-        "generate_rows_kernel",
-        anon_exclusive=anon_exclusive,
-        large_order=large_order,
-        page_c0=page_c0,
-        slot_c0=slot_c0,
-        v=v,
-        w=w,
-        o=o,
-    )
+    args, back = A.kernel_args("generate_rows_kernel", locals())
     _run([(gen_kernel, w.vma.shape[0], ())], args, back)
 
 
