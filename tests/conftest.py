@@ -6,11 +6,8 @@ A test that parametrizes ``backend`` itself overrides it. The fixture is session
 can take it.
 """
 
-import atexit
 import glob
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 
@@ -18,7 +15,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from gpusim.base.backend import cuda_usable  # noqa: E402  (after the path: the helpers next to this file)
+import background  # noqa: E402  (after the path: the helpers next to this file)
+
+from gpusim.base.backend import cuda_usable  # noqa: E402
 
 # Host profiles written by `gpusim calibrate` change the default cost profile; the tests never see the user's.
 os.environ["GPUSIM_PROFILE_DIR"] = tempfile.mkdtemp(prefix="gpusim-test-profiles-")
@@ -64,14 +63,18 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
-    if len(items) >= WARM_ABOVE_ITEMS and warm_cpu_kernels():
-        items.sort(key=lambda item: not compiles_nothing(item))  # stable: in their order, cudasim's first
+    if len(items) >= WARM_ABOVE_ITEMS and not os.environ.get("GPUSIM_TEST_WARMING"):
+        if any(item.name == "test_cuda_kernels_compile_to_ptx" for item in items):
+            background.start("ptx", background.PTX_ARGV, background.PTX_ENV)
+        if warm_cpu_kernels():
+            items.sort(key=lambda item: not compiles_nothing(item))  # stable: in their order, cudasim's first
 
 
-# A fresh clone compiles the CPU kernels during the run (numba's cache is empty: about 75 s here). For a run of the
-# whole suite, a process beside this one then compiles them into the cache, by running the CPU tests that reach every
-# compiled function, while this one runs first the tests that compile nothing (cudasim's: the CUDA kernels under the
-# simulator run as Python). numba writes its cache files atomically, so either process may compile a function first.
+# For a run of the whole suite, work that needs nothing from this process runs beside it (tests/background.py): the
+# PTX compilation of the CUDA kernels (its test takes the output), and, on a fresh clone (numba's cache empty: about
+# 75 s of compilation here), a process that compiles the CPU kernels into the cache by running the CPU tests that
+# reach every compiled function, while this one runs first the tests that compile nothing (cudasim's: the CUDA
+# kernels under the simulator run as Python). numba writes its cache files atomically: either may compile first.
 WARM_ABOVE_ITEMS = 1000
 WARM_TESTS = (
     ["tests/test_engines.py", "tests/test_writes.py", "tests/test_generate.py", "tests/test_state.py"],
@@ -86,7 +89,7 @@ def compiles_nothing(item) -> bool:
 
 def warm_cpu_kernels() -> bool:
     """Start the process that fills numba's cache for the CPU kernels when it is empty; whether it started."""
-    if os.environ.get("GPUSIM_TEST_WARMING") or os.environ.get("NUMBA_DISABLE_JIT", "0") != "0":
+    if os.environ.get("NUMBA_DISABLE_JIT", "0") != "0":
         return False
     from gpusim.kernels import cpu
 
@@ -95,20 +98,6 @@ def warm_cpu_kernels() -> bool:
     if glob.glob(os.path.join(cache, "**", "cpu._fork_tables-*.nbi"), recursive=True):
         return False
     files, select = WARM_TESTS
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, "-k", select]
-    env = {**os.environ, "GPUSIM_TEST_WARMING": "1"}
-    out = subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=out, start_new_session=True)
-    atexit.register(stop_warming, proc)
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, "-k", select]
+    background.start("warm", argv, {"GPUSIM_TEST_WARMING": "1"}, output=False)
     return True
-
-
-def stop_warming(proc) -> None:
-    """No process left behind: the warm-up's group ends with the run."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()

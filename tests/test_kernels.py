@@ -1,10 +1,8 @@
 """The per-PTE functions compiled by numba equal their Python selves; the CUDA kernels compile to PTX."""
 
 import json
-import os
-import subprocess
-import sys
 
+import background
 import numpy as np
 import pytest
 from budget import budget
@@ -83,15 +81,9 @@ def test_compiled_nb_hash_equals_python(seed, fork_seq, cs, k):
 
 
 def test_cuda_kernels_compile_to_ptx():
-    """Compiled in a fresh process without the simulator: typing errors that cudasim cannot see fail here.
-    Needs numba-cuda and NVVM (the ``ptx`` extra); no GPU."""
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    code = (
-        "import json; from gpusim.kernels.cuda import compile_ptx_all; "
-        "print(json.dumps({k: [v.count('atom.global.' + op) for op in ('add', 'min', 'max')] "
-        "for k, v in compile_ptx_all().items()}))"
-    )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    """Compiled in a fresh process without the simulator (``tests/background.py``): typing errors that cudasim
+    cannot see fail here. Needs numba-cuda and NVVM (the ``ptx`` extra); no GPU."""
+    p = background.result("ptx", background.PTX_ARGV, background.PTX_ENV)  # started with the run where it was
     assert p.returncode == 0, p.stderr[-3000:]
     atomics = json.loads(p.stdout.strip().splitlines()[-1])
     assert atomics["fork_tables_kernel"][0] > 0  # shared folios, pages and slots use atomics
