@@ -19,7 +19,7 @@ from gpusim.jobs.host.calibrate import (
     validate,
 )
 from gpusim.jobs.host.measure import FAULT_SLACK, default_cpu, expected_wp_faults, measure, memory_groups, state_checks
-from gpusim.jobs.host.real import RealLayout, Worker, run_sharing
+from gpusim.jobs.host.real import RealLayout, Worker, frame_breaks, run_sharing, touch_order
 from gpusim.jobs.host.stats import added_summary, case_verdict, drift, median_diff_interval, overall_verdict
 
 MiB = 1 << 20
@@ -312,3 +312,27 @@ def test_capture_reproduces_a_known_layout(tmp_path):
 def test_capture_of_a_missing_process_is_a_clear_error():
     r = subprocess.run([sys.executable, "-m", "gpusim.cli", "capture", "999999999"], capture_output=True, text=True)
     assert r.returncode == 2 and "no process 999999999" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_first_touch_orders():
+    """The measuring process's first-touch orders: each a permutation of the touched pages, seeded; runs of K keep
+    their pages together in address order; anything else is refused when the layout is made."""
+    n = 1000
+    assert touch_order("address", n) == list(range(n))
+    shuffled = touch_order("random", n, seed=3)
+    assert sorted(shuffled) == list(range(n)) and shuffled != list(range(n)) and shuffled == touch_order("random", n, 3)
+    runs = touch_order("runs:64", 1024, seed=3)  # 16 whole runs
+    assert sorted(runs) == list(range(1024))
+    starts = [runs[i] for i in range(0, 1024, 64)]
+    assert all(s % 64 == 0 for s in starts) and starts != sorted(starts)
+    assert all(runs[i + 1] == runs[i] + 1 for i in range(1023) if (i + 1) % 64)
+    assert sorted(touch_order("runs:64", n, seed=3)) == list(range(n))  # a last, shorter run
+    for bad in ("shuffled", "runs:0", "runs:x", "runs:"):
+        with pytest.raises(ValueError, match="address, random or runs:K"):
+            RealLayout("bad", 1 << 20, first_touch=bad)
+
+
+def test_frame_breaks():
+    assert frame_breaks([5, 6, 7, None, 8]) == 1 / 4  # absent pages are passed over
+    assert frame_breaks([9, 3, 4, 1]) == 3 / 4
+    assert frame_breaks([0, 0, 0]) is None and frame_breaks([None]) is None  # unreadable without root

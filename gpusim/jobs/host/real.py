@@ -25,6 +25,7 @@ import ctypes
 import json
 import mmap
 import os
+import random
 import resource
 import select
 import struct
@@ -54,6 +55,14 @@ class RealLayout:
     fill: float | list = 1.0
     thp: bool | list = False
     pinned: list = field(default_factory=list)
+    # the order the pages are first touched in, which sets the order of their frames: "address", "random" (a
+    # shuffle of the touched pages, seeded by ``seed``) or "runs:K" (runs of K pages in address order, the runs
+    # shuffled): a long-running process's frames are scattered so
+    first_touch: str = "address"
+    seed: int = 0
+
+    def __post_init__(self):
+        touch_order(self.first_touch, 1, self.seed)  # refused here, not in the measuring process
 
     @property
     def pages(self) -> int:
@@ -91,6 +100,34 @@ class RealLayout:
     def touched_bytes(self) -> int:
         """Memory the layout takes once set up (touched and pinned pages)."""
         return PAGE * sum(a or any(f <= i < f + n for f, n in self.pinned) for i, a in enumerate(self.touched()))
+
+
+def touch_order(how: str, n: int, seed: int = 0) -> list[int]:
+    """The order of ``n`` touched pages' first touch (indices into them) for a ``first_touch`` of
+    :class:`RealLayout`."""
+    if how == "address":
+        return list(range(n))
+    if how == "random":
+        order = list(range(n))
+        random.Random(seed).shuffle(order)
+        return order
+    k = how.removeprefix("runs:")
+    if how.startswith("runs:") and k.isdigit() and int(k) > 0:
+        k = int(k)
+        runs = list(range(0, n, k))
+        random.Random(seed).shuffle(runs)
+        return [i for r in runs for i in range(r, min(r + k, n))]
+    raise ValueError(f"first_touch '{how}': address, random or runs:K (K pages a run)")
+
+
+def frame_breaks(frames: list) -> float | None:
+    """The fraction of present pages whose frame is not the previous present page's + 1 (region order; the first
+    page counts as a break), or None when frame numbers are not readable (they read as 0 without root)."""
+    present = [f for f in frames if f is not None]
+    if not present or not any(present):
+        return None
+    breaks = 1 + sum(1 for a, b in zip(present, present[1:]) if b != a + 1)
+    return breaks / len(present)
 
 
 # --- inside the measuring process --------------------------------------------------------------------------------
@@ -167,7 +204,7 @@ def _setup(layout: RealLayout):
         vmas.append((addr, b, n))
         b += n
         addr += -(-n // TABLE_PAGES) * TABLE_PAGES * PAGE
-    _Writes.of(layout, vmas)[0].write()  # one byte written to every stride-th page of the region
+    _first_touch(layout, vmas)
     refused = {}
     if layout.pinned:
         # pinned ranges are given in region pages; register each piece in the VMAs that hold it
@@ -181,6 +218,22 @@ def _setup(layout: RealLayout):
         if why:
             refused["pin"] = why
     return vmas, refused
+
+
+def _first_touch(layout: RealLayout, vmas: list) -> None:
+    """One byte written to every stride-th page of the region, in the layout's ``first_touch`` order."""
+    if layout.first_touch == "address":
+        _Writes.of(layout, vmas)[0].write()
+        return
+    pages = []  # (view, byte offset) of each touched page, region order
+    for v, (a, b0, n) in enumerate(vmas):
+        stride = layout.stride(v)
+        if stride:
+            view = memoryview((ctypes.c_char * (n * PAGE)).from_address(a)).cast("B")
+            pages += [(view, i * PAGE) for i in range((-b0) % stride, n, stride)]
+    for i in touch_order(layout.first_touch, len(pages), layout.seed):
+        view, off = pages[i]
+        view[off] = 1
 
 
 def _thp_pages() -> int:
@@ -302,6 +355,7 @@ def serve() -> None:
         "refused": refused,
         "cpu": None if pinning else first.get("cpu"),
         "cpu_pinning": pinning,
+        "frame_breaks": frame_breaks(_frames(os.getpid(), vmas)) if vmas else None,
     }
     print(json.dumps(info), flush=True)
     for line in sys.stdin:
