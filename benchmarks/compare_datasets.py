@@ -3,8 +3,8 @@
 Usage: python benchmarks/compare_datasets.py BEFORE_DIR AFTER_DIR
 
 Rows are matched by the dataset's row key (``config_hash``, ``repetition``, ``fork_index``); every column is compared
-but the simulator's own wall times and speeds, which differ from run to run. Columns a version renamed are read
-under their new name (:data:`gpusim.jobs.sweep.export.RENAMED_COLUMNS`). Prints each differing column with its first
+but the simulator's own wall times and speeds, which differ from run to run. Columns a version renamed come under
+their new name (``gpusim.load_results`` reads them so). Prints each differing column with its first
 differing row and exits 1 if any differs, or if the two hold different rows or columns.
 """
 
@@ -12,7 +12,6 @@ import argparse
 import sys
 
 import gpusim
-from gpusim.jobs.sweep.export import RENAMED_COLUMNS
 
 # what the simulator measures of itself: differs between any two runs of the same code
 WALL_COLUMNS = ("engine_wall_s", "build_wall_s", "ptes_per_s", "write_wall_s")
@@ -21,8 +20,7 @@ KEY = ["config_hash", "repetition", "fork_index"]
 
 def rows(path: str) -> dict:
     table = gpusim.load_results(path)
-    names = [RENAMED_COLUMNS.get(n, n) for n in table.column_names]
-    table = table.rename_columns(names).drop_columns([c for c in WALL_COLUMNS if c in names])
+    table = table.drop_columns([c for c in WALL_COLUMNS if c in table.column_names])
     data = table.to_pylist()
     return {tuple(r[k] for k in KEY): r for r in data}
 
