@@ -38,7 +38,7 @@ from gpusim.kernels.args import Proc, Scratch, WMem  # noqa: F401  (the write ph
 from gpusim.kernels.atomics import atomic_add, atomic_max, atomic_min
 from gpusim.kernels.flags import PTRS_PER_TABLE, VM_SHARED, is_cow_mapping
 from gpusim.kernels.pte import KIND_PRESENT, pte_kind, pte_special
-from gpusim.kernels.rules import C_SWAPOFF, MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
+from gpusim.kernels.rules import C_FRAME_BREAK, C_SWAPOFF, MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS, frame_break
 from gpusim.kernels.slowpath import CHECK, CLAIM, NR_SLOW_COUNTS, item_objects, run_item
 from gpusim.kernels.table import (
     batch_candidate,
@@ -118,6 +118,8 @@ def copy_entries(r, lane, nt, anon_exclusive, tab, calls, mem, part, weight):
             j0 = a - base
             v = tab.ppte[r, j0]
             kind = pte_kind(v)
+            if a > calls.start[c] and frame_break(tab.ppte[r, j0 - 1], v):  # its neighbour's frame stays put
+                part[C_FRAME_BREAK] += 1
             ev = copy_entry(r, j0, v, kind, shared, cow, anon_exclusive, tab, mem)
             tally(part, kind, kind == KIND_PRESENT and pte_special(v), ev, 1, False)
             weight[j0] = entry_weight(kind, 1)

@@ -97,6 +97,7 @@ COST_EVENTS = (
     "pte.swap",
     "pte.migration",
     "pte.devpriv",
+    "pte.frame_break",
     "batch.start",
     "batch.pte",
     "batch.refused",

@@ -33,6 +33,9 @@ from gpusim.kernels.pte import (
     KIND_MIGRATION,
     KIND_SWAP,
     as_u64,
+    pte_pfn,
+    pte_present,
+    pte_special,
     is_readable_exclusive_migration_entry,
     is_writable_device_private_entry,
     is_writable_migration_entry,
@@ -78,6 +81,7 @@ C_EXCL_CLEAR = FAST_INDEX["pte.excl_clear"]
 C_SWAP = FAST_INDEX["pte.swap"]
 C_MIGRATION = FAST_INDEX["pte.migration"]
 C_DEVPRIV = FAST_INDEX["pte.devpriv"]
+C_FRAME_BREAK = FAST_INDEX["pte.frame_break"]
 C_BATCH_START = FAST_INDEX["batch.start"]
 C_BATCH_PTE = FAST_INDEX["batch.pte"]
 C_PASS = FAST_INDEX["pass"]
@@ -233,3 +237,32 @@ def wp_reuse_pmd(rule, excl_head, refcount, map_max, pmdmap):
     if rule == WP_REUSE_EXCLUSIVE:
         return excl_head or refcount == 1
     return map_max + pmdmap <= 1
+
+
+@jitable
+def maps_page(v):
+    """A present entry with a struct page the fork touches (not a special PTE: zero page, raw pfn)."""
+    return pte_present(v) and not pte_special(v)
+
+
+@jitable
+def frame_break(prev, v):
+    """Whether entry ``v``, walked right after ``prev`` (the slot before it), maps a page whose frame does not follow
+    the previous slot's: ``v`` maps a page and ``prev`` maps none, or not frame ``pfn(v) - 1``. The kernel's per-PTE
+    work touches each page's ``struct page``; frames in address order stream those accesses, scattered frames miss
+    the cache (spec 8, ``pte.frame_break``)."""
+    if not maps_page(v):
+        return False
+    return not maps_page(prev) or pte_pfn(prev) + 1 != pte_pfn(v)
+
+
+@jitable
+def call_frame_breaks(row, lo, hi):
+    """The ``pte.frame_break`` events of one ``copy_pte_range`` call over columns ``[lo, hi)`` of a parent table's
+    entries ``row``: every entry after the call's first that is a :func:`frame_break` after its left neighbour.
+    Counted on the parent's entries as the call starts (a call only write-protects them: frames do not change)."""
+    n = 0
+    for j in range(lo + 1, hi):
+        if frame_break(row[j - 1], row[j]):
+            n += 1
+    return n

@@ -50,6 +50,7 @@ from gpusim.kernels.rules import (
     C_CHECK,
     C_DEVPRIV,
     C_EXCL_CLEAR,
+    C_FRAME_BREAK,
     C_LB,
     C_MIGRATION,
     C_NONE,
@@ -63,6 +64,7 @@ from gpusim.kernels.rules import (
     C_SWAPOFF,
     C_WRPROTECT,
     NB_LIST,
+    call_frame_breaks,
     in_break_list,
     large_folio_needs_slow,
     lock_break,
@@ -342,6 +344,7 @@ def copy_table_fast(r, vp, tab, calls, mem, nb, acc):
         e = calls.end[c]
         cow = is_cow_mapping(calls.vmaflags[c])
         shared = (calls.vmaflags[c] & VM_SHARED) != 0
+        acc[C_FRAME_BREAK] += call_frame_breaks(tab.ppte[r], s - base, e - base)
         progress = 0
         k = 0
         lb = 0

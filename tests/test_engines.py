@@ -43,7 +43,8 @@ def test_scenario_catalogue(backend, sid, variant):
 @st.composite
 def cases(draw):
     layout, width = draw(layouts(max_width=2000))
-    return layout, draw(oracles()), draw(injections(width))
+    frames = (draw(st.sampled_from(["address", "random", "runs:2", "runs:7"])), draw(st.integers(0, 3)))
+    return layout, draw(oracles()), draw(injections(width)), frames
 
 
 def small_enough(backend, layout):
@@ -55,9 +56,9 @@ def test_random_layouts(backend, variant):
     @budget(60, backend)
     @given(case=cases())
     def check(case):
-        layout, oracle, inject = case
+        layout, oracle, inject, frames = case
         assume(small_enough(backend, layout))
-        compare(layout, variant, oracle, inject, backend)
+        compare(layout, variant, oracle, inject, backend, frames)
 
     check()
 

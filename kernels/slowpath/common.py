@@ -90,6 +90,9 @@ SLOW_INDEX = {name: i for i, name in enumerate(SLOW_COUNTS)}  # each constant be
 S_CALL = SLOW_INDEX["table.call"]
 
 
+S_FRAME_BREAK = SLOW_INDEX["pte.frame_break"]
+
+
 S_ALLOC = SLOW_INDEX["table.alloc"]
 
 

@@ -23,7 +23,8 @@ from gpusim.kernels.pte import (
     pte_special,
     swp_offset,
 )
-from gpusim.kernels.slowpath.common import S_CALL, inline
+from gpusim.kernels.rules import call_frame_breaks
+from gpusim.kernels.slowpath.common import S_CALL, S_FRAME_BREAK, inline
 from gpusim.kernels.slowpath.huge import copy_huge_pmd
 from gpusim.kernels.slowpath.linux_5_8 import copy_pte_range_linux_5_8
 from gpusim.kernels.slowpath.linux_5_10 import copy_pte_range_linux_5_10
@@ -38,6 +39,7 @@ def copy_pte_range(r, c, vp, tab, calls, mem, nb, acc, sp):
     acc[S_CALL] += 1
     base = tab.table_index[r] * PTRS_PER_TABLE
     s, e, vmaflags = calls.start[c], calls.end[c], calls.vmaflags[c]
+    acc[S_FRAME_BREAK] += call_frame_breaks(tab.ppte[r], s - base, e - base)
     m = vp.machine
     if m == M_5_8:
         return copy_pte_range_linux_5_8(r, base, s, e, vmaflags, vp, tab, mem, nb, acc, sp)

@@ -15,7 +15,8 @@ from gpusim.engines.reference.linux_5_10 import copy_pte_range_linux_5_10
 from gpusim.engines.reference.linux_6_18 import copy_pte_range_linux_6_18
 from gpusim.engines.reference.xu import copy_pte_range_xu_v1, copy_pte_range_xu_v1_oleg
 from gpusim.kernels import pte as P
-from gpusim.kernels.flags import FOLIO_FREED
+from gpusim.kernels.flags import FOLIO_FREED, PTRS_PER_TABLE
+from gpusim.kernels.rules import call_frame_breaks
 from gpusim.model.oracle import InjectionPlan, LockBreakOracle
 from gpusim.model.plan import VMA_COUNT_NAMES, ForkPlan, plan_fork
 from gpusim.model.result import TABLE_EVENTS, ForkResult, rss_dict
@@ -35,6 +36,8 @@ def copy_pte_range(c: CopyContext) -> int:
     """One call over ``[call_start, end)`` with the variant's state machine; 0 or ENOMEM (EHWPOISON)."""
     fc = c.fc
     fc.counts["table.call"] += 1
+    base = PTRS_PER_TABLE * c.t
+    fc.counts["pte.frame_break"] += call_frame_breaks(fc.parent.tables[c.t], c.call_start - base, c.end - base)
     fc.trace.calls.append(c.rec)
     ret = COPY_PTE_RANGE[fc.v.machine](c, c.call_start, c.end)
     if c.prealloc is not None:
