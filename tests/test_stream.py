@@ -56,6 +56,8 @@ REGIONS = [
     dict(BASE, flags=["dontcopy"], size=1 << 20),
     dict(BASE, flags=["wipeonfork"], size=1 << 20, fill=0.3),
     dict(BASE, size=4 << 20, fill=1.0, thp_fraction=0, swap_fraction=0.5, swap_count_max=62),  # 62: at the cap
+    dict(BASE, size=2 << 20, folio_order=1, frame_order="random"),  # scattered frames
+    dict(BASE, size=2 << 20, frame_order="runs:5"),
 ]
 
 
@@ -125,6 +127,7 @@ region_st = st.fixed_dictionaries(
         pinned_placement=st.sampled_from(["scattered", "contiguous"]),
         pinned_regions=st.integers(1, 4),
         flags=st.sampled_from([[], ["dontcopy"], ["wipeonfork"], ["ro"]]),
+        frame_order=st.sampled_from(["address", "random", "runs:3"]),
     )
 )
 

@@ -27,6 +27,7 @@ space's.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -57,6 +58,7 @@ from gpusim.kernels.flags import (
 from gpusim.kernels.generate import select_in_groups, uniform_ints
 from gpusim.model.builder import SpaceBuilder
 from gpusim.model.decode import with_offsets
+from gpusim.model.frames import frame_order_keys, ordered, place_frames
 from gpusim.model.state import MM, AddressSpace, Memory
 from gpusim.model.variants import get_variant
 
@@ -147,6 +149,7 @@ class VmaPlan:
     swapped: np.ndarray
     pinned: np.ndarray | None
     pin_runs: tuple[np.ndarray, np.ndarray] | None
+    frame_order: str = "address"
 
     @property
     def units_per_table(self) -> int:
@@ -188,6 +191,7 @@ def plan_vma(rng, start: int, n: int, r: dict) -> VmaPlan:
         thp[choose(rng, full, round(r["thp_fraction"] * full))] = True
     plan = dict(start=start, n=n, flags=flags, backing=backing, anon=anon, order=order, keys=keys, thp=thp)
     plan.update(swap_count_max=int(r["swap_count_max"]), pinned=None, pin_runs=None)
+    plan["frame_order"] = r.get("frame_order", "address")
     units = VmaPlan(**plan, present=None, swapped=None).units(np.arange(nt))
     present = spread(rng, units, round(r["fill"] * int(units.sum())))
     swapped = spread(rng, present, round(r["swap_fraction"] * int(present.sum())))
@@ -282,8 +286,23 @@ class RegionSpace:
         ``backend``: ``reference`` (:meth:`reference_chunk`) or a fast engine's compiled generator
         (:meth:`generate`), which give equal arrays."""
         if backend == "reference":
-            return self.reference_chunk(lo, hi)
-        return self.generate(lo, hi, backend)
+            return self.placed(self.reference_chunk(lo, hi), backend)
+        return self.placed(self.generate(lo, hi, backend), backend)
+
+    def placed(self, c: Chunk, backend: str) -> Chunk:
+        """The chunk with its folios in each region's ``frame_order`` (:mod:`gpusim.model.frames`), shuffled inside
+        each table row (a table's frames keep its range of page rows), so that chunks of any size renumber alike."""
+        if all(v.frame_order == "address" for v in self.vmas):
+            return c
+        per_row = np.diff(self.row_first[c.lo : c.hi + 1, 1])
+        row = np.repeat(np.arange(c.hi - c.lo), per_row)
+        vma = self.row_vma[c.lo : c.hi][row]
+        ids = c.folio_base + np.arange(row.shape[0], dtype=np.int64)
+        keys = np.zeros(row.shape[0], np.uint64)
+        for i in np.unique(vma).tolist():
+            v, mine = self.vmas[i], vma == i
+            keys[mine] = frame_order_keys(v.frame_order, int(v.keys[0]), ids[mine])
+        return dataclasses.replace(c, space=place_frames(c.space, ordered(row, keys)))
 
     def reference_chunk(self, lo: int, hi: int) -> Chunk:
         """Rows ``[lo, hi)`` built with numpy through :class:`~gpusim.model.builder.SpaceBuilder`: the readable form of

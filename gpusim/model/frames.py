@@ -21,14 +21,16 @@ swap slots are left alone. A free frame is an order-0 folio with no reference, f
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from gpusim.base import backend as B
 from gpusim.kernels import pte as P
-from gpusim.kernels.fields import MEMORY_FIELDS
+from gpusim.kernels.fields import MEMORY_FIELDS, MM_FIELDS
 from gpusim.kernels.flags import FOLIO_FREED
 from gpusim.model.decode import names_page, offsets, with_offsets, without_offsets
-from gpusim.model.state import MM, AddressSpace, Memory
+from gpusim.model.state import AddressSpace, Memory
 
 FRAME_ORDERS = ("address", "random", "runs:K")
 
@@ -72,8 +74,32 @@ def ordered(groups, keys) -> np.ndarray:
 
 
 def place_frames(space: AddressSpace, order, hole_before=None) -> AddressSpace:
-    """``space`` (host arrays) with its folios laid out in physical ``order`` (folio rows, each once), a free frame
-    before the folios where ``hole_before`` (bool per position of ``order``) holds; see the module docstring."""
+    """``space`` with its folios laid out in physical ``order`` (folio rows, each once), a free frame before the
+    folios where ``hole_before`` (bool per position of ``order``) holds; see the module docstring. A space in device
+    memory is renumbered on the host and its arrays go back to the device."""
+    device = {n for n, a in _fields(space).items() if B.on_device(a)}
+    if not device:
+        return _place(space, order, hole_before)
+    xp = B.array_module(_fields(space)[next(iter(device))])
+    placed = _place(_with_fields(space, {n: B.to_host(a) for n, a in _fields(space).items()}), order, hole_before)
+    return _with_fields(placed, {n: xp.asarray(a) if n in device else a for n, a in _fields(placed).items()})
+
+
+def _fields(space: AddressSpace) -> dict:
+    """Every array of a space by name (mm's prefixed ``mm.``, memory's ``memory.``)."""
+    return {
+        **{f"mm.{n}": getattr(space.mm, n) for n in MM_FIELDS},
+        **{f"memory.{n}": getattr(space.memory, n) for n in MEMORY_FIELDS},
+    }
+
+
+def _with_fields(space: AddressSpace, arrays: dict) -> AddressSpace:
+    mm = dataclasses.replace(space.mm, **{n[3:]: a for n, a in arrays.items() if n.startswith("mm.")})
+    memory = dataclasses.replace(space.memory, **{n[7:]: a for n, a in arrays.items() if n.startswith("memory.")})
+    return AddressSpace(mm, memory)
+
+
+def _place(space: AddressSpace, order, hole_before) -> AddressSpace:
     mem, mm = space.memory, space.mm
     order = np.asarray(order, np.int64)
     nf, npg = mem.nr_folios, mem.nr_pages
@@ -113,9 +139,7 @@ def place_frames(space: AddressSpace, order, hole_before=None) -> AddressSpace:
     pmd = np.asarray(mm.pmd, np.uint64)
     if pmd.shape[0]:
         pmd = with_offsets(without_offsets(pmd), new_pfn[offsets(pmd)])
-    fields = {f: getattr(mm, f) for f in mm.__dataclass_fields__}
-    fields.update(pte=pte, pmd=pmd)
-    return AddressSpace(MM(**fields), memory)
+    return AddressSpace(dataclasses.replace(mm, pte=pte, pmd=pmd), memory)
 
 
 def with_frame_order(space: AddressSpace, how: str, seed: int = 0) -> AddressSpace:

@@ -45,6 +45,7 @@ from gpusim.base.yamlerr import (
 from gpusim.engines.writes import parse_writes
 from gpusim.inputs.catalogue import SCENARIOS
 from gpusim.inputs.snapshot import parse_range
+from gpusim.model.frames import parse_frame_order
 from gpusim.model.oracle import InjectionPlan, LockBreakOracle
 from gpusim.model.variants import DEFAULT_VARIANT, VARIANTS
 
@@ -102,6 +103,17 @@ class Region(BaseModel):
         1, ge=1, le=1 << 24, description="swap counts drawn uniformly in 1..max (above 62: continuations)"
     )
     vmas: int = Field(1, ge=1, le=1 << 20, description="split into this many equal VMAs")
+    frame_order: str = Field(
+        "address",
+        description="physical order of the frames: address (as first populated), random, or runs:K "
+        "(runs of K folios), shuffled within each page table",
+    )
+
+    @field_validator("frame_order")
+    @classmethod
+    def _frame_order(cls, v):
+        parse_frame_order(v)
+        return v
 
 
 class AnonWorkload(Region):

@@ -1,0 +1,83 @@
+"""Physical page order (issue 26): frames renumbered in a chosen or a real order, and the ``pte.frame_break`` event
+every engine counts (spec section 8). The engines' equality on scattered frames is in the differential tests
+(``test_engines.py`` draws frame orders); here: what the orders make, and that the count means what it says."""
+
+import numpy as np
+import pytest
+
+import gpusim
+from gpusim.inputs.regions import RegionSpace
+from gpusim.jobs.sweep.spec import Region
+from gpusim.kernels.flags import FOLIO_FREED
+from gpusim.kernels.rules import call_frame_breaks, frame_break
+from gpusim.model.frames import frame_breaks, parse_frame_order, place_by_frames, with_frame_order
+
+DENSE = "normal*2048"
+
+
+def dense(variant="linux-6.18"):
+    return gpusim.parse_layout(DENSE, variant)
+
+
+def breaks(space, backend="cpu", variant="linux-6.18"):
+    return gpusim.fork(space, variant, backend=backend).counts["pte.frame_break"]
+
+
+@pytest.mark.parametrize("how,lo,hi", [("address", 0, 0), ("random", 0.95, 1.0), ("runs:8", 0.08, 0.17)])
+def test_a_frame_order_scatters_as_it_says(how, lo, hi):
+    space = with_frame_order(dense(), how, seed=5).validate()
+    n = breaks(space)
+    assert n == frame_breaks(space) == breaks(space, "reference")
+    assert lo * 2044 <= n <= hi * 2044, n  # 4 tables of 511 counted entries
+
+
+def test_the_count_follows_the_rule_entry_by_entry():
+    """Present pages after a none, a swap entry, a zero page or a non-adjacent frame break; the call's first
+    entry never counts; a large folio's pages follow each other."""
+    space = gpusim.parse_layout("normal*4 none normal*3 swap normal zero normal folio4 normal*490", "linux-6.18")
+    # normal after none, after swap, after zero: 3 breaks; the folio follows its left neighbour's frame
+    assert breaks(space) == breaks(space, "reference") == frame_breaks(space) == 3
+    row = space.mm.pte[0].tolist()
+    assert call_frame_breaks(row, 0, 512) == 3 and call_frame_breaks(row, 5, 512) == 2  # entry 5 starts the call
+    assert not frame_break(row[0], row[1]) and frame_break(0, row[1])
+
+
+def test_frames_in_real_order_get_a_free_frame_between_non_adjacent_ones():
+    space = gpusim.parse_layout("normal*6", "linux-6.18")
+    # real frames: 100, 101, 50, 51, 52, 300 (address order) -> sorted 50 51 52 | 100 101 | 300
+    placed = place_by_frames(space, [100, 101, 50, 51, 52, 300]).validate()
+    m = placed.memory
+    assert m.nr_folios == 8 and m.nr_pages == 8
+    freed = np.flatnonzero(m.folio_flags & FOLIO_FREED)
+    assert m.folio_refcount[freed].tolist() == [0, 0] and m.page_mapcount[m.folio_first_pfn[freed]].tolist() == [0, 0]
+    pfns = [int(v) >> 12 & ((1 << 40) - 1) for v in placed.mm.pte[0][:6]]
+    assert pfns == [4, 5, 0, 1, 2, 7]  # 50 51 52 at 0-2, a free frame, 100 101 at 4-5, a free frame, 300 at 7
+    # the real sequence breaks at 50 (after 101) and at 300 (after 52): the model counts the same
+    assert breaks(placed) == breaks(placed, "reference") == 2
+    r = gpusim.fork(placed, "linux-6.18", backend="cpu")
+    assert r.invariants.ok and r.digest == gpusim.fork(placed, "linux-6.18", backend="reference").digest
+
+
+def test_frames_adjacent_in_real_memory_stay_adjacent():
+    space = gpusim.parse_layout("normal*512", "linux-6.18")
+    assert breaks(place_by_frames(space, np.arange(1000, 1512))) == 0
+    assert place_by_frames(space, np.arange(1000, 1512)).memory.nr_pages == 512
+
+
+def test_a_generated_region_takes_a_frame_order_and_a_chunk_renumbers_as_the_whole():
+    region = Region(size=8 << 20, frame_order="random").model_dump()
+    space = RegionSpace([region], "linux-6.18", 3)
+    whole = space.whole().validate()
+    assert frame_breaks(whole) > 0.9 * 4 * 511
+    for c in space.chunks(1):
+        lo, hi = c.page_base, c.page_base + c.space.memory.nr_pages
+        assert np.array_equal(c.space.memory.page_content, whole.memory.page_content[lo:hi])
+    assert frame_breaks(RegionSpace([dict(region, frame_order="address")], "linux-6.18", 3).whole()) == 0
+
+
+@pytest.mark.parametrize("bad", ["", "shuffled", "runs:0", "runs:x", "runs:-2"])
+def test_a_frame_order_that_is_not_one_is_refused(bad):
+    with pytest.raises(ValueError, match="not a frame order"):
+        parse_frame_order(bad)
+    with pytest.raises(ValueError, match="frame_order"):
+        Region(size=1 << 20, frame_order=bad)
