@@ -81,3 +81,38 @@ def test_a_frame_order_that_is_not_one_is_refused(bad):
         parse_frame_order(bad)
     with pytest.raises(ValueError, match="frame_order"):
         Region(size=1 << 20, frame_order=bad)
+
+
+def _snapshot_table(pfn):
+    import json
+
+    import pyarrow as pa
+
+    n = len(pfn)
+    cols = {
+        "addr": pa.array(range(1024, 1024 + n), pa.int64()),
+        "vma": pa.array([0] * n, pa.int32()),
+        "present": pa.array([True] * n),
+        "swapped": pa.array([False] * n),
+        "pfn": pa.array(pfn, pa.int64()),
+        "mapcount": pa.array([1] * n, pa.int64()),
+        "anon": pa.array([True] * n),
+        "thp": pa.array([False] * n),
+        "exclusive": pa.array([True] * n),
+    }
+    vmas = json.dumps([{"start": 1024, "end": 1536, "perms": "rw-p", "backing": "anon"}])
+    return pa.table(cols).replace_schema_metadata({b"gpusim.vmas": vmas.encode(), b"gpusim.capture": b"{}"})
+
+
+def test_a_snapshot_keeps_the_captured_frames_order():
+    from gpusim.inputs.snapshot import frames_known, snapshot_space
+
+    rng = np.random.default_rng(2)
+    real = np.concatenate([np.arange(5000, 5100), rng.permutation(np.arange(9000, 9300)), np.arange(7000, 7100)])
+    want = 1 + int((np.diff(real) != 1).sum()) - 1  # the real sequence's breaks (the call's first entry not counted)
+    t = _snapshot_table(real.tolist())
+    assert frames_known(t)
+    space = snapshot_space(t, "linux-6.18")
+    assert breaks(space) == breaks(space, "reference") == want > 250
+    unread = _snapshot_table([0] * 500)  # a capture without root: address order
+    assert not frames_known(unread) and breaks(snapshot_space(unread, "linux-6.18")) == 0

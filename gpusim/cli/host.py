@@ -209,5 +209,5 @@ def capture(
     meta = json.loads(table.schema.metadata[b"gpusim.capture"])
     typer.echo(
         f"{out}: {len(json.loads(table.schema.metadata[b'gpusim.vmas']))} VMAs, {table.num_rows} pages "
-        f"(frame numbers {'read' if meta['frames'] else 'not readable: map counts unknown'})"
+        f"(frame numbers {'read: its frames keep their physical order' if meta['frames'] else 'not readable: map counts unknown, frames taken in address order'})"
     )

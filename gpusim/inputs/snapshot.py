@@ -35,6 +35,7 @@ from gpusim.kernels.flags import (
 )
 from gpusim.model.builder import SpaceBuilder
 from gpusim.model.decode import with_offsets
+from gpusim.model.frames import place_by_frames
 from gpusim.model.state import AddressSpace
 from gpusim.model.variants import get_variant
 
@@ -94,6 +95,17 @@ def check_snapshot(t: pa.Table, where) -> None:
         if t.column(name).null_count:
             r = int(np.flatnonzero(t.column(name).is_null().to_numpy(zero_copy_only=False))[0])
             raise ValueError(f"{where}: column '{name}', row {r}: empty (null)")
+    if "pfn" in t.column_names:  # optional: frame numbers, 0 where unreadable
+        typ = t.schema.field("pfn").type
+        if not pa.types.is_integer(typ):
+            raise ValueError(f"{where}: column 'pfn' holds {typ}, not integers")
+        pfn = t.column("pfn")
+        bad = np.flatnonzero(pfn.is_null().to_numpy(zero_copy_only=False))
+        if not bad.size:
+            bad = np.flatnonzero(pfn.to_numpy(zero_copy_only=False).astype(np.int64) < 0)
+        if bad.size:
+            r = int(bad[0])
+            raise ValueError(f"{where}: column 'pfn', row {r}: not a frame number (empty or negative)")
     mapc = t.column("mapcount").to_numpy(zero_copy_only=False)
     bad = np.flatnonzero((mapc < 0) | (mapc > REF_MAX))
     if bad.size:
@@ -164,15 +176,18 @@ class _Pages:
             for name in ("addr", "vma", "present", "mapcount", "anon", "thp", "exclusive")
         }
         self.addr, self.vma, self.mapc = (col[k].astype(np.int64) for k in ("addr", "vma", "mapcount"))
+        self.pfn = _frames(t)
         self.present, self.anon, self.excl, self.thp = col["present"], col["anon"], col["exclusive"], col["thp"]
         self.pin = np.zeros(self.addr.shape[0], bool)
         for lo, hi in pinned:
             self.pin |= (self.addr >= lo) & (self.addr < hi)
 
 
-def _add_small_pages(sb: SpaceBuilder, p: _Pages, rows: np.ndarray, vflags: np.ndarray, shmem: np.ndarray) -> None:
+def _add_small_pages(
+    sb: SpaceBuilder, p: _Pages, rows: np.ndarray, vflags: np.ndarray, shmem: np.ndarray
+) -> np.ndarray:
     """Present pages outside THPs: one order-0 folio each, with the captured map count (the page cache holds one
-    more reference), exclusive if anonymous, exclusively mapped and mapped once."""
+    more reference), exclusive if anonymous, exclusively mapped and mapped once. Returns their folio ids."""
     m = np.maximum(p.mapc[rows], 1)
     a = p.anon[rows]
     fl = np.where(a, FOLIO_ANON | FOLIO_SWAPBACKED, np.where(shmem[p.vma[rows]], FOLIO_SWAPBACKED, 0))
@@ -184,10 +199,11 @@ def _add_small_pages(sb: SpaceBuilder, p: _Pages, rows: np.ndarray, vflags: np.n
         writable & a, np.uint64(P.mk_pte(0, True, True, True, False)), np.uint64(P.mk_pte(0, False, True, True, False))
     )
     sb.add_entries(p.addr[rows], with_offsets(base, pfn))
+    return ids
 
 
-def _add_thps(sb: SpaceBuilder, p: _Pages, heads: np.ndarray, vflags: np.ndarray) -> None:
-    """PMD-mapped THPs at the rows ``heads``; a THP with a pinned page is pinned once."""
+def _add_thps(sb: SpaceBuilder, p: _Pages, heads: np.ndarray, vflags: np.ndarray) -> np.ndarray:
+    """PMD-mapped THPs at the rows ``heads``; a THP with a pinned page is pinned once. Returns their folio ids."""
     head = np.zeros(512, np.int64)
     head[0] = PAGE_ANON_EXCLUSIVE
     tids, tfirst = sb.add_folios(
@@ -201,10 +217,13 @@ def _add_thps(sb: SpaceBuilder, p: _Pages, heads: np.ndarray, vflags: np.ndarray
             for q, h in zip(tfirst.tolist(), heads.tolist())
         ],
     )
+    return tids
 
 
 def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = ()) -> AddressSpace:
-    """The address space of a snapshot, with one FOLL_PIN on each present page of the ``pinned`` page ranges."""
+    """The address space of a snapshot, with one FOLL_PIN on each present page of the ``pinned`` page ranges, its
+    frames in the order of the captured frame numbers (:func:`gpusim.model.frames.place_by_frames`; in address order
+    where the capture could not read them: :func:`frames_known`)."""
     if isinstance(path_or_table, pa.Table):
         t = path_or_table
         check_snapshot(t, "snapshot")
@@ -228,11 +247,29 @@ def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = 
         [BACKINGS.get(v["backing"], BACKING_FILE) for v in vmas],  # [vdso] and the like: as files
         [v["backing"] == "anon" or bool(has_anon[i]) for i, v in enumerate(vmas)],
     )
-    _add_small_pages(
-        sb, p, np.flatnonzero(p.present & ~in_thp), vflags, np.array([v["backing"] == "shmem" for v in vmas], bool)
-    )
-    _add_thps(sb, p, heads, vflags)
+    small = np.flatnonzero(p.present & ~in_thp)
+    ids = _add_small_pages(sb, p, small, vflags, np.array([v["backing"] == "shmem" for v in vmas], bool))
+    tids = _add_thps(sb, p, heads, vflags)
     swapped = np.flatnonzero(~p.present)  # a slot of count 1 each
     slots = sb.add_slots(np.ones(swapped.shape[0], np.int64), np.zeros(swapped.shape[0], np.int64))
     sb.add_entries(p.addr[swapped], with_offsets(P.mk_swap_pte(0, get_variant(variant).anon_exclusive), slots))
-    return sb.freeze(has_pinned=bool(len(pinned))).validate()
+    space = sb.freeze(has_pinned=bool(len(pinned)))
+    if frames_known(t):
+        real = np.full(space.memory.nr_folios, -1, np.int64)
+        real[ids], real[tids] = p.pfn[small], p.pfn[heads]
+        space = place_by_frames(space, np.where(real > 0, real, -1))
+    return space.validate()
+
+
+def _frames(t: pa.Table) -> np.ndarray:
+    """The frame number of each page row (i64; 0 where the capture could not read it, or without a ``pfn``
+    column)."""
+    if "pfn" not in t.column_names:
+        return np.zeros(t.num_rows, np.int64)
+    return t.column("pfn").to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def frames_known(t: pa.Table) -> bool:
+    """Whether a snapshot holds the frame numbers of its present pages (a capture as root)."""
+    present = t.column("present").to_numpy(zero_copy_only=False)
+    return bool((_frames(t)[present] != 0).any())
