@@ -38,7 +38,7 @@ from gpusim.kernels.args import Proc, Scratch, WMem  # noqa: F401  (the write ph
 from gpusim.kernels.atomics import atomic_add, atomic_max, atomic_min
 from gpusim.kernels.flags import PTRS_PER_TABLE, VM_SHARED, is_cow_mapping
 from gpusim.kernels.pte import KIND_PRESENT, pte_kind, pte_special
-from gpusim.kernels.rules import C_FRAME_BREAK, C_SWAPOFF, MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS, frame_break
+from gpusim.kernels.rules import C_FRAME_BREAK, C_SWAPOFF, MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS, call_frame_breaks
 from gpusim.kernels.slowpath import CHECK, CLAIM, NR_SLOW_COUNTS, item_objects, run_item
 from gpusim.kernels.table import (
     batch_candidate,
@@ -118,8 +118,6 @@ def copy_entries(r, lane, nt, anon_exclusive, tab, calls, mem, part, weight):
             j0 = a - base
             v = tab.ppte[r, j0]
             kind = pte_kind(v)
-            if a > calls.start[c] and frame_break(tab.ppte[r, j0 - 1], v):  # its neighbour's frame stays put
-                part[C_FRAME_BREAK] += 1
             ev = copy_entry(r, j0, v, kind, shared, cow, anon_exclusive, tab, mem)
             tally(part, kind, kind == KIND_PRESENT and pte_special(v), ev, 1, False)
             weight[j0] = entry_weight(kind, 1)
@@ -128,7 +126,8 @@ def copy_entries(r, lane, nt, anon_exclusive, tab, calls, mem, part, weight):
 @cuda.jit(device=True)
 def cadence(r, tab, calls, nb, part, weight):
     """The lock-break cadence of every call of row ``r`` over its entries' weights, in address order (checks and
-    lock breaks), and each call's counts: run by one thread of the table."""
+    lock breaks), and each call's counts (its frame breaks too: the copy leaves the entries' frames as they were):
+    run by one thread of the table."""
     base = tab.table_index[r] * PTRS_PER_TABLE
     fork_seq = tab.fork_seq[r]
     for c in range(tab.row_lo[r], tab.row_hi[r]):
@@ -140,6 +139,7 @@ def cadence(r, tab, calls, nb, part, weight):
             progress, k, lb = check_point(progress, s, k, lb, nb, fork_seq)
             progress += weight[a - base]
         end_call(part, c, r, calls, tab, k, lb)
+        part[C_FRAME_BREAK] += call_frame_breaks(tab.ppte[r], s - base, calls.end[c] - base)
 
 
 # The block's shared arrays: a row of entry weights per table, a row of counts per thread (an odd number of 32-bit

@@ -33,9 +33,6 @@ from gpusim.kernels.pte import (
     KIND_MIGRATION,
     KIND_SWAP,
     as_u64,
-    pte_pfn,
-    pte_present,
-    pte_special,
     is_readable_exclusive_migration_entry,
     is_writable_device_private_entry,
     is_writable_migration_entry,
@@ -45,6 +42,9 @@ from gpusim.kernels.pte import (
     pte_mkclean,
     pte_mkold,
     pte_mkwrite,
+    pte_pfn,
+    pte_present,
+    pte_special,
     pte_swp_clear_exclusive,
     pte_wrprotect,
 )
@@ -246,23 +246,20 @@ def maps_page(v):
 
 
 @jitable
-def frame_break(prev, v):
-    """Whether entry ``v``, walked right after ``prev`` (the slot before it), maps a page whose frame does not follow
-    the previous slot's: ``v`` maps a page and ``prev`` maps none, or not frame ``pfn(v) - 1``. The kernel's per-PTE
-    work touches each page's ``struct page``; frames in address order stream those accesses, scattered frames miss
-    the cache (spec 8, ``pte.frame_break``)."""
-    if not maps_page(v):
-        return False
-    return not maps_page(prev) or pte_pfn(prev) + 1 != pte_pfn(v)
-
-
-@jitable
 def call_frame_breaks(row, lo, hi):
     """The ``pte.frame_break`` events of one ``copy_pte_range`` call over columns ``[lo, hi)`` of a parent table's
-    entries ``row``: every entry after the call's first that is a :func:`frame_break` after its left neighbour.
-    Counted on the parent's entries as the call starts (a call only write-protects them: frames do not change)."""
+    entries ``row``: the entries that map a page (:func:`maps_page`) whose frame is not the one after the frame of
+    the call's previous entry that maps a page (its first such entry is not counted). The kernel's per-PTE work
+    touches each page's ``struct page``: frames in the walk's order stream those accesses, scattered frames miss the
+    cache (spec 8). Counted on the parent's entries as the call starts (a call changes their protection, never
+    their frames)."""
     n = 0
-    for j in range(lo + 1, hi):
-        if frame_break(row[j - 1], row[j]):
-            n += 1
+    last = -1
+    for j in range(lo, hi):
+        v = row[j]
+        if maps_page(v):
+            pfn = np.int64(pte_pfn(v))
+            if last >= 0 and pfn != last + 1:
+                n += 1
+            last = pfn
     return n

@@ -9,7 +9,7 @@ import gpusim
 from gpusim.inputs.regions import RegionSpace
 from gpusim.jobs.sweep.spec import Region
 from gpusim.kernels.flags import FOLIO_FREED
-from gpusim.kernels.rules import call_frame_breaks, frame_break
+from gpusim.kernels.rules import call_frame_breaks
 from gpusim.model.frames import frame_breaks, parse_frame_order, place_by_frames, with_frame_order
 
 DENSE = "normal*2048"
@@ -32,14 +32,19 @@ def test_a_frame_order_scatters_as_it_says(how, lo, hi):
 
 
 def test_the_count_follows_the_rule_entry_by_entry():
-    """Present pages after a none, a swap entry, a zero page or a non-adjacent frame break; the call's first
-    entry never counts; a large folio's pages follow each other."""
+    """A page breaks when its frame does not follow the frame of the call's previous page: entries without a page
+    (none, swap, the zero page) in between do not break the run; the call's first page never counts; a large
+    folio's pages follow each other."""
     space = gpusim.parse_layout("normal*4 none normal*3 swap normal zero normal folio4 normal*490", "linux-6.18")
-    # normal after none, after swap, after zero: 3 breaks; the folio follows its left neighbour's frame
-    assert breaks(space) == breaks(space, "reference") == frame_breaks(space) == 3
-    row = space.mm.pte[0].tolist()
-    assert call_frame_breaks(row, 0, 512) == 3 and call_frame_breaks(row, 5, 512) == 2  # entry 5 starts the call
-    assert not frame_break(row[0], row[1]) and frame_break(0, row[1])
+    assert breaks(space) == breaks(space, "reference") == frame_breaks(space) == 0
+    size = 1 << space.memory.folio_order.astype(np.int64)
+    real = 10_000 + np.cumsum(size) - size  # each folio's frames right after the one before
+    assert breaks(place_by_frames(space, real)) == 0
+    real[[2, 7]] = [50, 20_000]  # folios 2 and 7 elsewhere: 2 breaks each (into it and out of it)
+    placed = place_by_frames(space, real)
+    assert breaks(placed) == breaks(placed, "reference") == frame_breaks(placed) == 4
+    row = placed.mm.pte[0].tolist()
+    assert call_frame_breaks(row, 0, 512) == 4 and call_frame_breaks(row, 3, 512) == 2  # from entry 3: 7's two
 
 
 def test_frames_in_real_order_get_a_free_frame_between_non_adjacent_ones():

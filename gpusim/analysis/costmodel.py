@@ -127,7 +127,8 @@ class Profile(BaseModel):
             e: {
                 "ns": public.costs[e].ns,
                 "kind": "estimate",
-                "basis": f"not in this profile (written before gpusim counted it); {public.name}: {public.costs[e].basis}",
+                "basis": f"not in this profile (written before gpusim counted it); "
+                f"{public.name}: {public.costs[e].basis}",
             }
             for e in missing
         }

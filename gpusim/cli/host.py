@@ -207,7 +207,12 @@ def capture(
     except OSError as e:  # a missing directory, no right to write there, a directory in the way
         bad_input(f"{out}: cannot write the snapshot: {e.strerror or e}")
     meta = json.loads(table.schema.metadata[b"gpusim.capture"])
+    frames = (
+        "read: its frames keep their physical order"
+        if meta["frames"]
+        else "not readable: map counts unknown, frames taken in address order"
+    )
     typer.echo(
         f"{out}: {len(json.loads(table.schema.metadata[b'gpusim.vmas']))} VMAs, {table.num_rows} pages "
-        f"(frame numbers {'read: its frames keep their physical order' if meta['frames'] else 'not readable: map counts unknown, frames taken in address order'})"
+        f"(frame numbers {frames})"
     )

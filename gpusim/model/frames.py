@@ -29,7 +29,7 @@ from gpusim.base import backend as B
 from gpusim.kernels import pte as P
 from gpusim.kernels.fields import MEMORY_FIELDS, MM_FIELDS
 from gpusim.kernels.flags import FOLIO_FREED
-from gpusim.model.decode import names_page, offsets, with_offsets, without_offsets
+from gpusim.model.decode import maps_frame, names_page, offsets, with_offsets, without_offsets
 from gpusim.model.state import AddressSpace, Memory
 
 FRAME_ORDERS = ("address", "random", "runs:K")
@@ -166,14 +166,13 @@ def place_by_frames(space: AddressSpace, real_first) -> AddressSpace:
     return place_frames(space, order, hole)
 
 
-def frame_breaks(space: AddressSpace, lo: int = 0, hi: int | None = None) -> int:
-    """The ``pte.frame_break`` count of one walk over every column ``[lo, hi)`` of each of the parent's tables
-    (spec section 8): what a fork counts when each table is one call over that range."""
-    pte = B.to_host(space.mm.pte)[:, lo:hi]
-    if pte.shape[1] < 2:
-        return 0
-    present = (pte & np.uint64(P.PAGE_PRESENT)) != 0
-    page = present & ((pte & np.uint64(P.PAGE_SPECIAL)) == 0)
-    pfn = offsets(pte)
-    follows = page[:, :-1] & (pfn[:, :-1] + 1 == pfn[:, 1:])
-    return int((page[:, 1:] & ~follows).sum())
+def frame_breaks(space: AddressSpace) -> int:
+    """The ``pte.frame_break`` count of a walk of each of the parent's tables as one call over all its columns (spec
+    section 8): what a fork counts when no VMA boundary splits a table."""
+    pte = B.to_host(space.mm.pte)
+    n = 0
+    for row in range(pte.shape[0]):
+        v = pte[row]
+        pfn = offsets(v[maps_frame(v)])
+        n += int((pfn[1:] != pfn[:-1] + 1).sum())
+    return n
