@@ -21,6 +21,7 @@ from gpusim.jobs.host.calibrate import (
 from gpusim.jobs.host.measure import FAULT_SLACK, default_cpu, expected_wp_faults, measure, memory_groups, state_checks
 from gpusim.jobs.host.real import RealLayout, Worker, frame_breaks, run_sharing, touch_order
 from gpusim.jobs.host.stats import added_summary, case_verdict, drift, median_diff_interval, overall_verdict
+from gpusim.jobs.host.twin import sim_space
 
 MiB = 1 << 20
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux /proc and fork()")
@@ -66,9 +67,9 @@ def test_writes_after_fork_keep_and_copy_frames_as_simulated(steps):
 
 def test_fit_recovers_a_known_profile_from_noisy_measurements():
     rng = np.random.default_rng(0)
-    X = rng.uniform(0, 1, size=(300, len(GROUPS))) * 1e5  # each group priced at public costs, in ns
-    true = np.array([0.5, 2.0, 1.3, 0.8, 1.5, 3.0, 1.1])
-    y = X @ true * (1 + rng.normal(0, 0.03, size=300))
+    X = rng.uniform(0, 1, size=(600, len(GROUPS))) * 1e5  # each group priced at public costs, in ns
+    true = np.array([0.5, 2.0, 1.3, 0.8, 1.5, 3.0, 1.1, 0.7])
+    y = X @ true * (1 + rng.normal(0, 0.03, size=600))
     s, used = fit_scales(X, y, prior=1e-3)
     assert used.all() and np.allclose(s, true, rtol=0.1)
     y_out = y.copy()
@@ -336,3 +337,29 @@ def test_frame_breaks():
     assert frame_breaks([5, 6, 7, None, 8]) == 1 / 4  # absent pages are passed over
     assert frame_breaks([9, 3, 4, 1]) == 3 / 4
     assert frame_breaks([0, 0, 0]) is None and frame_breaks([None]) is None  # unreadable without root
+
+
+@linux
+@pytest.mark.parametrize("first_touch", ["random", "runs:16", "address"])
+def test_the_twin_takes_the_measuring_process_frames(first_touch):
+    """The measuring process reports its pages' frames (root only); the twin built with them counts the frame
+    breaks the real frames make, table by table, whatever order the pages were first touched in."""
+    L = RealLayout("frames-8MiB", 8 * MiB, fill=0.5, first_touch=first_touch, seed=1)
+    w = Worker(L)
+    try:
+        frames = w.info["frames"]
+    finally:
+        w.close()
+    if frames is None:
+        pytest.skip("frame numbers are not readable here (pagemap shows them to root only)")
+    assert len(frames) == L.pages and sum(f is not None for f in frames) == sum(L.touched())
+    want = 0
+    for t in range(0, L.pages, 512):  # the twin's tables: one call each
+        present = [f for f in frames[t : t + 512] if f is not None]
+        want += sum(b != a + 1 for a, b in zip(present, present[1:]))
+    space, _ = sim_space(L, kernel_variant(), frames=frames)
+    got = gpusim.fork(space, kernel_variant(), backend="cpu").counts["pte.frame_break"]
+    assert got == want
+    if first_touch == "random":
+        assert want > 0.9 * sum(L.touched())
+    assert gpusim.fork(sim_space(L, kernel_variant())[0], kernel_variant()).counts["pte.frame_break"] == 0

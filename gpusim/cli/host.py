@@ -165,7 +165,17 @@ def _latency_table(cases: list[dict], stored: list[dict]) -> Table:
         "predicted by the model fitted in this window, and by the stored profile)",
         title_justify="left",
     )
-    cols = ("layout", "state", "measured (ms)", "interval (ms)", "predicted (ms)", "error", "verdict", "stored")
+    cols = (
+        "layout",
+        "state",
+        "frame breaks",
+        "measured (ms)",
+        "interval (ms)",
+        "predicted (ms)",
+        "error",
+        "verdict",
+        "stored",
+    )
     for col in cols:
         t.add_column(col, justify="left" if col in ("layout", "state", "verdict") else "right")
 
@@ -177,6 +187,7 @@ def _latency_table(cases: list[dict], stored: list[dict]) -> Table:
         t.add_row(
             c["name"],
             c["state"],
+            "n/a" if c.get("frame_breaks") is None else f"{100 * c['frame_breaks']:.0f}%",
             f"{c['measured_ns'] / 1e6:.3f}",
             f"{lo / 1e6:.3f}-{hi / 1e6:.3f}",
             f"{c['predicted_ns'] / 1e6:.3f}",

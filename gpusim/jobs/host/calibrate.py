@@ -66,6 +66,7 @@ GROUPS = {
         "restart.ec",
     ),
     "huge_pmd": ("pmd.share", "pmd.split"),
+    "frame_break": ("pte.frame_break",),
 }
 
 
@@ -92,7 +93,8 @@ def _scattered(pages: int, every: int, first: int = 0) -> list[tuple[int, int]]:
 def calibration_layouts(quick: bool) -> list[RealLayout]:
     """Layouts that separate the fitted groups, each adding several times the bare fork's spread on this VM (a
     few hundred microseconds): dense (per PTE), sparse down to one page per table (per table), many small VMAs
-    (per VMA), THP (per huge PMD), pinned pages in one run and scattered (per early copy)."""
+    (per VMA), THP (per huge PMD), pinned pages in one run and scattered (per early copy), pages first touched in a
+    random order (per frame break: their frames scattered)."""
     if quick:
         return [
             RealLayout("dense-256MiB", 256 * MiB),
@@ -102,6 +104,7 @@ def calibration_layouts(quick: bool) -> list[RealLayout]:
             RealLayout("thp-2048MiB", 2048 * MiB, thp=True),
             RealLayout("pinned-16MiB-all", 16 * MiB, pinned=[(0, 4096)]),
             RealLayout("pinned-64MiB-scattered-1/16", 64 * MiB, pinned=_scattered(16384, 16)),
+            RealLayout("dense-512MiB-random", 512 * MiB, first_touch="random"),
         ]
     return [
         *(RealLayout(f"dense-{s}MiB", s * MiB) for s in (128, 512, 1024, 2048)),
@@ -117,12 +120,15 @@ def calibration_layouts(quick: bool) -> list[RealLayout]:
         RealLayout("pinned-64MiB-all", 64 * MiB, pinned=[(0, 16384)]),
         RealLayout("pinned-128MiB-10pct", 128 * MiB, pinned=[(1000, 3277)]),
         RealLayout("pinned-64MiB-scattered-1/16", 64 * MiB, pinned=_scattered(16384, 16)),
+        RealLayout("dense-1024MiB-random", 1024 * MiB, first_touch="random"),
+        RealLayout("dense-512MiB-runs:16", 512 * MiB, first_touch="runs:16"),
     ]
 
 
 def validation_layouts() -> list[RealLayout]:
     """Layouts not used for fitting, broader than the fit set: sizes between and beyond the fitted ones, other
-    sparsities, partial tables over many VMAs, mixes of dense, sparse and THP VMAs, pins in runs and scattered."""
+    sparsities, partial tables over many VMAs, mixes of dense, sparse and THP VMAs, pins in runs and scattered, frames
+    scattered (pages first touched in a random order, or in shuffled runs)."""
     return [
         RealLayout("dense-384MiB", 384 * MiB),
         RealLayout("dense-3072MiB", 3072 * MiB),
@@ -140,6 +146,10 @@ def validation_layouts() -> list[RealLayout]:
         RealLayout("pinned-128MiB-5pct", 128 * MiB, pinned=[(5000, 1638)]),
         RealLayout("pinned-32MiB-25pct-3vmas", 32 * MiB, vmas=3, pinned=[(100, 1024), (5000, 1024)]),
         RealLayout("pinned-256MiB-scattered-1/64", 256 * MiB, pinned=_scattered(65536, 64, 7)),
+        RealLayout("dense-384MiB-random", 384 * MiB, first_touch="random", seed=1),
+        RealLayout("sparse-512MiB-1/4-random", 512 * MiB, fill=1 / 4, first_touch="random", seed=2),
+        RealLayout("dense-1024MiB-runs:64", 1024 * MiB, first_touch="runs:64", seed=3),
+        RealLayout("dense-1024MiB-random", 1024 * MiB, first_touch="random", seed=4),
     ]
 
 
@@ -152,14 +162,17 @@ def sharing_layouts() -> list[RealLayout]:
     ]
 
 
-def _counts(layout: RealLayout, variant: str, thp_pages: int | None = None, state: str = "fresh") -> dict:
+def _counts(
+    layout: RealLayout, variant: str, thp_pages: int | None = None, state: str = "fresh", frames: list | None = None
+) -> dict:
     """The simulator's counts for a real layout (a bare fork for the empty one) in a measured state: ``fresh``, the
-    fork of the built space, or ``repeated``, the second fork of a chain (the parent after a fork)."""
+    fork of the built space, or ``repeated``, the second fork of a chain (the parent after a fork); with the real
+    process's ``frames``, its twin's frames lie in their order."""
     if layout.pages == 0:
         c = new_counts()
         c["fork.base"] = c["fork.mm"] = 1
         return c
-    space, _ = sim_space(layout, variant, thp_pages)
+    space, _ = sim_space(layout, variant, thp_pages, frames)
     r = api.fork(space, variant, backend="cpu", check=False)
     if state == "repeated":
         r = api.fork(AddressSpace.of_fork(r.parent.mm, r.memory), variant, backend="cpu", check=False)
@@ -246,7 +259,7 @@ def fit(results: list[dict], variant: str, public, noise_limit: float = NOISE_LI
             if not r["checks"][state]:
                 skipped.append({"name": f"{r['name']} ({state})", "refused": {"state": "not confirmed"}})
                 continue
-            c = _counts(L, variant, r["thp_pages"] if L.thp else None, state)
+            c = _counts(L, variant, r["thp_pages"] if L.thp else None, state, r.get("frames"))
             rows.append(design_row(c, base_counts, public))
             y.append(r[state]["added_ns"])
             w.append(min(1.0, noise_limit / max(r[state]["spread"], 1e-9)))
@@ -266,6 +279,7 @@ def measurement_rows(meas: dict) -> list[dict]:
     out = []
     for r in meas["layouts"]:
         row = {"name": r["name"], "layout": asdict(r["layout"]), "thp_pages": r["thp_pages"], "refused": r["refused"]}
+        row["frame_breaks"] = r.get("frame_breaks")  # the fraction of its pages whose frame breaks the run
         if not r["refused"]:
             row.update({state: r[state] for state in STATES}, checks=r["checks"])
         out.append(row)
@@ -550,7 +564,7 @@ def latency_cases(results: list[dict], variant: str, profiles: dict) -> tuple[li
             if not r["checks"][state]:
                 refused[f"{r['name']} ({state})"] = {"state": f"not confirmed: {r['checks']}"}
                 continue
-            c = _counts(r["layout"], variant, r["thp_pages"] if r["layout"].any_thp else None, state)
+            c = _counts(r["layout"], variant, r["thp_pages"] if r["layout"].any_thp else None, state, r.get("frames"))
             m = r[state]
             lo, hi = m["interval_ns"]
             for k, p in profiles.items():
@@ -559,6 +573,8 @@ def latency_cases(results: list[dict], variant: str, profiles: dict) -> tuple[li
                     {
                         "name": r["name"],
                         "state": state,
+                        "first_touch": r["layout"].first_touch,
+                        "frame_breaks": r.get("frame_breaks"),
                         "measured_ns": m["added_ns"],
                         "interval_ns": [lo, hi],
                         "spread": m["spread"],

@@ -355,8 +355,10 @@ def serve() -> None:
         "refused": refused,
         "cpu": None if pinning else first.get("cpu"),
         "cpu_pinning": pinning,
-        "frame_breaks": frame_breaks(_frames(os.getpid(), vmas)) if vmas else None,
     }
+    frames = _frames(os.getpid(), vmas) if vmas else []
+    info["frame_breaks"] = frame_breaks(frames)
+    info["frames"] = frames if info["frame_breaks"] is not None else None  # region order; None: not present
     print(json.dumps(info), flush=True)
     for line in sys.stdin:
         msg = json.loads(line)

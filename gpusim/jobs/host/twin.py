@@ -15,6 +15,7 @@ from gpusim.kernels import pte as P
 from gpusim.kernels.flags import BACKING_ANON, FOLIO_ANON, FOLIO_SWAPBACKED, PAGE_ANON_EXCLUSIVE, VM_DEFAULT_ANON
 from gpusim.model.builder import SpaceBuilder
 from gpusim.model.decode import with_offsets
+from gpusim.model.frames import place_by_frames
 from gpusim.model.state import AddressSpace
 
 
@@ -44,10 +45,14 @@ def thp_extents(layout: RealLayout, touched: np.ndarray, places: list, thp_pages
     return out
 
 
-def sim_space(layout: RealLayout, variant: str, thp_pages: int | None = None) -> tuple[AddressSpace, np.ndarray]:
+def sim_space(
+    layout: RealLayout, variant: str, thp_pages: int | None = None, frames: list | None = None
+) -> tuple[AddressSpace, np.ndarray]:
     """The simulator's address space for ``layout`` (see the module docstring), and the simulated address of each
     page of the region (i64 ``(pages,)``). ``thp_pages``: how many pages the kernel backs by THPs, from
-    ``/proc/self/smaps``."""
+    ``/proc/self/smaps``; ``frames``: the real process's frame number of each page of the region (None where not
+    present), from its pagemap: the twin's frames then lie in their order (:func:`gpusim.model.frames.place_by_frames`),
+    else in address order."""
     touched = np.array(layout.touched(), bool)
     pinned = np.zeros(layout.pages, bool)
     for first, n in layout.pinned:
@@ -75,4 +80,10 @@ def sim_space(layout: RealLayout, variant: str, thp_pages: int | None = None) ->
     sb.add_pins([f for f, (b0, _) in zip(tids.tolist(), ext) if pinned[b0 : b0 + TABLE_PAGES].any()])
     sb.add_pmds([a0 // TABLE_PAGES for _, a0 in ext], with_offsets(P.mk_huge_pmd(0, True, True, True), tfirst))
     space = sb.freeze(has_pinned=bool(layout.pinned))
+    if frames is not None:
+        real = np.array([-1 if f is None else f for f in frames], np.int64)
+        first = np.full(space.memory.nr_folios, -1, np.int64)
+        first[ids] = real[small]
+        first[tids] = real[[b0 for b0, _ in ext]] if ext else first[tids]
+        space = place_by_frames(space, first)
     return space.validate(), b2a
