@@ -13,6 +13,7 @@ from gpusim.kernels.rules import call_frame_breaks
 from gpusim.model.frames import frame_breaks, parse_frame_order, place_by_frames, with_frame_order
 
 DENSE = "normal*2048"
+HASH_BEFORE_FRAME_ORDER = "80432696caed7910"  # sweep_hash of the sweep of the last test, at commit 4fa150e
 
 
 def dense(variant="linux-6.18"):
@@ -121,3 +122,18 @@ def test_a_snapshot_keeps_the_captured_frames_order():
     assert breaks(space) == breaks(space, "reference") == want > 250
     unread = _snapshot_table([0] * 500)  # a capture without root: address order
     assert not frames_known(unread) and breaks(snapshot_space(unread, "linux-6.18")) == 0
+
+
+def test_frame_order_at_its_default_leaves_a_sweep_and_its_points_as_they_were():
+    """A sweep written before frame_order existed keeps its identity (its results directory resumes) and its points
+    their rows; another order is another point."""
+    from gpusim.jobs.sweep.spec import config_hash, load_sweep, sweep_hash
+
+    text = "name: t\nworkload: {kind: anon, size: 4MiB}\n"
+    spec, points = load_sweep("t.yaml", text)
+    spec2, points2 = load_sweep("t.yaml", text.replace("4MiB}", "4MiB, frame_order: address}"))
+    assert sweep_hash(spec) == sweep_hash(spec2) and config_hash(points[0].config) == config_hash(points2[0].config)
+    # the hash of this sweep before the key existed (commit 4fa150e)
+    assert sweep_hash(spec) == HASH_BEFORE_FRAME_ORDER
+    spec3, points3 = load_sweep("t.yaml", text.replace("4MiB}", "4MiB, frame_order: random}"))
+    assert sweep_hash(spec3) != sweep_hash(spec) and config_hash(points3[0].config) != config_hash(points[0].config)

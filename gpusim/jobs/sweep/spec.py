@@ -328,10 +328,24 @@ class Point(BaseModel):
 RUN_KEYS = frozenset({"backend", "profile", "check"})
 
 
+# Keys added to the workload after datasets were written, with the value that means what their absence meant: left
+# out of the hashes at that value, so that a sweep written before keeps its identity and its points their rows.
+LATER_DEFAULTS = {"frame_order": "address"}
+
+
+def _without_later_defaults(d):
+    if isinstance(d, dict):
+        return {k: _without_later_defaults(v) for k, v in d.items() if LATER_DEFAULTS.get(k, d) != v}
+    if isinstance(d, list):
+        return [_without_later_defaults(v) for v in d]
+    return d
+
+
 def config_hash(config: Config, draws: bool = False) -> str:
     """SHA-256 (16 hex digits) of the point's canonical JSON, name and description excluded; with ``draws``, of
     what its random draws depend on (also without :data:`RUN_KEYS`)."""
     d = config.model_dump(mode="json", exclude={"name", "description", "repeat"} | (RUN_KEYS if draws else set()))
+    d = _without_later_defaults(d)
     if d["fork"].get("writes") is None:  # points without a write phase keep the hashes they had before it existed
         d["fork"].pop("writes", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -345,7 +359,7 @@ SWEEP_FREE_KEYS = frozenset({"description", "backend", "repeat"})
 def sweep_hash(spec: SweepFile) -> str:
     """SHA-256 (16 hex digits) of a sweep's canonical JSON less :data:`SWEEP_FREE_KEYS`: with its name, what a
     results directory records as the sweep it belongs to."""
-    d = spec.model_dump(mode="json", exclude=set(SWEEP_FREE_KEYS))
+    d = _without_later_defaults(spec.model_dump(mode="json", exclude=set(SWEEP_FREE_KEYS)))
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
