@@ -96,3 +96,30 @@ def test_unknown_profile_and_bad_profile_files(tmp_path):
     f.write_text(yaml.safe_dump(bad, sort_keys=False))
     with pytest.raises(ProfileError, match=r"p\.yaml:\d+: costs\.pte\.share\.ns"):
         load_profile(str(f))
+
+
+def test_a_profile_written_before_frame_breaks_were_counted_takes_the_public_estimate():
+    p = load_profile("results/host-profile-2vcpu-vm.yaml")
+    public = load_profile("public-xeon-4210r-v6.8")
+    c = p.costs["pte.frame_break"]
+    assert c.kind == "estimate" and c.ns == public.costs["pte.frame_break"].ns and "written before" in c.basis
+    assert public.costs["pte.frame_break"].kind == "estimate"  # the public figure says it is one
+
+
+def test_the_band_scales_the_latency_and_a_profile_without_one_has_none(tmp_path):
+    counts = {e: 0 for e in COST_EVENTS}
+    counts.update({"fork.base": 1, "pte.share": 1000})
+    public = load_profile()
+    out = latency(counts, "linux-6.18", public)
+    assert out["latency_low_ns"] is None and out["latency_high_ns"] is None
+    data = public.model_dump(mode="json")
+    data.update(name="banded", band={"low": -0.1, "high": 0.25, "basis": "test"})
+    path = tmp_path / "banded.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = latency(counts, "linux-6.18", load_profile(str(path)))
+    assert out["latency_low_ns"] == pytest.approx(0.9 * out["latency_ns"])
+    assert out["latency_high_ns"] == pytest.approx(1.25 * out["latency_ns"])
+    for bad in ({"low": 0.1, "high": 0.2}, {"low": -0.1, "high": -0.2}, {"low": -1.5, "high": 0.1}):
+        path.write_text(yaml.safe_dump(dict(data, band={**bad, "basis": "x"})))
+        with pytest.raises(ProfileError, match="band"):
+            load_profile(str(path))

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 import gpusim
 from gpusim.jobs.host.calibrate import (
@@ -200,6 +201,8 @@ def test_calibrate_quick_writes_a_profile_that_becomes_the_default(tmp_path):
         assert prof.write_costs["copy"].kind == "measured" and prof.write_costs["copy"].ns == w["copy_ns"]
         assert w["copy_ns"] > w["reuse_ns"] > w["none_ns"] > 0  # a copy costs more than a reuse, a fault than none
     assert "not measured here" in prof.write_costs["segv"].basis
+    assert prof.band is not None and prof.band.low <= 0 <= prof.band.high and "dense-1024MiB" in prof.band.basis
+    assert "band: " in r.stdout
     out = subprocess.run(
         [sys.executable, "-m", "gpusim.cli", "fork", "--scenario", "A", "--json"],
         capture_output=True,
@@ -363,3 +366,28 @@ def test_the_twin_takes_the_measuring_process_frames(first_touch):
     if first_touch == "random":
         assert want > 0.9 * sum(L.touched())
     assert gpusim.fork(sim_space(L, kernel_variant())[0], kernel_variant()).counts["pte.frame_break"] == 0
+
+
+def test_the_band_check_counts_the_cases_inside_and_records_the_drift_it_saw(tmp_path, monkeypatch):
+    from gpusim.analysis.costmodel import PROFILE_DIR
+    from gpusim.jobs.host.calibrate import band_check
+
+    monkeypatch.setenv("GPUSIM_PROFILE_DIR", str(tmp_path))
+    data = gpusim.load_profile("public-xeon-4210r-v6.8").model_dump(mode="json")
+    data.update(name="host-test", band={"low": -0.1, "high": 0.1, "basis": "calibration window: test"})
+    path = tmp_path / "host-test.yaml"
+    path.write_text("# a header\n" + yaml.safe_dump(data))
+    stored = gpusim.load_profile("host-test")
+    # predicted / measured - 1: the machine now runs 20 % slower than the profile says in two cases of three
+    cases = [{"error": e} for e in (-1 / 6, -1 / 6, 0.0)]
+    bc = band_check(stored, cases, record=False)
+    assert bc["inside"] == 1 and bc["cases"] == 3 and bc["median_error"] == pytest.approx(-1 / 6)
+    assert bc["widened"] == [pytest.approx(-0.1), pytest.approx(0.3)] and bc["recorded"] is None
+    assert gpusim.load_profile("host-test").band.high == 0.1  # not recorded
+    bc = band_check(stored, cases, record=True)
+    again = gpusim.load_profile("host-test")
+    assert bc["recorded"] == str(path) and again.band.high == pytest.approx(0.3) and again.band.low == -0.1
+    assert again.band.checks[0]["inside"] == 1 and path.read_text().startswith("# a header\n")
+    public = gpusim.load_profile("public-xeon-4210r-v6.8")
+    assert band_check(public, cases, record=True)["band"] is None  # no band, and a shipped file is never written
+    assert not any(p.stat().st_mtime > path.stat().st_mtime for p in PROFILE_DIR.glob("*.yaml"))

@@ -10,6 +10,9 @@ The model adds, per fork:
 * ``latency_ns``: ``variant_factor x sum(count[e] x cost[e])`` over every cost event;
 * ``latency_breakdown_ns``: the same sum split by component (:data:`COMPONENTS`: fixed per fork, per VMA, per page
   table, per pass and lock cycle, per PTE, early copies, swap-count continuations, huge PMDs, teardown);
+* ``latency_low_ns`` / ``latency_high_ns``: the profile's band around ``latency_ns`` (:class:`Band`): how far a fork
+  measured on the profile's machine may lie from the model, from the calibration's own spread and the drift that
+  ``gpusim validate`` saw since; None for a profile without one (the public profile: not calibrated on this machine);
 * ``lock_hold_max_ns``: the longest modelled hold of a page table's PTE locks: for each copied table, the cost of
   the events done inside its passes (:func:`held_events`) divided by its passes, the largest over tables. A table
   copied in one pass (no lock break, no restart) holds the locks for all of it; with several passes the model
@@ -101,6 +104,18 @@ class Anchor(BaseModel):
     tolerance: float = 0.02
 
 
+class Band(BaseModel):
+    """A profile's uncertainty: a fork measured on its machine lies within ``latency x (1 + low)`` and
+    ``latency x (1 + high)`` as far as the profile's measurements tell (``basis``); ``checks``: what
+    ``gpusim validate`` saw of the profile since (each widens the band to cover it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    low: float = Field(le=0, gt=-1)
+    high: float = Field(ge=0)
+    basis: str
+    checks: list[dict] = []
+
+
 class Profile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -110,6 +125,7 @@ class Profile(BaseModel):
     write_costs: dict[str, EventCost] = {}  # the write phase's events (spec 11.5); a profile may have none
     variant_factors: dict[str, EventCost] = {}
     anchors: list[Anchor] = []
+    band: Band | None = None  # host profiles: the uncertainty of their predictions (calibrated ones)
     fit: dict = {}  # host profiles: the fit's groups, scales and residuals
     measurements: list[dict] = []  # host profiles: the real forks the fit used
 
@@ -183,12 +199,10 @@ def _load(path: str, mtime: float) -> Profile:
     return load_yaml_model(path, Profile)
 
 
-def load_profile(name_or_path: str | os.PathLike | Profile | None = None) -> Profile:
-    """A profile by name (``gpusim/analysis/profiles/NAME.yaml``, or a host profile's name in :func:`host_profile_dir`)
-    or by path; None means the newest host profile when one exists, else the public one. Unknown names and invalid files
-    raise :class:`ProfileError` with a message naming the file, line and key."""
-    if isinstance(name_or_path, Profile):
-        return name_or_path
+def profile_path(name_or_path: str | os.PathLike | None = None) -> Path:
+    """The file of a profile by name (``gpusim/analysis/profiles/NAME.yaml``, or a host profile's name in
+    :func:`host_profile_dir`) or by path; None means the newest host profile when one exists, else the public one.
+    Unknown names raise :class:`ProfileError`."""
     if name_or_path is None:
         newest = newest_host_profile()
         name_or_path = str(newest) if newest else DEFAULT_PROFILE
@@ -208,6 +222,15 @@ def load_profile(name_or_path: str | os.PathLike | Profile | None = None) -> Pro
                 f"unknown cost profile '{text}' (shipped: {', '.join(profile_names())}; "
                 f"or give the path of a profile file)"
             )
+    return path
+
+
+def load_profile(name_or_path: str | os.PathLike | Profile | None = None) -> Profile:
+    """A profile by name or path (:func:`profile_path`). Unknown names and invalid files raise
+    :class:`ProfileError` with a message naming the file, line and key."""
+    if isinstance(name_or_path, Profile):
+        return name_or_path
+    path = profile_path(name_or_path)
     try:
         return _load(str(path.resolve()), path.stat().st_mtime)
     except (ValidationError, ValueError) as e:
@@ -223,8 +246,9 @@ def held_events(variant: str) -> tuple[str, ...]:
 
 
 def latency(counts: dict[str, int], variant: str, profile: Profile, table_stats=None) -> dict:
-    """``latency_ns``, ``latency_breakdown_ns`` (by component), ``lock_hold_max_ns`` (None without per-table
-    statistics) and ``profile`` for one fork's counts."""
+    """``latency_ns`` with the profile's band (``latency_low_ns``, ``latency_high_ns``), ``latency_breakdown_ns``
+    (by component), ``lock_hold_max_ns`` (None without per-table statistics) and ``profile`` for one fork's
+    counts."""
     f = profile.factor(variant)
     breakdown = {
         comp: f * sum(counts.get(e, 0) * profile.costs[e].ns for e in events) for comp, events in COMPONENTS.items()
@@ -232,8 +256,12 @@ def latency(counts: dict[str, int], variant: str, profile: Profile, table_stats=
     hold = None
     if table_stats is not None:
         hold = lock_hold_max_ns(table_stats, variant, profile)
+    total = sum(breakdown.values())
+    band = profile.band
     return {
-        "latency_ns": sum(breakdown.values()),
+        "latency_ns": total,
+        "latency_low_ns": None if band is None else total * (1 + band.low),
+        "latency_high_ns": None if band is None else total * (1 + band.high),
         "latency_breakdown_ns": breakdown,
         "lock_hold_max_ns": hold,
         "profile": profile.name,

@@ -203,8 +203,13 @@ def fork_and_model(spec, what: str, options: ForkOptions, profile):
 
 def print_latency(lat: dict) -> None:
     """The modelled latency line of ``gpusim fork``'s summary."""
+    band = (
+        "no band: the profile was not calibrated on this machine"
+        if lat["latency_low_ns"] is None
+        else f"band {lat['latency_low_ns'] / 1e6:.3f}-{lat['latency_high_ns'] / 1e6:.3f} ms"
+    )
     Console(highlight=False).print(
-        f"modelled latency {lat['latency_ns'] / 1e6:.3f} ms (profile {lat['profile']}); longest PTE-lock hold "
+        f"modelled latency {lat['latency_ns'] / 1e6:.3f} ms ({band}; profile {lat['profile']}); longest PTE-lock hold "
         f"{lat['lock_hold_max_ns'] / 1e3:.1f} us; "
         + ", ".join(f"{k} {v / 1e6:.3f}" for k, v in lat["latency_breakdown_ns"].items() if v)
         + " ms",

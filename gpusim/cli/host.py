@@ -53,6 +53,8 @@ def calibrate(
         )
     )
     typer.echo(_stability_line(fit["stability"]))
+    band = result["profile"]["band"]
+    typer.echo(f"band: {100 * band['low']:+.1f}%..{100 * band['high']:+.1f}% around each prediction ({band['basis']})")
     w = fit["writes"]
     typer.echo(
         f"write costs ({w['pages']} pages, {w['rounds']} rounds): copy fault {w['copy_ns'] / 1e3:.2f} us, reuse fault "
@@ -97,9 +99,15 @@ def validate(
         False, "--quick", help="Fit on the quick calibration layouts; held-out layouts up to 512 MiB only."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    record: bool = typer.Option(
+        True,
+        "--record/--no-record",
+        help="Keep the band check in the stored host profile, its band widened to cover the drift seen now.",
+    ),
 ) -> None:
     """Compare the simulator with this kernel: page sharing after a real fork, and latency on held-out layouts in
-    the fresh and the repeated state, each case with its interval and a verdict (pass, fail, too noisy)."""
+    the fresh and the repeated state, each case with its interval and a verdict (pass, fail, too noisy); say how
+    the stored profile's band holds now."""
     from gpusim.jobs.host.calibrate import validate as run_validate
 
     try:
@@ -109,7 +117,9 @@ def validate(
     except ValueError as e:
         bad_input(str(e))
     console = Console(stderr=True, highlight=False)
-    rep = run_validate(profile, progress=None if as_json else _round_progress(console), rounds=rounds, quick=quick)
+    rep = run_validate(
+        profile, progress=None if as_json else _round_progress(console), rounds=rounds, quick=quick, record=record
+    )
     if as_json:
         typer.echo(json.dumps(rep))
         return
@@ -122,10 +132,26 @@ def validate(
         f"{_errors_line(lat)}; latency verdict: {lat['verdict']}"
     )
     typer.echo(f"stored profile {st['profile']} (its own window): {_errors_line(st)}")
+    typer.echo(_band_line(st["band_check"]))
     typer.echo(_stability_line(lat["stability"]))
     for name, why in rep["refused"].items():
         typer.echo(f"skipped {name}: {why}")
     typer.echo(f"verdict: {rep['verdict']}")
+
+
+def _band_line(bc: dict) -> str:
+    """What the held-out cases say of the stored profile's band."""
+    if bc["band"] is None:
+        return f"stored profile {bc['profile']}: no band (not calibrated on this machine)"
+    lo, hi = bc["band"]
+    line = (
+        f"its band {100 * lo:+.1f}%..{100 * hi:+.1f}% holds {bc['inside']} of {bc['cases']} held-out cases; "
+        f"median error now {100 * bc['median_error']:+.1f}%"
+    )
+    if bc["recorded"]:
+        w = bc["widened"]
+        line += f"; band now {100 * w[0]:+.1f}%..{100 * w[1]:+.1f}% (recorded in {bc['recorded']})"
+    return line
 
 
 def print_page_checks(rep: dict) -> None:

@@ -37,7 +37,15 @@ import scipy.optimize
 import yaml
 
 from gpusim import api
-from gpusim.analysis.costmodel import Profile, host_profile_dir, latency, load_profile, write_latency
+from gpusim.analysis.costmodel import (
+    PROFILE_DIR,
+    Profile,
+    host_profile_dir,
+    latency,
+    load_profile,
+    profile_path,
+    write_latency,
+)
 from gpusim.base.machine import cpu_description, cpu_model
 from gpusim.jobs.host.measure import FAULT_SLACK, STATES, measure
 from gpusim.jobs.host.real import RealLayout, run_sharing, run_write_frames, run_write_timings
@@ -311,6 +319,7 @@ def calibrate(quick: bool = False, out: str | None = None, rounds: int | None = 
             }
         ],
         "costs": fitted_costs(public, f["scales"], f["used"], bare_ns),
+        "band": calibration_band(meas["layouts"], meas["stability"], f["residuals"]),
         "write_costs": host_write_costs(public, writes),
         "variant_factors": {},
         "fit": {
@@ -336,6 +345,45 @@ def calibrate(quick: bool = False, out: str | None = None, rounds: int | None = 
     )
     load_profile(str(path))  # it must load back
     return {"path": str(path), "profile": profile, "fit": profile["fit"]}
+
+
+# The layout whose spread across rounds (with the bare fork's) sets a host profile's band: in both calibration sets.
+REFERENCE_LAYOUT = "dense-1024MiB"
+
+
+def calibration_band(results: list[dict], stability: dict, residuals: list[dict]) -> dict:
+    """A host profile's band (:class:`gpusim.analysis.costmodel.Band`): how far a fork measured in the calibration's
+    window lay from the model. The machine's part: the reference layout's added time, round by round, against its
+    median (5th to 95th percentile) and its drift (second half of the rounds against the first), and the bare
+    fork's quartiles and drift (small forks are mostly the bare fork). The model's part: the fit's residuals (a
+    residual ``e`` is ``fitted / measured - 1``: the real fork is ``1 / (1 + e)`` of the model's). The two multiply."""
+    lo, hi, parts = 0.0, 0.0, []
+    ref = next((r for r in results if r["name"] == REFERENCE_LAYOUT and not r["refused"]), None)
+    if ref is not None and ref["fresh"]["added_ns"] > 0:
+        m = ref["fresh"]
+        rel = (np.asarray(ref["samples"]["fresh_ns"], float) - m["base_median_ns"]) / m["added_ns"] - 1
+        d = abs(m["drift"])
+        lo, hi = min(float(np.percentile(rel, 5)), -d), max(float(np.percentile(rel, 95)), d)
+        parts.append(f"{REFERENCE_LAYOUT}: rounds {100 * lo:+.1f}%..{100 * hi:+.1f}% (drift {100 * d:.1f}%)")
+    bare = stability.get("bare_fresh_ns")
+    if bare and bare[1] > 0:
+        d = abs(stability.get("bare_fresh_drift", 0.0))
+        blo, bhi = min(bare[0] / bare[1] - 1, -d), max(bare[2] / bare[1] - 1, d)
+        lo, hi = min(lo, blo), max(hi, bhi)
+        parts.append(f"bare fork: quartiles {100 * blo:+.1f}%..{100 * bhi:+.1f}%")
+    errors = [r["error"] for r in residuals if r["error"] is not None and r["error"] > -1]
+    mlo = mhi = 0.0
+    if errors:
+        mlo = min(0.0, 1 / (1 + float(np.percentile(errors, 95))) - 1)
+        mhi = max(0.0, 1 / (1 + float(np.percentile(errors, 5))) - 1)
+        parts.append(f"fit residuals (5th-95th percentile): {100 * mlo:+.1f}%..{100 * mhi:+.1f}%")
+    low, high = (1 + lo) * (1 + mlo) - 1, (1 + hi) * (1 + mhi) - 1
+    return {
+        "low": round(max(low, -0.99), 4),
+        "high": round(high, 4),
+        "basis": "calibration window: " + "; ".join(parts) if parts else "no measurement to take a band from",
+        "checks": [],
+    }
 
 
 WRITE_COST_LAYOUT = RealLayout("write-costs-32MiB", 32 * MiB)
@@ -598,6 +646,50 @@ def _summary(cases: list[dict]) -> dict:
     }
 
 
+def band_check(stored: Profile, cases: list[dict], record: bool) -> dict:
+    """What the held-out cases measured now say of the stored profile's band: how many lie inside it, and the
+    stored profile's median error (its predictions against this window: the machine's drift since it was
+    calibrated, with the model's error). With ``record`` and a host profile's file, the check is kept in the
+    profile's band, widened to cover that drift: the band shifted by it, joined with the band it had."""
+    errors = [c["error"] for c in cases if c["error"] is not None and c["error"] > -1]
+    out = {"profile": stored.name, "band": None, "inside": 0, "cases": len(errors), "median_error": None}
+    out["recorded"] = None
+    if not errors:
+        return out
+    med = float(np.median(errors))
+    out["median_error"] = med
+    if stored.band is None:
+        return out
+    b = stored.band
+    out["band"] = [b.low, b.high]
+    out["inside"] = sum(1 + b.low <= 1 / (1 + e) <= 1 + b.high for e in errors)  # measured / predicted in the band
+    shift = 1 / (1 + med) - 1
+    low, high = min(b.low, b.low + shift), max(b.high, b.high + shift)
+    out["widened"] = [round(max(low, -0.99), 4), round(high, 4)]
+    path = profile_path(stored.name)
+    if record and path.parent.resolve() != PROFILE_DIR.resolve():
+        now = datetime.datetime.now(datetime.timezone.utc)
+        check = {
+            "date": f"{now:%Y-%m-%dT%H:%M:%SZ}",
+            "cases": len(errors),
+            "inside": out["inside"],
+            "median_error": round(med, 4),
+        }
+        text = path.read_text()
+        header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+        data = yaml.safe_load(text)
+        data["band"] = {
+            "low": out["widened"][0],
+            "high": out["widened"][1],
+            "basis": b.basis,
+            "checks": [*b.checks, check],
+        }
+        path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=120))
+        load_profile(str(path))  # it must load back
+        out["recorded"] = str(path)
+    return out
+
+
 def window_profile(results: list[dict], variant: str, public, bare_ns: float) -> tuple[Profile, dict]:
     """A profile fitted (:func:`fit`) on layouts measured in the validation's own window."""
     f = fit(results, variant, public)
@@ -609,9 +701,12 @@ def window_profile(results: list[dict], variant: str, public, bare_ns: float) ->
     return prof, f
 
 
-def validate(profile=None, progress=None, rounds: int = 21, quick: bool = False, fit_set=None, held_out=None) -> dict:
+def validate(
+    profile=None, progress=None, rounds: int = 21, quick: bool = False, fit_set=None, held_out=None, record: bool = True
+) -> dict:
     """The validation report (see the module docstring); the shape of ``gpusim validate --json``. ``quick``: the
-    quick calibration layouts and the held-out layouts up to 512 MiB; ``fit_set`` and ``held_out`` replace them."""
+    quick calibration layouts and the held-out layouts up to 512 MiB; ``fit_set`` and ``held_out`` replace them.
+    ``record``: keep the band check in the stored host profile (:func:`band_check`)."""
     stored = load_profile(profile)
     public = load_profile("public-xeon-4210r-v6.8")
     variant = kernel_variant()
@@ -648,7 +743,11 @@ def validate(profile=None, progress=None, rounds: int = 21, quick: bool = False,
                 },
                 "stability": meas["stability"],
             },
-            "stored_profile": {"profile": stored.name, **_summary(cases["stored"])},
+            "stored_profile": {
+                "profile": stored.name,
+                **_summary(cases["stored"]),
+                "band_check": band_check(stored, cases["stored"], record),
+            },
             "refused": refused,
         }
     )

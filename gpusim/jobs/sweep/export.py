@@ -3,7 +3,8 @@
 One tidy row per (point, repetition, fork of the chain). Columns: the point's config flattened to dotted names
 (``workload.size``, ``fork.variant``, ...; lists as JSON), the row key (``config_hash``, ``repetition``,
 ``fork_index``), ``seed``, ``outcome`` and ``error``, ``backend`` and ``device``, ``nr_ptes``, wall times, PTEs/s,
-bytes/PTE, ``latency_ns``, ``lock_hold_max_ns``, ``latency.<component>_ns``, ``count.<event>`` for every count,
+bytes/PTE, ``latency_ns`` with its band (``latency_low_ns``, ``latency_high_ns``: null for a profile without one),
+``lock_hold_max_ns``, ``latency.<component>_ns``, ``count.<event>`` for every count,
 ``child_rss.<counter>``, invariant status, oops / ENOMEM details and the state digest. The dataset is partitioned
 by ``variant`` (hive layout, explicit partitioning schema). Metadata keys start with ``gpusim.``.
 """
@@ -33,7 +34,7 @@ from gpusim.kernels.flags import COUNT_NAMES, RSS_NAMES
 
 # 2: host_tables; 3: non-data files prefixed with "_" (_common_metadata, _manifest.jsonl); 4: the write phase's
 # columns (older files read them as null); 5: host_tables named python_tables (the tables the Python loop copied)
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"
 # columns an older schema wrote under another name: read under the new one (a dataset resumed across versions
 # holds both; each row takes the name its file has)
 RENAMED_COLUMNS = {"host_tables": "python_tables"}
@@ -61,6 +62,8 @@ def _fixed_fields() -> list[pa.Field]:
         ("ptes_per_s", f64),
         ("bytes_per_pte", f64),
         ("latency_ns", f64),
+        ("latency_low_ns", f64),
+        ("latency_high_ns", f64),
         ("lock_hold_max_ns", f64),
     ]
     fields += [(f"latency.{c}_ns", f64) for c in COMPONENTS]

@@ -174,6 +174,8 @@ def fork_row(base: dict, seq: int, gen: int, r, build_s: float, variant: str, pr
         ptes_per_s=r.nr_ptes / r.engine_wall_s if r.engine_wall_s > 0 else None,
         bytes_per_pte=r.bytes_per_pte(),
         latency_ns=lat["latency_ns"],
+        latency_low_ns=lat["latency_low_ns"],
+        latency_high_ns=lat["latency_high_ns"],
         lock_hold_max_ns=lat["lock_hold_max_ns"],
         invariants_ok=r.invariants.ok,
         invariants_checked=r.invariants.checked,
