@@ -248,18 +248,23 @@ def maps_page(v):
 @jitable
 def call_frame_breaks(row, lo, hi):
     """The ``pte.frame_break`` events of one ``copy_pte_range`` call over columns ``[lo, hi)`` of a parent table's
-    entries ``row``: the entries that map a page (:func:`maps_page`) whose frame is not the one after the frame of
-    the call's previous entry that maps a page (its first such entry is not counted). The kernel's per-PTE work
-    touches each page's ``struct page``: frames in the walk's order stream those accesses, scattered frames miss the
-    cache (spec 8). Counted on the parent's entries as the call starts (a call changes their protection, never
-    their frames)."""
+    entries ``row``. Of the entries that map a page (:func:`maps_page`), in the walk's order, one *breaks the
+    stream* when its frame is not the one after the previous such entry's (the call's first never does); an event
+    is an entry that breaks the stream or comes right after one that did: the kernel's per-PTE work touches each
+    page's ``struct page``, which streams from memory while the frames follow each other, and costs a cache miss at
+    a break and at the access after it, before the prefetcher follows the new run (spec 8; the rule that fitted
+    this machine's forks best, ``results/BENCHMARKS.md``). Counted on the parent's entries as the call starts (a
+    call changes their protection, never their frames)."""
     n = 0
     last = -1
+    broke = False
     for j in range(lo, hi):
         v = row[j]
         if maps_page(v):
             pfn = np.int64(pte_pfn(v))
-            if last >= 0 and pfn != last + 1:
+            brk = last >= 0 and pfn != last + 1
+            if brk or broke:
                 n += 1
+            broke = brk
             last = pfn
     return n

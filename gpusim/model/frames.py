@@ -174,5 +174,6 @@ def frame_breaks(space: AddressSpace) -> int:
     for row in range(pte.shape[0]):
         v = pte[row]
         pfn = offsets(v[maps_frame(v)])
-        n += int((pfn[1:] != pfn[:-1] + 1).sum())
+        brk = np.concatenate([[False], pfn[1:] != pfn[:-1] + 1])
+        n += int((brk | np.concatenate([[False], brk[:-1]])).sum())  # a break, or the page after one
     return n
