@@ -39,6 +39,7 @@ import yaml
 from gpusim import api
 from gpusim.analysis.costmodel import (
     PROFILE_DIR,
+    WARM_FREE,
     Profile,
     host_profile_dir,
     latency,
@@ -101,8 +102,9 @@ def _scattered(pages: int, every: int, first: int = 0) -> list[tuple[int, int]]:
 def calibration_layouts(quick: bool) -> list[RealLayout]:
     """Layouts that separate the fitted groups, each adding several times the bare fork's spread on this VM (a
     few hundred microseconds): dense (per PTE), sparse down to one page per table (per table), many small VMAs
-    (per VMA), THP (per huge PMD), pinned pages in one run and scattered (per early copy), pages first touched in a
-    random order (per frame break: their frames scattered)."""
+    (per VMA), THP (per huge PMD), pinned pages in one run and scattered (per early copy), and per frame break the
+    same buffer first touched in a random order (frames scattered) and in shuffled runs of 512 pages (frames mostly
+    in order: on a machine up for a while, first touch in address order does not give frames in order)."""
     if quick:
         return [
             RealLayout("dense-256MiB", 256 * MiB),
@@ -113,6 +115,7 @@ def calibration_layouts(quick: bool) -> list[RealLayout]:
             RealLayout("pinned-16MiB-all", 16 * MiB, pinned=[(0, 4096)]),
             RealLayout("pinned-64MiB-scattered-1/16", 64 * MiB, pinned=_scattered(16384, 16)),
             RealLayout("dense-512MiB-random", 512 * MiB, first_touch="random"),
+            RealLayout("dense-512MiB-runs:512", 512 * MiB, first_touch="runs:512"),
         ]
     return [
         *(RealLayout(f"dense-{s}MiB", s * MiB) for s in (128, 512, 1024, 2048)),
@@ -129,6 +132,7 @@ def calibration_layouts(quick: bool) -> list[RealLayout]:
         RealLayout("pinned-128MiB-10pct", 128 * MiB, pinned=[(1000, 3277)]),
         RealLayout("pinned-64MiB-scattered-1/16", 64 * MiB, pinned=_scattered(16384, 16)),
         RealLayout("dense-1024MiB-random", 1024 * MiB, first_touch="random"),
+        RealLayout("dense-1024MiB-runs:512", 1024 * MiB, first_touch="runs:512"),
         RealLayout("dense-512MiB-runs:16", 512 * MiB, first_touch="runs:16"),
     ]
 
@@ -187,10 +191,14 @@ def _counts(
     return r.counts
 
 
-def design_row(counts: dict, base_counts: dict, public) -> np.ndarray:
-    """One row of the fit: per group, the layout's added events priced at the public profile's costs."""
+def design_row(counts: dict, base_counts: dict, public, warm: bool = False) -> np.ndarray:
+    """One row of the fit: per group, the layout's added events priced at the public profile's costs; a ``warm``
+    fork (the repeated state) charges none of :data:`gpusim.analysis.costmodel.WARM_FREE`."""
     return np.array(
-        [sum((counts[e] - base_counts[e]) * public.costs[e].ns for e in events) for events in GROUPS.values()]
+        [
+            sum((counts[e] - base_counts[e]) * public.costs[e].ns for e in events if not (warm and e in WARM_FREE))
+            for events in GROUPS.values()
+        ]
     )
 
 
@@ -268,7 +276,7 @@ def fit(results: list[dict], variant: str, public, noise_limit: float = NOISE_LI
                 skipped.append({"name": f"{r['name']} ({state})", "refused": {"state": "not confirmed"}})
                 continue
             c = _counts(L, variant, r["thp_pages"] if L.thp else None, state, r.get("frames"))
-            rows.append(design_row(c, base_counts, public))
+            rows.append(design_row(c, base_counts, public, warm=state == "repeated"))
             y.append(r[state]["added_ns"])
             w.append(min(1.0, noise_limit / max(r[state]["spread"], 1e-9)))
             names.append((r["name"], state))
@@ -616,7 +624,7 @@ def latency_cases(results: list[dict], variant: str, profiles: dict) -> tuple[li
             m = r[state]
             lo, hi = m["interval_ns"]
             for k, p in profiles.items():
-                predicted = latency(c, variant, p)["latency_ns"] - base_pred[k]
+                predicted = latency(c, variant, p, warm=state == "repeated")["latency_ns"] - base_pred[k]
                 out[k].append(
                     {
                         "name": r["name"],

@@ -160,7 +160,7 @@ def run_streamed(point: Point, space, per_chunk: int, base: dict, build_s: float
 
 
 def fork_row(base: dict, seq: int, gen: int, r, build_s: float, variant: str, profile) -> dict:
-    lat = latency(r.counts, variant, profile, r.table_stats)
+    lat = latency(r.counts, variant, profile, r.table_stats, warm=seq > 0)  # after a fork of its pages
     row = dict(
         base,
         fork_index=seq,
