@@ -123,3 +123,22 @@ def test_the_band_scales_the_latency_and_a_profile_without_one_has_none(tmp_path
         path.write_text(yaml.safe_dump(dict(data, band={**bad, "basis": "x"})))
         with pytest.raises(ProfileError, match="band"):
             load_profile(str(path))
+
+
+def test_a_warm_fork_is_spared_the_frame_breaks_whose_struct_pages_fit_the_cache(tmp_path):
+    from gpusim.analysis.costmodel import STRUCT_PAGE_BYTES, warm_credit
+
+    counts = {e: 0 for e in COST_EVENTS}
+    counts.update({"fork.base": 1, "pte.share": 1000, "pte.frame_break": 1000, "shared": 1000})
+    public = load_profile()
+    assert latency(counts, "linux-6.18", public, warm=True) == latency(counts, "linux-6.18", public)  # no cache
+    data = public.model_dump(mode="json")
+    data.update(name="cached", warm_cache_bytes=4 * STRUCT_PAGE_BYTES * 1000)
+    path = tmp_path / "cached.yaml"
+    path.write_text(yaml.safe_dump(data))
+    p = load_profile(str(path))
+    cold, warm = latency(counts, "linux-6.18", p), latency(counts, "linux-6.18", p, warm=True)
+    assert warm_credit(counts, p.warm_cache_bytes) == 0.75  # a quarter of the cache's share
+    assert cold["latency_ns"] - warm["latency_ns"] == pytest.approx(0.75 * 1000 * p.costs["pte.frame_break"].ns)
+    big = dict(counts, shared=10_000)  # struct pages past the cache: no credit
+    assert latency(big, "linux-6.18", p, warm=True)["latency_ns"] == latency(big, "linux-6.18", p)["latency_ns"]

@@ -19,11 +19,14 @@ The model adds, per fork:
   spreads the table's work evenly over them (the events are counted per table, not per pass).
 
 A *warm* fork comes right after another fork over the same pages (the later forks of ``fork.chain``, a child that
-forks in turn; calibration's repeated state): the ``struct page`` of each page it walks was just touched and is still
-in cache, so a break in the order of the frames costs no miss (:data:`WARM_FREE` are charged nothing). Measured on
-this project's VM (``results/BENCHMARKS.md``): a 512 MiB buffer with scattered frames adds about 38 ns a frame-break
-event to a fork from cold, about 13 ns right after a fork. The model does not weigh the space against the cache size:
-a warm fork of a space whose struct pages do not fit the cache is undercharged.
+forks in turn; calibration's repeated state): the ``struct page`` of each page it walks was just touched, and those
+that are still in cache cost no miss at a break in the order of the frames. The model credits a warm fork with
+``max(0, 1 - S / C)`` of the cost of :data:`WARM_FREE`, ``S`` the struct pages of the pages it shares (64 bytes each)
+and ``C`` the profile's ``warm_cache_bytes`` (a host profile: half the machine's last-level cache, the share a fork's
+struct pages keep against its page tables and everything else on a shared cache); a profile without it (the public
+one) credits nothing. Measured on this project's VM (``results/BENCHMARKS.md``): a frame-break event adds about 38 ns
+to a fork from cold; right after a fork, about 13 ns for 512 MiB of scattered frames (8 MiB of struct pages), 15 ns
+for 384 MiB and the full 38 ns for 1 GiB (16 MiB: past the cache).
 
 What it simplifies otherwise: costs are per event, independent of cache state (but for warm forks), NUMA placement,
 memory size and contention; the per-variant factor is one number for the whole fork.
@@ -66,9 +69,18 @@ COMPONENTS = {
 assert sorted(e for v in COMPONENTS.values() for e in v) == sorted(COST_EVENTS)
 
 
-# Events a warm fork (see the module docstring) is not charged for: their cost is a cache miss the fork before made
-# a hit.
+# Events a warm fork (see the module docstring) is charged less for: their cost is a cache miss the fork before may
+# have made a hit.
 WARM_FREE = ("pte.frame_break",)
+STRUCT_PAGE_BYTES = 64  # sizeof(struct page) on x86-64
+
+
+def warm_credit(counts: dict, cache_bytes: float | None) -> float:
+    """The share of :data:`WARM_FREE`'s cost a warm fork with ``counts`` is spared (module docstring)."""
+    if not cache_bytes:
+        return 0.0
+    return max(0.0, 1.0 - STRUCT_PAGE_BYTES * counts.get("shared", 0) / cache_bytes)
+
 
 # Cost events counted since some profiles were written: a profile without one of them (a host profile calibrated
 # before) takes the shipped public profile's figure for it, labelled as an estimate that says so.
@@ -137,6 +149,7 @@ class Profile(BaseModel):
     variant_factors: dict[str, EventCost] = {}
     anchors: list[Anchor] = []
     band: Band | None = None  # host profiles: the uncertainty of their predictions (calibrated ones)
+    warm_cache_bytes: float | None = Field(None, gt=0)  # host profiles: the cache a warm fork finds (module docstring)
     fit: dict = {}  # host profiles: the fit's groups, scales and residuals
     measurements: list[dict] = []  # host profiles: the real forks the fit used
 
@@ -261,14 +274,12 @@ def latency(counts: dict[str, int], variant: str, profile: Profile, table_stats=
     (by component), ``lock_hold_max_ns`` (None without per-table statistics) and ``profile`` for one fork's
     counts; ``warm``: the fork comes right after another over the same pages (module docstring)."""
     f = profile.factor(variant)
-    free = WARM_FREE if warm else ()
-    breakdown = {
-        comp: f * sum(counts.get(e, 0) * profile.costs[e].ns for e in events if e not in free)
-        for comp, events in COMPONENTS.items()
-    }
+    spared = warm_credit(counts, profile.warm_cache_bytes) if warm else 0.0
+    cost = {e: c.ns * (1 - spared if e in WARM_FREE else 1) for e, c in profile.costs.items()}
+    breakdown = {comp: f * sum(counts.get(e, 0) * cost[e] for e in events) for comp, events in COMPONENTS.items()}
     hold = None
     if table_stats is not None:
-        hold = lock_hold_max_ns(table_stats, variant, profile, free)
+        hold = lock_hold_max_ns(table_stats, variant, cost, profile.factor(variant))
     total = sum(breakdown.values())
     band = profile.band
     return {
@@ -292,12 +303,12 @@ def write_latency(counts: dict[str, dict[str, int]], profile: Profile) -> dict:
     return {"latency_ns": total, "latency_breakdown_ns": breakdown, "profile": profile.name}
 
 
-def lock_hold_max_ns(table_stats, variant: str, profile: Profile, free: tuple = ()) -> float:
-    """The longest modelled PTE-lock hold over the fork's tables (see the module docstring), ``free`` events charged
-    nothing; 0 without tables."""
+def lock_hold_max_ns(table_stats, variant: str, cost: dict, factor: float = 1.0) -> float:
+    """The longest modelled PTE-lock hold over the fork's tables (see the module docstring), each event at ``cost``
+    (ns by event); 0 without tables."""
     if len(table_stats.table) == 0:
         return 0.0
-    held = set(held_events(variant)) - set(free)
-    cost = np.array([profile.costs[e].ns if e in held else 0.0 for e in TABLE_EVENTS])
-    per_table = table_stats.events @ cost / np.maximum(table_stats.passes, 1)
-    return float(per_table.max()) * profile.factor(variant)
+    held = set(held_events(variant))
+    per_event = np.array([cost[e] if e in held else 0.0 for e in TABLE_EVENTS])
+    per_table = table_stats.events @ per_event / np.maximum(table_stats.passes, 1)
+    return float(per_table.max()) * factor

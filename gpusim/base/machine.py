@@ -25,6 +25,27 @@ def cpu_description() -> str:
     return f"{cpu_model()}, {os.cpu_count()} cpus"
 
 
+def last_level_cache_bytes() -> int | None:
+    """The size of the largest CPU cache this machine reports (``/sys/devices/system/cpu/cpu0/cache``), or None."""
+    best = None
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return None
+    for name in names:
+        try:
+            text = open(os.path.join(root, name, "size")).read().strip()
+        except OSError:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            size = int(digits) * unit
+            best = size if best is None else max(best, size)
+    return best
+
+
 def _read_int(path: str, prefix: str = "", scale: int = 1) -> int | None:
     """The number on the line of ``path`` that starts with ``prefix`` (the whole file without one), or None."""
     try:

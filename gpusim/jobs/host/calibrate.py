@@ -45,9 +45,10 @@ from gpusim.analysis.costmodel import (
     latency,
     load_profile,
     profile_path,
+    warm_credit,
     write_latency,
 )
-from gpusim.base.machine import cpu_description, cpu_model
+from gpusim.base.machine import cpu_description, cpu_model, last_level_cache_bytes
 from gpusim.jobs.host.measure import FAULT_SLACK, STATES, measure
 from gpusim.jobs.host.real import RealLayout, run_sharing, run_write_frames, run_write_timings
 from gpusim.jobs.host.stats import NOISE_LIMIT, case_verdict, overall_verdict
@@ -191,15 +192,26 @@ def _counts(
     return r.counts
 
 
-def design_row(counts: dict, base_counts: dict, public, warm: bool = False) -> np.ndarray:
-    """One row of the fit: per group, the layout's added events priced at the public profile's costs; a ``warm``
-    fork (the repeated state) charges none of :data:`gpusim.analysis.costmodel.WARM_FREE`."""
+def design_row(counts: dict, base_counts: dict, public, spared: float = 0.0) -> np.ndarray:
+    """One row of the fit: per group, the layout's added events priced at the public profile's costs; a warm fork
+    (the repeated state) is ``spared`` that share of :data:`gpusim.analysis.costmodel.WARM_FREE`'s
+    (:func:`gpusim.analysis.costmodel.warm_credit`)."""
     return np.array(
         [
-            sum((counts[e] - base_counts[e]) * public.costs[e].ns for e in events if not (warm and e in WARM_FREE))
+            sum(
+                (counts[e] - base_counts[e]) * public.costs[e].ns * (1 - spared if e in WARM_FREE else 1)
+                for e in events
+            )
             for events in GROUPS.values()
         ]
     )
+
+
+def warm_cache_bytes() -> float | None:
+    """The cache a warm fork finds on this machine: half its last-level cache (see
+    :mod:`gpusim.analysis.costmodel`), None when the machine does not say."""
+    llc = last_level_cache_bytes()
+    return None if llc is None else llc / 2
 
 
 def fit_scales(
@@ -259,11 +271,14 @@ def fitted_costs(public, scales: np.ndarray, used: np.ndarray, bare_fork_ns: flo
     return costs
 
 
-def fit(results: list[dict], variant: str, public, noise_limit: float = NOISE_LIMIT) -> dict:
+def fit(
+    results: list[dict], variant: str, public, noise_limit: float = NOISE_LIMIT, warm_cache: float | None = None
+) -> dict:
     """The fit of the group scales on measured layouts (:func:`gpusim.jobs.host.measure.measure`'s results), both
     states, each against the simulator's counts for its own state: scales, which groups the rows identify,
     residuals, and the rows left out (refused by the kernel, or a state the checks did not confirm). A row whose
-    interval is wider than ``noise_limit`` counts for less, in proportion."""
+    interval is wider than ``noise_limit`` counts for less, in proportion; ``warm_cache``: the cache the repeated
+    state's forks find (:func:`warm_cache_bytes`)."""
     base_counts = _counts(RealLayout("bare", 0), variant)
     rows, y, w, names, skipped = [], [], [], [], []
     for r in results:
@@ -276,15 +291,23 @@ def fit(results: list[dict], variant: str, public, noise_limit: float = NOISE_LI
                 skipped.append({"name": f"{r['name']} ({state})", "refused": {"state": "not confirmed"}})
                 continue
             c = _counts(L, variant, r["thp_pages"] if L.thp else None, state, r.get("frames"))
-            rows.append(design_row(c, base_counts, public, warm=state == "repeated"))
+            spared = warm_credit(c, warm_cache) if state == "repeated" else 0.0
+            rows.append(design_row(c, base_counts, public, spared))
             y.append(r[state]["added_ns"])
             w.append(min(1.0, noise_limit / max(r[state]["spread"], 1e-9)))
-            names.append((r["name"], state))
+            names.append((r["name"], state, c["pte.frame_break"]))
     X, y = np.array(rows).reshape(len(rows), len(GROUPS)), np.array(y, float)
     scales, used = fit_scales(X, y, weights=np.array(w))
     residuals = [
-        {"name": n, "state": st, "measured_ns": float(a), "fitted_ns": float(b), "error": float(b / a - 1)}
-        for (n, st), a, b in zip(names, y, X @ scales)
+        {
+            "name": n,
+            "state": st,
+            "measured_ns": float(a),
+            "fitted_ns": float(b),
+            "error": float(b / a - 1),
+            "frame_break_events": fb,  # its twin's, in the measured frames' order
+        }
+        for (n, st, fb), a, b in zip(names, y, X @ scales)
     ]
     return {"scales": scales, "used": used, "residuals": residuals, "skipped": skipped}
 
@@ -309,7 +332,8 @@ def calibrate(quick: bool = False, out: str | None = None, rounds: int | None = 
     rounds = rounds or (9 if quick else 15)
     meas = measure(calibration_layouts(quick), rounds, progress=progress)
     writes = measure_write_costs(5 if quick else 9)
-    f = fit(meas["layouts"], variant, public)
+    warm_cache = warm_cache_bytes()
+    f = fit(meas["layouts"], variant, public, warm_cache=warm_cache)
     host = platform.node() or socket.gethostname()
     now = datetime.datetime.now(datetime.timezone.utc)
     name = f"host-{host}-{now:%Y%m%d-%H%M%S}"
@@ -328,6 +352,7 @@ def calibrate(quick: bool = False, out: str | None = None, rounds: int | None = 
         ],
         "costs": fitted_costs(public, f["scales"], f["used"], bare_ns),
         "band": calibration_band(meas["layouts"], meas["stability"], f["residuals"]),
+        "warm_cache_bytes": warm_cache,
         "write_costs": host_write_costs(public, writes),
         "variant_factors": {},
         "fit": {
@@ -700,11 +725,13 @@ def band_check(stored: Profile, cases: list[dict], record: bool) -> dict:
 
 def window_profile(results: list[dict], variant: str, public, bare_ns: float) -> tuple[Profile, dict]:
     """A profile fitted (:func:`fit`) on layouts measured in the validation's own window."""
-    f = fit(results, variant, public)
+    warm_cache = warm_cache_bytes()
+    f = fit(results, variant, public, warm_cache=warm_cache)
     prof = Profile(
         name="fitted-in-this-window",
         description="fitted by gpusim validate on the calibration layouts measured with the held-out ones",
         costs=fitted_costs(public, f["scales"], f["used"], bare_ns),
+        warm_cache_bytes=warm_cache,
     )
     return prof, f
 
