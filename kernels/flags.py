@@ -16,6 +16,9 @@ PIN_BIAS = 1024  # GUP_PIN_COUNTING_BIAS: references one FOLL_PIN adds to a smal
 # The largest reference or map count an input (a layout, a snapshot) may give a folio or page: the counts are i32,
 # and 2**30 of them are left for the forks the space goes through (a fork adds one per PTE that maps the page).
 REF_MAX = (1 << 30) - 1
+# A page's frame within this many frames of the one after the previous page's keeps the walk's struct page accesses
+# in the lines the prefetchers already fetched (8 struct pages: 512 bytes): not a break of the stream (spec 8).
+FRAME_NEAR = 8
 SWAP_MAP_MAX = 62  # largest count the first byte of a swap map holds
 SWAP_CONT_MAX = 127  # largest count one continuation level holds
 NULL_ENTRY = -1  # a swap entry of value 0: no slot

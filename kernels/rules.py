@@ -17,6 +17,7 @@ import numpy as np
 from gpusim.kernels.flags import (
     FOLIO_ANON,
     FOLIO_DEVICE_PRIVATE,
+    FRAME_NEAR,
     PAGE_ANON_EXCLUSIVE,
     PIN_BIAS,
     RSS_COUNTS,
@@ -249,7 +250,8 @@ def maps_page(v):
 def call_frame_breaks(row, lo, hi):
     """The ``pte.frame_break`` events of one ``copy_pte_range`` call over columns ``[lo, hi)`` of a parent table's
     entries ``row``. Of the entries that map a page (:func:`maps_page`), in the walk's order, one *breaks the
-    stream* when its frame is not the one after the previous such entry's (the call's first never does); an event
+    stream* when its frame is :data:`FRAME_NEAR` or more frames away from the one after the previous such entry's
+    (the call's first never does); an event
     is an entry that breaks the stream or comes right after one that did: the kernel's per-PTE work touches each
     page's ``struct page``, which streams from memory while the frames follow each other, and costs a cache miss at
     a break and at the access after it, before the prefetcher follows the new run (spec 8; the rule that fitted
@@ -262,7 +264,7 @@ def call_frame_breaks(row, lo, hi):
         v = row[j]
         if maps_page(v):
             pfn = np.int64(pte_pfn(v))
-            brk = last >= 0 and pfn != last + 1
+            brk = last >= 0 and abs(pfn - last - 1) >= FRAME_NEAR
             if brk or broke:
                 n += 1
             broke = brk

@@ -8,7 +8,7 @@ import pytest
 import gpusim
 from gpusim.inputs.regions import RegionSpace
 from gpusim.jobs.sweep.spec import Region
-from gpusim.kernels.flags import FOLIO_FREED
+from gpusim.kernels.flags import FOLIO_FREED, FRAME_NEAR
 from gpusim.kernels.rules import call_frame_breaks
 from gpusim.model.frames import frame_breaks, parse_frame_order, place_by_frames, with_frame_order
 
@@ -48,18 +48,20 @@ def test_the_count_follows_the_rule_entry_by_entry():
     assert call_frame_breaks(row, 0, 512) == 6 and call_frame_breaks(row, 3, 512) == 3  # from entry 3: folio 7's
 
 
-def test_frames_in_real_order_get_a_free_frame_between_non_adjacent_ones():
+def test_frames_in_real_order_keep_the_free_frames_between_them_up_to_frame_near():
     space = gpusim.parse_layout("normal*6", "linux-6.18")
-    # real frames: 100, 101, 50, 51, 52, 300 (address order) -> sorted 50 51 52 | 100 101 | 300
-    placed = place_by_frames(space, [100, 101, 50, 51, 52, 300]).validate()
+    # real frames: 100, 101, 50, 51, 52, 104 (address order) -> sorted 50 51 52 | 100 101 | 104
+    placed = place_by_frames(space, [100, 101, 50, 51, 52, 104]).validate()
     m = placed.memory
-    assert m.nr_folios == 8 and m.nr_pages == 8
+    assert m.nr_folios == 6 + FRAME_NEAR + 2 and m.nr_pages == m.nr_folios  # 47 free frames kept as 8, then 2
     freed = np.flatnonzero(m.folio_flags & FOLIO_FREED)
-    assert m.folio_refcount[freed].tolist() == [0, 0] and m.page_mapcount[m.folio_first_pfn[freed]].tolist() == [0, 0]
+    assert not m.folio_refcount[freed].any() and not m.page_mapcount[m.folio_first_pfn[freed]].any()
     pfns = [int(v) >> 12 & ((1 << 40) - 1) for v in placed.mm.pte[0][:6]]
-    assert pfns == [4, 5, 0, 1, 2, 7]  # 50 51 52 at 0-2, a free frame, 100 101 at 4-5, a free frame, 300 at 7
-    # the real sequence breaks at 50 (after 101), 51 comes right after, and 300 breaks (after 52)
-    assert breaks(placed) == breaks(placed, "reference") == 3
+    assert pfns == [11, 12, 0, 1, 2, 15]  # 50 51 52 at 0-2, 8 free, 100 101 at 11-12, 2 free, 104 at 15
+    # the real sequence breaks at 50 (far from 102), 51 comes right after, and 104 (far from 53) breaks
+    assert breaks(placed) == breaks(placed, "reference") == frame_breaks(placed) == 3
+    near = place_by_frames(space, [100, 101, 102, 104, 105, 103])  # jumps of 2 and 3 frames: near, no break
+    assert breaks(near) == breaks(near, "reference") == 0
     r = gpusim.fork(placed, "linux-6.18", backend="cpu")
     assert r.invariants.ok and r.digest == gpusim.fork(placed, "linux-6.18", backend="reference").digest
 
@@ -115,7 +117,7 @@ def test_a_snapshot_keeps_the_captured_frames_order():
 
     rng = np.random.default_rng(2)
     real = np.concatenate([np.arange(5000, 5100), rng.permutation(np.arange(9000, 9300)), np.arange(7000, 7100)])
-    brk = np.diff(real) != 1  # the real sequence's breaks (the call's first page never breaks)
+    brk = np.abs(np.diff(real) - 1) >= 8  # the real sequence's breaks (the call's first page never breaks)
     want = int((brk | np.concatenate([[False], brk[:-1]])).sum())  # a break, or the page right after one
     t = _snapshot_table(real.tolist())
     assert frames_known(t)

@@ -11,8 +11,8 @@ space's frames:
   ``random``, ``runs:K``) for generated spaces, drawn per folio from a hash of ``(seed, folio)`` inside groups (a
   region's table rows), so that a chunk of a generated space is renumbered exactly as the same rows of the whole;
 * :func:`place_by_frames`: the order of real frame numbers (a captured process, the measuring process of
-  calibration), with a free frame between folios whose real frames are not adjacent, so that the model sees the
-  same breaks as the real process.
+  calibration), with the free frames that lay between folios in real memory (up to :data:`FRAME_NEAR` of them), so
+  that the model sees the same breaks as the real process.
 
 Renumbering moves every array of a page or folio with it and rewrites the entries that name a page (present
 entries with a struct page, migration and device-private entries, huge PMDs); special entries, swap entries and
@@ -28,7 +28,7 @@ import numpy as np
 from gpusim.base import backend as B
 from gpusim.kernels import pte as P
 from gpusim.kernels.fields import MEMORY_FIELDS, MM_FIELDS
-from gpusim.kernels.flags import FOLIO_FREED
+from gpusim.kernels.flags import FOLIO_FREED, FRAME_NEAR
 from gpusim.model.decode import maps_frame, names_page, offsets, with_offsets, without_offsets
 from gpusim.model.state import AddressSpace, Memory
 
@@ -74,8 +74,8 @@ def ordered(groups, keys) -> np.ndarray:
 
 
 def place_frames(space: AddressSpace, order, hole_before=None) -> AddressSpace:
-    """``space`` with its folios laid out in physical ``order`` (folio rows, each once), a free frame before the
-    folios where ``hole_before`` (bool per position of ``order``) holds; see the module docstring. A space in device
+    """``space`` with its folios laid out in physical ``order`` (folio rows, each once), ``hole_before`` free frames
+    before each (a count per position of ``order``; none without); see the module docstring. A space in device
     memory is renumbered on the host and its arrays go back to the device."""
     device = {n for n, a in _fields(space).items() if B.on_device(a)}
     if not device:
@@ -106,13 +106,14 @@ def _place(space: AddressSpace, order, hole_before) -> AddressSpace:
     if order.shape[0] != nf or (nf and not np.array_equal(np.sort(order), np.arange(nf))):
         raise ValueError(f"a frame order must name each of the {nf} folios once")
     size = np.left_shift(np.int64(1), mem.folio_order.astype(np.int64))
-    holes = np.zeros(nf, np.int64) if hole_before is None else np.asarray(hole_before, bool).astype(np.int64)
+    holes = np.zeros(nf, np.int64) if hole_before is None else np.asarray(hole_before).astype(np.int64)
     nh = int(holes.sum())
     step = holes + size[order]
     end = np.cumsum(step)
     new_first = np.empty(nf, np.int64)
     new_first[order] = end - size[order]
-    hole_pfn = (end - step)[holes > 0]
+    k = holes[holes > 0]
+    hole_pfn = np.repeat((end - step)[holes > 0], k) + np.arange(nh) - np.repeat(np.cumsum(k) - k, k)
     # every page row moves with its folio
     pf = mem.page_folio.astype(np.int64)
     new_pfn = new_first[pf] + (np.arange(npg, dtype=np.int64) - mem.folio_first_pfn[pf].astype(np.int64))
@@ -153,16 +154,18 @@ def with_frame_order(space: AddressSpace, how: str, seed: int = 0) -> AddressSpa
 
 def place_by_frames(space: AddressSpace, real_first) -> AddressSpace:
     """``space`` renumbered in the order of each folio's real first frame number (``real_first``, i64 per folio;
-    -1 where unknown: those keep their place after the known ones), with a free frame wherever two folios that
-    follow each other in that order were not adjacent in real memory."""
+    -1 where unknown: those keep their place after the known ones), with as many free frames between two folios that
+    follow each other in that order as lay between them in real memory, up to :data:`FRAME_NEAR` (beyond it every
+    distance is a break of the stream alike)."""
     real = np.asarray(real_first, np.int64)
     size = np.left_shift(np.int64(1), B.to_host(space.memory.folio_order).astype(np.int64))
     known = real >= 0
     key = np.where(known, real, real.max(initial=0) + 1 + np.arange(real.shape[0]))
     order = np.argsort(key, kind="stable")
     r = key[order]
-    hole = np.zeros(order.shape[0], bool)
-    hole[1:] = (r[1:] != r[:-1] + size[order[:-1]]) & known[order[1:]]
+    hole = np.zeros(order.shape[0], np.int64)
+    gap = r[1:] - (r[:-1] + size[order[:-1]])  # free frames between them (negative: the same frame named twice)
+    hole[1:] = np.where(known[order[1:]], np.clip(gap, 0, FRAME_NEAR), 0)
     return place_frames(space, order, hole)
 
 
@@ -174,6 +177,6 @@ def frame_breaks(space: AddressSpace) -> int:
     for row in range(pte.shape[0]):
         v = pte[row]
         pfn = offsets(v[maps_frame(v)])
-        brk = np.concatenate([[False], pfn[1:] != pfn[:-1] + 1])
+        brk = np.concatenate([[False], np.abs(pfn[1:] - pfn[:-1] - 1) >= FRAME_NEAR])
         n += int((brk | np.concatenate([[False], brk[:-1]])).sum())  # a break, or the page after one
     return n
