@@ -247,26 +247,36 @@ def maps_page(v):
 
 
 @jitable
+def frame_run(last, broke, pfn, n):
+    """The walk's stream of frames after ``n`` pages of consecutive frames from ``pfn`` (a page, or a batch of a
+    large folio): returns (the ``pte.frame_break`` events among them, the last frame, whether the last page broke the
+    stream), ``last`` and ``broke`` being the same before them (``last`` -1 at a call's start). A page breaks the
+    stream when its frame is :data:`FRAME_NEAR` or more frames away from the one after the previous page's; an event
+    is a page that breaks it or comes right after one that did (spec 8)."""
+    brk = last >= 0 and abs(pfn - last - 1) >= FRAME_NEAR
+    ev = 1 if brk or broke else 0
+    if n > 1:
+        if brk:
+            ev += 1  # the next page of the run comes right after the break
+        brk = False
+    return ev, pfn + n - 1, brk
+
+
+@jitable
 def call_frame_breaks(row, lo, hi):
     """The ``pte.frame_break`` events of one ``copy_pte_range`` call over columns ``[lo, hi)`` of a parent table's
-    entries ``row``. Of the entries that map a page (:func:`maps_page`), in the walk's order, one *breaks the
-    stream* when its frame is :data:`FRAME_NEAR` or more frames away from the one after the previous such entry's
-    (the call's first never does); an event
-    is an entry that breaks the stream or comes right after one that did: the kernel's per-PTE work touches each
-    page's ``struct page``, which streams from memory while the frames follow each other, and costs a cache miss at
-    a break and at the access after it, before the prefetcher follows the new run (spec 8; the rule that fitted
-    this machine's forks best, ``results/BENCHMARKS.md``). Counted on the parent's entries as the call starts (a
-    call changes their protection, never their frames)."""
+    entries ``row``: :func:`frame_run` over the entries that map a page (:func:`maps_page`), one at a time, in the
+    walk's order. The kernel's per-PTE work touches each page's ``struct page``, which streams from memory while the
+    frames follow each other, and costs a cache miss at a break and at the access after it, before the prefetcher
+    follows the new run (the rule that fitted this machine's forks best, ``results/BENCHMARKS.md``). Counted on the
+    parent's entries (a call changes their protection, never their frames): the CUDA block walk counts it so after
+    its copy; the CPU walk counts each entry as it copies it, with the same :func:`frame_run`."""
     n = 0
-    last = -1
+    last = np.int64(-1)
     broke = False
     for j in range(lo, hi):
         v = row[j]
         if maps_page(v):
-            pfn = np.int64(pte_pfn(v))
-            brk = last >= 0 and abs(pfn - last - 1) >= FRAME_NEAR
-            if brk or broke:
-                n += 1
-            broke = brk
-            last = pfn
+            ev, last, broke = frame_run(last, broke, np.int64(pte_pfn(v)), 1)
+            n += ev
     return n

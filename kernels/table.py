@@ -64,10 +64,11 @@ from gpusim.kernels.rules import (
     C_SWAPOFF,
     C_WRPROTECT,
     NB_LIST,
-    call_frame_breaks,
+    frame_run,
     in_break_list,
     large_folio_needs_slow,
     lock_break,
+    maps_page,
     nonpresent_child,
     nonpresent_parent,
     share_child_pte,
@@ -344,10 +345,11 @@ def copy_table_fast(r, vp, tab, calls, mem, nb, acc):
         e = calls.end[c]
         cow = is_cow_mapping(calls.vmaflags[c])
         shared = (calls.vmaflags[c] & VM_SHARED) != 0
-        acc[C_FRAME_BREAK] += call_frame_breaks(tab.ppte[r], s - base, e - base)
         progress = 0
         k = 0
         lb = 0
+        last = np.int64(-1)  # the stream of frames (kernels.rules.frame_run)
+        broke = False
         a = s
         while a < e:
             progress, k, lb = check_point(progress, s, k, lb, nb, fork_seq)
@@ -363,6 +365,9 @@ def copy_table_fast(r, vp, tab, calls, mem, nb, acc):
                 ev = share_pages(r, j0, v, n, w_any, pfn, f, np.int64(mem.folio_order[f]), shared, cow, excl, tab, mem)
             else:
                 ev = copy_entry(r, j0, v, kind, shared, cow, excl, tab, mem)
+            if maps_page(v):
+                fb, last, broke = frame_run(last, broke, np.int64(pte_pfn(v)), n)
+                acc[C_FRAME_BREAK] += fb
             tally(acc, kind, kind == KIND_PRESENT and pte_special(v), ev, n, batch)
             progress += entry_weight(kind, n)
             a += n
