@@ -36,9 +36,14 @@ import sys
 
 import numpy as np
 
+from gpusim.jobs.host import real as real_module
+
 TARGET = r"""
-import ctypes, json, os, random, resource, struct, sys, time
+import ctypes, importlib.util, json, os, random, resource, struct, sys
 entries = int(sys.argv[1]); cpu = int(sys.argv[2])
+spec = importlib.util.spec_from_file_location("real", sys.argv[3])  # the measuring process's module (stdlib only)
+real = sys.modules["real"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(real)
 os.sched_setaffinity(0, {cpu})
 d = {}
 if entries:
@@ -74,15 +79,6 @@ def redirty(addrs):
         move(a, a, 1)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
-def fork_ns():
-    t0 = time.perf_counter_ns()
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    t1 = time.perf_counter_ns()
-    os.waitpid(pid, 0)
-    return t1 - t0
-
 print(json.dumps({"pid": os.getpid(), "entries": len(d)}), flush=True)
 for line in sys.stdin:
     cmd = json.loads(line)
@@ -94,7 +90,7 @@ for line in sys.stdin:
     check = redirty(addrs)
     out = {"pages": len(addrs), "redirty_faults": first, "check_faults": check}
     if cmd.get("fork"):
-        out["fork_ns"] = fork_ns()
+        out["fork_ns"] = real._fork_ns()  # the child exits at once; the parent's view of fork()
     print(json.dumps(out), flush=True)
 """
 
@@ -118,7 +114,7 @@ sys.stdin.read()
 class Proc:
     def __init__(self, entries: int, cpu: int):
         self.p = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", TARGET, str(entries), str(cpu)],
+            [sys.executable, "-I", "-S", "-c", TARGET, str(entries), str(cpu), real_module.__file__],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
