@@ -10,7 +10,7 @@ from gpusim.inputs.regions import RegionSpace
 from gpusim.jobs.sweep.spec import Region
 from gpusim.kernels.flags import FOLIO_FREED, FRAME_NEAR
 from gpusim.kernels.rules import call_frame_breaks
-from gpusim.model.frames import frame_breaks, parse_frame_order, place_by_frames, with_frame_order
+from gpusim.model.frames import frame_breaks, free_frames_between, parse_frame_order, place_by_frames, with_frame_order
 
 DENSE = "normal*2048"
 HASH_BEFORE_FRAME_ORDER = "80432696caed7910"  # sweep_hash of the sweep of the last test, at commit 4fa150e
@@ -54,6 +54,7 @@ def test_frames_in_real_order_keep_the_free_frames_between_them_up_to_frame_near
     placed = place_by_frames(space, [100, 101, 50, 51, 52, 104]).validate()
     m = placed.memory
     assert m.nr_folios == 6 + FRAME_NEAR + 2 and m.nr_pages == m.nr_folios  # 47 free frames kept as 8, then 2
+    assert free_frames_between([100, 101, 50, 51, 52, 104, 0]) == FRAME_NEAR + 2  # the estimate before building
     freed = np.flatnonzero(m.folio_flags & FOLIO_FREED)
     assert not m.folio_refcount[freed].any() and not m.page_mapcount[m.folio_first_pfn[freed]].any()
     pfns = [int(v) >> 12 & ((1 << 40) - 1) for v in placed.mm.pte[0][:6]]

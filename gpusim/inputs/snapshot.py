@@ -35,7 +35,7 @@ from gpusim.kernels.flags import (
 )
 from gpusim.model.builder import SpaceBuilder
 from gpusim.model.decode import with_offsets
-from gpusim.model.frames import place_by_frames
+from gpusim.model.frames import free_frames_between, place_by_frames
 from gpusim.model.state import AddressSpace
 from gpusim.model.variants import get_variant
 
@@ -229,7 +229,8 @@ def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = 
         check_snapshot(t, "snapshot")
     else:
         t = read_snapshot(path_or_table)
-    require_memory(fork_memory_for_pages(t.num_rows), "the snapshot's fork")  # one row per captured page
+    extra = free_frames_between(_frames(t)) if frames_known(t) else 0  # the free frames between its frames
+    require_memory(fork_memory_for_pages(t.num_rows + extra), "the snapshot's fork")  # one row per page
     vmas = snapshot_vmas(t, "snapshot")
     p = _Pages(t, pinned)
     heads = np.flatnonzero(thp_heads(p.addr, p.vma, p.present, p.thp))

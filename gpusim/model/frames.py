@@ -169,6 +169,14 @@ def place_by_frames(space: AddressSpace, real_first) -> AddressSpace:
     return place_frames(space, order, hole)
 
 
+def free_frames_between(pfns) -> int:
+    """How many free frames :func:`place_by_frames` adds for pages with the real frame numbers ``pfns`` (0 where
+    unknown): what a space built from them takes beyond its own pages (for a memory estimate before building it)."""
+    f = np.unique(np.asarray(pfns, np.int64))
+    f = f[f > 0]
+    return int(np.clip(np.diff(f) - 1, 0, FRAME_NEAR).sum()) if f.size > 1 else 0
+
+
 def frame_breaks(space: AddressSpace) -> int:
     """The ``pte.frame_break`` count of a walk of each of the parent's tables as one call over all its columns (spec
     section 8): what a fork counts when no VMA boundary splits a table."""
