@@ -24,9 +24,10 @@ that are still in cache cost no miss at a break in the order of the frames. The 
 ``max(0, 1 - S / C)`` of the cost of :data:`WARM_FREE`, ``S`` the struct pages of the pages it shares (64 bytes each)
 and ``C`` the profile's ``warm_cache_bytes`` (a host profile: half the machine's last-level cache, the share a fork's
 struct pages keep against its page tables and everything else on a shared cache); a profile without it (the public
-one) credits nothing. Measured on this project's VM (``results/BENCHMARKS.md``): a frame-break event adds about 38 ns
-to a fork from cold; right after a fork, about 13 ns for 512 MiB of scattered frames (8 MiB of struct pages), 15 ns
-for 384 MiB and the full 38 ns for 1 GiB (16 MiB: past the cache).
+one) credits nothing. Measured on this project's VM (``results/BENCHMARKS.md``, issue 26): a frame-break event
+adds 35-40 ns to a fork from cold; right after a fork, a 512 MiB buffer with scattered frames (8 MiB of struct pages)
+paid between a quarter and nearly all of that from one calibration window to the next, a 1 GiB one (16 MiB) all of
+it: the credit is a rough middle.
 
 What it simplifies otherwise: costs are per event, independent of cache state (but for warm forks), NUMA placement,
 memory size and contention; the per-variant factor is one number for the whole fork.
