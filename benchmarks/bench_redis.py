@@ -45,13 +45,14 @@ def info(sock: str, key: str) -> str:
 
 def sample(sock: str, pid: int, keys: int, variant: str, profile) -> tuple[float, dict, float | None]:
     """One populated, churned server: (its BGSAVE fork in ns, the model's latency, frame breaks of present pages)."""
-    from bench_real_process import predicted
+    from gpusim.jobs.host.process import predicted
 
     cli(sock, "FLUSHALL")
     cli(sock, "DEBUG", "POPULATE", str(keys), "key", "100")
     cli(sock, "EVAL", CHURN, "0", str(keys))
     cli(sock, "DEBUG", "POPULATE", str(keys // 2), "new", "100")
-    lat, breaks = predicted(pid, variant, profile)
+    lats, breaks = predicted(pid, variant, {"p": profile})
+    lat = lats["p"]
     forks = int(info(sock, "total_forks"))
     cli(sock, "BGSAVE")
     while int(info(sock, "total_forks")) == forks or info(sock, "rdb_bgsave_in_progress") != "0":
@@ -101,5 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     main()

@@ -231,7 +231,7 @@ def test_validate_reports_sharing_and_latency_with_intervals_and_verdicts():
         RealLayout("vmas-256x16KiB", 256 * 16 * 1024, vmas=256),
     ]
     held_out = [RealLayout("dense-64MiB", 64 * MiB), RealLayout("sparse-128MiB-1/8", 128 * MiB, fill=1 / 8)]
-    rep = validate("public-xeon-4210r-v6.8", rounds=3, fit_set=fit_set, held_out=held_out)
+    rep = validate("public-xeon-4210r-v6.8", rounds=3, fit_set=fit_set, held_out=held_out, process_entries=20_000)
     assert rep["variant"] == kernel_variant()
     if rep["sharing"]["pages"]:
         assert rep["sharing"]["agreement"] == 1.0
@@ -241,7 +241,9 @@ def test_validate_reports_sharing_and_latency_with_intervals_and_verdicts():
     assert [p["pass"] for p in passes] == ["copy", "none", "reuse"]
     assert all(p["measured_ns"] > 0 and p["predicted_ns"] > 0 for p in passes)
     cases = rep["latency"]["cases"]
-    assert {(c["name"], c["state"]) for c in cases} == {(L.name, s) for L in held_out for s in ("fresh", "repeated")}
+    want = {(L.name, s) for L in held_out for s in ("fresh", "repeated")} | {("python-dict-20000", "fresh")}
+    assert {(c["name"], c["state"]) for c in cases} == want  # the captured process among them
+    assert next(c for c in cases if c["name"] == "python-dict-20000")["first_touch"] == "captured"
     for c in cases:
         lo, hi = c["interval_ns"]
         assert lo <= hi and c["verdict"] in ("pass", "fail", "too noisy") and c["predicted_ns"] > 0
@@ -253,7 +255,7 @@ def test_validate_reports_sharing_and_latency_with_intervals_and_verdicts():
     assert rep["latency"]["median_abs_error"] is not None and rep["latency"]["fit"]["layouts"] == [
         L.name for L in fit_set
     ]
-    assert rep["stored_profile"]["profile"] == "public-xeon-4210r-v6.8" and len(rep["stored_profile"]["cases"]) == 4
+    assert rep["stored_profile"]["profile"] == "public-xeon-4210r-v6.8" and len(rep["stored_profile"]["cases"]) == 5
     json.dumps(rep)  # what --json prints
 
 

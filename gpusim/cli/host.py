@@ -99,6 +99,12 @@ def validate(
         False, "--quick", help="Fit on the quick calibration layouts; held-out layouts up to 512 MiB only."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    process_entries: int = typer.Option(
+        4_000_000,
+        "--process-entries",
+        min=0,
+        help="Keys of the dict the captured real process holds, a held-out case (0: leave it out).",
+    ),
     record: bool = typer.Option(
         True,
         "--record/--no-record",
@@ -118,7 +124,12 @@ def validate(
         bad_input(str(e))
     console = Console(stderr=True, highlight=False)
     rep = run_validate(
-        profile, progress=None if as_json else _round_progress(console), rounds=rounds, quick=quick, record=record
+        profile,
+        progress=None if as_json else _round_progress(console),
+        rounds=rounds,
+        quick=quick,
+        record=record,
+        process_entries=process_entries,
     )
     if as_json:
         typer.echo(json.dumps(rep))

@@ -49,9 +49,10 @@ from gpusim.analysis.costmodel import (
     write_latency,
 )
 from gpusim.base.machine import cpu_description, cpu_model, last_level_cache_bytes
-from gpusim.jobs.host.measure import FAULT_SLACK, STATES, measure
+from gpusim.jobs.host.measure import FAULT_SLACK, STATES, default_cpu, measure
+from gpusim.jobs.host.process import measure_window
 from gpusim.jobs.host.real import RealLayout, run_sharing, run_write_frames, run_write_timings
-from gpusim.jobs.host.stats import NOISE_LIMIT, case_verdict, overall_verdict
+from gpusim.jobs.host.stats import NOISE_LIMIT, added_summary, case_verdict, overall_verdict
 from gpusim.jobs.host.twin import sim_space
 from gpusim.kernels import pte as P
 from gpusim.model.result import new_counts
@@ -646,26 +647,42 @@ def latency_cases(results: list[dict], variant: str, profiles: dict) -> tuple[li
                 refused[f"{r['name']} ({state})"] = {"state": f"not confirmed: {r['checks']}"}
                 continue
             c = _counts(r["layout"], variant, r["thp_pages"] if r["layout"].any_thp else None, state, r.get("frames"))
-            m = r[state]
-            lo, hi = m["interval_ns"]
             for k, p in profiles.items():
                 predicted = latency(c, variant, p, warm=state == "repeated")["latency_ns"] - base_pred[k]
-                out[k].append(
-                    {
-                        "name": r["name"],
-                        "state": state,
-                        "first_touch": r["layout"].first_touch,
-                        "frame_breaks": r.get("frame_breaks"),
-                        "measured_ns": m["added_ns"],
-                        "interval_ns": [lo, hi],
-                        "spread": m["spread"],
-                        "predicted_ns": predicted,
-                        "error": predicted / m["added_ns"] - 1 if m["added_ns"] > 0 else None,
-                        "error_interval": [predicted / hi - 1, predicted / lo - 1] if lo > 0 else None,
-                        "verdict": case_verdict(predicted, m["added_ns"], (lo, hi)),
-                    }
-                )
+                case = _case(r["name"], state, r[state], predicted)
+                out[k].append({**case, "first_touch": r["layout"].first_touch, "frame_breaks": r.get("frame_breaks")})
     return out, refused
+
+
+def _case(name: str, state: str, m: dict, predicted: float) -> dict:
+    """A held-out case: a measured added time ``m`` (:func:`gpusim.jobs.host.stats.added_summary`) against a
+    prediction, with the error over its interval and a verdict."""
+    lo, hi = m["interval_ns"]
+    return {
+        "name": name,
+        "state": state,
+        "measured_ns": m["added_ns"],
+        "interval_ns": [lo, hi],
+        "spread": m["spread"],
+        "predicted_ns": predicted,
+        "error": predicted / m["added_ns"] - 1 if m["added_ns"] > 0 else None,
+        "error_interval": [predicted / hi - 1, predicted / lo - 1] if lo > 0 else None,
+        "verdict": case_verdict(predicted, m["added_ns"], (lo, hi)),
+    }
+
+
+def process_cases(variant: str, profiles: dict, entries: int, rounds: int) -> dict:
+    """A captured real process as a held-out case (:mod:`gpusim.jobs.host.process`): the fork time an interpreter
+    holding a churned dict of ``entries`` keys adds to a bare interpreter, measured by their own fork timers
+    (``rounds`` rounds, interleaved), against each profile's prediction from their captures: {profile key: case}."""
+    out = measure_window(entries, rounds, variant, profiles, default_cpu() or 0)
+    m = added_summary(out["dict"]["fork_ns"], out["bare"]["fork_ns"])
+    cases = {}
+    for k in profiles:
+        predicted = out["dict"]["predicted"][k]["latency_ns"] - out["bare"]["predicted"][k]["latency_ns"]
+        case = _case(f"python-dict-{entries}", "fresh", m, predicted)
+        cases[k] = {**case, "first_touch": "captured", "frame_breaks": out["dict"]["frame_breaks"]}
+    return cases
 
 
 def _summary(cases: list[dict]) -> dict:
@@ -737,11 +754,19 @@ def window_profile(results: list[dict], variant: str, public, bare_ns: float) ->
 
 
 def validate(
-    profile=None, progress=None, rounds: int = 21, quick: bool = False, fit_set=None, held_out=None, record: bool = True
+    profile=None,
+    progress=None,
+    rounds: int = 21,
+    quick: bool = False,
+    fit_set=None,
+    held_out=None,
+    record: bool = True,
+    process_entries: int = 4_000_000,
 ) -> dict:
     """The validation report (see the module docstring); the shape of ``gpusim validate --json``. ``quick``: the
     quick calibration layouts and the held-out layouts up to 512 MiB; ``fit_set`` and ``held_out`` replace them.
-    ``record``: keep the band check in the stored host profile (:func:`band_check`)."""
+    ``record``: keep the band check in the stored host profile (:func:`band_check`); ``process_entries``: the dict of
+    the captured real process among the held-out cases (:func:`process_cases`; 0: none)."""
     stored = load_profile(profile)
     public = load_profile("public-xeon-4210r-v6.8")
     variant = kernel_variant()
@@ -755,8 +780,15 @@ def validate(
     meas = measure(fit_set + held_out, rounds, progress=progress, memory_fraction=0.6)
     bare_ns = meas["stability"].get("bare_fresh_ns", (0, 0, 0))[1]
     window, f = window_profile(meas["layouts"][: len(fit_set)], variant, public, bare_ns)
-    cases, why = latency_cases(meas["layouts"][len(fit_set) :], variant, {"window": window, "stored": stored})
+    profiles = {"window": window, "stored": stored}
+    cases, why = latency_cases(meas["layouts"][len(fit_set) :], variant, profiles)
     refused.update(why)
+    if process_entries:
+        try:
+            for k, case in process_cases(variant, profiles, process_entries, max(5, rounds // 2)).items():
+                cases[k].append(case)
+        except (RuntimeError, OSError) as e:
+            refused[f"python-dict-{process_entries}"] = {"process": str(e)}
     latency_report = _summary(cases["window"])
     verdict = latency_report["verdict"]
     if any(r["agreement"] is not None and r["agreement"] < 1.0 for r in (sharing, writes)):
