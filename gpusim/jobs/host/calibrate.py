@@ -654,6 +654,22 @@ def latency_cases(results: list[dict], variant: str, profiles: dict) -> tuple[li
     return out, refused
 
 
+def held_out_cases(
+    results: list[dict], variant: str, profiles: dict, refused: dict, process_entries: int, process_rounds: int
+) -> dict:
+    """{profile key: cases}: the held-out layouts (:func:`latency_cases`) and, with ``process_entries``, the captured
+    real process (:func:`process_cases`); what was refused or failed is added to ``refused``."""
+    cases, why = latency_cases(results, variant, profiles)
+    refused.update(why)
+    if process_entries:
+        try:
+            for k, case in process_cases(variant, profiles, process_entries, process_rounds).items():
+                cases[k].append(case)
+        except (RuntimeError, OSError) as e:
+            refused[f"python-dict-{process_entries}"] = {"process": str(e)}
+    return cases
+
+
 def _case(name: str, state: str, m: dict, predicted: float) -> dict:
     """A held-out case: a measured added time ``m`` (:func:`gpusim.jobs.host.stats.added_summary`) against a
     prediction, with the error over its interval and a verdict."""
@@ -780,15 +796,14 @@ def validate(
     meas = measure(fit_set + held_out, rounds, progress=progress, memory_fraction=0.6)
     bare_ns = meas["stability"].get("bare_fresh_ns", (0, 0, 0))[1]
     window, f = window_profile(meas["layouts"][: len(fit_set)], variant, public, bare_ns)
-    profiles = {"window": window, "stored": stored}
-    cases, why = latency_cases(meas["layouts"][len(fit_set) :], variant, profiles)
-    refused.update(why)
-    if process_entries:
-        try:
-            for k, case in process_cases(variant, profiles, process_entries, max(5, rounds // 2)).items():
-                cases[k].append(case)
-        except (RuntimeError, OSError) as e:
-            refused[f"python-dict-{process_entries}"] = {"process": str(e)}
+    cases = held_out_cases(
+        meas["layouts"][len(fit_set) :],
+        variant,
+        {"window": window, "stored": stored},
+        refused,
+        process_entries,
+        max(5, rounds // 2),
+    )
     latency_report = _summary(cases["window"])
     verdict = latency_report["verdict"]
     if any(r["agreement"] is not None and r["agreement"] < 1.0 for r in (sharing, writes)):
