@@ -654,6 +654,16 @@ def latency_cases(results: list[dict], variant: str, profiles: dict) -> tuple[li
     return out, refused
 
 
+def page_checks(variant: str, stored: Profile) -> tuple[dict, dict, dict]:
+    """(page sharing, the write phase with its latency by ``stored``, refusals): validate's page-by-page checks."""
+    sharing, refused = validate_sharing(variant)
+    writes, why = validate_writes(variant)
+    refused.update(why)
+    if stored.write_costs:
+        writes["latency"] = validate_write_latency(variant, stored)
+    return sharing, writes, refused
+
+
 def held_out_cases(
     results: list[dict], variant: str, profiles: dict, refused: dict, process_entries: int, process_rounds: int
 ) -> dict:
@@ -786,11 +796,7 @@ def validate(
     stored = load_profile(profile)
     public = load_profile("public-xeon-4210r-v6.8")
     variant = kernel_variant()
-    sharing, refused = validate_sharing(variant)
-    writes, why = validate_writes(variant)
-    refused.update(why)
-    if stored.write_costs:
-        writes["latency"] = validate_write_latency(variant, stored)
+    sharing, writes, refused = page_checks(variant, stored)
     fit_set = fit_set or calibration_layouts(quick)
     held_out = held_out or [L for L in validation_layouts() if not quick or L.touched_bytes() <= 512 * MiB]
     meas = measure(fit_set + held_out, rounds, progress=progress, memory_fraction=0.6)
