@@ -4,12 +4,14 @@ Usage (root, with redis-server and redis-cli on PATH): python benchmarks/bench_r
     [--samples 5] [--profile PROFILE]
 
 redis-server runs pinned to one CPU (its snapshot child inherits the CPU, so it cannot run before the parent reads
-its clock), with no persistence of its own. Each sample: ``FLUSHALL``, ``DEBUG POPULATE`` of ``--keys`` keys
-(100-byte values), half of them deleted and as many inserted under another prefix (a Lua script), then the server is
-captured (:func:`gpusim.jobs.host.capture.capture`) and a ``BGSAVE`` timed by redis itself (``latest_fork_usec``),
-the first fork after the writes, so that its pages are writable and exclusive, the state a capture describes. The
-capture is forked by the simulator with ``--profile`` (default: the newest host profile). Prints each sample's
-measured and predicted fork, the band and the error, and the captured frames' breaks.
+its clock), with no persistence of its own, and no thread that frees memory in the background (jemalloc's purging
+thread, lazy FLUSHALL), which would race the fork for the mm's lock and the CPU. Each sample: ``FLUSHALL SYNC``,
+``DEBUG POPULATE`` of ``--keys`` keys (100-byte values), half of them deleted and as many inserted under another
+prefix (a Lua script), then the server is captured (:func:`gpusim.jobs.host.capture.capture`) and a ``BGSAVE`` timed
+by redis itself (``latest_fork_usec``), the first fork after the writes, so that its pages are writable and
+exclusive, the state a capture describes. The capture is forked by the simulator with ``--profile`` (default: the
+newest host profile). Prints each sample's measured and predicted fork, the band and the error, and the captured
+frames' breaks.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def sample(sock: str, pid: int, keys: int, variant: str, profile) -> tuple[float
     """One populated, churned server: (its BGSAVE fork in ns, the model's latency, frame breaks of present pages)."""
     from gpusim.jobs.host.process import predicted
 
-    cli(sock, "FLUSHALL")
+    cli(sock, "FLUSHALL", "SYNC")  # freed now, not by a background thread that would race the fork
     cli(sock, "DEBUG", "POPULATE", str(keys), "key", "100")
     cli(sock, "EVAL", CHURN, "0", str(keys))
     cli(sock, "DEBUG", "POPULATE", str(keys // 2), "new", "100")
