@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=4_000_000)
     ap.add_argument("--samples", type=int, default=5)
     ap.add_argument("--profile", default=None)
+    ap.add_argument("--unpinned", action="store_true", help="let the server (and its child) run on any CPU")
     args = ap.parse_args()
     if not shutil.which("redis-server") or not shutil.which("redis-cli"):
         sys.exit("redis-server and redis-cli are not installed here")
@@ -80,11 +81,13 @@ def main() -> None:
     conf = os.path.join(d, "redis.conf")
     with open(conf, "w") as f:  # DEBUG POPULATE needs the option in a configuration file
         f.write(f'port 0\nunixsocket {sock}\nsave ""\nappendonly no\ndir {d}\nenable-debug-command yes\n')
-    server = subprocess.Popen(["taskset", "-c", str(cpu), "redis-server", conf], stdout=subprocess.DEVNULL)
+    pin = [] if args.unpinned else ["taskset", "-c", str(cpu)]
+    server = subprocess.Popen([*pin, "redis-server", conf], stdout=subprocess.DEVNULL)
     try:
         while not os.path.exists(sock):
             time.sleep(0.05)
-        print(f"profile {profile.name}; variant {variant}; redis-server on CPU {cpu}; {args.keys} keys churned")
+        where = "any CPU" if args.unpinned else f"CPU {cpu}"
+        print(f"profile {profile.name}; variant {variant}; redis-server on {where}; {args.keys} keys churned")
         for i in range(args.samples):
             real, lat, breaks = sample(sock, server.pid, args.keys, variant, profile)
             band = (
