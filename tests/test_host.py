@@ -180,7 +180,7 @@ def test_a_measuring_process_that_dies_is_an_error_and_none_is_left(monkeypatch)
 def test_calibrate_quick_writes_a_profile_that_becomes_the_default(tmp_path):
     env = dict(os.environ, GPUSIM_PROFILE_DIR=str(tmp_path))
     r = subprocess.run(
-        [sys.executable, "-m", "gpusim.cli", "calibrate", "--quick", "--rounds", "3"],
+        [sys.executable, "-m", "gpusim.cli", "calibrate", "--quick", "--rounds", "2"],
         capture_output=True,
         text=True,
         env=env,
