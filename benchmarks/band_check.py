@@ -14,9 +14,8 @@ import argparse
 
 from gpusim import api
 from gpusim.analysis.costmodel import latency, load_profile
-from gpusim.jobs.host.calibrate import REFERENCE_LAYOUT, calibration_layouts, kernel_variant
+from gpusim.jobs.host.calibrate import REFERENCE_LAYOUT, bare_counts, calibration_layouts, kernel_variant
 from gpusim.jobs.host.twin import sim_space
-from gpusim.model.result import new_counts
 
 
 def window_case(profile) -> tuple[float, int]:
@@ -29,9 +28,7 @@ def predicted_added(profile, variant: str, frame_breaks: int) -> float:
     layout = next(L for L in calibration_layouts(quick=True) if L.name == REFERENCE_LAYOUT)
     counts = dict(api.fork(sim_space(layout, variant)[0], variant, backend="cpu", check=False).counts)
     counts["pte.frame_break"] = frame_breaks
-    bare = new_counts()
-    bare["fork.base"] = bare["fork.mm"] = 1
-    return latency(counts, variant, profile)["latency_ns"] - latency(bare, variant, profile)["latency_ns"]
+    return latency(counts, variant, profile)["latency_ns"] - latency(bare_counts(), variant, profile)["latency_ns"]
 
 
 def main() -> None:

@@ -10,10 +10,22 @@ from gpusim.inputs.regions import RegionSpace
 from gpusim.jobs.sweep.spec import Region
 from gpusim.kernels.flags import FOLIO_FREED, FRAME_NEAR
 from gpusim.kernels.rules import call_frame_breaks
-from gpusim.model.frames import frame_breaks, free_frames_between, parse_frame_order, place_by_frames, with_frame_order
+from gpusim.model.decode import maps_frame, offsets
+from gpusim.model.frames import free_frames_between, parse_frame_order, place_by_frames, with_frame_order
 
 DENSE = "normal*2048"
 HASH_BEFORE_FRAME_ORDER = "80432696caed7910"  # sweep_hash of the sweep of the last test, at commit 4fa150e
+
+
+def frame_breaks(space) -> int:
+    """The ``pte.frame_break`` count of a walk of each of the parent's tables as one call over all its columns,
+    counted with numpy apart from the engines' rule: what a fork counts when no VMA boundary splits a table."""
+    n = 0
+    for v in space.mm.pte:
+        pfn = offsets(v[maps_frame(v)])
+        brk = np.concatenate([[False], np.abs(pfn[1:] - pfn[:-1] - 1) >= FRAME_NEAR])
+        n += int((brk | np.concatenate([[False], brk[:-1]])).sum())  # a break, or the page after one
+    return n
 
 
 def dense(variant="linux-6.18"):

@@ -83,6 +83,11 @@ def warm_credit(counts: dict, cache_bytes: float | None) -> float:
     return max(0.0, 1.0 - STRUCT_PAGE_BYTES * counts.get("shared", 0) / cache_bytes)
 
 
+def event_costs(profile: "Profile", spared: float = 0.0) -> dict[str, float]:
+    """ns per cost event of ``profile``, :data:`WARM_FREE`'s less the share ``spared`` (:func:`warm_credit`)."""
+    return {e: c.ns * (1 - spared if e in WARM_FREE else 1) for e, c in profile.costs.items()}
+
+
 # Cost events counted since some profiles were written: a profile without one of them (a host profile calibrated
 # before) takes the shipped public profile's figure for it, labelled as an estimate that says so.
 LATER_EVENTS = ("pte.frame_break",)
@@ -275,8 +280,7 @@ def latency(counts: dict[str, int], variant: str, profile: Profile, table_stats=
     (by component), ``lock_hold_max_ns`` (None without per-table statistics) and ``profile`` for one fork's
     counts; ``warm``: the fork comes right after another over the same pages (module docstring)."""
     f = profile.factor(variant)
-    spared = warm_credit(counts, profile.warm_cache_bytes) if warm else 0.0
-    cost = {e: c.ns * (1 - spared if e in WARM_FREE else 1) for e, c in profile.costs.items()}
+    cost = event_costs(profile, warm_credit(counts, profile.warm_cache_bytes) if warm else 0.0)
     breakdown = {comp: f * sum(counts.get(e, 0) * cost[e] for e in events) for comp, events in COMPONENTS.items()}
     hold = None
     if table_stats is not None:

@@ -229,10 +229,11 @@ def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = 
         check_snapshot(t, "snapshot")
     else:
         t = read_snapshot(path_or_table)
-    extra = free_frames_between(_frames(t)) if frames_known(t) else 0  # the free frames between its frames
+    p = _Pages(t, pinned)
+    known = frames_readable(p.pfn, p.present)
+    extra = free_frames_between(p.pfn) if known else 0  # the free frames between its frames
     require_memory(fork_memory_for_pages(t.num_rows + extra), "the snapshot's fork")  # one row per page
     vmas = snapshot_vmas(t, "snapshot")
-    p = _Pages(t, pinned)
     heads = np.flatnonzero(thp_heads(p.addr, p.vma, p.present, p.thp))
     in_thp = np.zeros(p.addr.shape[0], bool)
     for i in heads.tolist():
@@ -255,7 +256,7 @@ def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = 
     slots = sb.add_slots(np.ones(swapped.shape[0], np.int64), np.zeros(swapped.shape[0], np.int64))
     sb.add_entries(p.addr[swapped], with_offsets(P.mk_swap_pte(0, get_variant(variant).anon_exclusive), slots))
     space = sb.freeze(has_pinned=bool(len(pinned)))
-    if frames_known(t):
+    if known:
         real = np.full(space.memory.nr_folios, -1, np.int64)
         real[ids], real[tids] = p.pfn[small], p.pfn[heads]
         space = place_by_frames(space, np.where(real > 0, real, -1))
@@ -270,7 +271,12 @@ def _frames(t: pa.Table) -> np.ndarray:
     return t.column("pfn").to_numpy(zero_copy_only=False).astype(np.int64)
 
 
+def frames_readable(pfn, present) -> bool:
+    """Whether frame numbers were read for pages with these ``pfn`` and ``present`` columns: some present page has
+    one (pagemap shows 0 to a reader without root)."""
+    return bool(np.asarray(pfn)[np.asarray(present, bool)].any())
+
+
 def frames_known(t: pa.Table) -> bool:
     """Whether a snapshot holds the frame numbers of its present pages (a capture as root)."""
-    present = t.column("present").to_numpy(zero_copy_only=False)
-    return bool((_frames(t)[present] != 0).any())
+    return frames_readable(_frames(t), t.column("present").to_numpy(zero_copy_only=False))

@@ -29,7 +29,7 @@ from gpusim.base import backend as B
 from gpusim.kernels import pte as P
 from gpusim.kernels.fields import MEMORY_FIELDS, MM_FIELDS
 from gpusim.kernels.flags import FOLIO_FREED, FRAME_NEAR
-from gpusim.model.decode import maps_frame, names_page, offsets, with_offsets, without_offsets
+from gpusim.model.decode import names_page, offsets, with_offsets, without_offsets
 from gpusim.model.state import AddressSpace, Memory
 
 FRAME_ORDERS = ("address", "random", "runs:K")
@@ -175,16 +175,3 @@ def free_frames_between(pfns) -> int:
     f = np.unique(np.asarray(pfns, np.int64))
     f = f[f > 0]
     return int(np.clip(np.diff(f) - 1, 0, FRAME_NEAR).sum()) if f.size > 1 else 0
-
-
-def frame_breaks(space: AddressSpace) -> int:
-    """The ``pte.frame_break`` count of a walk of each of the parent's tables as one call over all its columns (spec
-    section 8): what a fork counts when no VMA boundary splits a table."""
-    pte = B.to_host(space.mm.pte)
-    n = 0
-    for row in range(pte.shape[0]):
-        v = pte[row]
-        pfn = offsets(v[maps_frame(v)])
-        brk = np.concatenate([[False], np.abs(pfn[1:] - pfn[:-1] - 1) >= FRAME_NEAR])
-        n += int((brk | np.concatenate([[False], brk[:-1]])).sum())  # a break, or the page after one
-    return n

@@ -39,8 +39,8 @@ import yaml
 from gpusim import api
 from gpusim.analysis.costmodel import (
     PROFILE_DIR,
-    WARM_FREE,
     Profile,
+    event_costs,
     host_profile_dir,
     latency,
     load_profile,
@@ -176,36 +176,30 @@ def sharing_layouts() -> list[RealLayout]:
     ]
 
 
-def _counts(
-    layout: RealLayout, variant: str, thp_pages: int | None = None, state: str = "fresh", frames: list | None = None
-) -> dict:
-    """The simulator's counts for a real layout (a bare fork for the empty one) in a measured state: ``fresh``, the
-    fork of the built space, or ``repeated``, the second fork of a chain (the parent after a fork); with the real
-    process's ``frames``, its twin's frames lie in their order."""
-    if layout.pages == 0:
-        c = new_counts()
-        c["fork.base"] = c["fork.mm"] = 1
-        return c
-    space, _ = sim_space(layout, variant, thp_pages, frames)
-    r = api.fork(space, variant, backend="cpu", check=False)
-    if state == "repeated":
-        r = api.fork(AddressSpace.of_fork(r.parent.mm, r.memory), variant, backend="cpu", check=False)
-    return r.counts
+def bare_counts() -> dict:
+    """The simulator's counts for the bare measuring process's fork: the fork and its mm, no page."""
+    c = new_counts()
+    c["fork.base"] = c["fork.mm"] = 1
+    return c
+
+
+def state_counts(r: dict, variant: str) -> dict:
+    """{state: the simulator's counts} for a measured layout ``r`` (:func:`gpusim.jobs.host.measure.measure`'s
+    result): its twin, with THPs where the kernel made them and its frames in the measured order, forked once
+    (``fresh``) and forked again as a chain does (``repeated``: the parent after a fork)."""
+    L = r["layout"]
+    space, _ = sim_space(L, variant, r["thp_pages"] if L.any_thp else None, r.get("frames"))
+    fresh = api.fork(space, variant, backend="cpu", check=False)
+    repeated = api.fork(AddressSpace.of_fork(fresh.parent.mm, fresh.memory), variant, backend="cpu", check=False)
+    return {"fresh": fresh.counts, "repeated": repeated.counts}
 
 
 def design_row(counts: dict, base_counts: dict, public, spared: float = 0.0) -> np.ndarray:
     """One row of the fit: per group, the layout's added events priced at the public profile's costs; a warm fork
     (the repeated state) is ``spared`` that share of :data:`gpusim.analysis.costmodel.WARM_FREE`'s
     (:func:`gpusim.analysis.costmodel.warm_credit`)."""
-    return np.array(
-        [
-            sum(
-                (counts[e] - base_counts[e]) * public.costs[e].ns * (1 - spared if e in WARM_FREE else 1)
-                for e in events
-            )
-            for events in GROUPS.values()
-        ]
-    )
+    cost = event_costs(public, spared)
+    return np.array([sum((counts[e] - base_counts[e]) * cost[e] for e in events) for events in GROUPS.values()])
 
 
 def warm_cache_bytes() -> float | None:
@@ -280,18 +274,18 @@ def fit(
     residuals, and the rows left out (refused by the kernel, or a state the checks did not confirm). A row whose
     interval is wider than ``noise_limit`` counts for less, in proportion; ``warm_cache``: the cache the repeated
     state's forks find (:func:`warm_cache_bytes`)."""
-    base_counts = _counts(RealLayout("bare", 0), variant)
+    base_counts = bare_counts()
     rows, y, w, names, skipped = [], [], [], [], []
     for r in results:
         if r["refused"]:
             skipped.append({"name": r["name"], "refused": r["refused"]})
             continue
-        L = r["layout"]
+        counts = state_counts(r, variant)
         for state in STATES:
             if not r["checks"][state]:
                 skipped.append({"name": f"{r['name']} ({state})", "refused": {"state": "not confirmed"}})
                 continue
-            c = _counts(L, variant, r["thp_pages"] if L.thp else None, state, r.get("frames"))
+            c = counts[state]
             spared = warm_credit(c, warm_cache) if state == "repeated" else 0.0
             rows.append(design_row(c, base_counts, public, spared))
             y.append(r[state]["added_ns"])
@@ -636,17 +630,17 @@ def latency_cases(results: list[dict], variant: str, profiles: dict) -> tuple[li
     """The held-out cases (a measured layout in one state) against each profile's prediction for that state:
     ({profile key: cases}, refusals). The first profile's cases carry the interval and verdict."""
     out, refused = {k: [] for k in profiles}, {}
-    base = _counts(RealLayout("bare", 0), variant)
-    base_pred = {k: latency(base, variant, p)["latency_ns"] for k, p in profiles.items()}
+    base_pred = {k: latency(bare_counts(), variant, p)["latency_ns"] for k, p in profiles.items()}
     for r in results:
         if r["refused"]:
             refused[r["name"]] = r["refused"]
             continue
+        counts = state_counts(r, variant)
         for state in STATES:
             if not r["checks"][state]:
                 refused[f"{r['name']} ({state})"] = {"state": f"not confirmed: {r['checks']}"}
                 continue
-            c = _counts(r["layout"], variant, r["thp_pages"] if r["layout"].any_thp else None, state, r.get("frames"))
+            c = counts[state]
             for k, p in profiles.items():
                 predicted = latency(c, variant, p, warm=state == "repeated")["latency_ns"] - base_pred[k]
                 case = _case(r["name"], state, r[state], predicted)

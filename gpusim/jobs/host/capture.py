@@ -17,7 +17,7 @@ import re
 import numpy as np
 import pyarrow as pa
 
-from gpusim.inputs.snapshot import PAGE
+from gpusim.inputs.snapshot import PAGE, frames_readable
 
 KPF_ANON, KPF_THP = 12, 22
 _MAPS_RE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) (\S+) (\d+)\s*(.*)$")
@@ -90,7 +90,7 @@ def read_frames(cat: dict, vmas: list[dict]) -> tuple[np.ndarray, np.ndarray, np
     mapcount = np.full(n, -1, np.int64)
     anon = np.array([vmas[int(i)]["backing"] == "anon" for i in cat["vma"]], bool) if n else np.zeros(0, bool)
     thp = np.zeros(n, bool)
-    frames_known = bool(n and (pfn[cat["present"]] != 0).any())
+    frames_known = frames_readable(pfn, cat["present"])
     if frames_known:
         for j in np.flatnonzero(cat["present"] & (pfn != 0)):
             c = _read_u64("/proc/kpagecount", int(pfn[j]), 1)

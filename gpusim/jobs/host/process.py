@@ -16,7 +16,6 @@ deletes, its fork timed by itself and predicted from its capture.
 
 from __future__ import annotations
 
-import json
 import random
 import subprocess
 import sys
@@ -97,38 +96,14 @@ sys.stdin.read()
 """
 
 
-class Proc:
+class Proc(real.LineProcess):
     """A target process (:data:`TARGET`) holding a dict of ``entries`` keys (0: a bare interpreter), pinned to
-    ``cpu``, driven line by line; one that dies is a RuntimeError, and :meth:`close` leaves none behind."""
+    ``cpu`` (:class:`gpusim.jobs.host.real.LineProcess`)."""
 
-    def __init__(self, entries: int, cpu: int):
-        self.p = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", TARGET, str(entries), str(cpu), real.__file__],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.info = self._reply()
-
-    def _reply(self) -> dict:
-        line = self.p.stdout.readline()
-        if not line:
-            self.close()
-            raise RuntimeError(f"the churned-dict process died (exit status {self.p.returncode})")
-        return json.loads(line)
-
-    def ask(self, **cmd) -> dict:
-        try:
-            self.p.stdin.write(json.dumps(cmd) + "\n")
-            self.p.stdin.flush()
-        except BrokenPipeError:
-            pass
-        return self._reply()
-
-    def close(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-        self.p.wait()
+    def __init__(self, entries: int, cpu: int, timeout: float = 600):
+        argv = [sys.executable, "-I", "-S", "-c", TARGET, str(entries), str(cpu), real.__file__]
+        super().__init__(argv, f"the process holding a dict of {entries} keys", timeout)
+        self.info = self.reply()
 
 
 def predicted(pid: int, variant: str, profiles: dict) -> tuple[dict, float | None]:
@@ -165,14 +140,14 @@ def measure_window(entries: int, rounds: int, variant: str, profiles: dict, cpu:
         out = {k: {"fork_ns": []} for k in procs}
         rng = random.Random(0)
         for k in procs:
-            procs[k].ask(fork=True)  # warm-up
+            procs[k].ask({"fork": True})  # warm-up
         for _ in range(rounds):
             for k in rng.sample(list(procs), len(procs)):
-                r = procs[k].ask(fork=True)
+                r = procs[k].ask({"fork": True})
                 if r["check_faults"] <= FAULT_SLACK:  # the listing of pages itself may fault a few in
                     out[k]["fork_ns"].append(r["fork_ns"])
         for k, p in procs.items():
-            p.ask()  # re-dirtied, no fork: the state the capture describes
+            p.ask({})  # re-dirtied, no fork: the state the capture describes
             out[k]["predicted"], out[k]["frame_breaks"] = predicted(p.info["pid"], variant, profiles)
         return out
     finally:

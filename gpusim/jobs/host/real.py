@@ -517,39 +517,33 @@ def write_frames(layout: RealLayout, steps: list) -> dict:
     }
 
 
-class Worker:
-    """A measuring process (:func:`serve`) holding one layout, driven line by line over its stdin and stdout; a
-    reply that does not come within ``timeout`` seconds, or a process that dies, is a RuntimeError (the process is
-    killed: none is left behind)."""
+class LineProcess:
+    """A child process driven by JSON lines over its stdin and stdout (``argv``, ``what`` it is for the errors): a
+    reply that does not come within ``timeout`` seconds, or a process that dies, is a RuntimeError with its last
+    line of stderr (the process is killed: none is left behind); :meth:`close` asks it to quit, then kills it."""
 
-    def __init__(self, layout: RealLayout, cpu: int | None = None, timeout: float = 600):
-        self.layout, self.timeout = layout, timeout
+    def __init__(self, argv: list, what: str, timeout: float = 600):
+        self.what, self.timeout = what, timeout
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", os.path.abspath(__file__), "serve"],  # the standard library only
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        self.info = self._ask({"layout": asdict(layout), "cpu": cpu})
 
-    def _ask(self, msg: dict) -> dict:
-        try:
-            self.proc.stdin.write(json.dumps(msg) + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            pass
+    def reply(self) -> dict:
         ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
         line = self.proc.stdout.readline() if ready else ""
         if not line:
             self.close()
             why = (self.proc.stderr.read().strip().splitlines() or [f"no answer within {self.timeout:.0f} s"])[-1]
-            raise RuntimeError(f"measuring {self.layout.name} failed: {why}")
+            raise RuntimeError(f"{self.what} failed: {why}")
         return json.loads(line)
 
-    def visits(self, k: int) -> dict:
-        """k visits (:func:`_visit`): lists of fork times and fault counts."""
-        return self._ask({"visits": k})
+    def ask(self, msg: dict) -> dict:
+        try:
+            self.proc.stdin.write(json.dumps(msg) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        return self.reply()
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -560,6 +554,20 @@ class Worker:
             except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
+
+
+class Worker(LineProcess):
+    """A measuring process (:func:`serve`) holding one layout (:class:`LineProcess`)."""
+
+    def __init__(self, layout: RealLayout, cpu: int | None = None, timeout: float = 600):
+        self.layout = layout
+        argv = [sys.executable, "-I", "-S", os.path.abspath(__file__), "serve"]  # the standard library only
+        super().__init__(argv, f"measuring {layout.name}", timeout)
+        self.info = self.ask({"layout": asdict(layout), "cpu": cpu})
+
+    def visits(self, k: int) -> dict:
+        """k visits (:func:`_visit`): lists of fork times and fault counts."""
+        return self.ask({"visits": k})
 
 
 def _run_here(mode: str, job, name: str, timeout: float) -> dict:
