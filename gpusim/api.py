@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import time
 
+from gpusim.analysis.costmodel import episode_report, latency, load_profile
 from gpusim.analysis.invariants import check_invariants, check_write_phase
 from gpusim.base import backend as _backend
 from gpusim.base import checkargs
+from gpusim.engines.episode import episode_kernels, parse_episode, run_episode
 from gpusim.engines.fast import fork_fast, fork_fast_batch
 from gpusim.engines.reference import fork_reference
 from gpusim.engines.writes import Step, parse_writes, run_write_phase
@@ -33,6 +35,8 @@ def fork(
     check: bool = True,
     chunk_tables: int | None = None,
     writes=None,
+    episode=None,
+    profile=None,
 ) -> ForkResult:
     """Simulate one fork of ``space`` under ``variant``.
 
@@ -43,6 +47,10 @@ def fork(
     larger than device memory); the result does not depend on it. ``writes`` (the notation of spec 11.1, e.g.
     ``"parent:all; child:all"``, or a list of steps) runs a write phase after a fork that succeeds:
     ``result.write_phase`` (:class:`gpusim.engines.writes.WritePhase`; its invariants checked with ``check``).
+    ``episode`` (spec 11.6: ``"duration=10s, rate=50000, pattern=zipf"`` or a mapping of the same keys) runs the
+    writes of a snapshot child's life after a fork that succeeds: ``result.episode``
+    (:class:`gpusim.engines.episode.Episode`, its report priced with the cost ``profile``: a name or a path, default
+    the default profile; its invariants checked with ``check``).
 
     A space in device memory (``RegionSpace(...).whole("cuda")``) forks there on ``cuda``, with ``check=False`` and no
     writes; its result's states stay on the device, and its digest is computed there.
@@ -53,8 +61,11 @@ def fork(
     check = checkargs.boolean("check", check)
     chunk_tables = checkargs.optional_integer("chunk_tables", chunk_tables, 1)
     steps = None if writes is None else parse_writes(writes_arg(writes))
+    spec = None if episode is None else parse_episode(episode)
+    if steps is not None and spec is not None:
+        raise ValueError("writes and episode: give one (an episode is a write phase over time)")
     if _backend.on_device(space.mm.pte):
-        refuse_resident(backend, check, steps)  # the generator's device spaces: valid by construction
+        refuse_resident(backend, check, steps or spec)  # the generator's device spaces: valid by construction
     else:
         space.validate()
     plan.fired.clear()
@@ -66,6 +77,8 @@ def fork(
         result.invariants = check_invariants(space, result, oracle, fork_seq)
     if steps is not None and result.outcome == "ok":
         result.write_phase = write_phase(result, steps, check)
+    if spec is not None and result.outcome == "ok":
+        result.episode = fork_episode(result, spec, check, profile)
     return result
 
 
@@ -121,6 +134,21 @@ def write_phase(result: ForkResult, writes, check: bool = True):
     if check:
         wp.invariants = check_write_phase(result.parent, result.child, wp)
     return wp
+
+
+def fork_episode(result: ForkResult, episode, check: bool = True, profile=None):
+    """The episode ``episode`` after the fork ``result`` (not modified), timed, compiled on the fast backends (the
+    reference's Python on ``reference``); its report priced with ``profile`` (the fork's stall included); with
+    ``check`` its invariants (spec 11.5) are checked."""
+    t0 = time.perf_counter()
+    ep = run_episode(result.parent, result.child, result.variant, episode, episode_kernels(result.backend))
+    ep.wall_s = time.perf_counter() - t0
+    if check:
+        ep.invariants = check_write_phase(result.parent, result.child, ep)
+    prof = load_profile(profile)
+    stall = latency(result.counts, result.variant, prof, result.table_stats)["latency_ns"]
+    ep.report = episode_report(ep, prof, stall)
+    return ep
 
 
 def fork_batch(

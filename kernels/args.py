@@ -46,6 +46,7 @@ HugeArrays = namedtuple("HugeArrays", list(GROUP_FIELDS["huge"]))
 Proc = namedtuple("Proc", list(GROUP_FIELDS["proc"]))
 WMem = namedtuple("WMem", list(GROUP_FIELDS["wmem"]))
 Scratch = namedtuple("Scratch", list(GROUP_FIELDS["scratch"]))
+EpisodeWrites = namedtuple("EpisodeWrites", list(GROUP_FIELDS["episode_writes"]))
 GenVmas = namedtuple("GenVmas", list(GROUP_FIELDS["gen_vmas"]))
 GenRows = namedtuple("GenRows", list(GROUP_FIELDS["gen_rows"]))
 GenOut = namedtuple("GenOut", list(GROUP_FIELDS["gen_out"]))
@@ -60,6 +61,7 @@ GROUP_TYPES = {
     "proc": Proc,
     "wmem": WMem,
     "scratch": Scratch,
+    "episode_writes": EpisodeWrites,
     "gen_vmas": GenVmas,
     "gen_rows": GenRows,
     "gen_out": GenOut,

@@ -14,10 +14,11 @@ import numpy as np
 from numba import njit, prange
 from numba.core.errors import NumbaIRAssumptionWarning
 
+from gpusim.kernels import episode as ek
 from gpusim.kernels import generate as gen
 from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
 from gpusim.kernels import writes as wk
-from gpusim.kernels.args import Proc, Scratch, WMem  # noqa: F401  (the write phase's groups, for the host)
+from gpusim.kernels.args import EpisodeWrites, Proc, Scratch, WMem  # noqa: F401  (the write phase's groups, for the host)
 from gpusim.kernels.flags import PTRS_PER_TABLE
 from gpusim.kernels.pte import pte_moved, pte_set_pfn
 from gpusim.kernels.rules import MODE_CLASSIFY, MODE_COPY, NR_FAST_COUNTS
@@ -268,3 +269,24 @@ def generate_rows(anon_exclusive, large_order, page_c0, slot_c0, v, w, o):
     """The region generator's step 2 (:func:`gpusim.kernels.generate.generate_row`): a thread per table row."""
     for r in prange(w.vma.shape[0]):
         gen.generate_row(r, anon_exclusive, large_order, page_c0, slot_c0, v, w, o)
+
+
+# An episode's writes (spec 11.6; :mod:`gpusim.kernels.episode`): one after another, on one core.
+
+
+@njit(cache=True, _nrt=False)
+def episode_writes(m, pa, ch, s, w, st, codes, origin, first_new, rule, anon_exclusive, ahead):
+    """The writes in order (:func:`gpusim.kernels.episode.episode_writes`)."""
+    ek.episode_writes(m, pa, ch, s, w, st, codes, origin, first_new, rule, anon_exclusive, ahead)
+
+
+@njit(cache=True, _nrt=False)
+def episode_exit(m, ch, st, origin, first_new):
+    """The child's exit during an episode (:func:`gpusim.kernels.episode.episode_exit`)."""
+    ek.episode_exit(m, ch, st, origin, first_new)
+
+
+@njit(cache=True)
+def episode_dma(pa, ch, live, addr, frame):
+    """The DMA view during an episode (:func:`gpusim.kernels.episode.dma_sample`)."""
+    return ek.dma_sample(pa, ch, live, addr, frame)

@@ -169,6 +169,9 @@ GROUP_FIELDS: dict[str, dict[str, tuple[np.dtype, int]]] = {
         "newi": (_I32, 1),
         "cpfn": (_I64, 1),
     },
+    # An episode's writes, in order (gpusim.kernels.episode): per write its writer (0 parent, 1 child), its address,
+    # the writer's row of its table (-1: none), the child's row there (-1: none) and the writer's VMA (-1: none).
+    "episode_writes": {"who": (_U8, 1), **{f: (_I64, 1) for f in ("addr", "row", "crow", "vma")}},
     # The compiled region generator (gpusim.kernels.generate). Per VMA of the space: where it starts, its pages, the
     # order of its PTE-mapped folios, whether it is private anon, its VM_* flags and backing, the largest swap count
     # drawn, the four draw keys (presence, swap, pins, swap counts) and its pin runs (``run_lo .. run_hi`` of

@@ -168,6 +168,22 @@ WP_REUSE_MAPCOUNT, WP_REUSE_REFCOUNT, WP_REUSE_EXCLUSIVE = 0, 1, 2
 WRITE_EVENTS = ("none", "reuse", "copy", "anon_fault", "pmd_reuse", "pmd_split", "segv", "unmodelled")
 EV_NONE, EV_REUSE, EV_COPY, EV_ANON_FAULT, EV_PMD_REUSE, EV_PMD_SPLIT, EV_SEGV, EV_UNMODELLED = range(len(WRITE_EVENTS))
 WRITE_EVERY = 1 << 62
+# One write's events as one number (an episode records it per write, spec 11.6): the first event, and the retry's
+# after a PMD split (-1: none): ``first * WRITE_CODE_BASE + second + 1``.
+WRITE_CODE_BASE = len(WRITE_EVENTS) + 1
+NR_WRITE_CODES = len(WRITE_EVENTS) * WRITE_CODE_BASE
+# The slots of an episode's running state (gpusim.kernels.episode, int64): pages, folios and contents used, COW pages,
+# the child's private dirty pages, whether the child lives, whether the COW pages need a recount.
+ST_PAGES, ST_FOLIOS, ST_CONTENT, ST_COW, ST_PRIVATE, ST_CHILD_LIVE, ST_RECOUNT = range(7)
+NR_ST = 7
+# How many writes ahead an episode prefetches the next writes' lines: their entries, then (once those arrived) their
+# pages' rows, then their folios' rows (0: not). Tuned on large states (results/BENCHMARKS.md, issue 27).
+EPISODE_AHEAD = (12, 6, 3)
+
+
+@jitable
+def write_code(first, second):
+    return first * WRITE_CODE_BASE + second + 1
 
 
 @jitable

@@ -42,6 +42,7 @@ from gpusim.kernels.flags import (
     VM_SHARED,
     VM_WRITE,
     mm_counter,
+    write_code,
 )
 from gpusim.kernels.pte import (
     KIND_DEVICE_PRIVATE,
@@ -198,20 +199,25 @@ def _pte_write(m, pr, s, u, r, i, vi, rule, anon_exclusive):
 
 @entry_jitable
 def write_at(m, pr, s, u, r, i, vi, rule, anon_exclusive):
-    """One write (``handle_mm_fault``) to entry ``i`` of row ``r``, in VMA ``vi`` (-1: none), counted for unit ``u``."""
+    """One write (``handle_mm_fault``) to entry ``i`` of row ``r``, in VMA ``vi`` (-1: none), counted for unit ``u``.
+    Returns its :func:`~gpusim.kernels.flags.write_code` (a PMD split and its retry at PTE level: two events)."""
     if vi < 0 or not pr.vflags[vi] & VM_WRITE:
         s.counts[u, EV_SEGV] += 1
-        return
+        return write_code(EV_SEGV, -1)
+    first = -1
     k = pr.rowpmd[r]
     if k >= 0 and pr.pmdlive[k]:
         if (pr.vflags[vi] & VM_SHARED) != 0:
             s.counts[u, EV_NONE] += 1
-            return
+            return write_code(EV_NONE, -1)
         ev = _huge_pmd_write(m, pr, k, r, rule, anon_exclusive)
         s.counts[u, ev] += 1
         if ev != EV_PMD_SPLIT:
-            return
-    s.counts[u, _pte_write(m, pr, s, u, r, i, vi, rule, anon_exclusive)] += 1
+            return write_code(ev, -1)
+        first = ev
+    ev = _pte_write(m, pr, s, u, r, i, vi, rule, anon_exclusive)
+    s.counts[u, ev] += 1
+    return write_code(ev, -1) if first < 0 else write_code(first, ev)
 
 
 @entry_jitable
@@ -222,7 +228,7 @@ def _span(pr, r, lo, hi):
 
 
 @entry_jitable
-def _vma_before(pr, a):
+def vma_before(pr, a):
     """The last VMA that starts at or before ``a`` (-1: none)."""
     lo, hi = 0, pr.vstart.shape[0]
     while lo < hi:
@@ -247,7 +253,7 @@ def write_unit(m, pr, s, u, r, lo, hi, every, rule, anon_exclusive):
     i0, i1, a0 = _span(pr, r, lo, hi)
     k = pr.rowpmd[r]
     huge = k >= 0 and pr.pmdlive[k]
-    vi = _vma_before(pr, a0 + i0)
+    vi = vma_before(pr, a0 + i0)
     nv = pr.vstart.shape[0]
     for i in range(i0, i1 + 1):
         if not _written(pr, r, i, every, huge):
@@ -300,7 +306,7 @@ def plan_unit(m, pr, s, u, r, lo, hi, every):
     s.safe[u] = safe
 
 
-@register_jitable
+@entry_jitable
 def fixup_unit(m, pr, s, u, r, pages0, folios0, content0, anon_exclusive):
     """Number unit ``u``'s new pages, folios and contents after those of the units before it (``s.pp``, ``s.pc``),
     from ``pages0`` / ``folios0`` / ``content0``: the new pages are made and mapped, the contents written."""

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gpusim.base.yamlerr import load_yaml_model
 from gpusim.engines.writes import WRITE_EVENTS, WRITERS
-from gpusim.kernels.flags import COST_EVENTS
+from gpusim.kernels.flags import COST_EVENTS, PAGE_SIZE, WRITE_CODE_BASE
 from gpusim.model.result import TABLE_EVENTS
 from gpusim.model.variants import VARIANTS, get_variant
 
@@ -306,6 +306,85 @@ def write_latency(counts: dict[str, dict[str, int]], profile: Profile) -> dict:
     breakdown = {w: {e: counts[w][e] * profile.write_costs[e].ns for e in WRITE_EVENTS} for w in WRITERS}
     total = sum(v for per in breakdown.values() for v in per.values())
     return {"latency_ns": total, "latency_breakdown_ns": breakdown, "profile": profile.name}
+
+
+def request_latencies(signatures: dict, cost: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(latency, requests) of each distinct request of an episode (spec 11.6): a signature is the write codes of its
+    page writes, each priced as the sum of its events' ``cost`` (ns by event); sorted by latency."""
+    if not signatures:
+        return np.zeros(0), np.zeros(0, np.int64)
+    per_code = np.zeros(len(WRITE_EVENTS) * WRITE_CODE_BASE)
+    for first, e1 in enumerate(WRITE_EVENTS):
+        for second in range(-1, len(WRITE_EVENTS)):
+            extra = cost[WRITE_EVENTS[second]] if second >= 0 else 0.0
+            per_code[first * WRITE_CODE_BASE + second + 1] = cost[e1] + extra
+    lat = np.array([per_code[list(sig)].sum() for sig in signatures])
+    n = np.array(list(signatures.values()), np.int64)
+    order = np.argsort(lat, kind="stable")
+    return lat[order], n[order]
+
+
+def nearest_rank(latency: np.ndarray, requests: np.ndarray, q: float) -> float:
+    """The q-quantile by nearest rank: the smallest latency with at least ``q`` of the requests at or below it."""
+    cum = np.cumsum(requests)
+    return float(latency[np.searchsorted(cum, max(1, np.ceil(q * cum[-1] - 1e-9)))])
+
+
+def latency_percentiles(signatures: dict, cost: dict) -> dict | None:
+    """``p50``, ``p99``, ``p999``, ``max`` and ``mean`` (ns) of an episode writer's request latencies; None when it
+    made no request."""
+    lat, n = request_latencies(signatures, cost)
+    if n.sum() == 0:
+        return None
+    out = {name: nearest_rank(lat, n, q) for name, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))}
+    return {**out, "max": float(lat[-1]), "mean": float((lat * n).sum() / n.sum())}
+
+
+def _interval(ep, j: int, cost: dict | None) -> dict:
+    """Interval ``j`` of an episode's timeline (spec 11.6), its added latency priced at ``cost``."""
+    out = {
+        "t_s": float(ep.t_s[j]),
+        "writes": {w: int(ep.writes[j, x]) for x, w in enumerate(WRITERS)},
+        "requests": {w: int(ep.requests[j, x]) for x, w in enumerate(WRITERS)},
+        "faults": {w: dict(zip(WRITE_EVENTS, ep.events[j, x].tolist())) for x, w in enumerate(WRITERS)},
+        "cow_pages": int(ep.cow_pages[j]),
+        "child_private_dirty_pages": int(ep.child_private_dirty_pages[j]),
+        "dma_parent_diverged": int(ep.dma_parent_diverged[j]),
+        "dma_child_aliased": int(ep.dma_child_aliased[j]),
+        "added_latency_ns": None,
+    }
+    if cost is not None:
+        per_event = np.array([cost[e] for e in WRITE_EVENTS])
+        added = ep.events[j] @ per_event - ep.writes[j] * cost["none"]
+        out["added_latency_ns"] = {w: float(added[x]) for x, w in enumerate(WRITERS)}
+    return out
+
+
+def episode_report(ep, profile: Profile, stall_ns: float | None) -> dict:
+    """An episode's report (spec 11.6): its spec, the timeline, peak COW pages and bytes, the child's private dirty
+    bytes at its exit, each writer's request latency percentiles (``write_latency_ns``: the parent's, or the child's
+    when only it writes; ``child_write_latency_ns`` when both write) and the fork's stall; latencies None for a
+    profile without write costs."""
+    cost = {e: c.ns for e, c in profile.write_costs.items()} if profile.write_costs else None
+    pct = [None, None] if cost is None else [latency_percentiles(sig, cost) for sig in ep.signatures]
+    main = 1 if ep.spec.writer == "child" else 0
+    timeline = [_interval(ep, j, cost) for j in range(len(ep.t_s))]
+    added = None if cost is None else sum(sum(t["added_latency_ns"].values()) for t in timeline)
+    return {
+        "spec": ep.spec.as_dict(),
+        "timeline": timeline,
+        "cow_pages_peak": ep.cow_pages_peak,
+        "cow_bytes_peak": ep.cow_pages_peak * PAGE_SIZE,
+        "child_private_dirty_bytes": ep.child_private_dirty_pages_at_exit * PAGE_SIZE,
+        "write_latency_ns": pct[main],
+        "child_write_latency_ns": pct[1] if ep.spec.writer == "both" else None,
+        "added_latency_ns": added,
+        "writes": int(ep.writes.sum()),
+        "faults": {w: dict(zip(WRITE_EVENTS, ep.events[:, x].sum(axis=0).tolist())) for x, w in enumerate(WRITERS)},
+        "domain_pages": ep.domain_pages,
+        "stall_ns": stall_ns,
+        "profile": profile.name,
+    }
 
 
 def lock_hold_max_ns(table_stats, variant: str, cost: dict, factor: float = 1.0) -> float:

@@ -58,6 +58,7 @@ def variants() -> None:
 
 @app.command(help=FORK_HELP)
 def fork(
+    # long: the command's options, one typer declaration each
     layout: Optional[str] = typer.Option(None, "--layout", "-l", help="Address space in layout notation."),
     scenario: Optional[str] = typer.Option(
         None,
@@ -93,13 +94,19 @@ def fork(
         help="After the fork, a write phase: steps WHO:RANGE separated by ';' (WHO parent or child; RANGE all, "
         "A or A-B, or child:exit), e.g. 'parent:all; child:all'.",
     ),
+    episode: Optional[str] = typer.Option(
+        None,
+        "--episode",
+        help="After the fork, the writes while the child lives, over time (spec 11.6): key=value pairs, e.g. "
+        "'duration=10s, rate=50000, pattern=zipf' (every key: README, 'Fork episodes').",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     try:
         if stream_tables is not None and workload is None:
             bad_input("--stream-tables goes with --workload")
         spec, what = fork_workload(layout, scenario, workload, sets, snapshot, pin)
-        options = ForkOptions(variant, oracle, inject, writes, backend, seed, stream_tables)
+        options = ForkOptions(variant, oracle, inject, writes, backend, seed, stream_tables, episode)
         if layout is not None:
             options = scenario_defaults(scenario, options)
         result, lat = fork_and_model(spec, what, options, profile)
@@ -114,6 +121,8 @@ def fork(
     if writes is not None:
         print_write_phase(result)
     print_latency(lat)
+    if episode is not None:
+        print_episode(result)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +136,7 @@ class ForkOptions:
     backend: str
     seed: int
     stream_tables: int | None
+    episode: str | None = None
 
 
 def fork_workload(layout, scenario, workload, sets, snapshot, pin):
@@ -195,7 +205,9 @@ def fork_and_model(spec, what: str, options: ForkOptions, profile):
     space, options, rows = fork_input(spec, what, options)
     if options.writes is not None and rows:
         bad_input("--writes: a streamed fork has no write phase (leave out --stream-tables, or fork less)")
-    result = run_fork(space, options, rows)
+    if options.episode is not None and rows:
+        bad_input("--episode: a streamed fork keeps no state for an episode (leave out --stream-tables, or fork less)")
+    result = run_fork(space, options, rows, prof)
     if result.write_phase is not None:
         result.write_phase.latency = write_latency(result.write_phase.counts, prof)
     return result, latency(result.counts, options.variant, prof, result.table_stats)
@@ -241,7 +253,7 @@ def fork_input(spec, what: str, options: ForkOptions):
     return space, options, None
 
 
-def run_fork(space, options: ForkOptions, rows: int | None):
+def run_fork(space, options: ForkOptions, rows: int | None, profile=None):
     """``gpusim fork``'s fork: whole (then the write phase, if any), or streamed in chunks of ``rows`` tables with
     a progress bar on a terminal."""
     oracle = "never" if options.oracle is None else options.oracle  # an empty --oracle is refused by its parser
@@ -250,7 +262,14 @@ def run_fork(space, options: ForkOptions, rows: int | None):
 
         inject = options.inject or ()
         return fork(
-            space, options.variant, backend=options.backend, oracle=oracle, inject=inject, writes=options.writes
+            space,
+            options.variant,
+            backend=options.backend,
+            oracle=oracle,
+            inject=inject,
+            writes=options.writes,
+            episode=options.episode,
+            profile=profile,
         )
     from gpusim.stream import fork_streamed
 
@@ -360,6 +379,58 @@ def print_write_phase(r) -> None:
     if wp.invariants is not None and not wp.invariants.ok:
         for v in wp.invariants.violations:
             out.print(f"  {v}", markup=False)
+
+
+def _ns(x: float) -> str:
+    return f"{x:.0f} ns" if x < 1e3 else f"{x / 1e3:.1f} us" if x < 1e6 else f"{x / 1e6:.2f} ms"
+
+
+def print_episode(r) -> None:
+    """The episode's lines of ``gpusim fork``'s summary: what the writes did, COW memory, latency, a timeline."""
+    out = Console(highlight=False, soft_wrap=True)
+    ep = r.episode
+    if ep is None:
+        out.print(f"episode: not run (the fork ended {r.outcome})")
+        return
+    rep, mib = ep.report, 2**20
+    for who, counts in rep["faults"].items():
+        if any(counts.values()):
+            done = ", ".join(f"{n:,} {e}" for e, n in counts.items() if n)
+            out.print(f"episode, {who} ({rep['domain_pages'].get(who, 0):,} pages written over): {done}", markup=False)
+    out.print(
+        f"COW memory peak {rep['cow_bytes_peak'] / mib:,.1f} MiB; the child's private dirty memory at its exit "
+        f"{rep['child_private_dirty_bytes'] / mib:,.1f} MiB"
+    )
+    for key, who in (("write_latency_ns", "writes"), ("child_write_latency_ns", "child's writes")):
+        p = rep[key]
+        if p is not None:
+            added = f"; added {rep['added_latency_ns'] / 1e6:,.1f} ms in all" if key == "write_latency_ns" else ""
+            out.print(
+                f"modelled latency of the {who}: p50 {_ns(p['p50'])}, p99 {_ns(p['p99'])}, p99.9 {_ns(p['p999'])}, "
+                f"max {_ns(p['max'])}{added} (fork stall {_ns(rep['stall_ns'])})"
+            )
+    print_timeline(out, rep["timeline"])
+    if ep.invariants is not None and not ep.invariants.ok:
+        for v in ep.invariants.violations:
+            out.print(f"  {v}", markup=False)
+
+
+def print_timeline(out: Console, timeline: list, rows: int = 10) -> None:
+    """At most ``rows`` intervals of an episode's timeline, evenly spread, the last one included."""
+    pick = sorted({round(i * (len(timeline) - 1) / max(rows - 1, 1)) for i in range(min(rows, len(timeline)))})
+    t = Table("t (s)", "writes", "copy faults", "COW MiB", "child private MiB", "added latency (ms)", box=None)
+    for j in pick:
+        iv = timeline[j]
+        added = iv["added_latency_ns"]
+        t.add_row(
+            f"{iv['t_s']:g}",
+            f"{sum(iv['writes'].values()):,}",
+            f"{sum(f['copy'] for f in iv['faults'].values()):,}",
+            f"{iv['cow_pages'] * 4096 / 2**20:,.1f}",
+            f"{iv['child_private_dirty_pages'] * 4096 / 2**20:,.1f}",
+            "-" if added is None else f"{sum(added.values()) / 1e6:,.2f}",
+        )
+    out.print(t)
 
 
 @app.command()

@@ -180,6 +180,11 @@ class WriteContext:
         self.counts = {w: dict.fromkeys(WRITE_EVENTS, 0) for w in WRITERS}
         self.child_exited = False
 
+    def states(self) -> tuple[AddressSpace, MM]:
+        """The parent (with the memory) and the child as they are now."""
+        par, chi = self.procs["parent"], self.procs["child"]
+        return AddressSpace(par.mm.to_mm(), self.m.to_memory()), chi.mm.to_mm()
+
     def _rmap_counts(self, mm: MMState) -> dict:
         m, out = self.m, {}
         for row in mm.tables.values():
@@ -396,6 +401,8 @@ def step_addresses(wc: WriteContext, s: Step):
 
 def pinned_frames(mm: MM, memory: Memory) -> tuple[np.ndarray, np.ndarray]:
     """(addresses, frames) where ``mm`` maps a page of a truly pinned folio (a PTE or a PMD-mapped THP)."""
+    if not (memory.folio_true_pins > 0).any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     addr, val = entries(mm)
     ok = decode.maps_frame(val)
     addr, pfn = addr[ok], decode.offsets(val[ok]).astype(np.int64)
@@ -441,9 +448,11 @@ def dma_view(parent0: AddressSpace, parent1: MM, child1: MM) -> dict[str, int]:
 def mapped(mm: MM) -> np.ndarray:
     """The addresses where ``mm`` maps a page (a present PTE, or a PMD-mapped THP), ascending (i64)."""
     addr, val = entries(mm)
-    out = [addr[decode.kinds(val) == P.KIND_PRESENT]]
+    out = [addr[decode.kinds(val) == P.KIND_PRESENT]]  # ascending: the tables are
+    if mm.pmd_index.size == 0:
+        return out[0]
     out += [np.arange(t * PTRS_PER_TABLE, (t + 1) * PTRS_PER_TABLE, dtype=np.int64) for t in mm.pmd_index.tolist()]
-    return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
+    return np.sort(np.concatenate(out))
 
 
 def _runs(who: str, addrs: np.ndarray) -> list[Step]:
@@ -487,8 +496,7 @@ def _reference_phase(parent: AddressSpace, child: MM, variant: str, steps) -> tu
         for a in step_addresses(wc, s):
             for ev in handle_mm_fault(wc, p, a):
                 counts[ev] += 1
-    par, chi = wc.procs["parent"], wc.procs["child"]
-    return AddressSpace(par.mm.to_mm(), wc.m.to_memory()), chi.mm.to_mm(), wc.counts, wc.child_exited
+    return (*wc.states(), wc.counts, wc.child_exited)
 
 
 def _reserved_tables(mm: MM, steps, who: str) -> np.ndarray:
@@ -553,7 +561,7 @@ def _units(pr, s: Step) -> tuple[int, int, int, int]:
     return r0, r1, s.lo, s.hi
 
 
-def _scratch(kernels, n: int, nrss: int, slots: int):
+def scratch(kernels, n: int, nrss: int, slots: int):
     """A step's scratch (``kernels.Scratch``) for ``n`` units and ``slots`` new pages and contents."""
     shapes = {"counts": (n, len(WRITE_EVENTS)), "rss": (n, nrss), "newi": (slots,), "cpfn": (slots,)}
     return kernels.Scratch(**{f: np.zeros(shapes.get(f, (n,)), dt) for f, (dt, _) in GROUP_FIELDS["scratch"].items()})
@@ -572,7 +580,7 @@ def _compiled_step(kernels, s: Step, pr, mem, v, used: list, counts: np.ndarray)
     pages, folios and contents they made after ``used`` (pages, folios, contents so far; advanced), count into
     ``counts``."""
     r0, r1, lo, hi = _units(pr, s)
-    sc = _scratch(kernels, r1 - r0, pr.rss.shape[0], 0)
+    sc = scratch(kernels, r1 - r0, pr.rss.shape[0], 0)
     kernels.write_plan(mem, pr, sc, r0, lo, hi, s.all)
     bound = sc.base.copy()
     sc.base[:] = np.cumsum(bound) - bound
@@ -590,17 +598,35 @@ def _compiled_step(kernels, s: Step, pr, mem, v, used: list, counts: np.ndarray)
         raise RuntimeError("write phase: a table an anonymous VMA meets had no row reserved")
 
 
+def compiled_start(parent: AddressSpace, child: MM, tables: dict, extra: int, kernels) -> tuple:
+    """The compiled write phase's state: (the memory group, with room for ``extra`` new pages and folios; the
+    parent's and the child's ``Proc``, with a row for each of ``tables[writer]``; the pages, folios and contents
+    used so far)."""
+    m0 = parent.memory
+    mem = kernels.WMem(**{f: _with_room(getattr(m0, f), extra if f in _GROWN else 0) for f in GROUP_FIELDS["wmem"]})
+    folios = m0.nr_folios + extra
+    procs = [_proc(kernels, mm, tables[w], m0, folios) for w, mm in (("parent", parent.mm), ("child", child))]
+    return mem, procs, [m0.nr_pages, m0.nr_folios, m0.next_content]
+
+
+def compiled_end(parent: AddressSpace, child: MM, mem, procs, used, exited: bool) -> tuple[AddressSpace, MM]:
+    """The states after the compiled writes: (the parent and the memory, the child: empty once it exited)."""
+    arrays = {f: getattr(parent.memory, f) for f in MEMORY_FIELDS}
+    arrays.update({f: getattr(mem, f)[: used[0] if f.startswith("page_") else used[1]] for f in _GROWN})
+    arrays["swap_count"] = mem.swap_count
+    memory = Memory(**arrays, next_content=used[2])
+    after = AddressSpace(_mm_after(procs[0], parent.mm), memory)
+    child_after = MMState().to_mm() if exited else _mm_after(procs[1], child)  # an exited child has no mm
+    return after, child_after
+
+
 def _compiled_phase(parent: AddressSpace, child: MM, variant: str, steps, kernels) -> tuple:
     """The steps compiled (:func:`_compiled_step`): what :func:`_reference_phase` returns, equal to it."""
-    m0, v = parent.memory, get_variant(variant)
+    v = get_variant(variant)
     tables = {w: _reserved_tables(mm, steps, w) for w, mm in (("parent", parent.mm), ("child", child))}
     # room for a new page per write: a range writes its addresses, ``all`` at most every address of the writer's rows
     extra = sum(tables[s.who].size * PTRS_PER_TABLE if s.all else (0 if s.exit else s.hi - s.lo + 1) for s in steps)
-    mem = {f: _with_room(getattr(m0, f), extra if f in _GROWN else 0) for f in GROUP_FIELDS["wmem"]}
-    mem = kernels.WMem(**mem)
-    folios = m0.nr_folios + extra
-    procs = [_proc(kernels, mm, tables[w], m0, folios) for w, mm in (("parent", parent.mm), ("child", child))]
-    used = [m0.nr_pages, m0.nr_folios, m0.next_content]
+    mem, procs, used = compiled_start(parent, child, tables, extra, kernels)
     counts = np.zeros((2, len(WRITE_EVENTS)), np.int64)
     exited = False
     for s in steps:
@@ -610,14 +636,8 @@ def _compiled_phase(parent: AddressSpace, child: MM, variant: str, steps, kernel
         else:
             k = WRITERS.index(s.who)
             _compiled_step(kernels, s, procs[k], mem, v, used, counts[k])
-    arrays = {f: getattr(m0, f) for f in MEMORY_FIELDS}
-    arrays.update({f: getattr(mem, f)[: used[0] if f.startswith("page_") else used[1]] for f in _GROWN})
-    arrays["swap_count"] = mem.swap_count
-    memory = Memory(**arrays, next_content=used[2])
     out_counts = {w: dict(zip(WRITE_EVENTS, counts[k].tolist())) for k, w in enumerate(WRITERS)}
-    after = AddressSpace(_mm_after(procs[0], parent.mm), memory)
-    child_after = MMState().to_mm() if exited else _mm_after(procs[1], child)  # an exited child has no mm
-    return after, child_after, out_counts, exited
+    return (*compiled_end(parent, child, mem, procs, used, exited), out_counts, exited)
 
 
 _GROWN = tuple(f for f in GROUP_FIELDS["wmem"] if f != "swap_count")  # room for the new pages and folios

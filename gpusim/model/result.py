@@ -101,6 +101,7 @@ class ForkResult:
     table_stats: TableStats | None = None
     python_tables: int = 0  # page tables the Python loop (the reference's state machines) copied
     write_phase: object | None = None  # gpusim.engines.writes.WritePhase, when writes followed the fork
+    episode: object | None = None  # gpusim.engines.episode.Episode, when an episode followed the fork
 
     @property
     def memory(self) -> Memory:
@@ -135,6 +136,7 @@ class ForkResult:
             "bytes_per_pte": self.bytes_per_pte(),
             "python_tables": self.python_tables,
             "write_phase": None if self.write_phase is None else self.write_phase.as_dict(),
+            "episode": None if self.episode is None else self.episode.as_dict(),
         }
 
     def bytes_per_pte(self) -> float | None:
