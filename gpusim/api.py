@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from gpusim.analysis.costmodel import episode_report, latency, load_profile
+from gpusim.analysis.costmodel import Profile, episode_report, latency, load_profile
 from gpusim.analysis.invariants import check_invariants, check_write_phase
 from gpusim.base import backend as _backend
 from gpusim.base import checkargs
@@ -145,7 +145,7 @@ def fork_episode(result: ForkResult, episode, check: bool = True, profile=None):
     ep.wall_s = time.perf_counter() - t0
     if check:
         ep.invariants = check_write_phase(result.parent, result.child, ep)
-    prof = load_profile(profile)
+    prof = profile if isinstance(profile, Profile) else load_profile(profile)
     stall = latency(result.counts, result.variant, prof, result.table_stats)["latency_ns"]
     ep.report = episode_report(ep, prof, stall)
     return ep

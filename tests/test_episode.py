@@ -3,6 +3,7 @@ the reference's (timeline, latency signatures, states) on random layouts and epi
 draws independent of the windows; the patterns' shapes; the report's percentiles; the API and the CLI."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -251,3 +252,65 @@ def test_cli_episode_json_and_errors():
     assert code == 0 and "COW memory peak" in out and "child private MiB" in out
     code, out, err = run_cli("fork", "--layout", "normal*8", "--episode", "duration=1s, rate=x, colour=1")
     assert code == 2 and "rate: requests per second" in err and "colour: not a key" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler for the measuring process")
+def test_a_host_episode_matches_its_twin():
+    """The measuring process's child's private dirty pages grow as its captured twin's do, write for write."""
+    from gpusim.jobs.host.episodes import cow_error, measure_episode
+
+    r = measure_episode(8192, False, "duration=0.4s, rate=20000, resolution=0.1")
+    assert r["writes"] == [2000, 4000, 6000, 8000]
+    assert r["modelled_private_pages"][-1] > 3000 and cow_error(r) <= 0.05, r
+    assert all(0 <= m - p <= 64 for m, p in zip(r["measured_faults"], r["modelled_faults"]))  # its own pages too
+    assert r["measured_latency_ns"]["p50"] > 0 and r["keys"].size == 8000
+
+
+SWEEP = """name: e
+seed: 3
+repeat: 1
+backend: cpu
+workload: {kind: anon, size: 4MiB, pinned_fraction: 0.05, pinned_placement: contiguous}
+fork:
+  variant: linux-6.18
+  episode: EPISODE
+sweep:
+  grid:
+    fork.variant: [linux-5.8, linux-6.18]
+    fork.episode.rate: [2000, 8000]
+"""
+
+
+def test_sweep_with_episodes_columns_and_plot(tmp_path):
+    """fork.episode with a swept rate: the dataset has the episode's totals and timeline lists; the fixed kernel
+    keeps its DMA frames while linux-5.8's parent loses them; the timeline plot is drawn; a rerun resumes."""
+    f = tmp_path / "e.yaml"
+    f.write_text(SWEEP.replace("EPISODE", "{duration: 1s, rate: 1000, pattern: sequential, resolution: 0.25s}"))
+    t = gpusim.run_sweep(f, out=tmp_path / "o", workers=1).to_pandas()
+    assert len(t) == 4 and t["episode.invariants_ok"].all()
+    assert (t["episode.writes"] == t["fork.episode.rate"]).all()
+    assert all(len(x) == 4 for x in t["episode.timeline.cow_pages"])
+    fast = t[t["fork.episode.rate"] == 8000].set_index("variant")
+    assert fast.loc["linux-5.8", "episode.timeline.dma_parent_diverged"][-1] > 0
+    assert fast.loc["linux-6.18", "episode.timeline.dma_parent_diverged"][-1] == 0
+    assert (t["episode.cow_bytes_peak"] == 4096 * t["episode.cow_pages_peak"]).all()
+    from gpusim.jobs.plots import plot_results
+
+    assert "episode_timeline.png" in [p.name for p in plot_results(tmp_path / "o")]
+    code, out, err = run_cli("sweep", str(f), "--out", str(tmp_path / "o"), "--workers", "1")
+    assert code == 0 and "0 run, 4 already done" in out + err
+
+
+@pytest.mark.parametrize(
+    "episode,needle",
+    [
+        ("{duration: 1s, rate: -3}", "rate: above 0"),
+        ("{duration: 1s, rate: 10, colour: red}", "colour: not a key"),
+        ("'duration=1s'", "rate: missing"),
+    ],
+)
+def test_sweep_episode_errors_name_the_line(tmp_path, episode, needle):
+    f = tmp_path / "e.yaml"
+    f.write_text(SWEEP.replace("EPISODE", episode))
+    code, out, err = run_cli("sweep", str(f), "--out", str(tmp_path / "o"), "--workers", "1")
+    assert code == 2 and needle in err and f"{f}:8" in err and "Traceback" not in err, err

@@ -340,6 +340,44 @@ def latency_percentiles(signatures: dict, cost: dict) -> dict | None:
     return {**out, "max": float(lat[-1]), "mean": float((lat * n).sum() / n.sum())}
 
 
+def mixture_percentiles(signatures: dict, samples: dict, seed: int = 0) -> dict | None:
+    """``p50``, ``p99``, ``p999``, ``max`` and ``mean`` of an episode writer's request latencies when each class of
+    write has a measured distribution (``samples``: class -> latencies in ns, e.g. write codes, or the classes of
+    :func:`gpusim.jobs.host.episodes.write_keys`) instead of one cost: the mixture, weighted by ``signatures``
+    (tuple of its writes' classes -> requests), of the signatures' distributions (a request of several writes: the
+    sum of draws from each, 4,096 draws, seeded). None when there was no request; a class without samples is a
+    ValueError naming it."""
+    total = sum(signatures.values())
+    if not total:
+        return None
+    rng = np.random.default_rng(seed)
+    values, weights = [], []
+    for sig, n in signatures.items():
+        missing = [c for c in sig if c not in samples or not len(samples[c])]
+        if missing:
+            raise ValueError(f"no measured latencies for write class {missing[0]}")
+        if len(sig) == 1:
+            v = np.asarray(samples[sig[0]], float)
+        else:
+            v = sum(rng.choice(np.asarray(samples[c], float), 4096) for c in sig)
+        values.append(v)
+        weights.append(np.full(v.size, n / total / v.size))
+    v, w = np.concatenate(values), np.concatenate(weights)
+    order = np.argsort(v, kind="stable")
+    v, cum = v[order], np.cumsum(w[order])
+    at = {
+        k: float(v[min(np.searchsorted(cum, q - 1e-12), v.size - 1)])
+        for k, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))
+    }
+    return {**at, "max": float(v[-1]), "mean": float((v * w[order]).sum())}
+
+
+def code_name(code: int) -> str:
+    """A write code's events: ``copy``, ``pmd_split+copy``."""
+    first, second = divmod(code, WRITE_CODE_BASE)
+    return WRITE_EVENTS[first] + ("" if second == 0 else f"+{WRITE_EVENTS[second - 1]}")
+
+
 def _interval(ep, j: int, cost: dict | None) -> dict:
     """Interval ``j`` of an episode's timeline (spec 11.6), its added latency priced at ``cost``."""
     out = {

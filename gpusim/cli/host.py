@@ -110,10 +110,19 @@ def validate(
         "--record/--no-record",
         help="Keep the band check in the stored host profile, its band widened to cover the drift seen now.",
     ),
+    episodes: bool = typer.Option(
+        False,
+        "--episodes",
+        help="Instead: fork episodes (spec 11.6) measured here against the simulator: the child's private dirty "
+        "pages over time and the parent's write latency (needs a C compiler).",
+    ),
 ) -> None:
     """Compare the simulator with this kernel: page sharing after a real fork, and latency on held-out layouts in
     the fresh and the repeated state, each case with its interval and a verdict (pass, fail, too noisy); say how
     the stored profile's band holds now."""
+    if episodes:
+        validate_episodes_command(profile, quick, as_json)
+        return
     from gpusim.jobs.host.calibrate import validate as run_validate
 
     try:
@@ -147,6 +156,32 @@ def validate(
     typer.echo(_stability_line(lat["stability"]))
     for name, why in rep["refused"].items():
         typer.echo(f"skipped {name}: {why}")
+    typer.echo(f"verdict: {rep['verdict']}")
+
+
+def validate_episodes_command(profile, quick: bool, as_json: bool) -> None:
+    """``gpusim validate --episodes``: the host episodes against the simulator, a line per case and a verdict."""
+    from gpusim.jobs.host.episodes import COW_TOLERANCE, LATENCY_TOLERANCE, HostEpisodeError, validate_episodes
+
+    console = Console(stderr=True, highlight=False)
+    try:
+        rep = validate_episodes(quick, profile=profile, progress=None if as_json else lambda m: console.print(m))
+    except HostEpisodeError as e:
+        bad_input(str(e))
+    if as_json:
+        typer.echo(json.dumps(rep))
+        return
+    for name, s in rep["calibration_samples"].items():
+        typer.echo(f"calibration: {name}: {s['n']:,} writes, p50 {s['p50']:,.0f} ns, p99 {s['p99']:,.0f} ns")
+    for c in rep["cases"]:
+        m, q = c["measured_latency_ns"], c["calibrated_latency_ns"]
+        cow = "no sample over the floor" if c["cow_error"] is None else f"{c['cow_error']:.2%}"
+        typer.echo(
+            f"{c['pages'] * 4096 >> 20} MiB THP {'on' if c['thp'] else 'off'} {c['spec']['pattern']}: "
+            f"private pages worst error {cow} (tolerance {COW_TOLERANCE:.0%}); latency p50 {m['p50']:,.0f} ns "
+            f"measured, {q['p50']:,.0f} modelled; p99 {m['p99']:,.0f} / {q['p99']:,.0f} (tolerance "
+            f"{LATENCY_TOLERANCE:.0%}); {'pass' if c['ok'] else 'fail'}"
+        )
     typer.echo(f"verdict: {rep['verdict']}")
 
 

@@ -344,6 +344,7 @@ class Window:
     start_s: float
     request_who: np.ndarray
     addr: np.ndarray
+    times: np.ndarray  # per request, seconds
 
     @property
     def who(self) -> np.ndarray:
@@ -390,9 +391,10 @@ class Schedule:
             whos.append(np.full(t.size, s.who, np.uint8))
             addrs.append(s.addresses(t.size * k).reshape(t.size, k))
         if not times:
-            return Window(j, u0, np.zeros(0, np.uint8), np.zeros(0, np.int64))
-        order = np.argsort(np.concatenate(times), kind="stable")  # at equal times the parent's first
-        return Window(j, u0, np.concatenate(whos)[order], np.concatenate(addrs)[order].reshape(-1))
+            return Window(j, u0, np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0))
+        t = np.concatenate(times)
+        order = np.argsort(t, kind="stable")  # at equal times the parent's first
+        return Window(j, u0, np.concatenate(whos)[order], np.concatenate(addrs)[order].reshape(-1), t[order])
 
 
 @dataclass
@@ -401,7 +403,8 @@ class Episode:
     (page writes), ``requests``, ``events`` (of :data:`WRITE_EVENTS`); sampled at the interval's end: ``cow_pages``,
     ``child_private_dirty_pages``, ``dma_parent_diverged``, ``dma_child_aliased``. ``signatures[w]``: the requests
     of writer ``w`` by the sorted write codes of their page writes (their latency, priced by the cost model).
-    ``cow_pages_peak`` and ``child_private_dirty_pages_at_exit`` include the state just before the child's exit;
+    ``cow_pages_peak`` and ``child_private_dirty_pages_at_exit`` include the state just before the child's exit
+    (``..._at_fork``: before the first write);
     ``parent`` / ``child``: the states at the end."""
 
     spec: EpisodeSpec
@@ -416,12 +419,14 @@ class Episode:
     signatures: list
     cow_pages_peak: int
     child_private_dirty_pages_at_exit: int
+    child_private_dirty_pages_at_fork: int
     domain_pages: dict
     parent: AddressSpace
     child: MM
     report: dict | None = None
     invariants: object = None
     wall_s: float = 0.0
+    codes: np.ndarray | None = None  # with ``keep_codes``: each page write's write code, in order
 
     @property
     def memory(self) -> Memory:
@@ -484,10 +489,10 @@ def _signatures(rows: np.ndarray) -> list[tuple[tuple, int]]:
     return list(zip(map(tuple, digits.tolist()), n.tolist()))
 
 
-def run_episode(parent: AddressSpace, child: MM, variant: str, episode, kernels=None) -> Episode:
+def run_episode(parent: AddressSpace, child: MM, variant: str, episode, kernels=None, keep_codes=False) -> Episode:
     """The episode ``episode`` (an :class:`EpisodeSpec` or its notation) after a fork whose final states are
     ``parent`` and ``child`` (not modified): compiled with ``kernels`` that have ``episode_writes``, else the
-    reference's Python; both give the same :class:`Episode`."""
+    reference's Python; both give the same :class:`Episode` (with ``keep_codes``, every write's code too)."""
     spec = parse_episode(episode)
     schedule = Schedule(spec, parent.mm, child)
     room = sum(s.domain.size for s in schedule.streams)  # a writer copies each page of its domain once at most
@@ -495,14 +500,17 @@ def run_episode(parent: AddressSpace, child: MM, variant: str, episode, kernels=
         runner = CompiledRunner(parent, child, variant, kernels, room)
     else:
         runner = ReferenceRunner(parent, child, variant)
-    tally, alive, before_exit = _Tally(spec), True, None
+    tally, alive, before_exit, kept = _Tally(spec), True, None, []
+    at_fork = runner.sample()[1]
     for j, u0, u1 in schedule.bounds():
         if alive and u0 >= spec.exit_s:
             before_exit, alive = runner.sample(), False
             runner.exit()
         w = schedule.window(j, u0, u1, alive)
         if w.addr.size:
-            tally.add(w, runner.write(w.request_who, w.who, w.addr))
+            codes = runner.write(w.request_who, w.who, w.addr)
+            tally.add(w, codes)
+            kept.append(codes if keep_codes else codes[:0])
         if u1 >= min((j + 1) * spec.resolution_s, spec.duration_s):
             tally.samples[j] = runner.sample()
     if alive:
@@ -511,7 +519,7 @@ def run_episode(parent: AddressSpace, child: MM, variant: str, episode, kernels=
     after, child_after = runner.finish()
     peak = int(max(tally.samples[:, 0].max(), before_exit[0]))
     n = spec.intervals
-    return Episode(
+    ep = Episode(
         spec,
         np.minimum((np.arange(n) + 1) * spec.resolution_s, spec.duration_s),
         tally.writes,
@@ -521,10 +529,14 @@ def run_episode(parent: AddressSpace, child: MM, variant: str, episode, kernels=
         tally.signatures,
         peak,
         int(before_exit[1]),
+        int(at_fork),
         {WRITERS[s.who]: int(s.domain.size) for s in schedule.streams},
         after,
         child_after,
     )
+    if keep_codes:
+        ep.codes = np.concatenate(kept) if kept else np.zeros(0, np.uint8)
+    return ep
 
 
 def child_private_dirty(child: MM, memory: Memory) -> int:

@@ -6,7 +6,9 @@
 * ``variant_comparison.png``: median latency per variant for each workload point (grouped bars);
 * ``write_phase.png`` (sweeps with ``fork.writes``): per variant, the pinned pages whose DMA the parent lost
   (``dma.parent_diverged``) and those the device writes into the child (``dma.child_aliased``), beside the modelled
-  latency of the fork and of the write phase after it.
+  latency of the fork and of the write phase after it;
+* ``episode_timeline.png`` (sweeps with ``fork.episode``): per point, the COW memory and the latency the writes
+  gain over the episode's time, and the pinned pages whose DMA the parent lost when any did.
 
 A figure whose axis the sweep does not vary is skipped. Failed rows (``outcome = "error"``) are left out. matplotlib
 is imported when figures are drawn, not with this module.
@@ -173,6 +175,40 @@ def write_phase(fig_set: "_Figures") -> None:
     fig_set.save(fig, "write_phase.png")
 
 
+def episode_timeline(fig_set: "_Figures") -> None:
+    """``episode_timeline.png``: per point (its first repetition), the COW memory and the latency the writes gain
+    over the episode's time, and the DMA frames the parent lost when any did."""
+    d, n = fig_set.d, fig_set.n
+    col = "episode.timeline.t_s"
+    rows = {}
+    for i in range(n):
+        if d.get(col, [None] * n)[i]:
+            key = (d["variant"][i], workload_label(d, i))
+            rows.setdefault(key, i)
+    if not rows:
+        return
+    lost = any(max(d["episode.timeline.dma_parent_diverged"][i] or [0]) > 0 for i in rows.values())
+    fig, axes = fig_set.plt.subplots(1, 3 if lost else 2, figsize=(16 if lost else 11, 4.5))
+    for (v, other), i in sorted(rows.items()):
+        t = np.array(d[col][i], float)
+        step = np.diff(np.concatenate([[0.0], t]))
+        label = v if other == "all" else f"{v}, {other}"
+        axes[0].plot(t, np.array(d["episode.timeline.cow_pages"][i], float) * PAGE_SIZE / 2**20, label=label)
+        added = np.array([np.nan if a is None else a for a in d["episode.timeline.added_latency_ns"][i]], float)
+        axes[1].plot(t, added / 1e6 / step, label=label)
+        if lost:
+            axes[2].plot(t, d["episode.timeline.dma_parent_diverged"][i], label=label)
+    titles = ("COW memory (pages copied, both copies alive)", "latency the writes gain", "DMA frames the parent lost")
+    ylabels = ("MiB", "ms of added latency per second", "pinned pages")
+    for ax, title, ylabel in zip(axes, titles, ylabels):
+        ax.set_title(title)
+        ax.set_xlabel("time since the fork (s)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig_set.save(fig, "episode_timeline.png")
+
+
 PLOTS = "_plots"  # a dataset's figures: a name the readers skip
 
 
@@ -194,4 +230,5 @@ def plot_results(path, out=None) -> list[Path]:
     figs.latency_vs_pinned()
     figs.variant_comparison()
     write_phase(figs)
+    episode_timeline(figs)
     return figs.written

@@ -33,8 +33,9 @@ from gpusim.jobs.sweep.spec import sweep_hash
 from gpusim.kernels.flags import COUNT_NAMES, RSS_NAMES
 
 # 2: host_tables; 3: non-data files prefixed with "_" (_common_metadata, _manifest.jsonl); 4: the write phase's
-# columns (older files read them as null); 5: host_tables named python_tables (the tables the Python loop copied)
-SCHEMA_VERSION = "6"
+# columns (older files read them as null); 5: host_tables named python_tables (the tables the Python loop copied);
+# 6: the latency band and the frame-break count; 7: the episode's columns (older files read them as null)
+SCHEMA_VERSION = "7"
 # columns an older schema wrote under another name: read under the new one (a dataset resumed across versions
 # holds both; each row takes the name its file has)
 RENAMED_COLUMNS = {"host_tables": "python_tables"}
@@ -73,6 +74,13 @@ def _fixed_fields() -> list[pa.Field]:
     fields += [(f"write.{w}.{e}", i64) for w in WRITERS for e in WRITE_EVENTS]
     fields += [(f"dma.{k}", i64) for k in DMA_FIELDS]
     fields += [("write_latency_ns", f64), ("write_wall_s", f64), ("write_invariants_ok", b)]
+    # the episode after the fork (spec 11.6; null without one): totals, the parent's latency percentiles, faults per
+    # writer and event, and the timeline, one list per quantity (an element per interval)
+    fields += [(f"episode.{k}", f64 if k.endswith("_ns") else i64) for k in EPISODE_TOTALS]
+    fields += [(f"episode.write_latency_{q}_ns", f64) for q in EPISODE_PERCENTILES]
+    fields += [(f"episode.faults.{w}.{e}", i64) for w in WRITERS for e in WRITE_EVENTS]
+    fields += [(f"episode.timeline.{k}", pa.list_(t)) for k, t in _timeline_fields(f64, i64)]
+    fields += [("episode.wall_s", f64), ("episode.invariants_ok", b)]
     fields += [
         ("invariants_ok", b),
         ("invariants_checked", b),
@@ -82,6 +90,23 @@ def _fixed_fields() -> list[pa.Field]:
         ("digest", s),
     ]
     return [pa.field(n, t) for n, t in fields]
+
+
+# An episode's totals and the percentiles of the parent's request latency, as dataset columns (``episode.KEY``)
+EPISODE_TOTALS = (
+    "cow_pages_peak",
+    "cow_bytes_peak",
+    "child_private_dirty_bytes",
+    "writes",
+    "added_latency_ns",
+    "stall_ns",
+)
+EPISODE_PERCENTILES = ("p50", "p99", "p999", "max")
+
+
+def _timeline_fields(f64, i64) -> list:
+    names = ("writes", "copy_faults", "cow_pages", "child_private_dirty_pages", "dma_parent_diverged")
+    return [("t_s", f64), *((k, i64) for k in names), ("added_latency_ns", f64)]
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -15,10 +15,11 @@ import time
 import numpy as np
 
 from gpusim.analysis.costmodel import latency, load_profile, write_latency
-from gpusim.api import fork, write_phase
+from gpusim.api import fork, fork_episode, write_phase
 from gpusim.base import backend as B
 from gpusim.engines.writes import generated_steps
 from gpusim.inputs.workloads import GENERATED_KINDS, build_workload, fork_memory_bytes, region_space
+from gpusim.jobs.sweep.export import EPISODE_PERCENTILES, EPISODE_TOTALS
 from gpusim.jobs.sweep.spec import Point, config_hash
 from gpusim.model.state import AddressSpace
 from gpusim.stream import fork_streamed, stream_rows
@@ -76,6 +77,7 @@ def build_backend(cfg) -> str:
     fits in the card's free memory, so that the state never crosses PCIe; otherwise in host memory (by the CPU's
     generator)."""
     on_card = B.resolve(cfg.backend) == "cuda" and not cfg.check and cfg.fork.writes is None and not cfg.fork.inject
+    on_card = on_card and cfg.fork.episode is None
     if not on_card or cfg.workload.kind not in GENERATED_KINDS:
         return "cpu"
     need = fork_memory_bytes(cfg.workload)
@@ -112,6 +114,12 @@ def run_tree(point: Point, space: AddressSpace, oracle, inject, base: dict, buil
                     except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
                         err = f"writes: {type(e).__name__}: {e}"
                         return [*rows, dict(base, fork_index=seq, generation=gen, outcome="error", error=err)]
+                if cfg.fork.episode is not None and r.outcome == "ok":
+                    try:
+                        r.episode = fork_episode(r, cfg.fork.episode, cfg.check, profile)
+                    except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+                        err = f"episode: {type(e).__name__}: {e}"
+                        return [*rows, dict(base, fork_index=seq, generation=gen, outcome="error", error=err)]
                 rows.append(fork_row(base, seq, gen, r, build_s, cfg.fork.variant, profile))
                 seq += 1
                 if r.outcome != "ok":
@@ -146,11 +154,37 @@ def write_columns(r, profile) -> dict:
     return out
 
 
+def episode_columns(r) -> dict:
+    """The episode's columns of a row (nulls without one): totals, latency percentiles, and the timeline as lists."""
+    ep = r.episode
+    if ep is None:
+        return {}
+    rep = ep.report
+    out = {f"episode.{k}": rep[k] for k in EPISODE_TOTALS}
+    pct = rep["write_latency_ns"] or {}
+    out.update({f"episode.write_latency_{q}_ns": pct.get(q) for q in EPISODE_PERCENTILES})
+    out.update({f"episode.faults.{w}.{e}": n for w, per in rep["faults"].items() for e, n in per.items()})
+    tl = rep["timeline"]
+    out["episode.timeline.t_s"] = [t["t_s"] for t in tl]
+    out["episode.timeline.writes"] = [sum(t["writes"].values()) for t in tl]
+    out["episode.timeline.copy_faults"] = [sum(f["copy"] for f in t["faults"].values()) for t in tl]
+    for k in ("cow_pages", "child_private_dirty_pages", "dma_parent_diverged"):
+        out[f"episode.timeline.{k}"] = [t[k] for t in tl]
+    added = [t["added_latency_ns"] for t in tl]
+    out["episode.timeline.added_latency_ns"] = [None if a is None else sum(a.values()) for a in added]
+    out["episode.wall_s"] = ep.wall_s
+    out["episode.invariants_ok"] = None if ep.invariants is None else ep.invariants.ok
+    return out
+
+
 def run_streamed(point: Point, space, per_chunk: int, base: dict, build_s: float, profile) -> dict:
-    """The row of a point's streamed fork (no write phase: refused as an error row)."""
+    """The row of a point's streamed fork (no write phase or episode: refused as an error row)."""
     cfg = point.config
-    if cfg.fork.writes is not None:
-        err = "writes: a streamed fork has no write phase (make the workload smaller than one chunk)"
+    if cfg.fork.writes is not None or cfg.fork.episode is not None:
+        what = "writes: a streamed fork has no write phase"
+        if cfg.fork.episode is not None:
+            what = "episode: a streamed fork keeps no state for an episode"
+        err = f"{what} (make the workload smaller than one chunk)"
         return dict(base, fork_index=0, generation=0, outcome="error", error=err)
     try:
         r = fork_streamed(space, cfg.fork.variant, cfg.backend, check=cfg.check, chunk_rows=per_chunk)
@@ -188,4 +222,5 @@ def fork_row(base: dict, seq: int, gen: int, r, build_s: float, variant: str, pr
     row.update({f"count.{n}": v for n, v in r.counts.items()})
     row.update({f"child_rss.{n}": v for n, v in r.child_rss.items()})
     row.update(write_columns(r, profile))
+    row.update(episode_columns(r))
     return row

@@ -42,6 +42,7 @@ from gpusim.base.yamlerr import (
     node_line,
     parse_yaml,
 )
+from gpusim.engines.episode import parse_episode
 from gpusim.engines.writes import parse_writes
 from gpusim.inputs.catalogue import SCENARIOS
 from gpusim.inputs.snapshot import parse_range
@@ -242,6 +243,16 @@ class ForkSpec(BaseModel):
     writes: WritesSpec | None = Field(
         None, description="a write phase after the fork: the notation of spec 11.1, or generated (parent, child, ...)"
     )
+    episode: dict[str, Any] | str | None = Field(
+        None, description="an episode after the fork (spec 11.6): its keys (duration, rate, pattern, ...) or notation"
+    )
+
+    @field_validator("episode")
+    @classmethod
+    def _episode(cls, v):
+        if v is not None:
+            parse_episode(v)
+        return v
 
     @field_validator("writes")
     @classmethod
@@ -254,6 +265,10 @@ class ForkSpec(BaseModel):
     def _one_fork_writes(self):
         if self.writes is not None and (self.chain > 1 or self.generations > 1):
             raise ValueError("writes: a write phase follows one fork (chain 1, generations 1)")
+        if self.episode is not None and (self.chain > 1 or self.generations > 1):
+            raise ValueError("episode: an episode follows one fork (chain 1, generations 1)")
+        if self.episode is not None and self.writes is not None:
+            raise ValueError("episode: give writes or an episode, not both (an episode is a write phase over time)")
         return self
 
     @model_validator(mode="after")
@@ -330,7 +345,7 @@ RUN_KEYS = frozenset({"backend", "profile", "check"})
 
 # Keys added to the workload after datasets were written, with the value that means what their absence meant: left
 # out of the hashes at that value, so that a sweep written before keeps its identity and its points their rows.
-LATER_DEFAULTS = {"frame_order": "address"}
+LATER_DEFAULTS = {"frame_order": "address", "episode": None}
 
 
 def _without_later_defaults(d):
