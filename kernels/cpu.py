@@ -290,3 +290,13 @@ def episode_exit(m, ch, st, origin, first_new):
 def episode_dma(pa, ch, live, addr, frame):
     """The DMA view during an episode (:func:`gpusim.kernels.episode.dma_sample`)."""
     return ek.dma_sample(pa, ch, live, addr, frame)
+
+
+@njit(parallel=True, cache=True)
+def episode_private(m, ch):
+    """The child's private dirty pages at an episode's start (:func:`gpusim.kernels.episode.child_private_row`
+    summed over its rows, in parallel)."""
+    n = 0
+    for r in prange(ch.tix.shape[0]):
+        n += ek.child_private_row(m, ch, r)
+    return n

@@ -120,6 +120,21 @@ def pmd_private(m, ch, k):
 
 
 @register_jitable
+def child_private_row(m, ch, r):
+    """The child's private dirty pages in its row ``r`` (summed over the rows: the runner's count at the start)."""
+    k = ch.rowpmd[r]
+    if k >= 0 and ch.pmdlive[k]:
+        return pmd_private(m, ch, k) if pte_dirty(ch.pmd[k]) else 0
+    n = 0
+    if ch.exists[r]:
+        for i in range(PTRS_PER_TABLE):
+            v = ch.pte[r, i]
+            if pte_kind(v) == KIND_PRESENT and not pte_special(v) and pte_dirty(v):
+                n += 1 if mapped_once(m, np.int64(pte_pfn(v))) else 0
+    return n
+
+
+@register_jitable
 def cow_pages(m, origin, first_new, n_new):
     """The new pages made by a copy fault (``origin`` >= 0) that are alive with their old page."""
     n = 0

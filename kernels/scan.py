@@ -159,6 +159,18 @@ def child_references(flat, page_folio, nr_pages, nr_folios):
     return pages, folios
 
 
+@njit(cache=True)
+def frame_folio_counts(flat, page_folio, nr_folios):
+    """Per folio, the entries of ``flat`` that map one of its pages (present, not special: the write phase's
+    ``mapped`` counts, :func:`gpusim.model.decode.maps_frame`)."""
+    out = np.zeros(nr_folios, np.int64)
+    for i in range(flat.shape[0]):
+        v = flat[i]
+        if pte_kind(v) == KIND_PRESENT and not pte_special(v):
+            out[page_folio[pte_pfn(v)]] += 1
+    return out
+
+
 @njit(parallel=True, cache=True)
 def copy_all_threads(src, dst):
     """``dst[:] = src`` with every thread: the host's copy bandwidth, as the CPU kernels could use it."""

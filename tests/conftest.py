@@ -77,8 +77,14 @@ def pytest_collection_modifyitems(config, items):
 # kernels under the simulator run as Python). numba writes its cache files atomically: either may compile first.
 WARM_ABOVE_ITEMS = 1000
 WARM_TESTS = (
-    ["tests/test_engines.py", "tests/test_writes.py", "tests/test_generate.py", "tests/test_state.py"],
-    "(cpu and not random and not chunking and not mostly) or compiled or digest",
+    [
+        "tests/test_engines.py",
+        "tests/test_writes.py",
+        "tests/test_generate.py",
+        "tests/test_state.py",
+        "tests/test_episode.py",
+    ],
+    "(cpu and not random and not chunking and not mostly) or compiled or digest or parent_scan",
 )
 
 

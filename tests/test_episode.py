@@ -154,7 +154,7 @@ def test_random_episodes_equal_the_reference(variant):
     """Random layouts and episodes: the compiled run equals the reference's (its samples counted from the state)
     and the write phase's invariants hold after it."""
 
-    @budget(25)
+    @budget(15)
     @given(case=layouts(max_width=1500), spec=episodes())
     def check(case, spec):
         space = gpusim.parse_layout(case[0], variant)

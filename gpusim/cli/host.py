@@ -120,6 +120,7 @@ def validate(
     """Compare the simulator with this kernel: page sharing after a real fork, and latency on held-out layouts in
     the fresh and the repeated state, each case with its interval and a verdict (pass, fail, too noisy); say how
     the stored profile's band holds now."""
+    # long: the command's options, one typer declaration each, then the report's lines
     if episodes:
         validate_episodes_command(profile, quick, as_json)
         return

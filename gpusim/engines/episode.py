@@ -629,7 +629,7 @@ class CompiledRunner:
         self.st = np.zeros(NR_ST, np.int64)
         self.st[[ST_PAGES, ST_FOLIOS, ST_CONTENT]] = used
         self.st[ST_CHILD_LIVE] = 1
-        self.st[ST_PRIVATE] = child_private_dirty(child, parent.memory)
+        self.st[ST_PRIVATE] = kernels.episode_private(self.mem, self.procs[1])
         self.sc = scratch(kernels, 1, parent.mm.rss.shape[0], 4)
         self.origin = np.full(room, -1, np.int64)
         self.first_new = parent.memory.nr_pages

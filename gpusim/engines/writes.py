@@ -525,8 +525,7 @@ def _proc(kernels, mm: MM, tables: np.ndarray, memory: Memory, folios: int):
     exists[rows] = True
     rowpmd = np.full(tables.size, -1, np.int64)
     rowpmd[np.searchsorted(tables, mm.pmd_index)] = np.arange(mm.pmd.size)
-    ok = decode.maps_frame(mm.pte)
-    mapped = np.bincount(memory.page_folio[decode.offsets(mm.pte[ok]).astype(np.int64)], minlength=folios)
+    mapped = decode.frame_folio_counts(mm.pte, memory.page_folio, folios)
     np.add.at(mapped, memory.page_folio[decode.offsets(mm.pmd).astype(np.int64)], PTRS_PER_TABLE)
     arrays = dict(tix=tables, pte=pte, exists=exists, rowpmd=rowpmd, pmd=mm.pmd, pmdlive=np.ones(mm.pmd.size, bool))
     arrays.update(vstart=mm.vma_start, vend=mm.vma_end, vflags=mm.vma_flags, vbacking=mm.vma_backing, rss=mm.rss)

@@ -64,6 +64,15 @@ def kinds(val: np.ndarray) -> np.ndarray:
     return kind
 
 
+def frame_folio_counts(val: np.ndarray, page_folio: np.ndarray, nr_folios: int) -> np.ndarray:
+    """Per folio (``nr_folios`` of them), the entries of ``val`` that map one of its pages (:func:`maps_frame`)."""
+    val = np.asarray(val, np.uint64)
+    if val.size >= scan.COMPILED_FROM:
+        return scan.frame_folio_counts(_flat(val), page_folio, nr_folios)
+    ok = maps_frame(val)
+    return np.bincount(page_folio[offsets(val[ok])], minlength=nr_folios)
+
+
 def maps_frame(val: np.ndarray) -> np.ndarray:
     """Entries that map a page frame of the page arrays the process can write through: present, not special."""
     return (kinds(val) == P.KIND_PRESENT) & ~special(val)

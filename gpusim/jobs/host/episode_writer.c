@@ -10,6 +10,7 @@
  *     sample count it prints {"sample", "writes"} and waits for a line (the caller reads /proc meanwhile; the wait is
  *     left out of the schedule's clock); at the end it writes the latencies (uint32 ns) to LATENCIES, stops and reaps
  *     the child, and prints {"done", "late_ns"} (how far behind its schedule it fell at most).
+ *   "warm PAGES": touches and frees PAGES pages first (free memory backed by the host again; see warm_free_memory).
  *   "quit": exits.
  * Written in C so that a write's timing holds the write and two reads of the clock, not an interpreter. */
 #define _GNU_SOURCE
@@ -25,6 +26,9 @@
 
 #define PAGE 4096L
 #define HUGE (2L << 20)
+
+static char *held; /* the pages warm_free_memory keeps until the episode ends */
+static size_t held_bytes;
 
 static int64_t now_ns(void) {
     struct timespec t;
@@ -105,10 +109,30 @@ static void run(volatile char *region, long pages, const char *schedule, const c
     fclose(f);
     *stop = 1;
     waitpid(child, NULL, 0);
+    if (held) munmap(held, held_bytes);
+    held = NULL;
     printf("{\"done\": %ld, \"late_ns\": %ld}\n", (long)n, (long)late);
     fflush(stdout);
     free(lat);
     free(data);
+}
+
+/* Free memory the hypervisor backs, for PAGES pages of copies: touch 2 x PAGES pages and free every other one,
+ * keeping the others until the episode ends. This VM returns free memory to its host in blocks of 2 MiB and more
+ * (free page reporting), and a copy fault into a page the host must fault in again took 10 us instead of 2: a state
+ * of the hypervisor, not of the kernel's COW. Single free pages never merge into such blocks, so they stay backed,
+ * and the allocator hands out single pages first. Prints {"warmed"}. */
+static void warm_free_memory(long pages) {
+    if (pages > 0) {
+        held_bytes = (size_t)(2 * pages) * PAGE;
+        held = mmap(NULL, held_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (held == MAP_FAILED) die("mmap failed");
+        madvise(held, held_bytes, MADV_NOHUGEPAGE);
+        for (long p = 0; p < 2 * pages; p++) held[p * PAGE] = 1;
+        for (long p = 0; p < 2 * pages; p += 2) madvise(held + p * PAGE, PAGE, MADV_DONTNEED);
+    }
+    printf("{\"warmed\": %ld}\n", pages);
+    fflush(stdout);
 }
 
 int main(int argc, char **argv) {
@@ -128,8 +152,11 @@ int main(int argc, char **argv) {
     fflush(stdout);
     char line[8192], schedule[4096], latencies[4096];
     while (read_line(line, sizeof line)) {
+        long warm;
         if (sscanf(line, "go %4095s %4095s", schedule, latencies) == 2)
             run(region, pages, schedule, latencies, reads);
+        else if (sscanf(line, "warm %ld", &warm) == 1)
+            warm_free_memory(warm);
         else if (strncmp(line, "quit", 4) == 0 || strncmp(line, "{\"quit\"", 7) == 0)
             break;
         else

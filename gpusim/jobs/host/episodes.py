@@ -4,8 +4,10 @@ A measuring process (``episode_writer.c``, compiled here with the system's C com
 user's cache) maps and touches an anonymous region (THP on or off), and is captured (:func:`capture`) before it
 forks, so that the simulator forks its exact twin (frames, THPs, its own VMAs). The simulator then runs the episode
 on the twin (the parent writes, within the region) and gives the measuring process the very writes it drew: their
-times and pages. The real parent forks a child that stays alive (idle, or reading its memory as a snapshot writer
-does) and makes those writes at those times, timing each one; at the end of each interval of the timeline it stops
+times and pages. The real parent first makes as many single free pages as its copies may take, backed by the host
+(this VM returns free memory to its host in 2 MiB blocks, and a copy into a page the host must fault in again cost
+10 us instead of 2: a state of the hypervisor, not of the kernel's COW), then forks a child that stays alive (idle, or reading its memory as a snapshot
+writer does) and makes those writes at those times, timing each one; at the end of each interval of the timeline it stops
 while this module reads the child's ``Private_Dirty`` (``/proc/PID/smaps_rollup``) and the parent's minor faults.
 :func:`measure_episode` returns both timelines side by side: the child's private dirty pages above its level at the
 fork, the parent's faults, and the per-write latency percentiles (measured; modelled with a cost profile).
@@ -27,6 +29,7 @@ from gpusim.jobs.host.real import PAGE, LineProcess
 
 WRITER_SOURCE = Path(__file__).with_name("episode_writer.c")
 CHILD_MODES = ("idle", "read")
+WARM_MARGIN_PAGES = 16384
 
 
 class HostEpisodeError(RuntimeError):
@@ -125,6 +128,9 @@ def _run_writes(writer: EpisodeWriter, times, offsets, ends, workdir: str) -> di
         np.array([times.size, ends.size], np.int64).tofile(f)
         for a in (times, offsets, ends):
             a.astype(np.int64).tofile(f)
+    # the copies the writes may make (a page at most once), and 64 MiB more, in free memory the host backs again
+    writer.send(f"warm {min(times.size, writer.info['pages']) + WARM_MARGIN_PAGES}")
+    writer.reply()
     writer.send(f"go {sched} {lat}")
     child, pid = writer.reply()["child"], writer.info["pid"]
     samples = [(0, private_dirty_kb(child), minor_faults(pid))]

@@ -303,6 +303,7 @@ def export_results(path: str | os.PathLike, out: str | os.PathLike) -> int:
                 w.write_table(t)
 
     elif out.suffix == ".csv":
+        t = csv_ready(t)
 
         def write(tmp):
             pacsv.write_csv(t, tmp)
@@ -311,6 +312,15 @@ def export_results(path: str | os.PathLike, out: str | os.PathLike) -> int:
         raise ValueError(f"{out}: the output is a .arrow or a .csv file")
     _atomic_write(out, write)
     return t.num_rows
+
+
+def csv_ready(t: pa.Table) -> pa.Table:
+    """``t`` with its list columns (an episode's timeline) as JSON text, which CSV can hold."""
+    for i, f in enumerate(t.schema):
+        if pa.types.is_list(f.type):
+            text = [None if v is None else json.dumps(v) for v in t.column(i).to_pylist()]
+            t = t.set_column(i, pa.field(f.name, pa.string()), pa.array(text, pa.string()))
+    return t
 
 
 def output_path(out: Path, kind: str, allowed: str | None = None) -> None:
