@@ -6,11 +6,12 @@ forks, so that the simulator forks its exact twin (frames, THPs, its own VMAs). 
 on the twin (the parent writes, within the region) and gives the measuring process the very writes it drew: their
 times and pages. The real parent first makes as many single free pages as its copies may take, backed by the host
 (this VM returns free memory to its host in 2 MiB blocks, and a copy into a page the host must fault in again cost
-10 us instead of 2: a state of the hypervisor, not of the kernel's COW), then forks a child that stays alive (idle, or reading its memory as a snapshot
-writer does) and makes those writes at those times, timing each one; at the end of each interval of the timeline it stops
-while this module reads the child's ``Private_Dirty`` (``/proc/PID/smaps_rollup``) and the parent's minor faults.
-:func:`measure_episode` returns both timelines side by side: the child's private dirty pages above its level at the
-fork, the parent's faults, and the per-write latency percentiles (measured; modelled with a cost profile).
+10 us instead of 2: a state of the hypervisor, not of the kernel's COW), then forks a child that stays alive (idle,
+or reading its memory as a snapshot writer does) and makes those writes at those times, timing each one; at the end
+of each interval of the timeline it stops while this module reads the child's ``Private_Dirty``
+(``/proc/PID/smaps_rollup``) and the parent's minor faults. :func:`measure_episode` returns both timelines side by
+side: the child's private dirty pages above its level at the fork, the parent's faults, and the per-write latency
+percentiles (measured; modelled with a cost profile).
 """
 
 from __future__ import annotations
