@@ -66,6 +66,8 @@ def pytest_collection_modifyitems(config, items):
     if len(items) >= WARM_ABOVE_ITEMS and not os.environ.get("GPUSIM_TEST_WARMING"):
         if any(item.name == "test_cuda_kernels_compile_to_ptx" for item in items):
             background.start("ptx", background.PTX_ARGV, background.PTX_ENV)
+        if any(item.name == "test_calibrate_quick_writes_a_profile_that_becomes_the_default" for item in items):
+            background.start("calibrate", background.CALIBRATION_ARGV, background.CALIBRATION_ENV)
         if warm_cpu_kernels():
             items.sort(key=lambda item: not compiles_nothing(item))  # stable: in their order, cudasim's first
 

@@ -2,9 +2,11 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
+import background
 import numpy as np
 import pytest
 import yaml
@@ -178,17 +180,13 @@ def test_a_measuring_process_that_dies_is_an_error_and_none_is_left(monkeypatch)
 
 @linux
 def test_calibrate_quick_writes_a_profile_that_becomes_the_default(tmp_path):
-    env = dict(os.environ, GPUSIM_PROFILE_DIR=str(tmp_path))
-    r = subprocess.run(
-        [sys.executable, "-m", "gpusim.cli", "calibrate", "--quick", "--rounds", "2"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    """A quick calibration (run beside the suite when the whole suite runs: tests/background.py) writes a host
+    profile into its directory, and that profile becomes the default there."""
+    env = dict(os.environ, **background.CALIBRATION_ENV)
+    r = background.result("calibrate", background.CALIBRATION_ARGV, background.CALIBRATION_ENV, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "fresh" in r.stdout and "repeated" in r.stdout and "machine: " in r.stdout
-    files = list(tmp_path.glob("host-*.yaml"))
+    files = list(pathlib.Path(background.CALIBRATION_DIR).glob("host-*.yaml"))
     assert len(files) == 1
     prof = gpusim.load_profile(str(files[0]))
     assert prof.fit["residuals"] and prof.measurements and prof.costs["pte.share"].kind == "derived"
