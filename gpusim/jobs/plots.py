@@ -175,24 +175,39 @@ def write_phase(fig_set: "_Figures") -> None:
     fig_set.save(fig, "write_phase.png")
 
 
-def episode_timeline(fig_set: "_Figures") -> None:
-    """``episode_timeline.png``: per point (its first repetition), the COW memory and the latency the writes gain
-    over the episode's time, and the DMA frames the parent lost when any did."""
-    d, n = fig_set.d, fig_set.n
-    col = "episode.timeline.t_s"
-    rows = {}
+def _timeline_series(d: dict, n: int) -> list[tuple[str, int]]:
+    """(label, row) of each distinct episode timeline: per point (first repetition), variants whose timelines are the
+    same drawn once, labelled together ("all variants" when every one of the sweep's is)."""
+    col, groups = "episode.timeline.t_s", {}
+    every = sorted(set(d["variant"]))
     for i in range(n):
-        if d.get(col, [None] * n)[i]:
-            key = (d["variant"][i], workload_label(d, i))
-            rows.setdefault(key, i)
-    if not rows:
+        if not d.get(col, [None] * n)[i]:
+            continue
+        other = workload_label(d, i)
+        same = (tuple(d["episode.timeline.cow_pages"][i]), tuple(d["episode.timeline.added_latency_ns"][i]))
+        same += (tuple(d["episode.timeline.dma_parent_diverged"][i]),)
+        groups.setdefault((other, same), {}).setdefault(d["variant"][i], i)
+    out = []
+    for (other, _), by_variant in sorted(groups.items(), key=lambda kv: (kv[0][0], sorted(kv[1]))):
+        names = sorted(by_variant)
+        who = "all variants" if names == every and len(every) > 1 else ", ".join(names)
+        out.append((who if other == "all" else f"{who}: {other}", next(iter(by_variant.values()))))
+    return out
+
+
+def episode_timeline(fig_set: "_Figures") -> None:
+    """``episode_timeline.png``: per point (its first repetition; variants with the same timeline drawn once), the COW
+    memory and the latency the writes gain over the episode's time, and the DMA frames the parent lost when any
+    did."""
+    d = fig_set.d
+    series = _timeline_series(d, fig_set.n)
+    if not series:
         return
-    lost = any(max(d["episode.timeline.dma_parent_diverged"][i] or [0]) > 0 for i in rows.values())
+    lost = any(max(d["episode.timeline.dma_parent_diverged"][i] or [0]) > 0 for _, i in series)
     fig, axes = fig_set.plt.subplots(1, 3 if lost else 2, figsize=(16 if lost else 11, 4.5))
-    for (v, other), i in sorted(rows.items()):
-        t = np.array(d[col][i], float)
+    for label, i in series:
+        t = np.array(d["episode.timeline.t_s"][i], float)
         step = np.diff(np.concatenate([[0.0], t]))
-        label = v if other == "all" else f"{v}, {other}"
         axes[0].plot(t, np.array(d["episode.timeline.cow_pages"][i], float) * PAGE_SIZE / 2**20, label=label)
         added = np.array([np.nan if a is None else a for a in d["episode.timeline.added_latency_ns"][i]], float)
         axes[1].plot(t, added / 1e6 / step, label=label)
@@ -205,7 +220,8 @@ def episode_timeline(fig_set: "_Figures") -> None:
         ax.set_xlabel("time since the fork (s)")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0), ncol=2)
     fig_set.save(fig, "episode_timeline.png")
 
 
