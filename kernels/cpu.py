@@ -274,7 +274,7 @@ def generate_rows(anon_exclusive, large_order, page_c0, slot_c0, v, w, o):
 # An episode's writes (spec 11.6; :mod:`gpusim.kernels.episode`): one after another, on one core.
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, nogil=True)  # the host draws the next window meanwhile
 def episode_writes(m, pa, ch, s, w, st, codes, origin, first_new, rule, anon_exclusive, ahead):
     """The writes in order (:func:`gpusim.kernels.episode.episode_writes`)."""
     ek.episode_writes(m, pa, ch, s, w, st, codes, origin, first_new, rule, anon_exclusive, ahead)

@@ -221,6 +221,7 @@ def _prefetch_write(m, pr, ch, r, rc, i, stage):
         prefetch(m.page_folio, pfn)
         prefetch(m.page_mapcount, pfn)
         prefetch(m.page_flags, pfn)
+        prefetch(m.page_content, pfn)  # a write without a fault gives the page new content
         return
     f = m.page_folio[pfn]
     prefetch(m.folio_flags, f)

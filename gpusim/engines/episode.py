@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -367,6 +368,16 @@ class Schedule:
                 raise EpisodeError(f"episode: the {WRITERS[who]} maps no page to write{where}")
             self.streams.append(_Stream(spec, who, rate, d))
 
+    def room(self) -> int:
+        """The new pages the writes may make, at most: a writer copies each page of its domain once at most, and a
+        write makes one page at most (with fixed arrivals the writes are known: the fewer of the two)."""
+        spec, out = self.spec, 0
+        for s in self.streams:
+            end = min(spec.duration_s, spec.exit_s) if s.who == 1 else spec.duration_s
+            writes = _requests_before(end, s.rate) * spec.pages_per_write if spec.arrivals == "fixed" else None
+            out += s.domain.size if writes is None else min(s.domain.size, writes)
+        return out
+
     def bounds(self) -> list[tuple[int, float, float]]:
         """(interval, start, end) of every window, in order."""
         spec, out = self.spec, []
@@ -495,27 +506,14 @@ def run_episode(parent: AddressSpace, child: MM, variant: str, episode, kernels=
     reference's Python; both give the same :class:`Episode` (with ``keep_codes``, every write's code too)."""
     spec = parse_episode(episode)
     schedule = Schedule(spec, parent.mm, child)
-    room = sum(s.domain.size for s in schedule.streams)  # a writer copies each page of its domain once at most
+    room = schedule.room()
     if kernels is not None and hasattr(kernels, "episode_writes"):
         runner = CompiledRunner(parent, child, variant, kernels, room)
     else:
         runner = ReferenceRunner(parent, child, variant)
-    tally, alive, before_exit, kept = _Tally(spec), True, None, []
+    tally, kept = _Tally(spec), []
     at_fork = runner.sample()[1]
-    for j, u0, u1 in schedule.bounds():
-        if alive and u0 >= spec.exit_s:
-            before_exit, alive = runner.sample(), False
-            runner.exit()
-        w = schedule.window(j, u0, u1, alive)
-        if w.addr.size:
-            codes = runner.write(w.request_who, w.who, w.addr)
-            tally.add(w, codes)
-            kept.append(codes if keep_codes else codes[:0])
-        if u1 >= min((j + 1) * spec.resolution_s, spec.duration_s):
-            tally.samples[j] = runner.sample()
-    if alive:
-        before_exit = runner.sample()
-        runner.exit()
+    before_exit = _run_windows(spec, schedule, runner, tally, kept if keep_codes else None)
     after, child_after = runner.finish()
     peak = int(max(tally.samples[:, 0].max(), before_exit[0]))
     n = spec.intervals
@@ -537,6 +535,44 @@ def run_episode(parent: AddressSpace, child: MM, variant: str, episode, kernels=
     if keep_codes:
         ep.codes = np.concatenate(kept) if kept else np.zeros(0, np.uint8)
     return ep
+
+
+def _run_windows(spec: EpisodeSpec, schedule: Schedule, runner, tally: _Tally, kept: list | None) -> tuple:
+    """Every window's writes on ``runner``, counted into ``tally`` (codes into ``kept``), sampled at each interval's
+    end; the child exits at its time. The next window is drawn, and the last one counted, while the runner writes
+    (a thread: the compiled writes release the GIL). Returns the sample just before the exit."""
+    windows = [(j, u0, u1) for j, u0, u1 in schedule.bounds()]
+    before_exit, alive = None, True
+
+    def draw(k):
+        j, u0, u1 = windows[k]
+        return schedule.window(j, u0, u1, u0 < spec.exit_s)
+
+    if windows[0][1] >= spec.exit_s:  # the child exits before the first write
+        before_exit, alive = runner.sample(), False
+        runner.exit()
+    with ThreadPoolExecutor(1) as pool:
+        cur = draw(0) if windows else None
+        job = pool.submit(runner.write, cur.request_who, cur.who, cur.addr) if cur is not None else None
+        for k in range(len(windows)):
+            nxt = draw(k + 1) if k + 1 < len(windows) else None  # drawn while the runner writes ``cur``
+            codes = job.result()
+            j, _, u1 = windows[k]
+            if u1 >= min((j + 1) * spec.resolution_s, spec.duration_s):
+                tally.samples[j] = runner.sample()
+            if alive and (nxt is None or nxt.start_s >= spec.exit_s):
+                before_exit, alive = runner.sample(), False
+                runner.exit()
+            if nxt is not None:
+                job = pool.submit(runner.write, nxt.request_who, nxt.who, nxt.addr)
+            tally.add(cur, codes)
+            if kept is not None:
+                kept.append(codes)
+            cur = nxt
+    if alive:
+        before_exit = runner.sample()
+        runner.exit()
+    return before_exit
 
 
 def child_private_dirty(child: MM, memory: Memory) -> int:
