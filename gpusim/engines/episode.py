@@ -317,7 +317,7 @@ class _Stream:
             return d[self.perm[rank - 1]]
         u = self.pages.random(2 * n).reshape(n, 2)
         m = min(size, max(1, math.ceil(spec.hot_fraction * size)))
-        hot = u[:, 0] < spec.hot_share
+        hot = (u[:, 0] < spec.hot_share) | (m == size)  # every page hot: every write is
         k = np.where(hot, u[:, 1] * m, m + u[:, 1] * (size - m)).astype(np.int64)
         return d[self.perm[np.minimum(k, size - 1)]]
 
