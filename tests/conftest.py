@@ -85,8 +85,9 @@ WARM_TESTS = (
         "tests/test_generate.py",
         "tests/test_state.py",
         "tests/test_episode.py",
+        "tests/test_api_args.py",
     ],
-    "(cpu and not random and not chunking and not mostly) or compiled or digest or parent_scan",
+    "(cpu and not random and not chunking and not mostly) or compiled or digest or parent_scan or streamed_workload",
 )
 
 
