@@ -12,6 +12,11 @@ a copy adds one unless it freed its old page, and a free, rare while the child l
 ``origin``, the old page of each new page) and the **child's private dirty pages** (its mappings of a dirty page
 mapped once: a write changes at most the child's mapping at the written address, and the child's whole PMD when the
 write makes that PMD dirty). Each write's events are recorded as its :func:`~gpusim.kernels.flags.write_code`.
+
+The writes land on random pages of a state of gigabytes: a write's time is its cache misses. So the rows and VMA of
+every write of a window are found first (:func:`locate`, searches without branches), and while one write runs, the
+lines of the writes a few behind it are prefetched in three stages (their entries; once those arrived, their pages'
+rows; then their folios' rows): measured, the writes run 1.5-2x faster (results/BENCHMARKS.md, issue 27).
 """
 
 import numpy as np
