@@ -407,7 +407,8 @@ def print_episode(r) -> None:
             added = f"; added {rep['added_latency_ns'] / 1e6:,.1f} ms in all" if key == "write_latency_ns" else ""
             out.print(
                 f"modelled latency of the {who}: p50 {_ns(p['p50'])}, p99 {_ns(p['p99'])}, p99.9 {_ns(p['p999'])}, "
-                f"max {_ns(p['max'])}{added} (fork stall {_ns(rep['stall_ns'])})"
+                f"max {_ns(p['max'])}{added} (fork stall {_ns(rep['stall_ns'])}; each fault at the profile's one "
+                "cost: `gpusim validate --episodes` measures the spread)"
             )
     print_timeline(out, rep["timeline"])
     if ep.invariants is not None and not ep.invariants.ok:
