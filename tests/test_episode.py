@@ -69,6 +69,7 @@ def test_notation_units_and_round_trip():
         ("duration=1s rate=5", ["duration: a time"]),
         ("duration=1s, rate=5, range=9-3", ["range: A-B"]),
         ("duration=inf, rate=5", ["duration: a time"]),
+        ("duration=1s, rate=5, pattern=hotset, hot_share=0.5k", ["hot_share: a number"]),
     ],
 )
 def test_notation_errors_name_every_key_in_one_line(text, needles):

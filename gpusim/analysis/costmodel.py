@@ -324,20 +324,25 @@ def request_latencies(signatures: dict, cost: dict) -> tuple[np.ndarray, np.ndar
     return lat[order], n[order]
 
 
-def nearest_rank(latency: np.ndarray, requests: np.ndarray, q: float) -> float:
-    """The q-quantile by nearest rank: the smallest latency with at least ``q`` of the requests at or below it."""
-    cum = np.cumsum(requests)
-    return float(latency[np.searchsorted(cum, max(1, np.ceil(q * cum[-1] - 1e-9)))])
+PERCENTILES = (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))
+
+
+def latency_summary(latency: np.ndarray, weights: np.ndarray) -> dict:
+    """``p50``, ``p99``, ``p999`` (nearest rank: the smallest latency with at least that share of the weight at or
+    below it), ``max`` and ``mean`` of ``latency`` (ascending) weighted by ``weights`` (requests, or shares)."""
+    cum = np.cumsum(weights)
+    at = {
+        k: float(latency[min(np.searchsorted(cum, q * cum[-1] * (1 - 1e-12)), latency.size - 1)])
+        for k, q in PERCENTILES
+    }
+    return {**at, "max": float(latency[-1]), "mean": float((latency * weights).sum() / cum[-1])}
 
 
 def latency_percentiles(signatures: dict, cost: dict) -> dict | None:
     """``p50``, ``p99``, ``p999``, ``max`` and ``mean`` (ns) of an episode writer's request latencies; None when it
     made no request."""
     lat, n = request_latencies(signatures, cost)
-    if n.sum() == 0:
-        return None
-    out = {name: nearest_rank(lat, n, q) for name, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))}
-    return {**out, "max": float(lat[-1]), "mean": float((lat * n).sum() / n.sum())}
+    return latency_summary(lat, n) if n.sum() else None
 
 
 def mixture_percentiles(signatures: dict, samples: dict, seed: int = 0) -> dict | None:
@@ -364,12 +369,7 @@ def mixture_percentiles(signatures: dict, samples: dict, seed: int = 0) -> dict 
         weights.append(np.full(v.size, n / total / v.size))
     v, w = np.concatenate(values), np.concatenate(weights)
     order = np.argsort(v, kind="stable")
-    v, cum = v[order], np.cumsum(w[order])
-    at = {
-        k: float(v[min(np.searchsorted(cum, q - 1e-12), v.size - 1)])
-        for k, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))
-    }
-    return {**at, "max": float(v[-1]), "mean": float((v * w[order]).sum())}
+    return latency_summary(v[order], w[order])
 
 
 def code_name(code: int) -> str:

@@ -194,8 +194,11 @@ def _range(value) -> tuple[int, int]:
     return int(m.group(1), 0), int(m.group(2), 0)
 
 
+_PLAIN = re.compile(r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)()")
+
+
 def _fraction(value) -> float:
-    return _number(value, _RATE, {"": 1.0}, "a number")
+    return _number(value, _PLAIN, {"": 1.0}, "a number")
 
 
 # each key: (the field it sets, how it is read and checked)
@@ -552,8 +555,8 @@ def _run_windows(spec: EpisodeSpec, schedule: Schedule, runner, tally: _Tally, k
         before_exit, alive = runner.sample(), False
         runner.exit()
     with ThreadPoolExecutor(1) as pool:
-        cur = draw(0) if windows else None
-        job = pool.submit(runner.write, cur.request_who, cur.who, cur.addr) if cur is not None else None
+        cur = draw(0)  # every interval has a window at least
+        job = pool.submit(runner.write, cur.request_who, cur.who, cur.addr)
         for k in range(len(windows)):
             nxt = draw(k + 1) if k + 1 < len(windows) else None  # drawn while the runner writes ``cur``
             codes = job.result()
@@ -588,10 +591,6 @@ def child_private_dirty(child: MM, memory: Memory) -> int:
     return n
 
 
-def _dma(parent: AddressSpace) -> tuple[np.ndarray, np.ndarray]:
-    return pinned_frames(parent.mm, parent.memory)
-
-
 def _code(events: list[str]) -> int:
     first = WRITE_EVENTS.index(events[0])
     second = WRITE_EVENTS.index(events[1]) if len(events) > 1 else -1
@@ -605,7 +604,7 @@ class ReferenceRunner:
     def __init__(self, parent: AddressSpace, child: MM, variant: str):
         self.wc = WriteContext(parent, child, variant)
         self.origin = {}  # new page -> the page it was copied from
-        self.dma = _dma(parent)
+        self.dma = pinned_frames(parent.mm, parent.memory)  # the DMA addresses and frames at the fork
         self.alive = True
 
     def frame(self, who: str, a: int) -> tuple[int, bool]:
@@ -669,7 +668,7 @@ class CompiledRunner:
         self.sc = scratch(kernels, 1, parent.mm.rss.shape[0], 4)
         self.origin = np.full(room, -1, np.int64)
         self.first_new = parent.memory.nr_pages
-        self.dma = _dma(parent)
+        self.dma = pinned_frames(parent.mm, parent.memory)  # the DMA addresses and frames at the fork
         self.ahead = EPISODE_AHEAD
 
     def write(self, request_who, who, addr) -> np.ndarray:

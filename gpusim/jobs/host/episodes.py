@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from gpusim.jobs.host.real import PAGE, LineProcess
+from gpusim.kernels.flags import WRITE_EVENTS
 
 WRITER_SOURCE = Path(__file__).with_name("episode_writer.c")
 CHILD_MODES = ("idle", "read")
@@ -149,10 +150,10 @@ def _run_writes(writer: EpisodeWriter, times, offsets, ends, workdir: str) -> di
 
 
 def quantiles(latency_ns: np.ndarray) -> dict:
-    """p50, p99, p99.9 (nearest rank) and max of measured latencies (ns)."""
-    s = np.sort(latency_ns)
-    at = {k: s[max(0, int(np.ceil(q * s.size)) - 1)] for k, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))}
-    return {**{k: float(v) for k, v in at.items()}, "max": float(s[-1]), "mean": float(s.mean())}
+    """p50, p99, p99.9 (nearest rank), max and mean of measured latencies (ns), as the model's are summarised."""
+    from gpusim.analysis.costmodel import latency_summary
+
+    return latency_summary(np.sort(latency_ns).astype(float), np.ones(latency_ns.size))
 
 
 def measure_episode(
@@ -209,7 +210,7 @@ def key_counts(run: dict) -> dict:
 def _compared(ep, real: dict, thp: bool, pages: int) -> dict:
     """The measured and modelled timelines of one episode side by side."""
     s = real["samples"]
-    faults_model = np.cumsum(ep.writes[:, 0] - ep.events[:, 0, 0])  # a write that took a fault (none: event 0)
+    faults_model = np.cumsum(ep.writes[:, 0] - ep.events[:, 0, WRITE_EVENTS.index("none")])  # writes with a fault
     return {
         "spec": ep.spec.as_dict(),
         "pages": pages,
