@@ -13,10 +13,7 @@ from gpusim.analysis.costmodel import Profile, episode_report, latency, load_pro
 from gpusim.analysis.invariants import check_invariants, check_write_phase
 from gpusim.base import backend as _backend
 from gpusim.base import checkargs
-from gpusim.engines.episode import episode_kernels, parse_episode, run_episode
-from gpusim.engines.fast import fork_fast, fork_fast_batch
 from gpusim.engines.reference import fork_reference
-from gpusim.engines.writes import Step, parse_writes, run_write_phase
 from gpusim.model.oracle import InjectionPlan, LockBreakOracle
 from gpusim.model.result import ForkResult
 from gpusim.model.state import AddressSpace
@@ -56,12 +53,14 @@ def fork(
     writes; its result's states stay on the device, and its digest is computed there.
     """
     checkargs.instance("space", space, AddressSpace, SPACE_HINT)
-    variant, backend, oracle, fork_seq = common_args(variant, backend, oracle, fork_seq, "fork_seq")
+    steps = None if writes is None else write_steps(writes)
+    spec = None if episode is None else episode_spec(episode)
+    variant, backend, oracle, fork_seq = common_args(
+        variant, backend, oracle, fork_seq, "fork_seq", None if spec is not None else slots_of(space)
+    )
     plan = injection_plan(inject)
     check = checkargs.boolean("check", check)
     chunk_tables = checkargs.optional_integer("chunk_tables", chunk_tables, 1)
-    steps = None if writes is None else parse_writes(writes_arg(writes))
-    spec = None if episode is None else parse_episode(episode)
     if steps is not None and spec is not None:
         raise ValueError("writes and episode: give one (an episode is a write phase over time)")
     if _backend.on_device(space.mm.pte):
@@ -72,6 +71,8 @@ def fork(
     if backend == "reference":
         result = fork_reference(space, variant, oracle, plan, fork_seq)
     else:
+        from gpusim.engines.fast import fork_fast  # numba loads with the first compiled fork (start-up)
+
         result = fork_fast(space, variant, _backend.kernels(backend), backend, oracle, plan, fork_seq, chunk_tables)
     if check and result.outcome != "oops":
         result.invariants = check_invariants(space, result, oracle, fork_seq)
@@ -86,11 +87,20 @@ SPACE_HINT = "from gpusim.workload(...) or gpusim.parse_layout(...)"
 FORK_SEQ_MAX = checkargs.I64_MAX  # the kernels keep a fork's number (the oracle's and injections' key) as int64
 
 
-def common_args(variant, backend, oracle, fork_seq, seq_name: str):
+def slots_of(space) -> int | None:
+    """The PTE slots of a space in host memory, a PMD counting 512 (the size that lets ``auto`` run one fork of a
+    tiny space on the reference: :func:`gpusim.base.backend.resolve`); None for a space in device memory."""
+    mm = getattr(space, "mm", None)
+    if mm is None or _backend.on_device(mm.pte):
+        return None
+    return int(mm.pte.size) + 512 * int(mm.pmd.size)
+
+
+def common_args(variant, backend, oracle, fork_seq, seq_name: str, slots: int | None = None):
     """The arguments :func:`fork` and :func:`fork_batch` share, checked: (variant, concrete backend, the oracle
-    object, fork number). A wrong one is a TypeError or ValueError naming it."""
+    object, fork number). A wrong one is a TypeError or ValueError naming it. ``slots``: see :func:`slots_of`."""
     get_variant(variant)
-    backend = _backend.resolve(backend)
+    backend = _backend.resolve(backend, slots)
     if isinstance(oracle, str):
         oracle = LockBreakOracle.parse(oracle)
     checkargs.instance("oracle", oracle, LockBreakOracle, "never, always, every:N, bern:P:SEED or list:(s,k),...")
@@ -104,11 +114,22 @@ def injection_plan(inject) -> InjectionPlan:
     return InjectionPlan.parse(() if inject is None else checkargs.strings("inject", inject, "an injection"))
 
 
-def writes_arg(writes):
-    """``fork``'s ``writes``: the notation, or a list of step notations (or steps), checked for type."""
-    if isinstance(writes, str):
-        return writes
-    return checkargs.strings("writes", writes, "a step in the write notation (e.g. 'child:all')", also=(Step,))
+# The write phase's and the episode's engines are imported by the forks that ask for them, not with the package: a
+# fork without them (a one-table `gpusim fork`) starts faster.
+def write_steps(writes):
+    """``fork``'s ``writes`` (the notation, or a list of step notations or steps), checked and parsed."""
+    from gpusim.engines.writes import Step, parse_writes
+
+    if not isinstance(writes, str):
+        writes = checkargs.strings("writes", writes, "a step in the write notation (e.g. 'child:all')", also=(Step,))
+    return parse_writes(writes)
+
+
+def episode_spec(episode):
+    """``fork``'s ``episode`` parsed (:func:`gpusim.engines.episode.parse_episode`)."""
+    from gpusim.engines.episode import parse_episode
+
+    return parse_episode(episode)
 
 
 def refuse_resident(backend: str, check: bool, steps) -> None:
@@ -127,6 +148,8 @@ def write_phase(result: ForkResult, writes, check: bool = True):
     """The write phase ``writes`` after the fork ``result`` (which is not modified), timed, on the fork's engine
     (compiled on ``cpu`` and ``cuda``, the reference's Python on ``reference``); with ``check`` its invariants (spec
     11.5) are checked."""
+    from gpusim.engines.writes import run_write_phase
+
     t0 = time.perf_counter()
     kernels = None if result.backend == "reference" else _backend.kernels(result.backend)
     wp = run_write_phase(result.parent, result.child, result.variant, writes, kernels)
@@ -140,6 +163,8 @@ def fork_episode(result: ForkResult, episode, check: bool = True, profile=None):
     """The episode ``episode`` after the fork ``result`` (not modified), timed, compiled on the fast backends (the
     reference's Python on ``reference``); its report priced with ``profile`` (the fork's stall included); with
     ``check`` its invariants (spec 11.5) are checked."""
+    from gpusim.engines.episode import episode_kernels, run_episode
+
     t0 = time.perf_counter()
     ep = run_episode(result.parent, result.child, result.variant, episode, episode_kernels(result.backend))
     ep.wall_s = time.perf_counter() - t0
@@ -179,6 +204,8 @@ def fork_batch(
         s.validate()
     if backend == "reference":
         return [fork(s, variant, "reference", oracle, (), fork_seq0 + i, check) for i, s in enumerate(spaces)]
+    from gpusim.engines.fast import fork_fast_batch
+
     results = fork_fast_batch(spaces, variant, _backend.kernels(backend), backend, oracle, fork_seq0, chunk_tables)
     if check:
         for i, (result, space) in enumerate(zip(results, spaces)):

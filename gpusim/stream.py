@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gpusim.api import fork
 from gpusim.base import checkargs
 from gpusim.base.machine import FORK_COPIES, PAGE_BYTES, PROCESS_BYTES, require_memory
-from gpusim.inputs.regions import Chunk, RegionSpace
 from gpusim.inputs.workloads import fork_memory_bytes, state_bytes_bound
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import PTRS_PER_TABLE, RSS_NAMES
@@ -43,6 +43,9 @@ from gpusim.model.plan import VMA_COUNT_NAMES
 from gpusim.model.result import ForkResult, InvariantReport, TableStats, finish_counts, new_counts, rss_dict
 from gpusim.model.state import MM, AddressSpace, DigestSums, Memory, empty_mm, resident_bytes
 from gpusim.model.variants import get_variant
+
+if TYPE_CHECKING:
+    from gpusim.inputs.regions import Chunk, RegionSpace
 
 VMA_FIELDS = ("vma_start", "vma_end", "vma_flags", "vma_backing", "vma_anon_vma")
 PER_FORK_COUNTS = ("fork.base", "fork.mm", "table.upper_alloc", *VMA_COUNT_NAMES)
@@ -269,6 +272,8 @@ def distinct_rows(stats: TableStats) -> TableStats:
 def streamed_args(space, variant, chunk_rows, validate, progress) -> tuple[str, int, bool]:
     """:func:`fork_streamed`'s arguments checked (a TypeError or ValueError naming a wrong one): (variant, tables
     per chunk, validate)."""
+    from gpusim.inputs.regions import RegionSpace  # the generator, loaded with the first streamed fork
+
     checkargs.instance("space", space, RegionSpace, "from gpusim.workload(..., streamed=True)")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress: a function of (tables done, tables), not {type(progress).__name__}")

@@ -19,6 +19,19 @@ REF_MAX = (1 << 30) - 1
 # A page's frame within this many frames of the one after the previous page's keeps the walk's struct page accesses
 # in the lines the prefetchers already fetched (8 struct pages: 512 bytes): not a break of the stream (spec 8).
 FRAME_NEAR = 8
+# The digest's lane sums (gpusim.kernels.digest, its compiled pass gpusim.kernels.lanes): odd 64-bit constants (the
+# golden ratio and the splitmix64 multipliers), the block of the compiled pass, and how values are moved.
+DIGEST_POSITION = 0x9E3779B97F4A7C15
+DIGEST_MULTIPLY = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+DIGEST_SEEDS = (0x243F6A8885A308D3, 0x13198A2E03707344)
+DIGEST_BLOCK = 1 << 16
+MOVE_NONE, MOVE_ROWS, MOVE_ENTRIES = 0, 1, 2
+# Below this many elements the host side uses numpy forms of the compiled passes (gpusim.kernels.scan, the digest's
+# gpusim.kernels.lanes: gpusim.model.decode, gpusim.model.state, the invariant checker): a compiled pass saves nothing
+# on a few tables, and loading numba and a pass from its cache costs a second in a fresh process (a one-table
+# `gpusim fork`); the modules that hold the passes are imported where a larger array needs them. Read at call time,
+# so that a test can move it.
+COMPILED_FROM = 1 << 15
 SWAP_MAP_MAX = 62  # largest count the first byte of a swap map holds
 SWAP_CONT_MAX = 127  # largest count one continuation level holds
 NULL_ENTRY = -1  # a swap entry of value 0: no slot
@@ -166,6 +179,7 @@ WP_REUSE_MAPCOUNT, WP_REUSE_REFCOUNT, WP_REUSE_EXCLUSIVE = 0, 1, 2
 # What one write of the write phase does (spec 11.5), in this order everywhere (counts, columns, the compiled
 # phase's event numbers); the ``hi`` address of a step that writes every mapped address.
 WRITE_EVENTS = ("none", "reuse", "copy", "anon_fault", "pmd_reuse", "pmd_split", "segv", "unmodelled")
+WRITERS = ("parent", "child")  # who writes, by their number in the compiled phases (0 the parent, 1 the child)
 EV_NONE, EV_REUSE, EV_COPY, EV_ANON_FAULT, EV_PMD_REUSE, EV_PMD_SPLIT, EV_SEGV, EV_UNMODELLED = range(len(WRITE_EVENTS))
 WRITE_EVERY = 1 << 62
 # One write's events as one number (an episode records it per write, spec 11.6): the first event, and the retry's

@@ -21,12 +21,6 @@ from gpusim.kernels.pte import (
     pte_special,
 )
 
-# Below this many elements the host side uses numpy forms of these passes (gpusim.model.decode,
-# gpusim.model.state.digest, the invariant checker): a compiled pass saves nothing on a few tables, and loading one from
-# numba's cache costs tens of milliseconds in a fresh process (a one-table `gpusim fork`). Read at call time, so that a
-# test can move it.
-COMPILED_FROM = 1 << 15
-
 
 @njit(parallel=True, cache=True)
 def kinds(flat):

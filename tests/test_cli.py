@@ -26,7 +26,9 @@ def test_variants():
 
 def test_fork_json_fields():
     p = gpusim_process(
-        "fork", "--layout", "pinned none*31 normal*480", "--oracle", "always", "--variant", "xu-v1-oleg", "--json"
+        "fork",
+        *("--layout", "pinned none*31 normal*480", "--oracle", "always", "--variant", "xu-v1-oleg"),
+        *("--backend", "cpu", "--json"),  # the compiled engine (auto would take the reference for one table)
     )
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
@@ -47,7 +49,7 @@ def test_fork_json_fields():
         assert key in d
     for name in COUNT_NAMES:
         assert name in d["counts"], name
-    assert d["outcome"] == "ok" and d["variant"] == "xu-v1-oleg" and d["backend"] == "cpu"  # auto: no GPU
+    assert d["outcome"] == "ok" and d["variant"] == "xu-v1-oleg" and d["backend"] == "cpu"
     assert (d["counts"]["passes"], d["counts"]["lock_breaks"], d["counts"]["installs"]) == (122, 120, 1)
     assert d["python_tables"] == 0  # the pinned table ran compiled
     assert d["child_rss"] == {"anon": 481, "file": 0, "shmem": 0, "swapents": 0}
@@ -170,3 +172,60 @@ def test_bench_writes_beside_the_kernel():
     parent, child = r["write_counts"]["parent"], r["write_counts"]["child"]
     assert (parent["copy"], parent["none"], child["reuse"], child["none"]) == (768, 256, 768, 256)
     assert r["writes"] == 2048 and r["write_wall_s"] > 0 and r["writes_per_s"] > 0
+
+
+# Start-up (issue 28): what a command must not load. `gpusim variants` prints names; a one-table fork runs on the
+# reference (the backend seam's `auto`), so neither needs numba, SciPy, pyarrow, nor, where gpusim's plain
+# coercion applies to this typer (gpusim.cli.app.LAZY_COERCION), pydantic through typer's adapters.
+NOT_LOADED = {
+    ("variants",): ("numpy", "numba", "scipy", "pyarrow", "pydantic", "typer._adapters"),
+    ("fork", "--layout", "normal"): ("numba", "scipy", "pyarrow", "typer._adapters", "gpusim.kernels.scan"),
+}
+
+
+@pytest.mark.parametrize("args", list(NOT_LOADED), ids=" ".join)
+def test_start_up_loads_only_what_the_command_needs(args):
+    from gpusim.cli.app import LAZY_COERCION
+
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('LOADED', ' '.join(sorted(sys.modules)), file=sys.stderr))\n"
+        f"sys.argv = ['gpusim', *{list(args)!r}]\n"
+        "from gpusim.cli import main\n"
+        "main()\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    loaded = set(p.stderr.split("LOADED", 1)[1].split())
+    unwanted = [
+        m for m in NOT_LOADED[args] if m in loaded and (LAZY_COERCION or m not in ("pydantic", "typer._adapters"))
+    ]
+    assert not unwanted, f"gpusim {' '.join(args)} loads {unwanted}"
+    if args[0] == "fork":
+        assert "(reference)" in p.stdout  # auto: a one-table space on the reference
+
+
+def test_plain_coercion_gives_what_typer_gives():
+    """gpusim.cli.app's coercion without pydantic returns, for every parameter of every command, what typer's own
+    returns for the values it takes: unset, the parameter's default, a string, a tuple of strings."""
+    import typer
+    from typer._coercion import build_runtime_param
+
+    from gpusim.cli.app import LAZY_COERCION, app, plain_coercion
+
+    if not LAZY_COERCION:
+        pytest.skip("this typer has another shape: gpusim leaves its coercion alone (start-up slower)")
+    group = typer.main.get_command(app)
+    checked = 0
+    for name, cmd in group.commands.items():
+        for param in cmd.params:
+            if not hasattr(param, "type_descriptor"):
+                continue
+            for value in (None, param.default, "5", ("a", "b"), (), 3, 0, -1, True, 2.5):
+                known, got = plain_coercion(param, value)
+                if not known:
+                    continue
+                want = build_runtime_param(param.type_descriptor).coerce(value, param=param, ctx=None)
+                assert got == want and type(got) is type(want), (name, param.name, value, got, want)
+                checked += 1
+    assert checked > 100

@@ -142,3 +142,26 @@ def test_a_warm_fork_is_spared_the_frame_breaks_whose_struct_pages_fit_the_cache
     assert cold["latency_ns"] - warm["latency_ns"] == pytest.approx(0.75 * 1000 * p.costs["pte.frame_break"].ns)
     big = dict(counts, shared=10_000)  # struct pages past the cache: no credit
     assert latency(big, "linux-6.18", p, warm=True)["latency_ns"] == latency(big, "linux-6.18", p)["latency_ns"]
+
+
+def test_a_profile_parsed_once_is_read_from_its_json_copy_and_a_bad_copy_is_ignored(tmp_path, monkeypatch):
+    """The parsed data of a profile is kept under the hash of its text (start-up): the copy gives the same profile,
+    a damaged copy is parsed again, an edited file is a new text (its errors still name file, line and key)."""
+    from gpusim.analysis import costmodel
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    src = costmodel.PROFILE_DIR / "public-xeon-4210r-v6.8.yaml"
+    f = tmp_path / "p.yaml"
+    f.write_text(src.read_text())
+    first = load_profile(str(f))
+    kept = list((tmp_path / "cache" / "gpusim" / "profiles").glob("yaml-*.json"))
+    assert len(kept) == 1
+    costmodel._load.cache_clear()
+    assert load_profile(str(f)) == first  # from the copy
+    kept[0].write_text("{not json")
+    costmodel._load.cache_clear()
+    assert load_profile(str(f)) == first  # parsed again
+    f.write_text(src.read_text().replace("costs:", "costs:\n  fork.nope: {ns: 1, kind: measured}", 1))
+    costmodel._load.cache_clear()
+    with pytest.raises(ProfileError, match=r"p\.yaml:\d+: .*unknown cost events: fork\.nope"):
+        load_profile(str(f))

@@ -158,7 +158,7 @@ def test_fork_validates_its_input():
 def test_compiled_and_numpy_decoders_agree(monkeypatch):
     """Large arrays go through the compiled passes (kernels/scan.py), small ones through numpy: same answers."""
     from gpusim.engines import earlycopy
-    from gpusim.kernels import scan
+    from gpusim.kernels import flags, scan
     from gpusim.model import decode, state
 
     rng = np.random.default_rng(3)
@@ -174,7 +174,7 @@ def test_compiled_and_numpy_decoders_agree(monkeypatch):
     rss = [decode.rss_of(s.mm.pte, s.mm.pmd, s.memory) for s in (sp, mixed)]
     pfns = decode.page_pfns(sp.mm.pte)
     refs = (np.bincount(pfns, minlength=sp.memory.nr_pages), np.bincount(sp.memory.page_folio[pfns]))
-    monkeypatch.setattr(scan, "COMPILED_FROM", 1)
+    monkeypatch.setattr(flags, "COMPILED_FROM", 1)
     for f, want in zip(funcs, small):
         assert np.array_equal(f(vals), want), f.__name__
     assert all(np.array_equal(a, b) for a, b in zip(state.entries(sp.mm), ents))

@@ -69,6 +69,16 @@ def test_the_same_sweep_forks_the_same_spaces_on_every_backend(tmp_path):
     assert any(r["count.installs"] for r in a) and {r["backend"] for r in b} == {"cudasim"}
 
 
+def test_auto_runs_every_point_of_a_sweep_on_one_engine(tmp_path):
+    """``auto`` takes the reference for one fork of a tiny space (start-up), but a sweep resolves it once: its tiny
+    points run on the engine of the others (here ``cpu``, no GPU in the tests' process)."""
+    text = SMALL.replace("backend: cpu", "backend: auto").replace("repeat: 2", "repeat: 1")
+    _, points = load_sweep(write(tmp_path, text, "auto.yaml"))
+    tiny = [p for p in points if p.config.workload.size == 2 << 20][:1]
+    assert [r["backend"] for r in run_point(tiny[0], 1)] == ["cpu"]
+    assert gpusim.fork(gpusim.parse_layout("normal*8")).backend == "reference"
+
+
 def test_a_gpu_sweep_generates_its_spaces_on_the_card_when_nothing_reads_them_on_the_host(tmp_path, monkeypatch):
     def where(**keys):
         text = SMALL + "".join(f"{k}: {v}\n" for k, v in keys.items())

@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gpusim.base.machine import user_cache_dir
 from gpusim.base.yamlerr import load_yaml_model
-from gpusim.engines.writes import WRITE_EVENTS, WRITERS
-from gpusim.kernels.flags import COST_EVENTS, PAGE_SIZE, WRITE_CODE_BASE
+from gpusim.kernels.flags import COST_EVENTS, PAGE_SIZE, WRITE_CODE_BASE, WRITE_EVENTS, WRITERS
 from gpusim.model.result import TABLE_EVENTS
 from gpusim.model.variants import VARIANTS, get_variant
 
@@ -226,7 +226,7 @@ def newest_host_profile() -> Path | None:
 
 @functools.lru_cache(maxsize=32)
 def _load(path: str, mtime: float) -> Profile:
-    return load_yaml_model(path, Profile)
+    return load_yaml_model(path, Profile, cache=user_cache_dir() / "profiles")
 
 
 def profile_path(name_or_path: str | os.PathLike | None = None) -> Path:

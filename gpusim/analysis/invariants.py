@@ -14,8 +14,8 @@ from functools import cached_property
 
 import numpy as np
 
+from gpusim.kernels import flags as F
 from gpusim.kernels import pte as P
-from gpusim.kernels import scan
 from gpusim.kernels.flags import (
     BREAK_AT,
     FOLIO_ANON,
@@ -42,7 +42,9 @@ def first_mismatches(got: np.ndarray, base: np.ndarray, add: np.ndarray, limit: 
     """The first ``limit`` positions ``i < len(base)`` where ``got[i] != base[i] + add[i]`` (one compiled pass for
     large arrays)."""
     n = base.shape[0]
-    if n >= scan.COMPILED_FROM:
+    if n >= F.COMPILED_FROM:
+        from gpusim.kernels import scan
+
         return scan.mismatches(got, base, add, limit)[0]
     return np.flatnonzero(got[:n] != base + add[:n])[:limit]
 
@@ -157,7 +159,9 @@ class _Checker:
     def shared_references(self) -> None:
         m0, m1 = self.m0, self.m1
         cpte = self.r.child.pte
-        if cpte.size >= scan.COMPILED_FROM:  # the child's tables as they are: empty entries hold nothing
+        if cpte.size >= F.COMPILED_FROM:  # the child's tables as they are: empty entries hold nothing
+            from gpusim.kernels import scan
+
             child_map, child_ref = scan.child_references(cpte.reshape(-1), m1.page_folio, m1.nr_pages, m1.nr_folios)
         else:
             cpfn = decode.page_pfns(self.child_entries[1])

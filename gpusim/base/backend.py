@@ -13,8 +13,7 @@ import importlib.util
 import os
 import sys
 
-import numpy as np
-
+# numpy is imported where an array is looked at, not here: the command line names backends before it needs numpy
 BACKENDS = ("reference", "cpu", "cuda", "cudasim", "auto")
 
 
@@ -53,7 +52,7 @@ def gpu_name() -> str:
 def on_device(a) -> bool:
     """Whether ``a`` is a device array (CuPy's): state kept in device memory, which the cuda engine forks where it
     is."""
-    return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
+    return hasattr(a, "__cuda_array_interface__")  # numpy's arrays have none
 
 
 def array_module(a):
@@ -62,7 +61,9 @@ def array_module(a):
         import cupy
 
         return cupy
-    return np
+    import numpy
+
+    return numpy
 
 
 def array_module_for(name: str):
@@ -71,12 +72,16 @@ def array_module_for(name: str):
         import cupy
 
         return cupy
-    return np
+    import numpy
+
+    return numpy
 
 
-def to_host(a) -> np.ndarray:
+def to_host(a):
     """``a`` as a numpy array (copied from the device when it is a device array)."""
-    return a.get() if on_device(a) else np.asarray(a)
+    import numpy
+
+    return a.get() if on_device(a) else numpy.asarray(a)
 
 
 def device_free_bytes() -> int:
@@ -92,14 +97,23 @@ def device_free_bytes() -> int:
 MAX_WORKERS = 4096  # parallel tasks a sweep may ask for (processes or Ray tasks): a bound, not a tuning
 
 
-def resolve(name: str) -> str:
+# ``auto`` forks a space of at most this many PTE slots (a PMD-mapped THP counting 512) on the reference: 4 tables,
+# about 10-40 ms there, while a fresh process loads numba and the compiled engine from its cache in 0.3-1.5 s.
+# The engines' results are equal (the differential tests), so the choice changes only the time.
+REFERENCE_UP_TO = 4 * 512
+
+
+def resolve(name: str, slots: int | None = None) -> str:
     """The concrete backend for a name: UnknownBackend (a ValueError) for another string, TypeError for no
-    string."""
+    string. ``auto`` is ``cuda`` with a usable GPU, else ``cpu``; but the ``reference`` for one fork of a tiny space
+    (``slots``: its PTE slots, a PMD counting 512; None: not one such fork), which then loads no compiled code."""
     if not isinstance(name, str):
         raise TypeError(f"backend: one of {', '.join(BACKENDS)}, not {type(name).__name__} {name!r}")
     if name not in BACKENDS:
         raise UnknownBackend(name)
     if name == "auto":
+        if slots is not None and slots <= REFERENCE_UP_TO:
+            return "reference"
         return "cuda" if cuda_usable() else "cpu"
     return name
 

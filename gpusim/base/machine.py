@@ -5,8 +5,15 @@ from __future__ import annotations
 import os
 import platform
 import resource
+from pathlib import Path
 
 from gpusim.kernels.fields import MEMORY_FIELDS, MM_FIELDS
+
+
+def user_cache_dir() -> Path:
+    """gpusim's files that can be made again (compiled helpers, parsed profiles): ``$XDG_CACHE_HOME/gpusim``, else
+    ``~/.cache/gpusim``. Not created here."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpusim"
 
 
 def cpu_model() -> str:

@@ -7,6 +7,9 @@ value of the wrong type or unit. The line comes from the YAML node the error's l
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import yaml
@@ -52,7 +55,7 @@ def parse_yaml(path: str | Path, text: str | None = None):
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text (UTF-8) file") from None
     try:
-        data, root = yaml.safe_load(text), yaml.compose(text)
+        data, root = load_with_nodes(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -63,6 +66,17 @@ def parse_yaml(path: str | Path, text: str | None = None):
     if problems:
         raise ConfigError(lines_of(path, problems))
     return data, root
+
+
+def load_with_nodes(text: str):
+    """(data, root node) of a YAML text, parsed once (the node tree gives the lines; the data is built from it),
+    with libyaml's parser where PyYAML has it: a calibrated profile parses in ~0.03 s there, ~0.3 s in Python."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    try:
+        root = loader.get_single_node()
+        return (None if root is None else loader.construct_document(root)), root
+    finally:
+        loader.dispose()
 
 
 NON_FINITE = {".inf", "+.inf", "-.inf", ".nan"}
@@ -148,11 +162,47 @@ def describe_validation_error(path, root, err: ValidationError, prefix: tuple = 
     return lines_of(path, list(dict.fromkeys(problems)))
 
 
-def load_yaml_model(path: str | Path, model: type[BaseModel], text: str | None = None):
+def load_yaml_model(path: str | Path, model: type[BaseModel], text: str | None = None, cache: Path | None = None):
+    """``model`` validated from the YAML file ``path`` (or its ``text``); :class:`ConfigError` naming the file, line
+    and key of every problem. With a ``cache`` directory, a file that parsed and validated before is read from the
+    JSON copy of its data kept there under the hash of its text: a calibrated profile (thousands of YAML nodes,
+    its measurements) then loads in a millisecond instead of ~0.05 s (start-up of every command that prices a fork).
+    """
+    if cache is not None and text is None:
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError):
+            text = None  # parse_yaml says what is wrong
+    kept = (
+        None if cache is None or text is None else cache / f"yaml-{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
+    )
+    if kept is not None and kept.exists():
+        try:
+            return model.model_validate(json.loads(kept.read_text()))
+        except (OSError, ValueError):
+            pass  # a damaged copy: parse the file
     data, root = parse_yaml(path, text)
     if data is None:
         raise ConfigError(f"{path}: the file is empty")
     try:
-        return model.model_validate(data)
+        out = model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(describe_validation_error(path, root, err)) from None
+    if kept is not None:
+        keep_json(kept, data)
+    return out
+
+
+def keep_json(path: Path, data) -> None:
+    """Write ``data`` as JSON to ``path`` (atomically) when JSON gives it back unchanged; nothing when it cannot be
+    written."""
+    try:
+        text = json.dumps(data)
+        if json.loads(text) != data:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except (TypeError, ValueError, OSError):
+        pass

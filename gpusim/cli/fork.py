@@ -236,14 +236,17 @@ def fork_input(spec, what: str, options: ForkOptions):
     per chunk (:func:`gpusim.stream.stream_rows`, or ``--stream-tables``); else the tables per chunk are None. What
     does not fit the memory is refused before anything is built."""
     from gpusim.inputs.workloads import GENERATED_KINDS, build_workload, region_space
-    from gpusim.stream import stream_rows, streaming_refused
 
-    if options.stream_tables is not None:
-        reason = streaming_refused(options.oracle, options.inject)
-        reason = reason or (None if spec.kind in GENERATED_KINDS else "not generated")
-        if reason:
-            raise ValueError(f"--stream-tables: this fork cannot be streamed: {reason}")
-    rows = options.stream_tables or stream_rows(spec, what, options.oracle, options.inject)
+    rows = None
+    if options.stream_tables is not None or spec.kind in GENERATED_KINDS:  # the others are never streamed
+        from gpusim.stream import stream_rows, streaming_refused
+
+        if options.stream_tables is not None:
+            reason = streaming_refused(options.oracle, options.inject)
+            reason = reason or (None if spec.kind in GENERATED_KINDS else "not generated")
+            if reason:
+                raise ValueError(f"--stream-tables: this fork cannot be streamed: {reason}")
+        rows = options.stream_tables or stream_rows(spec, what, options.oracle, options.inject)
     if rows:
         return region_space(spec, options.variant, options.seed), options, rows
     space, oracle, inject = build_workload(spec, options.variant, options.seed)

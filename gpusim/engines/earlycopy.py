@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpusim.base import backend as B
-from gpusim.kernels import scan
+from gpusim.kernels import flags as F
 from gpusim.kernels.flags import PIN_BIAS, PTRS_PER_TABLE
 from gpusim.kernels.pte import PFN_SHIFT
 from gpusim.kernels.slowpath import NR_STATE, ST_DUPLICATES, ST_END_FOLIO, ST_INSTALLS, ST_NEXT_FOLIO, ST_NEXT_PFN
@@ -32,7 +32,9 @@ def maybe_pinned_folios(m: Memory, large_order: int, xp=np) -> tuple[np.ndarray,
     a PMD's 512 pages). ``xp``: the array module of ``m``'s arrays (CuPy: computed on the device)."""
     if not m.nr_folios:
         return xp.zeros(0, bool), 0
-    if m.nr_pages >= scan.COMPILED_FROM and xp is np:
+    if m.nr_pages >= F.COMPILED_FROM and xp is np:
+        from gpusim.kernels import scan
+
         maybe, bound = scan.maybe_pinned_folios(
             m.folio_order,
             m.folio_refcount,

@@ -46,6 +46,7 @@ from gpusim.kernels.flags import (
     VM_WRITE,
     WRITE_EVENTS,
     WRITE_EVERY,
+    WRITERS,
     mm_counter,
 )
 from gpusim.kernels.rules import wp_reuse_pmd, wp_reuse_pte
@@ -53,7 +54,6 @@ from gpusim.model import decode
 from gpusim.model.state import MM, AddressSpace, Memory, entries, ptes_at
 from gpusim.model.variants import get_variant
 
-WRITERS = ("parent", "child")
 DMA_FIELDS = ("pinned", "parent_diverged", "child_aliased")
 MAX_ADDRESS = 1 << 35  # pages: the layouts' bound (128 TiB)
 MAX_WRITES = 1 << 26  # writes of one phase (the reference writes one address at a time)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
 from gpusim.base.machine import fork_memory_for_pages, require_memory
 from gpusim.kernels import pte as P
@@ -39,10 +39,15 @@ from gpusim.model.frames import free_frames_between, place_by_frames
 from gpusim.model.state import AddressSpace
 from gpusim.model.variants import get_variant
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 PAGE = PAGE_SIZE
 
 
 def read_snapshot(path: str | os.PathLike) -> pa.Table:
+    import pyarrow as pa  # here, not at the top: a command that reads no snapshot does not load pyarrow (start-up)
+
     try:
         with pa.ipc.open_file(str(path)) as r:
             t = r.read_all()
@@ -84,6 +89,8 @@ def check_snapshot(t: pa.Table, where) -> None:
     """ValueError naming ``where`` and the column or field when a snapshot (edited by hand, say) is not one gpusim
     reads: a page column missing, not of integers (booleans for the flags) or with an empty value, a map count
     outside 0 .. :data:`~gpusim.kernels.flags.REF_MAX`, a VMA index outside the VMAs, an address outside its VMA."""
+    import pyarrow as pa
+
     for name in PAGE_COLUMNS:
         if name not in t.column_names:
             raise ValueError(f"{where}: column '{name}' is missing")
@@ -224,6 +231,8 @@ def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = 
     """The address space of a snapshot, with one FOLL_PIN on each present page of the ``pinned`` page ranges, its
     frames in the order of the captured frame numbers (:func:`gpusim.model.frames.place_by_frames`; in address order
     where the capture could not read them: :func:`frames_known`)."""
+    import pyarrow as pa
+
     if isinstance(path_or_table, pa.Table):
         t = path_or_table
         check_snapshot(t, "snapshot")

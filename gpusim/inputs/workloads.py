@@ -8,12 +8,13 @@ anonymous, file or shmem memory, whole or in chunks); :func:`build_workload` dis
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from gpusim.base.machine import FORK_COPIES, PAGE_BYTES, PROCESS_BYTES
 from gpusim.inputs.catalogue import SCENARIOS
 from gpusim.inputs.layout import parse_layout
-from gpusim.inputs.regions import RegionSpace
 from gpusim.inputs.snapshot import parse_range, snapshot_space
 from gpusim.kernels import pte as P
 from gpusim.kernels.fields import MEMORY_FIELDS, MM_FIELDS
@@ -27,6 +28,9 @@ from gpusim.kernels.flags import (
     VM_DEFAULT_ANON,
 )
 from gpusim.model.state import MM, AddressSpace, Memory
+
+if TYPE_CHECKING:
+    from gpusim.inputs.regions import RegionSpace
 
 
 def dense_anon_arrays(nr_pages: int, xp=np, content: bool = True) -> tuple[dict, object]:
@@ -120,8 +124,10 @@ def fork_memory_bytes(workload) -> int | None:
     return None if bound is None else PROCESS_BYTES + FORK_COPIES * bound
 
 
-def region_space(workload, variant: str, seed) -> RegionSpace:
+def region_space(workload, variant: str, seed) -> "RegionSpace":
     """The planned space of an ``anon`` or ``mixed`` workload spec, to build whole or in chunks."""
+    from gpusim.inputs.regions import RegionSpace  # the generator's kernels load with the first generated space
+
     if workload.kind == "anon":
         d = workload.model_dump()
         return RegionSpace([d], variant, seed, d.pop("has_pinned"))

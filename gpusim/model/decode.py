@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpusim.kernels import flags as F
 from gpusim.kernels import pte as P
-from gpusim.kernels import scan
 from gpusim.kernels.flags import (
     FOLIO_ANON,
     FOLIO_SWAPBACKED,
@@ -50,7 +50,9 @@ def _flat(val) -> np.ndarray:
 def kinds(val: np.ndarray) -> np.ndarray:
     """:func:`gpusim.kernels.pte.pte_kind` of every entry (int8; -1 for an undecodable one)."""
     val = np.asarray(val, np.uint64)
-    if val.size >= scan.COMPILED_FROM:
+    if val.size >= F.COMPILED_FROM:
+        from gpusim.kernels import scan
+
         return scan.kinds(_flat(val)).reshape(val.shape)
     pres = present(val)
     typ = swp_types(val)
@@ -67,7 +69,9 @@ def kinds(val: np.ndarray) -> np.ndarray:
 def frame_folio_counts(val: np.ndarray, page_folio: np.ndarray, nr_folios: int) -> np.ndarray:
     """Per folio (``nr_folios`` of them), the entries of ``val`` that map one of its pages (:func:`maps_frame`)."""
     val = np.asarray(val, np.uint64)
-    if val.size >= scan.COMPILED_FROM:
+    if val.size >= F.COMPILED_FROM:
+        from gpusim.kernels import scan
+
         return scan.frame_folio_counts(_flat(val), page_folio, nr_folios)
     ok = maps_frame(val)
     return np.bincount(page_folio[offsets(val[ok])], minlength=nr_folios)
@@ -91,13 +95,19 @@ def names_page(val: np.ndarray) -> np.ndarray:
 def page_pfns(val: np.ndarray) -> np.ndarray:
     """pfns of the entries that hold a page (:func:`holds_page`), in order."""
     val = np.asarray(val, np.uint64)
-    return scan.offsets_where(_flat(val), -1) if val.size >= scan.COMPILED_FROM else offsets(val[holds_page(val)])
+    if val.size >= F.COMPILED_FROM:
+        from gpusim.kernels import scan
+
+        return scan.offsets_where(_flat(val), -1)
+    return offsets(val[holds_page(val)])
 
 
 def swap_slots(val: np.ndarray) -> np.ndarray:
     """Slots of the swap entries, in order."""
     val = np.asarray(val, np.uint64)
-    if val.size >= scan.COMPILED_FROM:
+    if val.size >= F.COMPILED_FROM:
+        from gpusim.kernels import scan
+
         return scan.offsets_where(_flat(val), P.KIND_SWAP)
     return offsets(val[kinds(val) == P.KIND_SWAP])
 
@@ -108,7 +118,9 @@ def rss_of(pte: np.ndarray, pmd: np.ndarray, memory) -> np.ndarray:
     ``pte`` u64 ``(T, 512)``, ``pmd`` u64 ``(H,)`` (each huge PMD counts 512 anon pages), ``memory`` the
     :class:`gpusim.model.state.Memory` they map; returns i64 ``(4,)`` (anon, file, shmem, swapents).
     """
-    if pte.size >= scan.COMPILED_FROM:
+    if pte.size >= F.COMPILED_FROM:
+        from gpusim.kernels import scan
+
         rss = scan.rss_counts(_flat(pte), memory.page_folio, memory.folio_flags)
         rss[MM_ANONPAGES] += PTRS_PER_TABLE * int(pmd.shape[0])
         return rss

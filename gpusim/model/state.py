@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpusim.base import backend as B
+from gpusim.kernels import flags as F
 from gpusim.kernels import pte as P
-from gpusim.kernels import scan
 from gpusim.kernels.digest import lane_sums
 from gpusim.kernels.fields import MEMORY_FIELDS, MM_FIELDS
 from gpusim.kernels.flags import BACKING_SHMEM, PTRS_PER_TABLE, VM_KNOWN, swap_cap
@@ -39,12 +39,15 @@ def tables_from_entries(addr: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, 
     one table for each 512-page extent that holds an entry. The inverse of :func:`entries`."""
     addr = np.asarray(addr, np.int64)
     val = np.asarray(val, np.uint64)
-    if addr.size >= scan.COMPILED_FROM:
+    if addr.size >= F.COMPILED_FROM:
+        from gpusim.kernels import scan
+
         ascending, tables, pte = scan.tables_of_sorted(addr, val)  # entries in address order: the common case
         if ascending:
             return tables, pte
     t = addr // PTRS_PER_TABLE
-    tables = np.unique(t)
+    s = np.sort(t)  # np.unique would load numpy.ma on its first call (20 ms of a one-table `gpusim fork`)
+    tables = s[np.concatenate(([True], s[1:] != s[:-1]))] if s.size else s
     row = np.searchsorted(tables, t)
     pte = np.zeros((tables.shape[0], PTRS_PER_TABLE), np.uint64)
     pte.reshape(-1)[row * PTRS_PER_TABLE + addr % PTRS_PER_TABLE] = val
@@ -55,7 +58,9 @@ def entries(mm: "MM") -> tuple[np.ndarray, np.ndarray]:
     """(addresses i64, values u64) of the non-empty PTEs of ``mm``, in address order."""
     if mm.nr_tables == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.uint64)
-    if mm.pte.size >= scan.COMPILED_FROM:
+    if mm.pte.size >= F.COMPILED_FROM:
+        from gpusim.kernels import scan
+
         return scan.entries(mm.table_index, mm.pte)
     addr = (mm.table_index[:, None] * PTRS_PER_TABLE + np.arange(PTRS_PER_TABLE)[None, :]).reshape(-1)
     val = mm.pte.reshape(-1)

@@ -22,10 +22,24 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
+from gpusim import api
+from gpusim.analysis.costmodel import (
+    code_name,
+    episode_report,
+    latency,
+    latency_summary,
+    load_profile,
+    mixture_percentiles,
+)
+from gpusim.base.machine import user_cache_dir
+from gpusim.engines.episode import Schedule, episode_kernels, parse_episode, run_episode
+from gpusim.inputs.snapshot import snapshot_space
+from gpusim.jobs.host.capture import capture
 from gpusim.jobs.host.real import PAGE, LineProcess
 from gpusim.kernels.flags import WRITE_EVENTS
 
@@ -41,7 +55,7 @@ class HostEpisodeError(RuntimeError):
 def writer_binary() -> Path:
     """The compiled measuring process, built once per version of its source in ``$XDG_CACHE_HOME/gpusim``."""
     src = WRITER_SOURCE.read_bytes()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpusim"
+    cache = user_cache_dir()
     out = cache / f"episode_writer-{hashlib.sha256(src).hexdigest()[:16]}"
     if out.exists():
         return out
@@ -87,8 +101,6 @@ def minor_faults(pid: int) -> int:
 def parent_schedule(spec, parent, child) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(write times in ns, page addresses, write counts at each interval's end) of the parent's writes in the
     episode ``spec``, drawn as :func:`gpusim.engines.episode.run_episode` draws them."""
-    from gpusim.engines.episode import Schedule
-
     s, times, addrs = Schedule(spec, parent, child), [], []
     ends = np.zeros(spec.intervals, np.int64)
     for j, u0, u1 in s.bounds():
@@ -103,14 +115,6 @@ def parent_schedule(spec, parent, child) -> tuple[np.ndarray, np.ndarray, np.nda
 def _twin_episode(info: dict, spec, variant: str, profile):
     """The captured measuring process forked by the simulator, and its episode (the writes within the region, each
     write's code kept), timed and priced: (fork result, episode, spec with its range)."""
-    import time
-
-    from gpusim import api
-    from gpusim.analysis.costmodel import episode_report, latency, load_profile
-    from gpusim.engines.episode import episode_kernels, run_episode
-    from gpusim.inputs.snapshot import snapshot_space
-    from gpusim.jobs.host.capture import capture
-
     space = snapshot_space(capture(info["pid"]), variant)
     spec = dataclasses.replace(spec, range=(info["start_page"], info["start_page"] + info["pages"] - 1))
     t0 = time.perf_counter()
@@ -151,8 +155,6 @@ def _run_writes(writer: EpisodeWriter, times, offsets, ends, workdir: str) -> di
 
 def quantiles(latency_ns: np.ndarray) -> dict:
     """p50, p99, p99.9 (nearest rank), max and mean of measured latencies (ns), as the model's are summarised."""
-    from gpusim.analysis.costmodel import latency_summary
-
     return latency_summary(np.sort(latency_ns).astype(float), np.ones(latency_ns.size))
 
 
@@ -163,8 +165,6 @@ def measure_episode(
     holding ``pages`` touched pages (THP on or off), on this kernel and in the simulator (``variant``, priced with
     ``profile``): per interval, the child's private dirty pages above their level at the fork and the parent's
     faults, measured and modelled; the per-write latency percentiles, measured and modelled; the simulator's time."""
-    from gpusim.engines.episode import parse_episode
-
     spec = parse_episode(episode)
     if spec.writer != "parent" or spec.child_exit_at_s is not None or spec.range is not None:
         raise HostEpisodeError("a host episode: the parent writes (no writer, child_exit_at or range keys)")
@@ -262,8 +262,6 @@ def validate_episodes(quick: bool = False, variant: str = "linux-6.18", profile=
     """The calibration episodes (their writes' measured latencies grouped by the twin's event), then the held-out
     ones: per case the COW timeline's worst relative error and the latency percentiles measured, modelled from the
     calibrated distributions, and priced with ``profile``'s one cost per event; a verdict."""
-    from gpusim.analysis.costmodel import code_name, mixture_percentiles
-
     calib = []
     for pages, thp, spec in CALIBRATION:
         calib.append(measure_episode(pages, thp, spec, variant, profile=profile))

@@ -20,7 +20,11 @@ import random
 import subprocess
 import sys
 
+from gpusim import api
+from gpusim.analysis.costmodel import latency
+from gpusim.inputs.snapshot import snapshot_space
 from gpusim.jobs.host import real
+from gpusim.jobs.host.capture import capture
 from gpusim.jobs.host.measure import FAULT_SLACK
 
 TARGET = r"""
@@ -109,11 +113,6 @@ class Proc(real.LineProcess):
 def predicted(pid: int, variant: str, profiles: dict) -> tuple[dict, float | None]:
     """The simulator's fork of process ``pid`` captured now: ({profile key: :func:`gpusim.analysis.costmodel.latency`},
     the fraction of its present pages whose frame is not the previous page's + 1, None without frame numbers)."""
-    from gpusim import api
-    from gpusim.analysis.costmodel import latency
-    from gpusim.inputs.snapshot import snapshot_space
-    from gpusim.jobs.host.capture import capture
-
     t = capture(pid)
     r = api.fork(snapshot_space(t, variant), variant, backend="cpu", check=False)
     present = t.column("present").to_numpy(zero_copy_only=False)

@@ -99,7 +99,7 @@ def run_tree(point: Point, space: AddressSpace, oracle, inject, base: dict, buil
                     r = fork(
                         space if seq == 0 else AddressSpace.of_fork(procs[i], memory),
                         cfg.fork.variant,
-                        backend=cfg.backend,
+                        backend=B.resolve(cfg.backend),  # one engine for the whole sweep, whatever the space's size
                         oracle=oracle,
                         inject=inject,
                         fork_seq=seq,

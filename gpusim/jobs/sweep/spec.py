@@ -42,8 +42,6 @@ from gpusim.base.yamlerr import (
     node_line,
     parse_yaml,
 )
-from gpusim.engines.episode import parse_episode
-from gpusim.engines.writes import parse_writes
 from gpusim.inputs.catalogue import SCENARIOS
 from gpusim.inputs.snapshot import parse_range
 from gpusim.model.frames import parse_frame_order
@@ -82,7 +80,9 @@ def one_of(value: str, known, what: str) -> str:
 
 Size = Annotated[int, BeforeValidator(_page_size)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-_STRICT = ConfigDict(extra="forbid")
+# Unknown keys are errors. The validators are built when a model is first used, not at import: `gpusim fork` maps
+# its flags onto the workload models only (start-up).
+_STRICT = ConfigDict(extra="forbid", defer_build=True)
 
 
 class Region(BaseModel):
@@ -251,6 +251,8 @@ class ForkSpec(BaseModel):
     @classmethod
     def _episode(cls, v):
         if v is not None:
+            from gpusim.engines.episode import parse_episode  # the engines load when a sweep asks for them
+
             parse_episode(v)
         return v
 
@@ -258,6 +260,8 @@ class ForkSpec(BaseModel):
     @classmethod
     def _writes(cls, v):
         if isinstance(v, str):
+            from gpusim.engines.writes import parse_writes
+
             parse_writes(v)
         return v
 
@@ -318,7 +322,7 @@ class Config(BaseModel):
     profile: str | None = None
     check: bool = True
     workload: Workload
-    fork: ForkSpec = ForkSpec()
+    fork: ForkSpec = Field(default_factory=ForkSpec)
 
     @field_validator("backend")
     @classmethod
@@ -327,12 +331,13 @@ class Config(BaseModel):
 
 
 class SweepFile(Config):
-    sweep: Axes = Axes()
+    sweep: Axes = Field(default_factory=Axes)
 
 
 class Point(BaseModel):
     """An expanded point: its config, the values the sweep set (``params``) and its hash."""
 
+    model_config = ConfigDict(defer_build=True)
     config: Config
     params: dict[str, Any]
     config_hash: str
