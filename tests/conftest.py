@@ -42,24 +42,33 @@ def backend(request):
 # runs for a named subset of the variants: the CUDA launch code they exercise does not depend on the variant, and this
 # subset takes each of its paths (linux-6.18: large-folio batches and the walk kernel; xu-v1: a fork that can stop
 # early, its slow tables in address order; linux-5.10: the preallocating slow path); the per-table state machines they
-# run are the code the CPU build compiles, which the CPU engine runs for every variant. Deselected, not skipped:
-# pytest reports them as deselected.
+# run are the code the CPU build compiles, which the CPU engine runs for every variant. The marker's keywords narrow
+# other parameters the same way for cudasim (``cudasim_subset(chunk=(1, 3))``: the launch code's cases, not every
+# size between them). Deselected, not skipped: pytest reports them as deselected.
 CUDASIM_VARIANTS = ("linux-6.18", "xu-v1", "linux-5.10")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "cudasim_subset: cudasim runs this test for CUDASIM_VARIANTS only")
+    config.addinivalue_line(
+        "markers", "cudasim_subset(**values): cudasim runs this test for CUDASIM_VARIANTS (and these values) only"
+    )
+
+
+def cudasim_drops(item) -> bool:
+    """Whether cudasim leaves this parametrized case out (:data:`CUDASIM_VARIANTS`, the marker's keywords)."""
+    mark = item.get_closest_marker("cudasim_subset")
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if mark is None or params.get("backend") != "cudasim":
+        return False
+    if params.get("variant") not in CUDASIM_VARIANTS:
+        return True
+    return any(name in params and params[name] not in values for name, values in mark.kwargs.items())
 
 
 def pytest_collection_modifyitems(config, items):
     keep, drop = [], []
     for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        subset = item.get_closest_marker("cudasim_subset") is not None
-        if subset and params.get("backend") == "cudasim" and params.get("variant") not in CUDASIM_VARIANTS:
-            drop.append(item)
-        else:
-            keep.append(item)
+        (drop if cudasim_drops(item) else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
