@@ -20,6 +20,9 @@ from gpusim.kernels.atomics import atomic_add
 from gpusim.kernels.flags import (
     BREAK_AT,
     FOLIO_ANON,
+    MM_ANONPAGES,
+    MM_FILEPAGES,
+    MM_SHMEMPAGES,
     PAGE_ANON_EXCLUSIVE,
     PTRS_PER_TABLE,
     VM_SHARED,
@@ -96,10 +99,10 @@ def entry_needs_slow(v, last_f, vp, check_folios, mem):
         pfn = np.int64(pte_pfn(v))
         if vp.anon_exclusive and shared_exclusive_page(mem.page_flags[pfn], mem.page_mapcount[pfn]):
             return True, last_f
-        if kind == KIND_DEVICE_PRIVATE:
+        if kind == KIND_DEVICE_PRIVATE or not check_folios:  # without a pin test no folio can need the host
             return False, last_f
         f = np.int64(mem.page_folio[pfn])
-        if f == last_f or not check_folios:  # without a pin test no folio can need the host
+        if f == last_f:
             return False, last_f
         if mem.folio_order[f] >= vp.large_order:
             return large_folio_needs_slow(
@@ -150,9 +153,33 @@ EV_EXCL_SHIFT = 4
 
 
 @entry_jitable
+def share_exclusive_page(r, j0, v, pfn, f, shared, cow, anon_exclusive, tab, mem):
+    """:func:`share_pages` for one entry mapping a page of a small folio that no other PTE maps (mapcount 1): no
+    other thread can reach the page or its folio, so every update is a plain store. Returns the :func:`tally`
+    code."""
+    child = share_child_pte(v, pte_write(v), shared)
+    flags = mem.folio_flags[f]
+    mem.folio_refcount[f] += 1
+    mem.page_mapcount[pfn] = 2
+    excl = 0
+    if anon_exclusive and (flags & FOLIO_ANON) != 0 and (mem.page_flags[pfn] & PAGE_ANON_EXCLUSIVE) != 0:
+        mem.page_flags[pfn] &= ~np.uint8(PAGE_ANON_EXCLUSIVE)
+        excl = 1
+    ev = mm_counter(flags) + (EV_PIN if mem.folio_true_pins[f] > 0 else 0) + (excl << EV_EXCL_SHIFT)
+    if cow and pte_write(v):
+        tab.ppte[r, j0] = pte_wrprotect(v)
+        child = pte_wrprotect(child)
+        ev += EV_WRPROTECT
+    tab.cpte[r, j0] = child  # the child's entry maps v's page already
+    return ev
+
+
+@entry_jitable
 def share_pages(r, j0, v, n, w_any, pfn, f, order, shared, cow, anon_exclusive, tab, mem):
     """Share ``n`` consecutive entries (from row ``r``, column ``j0``) mapping pages ``pfn ..`` of folio ``f``
     with the child: references, mapcounts, anon-exclusive flags, write protection, the child's entries."""
+    if n == 1 and order == 0 and mem.page_mapcount[pfn] == 1:
+        return share_exclusive_page(r, j0, v, pfn, f, shared, cow, anon_exclusive, tab, mem)
     child = share_child_pte(v, w_any, shared)
     anon = (mem.folio_flags[f] & FOLIO_ANON) != 0
     if order == 0 and mem.page_mapcount[pfn] == 1:  # no other PTE can touch this folio: a plain store
@@ -261,6 +288,22 @@ def tally(acc, kind, special, ev, n, batch):
         acc[C_DEVPRIV] += 1
 
 
+@entry_jitable
+def tally_plain(acc, n, file, shmem, pin, wp, excl, fb):
+    """:func:`tally` of ``n`` exclusive small-folio pages shared one by one (``file`` and ``shmem`` of them file and
+    shmem pages, the rest anon; ``pin`` truly pinned, ``wp`` write-protected, ``excl`` anon-exclusive flags cleared),
+    and their ``fb`` frame breaks."""
+    acc[C_RSS + MM_ANONPAGES] += n - file - shmem
+    acc[C_RSS + MM_FILEPAGES] += file
+    acc[C_RSS + MM_SHMEMPAGES] += shmem
+    acc[C_SHARED] += n
+    acc[C_SHARE] += n
+    acc[C_PIN_SHARED] += pin
+    acc[C_WRPROTECT] += wp
+    acc[C_EXCL_CLEAR] += excl
+    acc[C_FRAME_BREAK] += fb
+
+
 @register_jitable
 def entry_weight(kind, n):
     """Progress an item adds to the lock-break cadence: 1 for an empty entry, 8 per entry otherwise."""
@@ -350,12 +393,38 @@ def copy_table_fast(r, vp, tab, calls, mem, nb, acc):
         lb = 0
         last = np.int64(-1)  # the stream of frames (kernels.rules.frame_run)
         broke = False
+        # What tally() counts for the call's exclusive small-folio pages (most entries of most forks), kept in
+        # registers: added to the count row once per call, not entry by entry (the row and the state's arrays may
+        # alias for the compiler, so each such add would be a load and a store after every state update).
+        plain = 0
+        plain_file = 0
+        plain_shmem = 0
+        plain_pin = 0
+        plain_wp = 0
+        plain_excl = 0
+        plain_fb = 0
         a = s
         while a < e:
             progress, k, lb = check_point(progress, s, k, lb, nb, fork_seq)
             j0 = a - base
             v = tab.ppte[r, j0]
             kind = pte_kind(v)
+            if kind == KIND_PRESENT and not pte_special(v):
+                pfn = np.int64(pte_pfn(v))
+                f = np.int64(mem.page_folio[pfn])
+                if mem.folio_order[f] == 0 and mem.page_mapcount[pfn] == 1:  # never a batch: copy_entry's case
+                    ev = share_exclusive_page(r, j0, v, pfn, f, shared, cow, excl, tab, mem)
+                    plain += 1
+                    plain_file += (ev & 3) == MM_FILEPAGES
+                    plain_shmem += (ev & 3) == MM_SHMEMPAGES
+                    plain_pin += (ev & EV_PIN) != 0
+                    plain_wp += (ev & EV_WRPROTECT) != 0
+                    plain_excl += ev >> EV_EXCL_SHIFT
+                    fb, last, broke = frame_run(last, broke, pfn, 1)
+                    plain_fb += fb
+                    progress += entry_weight(kind, 1)
+                    a += 1
+                    continue
             n = 1
             batch = batch_candidate(v, vp.batching, mem) and e - a != 1
             if batch:
@@ -371,4 +440,5 @@ def copy_table_fast(r, vp, tab, calls, mem, nb, acc):
             tally(acc, kind, kind == KIND_PRESENT and pte_special(v), ev, n, batch)
             progress += entry_weight(kind, n)
             a += n
+        tally_plain(acc, plain, plain_file, plain_shmem, plain_pin, plain_wp, plain_excl, plain_fb)
         end_call(acc, c, r, calls, tab, k, lb)

@@ -66,7 +66,7 @@ from gpusim.model import decode
 from gpusim.model.oracle import InjectionPlan, LockBreakOracle
 from gpusim.model.plan import ForkPlan, plan_fork
 from gpusim.model.result import ForkResult, TableStats
-from gpusim.model.state import MM, AddressSpace, Memory, copy_state, empty_mm
+from gpusim.model.state import MM, AddressSpace, Memory, copy_array, copy_state, empty_mm
 from gpusim.model.variants import Variant, get_variant
 
 NB_MODES = {"never": NB_NEVER, "always": NB_ALWAYS, "every": NB_EVERY, "bern": NB_BERN, "list": NB_LIST}
@@ -185,7 +185,7 @@ class ForkJob:
         if xp is not np and plan_inj.injections:
             raise ValueError("a fork of device-resident state takes no injections (they run on the host)")
         memory = copy_state(space.memory)  # "put": the engine's own copy of the state (not timed)
-        self.ppte = mm.pte.copy()
+        self.ppte = copy_array(mm.pte)
         # The input is frozen (read-only arrays); the kernels take writeable arrays only, one compiled type each.
         self.table_index, self.pmd_index = self.dev(mm.table_index.copy()), mm.pmd_index.copy()
         self.cpte = xp.empty_like(self.ppte)

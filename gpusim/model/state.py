@@ -355,8 +355,21 @@ def copy_state(obj):
     kw = {}
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
-        kw[f.name] = v.copy() if hasattr(v, "shape") else v
+        kw[f.name] = copy_array(v) if hasattr(v, "shape") else v
     return type(obj)(**kw)
+
+
+def copy_array(a):
+    """A copy of an array where it is (host or device); a large host array is copied by every thread
+    (:func:`gpusim.kernels.scan.copy_all_threads`: the engine's working copy of a big state takes the machine's
+    copy bandwidth, not one core's)."""
+    if isinstance(a, np.ndarray) and a.size >= F.COMPILED_FROM and a.flags.c_contiguous:
+        from gpusim.kernels import scan
+
+        out = np.empty_like(a)
+        scan.copy_all_threads(a.reshape(-1), out.reshape(-1))
+        return out
+    return a.copy()
 
 
 def resident_bytes(*objs) -> int:
