@@ -6,7 +6,10 @@ For dense 4 KiB anonymous spaces of 1 and 4 GiB, in a warm process, prints one J
 ``gpusim.fork`` time with and without the invariant check, the same with the result's digest read (it is computed
 when first read, as a sweep row reads it), the engine's own time (``engine_wall_s``) of those forks, the digest of
 the result alone, and one full validation of the input (which a space now pays once). The cases run
-round-robin (this VM's speed drifts by tens of per cent within a minute).
+round-robin (this VM's speed drifts by tens of per cent within a minute). Then this machine's kernel forks a real
+process holding that memory in the modelled state (:func:`gpusim.jobs.host.measure.time_layout`, as ``gpusim bench
+--vs-kernel`` does), in the same run: ``kernel_fork_ms`` and the ratios ``kernel_vs_fork_check_False`` (end to end,
+issue 28: at least 5 at 1 GiB) and ``kernel_vs_engine``.
 """
 
 import argparse
@@ -16,6 +19,8 @@ import time
 
 import gpusim
 from gpusim.inputs.workloads import dense_anon
+from gpusim.jobs.host.measure import time_layout
+from gpusim.jobs.host.real import RealLayout
 from gpusim.model.state import digest
 
 
@@ -58,6 +63,11 @@ def main() -> None:
             },
             5,
         )
+        kernel = time_layout(RealLayout("dense", pages * 4096), max(5, args.repeat))
+        if kernel["checks"].get("fresh") and not kernel["refused"]:
+            more["kernel_fork_ms"] = k_ms = kernel["fresh"]["median_ns"] / 1e6
+            more["kernel_vs_fork_check_False"] = k_ms / row["fork_check_False_ms"]
+            more["kernel_vs_engine"] = k_ms / row["engine_check_False_ms"]
         report[f"{pages * 4096 >> 30}GiB"] = {**row, **more}
     print(json.dumps(report, indent=1))
 
