@@ -376,6 +376,27 @@ def folio_pte_batch(r, j0, v, limit_call, shared, tab, mem):
     return n, w_any
 
 
+@entry_jitable
+def copy_item(r, j0, v, kind, left, batching, shared, cow, excl, tab, mem, acc, last, broke):
+    """Copy the entry at column ``j0`` of row ``r`` (a linux-6.18 batch from it where the variant batches, at most
+    ``left`` entries) and count it, the frame stream being (``last``, ``broke``) before it. Returns (entries
+    copied, the frame stream after them)."""
+    n = 1
+    batch = batch_candidate(v, batching, mem) and left != 1
+    if batch:
+        n, w_any = folio_pte_batch(r, j0, v, left, shared, tab, mem)
+        pfn = np.int64(pte_pfn(v))
+        f = mem.page_folio[pfn]
+        ev = share_pages(r, j0, v, n, w_any, pfn, f, np.int64(mem.folio_order[f]), shared, cow, excl, tab, mem)
+    else:
+        ev = copy_entry(r, j0, v, kind, shared, cow, excl, tab, mem)
+    if maps_page(v):
+        fb, last, broke = frame_run(last, broke, np.int64(pte_pfn(v)), n)
+        acc[C_FRAME_BREAK] += fb
+    tally(acc, kind, kind == KIND_PRESENT and pte_special(v), ev, n, batch)
+    return n, last, broke
+
+
 @register_jitable
 def copy_table_fast(r, vp, tab, calls, mem, nb, acc):
     """``copy_pte_range`` for every call of table row ``r`` (which needs no host), in address order: the fast
@@ -396,13 +417,7 @@ def copy_table_fast(r, vp, tab, calls, mem, nb, acc):
         # What tally() counts for the call's exclusive small-folio pages (most entries of most forks), kept in
         # registers: added to the count row once per call, not entry by entry (the row and the state's arrays may
         # alias for the compiler, so each such add would be a load and a store after every state update).
-        plain = 0
-        plain_file = 0
-        plain_shmem = 0
-        plain_pin = 0
-        plain_wp = 0
-        plain_excl = 0
-        plain_fb = 0
+        plain = plain_file = plain_shmem = plain_pin = plain_wp = plain_excl = plain_fb = 0
         a = s
         while a < e:
             progress, k, lb = check_point(progress, s, k, lb, nb, fork_seq)
@@ -425,19 +440,9 @@ def copy_table_fast(r, vp, tab, calls, mem, nb, acc):
                     progress += entry_weight(kind, 1)
                     a += 1
                     continue
-            n = 1
-            batch = batch_candidate(v, vp.batching, mem) and e - a != 1
-            if batch:
-                n, w_any = folio_pte_batch(r, j0, v, e - a, shared, tab, mem)
-                pfn = np.int64(pte_pfn(v))
-                f = mem.page_folio[pfn]
-                ev = share_pages(r, j0, v, n, w_any, pfn, f, np.int64(mem.folio_order[f]), shared, cow, excl, tab, mem)
-            else:
-                ev = copy_entry(r, j0, v, kind, shared, cow, excl, tab, mem)
-            if maps_page(v):
-                fb, last, broke = frame_run(last, broke, np.int64(pte_pfn(v)), n)
-                acc[C_FRAME_BREAK] += fb
-            tally(acc, kind, kind == KIND_PRESENT and pte_special(v), ev, n, batch)
+            n, last, broke = copy_item(
+                r, j0, v, kind, e - a, vp.batching, shared, cow, excl, tab, mem, acc, last, broke
+            )
             progress += entry_weight(kind, n)
             a += n
         tally_plain(acc, plain, plain_file, plain_shmem, plain_pin, plain_wp, plain_excl, plain_fb)
