@@ -35,7 +35,7 @@ import numpy as np
 
 from gpusim.api import fork
 from gpusim.base import checkargs
-from gpusim.base.machine import FORK_COPIES, PAGE_BYTES, PROCESS_BYTES, require_memory
+from gpusim.base.machine import FORK_COPIES, PAGE_BYTES, PROCESS_BYTES, require_memory, reused_heap
 from gpusim.inputs.workloads import fork_memory_bytes, state_bytes_bound
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import PTRS_PER_TABLE, RSS_NAMES
@@ -299,6 +299,12 @@ def fork_streamed(
     fork unchecked, unless ``validate``. ``variant`` defaults to the one ``space`` was generated for
     (``gpusim.workload(..., streamed=True)``)."""
     variant, chunk_rows, validate = streamed_args(space, variant, chunk_rows, validate, progress)
+    with reused_heap():  # every chunk in the memory of the chunk before
+        return fork_chunks(space, variant, backend, check, chunk_rows, progress, validate)
+
+
+def fork_chunks(space, variant: str, backend: str, check: bool, chunk_rows: int, progress, validate: bool):
+    """:func:`fork_streamed`'s loop over the chunks, its arguments checked."""
     digest, totals = ChunkDigest(space), Totals()
     last = stopped = None
     nchunks = 0
