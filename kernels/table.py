@@ -177,15 +177,13 @@ def share_exclusive_page(r, j0, v, pfn, f, shared, cow, anon_exclusive, tab, mem
 @entry_jitable
 def share_pages(r, j0, v, n, w_any, pfn, f, order, shared, cow, anon_exclusive, tab, mem):
     """Share ``n`` consecutive entries (from row ``r``, column ``j0``) mapping pages ``pfn ..`` of folio ``f``
-    with the child: references, mapcounts, anon-exclusive flags, write protection, the child's entries."""
-    if n == 1 and order == 0 and mem.page_mapcount[pfn] == 1:
+    with the child: references, mapcounts, anon-exclusive flags, write protection, the child's entries. A small
+    folio's page that no other PTE maps is :func:`share_exclusive_page`'s; the rest may meet other threads."""
+    if order == 0 and mem.page_mapcount[pfn] == 1:  # n is 1: a batch is of a large folio
         return share_exclusive_page(r, j0, v, pfn, f, shared, cow, anon_exclusive, tab, mem)
     child = share_child_pte(v, w_any, shared)
     anon = (mem.folio_flags[f] & FOLIO_ANON) != 0
-    if order == 0 and mem.page_mapcount[pfn] == 1:  # no other PTE can touch this folio: a plain store
-        mem.folio_refcount[f] += 1
-    else:
-        atomic_add(mem.folio_refcount, f, n)
+    atomic_add(mem.folio_refcount, f, n)
     excl = 0
     for j in range(n):
         p = pfn + j
