@@ -168,7 +168,7 @@ class _Checker:
             child_map = np.bincount(cpfn, minlength=m1.nr_pages)
             child_ref = np.bincount(m1.page_folio[cpfn], minlength=m1.nr_folios)
         # what the fork should have added to each count: the child's references, and the events' and splits'
-        add_ref, add_map = child_ref.astype(np.int64, copy=False), child_map.astype(np.int64, copy=False)
+        add_ref, add_map = child_ref, child_map  # int32 from the compiled pass, as the counts themselves
         add_pmd = np.zeros(m1.nr_folios, np.int64)
         for v in self.r.child.pmd.tolist():
             f = int(m1.page_folio[P.pte_pfn(v)])
