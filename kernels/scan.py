@@ -174,6 +174,13 @@ def copy_all_threads(src, dst):
         dst[i] = src[i]
 
 
+@njit(parallel=True, cache=True)
+def fill_all_threads(dst, value):
+    """``dst[:] = value`` with every thread (fresh memory is faulted in on every core)."""
+    for i in prange(dst.shape[0]):
+        dst[i] = value
+
+
 @njit(cache=True)
 def mismatches(got, base, add, limit):
     """The first ``limit`` positions ``i < len(base)`` where ``got[i] != base[i] + add[i]``, and how many there are."""

@@ -66,7 +66,7 @@ from gpusim.model import decode
 from gpusim.model.oracle import InjectionPlan, LockBreakOracle
 from gpusim.model.plan import ForkPlan, plan_fork
 from gpusim.model.result import ForkResult, TableStats
-from gpusim.model.state import MM, AddressSpace, Memory, copy_array, copy_state, empty_mm
+from gpusim.model.state import MM, AddressSpace, Memory, copy_array, copy_state, empty_mm, zeros_like
 from gpusim.model.variants import Variant, get_variant
 
 NB_MODES = {"never": NB_NEVER, "always": NB_ALWAYS, "every": NB_EVERY, "bern": NB_BERN, "list": NB_LIST}
@@ -188,8 +188,7 @@ class ForkJob:
         self.ppte = copy_array(mm.pte)
         # The input is frozen (read-only arrays); the kernels take writeable arrays only, one compiled type each.
         self.table_index, self.pmd_index = self.dev(mm.table_index.copy()), mm.pmd_index.copy()
-        self.cpte = xp.empty_like(self.ppte)
-        self.cpte.fill(0)  # touch the child's tables now, not inside the timed kernels
+        self.cpte = zeros_like(self.ppte)  # the child's tables touched now, not inside the timed kernels
         self.cexists = xp.zeros(mm.nr_tables, np.bool_)
         t0 = time.perf_counter()
         self.plan = plan_fork(mm)

@@ -359,6 +359,20 @@ def copy_state(obj):
     return type(obj)(**kw)
 
 
+def zeros_like(a):
+    """Zeros shaped like the array ``a``, where it is, its pages touched now; a large host array by every thread
+    (:func:`gpusim.kernels.scan.fill_all_threads`), as :func:`copy_array` copies."""
+    if isinstance(a, np.ndarray) and a.size >= F.COMPILED_FROM and a.flags.c_contiguous:
+        from gpusim.kernels import scan
+
+        out = np.empty_like(a)
+        scan.fill_all_threads(out.reshape(-1), out.dtype.type(0))
+        return out
+    out = B.array_module(a).empty_like(a)
+    out.fill(0)
+    return out
+
+
 def copy_array(a):
     """A copy of an array where it is (host or device); a large host array is copied by every thread
     (:func:`gpusim.kernels.scan.copy_all_threads`: the engine's working copy of a big state takes the machine's
