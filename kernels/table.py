@@ -316,7 +316,7 @@ def lock_break_at(s, k, nb, fork_seq):
     return lock_break(nb.mode, nb.every, nb.p_q32, nb.seed, fork_seq, s, k)
 
 
-@register_jitable
+@entry_jitable
 def check_point(progress, s, k, lb, nb, fork_seq):
     """The lock-break cadence before the item at the cursor of the call starting at ``s`` (spec 2.1): once the
     progress reached ``BREAK_AT``, it restarts from 0 and the oracle is asked (its ``k``-th check). Returns the new
