@@ -209,9 +209,8 @@ def test_plain_coercion_gives_what_typer_gives():
     """gpusim.cli.app's coercion without pydantic returns, for every parameter of every command, what typer's own
     returns for the values it takes: unset, the parameter's default, a string, a tuple of strings."""
     import typer
-    from typer._coercion import build_runtime_param
 
-    from gpusim.cli.app import LAZY_COERCION, app, plain_coercion
+    from gpusim.cli.app import LAZY_COERCION, app, plain_coercion, typer_runtime_param
 
     if not LAZY_COERCION:
         pytest.skip("this typer has another shape: gpusim leaves its coercion alone (start-up slower)")
@@ -225,7 +224,7 @@ def test_plain_coercion_gives_what_typer_gives():
                 known, got = plain_coercion(param, value)
                 if not known:
                     continue
-                want = build_runtime_param(param.type_descriptor).coerce(value, param=param, ctx=None)
+                want = typer_runtime_param(param).coerce(value, param=param, ctx=None)
                 assert got == want and type(got) is type(want), (name, param.name, value, got, want)
                 checked += 1
     assert checked > 100

@@ -86,7 +86,7 @@ def _lazy_typer_coercion() -> bool:
     core = getattr(typer, "core", None)
     cls = getattr(core, "_TyperParameter", None)
     build = getattr(cls, "get_runtime_param", None)
-    if build is None or getattr(build, "_gpusim_plain", False):
+    if build is None or hasattr(build, "typer_own"):
         return build is not None
 
     def get_runtime_param(self):
@@ -94,9 +94,16 @@ def _lazy_typer_coercion() -> bool:
             return _PlainRuntimeParam(self, build)
         return build(self)
 
-    get_runtime_param._gpusim_plain = True
+    get_runtime_param.typer_own = build
     cls.get_runtime_param = get_runtime_param
     return True
+
+
+def typer_runtime_param(param):
+    """typer's own runtime parameter of ``param`` (its coercion through pydantic), for comparing with
+    :func:`plain_coercion`."""
+    method = type(param).get_runtime_param
+    return getattr(method, "typer_own", method)(param)
 
 
 LAZY_COERCION = _lazy_typer_coercion()
