@@ -90,10 +90,8 @@ FORK_SEQ_MAX = checkargs.I64_MAX  # the kernels keep a fork's number (the oracle
 def slots_of(space) -> int | None:
     """The PTE slots of a space in host memory, a PMD counting 512 (the size that lets ``auto`` run one fork of a
     tiny space on the reference: :func:`gpusim.base.backend.resolve`); None for a space in device memory."""
-    mm = getattr(space, "mm", None)
-    if mm is None or _backend.on_device(mm.pte):
-        return None
-    return int(mm.pte.size) + 512 * int(mm.pmd.size)
+    mm = space.mm
+    return None if _backend.on_device(mm.pte) else int(mm.pte.size) + 512 * int(mm.pmd.size)
 
 
 def common_args(variant, backend, oracle, fork_seq, seq_name: str, slots: int | None = None):

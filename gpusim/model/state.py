@@ -359,31 +359,34 @@ def copy_state(obj):
     return type(obj)(**kw)
 
 
+def every_thread(a) -> bool:
+    """Whether ``a`` is a host array large enough for the compiled passes that fill or copy it on every thread
+    (:func:`zeros_like`, :func:`copy_array`): fresh memory is then faulted in on every core, not one."""
+    return isinstance(a, np.ndarray) and a.size >= F.COMPILED_FROM and a.flags.c_contiguous
+
+
 def zeros_like(a):
-    """Zeros shaped like the array ``a``, where it is, its pages touched now; a large host array by every thread
-    (:func:`gpusim.kernels.scan.fill_all_threads`), as :func:`copy_array` copies."""
-    if isinstance(a, np.ndarray) and a.size >= F.COMPILED_FROM and a.flags.c_contiguous:
+    """Zeros shaped like the array ``a``, where it is, its pages touched now (:func:`every_thread`)."""
+    out = B.array_module(a).empty_like(a)
+    if every_thread(a):
         from gpusim.kernels import scan
 
-        out = np.empty_like(a)
         scan.fill_all_threads(out.reshape(-1), out.dtype.type(0))
-        return out
-    out = B.array_module(a).empty_like(a)
-    out.fill(0)
+    else:
+        out.fill(0)
     return out
 
 
 def copy_array(a):
-    """A copy of an array where it is (host or device); a large host array is copied by every thread
-    (:func:`gpusim.kernels.scan.copy_all_threads`: the engine's working copy of a big state takes the machine's
-    copy bandwidth, not one core's)."""
-    if isinstance(a, np.ndarray) and a.size >= F.COMPILED_FROM and a.flags.c_contiguous:
-        from gpusim.kernels import scan
+    """A copy of an array where it is (host or device); a large host array copied by every thread
+    (:func:`every_thread`: the engine's working copy of a big state takes the machine's copy bandwidth)."""
+    if not every_thread(a):
+        return a.copy()
+    from gpusim.kernels import scan
 
-        out = np.empty_like(a)
-        scan.copy_all_threads(a.reshape(-1), out.reshape(-1))
-        return out
-    return a.copy()
+    out = np.empty_like(a)
+    scan.copy_all_threads(a.reshape(-1), out.reshape(-1))
+    return out
 
 
 def resident_bytes(*objs) -> int:
