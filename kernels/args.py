@@ -27,6 +27,7 @@ from numba.np.numpy_support import from_dtype
 from gpusim.kernels.fields import GROUP_FIELDS
 
 _I64 = np.dtype(np.int64)
+_I32 = np.dtype(np.int32)
 _B = np.dtype(np.bool_)
 
 
@@ -91,8 +92,8 @@ _SLOW_PLAN = (
     ("huge", "huge"),
     ("calls", "calls"),
     ("mem", "memory"),
-    ("lo", (_I64, 1)),
-    ("hi", (_I64, 1)),
+    ("lo", (_I32, 1)),  # the claims (gpusim.kernels.slowpath.items.CLAIM_DTYPE)
+    ("hi", (_I32, 1)),
     ("bounds", (_I64, 1), _BACK),
     ("claimed", (_B, 1)),
     ("dependent", (_B, 1), _BACK),

@@ -48,7 +48,6 @@ from gpusim.engines.slowpath import CompiledSlowPath, kernel_table_stats
 from gpusim.engines.work import WorkState
 from gpusim.kernels.args import Calls, OracleParams, Tables, VariantParams, memory_arrays
 from gpusim.kernels.cpu import shift_entries
-from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import FOLIO_FREED, PAGE_HWPOISON, PTRS_PER_TABLE, RSS_NAMES
 from gpusim.kernels.rules import (
     FAST_COUNTS,
@@ -66,7 +65,7 @@ from gpusim.model import decode
 from gpusim.model.oracle import InjectionPlan, LockBreakOracle
 from gpusim.model.plan import ForkPlan, plan_fork
 from gpusim.model.result import ForkResult, TableStats
-from gpusim.model.state import MM, AddressSpace, Memory, copy_array, copy_state, empty_mm, zeros_like
+from gpusim.model.state import MM, AddressSpace, Memory, copy_array, empty_mm, zeros_like
 from gpusim.model.variants import Variant, get_variant
 
 NB_MODES = {"never": NB_NEVER, "always": NB_ALWAYS, "every": NB_EVERY, "bern": NB_BERN, "list": NB_LIST}
@@ -184,12 +183,14 @@ class ForkJob:
         self.xp = xp = B.array_module(mm.pte)  # numpy, or CuPy for device-resident state
         if xp is not np and plan_inj.injections:
             raise ValueError("a fork of device-resident state takes no injections (they run on the host)")
-        memory = copy_state(space.memory)  # "put": the engine's own copy of the state (not timed)
         self.ppte = copy_array(mm.pte)
         # The input is frozen (read-only arrays); the kernels take writeable arrays only, one compiled type each.
         self.table_index, self.pmd_index = self.dev(mm.table_index.copy()), mm.pmd_index.copy()
         self.cpte = zeros_like(self.ppte)  # the child's tables touched now, not inside the timed kernels
         self.cexists = xp.zeros(mm.nr_tables, np.bool_)
+        self.compiled = not plan_inj.injections  # the slow-path tables run compiled (kernels/slowpath/)
+        self.maybe, room = self.early_copy_room(space.memory)
+        self.state = WorkState(space, variant, plan_inj, space.memory, self.ppte, self.cpte, self.cexists, room)
         t0 = time.perf_counter()
         self.plan = plan_fork(mm)
         self.calls = CallIndex(mm, self.plan)
@@ -203,39 +204,30 @@ class ForkJob:
         self.can_stop = (
             plan_inj.has_failures()
             or self.v.can_oops
-            or (self.v.hwpoison_fails_copy and bool((memory.page_flags & PAGE_HWPOISON).any()))
+            or (self.v.hwpoison_fails_copy and bool((space.memory.page_flags & PAGE_HWPOISON).any()))
         )
-        self.compiled = not plan_inj.injections  # the slow-path tables run compiled (kernels/slowpath/)
         self.oracle = oracle
-        self.state = WorkState(space, variant, plan_inj, memory, self.ppte, self.cpte, self.cexists)
         self.fc = None  # the reference's objects over the state: for the Python loop only (python_loop)
-        put_s = self.reserve_early_copies() if self.compiled else 0.0
-
         self.nb = oracle_params(oracle)
         self.nb = self.nb._replace(list_cs=self.dev(self.nb.list_cs), list_k=self.dev(self.nb.list_k))
         self.calls_group = Calls(*(self.dev(a) for a in self.calls.group()))
         self._tables = None
         self.slow = CompiledSlowPath(self.state, self.plan, self.calls, variant_params(self.v), self.nb, fork_seq, xp)
-        self.setup_s = time.perf_counter() - t0 - put_s
+        self.setup_s = time.perf_counter() - t0
 
     def dev(self, a):
         """A host array where the working state is (on the device for device-resident state)."""
         return a if self.xp is np else self.xp.asarray(a)
 
-    def reserve_early_copies(self) -> float:
-        """Room in the engine's copy of the memory for every early copy the fork can make
-        (:func:`gpusim.engines.earlycopy.maybe_pinned_folios`), so that the compiled slow path never grows the arrays;
-        returns the seconds it took, which, like the copy of the state itself, are not counted in the engine's
+    def early_copy_room(self, m: Memory) -> tuple[np.ndarray, int]:
+        """(bool per folio: maybe pinned, the room the engine's copy of the memory ``m`` needs for every early copy
+        the fork can make: :func:`gpusim.engines.earlycopy.maybe_pinned_folios`), so that the compiled slow path
+        never grows the arrays; none for a fork run by the Python loop (which appends) or that cannot copy early
+        (every early-copy test of every variant needs ``has_pinned``). Made with the copy, outside the engine's
         time."""
-        t0 = time.perf_counter()
-        m = self.state.memory_now()
-        self.maybe, bound = self.xp.zeros(m.nr_folios, bool), 0
-        if self.v.early_cow and self.mm.has_pinned:  # every early-copy test of every variant needs has_pinned
-            self.maybe, bound = earlycopy.maybe_pinned_folios(m, self.v.large_pin_order, self.xp)
-        for name in MEMORY_FIELDS:
-            if not name.startswith("swap_"):
-                self.state.memory[name].reserve(bound)
-        return time.perf_counter() - t0
+        if self.compiled and self.v.early_cow and self.mm.has_pinned:
+            return earlycopy.maybe_pinned_folios(m, self.v.large_pin_order, self.xp)
+        return self.xp.zeros(m.nr_folios, bool), 0
 
     def ptetable_failures(self) -> np.ndarray:
         """Rows whose child table allocation (the ``ptetable`` point of their first call) is injected to fail: the

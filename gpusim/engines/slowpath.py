@@ -15,10 +15,21 @@ from gpusim.engines.work import WorkState
 from gpusim.kernels.args import HugeArrays, OracleParams, SlowArrays, Tables, VariantParams, memory_arrays
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import EHWPOISON, PTRS_PER_TABLE
-from gpusim.kernels.slowpath import CLAIM_HI, CLAIM_LO, ENOSPC, HUGE_SHARED, HUGE_SPLIT, OOPS, SLOW_COUNTS, ST_OOPS_ADDR
+from gpusim.kernels.slowpath import (
+    CLAIM_DTYPE,
+    CLAIM_HI,
+    CLAIM_LO,
+    ENOSPC,
+    HUGE_SHARED,
+    HUGE_SPLIT,
+    OOPS,
+    SLOW_COUNTS,
+    ST_OOPS_ADDR,
+)
 from gpusim.model import decode
 from gpusim.model.plan import ForkPlan
 from gpusim.model.result import TABLE_EVENTS, TableStats
+from gpusim.model.state import full
 
 
 class CompiledSlowPath:
@@ -76,7 +87,7 @@ class CompiledSlowPath:
         htab, huge = self.huge_rows(pmd_index)
         mem, xp = memory_arrays(arrays), self.xp
         nobj = nf + len(m["swap_count"])  # the plan's claims, an entry per folio and swap slot (only forks with slow
-        claims = (xp.full(nobj, CLAIM_LO, np.int64), xp.full(nobj, CLAIM_HI, np.int64))  # items pay for them)
+        claims = (full(nobj, CLAIM_LO, CLAIM_DTYPE, xp), full(nobj, CLAIM_HI, CLAIM_DTYPE, xp))  # items pay for them)
         bounds, dependent = kernels.slow_plan(order, maybe, can_stop, tab, huge, calls, mem, *claims)
         cap = len(m["page_folio"].a) - npg
         if int(bounds.sum()) > cap:

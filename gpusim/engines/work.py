@@ -16,7 +16,7 @@ from gpusim.base import backend as B
 from gpusim.engines.context import ForkRecords
 from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.model.oracle import InjectionPlan
-from gpusim.model.state import AddressSpace, Memory
+from gpusim.model.state import AddressSpace, Memory, copy_array
 
 
 class IntArray:
@@ -24,8 +24,8 @@ class IntArray:
 
     __slots__ = ("a", "n")
 
-    def __init__(self, a: np.ndarray):
-        self.a, self.n = a, int(a.shape[0])
+    def __init__(self, a: np.ndarray, n: int | None = None):
+        self.a, self.n = a, int(a.shape[0] if n is None else n)  # the buffer and its first n elements in use
 
     def __getitem__(self, i):
         return int(self.a[i])
@@ -61,14 +61,21 @@ class IntArray:
 
 
 class WorkState(ForkRecords):
-    """The working state of one fork on the fast engine (see the module docstring). ``memory`` is the engine's own
-    copy of the parent's memory; ``ppte``, ``cpte`` ``(T, 512)`` u64 the parent's and the child's table rows (the
-    parent's row numbers), ``cexists`` bool ``(T,)`` which child rows exist."""
+    """The working state of one fork on the fast engine (see the module docstring). ``memory``: the engine's own
+    copy of the parent's memory is made from it, with ``room`` more folio and page rows (the early copies the
+    compiled slow path can make, reserved up front so that their arrays are copied once); ``ppte``, ``cpte``
+    ``(T, 512)`` u64 the parent's and the child's table rows (the parent's row numbers), ``cexists`` bool ``(T,)``
+    which child rows exist."""
 
-    def __init__(self, space: AddressSpace, variant: str, plan: InjectionPlan, memory: Memory, ppte, cpte, cexists):
+    def __init__(
+        self, space: AddressSpace, variant: str, plan: InjectionPlan, memory: Memory, ppte, cpte, cexists, room=0
+    ):
         super().__init__(space, variant, plan)
         mm = space.mm
-        self.memory = {name: IntArray(getattr(memory, name)) for name in MEMORY_FIELDS}
+        self.memory = {}
+        for name in MEMORY_FIELDS:
+            a = getattr(memory, name)
+            self.memory[name] = IntArray(copy_array(a, 0 if name.startswith("swap_") else room), a.shape[0])
         self.next_content = memory.next_content
         self.ppte, self.cpte, self.cexists = ppte, cpte, cexists
         self.parent_pmds = dict(zip(mm.pmd_index.tolist(), B.to_host(mm.pmd).tolist()))

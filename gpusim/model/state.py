@@ -350,15 +350,6 @@ def empty_mm(**kw) -> MM:
     return MM(**base)
 
 
-def copy_state(obj):
-    """A deep copy of a :class:`Memory` or :class:`MM` (arrays copied, where they are: host or device)."""
-    kw = {}
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        kw[f.name] = copy_array(v) if hasattr(v, "shape") else v
-    return type(obj)(**kw)
-
-
 def every_thread(a) -> bool:
     """Whether ``a`` is a host array large enough for the compiled passes that fill or copy it on every thread
     (:func:`zeros_like`, :func:`copy_array`): fresh memory is then faulted in on every core, not one."""
@@ -367,25 +358,40 @@ def every_thread(a) -> bool:
 
 def zeros_like(a):
     """Zeros shaped like the array ``a``, where it is, its pages touched now (:func:`every_thread`)."""
-    out = B.array_module(a).empty_like(a)
-    if every_thread(a):
+    return filled(B.array_module(a).empty_like(a), 0)
+
+
+def full(n: int, value, dtype, xp=np):
+    """``n`` elements of ``value`` (:func:`every_thread`: fresh memory faulted in on every core)."""
+    return filled(xp.empty(n, dtype), value)
+
+
+def filled(out, value):
+    """The array ``out`` filled with ``value``, by every thread when :func:`every_thread`."""
+    if every_thread(out):
         from gpusim.kernels import scan
 
-        scan.fill_all_threads(out.reshape(-1), out.dtype.type(0))
+        scan.fill_all_threads(out.reshape(-1), out.dtype.type(value))
     else:
-        out.fill(0)
+        out.fill(value)
     return out
 
 
-def copy_array(a):
-    """A copy of an array where it is (host or device); a large host array copied by every thread
+def copy_array(a, extra: int = 0):
+    """A copy of an array where it is (host or device), with ``extra`` more rows of zeros after it (room a fork
+    fills later, made now: growing it later would copy it again); a large host array copied by every thread
     (:func:`every_thread`: the engine's working copy of a big state takes the machine's copy bandwidth)."""
-    if not every_thread(a):
+    if not extra and not every_thread(a):
         return a.copy()
-    from gpusim.kernels import scan
+    n = a.shape[0]
+    out = B.array_module(a).empty((n + extra, *a.shape[1:]), a.dtype)
+    if every_thread(a):
+        from gpusim.kernels import scan
 
-    out = np.empty_like(a)
-    scan.copy_all_threads(a.reshape(-1), out.reshape(-1))
+        scan.copy_all_threads(a.reshape(-1), out[:n].reshape(-1))
+    else:
+        out[:n] = a
+    out[n:] = 0
     return out
 
 

@@ -104,6 +104,7 @@ from gpusim.kernels.slowpath.huge import HUGE_SHARED, HUGE_SPLIT, HUGE_UNTOUCHED
 from gpusim.kernels.slowpath.items import (  # noqa: F401
     CHECK,
     CLAIM,
+    CLAIM_DTYPE,
     CLAIM_HI,
     CLAIM_LO,
     copy_pte_range,

@@ -74,7 +74,9 @@ def copy_table_slow(r, vp, tab, calls, mem, nb, acc, sp):
 CLAIM, CHECK = 0, 1
 
 
-CLAIM_LO, CLAIM_HI = np.iinfo(np.int64).max, -1  # the fill values of the claims (no item names the object)
+# The claims hold item numbers (a fork has fewer than 2**31 tables and THPs); their fill values: no item names it.
+CLAIM_DTYPE = np.dtype(np.int32)
+CLAIM_LO, CLAIM_HI = np.iinfo(CLAIM_DTYPE).max, -1
 
 
 @inline
