@@ -65,7 +65,7 @@ def fork(
         raise ValueError("writes and episode: give one (an episode is a write phase over time)")
     if _backend.on_device(space.mm.pte):
         refuse_resident(backend, check, steps or spec)  # the generator's device spaces: valid by construction
-    else:
+    elif not space.is_handed_over:  # (valid by construction too)
         space.validate()
     plan.fired.clear()
     if backend == "reference":
@@ -73,7 +73,9 @@ def fork(
     else:
         from gpusim.engines.fast import fork_fast  # numba loads with the first compiled fork (start-up)
 
-        result = fork_fast(space, variant, _backend.kernels(backend), backend, oracle, plan, fork_seq, chunk_tables)
+        in_place = not check and space.take_over()
+        kernels = _backend.kernels(backend)
+        result = fork_fast(space, variant, kernels, backend, oracle, plan, fork_seq, chunk_tables, in_place)
     if check and result.outcome != "oops":
         result.invariants = check_invariants(space, result, oracle, fork_seq)
     if steps is not None and result.outcome == "ok":

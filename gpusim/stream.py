@@ -313,12 +313,10 @@ def fork_chunks(space, variant: str, backend: str, check: bool, chunk_rows: int,
         if stopped:  # after an oops: the rest as built
             digest.add(ch, ch.space.mm, None, ch.space.memory)
         else:
-            r = fork(
-                ch.space if validate else AddressSpace.of_fork(ch.space.mm, ch.space.memory),
-                variant,
-                backend,
-                check=check,
-            )
+            # the chunk is the fork's: without the check a compiled fork works on its arrays in place
+            given = ch.space if validate else AddressSpace.handed_over(ch.space.mm, ch.space.memory)
+            r = fork(given, variant, backend, check=check)
+            del given
             if r.outcome == "enomem":
                 raise StreamError(f"a chunk's fork failed with ENOMEM ({r.enomem}): a streamed fork cannot tear down")
             totals.add(ch, r)

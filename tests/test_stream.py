@@ -7,6 +7,7 @@ VM_DONTCOPY; the digest is chunk-independent and changes with any field; a strea
 grow with the space; what cannot be streamed is refused with one line.
 """
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from gpusim.analysis.costmodel import latency, load_profile
 from gpusim.base.machine import NotEnoughMemory
 from gpusim.inputs.regions import RegionSpace
 from gpusim.jobs.sweep.spec import Workload
-from gpusim.model.state import DigestSums, digest
+from gpusim.model.state import AddressSpace, DigestSums, digest
 from gpusim.model.variants import VARIANTS
 from gpusim.stream import fork_streamed, stream_rows
 
@@ -85,6 +86,45 @@ def test_streamed_fork_equals_the_whole_fork(variant):
         streamed = fork_streamed(space, variant, "cpu", chunk_rows=rows)
         assert streamed.chunks == (-(-space.nr_rows // rows) if whole["outcome"] == "ok" else streamed.chunks)
         assert summary(streamed, variant) == whole, rows
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_without_the_check_chunks_fork_in_place_and_give_the_same_result(variant):
+    """Without the invariant check a chunk's compiled fork writes the chunk's own arrays (handed over, not copied):
+    the same counts, rss, outcome and digest as the whole fork."""
+    space = RegionSpace(REGIONS, variant, 11)
+    whole = summary(gpusim.fork(space.whole(), variant, backend="cpu", check=False), variant)
+    for rows in (1, 7):
+        assert summary(fork_streamed(space, variant, "cpu", check=False, chunk_rows=rows), variant) == whole, rows
+
+
+def writeable_copy(state):
+    """An MM or Memory with copies of its arrays (writeable)."""
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    return dataclasses.replace(state, **{k: v.copy() for k, v in fields.items() if isinstance(v, np.ndarray)})
+
+
+def test_a_space_handed_over_is_forked_in_place_once_and_only_without_the_check():
+    rs = RegionSpace(REGIONS, "linux-6.18", 3)
+    built = rs.whole()
+    copy_fork = gpusim.fork(built, "linux-6.18", backend="cpu", check=False)
+    given = lambda: AddressSpace.handed_over(*(writeable_copy(x) for x in (built.mm, built.memory)))  # noqa: E731
+
+    checked = given()
+    before = [a.copy() for a in checked.arrays()]
+    r = gpusim.fork(checked, "linux-6.18", backend="cpu", check=True)
+    assert r.invariants.ok and r.digest == copy_fork.digest
+    assert all(np.array_equal(a, b) for a, b in zip(checked.arrays(), before))  # the check needs the input as it was
+
+    space = given()
+    r = gpusim.fork(space, "linux-6.18", backend="cpu", check=False)
+    assert r.digest == copy_fork.digest
+    assert r.parent.mm.pte is space.mm.pte  # the parent's final tables are the input's arrays, written in place
+    assert not np.array_equal(space.mm.pte, built.mm.pte)
+    parent = space.mm.pte.copy()
+    again = gpusim.fork(space, "linux-6.18", backend="cpu", check=False)  # an ordinary space now: validated, copied
+    assert np.array_equal(space.mm.pte, parent) and not space.mm.pte.flags.writeable
+    assert again.digest != r.digest
 
 
 def test_an_oops_stops_the_stream_where_it_stops_the_whole_fork():

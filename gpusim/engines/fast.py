@@ -172,10 +172,17 @@ def launch_chunked(
 
 class ForkJob:
     """One fork on the fast engine (the steps of the module docstring). A job is launched on its own (:meth:`run`)
-    or with others in one combined launch (:func:`fork_fast_batch`)."""
+    or with others in one combined launch (:func:`fork_fast_batch`). ``in_place``: the space's arrays are the
+    engine's to write (:meth:`gpusim.model.state.AddressSpace.handed_over`), not copied first."""
 
     def __init__(
-        self, space: AddressSpace, variant: str, oracle: LockBreakOracle, plan_inj: InjectionPlan, fork_seq: int = 0
+        self,
+        space: AddressSpace,
+        variant: str,
+        oracle: LockBreakOracle,
+        plan_inj: InjectionPlan,
+        fork_seq: int = 0,
+        in_place: bool = False,
     ):
         self.space, self.variant, self.plan_inj, self.fork_seq = space, variant, plan_inj, fork_seq
         mm = self.mm = space.mm
@@ -183,14 +190,16 @@ class ForkJob:
         self.xp = xp = B.array_module(mm.pte)  # numpy, or CuPy for device-resident state
         if xp is not np and plan_inj.injections:
             raise ValueError("a fork of device-resident state takes no injections (they run on the host)")
-        self.ppte = copy_array(mm.pte)
+        self.ppte = mm.pte if in_place else copy_array(mm.pte)
         # The input is frozen (read-only arrays); the kernels take writeable arrays only, one compiled type each.
         self.table_index, self.pmd_index = self.dev(mm.table_index.copy()), mm.pmd_index.copy()
         self.cpte = zeros_like(self.ppte)  # the child's tables touched now, not inside the timed kernels
         self.cexists = xp.zeros(mm.nr_tables, np.bool_)
         self.compiled = not plan_inj.injections  # the slow-path tables run compiled (kernels/slowpath/)
         self.maybe, room = self.early_copy_room(space.memory)
-        self.state = WorkState(space, variant, plan_inj, space.memory, self.ppte, self.cpte, self.cexists, room)
+        self.state = WorkState(
+            space, variant, plan_inj, space.memory, self.ppte, self.cpte, self.cexists, room, copy=not in_place
+        )
         t0 = time.perf_counter()
         self.plan = plan_fork(mm)
         self.calls = CallIndex(mm, self.plan)
@@ -431,10 +440,11 @@ def fork_fast(
     plan_inj: InjectionPlan,
     fork_seq: int = 0,
     chunk_tables: int | None = None,
+    in_place: bool = False,
 ) -> ForkResult:
     """Run one fork on the fast engine with the given kernels module. ``chunk_tables`` bounds the table rows one
-    kernel launch sees (None: all at once)."""
-    return ForkJob(space, variant, oracle, plan_inj, fork_seq).run(kernels, backend, chunk_tables)
+    kernel launch sees (None: all at once); ``in_place``: see :class:`ForkJob`."""
+    return ForkJob(space, variant, oracle, plan_inj, fork_seq, in_place).run(kernels, backend, chunk_tables)
 
 
 class Batch:

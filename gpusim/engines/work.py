@@ -63,19 +63,29 @@ class IntArray:
 class WorkState(ForkRecords):
     """The working state of one fork on the fast engine (see the module docstring). ``memory``: the engine's own
     copy of the parent's memory is made from it, with ``room`` more folio and page rows (the early copies the
-    compiled slow path can make, reserved up front so that their arrays are copied once); ``ppte``, ``cpte``
+    compiled slow path can make, reserved up front so that their arrays are copied once; without ``copy`` the
+    arrays that need no room are ``memory``'s own, written in place); ``ppte``, ``cpte``
     ``(T, 512)`` u64 the parent's and the child's table rows (the parent's row numbers), ``cexists`` bool ``(T,)``
     which child rows exist."""
 
     def __init__(
-        self, space: AddressSpace, variant: str, plan: InjectionPlan, memory: Memory, ppte, cpte, cexists, room=0
+        self,
+        space: AddressSpace,
+        variant: str,
+        plan: InjectionPlan,
+        memory: Memory,
+        ppte,
+        cpte,
+        cexists,
+        room: int = 0,
+        copy: bool = True,
     ):
         super().__init__(space, variant, plan)
         mm = space.mm
         self.memory = {}
         for name in MEMORY_FIELDS:
-            a = getattr(memory, name)
-            self.memory[name] = IntArray(copy_array(a, 0 if name.startswith("swap_") else room), a.shape[0])
+            a, extra = getattr(memory, name), 0 if name.startswith("swap_") else room
+            self.memory[name] = IntArray(copy_array(a, extra) if copy or extra else a, a.shape[0])
         self.next_content = memory.next_content
         self.ppte, self.cpte, self.cexists = ppte, cpte, cexists
         self.parent_pmds = dict(zip(mm.pmd_index.tolist(), B.to_host(mm.pmd).tolist()))

@@ -332,6 +332,24 @@ class AddressSpace:
         object.__setattr__(space, "_valid", True)
         return space
 
+    @classmethod
+    def handed_over(cls, mm: MM, memory: Memory) -> "AddressSpace":
+        """An address space built for one fork and handed to it by a caller that holds no other reference (a
+        streamed chunk): valid by construction and not checked again, its arrays left writeable. A compiled fork
+        without the invariant check (which compares the result with the input) then works in place: the arrays
+        become the parent's after the fork, and the space is an ordinary one from then on."""
+        space = cls(mm, memory)
+        object.__setattr__(space, "_handed_over", True)
+        return space
+
+    def take_over(self) -> bool:
+        """Whether a fork may work on this space's arrays in place (:meth:`handed_over`); once only."""
+        return bool(self.__dict__.pop("_handed_over", False))
+
+    @property
+    def is_handed_over(self) -> bool:
+        return bool(self.__dict__.get("_handed_over", False))
+
     def arrays(self) -> list[np.ndarray]:
         """Every array of the state (its mm's, then its memory's)."""
         return [getattr(self.mm, n) for n in MM_FIELDS] + [getattr(self.memory, n) for n in MEMORY_FIELDS]
