@@ -73,8 +73,7 @@ def fork(
     else:
         from gpusim.engines.fast import fork_fast  # numba loads with the first compiled fork (start-up)
 
-        in_place = not check and space.take_over()
-        kernels = _backend.kernels(backend)
+        kernels, in_place = _backend.kernels(backend), not check and space.take_over()  # (AddressSpace.handed_over)
         result = fork_fast(space, variant, kernels, backend, oracle, plan, fork_seq, chunk_tables, in_place)
     if check and result.outcome != "oops":
         result.invariants = check_invariants(space, result, oracle, fork_seq)

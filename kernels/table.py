@@ -3,7 +3,10 @@
 Per entry: :func:`entry_needs_slow` (does this entry need the slow path?), :func:`copy_entry` and
 :func:`share_pages` (copy one entry, or a linux-6.18 batch, with its reference, mapcount, flag and swap-count
 updates), :func:`tally` (its counts) and :func:`entry_weight` (its share of the lock-break cadence, which
-:func:`check_point` runs). Per table: :func:`table_needs_slow` and :func:`copy_table_fast`, the address-order walk
+:func:`check_point` runs). Per block of :data:`PLAIN_BLOCK` entries that are all plain (consecutive frames of small
+folios mapped once, the common case: :func:`plain_block`), the same updates array by array
+(:func:`share_plain_block`, :func:`plain_block_maybe_pinned`), in loops the compiler keeps in vector registers. Per
+table: :func:`table_needs_slow` and :func:`copy_table_fast`, the address-order walk
 that the CPU kernels (``prange`` over tables) run, and that the CUDA kernel runs on one thread for a table holding a
 batch; the CUDA kernel's block-per-table walk calls the same per-entry functions (``gpusim.kernels.cuda``). All are
 ``register_jitable``: numba compiles them for each target and its CUDA simulator runs them as Python. Arrays come
@@ -125,6 +128,53 @@ def entry_needs_slow(v, last_f, vp, check_folios, mem):
     return False, last_f
 
 
+# Entries the walk takes as one block where they are all plain (plain_block): a table's columns 0, 32, 64, ...
+PLAIN_BLOCK = 32
+
+
+@entry_jitable
+def plain_block(r, j0, tab, mem):
+    """(first pfn, first folio) of the :data:`PLAIN_BLOCK` entries from column ``j0`` of row ``r`` when every one is
+    :func:`share_exclusive_page`'s case (present, not special, a small folio's page that no other PTE maps) and they
+    map consecutive frames of consecutive folios, so that the block's pages and folios are rows ``p .. p + B - 1``
+    and ``f .. f + B - 1``, nobody else's; else (-1, -1). One pass over the block without an early exit."""
+    v = tab.ppte[r, j0]
+    p = np.int64(pte_pfn(v))
+    if not pte_present(v) or p + PLAIN_BLOCK > mem.page_folio.shape[0]:
+        return np.int64(-1), np.int64(-1)
+    f = np.int64(mem.page_folio[p])
+    if f + PLAIN_BLOCK > mem.folio_order.shape[0]:
+        return np.int64(-1), np.int64(-1)
+    # views of the block's rows: indices from 0, which the compiler can keep in vectors (no negative-index fixup)
+    ptes, folio, mapcount = tab.ppte[r, j0 : j0 + PLAIN_BLOCK], mem.page_folio[p:], mem.page_mapcount[p:]
+    order = mem.folio_order[f:]
+    bad = 0
+    for j in range(PLAIN_BLOCK):
+        w = ptes[j]
+        bad |= (
+            (not pte_present(w))
+            | pte_special(w)
+            | (np.int64(pte_pfn(w)) != p + j)
+            | (np.int64(folio[j]) != f + j)
+            | (order[j] != 0)
+            | (mapcount[j] != 1)
+        )
+    if bad:
+        return np.int64(-1), np.int64(-1)
+    return p, f
+
+
+@entry_jitable
+def plain_block_maybe_pinned(f, mem):
+    """Whether a folio of a :func:`plain_block` (folios ``f ..``, each mapped once) may be pinned:
+    :func:`entry_needs_slow`'s pin test of each."""
+    refcount = mem.folio_refcount[f:]
+    hit = False
+    for j in range(PLAIN_BLOCK):
+        hit |= small_folio_needs_slow(refcount[j], 1)
+    return hit
+
+
 @register_jitable
 def check_folios_of(vp, tab, r):
     """Whether the walk of row ``r`` must test folios for pins: the variant copies early and the mm has pinned."""
@@ -136,12 +186,23 @@ def table_needs_slow(r, vp, tab, calls, mem):
     """Whether any entry of table row ``r`` needs the slow path."""
     last_f = np.int64(-1)
     check_folios = check_folios_of(vp, tab, r)
+    blocks = not check_folios or vp.large_order > 0  # a block's small folios use the refcount heuristic
     base = tab.table_index[r] * PTRS_PER_TABLE
     for c in range(tab.row_lo[r], tab.row_hi[r]):
-        for a in range(calls.start[c], calls.end[c]):
-            need, last_f = entry_needs_slow(tab.ppte[r, a - base], last_f, vp, check_folios, mem)
+        a, e = calls.start[c], calls.end[c]
+        while a < e:
+            j0 = a - base
+            if blocks and j0 % PLAIN_BLOCK == 0 and e - a >= PLAIN_BLOCK:
+                p, f = plain_block(r, j0, tab, mem)
+                if p >= 0:  # no page mapped twice; a folio that may be pinned needs the host
+                    if check_folios and plain_block_maybe_pinned(f, mem):
+                        return True
+                    a += PLAIN_BLOCK
+                    continue
+            need, last_f = entry_needs_slow(tab.ppte[r, j0], last_f, vp, check_folios, mem)
             if need:
                 return True
+            a += 1
     return False
 
 
@@ -172,6 +233,56 @@ def share_exclusive_page(r, j0, v, pfn, f, shared, cow, anon_exclusive, tab, mem
         ev += EV_WRPROTECT
     tab.cpte[r, j0] = child  # the child's entry maps v's page already
     return ev
+
+
+@entry_jitable
+def share_plain_block(r, j0, p, f, shared, cow, anon_exclusive, tab, mem):
+    """:func:`share_exclusive_page` for each entry of a block found by :func:`plain_block` (pages ``p ..``, folios
+    ``f ..``), array by array. Returns what :func:`tally_plain` counts of it: (file, shmem, pinned, write-protected,
+    anon-exclusive flags cleared)."""
+    file = shmem = pin = wp = excl = 0
+    refcount, flags, pins = mem.folio_refcount[f:], mem.folio_flags[f:], mem.folio_true_pins[f:]
+    mapcount, page_flags = mem.page_mapcount[p:], mem.page_flags[p:]
+    ptes, child_ptes = tab.ppte[r, j0 : j0 + PLAIN_BLOCK], tab.cpte[r, j0 : j0 + PLAIN_BLOCK]
+    for j in range(PLAIN_BLOCK):
+        refcount[j] += 1
+    for j in range(PLAIN_BLOCK):
+        mapcount[j] = 2
+    for j in range(PLAIN_BLOCK):
+        c = mm_counter(flags[j])
+        file += c == MM_FILEPAGES
+        shmem += c == MM_SHMEMPAGES
+        pin += pins[j] > 0
+    if anon_exclusive:
+        for j in range(PLAIN_BLOCK):
+            pf = page_flags[j]
+            if (flags[j] & FOLIO_ANON) != 0 and (pf & PAGE_ANON_EXCLUSIVE) != 0:
+                page_flags[j] = pf & ~np.uint8(PAGE_ANON_EXCLUSIVE)
+                excl += 1
+    for j in range(PLAIN_BLOCK):
+        v = ptes[j]
+        child = share_child_pte(v, pte_write(v), shared)
+        if cow and pte_write(v):
+            ptes[j] = pte_wrprotect(v)
+            child = pte_wrprotect(child)
+            wp += 1
+        child_ptes[j] = child
+    return file, shmem, pin, wp, excl
+
+
+@entry_jitable
+def walk_plain_block(r, j0, p, f, s, shared, cow, excl, tab, mem, nb, fork_seq, cadence, frames):
+    """The walk over a :func:`plain_block` (pages ``p ..``, folios ``f ..``) of the call starting at ``s``: the
+    lock-break cadence entry by entry (``cadence``: progress, checks, lock breaks), the shares, the block's frames
+    as one run, as page by page (``frames``: the last frame, whether it broke the stream). Returns
+    (:func:`tally_plain`'s counts, the cadence, the frames) after it."""
+    progress, k, lb = cadence
+    for _ in range(PLAIN_BLOCK):
+        progress, k, lb = check_point(progress, s, k, lb, nb, fork_seq)
+        progress += entry_weight(KIND_PRESENT, 1)
+    file, shmem, pin, wp, cleared = share_plain_block(r, j0, p, f, shared, cow, excl, tab, mem)
+    fb, last, broke = frame_run(frames[0], frames[1], p, PLAIN_BLOCK)
+    return (PLAIN_BLOCK, file, shmem, pin, wp, cleared, fb), (progress, k, lb), (last, broke)
 
 
 @entry_jitable
@@ -286,11 +397,30 @@ def tally(acc, kind, special, ev, n, batch):
         acc[C_DEVPRIV] += 1
 
 
+# tally_plain's counts: (pages, of them file, shmem, truly pinned, write-protected, anon-exclusive flags cleared,
+# frame breaks)
+NO_PLAIN = (0, 0, 0, 0, 0, 0, 0)
+
+
 @entry_jitable
-def tally_plain(acc, n, file, shmem, pin, wp, excl, fb):
-    """:func:`tally` of ``n`` exclusive small-folio pages shared one by one (``file`` and ``shmem`` of them file and
-    shmem pages, the rest anon; ``pin`` truly pinned, ``wp`` write-protected, ``excl`` anon-exclusive flags cleared),
-    and their ``fb`` frame breaks."""
+def plain_counts(ev, fb):
+    """:func:`tally_plain`'s counts of one page :func:`share_exclusive_page` shared (``ev``: its code), with its
+    ``fb`` frame breaks."""
+    c = ev & 3
+    pin, wp = (ev & EV_PIN) != 0, (ev & EV_WRPROTECT) != 0
+    return (1, int(c == MM_FILEPAGES), int(c == MM_SHMEMPAGES), int(pin), int(wp), ev >> EV_EXCL_SHIFT, fb)
+
+
+@entry_jitable
+def add_plain(t, u):
+    return (t[0] + u[0], t[1] + u[1], t[2] + u[2], t[3] + u[3], t[4] + u[4], t[5] + u[5], t[6] + u[6])
+
+
+@entry_jitable
+def tally_plain(acc, t):
+    """:func:`tally` of exclusive small-folio pages shared one by one or by blocks, from their counts ``t`` (see
+    :data:`NO_PLAIN`)."""
+    n, file, shmem, pin, wp, excl, fb = t
     acc[C_RSS + MM_ANONPAGES] += n - file - shmem
     acc[C_RSS + MM_FILEPAGES] += file
     acc[C_RSS + MM_SHMEMPAGES] += shmem
@@ -415,11 +545,20 @@ def copy_table_fast(r, vp, tab, calls, mem, nb, acc):
         # What tally() counts for the call's exclusive small-folio pages (most entries of most forks), kept in
         # registers: added to the count row once per call, not entry by entry (the row and the state's arrays may
         # alias for the compiler, so each such add would be a load and a store after every state update).
-        plain = plain_file = plain_shmem = plain_pin = plain_wp = plain_excl = plain_fb = 0
+        plain = NO_PLAIN
         a = s
         while a < e:
-            progress, k, lb = check_point(progress, s, k, lb, nb, fork_seq)
             j0 = a - base
+            if j0 % PLAIN_BLOCK == 0 and e - a >= PLAIN_BLOCK:
+                p, f = plain_block(r, j0, tab, mem)
+                if p >= 0:
+                    got, (progress, k, lb), (last, broke) = walk_plain_block(
+                        r, j0, p, f, s, shared, cow, excl, tab, mem, nb, fork_seq, (progress, k, lb), (last, broke)
+                    )
+                    plain = add_plain(plain, got)
+                    a += PLAIN_BLOCK
+                    continue
+            progress, k, lb = check_point(progress, s, k, lb, nb, fork_seq)
             v = tab.ppte[r, j0]
             kind = pte_kind(v)
             if kind == KIND_PRESENT and not pte_special(v):
@@ -427,14 +566,8 @@ def copy_table_fast(r, vp, tab, calls, mem, nb, acc):
                 f = np.int64(mem.page_folio[pfn])
                 if mem.folio_order[f] == 0 and mem.page_mapcount[pfn] == 1:  # never a batch: copy_entry's case
                     ev = share_exclusive_page(r, j0, v, pfn, f, shared, cow, excl, tab, mem)
-                    plain += 1
-                    plain_file += (ev & 3) == MM_FILEPAGES
-                    plain_shmem += (ev & 3) == MM_SHMEMPAGES
-                    plain_pin += (ev & EV_PIN) != 0
-                    plain_wp += (ev & EV_WRPROTECT) != 0
-                    plain_excl += ev >> EV_EXCL_SHIFT
                     fb, last, broke = frame_run(last, broke, pfn, 1)
-                    plain_fb += fb
+                    plain = add_plain(plain, plain_counts(ev, fb))
                     progress += entry_weight(kind, 1)
                     a += 1
                     continue
@@ -443,5 +576,5 @@ def copy_table_fast(r, vp, tab, calls, mem, nb, acc):
             )
             progress += entry_weight(kind, n)
             a += n
-        tally_plain(acc, plain, plain_file, plain_shmem, plain_pin, plain_wp, plain_excl, plain_fb)
+        tally_plain(acc, plain)
         end_call(acc, c, r, calls, tab, k, lb)
