@@ -102,6 +102,28 @@ def mostly_fast(backend, variant, oracle, tables, data):
     compare(" ".join(body), variant, oracle, (), backend)
 
 
+# Where the walk's blocks of plain entries (gpusim.kernels.table.plain_block) start, stop and fall back: VMAs and
+# calls that start inside a block, shared, file, shmem, read-only and clean mappings, a refcount at the pin
+# heuristic's edge and a pinned page inside blocks (of an mm that has pinned), a hole and a dontcopy VMA.
+PLAIN_BLOCK_LAYOUTS = [
+    "normal*40 vma:shared normal*100 vma:file file*200 vma:shmem:shared shmem*172 vma normal*512",
+    "normal*64 normal:ref=1023 normal*447 pinned normal*511",
+    "normal:ro*64 normal:clean*64 normal*384 vma:ro normal*512",
+    "normal*31 none normal*480 vma:exec normal*100 vma:dontcopy normal*412 vma normal*512",
+]
+
+
+@pytest.mark.cudasim_subset(oracle=("every:3",), frames=(("address", 0),))
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("oracle", ["never", "every:3", "bern:0.3:5"])
+@pytest.mark.parametrize("frames", [("address", 0), ("random", 3), ("runs:5", 1)])
+def test_plain_blocks_equal_the_reference(backend, variant, oracle, frames):
+    """The walk's blocks of plain entries give what the reference's entry-by-entry walk gives: counts (the
+    lock-break cadence and frame breaks among them), rss, digest; frames out of address order break blocks."""
+    for layout in PLAIN_BLOCK_LAYOUTS:
+        compare(layout, variant, oracle, (), backend, frames)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_keyed_injection_in_a_later_table(backend, variant):
     layout = "normal*512 normal*100 pinned normal*411 normal*512"
