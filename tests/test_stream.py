@@ -94,8 +94,7 @@ def test_without_the_check_chunks_fork_in_place_and_give_the_same_result(variant
     the same counts, rss, outcome and digest as the whole fork."""
     space = RegionSpace(REGIONS, variant, 11)
     whole = summary(gpusim.fork(space.whole(), variant, backend="cpu", check=False), variant)
-    for rows in (1, 7):
-        assert summary(fork_streamed(space, variant, "cpu", check=False, chunk_rows=rows), variant) == whole, rows
+    assert summary(fork_streamed(space, variant, "cpu", check=False, chunk_rows=3), variant) == whole
 
 
 def writeable_copy(state):
