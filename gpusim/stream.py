@@ -265,7 +265,10 @@ def distinct_rows(stats: TableStats) -> TableStats:
     if len(stats.table) == 0:
         return stats
     rows = np.concatenate([stats.passes[:, None], stats.events], axis=1)
-    _, first = np.unique(rows, axis=0, return_index=True)
+    if (rows == rows[0]).all():  # one kind of table (a dense chunk's): without np.unique's sort of the rows
+        first = np.zeros(1, np.int64)
+    else:
+        _, first = np.unique(rows, axis=0, return_index=True)
     return TableStats(stats.table[first], stats.passes[first], stats.events[first])
 
 
