@@ -1,5 +1,7 @@
 """The latency model: sums by hand, profile loading and validation, the public profile's anchors."""
 
+import os
+
 import numpy as np
 import pytest
 import yaml
@@ -142,6 +144,33 @@ def test_a_warm_fork_is_spared_the_frame_breaks_whose_struct_pages_fit_the_cache
     assert cold["latency_ns"] - warm["latency_ns"] == pytest.approx(0.75 * 1000 * p.costs["pte.frame_break"].ns)
     big = dict(counts, shared=10_000)  # struct pages past the cache: no credit
     assert latency(big, "linux-6.18", p, warm=True)["latency_ns"] == latency(big, "linux-6.18", p)["latency_ns"]
+
+
+def test_the_json_copies_kept_are_the_most_recently_used(tmp_path):
+    """Every edited or recalibrated profile is a new text: a cache directory keeps the KEEP_COPIES most recently
+    used JSON copies, not all of them."""
+    from gpusim.analysis import costmodel
+    from gpusim.base import yamlerr
+
+    src = (costmodel.PROFILE_DIR / "public-xeon-4210r-v6.8.yaml").read_text()
+    cache = tmp_path / "cache"
+    copies = []  # the copy each text left, in order
+
+    def load(text):
+        before = set(cache.glob("yaml-*.json"))
+        yamlerr.load_yaml_model(tmp_path / "p.yaml", costmodel.Profile, text=text, cache=cache)
+        copies.extend(set(cache.glob("yaml-*.json")) - before)
+
+    texts = [src.replace("costs:", f"# edit {i}\ncosts:", 1) for i in range(yamlerr.KEEP_COPIES + 5)]
+    for i, text in enumerate(texts[: yamlerr.KEEP_COPIES]):
+        load(text)
+        os.utime(copies[-1], (1000 + i, 1000 + i))  # used in this order, long ago
+    load(texts[0])  # read from its copy: used now
+    for text in texts[yamlerr.KEEP_COPIES :]:
+        load(text)
+    kept = set(cache.glob("yaml-*.json"))
+    assert len(kept) == yamlerr.KEEP_COPIES
+    assert copies[0] in kept and copies[1] not in kept and copies[5] not in kept and copies[6] in kept
 
 
 def test_a_profile_parsed_once_is_read_from_its_json_copy_and_a_bad_copy_is_ignored(tmp_path, monkeypatch):

@@ -178,7 +178,9 @@ def load_yaml_model(path: str | Path, model: type[BaseModel], text: str | None =
     )
     if kept is not None and kept.exists():
         try:
-            return model.model_validate(json.loads(kept.read_text()))
+            out = model.model_validate(json.loads(kept.read_text()))
+            os.utime(kept)  # used now: the copies kept are the most recently used (prune_copies)
+            return out
         except (OSError, ValueError):
             pass  # a damaged copy: parse the file
     data, root = parse_yaml(path, text)
@@ -190,7 +192,23 @@ def load_yaml_model(path: str | Path, model: type[BaseModel], text: str | None =
         raise ConfigError(describe_validation_error(path, root, err)) from None
     if kept is not None:
         keep_json(kept, data)
+        prune_copies(kept.parent)
     return out
+
+
+# JSON copies a cache directory keeps (the most recently used): every edit or recalibration of a profile is a new text.
+KEEP_COPIES = 32
+
+
+def prune_copies(directory: Path, keep: int = KEEP_COPIES) -> None:
+    """Remove all but the ``keep`` most recently used JSON copies of :func:`load_yaml_model` from ``directory``
+    (nothing when it cannot be read or written)."""
+    try:
+        copies = sorted(directory.glob("yaml-*.json"), key=lambda f: f.stat().st_mtime, reverse=True)
+        for f in copies[keep:]:
+            f.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def keep_json(path: Path, data) -> None:
