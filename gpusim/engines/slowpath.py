@@ -138,21 +138,25 @@ class CompiledSlowPath:
     def take_huge_results(self, htab: Tables, huge: HugeArrays, hs: np.ndarray) -> None:
         """What the slow path did to the THPs ``hs``, into the host state the final arrays are assembled from: a
         shared PMD (the parent's, write-protected, and the child's), or a split one (the parent's new table and,
-        once copied, the child's), with the trace's records the invariant checker reads."""
+        once copied, the child's), with the trace's records the invariant checker reads. The shares (every THP of
+        most forks) are taken as arrays, in ``hs``'s order."""
         s = self.state
-        for h in hs.tolist():
-            t = int(htab.table_index[h])
-            f = s.memory["page_folio"][int(decode.offsets(huge.pmd[h : h + 1])[0])]
-            if huge.state[h] == HUGE_SHARED:
-                s.parent_pmds[t] = int(huge.pmd[h])
-                s.child_pmds[t] = int(huge.child_pmd[h])
-                s.trace.pmd_shares.append((t, f))
-            elif huge.state[h] == HUGE_SPLIT:
-                del s.parent_pmds[t]
-                s.parent_extra[t] = htab.ppte[h].tolist()
-                if htab.cexists[h]:
-                    s.child_extra[t] = htab.cpte[h].tolist()
-                s.trace.splits.append((t, f))
+        if not len(hs):
+            return
+        tables, state, pmd = htab.table_index[hs], huge.state[hs], huge.pmd[hs]  # (host arrays: huge_rows)
+        folios = s.memory["page_folio"].array()[decode.offsets(pmd)]
+        shared = state == HUGE_SHARED
+        t_shared = tables[shared].tolist()
+        s.parent_pmds.update(zip(t_shared, pmd[shared].tolist()))
+        s.child_pmds.update(zip(t_shared, huge.child_pmd[hs][shared].tolist()))
+        s.trace.pmd_shares.extend(zip(t_shared, folios[shared].tolist()))
+        split = state == HUGE_SPLIT
+        for h, t, f in zip(hs[split].tolist(), tables[split].tolist(), folios[split].tolist()):
+            del s.parent_pmds[t]
+            s.parent_extra[t] = htab.ppte[h].tolist()
+            if htab.cexists[h]:
+                s.child_extra[t] = htab.cpte[h].tolist()
+            s.trace.splits.append((t, f))
 
     def outcome(self, st: int, c: int, oops_addr: int) -> tuple[tuple, int]:
         """(outcome, oops, enomem) of the slow path's status ``st`` at call ``c`` (an oops at ``oops_addr``), and
