@@ -47,16 +47,9 @@ class IntArray:
     def array(self) -> np.ndarray:
         return self.a[: self.n]
 
-    def reserve(self, extra: int) -> np.ndarray:
-        """Room for ``extra`` more elements; returns the whole buffer (a compiled pass writes past ``n``, then
-        :meth:`grow_to` takes the new length)."""
-        if self.n + extra > self.a.shape[0]:
-            grown = B.array_module(self.a).zeros(self.n + extra, dtype=self.a.dtype)
-            grown[: self.n] = self.a[: self.n]
-            self.a = grown
-        return self.a
-
     def grow_to(self, n: int) -> None:
+        """The first ``n`` elements are in use: a compiled pass wrote past the old length, into the room the buffer
+        was made with (:class:`WorkState`)."""
         self.n = int(n)
 
 
