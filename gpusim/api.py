@@ -63,17 +63,14 @@ def fork(
     chunk_tables = checkargs.optional_integer("chunk_tables", chunk_tables, 1)
     if steps is not None and spec is not None:
         raise ValueError("writes and episode: give one (an episode is a write phase over time)")
-    if _backend.on_device(space.mm.pte):
-        refuse_resident(backend, check, steps or spec)  # the generator's device spaces: valid by construction
-    elif not space.is_handed_over:  # (valid by construction too)
-        space.validate()
+    in_place = admit(space, backend, check, steps or spec) and not check  # (the check compares it with the input)
     plan.fired.clear()
     if backend == "reference":
         result = fork_reference(space, variant, oracle, plan, fork_seq)
     else:
         from gpusim.engines.fast import fork_fast  # numba loads with the first compiled fork (start-up)
 
-        kernels, in_place = _backend.kernels(backend), not check and space.take_over()  # (AddressSpace.handed_over)
+        kernels = _backend.kernels(backend)
         result = fork_fast(space, variant, kernels, backend, oracle, plan, fork_seq, chunk_tables, in_place)
     if check and result.outcome != "oops":
         result.invariants = check_invariants(space, result, oracle, fork_seq)
@@ -82,6 +79,18 @@ def fork(
     if spec is not None and result.outcome == "ok":
         result.episode = fork_episode(result, spec, check, profile)
     return result
+
+
+def admit(space: AddressSpace, backend: str, check: bool, steps) -> bool:
+    """Check the input of a fork once (a device-resident space, from the generator and valid by construction: what
+    can run on it); returns whether it was :meth:`~gpusim.model.state.AddressSpace.handed_over` (valid by
+    construction too, and the fork's to write)."""
+    handed_over = space.take_over()
+    if _backend.on_device(space.mm.pte):
+        refuse_resident(backend, check, steps)
+    elif not handed_over:
+        space.validate()
+    return handed_over
 
 
 SPACE_HINT = "from gpusim.workload(...) or gpusim.parse_layout(...)"

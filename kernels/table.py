@@ -165,6 +165,15 @@ def plain_block(r, j0, tab, mem):
 
 
 @entry_jitable
+def plain_block_at(r, j0, left, tab, mem):
+    """:func:`plain_block` where a block starts: column ``j0`` a multiple of :data:`PLAIN_BLOCK` with at least that
+    many entries ``left`` in the call; else (-1, -1)."""
+    if j0 % PLAIN_BLOCK != 0 or left < PLAIN_BLOCK:
+        return np.int64(-1), np.int64(-1)
+    return plain_block(r, j0, tab, mem)
+
+
+@entry_jitable
 def plain_block_maybe_pinned(f, mem):
     """Whether a folio of a :func:`plain_block` (folios ``f ..``, each mapped once) may be pinned:
     :func:`entry_needs_slow`'s pin test of each."""
@@ -192,13 +201,12 @@ def table_needs_slow(r, vp, tab, calls, mem):
         a, e = calls.start[c], calls.end[c]
         while a < e:
             j0 = a - base
-            if blocks and j0 % PLAIN_BLOCK == 0 and e - a >= PLAIN_BLOCK:
-                p, f = plain_block(r, j0, tab, mem)
-                if p >= 0:  # no page mapped twice; a folio that may be pinned needs the host
-                    if check_folios and plain_block_maybe_pinned(f, mem):
-                        return True
-                    a += PLAIN_BLOCK
-                    continue
+            p, f = plain_block_at(r, j0, e - a, tab, mem) if blocks else (np.int64(-1), np.int64(-1))
+            if p >= 0:  # no page mapped twice; a folio that may be pinned needs the host
+                if check_folios and plain_block_maybe_pinned(f, mem):
+                    return True
+                a += PLAIN_BLOCK
+                continue
             need, last_f = entry_needs_slow(tab.ppte[r, j0], last_f, vp, check_folios, mem)
             if need:
                 return True
@@ -549,15 +557,14 @@ def copy_table_fast(r, vp, tab, calls, mem, nb, acc):
         a = s
         while a < e:
             j0 = a - base
-            if j0 % PLAIN_BLOCK == 0 and e - a >= PLAIN_BLOCK:
-                p, f = plain_block(r, j0, tab, mem)
-                if p >= 0:
-                    got, (progress, k, lb), (last, broke) = walk_plain_block(
-                        r, j0, p, f, s, shared, cow, excl, tab, mem, nb, fork_seq, (progress, k, lb), (last, broke)
-                    )
-                    plain = add_plain(plain, got)
-                    a += PLAIN_BLOCK
-                    continue
+            p, f = plain_block_at(r, j0, e - a, tab, mem)
+            if p >= 0:
+                got, (progress, k, lb), (last, broke) = walk_plain_block(
+                    r, j0, p, f, s, shared, cow, excl, tab, mem, nb, fork_seq, (progress, k, lb), (last, broke)
+                )
+                plain = add_plain(plain, got)
+                a += PLAIN_BLOCK
+                continue
             progress, k, lb = check_point(progress, s, k, lb, nb, fork_seq)
             v = tab.ppte[r, j0]
             kind = pte_kind(v)

@@ -343,12 +343,8 @@ class AddressSpace:
         return space
 
     def take_over(self) -> bool:
-        """Whether a fork may work on this space's arrays in place (:meth:`handed_over`); once only."""
+        """Whether this space was :meth:`handed_over` to the fork that asks (once only: an ordinary space after)."""
         return bool(self.__dict__.pop("_handed_over", False))
-
-    @property
-    def is_handed_over(self) -> bool:
-        return bool(self.__dict__.get("_handed_over", False))
 
     def arrays(self) -> list[np.ndarray]:
         """Every array of the state (its mm's, then its memory's)."""
