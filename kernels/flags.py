@@ -132,6 +132,25 @@ COST_EVENTS = (
     "teardown.free",
     "pmd.share",
     "pmd.split",
+    # the lazy fork designs (spec 12.8): at fork, at an unshare, and async-fork's deferred copies
+    "table.share",
+    "pmd.wrprotect",
+    "pte.acct",
+    "table.share_fallback",
+    "table.recover_pte",
+    "table.cow_copy",
+    "table.cow_pte",
+    "table.reuse",
+    "table.free",
+    "table.zap_shared",
+    "async.defer",
+    "async.copy.child",
+    "async.copy.fault",
+    "async.copy.gup",
+    "async.copy.vma",
+    "pmd.restore",
+    "async.sync",
+    "async.abort",
 )
 # Summary counters the scenario tables and invariants speak of.
 SUMMARY_COUNTS = (
@@ -172,6 +191,10 @@ ENOMEM, EAGAIN, EIO, EHWPOISON = -12, -11, -5, -133
 # variant by its rules (gpusim.kernels.args.VariantParams), and the slow path picks its state machine by this number
 MACHINES = ("linux-5.8", "xu-v1", "xu-v1-oleg", "linux-5.10", "linux-6.18")
 M_5_8, M_XU_V1, M_XU_V1_OLEG, M_5_10, M_6_18 = range(len(MACHINES))
+# What a fork does with a whole PTE table (gpusim.model.variants.Variant.table_fork; spec 12): copy it (every variant
+# of spec 3), share it with no per-page work (odf-paper), share it after accounting every page (odf-cowpte), or defer
+# its copy to the child's start or the parent's first fault on it (async-fork).
+TABLE_FORKS = ("copy", "share", "share_accounted", "defer")
 # How a write-protect fault decides to reuse an anon page (spec 11.2; gpusim.model.variants.Variant.wp_reuse): by its
 # mappings alone (reuse_swap_page, before 09854ba94c6a), by its reference count (page_count == 1), or by
 # PageAnonExclusive and wp_can_reuse_anon_folio.

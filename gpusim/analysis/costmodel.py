@@ -51,8 +51,21 @@ from gpusim.model.variants import VARIANTS, get_variant
 PROFILE_DIR = Path(__file__).parent / "profiles"
 DEFAULT_PROFILE = "public-xeon-4210r-v6.8"
 
-# component -> the prefixes (or names) of the cost events it sums; every cost event falls in exactly one component
+# component -> the prefixes (or names) of the cost events it sums; every cost event falls in the first component that
+# names it (the lazy designs' table events before the other table events)
 _COMPONENT_EVENTS = {
+    "lazy": (
+        "table.share",
+        "pmd.wrprotect",
+        "pte.acct",
+        "table.recover_pte",
+        "table.cow_",
+        "table.reuse",
+        "table.free",
+        "table.zap_shared",
+        "pmd.restore",
+        "async.",
+    ),
     "fork": ("fork.",),
     "vma": ("vma.",),
     "table": ("table.",),
@@ -65,7 +78,8 @@ _COMPONENT_EVENTS = {
 }
 # component -> the cost events it sums, in the spec's order
 COMPONENTS = {
-    comp: tuple(e for e in COST_EVENTS if e.startswith(prefixes)) for comp, prefixes in _COMPONENT_EVENTS.items()
+    comp: tuple(e for e in COST_EVENTS if next(c for c, p in _COMPONENT_EVENTS.items() if e.startswith(p)) == comp)
+    for comp in _COMPONENT_EVENTS
 }
 assert sorted(e for v in COMPONENTS.values() for e in v) == sorted(COST_EVENTS)
 
@@ -90,7 +104,7 @@ def event_costs(profile: "Profile", spared: float = 0.0) -> dict[str, float]:
 
 # Cost events counted since some profiles were written: a profile without one of them (a host profile calibrated
 # before) takes the shipped public profile's figure for it, labelled as an estimate that says so.
-LATER_EVENTS = ("pte.frame_break",)
+LATER_EVENTS = ("pte.frame_break", *COMPONENTS["lazy"])
 
 
 class ProfileError(ValueError):
@@ -297,15 +311,24 @@ def latency(counts: dict[str, int], variant: str, profile: Profile, table_stats=
     }
 
 
-def write_latency(counts: dict[str, dict[str, int]], profile: Profile) -> dict:
+def write_latency(counts: dict[str, dict[str, int]], profile: Profile, table_counts: dict | None = None) -> dict:
     """The write phase's modelled latency (spec 11.5): ``latency_ns`` and ``latency_breakdown_ns`` per writer and
     event, reported beside the fork's, never added to it; None figures when the profile has no write costs (a
-    host profile calibrated before the write phase existed)."""
+    host profile calibrated before the write phase existed). Under a lazy design (spec 12.8) ``table_counts`` are
+    the cost events of the unshares and deferred copies each writer's steps triggered, charged to that writer
+    (``table`` in its breakdown), and of the child's deferred copies at its start: ``child_sync_ns``, beside."""
     if not profile.write_costs:
         return {"latency_ns": None, "latency_breakdown_ns": None, "profile": profile.name}
     breakdown = {w: {e: counts[w][e] * profile.write_costs[e].ns for e in WRITE_EVENTS} for w in WRITERS}
+    out = {"profile": profile.name}
+    if table_counts is not None:
+        cost = event_costs(profile)
+        priced = {w: sum(n * cost[e] for e, n in c.items() if e in cost) for w, c in table_counts.items()}
+        for w in WRITERS:
+            breakdown[w]["table"] = priced[w]
+        out["child_sync_ns"] = priced["child_sync"]
     total = sum(v for per in breakdown.values() for v in per.values())
-    return {"latency_ns": total, "latency_breakdown_ns": breakdown, "profile": profile.name}
+    return {"latency_ns": total, "latency_breakdown_ns": breakdown, **out}
 
 
 def request_latencies(signatures: dict, cost: dict) -> tuple[np.ndarray, np.ndarray]:
