@@ -11,6 +11,7 @@ import time
 
 from gpusim.analysis.costmodel import Profile, episode_report, latency, load_profile
 from gpusim.analysis.invariants import check_invariants, check_write_phase
+from gpusim.analysis.lazyinv import check_lazy_fork, check_lazy_phase
 from gpusim.base import backend as _backend
 from gpusim.base import checkargs
 from gpusim.engines.reference import fork_reference
@@ -73,12 +74,19 @@ def fork(
         kernels = _backend.kernels(backend)
         result = fork_fast(space, variant, kernels, backend, oracle, plan, fork_seq, chunk_tables, in_place)
     if check and result.outcome != "oops":
-        result.invariants = check_invariants(space, result, oracle, fork_seq)
+        result.invariants = check_fork(space, result, oracle, fork_seq)
     if steps is not None and result.outcome == "ok":
         result.write_phase = write_phase(result, steps, check)
     if spec is not None and result.outcome == "ok":
         result.episode = fork_episode(result, spec, check, profile)
     return result
+
+
+def check_fork(space: AddressSpace, result: ForkResult, oracle, fork_seq: int):
+    """The invariants of a fork: spec 6's, or L1-L7 of spec 12.9 for a lazy design's."""
+    if result.tables is not None:
+        return check_lazy_fork(space, result)
+    return check_invariants(space, result, oracle, fork_seq)
 
 
 def admit(space: AddressSpace, backend: str, check: bool, steps) -> bool:
@@ -107,8 +115,13 @@ def slots_of(space) -> int | None:
 def common_args(variant, backend, oracle, fork_seq, seq_name: str, slots: int | None = None):
     """The arguments :func:`fork` and :func:`fork_batch` share, checked: (variant, concrete backend, the oracle
     object, fork number). A wrong one is a TypeError or ValueError naming it. ``slots``: see :func:`slots_of`."""
-    get_variant(variant)
-    backend = _backend.resolve(backend, slots)
+    v = get_variant(variant)
+    backend = "reference" if backend == "auto" and not v.compiled else _backend.resolve(backend, slots)
+    if not v.compiled and backend != "reference":
+        raise ValueError(
+            f"variant {variant} runs on the reference backend only: its compiled engines are not built yet "
+            "(backend 'auto' chooses the reference for it)"
+        )
     if isinstance(oracle, str):
         oracle = LockBreakOracle.parse(oracle)
     checkargs.instance("oracle", oracle, LockBreakOracle, "never, always, every:N, bern:P:SEED or list:(s,k),...")
@@ -160,10 +173,14 @@ def write_phase(result: ForkResult, writes, check: bool = True):
 
     t0 = time.perf_counter()
     kernels = None if result.backend == "reference" else _backend.kernels(result.backend)
-    wp = run_write_phase(result.parent, result.child, result.variant, writes, kernels)
+    wp = run_write_phase(result.parent, result.child, result.variant, writes, kernels, result.tables, result.fork_args)
     wp.wall_s = time.perf_counter() - t0
     if check:
-        wp.invariants = check_write_phase(result.parent, result.child, wp)
+        wp.invariants = (
+            check_lazy_phase(result.parent, result.child, result.tables, result.variant, wp)
+            if result.tables is not None
+            else check_write_phase(result.parent, result.child, wp, get_variant(result.variant).large_pin_order)
+        )
     return wp
 
 
@@ -173,6 +190,8 @@ def fork_episode(result: ForkResult, episode, check: bool = True, profile=None):
     ``check`` its invariants (spec 11.5) are checked."""
     from gpusim.engines.episode import episode_kernels, run_episode
 
+    if get_variant(result.variant).lazy:
+        raise ValueError(f"an episode after a fork of {result.variant} (a lazy design) is not built yet")
     t0 = time.perf_counter()
     ep = run_episode(result.parent, result.child, result.variant, episode, episode_kernels(result.backend))
     ep.wall_s = time.perf_counter() - t0

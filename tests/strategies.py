@@ -3,10 +3,10 @@ and injections. Shared by the property tests and, later, the differential tests 
 
 from hypothesis import strategies as st
 
-import gpusim
 from gpusim.model.oracle import ALLOC_POINTS, EVENTS
+from gpusim.model.variants import COMPILED_VARIANTS
 
-VARIANTS = tuple(gpusim.VARIANTS)
+VARIANTS = COMPILED_VARIANTS  # the variants every engine runs (the lazy designs: tests/test_lazy.py)
 
 # (token, width) for page tokens; weights favour the interesting ones.
 _PAGE_TOKENS = [

@@ -611,15 +611,21 @@ def _holders(mms, memory) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pages, by_folio, pmds
 
 
-def check_write_phase(parent0: AddressSpace, child0, wp) -> InvariantReport:
+def check_write_phase(parent0: AddressSpace, child0, wp, large_pin_order: int = 0) -> InvariantReport:
     """Spec 11.5: after a write phase every folio's reference count and every page's map count still equal the
     mappings and pins that hold them: changed by exactly the mappings the phase added or removed (a PMD holds one
-    reference and one PMD mapping of its folio; a PTE one reference of its folio and one map count of its page),
-    the pages it allocated held by their mappings alone, and a folio freed by the phase mapped by no one."""
+    reference and one PMD mapping of its folio; a PTE one reference of its folio and one map count of its page)
+    and the pins its ``pin`` steps took (spec 12.5; ``large_pin_order``: the variant's), the pages it allocated held
+    by their mappings and pins alone, and a folio freed by the phase mapped by no one."""
     m0, m1 = parent0.memory, wp.memory
     n_pages, n_folios = m0.nr_pages, m0.nr_folios
     pg0, fo0, pmd0 = _holders((parent0.mm, child0), m0)
     pg1, fo1, pmd1 = _holders((wp.parent.mm, wp.child), m1)
+    pins = m1.folio_true_pins.astype(np.int64)
+    pins[:n_folios] -= m0.folio_true_pins
+    if pins.any():
+        pins *= np.where(m1.folio_order >= large_pin_order, 1, F.PIN_BIAS)
+        fo1 = fo1 + pins
     out = []
 
     def report(name, got, want, what):

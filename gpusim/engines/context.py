@@ -163,9 +163,13 @@ class VmaView:
 
 
 class MMState:
-    """One mm as Python containers: VMAs, tables (table -> list of 512 ints), huge PMDs, rss, flags."""
+    """One mm as Python containers: VMAs, tables (table -> list of 512 ints), huge PMDs, rss, flags; and for the lazy
+    fork designs (spec 12.1) the PMDs with W = 0 and the pending tables. Two mms that share a table object hold the
+    same list (:mod:`gpusim.engines.reference.lazy`)."""
 
     def __init__(self, mm: MM | None = None):
+        self.wp: set[int] = set()  # tables whose PMD has W = 0 (spec 12.1: shared, or pending)
+        self.pending: set[int] = set()  # async-fork: the parent's tables whose copy for the child is deferred
         if mm is None:
             self.vmas, self.tables, self.pmds = [], {}, {}
             self.rss, self.has_pinned, self.on_swapoff_list = [0, 0, 0, 0], False, False

@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gpusim.engines.context import Machine, MMState
+from gpusim.engines.context import ForkContext, Machine, MMState, Oops
+from gpusim.engines.reference import lazy
+from gpusim.engines.reference.fork import copy_table
 from gpusim.kernels import pte as P
 from gpusim.kernels.fields import GROUP_FIELDS, MEMORY_FIELDS
 from gpusim.kernels.flags import (
@@ -49,8 +51,11 @@ from gpusim.kernels.flags import (
     WRITERS,
     mm_counter,
 )
+from gpusim.kernels.folio import is_large_for_pins, pin_refcount_delta
 from gpusim.kernels.rules import wp_reuse_pmd, wp_reuse_pte
 from gpusim.model import decode
+from gpusim.model.oracle import InjectionPlan, LockBreakOracle
+from gpusim.model.result import new_counts
 from gpusim.model.state import MM, AddressSpace, Memory, entries, ptes_at
 from gpusim.model.variants import get_variant
 
@@ -70,14 +75,19 @@ class Step:
     hi: int = -1
     all: bool = False
     exit: bool = False
+    op: str = "write"  # "write", or (spec 12.5) "pin", "pin.fast" (addresses pinned) or "sync" (the child's)
+    k: int = 0  # sync: the number of deferred tables copied (0: all)
 
     @property
     def text(self) -> str:
         if self.exit:
             return f"{self.who}:exit"
+        if self.op == "sync":
+            return f"{self.who}:sync" + (f":{self.k}" if self.k else "")
+        head = f"{self.who}:" if self.op == "write" else f"{self.who}:{self.op}:"
         if self.all:
-            return f"{self.who}:all"
-        return f"{self.who}:{self.lo}" if self.lo == self.hi else f"{self.who}:{self.lo}-{self.hi}"
+            return f"{head}all"
+        return f"{head}{self.lo}" if self.lo == self.hi else f"{head}{self.lo}-{self.hi}"
 
 
 _ADDR = r"(0x[0-9a-fA-F]+|[0-9]+)"
@@ -89,13 +99,28 @@ def parse_step(text: str, k: int) -> Step:
     who, what = who.strip(), what.strip()
     where = f"writes step {k} '{text.strip()}'"
     if not sep or who not in WRITERS:
-        raise WritesError(f"{where}: a step is parent:RANGE or child:RANGE (RANGE: all, A, A-B, or child:exit)")
+        raise WritesError(
+            f"{where}: a step is parent:RANGE or child:RANGE (RANGE: all, A, A-B), X:pin:A[-B], X:pin.fast:A[-B], "
+            "child:sync[:K] or child:exit"
+        )
     if what == "all":
         return Step(who, all=True)
     if what == "exit":
         if who != "child":
             raise WritesError(f"{where}: only the child exits")
         return Step(who, exit=True)
+    if what == "fork":
+        raise WritesError(f"{where}: a second fork in the write phase (parent:fork) is not built yet")
+    if what == "sync" or what.startswith("sync:"):
+        k = what[5:].strip()
+        if who != "child" or (k and not (k.isdigit() and 1 <= int(k) < MAX_ADDRESS)):
+            raise WritesError(f"{where}: the child's deferred copies are child:sync or child:sync:K (K >= 1 tables)")
+        return Step(who, op="sync", k=int(k or 0))
+    op = "write"
+    for name in ("pin.fast", "pin"):
+        if what.startswith(name + ":"):
+            op, what = name, what[len(name) + 1 :].strip()
+            break
     m = re.fullmatch(rf"{_ADDR}(?:\s*-\s*{_ADDR})?", what)
     if not m:
         raise WritesError(f"{where}: RANGE is all, an address A or A-B (pages, decimal or 0x...)")
@@ -103,7 +128,7 @@ def parse_step(text: str, k: int) -> Step:
     hi = int(m.group(2), 0) if m.group(2) else lo
     if not lo <= hi < MAX_ADDRESS:
         raise WritesError(f"{where}: addresses A <= B below 2**35 (pages)")
-    return Step(who, lo, hi)
+    return Step(who, lo, hi, op=op)
 
 
 def parse_writes(writes) -> tuple[Step, ...]:
@@ -137,6 +162,12 @@ class WritePhase:
     latency: dict | None = None
     invariants: object = None
     wall_s: float = 0.0
+    # the lazy designs (spec 12): the table work each writer's steps triggered and the child's deferred copies
+    # (``child_sync``), as fork cost events; the shared and pending tables after the phase; how it ended
+    table_counts: dict | None = None
+    tables: object = None
+    outcome: str = "ok"
+    oops: dict | None = None
 
     @property
     def memory(self) -> Memory:
@@ -148,7 +179,12 @@ class WritePhase:
             "counts": {w: dict(c) for w, c in self.counts.items()},
             "dma": dict(self.dma),
             "child_exited": self.child_exited,
+            "outcome": self.outcome,
+            "oops": self.oops,
         }
+        if self.table_counts is not None:
+            out["table_counts"] = {w: {e: n for e, n in c.items() if n} for w, c in self.table_counts.items()}
+            out["tables"] = None if self.tables is None else self.tables.as_dict()
         if self.latency is not None:
             out.update(self.latency)
         if self.invariants is not None:
@@ -168,22 +204,53 @@ class _Proc:
 
 
 class WriteContext:
-    """The state a write phase works on: the fork's final memory, parent and child, as the reference's containers."""
+    """The state a write phase works on: the fork's final memory, parent and child, as the reference's containers;
+    for a lazy design (spec 12) their shared and pending tables too, and the fork's context its unshares and
+    deferred copies run in (:attr:`fc`: the fork's oracle, injections and number; its counts are those of the
+    writer whose step triggered them, or the child's sync)."""
 
-    def __init__(self, parent: AddressSpace, child: MM, variant: str):
+    def __init__(self, parent: AddressSpace, child: MM, variant: str, tables=None, fork_args=None):
         self.v = get_variant(variant)
         self.m = Machine(parent.memory)
         self.procs = {"parent": _Proc("parent", MMState(parent.mm)), "child": _Proc("child", MMState(child))}
+        self.fc = None
+        self.table_counts = {w: new_counts() for w in (*WRITERS, "child_sync")}
+        if self.v.lazy:
+            self.fc = ForkContext(
+                None,
+                variant,
+                *(fork_args or (LockBreakOracle.parse("never"), InjectionPlan(), 0)),
+                machine=self.m,
+                parent=self.procs["parent"].mm,
+                child=self.procs["child"].mm,
+            )
+            self.fc.store = lazy.link(tables, {w: p.mm for w, p in self.procs.items()})
+            self.fc.count_upper = False  # the fork counted the child's upper-level tables
         for p in self.procs.values():
             p.starts = [v.start for v in p.mm.vmas]
             p.mapped = self._rmap_counts(p.mm)
         self.counts = {w: dict.fromkeys(WRITE_EVENTS, 0) for w in WRITERS}
         self.child_exited = False
+        self.pins: list[tuple[int, int]] = []  # (address, frame) of each parent:pin (spec 12.7's DMA addresses)
+        self.skew = 0  # early copies of a deferred copy whose content changed since the fork (spec 12.7)
+        self.fork_content = parent.memory.page_content
+        self.stopped: tuple[str, dict | None] = ("ok", None)
+
+    def charge(self, who: str) -> None:
+        """The table work from here on is charged to ``who`` (a writer, or ``child_sync``)."""
+        if self.fc is not None:
+            self.fc.counts = self.table_counts[who]
 
     def states(self) -> tuple[AddressSpace, MM]:
         """The parent (with the memory) and the child as they are now."""
         par, chi = self.procs["parent"], self.procs["child"]
         return AddressSpace(par.mm.to_mm(), self.m.to_memory()), chi.mm.to_mm()
+
+    def tables(self):
+        """The shared and pending tables now (None for a variant that shares none)."""
+        if self.fc is None:
+            return None
+        return lazy.objects_of({w: p.mm for w, p in self.procs.items()}, self.fc.store)
 
     def _rmap_counts(self, mm: MMState) -> dict:
         m, out = self.m, {}
@@ -335,6 +402,8 @@ def handle_mm_fault(wc: WriteContext, p: _Proc, a: int) -> list[str]:
     if vma is None or not vma.flags & VM_WRITE:
         return ["segv"]
     t, i = divmod(a, PTRS_PER_TABLE)
+    if wc.fc is not None:
+        lazy_fault(wc, p, t, vma, "fault")
     shared = bool(vma.flags & VM_SHARED)
     if t in p.mm.pmds:
         if shared:
@@ -364,8 +433,106 @@ def handle_mm_fault(wc: WriteContext, p: _Proc, a: int) -> list[str]:
     return [do_wp_page(wc, p, row, i, v)]
 
 
+# --- the lazy designs' additions (spec 12.2-12.5) ----------------------------------------------------------------
+
+
+def lazy_fault(wc: WriteContext, p: _Proc, t: int, vma, trigger: str) -> None:
+    """What a fault of ``p`` on table ``t`` does first under a lazy design: ``odf-paper`` unshares a table whose PMD
+    is write-protected (in a VMA with ``VM_WRITE``), ``odf-cowpte`` unshares (or reuses) a shared table, and the
+    ``async-fork`` parent copies a deferred table for the child (``trigger``: fault or gup)."""
+    fc, table_fork = wc.fc, wc.v.table_fork
+    if t not in p.mm.wp:
+        return
+    if table_fork == "share" and vma.flags & VM_WRITE:
+        lazy.odfp_unshare(fc, p.mm, t, vma)
+    elif table_fork == "share_accounted":
+        lazy.odfc_unshare(fc, p.mm, t)
+    elif table_fork == "defer" and p.name == "parent":
+        deferred_copy(wc, t, trigger)
+
+
+def deferred_copy(wc: WriteContext, t: int, trigger: str) -> None:
+    """``async_copy`` of table ``t`` for the child, the child's rmap counts kept; after ENOMEM every other deferred
+    table is released and the child torn down (outcome ``async_enomem``)."""
+    fc, child = wc.fc, wc.procs["child"]
+    calls = len(fc.trace.calls)
+    ok = lazy.async_copy(fc, t, trigger, copy_table)
+    for v in child.mm.tables.get(t, ()):  # what the copy mapped, a failed one's too
+        if P.pte_kind(v) == P.KIND_PRESENT and not P.pte_special(v):
+            f = wc.m.page_folio[P.pte_pfn(v)]
+            child.mapped[f] = child.mapped.get(f, 0) + 1
+    if not ok:
+        lazy.async_release(fc)
+        exit_mmap(wc)
+        wc.stopped = ("async_enomem", {"table": t, "trigger": trigger})
+        return
+    for rec in fc.trace.calls[calls:]:
+        wc.skew += sum(1 for _, q, src, _ in rec.installs if wc.m.page_content[q] != wc.fork_content[src])
+
+
+def child_sync(wc: WriteContext, k: int = 0) -> None:
+    """``async_fork_cpr_rest``: the child copies its deferred tables (the next ``k``; 0: all), in address order,
+    charged to the child's start (``child_sync``)."""
+    parent = wc.procs["parent"].mm
+    if wc.fc is None or not parent.pending:
+        return
+    wc.charge("child_sync")
+    wc.fc.counts["async.sync"] += 1
+    for t in sorted(parent.pending)[: k or None]:
+        deferred_copy(wc, t, "child")
+        if wc.stopped[0] != "ok":
+            return
+
+
+def gup_pin(wc: WriteContext, p: _Proc, a: int, fast: bool) -> list[str]:
+    """``X:pin:A`` (spec 12.5): ``FOLL_PIN | FOLL_WRITE`` through the slow GUP path, resolved as a write-protect
+    fault where the entry is write-protected (an anonymous fault where there is none), then the pin on the page
+    ``p`` maps; ``pin.fast`` (``async-fork`` only) pins with no fault and no fixup. Its events, as a write's."""
+    vma = wc.find_vma(p, a)
+    if vma is None or not vma.flags & VM_WRITE:
+        return ["segv"]
+    t, i = divmod(a, PTRS_PER_TABLE)
+    v = p.mm.entry(a)
+    ev = ["none"]
+    if not fast and t not in p.mm.pmds:
+        odfp_in_place = wc.v.table_fork == "share" and P.pte_kind(v) == P.KIND_PRESENT and P.pte_write(v)
+        if wc.fc is not None and not odfp_in_place:
+            lazy_fault(wc, p, t, vma, "gup")
+        v = p.mm.entry(a)
+        if not (P.pte_kind(v) == P.KIND_PRESENT and P.pte_write(v)):
+            ev = handle_mm_fault(wc, p, a)
+    elif not fast and not P.pte_write(p.mm.pmds[t]):
+        ev = handle_mm_fault(wc, p, a)
+    pfn = frame_of(p.mm, a)
+    if pfn < 0:
+        return ev + ["unmodelled"]
+    m, f = wc.m, wc.m.page_folio[pfn]
+    m.folio_refcount[f] += pin_refcount_delta(m.folio_order[f], wc.v.large_pin_order)
+    if is_large_for_pins(m.folio_order[f], wc.v.large_pin_order):
+        m.folio_pincount[f] += 1
+    m.folio_true_pins[f] += 1
+    p.mm.has_pinned = True
+    if p.name == "parent":
+        wc.pins.append((a, pfn))
+    return ev
+
+
+def frame_of(mm: MMState, a: int) -> int:
+    """The page ``mm`` maps at ``a`` (by a present PTE or a huge PMD), or -1."""
+    t = a // PTRS_PER_TABLE
+    if t in mm.pmds:
+        return P.pte_pfn(mm.pmds[t]) + a % PTRS_PER_TABLE
+    v = mm.entry(a)
+    return P.pte_pfn(v) if P.pte_kind(v) == P.KIND_PRESENT and not P.pte_special(v) else -1
+
+
 def exit_mmap(wc: WriteContext) -> None:
-    """``child:exit``: every child entry drops what it holds (spec 5.4's teardown); the child is left empty."""
+    """``child:exit``: every child entry drops what it holds (spec 5.4's teardown); the child is left empty. Under a
+    lazy design the child first copies what is deferred, and a table it shares is released as its design says."""
+    if wc.fc is not None:
+        child_sync(wc)
+        wc.charge("child")
+        lazy.release_shared_tables(wc.fc, wc.procs["child"].mm, wc.procs["child"].mm.rss)
     m, p = wc.m, wc.procs["child"]
     for row in p.mm.tables.values():
         for v in row:
@@ -432,12 +599,22 @@ def frames_at(mm: MM, addr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return frame, writable
 
 
-def dma_view(parent0: AddressSpace, parent1: MM, child1: MM) -> dict[str, int]:
+def dma_view(parent0: AddressSpace, parent1: MM, child1: MM, pins=(), tables=None) -> dict[str, int]:
     """Spec 11.3: the parent's pinned pages at the start of the phase (``parent0``), and after it (``parent1``,
-    ``child1``) how many the parent no longer maps there and how many the child maps there writable."""
+    ``child1``) how many the parent no longer maps there and how many the child maps there writable. Spec 12.7: the
+    pages pinned by the phase's ``parent:pin`` steps (``pins``: (address, frame)) are DMA addresses too, and a
+    frame the child reaches through a write-protected PMD (``tables``) is not writable."""
     addr, frame = pinned_frames(parent0.mm, parent0.memory)
+    if len(pins):
+        known = set(addr.tolist())
+        extra = [(a, f) for a, f in pins if a not in known]
+        addr = np.concatenate([addr, np.array([a for a, _ in extra], np.int64)])
+        frame = np.concatenate([frame, np.array([f for _, f in extra], np.int64)])
     p, _ = frames_at(parent1, addr)
     c, cw = frames_at(child1, addr)
+    if tables is not None and "child" in tables.roles and child1.nr_tables:
+        _, wp = tables.of("child")
+        cw &= ~np.isin(addr // PTRS_PER_TABLE, child1.table_index[wp])
     return {
         "pinned": int(addr.size),
         "parent_diverged": int((p != frame).sum()),
@@ -485,18 +662,35 @@ def generated_steps(parent: MM, child: MM, fractions: dict, order: str, child_ex
     return steps + exit_step
 
 
-def _reference_phase(parent: AddressSpace, child: MM, variant: str, steps) -> tuple:
-    """The steps on the reference's containers: (parent after, child after, counts, child exited)."""
-    wc = WriteContext(parent, child, variant)
+def _reference_phase(parent: AddressSpace, child: MM, variant: str, steps, tables=None, fork_args=None):
+    """The steps on the reference's containers: the :class:`WriteContext` after them."""
+    wc = WriteContext(parent, child, variant, tables, fork_args)
     for s in steps:
-        if s.exit:
-            exit_mmap(wc)
-            continue
-        p, counts = wc.procs[s.who], wc.counts[s.who]
-        for a in step_addresses(wc, s):
-            for ev in handle_mm_fault(wc, p, a):
-                counts[ev] += 1
-    return (*wc.states(), wc.counts, wc.child_exited)
+        if s.who == "child" and (s.exit or s.op != "sync"):
+            child_sync(wc)  # async-fork: the child's start copies everything deferred before it runs
+        if wc.stopped[0] != "ok":
+            break
+        wc.charge(s.who)
+        try:
+            run_step(wc, s)
+        except Oops as stop:
+            wc.stopped = ("oops", {"function": stop.function, "addr": stop.addr, "reason": stop.reason})
+            break
+    return wc
+
+
+def run_step(wc: WriteContext, s: Step) -> None:
+    """One step on the reference's containers, its events counted for its writer."""
+    if s.exit:
+        exit_mmap(wc)
+        return
+    if s.op == "sync":
+        child_sync(wc, s.k)
+        return
+    p, counts = wc.procs[s.who], wc.counts[s.who]
+    for a in step_addresses(wc, s):
+        for ev in gup_pin(wc, p, a, s.op == "pin.fast") if s.op != "write" else handle_mm_fault(wc, p, a):
+            counts[ev] += 1
 
 
 def _reserved_tables(mm: MM, steps, who: str) -> np.ndarray:
@@ -632,7 +826,7 @@ def _compiled_phase(parent: AddressSpace, child: MM, variant: str, steps, kernel
         if s.exit:
             kernels.write_exit(mem, procs[1])
             exited = True
-        else:
+        elif s.op != "sync":  # spec 12.5: only async-fork defers copies for the child to make
             k = WRITERS.index(s.who)
             _compiled_step(kernels, s, procs[k], mem, v, used, counts[k])
     out_counts = {w: dict(zip(WRITE_EVENTS, counts[k].tolist())) for k, w in enumerate(WRITERS)}
@@ -642,16 +836,37 @@ def _compiled_phase(parent: AddressSpace, child: MM, variant: str, steps, kernel
 _GROWN = tuple(f for f in GROUP_FIELDS["wmem"] if f != "swap_count")  # room for the new pages and folios
 
 
-def run_write_phase(parent: AddressSpace, child: MM, variant: str, writes, kernels=None) -> WritePhase:
-    """The write phase ``writes`` (notation, or steps) after a fork whose final states are ``parent`` and ``child``;
-    the inputs are not modified. With ``kernels`` that have a compiled write phase (the CPU and CUDA engines'), it
-    runs compiled; else in the reference's Python. Both give the same result."""
+def run_write_phase(
+    parent: AddressSpace, child: MM, variant: str, writes, kernels=None, tables=None, fork_args=None
+) -> WritePhase:
+    """The write phase ``writes`` (notation, or steps) after a fork whose final states are ``parent`` and ``child``
+    (and, for a lazy design, ``tables``; ``fork_args``: the fork's oracle, injections and number, which its deferred
+    copies use); the inputs are not modified. With ``kernels`` that have a compiled write phase (the CPU and CUDA
+    engines'), it runs compiled; else in the reference's Python. Both give the same result."""
     steps = parse_writes(writes)
-    total = sum(s.hi - s.lo + 1 for s in steps if not s.all and not s.exit)
+    total = sum(s.hi - s.lo + 1 for s in steps if not s.all and not s.exit and s.op != "sync")
     if total > MAX_WRITES:
         raise WritesError(f"the write phase writes {total:,} addresses, more than {MAX_WRITES:,}")
+    v = get_variant(variant)
+    fast_pins = [s.text for s in steps if s.op == "pin.fast"]
+    if fast_pins and v.table_fork != "defer":
+        raise WritesError(f"step '{fast_pins[0]}': pin.fast is modelled for async-fork only (spec 12.5)")
     if kernels is not None and hasattr(kernels, "write_run"):
+        lazy_steps = [s.text for s in steps if s.op not in ("write", "sync")]  # a sync does nothing here
+        if lazy_steps:
+            raise WritesError(
+                f"step '{lazy_steps[0]}' runs on the reference backend only: its compiled form is not built yet"
+            )
         after, child_after, counts, exited = _compiled_phase(parent, child, variant, steps, kernels)
-    else:
-        after, child_after, counts, exited = _reference_phase(parent, child, variant, steps)
-    return WritePhase(steps, counts, dma_view(parent, after.mm, child_after), after, child_after, exited)
+        return WritePhase(steps, counts, dma_view(parent, after.mm, child_after), after, child_after, exited)
+    wc = _reference_phase(parent, child, variant, steps, tables, fork_args)
+    after, child_after = wc.states()
+    objs = wc.tables()
+    dma = dma_view(parent, after.mm, child_after, wc.pins, objs)
+    if v.lazy:
+        dma["child_snapshot_skew"] = wc.skew
+    out = WritePhase(steps, wc.counts, dma, after, child_after, wc.child_exited)
+    out.outcome, out.oops = wc.stopped
+    if v.lazy:
+        out.table_counts, out.tables = wc.table_counts, objs
+    return out

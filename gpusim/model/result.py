@@ -8,6 +8,7 @@ import numpy as np
 
 from gpusim.kernels.flags import COUNT_NAMES, RSS_NAMES, events
 from gpusim.model.state import MM, AddressSpace, Memory, digest, resident_bytes
+from gpusim.model.tables import TableObjects
 
 # Events whose work is done inside a pass of copy_pte_range, with the PTE locks held (spec 2.1). Early-copy
 # allocations are made after the locks are dropped; xu-v1's page_duplicate copies outside them too (see
@@ -102,6 +103,8 @@ class ForkResult:
     python_tables: int = 0  # page tables the Python loop (the reference's state machines) copied
     write_phase: object | None = None  # gpusim.engines.writes.WritePhase, when writes followed the fork
     episode: object | None = None  # gpusim.engines.episode.Episode, when an episode followed the fork
+    tables: TableObjects | None = None  # the lazy designs' shared and pending tables (spec 12.1); None: all private
+    fork_args: tuple | None = None  # (oracle, injections, fork number): a lazy design's deferred copies use them
 
     @property
     def memory(self) -> Memory:
@@ -112,7 +115,7 @@ class ForkResult:
         """The canonical digest of the final states (:func:`gpusim.model.state.digest`), computed when first read: a
         fork whose digest nobody reads (a chunk of a streamed fork hashes its own pieces) does not pay for it."""
         if self.digest_hex is None:
-            self.digest_hex = digest(self.parent.mm, self.child, self.memory)
+            self.digest_hex = digest(self.parent.mm, self.child, self.memory, self.tables)
         return self.digest_hex
 
     def as_dict(self) -> dict:
@@ -137,6 +140,7 @@ class ForkResult:
             "python_tables": self.python_tables,
             "write_phase": None if self.write_phase is None else self.write_phase.as_dict(),
             "episode": None if self.episode is None else self.episode.as_dict(),
+            "tables": None if self.tables is None else self.tables.as_dict(),
         }
 
     def bytes_per_pte(self) -> float | None:

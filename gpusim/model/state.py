@@ -497,13 +497,16 @@ DigestSums.layout = {f: (dt, shape, _lane_seed(f, dt)) for f, dt, shape in Diges
 LAST_MM_FIELD = list(MM_FIELDS)[-1]
 
 
-def digest(parent: MM, child: MM, memory: Memory) -> str:
-    """The canonical 256-bit digest of a parent mm, a child mm and their memory (hex; see :class:`DigestSums`)."""
+def digest(parent: MM, child: MM, memory: Memory, tables=None) -> str:
+    """The canonical 256-bit digest of a parent mm, a child mm and their memory (hex; see :class:`DigestSums`); with
+    the lazy designs' :class:`~gpusim.model.tables.TableObjects` ``tables``, the digest of both."""
     d = DigestSums()
     d.add_mm("parent", parent)
     d.add_mm("child", child)
     d.add_memory(memory)
-    return d.hexdigest()
+    if tables is None:
+        return d.hexdigest()
+    return hashlib.blake2b(bytes.fromhex(d.hexdigest()) + tables.canonical_bytes(), digest_size=32).hexdigest()
 
 
 def table_entries(mm: MM, t: int) -> np.ndarray | None:

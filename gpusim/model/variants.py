@@ -1,16 +1,21 @@
-"""The registry of the five kernel variants (spec section 3) and the rules that differ between them."""
+"""The registry of the kernel variants (spec section 3; the lazy fork designs of spec 12) and the rules that differ
+between them."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from gpusim.kernels.flags import MACHINES, WP_REUSE_EXCLUSIVE, WP_REUSE_MAPCOUNT, WP_REUSE_REFCOUNT
+from gpusim.kernels.flags import MACHINES, TABLE_FORKS, WP_REUSE_EXCLUSIVE, WP_REUSE_MAPCOUNT, WP_REUSE_REFCOUNT
 
 LINUX_5_8 = "linux-5.8"
 XU_V1 = "xu-v1"
 XU_V1_OLEG = "xu-v1-oleg"
 LINUX_5_10 = "linux-5.10"
 LINUX_6_18 = "linux-6.18"
+ODF_PAPER = "odf-paper"
+ODF_COWPTE = "odf-cowpte"
+ASYNC_FORK = "async-fork"
 DEFAULT_VARIANT = LINUX_6_18
 
 
@@ -37,10 +42,19 @@ class Variant:
     install_weight: int  # progress added by an early-copy install (1 at the top of an xu pass, else 8)
     wp_reuse: int  # the write-protect fault's reuse rule (gpusim.kernels.flags.WP_REUSE_*)
     batching: bool = False  # PTEs of one large folio shared as a batch (folio_pte_batch, linux-6.18)
+    table_fork: str = "copy"  # what the fork does with a whole PTE table (gpusim.kernels.flags.TABLE_FORKS; spec 12)
+    compiled: bool = True  # the fast engines run it (the lazy designs run on the reference only, for now)
 
     def __post_init__(self):
         if self.machine not in MACHINES:
             raise ValueError(f"variant {self.name}: unknown state machine '{self.machine}' (known: {MACHINES})")
+        if self.table_fork not in TABLE_FORKS:
+            raise ValueError(f"variant {self.name}: unknown table_fork '{self.table_fork}' (known: {TABLE_FORKS})")
+
+    @property
+    def lazy(self) -> bool:
+        """A lazy fork design (spec 12): page tables shared or their copy deferred."""
+        return self.table_fork != "copy"
 
     @property
     def machine_id(self) -> int:
@@ -124,6 +138,31 @@ VARIANTS: dict[str, Variant] = {
         ),
     )
 }
+# The lazy fork designs (spec 12.0): each copies, where it copies, by an earlier variant's rules.
+for _base, _name, _summary, _changes in (
+    (
+        LINUX_5_8,
+        ODF_PAPER,
+        "On-Demand-Fork as in the EuroSys 2021 code: last-level tables shared, copied at the first write fault",
+        {"table_fork": "share"},
+    ),
+    (
+        LINUX_6_18,
+        ODF_COWPTE,
+        "COW PTE v4: tables shared, every page accounted at fork; a table with a pinned page copied as 6.18",
+        {"table_fork": "share_accounted", "batching": False},  # v6.2 predates batching (n = 1)
+    ),
+    (
+        LINUX_6_18,
+        ASYNC_FORK,
+        "async-fork (Anolis): PTE tables copied by the child as it starts, or first by the parent's fault",
+        {"table_fork": "defer"},
+    ),
+):
+    VARIANTS[_name] = dataclasses.replace(VARIANTS[_base], name=_name, summary=_summary, compiled=False, **_changes)
+
+# the variants the fast engines (cpu, cuda) run
+COMPILED_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.compiled)
 
 
 class UnknownVariant(ValueError):

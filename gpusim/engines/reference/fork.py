@@ -8,8 +8,9 @@ from __future__ import annotations
 import time
 
 from gpusim.engines.context import CopyFailed, ForkContext, MMState, Oops, VmaView, fork_stopped, table_stats_of
+from gpusim.engines.reference import lazy
 from gpusim.engines.reference.context import CopyContext
-from gpusim.engines.reference.huge import copy_huge_pmd
+from gpusim.engines.reference.huge import copy_huge_pmd_first
 from gpusim.engines.reference.linux_5_8 import copy_pte_range_linux_5_8
 from gpusim.engines.reference.linux_5_10 import copy_pte_range_linux_5_10
 from gpusim.engines.reference.linux_6_18 import copy_pte_range_linux_6_18
@@ -52,13 +53,8 @@ def copy_table(fc: ForkContext, vma: VmaView, t: int, start: int, end: int) -> C
     """One call of ``copy_page_range``: ``copy_huge_pmd`` where the parent has a huge PMD (and, after a split,
     ``copy_pte_range``), else ``copy_pte_range``. Raises :class:`CopyFailed` on ENOMEM."""
     c = CopyContext(fc, vma, t, start, end)
-    fc.python_tables.add(t)
-    if t in fc.parent.pmds:
-        how = copy_huge_pmd(c)
-        if how == "enomem":
-            raise CopyFailed(c)
-        if how == "share":
-            return c
+    if copy_huge_pmd_first(c):
+        return c
     counts = fc.counts
     before = [counts[e] for e in TABLE_EVENTS]
     passes = counts["pass"]
@@ -77,6 +73,14 @@ def dup_mmap(fc: ForkContext, plan: ForkPlan | None = None) -> tuple[str, dict |
     Returns (outcome, oops, enomem). The caller tears the child down after ENOMEM (:func:`teardown`).
     """
     plan = plan or plan_fork(fc.space.mm)
+    fork_table = copy_table
+    if fc.v.lazy:  # spec 12: what the design does with a whole table, copy_table where it copies
+        lazy.check_layout(fc, plan)
+        design = lazy.FORK_TABLE[fc.v.table_fork]
+
+        def fork_table(fc, vma, t, start, end):
+            design(fc, vma, t, start, end, copy_table)
+
     fc.counts["fork.base"] += 1
     fc.counts["fork.mm"] += 1
     calls = iter(range(plan.nr_calls))
@@ -97,7 +101,7 @@ def dup_mmap(fc: ForkContext, plan: ForkPlan | None = None) -> tuple[str, dict |
                     )
                 )
             while nxt is not None and int(plan.call_vma[nxt]) == vma.index:
-                copy_table(fc, vma, int(plan.call_table[nxt]), int(plan.call_start[nxt]), int(plan.call_end[nxt]))
+                fork_table(fc, vma, int(plan.call_table[nxt]), int(plan.call_start[nxt]), int(plan.call_end[nxt]))
                 nxt = next(calls, None)
     except (CopyFailed, Oops) as stop:
         return fork_stopped(fc, stop)
@@ -110,13 +114,14 @@ def fork_reference(
     """One fork on the reference engine: ``dup_mmap``, then the teardown of the child after ENOMEM."""
     t0 = time.perf_counter()
     fc = ForkContext(space, variant, oracle, plan, fork_seq)
+    fc.store = lazy.TableStore()
     stopped = dup_mmap(fc)
     child_rss, after_teardown = list(fc.child.rss), None
     if stopped[0] == "enomem":
         teardown(fc)
         after_teardown = rss_dict(fc.child.rss)
     parent = AddressSpace(fc.parent.to_mm(), fc.m.to_memory())
-    return fc.result(
+    result = fc.result(
         stopped,
         parent,
         fc.child.to_mm(),
@@ -126,11 +131,20 @@ def fork_reference(
         "reference",
         table_stats_of(fc.table_rows),
     )
+    if fc.v.lazy:
+        result.tables = lazy.objects_of({"parent": fc.parent, "child": fc.child}, fc.store)
+        result.fork_args = (oracle, plan, fork_seq)
+    return result
 
 
 def teardown(fc: ForkContext) -> None:
-    """Tear the half-built child down after ENOMEM (spec 5.4): every child entry drops what it holds."""
+    """Tear the half-built child down after ENOMEM (spec 5.4): every child entry drops what it holds (spec 12: a
+    table it shares as its design says, and the parent's deferred tables released)."""
     m = fc.m
+    if fc.v.lazy:
+        lazy.release_shared_tables(fc, fc.child, fc.child.rss)
+        if fc.parent.pending:
+            lazy.async_release(fc)
     for row in fc.child.tables.values():
         for v in row:
             if v == 0:

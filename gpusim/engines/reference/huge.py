@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gpusim.engines.context import CopyFailed
 from gpusim.engines.reference.common import allocate
 from gpusim.engines.reference.context import CopyContext
 from gpusim.kernels import pte as P
@@ -57,3 +58,16 @@ def copy_huge_pmd(c: CopyContext) -> str:
     if m.folio_true_pins[f] > 0:
         fc.counts["pin_shared"] += PTRS_PER_TABLE
     return "share"
+
+
+def copy_huge_pmd_first(c: CopyContext) -> bool:
+    """What ``copy_page_range`` does first for table ``c.t``: ``copy_huge_pmd`` where the parent maps it by a huge
+    PMD. True when that copied it (shared); False when there is none or it was split (the PTE table is copied next).
+    Raises :class:`CopyFailed` on ENOMEM."""
+    c.fc.python_tables.add(c.t)
+    if c.t not in c.fc.parent.pmds:
+        return False
+    how = copy_huge_pmd(c)
+    if how == "enomem":
+        raise CopyFailed(c)
+    return how == "share"

@@ -148,7 +148,7 @@ def write_columns(r, profile) -> dict:
         return {}
     out = {f"write.{w}.{e}": n for w, counts in wp.counts.items() for e, n in counts.items()}
     out.update({f"dma.{k}": v for k, v in wp.dma.items()})
-    out["write_latency_ns"] = write_latency(wp.counts, profile)["latency_ns"]
+    out["write_latency_ns"] = write_latency(wp.counts, profile, wp.table_counts)["latency_ns"]
     out["write_wall_s"] = wp.wall_s
     out["write_invariants_ok"] = None if wp.invariants is None else wp.invariants.ok
     return out
