@@ -1,0 +1,418 @@
+"""The lazy fork designs of spec 12 (odf-paper, odf-cowpte, async-fork) on the reference: the scenarios Z-a ... Z-i
+of spec 12.10 row by row, the equalities the spec derives (async-fork after the child's sync is linux-6.18's fork;
+odf-cowpte leaves every page as linux-6.18 does), invariants L1-L7 on random layouts and write phases with one
+mutation each, and what is refused with a clear error."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from budget import budget
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from strategies import layouts, oracles
+
+import gpusim
+from gpusim.analysis.lazyinv import LazyChecker, check_lazy_fork
+from gpusim.engines.reference.lazy import Unsupported
+from gpusim.engines.writes import WritesError
+from gpusim.kernels import pte as P
+from gpusim.kernels.flags import FOLIO_FREED, PAGE_ANON_EXCLUSIVE
+from gpusim.model.state import digest
+from gpusim.model.variants import ASYNC_FORK, COMPILED_VARIANTS, ODF_COWPTE, ODF_PAPER, VARIANTS
+
+LAZY = (ODF_PAPER, ODF_COWPTE, ASYNC_FORK)
+
+
+def fork(layout, variant, writes=None, **kw):
+    return gpusim.fork(gpusim.parse_layout(layout), variant, backend="reference", writes=writes, **kw)
+
+
+def nonzero(d):
+    return {k: n for k, n in d.items() if n}
+
+
+def has(counts, want):
+    """``counts`` holds ``want``'s values (a subset)."""
+    return {k: counts.get(k, 0) for k in want} == want
+
+
+# --- spec 12.10, Z-a --------------------------------------------------------------------------------------------
+
+
+def test_za_odf_paper_shares_the_table_with_no_page_work():
+    r = fork("normal*512", ODF_PAPER)
+    assert r.outcome == "ok" and r.invariants.ok and r.invariants.checked
+    assert has(r.counts, {"table.share": 1, "table.alloc": 0, "pass": 0, "pte.share": 0, "pte.acct": 0})
+    obj, wp = r.tables.of("child")
+    assert obj.tolist() == [0] and wp.tolist() == [True] and r.tables.share.tolist() == [2]
+    assert r.tables.of("parent")[1].tolist() == [True]  # the parent's PMD is write-protected
+    assert (r.memory.folio_refcount == 1).all() and (r.memory.page_mapcount == 1).all()
+    assert r.child.rss.tolist() == [0, 0, 0, 0]
+    before = gpusim.parse_layout("normal*512").mm.pte
+    assert np.array_equal(r.parent.mm.pte, before)  # W = 1 and young kept: the entries are untouched
+
+
+def test_za_odf_cowpte_accounts_every_page_in_the_shared_table():
+    r = fork("normal*512", ODF_COWPTE)
+    assert r.invariants.ok
+    assert has(r.counts, {"table.share": 1, "pte.acct": 512, "table.alloc": 0, "pass": 0})
+    assert (r.memory.folio_refcount == 2).all() and (r.memory.page_mapcount == 2).all()
+    assert not (r.memory.page_flags & PAGE_ANON_EXCLUSIVE).any()
+    row = r.parent.mm.pte[0]
+    assert np.array_equal(row, r.child.pte[0])  # one entry set, seen by both
+    assert not any(P.pte_write(int(v)) or P.pte_young(int(v)) for v in row)
+    assert r.child.rss.tolist() == [512, 0, 0, 0]
+
+
+def test_za_async_fork_defers_and_the_sync_is_linux_6_18s_fork():
+    r = fork("normal*512", ASYNC_FORK, writes="child:sync")
+    assert nonzero({k: v for k, v in r.counts.items() if not k.startswith(("fork.", "vma.", "table.upper"))}) == {
+        "async.defer": 1
+    }
+    assert r.child.nr_tables == 0 and r.tables.pending.tolist() == [0]
+    w = r.write_phase
+    assert w.invariants.ok and w.outcome == "ok" and w.tables.pending.size == 0
+    assert has(w.table_counts["child_sync"], {"async.copy.child": 1, "pass": 1, "pte.share": 512})
+    base = fork("normal*512", "linux-6.18")
+    assert digest(w.parent.mm, w.child, w.memory) == digest(base.parent.mm, base.child, base.memory)
+
+
+# --- spec 12.10, Z-b ... Z-i: (id, layout, writes, variant, fork counts, write events, table counts, rss, dma) -------
+
+# fmt: off
+ROWS = [
+    ("Z-b", "normal*512", "parent:0; child:0", ODF_PAPER,
+     {"table.share": 1},
+     {"parent": {"copy": 1}, "child": {"reuse": 1}},
+     {"parent": {"table.cow_copy": 1, "table.cow_pte": 512}, "child": {"table.cow_copy": 1, "table.free": 1}},
+     ([1024, 0, 0, 0], [0, 0, 0, 0]), (0, 0)),
+    ("Z-b", "normal*512", "parent:0; child:0", ODF_COWPTE,
+     {"table.share": 1},
+     {"parent": {"copy": 1}, "child": {"reuse": 1}},
+     {"parent": {"table.cow_copy": 1}, "child": {"table.reuse": 1, "table.cow_copy": 0}},
+     ([512, 0, 0, 0], [512, 0, 0, 0]), (0, 0)),
+    ("Z-b", "normal*512", "parent:0; child:0", ASYNC_FORK,
+     {"async.defer": 1},
+     {"parent": {"copy": 1}, "child": {"reuse": 1}},
+     {"parent": {"async.copy.fault": 1}, "child_sync": {"async.copy.child": 0}},
+     ([512, 0, 0, 0], [512, 0, 0, 0]), (0, 0)),
+    ("Z-c", "pinned*4 normal*4 none*504", "parent:all; child:all", ODF_PAPER,
+     {"table.share": 1},
+     {"parent": {"copy": 8}, "child": {"reuse": 8}},
+     {"parent": {"table.cow_copy": 1}, "child": {"table.cow_copy": 1, "table.free": 1}},
+     ([16, 0, 0, 0], [0, 0, 0, 0]), (4, 4)),
+    ("Z-c", "pinned*4 normal*4 none*504", "parent:all; child:all", ODF_COWPTE,
+     {"table.share_fallback": 1, "pass": 5, "copy.alloc": 4, "copy.install": 4, "pte.share": 4, "table.share": 0},
+     {"parent": {"none": 4, "copy": 4}, "child": {"none": 4, "reuse": 4}},
+     {},
+     ([8, 0, 0, 0], [8, 0, 0, 0]), (0, 0)),
+    ("Z-c", "pinned*4 normal*4 none*504", "parent:all; child:all", ASYNC_FORK,
+     {"async.defer": 1, "pass": 0},
+     {"parent": {"none": 4, "copy": 4}, "child": {"none": 4, "reuse": 4}},
+     {"parent": {"async.copy.fault": 1, "pass": 5, "copy.install": 4, "pte.share": 4}},
+     ([8, 0, 0, 0], [8, 0, 0, 0]), (0, 0)),
+    ("Z-d", "pinned*4 normal*4 none*504", "child:exit; parent:all", ODF_PAPER,
+     {"table.share": 1},
+     {"parent": {"reuse": 8}, "child": {}},
+     {"parent": {"table.cow_copy": 1, "table.free": 1}, "child": {"table.free": 0, "teardown.pte": 0}},
+     ([8, 0, 0, 0], [0, 0, 0, 0]), (0, 0)),
+    ("Z-d", "pinned*4 normal*4 none*504", "child:exit; parent:all", ODF_COWPTE,
+     {"table.share_fallback": 1},
+     {"parent": {"reuse": 4, "none": 4}},
+     {},
+     ([8, 0, 0, 0], [0, 0, 0, 0]), (0, 0)),
+    ("Z-d", "pinned*4 normal*4 none*504", "child:exit; parent:all", ASYNC_FORK,
+     {"async.defer": 1},
+     {"parent": {"reuse": 4, "none": 4}},
+     {"child_sync": {"async.copy.child": 1}},
+     ([8, 0, 0, 0], [0, 0, 0, 0]), (0, 0)),
+    ("Z-e", "normal*8 none*504", "child:exit; parent:all", ODF_PAPER,
+     {"table.share": 1},
+     {"parent": {"reuse": 8}},
+     {"parent": {"table.cow_copy": 1, "table.free": 1}},
+     ([8, 0, 0, 0], [0, 0, 0, 0]), (0, 0)),
+    ("Z-e", "normal*8 none*504", "child:exit; parent:all", ODF_COWPTE,
+     {"table.share": 1},
+     {"parent": {"reuse": 8}},
+     {"child": {"table.zap_shared": 1, "teardown.pte": 8}, "parent": {"table.reuse": 1, "table.cow_copy": 0}},
+     ([8, 0, 0, 0], [0, 0, 0, 0]), (0, 0)),
+    ("Z-e", "normal*8 none*504", "child:exit; parent:all", ASYNC_FORK,
+     {"async.defer": 1},
+     {"parent": {"reuse": 8}},
+     {"child_sync": {"async.copy.child": 1, "async.sync": 1}},
+     ([8, 0, 0, 0], [0, 0, 0, 0]), (0, 0)),
+    ("Z-f", "normal*8 none*504", "parent:pin:0; parent:0; child:0", ODF_PAPER,
+     {"table.share": 1},
+     {"parent": {"none": 1, "copy": 1}, "child": {"reuse": 1}},
+     {"parent": {"table.cow_copy": 1}, "child": {"table.cow_copy": 1, "table.free": 1}},
+     ([16, 0, 0, 0], [0, 0, 0, 0]), (1, 1)),
+    ("Z-f", "normal*8 none*504", "parent:pin:0; parent:0; child:0", ODF_COWPTE,
+     {"table.share": 1},
+     {"parent": {"copy": 1, "none": 1}, "child": {"reuse": 1}},
+     {"parent": {"table.cow_copy": 1}, "child": {"table.reuse": 1}},
+     ([8, 0, 0, 0], [8, 0, 0, 0]), (0, 0)),
+    ("Z-f", "normal*8 none*504", "parent:pin:0; parent:0; child:0", ASYNC_FORK,
+     {"async.defer": 1},
+     {"parent": {"copy": 1, "none": 1}, "child": {"reuse": 1}},
+     {"parent": {"async.copy.gup": 1}},
+     ([8, 0, 0, 0], [8, 0, 0, 0]), (0, 0)),
+    ("Z-f'", "normal*8 none*504", "parent:pin.fast:0; parent:0; child:0", ASYNC_FORK,
+     {"async.defer": 1},
+     {"parent": {"none": 2}, "child": {"none": 1}},
+     {"parent": {"async.copy.fault": 1, "copy.install": 1}},
+     ([8, 0, 0, 0], [8, 0, 0, 0]), (0, 0)),
+    ("Z-g", "normal*100 swap normal*411", "child:sync", ODF_COWPTE,
+     {"table.share": 1, "pte.swap": 1},
+     {},
+     {},
+     ([511, 0, 0, 1], [511, 0, 0, 1]), (0, 0)),
+    ("Z-g", "normal*100 swap normal*411", "child:sync", ASYNC_FORK,
+     {"async.defer": 1},
+     {},
+     {"child_sync": {"pte.swap": 1, "async.copy.child": 1}},
+     ([511, 0, 0, 1], [511, 0, 0, 1]), (0, 0)),
+    ("Z-h", "thp:pin", "child:sync", ODF_PAPER,
+     {"pmd.share": 1, "pmd.split": 0},
+     {},
+     {},
+     ([512, 0, 0, 0], [512, 0, 0, 0]), (0, 0)),
+    ("Z-h", "thp:pin", "child:sync", ODF_COWPTE,
+     {"pmd.split": 1, "table.share_fallback": 1, "pass": 513, "copy.alloc": 512, "copy.install": 512},
+     {},
+     {},
+     ([512, 0, 0, 0], [512, 0, 0, 0]), (0, 0)),
+    ("Z-h", "thp:pin", "child:sync", ASYNC_FORK,
+     {"pmd.split": 1, "async.defer": 1, "pass": 0},
+     {},
+     {"child_sync": {"pass": 513, "copy.alloc": 512, "copy.install": 512}},
+     ([512, 0, 0, 0], [512, 0, 0, 0]), (0, 0)),
+    ("Z-i", "gap*100 normal*300 gap*112", None, ODF_PAPER,
+     {"pass": 1, "pte.share": 300, "table.alloc": 1, "table.share": 0},
+     {},
+     {},
+     ([300, 0, 0, 0], [300, 0, 0, 0]), None),
+    ("Z-i", "gap*100 normal*300 gap*112", None, ODF_COWPTE,
+     {"table.share": 1, "pte.acct": 300, "table.alloc": 0},
+     {},
+     {},
+     ([300, 0, 0, 0], [300, 0, 0, 0]), None),
+    ("Z-i", "gap*100 normal*300 gap*112", None, ASYNC_FORK,
+     {"async.defer": 0, "pass": 1, "pte.share": 300},
+     {},
+     {},
+     ([300, 0, 0, 0], [300, 0, 0, 0]), None),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[f"{r[0]}-{r[3]}" for r in ROWS])
+def test_scenario(row):
+    _, layout, writes, variant, fork_counts, write_counts, table_counts, rss, dma = row
+    r = fork(layout, variant, writes)
+    assert r.outcome == "ok" and r.invariants.ok, r.invariants.violations
+    assert has(r.counts, fork_counts)
+    if writes is None:
+        assert (r.parent.mm.rss.tolist(), r.child.rss.tolist()) == rss
+        return
+    w = r.write_phase
+    assert w.outcome == "ok" and w.invariants.ok, w.invariants.violations
+    for who, want in write_counts.items():
+        assert nonzero(w.counts[who]) == want, who
+    for who, want in table_counts.items():
+        assert has(w.table_counts[who], want), (who, nonzero(w.table_counts[who]))
+    assert (w.parent.mm.rss.tolist(), w.child.rss.tolist()) == rss
+    assert (w.dma["parent_diverged"], w.dma["child_aliased"]) == dma
+
+
+def test_zf_odf_paper_pin_lands_on_the_shared_page():
+    """Z-f, odf-paper: the pin takes no fault (W = 1 in the shared table): page 0 has 1 + 1024 references and its
+    table is still shared."""
+    r = fork("normal*8 none*504", ODF_PAPER, "parent:pin:0")
+    w = r.write_phase
+    assert int(w.memory.folio_refcount[0]) == 1025 and w.tables.share.tolist() == [2]
+    assert nonzero(w.table_counts["parent"]) == {}
+
+
+def test_zg_odf_paper_rejects_a_swap_entry_in_a_shared_table():
+    with pytest.raises(Unsupported, match="odfp:NONPRESENT"):
+        fork("normal*100 swap normal*411", ODF_PAPER)
+
+
+# --- the equalities spec 12.3 and 12.4 derive, on random layouts ------------------------------------------------
+
+
+def whole_tables(layout: str, width: int) -> str:
+    """The layout padded with empty entries to whole tables (one private anonymous VMA)."""
+    return layout + f" none*{-width % 512}" if width % 512 else layout
+
+
+@budget(40)
+@given(layouts(max_width=1100, allow_vma=False), oracles())
+def test_async_fork_then_sync_is_linux_6_18(lw, oracle):
+    layout = whole_tables(*lw)
+    space = gpusim.parse_layout(layout)
+    base = gpusim.fork(space, "linux-6.18", backend="reference", oracle=oracle)
+    assume(base.outcome == "ok")
+    r = gpusim.fork(space, ASYNC_FORK, backend="reference", oracle=oracle, writes="child:sync")
+    w = r.write_phase
+    assert r.invariants.ok and w.invariants.ok, (r.invariants.violations, w.invariants.violations)
+    assert w.outcome == "ok" and w.tables.pending.size == 0
+    assert digest(w.parent.mm, w.child, w.memory) == digest(base.parent.mm, base.child, base.memory)
+
+
+@pytest.fixture(scope="module")
+def single_pte_6_18():
+    """linux-6.18 that never batches (the copy rules odf-cowpte names, spec 12.0), registered for these tests."""
+    v = dataclasses.replace(VARIANTS["linux-6.18"], name="test-6.18-single", summary="6.18, n = 1", batching=False)
+    VARIANTS[v.name] = v
+    yield v.name
+    del VARIANTS[v.name]
+
+
+@budget(40)
+@given(lw=layouts(max_width=1100, allow_vma=False))
+def test_odf_cowpte_leaves_every_page_as_linux_6_18(single_pte_6_18, lw):
+    space = gpusim.parse_layout(whole_tables(*lw))
+    base = gpusim.fork(space, single_pte_6_18, backend="reference")
+    assume(base.outcome == "ok")
+    r = gpusim.fork(space, ODF_COWPTE, backend="reference")
+    assert r.outcome == "ok" and r.invariants.ok, r.invariants.violations
+    for name in ("folio_refcount", "page_mapcount", "page_flags", "swap_count", "swap_levels", "page_content"):
+        assert np.array_equal(getattr(r.memory, name), getattr(base.memory, name)), name
+    assert r.child.rss.tolist() == base.child.rss.tolist()
+    shared = r.tables.of("child")[0] >= 0
+    assert np.array_equal(r.child.pte[shared], r.parent.mm.pte[r.tables.of("parent")[0] >= 0])
+
+
+# --- invariants L1-L7 on random layouts and write phases --------------------------------------------------------
+
+_STEPS = st.sampled_from(
+    [
+        "parent:all",
+        "child:all",
+        "parent:0-40",
+        "child:500-530",
+        "parent:pin:3",
+        "child:pin:1-2",
+        "child:sync:1",
+        "child:sync",
+        "parent:600-700",
+        "parent:pin:520",
+    ]
+)
+
+
+@budget(60)
+@given(
+    layouts(max_width=1100, allow_vma=False),
+    st.sampled_from(LAZY),
+    st.lists(_STEPS, min_size=1, max_size=4),
+    st.booleans(),
+)
+def test_lazy_invariants_hold(lw, variant, steps, exits):
+    layout = whole_tables(*lw) if variant != ODF_PAPER else lw[0]
+    writes = "; ".join(steps + (["child:exit", "parent:all"] if exits else []))
+    try:
+        r = fork(layout, variant, writes)
+    except Unsupported:
+        assume(False)
+    assert r.invariants.checked and r.invariants.ok, (layout, r.invariants.violations)
+    if r.outcome == "ok":
+        w = r.write_phase
+        assert w.invariants.ok, (layout, writes, w.invariants.violations)
+
+
+# --- one mutation per invariant: the checker sees it ------------------------------------------------------------
+
+
+def _after(r):
+    return {"parent": r.parent.mm, "child": r.child}, r.memory, r.tables
+
+
+def _check(r, mms=None, memory=None, tables=None):
+    space0 = gpusim.parse_layout(LAYOUT_OF[r.variant])
+    a_mms, a_mem, a_tab = _after(r)
+    after = (mms or a_mms, memory or a_mem, tables or a_tab)
+    return LazyChecker(r.variant, ({"parent": space0.mm}, space0.memory, None), after).run().violations
+
+
+LAYOUT_OF = {ODF_PAPER: "normal*8 none*504", ODF_COWPTE: "normal*8 none*504", ASYNC_FORK: "normal*8 none*504"}
+
+
+def _mutant(a, i, value):
+    a = a.copy()
+    a[i] = value
+    return a
+
+
+@pytest.mark.parametrize(
+    "variant, mutation, inv",
+    [
+        (ODF_COWPTE, "share", "L1"),
+        (ODF_PAPER, "wp", "L2"),
+        (ODF_PAPER, "refcount", "L3"),
+        (ODF_COWPTE, "rss", "L4"),
+        (ODF_PAPER, "anon_rss", "L4"),
+        (ASYNC_FORK, "pending_child_table", "L5"),
+        (ODF_COWPTE, "exclusive", "L6"),
+        (ODF_COWPTE, "freed", "L7"),
+    ],
+)
+def test_each_invariant_catches_its_mutation(variant, mutation, inv):
+    r = fork(LAYOUT_OF[variant], variant)
+    assert r.invariants.ok and not _check(r)
+    mms, m, t = _after(r)
+    if mutation == "share":
+        t = dataclasses.replace(t, share=t.share + 1)
+    elif mutation == "wp":
+        t = dataclasses.replace(t, wp=(t.wp[0], _mutant(t.wp[1], 0, False)))
+    elif mutation == "refcount":
+        m = dataclasses.replace(m, folio_refcount=_mutant(m.folio_refcount, 3, 7))
+    elif mutation in ("rss", "anon_rss"):
+        mms = dict(mms, child=dataclasses.replace(mms["child"], rss=_mutant(mms["child"].rss, 0, 3)))
+    elif mutation == "pending_child_table":
+        mms = dict(mms, child=dataclasses.replace(mms["child"], table_index=np.array([0]), pte=mms["parent"].pte))
+    elif mutation == "exclusive":
+        m = dataclasses.replace(m, page_flags=_mutant(m.page_flags, 2, PAGE_ANON_EXCLUSIVE))
+    elif mutation == "freed":
+        m = dataclasses.replace(m, folio_flags=_mutant(m.folio_flags, 1, m.folio_flags[1] | FOLIO_FREED))
+    got = _check(r, mms, m, t)
+    assert any(v.startswith(inv + ":") for v in got), got
+
+
+def test_a_fork_result_with_a_violation_is_reported():
+    r = fork("normal*8 none*504", ODF_COWPTE)
+    bad = dataclasses.replace(r.memory, folio_refcount=_mutant(r.memory.folio_refcount, 0, 9))
+    r2 = dataclasses.replace(r, parent=gpusim.AddressSpace(r.parent.mm, bad))
+    rep = check_lazy_fork(gpusim.parse_layout("normal*8 none*504"), r2)
+    assert not rep.ok and rep.violations[0].startswith("L3:")
+
+
+# --- what is refused ----------------------------------------------------------------------------------------------
+
+
+def test_the_lazy_designs_run_on_the_reference_only_for_now():
+    space = gpusim.parse_layout("normal*8")
+    assert set(LAZY) <= set(VARIANTS) and not set(LAZY) & set(COMPILED_VARIANTS)
+    assert gpusim.fork(space, ODF_PAPER).backend == "reference"  # auto
+    with pytest.raises(ValueError, match="reference backend only"):
+        gpusim.fork(space, ODF_PAPER, backend="cpu")
+
+
+def test_steps_that_are_refused():
+    with pytest.raises(WritesError, match="async-fork only"):
+        fork("normal*8", ODF_COWPTE, "parent:pin.fast:0")
+    with pytest.raises(WritesError, match="parent:fork"):
+        fork("normal*8", ASYNC_FORK, "parent:fork")
+    with pytest.raises(ValueError, match="episode"):
+        fork("normal*8", ASYNC_FORK, episode="duration=1s, rate=10")
+    with pytest.raises(Unsupported, match="odfc:MULTI_VMA"):
+        fork("normal*8 vma normal*8", ODF_COWPTE)
+
+
+def test_eager_variants_count_sync_steps_and_do_nothing():
+    r = fork("normal*8", "linux-6.18", "child:sync; parent:pin:0")
+    w = r.write_phase
+    assert w.invariants.ok and nonzero(w.counts["parent"]) == {"copy": 1}
+    assert w.dma["pinned"] == 1 and w.dma["parent_diverged"] == 0
