@@ -16,7 +16,7 @@ from gpusim.base import backend as _backend
 from gpusim.base import checkargs
 from gpusim.engines.reference import fork_reference
 from gpusim.model.oracle import InjectionPlan, LockBreakOracle
-from gpusim.model.result import ForkResult
+from gpusim.model.result import ForkResult, InvariantReport
 from gpusim.model.state import AddressSpace
 from gpusim.model.variants import DEFAULT_VARIANT, get_variant
 
@@ -72,6 +72,8 @@ def fork(
         from gpusim.engines.fast import fork_fast  # numba loads with the first compiled fork (start-up)
 
         kernels = _backend.kernels(backend)
+        if get_variant(variant).lazy:
+            from gpusim.engines.lazyfast import fork_lazy_fast as fork_fast
         result = fork_fast(space, variant, kernels, backend, oracle, plan, fork_seq, chunk_tables, in_place)
     if check and result.outcome != "oops":
         result.invariants = check_fork(space, result, oracle, fork_seq)
@@ -175,7 +177,9 @@ def write_phase(result: ForkResult, writes, check: bool = True):
     kernels = None if result.backend == "reference" else _backend.kernels(result.backend)
     wp = run_write_phase(result.parent, result.child, result.variant, writes, kernels, result.tables, result.fork_args)
     wp.wall_s = time.perf_counter() - t0
-    if check:
+    if check and wp.outcome == "oops":
+        wp.invariants = InvariantReport(True, (), False)  # the kernel crashed: nothing to hold (spec 2.3)
+    elif check:
         wp.invariants = (
             check_lazy_phase(result.parent, result.child, result.tables, result.variant, wp)
             if result.tables is not None

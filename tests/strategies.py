@@ -4,9 +4,9 @@ and injections. Shared by the property tests and, later, the differential tests 
 from hypothesis import strategies as st
 
 from gpusim.model.oracle import ALLOC_POINTS, EVENTS
-from gpusim.model.variants import COMPILED_VARIANTS
+from gpusim.model.variants import EAGER_VARIANTS
 
-VARIANTS = COMPILED_VARIANTS  # the variants every engine runs (the lazy designs: tests/test_lazy.py)
+VARIANTS = EAGER_VARIANTS  # the variants of spec 3 (the lazy designs: tests/test_lazy.py)
 
 # (token, width) for page tokens; weights favour the interesting ones.
 _PAGE_TOKENS = [
@@ -119,3 +119,19 @@ def injections(draw, width):
             )
             out.append(f"@{w}#{draw(st.integers(1, 3))}: " + "; ".join(f"{e}({x})" for e, x in evs))
     return out
+
+
+# Write steps of the lazy designs' write phases (spec 12.5): writes, pins, the child's sync and exit.
+LAZY_STEPS = (
+    "parent:all",
+    "child:all",
+    "parent:0-40",
+    "child:500-530",
+    "parent:pin:3",
+    "child:pin:1-2",
+    "parent:pin:513",
+    "child:sync:1",
+    "child:sync",
+    "parent:600-700",
+    "child:exit",
+)

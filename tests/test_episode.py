@@ -20,7 +20,7 @@ from gpusim.engines import episode as E
 from gpusim.engines.episode import EpisodeError, parse_episode, run_episode
 from gpusim.kernels.flags import WRITE_CODE_BASE, WRITE_EVENTS
 from gpusim.model.state import digest
-from gpusim.model.variants import COMPILED_VARIANTS as VARIANTS
+from gpusim.model.variants import EAGER_VARIANTS as VARIANTS
 
 ARRAYS = ("writes", "requests", "events", "cow_pages", "child_private_dirty_pages")
 ARRAYS += ("dma_parent_diverged", "dma_child_aliased")

@@ -24,7 +24,7 @@ from gpusim.base import backend as B
 from gpusim.base.backend import cuda_usable
 from gpusim.inputs.regions import RegionSpace
 from gpusim.kernels.fields import MEMORY_FIELDS, MM_FIELDS
-from gpusim.model.variants import COMPILED_VARIANTS as VARIANTS
+from gpusim.model.variants import EAGER_VARIANTS as VARIANTS
 
 # the stream tests' catalogue and whole 2 MiB extents, half of them THPs (scattered and contiguous pins)
 CATALOGUE = REGIONS + [

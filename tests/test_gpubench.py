@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gpusim.jobs.gpubench import DenseForks, bench_resident, check_against_cpu, traffic_bytes_per_pte
-from gpusim.model.variants import COMPILED_VARIANTS as VARIANTS
+from gpusim.model.variants import EAGER_VARIANTS as VARIANTS
 
 
 def test_resident_forks_equal_cpu_engine(backend):

@@ -28,7 +28,8 @@ LAYERS = (
 # files), and the write phase's and episode's engines, which a fork without them does not need.
 HEAVY_OPTIONAL = ("cupy", "numba.cuda", "gpusim.kernels.cuda", "matplotlib", "ray")
 START_UP_DEFERRED = (
-    *("numba", "gpusim.kernels.scan", "gpusim.kernels.lanes", "gpusim.engines.fast", "gpusim.inputs.regions"),
+    *("numba", "gpusim.kernels.scan", "gpusim.kernels.lanes", "gpusim.engines.fast", "gpusim.engines.lazyfast"),
+    "gpusim.inputs.regions",
     *("pyarrow", "gpusim.engines.writes", "gpusim.engines.episode"),
 )
 # Modules whose functions may import anything: the package facade (the module ``gpusim`` itself) and the command

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import gpusim
-from gpusim.model.variants import COMPILED_VARIANTS
+from gpusim.model.variants import EAGER_VARIANTS
 
 SOAK = Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py"
 
@@ -19,7 +19,7 @@ def soak():
     return mod
 
 
-@pytest.mark.parametrize("variant", COMPILED_VARIANTS)
+@pytest.mark.parametrize("variant", EAGER_VARIANTS)
 def test_random_fault_injected_forks_agree(soak, variant):
     r = soak.soak(variant, forks=25, backend="cpu", width=600)
     assert r["forks"] == 25 and r["with_injections"] > 0

@@ -27,7 +27,7 @@ from gpusim.base.machine import NotEnoughMemory
 from gpusim.inputs.regions import RegionSpace
 from gpusim.jobs.sweep.spec import Workload
 from gpusim.model.state import AddressSpace, DigestSums, digest
-from gpusim.model.variants import COMPILED_VARIANTS as VARIANTS
+from gpusim.model.variants import EAGER_VARIANTS as VARIANTS
 from gpusim.stream import fork_streamed, stream_rows
 
 PROFILE = load_profile(None)

@@ -11,7 +11,7 @@ from gpusim.kernels import pte as P
 from gpusim.kernels.flags import PIN_BIAS, VM_DONTCOPY, VM_SHARED
 from gpusim.model.decode import kinds as pte_kinds
 from gpusim.model.state import digest
-from gpusim.model.variants import COMPILED_VARIANTS
+from gpusim.model.variants import EAGER_VARIANTS
 
 W = TypeAdapter(Workload)
 
@@ -92,7 +92,7 @@ def test_mixed_regions_vmas_and_flags():
     assert r.outcome == "ok" and r.invariants.ok and r.counts["vma.skip"] == 1
 
 
-@pytest.mark.parametrize("variant", COMPILED_VARIANTS)
+@pytest.mark.parametrize("variant", EAGER_VARIANTS)
 def test_generated_spaces_fork_equal_on_engines(variant):
     s = build(
         variant,

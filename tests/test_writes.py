@@ -17,7 +17,7 @@ from strategies import layouts
 import gpusim
 from gpusim.engines.writes import WRITE_EVENTS, WritesError, parse_writes
 from gpusim.kernels import pte as P
-from gpusim.model.variants import COMPILED_VARIANTS as VARIANTS
+from gpusim.model.variants import EAGER_VARIANTS as VARIANTS
 
 XU = ("xu-v1", "xu-v1-oleg", "linux-5.10", "linux-6.18")
 

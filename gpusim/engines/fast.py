@@ -173,7 +173,8 @@ def launch_chunked(
 class ForkJob:
     """One fork on the fast engine (the steps of the module docstring). A job is launched on its own (:meth:`run`)
     or with others in one combined launch (:func:`fork_fast_batch`). ``in_place``: the space's arrays are the
-    engine's to write (:meth:`gpusim.model.state.AddressSpace.handed_over`), not copied first."""
+    engine's to write (:meth:`gpusim.model.state.AddressSpace.handed_over`), not copied first. ``plan``: the calls to
+    make (default: every call of :func:`gpusim.model.plan.plan_fork`)."""
 
     def __init__(
         self,
@@ -183,6 +184,7 @@ class ForkJob:
         plan_inj: InjectionPlan,
         fork_seq: int = 0,
         in_place: bool = False,
+        plan: ForkPlan | None = None,
     ):
         self.space, self.variant, self.plan_inj, self.fork_seq = space, variant, plan_inj, fork_seq
         mm = self.mm = space.mm
@@ -201,7 +203,7 @@ class ForkJob:
             space, variant, plan_inj, space.memory, self.ppte, self.cpte, self.cexists, room, copy=not in_place
         )
         t0 = time.perf_counter()
-        self.plan = plan_fork(mm)
+        self.plan = plan or plan_fork(mm)  # (a lazy design's: the calls it copies, gpusim.engines.lazyfast)
         self.calls = CallIndex(mm, self.plan)
         self.nC = self.plan.nr_calls
         self.first_inj = first_window_call(plan_inj, self.calls)

@@ -168,6 +168,7 @@ class WritePhase:
     tables: object = None
     outcome: str = "ok"
     oops: dict | None = None
+    exit_rss: list | None = None  # the child's rss counters as it exited (the kernel's check_mm reads them)
 
     @property
     def memory(self) -> Memory:
@@ -181,6 +182,7 @@ class WritePhase:
             "child_exited": self.child_exited,
             "outcome": self.outcome,
             "oops": self.oops,
+            "exit_rss": self.exit_rss,
         }
         if self.table_counts is not None:
             out["table_counts"] = {w: {e: n for e, n in c.items() if n} for w, c in self.table_counts.items()}
@@ -235,6 +237,7 @@ class WriteContext:
         self.skew = 0  # early copies of a deferred copy whose content changed since the fork (spec 12.7)
         self.fork_content = parent.memory.page_content
         self.stopped: tuple[str, dict | None] = ("ok", None)
+        self.exit_rss: list | None = None  # the child's rss counters when it exited
 
     def charge(self, who: str) -> None:
         """The table work from here on is charged to ``who`` (a writer, or ``child_sync``)."""
@@ -532,7 +535,12 @@ def exit_mmap(wc: WriteContext) -> None:
     if wc.fc is not None:
         child_sync(wc)
         wc.charge("child")
-        lazy.release_shared_tables(wc.fc, wc.procs["child"].mm, wc.procs["child"].mm.rss)
+        child = wc.procs["child"].mm
+        lazy.release_shared_tables(wc.fc, child, child.rss)
+        # what the child stays charged with once its own entries are torn down: not 0 where odf-paper charged a
+        # freed table's pages to it (spec 12.11, item 2; the kernel's check_mm reports a bad rss-counter state)
+        left = child.to_mm()
+        wc.exit_rss = (left.rss - decode.rss_of(left.pte, left.pmd, wc.m.to_memory())).tolist()
     m, p = wc.m, wc.procs["child"]
     for row in p.mm.tables.values():
         for v in row:
@@ -851,7 +859,7 @@ def run_write_phase(
     fast_pins = [s.text for s in steps if s.op == "pin.fast"]
     if fast_pins and v.table_fork != "defer":
         raise WritesError(f"step '{fast_pins[0]}': pin.fast is modelled for async-fork only (spec 12.5)")
-    if kernels is not None and hasattr(kernels, "write_run"):
+    if kernels is not None and hasattr(kernels, "write_run") and not v.lazy:  # (a lazy design's: the reference's)
         lazy_steps = [s.text for s in steps if s.op not in ("write", "sync")]  # a sync does nothing here
         if lazy_steps:
             raise WritesError(
@@ -867,6 +875,7 @@ def run_write_phase(
         dma["child_snapshot_skew"] = wc.skew
     out = WritePhase(steps, wc.counts, dma, after, child_after, wc.child_exited)
     out.outcome, out.oops = wc.stopped
+    out.exit_rss = wc.exit_rss
     if v.lazy:
         out.table_counts, out.tables = wc.table_counts, objs
     return out

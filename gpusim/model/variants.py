@@ -43,7 +43,7 @@ class Variant:
     wp_reuse: int  # the write-protect fault's reuse rule (gpusim.kernels.flags.WP_REUSE_*)
     batching: bool = False  # PTEs of one large folio shared as a batch (folio_pte_batch, linux-6.18)
     table_fork: str = "copy"  # what the fork does with a whole PTE table (gpusim.kernels.flags.TABLE_FORKS; spec 12)
-    compiled: bool = True  # the fast engines run it (the lazy designs run on the reference only, for now)
+    compiled: bool = True  # the fast engines run its fork (odf-cowpte's runs on the reference only, for now)
 
     def __post_init__(self):
         if self.machine not in MACHINES:
@@ -150,7 +150,7 @@ for _base, _name, _summary, _changes in (
         LINUX_6_18,
         ODF_COWPTE,
         "COW PTE v4: tables shared, every page accounted at fork; a table with a pinned page copied as 6.18",
-        {"table_fork": "share_accounted", "batching": False},  # v6.2 predates batching (n = 1)
+        {"table_fork": "share_accounted", "batching": False, "compiled": False},  # v6.2 predates batching (n = 1)
     ),
     (
         LINUX_6_18,
@@ -159,10 +159,11 @@ for _base, _name, _summary, _changes in (
         {"table_fork": "defer"},
     ),
 ):
-    VARIANTS[_name] = dataclasses.replace(VARIANTS[_base], name=_name, summary=_summary, compiled=False, **_changes)
+    VARIANTS[_name] = dataclasses.replace(VARIANTS[_base], name=_name, summary=_summary, **_changes)
 
-# the variants the fast engines (cpu, cuda) run
+# the variants whose fork the fast engines (cpu, cuda) run, and those of spec 3 (every table copied at fork)
 COMPILED_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.compiled)
+EAGER_VARIANTS = tuple(name for name, v in VARIANTS.items() if not v.lazy)
 
 
 class UnknownVariant(ValueError):

@@ -212,6 +212,8 @@ def odfc_fork_table(fc: ForkContext, vma: VmaView, t: int, start: int, end: int,
         if kind != P.KIND_PRESENT:
             slot = copy_nonpresent_pte_into_self(c, a, row, i)
             if slot is not None:  # the locks dropped: a continuation in a window, then the same entry again
+                if c.fc.plan.window_events(c.call_start, "SC", c.win_n.get("SC", 0) + 1, c.win_n.get("ANY", 0) + 1):
+                    raise Unsupported("odfc:WINDOW_EVENT", "an event in a window of a shared table's accounting pass")
                 window(c, "SC")
                 if add_swap_count_continuation(c, slot, "swapcont.kernel") < 0:
                     raise Unsupported(
