@@ -109,7 +109,7 @@ def fork_lazy_fast(
     tables = plan.call_table[done]
     r.counts["table.upper_alloc"] = upper_tables(np.concatenate([job_child_tables(job), tables]))
     if v.table_fork == "share":
-        odfp_tables(r, tables, r.parent.mm.pte[rows_of(r.parent.mm, tables)], stopped is None)
+        odfp_tables(r, tables, stopped is None)
     else:
         async_tables(r, tables, stopped is None)
     r.fork_args = (oracle, plan_inj, fork_seq)
@@ -128,20 +128,23 @@ def upper_tables(tables: np.ndarray) -> int:
     return len(np.unique(tables >> 9)) + len(np.unique(tables >> 18))
 
 
-def odfp_tables(r: ForkResult, tables: np.ndarray, rows: np.ndarray, ok: bool) -> None:
+def odfp_tables(r: ForkResult, tables: np.ndarray, ok: bool) -> None:
     """odf-paper's shares around the fast engine's fork ``r``: the child's logical entries (its PMDs point at the
-    parent's tables), both PMDs write-protected, the pinned pages shared counted; after ENOMEM the child is gone and
-    the parent's PMDs stay write-protected (spec 12.2)."""
+    parent's tables: when it has no table of its own, the parent's very arrays), both PMDs write-protected, the
+    pinned pages shared counted; after ENOMEM the child is gone and the parent's PMDs stay write-protected (spec
+    12.2)."""
     n = int(tables.size)
     r.counts["table.share"] += n
     r.counts["pmd.wrprotect"] += n
-    m = r.memory
-    val = rows.reshape(-1)
-    present = (decode.kinds(val) == P.KIND_PRESENT) & ~decode.special(val)
-    pfn = decode.offsets(val[present]).astype(np.int64)
-    r.counts["pin_shared"] += int((m.folio_true_pins[m.page_folio[pfn]] > 0).sum())
-    pmm = r.parent.mm
-    p_wp = np.isin(pmm.table_index, tables)
+    pmm, m = r.parent.mm, r.memory
+    every = n == pmm.nr_tables  # (tables ascending, each a parent table)
+    p_wp = np.ones(n, bool) if every else np.isin(pmm.table_index, tables)
+    rows = pmm.pte if every else pmm.pte[p_wp]
+    if m.folio_true_pins.any():
+        val = rows.reshape(-1)
+        present = (decode.kinds(val) == P.KIND_PRESENT) & ~decode.special(val)
+        pfn = decode.offsets(val[present]).astype(np.int64)
+        r.counts["pin_shared"] += int((m.folio_true_pins[m.page_folio[pfn]] > 0).sum())
     p_obj = np.full(pmm.nr_tables, -1, np.int64)
     if not ok:
         r.tables = TableObjects(
@@ -154,6 +157,12 @@ def odfp_tables(r: ForkResult, tables: np.ndarray, rows: np.ndarray, ok: bool) -
         return
     p_obj[p_wp] = np.arange(n)
     child = r.child
+    if every and not child.nr_tables:  # the child's logical entries are the parent's tables, arrays and all
+        r.child = dataclasses.replace(child, table_index=pmm.table_index, pte=pmm.pte)
+        r.tables = TableObjects(
+            ("parent", "child"), (p_obj, p_obj), (p_wp, p_wp), np.full(n, 2, np.int32), np.zeros(0, np.int64)
+        )
+        return
     index = np.concatenate([child.table_index, tables])
     order = np.argsort(index, kind="stable")
     pte = np.concatenate([child.pte, rows])[order]
