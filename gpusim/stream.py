@@ -131,11 +131,16 @@ class ChunkDigest:
         self.space = space
         self.d = DigestSums()
         self.new_pages = self.new_folios = 0  # pages and folios the forks of earlier chunks added
+        self.objects = 0  # table objects of earlier chunks (a lazy design's)
         self.rss = {"parent": np.zeros(4, np.int64), "child": np.zeros(4, np.int64)}
         self.swapoff = {"parent": False, "child": False}  # on_swapoff_list: set once any chunk's mm has it
 
-    def add(self, ch: Chunk, parent: MM, child: MM | None, memory: Memory) -> None:
-        """A chunk's final state: its parent mm, its child (None: not forked) and its memory."""
+    def add(self, ch: Chunk, parent: MM, child: MM | None, memory: Memory, tables=None) -> None:
+        """A chunk's final state: its parent mm, its child (None: not forked), its memory and (a lazy design's)
+        its table objects."""
+        if tables is not None:
+            self.d.add_tables(tables, self.objects)
+            self.objects += int(tables.share.size)
         rs, built = self.space, ch.space.memory
         npg, nf = built.nr_pages, built.nr_folios
         if memory.nr_slots != built.nr_slots:
@@ -230,7 +235,8 @@ class Totals:
                 self.per_fork[name] = v
             else:
                 self.counts[name] += v
-        self.add_upper(np.union1d(r.child.table_index, r.child.pmd_index))
+        pending = np.zeros(0, np.int64) if r.tables is None else r.tables.pending  # async-fork: upper levels made
+        self.add_upper(np.union1d(np.union1d(r.child.table_index, r.child.pmd_index), pending))
         self.child_rss += [r.child_rss[n] for n in RSS_NAMES]
         self.stats.append(distinct_rows(r.table_stats))
         if len(self.stats) > 64:
@@ -323,7 +329,7 @@ def fork_chunks(space, variant: str, backend: str, check: bool, chunk_rows: int,
             if r.outcome == "enomem":
                 raise StreamError(f"a chunk's fork failed with ENOMEM ({r.enomem}): a streamed fork cannot tear down")
             totals.add(ch, r)
-            digest.add(ch, r.parent.mm, r.child, r.memory)
+            digest.add(ch, r.parent.mm, r.child, r.memory, r.tables)
             last, nchunks, stopped = Last.of(r), nchunks + 1, r.outcome != "ok"
             del r
         if progress:

@@ -21,10 +21,10 @@ from gpusim.kernels.flags import (
     FOLIO_FREED,
     MM_ANONPAGES,
     PAGE_ANON_EXCLUSIVE,
+    PIN_BIAS,
     PTRS_PER_TABLE,
     is_cow_mapping,
 )
-from gpusim.kernels.folio import pin_refcount_delta
 from gpusim.model import decode
 from gpusim.model.result import InvariantReport
 from gpusim.model.state import MM, AddressSpace
@@ -94,8 +94,9 @@ class LazyChecker:
         self.pin_safety()  # L6
         return InvariantReport(not self.out, tuple(self.out))
 
-    def slots(self):
-        """(role, table, obj, wp, row) of every table row of every mm."""
+    def roles(self):
+        """(role, mm, obj, wp) of every mm the table objects describe (an L1 violation for one they describe
+        wrongly)."""
         t = self.t1
         for role, mm in self.mms1.items():
             if t is None or role not in t.roles:
@@ -104,27 +105,39 @@ class LazyChecker:
             if obj.size != mm.nr_tables or wp.size != mm.nr_tables:
                 self.fail("L1", f"{role}: {obj.size} PMD slots described for {mm.nr_tables} tables")
                 continue
-            for k in range(mm.nr_tables):
-                yield role, int(mm.table_index[k]), int(obj[k]), bool(wp[k]), mm.pte[k]
+            yield role, mm, obj, wp
 
     def share_counts(self) -> None:
         if self.t1 is None:
             return
-        slots: dict[int, list] = {}
-        for role, t, k, _, row in self.slots():
-            if k >= 0:
-                slots.setdefault(k, []).append((role, t, row))
-        for k, share in enumerate(self.t1.share.tolist()):
-            got = slots.get(k, [])
-            if len(got) != share or share < 2:
-                self.fail("L1", f"table object {k}: share {share}, {len(got)} PMD slots point at it")
-            if any(not np.array_equal(row, got[0][2]) or t != got[0][1] for _, t, row in got):
-                self.fail("L1", f"table object {k}: its sharers see different entries")
+        share = self.t1.share.astype(np.int64)
+        slots = np.zeros(share.size, np.int64)
+        first: dict[int, tuple] = {}  # object -> (table, row) of the first mm that points at it
+        for role, mm, obj, _ in self.roles():
+            has = obj >= 0
+            if has.any() and int(obj[has].max()) >= share.size:
+                self.fail("L1", f"{role}: a PMD slot points at an object that does not exist")
+                return
+            slots += np.bincount(obj[has], minlength=share.size)
+            k = obj[has]
+            if not first:
+                first = {"obj": k, "table": mm.table_index[has], "pte": mm.pte[has]}
+                continue
+            pos = np.full(share.size, -1, np.int64)
+            pos[first["obj"]] = np.arange(first["obj"].size)
+            at = pos[k]
+            same = (at >= 0) & (first["table"][np.maximum(at, 0)] == mm.table_index[has])
+            same &= (first["pte"][np.maximum(at, 0)] == mm.pte[has]).all(axis=1)
+            for b in np.flatnonzero(~same)[:3].tolist():
+                self.fail("L1", f"table object {int(k[b])}: its sharers see different entries")
+        for b in np.flatnonzero((slots != share) | (share < 2))[:5].tolist():
+            self.fail("L1", f"table object {b}: share {int(share[b])}, {int(slots[b])} PMD slots point at it")
 
     def write_protection(self) -> None:
-        for role, t, k, wp, _ in self.slots():
-            if k >= 0 and not wp:
-                self.fail("L2", f"{role} table {t} is shared (object {k}) by a writable PMD")
+        for role, mm, obj, wp in self.roles():
+            for k in np.flatnonzero((obj >= 0) & ~wp)[:3].tolist():
+                t = int(mm.table_index[k])
+                self.fail("L2", f"{role} table {t} is shared (object {int(obj[k])}) by a writable PMD")
 
     def references(self) -> None:
         tf = self.v.table_fork
@@ -132,9 +145,7 @@ class LazyChecker:
         h1 = holders(holding_mms(self.mms1, self.t1, tf), self.m1)
         m0, m1 = self.m0, self.m1
         nf, npg, ns = m0.nr_folios, m0.nr_pages, m0.nr_slots
-        pin_ref = np.array(
-            [pin_refcount_delta(int(o), self.v.large_pin_order) for o in m1.folio_order.tolist()], np.int64
-        )
+        pin_ref = np.where(m1.folio_order >= self.v.large_pin_order, 1, PIN_BIAS).astype(np.int64)  # per FOLL_PIN
         pins = m1.folio_true_pins.astype(np.int64) * pin_ref
         pins0 = m0.folio_true_pins.astype(np.int64) * pin_ref[:nf]
         want_ref = np.concatenate(
@@ -184,32 +195,36 @@ class LazyChecker:
             return
         parent, child = self.mms1["parent"], self.mms1.get("child")
         _, wp = t1.of("parent")
-        for t in t1.pending.tolist():
-            k = int(np.searchsorted(parent.table_index, t))
-            if k >= parent.nr_tables or int(parent.table_index[k]) != t or not wp[k]:
-                self.fail("L5", f"pending table {t}: the parent has no write-protected PMD for it")
-            if child is not None and t in set(child.table_index.tolist()):
+        pend = t1.pending
+        k = np.minimum(np.searchsorted(parent.table_index, pend), max(parent.nr_tables - 1, 0))
+        has = (
+            (parent.nr_tables > 0) & (parent.table_index[k] == pend) if parent.nr_tables else np.zeros(pend.size, bool)
+        )
+        for t in pend[~(has & wp[k])][:3].tolist():
+            self.fail("L5", f"pending table {t}: the parent has no write-protected PMD for it")
+        if child is not None:
+            for t in pend[np.isin(pend, child.table_index)][:3].tolist():
                 self.fail("L5", f"pending table {t}: the child has a table there")
-            lo, hi = t * PTRS_PER_TABLE, (t + 1) * PTRS_PER_TABLE
-            inside = (parent.vma_start <= lo) & (parent.vma_end >= hi)
-            ok = inside & (parent.vma_backing == BACKING_ANON) & is_cow_mapping(parent.vma_flags.astype(np.int64))
-            if not ok.any():
-                self.fail("L5", f"pending table {t} is not inside one anonymous COW VMA")
+        v = parent.vma_of(pend * PTRS_PER_TABLE)
+        ok = (v >= 0) & (v == parent.vma_of((pend + 1) * PTRS_PER_TABLE - 1))
+        vv = np.maximum(v, 0)
+        ok &= (parent.vma_backing[vv] == BACKING_ANON) & is_cow_mapping(parent.vma_flags[vv].astype(np.int64))
+        for t in pend[~ok][:3].tolist():
+            self.fail("L5", f"pending table {t} is not inside one anonymous COW VMA")
 
     def pin_safety(self) -> None:
         if self.v.table_fork == "share":
             return  # odf-paper reproduces the pin bug on purpose: reported, not checked (spec 12.9)
         m1 = self.m1
-        for role, t, k, _, row in self.slots():
-            if k < 0:
-                continue
-            val = row[decode.kinds(row) == P.KIND_PRESENT]
-            val = val[~decode.special(val)]
-            pfn = decode.offsets(val).astype(np.int64)
+        for role, mm, obj, _ in self.roles():
+            rows = mm.pte[obj >= 0]
+            val = rows.reshape(-1)
+            page = (decode.kinds(val) == P.KIND_PRESENT) & ~decode.special(val)
+            pfn = decode.offsets(val[page]).astype(np.int64)
             f = m1.page_folio[pfn]
             bad = ((m1.folio_flags[f] & FOLIO_ANON) != 0) & ((m1.page_flags[pfn] & PAGE_ANON_EXCLUSIVE) != 0)
             for p in pfn[bad][:3].tolist():
-                self.fail("L6", f"{role} table {t} (shared) maps page {p}, which is anon-exclusive")
+                self.fail("L6", f"{role}: page {p}, mapped through a shared table, is anon-exclusive")
 
 
 def check_lazy_fork(before: AddressSpace, result) -> InvariantReport:

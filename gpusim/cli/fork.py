@@ -353,19 +353,18 @@ def print_summary(r) -> None:
 
 def print_invariants(out, r) -> None:
     """The invariants' line of a fork's summary (spec 6's, or L1-L7 for a lazy design, with its tables)."""
+    lazy = get_variant(r.variant).lazy
     if not r.invariants.checked:
         out.print("invariants: not checked (oops)")
     elif r.invariants.ok:
-        out.print(
-            "invariants: [green]" + ("L1-L7 of spec 12.9 hold" if r.tables is not None else "all 13 hold") + "[/]"
-        )
-    if r.tables is not None:
-        lazy = ", ".join(f"{r.counts[e]} {e}" for e in LAZY_FORK_EVENTS if r.counts[e]) or "nothing shared or deferred"
-        out.print(f"tables: {lazy}; {r.tables.share.size} shared, {r.tables.pending.size} pending", markup=False)
+        out.print("invariants: [green]" + ("L1-L7 of spec 12.9 hold" if lazy else "all 13 hold") + "[/]")
     else:
         out.print(f"invariants: [red]{len(r.invariants.violations)} violation(s)[/]")
         for v in r.invariants.violations:
             out.print(f"  {v}", markup=False)
+    if lazy:
+        done = ", ".join(f"{r.counts[e]} {e}" for e in LAZY_FORK_EVENTS if r.counts[e]) or "nothing shared or deferred"
+        out.print(f"tables: {done}", markup=False)
 
 
 # the lazy designs' table events a summary names (spec 12.8)

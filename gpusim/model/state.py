@@ -473,9 +473,26 @@ class DigestSums:
             self.add(f"memory.{name}", getattr(memory, name))
         self.scalars["memory.next_content"] = int(memory.next_content)
 
+    def add_tables(self, tables, obj_base: int = 0) -> None:
+        """The lazy designs' :class:`~gpusim.model.tables.TableObjects` (spec 12.1), after what was added before (a
+        streamed fork's earlier chunks, whose objects number ``obj_base``): each mm's object per table row and PMD
+        W bit, the objects' share counts, the pending tables."""
+        for role, obj, wp in zip(tables.roles, tables.obj, tables.wp):
+            self.add(f"{role}.table_obj", np.where(obj >= 0, obj + obj_base, -1), self.rows(f"{role}.table_obj"))
+            self.add(f"{role}.table_wp", wp.astype(np.uint8), self.rows(f"{role}.table_wp"))
+        self.add("tables.share", tables.share, self.rows("tables.share"))
+        self.add("tables.pending", tables.pending, self.rows("tables.pending"))
+
+    def rows(self, field: str) -> int:
+        """The rows of ``field`` added so far."""
+        return self.sums[field][0] if field in self.sums else 0
+
     def hexdigest(self) -> str:
         h = hashlib.blake2b(digest_size=32)
-        for field, dt, shape in self.fields():
+        fields = self.fields()
+        if any(f in self.sums for f, _, _ in LAZY_FIELDS):  # a lazy design's state: its tables too
+            fields = fields + LAZY_FIELDS
+        for field, dt, shape in fields:
             rows, s0, s1 = self.sums.get(field, (0, 0, 0))
             h.update(f"{field}:{dt.newbyteorder('<').str}:{(rows, *shape)};".encode())
             h.update(s0.to_bytes(8, "little") + s1.to_bytes(8, "little"))
@@ -493,7 +510,17 @@ def _lane_seed(field: str, dt: np.dtype) -> np.uint64:
     return np.uint64(int.from_bytes(hashlib.blake2b(head, digest_size=8).digest(), "little"))
 
 
-DigestSums.layout = {f: (dt, shape, _lane_seed(f, dt)) for f, dt, shape in DigestSums.fields()}
+# the lazy designs' table objects (spec 12.1), digested after the rest when a state has them
+LAZY_FIELDS = [
+    *(
+        (f"{who}.{name}", np.dtype(dt), ())
+        for who in ("parent", "child")
+        for name, dt in (("table_obj", np.int64), ("table_wp", np.uint8))
+    ),
+    ("tables.share", np.dtype(np.int32), ()),
+    ("tables.pending", np.dtype(np.int64), ()),
+]
+DigestSums.layout = {f: (dt, shape, _lane_seed(f, dt)) for f, dt, shape in DigestSums.fields() + LAZY_FIELDS}
 LAST_MM_FIELD = list(MM_FIELDS)[-1]
 
 
@@ -504,9 +531,9 @@ def digest(parent: MM, child: MM, memory: Memory, tables=None) -> str:
     d.add_mm("parent", parent)
     d.add_mm("child", child)
     d.add_memory(memory)
-    if tables is None:
-        return d.hexdigest()
-    return hashlib.blake2b(bytes.fromhex(d.hexdigest()) + tables.canonical_bytes(), digest_size=32).hexdigest()
+    if tables is not None:
+        d.add_tables(tables)
+    return d.hexdigest()
 
 
 def table_entries(mm: MM, t: int) -> np.ndarray | None:

@@ -22,7 +22,6 @@ values whatever engine made them.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,16 +39,6 @@ class TableObjects:
         """(obj, wp) of the mm ``role``."""
         k = self.roles.index(role)
         return self.obj[k], self.wp[k]
-
-    def canonical_bytes(self) -> bytes:
-        """Every field in a fixed order (the digest of a lazy fork's states adds it)."""
-        h = hashlib.blake2b(digest_size=32)
-        for role, o, w in zip(self.roles, self.obj, self.wp):
-            h.update(f"{role}:{o.size};".encode())
-            h.update(np.ascontiguousarray(o, "<i8").tobytes() + np.ascontiguousarray(w, np.uint8).tobytes())
-        h.update(np.ascontiguousarray(self.share, "<i4").tobytes())
-        h.update(b"pending;" + np.ascontiguousarray(self.pending, "<i8").tobytes())
-        return h.digest()
 
     def as_dict(self) -> dict:
         """A summary for the JSON of ``gpusim fork``: shared tables, objects, pending tables."""
