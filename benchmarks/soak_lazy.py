@@ -2,7 +2,8 @@
 
 Each case is a random layout (one private anonymous VMA padded to whole tables, as the designs share or defer whole
 tables; odf-paper also takes the differential tests' layouts with VMAs of every kind), a random lock-break oracle,
-up to three injections, and a random write phase of writes, pins, the child's sync and exit. For every case:
+up to three injections, and a random write phase of writes, pins, the child's sync and exit, and at times a second
+fork with its child's writes. For every case:
 
 * the fork's invariants (L1-L7 of spec 12.9) hold, and so do the write phase's (a fork that ends ENOMEM leaves a
   torn-down child);
@@ -89,6 +90,8 @@ def soak(variant: str, forks: int, width: int) -> dict:
             steps = steps[: i + 1] + [s for s in steps[i + 1 :] if s.startswith("parent")]
         if draw(st.booleans()):
             steps = ["child:sync"] + steps
+        if draw(st.integers(0, 3)) == 0:  # a second fork, its child's writes, the parent's (scenario Z-j)
+            steps += ["parent:fork", "child2:all", "parent:all"]
         return layout, draw(oracles()), draw(injections(w)), "; ".join(steps)
 
     @settings(max_examples=forks, deadline=None, database=None, suppress_health_check=list(HealthCheck))

@@ -392,8 +392,12 @@ def test_odf_cowpte_runs_on_the_reference_only_for_now():
 def test_steps_that_are_refused():
     with pytest.raises(WritesError, match="async-fork only"):
         fork("normal*8", ODF_COWPTE, "parent:pin.fast:0")
-    with pytest.raises(WritesError, match="parent:fork"):
-        fork("normal*8", ASYNC_FORK, "parent:fork")
+    with pytest.raises(WritesError, match="child2 is the child of a parent:fork"):
+        fork("normal*8", ASYNC_FORK, "child2:0; parent:fork")
+    with pytest.raises(WritesError, match="once"):
+        fork("normal*8", ASYNC_FORK, "parent:fork; parent:fork")
+    with pytest.raises(WritesError, match="reference backend only"):
+        gpusim.fork(gpusim.parse_layout("normal*8"), "linux-6.18", backend="cpu", writes="parent:fork")
     with pytest.raises(ValueError, match="episode"):
         fork("normal*8", ASYNC_FORK, episode="duration=1s, rate=10")
     with pytest.raises(Unsupported, match="odfc:MULTI_VMA"):
@@ -485,3 +489,39 @@ def test_writes_after_a_fast_lazy_fork_equal_the_reference(variant):
     a, b = ref.write_phase, got.write_phase
     assert a.counts == b.counts and a.table_counts == b.table_counts and a.dma == b.dma
     assert digest(a.parent.mm, a.child, a.memory, a.tables) == digest(b.parent.mm, b.child, b.memory, b.tables)
+
+
+# --- Z-j: a second fork (parent:fork, its child child2) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "variant, writes, share, refs, parent_tables",
+    [
+        # share 3; parent:0 unshares (3 -> 2) and copies page 0 away: page 1 keeps one reference per object (2)
+        (ODF_PAPER, "parent:fork", [3], (1, 1), {"table.share": 1, "pmd.wrprotect": 0}),
+        (ODF_PAPER, "parent:fork; parent:0", [2], (1, 2), {"table.cow_copy": 1}),
+        # share 3, every page accounted three times; parent:0 unshares and copies (ref 3 at the copy)
+        (ODF_COWPTE, "parent:fork", [3], (3, 3), {"table.share": 1, "pte.acct": 8}),
+        (ODF_COWPTE, "parent:fork; parent:0", [2], (2, 3), {"table.cow_copy": 1}),
+        # child 1 synced; the second fork defers again; parent:0 copies for child 2 first (ref 3), then copies
+        (ASYNC_FORK, "child:sync; parent:fork; parent:0", [], (2, 3), {"async.defer": 1, "async.copy.fault": 1}),
+        # without the sync (U): the first child's tables are copied first (trigger vma)
+        (ASYNC_FORK, "parent:fork; parent:0", [], (2, 3), {"async.copy.vma": 1, "async.copy.fault": 1}),
+    ],
+)
+def test_zj_a_second_fork(variant, writes, share, refs, parent_tables):
+    r = fork("normal*8 none*504", variant, writes)
+    w = r.write_phase
+    assert w.outcome == "ok" and w.invariants.ok, w.invariants.violations
+    assert w.tables.share.tolist() == share
+    assert (int(w.memory.folio_refcount[0]), int(w.memory.folio_refcount[1])) == refs
+    assert has(w.table_counts["parent"], {"fork.base": 1, **parent_tables})
+    assert w.child2 is not None and w.child2.nr_vmas == 1
+
+
+def test_zj_children_write_and_exit_after_a_second_fork():
+    for variant in (*LAZY, "linux-6.18", "linux-5.8"):
+        r = fork("pinned*2 normal*6 none*504", variant, "parent:fork; parent:0; child2:all; child:all; child2:exit")
+        w = r.write_phase
+        assert w.outcome == "ok" and w.invariants.ok, (variant, w.invariants.violations)
+        assert sum(w.counts["child2"].values()) == 8 and w.child2.nr_tables == 0

@@ -620,7 +620,8 @@ def check_write_phase(parent0: AddressSpace, child0, wp, large_pin_order: int = 
     m0, m1 = parent0.memory, wp.memory
     n_pages, n_folios = m0.nr_pages, m0.nr_folios
     pg0, fo0, pmd0 = _holders((parent0.mm, child0), m0)
-    pg1, fo1, pmd1 = _holders((wp.parent.mm, wp.child), m1)
+    child2 = getattr(wp, "child2", None)  # a write phase's parent:fork (an episode has none)
+    pg1, fo1, pmd1 = _holders((wp.parent.mm, wp.child, *(() if child2 is None else (child2,))), m1)
     pins = m1.folio_true_pins.astype(np.int64)
     pins[:n_folios] -= m0.folio_true_pins
     if pins.any():

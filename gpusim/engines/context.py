@@ -296,6 +296,7 @@ class ForkContext(ForkRecords):
         self.count_upper = True  # the fast engines count upper-level tables themselves
         self.oracle, self.fork_seq = oracle, fork_seq
         self.upper = set()
+        self.event_hook = None  # called with a table before a window event changes an entry there (spec 12.3)
 
     # folio helpers shared by every variant
     def maybe_pinned(self, f: int) -> bool:

@@ -33,7 +33,7 @@ import numpy as np
 
 from gpusim.engines.context import ForkContext, Machine, MMState, Oops
 from gpusim.engines.reference import lazy
-from gpusim.engines.reference.fork import copy_table
+from gpusim.engines.reference.fork import copy_table, dup_mmap, teardown
 from gpusim.kernels import pte as P
 from gpusim.kernels.fields import GROUP_FIELDS, MEMORY_FIELDS
 from gpusim.kernels.flags import (
@@ -55,11 +55,13 @@ from gpusim.kernels.folio import is_large_for_pins, pin_refcount_delta
 from gpusim.kernels.rules import wp_reuse_pmd, wp_reuse_pte
 from gpusim.model import decode
 from gpusim.model.oracle import InjectionPlan, LockBreakOracle
+from gpusim.model.plan import plan_fork
 from gpusim.model.result import new_counts
 from gpusim.model.state import MM, AddressSpace, Memory, entries, ptes_at
 from gpusim.model.variants import get_variant
 
 DMA_FIELDS = ("pinned", "parent_diverged", "child_aliased")
+SECOND_CHILD = "child2"  # the child of a parent:fork step (spec 12.5; the reference's write phase only)
 MAX_ADDRESS = 1 << 35  # pages: the layouts' bound (128 TiB)
 MAX_WRITES = 1 << 26  # writes of one phase (the reference writes one address at a time)
 
@@ -84,6 +86,8 @@ class Step:
             return f"{self.who}:exit"
         if self.op == "sync":
             return f"{self.who}:sync" + (f":{self.k}" if self.k else "")
+        if self.op == "fork":
+            return f"{self.who}:fork"
         head = f"{self.who}:" if self.op == "write" else f"{self.who}:{self.op}:"
         if self.all:
             return f"{head}all"
@@ -98,23 +102,25 @@ def parse_step(text: str, k: int) -> Step:
     who, sep, what = text.strip().partition(":")
     who, what = who.strip(), what.strip()
     where = f"writes step {k} '{text.strip()}'"
-    if not sep or who not in WRITERS:
+    if not sep or who not in (*WRITERS, SECOND_CHILD):
         raise WritesError(
             f"{where}: a step is parent:RANGE or child:RANGE (RANGE: all, A, A-B), X:pin:A[-B], X:pin.fast:A[-B], "
-            "child:sync[:K] or child:exit"
+            "child:sync[:K], child:exit or parent:fork (then child2: steps)"
         )
     if what == "all":
         return Step(who, all=True)
     if what == "exit":
-        if who != "child":
-            raise WritesError(f"{where}: only the child exits")
+        if who == "parent":
+            raise WritesError(f"{where}: only the child exits (child, or child2 after parent:fork)")
         return Step(who, exit=True)
     if what == "fork":
-        raise WritesError(f"{where}: a second fork in the write phase (parent:fork) is not built yet")
+        if who != "parent":
+            raise WritesError(f"{where}: the parent forks again (parent:fork); its child is child2")
+        return Step(who, op="fork")
     if what == "sync" or what.startswith("sync:"):
         k = what[5:].strip()
-        if who != "child" or (k and not (k.isdigit() and 1 <= int(k) < MAX_ADDRESS)):
-            raise WritesError(f"{where}: the child's deferred copies are child:sync or child:sync:K (K >= 1 tables)")
+        if who == "parent" or (k and not (k.isdigit() and 1 <= int(k) < MAX_ADDRESS)):
+            raise WritesError(f"{where}: a child's deferred copies are child:sync or child:sync:K (K >= 1 tables)")
         return Step(who, op="sync", k=int(k or 0))
     op = "write"
     for name in ("pin.fast", "pin"):
@@ -140,11 +146,17 @@ def parse_writes(writes) -> tuple[Step, ...]:
     if not parts or all(isinstance(p, str) and not p.strip() for p in parts):
         raise WritesError("an empty write phase (leave --writes out for none)")
     steps = tuple(p if isinstance(p, Step) else parse_step(p, k) for k, p in enumerate(parts, 1))
-    exited = False
+    exited, forked = set(), False
     for k, s in enumerate(steps, 1):
-        if s.who == "child" and exited:
-            raise WritesError(f"writes step {k} '{s.text}': the child has exited")
-        exited = exited or s.exit
+        if s.who in exited:
+            raise WritesError(f"writes step {k} '{s.text}': the {s.who} has exited")
+        if s.who == SECOND_CHILD and not forked:
+            raise WritesError(f"writes step {k} '{s.text}': child2 is the child of a parent:fork before it")
+        if s.op == "fork" and forked:
+            raise WritesError(f"writes step {k} '{s.text}': the parent forks again once (parent:fork)")
+        forked = forked or s.op == "fork"
+        if s.exit:
+            exited.add(s.who)
     return steps
 
 
@@ -168,7 +180,8 @@ class WritePhase:
     tables: object = None
     outcome: str = "ok"
     oops: dict | None = None
-    exit_rss: list | None = None  # the child's rss counters as it exited (the kernel's check_mm reads them)
+    exit_rss: list | None = None  # what exited children stayed charged with (the kernel's check_mm reads it)
+    child2: MM | None = None  # the child of a parent:fork step, after the phase
 
     @property
     def memory(self) -> Memory:
@@ -217,11 +230,13 @@ class WriteContext:
         self.procs = {"parent": _Proc("parent", MMState(parent.mm)), "child": _Proc("child", MMState(child))}
         self.fc = None
         self.table_counts = {w: new_counts() for w in (*WRITERS, "child_sync")}
+        self.fork_args = fork_args or (LockBreakOracle.parse("never"), InjectionPlan(), 0)
+        self.async_child = "child"  # the child whose tables the parent's pending ones are (async-fork)
         if self.v.lazy:
             self.fc = ForkContext(
                 None,
                 variant,
-                *(fork_args or (LockBreakOracle.parse("never"), InjectionPlan(), 0)),
+                *self.fork_args,
                 machine=self.m,
                 parent=self.procs["parent"].mm,
                 child=self.procs["child"].mm,
@@ -233,6 +248,7 @@ class WriteContext:
             p.mapped = self._rmap_counts(p.mm)
         self.counts = {w: dict.fromkeys(WRITE_EVENTS, 0) for w in WRITERS}
         self.child_exited = False
+        self.exited: set[str] = set()
         self.pins: list[tuple[int, int]] = []  # (address, frame) of each parent:pin (spec 12.7's DMA addresses)
         self.skew = 0  # early copies of a deferred copy whose content changed since the fork (spec 12.7)
         self.fork_content = parent.memory.page_content
@@ -248,6 +264,13 @@ class WriteContext:
         """The parent (with the memory) and the child as they are now."""
         par, chi = self.procs["parent"], self.procs["child"]
         return AddressSpace(par.mm.to_mm(), self.m.to_memory()), chi.mm.to_mm()
+
+    def add_proc(self, name: str, mm: MMState) -> None:
+        """A new writer (the child of a ``parent:fork``)."""
+        p = self.procs[name] = _Proc(name, mm, [v.start for v in mm.vmas])
+        p.mapped = self._rmap_counts(mm)
+        self.counts[name] = dict.fromkeys(WRITE_EVENTS, 0)
+        self.table_counts[name] = new_counts()
 
     def tables(self):
         """The shared and pending tables now (None for a variant that shares none)."""
@@ -457,7 +480,7 @@ def lazy_fault(wc: WriteContext, p: _Proc, t: int, vma, trigger: str) -> None:
 def deferred_copy(wc: WriteContext, t: int, trigger: str) -> None:
     """``async_copy`` of table ``t`` for the child, the child's rmap counts kept; after ENOMEM every other deferred
     table is released and the child torn down (outcome ``async_enomem``)."""
-    fc, child = wc.fc, wc.procs["child"]
+    fc, child = wc.fc, wc.procs[wc.async_child]
     calls = len(fc.trace.calls)
     ok = lazy.async_copy(fc, t, trigger, copy_table)
     for v in child.mm.tables.get(t, ()):  # what the copy mapped, a failed one's too
@@ -466,25 +489,50 @@ def deferred_copy(wc: WriteContext, t: int, trigger: str) -> None:
             child.mapped[f] = child.mapped.get(f, 0) + 1
     if not ok:
         lazy.async_release(fc)
-        exit_mmap(wc)
+        exit_mmap(wc, wc.async_child)
         wc.stopped = ("async_enomem", {"table": t, "trigger": trigger})
         return
     for rec in fc.trace.calls[calls:]:
         wc.skew += sum(1 for _, q, src, _ in rec.installs if wc.m.page_content[q] != wc.fork_content[src])
 
 
-def child_sync(wc: WriteContext, k: int = 0) -> None:
-    """``async_fork_cpr_rest``: the child copies its deferred tables (the next ``k``; 0: all), in address order,
-    charged to the child's start (``child_sync``)."""
+def child_sync(wc: WriteContext, k: int = 0, who: str = "child", trigger: str = "child") -> None:
+    """``async_fork_cpr_rest``: child ``who`` copies its deferred tables (the next ``k``; 0: all), in address order,
+    charged to the child's start (``child_sync``); ``trigger`` ``vma``: the parent copies them first (a second
+    fork, spec 12.4), charged to the parent."""
     parent = wc.procs["parent"].mm
-    if wc.fc is None or not parent.pending:
+    if wc.fc is None or not parent.pending or who != wc.async_child:
         return
-    wc.charge("child_sync")
-    wc.fc.counts["async.sync"] += 1
+    wc.charge("child_sync" if trigger == "child" else "parent")
+    wc.fc.counts["async.sync"] += trigger == "child"
     for t in sorted(parent.pending)[: k or None]:
-        deferred_copy(wc, t, "child")
+        deferred_copy(wc, t, trigger)
         if wc.stopped[0] != "ok":
             return
+
+
+def second_fork(wc: WriteContext) -> None:
+    """``parent:fork``: the parent forks again, by the same variant (fork number + 1), its stall charged to the
+    parent's step; its child is ``child2``. Under async-fork the first child's deferred tables are copied first
+    (trigger ``vma``, spec 12.4: U). A second fork that fails ends the phase."""
+    child_sync(wc, who=wc.async_child, trigger="vma")
+    if wc.stopped[0] != "ok":
+        return
+    oracle, inject, seq = wc.fork_args
+    parent = wc.procs["parent"].mm
+    fc = ForkContext(None, wc.v.name, oracle, inject, seq + 1, machine=wc.m, parent=parent, child=MMState())
+    fc.store = wc.fc.store if wc.fc is not None else lazy.TableStore()
+    fc.counts = wc.table_counts["parent"]
+    stopped = dup_mmap(fc, plan_fork(parent.to_mm()))
+    if stopped[0] != "ok":
+        teardown(fc)
+        wc.stopped = (stopped[0], {"step": "parent:fork", "oops": stopped[1], "enomem": stopped[2]})
+        return
+    wc.add_proc(SECOND_CHILD, fc.child)
+    wc.fork_content = np.array(wc.m.page_content, np.uint64)  # the skew of child2's copies: since this fork
+    if wc.fc is not None:
+        wc.fc = fc  # later unshares and deferred copies: the second fork's (its child is child2)
+        wc.async_child = SECOND_CHILD
 
 
 def gup_pin(wc: WriteContext, p: _Proc, a: int, fast: bool) -> list[str]:
@@ -529,19 +577,20 @@ def frame_of(mm: MMState, a: int) -> int:
     return P.pte_pfn(v) if P.pte_kind(v) == P.KIND_PRESENT and not P.pte_special(v) else -1
 
 
-def exit_mmap(wc: WriteContext) -> None:
+def exit_mmap(wc: WriteContext, who: str = "child") -> None:
     """``child:exit``: every child entry drops what it holds (spec 5.4's teardown); the child is left empty. Under a
     lazy design the child first copies what is deferred, and a table it shares is released as its design says."""
     if wc.fc is not None:
-        child_sync(wc)
-        wc.charge("child")
-        child = wc.procs["child"].mm
+        child_sync(wc, who=who)
+        wc.charge(who)
+        child = wc.procs[who].mm
         lazy.release_shared_tables(wc.fc, child, child.rss)
         # what the child stays charged with once its own entries are torn down: not 0 where odf-paper charged a
         # freed table's pages to it (spec 12.11, item 2; the kernel's check_mm reports a bad rss-counter state)
         left = child.to_mm()
-        wc.exit_rss = (left.rss - decode.rss_of(left.pte, left.pmd, wc.m.to_memory())).tolist()
-    m, p = wc.m, wc.procs["child"]
+        residue = left.rss - decode.rss_of(left.pte, left.pmd, wc.m.to_memory())
+        wc.exit_rss = (residue + (wc.exit_rss or 0)).tolist()  # over every child that exited
+    m, p = wc.m, wc.procs[who]
     for row in p.mm.tables.values():
         for v in row:
             kind = P.pte_kind(v)
@@ -557,8 +606,9 @@ def exit_mmap(wc: WriteContext) -> None:
         m.folio_pmd_mapcount[f] -= 1
         if m.folio_refcount[f] == 0:
             m.folio_flags[f] |= FOLIO_FREED
-    wc.procs["child"] = _Proc("child", MMState())
-    wc.child_exited = True
+    wc.procs[who] = _Proc(who, MMState())
+    wc.exited.add(who)
+    wc.child_exited = "child" in wc.exited
 
 
 def mapped_addresses(p: _Proc) -> list[int]:
@@ -674,8 +724,8 @@ def _reference_phase(parent: AddressSpace, child: MM, variant: str, steps, table
     """The steps on the reference's containers: the :class:`WriteContext` after them."""
     wc = WriteContext(parent, child, variant, tables, fork_args)
     for s in steps:
-        if s.who == "child" and (s.exit or s.op != "sync"):
-            child_sync(wc)  # async-fork: the child's start copies everything deferred before it runs
+        if s.who != "parent" and s.op != "sync":
+            child_sync(wc, who=s.who)  # async-fork: the child's start copies everything deferred before it runs
         if wc.stopped[0] != "ok":
             break
         wc.charge(s.who)
@@ -690,10 +740,13 @@ def _reference_phase(parent: AddressSpace, child: MM, variant: str, steps, table
 def run_step(wc: WriteContext, s: Step) -> None:
     """One step on the reference's containers, its events counted for its writer."""
     if s.exit:
-        exit_mmap(wc)
+        exit_mmap(wc, s.who)
         return
     if s.op == "sync":
-        child_sync(wc, s.k)
+        child_sync(wc, s.k, s.who)
+        return
+    if s.op == "fork":
+        second_fork(wc)
         return
     p, counts = wc.procs[s.who], wc.counts[s.who]
     for a in step_addresses(wc, s):
@@ -860,7 +913,7 @@ def run_write_phase(
     if fast_pins and v.table_fork != "defer":
         raise WritesError(f"step '{fast_pins[0]}': pin.fast is modelled for async-fork only (spec 12.5)")
     if kernels is not None and hasattr(kernels, "write_run") and not v.lazy:  # (a lazy design's: the reference's)
-        lazy_steps = [s.text for s in steps if s.op not in ("write", "sync")]  # a sync does nothing here
+        lazy_steps = [s.text for s in steps if s.op not in ("write", "sync") or s.who == SECOND_CHILD]
         if lazy_steps:
             raise WritesError(
                 f"step '{lazy_steps[0]}' runs on the reference backend only: its compiled form is not built yet"
@@ -876,6 +929,8 @@ def run_write_phase(
     out = WritePhase(steps, wc.counts, dma, after, child_after, wc.child_exited)
     out.outcome, out.oops = wc.stopped
     out.exit_rss = wc.exit_rss
+    if SECOND_CHILD in wc.procs:
+        out.child2 = wc.procs[SECOND_CHILD].mm.to_mm()
     if v.lazy:
         out.table_counts, out.tables = wc.table_counts, objs
     return out

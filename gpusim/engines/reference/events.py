@@ -133,6 +133,8 @@ def apply_event(fc: ForkContext, call_start: int, window_kind: str, name: str, x
     rec = EventRecord(fc.trace.tick(), call_start, window_kind, name, x, False)
     fc.trace.events.append(rec)
     t, i = divmod(x, PTRS_PER_TABLE)
+    if fc.event_hook is not None and name in ("zap", "reclaim", "pin"):
+        fc.event_hook(t)  # a lazy design's unshare first (odf-cowpte: the parent's table, if shared)
     row = fc.parent.tables.get(t)
     v = row[i] if row is not None else 0
     pfn = _page_at(fc, v)

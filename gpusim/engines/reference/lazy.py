@@ -399,6 +399,14 @@ def odfc_unshare(fc: ForkContext, x: MMState, t: int) -> None:
     fc.counts["table.cow_pte"] += sum(1 for v in row if v)
 
 
+def odfc_unshare_if_shared(fc: ForkContext, t: int) -> None:
+    """Before an injected event changes the parent's entry in table ``t`` (a zap, reclaim's unmap, a pin): the
+    parent's table is unshared first, as COW PTE breaks a shared table before a zap, an rmap walk or GUP (spec 12.3)."""
+    row = fc.parent.tables.get(t)
+    if row is not None and id(row) in fc.store.share:
+        odfc_unshare(fc, fc.parent, t)
+
+
 # --- the teardown of a child that holds shared tables ------------------------------------------------------------
 
 
