@@ -77,7 +77,7 @@ class Step:
     hi: int = -1
     all: bool = False
     exit: bool = False
-    op: str = "write"  # "write", or (spec 12.5) "pin", "pin.fast" (addresses pinned) or "sync" (the child's)
+    op: str = "write"  # "write", or (spec 12.5) "pin", "pin.fast" (addresses pinned), "sync" (a child's), "fork"
     k: int = 0  # sync: the number of deferred tables copied (0: all)
 
     @property
@@ -253,7 +253,7 @@ class WriteContext:
         self.skew = 0  # early copies of a deferred copy whose content changed since the fork (spec 12.7)
         self.fork_content = parent.memory.page_content
         self.stopped: tuple[str, dict | None] = ("ok", None)
-        self.exit_rss: list | None = None  # the child's rss counters when it exited
+        self.exit_rss: list | None = None  # what the children that exited stayed charged with (odf-paper)
 
     def charge(self, who: str) -> None:
         """The table work from here on is charged to ``who`` (a writer, or ``child_sync``)."""
