@@ -525,3 +525,23 @@ def test_zj_children_write_and_exit_after_a_second_fork():
         w = r.write_phase
         assert w.outcome == "ok" and w.invariants.ok, (variant, w.invariants.violations)
         assert sum(w.counts["child2"].values()) == 8 and w.child2.nr_tables == 0
+
+
+def test_a_sweep_over_the_designs(tmp_path):
+    """A sweep file takes the lazy designs beside the others (``auto``: the reference for odf-cowpte), with a write
+    phase; each row has the design's counts and its write latency."""
+    from inproc import run_cli
+
+    f = tmp_path / "designs.yaml"
+    f.write_text(
+        "name: designs\nseed: 1\nrepeat: 1\nbackend: auto\n"
+        "workload: {kind: anon, size: 2MiB, pinned_fraction: 0.05}\n"
+        "fork: {variant: linux-6.18, writes: {parent: 1.0, child: 0.0, order: parent_first}}\n"
+        "sweep:\n  grid:\n    fork.variant: [linux-6.18, odf-paper, odf-cowpte, async-fork]\n"
+    )
+    code, _, err = run_cli("sweep", f, "--out", tmp_path / "out")
+    assert code == 0, err
+    rows = {r["fork.variant"]: r for r in gpusim.load_results(tmp_path / "out").to_pylist()}
+    assert {v: r["outcome"] for v, r in rows.items()} == dict.fromkeys(("linux-6.18", *LAZY), "ok")
+    assert rows["odf-paper"]["count.table.share"] >= 1 and rows["async-fork"]["count.async.defer"] >= 1
+    assert all(r["write_latency_ns"] > 0 for r in rows.values())

@@ -22,6 +22,7 @@ from gpusim.inputs.workloads import GENERATED_KINDS, build_workload, fork_memory
 from gpusim.jobs.sweep.export import EPISODE_PERCENTILES, EPISODE_TOTALS
 from gpusim.jobs.sweep.spec import Point, config_hash
 from gpusim.model.state import AddressSpace
+from gpusim.model.variants import get_variant
 from gpusim.stream import fork_streamed, stream_rows
 
 
@@ -71,6 +72,14 @@ def run_point(point: Point, repetition: int) -> list[dict]:
     return run_tree(point, space, oracle, inject, base, build_s, profile)
 
 
+def sweep_backend(cfg) -> str:
+    """The engine of a sweep's forks: ``auto`` resolved once (not by each space's size), the reference for a variant
+    whose fork the fast engines do not run (odf-cowpte)."""
+    if cfg.backend == "auto" and not get_variant(cfg.fork.variant).compiled:
+        return "reference"
+    return B.resolve(cfg.backend)
+
+
 def build_backend(cfg) -> str:
     """Where a point's workload is generated: in device memory when it forks on ``cuda``, nothing reads its states
     on the host (no invariant check, write phase or injections: :func:`gpusim.api.refuse_resident`) and the fork
@@ -99,7 +108,7 @@ def run_tree(point: Point, space: AddressSpace, oracle, inject, base: dict, buil
                     r = fork(
                         space if seq == 0 else AddressSpace.of_fork(procs[i], memory),
                         cfg.fork.variant,
-                        backend=B.resolve(cfg.backend),  # one engine for the whole sweep, whatever the space's size
+                        backend=sweep_backend(cfg),  # one engine for the whole sweep, whatever the space's size
                         oracle=oracle,
                         inject=inject,
                         fork_seq=seq,
