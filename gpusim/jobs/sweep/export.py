@@ -34,8 +34,9 @@ from gpusim.kernels.flags import COUNT_NAMES, RSS_NAMES
 
 # 2: host_tables; 3: non-data files prefixed with "_" (_common_metadata, _manifest.jsonl); 4: the write phase's
 # columns (older files read them as null); 5: host_tables named python_tables (the tables the Python loop copied);
-# 6: the latency band and the frame-break count; 7: the episode's columns (older files read them as null)
-SCHEMA_VERSION = "7"
+# 6: the latency band and the frame-break count; 7: the episode's columns (older files read them as null); 8: the
+# lazy fork designs' count columns (spec 12.8; older files read them as null)
+SCHEMA_VERSION = "8"
 # columns an older schema wrote under another name: read under the new one (a dataset resumed across versions
 # holds both; each row takes the name its file has)
 RENAMED_COLUMNS = {"host_tables": "python_tables"}
