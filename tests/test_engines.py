@@ -34,7 +34,6 @@ from gpusim.model.variants import get_variant
 SCENARIO_CASES = [(sid, v) for sid in SCENARIOS for v in VARIANTS]
 
 
-@pytest.mark.cudasim_subset  # every variant's tables on cudasim: test_random_layouts
 @pytest.mark.parametrize("sid,variant", SCENARIO_CASES, ids=[f"{s}-{v}" for s, v in SCENARIO_CASES])
 def test_scenario_catalogue(backend, sid, variant):
     s = SCENARIOS[sid]
@@ -64,7 +63,7 @@ def test_random_layouts(backend, variant):
     check()
 
 
-@pytest.mark.cudasim_subset  # every variant's tables on cudasim: test_random_layouts
+@pytest.mark.cudasim_subset  # every variant's tables on cudasim: test_random_layouts and the scenario catalogue
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_mostly_fast_tables(backend, variant):
     """Dense layouts where most tables take the fast path and a few pinned or swapped pages take the host."""

@@ -176,7 +176,6 @@ def page_addresses(mm) -> dict[int, list[int]]:
     return out
 
 
-@pytest.mark.cudasim_subset  # the reuse rules are the CPU's code; cudasim adds the orchestration
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_random_write_phases(backend, variant):
     """Random layouts and steps: the write phase's invariants hold, the engine equals the reference, and only pages
@@ -243,7 +242,6 @@ def test_rare_branches_equal_the_reference(backend, layout, steps):
             assert after_digest(got.write_phase) == after_digest(ref.write_phase)
 
 
-@pytest.mark.cudasim_subset  # the reuse rules are the CPU's code; cudasim adds the orchestration
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_units_that_share_a_folio_run_in_order(backend, variant, monkeypatch):
     """A large folio across two tables, a THP and pinned pages, written by both writers: the compiled phase's units
