@@ -56,6 +56,7 @@ def fork(
     checkargs.instance("space", space, AddressSpace, SPACE_HINT)
     steps = None if writes is None else write_steps(writes)
     spec = None if episode is None else episode_spec(episode)
+    asked = backend
     variant, backend, oracle, fork_seq = common_args(
         variant, backend, oracle, fork_seq, "fork_seq", None if spec is not None else slots_of(space)
     )
@@ -66,15 +67,7 @@ def fork(
         raise ValueError("writes and episode: give one (an episode is a write phase over time)")
     in_place = admit(space, backend, check, steps or spec) and not check  # (the check compares it with the input)
     plan.fired.clear()
-    if backend == "reference":
-        result = fork_reference(space, variant, oracle, plan, fork_seq)
-    else:
-        from gpusim.engines.fast import fork_fast  # numba loads with the first compiled fork (start-up)
-
-        kernels = _backend.kernels(backend)
-        if get_variant(variant).lazy:
-            from gpusim.engines.lazyfast import fork_lazy_fast as fork_fast
-        result = fork_fast(space, variant, kernels, backend, oracle, plan, fork_seq, chunk_tables, in_place)
+    result = run_fork(space, variant, (backend, asked, chunk_tables, in_place), oracle, plan, fork_seq)
     if check and result.outcome != "oops":
         result.invariants = check_fork(space, result, oracle, fork_seq)
     if steps is not None and result.outcome == "ok":
@@ -82,6 +75,35 @@ def fork(
     if spec is not None and result.outcome == "ok":
         result.episode = fork_episode(result, spec, check, profile)
     return result
+
+
+def run_fork(space, variant, how: tuple, oracle, plan, fork_seq: int) -> ForkResult:
+    """The fork on its engine. ``how``: (the backend chosen, the one asked for, ``chunk_tables``, ``in_place``)."""
+    backend, _, chunk_tables, in_place = how
+    if backend == "reference":
+        return fork_reference(space, variant, oracle, plan, fork_seq)
+    from gpusim.engines.fast import fork_fast  # numba loads with the first compiled fork (start-up)
+
+    kernels = _backend.kernels(backend)
+    if get_variant(variant).lazy:
+        return fork_lazy(space, variant, kernels, how, oracle, plan, fork_seq)
+    return fork_fast(space, variant, kernels, backend, oracle, plan, fork_seq, chunk_tables, in_place)
+
+
+def fork_lazy(space, variant, kernels, how: tuple, oracle, plan, fork_seq: int) -> ForkResult:
+    """A lazy design's fork on a fast engine, or, where the fast engine leaves it to the reference
+    (:class:`gpusim.engines.lazyfast.ReferenceOnly`, raised before it writes the input), on the reference when the
+    backend asked for was ``auto`` (``how``: see :func:`run_fork`)."""
+    from gpusim.engines.lazyfast import ReferenceOnly, fork_lazy_fast
+
+    backend, asked, chunk_tables, in_place = how
+    try:
+        return fork_lazy_fast(space, variant, kernels, backend, oracle, plan, fork_seq, chunk_tables, in_place)
+    except ReferenceOnly:
+        if asked != "auto":
+            raise
+    plan.fired.clear()
+    return fork_reference(space, variant, oracle, plan, fork_seq)
 
 
 def check_fork(space: AddressSpace, result: ForkResult, oracle, fork_seq: int):

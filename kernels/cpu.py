@@ -17,6 +17,7 @@ from numba.core.errors import NumbaIRAssumptionWarning
 from gpusim.kernels import episode as ek
 from gpusim.kernels import generate as gen
 from gpusim.kernels import jit  # noqa: F401  (the jitable scalar functions, registered with numba)
+from gpusim.kernels import lazy as lz
 from gpusim.kernels import writes as wk
 from gpusim.kernels.args import EpisodeWrites, Proc, Scratch, WMem  # noqa: F401  (the write phase's groups, for the host)
 from gpusim.kernels.flags import PTRS_PER_TABLE
@@ -204,6 +205,39 @@ def _number_in_address_order(nf, npg, seg, order, mem, sp, cpte, hcpte, out):
 
 
 NO_SPLIT = np.int64(1) << 62  # every pfn below it: one offset for all
+
+
+@njit(parallel=True, cache=True, _nrt=False)
+def odfc_account_calls(rows, starts, ends, vmaflags, ppte, index, has_pinned, vp, mem, acc, out):
+    """odf-cowpte's accounting pass over the calls it shares (:mod:`gpusim.kernels.lazy`): the calls that meet no
+    other's objects in order-dependent ways in parallel, then the rest in address order, stopping at a call whose
+    pass cannot go on (``PASS_SWAP_FULL``); returns the calls done in that second phase's order (all of them, or
+    up to the stopping one). The CUDA backend runs it here too."""
+    n = rows.shape[0]
+    for c in prange(n):
+        r = rows[c]
+        if lz.odfc_plain_call(ppte[r], index[r] * PTRS_PER_TABLE, starts[c], ends[c], vp, has_pinned, mem):
+            lz.odfc_account_one(rows, starts, ends, vmaflags, ppte, index, has_pinned, vp, mem, acc, out, c, True)
+        else:
+            out[c] = lz.PASS_LATER
+    for c in range(n):
+        if out[c] == lz.PASS_LATER:
+            lz.odfc_account_one(rows, starts, ends, vmaflags, ppte, index, has_pinned, vp, mem, acc, out, c, False)
+            if out[c] == lz.PASS_SWAP_FULL:
+                return c + 1
+    return n
+
+
+@njit(cache=True, _nrt=False)
+def fallback_rest_alone(ppte, rows, starts, ends, table_index, page_folio, folio_order, page_mapcount, pmd_mapcount):
+    return lz.fallback_rest_alone(
+        ppte, rows, starts, ends, table_index, page_folio, folio_order, page_mapcount, pmd_mapcount
+    )
+
+
+@njit(cache=True, _nrt=False)
+def copy_prefixes(src, src_rows, dst, dst_rows, lens):
+    return lz.copy_prefixes(src, src_rows, dst, dst_rows, lens)
 
 
 @njit(parallel=True, cache=True)

@@ -138,7 +138,13 @@ def plain_block(r, j0, tab, mem):
     :func:`share_exclusive_page`'s case (present, not special, a small folio's page that no other PTE maps) and they
     map consecutive frames of consecutive folios, so that the block's pages and folios are rows ``p .. p + B - 1``
     and ``f .. f + B - 1``, nobody else's; else (-1, -1). One pass over the block without an early exit."""
-    v = tab.ppte[r, j0]
+    return plain_entries(tab.ppte[r, j0 : j0 + PLAIN_BLOCK], mem)
+
+
+@entry_jitable
+def plain_entries(ptes, mem):
+    """:func:`plain_block` of the :data:`PLAIN_BLOCK` entries ``ptes`` (a view of a row)."""
+    v = ptes[0]
     p = np.int64(pte_pfn(v))
     if not pte_present(v) or p + PLAIN_BLOCK > mem.page_folio.shape[0]:
         return np.int64(-1), np.int64(-1)
@@ -146,7 +152,7 @@ def plain_block(r, j0, tab, mem):
     if f + PLAIN_BLOCK > mem.folio_order.shape[0]:
         return np.int64(-1), np.int64(-1)
     # views of the block's rows: indices from 0, which the compiler can keep in vectors (no negative-index fixup)
-    ptes, folio, mapcount = tab.ppte[r, j0 : j0 + PLAIN_BLOCK], mem.page_folio[p:], mem.page_mapcount[p:]
+    folio, mapcount = mem.page_folio[p:], mem.page_mapcount[p:]
     order = mem.folio_order[f:]
     bad = 0
     for j in range(PLAIN_BLOCK):

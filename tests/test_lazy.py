@@ -14,6 +14,7 @@ from strategies import LAZY_STEPS, layouts, oracles
 
 import gpusim
 from gpusim.analysis.lazyinv import LazyChecker, check_lazy_fork
+from gpusim.engines.lazyfast import ReferenceOnly
 from gpusim.engines.reference.lazy import Unsupported
 from gpusim.engines.writes import WritesError
 from gpusim.kernels import pte as P
@@ -379,14 +380,20 @@ def test_a_fork_result_with_a_violation_is_reported():
 # --- what is refused ----------------------------------------------------------------------------------------------
 
 
-def test_odf_cowpte_runs_on_the_reference_only_for_now():
-    space = gpusim.parse_layout("normal*8")
-    assert set(LAZY) <= set(VARIANTS) and set(COMPILED_VARIANTS) & set(LAZY) == {ODF_PAPER, ASYNC_FORK}
-    assert gpusim.fork(space, ODF_COWPTE).backend == "reference"  # auto
-    with pytest.raises(ValueError, match="reference backend only"):
-        gpusim.fork(space, ODF_COWPTE, backend="cpu")
-    with pytest.raises(ValueError, match="reference backend"):
-        gpusim.fork(gpusim.parse_layout("thp:pin"), ASYNC_FORK, backend="cpu")
+def test_what_the_fast_engines_leave_to_the_reference():
+    assert set(LAZY) <= set(VARIANTS) and set(LAZY) <= set(COMPILED_VARIANTS)
+    assert gpusim.fork(gpusim.parse_layout("normal*8"), ODF_COWPTE, backend="cpu").backend == "cpu"
+    for layout, variant, inject in (
+        ("thp:pin", ASYNC_FORK, ()),
+        ("thp:pin", ODF_COWPTE, ()),
+        ("normal*8", ODF_COWPTE, ("fail@copy#1",)),
+        ("normal*508 folio8:pin none*500", ODF_COWPTE, ()),  # a pinned folio across two tables
+    ):
+        space = gpusim.parse_layout(layout)
+        with pytest.raises(ReferenceOnly, match="runs on the reference backend"):
+            gpusim.fork(space, variant, backend="cpu", inject=list(inject))
+        got = gpusim.fork(space, variant, inject=list(inject))  # auto: the reference's fork, checked
+        assert got.backend == "reference" and got.invariants.ok, (layout, variant)
 
 
 def test_steps_that_are_refused():
@@ -411,9 +418,9 @@ def test_eager_variants_count_sync_steps_and_do_nothing():
     assert w.dma["pinned"] == 1 and w.dma["parent_diverged"] == 0
 
 
-# --- odf-paper's and async-fork's fork on the fast engines, equal to the reference --------------------------------
+# --- the lazy designs' forks on the fast engines, equal to the reference -----------------------------------------
 
-FAST_LAZY = (ODF_PAPER, ASYNC_FORK)
+FAST_LAZY = LAZY
 
 
 @pytest.mark.parametrize("variant", FAST_LAZY)
@@ -430,15 +437,16 @@ def test_lazy_forks_on_the_fast_engines_equal_the_reference(backend, variant):
         try:
             gpusim.fork(gpusim.parse_layout(layout), variant, backend="reference", oracle=oracle, inject=inject)
         except Unsupported as e:
-            with pytest.raises(Unsupported, match=e.reason):
+            with pytest.raises((Unsupported, ReferenceOnly)) as got:  # the same, or left to the reference
                 gpusim.fork(gpusim.parse_layout(layout), variant, backend=backend, oracle=oracle, inject=inject)
+            assert isinstance(got.value, ReferenceOnly) or got.value.reason == e.reason
             return
         except ValueError:
-            return  # a layout the fast path leaves to the reference (a pinned THP under async-fork)
+            return
         try:
             compare(layout, variant, oracle, inject, backend)
-        except ValueError as e:
-            assert "reference backend" in str(e)
+        except ReferenceOnly:
+            pass  # a fork the fast engines leave to the reference (test_what_the_fast_engines_leave_to_the_reference)
 
     run()
 

@@ -43,7 +43,7 @@ class Variant:
     wp_reuse: int  # the write-protect fault's reuse rule (gpusim.kernels.flags.WP_REUSE_*)
     batching: bool = False  # PTEs of one large folio shared as a batch (folio_pte_batch, linux-6.18)
     table_fork: str = "copy"  # what the fork does with a whole PTE table (gpusim.kernels.flags.TABLE_FORKS; spec 12)
-    compiled: bool = True  # the fast engines run its fork (odf-cowpte's runs on the reference only, for now)
+    compiled: bool = True  # the fast engines run its fork (False: the reference only; backend auto picks it)
 
     def __post_init__(self):
         if self.machine not in MACHINES:
@@ -150,7 +150,7 @@ for _base, _name, _summary, _changes in (
         LINUX_6_18,
         ODF_COWPTE,
         "COW PTE v4: tables shared, every page accounted at fork; a table with a pinned page copied as 6.18",
-        {"table_fork": "share_accounted", "batching": False, "compiled": False},  # v6.2 predates batching (n = 1)
+        {"table_fork": "share_accounted", "batching": False},  # v6.2 predates batching (n = 1)
     ),
     (
         LINUX_6_18,
