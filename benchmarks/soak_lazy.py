@@ -12,9 +12,14 @@ fork with its child's writes. For every case:
 * odf-cowpte: every page, slot and rss counter ends as under linux-6.18 without batching (spec 12.3), without
   injections (a window event in a shared table's accounting pass has no linux-6.18 counterpart).
 
+With ``--backend cpu`` (or ``cudasim``, ``cuda``) every case's fork also runs on that fast engine and must equal the
+reference's (``tests/differential.py``: outcome, counts, rss, unfired injections, digest with the table objects), or
+be one the fast engine leaves to the reference (``ReferenceOnly``, counted).
+
 The first failure stops the run and is printed as a reproducible example (hypothesis shrinks it).
 
     python benchmarks/soak_lazy.py --forks 10000            # per design
+    python benchmarks/soak_lazy.py --forks 3000 --backend cpu
 
 Prints, per design: forks run, outcomes, cases rejected by the design's model (spec 12.2, 12.3), wall time.
 """
@@ -31,12 +36,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from differential import compare  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from strategies import LAZY_STEPS as STEPS  # noqa: E402
 from strategies import injections, layouts, oracles  # noqa: E402
 
 import gpusim  # noqa: E402
+from gpusim.engines.lazyfast import ReferenceOnly  # noqa: E402
 from gpusim.engines.reference.lazy import Unsupported  # noqa: E402
 from gpusim.model.state import digest  # noqa: E402
 from gpusim.model.variants import VARIANTS  # noqa: E402
@@ -75,7 +82,17 @@ def check_case(variant: str, layout: str, oracle: str, inject: list, writes: str
     return r.outcome
 
 
-def soak(variant: str, forks: int, width: int) -> dict:
+def check_fast(variant: str, layout: str, oracle: str, inject: list, backend: str) -> str:
+    """The case's fork on the fast engine ``backend`` against the reference's: ``fast_equal`` or
+    ``fast_left_to_reference``. AssertionError on a difference."""
+    try:
+        compare(layout, variant, oracle, inject, backend)
+    except ReferenceOnly:
+        return "fast_left_to_reference"
+    return "fast_equal"
+
+
+def soak(variant: str, forks: int, width: int, backend: str | None = None) -> dict:
     """``forks`` random cases of ``variant``; the tally of what ran."""
     tally = collections.Counter()
 
@@ -97,8 +114,11 @@ def soak(variant: str, forks: int, width: int) -> dict:
     @settings(max_examples=forks, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(case=cases())
     def run(case):
-        tally[check_case(variant, *case)] += 1
+        outcome = check_case(variant, *case)
+        tally[outcome] += 1
         tally["forks"] += 1
+        if backend and outcome != "rejected":
+            tally[check_fast(variant, *case[:3], backend)] += 1
 
     t0 = time.perf_counter()
     run()
@@ -111,10 +131,11 @@ def main() -> None:
     ap.add_argument("--forks", type=int, default=1000, help="cases per design")
     ap.add_argument("--variants", default=",".join(LAZY))
     ap.add_argument("--width", type=int, default=1100)
+    ap.add_argument("--backend", default=None, help="also fork every case on this fast engine (differential)")
     a = ap.parse_args()
     VARIANTS[SINGLE.name] = SINGLE
     for v in a.variants.split(","):
-        print(json.dumps({"variant": v, **soak(v, a.forks, a.width)}), flush=True)
+        print(json.dumps({"variant": v, "backend": a.backend, **soak(v, a.forks, a.width, a.backend)}), flush=True)
 
 
 if __name__ == "__main__":

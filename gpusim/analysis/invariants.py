@@ -596,19 +596,23 @@ def check_invariants(before: AddressSpace, result, oracle, fork_seq: int) -> Inv
     return InvariantReport(not chk.violations, tuple(chk.violations))
 
 
-def _holders(mms, memory) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(PTE mappings per page, PTE mappings per folio, PMD mappings per folio) that the mms' entries hold."""
+def holders(mms, memory, slots: bool = True) -> dict[str, np.ndarray]:
+    """What the entries of ``mms`` hold: PTE mappings per page (``pages``) and per folio (``folios``), PMD mappings
+    per folio (``pmds``), and with ``slots`` swap entries per slot (``slots``)."""
     pages = np.zeros(memory.nr_pages, np.int64)
-    for mm in mms:
-        pfns = decode.page_pfns(mm.pte)
-        pages += np.bincount(pfns, minlength=memory.nr_pages)[: memory.nr_pages]
-    by_folio = np.bincount(memory.page_folio, weights=pages, minlength=memory.nr_folios).astype(np.int64)
     pmds = np.zeros(memory.nr_folios, np.int64)
+    out = {"slots": np.zeros(memory.nr_slots, np.int64)} if slots else {}
     for mm in mms:
+        pages += np.bincount(decode.page_pfns(mm.pte), minlength=memory.nr_pages)[: memory.nr_pages]
+        if slots:
+            val = mm.pte.reshape(-1)
+            swap = decode.offsets(val[decode.kinds(val) == P.KIND_SWAP]).astype(np.int64)
+            out["slots"] += np.bincount(swap, minlength=memory.nr_slots)[: memory.nr_slots]
         if mm.pmd.size:
             heads = decode.offsets(mm.pmd).astype(np.int64)
             pmds += np.bincount(memory.page_folio[heads], minlength=memory.nr_folios)[: memory.nr_folios]
-    return pages, by_folio, pmds
+    folios = np.bincount(memory.page_folio, weights=pages, minlength=memory.nr_folios).astype(np.int64)
+    return {"pages": pages, "folios": folios, "pmds": pmds, **out}
 
 
 def check_write_phase(parent0: AddressSpace, child0, wp, large_pin_order: int = 0) -> InvariantReport:
@@ -619,9 +623,9 @@ def check_write_phase(parent0: AddressSpace, child0, wp, large_pin_order: int = 
     by their mappings and pins alone, and a folio freed by the phase mapped by no one."""
     m0, m1 = parent0.memory, wp.memory
     n_pages, n_folios = m0.nr_pages, m0.nr_folios
-    pg0, fo0, pmd0 = _holders((parent0.mm, child0), m0)
+    pg0, fo0, pmd0 = holders((parent0.mm, child0), m0, slots=False).values()
     child2 = getattr(wp, "child2", None)  # a write phase's parent:fork (an episode has none)
-    pg1, fo1, pmd1 = _holders((wp.parent.mm, wp.child, *(() if child2 is None else (child2,))), m1)
+    pg1, fo1, pmd1 = holders((wp.parent.mm, wp.child, *(() if child2 is None else (child2,))), m1, False).values()
     pins = m1.folio_true_pins.astype(np.int64)
     pins[:n_folios] -= m0.folio_true_pins
     if pins.any():

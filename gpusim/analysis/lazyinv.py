@@ -14,6 +14,7 @@ import dataclasses
 
 import numpy as np
 
+from gpusim.analysis.invariants import holders
 from gpusim.kernels import pte as P
 from gpusim.kernels.flags import (
     BACKING_ANON,
@@ -49,24 +50,6 @@ def holding_mms(mms: dict[str, MM], tables, table_fork: str) -> list[MM]:
         seen.update(int(k) for k in obj[obj >= 0].tolist())
         out.append(dataclasses.replace(mm, table_index=mm.table_index[keep], pte=mm.pte[keep]))
     return out
-
-
-def holders(mms: list[MM], memory) -> dict[str, np.ndarray]:
-    """What the entries of ``mms`` hold: PTE mappings per page and per folio, PMD mappings per folio, swap entries
-    per slot."""
-    pages = np.zeros(memory.nr_pages, np.int64)
-    pmds = np.zeros(memory.nr_folios, np.int64)
-    slots = np.zeros(memory.nr_slots, np.int64)
-    for mm in mms:
-        pages += np.bincount(decode.page_pfns(mm.pte), minlength=memory.nr_pages)[: memory.nr_pages]
-        val = mm.pte.reshape(-1)
-        swap = val[decode.kinds(val) == P.KIND_SWAP]
-        slots += np.bincount(decode.offsets(swap).astype(np.int64), minlength=memory.nr_slots)[: memory.nr_slots]
-        if mm.pmd.size:
-            heads = decode.offsets(mm.pmd).astype(np.int64)
-            pmds += np.bincount(memory.page_folio[heads], minlength=memory.nr_folios)[: memory.nr_folios]
-    folios = np.bincount(memory.page_folio, weights=pages, minlength=memory.nr_folios).astype(np.int64)
-    return {"pages": pages, "folios": folios, "pmds": pmds, "slots": slots}
 
 
 class LazyChecker:
