@@ -21,17 +21,6 @@ from gpusim.base.units import parse_size
 from gpusim.inputs.workloads import dense_anon
 from gpusim.model.variants import VARIANTS
 
-TABLE_BYTES = 4096
-
-
-def table_bytes(result) -> tuple[int, int]:
-    """Page-table bytes of (parent, child) after a fork: a table shared by both is counted once, for the parent."""
-    parent = result.parent.mm.nr_tables
-    child = result.child.nr_tables
-    if result.tables is not None:
-        child = int((result.tables.of("child")[0] < 0).sum())
-    return parent * TABLE_BYTES, child * TABLE_BYTES
-
 
 def run(size: int, pin_every: int, writes: str | None, profile_name: str | None) -> list[dict]:
     prof = load_profile(profile_name)
@@ -43,7 +32,7 @@ def run(size: int, pin_every: int, writes: str | None, profile_name: str | None)
         wall = time.perf_counter() - t0
         stall = latency(r.counts, name, prof, r.table_stats)["latency_ns"]
         row = {"variant": name, "stall_ms": stall / 1e6, "wall_s": wall}
-        row["parent_tables_kib"], row["child_tables_kib"] = (b / 1024 for b in table_bytes(r))
+        row["parent_tables_kib"], row["child_tables_kib"] = (b / 1024 for b in r.page_table_bytes())
         if r.write_phase is not None:
             wl = write_latency(r.write_phase.counts, prof, r.write_phase.table_counts)
             row["writes_ms"] = wl["latency_ns"] / 1e6

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from gpusim.analysis.costmodel import Profile, episode_report, latency, load_profile
+from gpusim.analysis.costmodel import Profile, episode_report, event_costs, latency, load_profile, priced_events
 from gpusim.analysis.invariants import check_invariants, check_write_phase
 from gpusim.analysis.lazyinv import check_lazy_fork, check_lazy_phase
 from gpusim.base import backend as _backend
@@ -216,14 +216,21 @@ def fork_episode(result: ForkResult, episode, check: bool = True, profile=None):
     ``check`` its invariants (spec 11.5) are checked."""
     from gpusim.engines.episode import episode_kernels, run_episode
 
-    if get_variant(result.variant).lazy:
-        raise ValueError(f"an episode after a fork of {result.variant} (a lazy design) is not built yet")
+    prof = profile if isinstance(profile, Profile) else load_profile(profile)
+    lazy = None
+    if result.tables is not None:  # a lazy design's: the reference's runner, async-fork's child sync priced
+        cost = event_costs(prof)
+        lazy = (result.tables, result.fork_args, lambda counts: priced_events(counts, cost))
     t0 = time.perf_counter()
-    ep = run_episode(result.parent, result.child, result.variant, episode, episode_kernels(result.backend))
+    kernels = episode_kernels(result.backend)
+    ep = run_episode(result.parent, result.child, result.variant, episode, kernels, lazy=lazy)
     ep.wall_s = time.perf_counter() - t0
     if check:
-        ep.invariants = check_write_phase(result.parent, result.child, ep)
-    prof = profile if isinstance(profile, Profile) else load_profile(profile)
+        ep.invariants = (
+            check_lazy_phase(result.parent, result.child, result.tables, result.variant, ep)
+            if result.tables is not None
+            else check_write_phase(result.parent, result.child, ep)
+        )
     stall = latency(result.counts, result.variant, prof, result.table_stats)["latency_ns"]
     ep.report = episode_report(ep, prof, stall)
     return ep

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from strategies import LAZY_STEPS, layouts, oracles
 
 import gpusim
+from gpusim.analysis.costmodel import event_costs, load_profile, priced_events
 from gpusim.analysis.lazyinv import LazyChecker, check_lazy_fork
 from gpusim.engines.lazyfast import ReferenceOnly
 from gpusim.engines.reference.lazy import Unsupported
@@ -405,8 +406,6 @@ def test_steps_that_are_refused():
         fork("normal*8", ASYNC_FORK, "parent:fork; parent:fork")
     with pytest.raises(WritesError, match="reference backend only"):
         gpusim.fork(gpusim.parse_layout("normal*8"), "linux-6.18", backend="cpu", writes="parent:fork")
-    with pytest.raises(ValueError, match="episode"):
-        fork("normal*8", ASYNC_FORK, episode="duration=1s, rate=10")
     with pytest.raises(Unsupported, match="odfc:MULTI_VMA"):
         fork("normal*8 vma normal*8", ODF_COWPTE)
 
@@ -527,6 +526,14 @@ def test_zj_a_second_fork(variant, writes, share, refs, parent_tables):
     assert w.child2 is not None and w.child2.nr_vmas == 1
 
 
+def test_a_second_fork_unshares_before_an_injected_zap():
+    """odf-cowpte's ``parent:fork`` takes the fork's own rule for an injected zap in a window (the parent's table
+    unshared first, spec 12.3): without it the zap changed a table child2 shares (found by the soak)."""
+    layout, inject = "thp none none*7 normal:ref=1023 none*503", ["@EC#1: zap(0)"]
+    r = fork(layout, ODF_COWPTE, "parent:all; parent:fork; child2:all; parent:all", inject=inject)
+    assert r.write_phase.outcome == "ok" and r.write_phase.invariants.ok, r.write_phase.invariants.violations
+
+
 def test_zj_children_write_and_exit_after_a_second_fork():
     for variant in (*LAZY, "linux-6.18", "linux-5.8"):
         r = fork("pinned*2 normal*6 none*504", variant, "parent:fork; parent:0; child2:all; child:all; child2:exit")
@@ -553,3 +560,49 @@ def test_a_sweep_over_the_designs(tmp_path):
     assert {v: r["outcome"] for v, r in rows.items()} == dict.fromkeys(("linux-6.18", *LAZY), "ok")
     assert rows["odf-paper"]["count.table.share"] >= 1 and rows["async-fork"]["count.async.defer"] >= 1
     assert all(r["write_latency_ns"] > 0 for r in rows.values())
+
+
+# --- episodes after a lazy fork (spec 11.6 with spec 12's table work) ----------------------------------------------
+
+EPISODE_LAYOUT = "pinned*4 normal*1020 normal*1024"  # four tables, the first with pinned pages
+
+
+@pytest.mark.parametrize("variant", LAZY)
+def test_an_episode_that_writes_every_page_once_is_the_write_phase(variant):
+    """A sequential episode writing each of the parent's pages once, the child exiting at its end, leaves the
+    states of the write phase ``parent:all; child:exit`` (async-fork: after the child's sync), its table work the
+    same cost events, and a request that did table work is priced with it."""
+    r = fork(EPISODE_LAYOUT, variant, episode="duration=1s, rate=2048, pattern=sequential")
+    ep = r.episode
+    writes = ("child:sync; " if variant == ASYNC_FORK else "") + "parent:all; child:exit"
+    w = fork(EPISODE_LAYOUT, variant, writes).write_phase
+    assert ep.invariants.ok, ep.invariants.violations
+    assert digest(ep.parent.mm, ep.child, ep.memory) == digest(w.parent.mm, w.child, w.memory)
+    both = ("parent", "child_sync") if variant == ASYNC_FORK else ("parent",)
+    total = [sum(ep.table_counts[x][e] for x in both) for e in ("table.cow_copy", "async.copy.child")]
+    assert total == [sum(w.table_counts[x][e] for x in both) for e in ("table.cow_copy", "async.copy.child")]
+    rep, work = ep.report, ep.table_work[0]
+    assert rep["table_ns"]["parent"] > 0 or variant == ASYNC_FORK
+    if variant != ASYNC_FORK:  # the first write to each table the fork shared carries its unshare
+        assert len(work) == (r.tables.of("parent")[0] >= 0).sum() > 0
+        cost = event_costs(load_profile(None))
+        most = max(priced_events(c, cost) for _, c, _, _ in work)
+        assert rep["write_latency_ns"]["max"] == pytest.approx(rep["write_latency_ns"]["p50"] + most)  # all copies
+
+
+def test_async_fork_episode_child_sync_races_the_parent():
+    """async-fork's child copies its deferred tables from the fork on, each taking its priced time: a parent that
+    writes fast copies the tables the child has not reached yet (spec 12.4), one that writes slowly finds them
+    copied; every table is copied once either way."""
+    layout = "normal*8192"  # 16 tables
+    fast = fork(layout, ASYNC_FORK, episode="duration=0.01s, rate=1000000, pattern=uniform").episode
+    slow = fork(layout, ASYNC_FORK, episode="duration=1s, rate=100, pattern=sequential").episode
+    for ep in (fast, slow):
+        assert ep.invariants.ok, ep.invariants.violations
+        copies = [ep.table_counts[x]["async.copy.fault"] + ep.table_counts[x]["async.copy.child"] for x in WHO]
+        assert sum(copies) == 16
+    assert fast.table_counts["parent"]["async.copy.fault"] > 0 and fast.report["table_ns"]["parent"] > 0
+    assert slow.table_counts["parent"]["async.copy.fault"] == 0 and slow.report["child_sync_ns"] > 0
+
+
+WHO = ("parent", "child_sync")

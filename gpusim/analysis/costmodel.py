@@ -323,7 +323,7 @@ def write_latency(counts: dict[str, dict[str, int]], profile: Profile, table_cou
     out = {"profile": profile.name}
     if table_counts is not None:
         cost = event_costs(profile)
-        priced = {w: sum(n * cost[e] for e, n in c.items() if e in cost) for w, c in table_counts.items()}
+        priced = {w: priced_events(c, cost) for w, c in table_counts.items()}
         for w in WRITERS:
             breakdown[w]["table"] = priced[w]
         out["child_sync_ns"] = priced["child_sync"]
@@ -331,18 +331,36 @@ def write_latency(counts: dict[str, dict[str, int]], profile: Profile, table_cou
     return {"latency_ns": total, "latency_breakdown_ns": breakdown, **out}
 
 
-def request_latencies(signatures: dict, cost: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(latency, requests) of each distinct request of an episode (spec 11.6): a signature is the write codes of its
-    page writes, each priced as the sum of its events' ``cost`` (ns by event); sorted by latency."""
-    if not signatures:
-        return np.zeros(0), np.zeros(0, np.int64)
+def priced_events(counts: dict, cost: dict) -> float:
+    """ns of the cost events ``counts`` (event -> count) at ``cost`` (ns by event); names without a cost (summary
+    counters) add nothing."""
+    return sum(n * cost[e] for e, n in counts.items() if e in cost)
+
+
+def code_costs(cost: dict) -> np.ndarray:
+    """ns of each write code (spec 11.6: one or two write events) at ``cost`` (ns by write event)."""
     per_code = np.zeros(len(WRITE_EVENTS) * WRITE_CODE_BASE)
     for first, e1 in enumerate(WRITE_EVENTS):
         for second in range(-1, len(WRITE_EVENTS)):
             extra = cost[WRITE_EVENTS[second]] if second >= 0 else 0.0
             per_code[first * WRITE_CODE_BASE + second + 1] = cost[e1] + extra
-    lat = np.array([per_code[list(sig)].sum() for sig in signatures])
-    n = np.array(list(signatures.values()), np.int64)
+    return per_code
+
+
+def request_latencies(signatures: dict, cost: dict, extra=()) -> tuple[np.ndarray, np.ndarray]:
+    """(latency, requests) of each distinct request of an episode (spec 11.6): a signature is the write codes of its
+    page writes, each priced as the sum of its events' ``cost`` (ns by event); sorted by latency. ``extra``: the
+    requests that also did table work (a lazy design's), each (its signature, the work's ns): one request each, at
+    its signature's latency plus that work's, out of its signature's count."""
+    if not signatures:
+        return np.zeros(0), np.zeros(0, np.int64)
+    per_code = code_costs(cost)
+    signatures = dict(signatures)
+    for sig, _ in extra:
+        signatures[sig] -= 1
+    lat = [per_code[list(sig)].sum() for sig in signatures] + [per_code[list(sig)].sum() + ns for sig, ns in extra]
+    n = list(signatures.values()) + [1] * len(extra)
+    lat, n = np.array(lat), np.array(n, np.int64)
     order = np.argsort(lat, kind="stable")
     return lat[order], n[order]
 
@@ -361,10 +379,10 @@ def latency_summary(latency: np.ndarray, weights: np.ndarray) -> dict:
     return {**at, "max": float(latency[-1]), "mean": float((latency * weights).sum() / cum[-1])}
 
 
-def latency_percentiles(signatures: dict, cost: dict) -> dict | None:
-    """``p50``, ``p99``, ``p999``, ``max`` and ``mean`` (ns) of an episode writer's request latencies; None when it
-    made no request."""
-    lat, n = request_latencies(signatures, cost)
+def latency_percentiles(signatures: dict, cost: dict, extra=()) -> dict | None:
+    """``p50``, ``p99``, ``p999``, ``max`` and ``mean`` (ns) of an episode writer's request latencies (``extra``: see
+    :func:`request_latencies`); None when it made no request."""
+    lat, n = request_latencies(signatures, cost, extra)
     return latency_summary(lat, n) if n.sum() else None
 
 
@@ -401,8 +419,9 @@ def code_name(code: int) -> str:
     return WRITE_EVENTS[first] + ("" if second == 0 else f"+{WRITE_EVENTS[second - 1]}")
 
 
-def _interval(ep, j: int, cost: dict | None) -> dict:
-    """Interval ``j`` of an episode's timeline (spec 11.6), its added latency priced at ``cost``."""
+def _interval(ep, j: int, cost: dict | None, table_ns: np.ndarray) -> dict:
+    """Interval ``j`` of an episode's timeline (spec 11.6), its added latency priced at ``cost`` (with a lazy
+    design's table work, ``table_ns[j]`` per writer)."""
     out = {
         "t_s": float(ep.t_s[j]),
         "writes": {w: int(ep.writes[j, x]) for x, w in enumerate(WRITERS)},
@@ -416,7 +435,7 @@ def _interval(ep, j: int, cost: dict | None) -> dict:
     }
     if cost is not None:
         per_event = np.array([cost[e] for e in WRITE_EVENTS])
-        added = ep.events[j] @ per_event - ep.writes[j] * cost["none"]
+        added = ep.events[j] @ per_event - ep.writes[j] * cost["none"] + table_ns[j]
         out["added_latency_ns"] = {w: float(added[x]) for x, w in enumerate(WRITERS)}
     return out
 
@@ -427,10 +446,20 @@ def episode_report(ep, profile: Profile, stall_ns: float | None) -> dict:
     when only it writes; ``child_write_latency_ns`` when both write) and the fork's stall; latencies None for a
     profile without write costs."""
     cost = {e: c.ns for e, c in profile.write_costs.items()} if profile.write_costs else None
-    pct = [None, None] if cost is None else [latency_percentiles(sig, cost) for sig in ep.signatures]
+    fork_cost = event_costs(profile)
+    extra = [[(sig, priced_events(c, fork_cost)) for sig, c, _, _ in work] for work in ep.table_work]
+    table_ns = np.zeros((len(ep.t_s), 2))
+    for x, work in enumerate(ep.table_work):
+        for (_, ns), (_, _, j, writer) in zip(extra[x], work):
+            table_ns[j, writer] += ns
+    pct = [None, None] if cost is None else [latency_percentiles(s, cost, e) for s, e in zip(ep.signatures, extra)]
     main = 1 if ep.spec.writer == "child" else 0
-    timeline = [_interval(ep, j, cost) for j in range(len(ep.t_s))]
+    timeline = [_interval(ep, j, cost, table_ns) for j in range(len(ep.t_s))]
     added = None if cost is None else sum(sum(t["added_latency_ns"].values()) for t in timeline)
+    lazy = {}
+    if ep.table_counts is not None:  # spec 12.8: the table work charged to each writer, and the child's sync
+        lazy = {w: priced_events(c, fork_cost) for w, c in ep.table_counts.items()}
+        lazy = {"table_ns": {w: lazy[w] for w in WRITERS}, "child_sync_ns": lazy["child_sync"]}
     return {
         "spec": ep.spec.as_dict(),
         "timeline": timeline,
@@ -445,6 +474,7 @@ def episode_report(ep, profile: Profile, stall_ns: float | None) -> dict:
         "domain_pages": ep.domain_pages,
         "stall_ns": stall_ns,
         "profile": profile.name,
+        **lazy,
     }
 
 

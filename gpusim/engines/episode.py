@@ -30,6 +30,7 @@ from gpusim.engines.writes import (
     WriteContext,
     compiled_end,
     compiled_start,
+    deferred_copy,
     exit_mmap,
     handle_mm_fault,
     mapped,
@@ -441,6 +442,15 @@ class Episode:
     invariants: object = None
     wall_s: float = 0.0
     codes: np.ndarray | None = None  # with ``keep_codes``: each page write's write code, in order
+    # a lazy design's (spec 12): per requesting writer, the requests whose writes did table work first (an unshare,
+    # a deferred copy), each (its signature, the cost events of that work, its interval, the writer charged); the
+    # cost events of the table work per writer (its writes' and its exit's) and of the child's deferred copies at
+    # its start (``child_sync``); the table objects and what exited children stayed charged with at the end
+    table_work: tuple = ((), ())
+    table_counts: dict | None = None
+    tables: object = None
+    exit_rss: list | None = None
+    child2: MM | None = None  # (no second fork in an episode: for the checker of a write phase's states)
 
     @property
     def memory(self) -> Memory:
@@ -465,6 +475,7 @@ class _Tally:
         self.events = np.zeros((n, 2, len(WRITE_EVENTS)), np.int64)
         self.samples = np.zeros((n, 4), np.int64)
         self.signatures = [{}, {}]
+        self.table_work = ([], [])
 
     def add(self, w: Window, codes: np.ndarray) -> None:
         who = w.who.astype(np.int64)
@@ -483,6 +494,19 @@ class _Tally:
                 got = self.signatures[x]
                 for sig, n in _signatures(mine):
                     got[sig] = got.get(sig, 0) + n
+
+    def add_table_work(self, w: Window, codes: np.ndarray, work: list) -> None:
+        """The requests of window ``w`` whose writes did table work (``work``: (page write index, cost events)), by
+        request (a request's writes' work summed)."""
+        by_request: dict[int, dict] = {}
+        for j, counts in work:
+            got = by_request.setdefault(j // self.k, {})
+            for e, n in counts.items():
+                got[e] = got.get(e, 0) + n
+        who = w.who
+        for r, counts in sorted(by_request.items()):
+            sig = tuple(sorted(codes[r * self.k : (r + 1) * self.k].tolist()))
+            self.table_work[int(w.request_who[r])].append((sig, counts, w.interval, int(who[r * self.k])))
 
 
 def _signatures(rows: np.ndarray) -> list[tuple[tuple, int]]:
@@ -503,14 +527,21 @@ def _signatures(rows: np.ndarray) -> list[tuple[tuple, int]]:
     return list(zip(map(tuple, digits.tolist()), n.tolist()))
 
 
-def run_episode(parent: AddressSpace, child: MM, variant: str, episode, kernels=None, keep_codes=False) -> Episode:
+def run_episode(
+    parent: AddressSpace, child: MM, variant: str, episode, kernels=None, keep_codes=False, lazy=None
+) -> Episode:
     """The episode ``episode`` (an :class:`EpisodeSpec` or its notation) after a fork whose final states are
     ``parent`` and ``child`` (not modified): compiled with ``kernels`` that have ``episode_writes``, else the
-    reference's Python; both give the same :class:`Episode` (with ``keep_codes``, every write's code too)."""
+    reference's Python; both give the same :class:`Episode` (with ``keep_codes``, every write's code too). After a
+    lazy design's fork (spec 12), ``lazy``: (the fork's table objects, its ``fork_args``, a function pricing cost
+    events in ns, for the pace of async-fork's child sync); it runs in the reference's Python
+    (:class:`ReferenceRunner`)."""
     spec = parse_episode(episode)
     schedule = Schedule(spec, parent.mm, child)
     room = schedule.room()
-    if kernels is not None and hasattr(kernels, "episode_writes"):
+    if lazy is not None:
+        runner = ReferenceRunner(parent, child, variant, lazy)
+    elif kernels is not None and hasattr(kernels, "episode_writes"):
         runner = CompiledRunner(parent, child, variant, kernels, room)
     else:
         runner = ReferenceRunner(parent, child, variant)
@@ -537,6 +568,10 @@ def run_episode(parent: AddressSpace, child: MM, variant: str, episode, kernels=
     )
     if keep_codes:
         ep.codes = np.concatenate(kept) if kept else np.zeros(0, np.uint8)
+    if lazy is not None:
+        wc = runner.wc
+        ep.table_work, ep.table_counts = tally.table_work, wc.table_counts
+        ep.tables, ep.exit_rss = wc.tables(), wc.exit_rss
     return ep
 
 
@@ -556,10 +591,11 @@ def _run_windows(spec: EpisodeSpec, schedule: Schedule, runner, tally: _Tally, k
         runner.exit()
     with ThreadPoolExecutor(1) as pool:
         cur = draw(0)  # every interval has a window at least
-        job = pool.submit(runner.write, cur.request_who, cur.who, cur.addr)
+        job = pool.submit(runner.write, cur.request_who, cur.who, cur.addr, cur.times)
         for k in range(len(windows)):
             nxt = draw(k + 1) if k + 1 < len(windows) else None  # drawn while the runner writes ``cur``
             codes = job.result()
+            work = runner.take_table_work()
             j, _, u1 = windows[k]
             if u1 >= min((j + 1) * spec.resolution_s, spec.duration_s):
                 tally.samples[j] = runner.sample()
@@ -567,8 +603,10 @@ def _run_windows(spec: EpisodeSpec, schedule: Schedule, runner, tally: _Tally, k
                 before_exit, alive = runner.sample(), False
                 runner.exit()
             if nxt is not None:
-                job = pool.submit(runner.write, nxt.request_who, nxt.who, nxt.addr)
+                job = pool.submit(runner.write, nxt.request_who, nxt.who, nxt.addr, nxt.times)
             tally.add(cur, codes)
+            if work:
+                tally.add_table_work(cur, codes, work)
             if kept is not None:
                 kept.append(codes)
             cur = nxt
@@ -599,13 +637,56 @@ def _code(events: list[str]) -> int:
 
 class ReferenceRunner:
     """The episode's writes in the reference's Python (:func:`gpusim.engines.writes.handle_mm_fault`), one at a time;
-    its samples counted from the state (the oracle of :class:`CompiledRunner`'s running counts)."""
+    its samples counted from the state (the oracle of :class:`CompiledRunner`'s running counts).
 
-    def __init__(self, parent: AddressSpace, child: MM, variant: str):
-        self.wc = WriteContext(parent, child, variant)
+    After a lazy design's fork (``lazy``: see :func:`run_episode`) a write first does the table work its design
+    makes (an unshare, the parent's deferred copy), charged to its writer and kept beside its write code
+    (:meth:`take_table_work`). async-fork's child copies its deferred tables as it starts (spec 12.4), in address
+    order, each taking the model time its cost events price at: the parent's writes before the child reached a
+    table copy it first, and the child's own first write waits for the whole sync."""
+
+    def __init__(self, parent: AddressSpace, child: MM, variant: str, lazy=None):
+        tables, fork_args, self.price = lazy if lazy is not None else (None, None, None)
+        self.wc = WriteContext(parent, child, variant, tables, fork_args)
         self.origin = {}  # new page -> the page it was copied from
         self.dma = pinned_frames(parent.mm, parent.memory)  # the DMA addresses and frames at the fork
         self.alive = True
+        self.work: list[tuple[int, dict]] = []  # (page write index in the window, cost events) since the last take
+        self.sync_s = 0.0  # async-fork: the model time the child's sync has reached
+
+    def take_table_work(self) -> list:
+        work, self.work = self.work, []
+        return work
+
+    def sync_until(self, t_s: float) -> None:
+        """async-fork: the child's deferred copies that its sync finishes by model time ``t_s``."""
+        wc = self.wc
+        pending = wc.procs["parent"].mm.pending
+        if not pending or not self.alive or wc.stopped[0] != "ok":
+            return
+        wc.charge("child_sync")
+        counts = wc.table_counts["child_sync"]
+        if not counts["async.sync"]:
+            counts["async.sync"] = 1
+        while pending and self.sync_s <= t_s and wc.stopped[0] == "ok":
+            before = dict(counts)
+            deferred_copy(wc, min(pending), "child")
+            self.sync_s += self.price({e: n - before[e] for e, n in counts.items() if n != before[e]}) / 1e9
+
+    def lazy_write(self, j: int, who: str, a: int, t_s: float) -> list[str]:
+        """One write after a lazy design's fork: the child's sync up to its time, the write, its table work kept."""
+        wc = self.wc
+        self.sync_until(math.inf if who == "child" else t_s)
+        p = wc.procs[who]
+        if a // PTRS_PER_TABLE not in p.mm.wp:
+            return handle_mm_fault(wc, p, a)
+        wc.charge(who)
+        before = dict(wc.table_counts[who])
+        events = handle_mm_fault(wc, p, a)
+        delta = {e: n - before[e] for e, n in wc.table_counts[who].items() if n != before[e]}
+        if delta:
+            self.work.append((j, delta))
+        return events
 
     def frame(self, who: str, a: int) -> tuple[int, bool]:
         """The page ``who`` maps at ``a`` (-1: none), and whether the mapping is writable."""
@@ -618,18 +699,23 @@ class ReferenceRunner:
             return -1, False
         return P.pte_pfn(v), P.pte_write(v)
 
-    def write(self, request_who, who, addr) -> np.ndarray:
+    def write(self, request_who, who, addr, times=None) -> np.ndarray:
         codes = np.zeros(addr.size, np.uint8)
         m = self.wc.m
+        per = addr.size // max(request_who.size, 1)
         for k, (x, a) in enumerate(zip(who.tolist(), addr.tolist())):
             victim = self.frame(WRITERS[x], a)[0]
-            events = handle_mm_fault(self.wc, self.wc.procs[WRITERS[x]], a)
+            if self.wc.fc is not None:
+                events = self.lazy_write(k, WRITERS[x], a, float(times[k // per]))
+            else:
+                events = handle_mm_fault(self.wc, self.wc.procs[WRITERS[x]], a)
             if "copy" in events:
                 self.origin[len(m.page_folio) - 1] = victim
             codes[k] = _code(events)
         return codes
 
     def exit(self) -> None:
+        self.sync_until(math.inf)
         exit_mmap(self.wc)
         self.alive = False
 
@@ -671,7 +757,7 @@ class CompiledRunner:
         self.dma = pinned_frames(parent.mm, parent.memory)  # the DMA addresses and frames at the fork
         self.ahead = EPISODE_AHEAD
 
-    def write(self, request_who, who, addr) -> np.ndarray:
+    def write(self, request_who, who, addr, times=None) -> np.ndarray:
         codes = np.zeros(addr.size, np.uint8)
         p, c = self.procs
         self.k.episode_writes(
@@ -679,6 +765,9 @@ class CompiledRunner:
             self.v.wp_reuse, self.v.anon_exclusive, self.ahead,
         )  # fmt: skip
         return codes
+
+    def take_table_work(self) -> list:
+        return []  # (no lazy design runs here)
 
     def located(self, who: np.ndarray, addr: np.ndarray):
         """The writes as ``kernels.EpisodeWrites`` (their rows and VMAs found by the kernel)."""

@@ -522,6 +522,7 @@ def second_fork(wc: WriteContext) -> None:
     parent = wc.procs["parent"].mm
     fc = ForkContext(None, wc.v.name, oracle, inject, seq + 1, machine=wc.m, parent=parent, child=MMState())
     fc.store = wc.fc.store if wc.fc is not None else lazy.TableStore()
+    lazy.watch_events(fc)
     fc.counts = wc.table_counts["parent"]
     stopped = dup_mmap(fc, plan_fork(parent.to_mm()))
     if stopped[0] != "ok":

@@ -149,6 +149,17 @@ class ForkResult:
             return None
         return resident_bytes(self.parent.mm, self.child, self.memory) / self.nr_ptes
 
+    def page_table_bytes(self) -> tuple[int, int]:
+        """Bytes of the PTE tables (4 KiB each) the parent and the child hold after the fork: a table they share
+        (spec 12.1) counted once, for the parent."""
+        child = self.child.nr_tables
+        if self.tables is not None and self.child.nr_tables:
+            child = int((self.tables.of("child")[0] < 0).sum())
+        return PAGE_TABLE_BYTES * self.parent.mm.nr_tables, PAGE_TABLE_BYTES * child
+
+
+PAGE_TABLE_BYTES = 4096
+
 
 def rss_dict(rss) -> dict[str, int]:
     return {name: int(v) for name, v in zip(RSS_NAMES, rss)}

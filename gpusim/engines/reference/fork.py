@@ -115,8 +115,7 @@ def fork_reference(
     t0 = time.perf_counter()
     fc = ForkContext(space, variant, oracle, plan, fork_seq)
     fc.store = lazy.TableStore()
-    if fc.v.table_fork == "share_accounted":
-        fc.event_hook = lambda t: lazy.odfc_unshare_if_shared(fc, t)
+    lazy.watch_events(fc)
     stopped = dup_mmap(fc)
     child_rss, after_teardown = list(fc.child.rss), None
     if stopped[0] == "enomem":

@@ -399,6 +399,14 @@ def odfc_unshare(fc: ForkContext, x: MMState, t: int) -> None:
     fc.counts["table.cow_pte"] += sum(1 for v in row if v)
 
 
+def watch_events(fc: ForkContext) -> None:
+    """What a fork of the design does before an injected window event changes an entry (every fork's context,
+    a write phase's ``parent:fork`` too): odf-cowpte unshares the parent's table first
+    (:func:`odfc_unshare_if_shared`)."""
+    if fc.v.table_fork == "share_accounted":
+        fc.event_hook = lambda t: odfc_unshare_if_shared(fc, t)
+
+
 def odfc_unshare_if_shared(fc: ForkContext, t: int) -> None:
     """Before an injected event changes the parent's entry in table ``t`` (a zap, reclaim's unmap, a pin): the
     parent's table is unshared first, as COW PTE breaks a shared table before a zap, an rmap walk or GUP (spec 12.3)."""

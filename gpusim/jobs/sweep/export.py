@@ -35,8 +35,9 @@ from gpusim.kernels.flags import COUNT_NAMES, RSS_NAMES
 # 2: host_tables; 3: non-data files prefixed with "_" (_common_metadata, _manifest.jsonl); 4: the write phase's
 # columns (older files read them as null); 5: host_tables named python_tables (the tables the Python loop copied);
 # 6: the latency band and the frame-break count; 7: the episode's columns (older files read them as null); 8: the
-# lazy fork designs' count columns (spec 12.8; older files read them as null)
-SCHEMA_VERSION = "8"
+# lazy fork designs' count columns (spec 12.8; older files read them as null); 9: the page tables each process
+# holds, and the table work of the write phase and the episode per writer and the child's sync (spec 12.8)
+SCHEMA_VERSION = "9"
 # columns an older schema wrote under another name: read under the new one (a dataset resumed across versions
 # holds both; each row takes the name its file has)
 RENAMED_COLUMNS = {"host_tables": "python_tables"}
@@ -75,6 +76,9 @@ def _fixed_fields() -> list[pa.Field]:
     fields += [(f"write.{w}.{e}", i64) for w in WRITERS for e in WRITE_EVENTS]
     fields += [(f"dma.{k}", i64) for k in DMA_FIELDS]
     fields += [("write_latency_ns", f64), ("write_wall_s", f64), ("write_invariants_ok", b)]
+    fields += [(f"{x}.table_ns.{w}", f64) for x in ("write", "episode") for w in WRITERS]
+    fields += [("write.child_sync_ns", f64), ("episode.child_sync_ns", f64)]
+    fields += [("page_table_bytes.parent", i64), ("page_table_bytes.child", i64)]
     # the episode after the fork (spec 11.6; null without one): totals, the parent's latency percentiles, faults per
     # writer and event, and the timeline, one list per quantity (an element per interval)
     fields += [(f"episode.{k}", f64 if k.endswith("_ns") else i64) for k in EPISODE_TOTALS]

@@ -17,7 +17,7 @@ import numpy as np
 from gpusim.analysis.costmodel import latency, load_profile, write_latency
 from gpusim.api import fork, fork_episode, write_phase
 from gpusim.base import backend as B
-from gpusim.engines.writes import generated_steps
+from gpusim.engines.writes import WRITERS, generated_steps
 from gpusim.inputs.workloads import GENERATED_KINDS, build_workload, fork_memory_bytes, region_space
 from gpusim.jobs.sweep.export import EPISODE_PERCENTILES, EPISODE_TOTALS
 from gpusim.jobs.sweep.spec import Point, config_hash
@@ -157,7 +157,11 @@ def write_columns(r, profile) -> dict:
         return {}
     out = {f"write.{w}.{e}": n for w, counts in wp.counts.items() for e, n in counts.items()}
     out.update({f"dma.{k}": v for k, v in wp.dma.items()})
-    out["write_latency_ns"] = write_latency(wp.counts, profile, wp.table_counts)["latency_ns"]
+    lat = write_latency(wp.counts, profile, wp.table_counts)
+    out["write_latency_ns"] = lat["latency_ns"]
+    if "child_sync_ns" in lat:  # a lazy design's (spec 12.8)
+        out.update({f"write.table_ns.{w}": lat["latency_breakdown_ns"][w]["table"] for w in WRITERS})
+        out["write.child_sync_ns"] = lat["child_sync_ns"]
     out["write_wall_s"] = wp.wall_s
     out["write_invariants_ok"] = None if wp.invariants is None else wp.invariants.ok
     return out
@@ -181,6 +185,9 @@ def episode_columns(r) -> dict:
         out[f"episode.timeline.{k}"] = [t[k] for t in tl]
     added = [t["added_latency_ns"] for t in tl]
     out["episode.timeline.added_latency_ns"] = [None if a is None else sum(a.values()) for a in added]
+    if "table_ns" in rep:  # a lazy design's (spec 12.8)
+        out.update({f"episode.table_ns.{w}": ns for w, ns in rep["table_ns"].items()})
+        out["episode.child_sync_ns"] = rep["child_sync_ns"]
     out["episode.wall_s"] = ep.wall_s
     out["episode.invariants_ok"] = None if ep.invariants is None else ep.invariants.ok
     return out
@@ -230,6 +237,7 @@ def fork_row(base: dict, seq: int, gen: int, r, build_s: float, variant: str, pr
     row.update({f"latency.{c}_ns": v for c, v in lat["latency_breakdown_ns"].items()})
     row.update({f"count.{n}": v for n, v in r.counts.items()})
     row.update({f"child_rss.{n}": v for n, v in r.child_rss.items()})
+    row["page_table_bytes.parent"], row["page_table_bytes.child"] = r.page_table_bytes()
     row.update(write_columns(r, profile))
     row.update(episode_columns(r))
     return row
