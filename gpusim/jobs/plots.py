@@ -8,7 +8,11 @@
   (``dma.parent_diverged``) and those the device writes into the child (``dma.child_aliased``), beside the modelled
   latency of the fork and of the write phase after it;
 * ``episode_timeline.png`` (sweeps with ``fork.episode``): per point, the COW memory and the latency the writes
-  gain over the episode's time, and the pinned pages whose DMA the parent lost when any did.
+  gain over the episode's time, and the pinned pages whose DMA the parent lost when any did;
+* ``stall_vs_total.png`` (sweeps with ``fork.episode``): per workload point, each variant's fork stall against the
+  total cost of its fork over the episode (the stall, the latency the writes gain with the table work they trigger,
+  and a lazy design's deferred copies in the child; log axes where they span a factor of 10): where the fork
+  designs (spec 12) move the cost.
 
 A figure whose axis the sweep does not vary is skipped. Failed rows (``outcome = "error"``) are left out. matplotlib
 is imported when figures are drawn, not with this module.
@@ -225,6 +229,57 @@ def episode_timeline(fig_set: "_Figures") -> None:
     fig_set.save(fig, "episode_timeline.png")
 
 
+def _total_cost_ns(d: dict, i: int) -> float | None:
+    """The total cost of row ``i``'s fork over its episode (see the module docstring); None without one."""
+    added = d.get("episode.added_latency_ns", [None] * (i + 1))[i]
+    if added is None or d["latency_ns"][i] is None:
+        return None
+    sync = d.get("episode.child_sync_ns", [None] * (i + 1))[i] or 0.0
+    return d["latency_ns"][i] + added + sync
+
+
+def _scale(ax, xs, ys) -> None:
+    """Log axes where the values span more than a factor of 10, else linear ones with plain tick labels."""
+    for values, set_scale, axis in ((xs, ax.set_xscale, "x"), (ys, ax.set_yscale, "y")):
+        v = np.array(values, float)
+        if v.min() > 0 and v.max() / v.min() > 10:
+            set_scale("log")
+        else:
+            ax.ticklabel_format(axis=axis, style="plain", useOffset=False)
+
+
+def stall_vs_total(fig_set: "_Figures") -> None:
+    """``stall_vs_total.png``: per workload point (first repetition), each variant's fork stall against its total
+    cost over the episode."""
+    d, n = fig_set.d, fig_set.n
+    points: dict = {}
+    for i in range(n):
+        if _total_cost_ns(d, i) is not None:
+            points.setdefault(workload_label(d, i), {}).setdefault(d["variant"][i], i)
+    if not points:
+        return
+    k = len(points)
+    cols = min(k, 3)
+    fig, axes = fig_set.plt.subplots((k + cols - 1) // cols, cols, figsize=(5 * cols, 4.2 * ((k + cols - 1) // cols)))
+    axes = np.atleast_1d(axes).reshape(-1)
+    colours = {v: f"C{j % 10}" for j, v in enumerate(fig_set.variants)}
+    for ax, (label, by_variant) in zip(axes, sorted(points.items())):
+        for v, i in sorted(by_variant.items()):
+            x, y = _total_cost_ns(d, i) / 1e6, d["latency_ns"][i] / 1e6
+            ax.scatter([x], [y], color=colours[v], label=v, s=36)
+            ax.annotate(v, (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        _scale(
+            ax, [_total_cost_ns(d, i) for i in by_variant.values()], [d["latency_ns"][i] for i in by_variant.values()]
+        )
+        ax.set_xlabel("total cost over the episode (ms)")
+        ax.set_ylabel("parent's fork stall (ms)")
+        ax.set_title(label if label != "all" else "fork stall vs total cost", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in axes[k:]:
+        ax.set_visible(False)
+    fig_set.save(fig, "stall_vs_total.png")
+
+
 PLOTS = "_plots"  # a dataset's figures: a name the readers skip
 
 
@@ -247,4 +302,5 @@ def plot_results(path, out=None) -> list[Path]:
     figs.variant_comparison()
     write_phase(figs)
     episode_timeline(figs)
+    stall_vs_total(figs)
     return figs.written
