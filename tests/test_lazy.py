@@ -560,6 +560,31 @@ def test_a_sweep_over_the_designs(tmp_path):
     assert {v: r["outcome"] for v, r in rows.items()} == dict.fromkeys(("linux-6.18", *LAZY), "ok")
     assert rows["odf-paper"]["count.table.share"] >= 1 and rows["async-fork"]["count.async.defer"] >= 1
     assert all(r["write_latency_ns"] > 0 for r in rows.values())
+    assert rows["odf-paper"]["write.table_ns.parent"] > 0 and rows["linux-6.18"]["write.table_ns.parent"] is None
+    assert rows["odf-paper"]["page_table_bytes.child"] == 0 < rows["linux-6.18"]["page_table_bytes.child"]
+
+
+def test_a_sweep_of_episodes_over_the_designs_and_its_plot(tmp_path):
+    """Episodes after the designs' forks in a sweep: the table work and the child's sync as columns, and
+    ``stall_vs_total.png`` drawn."""
+    from inproc import run_cli
+
+    from gpusim.jobs.plots import plot_results
+
+    f = tmp_path / "designs.yaml"
+    f.write_text(
+        "name: designs\nseed: 1\nrepeat: 1\nbackend: auto\n"
+        "workload: {kind: anon, size: 4MiB, pinned_fraction: 0.05}\n"
+        "fork: {variant: linux-6.18, episode: {duration: 0.2s, rate: 20000, resolution: 0.1s}}\n"
+        "sweep:\n  grid:\n    fork.variant: [linux-6.18, odf-paper, odf-cowpte, async-fork]\n"
+    )
+    code, _, err = run_cli("sweep", f, "--out", tmp_path / "out")
+    assert code == 0, err
+    rows = {r["fork.variant"]: r for r in gpusim.load_results(tmp_path / "out").to_pylist()}
+    assert all(r["episode.invariants_ok"] for r in rows.values())
+    assert rows["odf-paper"]["episode.table_ns.parent"] > 0 and rows["async-fork"]["episode.child_sync_ns"] > 0
+    assert rows["linux-6.18"]["episode.child_sync_ns"] is None
+    assert "stall_vs_total.png" in [p.name for p in plot_results(tmp_path / "out")]
 
 
 # --- episodes after a lazy fork (spec 11.6 with spec 12's table work) ----------------------------------------------
@@ -606,3 +631,13 @@ def test_async_fork_episode_child_sync_races_the_parent():
 
 
 WHO = ("parent", "child_sync")
+
+
+def test_the_cli_prints_an_episodes_table_work():
+    from inproc import run_cli
+
+    code, out, err = run_cli(
+        "fork", "--layout", "pinned*4 normal*2044", "--variant", "odf-paper", "--episode", "duration=0.2s, rate=5000"
+    )
+    assert code == 0, err
+    assert "table work: parent" in out and "L1-L7" in out

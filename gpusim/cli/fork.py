@@ -431,6 +431,13 @@ def print_episode(r) -> None:
         f"COW memory peak {rep['cow_bytes_peak'] / mib:,.1f} MiB; the child's private dirty memory at its exit "
         f"{rep['child_private_dirty_bytes'] / mib:,.1f} MiB"
     )
+    if "table_ns" in rep:  # a lazy design's table work (spec 12.8)
+        work = ", ".join(f"{who} {ns / 1e6:,.3f} ms" for who, ns in rep["table_ns"].items())
+        requests = sum(len(w) for w in ep.table_work)
+        out.print(
+            f"table work: {work} ({requests:,} requests did it first; a child's also at its exit); the child's "
+            f"deferred copies at its start {rep['child_sync_ns'] / 1e6:,.3f} ms"
+        )
     for key, who in (("write_latency_ns", "writes"), ("child_write_latency_ns", "child's writes")):
         p = rep[key]
         if p is not None:
