@@ -115,6 +115,10 @@ class StreamedResult(ForkResult):
     chunks: int = 0
     chunk_rows: int = 0
     resident_bytes_max: int = 0
+    page_tables: tuple = (0, 0)  # :meth:`page_table_bytes`, summed over the chunks
+
+    def page_table_bytes(self) -> tuple[int, int]:
+        return self.page_tables
 
     def bytes_per_pte(self) -> float | None:
         """Resident bytes of the largest chunk's final states per simulated PTE of the whole space."""
@@ -228,6 +232,7 @@ class Totals:
         self.engine_wall_s = 0.0
         self.python_tables = 0
         self.resident = 0
+        self.page_tables = np.zeros(2, np.int64)
 
     def add(self, ch: Chunk, r: ForkResult) -> None:
         for name, v in r.counts.items():
@@ -247,6 +252,7 @@ class Totals:
         self.engine_wall_s += r.engine_wall_s
         self.python_tables += r.python_tables
         self.resident = max(self.resident, resident_bytes(r.parent.mm, r.child, r.parent.memory))
+        self.page_tables += r.page_table_bytes()
 
     def add_upper(self, tables: np.ndarray) -> None:
         """``table.upper_alloc`` of the child's tables of one chunk (sorted): its distinct PMD and PUD pages, but
@@ -355,4 +361,5 @@ def fork_chunks(space, variant: str, backend: str, check: bool, chunk_rows: int,
         chunks=nchunks,
         chunk_rows=chunk_rows,
         resident_bytes_max=totals.resident,
+        page_tables=tuple(totals.page_tables.tolist()),
     )

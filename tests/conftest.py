@@ -95,6 +95,7 @@ WARM_TESTS = (
         "tests/test_state.py",
         "tests/test_episode.py",
         "tests/test_api_args.py",
+        "tests/test_lazy.py",
     ],
     "(cpu and not random and not chunking and not mostly) or compiled or digest or parent_scan or streamed_workload",
 )

@@ -265,3 +265,19 @@ def test_a_point_that_would_not_fit_is_refused_before_anything_runs(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "(workload anon) (not streamed: each fork of a chain" in p.stderr and "GiB of memory" in p.stderr
     assert not (tmp_path / "out").exists()  # nothing started, nothing half-written
+
+
+@pytest.mark.parametrize("variant", ["linux-6.18", "odf-paper"])
+def test_a_streamed_points_row_has_the_whole_forks_columns(tmp_path, monkeypatch, variant):
+    """A point streamed in chunks (here forced to two tables a chunk) writes the row the whole fork writes: its
+    counts, digest and the page tables of each process."""
+    from gpusim.jobs.sweep import point as point_module
+
+    text = f"name: s\nbackend: cpu\nworkload:\n  kind: anon\n  size: 8MiB\nfork:\n  variant: {variant}\n"
+    spec, points = load_sweep(write(tmp_path, text))
+    whole = run_point(points[0], 0)[0]
+    monkeypatch.setattr(point_module, "chunk_rows", lambda point: 2)
+    streamed = run_point(points[0], 0)[0]
+    assert streamed["outcome"] == "ok" and streamed["digest"] == whole["digest"]
+    for key in ("page_table_bytes.parent", "page_table_bytes.child", "count.table.alloc", "count.table.share"):
+        assert streamed[key] == whole[key], key
