@@ -100,7 +100,7 @@ def fork_lazy(space, variant, kernels, how: tuple, oracle, plan, fork_seq: int) 
     try:
         return fork_lazy_fast(space, variant, kernels, backend, oracle, plan, fork_seq, chunk_tables, in_place)
     except ReferenceOnly:
-        if asked != "auto":
+        if asked != "auto" or in_place:  # (an input handed over may have been written: not run again)
             raise
     plan.fired.clear()
     return fork_reference(space, variant, oracle, plan, fork_seq)

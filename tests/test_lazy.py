@@ -641,3 +641,34 @@ def test_the_cli_prints_an_episodes_table_work():
     )
     assert code == 0, err
     assert "table work: parent" in out and "L1-L7" in out
+
+
+@pytest.mark.parametrize(
+    "layout, runs",
+    [
+        ("normal*100 pinned normal*411", True),  # a fallback in a table of its own
+        ("normal*504 folio8:pin none*504", True),  # a pinned large folio in the rest of one table
+        ("normal*504 folio8:pin:nonex=0,1 none*504", True),  # ... two of its pages accounted before the fallback
+        ("normal*508 folio8:pin none*500", False),  # ... across two tables: the reference's
+    ],
+)
+def test_odf_cowpte_in_place_equals_its_fork_on_copies(layout, runs):
+    """A space handed over to odf-cowpte's fast fork (its arrays the fork's to write) gives the fork on copies of
+    them, and refuses what that refuses (the map counts it reads after the pass hold what the pass accounted)."""
+    from gpusim.model.state import AddressSpace
+
+    space = gpusim.parse_layout(layout)
+    kw = dict(backend="cpu", check=False)
+    mm = dataclasses.replace(space.mm, **{f: np.array(getattr(space.mm, f)) for f in ("pte", "table_index")})
+    mem = dataclasses.replace(space.memory, **{f: np.array(a) for f, a in vars(space.memory).items() if hasattr(a, "shape")})
+    handed = AddressSpace.handed_over(mm, mem)
+    if not runs:
+        with pytest.raises(ReferenceOnly):
+            gpusim.fork(space, ODF_COWPTE, **kw)
+        with pytest.raises(ReferenceOnly):
+            gpusim.fork(handed, ODF_COWPTE, **kw)  # (auto would not run it again on the written arrays)
+        return
+    want = gpusim.fork(space, ODF_COWPTE, **kw)
+    got = gpusim.fork(handed, ODF_COWPTE, **kw)
+    assert got.digest == want.digest and got.counts == want.counts and got.child_rss == want.child_rss
+    assert got.counts["table.share_fallback"] == 1 and got.parent.mm.pte is mm.pte  # it ran in place

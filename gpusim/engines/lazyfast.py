@@ -38,6 +38,7 @@ from gpusim.kernels.fields import MEMORY_FIELDS
 from gpusim.kernels.flags import (
     BACKING_ANON,
     PAGE_ANON_EXCLUSIVE,
+    PAGE_HWPOISON,
     PTRS_PER_TABLE,
     RSS_NAMES,
     VM_SHARED,
@@ -133,7 +134,7 @@ def fork_lazy_fast(
     if B.on_device(mm.pte):
         raise ValueError(f"a fork of {variant} takes an address space in host memory (its tables are added there)")
     if v.table_fork == "share_accounted":
-        return fork_odfc_fast(space, v, kernels, backend, oracle, plan_inj, fork_seq, chunk_tables)
+        return fork_odfc_fast(space, v, kernels, backend, (oracle, plan_inj, fork_seq), chunk_tables, in_place)
     plan = plan_fork(mm)
     lazy = lazy_calls(mm, plan, v)
     refuse(space, plan, lazy, v)
@@ -226,35 +227,39 @@ def share_tables(r: ForkResult, tables: np.ndarray) -> None:
 
 
 def fork_odfc_fast(
-    space: AddressSpace, v: Variant, kernels, backend: str, oracle, plan_inj: InjectionPlan, fork_seq, chunk_tables
+    space: AddressSpace, v: Variant, kernels, backend: str, fork_args: tuple, chunk_tables, in_place: bool
 ) -> ForkResult:
-    """odf-cowpte's fork (module docstring): the accounting pass over the engine's copy of the state, the fast
+    """odf-cowpte's fork (module docstring): the accounting pass over the engine's copy of the state (``in_place``:
+    over the space's own arrays, which are the fork's to write, unless a hwpoisoned page could stop it), the fast
     engine's calls (the THPs, the rest of each table where the pass fell back), the shared tables around its
     result."""
-    mm = space.mm
+    oracle, plan_inj, fork_seq = fork_args
+    mm, m = space.mm, space.memory
     plan = plan_fork(mm)
     odfc_check_layout(mm, plan)
     if plan_inj.injections:
         raise ReferenceOnly(f"{v.name}'s fork with injections")
     refuse_pinned_thp(space, plan, v)
     t0 = time.perf_counter()
-    memory = Memory(
-        **{f: copy_array(getattr(space.memory, f)) for f in MEMORY_FIELDS}, next_content=space.memory.next_content
+    in_place = in_place and not (v.hwpoison_fails_copy and (m.page_flags & PAGE_HWPOISON).any())
+    memory = (
+        m if in_place else Memory(**{f: copy_array(getattr(m, f)) for f in MEMORY_FIELDS}, next_content=m.next_content)
     )
-    ppte = copy_array(mm.pte)
+    ppte = mm.pte if in_place else copy_array(mm.pte)
     calls = np.flatnonzero(~plan.call_huge)
     acc, out = odfc_pass(mm, plan, calls, ppte, memory, v)
     back = calls[out >= 0]  # the calls the pass fell back in, and from where
     starts = plan.call_start.copy()
     starts[back] = out[out >= 0]
-    refuse_entangled(space, plan, back, starts[back])
+    refuse_entangled(AddressSpace(dataclasses.replace(mm, pte=ppte), memory), plan, back, starts[back])
     keep = plan.call_huge.copy()
     keep[back] = True
     accounted = AddressSpace(dataclasses.replace(mm, pte=ppte), memory)
     job = ForkJob(accounted, v.name, oracle, plan_inj, fork_seq, True, plan=subplan(plan, keep, starts))
     job.setup_s += time.perf_counter() - t0
     r = job.run(kernels, backend, chunk_tables)
-    if r.outcome != "ok":  # (an early copy of a hwpoisoned page: the child's shared tables go too; the input is intact)
+    if r.outcome != "ok":  # (an early copy of a hwpoisoned page: the child's shared tables go too; the input is intact:
+        # such a fork is never in place)
         raise ReferenceOnly(f"{v.name}: a fork that stops in a fallback")
     tables = plan.call_table[calls[out < 0]]
     recovered = odfc_fallbacks(r, plan.call_table[back], starts[back])
@@ -306,9 +311,11 @@ def odfc_pass(mm: MM, plan: ForkPlan, calls: np.ndarray, ppte, memory: Memory, v
 def refuse_entangled(space: AddressSpace, plan: ForkPlan, back: np.ndarray, starts: np.ndarray) -> None:
     """The fast engine copies the THPs and the fallbacks' rest after the whole pass, not in address order between
     its tables: the same result when no folio it touches is mapped anywhere but in that one table (its map counts
-    are all the table's own mappings). Else the reference's (:class:`ReferenceOnly`). (Migration entries touch no
-    folio; swap slots need no test: without injections every duplication adds one reference and every
-    continuation is atomic, in any order.)"""
+    are all the table's own mappings). Else the reference's (:class:`ReferenceOnly`). ``space`` is the state after
+    the pass, whose map counts hold the mappings it accounted too (a page of a fallback's rest mapped once is still
+    mapped once; a folio of one counts its table's entries before the fallback twice). (Migration
+    entries touch no folio; swap slots need no test: without injections every duplication adds one reference and
+    every continuation is atomic, in any order.)"""
     mm, m = space.mm, space.memory
     heads = decode.offsets(mm.pmd[np.searchsorted(mm.pmd_index, plan.call_table[plan.call_huge])]).astype(np.int64)
     folios, own = [m.page_folio[heads]], [np.ones(heads.size, np.int64)]
@@ -326,22 +333,25 @@ def refuse_entangled(space: AddressSpace, plan: ForkPlan, back: np.ndarray, star
 
 
 def rest_folios_mapped_twice(mm: MM, m: Memory, rows: np.ndarray, starts: np.ndarray, ends: np.ndarray):
-    """(the folios the rest of each fallback maps that are not a small folio's page mapped once, and how often the
-    table of that fallback maps each), one entry per (fallback, folio)."""
+    """(the folios the rest of each fallback maps that are not a small folio's page mapped once, and the map counts
+    its table's entries give each after the pass: its mappings there, those before the fallback twice), one entry
+    per (fallback, folio)."""
     pte = mm.pte[rows]
     k = decode.kinds(pte)
     maps = ((k == P.KIND_PRESENT) & ~decode.special(pte)) | (k == P.KIND_DEVICE_PRIVATE)
     cols = np.arange(PTRS_PER_TABLE)
     base = (mm.table_index[rows] * PTRS_PER_TABLE)[:, None]
     rest = maps & (cols >= starts[:, None] - base) & (cols < ends[:, None] - base)
+    counted = [maps, maps & (cols < starts[:, None] - base)]  # (those before, accounted by the pass: twice)
     pfn = decode.offsets(pte[rest]).astype(np.int64)
     f = m.page_folio[pfn]
     twice = (m.folio_order[f] != 0) | (m.page_mapcount[pfn] > 1) | (m.folio_pmd_mapcount[f] != 0)
     which = np.broadcast_to(np.arange(rows.size)[:, None], pte.shape)
-    key = which[maps] * np.int64(m.nr_folios) + m.page_folio[decode.offsets(pte[maps]).astype(np.int64)]
+    nf = np.int64(m.nr_folios)
+    key = np.concatenate([which[c] * nf + m.page_folio[decode.offsets(pte[c]).astype(np.int64)] for c in counted])
     keys, counts = np.unique(key, return_counts=True)
-    mine = np.unique(which[rest][twice] * np.int64(m.nr_folios) + f[twice])
-    return mine % m.nr_folios, counts[np.searchsorted(keys, mine)]
+    mine = np.unique(which[rest][twice] * nf + f[twice])
+    return mine % nf, counts[np.searchsorted(keys, mine)]
 
 
 def folio_mappings(m: Memory, folios: np.ndarray) -> np.ndarray:
