@@ -660,7 +660,9 @@ def test_odf_cowpte_in_place_equals_its_fork_on_copies(layout, runs):
     space = gpusim.parse_layout(layout)
     kw = dict(backend="cpu", check=False)
     mm = dataclasses.replace(space.mm, **{f: np.array(getattr(space.mm, f)) for f in ("pte", "table_index")})
-    mem = dataclasses.replace(space.memory, **{f: np.array(a) for f, a in vars(space.memory).items() if hasattr(a, "shape")})
+    mem = dataclasses.replace(
+        space.memory, **{f: np.array(a) for f, a in vars(space.memory).items() if hasattr(a, "shape")}
+    )
     handed = AddressSpace.handed_over(mm, mem)
     if not runs:
         with pytest.raises(ReferenceOnly):
