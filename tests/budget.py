@@ -13,10 +13,17 @@ from hypothesis import HealthCheck, settings
 
 DEEP = os.environ.get("GPUSIM_TESTS", "ci") == "deep"
 CUDASIM_SHARE = 8
+# The process that fills numba's cache beside a run of the whole suite on a fresh clone (tests/conftest.py) runs tests
+# only for the kernels their first examples compile: a few examples each, so that it is done, and leaves the second
+# core to the run, sooner.
+WARMING = bool(os.environ.get("GPUSIM_TEST_WARMING"))
+WARMING_EXAMPLES = 6
 
 
 def examples(n: int, backend: str | None = None) -> int:
     """The examples a test whose ``ci`` budget on the CPU is ``n`` draws on ``backend``."""
+    if WARMING:
+        return min(n, WARMING_EXAMPLES)
     if DEEP:
         return 10 * n
     return max(4, n // CUDASIM_SHARE) if backend == "cudasim" else n

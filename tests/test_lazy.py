@@ -227,6 +227,24 @@ def test_scenario(row):
     assert (w.dma["parent_diverged"], w.dma["child_aliased"]) == dma
 
 
+@pytest.mark.parametrize("row", ROWS, ids=[f"{r[0]}-{r[3]}" for r in ROWS])
+def test_scenario_on_the_fast_engines(row, backend):
+    """Each row of spec 12.10 forked on the fast engines (their write phases on the fork's result): the reference's
+    fork, write phase and table objects, or (a pinned THP) a fork the fast engines leave to it."""
+    _, layout, writes, variant, *_ = row
+    ref = fork(layout, variant, writes)
+    try:
+        got = gpusim.fork(gpusim.parse_layout(layout), variant, backend=backend, writes=writes)
+    except ReferenceOnly:
+        assert "thp" in layout
+        return
+    assert got.backend == backend and got.digest == ref.digest and got.counts == ref.counts
+    if writes is not None:
+        a, b = ref.write_phase, got.write_phase
+        assert a.counts == b.counts and a.table_counts == b.table_counts and a.dma == b.dma
+        assert digest(a.parent.mm, a.child, a.memory, a.tables) == digest(b.parent.mm, b.child, b.memory, b.tables)
+
+
 def test_zf_odf_paper_pin_lands_on_the_shared_page():
     """Z-f, odf-paper: the pin takes no fault (W = 1 in the shared table): page 0 has 1 + 1024 references and its
     table is still shared."""
