@@ -88,14 +88,14 @@ def pytest_collection_modifyitems(config, items):
 # kernels under the simulator run as Python). numba writes its cache files atomically: either may compile first.
 WARM_ABOVE_ITEMS = 1000
 WARM_TESTS = (
-    [
-        "tests/test_engines.py",
-        "tests/test_writes.py",
-        "tests/test_generate.py",
-        "tests/test_state.py",
-        "tests/test_episode.py",
+    [  # in the order this run reaches them (the files' order), so that each kernel is compiled before it is needed
         "tests/test_api_args.py",
+        "tests/test_engines.py",
+        "tests/test_episode.py",
+        "tests/test_generate.py",
         "tests/test_lazy.py",
+        "tests/test_state.py",
+        "tests/test_writes.py",
     ],
     "(cpu and not random and not chunking and not mostly) or compiled or digest or parent_scan or streamed_workload",
 )
