@@ -17,7 +17,7 @@ CUDASIM_SHARE = 8
 # only for the kernels their first examples compile: a few examples each, so that it is done, and leaves the second
 # core to the run, sooner.
 WARMING = bool(os.environ.get("GPUSIM_TEST_WARMING"))
-WARMING_EXAMPLES = 6
+WARMING_EXAMPLES = 2
 
 
 def examples(n: int, backend: str | None = None) -> int:
