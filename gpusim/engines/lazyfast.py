@@ -296,7 +296,7 @@ def odfc_pass(mm: MM, plan: ForkPlan, calls: np.ndarray, ppte, memory: Memory, v
         plan.call_end[calls],
         mm.vma_flags[plan.call_vma[calls]].astype(np.int64),
         ppte,
-        mm.table_index,
+        np.array(mm.table_index),  # (writeable, as every array here: one compiled type whether the input is frozen)
         bool(mm.has_pinned),
         variant_params(v),
         memory_arrays({f: getattr(memory, f) for f in MEMORY_FIELDS}),
@@ -322,7 +322,15 @@ def refuse_entangled(space: AddressSpace, plan: ForkPlan, back: np.ndarray, star
     ends = plan.call_end[back]
     rows = rows_of(mm, plan.call_table[back])
     if not cpu_kernels.fallback_rest_alone(  # (the common case, compiled: each page mapped once, here)
-        mm.pte, rows, starts, ends, mm.table_index, m.page_folio, m.folio_order, m.page_mapcount, m.folio_pmd_mapcount
+        mm.pte,
+        rows,
+        starts,
+        ends,
+        np.array(mm.table_index),
+        m.page_folio,
+        m.folio_order,
+        m.page_mapcount,
+        m.folio_pmd_mapcount,
     ):
         f, n = rest_folios_mapped_twice(mm, m, rows, starts, ends)
         folios.append(f)
