@@ -78,7 +78,7 @@ def pytest_collection_modifyitems(config, items):
         if any(item.name == "test_calibrate_quick_writes_a_profile_that_becomes_the_default" for item in items):
             background.start("calibrate", background.CALIBRATION_ARGV, background.CALIBRATION_ENV)
         if warm_cpu_kernels():
-            items.sort(key=lambda item: not compiles_nothing(item))  # stable: in their order, cudasim's first
+            items.sort(key=run_order)  # stable: in their order, cudasim's first
 
 
 # For a run of the whole suite, work that needs nothing from this process runs beside it (tests/background.py): the
@@ -96,9 +96,21 @@ WARM_TESTS = (
         "tests/test_lazy.py",
         "tests/test_state.py",
         "tests/test_writes.py",
+        *(f"tests/{name}" for name in ("test_cli.py", "test_frames.py")),  # the LATE tests' own kernels, last
     ],
-    "(cpu and not random and not chunking and not mostly) or compiled or digest or parent_scan or streamed_workload",
+    "(cpu and not random and not chunking and not mostly) or compiled or digest or parent_scan or streamed_workload"
+    " or bench_writes_beside_the_kernel or generated_region_takes_a_frame_order",
 )
+# Tests that compile kernels of their own (a bench's, a frame order's): this run takes them last, when the warming
+# process has compiled those too.
+LATE = ("test_bench_writes_beside_the_kernel", "test_a_generated_region_takes_a_frame_order_and_a_chunk_renumbers")
+
+
+def run_order(item) -> int:
+    """0: the tests that compile nothing, first; 1: the others; 2: :data:`LATE`'s."""
+    if compiles_nothing(item):
+        return 0
+    return 2 if item.name.startswith(LATE) else 1
 
 
 def compiles_nothing(item) -> bool:
