@@ -12,7 +12,7 @@ import os
 from hypothesis import HealthCheck, settings
 
 DEEP = os.environ.get("GPUSIM_TESTS", "ci") == "deep"
-CUDASIM_SHARE = 8
+CUDASIM_SHARE = 10
 # The process that fills numba's cache beside a run of the whole suite on a fresh clone (tests/conftest.py) runs tests
 # only for the kernels their first examples compile: a few examples each, so that it is done, and leaves the second
 # core to the run, sooner.
