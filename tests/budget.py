@@ -4,7 +4,7 @@ as many as the CPU engine's).
 
 cudasim runs the per-entry code that the CPU build compiles (``kernels/table.py``, ``rules.py``, ``slowpath.py``: one
 source); what only it runs is the CUDA orchestration of ``kernels/cuda.py`` (blocks of tables, the walk kernel, the
-slow path's kernels, shared-memory sums), which every example reaches. So it draws an eighth of the CPU's examples in
+slow path's kernels, shared-memory sums), which every example reaches. So it draws a tenth of the CPU's examples in
 the ``ci`` budget, and each of its examples is held to the reference like the CPU's."""
 
 import os
