@@ -92,8 +92,8 @@ def run_fork(space, variant, how: tuple, oracle, plan, fork_seq: int) -> ForkRes
 
 def fork_lazy(space, variant, kernels, how: tuple, oracle, plan, fork_seq: int) -> ForkResult:
     """A lazy design's fork on a fast engine, or, where the fast engine leaves it to the reference
-    (:class:`gpusim.engines.lazyfast.ReferenceOnly`, raised before it writes the input), on the reference when the
-    backend asked for was ``auto`` (``how``: see :func:`run_fork`)."""
+    (:class:`gpusim.engines.lazyfast.ReferenceOnly`, raised before it writes an input that was not handed over), on
+    the reference when the backend asked for was ``auto`` (``how``: see :func:`run_fork`)."""
     from gpusim.engines.lazyfast import ReferenceOnly, fork_lazy_fast
 
     backend, asked, chunk_tables, in_place = how
