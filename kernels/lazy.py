@@ -36,20 +36,13 @@ from gpusim.kernels.pte import (
     KIND_DEVICE_PRIVATE,
     KIND_PRESENT,
     KIND_SWAP,
-    is_readable_exclusive_migration_entry,
-    is_writable_migration_entry,
-    make_readable_migration_entry,
     pte_kind,
-    pte_mkclean,
-    pte_mkold,
-    pte_mkwrite,
     pte_pfn,
     pte_special,
-    pte_swp_clear_exclusive,
     pte_write,
-    pte_wrprotect,
     swp_offset,
 )
+from gpusim.kernels.rules import nonpresent_parent, share_child_pte
 from gpusim.kernels.table import PLAIN_BLOCK, entry_jitable, entry_needs_slow, plain_entries
 
 # The pass's count row: cost events and summary counters by name, the child's rss deltas, whether the child went on
@@ -114,7 +107,8 @@ def odfc_account(pfn, has_pinned, large_order, mem, acc):
 
 @register_jitable
 def odfc_nonpresent(row, j, v, cow, mem, acc):
-    """``copy_nonpresent_pte`` into the shared table itself: False when a swap count is full."""
+    """``copy_nonpresent_pte`` into the shared table itself (the parent's entry after it, anon-exclusive as
+    linux-6.18's: :func:`gpusim.kernels.rules.nonpresent_parent`): False when a swap count is full."""
     if pte_kind(v) == KIND_SWAP:
         slot = np.int64(swp_offset(v))
         while mem.swap_count[slot] >= swap_cap(mem.swap_levels[slot]):  # swap_duplicate: an atomic continuation
@@ -125,29 +119,27 @@ def odfc_nonpresent(row, j, v, cow, mem, acc):
             acc[A_CONT_ATTACH] += 1
         atomic_add(mem.swap_count, slot, 1)
         acc[A_SWAPOFF] = 1
-        row[j] = pte_swp_clear_exclusive(v)
+        row[j] = nonpresent_parent(v, cow, True)
         acc[A_RSS + MM_SWAPENTS] += 1
         acc[A_SWAP] += 1
         return True
     f = np.int64(mem.page_folio[np.int64(swp_offset(v))])  # migration: no reference, no map count
     acc[A_RSS + mm_counter(mem.folio_flags[f])] += 1
-    if cow and (is_writable_migration_entry(v) or is_readable_exclusive_migration_entry(v)):
-        row[j] = make_readable_migration_entry(v)
+    row[j] = nonpresent_parent(v, cow, True)
     acc[A_MIGRATION] += 1
     return True
 
 
 @register_jitable
-def odfc_entry(v, cow, shared):
-    """The entry a present one becomes in the shared table: write-protected in a COW mapping, old, clean in a
-    shared mapping."""
-    e2 = pte_mkold(pte_mkwrite(v) if pte_write(v) and not cow else pte_wrprotect(v))
-    return pte_mkclean(e2) if shared else e2
+def shared_entry(v, cow, shared):
+    """The entry a present one becomes in the shared table: the child's entry of a linux-6.18 share
+    (:func:`gpusim.kernels.rules.share_child_pte`), write-protected in a COW mapping."""
+    return share_child_pte(v, pte_write(v) and not cow, shared)
 
 
 @entry_jitable
 def odfc_account_block(ptes, p, f, cow, shared, mem, acc):
-    """:func:`odfc_account` and :func:`odfc_entry` for each entry of a block of :func:`plain_entries` (pages
+    """:func:`odfc_account` and :func:`shared_entry` for each entry of a block of :func:`plain_entries` (pages
     ``p ..``, folios ``f ..``, each mapped once) in a table of the first phase (none may be pinned), array by
     array."""
     refcount, flags, pins = mem.folio_refcount[f:], mem.folio_flags[f:], mem.folio_true_pins[f:]
@@ -168,7 +160,7 @@ def odfc_account_block(ptes, p, f, cow, shared, mem, acc):
     for j in range(PLAIN_BLOCK):
         v = ptes[j]
         wp += pte_write(v) and cow
-        ptes[j] = odfc_entry(v, cow, shared)
+        ptes[j] = shared_entry(v, cow, shared)
     acc[A_ACCT] += PLAIN_BLOCK
     acc[A_SHARED] += PLAIN_BLOCK
     acc[A_PIN_SHARED] += pin
@@ -207,7 +199,7 @@ def odfc_account_call(row, base, start, end, vmaflags, has_pinned, large_order, 
             return a - 1
         if pte_write(v) and cow:
             acc[A_WRPROTECT] += 1
-        row[j] = odfc_entry(v, cow, shared)
+        row[j] = shared_entry(v, cow, shared)
     return PASS_SHARED
 
 

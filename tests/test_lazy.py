@@ -560,21 +560,27 @@ def test_zj_children_write_and_exit_after_a_second_fork():
         assert sum(w.counts["child2"].values()) == 8 and w.child2.nr_tables == 0
 
 
-def test_a_sweep_over_the_designs(tmp_path):
-    """A sweep file takes the lazy designs beside the others (``auto``: the reference for odf-cowpte), with a write
-    phase; each row has the design's counts and its write latency."""
+def sweep_designs(tmp_path, size: str, after: str) -> dict:
+    """A sweep of linux-6.18 and the three designs over an anonymous heap of ``size`` with 5 % pinned, ``after`` the
+    fork (a ``fork:`` key): its rows by variant."""
     from inproc import run_cli
 
     f = tmp_path / "designs.yaml"
     f.write_text(
         "name: designs\nseed: 1\nrepeat: 1\nbackend: auto\n"
-        "workload: {kind: anon, size: 2MiB, pinned_fraction: 0.05}\n"
-        "fork: {variant: linux-6.18, writes: {parent: 1.0, child: 0.0, order: parent_first}}\n"
+        f"workload: {{kind: anon, size: {size}, pinned_fraction: 0.05}}\n"
+        f"fork: {{variant: linux-6.18, {after}}}\n"
         "sweep:\n  grid:\n    fork.variant: [linux-6.18, odf-paper, odf-cowpte, async-fork]\n"
     )
     code, _, err = run_cli("sweep", f, "--out", tmp_path / "out")
     assert code == 0, err
-    rows = {r["fork.variant"]: r for r in gpusim.load_results(tmp_path / "out").to_pylist()}
+    return {r["fork.variant"]: r for r in gpusim.load_results(tmp_path / "out").to_pylist()}
+
+
+def test_a_sweep_over_the_designs(tmp_path):
+    """A sweep file takes the lazy designs beside the others, with a write phase; each row has the design's counts
+    and its write latency."""
+    rows = sweep_designs(tmp_path, "2MiB", "writes: {parent: 1.0, child: 0.0, order: parent_first}")
     assert {v: r["outcome"] for v, r in rows.items()} == dict.fromkeys(("linux-6.18", *LAZY), "ok")
     assert rows["odf-paper"]["count.table.share"] >= 1 and rows["async-fork"]["count.async.defer"] >= 1
     assert all(r["write_latency_ns"] > 0 for r in rows.values())
@@ -585,20 +591,9 @@ def test_a_sweep_over_the_designs(tmp_path):
 def test_a_sweep_of_episodes_over_the_designs_and_its_plot(tmp_path):
     """Episodes after the designs' forks in a sweep: the table work and the child's sync as columns, and
     ``stall_vs_total.png`` drawn."""
-    from inproc import run_cli
-
     from gpusim.jobs.plots import plot_results
 
-    f = tmp_path / "designs.yaml"
-    f.write_text(
-        "name: designs\nseed: 1\nrepeat: 1\nbackend: auto\n"
-        "workload: {kind: anon, size: 4MiB, pinned_fraction: 0.05}\n"
-        "fork: {variant: linux-6.18, episode: {duration: 0.2s, rate: 20000, resolution: 0.1s}}\n"
-        "sweep:\n  grid:\n    fork.variant: [linux-6.18, odf-paper, odf-cowpte, async-fork]\n"
-    )
-    code, _, err = run_cli("sweep", f, "--out", tmp_path / "out")
-    assert code == 0, err
-    rows = {r["fork.variant"]: r for r in gpusim.load_results(tmp_path / "out").to_pylist()}
+    rows = sweep_designs(tmp_path, "4MiB", "episode: {duration: 0.2s, rate: 20000, resolution: 0.1s}")
     assert all(r["episode.invariants_ok"] for r in rows.values())
     assert rows["odf-paper"]["episode.table_ns.parent"] > 0 and rows["async-fork"]["episode.child_sync_ns"] > 0
     assert rows["linux-6.18"]["episode.child_sync_ns"] is None

@@ -245,16 +245,17 @@ def fork_odfc_fast(
     memory = (
         m if in_place else Memory(**{f: copy_array(getattr(m, f)) for f in MEMORY_FIELDS}, next_content=m.next_content)
     )
-    ppte = mm.pte if in_place else copy_array(mm.pte)
+    # (writeable arrays only, the table index too: one compiled type whether the input is frozen or handed over)
+    pte, index = (mm.pte, mm.table_index) if in_place else (copy_array(mm.pte), copy_array(mm.table_index))
+    accounted = AddressSpace(dataclasses.replace(mm, pte=pte, table_index=index), memory)  # (the pass writes it)
     calls = np.flatnonzero(~plan.call_huge)
-    acc, out = odfc_pass(mm, plan, calls, ppte, memory, v)
+    acc, out = odfc_pass(accounted.mm, plan, calls, memory, v)
     back = calls[out >= 0]  # the calls the pass fell back in, and from where
     starts = plan.call_start.copy()
     starts[back] = out[out >= 0]
-    refuse_entangled(AddressSpace(dataclasses.replace(mm, pte=ppte), memory), plan, back, starts[back])
+    refuse_entangled(accounted, plan, back, starts[back])
     keep = plan.call_huge.copy()
     keep[back] = True
-    accounted = AddressSpace(dataclasses.replace(mm, pte=ppte), memory)
     job = ForkJob(accounted, v.name, oracle, plan_inj, fork_seq, True, plan=subplan(plan, keep, starts))
     job.setup_s += time.perf_counter() - t0
     r = job.run(kernels, backend, chunk_tables)
@@ -285,8 +286,9 @@ def odfc_check_layout(mm: MM, plan: ForkPlan) -> None:
         raise Unsupported("odfc:MULTI_VMA", f"table {t} meets more than one VMA (spec 12.11 U-4: one VMA per table)")
 
 
-def odfc_pass(mm: MM, plan: ForkPlan, calls: np.ndarray, ppte, memory: Memory, v: Variant):
-    """The accounting pass (compiled) over the PTE-table calls ``calls``, on ``ppte`` and ``memory`` in place:
+def odfc_pass(mm: MM, plan: ForkPlan, calls: np.ndarray, memory: Memory, v: Variant):
+    """The accounting pass (compiled) over the PTE-table calls ``calls``, on ``mm``'s entries and ``memory`` in
+    place:
     (its count row, :data:`gpusim.kernels.lazy.ODFC_COUNTS`; per call the address of its fallback or -1)."""
     acc = np.zeros((calls.size, len(LZ.ODFC_COUNTS)), np.int64)
     out = np.zeros(calls.size, np.int64)
@@ -295,8 +297,8 @@ def odfc_pass(mm: MM, plan: ForkPlan, calls: np.ndarray, ppte, memory: Memory, v
         plan.call_start[calls],
         plan.call_end[calls],
         mm.vma_flags[plan.call_vma[calls]].astype(np.int64),
-        ppte,
-        np.array(mm.table_index),  # (writeable, as every array here: one compiled type whether the input is frozen)
+        mm.pte,
+        mm.table_index,
         bool(mm.has_pinned),
         variant_params(v),
         memory_arrays({f: getattr(memory, f) for f in MEMORY_FIELDS}),
@@ -322,15 +324,7 @@ def refuse_entangled(space: AddressSpace, plan: ForkPlan, back: np.ndarray, star
     ends = plan.call_end[back]
     rows = rows_of(mm, plan.call_table[back])
     if not cpu_kernels.fallback_rest_alone(  # (the common case, compiled: each page mapped once, here)
-        mm.pte,
-        rows,
-        starts,
-        ends,
-        np.array(mm.table_index),
-        m.page_folio,
-        m.folio_order,
-        m.page_mapcount,
-        m.folio_pmd_mapcount,
+        mm.pte, rows, starts, ends, mm.table_index, m.page_folio, m.folio_order, m.page_mapcount, m.folio_pmd_mapcount
     ):
         f, n = rest_folios_mapped_twice(mm, m, rows, starts, ends)
         folios.append(f)
