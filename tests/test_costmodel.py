@@ -194,3 +194,21 @@ def test_a_profile_parsed_once_is_read_from_its_json_copy_and_a_bad_copy_is_igno
     costmodel._load.cache_clear()
     with pytest.raises(ProfileError, match=r"p\.yaml:\d+: .*unknown cost events: fork\.nope"):
         load_profile(str(f))
+
+
+def test_a_warm_fork_costs_its_profiles_warm_factors_and_a_cold_one_does_not(tmp_path):
+    counts = {e: 0 for e in COST_EVENTS}
+    counts.update({"fork.base": 1, "table.call": 100, "vma.dup": 10})
+    public = load_profile()
+    data = public.model_dump(mode="json")
+    data.update(name="warmed", warm_factors={"table.call": 0.5})
+    path = tmp_path / "warmed.yaml"
+    path.write_text(yaml.safe_dump(data))
+    p = load_profile(str(path))
+    cold, warm = (latency(counts, "linux-6.18", p, warm=w)["latency_ns"] for w in (False, True))
+    assert cold == latency(counts, "linux-6.18", public)["latency_ns"]
+    assert cold - warm == pytest.approx(0.5 * 100 * p.costs["table.call"].ns)
+    for bad in ({"table.nope": 0.5}, {"table.call": -1.0}):
+        path.write_text(yaml.safe_dump(dict(data, warm_factors=bad)))
+        with pytest.raises(ProfileError, match="warm_factors"):
+            load_profile(str(path))

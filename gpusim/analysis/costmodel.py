@@ -27,7 +27,10 @@ struct pages keep against its page tables and everything else on a shared cache)
 one) credits nothing. Measured on this project's VM (``results/BENCHMARKS.md``, issue 26): a frame-break event
 adds 35-40 ns to a fork from cold; right after a fork, a 512 MiB buffer with scattered frames (8 MiB of struct pages)
 paid between a quarter and nearly all of that from one calibration window to the next, a 1 GiB one (16 MiB) all of
-it: the credit is a rough middle.
+it: the credit is a rough middle. A host profile also has ``warm_factors``: per event of the per-VMA, per-table and
+per-huge-PMD work, the ratio of its cost in a warm fork to its cost from cold (the fresh state, every profile's
+``costs``), fitted by calibration on the two states (issue 32: from cold, the VMA, page-table and slab structures
+a fork walks and allocates miss in cache; right after a fork they are still there).
 
 What it simplifies otherwise: costs are per event, independent of cache state (but for warm forks), NUMA placement,
 memory size and contention; the per-variant factor is one number for the whole fork.
@@ -97,9 +100,11 @@ def warm_credit(counts: dict, cache_bytes: float | None) -> float:
     return max(0.0, 1.0 - STRUCT_PAGE_BYTES * counts.get("shared", 0) / cache_bytes)
 
 
-def event_costs(profile: "Profile", spared: float = 0.0) -> dict[str, float]:
-    """ns per cost event of ``profile``, :data:`WARM_FREE`'s less the share ``spared`` (:func:`warm_credit`)."""
-    return {e: c.ns * (1 - spared if e in WARM_FREE else 1) for e, c in profile.costs.items()}
+def event_costs(profile: "Profile", spared: float = 0.0, warm: bool = False) -> dict[str, float]:
+    """ns per cost event of ``profile``, :data:`WARM_FREE`'s less the share ``spared`` (:func:`warm_credit`);
+    ``warm``: each event times the profile's ``warm_factors`` (module docstring)."""
+    f = profile.warm_factors if warm else {}
+    return {e: c.ns * (1 - spared if e in WARM_FREE else 1) * f.get(e, 1.0) for e, c in profile.costs.items()}
 
 
 # Cost events counted since some profiles were written: a profile without one of them (a host profile calibrated
@@ -170,6 +175,7 @@ class Profile(BaseModel):
     anchors: list[Anchor] = []
     band: Band | None = None  # host profiles: the uncertainty of their predictions (calibrated ones)
     warm_cache_bytes: float | None = Field(None, gt=0)  # host profiles: the cache a warm fork finds (module docstring)
+    warm_factors: dict[str, float] = {}  # host profiles: event -> its warm cost over its cold one (module docstring)
     fit: dict = {}  # host profiles: the fit's groups, scales and residuals
     measurements: list[dict] = []  # host profiles: the real forks the fit used
 
@@ -207,6 +213,9 @@ class Profile(BaseModel):
         bad = sorted(set(self.variant_factors) - set(VARIANTS))
         if bad:
             raise ValueError(f"variant_factors: unknown variants {', '.join(bad)}")
+        bad = sorted(e for e, v in self.warm_factors.items() if e not in COST_EVENTS or not 0 <= v < 100)
+        if bad:
+            raise ValueError(f"warm_factors: unknown events or factors outside [0, 100): {', '.join(bad)}")
         return self
 
     def factor(self, variant: str) -> float:
@@ -294,7 +303,7 @@ def latency(counts: dict[str, int], variant: str, profile: Profile, table_stats=
     (by component), ``lock_hold_max_ns`` (None without per-table statistics) and ``profile`` for one fork's
     counts; ``warm``: the fork comes right after another over the same pages (module docstring)."""
     f = profile.factor(variant)
-    cost = event_costs(profile, warm_credit(counts, profile.warm_cache_bytes) if warm else 0.0)
+    cost = event_costs(profile, warm_credit(counts, profile.warm_cache_bytes) if warm else 0.0, warm)
     breakdown = {comp: f * sum(counts.get(e, 0) * cost[e] for e in events) for comp, events in COMPONENTS.items()}
     hold = None
     if table_stats is not None:

@@ -52,6 +52,8 @@ def calibrate(
             f"{g} {v['scale']:.3f}" + ("" if v["identified"] else " (not measured)") for g, v in fit["groups"].items()
         )
     )
+    typer.echo("warm (repeated state) scales: " + ", ".join(f"{g} {v:.3f}" for g, v in fit["warm_scales"].items()))
+    typer.echo(_base_line(fit["base"]))
     typer.echo(_stability_line(fit["stability"]))
     band = result["profile"]["band"]
     typer.echo(f"band: {100 * band['low']:+.1f}%..{100 * band['high']:+.1f}% around each prediction ({band['basis']})")
@@ -76,6 +78,22 @@ def _round_progress(console: Console):
             step["next"] = i + max(1, n // 10)
 
     return show
+
+
+def _base_line(b: dict) -> str:
+    """How calibration set ``fork.base`` (:func:`gpusim.jobs.host.calibrate.with_fork_base`)."""
+    who = {"probe": "the C fork probe", "bare": "the bare measuring interpreter"}[b["from"]]
+    out = f"fork.base {b['ns'] / 1e3:.1f} us: {who}'s fork {b['measured_ns'] / 1e3:.1f} us less the model's "
+    out += f"{b['modelled_own_ns'] / 1e3:.1f} us for its own address space"
+    if b["own"] is not None:
+        out += f" ({b['own']['vmas']} VMAs, {b['own']['anon_pages']} anonymous pages)"
+    c = b.get("bare_check")
+    if c:
+        out += (
+            f"; the bare interpreter then predicted {c['predicted_ns'] / 1e3:.1f} us, measured "
+            f"{c['measured_ns'] / 1e3:.1f} us ({100 * c['error']:+.1f}%)"
+        )
+    return out
 
 
 def _stability_line(st: dict) -> str:
@@ -116,6 +134,12 @@ def validate(
         help="Instead: fork episodes (spec 11.6) measured here against the simulator: the child's private dirty "
         "pages over time and the parent's write latency (needs a C compiler).",
     ),
+    small_forks: bool = typer.Option(
+        False,
+        "--small-forks",
+        help="Instead: whole small processes (THP-only, many VMAs, dense 64-512 MiB, the bare interpreter, a C "
+        "probe) predicted from their captures, fork.base included, against their forks measured in this window.",
+    ),
 ) -> None:
     """Compare the simulator with this kernel: page sharing after a real fork, and latency on held-out layouts in
     the fresh and the repeated state, each case with its interval and a verdict (pass, fail, too noisy); say how
@@ -123,6 +147,9 @@ def validate(
     # long: the command's options, one typer declaration each, then the report's lines
     if episodes:
         validate_episodes_command(profile, quick, as_json)
+        return
+    if small_forks:
+        validate_small_forks_command(profile, min(rounds, 11), as_json)
         return
     from gpusim.jobs.host.calibrate import validate as run_validate
 
@@ -152,11 +179,57 @@ def validate(
         f"model fitted in this window ({', '.join(lat['fit']['layouts'])}): "
         f"{_errors_line(lat)}; latency verdict: {lat['verdict']}"
     )
+    for c in lat["cases"]:
+        if "whole" in c:
+            w = c["whole"]
+            typer.echo(
+                f"{c['name']}, its whole fork: measured {w['measured_ns'] / 1e6:.2f} ms, predicted from its capture "
+                f"{w['predicted_ns'] / 1e6:.2f} ms ({100 * w['error']:+.1f}%, fork.base included)"
+            )
     typer.echo(f"stored profile {st['profile']} (its own window): {_errors_line(st)}")
     typer.echo(_band_line(st["band_check"]))
     typer.echo(_stability_line(lat["stability"]))
     for name, why in rep["refused"].items():
         typer.echo(f"skipped {name}: {why}")
+    typer.echo(f"verdict: {rep['verdict']}")
+
+
+def validate_small_forks_command(profile, rounds: int, as_json: bool) -> None:
+    """``gpusim validate --small-forks`` (:mod:`gpusim.jobs.host.small`): a line per process and a verdict."""
+    from gpusim.analysis.costmodel import load_profile
+    from gpusim.jobs.host.small import TOLERANCE, validate_small_forks
+
+    try:
+        load_profile(profile)
+    except ValueError as e:
+        bad_input(str(e))
+    console = Console(stderr=True, highlight=False)
+    rep = validate_small_forks(rounds, None if as_json else _round_progress(console), profile)
+    if as_json:
+        typer.echo(json.dumps(rep))
+        return
+    typer.echo(_base_line(rep["base"]) + " (the model fitted in this window)")
+    t = Table(
+        title=f"whole forks from cold, measured (median of {rep['rounds']}) and predicted from each process's "
+        f"capture; relative: to {rep['reference']}; stored: profile {rep['stored']['profile']}",
+        title_justify="left",
+    )
+    for col in ("process", "measured (ms)", "predicted (ms)", "error", "relative", "stored", "within"):
+        t.add_column(col, justify="left" if col == "process" else "right")
+    for c, s in zip(rep["cases"], rep["stored"]["cases"]):
+        rel = "n/a" if c["relative_error"] is None else f"{100 * c['relative_error']:+.1f}%"
+        t.add_row(
+            c["name"],
+            f"{c['measured_ns'] / 1e6:.3f}",
+            f"{c['predicted_ns'] / 1e6:.3f}",
+            f"{100 * c['error']:+.1f}%",
+            rel,
+            f"{100 * s['error']:+.1f}%",
+            f"{TOLERANCE:.0%}" if c["pass"] else "no",
+        )
+    Console(highlight=False, width=160).print(t)
+    if rep["probe_refused"]:
+        typer.echo(f"no C probe: {rep['probe_refused']}")
     typer.echo(f"verdict: {rep['verdict']}")
 
 

@@ -56,6 +56,32 @@ def _read_u64(path: str, first: int, count: int) -> np.ndarray | None:
     return np.frombuffer(data, "<u8")
 
 
+class _U64File:
+    """One of /proc's u64-per-frame files, opened once (None for each value when it cannot be read)."""
+
+    def __init__(self, path: str):
+        try:
+            self.fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            self.fd = None
+
+    def at(self, index: int) -> int | None:
+        if self.fd is None:
+            return None
+        try:
+            data = os.pread(self.fd, 8, index * 8)
+        except OSError:
+            return None
+        return int.from_bytes(data, "little") if len(data) == 8 else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
+
+
 def read_pagemap(pid, vmas: list[dict], max_vma_pages: int) -> tuple[dict, list[int]]:
     """Per present or swapped page of the VMAs: address, VMA, present, swapped, frame number (0 where unreadable)
     and exclusively mapped, from ``/proc/PID/pagemap``; and the VMAs left out (too large, or special)."""
@@ -92,14 +118,14 @@ def read_frames(cat: dict, vmas: list[dict]) -> tuple[np.ndarray, np.ndarray, np
     thp = np.zeros(n, bool)
     frames_known = frames_readable(pfn, cat["present"])
     if frames_known:
-        for j in np.flatnonzero(cat["present"] & (pfn != 0)):
-            c = _read_u64("/proc/kpagecount", int(pfn[j]), 1)
-            f = _read_u64("/proc/kpageflags", int(pfn[j]), 1)
-            if c is not None and len(c):
-                mapcount[j] = int(c[0])
-            if f is not None and len(f):
-                anon[j] = bool((int(f[0]) >> KPF_ANON) & 1)
-                thp[j] = bool((int(f[0]) >> KPF_THP) & 1)
+        with _U64File("/proc/kpagecount") as counts, _U64File("/proc/kpageflags") as flags:
+            for j in np.flatnonzero(cat["present"] & (pfn != 0)):
+                c, f = counts.at(int(pfn[j])), flags.at(int(pfn[j]))
+                if c is not None:
+                    mapcount[j] = c
+                if f is not None:
+                    anon[j] = bool((f >> KPF_ANON) & 1)
+                    thp[j] = bool((f >> KPF_THP) & 1)
     return mapcount, anon, thp, frames_known
 
 

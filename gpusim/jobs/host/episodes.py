@@ -17,10 +17,7 @@ percentiles (measured; modelled with a cost profile).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -36,10 +33,10 @@ from gpusim.analysis.costmodel import (
     load_profile,
     mixture_percentiles,
 )
-from gpusim.base.machine import user_cache_dir
 from gpusim.engines.episode import Schedule, episode_kernels, parse_episode, run_episode
 from gpusim.inputs.snapshot import snapshot_space
 from gpusim.jobs.host.capture import capture
+from gpusim.jobs.host.cbuild import NoBinary, c_binary
 from gpusim.jobs.host.real import PAGE, LineProcess
 from gpusim.kernels.flags import WRITE_EVENTS
 
@@ -53,22 +50,11 @@ class HostEpisodeError(RuntimeError):
 
 
 def writer_binary() -> Path:
-    """The compiled measuring process, built once per version of its source in ``$XDG_CACHE_HOME/gpusim``."""
-    src = WRITER_SOURCE.read_bytes()
-    cache = user_cache_dir()
-    out = cache / f"episode_writer-{hashlib.sha256(src).hexdigest()[:16]}"
-    if out.exists():
-        return out
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if cc is None:
-        raise HostEpisodeError("measuring an episode on this kernel needs a C compiler (cc or gcc; or set CC)")
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    done = subprocess.run([cc, "-O2", "-o", str(tmp), str(WRITER_SOURCE)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise HostEpisodeError(f"compiling the measuring process failed: {done.stderr.strip()[-300:]}")
-    os.replace(tmp, out)
-    return out
+    """The compiled measuring process (:func:`gpusim.jobs.host.cbuild.c_binary`)."""
+    try:
+        return c_binary(WRITER_SOURCE)
+    except NoBinary as e:
+        raise HostEpisodeError(f"measuring an episode on this kernel: {e}") from None
 
 
 class EpisodeWriter(LineProcess):

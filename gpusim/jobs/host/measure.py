@@ -5,7 +5,9 @@ that fit in half of the available memory, each with its own bare process), pinne
 allows. After a warm-up visit each, :func:`measure` visits them round-robin in a shuffled order per round; a visit
 restores the modelled state, checks it and times two forks (:func:`gpusim.jobs.host.real._visit`):
 
-* ``fresh``: touched pages writable and anon-exclusive, pins in place: the fork gpusim simulates from a built space;
+* ``fresh``: touched pages writable and anon-exclusive, pins in place, the interpreter's own pages re-dirtied too,
+  then the caches read through (:func:`evict_bytes`): the fork gpusim simulates from a built space, starting cold as
+  a running process's does;
 * ``repeated``: the fork right after it, every unpinned page still write-protected and shared-once: the second fork
   of ``fork.chain``.
 
@@ -18,17 +20,27 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 
-from gpusim.base.machine import mem_available_bytes
-from gpusim.jobs.host.real import TABLE_PAGES, RealLayout, Worker
+from gpusim.base.machine import last_level_cache_bytes, mem_available_bytes
+from gpusim.jobs.host.capture import capture
+from gpusim.jobs.host.cbuild import NoBinary, c_binary
+from gpusim.jobs.host.real import TABLE_PAGES, LineProcess, RealLayout, Worker
 from gpusim.jobs.host.stats import NOISE_LIMIT, added_summary, drift, quartiles
 from gpusim.jobs.host.twin import thp_extents, vma_places
 
 STATES = ("fresh", "repeated")
 FAULT_SLACK = 16  # faults the interpreter may take on its own pages around a counted write pass, plus one per
 PARTS_PER_SLACK_FAULT = 32  # this many slices written (one per VMA and pinned range)
+
+
+def evict_bytes() -> int:
+    """What a measuring process reads through before each fresh fork (:class:`gpusim.jobs.host.real.Evictor`):
+    twice the last-level cache (64 MiB where the machine does not say), at most 256 MiB."""
+    llc = last_level_cache_bytes() or 32 * 1024 * 1024
+    return int(min(2 * llc, 256 * 1024 * 1024))
 
 
 def default_cpu() -> int | None:
@@ -74,11 +86,15 @@ def state_checks(layout: RealLayout, thp_pages: int, faults: dict) -> dict:
       and writing the pinned pages took fewer faults than half of them (a lost pin makes every pinned page fault:
       the fork would have shared and write-protected it);
     * repeated: the re-dirtying pass after every pair took as many faults as the forks leave write-protected pages
-      (:func:`expected_wp_faults`), within the interpreter's own few: nothing wrote them between the two forks."""
+      (:func:`expected_wp_faults`), within the interpreter's own few: nothing wrote them between the two forks.
+
+    The interpreter's own pages are re-dirtied before each fresh fork too; their check pass may take the
+    interpreter's own few faults (:data:`FAULT_SLACK`), no more."""
     npinned = sum(n for _, n in layout.pinned)
     expected = expected_wp_faults(layout, thp_pages)
     pins_ok = all(f < max(2, npinned / 2) for f in faults["pinned_faults"])
-    fresh_ok = all(f == 0 for f in faults["check_faults"]) and pins_ok
+    own_ok = all(f <= FAULT_SLACK for f in faults.get("own_check_faults", ()))
+    fresh_ok = all(f == 0 for f in faults["check_faults"]) and pins_ok and own_ok
     wp = faults["redirty_faults"]
     slack = FAULT_SLACK + (layout.vmas + len(layout.pinned)) // PARTS_PER_SLACK_FAULT
     repeated_ok = all(expected <= f <= expected + slack for f in wp)
@@ -89,18 +105,45 @@ def state_checks(layout: RealLayout, thp_pages: int, faults: dict) -> dict:
         "redirty_faults": [min(wp), max(wp)] if wp else None,
         "check_faults_max": max(faults["check_faults"], default=0),
         "pinned_faults_max": max(faults["pinned_faults"], default=0),
+        "own_check_faults_max": max(faults.get("own_check_faults", ()), default=0),
     }
 
 
-class _Group:
-    """The workers of one memory group (index 0: the bare process) and their timed visits."""
+PROBE_SOURCE = Path(__file__).with_name("fork_probe.c")
 
-    def __init__(self, layouts: list[RealLayout], cpu, timeout: float):
-        self.workers, self.samples = [], []
+
+class Probe(LineProcess):
+    """The smallest measuring process (:data:`PROBE_SOURCE`, C): nothing of its own but a C program's few pages, its
+    fork nearly all the kernel's fixed cost; it answers as a bare :class:`gpusim.jobs.host.real.Worker` does."""
+
+    def __init__(self, cpu: int | None = None, timeout: float = 600, evict_bytes: int = 0):
+        self.layout = RealLayout("probe", 0)
+        argv = [str(c_binary(PROBE_SOURCE)), str(-1 if cpu is None else cpu), str(evict_bytes)]
+        super().__init__(argv, "the C fork probe", timeout)
+        self.info = self.reply()
+
+    def visits(self, k: int) -> dict:
+        return self.ask({"visits": k})
+
+    def restore(self) -> dict:
+        return self.ask({"restore": True})
+
+
+class _Group:
+    """The workers of one memory group (index 0: the bare process; the C probe last, when asked and built) and
+    their timed visits."""
+
+    def __init__(self, layouts: list[RealLayout], cpu, timeout: float, probe: bool = False):
+        self.workers, self.samples, self.probe = [], [], None
+        evict = evict_bytes()
         try:
             for L in [RealLayout("bare", 0), *layouts]:
-                self.workers.append(Worker(L, cpu, timeout))
+                self.workers.append(Worker(L, cpu, timeout, evict))
                 self.samples.append({})
+            if probe:
+                self.workers.append(Probe(cpu, timeout, evict))
+                self.samples.append({})
+                self.probe = len(self.workers) - 1
         except BaseException:
             self.close()
             raise
@@ -117,6 +160,13 @@ class _Group:
     def too_wide(self, i: int, noise_limit: float) -> bool:
         return max(self.summary(i, s)["spread"] for s in STATES) > noise_limit
 
+    def capture(self, i: int) -> dict:
+        """Worker ``i``'s whole process, its state restored first (:func:`gpusim.jobs.host.capture.capture`):
+        ``{"snapshot": the Arrow table, "restore": the restoring visit's fault counts}``."""
+        w = self.workers[i]
+        restore = w.restore()
+        return {"snapshot": capture(w.info["pid"]), "restore": restore}
+
     def close(self) -> None:
         for w in self.workers:
             w.close()
@@ -131,7 +181,7 @@ def _run_group(g: _Group, rounds: int, rng: random.Random, noise_limit: float, t
             g.visit(i)
             tick(g.workers[i].layout.name)
     for _ in range(rounds):  # extra rounds for the layouts still too wide to judge
-        wide = [i for i in live[1:] if g.too_wide(i, noise_limit)]
+        wide = [i for i in live[1:] if i != g.probe and g.too_wide(i, noise_limit)]
         if not wide:
             break
         tick(None, more=len(wide) + 1)
@@ -151,6 +201,7 @@ def _result(g: _Group, i: int) -> dict:
         out[state]["drift"] = drift(s[f"{state}_ns"])
     out["samples"] = {k: s[k] for k in ("fresh_ns", "repeated_ns")}
     out["checks"] = state_checks(w.layout, w.info["thp_pages"], s)
+    out["own_pages"] = quartiles(s["own_pages"])  # the interpreter's own re-dirtied pages at each visit
     return out
 
 
@@ -163,12 +214,18 @@ def measure(
     noise_limit: float = NOISE_LIMIT,
     timeout: float = 600,
     memory_fraction: float = 0.5,
+    captures: str = "bare",
+    probe: bool = False,
 ) -> dict:
     """``{"layouts": [one result per layout, in order], "stability": ...}``: each result has the setup's facts
     (``thp_pages``, ``refused``, ``cpu``), per state the added-time summary and its drift, the raw samples and the
     state checks; ``stability`` the bare process's quartiles and drift per state, the CPU and the rounds. The
     layouts are measured in one window when their touched memory fits in ``memory_fraction`` of the available
-    memory, else in groups one after the other (``stability["groups"]``)."""
+    memory, else in groups one after the other (``stability["groups"]``). ``captures``: which processes are captured
+    after their rounds (:meth:`_Group.capture`): the first group's ``bare`` process (``"bare"``: the result's
+    ``"bare"``), ``"all"`` (each layout's result's ``"capture"`` too) or ``"none"``. ``probe``: the C fork probe
+    (:class:`Probe`) visited in the first group's rounds too, and captured: the result's ``"probe"`` (absent where it
+    cannot be built: ``"probe_refused"`` says why)."""
     cpu = default_cpu() if cpu == "auto" else cpu
     rng = random.Random(seed)
     groups = memory_groups(layouts, int(mem_available_bytes() * memory_fraction))
@@ -181,19 +238,33 @@ def measure(
         if progress and not more:
             progress(count["done"], count["total"], name)
 
-    results, bare = [None] * len(layouts), []
+    results, bare, bare_capture, extra = [None] * len(layouts), [], None, {}
     for idx in groups:
         g = None
         try:
-            g = _Group([layouts[i] for i in idx], cpu, timeout)
+            want_probe = probe and not bare and "probe_refused" not in extra
+            try:
+                g = _Group([layouts[i] for i in idx], cpu, timeout, want_probe)
+            except NoBinary as e:
+                extra["probe_refused"] = str(e)
+                g = _Group([layouts[i] for i in idx], cpu, timeout)
             _run_group(g, rounds, rng, noise_limit, tick)
             for k, i in enumerate(idx):
                 results[i] = _result(g, k + 1)
+                if captures == "all" and not results[i]["refused"]:
+                    results[i]["capture"] = g.capture(k + 1)
+            if captures != "none" and not bare:
+                bare_capture = g.capture(0)
+            if g.probe is not None:
+                extra["probe"] = {**g.capture(g.probe), "fresh_ns": g.samples[g.probe]["fresh_ns"]}
             bare.append(g.samples[0])
         finally:
             if g is not None:
                 g.close()
-    return {"layouts": results, "stability": {**stability(bare, cpu, rounds), "groups": len(groups)}}
+    out = {"layouts": results, "stability": {**stability(bare, cpu, rounds), "groups": len(groups)}, **extra}
+    if bare_capture is not None:
+        out["bare"] = {**bare_capture, "fresh_ns": bare[0]["fresh_ns"]}
+    return out
 
 
 def stability(bare_samples: list[dict], cpu, rounds: int) -> dict:

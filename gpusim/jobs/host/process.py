@@ -4,7 +4,8 @@ deletes, its fork timed by itself and predicted from its capture.
 * :data:`TARGET`: ``python -I -S`` building a dict of ``entries`` keys (100-byte values), deleting a random half and
   inserting as many new keys, then waiting for commands: each re-dirties every present page of its private
   writable mappings (a byte copied onto itself: each page writable and exclusive again, the state a capture
-  describes), checks that a second pass takes no fault, and may time one ``fork()`` (the measuring process's
+  describes), checks that a second pass takes no fault, and may time one ``fork()`` from cold (the caches read
+  through first: :class:`gpusim.jobs.host.real.Evictor`; the measuring process's
   :func:`gpusim.jobs.host.real._fork_ns`: the child exits at once). Pinned to one CPU, so that the child cannot run
   before the parent reads its clock.
 * :data:`FRAGMENTER` (the simulated churn of a long-running machine): maps some memory, touches it, frees every
@@ -25,14 +26,15 @@ from gpusim.analysis.costmodel import latency
 from gpusim.inputs.snapshot import snapshot_space
 from gpusim.jobs.host import real
 from gpusim.jobs.host.capture import capture
-from gpusim.jobs.host.measure import FAULT_SLACK
+from gpusim.jobs.host.measure import FAULT_SLACK, evict_bytes
 
 TARGET = r"""
-import ctypes, importlib.util, json, os, random, resource, struct, sys
+import importlib.util, json, os, random, sys
 entries = int(sys.argv[1]); cpu = int(sys.argv[2])
 spec = importlib.util.spec_from_file_location("real", sys.argv[3])  # the measuring process's module (stdlib only)
 real = sys.modules["real"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(real)
+evict = real.Evictor(int(sys.argv[4]))
 os.sched_setaffinity(0, {cpu})
 d = {}
 if entries:
@@ -43,42 +45,18 @@ if entries:
         del d[k]
     for i in range(entries, entries + entries // 2):
         d[i] = os.urandom(16) * 6 + bytes(4)
-PAGE = 4096
-
-def pages():
-    out = []
-    with open("/proc/self/maps") as m, open("/proc/self/pagemap", "rb") as pm:
-        for line in m:
-            f = line.split()
-            lo, hi = (int(x, 16) for x in f[0].split("-"))
-            if f[1] != "rw-p":
-                continue
-            pm.seek(lo // PAGE * 8)
-            for i, (v,) in enumerate(struct.iter_unpack("<Q", pm.read((hi - lo) // PAGE * 8))):
-                if v >> 63:
-                    out.append(lo + i * PAGE)
-    return out
-
-move = ctypes.memmove
-
-def redirty(addrs):
-    # a byte of each page copied onto itself: a store, no object made or freed (a freed arena would be unmapped)
-    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for a in addrs:
-        move(a, a, 1)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
-
 print(json.dumps({"pid": os.getpid(), "entries": len(d)}), flush=True)
 for line in sys.stdin:
     cmd = json.loads(line)
     if cmd.get("quit"):
         break
     addrs = None  # freed before the listing: a page listed is still mapped when written
-    addrs = pages()
-    first = redirty(addrs)
-    check = redirty(addrs)
+    addrs = real.own_pages()
+    first = real.redirty(addrs)
+    check = real.redirty(addrs)
     out = {"pages": len(addrs), "redirty_faults": first, "check_faults": check}
     if cmd.get("fork"):
+        evict()  # from cold, as the measuring processes fork (gpusim.jobs.host.real.Evictor)
         out["fork_ns"] = real._fork_ns()  # the child exits at once; the parent's view of fork()
     print(json.dumps(out), flush=True)
 """
@@ -105,7 +83,7 @@ class Proc(real.LineProcess):
     ``cpu`` (:class:`gpusim.jobs.host.real.LineProcess`)."""
 
     def __init__(self, entries: int, cpu: int, timeout: float = 600):
-        argv = [sys.executable, "-I", "-S", "-c", TARGET, str(entries), str(cpu), real.__file__]
+        argv = [sys.executable, "-I", "-S", "-c", TARGET, str(entries), str(cpu), real.__file__, str(evict_bytes())]
         super().__init__(argv, f"the process holding a dict of {entries} keys", timeout)
         self.info = self.reply()
 

@@ -60,9 +60,18 @@ class RealLayout:
     # shuffled): a long-running process's frames are scattered so
     first_touch: str = "address"
     seed: int = 0
+    # each VMA at a 2 MiB boundary, a table apart (True), or packed one after the other (False: every other one
+    # MADV_NOHUGEPAGE, so that neighbours differ in flags and do not merge; no THP then)
+    gaps: bool = True
 
     def __post_init__(self):
         touch_order(self.first_touch, 1, self.seed)  # refused here, not in the measuring process
+        if not self.gaps and self.any_thp:
+            raise ValueError(f"{self.name}: packed VMAs (gaps=False) are told apart by their THP advice: no THP")
+
+    def vma_span(self, n: int) -> int:
+        """The pages a VMA of ``n`` pages takes up to the next one's start."""
+        return -(-n // TABLE_PAGES) * TABLE_PAGES if self.gaps else n
 
     @property
     def pages(self) -> int:
@@ -195,15 +204,16 @@ def _setup(layout: RealLayout):
     start = -(-res // (TABLE_PAGES * PAGE)) * (TABLE_PAGES * PAGE)  # 2 MiB aligned
     libc.munmap(res, span * PAGE)  # the VMAs go back at fixed places
     vmas, addr, b = [], start, 0
-    for v, n in enumerate(sizes):
-        advice = 14 if layout.thp_of(v) else 15  # MADV_HUGEPAGE / MADV_NOHUGEPAGE
+    for n in sizes:
         got = libc.mmap(addr, n * PAGE, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_FIXED, -1, 0)
         if got != addr:
             raise OSError(ctypes.get_errno(), "mmap failed")
-        libc.madvise(addr, n * PAGE, advice)
         vmas.append((addr, b, n))
         b += n
-        addr += -(-n // TABLE_PAGES) * TABLE_PAGES * PAGE
+        addr += layout.vma_span(n) * PAGE
+    for v, (a, _, n) in enumerate(vmas):  # after mapping them all: packed neighbours merge until told apart here
+        if layout.gaps or v % 2 == 0:
+            libc.madvise(a, n * PAGE, 14 if layout.thp_of(v) else 15)  # MADV_HUGEPAGE / MADV_NOHUGEPAGE
     _first_touch(layout, vmas)
     refused = {}
     if layout.pinned:
@@ -323,34 +333,101 @@ def _pin_cpu(cpu) -> str | None:
     return None
 
 
-def _visit(touched: "_Writes", pinned: "_Writes") -> dict:
+def own_pages(skip=()) -> list[int]:
+    """The addresses of this process's present pages in its private writable mappings (``rw-p`` in
+    ``/proc/self/maps``), outside the ``skip`` ranges ((low, high) byte addresses: a layout's VMAs, written by their
+    own passes): the interpreter's heap, arenas, stack and the written data of its libraries."""
+    out = []
+    with open("/proc/self/maps") as maps, open("/proc/self/pagemap", "rb") as pm:
+        for line in maps:
+            f = line.split()
+            lo, hi = (int(x, 16) for x in f[0].split("-"))
+            if f[1] != "rw-p" or any(a <= lo and hi <= b for a, b in skip):
+                continue
+            pm.seek(lo // PAGE * 8)
+            for i, (v,) in enumerate(struct.iter_unpack("<Q", pm.read((hi - lo) // PAGE * 8))):
+                if v >> 63:
+                    out.append(lo + i * PAGE)
+    return out
+
+
+def redirty(addrs: list) -> int:
+    """A byte of each page copied onto itself (a store; no object made or freed, which could unmap an arena): each
+    page writable and, its only mapper, anon-exclusive again. Returns the minor faults taken."""
+    move = ctypes.memmove
+    f0 = _minflt()
+    for a in addrs:
+        move(a, a, 1)
+    return _minflt() - f0
+
+
+class Evictor:
+    """A shared anonymous buffer of ``nbytes`` (a fork shares it: no page table of it is copied) read through
+    before a fresh fork, so that the fork finds its caches cold, as a process that has been running finds them:
+    the passes that restore the state fault every page in and would leave the struct pages and page tables of a
+    small layout in cache. 0 bytes: nothing done."""
+
+    def __init__(self, nbytes: int):
+        self.buf = mmap.mmap(-1, nbytes) if nbytes else None
+        if self.buf is not None:
+            self.buf.write(b"\0" * nbytes)  # populated once: later reads fault nothing in
+
+    def __call__(self) -> None:
+        if self.buf is not None:
+            self.buf.find(b"\1", 0)  # reads every byte, in C (from 0: the default starts at the position)
+
+
+NO_EVICTION = Evictor(0)
+
+
+def _visit(touched: "_Writes", pinned: "_Writes", skip=(), fork: bool = True, evict: Evictor = NO_EVICTION) -> dict:
     """One visit of the round-robin: restore and check the modelled state, then time a fork in it (``fresh``) and
-    the fork right after (``repeated``: every page the first fork write-protected is still so).
+    the fork right after (``repeated``: every page the first fork write-protected is still so). The whole process
+    is in the modelled state, the interpreter's own pages (:func:`own_pages` outside the layout's ``skip``) too, so
+    that a capture of it describes the state its forks start from.
 
     * ``pinned_faults``: writing the pinned pages; 0 when the pins held through the last forks (the kernel copied
       those pages for the children, so the parent's stayed writable);
     * ``redirty_faults``: writing every touched page: one fault per page the last forks left write-protected (a
       THP: one per huge page), after which each page is writable and, its only mapper, anon-exclusive again;
     * ``check_faults``: writing them all again: 0 when no touched page is left write-protected, the state the
-      simulator models (a writable private anonymous PTE implies PageAnonExclusive since Linux 5.19)."""
+      simulator models (a writable private anonymous PTE implies PageAnonExclusive since Linux 5.19);
+    * ``own_pages``, ``own_faults``, ``own_check_faults``: the same for the interpreter's own pages (the check may
+      see a few faults of the interpreter's own making).
+
+    Before the fresh fork, ``evict`` reads through a buffer larger than the caches: the fork starts cold, as the
+    model's fresh state does. Without ``fork``: the state restored and checked, no fork timed (for a capture)."""
+    own = None  # freed before the listing: a page listed is still mapped when written
+    own = own_pages(skip)
     p = pinned.write()
     w = touched.write()
+    o = redirty(own)
     c = touched.write()
-    fresh = _fork_ns()
-    repeated = _fork_ns()
-    return {"fresh_ns": fresh, "repeated_ns": repeated, "pinned_faults": p, "redirty_faults": w, "check_faults": c}
+    oc = redirty(own)
+    out = {"pinned_faults": p, "redirty_faults": w, "check_faults": c}
+    out.update(own_pages=len(own), own_faults=o, own_check_faults=oc)
+    if fork:
+        evict()
+        out["fresh_ns"] = _fork_ns()
+        out["repeated_ns"] = _fork_ns()
+    return out
 
 
 def serve() -> None:
-    """The measuring process: the first line of stdin is ``{"layout": ..., "cpu": ...}``; it sets the layout up,
-    answers one JSON line, then answers each ``{"visits": k}`` line with k visits (:func:`_visit`) until
-    ``{"quit": true}`` or the end of stdin."""
+    """The measuring process: the first line of stdin is ``{"layout": ..., "cpu": ..., "evict_bytes": ...}``
+    (:class:`Evictor`); it sets the layout up,
+    answers one JSON line (with its ``pid``, for a capture), then answers each ``{"visits": k}`` line with k visits
+    (:func:`_visit`), each ``{"restore": true}`` with a visit that forks nothing, until ``{"quit": true}`` or the end
+    of stdin."""
     first = json.loads(sys.stdin.readline())
     layout = RealLayout(**first["layout"])
     vmas, refused = _setup(layout)
     pinning = _pin_cpu(first.get("cpu"))
     touched, pinned = _Writes.of(layout, vmas)
+    skip = [(a, a + n * PAGE) for a, _, n in vmas]
+    evict = Evictor(int(first.get("evict_bytes", 0)))
     info = {
+        "pid": os.getpid(),
         "thp_pages": _thp_pages() if layout.any_thp else 0,
         "refused": refused,
         "cpu": None if pinning else first.get("cpu"),
@@ -360,11 +437,15 @@ def serve() -> None:
     info["frame_breaks"] = frame_breaks(frames)
     info["frames"] = frames if info["frame_breaks"] is not None else None  # region order; None: not present
     print(json.dumps(info), flush=True)
+    del info, frames  # the interpreter's own memory: as little as a bare process's as can be
     for line in sys.stdin:
         msg = json.loads(line)
         if msg.get("quit"):
             break
-        visits = [_visit(touched, pinned) for _ in range(int(msg["visits"]))]
+        if msg.get("restore"):
+            print(json.dumps(_visit(touched, pinned, skip, fork=False)), flush=True)
+            continue
+        visits = [_visit(touched, pinned, skip, evict=evict) for _ in range(int(msg["visits"]))]
         print(json.dumps({k: [v[k] for v in visits] for k in visits[0]}), flush=True)
 
 
@@ -559,15 +640,19 @@ class LineProcess:
 class Worker(LineProcess):
     """A measuring process (:func:`serve`) holding one layout (:class:`LineProcess`)."""
 
-    def __init__(self, layout: RealLayout, cpu: int | None = None, timeout: float = 600):
+    def __init__(self, layout: RealLayout, cpu: int | None = None, timeout: float = 600, evict_bytes: int = 0):
         self.layout = layout
         argv = [sys.executable, "-I", "-S", os.path.abspath(__file__), "serve"]  # the standard library only
         super().__init__(argv, f"measuring {layout.name}", timeout)
-        self.info = self.ask({"layout": asdict(layout), "cpu": cpu})
+        self.info = self.ask({"layout": asdict(layout), "cpu": cpu, "evict_bytes": evict_bytes})
 
     def visits(self, k: int) -> dict:
         """k visits (:func:`_visit`): lists of fork times and fault counts."""
         return self.ask({"visits": k})
+
+    def restore(self) -> dict:
+        """The modelled state restored and checked, no fork (:func:`_visit`): what a capture then describes."""
+        return self.ask({"restore": True})
 
 
 def _run_here(mode: str, job, name: str, timeout: float) -> dict:

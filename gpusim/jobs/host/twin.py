@@ -1,7 +1,8 @@
 """The simulator's twin of a :class:`~gpusim.jobs.host.real.RealLayout`: the address space gpusim forks in place of the
 real process that :mod:`gpusim.jobs.host.real` builds and measures.
 
-Same VMAs (each at a 2 MiB boundary, one table apart, as the real process maps them), same page tables, a present
+Same VMAs (each at a 2 MiB boundary, one table apart, as the real process maps them, or packed), an anon_vma in
+those with a page (a VMA never written has none: the kernel's fork skips it), same page tables, a present
 private anonymous page wherever the real process touched one or pinned one (pinning faults a page in), THP extents
 where the kernel made THPs, and one FOLL_PIN on every pinned page (on the whole folio of a THP).
 """
@@ -20,12 +21,13 @@ from gpusim.model.state import AddressSpace
 
 
 def vma_places(layout: RealLayout) -> list[tuple[int, int, int]]:
-    """(first page of the region, first simulated address, pages) of each VMA: each starts at a table boundary."""
+    """(first page of the region, first simulated address, pages) of each VMA: each at a table boundary, or packed
+    (:attr:`RealLayout.gaps`)."""
     out, addr, base = [], 0, 0
     for n in layout.vma_pages():
         out.append((base, addr, n))
         base += n
-        addr += -(-n // TABLE_PAGES) * TABLE_PAGES
+        addr += layout.vma_span(n)
     return out
 
 
@@ -67,7 +69,8 @@ def sim_space(
     for b0, a0, n in places:
         b2a[b0 : b0 + n] = a0 + np.arange(n)
     sb = SpaceBuilder(variant)
-    sb.add_vmas([a0 for _, a0, _ in places], [a0 + n for _, a0, n in places], VM_DEFAULT_ANON, BACKING_ANON, True)
+    written = [bool(touched[b0 : b0 + n].any()) for b0, _, n in places]
+    sb.add_vmas([a0 for _, a0, _ in places], [a0 + n for _, a0, n in places], VM_DEFAULT_ANON, BACKING_ANON, written)
     small = np.flatnonzero(touched & ~in_thp)
     ids, pfn = sb.add_folios(small.shape[0], 0, FOLIO_ANON | FOLIO_SWAPBACKED, 1, PAGE_ANON_EXCLUSIVE, 1)
     sb.add_pins(ids[pinned[small]])

@@ -1,0 +1,165 @@
+/* gpusim's smallest measuring process (issue 32): a C process with almost nothing mapped, whose fork is nearly all
+ * the kernel's fixed cost of a fork. It follows the protocol of gpusim/jobs/host/real.py's serve() for a bare
+ * process, in one JSON line a request:
+ *
+ *   argv: CPU (-1: not pinned) and the bytes to read through before a fresh fork (0: none);
+ *   first line out: {"pid": P, "cpu": C, "refused": {}, "thp_pages": 0, "frame_breaks": null, "frames": null};
+ *   {"visits": K}: K visits, each re-dirtying its own private writable pages (a byte copied onto itself), checking
+ *     that a second pass takes no fault, reading the eviction buffer, then timing a fork ("fresh") and the fork right
+ *     after it ("repeated"); the answer has lists, as serve()'s;
+ *   {"restore": true}: a visit without the forks (the state a capture then describes); {"quit": true}: exit.
+ *
+ * Each child exits at once; the parent reads its clock when fork() returns and then reaps the child. */
+#define _GNU_SOURCE
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_PAGES 65536
+#define MAX_VISITS 64
+
+static uintptr_t own[MAX_PAGES];
+static long n_own;
+static volatile unsigned char *evict_buf;
+static size_t evict_bytes;
+
+static long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+static long minflt(void) {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_minflt;
+}
+
+/* the present pages of the private writable mappings, but the eviction buffer's (shared) */
+static void list_own(void) {
+    FILE *maps = fopen("/proc/self/maps", "r");
+    FILE *pm = fopen("/proc/self/pagemap", "rb");
+    char line[512], perms[8];
+    unsigned long lo, hi;
+    n_own = 0;
+    if (!maps || !pm) {
+        if (maps) fclose(maps);
+        if (pm) fclose(pm);
+        return;
+    }
+    while (fgets(line, sizeof line, maps)) {
+        if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) != 3 || strcmp(perms, "rw-p") != 0) continue;
+        for (unsigned long a = lo; a < hi && n_own < MAX_PAGES; a += 4096) {
+            uint64_t e = 0;
+            if (fseek(pm, (long)(a / 4096 * 8), SEEK_SET) != 0 || fread(&e, 8, 1, pm) != 1) break;
+            if (e >> 63) own[n_own++] = a;
+        }
+    }
+    fclose(maps);
+    fclose(pm);
+}
+
+static long redirty(void) {
+    long f0 = minflt();
+    for (long i = 0; i < n_own; i++) {
+        volatile unsigned char *p = (volatile unsigned char *)own[i];
+        *p = *p;
+    }
+    return minflt() - f0;
+}
+
+static void evict(void) {
+    unsigned long sum = 0;
+    for (size_t i = 0; i < evict_bytes; i += 64) sum += evict_buf[i];
+    if (sum == 1) fputs("", stderr); /* keeps the reads */
+}
+
+static long fork_ns(void) {
+    long t0 = now_ns();
+    pid_t pid = fork();
+    if (pid == 0) _exit(0);
+    long t1 = now_ns();
+    waitpid(pid, NULL, 0);
+    return t1 - t0;
+}
+
+struct visit {
+    long own_pages, own_faults, own_check_faults, fresh, repeated;
+};
+
+static struct visit visit(int forks) {
+    struct visit v = {0};
+    list_own();
+    v.own_pages = n_own;
+    v.own_faults = redirty();
+    v.own_check_faults = redirty();
+    if (forks) {
+        evict();
+        v.fresh = fork_ns();
+        v.repeated = fork_ns();
+    }
+    return v;
+}
+
+#define FIELD(name, expr)                                                 \
+    do {                                                                  \
+        printf("%s\"%s\": [", first ? "" : ", ", name);                   \
+        for (int i = 0; i < k; i++) printf("%s%ld", i ? ", " : "", expr); \
+        printf("]");                                                      \
+        first = 0;                                                        \
+    } while (0)
+
+int main(int argc, char **argv) {
+    int cpu = argc > 1 ? atoi(argv[1]) : -1;
+    evict_bytes = argc > 2 ? strtoul(argv[2], NULL, 10) : 0;
+    if (cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(cpu, &set);
+        if (sched_setaffinity(0, sizeof set, &set) != 0) cpu = -1;
+    }
+    if (evict_bytes) {
+        void *b = mmap(NULL, evict_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (b == MAP_FAILED) return 2;
+        memset(b, 0, evict_bytes);
+        evict_buf = b;
+    }
+    printf("{\"pid\": %d, \"cpu\": %s, \"refused\": {}, \"thp_pages\": 0, \"frame_breaks\": null, \"frames\": null}\n",
+           (int)getpid(), cpu >= 0 ? argv[1] : "null");
+    fflush(stdout);
+    char line[256];
+    static struct visit vs[MAX_VISITS];
+    while (fgets(line, sizeof line, stdin)) {
+        if (strstr(line, "\"quit\"")) break;
+        int k = 1, forks = 1, first = 1;
+        char *p = strstr(line, "\"visits\"");
+        if (strstr(line, "\"restore\"")) forks = 0;
+        else if (p && sscanf(p + 8, " : %d", &k) == 1 && (k < 1 || k > MAX_VISITS)) k = 1;
+        for (int i = 0; i < k; i++) vs[i] = visit(forks);
+        if (!forks) {
+            printf("{\"pinned_faults\": 0, \"redirty_faults\": 0, \"check_faults\": 0, \"own_pages\": %ld, "
+                   "\"own_faults\": %ld, \"own_check_faults\": %ld}\n",
+                   vs[0].own_pages, vs[0].own_faults, vs[0].own_check_faults);
+        } else {
+            printf("{");
+            FIELD("fresh_ns", vs[i].fresh);
+            FIELD("repeated_ns", vs[i].repeated);
+            FIELD("pinned_faults", 0L);
+            FIELD("redirty_faults", 0L);
+            FIELD("check_faults", 0L);
+            FIELD("own_pages", vs[i].own_pages);
+            FIELD("own_faults", vs[i].own_faults);
+            FIELD("own_check_faults", vs[i].own_check_faults);
+            printf("}\n");
+        }
+        fflush(stdout);
+    }
+    return 0;
+}
