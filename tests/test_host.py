@@ -532,3 +532,23 @@ def test_small_forks_are_predicted_whole_from_their_captures():
         assert c["measured_ns"] > 0 and c["predicted_ns"] >= rep["base"]["ns"] and c["n"] >= 3
     assert [c["name"] for c in rep["stored"]["cases"]] == names and rep["verdict"] in ("pass", "fail")
     json.dumps(rep)
+
+
+def test_a_size_term_is_kept_only_where_it_beats_the_noise():
+    from gpusim.jobs.host.small import size_term
+
+    sizes = {f"dense-{s}MiB": s * MiB for s in (64, 128, 256, 512, 2048)}
+
+    def cases(trend: float, jitter: float):
+        out = []
+        for k, (name, size) in enumerate(sizes.items()):
+            e = trend * (np.log2(size) - 30) + jitter * (-1) ** k
+            out.append({"name": name, "measured_ns": 1e6, "iqr_ns": [0.99e6, 1.01e6], "error": e})
+        return out
+
+    steep = size_term(cases(-0.05, 0.002), sizes)  # 5 % per doubling: a term predicts the held-out case
+    assert steep["kept"] and steep["slope_per_doubling"] < -0.04
+    assert steep["held_out_median_abs_error"]["with"] < steep["held_out_median_abs_error"]["without"]
+    flat = size_term(cases(0.0, 0.005), sizes)  # scatter within the noise: no term
+    assert not flat["kept"] and abs(flat["slope_per_doubling"]) < 0.01
+    assert size_term(cases(0.0, 0.0)[:2], sizes) is None

@@ -228,6 +228,14 @@ def validate_small_forks_command(profile, rounds: int, as_json: bool) -> None:
             f"{TOLERANCE:.0%}" if c["pass"] else "no",
         )
     Console(highlight=False, width=160).print(t)
+    st = rep["size_term"]
+    if st:
+        h = st["held_out_median_abs_error"]
+        typer.echo(
+            f"size term (dense, log2 size, held out one at a time): {100 * st['slope_per_doubling']:+.1f}% per "
+            f"doubling; median error {100 * h['without']:.1f}% without, {100 * h['with']:.1f}% with, noise "
+            f"{100 * st['noise']:.1f}%: {'kept' if st['kept'] else 'not kept'}"
+        )
     if rep["probe_refused"]:
         typer.echo(f"no C probe: {rep['probe_refused']}")
     typer.echo(f"verdict: {rep['verdict']}")

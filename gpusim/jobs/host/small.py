@@ -42,8 +42,42 @@ def whole_fork_ns(snapshot, variant: str, profile) -> float:
 
 
 def _case(name: str, measured: list, predicted: float) -> dict:
-    m = float(np.median(measured))
-    return {"name": name, "measured_ns": m, "predicted_ns": predicted, "error": predicted / m - 1, "n": len(measured)}
+    q1, m, q3 = (float(x) for x in np.percentile(measured, [25, 50, 75]))
+    return {
+        "name": name,
+        "measured_ns": m,
+        "iqr_ns": [q1, q3],
+        "predicted_ns": predicted,
+        "error": predicted / m - 1,
+        "n": len(measured),
+    }
+
+
+def size_term(cases: list[dict], sizes: dict[str, int]) -> dict | None:
+    """The size effect tested as a model term (issue 32): a correction of the dense cases' predictions linear in
+    log2 of their size, held out one case at a time (the line fitted on the others predicts the one left out). Kept
+    only if its held-out median absolute error beats the model's without it by more than the cases' own noise (the
+    median half-IQR of their measurements). ``sizes``: case name -> bytes, the dense ones."""
+    dense = [c for c in cases if c["name"] in sizes]
+    if len(dense) < 3:
+        return None
+    x = np.log2([sizes[c["name"]] for c in dense])
+    e = np.array([np.log1p(c["error"]) for c in dense])
+    held = []
+    for i in range(len(dense)):
+        keep = np.arange(len(dense)) != i
+        slope, icpt = np.polyfit(x[keep], e[keep], 1)
+        held.append(np.expm1(e[i] - (slope * x[i] + icpt)))
+    noise = float(np.median([(c["iqr_ns"][1] - c["iqr_ns"][0]) / 2 / c["measured_ns"] for c in dense]))
+    without, with_term = float(np.median(np.abs(np.expm1(e)))), float(np.median(np.abs(held)))
+    slope = float(np.polyfit(x, e, 1)[0])
+    return {
+        "cases": [c["name"] for c in dense],
+        "slope_per_doubling": float(np.expm1(slope)),
+        "held_out_median_abs_error": {"without": without, "with": with_term},
+        "noise": noise,
+        "kept": without - with_term > noise,
+    }
 
 
 def small_cases(meas: dict, n_fit: int, variant: str, profile, reference: str = REFERENCE) -> list[dict]:
@@ -100,4 +134,5 @@ def validate_small_forks(rounds: int = 11, progress=None, profile=None, layouts=
         "cases": cases,
         "stored": {"profile": stored.name, "cases": stored_cases},
         "verdict": "pass" if judged and all(c["pass"] for c in judged) else "fail",
+        "size_term": size_term(cases, {L.name: L.size for L in held if L.name.startswith("dense-")}),
     }
