@@ -410,6 +410,12 @@ def test_the_band_check_counts_the_cases_inside_and_records_the_drift_it_saw(tmp
     again = gpusim.load_profile("host-test")
     assert bc["recorded"] == str(path) and again.band.high == pytest.approx(0.3) and again.band.low == -0.1
     assert again.band.checks[0]["inside"] == 1 and path.read_text().startswith("# a header\n")
+    elsewhere = tmp_path / "other" / "mine.yaml"  # a profile named by its path, outside the profile directory
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(yaml.safe_dump(dict(data, name="host-elsewhere")))
+    mine = gpusim.load_profile(str(elsewhere))
+    assert band_check(mine, cases, record=False)["recorded"] is None  # found by name nowhere: no lookup, no error
+    assert band_check(mine, cases, record=True, path=elsewhere)["recorded"] == str(elsewhere)
     public = gpusim.load_profile("public-xeon-4210r-v6.8")
     assert band_check(public, cases, record=True)["band"] is None  # no band, and a shipped file is never written
     assert not any(p.stat().st_mtime > path.stat().st_mtime for p in PROFILE_DIR.glob("*.yaml"))
@@ -486,6 +492,21 @@ def test_the_c_probe_forks_with_almost_nothing_of_its_own():
         p.close()
     anon = snap.column("anon").to_numpy(zero_copy_only=False) & snap.column("present").to_numpy(zero_copy_only=False)
     assert 0 < anon.sum() < 200  # a C program's data, heap and stack: a few dozen pages, not an interpreter's
+    # holding a layout: its state restored and checked as a measuring interpreter's is
+    L = RealLayout("held", 8 * MiB, vmas=4, fill=0.5, gaps=False)
+    p = Probe(default_cpu(), layout=L)
+    try:
+        p.visits(1)  # the first fork of the process
+        got = p.visits(3)
+        held = capture(p.info["pid"])
+    finally:
+        p.close()
+    checks = state_checks(L, p.info["thp_pages"], got)
+    assert checks["fresh"] and checks["repeated"] and checks["expected_wp_faults"] == 1024
+    present = held.column("present").to_numpy(zero_copy_only=False)
+    assert present.sum() >= anon.sum() + 1024
+    with pytest.raises(ValueError, match="C probe holds"):
+        Probe(default_cpu(), layout=RealLayout("pinned", 4 * MiB, pinned=[(0, 4)]))
 
 
 @linux
@@ -526,6 +547,7 @@ def test_small_forks_are_predicted_whole_from_their_captures():
     names = [c["name"] for c in rep["cases"]]
     assert names[:2] == ["vmas-300x16KiB-packed", "ref"] and "(bare)" in names
     assert ("(probe)" in names) == (rep["probe_refused"] is None) and rep["reference"] == "ref"
+    assert {c["holder"] for c in rep["cases"][:2]} == {"python" if rep["probe_refused"] else "c"}
     ref = rep["cases"][1]
     assert ref["relative_error"] == pytest.approx(0.0)
     for c in rep["cases"]:
@@ -534,7 +556,7 @@ def test_small_forks_are_predicted_whole_from_their_captures():
     json.dumps(rep)
 
 
-def test_a_size_term_is_kept_only_where_it_beats_the_noise():
+def test_a_size_term_is_said_to_beat_the_noise_only_where_it_does():
     from gpusim.jobs.host.small import size_term
 
     sizes = {f"dense-{s}MiB": s * MiB for s in (64, 128, 256, 512, 2048)}
@@ -547,8 +569,26 @@ def test_a_size_term_is_kept_only_where_it_beats_the_noise():
         return out
 
     steep = size_term(cases(-0.05, 0.002), sizes)  # 5 % per doubling: a term predicts the held-out case
-    assert steep["kept"] and steep["slope_per_doubling"] < -0.04
+    assert steep["beats_noise"] and steep["slope_per_doubling"] < -0.04
     assert steep["held_out_median_abs_error"]["with"] < steep["held_out_median_abs_error"]["without"]
     flat = size_term(cases(0.0, 0.005), sizes)  # scatter within the noise: no term
-    assert not flat["kept"] and abs(flat["slope_per_doubling"]) < 0.01
+    assert not flat["beats_noise"] and abs(flat["slope_per_doubling"]) < 0.01
     assert size_term(cases(0.0, 0.0)[:2], sizes) is None
+
+
+@linux
+def test_without_a_c_compiler_the_bare_interpreter_sets_fork_base(monkeypatch):
+    import gpusim.jobs.host.measure as M
+
+    def no_binary(source):
+        raise NoBinary(f"{source.name}: a C compiler is needed (cc or gcc; or set CC)")
+
+    monkeypatch.setattr(M, "c_binary", no_binary)
+    small = RealLayout("dense-4MiB", 4 * MiB)
+    m = measure([small], 2, probe=True, c_held={"dense-4MiB"})
+    assert "a C compiler is needed" in m["probe_refused"] and "probe" not in m
+    assert m["layouts"][0]["holder"] == "python" and m["bare"]["snapshot"].num_rows > 0
+    public = gpusim.load_profile("public-xeon-4210r-v6.8")
+    costs = {e: {"ns": c.ns, "kind": c.kind, "basis": c.basis} for e, c in public.costs.items()}
+    _, account = with_fork_base(costs, m, kernel_variant())
+    assert account["from"] == "bare" and "bare_check" not in account

@@ -219,7 +219,7 @@ def validate_small_forks_command(profile, rounds: int, as_json: bool) -> None:
     for c, s in zip(rep["cases"], rep["stored"]["cases"]):
         rel = "n/a" if c["relative_error"] is None else f"{100 * c['relative_error']:+.1f}%"
         t.add_row(
-            c["name"],
+            c["name"] + (" [C]" if c["holder"] == "c" and not c["name"].startswith("(") else ""),
             f"{c['measured_ns'] / 1e6:.3f}",
             f"{c['predicted_ns'] / 1e6:.3f}",
             f"{100 * c['error']:+.1f}%",
@@ -234,7 +234,7 @@ def validate_small_forks_command(profile, rounds: int, as_json: bool) -> None:
         typer.echo(
             f"size term (dense, log2 size, held out one at a time): {100 * st['slope_per_doubling']:+.1f}% per "
             f"doubling; median error {100 * h['without']:.1f}% without, {100 * h['with']:.1f}% with, noise "
-            f"{100 * st['noise']:.1f}%: {'kept' if st['kept'] else 'not kept'}"
+            f"{100 * st['noise']:.1f}%: {'beats' if st['beats_noise'] else 'within'} the noise in this window"
         )
     if rep["probe_refused"]:
         typer.echo(f"no C probe: {rep['probe_refused']}")

@@ -831,7 +831,7 @@ def _summary(cases: list[dict]) -> dict:
     }
 
 
-def band_check(stored: Profile, cases: list[dict], record: bool) -> dict:
+def band_check(stored: Profile, cases: list[dict], record: bool, path: Path | None = None) -> dict:
     """What the held-out cases measured now say of the stored profile's band: how many lie inside it, and the
     stored profile's median error (its predictions against this window: the machine's drift since it was
     calibrated, with the model's error). With ``record`` and a host profile's file, the check is kept in the
@@ -851,8 +851,10 @@ def band_check(stored: Profile, cases: list[dict], record: bool) -> dict:
     shift = 1 / (1 + med) - 1
     low, high = min(b.low, b.low + shift), max(b.high, b.high + shift)
     out["widened"] = [round(max(low, -0.99), 4), round(high, 4)]
-    path = profile_path(stored.name)
-    if record and path.parent.resolve() != PROFILE_DIR.resolve():
+    if not record:
+        return out
+    path = path or profile_path(stored.name)
+    if path.parent.resolve() != PROFILE_DIR.resolve():
         now = datetime.datetime.now(datetime.timezone.utc)
         check = {
             "date": f"{now:%Y-%m-%dT%H:%M:%SZ}",
@@ -947,7 +949,7 @@ def validate(
             "stored_profile": {
                 "profile": stored.name,
                 **_summary(cases["stored"]),
-                "band_check": band_check(stored, cases["stored"], record),
+                "band_check": band_check(stored, cases["stored"], record, profile_path(profile)),
             },
             "refused": refused,
         }

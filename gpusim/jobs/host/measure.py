@@ -112,14 +112,28 @@ def state_checks(layout: RealLayout, thp_pages: int, faults: dict) -> dict:
 PROBE_SOURCE = Path(__file__).with_name("fork_probe.c")
 
 
+def probe_holds(layout: RealLayout) -> bool:
+    """Whether the C probe can hold ``layout``: equal VMAs, one fill and one THP advice for all, first touch in
+    address order, no pins."""
+    L = layout
+    uniform = not isinstance(L.fill, list) and not isinstance(L.thp, list) and L.pages % max(L.vmas, 1) == 0
+    return uniform and not L.pinned and L.first_touch == "address"
+
+
 class Probe(LineProcess):
     """The smallest measuring process (:data:`PROBE_SOURCE`, C): nothing of its own but a C program's few pages, its
-    fork nearly all the kernel's fixed cost; it answers as a bare :class:`gpusim.jobs.host.real.Worker` does."""
+    fork nearly all the kernel's fixed cost; or that and a ``layout`` (:func:`probe_holds`). It answers as a
+    :class:`gpusim.jobs.host.real.Worker` does."""
 
-    def __init__(self, cpu: int | None = None, timeout: float = 600, evict_bytes: int = 0):
-        self.layout = RealLayout("probe", 0)
+    def __init__(self, cpu: int | None = None, timeout: float = 600, evict_bytes: int = 0, layout=None):
+        self.layout = layout or RealLayout("probe", 0)
         argv = [str(c_binary(PROBE_SOURCE)), str(-1 if cpu is None else cpu), str(evict_bytes)]
-        super().__init__(argv, "the C fork probe", timeout)
+        if layout is not None and layout.pages:
+            if not probe_holds(layout):
+                raise ValueError(f"{layout.name}: the C probe holds equal VMAs, one fill and THP advice, no pins")
+            L = layout
+            argv += [str(L.vmas), str(L.pages // L.vmas), str(L.stride(0)), str(int(L.any_thp)), str(int(L.gaps))]
+        super().__init__(argv, f"the C fork probe{'' if layout is None else f' holding {layout.name}'}", timeout)
         self.info = self.reply()
 
     def visits(self, k: int) -> dict:
@@ -133,12 +147,13 @@ class _Group:
     """The workers of one memory group (index 0: the bare process; the C probe last, when asked and built) and
     their timed visits."""
 
-    def __init__(self, layouts: list[RealLayout], cpu, timeout: float, probe: bool = False):
+    def __init__(self, layouts: list[RealLayout], cpu, timeout: float, probe: bool = False, c_held=frozenset()):
         self.workers, self.samples, self.probe = [], [], None
         evict = evict_bytes()
         try:
             for L in [RealLayout("bare", 0), *layouts]:
-                self.workers.append(Worker(L, cpu, timeout, evict))
+                held = L.name in c_held
+                self.workers.append(Probe(cpu, timeout, evict, L) if held else Worker(L, cpu, timeout, evict))
                 self.samples.append({})
             if probe:
                 self.workers.append(Probe(cpu, timeout, evict))
@@ -192,7 +207,7 @@ def _run_group(g: _Group, rounds: int, rng: random.Random, noise_limit: float, t
 
 def _result(g: _Group, i: int) -> dict:
     w = g.workers[i]
-    out = {"name": w.layout.name, "layout": w.layout, **w.info}
+    out = {"name": w.layout.name, "layout": w.layout, **w.info, "holder": "c" if isinstance(w, Probe) else "python"}
     if w.info["refused"]:
         return out
     s = g.samples[i]
@@ -203,6 +218,17 @@ def _result(g: _Group, i: int) -> dict:
     out["checks"] = state_checks(w.layout, w.info["thp_pages"], s)
     out["own_pages"] = quartiles(s["own_pages"])  # the interpreter's own re-dirtied pages at each visit
     return out
+
+
+def _open_group(layouts: list[RealLayout], cpu, timeout: float, probe: bool, c_held, extra: dict) -> _Group:
+    """A group's processes; where the C probe cannot be built, interpreters only (``extra["probe_refused"]`` says
+    why, and later groups do not try again)."""
+    if "probe_refused" not in extra:
+        try:
+            return _Group(layouts, cpu, timeout, probe, frozenset(c_held))
+        except NoBinary as e:
+            extra["probe_refused"] = str(e)
+    return _Group(layouts, cpu, timeout)
 
 
 def measure(
@@ -216,6 +242,7 @@ def measure(
     memory_fraction: float = 0.5,
     captures: str = "bare",
     probe: bool = False,
+    c_held=frozenset(),
 ) -> dict:
     """``{"layouts": [one result per layout, in order], "stability": ...}``: each result has the setup's facts
     (``thp_pages``, ``refused``, ``cpu``), per state the added-time summary and its drift, the raw samples and the
@@ -225,7 +252,8 @@ def measure(
     after their rounds (:meth:`_Group.capture`): the first group's ``bare`` process (``"bare"``: the result's
     ``"bare"``), ``"all"`` (each layout's result's ``"capture"`` too) or ``"none"``. ``probe``: the C fork probe
     (:class:`Probe`) visited in the first group's rounds too, and captured: the result's ``"probe"`` (absent where it
-    cannot be built: ``"probe_refused"`` says why)."""
+    cannot be built: ``"probe_refused"`` says why). ``c_held``: names of layouts held by a C probe
+    (:class:`Probe`) instead of an interpreter (where the probe is built; their results say ``"holder": "c"``)."""
     cpu = default_cpu() if cpu == "auto" else cpu
     rng = random.Random(seed)
     groups = memory_groups(layouts, int(mem_available_bytes() * memory_fraction))
@@ -242,12 +270,7 @@ def measure(
     for idx in groups:
         g = None
         try:
-            want_probe = probe and not bare and "probe_refused" not in extra
-            try:
-                g = _Group([layouts[i] for i in idx], cpu, timeout, want_probe)
-            except NoBinary as e:
-                extra["probe_refused"] = str(e)
-                g = _Group([layouts[i] for i in idx], cpu, timeout)
+            g = _open_group([layouts[i] for i in idx], cpu, timeout, probe and not bare, c_held, extra)
             _run_group(g, rounds, rng, noise_limit, tick)
             for k, i in enumerate(idx):
                 results[i] = _result(g, k + 1)
