@@ -577,18 +577,21 @@ def test_a_size_term_is_said_to_beat_the_noise_only_where_it_does():
 
 
 @linux
-def test_without_a_c_compiler_the_bare_interpreter_sets_fork_base(monkeypatch):
+def test_without_a_c_compiler_interpreters_measure_alone(monkeypatch):
+    """No C probe where it cannot be built: the group's processes are interpreters, the refusal is said once (and
+    fork.base then comes from the bare interpreter: test_the_whole_measuring_process_is_restored_and_captured)."""
     import gpusim.jobs.host.measure as M
 
     def no_binary(source):
         raise NoBinary(f"{source.name}: a C compiler is needed (cc or gcc; or set CC)")
 
     monkeypatch.setattr(M, "c_binary", no_binary)
-    small = RealLayout("dense-4MiB", 4 * MiB)
-    m = measure([small], 2, probe=True, c_held={"dense-4MiB"})
-    assert "a C compiler is needed" in m["probe_refused"] and "probe" not in m
-    assert m["layouts"][0]["holder"] == "python" and m["bare"]["snapshot"].num_rows > 0
-    public = gpusim.load_profile("public-xeon-4210r-v6.8")
-    costs = {e: {"ns": c.ns, "kind": c.kind, "basis": c.basis} for e, c in public.costs.items()}
-    _, account = with_fork_base(costs, m, kernel_variant())
-    assert account["from"] == "bare" and "bare_check" not in account
+    extra = {}
+    g = M._open_group([RealLayout("dense-1MiB", MiB)], None, 60, True, {"dense-1MiB"}, extra)
+    try:
+        assert g.probe is None and all(isinstance(w, Worker) for w in g.workers) and len(g.workers) == 2
+    finally:
+        g.close()
+    assert "a C compiler is needed" in extra["probe_refused"]
+    g = M._open_group([], None, 60, True, (), extra)  # not tried again
+    g.close()
