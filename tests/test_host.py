@@ -530,10 +530,13 @@ def test_packed_vmas_stay_apart_and_a_vma_never_written_has_no_anon_vma():
 
 
 @linux
-def test_small_forks_are_predicted_whole_from_their_captures():
+def test_small_forks_are_predicted_whole_from_their_captures(monkeypatch):
     """validate --small-forks's machinery on small sizes: every held-out process (and the bare interpreter, and
     the C probe where it is built) measured and predicted from its capture, fork.base included, absolute and
     relative to the reference (the last layout)."""
+    from inproc import run_cli
+
+    from gpusim.jobs.host import small
     from gpusim.jobs.host.small import validate_small_forks
 
     fit_set = [
@@ -554,6 +557,13 @@ def test_small_forks_are_predicted_whole_from_their_captures():
         assert c["measured_ns"] > 0 and c["predicted_ns"] >= rep["base"]["ns"] and c["n"] >= 3
     assert [c["name"] for c in rep["stored"]["cases"]] == names and rep["verdict"] in ("pass", "fail")
     json.dumps(rep)
+    # the command prints that report: fork.base's account, a row per process, the verdict
+    monkeypatch.setattr(small, "validate_small_forks", lambda *a, **k: rep)
+    code, out, _ = run_cli("validate", "--small-forks", "--profile", "public-xeon-4210r-v6.8")
+    assert code == 0 and out.startswith("fork.base ") and f"verdict: {rep['verdict']}" in out
+    assert "vmas-300x16KiB-packed" in out and "(bare)" in out
+    code, _, err = run_cli("validate", "--small-forks", "--profile", "no-such-profile")
+    assert code != 0 and "unknown cost profile" in err and "Traceback" not in err
 
 
 def test_a_size_term_is_said_to_beat_the_noise_only_where_it_does():

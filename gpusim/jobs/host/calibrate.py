@@ -9,8 +9,11 @@ interval). The simulator gives each layout's event counts in each state (same VM
 pages, THPs where the kernel made them; variant of the running kernel, :func:`kernel_variant`), and a non-negative
 least-squares fit (``scipy.optimize.nnls``) on the relative error, Huber-reweighted against outliers and pulled
 towards the public profile, finds one scale factor per group of events (:data:`GROUPS`):
-``cost[e] = scale[group(e)] x public[e]``. The two states separate the write-protect and exclusive-clear work
-(``pte_wrprotect``) from the rest of a shared PTE's (``pte_share``). ``fork.base`` is set from the bare fork.
+``cost[e] = scale[group(e)] x public[e]``, with the per-VMA, per-table and per-huge-PMD groups one scale per state
+(:data:`WARM_GROUPS`: the profile's costs are the fresh state's, its ``warm_factors`` the repeated state's ratio).
+The two states separate the write-protect and exclusive-clear work (``pte_wrprotect``) from the rest of a shared
+PTE's (``pte_share``). ``fork.base``, the kernel's fixed cost of a fork from cold, is the C fork probe's measured
+fork less the model's price of its captured address space (:func:`with_fork_base`).
 Events no layout exercises (swap, migration, batches, continuations, teardown) keep the public estimates, labelled
 as such.
 
@@ -283,7 +286,7 @@ def profile_dir() -> Path:
 
 def fitted_costs(public, scales: np.ndarray, used: np.ndarray) -> dict:
     """The host profile's costs: each fitted group's events at ``scale x`` the public cost, the others kept as
-    labelled estimates (``fork.base`` too: :func:`with_fork_base` sets it from the bare measuring process)."""
+    labelled estimates (``fork.base`` too: :func:`with_fork_base` sets it from the smallest measuring process)."""
     costs = {}
     group_of = {e: g for g, events in GROUPS.items() for e in events}
     for e, c in public.costs.items():
@@ -880,7 +883,7 @@ def band_check(stored: Profile, cases: list[dict], record: bool, path: Path | No
 def window_profile(results: list[dict], variant: str, public, meas: dict) -> tuple[Profile, dict]:
     """A profile fitted (:func:`fit`) on layouts measured in the validation's own window (``meas``:
     :func:`gpusim.jobs.host.measure.measure`'s result; ``results``: its fit layouts), its ``fork.base`` from the
-    window's bare process (:func:`with_fork_base`)."""
+    window's smallest measuring process (:func:`with_fork_base`)."""
     warm_cache = warm_cache_bytes()
     f = fit(results, variant, public, warm_cache=warm_cache)
     costs, base = with_fork_base(fitted_costs(public, f["scales"], f["used"]), meas, variant)

@@ -415,10 +415,9 @@ def _visit(touched: "_Writes", pinned: "_Writes", skip=(), fork: bool = True, ev
 
 def serve() -> None:
     """The measuring process: the first line of stdin is ``{"layout": ..., "cpu": ..., "evict_bytes": ...}``
-    (:class:`Evictor`); it sets the layout up,
-    answers one JSON line (with its ``pid``, for a capture), then answers each ``{"visits": k}`` line with k visits
-    (:func:`_visit`), each ``{"restore": true}`` with a visit that forks nothing, until ``{"quit": true}`` or the end
-    of stdin."""
+    (:class:`Evictor`); it sets the layout up, answers one JSON line (with its ``pid``, for a capture), then answers
+    each ``{"visits": k}`` line with k visits (:func:`_visit`), each ``{"restore": true}`` with a visit that forks
+    nothing, until ``{"quit": true}`` or the end of stdin."""
     first = json.loads(sys.stdin.readline())
     layout = RealLayout(**first["layout"])
     vmas, refused = _setup(layout)
