@@ -604,3 +604,42 @@ def test_without_a_c_compiler_interpreters_measure_alone(monkeypatch):
     assert "a C compiler is needed" in extra["probe_refused"]
     g = M._open_group([], None, 60, True, (), extra)  # not tried again
     g.close()
+
+
+def test_a_snapshot_vma_has_an_anon_vma_only_where_it_holds_an_anonymous_page():
+    """/proc does not show anon_vma: a VMA with an anonymous page (present or swapped) has one; a reservation never
+    written, or a private file mapping only read, has none, and the fork skips its page tables (vma.dup only)."""
+    import pyarrow as pa
+
+    from gpusim.inputs.snapshot import snapshot_space
+
+    vmas = [
+        {"start": 0, "end": 16, "perms": "rw-p", "path": "", "backing": "anon"},  # two present anonymous pages
+        {"start": 512, "end": 528, "perms": "---p", "path": "", "backing": "anon"},  # a reservation, nothing in it
+        {"start": 1024, "end": 1040, "perms": "r--p", "path": "/lib/x.so", "backing": "file"},  # file pages, read
+        {"start": 1536, "end": 1552, "perms": "rw-p", "path": "", "backing": "anon"},  # one page, swapped out
+    ]
+    rows = [
+        (0, 0, True, True),
+        (1, 0, True, True),
+        (1024, 2, True, False),
+        (1025, 2, True, False),
+        (1536, 3, False, True),
+    ]
+    t = pa.table(
+        {
+            "addr": [r[0] for r in rows],
+            "vma": pa.array([r[1] for r in rows], pa.int32()),
+            "present": [r[2] for r in rows],
+            "swapped": [not r[2] for r in rows],
+            "pfn": [0] * len(rows),
+            "mapcount": [1] * len(rows),
+            "anon": [r[3] for r in rows],
+            "thp": [False] * len(rows),
+            "exclusive": [True] * len(rows),
+        }
+    ).replace_schema_metadata({"gpusim.vmas": json.dumps(vmas), "gpusim.capture": "{}"})
+    space = snapshot_space(t, kernel_variant())
+    assert space.mm.vma_anon_vma.tolist() == [True, False, False, True]
+    counts = api.fork(space, kernel_variant(), backend="cpu").counts
+    assert counts["vma.dup"] == 4 and counts["vma.copy"] == 2 and counts["vma.file_link"] == 1

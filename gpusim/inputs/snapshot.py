@@ -2,8 +2,11 @@
 the address space gpusim forks.
 
 Each VMA gets flags from its permissions (a private mapping is assumed to have VM_MAYWRITE, as mappings of writable
-files and anonymous memory do; /proc does not show it), a present page becomes an order-0 folio with the captured
-map count (the pages of a 2 MiB-aligned run of THP pages a PMD-mapped THP), a swapped page a swap entry of count 1.
+files and anonymous memory do; /proc does not show it) and an anon_vma where it holds an anonymous page, present or
+swapped (/proc does not show anon_vma either: a VMA never written, a PROT_NONE reservation, a file mapping only read,
+has none, and the kernel's fork skips its page tables; one written and since emptied is taken to have none too), a
+present page becomes an order-0 folio with the captured map count (the pages of a 2 MiB-aligned run of THP pages a
+PMD-mapped THP), a swapped page a swap entry of count 1.
 /proc does not expose pins: pinned address ranges are given explicitly (:func:`parse_range`).
 """
 
@@ -248,15 +251,15 @@ def snapshot_space(path_or_table, variant: str, pinned: list[tuple[int, int]] = 
     for i in heads.tolist():
         in_thp[i : i + 512] = True
     vflags = np.array([vma_flags(v["perms"]) for v in vmas], np.uint64)
-    has_anon = np.zeros(len(vmas), bool)
-    has_anon[p.vma[p.present & p.anon]] = True
+    has_anon = np.zeros(len(vmas), bool)  # an anon_vma where the VMA holds an anonymous page, present or swapped
+    has_anon[p.vma[(p.present & p.anon) | ~p.present]] = True
     sb = SpaceBuilder(variant)
     sb.add_vmas(
         [v["start"] for v in vmas],
         [v["end"] for v in vmas],
         vflags,
         [BACKINGS.get(v["backing"], BACKING_FILE) for v in vmas],  # [vdso] and the like: as files
-        [v["backing"] == "anon" or bool(has_anon[i]) for i, v in enumerate(vmas)],
+        has_anon,
     )
     small = np.flatnonzero(p.present & ~in_thp)
     ids = _add_small_pages(sb, p, small, vflags, np.array([v["backing"] == "shmem" for v in vmas], bool))

@@ -69,7 +69,7 @@ MiB = 1 << 20
 
 # fitted groups of cost events (one scale factor each)
 GROUPS = {
-    "vma": ("vma.dup", "vma.file_link", "vma.skip"),  # every VMA (a VMA never written: only this)
+    "vma": ("vma.dup",),  # every VMA (a VMA never written: only this; file_link and skip: no layout has them)
     "vma_anon": ("vma.anon_fork", "vma.copy"),  # a VMA with an anon_vma: its chain and its page tables' walk
     "table": ("table.call", "table.alloc", "table.upper_alloc", "pass", "check"),
     "pte_none": ("pte.none",),
