@@ -570,10 +570,10 @@ def test_a_size_term_is_said_to_beat_the_noise_only_where_it_does():
 
     sizes = {f"dense-{s}MiB": s * MiB for s in (64, 128, 256, 512, 2048)}
 
-    def cases(trend: float, jitter: float):
+    def cases(trend: float, jitter: float, level: float = 0.0):
         out = []
         for k, (name, size) in enumerate(sizes.items()):
-            e = trend * (np.log2(size) - 30) + jitter * (-1) ** k
+            e = level + trend * (np.log2(size) - 30) + jitter * (-1) ** k
             out.append({"name": name, "measured_ns": 1e6, "iqr_ns": [0.99e6, 1.01e6], "error": e})
         return out
 
@@ -582,6 +582,8 @@ def test_a_size_term_is_said_to_beat_the_noise_only_where_it_does():
     assert steep["held_out_median_abs_error"]["with"] < steep["held_out_median_abs_error"]["without"]
     flat = size_term(cases(0.0, 0.005), sizes)  # scatter within the noise: no term
     assert not flat["beats_noise"] and abs(flat["slope_per_doubling"]) < 0.01
+    level = size_term(cases(0.0, 0.003, level=0.06), sizes)  # every case 6 % high: a level, not a size effect
+    assert not level["beats_noise"] and level["median_abs_error"] > 0.05
     assert size_term(cases(0.0, 0.0)[:2], sizes) is None
 
 
@@ -643,3 +645,18 @@ def test_a_snapshot_vma_has_an_anon_vma_only_where_it_holds_an_anonymous_page():
     assert space.mm.vma_anon_vma.tolist() == [True, False, False, True]
     counts = api.fork(space, kernel_variant(), backend="cpu").counts
     assert counts["vma.dup"] == 4 and counts["vma.copy"] == 2 and counts["vma.file_link"] == 1
+
+
+@linux
+def test_a_layout_a_c_probe_holds_is_measured_over_the_bare_probe():
+    """Held by a C probe, a layout's added time is over the bare probe's fork (the same program, nothing else),
+    not over the bare interpreter's; its frames are read from outside for the twin, its state checked as ever."""
+    m = measure([RealLayout("dense-16MiB", 16 * MiB)], 3, probe=True, c_held={"dense-16MiB"})
+    if m.get("probe_refused"):
+        pytest.skip(f"no C probe here: {m['probe_refused']}")
+    r = m["layouts"][0]
+    assert r["holder"] == "c" and r["checks"]["fresh"] and r["checks"]["repeated"]
+    assert r["fresh"]["base_median_ns"] == pytest.approx(float(np.median(m["probe"]["fresh_ns"])))
+    assert r["fresh"]["base_median_ns"] < m["stability"]["bare_fresh_ns"][1]  # the probe forks faster than the bare
+    if r["frames"] is not None:  # root: the twin takes the probe's frames
+        assert sum(f is not None for f in r["frames"]) == 4096

@@ -232,9 +232,10 @@ def validate_small_forks_command(profile, rounds: int, as_json: bool) -> None:
     if st:
         h = st["held_out_median_abs_error"]
         typer.echo(
-            f"size term (dense, log2 size, held out one at a time): {100 * st['slope_per_doubling']:+.1f}% per "
-            f"doubling; median error {100 * h['without']:.1f}% without, {100 * h['with']:.1f}% with, noise "
-            f"{100 * st['noise']:.1f}%: {'beats' if st['beats_noise'] else 'within'} the noise in this window"
+            f"size term (dense, a line in log2 size against a constant, held out one at a time): "
+            f"{100 * st['slope_per_doubling']:+.1f}% per doubling; median error {100 * h['without']:.1f}% without, "
+            f"{100 * h['with']:.1f}% with, noise {100 * st['noise']:.1f}%: "
+            f"{'beats' if st['beats_noise'] else 'within'} the noise in this window"
         )
     if rep["probe_refused"]:
         typer.echo(f"no C probe: {rep['probe_refused']}")

@@ -56,7 +56,7 @@ from gpusim.analysis.costmodel import (
 )
 from gpusim.base.machine import cpu_description, cpu_model, last_level_cache_bytes
 from gpusim.inputs.snapshot import snapshot_space
-from gpusim.jobs.host.measure import FAULT_SLACK, STATES, default_cpu, measure
+from gpusim.jobs.host.measure import FAULT_SLACK, STATES, default_cpu, measure, probe_holds
 from gpusim.jobs.host.process import measure_window
 from gpusim.jobs.host.real import RealLayout, run_sharing, run_write_frames, run_write_timings
 from gpusim.jobs.host.stats import NOISE_LIMIT, added_summary, case_verdict, overall_verdict
@@ -216,6 +216,13 @@ def sharing_layouts() -> list[RealLayout]:
         ),
         RealLayout("sharing-8MiB-dense", 8 * MiB, pinned=[(0, 1), (511, 2), (2047, 1)]),
     ]
+
+
+def c_holdable(layouts: list[RealLayout]) -> frozenset:
+    """The layouts a C probe holds in a measurement (:func:`gpusim.jobs.host.measure.probe_holds`): measured over
+    the bare C probe, they carry no interpreter's own pages, whose cost varies from one interpreter to the next with
+    the order of their frames; the others (pins, scattered first touch) are held by interpreters."""
+    return frozenset(L.name for L in layouts if probe_holds(L))
 
 
 def bare_counts() -> dict:
@@ -436,7 +443,8 @@ def calibrate(quick: bool = False, out: str | None = None, rounds: int | None = 
     public = load_profile("public-xeon-4210r-v6.8")
     variant = kernel_variant()
     rounds = rounds or (9 if quick else 15)
-    meas = measure(calibration_layouts(quick), rounds, progress=progress, probe=True)
+    layouts = calibration_layouts(quick)
+    meas = measure(layouts, rounds, progress=progress, probe=True, c_held=c_holdable(layouts))
     writes = measure_write_costs(5 if quick else 9)
     warm_cache = warm_cache_bytes()
     f = fit(meas["layouts"], variant, public, warm_cache=warm_cache)
@@ -918,7 +926,8 @@ def validate(
     sharing, writes, refused = page_checks(variant, stored)
     fit_set = fit_set or calibration_layouts(quick)
     held_out = held_out or [L for L in validation_layouts() if not quick or L.touched_bytes() <= 512 * MiB]
-    meas = measure(fit_set + held_out, rounds, progress=progress, memory_fraction=0.6, probe=True)
+    both = fit_set + held_out
+    meas = measure(both, rounds, progress=progress, memory_fraction=0.6, probe=True, c_held=c_holdable(both))
     window, f = window_profile(meas["layouts"][: len(fit_set)], variant, public, meas)
     cases = held_out_cases(
         meas["layouts"][len(fit_set) :],

@@ -5,7 +5,8 @@
  *   argv: CPU (-1: not pinned), the bytes to read through before a fresh fork (0: none), and optionally a layout
  *     of private anonymous memory as real.py's RealLayout describes one (a subset: one fill and one THP advice
  *     for all VMAs, first touch in address order, no pins): VMAS PAGES_PER_VMA STRIDE THP GAPS;
- *   first line out: {"pid": P, "cpu": C, "refused": {}, "thp_pages": 0, "frame_breaks": null, "frames": null};
+ *   first line out: {"pid": P, "cpu": C, "refused": {}, "thp_pages": T, "frame_breaks": null, "frames": null,
+ *     "region": the layout's first address} (its frames are read from outside: the parent is root);
  *   {"visits": K}: K visits, each re-dirtying the layout's touched pages and its own private writable pages (a byte
  *     copied onto itself), checking that a second pass takes no fault, reading the eviction buffer, then timing a
  *     fork ("fresh") and the fork right after it ("repeated"); the answer has lists, as serve()'s;
@@ -188,8 +189,8 @@ int main(int argc, char **argv) {
     }
     if (n_vmas > 0 && vma_pages > 0 && set_up_layout() != 0) return 3;
     printf("{\"pid\": %d, \"cpu\": %s, \"refused\": {}, \"thp_pages\": %ld, \"frame_breaks\": null, "
-           "\"frames\": null}\n",
-           (int)getpid(), cpu >= 0 ? argv[1] : "null", thp ? thp_pages() : 0L);
+           "\"frames\": null, \"region\": %lu}\n",
+           (int)getpid(), cpu >= 0 ? argv[1] : "null", thp ? thp_pages() : 0L, (unsigned long)region_lo);
     fflush(stdout);
     char line[256];
     static struct visit vs[MAX_VISITS];

@@ -27,7 +27,7 @@ import numpy as np
 from gpusim.base.machine import last_level_cache_bytes, mem_available_bytes
 from gpusim.jobs.host.capture import capture
 from gpusim.jobs.host.cbuild import NoBinary, c_binary
-from gpusim.jobs.host.real import TABLE_PAGES, LineProcess, RealLayout, Worker
+from gpusim.jobs.host.real import PAGE, TABLE_PAGES, LineProcess, RealLayout, Worker, frame_breaks, page_frames
 from gpusim.jobs.host.stats import NOISE_LIMIT, added_summary, drift, quartiles
 from gpusim.jobs.host.twin import thp_extents, vma_places
 
@@ -120,6 +120,19 @@ def probe_holds(layout: RealLayout) -> bool:
     return uniform and not L.pinned and L.first_touch == "address"
 
 
+def layout_frames(pid: int, region: int, layout: RealLayout) -> dict:
+    """The frames of a C probe's layout (region order, None where not present) and their breaks, read from its
+    pagemap as a measuring interpreter reads its own (:func:`gpusim.jobs.host.real.frame_breaks`; None without
+    root)."""
+    places = [(region + a0 * PAGE, b0, n) for b0, a0, n in vma_places(layout)]
+    try:
+        frames = page_frames(pid, places)
+    except OSError:
+        return {"frames": None, "frame_breaks": None}
+    breaks = frame_breaks(frames)
+    return {"frames": frames if breaks is not None else None, "frame_breaks": breaks}
+
+
 class Probe(LineProcess):
     """The smallest measuring process (:data:`PROBE_SOURCE`, C): nothing of its own but a C program's few pages, its
     fork nearly all the kernel's fixed cost; or that and a ``layout`` (:func:`probe_holds`). It answers as a
@@ -135,6 +148,8 @@ class Probe(LineProcess):
             argv += [str(L.vmas), str(L.pages // L.vmas), str(L.stride(0)), str(int(L.any_thp)), str(int(L.gaps))]
         super().__init__(argv, f"the C fork probe{'' if layout is None else f' holding {layout.name}'}", timeout)
         self.info = self.reply()
+        if layout is not None and layout.pages:
+            self.info.update(layout_frames(self.info["pid"], self.info["region"], layout))
 
     def visits(self, k: int) -> dict:
         return self.ask({"visits": k})
@@ -169,8 +184,14 @@ class _Group:
             for k, v in got.items():
                 self.samples[i].setdefault(k, []).extend(v)
 
+    def baseline(self, i: int) -> int:
+        """The process whose fork worker ``i``'s is measured against: the bare C probe for a layout a C probe holds
+        (the same program with nothing else), the bare interpreter for one an interpreter holds."""
+        return self.probe if isinstance(self.workers[i], Probe) and self.probe is not None else 0
+
     def summary(self, i: int, state: str, seed: int = 0) -> dict:
-        return added_summary(self.samples[i][f"{state}_ns"], self.samples[0][f"{state}_ns"], seed)
+        base = self.samples[self.baseline(i)]
+        return added_summary(self.samples[i][f"{state}_ns"], base[f"{state}_ns"], seed)
 
     def too_wide(self, i: int, noise_limit: float) -> bool:
         return max(self.summary(i, s)["spread"] for s in STATES) > noise_limit
@@ -199,8 +220,9 @@ def _run_group(g: _Group, rounds: int, rng: random.Random, noise_limit: float, t
         wide = [i for i in live[1:] if i != g.probe and g.too_wide(i, noise_limit)]
         if not wide:
             break
-        tick(None, more=len(wide) + 1)
-        for i in rng.sample([0, *wide], len(wide) + 1):
+        bases = sorted({g.baseline(i) for i in wide})
+        tick(None, more=len(wide) + len(bases))
+        for i in rng.sample([*bases, *wide], len(wide) + len(bases)):
             g.visit(i)
             tick(g.workers[i].layout.name)
 
@@ -253,7 +275,8 @@ def measure(
     ``"bare"``), ``"all"`` (each layout's result's ``"capture"`` too) or ``"none"``. ``probe``: the C fork probe
     (:class:`Probe`) visited in the first group's rounds too, and captured: the result's ``"probe"`` (absent where it
     cannot be built: ``"probe_refused"`` says why). ``c_held``: names of layouts held by a C probe
-    (:class:`Probe`) instead of an interpreter (where the probe is built; their results say ``"holder": "c"``)."""
+    (:class:`Probe`) instead of an interpreter (where the probe is built; their results say ``"holder": "c"``, and
+    their added time is over the bare C probe's fork, in their group's rounds: :meth:`_Group.baseline`)."""
     cpu = default_cpu() if cpu == "auto" else cpu
     rng = random.Random(seed)
     groups = memory_groups(layouts, int(mem_available_bytes() * memory_fraction))
@@ -270,7 +293,8 @@ def measure(
     for idx in groups:
         g = None
         try:
-            g = _open_group([layouts[i] for i in idx], cpu, timeout, probe and not bare, c_held, extra)
+            held_here = any(layouts[i].name in c_held for i in idx)
+            g = _open_group([layouts[i] for i in idx], cpu, timeout, (probe and not bare) or held_here, c_held, extra)
             _run_group(g, rounds, rng, noise_limit, tick)
             for k, i in enumerate(idx):
                 results[i] = _result(g, k + 1)
@@ -278,7 +302,7 @@ def measure(
                     results[i]["capture"] = g.capture(k + 1)
             if captures != "none" and not bare:
                 bare_capture = g.capture(0)
-            if g.probe is not None:
+            if g.probe is not None and "probe" not in extra:
                 extra["probe"] = {**g.capture(g.probe), "fresh_ns": g.samples[g.probe]["fresh_ns"]}
             bare.append(g.samples[0])
         finally:

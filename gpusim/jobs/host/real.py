@@ -257,7 +257,7 @@ def _thp_pages() -> int:
     return total
 
 
-def _frames(pid, vmas) -> list:
+def page_frames(pid, vmas) -> list:
     """Frame number of each page (None: not present), region order."""
     out = []
     with open(f"/proc/{pid}/pagemap", "rb") as f:
@@ -432,7 +432,7 @@ def serve() -> None:
         "cpu": None if pinning else first.get("cpu"),
         "cpu_pinning": pinning,
     }
-    frames = _frames(os.getpid(), vmas) if vmas else []
+    frames = page_frames(os.getpid(), vmas) if vmas else []
     info["frame_breaks"] = frame_breaks(frames)
     info["frames"] = frames if info["frame_breaks"] is not None else None  # region order; None: not present
     print(json.dumps(info), flush=True)
@@ -455,7 +455,7 @@ def sharing(layout: RealLayout) -> dict:
     if pid == 0:
         os.close(r)
         try:
-            data = json.dumps(_frames("self", vmas)).encode()
+            data = json.dumps(page_frames("self", vmas)).encode()
         except OSError as e:
             data = json.dumps({"error": str(e)}).encode()
         with os.fdopen(w, "wb") as f:
@@ -465,7 +465,7 @@ def sharing(layout: RealLayout) -> dict:
     with os.fdopen(r, "rb") as f:
         child = json.loads(f.read())
     os.waitpid(pid, 0)
-    parent = _frames("self", vmas)
+    parent = page_frames("self", vmas)
     if isinstance(child, dict) or all(v in (None, 0) for v in parent):
         refused["pagemap"] = "frame numbers are not readable (root is needed) or pagemap is refused"
         return {"layout": asdict(layout), "refused": refused}
@@ -516,7 +516,7 @@ def _child_loop(vmas, present, cmd_r: int, out_w: int) -> None:
         else:
             if cmd == "write":
                 _write_pages(vmas, present, 2)
-            out.write(json.dumps(_frames("self", vmas)) + "\n")
+            out.write(json.dumps(page_frames("self", vmas)) + "\n")
         out.flush()
     os._exit(0)
 
@@ -552,7 +552,7 @@ def write_timings(layout: RealLayout, rounds: int) -> dict:
     fault), then the child writes its pages (each a reuse fault: the parent has moved off them); the child exits.
     Per pass: nanoseconds, minor faults and pages."""
     vmas, refused = _setup(layout)
-    present = [f is not None for f in _frames("self", vmas)]
+    present = [f is not None for f in page_frames("self", vmas)]
     passes = {"copy": [], "none": [], "reuse": []}
     for _ in range(rounds):
         child = _Child(vmas, present)
@@ -569,7 +569,7 @@ def write_frames(layout: RealLayout, steps: list) -> dict:
     ``child``, ``exit``); the frames of every page: the parent's before the fork, the child's right after it, and both
     after the steps (the child's None once it exited)."""
     vmas, refused = _setup(layout)
-    before = _frames("self", vmas)
+    before = page_frames("self", vmas)
     present = [f is not None for f in before]
     child = _Child(vmas, present)
     child_at_fork = child.ask("frames")
@@ -581,7 +581,7 @@ def write_frames(layout: RealLayout, steps: list) -> dict:
         elif step == "exit":
             child.ask("exit")
     child_after = child.ask("frames") if child.alive else None
-    parent_after = _frames("self", vmas)
+    parent_after = page_frames("self", vmas)
     if child.alive:
         child.ask("exit")
     if all(v in (None, 0) for v in before):

@@ -20,8 +20,16 @@ from dataclasses import replace
 import numpy as np
 
 from gpusim.analysis.costmodel import latency, load_profile
-from gpusim.jobs.host.calibrate import MiB, calibration_layouts, kernel_variant, own_counts, window_profile
-from gpusim.jobs.host.measure import measure, probe_holds
+from gpusim.jobs.host.calibrate import (
+    GROUPS,
+    MiB,
+    c_holdable,
+    calibration_layouts,
+    kernel_variant,
+    own_counts,
+    window_profile,
+)
+from gpusim.jobs.host.measure import measure
 from gpusim.jobs.host.real import RealLayout
 
 REFERENCE = "dense-2048MiB"
@@ -60,28 +68,29 @@ def _case(name: str, measured: list, predicted: float) -> dict:
 
 
 def size_term(cases: list[dict], sizes: dict[str, int]) -> dict | None:
-    """The size effect tested as a model term (issue 32): a correction of the dense cases' predictions linear in
-    log2 of their size, held out one case at a time (the line fitted on the others predicts the one left out).
-    ``beats_noise``: its held-out median absolute error beats the model's without it by more than the cases' own
-    noise (the median half-IQR of their measurements) in this window; the model has no such term (a term is added
-    only where windows agree that it beats the noise: ``results/BENCHMARKS.md``, issue 32). ``sizes``: case name
-    -> bytes, the dense ones."""
+    """The size effect tested as a model term (issue 32): the dense cases' log errors corrected by a line in log2
+    of their size, held out one case at a time (the line fitted on the others predicts the one left out), against
+    the same corrected by a constant (the others' mean: a level, not a size effect). ``beats_noise``: the line's
+    held-out median absolute error beats the constant's by more than the cases' own noise (the median half-IQR of
+    their measurements) in this window; the model has no such term (one is added only where windows agree that it
+    beats the noise: ``results/BENCHMARKS.md``, issue 32). ``sizes``: case name -> bytes, the dense ones."""
     dense = [c for c in cases if c["name"] in sizes]
     if len(dense) < 3:
         return None
     x = np.log2([sizes[c["name"]] for c in dense])
     e = np.array([np.log1p(c["error"]) for c in dense])
-    held = []
+    level, line = [], []
     for i in range(len(dense)):
         keep = np.arange(len(dense)) != i
         slope, icpt = np.polyfit(x[keep], e[keep], 1)
-        held.append(np.expm1(e[i] - (slope * x[i] + icpt)))
+        line.append(np.expm1(e[i] - (slope * x[i] + icpt)))
+        level.append(np.expm1(e[i] - e[keep].mean()))
     noise = float(np.median([(c["iqr_ns"][1] - c["iqr_ns"][0]) / 2 / c["measured_ns"] for c in dense]))
-    without, with_term = float(np.median(np.abs(np.expm1(e)))), float(np.median(np.abs(held)))
-    slope = float(np.polyfit(x, e, 1)[0])
+    without, with_term = float(np.median(np.abs(level))), float(np.median(np.abs(line)))
     return {
         "cases": [c["name"] for c in dense],
-        "slope_per_doubling": float(np.expm1(slope)),
+        "slope_per_doubling": float(np.expm1(np.polyfit(x, e, 1)[0])),
+        "median_abs_error": float(np.median(np.abs(np.expm1(e)))),
         "held_out_median_abs_error": {"without": without, "with": with_term},
         "noise": noise,
         "beats_noise": without - with_term > noise,
@@ -123,13 +132,13 @@ def validate_small_forks(rounds: int = 11, progress=None, profile=None, layouts=
     fit_set = fit_set or calibration_layouts(quick=True)
     held = layouts or small_fork_layouts()
     reference = held[-1].name
-    c_held = frozenset(L.name for L in held if probe_holds(L))
+    c_held = c_holdable(fit_set + held)
     held = held + [replace(L, name=L.name + IN_INTERPRETER) for L in held if L.name in INTERPRETER_TOO]
     meas = measure(
         fit_set + held, rounds, progress=progress, memory_fraction=0.6, captures="all", probe=True, c_held=c_held
     )
     public = load_profile("public-xeon-4210r-v6.8")
-    window, _ = window_profile(meas["layouts"][: len(fit_set)], variant, public, meas)
+    window, f = window_profile(meas["layouts"][: len(fit_set)], variant, public, meas)
     cases = small_cases(meas, len(fit_set), variant, window, reference)
     stored = load_profile(profile)
     stored_cases = small_cases(meas, len(fit_set), variant, stored, reference)
@@ -140,6 +149,12 @@ def validate_small_forks(rounds: int = 11, progress=None, profile=None, layouts=
         "rounds": rounds,
         "reference": reference,
         "base": window.fit["base"],
+        "fit": {
+            "layouts": [L.name for L in fit_set],
+            "scales": {g: float(v) for g, v in zip(GROUPS, f["scales"])},
+            "warm_factors": f["warm_factors"],
+            "residuals": f["residuals"],
+        },
         "probe_refused": meas.get("probe_refused"),
         "cases": cases,
         "stored": {"profile": stored.name, "cases": stored_cases},
