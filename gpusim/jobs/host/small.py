@@ -4,13 +4,13 @@ Calibration fits the time a layout *adds* to a bare measuring process; a user's 
 fork: the kernel's fixed cost (``fork.base``) and every VMA, table and page the process holds, its own included.
 :func:`validate_small_forks` checks that sum where the fixed part weighs most: in one window, interleaved, the quick
 calibration layouts (to fit the window's profile, :func:`gpusim.jobs.host.calibrate.window_profile`, whose
-``fork.base`` comes from the C fork probe; held, as in calibration, by C probes where a probe can hold them), held-out small layouts (THP-only, 1,000-4,000 small VMAs, dense 64-512
-MiB) and a 2 GiB dense reference, each held by a C probe (a process with almost nothing else mapped:
-:class:`gpusim.jobs.host.measure.Probe`), three of them by an interpreter as well (:data:`INTERPRETER_TOO`), the
-bare interpreter and the bare C probe. After its rounds each process is re-dirtied and captured
-(:mod:`gpusim.jobs.host.capture`: its VMAs, pages, frames and THPs), and the simulator forks the capture: its
-modelled fork, from cold, against the measured median fork (the ``fresh`` state), in absolute terms and relative to
-the reference measured in the same rounds.
+``fork.base`` comes from the C fork probe; held, as in calibration, by C probes where a probe can hold them),
+held-out small layouts (THP-only, 1,000-4,000 small VMAs, dense 64-512 MiB) and a 2 GiB dense reference, each held
+by a C probe (a process with almost nothing else mapped: :class:`gpusim.jobs.host.measure.Probe`), three of them by
+an interpreter as well (:data:`INTERPRETER_TOO`), the bare interpreter and the bare C probe. After its rounds each
+process is re-dirtied and captured (:mod:`gpusim.jobs.host.capture`: its VMAs, pages, frames and THPs), and the
+simulator forks the capture: its modelled fork, from cold, against the measured median fork (the ``fresh`` state),
+in absolute terms and relative to the reference measured in the same rounds.
 """
 
 from __future__ import annotations
