@@ -660,3 +660,20 @@ def test_a_layout_a_c_probe_holds_is_measured_over_the_bare_probe():
     assert r["fresh"]["base_median_ns"] < m["stability"]["bare_fresh_ns"][1]  # the probe forks faster than the bare
     if r["frames"] is not None:  # root: the twin takes the probe's frames
         assert sum(f is not None for f in r["frames"]) == 4096
+
+
+def test_a_measurement_without_a_finite_spread_is_written_as_none_and_the_profile_loads(tmp_path):
+    """A layout whose added time is not above zero (a loaded machine, two rounds) has an infinite spread: the
+    profile writes it as null, and loads back (a profile holds finite numbers only)."""
+    from gpusim.jobs.host.calibrate import _plain
+
+    assert _plain({"a": float("inf"), "b": np.float64("nan"), "c": (1.5, np.int64(2))}) == {
+        "a": None,
+        "b": None,
+        "c": [1.5, 2],
+    }
+    data = gpusim.load_profile("public-xeon-4210r-v6.8").model_dump(mode="json")
+    data.update(name="host-inf", measurements=_plain([{"name": "x", "fresh": {"spread": float("inf")}}]))
+    path = tmp_path / "host-inf.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert gpusim.load_profile(str(path)).measurements[0]["fresh"]["spread"] is None

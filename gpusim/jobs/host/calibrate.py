@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import platform
 import socket
 from collections import Counter
@@ -578,13 +579,16 @@ def _median_abs(errors) -> float | None:
 
 
 def _plain(x):
-    """Tuples as lists and numpy scalars as Python numbers, for YAML and JSON."""
+    """Tuples as lists, numpy scalars as Python numbers and numbers that are not finite (a spread whose added time
+    is not above zero) as None, for YAML and JSON (a profile holds finite numbers only)."""
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     if isinstance(x, np.generic):
-        return x.item()
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
     return x
 
 
