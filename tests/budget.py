@@ -4,7 +4,7 @@ as many as the CPU engine's).
 
 cudasim runs the per-entry code that the CPU build compiles (``kernels/table.py``, ``rules.py``, ``slowpath.py``: one
 source); what only it runs is the CUDA orchestration of ``kernels/cuda.py`` (blocks of tables, the walk kernel, the
-slow path's kernels, shared-memory sums), which every example reaches. So it draws a twelfth of the CPU's examples in
+slow path's kernels, shared-memory sums), which every example reaches. So it draws a fifteenth of the CPU's examples in
 the ``ci`` budget (at least four), and each of its examples is held to the reference like the CPU's."""
 
 import os
@@ -12,7 +12,7 @@ import os
 from hypothesis import HealthCheck, settings
 
 DEEP = os.environ.get("GPUSIM_TESTS", "ci") == "deep"
-CUDASIM_SHARE = 12
+CUDASIM_SHARE = 15
 # The process that fills numba's cache beside a run of the whole suite on a fresh clone (tests/conftest.py) runs tests
 # only for the kernels their first examples compile: a few examples each, so that it is done, and leaves the second
 # core to the run, sooner.
