@@ -210,6 +210,8 @@ class _Group:
 
 def _run_group(g: _Group, rounds: int, rng: random.Random, noise_limit: float, tick) -> None:
     live = [i for i, w in enumerate(g.workers) if not w.info["refused"]]
+    if g.probe is not None:
+        tick(None, more=rounds)  # the probe's visits, beyond the layouts' and the bare process's planned
     for i in live:
         g.visit(i, keep=False)  # warm-up
     for _ in range(rounds):
