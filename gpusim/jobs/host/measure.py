@@ -27,7 +27,7 @@ import numpy as np
 from gpusim.base.machine import last_level_cache_bytes, mem_available_bytes
 from gpusim.jobs.host.capture import capture
 from gpusim.jobs.host.cbuild import NoBinary, c_binary
-from gpusim.jobs.host.real import PAGE, TABLE_PAGES, LineProcess, RealLayout, Worker, frame_breaks, page_frames
+from gpusim.jobs.host.real import PAGE, TABLE_PAGES, MeasuringProcess, RealLayout, Worker, frame_breaks, page_frames
 from gpusim.jobs.host.stats import NOISE_LIMIT, added_summary, drift, quartiles
 from gpusim.jobs.host.twin import thp_extents, vma_places
 
@@ -133,7 +133,7 @@ def layout_frames(pid: int, region: int, layout: RealLayout) -> dict:
     return {"frames": frames if breaks is not None else None, "frame_breaks": breaks}
 
 
-class Probe(LineProcess):
+class Probe(MeasuringProcess):
     """The smallest measuring process (:data:`PROBE_SOURCE`, C): nothing of its own but a C program's few pages, its
     fork nearly all the kernel's fixed cost; or that and a ``layout`` (:func:`probe_holds`). It answers as a
     :class:`gpusim.jobs.host.real.Worker` does."""
@@ -150,12 +150,6 @@ class Probe(LineProcess):
         self.info = self.reply()
         if layout is not None and layout.pages:
             self.info.update(layout_frames(self.info["pid"], self.info["region"], layout))
-
-    def visits(self, k: int) -> dict:
-        return self.ask({"visits": k})
-
-    def restore(self) -> dict:
-        return self.ask({"restore": True})
 
 
 class _Group:
@@ -255,6 +249,11 @@ def _open_group(layouts: list[RealLayout], cpu, timeout: float, probe: bool, c_h
     return _Group(layouts, cpu, timeout)
 
 
+def _captured(captures, i: int) -> bool:
+    """Whether :func:`measure`'s ``captures`` asks for layout ``i``'s capture."""
+    return captures == "all" or (not isinstance(captures, str) and i in captures)
+
+
 def measure(
     layouts: list[RealLayout],
     rounds: int,
@@ -264,7 +263,7 @@ def measure(
     noise_limit: float = NOISE_LIMIT,
     timeout: float = 600,
     memory_fraction: float = 0.5,
-    captures: str = "bare",
+    captures="bare",
     probe: bool = False,
     c_held=frozenset(),
 ) -> dict:
@@ -274,7 +273,8 @@ def measure(
     layouts are measured in one window when their touched memory fits in ``memory_fraction`` of the available
     memory, else in groups one after the other (``stability["groups"]``). ``captures``: which processes are captured
     after their rounds (:meth:`_Group.capture`): the first group's ``bare`` process (``"bare"``: the result's
-    ``"bare"``), ``"all"`` (each layout's result's ``"capture"`` too) or ``"none"``. ``probe``: the C fork probe
+    ``"bare"``), and with it each layout (``"all"``) or the layouts of these indices (a set; their results'
+    ``"capture"``), or none (``"none"``). ``probe``: the C fork probe
     (:class:`Probe`) visited in the first group's rounds too, and captured: the result's ``"probe"`` (absent where it
     cannot be built: ``"probe_refused"`` says why). ``c_held``: names of layouts held by a C probe
     (:class:`Probe`) instead of an interpreter (where the probe is built; their results say ``"holder": "c"``, and
@@ -300,7 +300,7 @@ def measure(
             _run_group(g, rounds, rng, noise_limit, tick)
             for k, i in enumerate(idx):
                 results[i] = _result(g, k + 1)
-                if captures == "all" and not results[i]["refused"]:
+                if _captured(captures, i) and not results[i]["refused"]:
                     results[i]["capture"] = g.capture(k + 1)
             if captures != "none" and not bare:
                 bare_capture = g.capture(0)

@@ -636,14 +636,8 @@ class LineProcess:
                 self.proc.wait()
 
 
-class Worker(LineProcess):
-    """A measuring process (:func:`serve`) holding one layout (:class:`LineProcess`)."""
-
-    def __init__(self, layout: RealLayout, cpu: int | None = None, timeout: float = 600, evict_bytes: int = 0):
-        self.layout = layout
-        argv = [sys.executable, "-I", "-S", os.path.abspath(__file__), "serve"]  # the standard library only
-        super().__init__(argv, f"measuring {layout.name}", timeout)
-        self.info = self.ask({"layout": asdict(layout), "cpu": cpu, "evict_bytes": evict_bytes})
+class MeasuringProcess(LineProcess):
+    """A process that answers :func:`serve`'s requests (this file's interpreter, or the C fork probe)."""
 
     def visits(self, k: int) -> dict:
         """k visits (:func:`_visit`): lists of fork times and fault counts."""
@@ -652,6 +646,16 @@ class Worker(LineProcess):
     def restore(self) -> dict:
         """The modelled state restored and checked, no fork (:func:`_visit`): what a capture then describes."""
         return self.ask({"restore": True})
+
+
+class Worker(MeasuringProcess):
+    """A measuring process (:func:`serve`) holding one layout (:class:`LineProcess`)."""
+
+    def __init__(self, layout: RealLayout, cpu: int | None = None, timeout: float = 600, evict_bytes: int = 0):
+        self.layout = layout
+        argv = [sys.executable, "-I", "-S", os.path.abspath(__file__), "serve"]  # the standard library only
+        super().__init__(argv, f"measuring {layout.name}", timeout)
+        self.info = self.ask({"layout": asdict(layout), "cpu": cpu, "evict_bytes": evict_bytes})
 
 
 def _run_here(mode: str, job, name: str, timeout: float) -> dict:

@@ -50,9 +50,20 @@ def small_fork_layouts() -> list[RealLayout]:
     ]
 
 
-def whole_fork_ns(snapshot, variant: str, profile) -> float:
-    """The modelled fork of a captured process, from cold (``fork.base`` and all its own VMAs, tables, pages)."""
-    return latency(own_counts(snapshot, variant), variant, profile)["latency_ns"]
+def whole_processes(meas: dict, n_fit: int, variant: str) -> list[dict]:
+    """Each captured process of ``meas`` (:func:`gpusim.jobs.host.measure.measure`) past the ``n_fit`` fit layouts,
+    then the bare interpreter and the C probe: name, holder, measured fresh forks and the simulator's counts for the
+    fork of its capture (the whole process, forked once here whatever profiles then price it)."""
+    out = []
+    for r in meas["layouts"][n_fit:]:
+        if not r["refused"] and "capture" in r:
+            out.append({"name": r["name"], "holder": r["holder"], "fresh_ns": r["samples"]["fresh_ns"]})
+            out[-1]["counts"] = own_counts(r["capture"]["snapshot"], variant)
+    for who, holder in (("bare", "python"), ("probe", "c")):
+        if who in meas:
+            counts = own_counts(meas[who]["snapshot"], variant)
+            out.append({"name": f"({who})", "holder": holder, "fresh_ns": meas[who]["fresh_ns"], "counts": counts})
+    return out
 
 
 def _case(name: str, measured: list, predicted: float) -> dict:
@@ -97,20 +108,13 @@ def size_term(cases: list[dict], sizes: dict[str, int]) -> dict | None:
     }
 
 
-def small_cases(meas: dict, n_fit: int, variant: str, profile, reference: str = REFERENCE) -> list[dict]:
-    """Each captured process of ``meas`` (:func:`gpusim.jobs.host.measure.measure`, ``captures="all"``) past the
-    ``n_fit`` fit layouts, the bare interpreter and the C probe: measured (median fresh fork) against modelled,
-    absolute and relative to the ``reference`` layout's."""
+def small_cases(processes: list[dict], variant: str, profile, reference: str = REFERENCE) -> list[dict]:
+    """The :func:`whole_processes` priced by ``profile`` (their modelled fork from cold, ``fork.base`` included)
+    against their measured median fork, absolute and relative to the ``reference`` layout's."""
     cases = []
-    for r in meas["layouts"][n_fit:]:
-        if r["refused"] or "capture" not in r:
-            continue
-        predicted = whole_fork_ns(r["capture"]["snapshot"], variant, profile)
-        cases.append({**_case(r["name"], r["samples"]["fresh_ns"], predicted), "holder": r["holder"]})
-    for who, holder in (("bare", "python"), ("probe", "c")):
-        if who in meas:
-            predicted = whole_fork_ns(meas[who]["snapshot"], variant, profile)
-            cases.append({**_case(f"({who})", meas[who]["fresh_ns"], predicted), "holder": holder})
+    for w in processes:
+        predicted = latency(w["counts"], variant, profile)["latency_ns"]
+        cases.append({**_case(w["name"], w["fresh_ns"], predicted), "holder": w["holder"]})
     ref = next((c for c in cases if c["name"] == reference), None)
     for c in cases:
         c["relative_error"] = None
@@ -134,14 +138,16 @@ def validate_small_forks(rounds: int = 11, progress=None, profile=None, layouts=
     reference = held[-1].name
     c_held = c_holdable(fit_set + held)
     held = held + [replace(L, name=L.name + IN_INTERPRETER) for L in held if L.name in INTERPRETER_TOO]
+    held_out = frozenset(range(len(fit_set), len(fit_set) + len(held)))  # captured: the fit's layouts need no capture
     meas = measure(
-        fit_set + held, rounds, progress=progress, memory_fraction=0.6, captures="all", probe=True, c_held=c_held
+        fit_set + held, rounds, progress=progress, memory_fraction=0.6, captures=held_out, probe=True, c_held=c_held
     )
     public = load_profile("public-xeon-4210r-v6.8")
     window, f = window_profile(meas["layouts"][: len(fit_set)], variant, public, meas)
-    cases = small_cases(meas, len(fit_set), variant, window, reference)
+    processes = whole_processes(meas, len(fit_set), variant)
+    cases = small_cases(processes, variant, window, reference)
     stored = load_profile(profile)
-    stored_cases = small_cases(meas, len(fit_set), variant, stored, reference)
+    stored_cases = small_cases(processes, variant, stored, reference)
     held_names = {L.name for L in held}
     judged = [c for c in cases if c["name"] in held_names and c["name"] != reference]
     return {
